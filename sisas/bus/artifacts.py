@@ -1,0 +1,102 @@
+"""Content-addressed artifacts (run inputs, phase outputs) in the JetStream object store.
+
+An artifact's key is ``sha256:<hex>`` of its bytes. ``get`` re-hashes what it reads and
+refuses bytes that do not match their key, so a damaged store is detected, not used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Protocol
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError, ObjectNotFoundError
+
+from sisas.bus.streams import ARTIFACT_BUCKET
+from sisas.errors import ArtifactNotFound, BusError
+
+__all__ = ["ArtifactStore", "JetStreamArtifacts", "MemoryArtifacts", "bytes_digest"]
+
+
+def bytes_digest(data: bytes) -> str:
+    """``sha256:<hex>`` of ``data``: the key of an artifact."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _name(digest: str) -> str:
+    return digest.replace(":", "-")
+
+
+class ArtifactStore(Protocol):
+    async def put(self, data: bytes) -> str:
+        """Store ``data``; return its digest. Storing the same bytes twice is a no-op."""
+        ...
+
+    async def get(self, digest: str) -> bytes:
+        """The bytes stored under ``digest``. Raises :class:`ArtifactNotFound`."""
+        ...
+
+    async def exists(self, digest: str) -> bool: ...
+
+
+def _verified(digest: str, data: bytes) -> bytes:
+    actual = bytes_digest(data)
+    if actual != digest:
+        raise BusError(f"artifact {digest} is damaged: its bytes hash to {actual}")
+    return data
+
+
+class MemoryArtifacts:
+    """In-memory :class:`ArtifactStore` for unit tests."""
+
+    def __init__(self) -> None:
+        self._blobs: dict[str, bytes] = {}
+
+    async def put(self, data: bytes) -> str:
+        digest = bytes_digest(data)
+        self._blobs.setdefault(digest, bytes(data))
+        return digest
+
+    async def get(self, digest: str) -> bytes:
+        try:
+            return _verified(digest, self._blobs[digest])
+        except KeyError:
+            raise ArtifactNotFound(f"no artifact {digest}") from None
+
+    async def exists(self, digest: str) -> bool:
+        return digest in self._blobs
+
+
+class JetStreamArtifacts:
+    """:class:`ArtifactStore` on the ``sisas-artifacts`` object store bucket."""
+
+    def __init__(self, js: JetStreamContext, bucket: str = ARTIFACT_BUCKET) -> None:
+        self._js = js
+        self._bucket = bucket
+
+    async def put(self, data: bytes) -> str:
+        digest = bytes_digest(data)
+        if await self.exists(digest):
+            return digest
+        store = await self._js.object_store(self._bucket)
+        await store.put(_name(digest), data)
+        return digest
+
+    async def get(self, digest: str) -> bytes:
+        store = await self._js.object_store(self._bucket)
+        try:
+            result = await store.get(_name(digest))
+        except (ObjectNotFoundError, NotFoundError):
+            raise ArtifactNotFound(
+                f"no artifact {digest} in bucket {self._bucket}: it was never stored here, "
+                "or this is a different server than the one that ran the phase"
+            ) from None
+        return _verified(digest, result.data or b"")
+
+    async def exists(self, digest: str) -> bool:
+        store = await self._js.object_store(self._bucket)
+        try:
+            await store.get_info(_name(digest))
+        except (ObjectNotFoundError, NotFoundError):
+            return False
+        return True

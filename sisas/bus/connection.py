@@ -1,0 +1,84 @@
+"""Connecting to NATS with the configured credentials and TLS, errors translated."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+
+import nats
+from nats.aio.client import Client as NATS
+
+from sisas.bus.settings import Settings
+from sisas.errors import BusUnavailable
+
+__all__ = ["connect", "redact"]
+
+log = logging.getLogger("sisas.bus")
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.tls:
+        return None
+    ctx = ssl.create_default_context(
+        cafile=str(settings.tls_ca) if settings.tls_ca else None
+    )
+    if settings.tls_cert and settings.tls_key:
+        ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    return ctx
+
+
+async def connect(url: str, settings: Settings, *, name: str = "sisas") -> NATS:
+    """Open a NATS connection to ``url`` (comma-separated for a cluster).
+
+    Raises :class:`BusUnavailable` with the URL and the fix when the server cannot be
+    reached or refuses the credentials. After connecting, the client reconnects on its
+    own; callers see transient errors as retries, not exceptions.
+    """
+
+    connected = False
+
+    async def on_error(exc: Exception) -> None:
+        if connected:
+            log.warning("nats: %s", exc)
+        else:
+            log.debug("nats connect attempt: %s", exc)
+
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    try:
+        nc = await nats.connect(
+            servers=servers,
+            name=name,
+            connect_timeout=max(1, int(settings.timeout)),
+            allow_reconnect=True,
+            # Fail fast on the first connect; once connected, reconnect for ever.
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.25,
+            error_cb=on_error,
+            user_credentials=str(settings.creds) if settings.creds else None,
+            user=settings.user,
+            password=settings.password,
+            token=settings.token,
+            tls=_tls_context(settings),
+        )
+    except Exception as exc:  # nats-py raises many unrelated types here
+        reason = str(exc) or type(exc).__name__
+        fix = (
+            "check the credentials (SISAS_NATS_CREDS / SISAS_NATS_USER / SISAS_NATS_TOKEN)"
+            if "authorization" in reason.lower()
+            else "start one with `sisas up`, or set SISAS_NATS_URL to a reachable server"
+        )
+        raise BusUnavailable(f"cannot reach NATS at {redact(url)} ({reason}): {fix}") from None
+    connected = True
+    nc.options["max_reconnect_attempts"] = -1
+    nc.options["reconnect_time_wait"] = 1
+    return nc

@@ -1,0 +1,232 @@
+"""The signal log on NATS JetStream.
+
+Appends carry ``Nats-Msg-Id`` (the deterministic signal id: a retried append is
+deduplicated) and ``Nats-Expected-Last-Subject-Sequence`` with
+``...-Subject: sisas.run.<pipeline>.<run>.>``, so the optimistic check covers the whole
+run. A "wrong last sequence" answer (10071 single node, 10164 cluster) is first
+checked against the log: if the signal already stored at that position is ours, byte
+for byte, our earlier write landed (a retry after a lost ack) and the append goes on.
+Only otherwise is it an :class:`AppendConflict`. Transient errors (no responders,
+timeouts, 503) are retried until ``timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Final
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from sisas.bus.log import AppendResult, check_batch
+from sisas.bus.requests import PUBACK_DECODER, Reply, Requester
+from sisas.bus.streams import LOG_STREAM
+from sisas.errors import AppendConflict, AppendFailed, BusUnavailable
+from sisas.signals.codec import encode_signal
+from sisas.signals.envelope import Signal
+from sisas.signals.names import log_subject, run_filter
+from sisas.signals.records import CorruptMessage, LogGap, LogRecord, StoredSignal, decode_record
+
+__all__ = ["JetStreamLog"]
+
+log = logging.getLogger("sisas.bus")
+
+CONFLICT_CODES: Final = frozenset({10071, 10164})
+TRANSIENT_STATUS: Final = frozenset({"503", "408"})
+
+
+class _Transient(Exception):
+    pass
+
+
+class JetStreamLog:
+    """:class:`sisas.bus.log.SignalLog` on a JetStream stream (default ``SISAS_LOG``)."""
+
+    def __init__(self, nc: NATS, *, stream: str = LOG_STREAM, timeout: float = 5.0,
+                 append_timeout: float = 30.0) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._stream = stream
+        self._timeout = timeout
+        self._append_timeout = append_timeout
+        self._requests = Requester(nc)
+        self._started = False
+
+    async def start(self) -> None:
+        if not self._started:
+            await self._requests.start()
+            self._started = True
+
+    async def close(self) -> None:
+        await self._requests.close()
+        self._started = False
+
+    # -- append -------------------------------------------------------------------
+
+    async def append(self, signals: Sequence[Signal], *, expected_last_seq: int) -> AppendResult:
+        check_batch(signals)
+        await self.start()
+        filter_ = run_filter(signals[0].run_id, signals[0].pipeline)
+        expected, first, duplicates = expected_last_seq, 0, 0
+        for signal in signals:
+            seq, dup = await self._append_one(signal, filter_, expected)
+            expected, first, duplicates = seq, first or seq, duplicates + dup
+        return AppendResult(first_seq=first, last_seq=expected, duplicates=duplicates)
+
+    async def _append_one(self, signal: Signal, filter_: str, expected: int) -> tuple[int, int]:
+        subject = log_subject(signal.pipeline, signal.run_id, signal.phase, signal.kind)
+        data = encode_signal(signal)
+        headers = {
+            "Nats-Msg-Id": signal.id,
+            "Nats-Expected-Last-Subject-Sequence": str(expected),
+            "Nats-Expected-Last-Subject-Sequence-Subject": filter_,
+        }
+        deadline = time.monotonic() + self._append_timeout
+        delay = 0.05
+        while True:
+            try:
+                reply = await self._request(subject, data, headers)
+                if reply.status in TRANSIENT_STATUS:
+                    raise _Transient(f"status {reply.status}")
+                ack = PUBACK_DECODER.decode(reply.data)
+            except (_Transient, TimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise AppendFailed(
+                        f"append of {signal.id} not acknowledged within "
+                        f"{self._append_timeout:.0f}s ({exc or 'timeout'}): is the server or "
+                        "its JetStream quorum up? Retrying later is safe (appends are idempotent)"
+                    ) from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            if ack.error is None:
+                return ack.seq, int(ack.duplicate)
+            if ack.error.err_code in CONFLICT_CODES:
+                landed = await self._find_own(signal, data)
+                if landed:
+                    return landed, 1
+                last = await self.last_of_run(signal.run_id)
+                actual = last.stream_seq if last else 0
+                raise AppendConflict(
+                    f"run {signal.run_id} changed since stream seq {expected} (now {actual}): "
+                    f"another writer appended first; reload the run and decide again",
+                    expected_last_seq=expected, actual_last_seq=actual,
+                )
+            if ack.error.code == 503:
+                continue
+            raise AppendFailed(
+                f"the server rejected {signal.id}: {ack.error.description} "
+                f"(code {ack.error.code}/{ack.error.err_code})"
+            )
+
+    async def _find_own(self, signal: Signal, data: bytes) -> int:
+        """Stream seq of ``signal`` if the log already holds exactly it, else 0."""
+        last = await self.last_of_run(signal.run_id)
+        if isinstance(last, StoredSignal):
+            if last.signal.id == signal.id:
+                return last.stream_seq if last.signal == signal else 0
+            if last.signal.seq < signal.seq:
+                return 0
+        for rec in await self.read_run(signal.run_id):
+            if isinstance(rec, StoredSignal) and rec.signal.id == signal.id:
+                return rec.stream_seq if encode_signal(rec.signal) == data else 0
+        return 0
+
+    async def _request(self, subject: str, data: bytes, headers: dict[str, str] | None) -> Reply:
+        try:
+            return await self._requests.request(subject, data, headers=headers,
+                                                timeout=self._timeout)
+        except ConnectionClosedError:
+            raise BusUnavailable(
+                "the NATS connection is closed: check the server and run the command again"
+            ) from None
+
+    # -- reads ----------------------------------------------------------------------
+
+    async def last_of_run(self, run_id: str) -> StoredSignal | CorruptMessage | None:
+        await self.start()
+        payload = json.dumps({"last_by_subj": run_filter(run_id)}).encode()
+        reply = await self._direct_get(payload)
+        if reply is None:
+            return None
+        seq = int(reply.headers.get("Nats-Sequence", "0"))
+        return decode_record(seq, reply.headers.get("Nats-Subject", ""), reply.data)
+
+    async def _direct_get(self, payload: bytes) -> Reply | None:
+        deadline = time.monotonic() + self._append_timeout
+        while True:
+            try:
+                reply = await self._request(f"$JS.API.DIRECT.GET.{self._stream}", payload, None)
+            except TimeoutError:
+                reply = Reply(status="408", headers={}, data=b"")
+            if reply.status == "404":
+                return None
+            if reply.status == "" :
+                return reply
+            if time.monotonic() > deadline:
+                raise AppendFailed(f"reading stream {self._stream} failed: status {reply.status}")
+            await asyncio.sleep(0.1)
+
+    async def last_seq(self) -> int:
+        info = await self._js.stream_info(self._stream)
+        return int(info.state.last_seq)
+
+    async def read_run(self, run_id: str) -> list[StoredSignal | CorruptMessage]:
+        last = await self.last_of_run(run_id)
+        if last is None:
+            return []
+        out: list[StoredSignal | CorruptMessage] = []
+        async for msg_seq, msg in self._consume(run_filter(run_id), 1):
+            out.append(decode_record(msg_seq, msg.subject, msg.data))
+            if msg_seq >= last.stream_seq:
+                break
+        return out
+
+    async def follow(self, *, from_seq: int = 1, live: bool = False) -> AsyncIterator[LogRecord]:
+        info = await self._js.stream_info(self._stream)
+        end, first = int(info.state.last_seq), int(info.state.first_seq)
+        from_seq = max(from_seq, 1)
+        if not live and end < from_seq:
+            return
+        expected = from_seq
+        if end and first > from_seq:
+            yield LogGap(first=from_seq, last=first - 1)
+            expected = first
+        async for msg_seq, msg in self._consume(f"{'sisas.run'}.>", expected):
+            if msg_seq > expected:
+                yield LogGap(first=expected, last=msg_seq - 1)
+            if msg_seq >= expected:
+                record = decode_record(msg_seq, msg.subject, msg.data)
+                if isinstance(record, CorruptMessage):
+                    log.warning("stream seq %d on %s: %s", msg_seq, msg.subject, record.reason)
+                yield record
+                expected = msg_seq + 1
+            if not live and msg_seq >= end:
+                return
+
+    async def _consume(self, subject: str, from_seq: int) -> AsyncIterator[tuple[int, Msg]]:
+        """Messages on ``subject`` from ``from_seq``, via an ordered push consumer."""
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def on_msg(msg: Msg) -> None:
+            queue.put_nowait(msg)
+
+        sub = await self._js.subscribe(
+            subject, stream=self._stream, ordered_consumer=True, cb=on_msg,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                  opt_start_seq=from_seq),
+        )
+        try:
+            while True:
+                msg = await queue.get()
+                yield msg.metadata.sequence.stream, msg
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()

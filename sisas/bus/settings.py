@@ -1,0 +1,124 @@
+"""Settings from ``SISAS_*`` environment variables.
+
+| variable | meaning | default |
+|---|---|---|
+| ``SISAS_HOME`` | data folder: embedded server store, projections, server.json | ``./.sisas`` |
+| ``SISAS_NATS_URL`` | use this NATS server or cluster (comma-separated URLs); nothing is spawned | embedded |
+| ``SISAS_NATS_CREDS`` | credentials file (JWT + nkey seed) | none |
+| ``SISAS_NATS_USER`` / ``SISAS_NATS_PASSWORD`` | user and password | none |
+| ``SISAS_NATS_TOKEN`` | auth token | none |
+| ``SISAS_NATS_TLS_CA`` / ``_CERT`` / ``_KEY`` | TLS trust root and client certificate | none |
+| ``SISAS_REPLICAS`` | stream replicas | 1 embedded, 3 with ``SISAS_NATS_URL`` |
+| ``SISAS_PORT`` | client port of the embedded server (0: any free port) | 0 |
+| ``SISAS_SYNC`` | embedded JetStream ``sync_interval`` (``always`` or a duration) | ``always`` |
+| ``SISAS_TIMEOUT`` | seconds to wait for the server on connect and each request | 5 |
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sisas.errors import UsageError
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Where sisas keeps its data and how it reaches NATS. Build with :meth:`from_env`."""
+
+    home: Path = field(default_factory=lambda: Path(".sisas"))
+    nats_url: str | None = None
+    creds: Path | None = None
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    replicas: int = 1
+    port: int = 0
+    sync: str = "always"
+    timeout: float = 5.0
+
+    @property
+    def embedded(self) -> bool:
+        """True when sisas runs its own nats-server (no ``SISAS_NATS_URL``)."""
+        return self.nats_url is None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_ca is not None or self.tls_cert is not None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``env`` (default ``os.environ``).
+
+        Raises :class:`UsageError` naming the variable when a value is invalid or a
+        file it names does not exist.
+        """
+        env = os.environ if env is None else env
+        url = env.get("SISAS_NATS_URL") or None
+        replicas = _int(env, "SISAS_REPLICAS", 3 if url else 1, 1, 5)
+        settings = cls(
+            home=Path(env.get("SISAS_HOME") or ".sisas").expanduser(),
+            nats_url=url,
+            creds=_file(env, "SISAS_NATS_CREDS"),
+            user=env.get("SISAS_NATS_USER") or None,
+            password=env.get("SISAS_NATS_PASSWORD") or None,
+            token=env.get("SISAS_NATS_TOKEN") or None,
+            tls_ca=_file(env, "SISAS_NATS_TLS_CA"),
+            tls_cert=_file(env, "SISAS_NATS_TLS_CERT"),
+            tls_key=_file(env, "SISAS_NATS_TLS_KEY"),
+            replicas=replicas,
+            port=_int(env, "SISAS_PORT", 0, 0, 65535),
+            sync=env.get("SISAS_SYNC") or "always",
+            timeout=_float(env, "SISAS_TIMEOUT", 5.0),
+        )
+        if settings.tls_cert and not settings.tls_key:
+            raise UsageError("SISAS_NATS_TLS_CERT is set without SISAS_NATS_TLS_KEY: set both")
+        if not re.fullmatch(r"always|\d+(ms|s|m|h)", settings.sync):
+            raise UsageError(
+                f"SISAS_SYNC={settings.sync!r} is invalid: use 'always' or a duration like '1s'"
+            )
+        return settings
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} is not a whole number") from None
+    if not lo <= value <= hi:
+        raise UsageError(f"{name}={value} is out of range: use {lo}..{hi}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise UsageError(f"{name}={value} must be positive")
+    return value
+
+
+def _file(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise UsageError(f"{name} names {path}, which is not a file: fix the path or unset it")
+    return path

@@ -1,0 +1,214 @@
+"""Stream and bucket provisioning, and the config check run at every start.
+
+``SISAS_LOG`` is the immutable log: ``deny_delete``, ``deny_purge``, no limits,
+``discard: new``. JetStream cannot stop a later stream *update* that adds limits (which
+silently deletes messages) or deletes the whole stream, so sisas verifies the config
+at every start and refuses to run on drift, and refuses to create an empty log where
+the data folder shows one existed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamInfo,
+)
+from nats.js.errors import NotFoundError
+
+from sisas.errors import BusError, StoreWithoutStream, StreamDrift
+from sisas.signals.names import IN_PREFIX, LOG_PREFIX
+
+__all__ = [
+    "ARTIFACT_BUCKET",
+    "DUPLICATE_WINDOW",
+    "INPUT_STREAM",
+    "LOG_STREAM",
+    "ProvisionReport",
+    "config_drift",
+    "input_stream_config",
+    "log_stream_config",
+    "provision",
+]
+
+LOG_STREAM: Final = "SISAS_LOG"
+INPUT_STREAM: Final = "SISAS_IN"
+ARTIFACT_BUCKET: Final = "sisas-artifacts"
+DUPLICATE_WINDOW: Final = 120.0
+"""Seconds within which a re-sent Nats-Msg-Id is deduplicated by the server."""
+
+
+def log_stream_config(replicas: int) -> StreamConfig:
+    return StreamConfig(
+        name=LOG_STREAM,
+        description="sisas signal log: immutable, hash-chained (do not add limits)",
+        subjects=[f"{LOG_PREFIX}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        max_msgs=-1,
+        max_bytes=-1,
+        max_age=0,
+        max_msgs_per_subject=-1,
+        max_msg_size=-1,
+        num_replicas=replicas,
+        duplicate_window=DUPLICATE_WINDOW,
+        deny_delete=True,
+        deny_purge=True,
+        allow_rollup_hdrs=False,
+        allow_direct=True,
+        allow_atomic=True,
+    )
+
+
+def input_stream_config(replicas: int) -> StreamConfig:
+    return StreamConfig(
+        name=INPUT_STREAM,
+        description="sisas inputs: run commands and worker reports, kept for audit",
+        subjects=[f"{IN_PREFIX}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        num_replicas=replicas,
+        duplicate_window=DUPLICATE_WINDOW,
+        allow_direct=True,
+    )
+
+
+def _limit(value: int | float | None) -> int | float:
+    """Normalise "no limit" (None, 0 or -1 depending on the field) to -1."""
+    return -1 if value in (None, 0, -1) else value  # type: ignore[return-value]
+
+
+def config_drift(actual: StreamConfig, required: StreamConfig) -> list[str]:
+    """The differences that matter between a stream's config and the required one.
+
+    Checks subjects, storage, retention, replicas, and for the log every setting that
+    could lose or rewrite history. Returns human-readable lines, empty when it is fine.
+    """
+    out: list[str] = []
+
+    def check(name: str, have: object, want: object) -> None:
+        if have != want:
+            out.append(f"{name} is {have!r}, sisas requires {want!r}")
+
+    check("subjects", sorted(actual.subjects or []), sorted(required.subjects or []))
+    check("storage", actual.storage, required.storage)
+    check("retention", actual.retention, required.retention)
+    check("replicas", actual.num_replicas or 1, required.num_replicas or 1)
+    if required.deny_delete:  # the immutable log
+        check("deny_delete", actual.deny_delete, True)
+        check("deny_purge", actual.deny_purge, True)
+        check("discard", actual.discard, DiscardPolicy.NEW)
+        check("allow_rollup_hdrs", bool(actual.allow_rollup_hdrs), False)
+        check("allow_msg_ttl", bool(actual.allow_msg_ttl), False)
+        check("sealed", bool(actual.sealed), False)
+        for limit in ("max_msgs", "max_bytes", "max_age", "max_msgs_per_subject"):
+            check(limit, _limit(getattr(actual, limit)), -1)
+    return out
+
+
+@dataclass
+class ProvisionReport:
+    """What provisioning found and did."""
+
+    created: list[str] = field(default_factory=list)
+    verified: list[str] = field(default_factory=list)
+
+
+def _marker(home: Path, identity: str) -> Path:
+    tag = hashlib.sha256(identity.encode()).hexdigest()[:10]
+    return home / f"log-{tag}.json"
+
+
+def _store_has_log(store: Path | None) -> bool:
+    return store is not None and (store / "jetstream" / "$G" / "streams" / LOG_STREAM).is_dir()
+
+
+async def _ensure(js: JetStreamContext, required: StreamConfig, report: ProvisionReport,
+                  *, guard: str | None) -> StreamInfo:
+    name = required.name or ""
+    try:
+        info = await js.stream_info(name)
+    except NotFoundError:
+        if guard:
+            raise StoreWithoutStream(guard) from None
+        info = await js.add_stream(required)
+        report.created.append(name)
+        return info
+    problems = config_drift(info.config, required)
+    if problems:
+        raise StreamDrift(
+            f"stream {name} has drifted: " + "; ".join(problems)
+            + ". sisas refuses to run on it because history could be lost. Restore the "
+            "config (e.g. `nats stream edit`), or point SISAS_NATS_URL / SISAS_HOME elsewhere"
+        )
+    report.verified.append(name)
+    return info
+
+
+async def provision(js: JetStreamContext, *, replicas: int, home: Path, identity: str,
+                    store: Path | None = None) -> ProvisionReport:
+    """Create the streams and the artifact bucket if missing; verify them if present.
+
+    ``identity`` names the server (``"embedded"`` or its URL): the data folder remembers
+    which servers held a log, so a log that vanished is reported, never silently
+    replaced. Idempotent. Raises :class:`StreamDrift`, :class:`StoreWithoutStream`.
+    """
+    report = ProvisionReport()
+    marker = _marker(home, identity)
+    guard = None
+    if marker.exists() or _store_has_log(store):
+        guard = (
+            f"the stream {LOG_STREAM} is missing, but {home} shows this server held a sisas "
+            "log: it was deleted or its store is damaged. sisas will not create an empty "
+            "log over it. Restore the store from a backup, or move the data folder aside "
+            "to start a new log"
+        )
+    try:
+        info = await _ensure(js, log_stream_config(replicas), report, guard=guard)
+        if info.created is not None and marker.exists():
+            recorded = json.loads(marker.read_text()).get("created")
+            if recorded and recorded != info.created.isoformat():
+                raise StoreWithoutStream(
+                    f"the stream {LOG_STREAM} was re-created on {info.created.isoformat()} "
+                    f"(this data folder recorded one created {recorded}): the original log "
+                    "was deleted. Restore it from a backup, or move the data folder aside"
+                )
+        await _ensure(js, input_stream_config(replicas), report, guard=None)
+        try:
+            await js.object_store(ARTIFACT_BUCKET)
+            report.verified.append(ARTIFACT_BUCKET)
+        except NotFoundError:
+            await js.create_object_store(
+                ARTIFACT_BUCKET,
+                ObjectStoreConfig(
+                    description="sisas artifacts: run inputs and phase outputs by digest",
+                    storage=StorageType.FILE, replicas=replicas,
+                ),
+            )
+            report.created.append(ARTIFACT_BUCKET)
+    except (StreamDrift, StoreWithoutStream):
+        raise
+    except Exception as exc:
+        raise BusError(
+            f"could not provision JetStream streams ({exc}): check that JetStream is enabled "
+            f"on the server and that it has {replicas} node(s) for SISAS_REPLICAS={replicas}"
+        ) from None
+    if not marker.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({
+            "stream": LOG_STREAM, "server": identity,
+            "created": info.created.isoformat() if info.created else None,
+        }))
+    return report

@@ -1,0 +1,132 @@
+"""The sisas error tree.
+
+Every error a user can meet derives from :class:`SisasError` and carries a message that
+says what was wrong and what to do. Adapters translate NATS, DuckDB and OS exceptions
+into this tree; none of theirs escape.
+
+```
+SisasError
+├── UsageError               bad input from a person or a file: exit code 2
+│   └── InvalidName          a pipeline, run or phase name that cannot be a subject token
+├── SignalError              a message that is not a valid signal
+│   ├── MalformedSignal      cannot be decoded, or not in canonical form
+│   └── TamperedSignal       decodes, but its hash does not match its content
+└── BusError                 the NATS side
+    ├── BusUnavailable       server unreachable, or refused our credentials
+    ├── AppendConflict       another writer appended to the run first
+    ├── AppendFailed         the server rejected an append for another reason
+    ├── StreamDrift          a stream's config differs from what sisas requires
+    ├── StoreWithoutStream   the data folder held a log, the server has none
+    ├── ServerAlreadyRunning another `sisas up` holds this data folder
+    ├── EmbeddedServerError  the embedded nats-server failed to start or stop
+    └── ArtifactNotFound     no artifact with that digest
+```
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AppendConflict",
+    "AppendFailed",
+    "ArtifactNotFound",
+    "BusError",
+    "BusUnavailable",
+    "EmbeddedServerError",
+    "InvalidName",
+    "MalformedSignal",
+    "ServerAlreadyRunning",
+    "SignalError",
+    "SisasError",
+    "StoreWithoutStream",
+    "StreamDrift",
+    "TamperedSignal",
+    "UsageError",
+]
+
+
+class SisasError(Exception):
+    """Root of every sisas error. ``str(err)`` is a complete, user-facing sentence."""
+
+    exit_code: int = 1
+
+
+class UsageError(SisasError):
+    """The input given to sisas is invalid; nothing was changed."""
+
+    exit_code = 2
+
+
+class InvalidName(UsageError):
+    """A name that must be usable as a NATS subject token is not."""
+
+
+class SignalError(SisasError):
+    """A message that is not a valid sisas signal."""
+
+
+class MalformedSignal(SignalError):
+    """The bytes do not decode to a signal, or are not its canonical encoding."""
+
+
+class TamperedSignal(SignalError):
+    """The signal decodes, but its recorded hash does not match its content."""
+
+
+class BusError(SisasError):
+    """An error on the NATS side, already translated from nats-py."""
+
+
+class BusUnavailable(BusError):
+    """The NATS server cannot be reached or refused the connection."""
+
+    exit_code = 2
+
+
+class AppendConflict(BusError):
+    """Another writer appended to the run after the sequence we expected.
+
+    ``actual_last_seq`` is the run's last stream sequence when known (0 if unknown):
+    reload the run, decide again, and append with that expectation.
+    """
+
+    def __init__(self, message: str, *, expected_last_seq: int, actual_last_seq: int = 0):
+        super().__init__(message)
+        self.expected_last_seq = expected_last_seq
+        self.actual_last_seq = actual_last_seq
+
+
+class AppendFailed(BusError):
+    """The server rejected an append for a reason other than a conflict."""
+
+
+class StreamDrift(BusError):
+    """A stream exists with a configuration sisas refuses to run on."""
+
+    exit_code = 2
+
+
+class StoreWithoutStream(BusError):
+    """The data folder recorded a log, but the server has no such stream."""
+
+    exit_code = 2
+
+
+class ServerAlreadyRunning(BusError):
+    """Another process already serves this data folder."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, url: str, pid: int):
+        super().__init__(message)
+        self.url = url
+        self.pid = pid
+
+
+class EmbeddedServerError(BusError):
+    """The embedded nats-server could not be started or stopped cleanly."""
+
+
+class ArtifactNotFound(BusError):
+    """No artifact is stored under the requested digest."""
+
+    exit_code = 2

@@ -1,0 +1,65 @@
+"""Canonical encoding of signals, and the strict decoder every reader uses.
+
+Canonical form: JSON with sorted keys, no whitespace, fields equal to their default
+omitted, no NaN or infinity, integers and floats as msgspec writes them. A signal's
+wire bytes are exactly its canonical form, so a reader can refuse any message whose
+bytes differ from the re-encoding of what they decode to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+import msgspec
+
+from sisas.errors import MalformedSignal, TamperedSignal
+from sisas.signals.envelope import Signal
+
+__all__ = ["canonical", "content_hash", "decode_signal", "encode_signal"]
+
+_ENCODER: Final = msgspec.json.Encoder(order="sorted")
+_DECODER: Final = msgspec.json.Decoder(Signal)
+
+
+def canonical(value: object) -> bytes:
+    """Canonical JSON of any msgspec-encodable value (sorted keys, compact)."""
+    return _ENCODER.encode(value)
+
+
+def content_hash(signal: Signal) -> str:
+    """The sha256 (hex) of the canonical encoding of ``signal`` without its ``hash``."""
+    unsealed = msgspec.structs.replace(signal, hash="")
+    return hashlib.sha256(_ENCODER.encode(unsealed)).hexdigest()
+
+
+def encode_signal(signal: Signal) -> bytes:
+    """The wire bytes of a sealed signal."""
+    return _ENCODER.encode(signal)
+
+
+def decode_signal(data: bytes | memoryview) -> Signal:
+    """Decode and verify one signal's wire bytes.
+
+    Raises :class:`MalformedSignal` when the bytes are not a signal or not in canonical
+    form, and :class:`TamperedSignal` when the recorded hash does not match the content.
+    Guarantees: a returned signal re-encodes to exactly ``data`` and its hash is valid.
+    """
+    try:
+        signal = _DECODER.decode(data)
+    except msgspec.ValidationError as exc:
+        raise MalformedSignal(f"not a valid signal: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise MalformedSignal(f"not JSON: {exc}") from None
+    if _ENCODER.encode(signal) != bytes(data):
+        raise MalformedSignal(
+            "not in canonical form (bytes differ from the re-encoded signal): "
+            "the message was altered or written by something other than sisas"
+        )
+    expected = content_hash(signal)
+    if signal.hash != expected:
+        raise TamperedSignal(
+            f"hash mismatch for {signal.id}: recorded {signal.hash[:16]}…, "
+            f"content hashes to {expected[:16]}…"
+        )
+    return signal

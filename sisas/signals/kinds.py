@@ -1,0 +1,258 @@
+"""Signal bodies: one frozen msgspec Struct per kind, tagged by ``kind``.
+
+The tag is the kind's stable name on the wire and in subjects. Evolving a kind means
+adding fields with defaults (old signals keep their bytes and hashes because defaults
+are omitted from the encoding); a field's type never changes, a changed meaning is a
+new kind.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal, TypeAlias
+
+import msgspec
+
+__all__ = [
+    "BODY_TYPES",
+    "ERROR_KINDS",
+    "KINDS",
+    "Body",
+    "CircuitClosed",
+    "CircuitOpened",
+    "ContractChecked",
+    "ErrorInfo",
+    "ErrorKind",
+    "InvariantChecked",
+    "PhaseCompleted",
+    "PhaseFailed",
+    "PhaseRetryScheduled",
+    "PhaseScheduled",
+    "PhaseSkipped",
+    "PhaseStarted",
+    "PhaseTimedOut",
+    "Resources",
+    "RunCancelled",
+    "RunCompleted",
+    "RunFailed",
+    "RunRequested",
+    "RunStarted",
+    "Scalar",
+    "Violation",
+]
+
+Scalar: TypeAlias = str | int | float | bool | None
+"""A configuration or observed value: JSON scalars only, so every reader can decode it."""
+
+Digest = Annotated[str, msgspec.Meta(pattern=r"^(|sha256:[0-9a-f]{64})$")]
+"""``sha256:<hex>`` or empty when there is none."""
+
+ErrorKind = Literal[
+    "HardFailure",
+    "NonFatal",
+    "ContractViolation",
+    "InvariantViolation",
+    "Timeout",
+    "ResourceExhausted",
+    "PhaseNotImplemented",
+    "WorkerLost",
+    "Cancelled",
+]
+ERROR_KINDS: Final[tuple[str, ...]] = ErrorKind.__args__
+
+_OPTS: Final = {"frozen": True, "kw_only": True, "omit_defaults": True, "tag_field": "kind"}
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What went wrong: ``kind`` is one of :data:`ErrorKind`."""
+
+    kind: ErrorKind
+    message: str
+    retryable: bool = False
+    detail: str = ""
+
+
+class Violation(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One contract violation at a field path such as ``clusters[2].weight``."""
+
+    path: str
+    message: str
+    type: str = ""
+
+
+class Resources(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Resources a phase attempt used, as measured by the worker."""
+
+    cpu_seconds: float = 0.0
+    peak_rss_bytes: int = 0
+
+
+class RunRequested(msgspec.Struct, tag="run_requested", **_OPTS):
+    """Someone asked for a run: the command, as the orchestrator accepted it."""
+
+    pipeline_version: str = ""
+    input_digest: Digest = ""
+    seed: int | None = None
+    config: dict[str, Scalar] = {}
+    requested_by: str = ""
+    idempotency_key: str = ""
+    resume_of: str = ""
+    resume_from_phase: str = ""
+    batch_id: str = ""
+
+
+class RunStarted(msgspec.Struct, tag="run_started", **_OPTS):
+    """The run's plan is fixed: code version and fingerprint, seed, input, config."""
+
+    pipeline_version: str
+    fingerprint: str
+    seed: int
+    input_digest: Digest = ""
+    config: dict[str, Scalar] = {}
+    phases: list[str] = []
+    resume_of: str = ""
+    batch_id: str = ""
+
+
+class PhaseScheduled(msgspec.Struct, tag="phase_scheduled", **_OPTS):
+    """A phase (or one item of a fanned-out phase) is ready for a worker."""
+
+    inputs: dict[str, str] = {}
+    item: int | None = None
+    items: int | None = None
+    seed: int = 0
+
+
+class PhaseStarted(msgspec.Struct, tag="phase_started", **_OPTS):
+    """A worker took the phase."""
+
+    worker: str = ""
+    item: int | None = None
+
+
+class PhaseCompleted(msgspec.Struct, tag="phase_completed", **_OPTS):
+    """The phase produced its output; ``output_digest`` is its semantic digest."""
+
+    output_digest: Digest
+    artifact: str = ""
+    duration: float = 0.0
+    resources: Resources = Resources()
+    item: int | None = None
+    worker: str = ""
+
+
+class PhaseFailed(msgspec.Struct, tag="phase_failed", **_OPTS):
+    """The attempt failed; ``error.retryable`` says whether another may follow."""
+
+    error: ErrorInfo
+    duration: float = 0.0
+    item: int | None = None
+    worker: str = ""
+
+
+class PhaseRetryScheduled(msgspec.Struct, tag="phase_retry_scheduled", **_OPTS):
+    """Another attempt will run after ``delay`` seconds (backoff drawn from the run seed)."""
+
+    next_attempt: int
+    delay: float
+    reason: str = ""
+    item: int | None = None
+
+
+class PhaseSkipped(msgspec.Struct, tag="phase_skipped", **_OPTS):
+    """The phase will not run in this run, and why."""
+
+    reason: Literal["disabled", "resumed", "upstream_failed"]
+    detail: str = ""
+    reused_digest: Digest = ""
+
+
+class PhaseTimedOut(msgspec.Struct, tag="phase_timed_out", **_OPTS):
+    """The attempt exceeded its timeout of ``timeout`` seconds."""
+
+    timeout: float
+    item: int | None = None
+
+
+class ContractChecked(msgspec.Struct, tag="contract_checked", **_OPTS):
+    """A pydantic contract was checked at a phase boundary."""
+
+    contract: str
+    boundary: Literal["entry", "exit", "bridge"]
+    passed: bool
+    violations: list[Violation] = []
+    item: int | None = None
+
+
+class InvariantChecked(msgspec.Struct, tag="invariant_checked", **_OPTS):
+    """A named invariant (such as ``INV-7.1``) was evaluated on a phase output."""
+
+    invariant: str
+    passed: bool
+    description: str = ""
+    observed: Scalar = None
+    expected: Scalar = None
+    item: int | None = None
+
+
+class CircuitOpened(msgspec.Struct, tag="circuit_opened", **_OPTS):
+    """Repeated failures opened a circuit; work in ``scope`` is held back."""
+
+    scope: str
+    reason: str = ""
+    failures: int = 0
+
+
+class CircuitClosed(msgspec.Struct, tag="circuit_closed", **_OPTS):
+    """The circuit for ``scope`` closed again."""
+
+    scope: str
+    reason: str = ""
+
+
+class RunCompleted(msgspec.Struct, tag="run_completed", **_OPTS):
+    """The run ended well; ``fingerprint`` digests every phase's output digest in order."""
+
+    fingerprint: str
+    outputs: dict[str, str] = {}
+    duration: float = 0.0
+
+
+class RunFailed(msgspec.Struct, tag="run_failed", **_OPTS):
+    """The run ended because a fatal phase failed or the run could not start."""
+
+    error: ErrorInfo
+    failed_phase: str = ""
+    duration: float = 0.0
+
+
+class RunCancelled(msgspec.Struct, tag="run_cancelled", **_OPTS):
+    """Somebody cancelled the run."""
+
+    reason: str = ""
+    requested_by: str = ""
+
+
+Body: TypeAlias = (
+    RunRequested
+    | RunStarted
+    | PhaseScheduled
+    | PhaseStarted
+    | PhaseCompleted
+    | PhaseFailed
+    | PhaseRetryScheduled
+    | PhaseSkipped
+    | PhaseTimedOut
+    | ContractChecked
+    | InvariantChecked
+    | CircuitOpened
+    | CircuitClosed
+    | RunCompleted
+    | RunFailed
+    | RunCancelled
+)
+
+BODY_TYPES: Final[tuple[type[Body], ...]] = Body.__args__  # type: ignore[attr-defined]
+KINDS: Final[dict[str, type[Body]]] = {
+    t.__struct_config__.tag: t  # type: ignore[misc]
+    for t in BODY_TYPES
+}
