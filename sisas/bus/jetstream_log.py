@@ -31,7 +31,7 @@ from sisas.bus.streams import LOG_STREAM
 from sisas.errors import AppendConflict, AppendFailed, BusUnavailable
 from sisas.signals.codec import encode_signal
 from sisas.signals.envelope import Signal
-from sisas.signals.names import log_subject, run_filter
+from sisas.signals.names import LOG_PREFIX, log_subject, run_filter
 from sisas.signals.records import CorruptMessage, LogGap, LogRecord, StoredSignal, decode_record
 
 __all__ = ["JetStreamLog"]
@@ -49,9 +49,10 @@ class _Transient(Exception):
 class JetStreamLog:
     """:class:`sisas.bus.log.SignalLog` on a JetStream stream (default ``SISAS_LOG``)."""
 
-    def __init__(self, nc: NATS, *, stream: str = LOG_STREAM, timeout: float = 5.0,
-                 append_timeout: float = 30.0) -> None:
+    def __init__(self, nc: NATS, *, stream: str = LOG_STREAM, subjects: str = f"{LOG_PREFIX}.>",
+                 timeout: float = 5.0, append_timeout: float = 30.0) -> None:
         self._nc = nc
+        self._subjects = subjects
         self._js = nc.jetstream()
         self._stream = stream
         self._timeout = timeout
@@ -168,7 +169,7 @@ class JetStreamLog:
                 reply = Reply(status="408", headers={}, data=b"")
             if reply.status == "404":
                 return None
-            if reply.status == "" :
+            if reply.status == "":
                 return reply
             if time.monotonic() > deadline:
                 raise AppendFailed(f"reading stream {self._stream} failed: status {reply.status}")
@@ -199,7 +200,7 @@ class JetStreamLog:
         if end and first > from_seq:
             yield LogGap(first=from_seq, last=first - 1)
             expected = first
-        async for msg_seq, msg in self._consume(f"{'sisas.run'}.>", expected):
+        async for msg_seq, msg in self._consume(self._subjects, expected):
             if msg_seq > expected:
                 yield LogGap(first=expected, last=msg_seq - 1)
             if msg_seq >= expected:

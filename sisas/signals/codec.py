@@ -49,7 +49,7 @@ def decode_signal(data: bytes | memoryview) -> Signal:
         signal = _DECODER.decode(data)
     except msgspec.ValidationError as exc:
         raise MalformedSignal(f"not a valid signal: {exc}") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, ValueError) as exc:  # ValueError: invalid UTF-8
         raise MalformedSignal(f"not JSON: {exc}") from None
     if _ENCODER.encode(signal) != bytes(data):
         raise MalformedSignal(

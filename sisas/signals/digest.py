@@ -70,7 +70,7 @@ class Hasher:
         elif isinstance(value, dt.datetime | dt.date | dt.time):
             self._token(b"T", value.isoformat().encode())
         elif isinstance(value, dt.timedelta):
-            self._token(b"D", repr(value.total_seconds()).encode())
+            self._token(b"D", _float_text(value.total_seconds()))
         elif isinstance(value, msgspec.Struct):
             self._mapping(msgspec.structs.asdict(value), type(value).__name__)
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -117,7 +117,7 @@ def _float_text(value: float) -> bytes:
         return b"nan"
     if math.isinf(value):
         return b"inf" if value > 0 else b"-inf"
-    return repr(value).encode()
+    return float.__repr__(value).encode()  # not repr(): numpy 2 prints np.float64(…)
 
 
 def _is_pydantic(value: object) -> bool:

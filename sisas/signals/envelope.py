@@ -18,7 +18,9 @@ Hex64 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 UtcTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
-class Signal(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Signal(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True
+):
     """One immutable fact about a run.
 
     ``id`` is deterministic (run and seq), so appending the same decision twice is a
@@ -39,7 +41,7 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     phase: str = ""
     attempt: Annotated[int, msgspec.Meta(ge=0)] = 0
     causation: str = ""
-    hash: str = ""
+    hash: Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{64})?$")] = ""
 
     @property
     def kind(self) -> str:

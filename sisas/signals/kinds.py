@@ -59,10 +59,15 @@ ErrorKind = Literal[
 ]
 ERROR_KINDS: Final[tuple[str, ...]] = ErrorKind.__args__
 
-_OPTS: Final = {"frozen": True, "kw_only": True, "omit_defaults": True, "tag_field": "kind"}
+_OPTS: Final = {
+    "frozen": True, "kw_only": True, "omit_defaults": True, "forbid_unknown_fields": True,
+    "tag_field": "kind",
+}
 
 
-class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class ErrorInfo(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True
+):
     """What went wrong: ``kind`` is one of :data:`ErrorKind`."""
 
     kind: ErrorKind
@@ -71,7 +76,9 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     detail: str = ""
 
 
-class Violation(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Violation(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True
+):
     """One contract violation at a field path such as ``clusters[2].weight``."""
 
     path: str
@@ -79,7 +86,9 @@ class Violation(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     type: str = ""
 
 
-class Resources(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Resources(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True
+):
     """Resources a phase attempt used, as measured by the worker."""
 
     cpu_seconds: float = 0.0

@@ -1,0 +1,101 @@
+"""An in-memory :class:`sisas.bus.log.SignalLog` for fast unit tests of handlers and folds.
+
+It keeps the same contract as the JetStream adapter (the shared suite in
+``tests/log_contract.py`` proves it): stream sequences from 1, Msg-Id dedup, the
+optimistic check over the whole run, strict decoding of what it reads back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+from sisas.bus.log import AppendResult, check_batch
+from sisas.errors import AppendConflict
+from sisas.signals.codec import encode_signal
+from sisas.signals.envelope import Signal
+from sisas.signals.names import log_subject, parse_log_subject
+from sisas.signals.records import CorruptMessage, LogRecord, StoredSignal, decode_record
+
+__all__ = ["MemoryLog"]
+
+
+class MemoryLog:
+    """Messages in a list; ``inject_raw`` stores arbitrary bytes to test readers."""
+
+    def __init__(self) -> None:
+        self._messages: list[tuple[str, bytes, str]] = []  # subject, data, msg id
+        self._by_id: dict[str, int] = {}
+        self._last_of_run: dict[str, int] = {}
+        self._changed = asyncio.Event()
+
+    def _store(self, subject: str, data: bytes, msg_id: str) -> int:
+        self._messages.append((subject, data, msg_id))
+        seq = len(self._messages)
+        if msg_id:
+            self._by_id[msg_id] = seq
+        parsed = parse_log_subject(subject)
+        if parsed is not None:
+            self._last_of_run[parsed[1]] = seq
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return seq
+
+    def inject_raw(self, subject: str, data: bytes) -> int:
+        """Store ``data`` as is (no checks): for testing how readers treat bad messages."""
+        return self._store(subject, data, "")
+
+    async def append(self, signals: Sequence[Signal], *, expected_last_seq: int) -> AppendResult:
+        check_batch(signals)
+        expected, first, duplicates = expected_last_seq, 0, 0
+        for signal in signals:
+            data = encode_signal(signal)
+            actual = self._last_of_run.get(signal.run_id, 0)
+            if actual != expected:
+                own = self._by_id.get(signal.id, 0)
+                if own and self._messages[own - 1][1] == data:
+                    expected, first, duplicates = own, first or own, duplicates + 1
+                    continue
+                raise AppendConflict(
+                    f"run {signal.run_id} changed since stream seq {expected} (now {actual}): "
+                    "another writer appended first; reload the run and decide again",
+                    expected_last_seq=expected, actual_last_seq=actual,
+                )
+            if signal.id in self._by_id:  # dedup: same Msg-Id, server keeps the first
+                seq = self._by_id[signal.id]
+                duplicates += 1
+            else:
+                subject = log_subject(signal.pipeline, signal.run_id, signal.phase, signal.kind)
+                seq = self._store(subject, data, signal.id)
+            expected, first = seq, first or seq
+        return AppendResult(first_seq=first, last_seq=expected, duplicates=duplicates)
+
+    async def last_of_run(self, run_id: str) -> StoredSignal | CorruptMessage | None:
+        seq = self._last_of_run.get(run_id)
+        if seq is None:
+            return None
+        subject, data, _ = self._messages[seq - 1]
+        return decode_record(seq, subject, data)
+
+    async def read_run(self, run_id: str) -> list[StoredSignal | CorruptMessage]:
+        out: list[StoredSignal | CorruptMessage] = []
+        for seq, (subject, data, _) in enumerate(self._messages, 1):
+            parsed = parse_log_subject(subject)
+            if parsed is not None and parsed[1] == run_id:
+                out.append(decode_record(seq, subject, data))
+        return out
+
+    async def follow(self, *, from_seq: int = 1, live: bool = False) -> AsyncIterator[LogRecord]:
+        seq = max(from_seq, 1)
+        end = len(self._messages)
+        while True:
+            while seq <= len(self._messages) and (live or seq <= end):
+                subject, data, _ = self._messages[seq - 1]
+                yield decode_record(seq, subject, data)
+                seq += 1
+            if not live:
+                return
+            await self._changed.wait()
+
+    async def last_seq(self) -> int:
+        return len(self._messages)

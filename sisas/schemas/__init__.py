@@ -1,0 +1,5 @@
+"""Schemas at the edges: JSON Schema of every signal kind (and, later, phase contracts)."""
+
+from sisas.schemas.signal_schemas import COMMITTED_DIR, export, render, schemas
+
+__all__ = ["COMMITTED_DIR", "export", "render", "schemas"]

@@ -1,0 +1,81 @@
+"""JSON Schema of every signal kind, generated from the Structs.
+
+One file per kind (``phase_completed.json``: the envelope with that body) plus
+``signal.json`` (any kind). The generated files are committed under
+``sisas/schemas/json/``; a test fails when they drift from the Structs, so a change to
+the wire format is always a visible diff.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from sisas.signals.envelope import Signal
+from sisas.signals.kinds import KINDS
+
+__all__ = ["COMMITTED_DIR", "export", "render", "schemas"]
+
+COMMITTED_DIR: Final = Path(__file__).parent / "json"
+_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
+
+
+def _reachable(defs: dict[str, Any], root: str) -> dict[str, Any]:
+    keep: dict[str, Any] = {}
+    todo = [root]
+    while todo:
+        name = todo.pop()
+        if name in keep:
+            continue
+        keep[name] = defs[name]
+        text = json.dumps(defs[name])
+        todo.extend(n for n in defs if f'"#/$defs/{n}"' in text)
+    return dict(sorted(keep.items()))
+
+
+def schemas() -> dict[str, dict[str, Any]]:
+    """File name -> JSON Schema, for ``signal.json`` and one per kind."""
+    base = msgspec.json.schema(Signal)
+    defs: dict[str, Any] = base["$defs"]
+    out: dict[str, dict[str, Any]] = {
+        "signal.json": {
+            "$schema": _DIALECT,
+            "$id": "urn:sisas:signal",
+            "title": "sisas signal (any kind)",
+            "$ref": "#/$defs/Signal",
+            "$defs": dict(sorted(defs.items())),
+        }
+    }
+    for kind, body_type in KINDS.items():
+        kind_defs = copy.deepcopy(defs)
+        envelope = kind_defs["Signal"]
+        envelope["properties"]["body"] = {"$ref": f"#/$defs/{body_type.__name__}"}
+        envelope["title"] = f"Signal[{kind}]"
+        out[f"{kind}.json"] = {
+            "$schema": _DIALECT,
+            "$id": f"urn:sisas:signal:{kind}",
+            "title": f"sisas signal: {kind}",
+            "$ref": "#/$defs/Signal",
+            "$defs": _reachable(kind_defs, "Signal"),
+        }
+    return out
+
+
+def render(schema: dict[str, Any]) -> str:
+    """The committed text of a schema: stable key order, two-space indent."""
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def export(directory: Path) -> list[Path]:
+    """Write every schema into ``directory`` (created if needed); return the paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, schema in schemas().items():
+        path = directory / name
+        path.write_text(render(schema))
+        written.append(path)
+    return written

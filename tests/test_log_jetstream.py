@@ -1,0 +1,72 @@
+"""The log contract on JetStream (a real nats-server per test), plus what only it has."""
+
+from __future__ import annotations
+
+import pytest
+from nats.js.api import StreamConfig
+from nats.js.errors import APIError
+
+from sisas.bus.jetstream_log import JetStreamLog
+from sisas.bus.runtime import Bus
+from sisas.signals import LogGap, StoredSignal, encode_signal
+from tests.log_contract import Inject, LogContract, collect, run_signals
+
+
+@pytest.fixture
+def log(bus: Bus) -> JetStreamLog:
+    return bus.log
+
+
+@pytest.fixture
+def inject(bus: Bus) -> Inject:
+    async def put(subject: str, data: bytes) -> None:
+        await bus.js.publish(subject, data)
+
+    return put
+
+
+class TestJetStreamLog(LogContract):
+    pass
+
+
+async def test_appends_carry_msg_id_and_the_run_wide_expectation_on_the_wire(bus: Bus) -> None:
+    sigs = run_signals("r1", 2)
+    await bus.log.append(sigs, expected_last_seq=0)
+    first = await bus.js.get_msg("SISAS_LOG", 1)
+    second = await bus.js.get_msg("SISAS_LOG", 2)
+    assert first.headers is not None and second.headers is not None
+    assert first.headers["Nats-Msg-Id"] == "r1:1"
+    assert first.headers["Nats-Expected-Last-Subject-Sequence"] == "0"
+    assert second.headers["Nats-Expected-Last-Subject-Sequence"] == "1"
+    assert second.headers["Nats-Expected-Last-Subject-Sequence-Subject"] == "sisas.run.pipe.r1.>"
+    assert first.subject == "sisas.run.pipe.r1._.run_requested"
+    assert second.subject == "sisas.run.pipe.r1.p1.phase_scheduled"
+
+
+async def test_the_log_refuses_deletes_and_purges(bus: Bus) -> None:
+    await bus.log.append(run_signals("r1", 2), expected_last_seq=0)
+    jsm = bus.js
+    with pytest.raises(APIError):
+        await jsm.delete_msg("SISAS_LOG", 1)
+    with pytest.raises(APIError):
+        await jsm.purge_stream("SISAS_LOG")
+    assert await bus.log.last_seq() == 2
+
+
+async def test_follow_reports_holes_in_the_stream_as_gaps(bus: Bus) -> None:
+    # A stream without deny_delete stands in for a store whose data files lost messages.
+    await bus.js.add_stream(StreamConfig(name="LEAKY", subjects=["leaky.>"]))
+    leaky = JetStreamLog(bus.nc, stream="LEAKY", subjects="leaky.>")
+    sigs = run_signals("r1", 5)
+    for sig in sigs:
+        await bus.js.publish("leaky.x", encode_signal(sig))
+    for seq in (1, 3, 4):
+        await bus.js.delete_msg("LEAKY", seq)
+    records = await collect(leaky)
+    assert records == [
+        LogGap(first=1, last=1),
+        StoredSignal(stream_seq=2, signal=sigs[1]),
+        LogGap(first=3, last=4),
+        StoredSignal(stream_seq=5, signal=sigs[4]),
+    ]
+    await leaky.close()
