@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import ssl
 
-import nats
 from nats.aio.client import Client as NATS
 
 from sisas.bus.settings import Settings
@@ -14,6 +15,8 @@ from sisas.errors import BusUnavailable
 __all__ = ["connect", "redact"]
 
 log = logging.getLogger("sisas.bus")
+
+_TELLING = ("authorization", "authentication", "certificate", "ssl", "tls")
 
 
 def redact(url: str) -> str:
@@ -40,43 +43,57 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
 async def connect(url: str, settings: Settings, *, name: str = "sisas") -> NATS:
     """Open a NATS connection to ``url`` (comma-separated for a cluster).
 
-    Raises :class:`BusUnavailable` with the URL and the fix when the server cannot be
-    reached or refuses the credentials. After connecting, the client reconnects on its
-    own; callers see transient errors as retries, not exceptions.
+    Raises :class:`BusUnavailable` naming the URL, the reason and the fix when the server
+    cannot be reached within ``settings.timeout`` (plus a short grace), refuses the
+    credentials, or fails the TLS handshake. After connecting, the client reconnects on
+    its own; callers see transient errors as retries, not exceptions.
     """
-
+    seen: list[str] = []
     connected = False
 
     async def on_error(exc: Exception) -> None:
         if connected:
             log.warning("nats: %s", exc)
         else:
+            seen.append(str(exc) or type(exc).__name__)
             log.debug("nats connect attempt: %s", exc)
 
     servers = [u.strip() for u in url.split(",") if u.strip()]
+    nc = NATS()
     try:
-        nc = await nats.connect(
-            servers=servers,
-            name=name,
-            connect_timeout=max(1, int(settings.timeout)),
-            allow_reconnect=True,
-            # Fail fast on the first connect; once connected, reconnect for ever.
-            max_reconnect_attempts=1,
-            reconnect_time_wait=0.25,
-            error_cb=on_error,
-            user_credentials=str(settings.creds) if settings.creds else None,
-            user=settings.user,
-            password=settings.password,
-            token=settings.token,
-            tls=_tls_context(settings),
+        await asyncio.wait_for(
+            nc.connect(
+                servers=servers,
+                name=name,
+                connect_timeout=max(1, int(settings.timeout)),
+                allow_reconnect=True,
+                # Fail fast on the first connect; once connected, reconnect for ever.
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.25,
+                error_cb=on_error,
+                user_credentials=str(settings.creds) if settings.creds else None,
+                user=settings.user,
+                password=settings.password,
+                token=settings.token,
+                tls=_tls_context(settings),
+            ),
+            timeout=settings.timeout * 2 + 1,
         )
     except Exception as exc:  # nats-py raises many unrelated types here
-        reason = str(exc) or type(exc).__name__
-        fix = (
-            "check the credentials (SISAS_NATS_CREDS / SISAS_NATS_USER / SISAS_NATS_TOKEN)"
-            if "authorization" in reason.lower()
-            else "start one with `sisas up`, or set SISAS_NATS_URL to a reachable server"
-        )
+        with contextlib.suppress(Exception):
+            await nc.close()
+        # The most telling error is not always the last (an auth refusal is followed
+        # by "connection reset"): prefer one that names the cause.
+        telling = [e for e in seen if any(w in e.lower() for w in _TELLING)]
+        reason = (telling or seen or [str(exc) or type(exc).__name__])[-1]
+        lowered = reason.lower()
+        if "authorization" in lowered or "authentication" in lowered:
+            fix = ("check the credentials (SISAS_NATS_CREDS, SISAS_NATS_USER / "
+                   "SISAS_NATS_PASSWORD or SISAS_NATS_TOKEN)")
+        elif "certificate" in lowered or "ssl" in lowered or "tls" in lowered:
+            fix = "check SISAS_NATS_TLS_CA (the server's CA) and the client certificate"
+        else:
+            fix = "start one with `sisas up`, or set SISAS_NATS_URL to a reachable server"
         raise BusUnavailable(f"cannot reach NATS at {redact(url)} ({reason}): {fix}") from None
     connected = True
     nc.options["max_reconnect_attempts"] = -1

@@ -38,10 +38,12 @@ __all__ = ["EmbeddedServer", "RunningServer", "find_binary", "running_server"]
 
 @dataclass(frozen=True)
 class RunningServer:
-    """A server that already serves a data folder."""
+    """A server that already serves a data folder; ``owner`` is the sisas process that
+    started it (0 when unknown or gone)."""
 
     url: str
     pid: int
+    owner: int = 0
 
 
 def find_binary() -> Path:
@@ -94,10 +96,15 @@ def running_server(home: Path) -> RunningServer | None:
         return None
     try:
         data = json.loads(info.read_text())
-        server = RunningServer(url=str(data["url"]), pid=int(data["pid"]))
+        server = RunningServer(url=str(data["url"]), pid=int(data["pid"]),
+                               owner=int(data.get("owner", 0)))
     except (OSError, ValueError, KeyError):
         return None
-    return server if _pid_alive(server.pid) else None
+    if not _pid_alive(server.pid):
+        return None
+    if server.owner and not _pid_alive(server.owner):
+        server = RunningServer(url=server.url, pid=server.pid)
+    return server
 
 
 class EmbeddedServer:
@@ -123,6 +130,10 @@ class EmbeddedServer:
     @property
     def pid(self) -> int:
         return self._proc.pid if self._proc else 0
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
 
     @property
     def log_path(self) -> Path:
@@ -205,7 +216,7 @@ class EmbeddedServer:
             if self._proc.poll() is not None:
                 raise EmbeddedServerError(
                     f"nats-server exited with code {self._proc.returncode} while starting: "
-                    f"{self._log_tail()}"
+                    f"{self.log_tail()}"
                 )
             if ports.exists() and "Server is ready" in self._read_log():
                 with contextlib.suppress(ValueError, KeyError, IndexError):
@@ -214,11 +225,12 @@ class EmbeddedServer:
             if time.monotonic() > deadline:
                 raise EmbeddedServerError(
                     f"nats-server did not become ready within {self.timeout:.0f}s: "
-                    f"{self._log_tail()}"
+                    f"{self.log_tail()}"
                 )
             await asyncio.sleep(0.02)
         (self.home / "server.json").write_text(
-            json.dumps({"url": self.url, "pid": self._proc.pid, "store": str(self.home / "nats")})
+            json.dumps({"url": self.url, "pid": self._proc.pid, "owner": os.getpid(),
+                        "store": str(self.home / "nats")})
         )
 
     def _read_log(self) -> str:
@@ -227,7 +239,7 @@ class EmbeddedServer:
         except OSError:
             return ""
 
-    def _log_tail(self, lines: int = 5) -> str:
+    def log_tail(self, lines: int = 5) -> str:
         text = self._read_log()
         with contextlib.suppress(OSError):
             text += (self.home / "nats-server.err").read_text(errors="replace")
