@@ -43,9 +43,23 @@ def spawn_nats(tmp: Path, *extra: str) -> NatsServer:
     """Start nats-server on 127.0.0.1, a free port, JetStream in ``tmp/store``."""
     tmp.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [str(find_binary()), "-a", "127.0.0.1", "-p", "-1", "-js", "-sd", str(tmp / "store"),
-         "--ports_file_dir", str(tmp), "-l", str(tmp / "nats.log"), *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(find_binary()),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            "-1",
+            "-js",
+            "-sd",
+            str(tmp / "store"),
+            "--ports_file_dir",
+            str(tmp),
+            "-l",
+            str(tmp / "nats.log"),
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     ports = tmp / f"nats-server_{proc.pid}.ports"
     deadline = time.monotonic() + 20

@@ -78,8 +78,9 @@ class LogContract:
     ) -> None:
         sigs = run_signals("r1", 2)
         await log.append(sigs, expected_last_seq=0)
-        rival, _ = ChainHead.after(sigs[0]).extend([Draft(body=PhaseStarted(worker="w"),
-                                                          phase="p1", at=AT)])
+        rival, _ = ChainHead.after(sigs[0]).extend(
+            [Draft(body=PhaseStarted(worker="w"), phase="p1", at=AT)]
+        )
         with pytest.raises(AppendConflict, match="another writer") as err:
             await log.append(rival, expected_last_seq=1)
         assert (err.value.expected_last_seq, err.value.actual_last_seq) == (1, 2)
@@ -91,8 +92,9 @@ class LogContract:
         base = run_signals("r1", 1)
         await log.append(base, expected_last_seq=0)
         candidates = [
-            ChainHead.after(base[0]).extend([Draft(body=PhaseStarted(worker=f"w{i}"),
-                                                   phase="a", at=AT)])[0]
+            ChainHead.after(base[0]).extend(
+                [Draft(body=PhaseStarted(worker=f"w{i}"), phase="a", at=AT)]
+            )[0]
             for i in range(8)
         ]
         results = await asyncio.gather(
@@ -161,7 +163,10 @@ class LogContract:
         await inject("sisas.run.pipe.r1._.bogus", b'{"kind": "run_requested"}')
         records = await collect(log)
         assert [type(r).__name__ for r in records] == [
-            "StoredSignal", "CorruptMessage", "CorruptMessage", "CorruptMessage",
+            "StoredSignal",
+            "CorruptMessage",
+            "CorruptMessage",
+            "CorruptMessage",
         ]
         bad = [r for r in records if isinstance(r, CorruptMessage)]
         assert [r.stream_seq for r in bad] == [2, 3, 4]
@@ -169,5 +174,5 @@ class LogContract:
         assert "hash mismatch" in bad[1].reason
         assert "not a valid signal" in bad[2].reason
         run = await log.read_run("r1")
-        assert [type(r).__name__ for r in run][0] == "StoredSignal"
+        assert isinstance(run[0], StoredSignal)
         assert len(run) == 4

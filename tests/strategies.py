@@ -16,7 +16,7 @@ _finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 _digest = st.binary(min_size=32, max_size=32).map(lambda b: "sha256:" + b.hex())
 
 
-def _for(t: mi.Type) -> st.SearchStrategy[Any]:  # noqa: C901 - a dispatch on type kinds
+def _for(t: mi.Type) -> st.SearchStrategy[Any]:
     if isinstance(t, mi.StrType):
         return _digest if t.pattern and "sha256" in t.pattern else _text
     if isinstance(t, mi.IntType):
@@ -54,8 +54,12 @@ def signals(draw: st.DrawFn, n: int = 1) -> list[Signal]:
     """``n`` consecutive, sealed signals of one run with arbitrary bodies."""
     head = ChainHead(pipeline="pipe", run_id=draw(st.from_regex(r"r[a-z0-9]{1,8}", fullmatch=True)))
     drafts = [
-        Draft(body=draw(bodies), at=AT, phase=draw(st.sampled_from(["", "load", "fit"])),
-              attempt=draw(st.integers(0, 3)))
+        Draft(
+            body=draw(bodies),
+            at=AT,
+            phase=draw(st.sampled_from(["", "load", "fit"])),
+            attempt=draw(st.integers(0, 3)),
+        )
         for _ in range(n)
     ]
     return head.extend(drafts)[0]

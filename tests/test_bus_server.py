@@ -85,8 +85,9 @@ async def test_a_stream_owning_our_subjects_with_another_config_is_drift(
 ) -> None:
     async with open_bus(replace(settings, home=settings.home.parent / "h0")) as bus:
         await bus.js.delete_stream("SISAS_IN")
-        await bus.js.add_stream(StreamConfig(name="SISAS_IN", subjects=["sisas.in.>"],
-                                             storage="memory"))  # type: ignore[arg-type]
+        await bus.js.add_stream(
+            StreamConfig(name="SISAS_IN", subjects=["sisas.in.>"], storage="memory")
+        )  # type: ignore[arg-type]
     with pytest.raises(StreamDrift, match="storage"):
         async with open_bus(settings):
             pass
@@ -105,8 +106,9 @@ async def test_an_unreachable_server_names_the_url_and_the_fix(tmp_path: Path) -
 async def test_user_and_password_are_used_and_a_wrong_one_is_explained(tmp_path: Path) -> None:
     server = spawn_nats(tmp_path / "nats", "--user", "alice", "--pass", "s3cret")
     try:
-        good = Settings(home=tmp_path / "h", nats_url=server.url, user="alice",
-                        password="s3cret", replicas=1)
+        good = Settings(
+            home=tmp_path / "h", nats_url=server.url, user="alice", password="s3cret", replicas=1
+        )
         async with open_bus(good) as bus:
             await bus.log.append(run_signals("r1", 1), expected_last_seq=0)
         with pytest.raises(BusUnavailable, match="credentials"):
@@ -135,7 +137,7 @@ async def test_tls_with_a_private_ca(tmp_path: Path) -> None:
 def test_settings_errors_name_the_variable(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="SISAS_REPLICAS"):
         Settings.from_env({"SISAS_REPLICAS": "three"})
-    with pytest.raises(UsageError, match="SISAS_NATS_CREDS names .* not a file"):
+    with pytest.raises(UsageError, match=r"SISAS_NATS_CREDS names .* not a file"):
         Settings.from_env({"SISAS_NATS_CREDS": str(tmp_path / "missing.creds")})
     with pytest.raises(UsageError, match="SISAS_SYNC"):
         Settings.from_env({"SISAS_SYNC": "sometimes"})

@@ -67,24 +67,28 @@ def test_reordering_dropping_or_duplicating_signals_is_reported(sigs: list) -> N
 
 def test_a_body_swapped_between_signals_is_tampering() -> None:
     head = ChainHead(pipeline="p", run_id="r1")
-    (a, b), _ = head.extend([Draft(body=RunRequested(seed=1), at=AT),
-                             Draft(body=RunRequested(seed=2), at=AT)])
+    (a, b), _ = head.extend(
+        [Draft(body=RunRequested(seed=1), at=AT), Draft(body=RunRequested(seed=2), at=AT)]
+    )
     forged = msgspec.structs.replace(a, body=b.body)
     with pytest.raises(TamperedSignal):
         decode_signal(encode_signal(forged))
 
 
 def test_the_same_decision_seals_to_the_same_bytes() -> None:
-    drafts = [Draft(body=RunRequested(seed=7, config={"x": 1}), at=AT),
-              Draft(body=PhaseCompleted(output_digest=semantic_digest([1, 2])), phase="a", at=AT)]
+    drafts = [
+        Draft(body=RunRequested(seed=7, config={"x": 1}), at=AT),
+        Draft(body=PhaseCompleted(output_digest=semantic_digest([1, 2])), phase="a", at=AT),
+    ]
     one, _ = ChainHead(pipeline="p", run_id="r1").extend(drafts)
     two, _ = ChainHead(pipeline="p", run_id="r1").extend(drafts)
     assert [encode_signal(s) for s in one] == [encode_signal(s) for s in two]
 
 
 def test_nan_cannot_be_sealed_because_json_would_silently_change_it() -> None:
-    draft = Draft(body=InvariantChecked(invariant="INV-1", passed=False, observed=float("nan")),
-                  at=AT)
+    draft = Draft(
+        body=InvariantChecked(invariant="INV-1", passed=False, observed=float("nan")), at=AT
+    )
     with pytest.raises(MalformedSignal, match="NaN"):
         ChainHead(pipeline="p", run_id="r1").extend([draft])
 
@@ -111,7 +115,9 @@ def test_non_canonical_json_is_refused_even_when_it_means_the_same() -> None:
         (b'{"kind":"run_requested"}', "not a valid signal"),
     ],
 )
-def test_bad_messages_become_records_with_their_sequence_and_reason(data: bytes, reason: str) -> None:
+def test_bad_messages_become_records_with_their_sequence_and_reason(
+    data: bytes, reason: str
+) -> None:
     rec = decode_record(42, "sisas.run.p.r1._.x", data)
     assert isinstance(rec, CorruptMessage)
     assert rec.stream_seq == 42
@@ -131,8 +137,9 @@ def test_a_valid_signal_on_the_wrong_subject_is_reported() -> None:
 
 nested = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner,
-                                                                 max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 

@@ -32,9 +32,7 @@ def redact(url: str) -> str:
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     if not settings.tls:
         return None
-    ctx = ssl.create_default_context(
-        cafile=str(settings.tls_ca) if settings.tls_ca else None
-    )
+    ctx = ssl.create_default_context(cafile=str(settings.tls_ca) if settings.tls_ca else None)
     if settings.tls_cert and settings.tls_key:
         ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
     return ctx
@@ -69,7 +67,7 @@ async def connect(url: str, settings: Settings, *, name: str = "sisas") -> NATS:
                 allow_reconnect=True,
                 # Fail fast on the first connect; once connected, reconnect for ever.
                 max_reconnect_attempts=1,
-                reconnect_time_wait=0.25,
+                reconnect_time_wait=0,
                 error_cb=on_error,
                 user_credentials=str(settings.creds) if settings.creds else None,
                 user=settings.user,
@@ -88,8 +86,10 @@ async def connect(url: str, settings: Settings, *, name: str = "sisas") -> NATS:
         reason = (telling or seen or [str(exc) or type(exc).__name__])[-1]
         lowered = reason.lower()
         if "authorization" in lowered or "authentication" in lowered:
-            fix = ("check the credentials (SISAS_NATS_CREDS, SISAS_NATS_USER / "
-                   "SISAS_NATS_PASSWORD or SISAS_NATS_TOKEN)")
+            fix = (
+                "check the credentials (SISAS_NATS_CREDS, SISAS_NATS_USER / "
+                "SISAS_NATS_PASSWORD or SISAS_NATS_TOKEN)"
+            )
         elif "certificate" in lowered or "ssl" in lowered or "tls" in lowered:
             fix = "check SISAS_NATS_TLS_CA (the server's CA) and the client certificate"
         else:

@@ -96,8 +96,9 @@ def running_server(home: Path) -> RunningServer | None:
         return None
     try:
         data = json.loads(info.read_text())
-        server = RunningServer(url=str(data["url"]), pid=int(data["pid"]),
-                               owner=int(data.get("owner", 0)))
+        server = RunningServer(
+            url=str(data["url"]), pid=int(data["pid"]), owner=int(data.get("owner", 0))
+        )
     except (OSError, ValueError, KeyError):
         return None
     if not _pid_alive(server.pid):
@@ -117,8 +118,9 @@ class EmbeddedServer:
     JetStream shutdown), then SIGKILL after ``timeout``.
     """
 
-    def __init__(self, home: Path, *, port: int = 0, sync: str = "always",
-                 timeout: float = 30.0) -> None:
+    def __init__(
+        self, home: Path, *, port: int = 0, sync: str = "always", timeout: float = 30.0
+    ) -> None:
         self.home = home.absolute()
         self.port = port
         self.sync = sync
@@ -143,8 +145,9 @@ class EmbeddedServer:
         await self.start()
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()
 
     def _acquire_lock(self) -> None:
@@ -163,7 +166,8 @@ class EmbeddedServer:
                     raise ServerAlreadyRunning(
                         f"{self.home} is already served by nats-server pid {pid} at {url}: "
                         "every sisas command uses it; to stop it run `sisas down`",
-                        url=url, pid=pid,
+                        url=url,
+                        pid=pid,
                     ) from None
                 time.sleep(0.05)  # another sisas is starting: wait for its server.json
         os.set_inheritable(fd, True)
@@ -204,9 +208,18 @@ class EmbeddedServer:
         self.log_path.unlink(missing_ok=True)
         with open(self.home / "nats-server.err", "wb") as err:
             self._proc = subprocess.Popen(
-                [str(find_binary()), "-c", str(conf), "--ports_file_dir", str(rundir),
-                 "-l", str(self.log_path)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                [
+                    str(find_binary()),
+                    "-c",
+                    str(conf),
+                    "--ports_file_dir",
+                    str(rundir),
+                    "-l",
+                    str(self.log_path),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
                 pass_fds=(self._lock_fd,) if self._lock_fd is not None else (),
                 start_new_session=True,  # Ctrl-C reaches sisas, which stops the server in order
             )
@@ -229,8 +242,14 @@ class EmbeddedServer:
                 )
             await asyncio.sleep(0.02)
         (self.home / "server.json").write_text(
-            json.dumps({"url": self.url, "pid": self._proc.pid, "owner": os.getpid(),
-                        "store": str(self.home / "nats")})
+            json.dumps(
+                {
+                    "url": self.url,
+                    "pid": self._proc.pid,
+                    "owner": os.getpid(),
+                    "store": str(self.home / "nats"),
+                }
+            )
         )
 
     def _read_log(self) -> str:

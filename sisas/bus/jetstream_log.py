@@ -49,8 +49,15 @@ class _Transient(Exception):
 class JetStreamLog:
     """:class:`sisas.bus.log.SignalLog` on a JetStream stream (default ``SISAS_LOG``)."""
 
-    def __init__(self, nc: NATS, *, stream: str = LOG_STREAM, subjects: str = f"{LOG_PREFIX}.>",
-                 timeout: float = 5.0, append_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        stream: str = LOG_STREAM,
+        subjects: str = f"{LOG_PREFIX}.>",
+        timeout: float = 5.0,
+        append_timeout: float = 30.0,
+    ) -> None:
         self._nc = nc
         self._subjects = subjects
         self._js = nc.jetstream()
@@ -118,7 +125,8 @@ class JetStreamLog:
                 raise AppendConflict(
                     f"run {signal.run_id} changed since stream seq {expected} (now {actual}): "
                     f"another writer appended first; reload the run and decide again",
-                    expected_last_seq=expected, actual_last_seq=actual,
+                    expected_last_seq=expected,
+                    actual_last_seq=actual,
                 )
             if ack.error.code == 503:
                 continue
@@ -142,8 +150,9 @@ class JetStreamLog:
 
     async def _request(self, subject: str, data: bytes, headers: dict[str, str] | None) -> Reply:
         try:
-            return await self._requests.request(subject, data, headers=headers,
-                                                timeout=self._timeout)
+            return await self._requests.request(
+                subject, data, headers=headers, timeout=self._timeout
+            )
         except ConnectionClosedError:
             raise BusUnavailable(
                 "the NATS connection is closed: check the server and run the command again"
@@ -220,9 +229,13 @@ class JetStreamLog:
             queue.put_nowait(msg)
 
         sub = await self._js.subscribe(
-            subject, stream=self._stream, ordered_consumer=True, cb=on_msg,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                                  opt_start_seq=from_seq),
+            subject,
+            stream=self._stream,
+            ordered_consumer=True,
+            cb=on_msg,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=from_seq
+            ),
         )
         try:
             while True:

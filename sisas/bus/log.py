@@ -7,6 +7,7 @@ and :class:`sisas.bus.memory_log.MemoryLog` (fast unit tests). One contract test
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
@@ -69,7 +70,7 @@ def check_batch(signals: Sequence[Signal]) -> None:
     if not signals:
         raise UsageError("append needs at least one signal")
     first = signals[0]
-    for prev, cur in zip(signals, signals[1:], strict=False):
+    for prev, cur in itertools.pairwise(signals):
         if cur.run_id != first.run_id or cur.pipeline != first.pipeline:
             raise UsageError("one append must hold signals of a single run")
         if cur.seq != prev.seq + 1 or cur.prev != prev.hash:

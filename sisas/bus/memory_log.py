@@ -59,7 +59,8 @@ class MemoryLog:
                 raise AppendConflict(
                     f"run {signal.run_id} changed since stream seq {expected} (now {actual}): "
                     "another writer appended first; reload the run and decide again",
-                    expected_last_seq=expected, actual_last_seq=actual,
+                    expected_last_seq=expected,
+                    actual_last_seq=actual,
                 )
             if signal.id in self._by_id:  # dedup: same Msg-Id, server keeps the first
                 seq = self._by_id[signal.id]

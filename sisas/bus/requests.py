@@ -8,6 +8,7 @@ docs/performance.md for why this path exists.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from typing import Final
 
@@ -61,31 +62,31 @@ class Requester:
     async def close(self) -> None:
         if self._sub is not None:
             sub, self._sub = self._sub, None
-            try:
+            with contextlib.suppress(Exception):  # connection closed: nothing to release
                 await sub.unsubscribe()
-            except Exception:  # connection already closed: nothing left to release
-                pass
         for fut in self._waiting.values():
             fut.cancel()
         self._waiting.clear()
 
     async def _on_reply(self, msg: Msg) -> None:
-        fut = self._waiting.pop(msg.subject[len(self._prefix) + 1:], None)
+        fut = self._waiting.pop(msg.subject[len(self._prefix) + 1 :], None)
         if fut is None or fut.done():
             return  # a reply after its request timed out
         headers = dict(msg.headers) if msg.headers else {}
         status = headers.pop("Status", "")
         fut.set_result(Reply(status=status, headers=headers, data=msg.data))
 
-    async def request(self, subject: str, payload: bytes, *, headers: dict[str, str] | None,
-                      timeout: float) -> Reply:
+    async def request(
+        self, subject: str, payload: bytes, *, headers: dict[str, str] | None, timeout: float
+    ) -> Reply:
         """Publish and wait for the reply. Raises ``TimeoutError`` after ``timeout`` s."""
         token = str(next(self._ids))
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting[token] = fut
         try:
-            await self._nc.publish(subject, payload, reply=f"{self._prefix}.{token}",
-                                   headers=headers)
+            await self._nc.publish(
+                subject, payload, reply=f"{self._prefix}.{token}", headers=headers
+            )
             return await asyncio.wait_for(fut, timeout)
         finally:
             self._waiting.pop(token, None)

@@ -69,14 +69,25 @@ async def open_bus(settings: Settings, *, name: str = "sisas") -> AsyncIterator[
         stack.push_async_callback(_close, nc)
         js = nc.jetstream(timeout=settings.timeout)
         report = await provision(
-            js, replicas=settings.replicas, home=settings.home, identity=identity,
+            js,
+            replicas=settings.replicas,
+            home=settings.home,
+            identity=identity,
             store=settings.home / "nats" if identity == "embedded" else None,
         )
         log = JetStreamLog(nc, timeout=settings.timeout)
         stack.push_async_callback(log.close)
         await log.start()
-        yield Bus(settings=settings, url=url, nc=nc, js=js, log=log,
-                  artifacts=JetStreamArtifacts(js), provisioned=report, server=server)
+        yield Bus(
+            settings=settings,
+            url=url,
+            nc=nc,
+            js=js,
+            log=log,
+            artifacts=JetStreamArtifacts(js),
+            provisioned=report,
+            server=server,
+        )
 
 
 async def _close(nc: NATS) -> None:

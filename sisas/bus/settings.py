@@ -3,7 +3,7 @@
 | variable | meaning | default |
 |---|---|---|
 | ``SISAS_HOME`` | data folder: embedded server store, projections, server.json | ``./.sisas`` |
-| ``SISAS_NATS_URL`` | use this NATS server or cluster (comma-separated URLs); nothing is spawned | embedded |
+| ``SISAS_NATS_URL`` | NATS server or cluster (comma-separated URLs); nothing spawned | embedded |
 | ``SISAS_NATS_CREDS`` | credentials file (JWT + nkey seed) | none |
 | ``SISAS_NATS_USER`` / ``SISAS_NATS_PASSWORD`` | user and password | none |
 | ``SISAS_NATS_TOKEN`` | auth token | none |

@@ -87,7 +87,7 @@ def input_stream_config(replicas: int) -> StreamConfig:
 
 def _limit(value: int | float | None) -> int | float:
     """Normalise "no limit" (None, 0 or -1 depending on the field) to -1."""
-    return -1 if value in (None, 0, -1) else value  # type: ignore[return-value]
+    return -1 if value is None or value in (0, -1) else value
 
 
 def config_drift(actual: StreamConfig, required: StreamConfig) -> list[str]:
@@ -135,8 +135,9 @@ def _store_has_log(store: Path | None) -> bool:
     return store is not None and (store / "jetstream" / "$G" / "streams" / LOG_STREAM).is_dir()
 
 
-async def _ensure(js: JetStreamContext, required: StreamConfig, report: ProvisionReport,
-                  *, guard: str | None) -> StreamInfo:
+async def _ensure(
+    js: JetStreamContext, required: StreamConfig, report: ProvisionReport, *, guard: str | None
+) -> StreamInfo:
     name = required.name or ""
     try:
         info = await js.stream_info(name)
@@ -149,7 +150,8 @@ async def _ensure(js: JetStreamContext, required: StreamConfig, report: Provisio
     problems = config_drift(info.config, required)
     if problems:
         raise StreamDrift(
-            f"stream {name} has drifted: " + "; ".join(problems)
+            f"stream {name} has drifted: "
+            + "; ".join(problems)
             + ". sisas refuses to run on it because history could be lost. Restore the "
             "config (e.g. `nats stream edit`), or point SISAS_NATS_URL / SISAS_HOME elsewhere"
         )
@@ -157,8 +159,9 @@ async def _ensure(js: JetStreamContext, required: StreamConfig, report: Provisio
     return info
 
 
-async def provision(js: JetStreamContext, *, replicas: int, home: Path, identity: str,
-                    store: Path | None = None) -> ProvisionReport:
+async def provision(
+    js: JetStreamContext, *, replicas: int, home: Path, identity: str, store: Path | None = None
+) -> ProvisionReport:
     """Create the streams and the artifact bucket if missing; verify them if present.
 
     ``identity`` names the server (``"embedded"`` or its URL): the data folder remembers
@@ -194,7 +197,8 @@ async def provision(js: JetStreamContext, *, replicas: int, home: Path, identity
                 ARTIFACT_BUCKET,
                 ObjectStoreConfig(
                     description="sisas artifacts: run inputs and phase outputs by digest",
-                    storage=StorageType.FILE, replicas=replicas,
+                    storage=StorageType.FILE,
+                    replicas=replicas,
                 ),
             )
             report.created.append(ARTIFACT_BUCKET)
@@ -207,8 +211,13 @@ async def provision(js: JetStreamContext, *, replicas: int, home: Path, identity
         ) from None
     if not marker.exists():
         home.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({
-            "stream": LOG_STREAM, "server": identity,
-            "created": info.created.isoformat() if info.created else None,
-        }))
+        marker.write_text(
+            json.dumps(
+                {
+                    "stream": LOG_STREAM,
+                    "server": identity,
+                    "created": info.created.isoformat() if info.created else None,
+                }
+            )
+        )
     return report

@@ -74,8 +74,9 @@ def cli(verbose: int) -> None:
     Every command takes --help. Exit codes: 0 ok, 1 failed, 2 usage or input error.
     """
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     if verbose == 0:
         # Commands render bad messages themselves; the bus would repeat them.
         logging.getLogger("sisas.bus").setLevel(logging.ERROR)

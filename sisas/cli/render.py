@@ -24,9 +24,14 @@ from sisas.signals import (
 __all__ = ["KIND_STYLE", "record_json", "record_line", "signal_summary", "signals_table"]
 
 KIND_STYLE = {
-    "run_completed": "bold green", "phase_completed": "green",
-    "run_failed": "bold red", "phase_failed": "red", "phase_timed_out": "red",
-    "run_cancelled": "yellow", "phase_skipped": "dim", "phase_retry_scheduled": "yellow",
+    "run_completed": "bold green",
+    "phase_completed": "green",
+    "run_failed": "bold red",
+    "phase_failed": "red",
+    "phase_timed_out": "red",
+    "run_cancelled": "yellow",
+    "phase_skipped": "dim",
+    "phase_retry_scheduled": "yellow",
 }
 
 
@@ -53,14 +58,27 @@ def signals_table(records: list[StoredSignal | CorruptMessage], title: str) -> T
         table.add_column(col, no_wrap=col != "detail")
     for rec in records:
         if isinstance(rec, CorruptMessage):
-            table.add_row(str(rec.stream_seq), "?", "", "", Text("CORRUPT", "bold red"), "",
-                          Text(rec.reason, "red"), "")
+            table.add_row(
+                str(rec.stream_seq),
+                "?",
+                "",
+                "",
+                Text("CORRUPT", "bold red"),
+                "",
+                Text(rec.reason, "red"),
+                "",
+            )
             continue
         s = rec.signal
         table.add_row(
-            str(rec.stream_seq), str(s.seq), s.at.strftime("%H:%M:%S.%f")[:-3],
-            s.phase or "-", Text(s.kind, KIND_STYLE.get(s.kind, "")), str(s.attempt),
-            signal_summary(s), s.hash[:10],
+            str(rec.stream_seq),
+            str(s.seq),
+            s.at.strftime("%H:%M:%S.%f")[:-3],
+            s.phase or "-",
+            Text(s.kind, KIND_STYLE.get(s.kind, "")),
+            str(s.attempt),
+            signal_summary(s),
+            s.hash[:10],
         )
     return table
 
@@ -68,8 +86,7 @@ def signals_table(records: list[StoredSignal | CorruptMessage], title: str) -> T
 def record_line(rec: LogRecord) -> Text:
     """One line of ``sisas tail``."""
     if isinstance(rec, LogGap):
-        return Text(f"GAP      stream seq {rec.first}..{rec.last} missing from the log",
-                    "bold red")
+        return Text(f"GAP      stream seq {rec.first}..{rec.last} missing from the log", "bold red")
     if isinstance(rec, CorruptMessage):
         return Text(f"{rec.stream_seq:>8} CORRUPT on {rec.subject}: {rec.reason}", "bold red")
     s = rec.signal

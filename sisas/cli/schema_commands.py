@@ -25,5 +25,7 @@ def export_cmd(directory: Path) -> None:
         paths = export(directory)
     except OSError as exc:
         fail(f"cannot write schemas to {directory}: {exc.strerror}; choose a writable folder")
-    console.print(f"wrote {len(paths)} schemas to {directory}/ "
-                  f"(JSON Schema 2020-12; signal.json accepts any kind)")
+    console.print(
+        f"wrote {len(paths)} schemas to {directory}/ "
+        f"(JSON Schema 2020-12; signal.json accepts any kind)"
+    )

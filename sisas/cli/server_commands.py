@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -24,8 +25,12 @@ __all__ = ["down", "status", "up"]
 
 
 @cli.command()
-@click.option("--port", type=click.IntRange(0, 65535), default=None,
-              help="Client port of the embedded server (default SISAS_PORT, or any free port).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Client port of the embedded server (default SISAS_PORT, or any free port).",
+)
 @run_async
 async def up(port: int | None) -> None:
     """Start sisas and keep it running until Ctrl-C.
@@ -42,8 +47,10 @@ async def up(port: int | None) -> None:
     if settings.embedded:
         other = running_server(settings.home)
         if other is not None:
-            fail(f"sisas is already up for {settings.home} at {other.url} (nats-server pid "
-                 f"{other.pid}): every sisas command uses it; stop it with `sisas down`")
+            fail(
+                f"sisas is already up for {settings.home} at {other.url} (nats-server pid "
+                f"{other.pid}): every sisas command uses it; stop it with `sisas down`"
+            )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -53,30 +60,38 @@ async def up(port: int | None) -> None:
         grid.add_row("url", f"[bold]{redact(bus.url)}[/]")
         if bus.server is not None:
             grid.add_row("data folder", str(bus.server.home))
-            grid.add_row("server", f"nats-server pid {bus.server.pid}, sync_interval "
-                                   f"{settings.sync}, log {bus.server.log_path}")
+            grid.add_row(
+                "server",
+                f"nats-server pid {bus.server.pid}, sync_interval "
+                f"{settings.sync}, log {bus.server.log_path}",
+            )
         grid.add_row("replicas", str(settings.replicas))
         if bus.provisioned.created:
             grid.add_row("created", ", ".join(bus.provisioned.created))
         if bus.provisioned.verified:
             grid.add_row("verified", ", ".join(bus.provisioned.verified))
-        grid.add_row("next", f"SISAS_NATS_URL={bus.url} for other machines; "
-                             "`sisas tail` to watch; Ctrl-C to stop")
+        grid.add_row(
+            "next",
+            f"SISAS_NATS_URL={bus.url} for other machines; `sisas tail` to watch; Ctrl-C to stop",
+        )
         console.print(Panel(grid, title="sisas is up", title_align="left", expand=False))
         while not stop.is_set():
             if bus.server is not None and not bus.server.alive:
                 fail(f"nats-server exited unexpectedly: {bus.server.log_tail()}", 1)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
-            except TimeoutError:
-                pass
         err_console.print("stopping…")
     err_console.print("stopped cleanly")
 
 
 @cli.command()
-@click.option("--timeout", type=float, default=30.0, show_default=True,
-              help="Seconds to wait for a clean stop.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for a clean stop.",
+)
 def down(timeout: float) -> None:
     """Stop the sisas server that serves this data folder (started by `sisas up`)."""
     settings = load_settings()
@@ -89,8 +104,11 @@ def down(timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while running_server(settings.home) is not None:
         if time.monotonic() > deadline:
-            fail(f"pid {target} did not stop within {timeout:.0f}s: check it, then "
-                 f"`kill {server.pid}` (nats-server) as a last resort", 1)
+            fail(
+                f"pid {target} did not stop within {timeout:.0f}s: check it, then "
+                f"`kill {server.pid}` (nats-server) as a last resort",
+                1,
+            )
         time.sleep(0.1)
     console.print(f"stopped the server at {server.url}")
 
@@ -107,8 +125,10 @@ async def status(as_json: bool) -> None:
         for name in (LOG_STREAM, INPUT_STREAM):
             info = await bus.js.stream_info(name)
             streams[name] = {
-                "messages": info.state.messages, "bytes": info.state.bytes,
-                "first_seq": info.state.first_seq, "last_seq": info.state.last_seq,
+                "messages": info.state.messages,
+                "bytes": info.state.bytes,
+                "first_seq": info.state.first_seq,
+                "last_seq": info.state.last_seq,
                 "replicas": info.config.num_replicas,
             }
         data = {
@@ -126,9 +146,17 @@ async def status(as_json: bool) -> None:
     for col in ("stream", "messages", "bytes", "first seq", "last seq", "replicas"):
         table.add_column(col, justify="right" if col != "stream" else "left")
     for name, st in streams.items():
-        table.add_row(name, str(st["messages"]), str(st["bytes"]), str(st["first_seq"]),
-                      str(st["last_seq"]), str(st["replicas"]))
+        table.add_row(
+            name,
+            str(st["messages"]),
+            str(st["bytes"]),
+            str(st["first_seq"]),
+            str(st["last_seq"]),
+            str(st["replicas"]),
+        )
     console.print(table)
     if settings.embedded and not already:
-        console.print("[dim]no server was running: started one for this command; "
-                      "`sisas up` keeps one running[/]")
+        console.print(
+            "[dim]no server was running: started one for this command; "
+            "`sisas up` keeps one running[/]"
+        )

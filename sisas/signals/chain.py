@@ -111,22 +111,39 @@ def verify_chain(signals: Sequence[Signal], *, run_id: str | None = None) -> lis
     run = run_id if run_id is not None else (signals[0].run_id if signals else None)
     for s in signals:
         if s.run_id != run:
-            issues.append(ChainIssue(seq=s.seq, problem="foreign",
-                                     message=f"signal {s.id} belongs to run {s.run_id}"))
+            issues.append(
+                ChainIssue(
+                    seq=s.seq, problem="foreign", message=f"signal {s.id} belongs to run {s.run_id}"
+                )
+            )
             continue
         if s.seq < expected_seq:
-            issues.append(ChainIssue(seq=s.seq, problem="duplicate",
-                                     message=f"seq {s.seq} appears again after {expected_seq - 1}"))
+            issues.append(
+                ChainIssue(
+                    seq=s.seq,
+                    problem="duplicate",
+                    message=f"seq {s.seq} appears again after {expected_seq - 1}",
+                )
+            )
             continue
         if s.seq > expected_seq:
-            issues.append(ChainIssue(seq=s.seq, problem="gap",
-                                     message=f"seq {expected_seq}..{s.seq - 1} missing"))
+            issues.append(
+                ChainIssue(
+                    seq=s.seq, problem="gap", message=f"seq {expected_seq}..{s.seq - 1} missing"
+                )
+            )
         elif s.prev != prev_hash:
-            issues.append(ChainIssue(seq=s.seq, problem="broken_link",
-                                     message=f"prev of seq {s.seq} does not match the hash of "
-                                     f"seq {s.seq - 1}"))
+            issues.append(
+                ChainIssue(
+                    seq=s.seq,
+                    problem="broken_link",
+                    message=f"prev of seq {s.seq} does not match the hash of seq {s.seq - 1}",
+                )
+            )
         if s.id != signal_id(s.run_id, s.seq):
-            issues.append(ChainIssue(seq=s.seq, problem="bad_id",
-                                     message=f"id {s.id!r} should be {signal_id(s.run_id, s.seq)!r}"))
+            want = signal_id(s.run_id, s.seq)
+            issues.append(
+                ChainIssue(seq=s.seq, problem="bad_id", message=f"id {s.id!r} should be {want!r}")
+            )
         expected_seq, prev_hash = s.seq + 1, s.hash
     return issues

@@ -16,7 +16,7 @@ import enum
 import hashlib
 import math
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -43,7 +43,7 @@ class Hasher:
         self._h.update(len(payload).to_bytes(8, "big"))
         self._h.update(payload)
 
-    def feed(self, value: object) -> None:  # noqa: C901 - one dispatch table, read top-down
+    def feed(self, value: object) -> None:
         if value is None:
             self._token(b"N", b"")
         elif isinstance(value, bool):
@@ -86,9 +86,8 @@ class Hasher:
                 "data, a pydantic model, a msgspec Struct, a dataclass or a numpy array"
             )
 
-    def _mapping(self, value: Mapping[object, object], name: str = "") -> None:
-        keyed = sorted(((semantic_digest(k), k, v) for k, v in value.items()),
-                       key=lambda t: t[0])
+    def _mapping(self, value: Mapping[Any, Any], name: str = "") -> None:
+        keyed = sorted(((semantic_digest(k), k, v) for k, v in value.items()), key=lambda t: t[0])
         self._token(b"M", f"{name}:{len(keyed)}".encode())
         for _, key, item in keyed:
             self.feed(key)

@@ -8,7 +8,7 @@ new kind.
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal, TypeAlias
+from typing import Annotated, Final, Literal, TypeAlias, get_args
 
 import msgspec
 
@@ -57,10 +57,13 @@ ErrorKind = Literal[
     "WorkerLost",
     "Cancelled",
 ]
-ERROR_KINDS: Final[tuple[str, ...]] = ErrorKind.__args__
+ERROR_KINDS: Final[tuple[str, ...]] = get_args(ErrorKind)
 
 _OPTS: Final = {
-    "frozen": True, "kw_only": True, "omit_defaults": True, "forbid_unknown_fields": True,
+    "frozen": True,
+    "kw_only": True,
+    "omit_defaults": True,
+    "forbid_unknown_fields": True,
     "tag_field": "kind",
 }
 
@@ -260,7 +263,7 @@ Body: TypeAlias = (
     | RunCancelled
 )
 
-BODY_TYPES: Final[tuple[type[Body], ...]] = Body.__args__  # type: ignore[attr-defined]
+BODY_TYPES: Final[tuple[type[Body], ...]] = get_args(Body)
 KINDS: Final[dict[str, type[Body]]] = {
     t.__struct_config__.tag: t  # type: ignore[misc]
     for t in BODY_TYPES

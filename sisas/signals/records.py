@@ -53,12 +53,15 @@ def decode_record(stream_seq: int, subject: str, data: bytes) -> StoredSignal | 
     try:
         signal = decode_signal(data)
     except SignalError as exc:
-        return CorruptMessage(stream_seq=stream_seq, subject=subject, reason=str(exc),
-                              size=len(data))
+        return CorruptMessage(
+            stream_seq=stream_seq, subject=subject, reason=str(exc), size=len(data)
+        )
     expected = log_subject(signal.pipeline, signal.run_id, signal.phase, signal.kind)
     if subject != expected and parse_log_subject(subject) is not None:
         return CorruptMessage(
-            stream_seq=stream_seq, subject=subject, size=len(data),
+            stream_seq=stream_seq,
+            subject=subject,
+            size=len(data),
             reason=f"signal {signal.id} is stored on {subject}, its subject is {expected}",
         )
     return StoredSignal(stream_seq=stream_seq, signal=signal)
