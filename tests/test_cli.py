@@ -1,0 +1,202 @@
+"""The sisas command as a user runs it: real processes, a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import msgspec
+import pytest
+
+from sisas.bus.runtime import Bus
+from sisas.bus.settings import Settings
+from sisas.schemas import COMMITTED_DIR
+from sisas.signals import encode_signal
+from tests.conftest import NatsServer
+from tests.log_contract import run_signals
+
+SISAS = [sys.executable, "-m", "sisas.cli"]
+
+
+def sisas(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SISAS, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture
+def env(nats_server: NatsServer, tmp_path: Path) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
+    return {
+        **clean,
+        "SISAS_NATS_URL": nats_server.url,
+        "SISAS_HOME": str(tmp_path / "home"),
+        "SISAS_REPLICAS": "1",
+        "COLUMNS": "200",
+    }
+
+
+def test_version_and_help_speak_to_a_newcomer(env: dict[str, str]) -> None:
+    out = sisas("--version", env=env)
+    assert out.returncode == 0
+    assert out.stdout.startswith("sisas, version ")
+    top = sisas("--help", env=env).stdout
+    for cmd in ("up", "down", "status", "signals", "tail", "schema"):
+        assert f"  {cmd} " in top
+    assert "SISAS_NATS_URL" in top
+    for cmd in (["up"], ["signals"], ["tail"], ["schema", "export"], ["status"]):
+        assert sisas(*cmd, "--help", env=env).returncode == 0
+
+
+def test_a_wrong_command_or_argument_is_a_usage_error(env: dict[str, str]) -> None:
+    assert sisas("frobnicate", env=env).returncode == 2
+    bad = sisas("signals", "no.dots", env=env)
+    assert bad.returncode == 2
+    assert "invalid run id" in bad.stderr
+
+
+async def test_signals_prints_a_run_and_json_validates_against_the_schemas(
+    bus: Bus, env: dict[str, str]
+) -> None:
+    sigs = run_signals("r1", 4)
+    await bus.log.append(sigs, expected_last_seq=0)
+    table = sisas("signals", "r1", env=env)
+    assert table.returncode == 0, table.stderr
+    assert "chain intact: 4 signals" in table.stdout
+    assert "phase_scheduled" in table.stdout
+    out = sisas("signals", "r1", "--json", env=env)
+    data = json.loads(out.stdout)
+    assert data["intact"] is True
+    assert [s["signal"]["seq"] for s in data["signals"]] == [1, 2, 3, 4]
+    assert [s["stream_seq"] for s in data["signals"]] == [1, 2, 3, 4]
+    for entry in data["signals"]:
+        wire = entry["signal"]
+        kind = wire["body"]["kind"]
+        schema = json.loads((COMMITTED_DIR / f"{kind}.json").read_text())
+        jsonschema.validate(wire, schema, format_checker=jsonschema.FormatChecker())
+        # what --json prints is what is on the wire, byte for byte once re-encoded
+        assert msgspec.json.encode(wire, order="sorted") == encode_signal(sigs[wire["seq"] - 1])
+
+
+async def test_signals_of_a_tampered_run_fail_and_say_where(bus: Bus, env: dict[str, str]) -> None:
+    sigs = run_signals("r1", 3)
+    await bus.log.append(sigs[:2], expected_last_seq=0)
+    forged = msgspec.structs.replace(sigs[2], attempt=7)
+    await bus.js.publish("sisas.run.pipe.r1.p2.phase_scheduled", encode_signal(forged))
+    out = sisas("signals", "r1", env=env)
+    assert out.returncode == 1
+    assert "CORRUPT" in out.stdout
+    assert "hash mismatch" in out.stdout
+    data = json.loads(sisas("signals", "r1", "--json", env=env).stdout)
+    assert data["intact"] is False
+    assert data["corrupt"][0]["stream_seq"] == 3
+
+
+def test_an_unknown_run_exits_2(env: dict[str, str]) -> None:
+    out = sisas("signals", "nope", env=env)
+    assert out.returncode == 2
+    assert "no signals for run 'nope'" in out.stderr
+
+
+async def test_tail_follows_the_log_including_bad_messages(bus: Bus, env: dict[str, str]) -> None:
+    await bus.log.append(run_signals("r1", 2), expected_last_seq=0)
+    await bus.js.publish("sisas.run.pipe.r1._.junk", b"{not json")
+    proc = subprocess.Popen(
+        [*SISAS, "tail", "--all", "--count", "5", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.5)
+    await bus.log.append(run_signals("r2", 2), expected_last_seq=0)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 5
+    assert lines[2]["error"].startswith("not JSON")
+    assert lines[2]["stream_seq"] == 3
+    assert [line["signal"]["run_id"] for line in lines if "signal" in line] == [
+        "r1", "r1", "r2", "r2",
+    ]
+
+
+def test_schema_export_writes_the_committed_schemas(tmp_path: Path, env: dict[str, str]) -> None:
+    out = sisas("schema", "export", str(tmp_path / "schemas"), env=env)
+    assert out.returncode == 0
+    written = sorted(p.name for p in (tmp_path / "schemas").iterdir())
+    assert written == sorted(p.name for p in COMMITTED_DIR.iterdir())
+
+
+def test_an_unreachable_server_is_one_line_and_exit_2(env: dict[str, str]) -> None:
+    out = sisas("status", env={**env, "SISAS_NATS_URL": "nats://127.0.0.1:1"})
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "nats://127.0.0.1:1" in lines[0]
+    assert "sisas up" in lines[0]
+
+
+def test_up_runs_until_interrupted_and_a_second_up_refuses(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
+    env.update(SISAS_HOME=str(tmp_path / "home"), COLUMNS="200")
+    proc = subprocess.Popen(
+        [*SISAS, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "home" / "server.json").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        url = json.loads((tmp_path / "home" / "server.json").read_text())["url"]
+        second = sisas("up", env=env)
+        assert second.returncode == 2
+        assert "already up" in second.stderr
+        status = json.loads(sisas("status", "--json", env=env).stdout)
+        assert status["url"] == url
+        assert status["running"] is True
+        assert status["streams"]["SISAS_LOG"]["messages"] == 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert url in out
+    assert "stopped cleanly" in err
+    assert not (tmp_path / "home" / "server.json").exists()
+    # and it comes back on the same folder with its streams verified, not recreated
+    status = json.loads(sisas("status", "--json", env=env).stdout)
+    assert status["running"] is False
+
+
+def test_down_stops_a_running_up(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
+    env.update(SISAS_HOME=str(tmp_path / "home"))
+    proc = subprocess.Popen([*SISAS, "up"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "home" / "server.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out = sisas("down", env=env)
+    assert out.returncode == 0
+    assert "stopped" in out.stdout
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "nothing is running" in sisas("down", env=env).stdout
+
+
+def test_settings_errors_are_usage_errors(env: dict[str, str]) -> None:
+    out = sisas("status", env={**env, "SISAS_REPLICAS": "lots"})
+    assert out.returncode == 2
+    assert "SISAS_REPLICAS" in out.stderr
+
+
+def test_settings_defaults_match_the_docs() -> None:
+    s = Settings.from_env({})
+    assert (str(s.home), s.sync, s.port) == (".sisas", "always", 0)

@@ -1,0 +1,82 @@
+"""The committed JSON Schemas match the Structs, and real signals validate against them."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import jsonschema
+import msgspec
+from hypothesis import given, settings
+
+from sisas.schemas import COMMITTED_DIR, export, render, schemas
+from sisas.signals import KINDS, Signal, encode_signal
+from tests.strategies import signals
+
+FORMATS = jsonschema.Draft202012Validator.FORMAT_CHECKER
+assert "date-time" in FORMATS.checkers, "install rfc3339-validator (a dev dependency)"
+
+
+@functools.cache
+def validator(kind: str) -> jsonschema.Draft202012Validator:
+    schema = json.loads((COMMITTED_DIR / f"{kind}.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema, format_checker=FORMATS)
+
+
+def test_committed_schemas_are_exactly_what_the_structs_generate() -> None:
+    generated = schemas()
+    committed = {p.name: p.read_text() for p in COMMITTED_DIR.glob("*.json")}
+    assert set(committed) == set(generated), "run `sisas schema export sisas/schemas/json`"
+    for name, schema in generated.items():
+        assert committed[name] == render(schema), (
+            f"{name} drifted from the Structs: if the change is intended, run "
+            "`sisas schema export sisas/schemas/json` and commit the diff"
+        )
+
+
+def test_there_is_one_schema_per_kind_plus_the_union() -> None:
+    assert set(schemas()) == {f"{k}.json" for k in KINDS} | {"signal.json"}
+
+
+@settings(max_examples=150)
+@given(signals(n=1))
+def test_every_signal_on_the_wire_validates_against_its_kind_and_the_union(sigs: list) -> None:
+    wire = json.loads(encode_signal(sigs[0]))
+    validator(sigs[0].kind).validate(wire)
+    validator("signal").validate(wire)
+
+
+def test_schemas_reject_what_sisas_rejects() -> None:
+    v = validator("phase_completed")
+    good = {
+        "id": "r:1",
+        "run_id": "r",
+        "pipeline": "p",
+        "seq": 1,
+        "at": "2026-01-01T00:00:00Z",
+        "prev": "0" * 64,
+        "hash": "a" * 64,
+        "body": {"kind": "phase_completed", "output_digest": "sha256:" + "b" * 64},
+    }
+    v.validate(good)
+    for bad in (
+        {**good, "seq": 0},
+        {**good, "surprise": 1},
+        {**good, "body": {"kind": "phase_failed", "error": {"kind": "X", "message": "m"}}},
+        {**good, "body": {"kind": "phase_completed", "output_digest": "md5:abc"}},
+        {**good, "at": "yesterday"},
+    ):
+        assert not v.is_valid(bad), bad
+
+
+def test_export_writes_the_committed_files(tmp_path: Path) -> None:
+    paths = export(tmp_path / "out")
+    for path in paths:
+        assert path.read_text() == (COMMITTED_DIR / path.name).read_text()
+
+
+def test_signal_envelope_schema_names_every_field() -> None:
+    props = schemas()["signal.json"]["$defs"]["Signal"]["properties"]
+    assert set(props) == {f.encode_name for f in msgspec.structs.fields(Signal)}
