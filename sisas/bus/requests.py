@@ -46,6 +46,11 @@ class Reply(msgspec.Struct, frozen=True):
     data: bytes
 
 
+def _expire(fut: asyncio.Future[Reply]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
 class Requester:
     """Sends requests whose replies arrive on one shared wildcard inbox."""
 
@@ -81,12 +86,16 @@ class Requester:
     ) -> Reply:
         """Publish and wait for the reply. Raises ``TimeoutError`` after ``timeout`` s."""
         token = str(next(self._ids))
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Reply] = loop.create_future()
         self._waiting[token] = fut
+        # One timer handle per request: much cheaper than asyncio.wait_for.
+        timer = loop.call_later(timeout, _expire, fut)
         try:
             await self._nc.publish(
                 subject, payload, reply=f"{self._prefix}.{token}", headers=headers
             )
-            return await asyncio.wait_for(fut, timeout)
+            return await fut
         finally:
+            timer.cancel()
             self._waiting.pop(token, None)

@@ -79,11 +79,7 @@ def seal(head: ChainHead, draft: Draft) -> Signal:
         causation=draft.causation,
     )
     signal = msgspec.structs.replace(unsealed, hash=codec.content_hash(unsealed))
-    raw = codec.encode_signal(signal)
-    try:
-        if codec.decode_signal(raw) != signal:
-            raise MalformedSignal("")
-    except MalformedSignal:
+    if not codec.survives_encoding(signal):
         raise MalformedSignal(
             f"signal {signal.id} ({signal.kind}) cannot be encoded exactly: "
             "replace NaN or infinite floats with None or a finite value"

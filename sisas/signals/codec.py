@@ -16,7 +16,7 @@ import msgspec
 from sisas.errors import MalformedSignal, TamperedSignal
 from sisas.signals.envelope import Signal
 
-__all__ = ["canonical", "content_hash", "decode_signal", "encode_signal"]
+__all__ = ["canonical", "content_hash", "decode_signal", "encode_signal", "survives_encoding"]
 
 _ENCODER: Final = msgspec.json.Encoder(order="sorted")
 _DECODER: Final = msgspec.json.Decoder(Signal)
@@ -31,6 +31,18 @@ def content_hash(signal: Signal) -> str:
     """The sha256 (hex) of the canonical encoding of ``signal`` without its ``hash``."""
     unsealed = msgspec.structs.replace(signal, hash="")
     return hashlib.sha256(_ENCODER.encode(unsealed)).hexdigest()
+
+
+def survives_encoding(signal: Signal) -> bool:
+    """True when decoding the canonical bytes of ``signal`` gives back an equal signal.
+
+    False for NaN or infinite floats (JSON has no way to write them) and anything else
+    the encoding would silently change.
+    """
+    try:
+        return bool(_DECODER.decode(_ENCODER.encode(signal)) == signal)
+    except msgspec.ValidationError:
+        return False
 
 
 def encode_signal(signal: Signal) -> bytes:
