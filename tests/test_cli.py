@@ -200,3 +200,18 @@ def test_settings_errors_are_usage_errors(env: dict[str, str]) -> None:
 def test_settings_defaults_match_the_docs() -> None:
     s = Settings.from_env({})
     assert (str(s.home), s.sync, s.port) == (".sisas", "always", 0)
+
+
+def test_demo_runs_on_a_fresh_folder_and_says_where_to_look(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
+    env.update(SISAS_HOME=str(tmp_path / "home"), COLUMNS="200")
+    out = sisas("demo", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "3 of 3 deduplicated" in out.stdout
+    assert "rival writer    rejected" in out.stdout
+    assert "hash chain      intact" in out.stdout
+    run_id = out.stdout.split("run ", 1)[1].split()[0]
+    shown = sisas("signals", run_id, "--json", env=env)
+    assert shown.returncode == 0
+    assert json.loads(shown.stdout)["intact"] is True
+    assert len(json.loads(shown.stdout)["signals"]) == 24

@@ -80,3 +80,14 @@ def test_export_writes_the_committed_files(tmp_path: Path) -> None:
 def test_signal_envelope_schema_names_every_field() -> None:
     props = schemas()["signal.json"]["$defs"]["Signal"]["properties"]
     assert set(props) == {f.encode_name for f in msgspec.structs.fields(Signal)}
+
+
+def test_the_signal_catalog_in_docs_is_generated_from_the_code() -> None:
+    from sisas.schemas import catalog_markdown
+
+    page = Path(__file__).parent.parent / "docs" / "signals.md"
+    assert page.read_text() == catalog_markdown(), (
+        "docs/signals.md drifted: regenerate it with "
+        "python -c \"from sisas.schemas import catalog_markdown as c; "
+        "open('docs/signals.md','w').write(c())\""
+    )

@@ -1,5 +1,6 @@
 """Schemas at the edges: JSON Schema of every signal kind (and, later, phase contracts)."""
 
+from sisas.schemas.catalog import catalog_markdown
 from sisas.schemas.signal_schemas import COMMITTED_DIR, export, render, schemas
 
-__all__ = ["COMMITTED_DIR", "export", "render", "schemas"]
+__all__ = ["COMMITTED_DIR", "catalog_markdown", "export", "render", "schemas"]
