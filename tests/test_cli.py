@@ -123,7 +123,10 @@ async def test_tail_follows_the_log_including_bad_messages(bus: Bus, env: dict[s
     assert lines[2]["error"].startswith("not JSON")
     assert lines[2]["stream_seq"] == 3
     assert [line["signal"]["run_id"] for line in lines if "signal" in line] == [
-        "r1", "r1", "r2", "r2",
+        "r1",
+        "r1",
+        "r2",
+        "r2",
     ]
 
 
@@ -178,8 +181,9 @@ def test_up_runs_until_interrupted_and_a_second_up_refuses(tmp_path: Path) -> No
 def test_down_stops_a_running_up(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
     env.update(SISAS_HOME=str(tmp_path / "home"))
-    proc = subprocess.Popen([*SISAS, "up"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*SISAS, "up"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 30
     while not (tmp_path / "home" / "server.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -10,19 +10,72 @@ import pytest
 import sisas
 
 SIGNALS = {
-    "BODY_TYPES", "ERROR_KINDS", "GENESIS", "KINDS", "Body", "ChainHead", "ChainIssue",
-    "CircuitClosed", "CircuitOpened", "ContractChecked", "CorruptMessage", "Draft", "ErrorInfo",
-    "ErrorKind", "InvariantChecked", "LogGap", "LogRecord", "PhaseCompleted", "PhaseFailed",
-    "PhaseRetryScheduled", "PhaseScheduled", "PhaseSkipped", "PhaseStarted", "PhaseTimedOut",
-    "Resources", "RunCancelled", "RunCompleted", "RunFailed", "RunRequested", "RunStarted",
-    "Scalar", "Signal", "StoredSignal", "Violation", "canonical", "check_name", "content_hash",
-    "decode_record", "decode_signal", "encode_signal", "input_subject", "log_subject",
-    "run_filter", "seal", "semantic_digest", "signal_id", "verify_chain",
+    "BODY_TYPES",
+    "ERROR_KINDS",
+    "GENESIS",
+    "KINDS",
+    "Body",
+    "ChainHead",
+    "ChainIssue",
+    "CircuitClosed",
+    "CircuitOpened",
+    "ContractChecked",
+    "CorruptMessage",
+    "Draft",
+    "ErrorInfo",
+    "ErrorKind",
+    "InvariantChecked",
+    "LogGap",
+    "LogRecord",
+    "PhaseCompleted",
+    "PhaseFailed",
+    "PhaseRetryScheduled",
+    "PhaseScheduled",
+    "PhaseSkipped",
+    "PhaseStarted",
+    "PhaseTimedOut",
+    "Resources",
+    "RunCancelled",
+    "RunCompleted",
+    "RunFailed",
+    "RunRequested",
+    "RunStarted",
+    "Scalar",
+    "Signal",
+    "StoredSignal",
+    "Violation",
+    "canonical",
+    "check_name",
+    "content_hash",
+    "decode_record",
+    "decode_signal",
+    "encode_signal",
+    "input_subject",
+    "log_subject",
+    "run_filter",
+    "seal",
+    "semantic_digest",
+    "signal_id",
+    "verify_chain",
 }
 BUS = {
-    "ARTIFACT_BUCKET", "INPUT_STREAM", "LOG_STREAM", "AppendResult", "ArtifactStore", "Bus",
-    "EmbeddedServer", "JetStreamArtifacts", "JetStreamLog", "MemoryArtifacts", "MemoryLog",
-    "RunningServer", "Settings", "SignalLog", "bytes_digest", "open_bus", "running_server",
+    "ARTIFACT_BUCKET",
+    "INPUT_STREAM",
+    "LOG_STREAM",
+    "AppendResult",
+    "ArtifactStore",
+    "Bus",
+    "EmbeddedServer",
+    "JetStreamArtifacts",
+    "JetStreamLog",
+    "MemoryArtifacts",
+    "MemoryLog",
+    "RunningServer",
+    "Settings",
+    "SignalLog",
+    "bytes_digest",
+    "open_bus",
+    "running_server",
 }
 
 
@@ -55,7 +108,10 @@ def test_the_pure_core_imports_nothing_outward() -> None:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sisas"):
-                assert node.module.startswith(("sisas.signals", "sisas.errors")), (path, node.module)
+                assert node.module.startswith(("sisas.signals", "sisas.errors")), (
+                    path,
+                    node.module,
+                )
 
 
 def test_the_pure_core_never_reads_the_clock_or_random_ids() -> None:

@@ -88,6 +88,6 @@ def test_the_signal_catalog_in_docs_is_generated_from_the_code() -> None:
     page = Path(__file__).parent.parent / "docs" / "signals.md"
     assert page.read_text() == catalog_markdown(), (
         "docs/signals.md drifted: regenerate it with "
-        "python -c \"from sisas.schemas import catalog_markdown as c; "
+        'python -c "from sisas.schemas import catalog_markdown as c; '
         "open('docs/signals.md','w').write(c())\""
     )

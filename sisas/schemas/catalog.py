@@ -21,7 +21,7 @@ body's `kind` is its tag. Fields equal to their default are omitted on the wire.
 """
 
 
-def _type(t: mi.Type) -> str:  # noqa: PLR0911 - a flat dispatch
+def _type(t: mi.Type) -> str:
     if isinstance(t, mi.StrType):
         return "str" + (f" `{t.pattern}`".replace("|", "\\|") if t.pattern else "")
     if isinstance(t, mi.IntType):
