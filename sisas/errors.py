@@ -7,7 +7,18 @@ into this tree; none of theirs escape.
 ```
 SisasError
 ├── UsageError               bad input from a person or a file: exit code 2
-│   └── InvalidName          a pipeline, run or phase name that cannot be a subject token
+│   ├── InvalidName          a pipeline, run or phase name that cannot be a subject token
+│   └── InvalidPipeline      a pipeline definition that cannot run (cycle, missing phase…)
+├── PhaseError               raised by (or on behalf of) a phase; its name is the error kind
+│   ├── HardFailure          a failure; retryable only if said so
+│   ├── NonFatal             the phase failed but the run goes on without its output
+│   ├── ContractViolation    an input or output does not satisfy its contract
+│   ├── InvariantViolation   an output breaks a named invariant
+│   ├── Timeout              the phase ran past its timeout (retryable)
+│   ├── ResourceExhausted    the phase ran past its memory limit
+│   ├── PhaseNotImplemented  the phase has no implementation on this worker
+│   ├── WorkerLost           the worker running it disappeared (retryable)
+│   └── Cancelled            the run was cancelled
 ├── SignalError              a message that is not a valid signal
 │   ├── MalformedSignal      cannot be decoded, or not in canonical form
 │   └── TamperedSignal       decodes, but its hash does not match its content
@@ -26,7 +37,19 @@ SisasError
 from __future__ import annotations
 
 __all__ = [
+    "PHASE_ERRORS",
     "AppendConflict",
+    "Cancelled",
+    "ContractViolation",
+    "HardFailure",
+    "InvalidPipeline",
+    "InvariantViolation",
+    "NonFatal",
+    "PhaseError",
+    "PhaseNotImplemented",
+    "ResourceExhausted",
+    "Timeout",
+    "WorkerLost",
     "AppendFailed",
     "ArtifactNotFound",
     "BusError",
@@ -130,3 +153,74 @@ class ArtifactNotFound(BusError):
     """No artifact is stored under the requested digest."""
 
     exit_code = 2
+
+
+class InvalidPipeline(UsageError):
+    """A pipeline definition that cannot run; raised at registration, before any run."""
+
+
+class PhaseError(SisasError):
+    """An error of a phase. The class name is the error kind recorded in the log.
+
+    ``retryable`` says whether another attempt may succeed (retries happen only if the
+    phase allows them).
+    """
+
+    retryable: bool = False
+
+    def __init__(self, message: str = "", *, retryable: bool | None = None, detail: str = ""):
+        super().__init__(message or type(self).__name__)
+        if retryable is not None:
+            self.retryable = retryable
+        self.detail = detail
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+
+class HardFailure(PhaseError):
+    """The phase failed. Pass ``retryable=True`` when another attempt may succeed."""
+
+
+class NonFatal(PhaseError):
+    """The phase failed, and the run goes on without its output."""
+
+
+class ContractViolation(PhaseError):
+    """A value crossing a phase boundary does not satisfy its contract."""
+
+
+class InvariantViolation(PhaseError):
+    """A phase output breaks a named invariant."""
+
+
+class Timeout(PhaseError):
+    """The phase ran past its timeout."""
+
+    retryable = True
+
+
+class ResourceExhausted(PhaseError):
+    """The phase ran past its memory limit."""
+
+
+class PhaseNotImplemented(PhaseError):
+    """This worker has no implementation of the phase."""
+
+
+class WorkerLost(PhaseError):
+    """The worker running the phase disappeared."""
+
+    retryable = True
+
+
+class Cancelled(PhaseError):
+    """The run was cancelled."""
+
+
+PHASE_ERRORS: dict[str, type[PhaseError]] = {
+    cls.__name__: cls
+    for cls in (HardFailure, NonFatal, ContractViolation, InvariantViolation, Timeout,
+                ResourceExhausted, PhaseNotImplemented, WorkerLost, Cancelled)
+}

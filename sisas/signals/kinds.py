@@ -12,6 +12,8 @@ from typing import Annotated, Final, Literal, TypeAlias, get_args
 
 import msgspec
 
+from sisas.signals.plan import PipelinePlan
+
 __all__ = [
     "BODY_TYPES",
     "ERROR_KINDS",
@@ -123,15 +125,19 @@ class RunStarted(msgspec.Struct, tag="run_started", **_OPTS):
     phases: list[str] = []
     resume_of: str = ""
     batch_id: str = ""
+    plan: PipelinePlan | None = None
 
 
 class PhaseScheduled(msgspec.Struct, tag="phase_scheduled", **_OPTS):
     """A phase (or one item of a fanned-out phase) is ready for a worker."""
 
     inputs: dict[str, str] = {}
+    gathered: dict[str, list[str]] = {}
     item: int | None = None
     items: int | None = None
     seed: int = 0
+    delay: float = 0.0
+    timeout: float | None = None
 
 
 class PhaseStarted(msgspec.Struct, tag="phase_started", **_OPTS):
@@ -150,6 +156,7 @@ class PhaseCompleted(msgspec.Struct, tag="phase_completed", **_OPTS):
     resources: Resources = Resources()
     item: int | None = None
     worker: str = ""
+    item_count: int | None = None
 
 
 class PhaseFailed(msgspec.Struct, tag="phase_failed", **_OPTS):
@@ -176,6 +183,7 @@ class PhaseSkipped(msgspec.Struct, tag="phase_skipped", **_OPTS):
     reason: Literal["disabled", "resumed", "upstream_failed"]
     detail: str = ""
     reused_digest: Digest = ""
+    reused_artifact: str = ""
 
 
 class PhaseTimedOut(msgspec.Struct, tag="phase_timed_out", **_OPTS):

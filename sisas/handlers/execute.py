@@ -1,0 +1,189 @@
+"""Running one phase attempt: contracts in, the phase, contracts and invariants out.
+
+``execute_phase`` is what every worker does, in-process or in a child process. It never
+raises for a phase's failure: the outcome says what happened, with every check result,
+so the orchestrator can record each one as a signal.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import msgspec
+import pydantic
+from pydantic_core import PydanticSerializationError
+
+from sisas.errors import PhaseError
+from sisas.pipeline import Context, PhaseSpec, Pipeline, _type_name
+from sisas.signals.digest import semantic_digest
+from sisas.signals.inputs import ContractResult, InvariantResult
+from sisas.signals.kinds import ErrorInfo, Scalar, Violation
+
+__all__ = ["Outcome", "PhaseInputs", "execute_phase", "violations_of"]
+
+
+class PhaseInputs(msgspec.Struct, frozen=True, kw_only=True):
+    """The bytes a phase receives: one artifact per input, or a gathered list of them."""
+
+    values: dict[str, bytes] = {}
+    gathered: dict[str, list[bytes]] = {}
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What one attempt did. ``output`` is the serialised output when it completed."""
+
+    status: Literal["completed", "failed"]
+    output: bytes = b""
+    output_digest: str = ""
+    item_count: int | None = None
+    duration: float = 0.0
+    error: ErrorInfo | None = None
+    contracts: list[ContractResult] = []
+    invariants: list[InvariantResult] = []
+
+
+def _path(loc: tuple[int | str, ...], root: str) -> str:
+    out = root
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def violations_of(exc: pydantic.ValidationError, root: str) -> list[Violation]:
+    """One violation per pydantic error, with a field path such as ``input.xs[3]``."""
+    return [Violation(path=_path(tuple(e["loc"]), root), message=e["msg"], type=e["type"])
+            for e in exc.errors()]
+
+
+def _adapter(t: Any) -> pydantic.TypeAdapter[Any]:
+    return pydantic.TypeAdapter(t)
+
+
+def _scalar(value: object) -> Scalar:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else repr(value)
+    return repr(value)
+
+
+def _failed(clock: Callable[[], float], start: float, kind: str, message: str, contracts: list[ContractResult],
+            invariants: list[InvariantResult], *, retryable: bool = False,
+            detail: str = "") -> Outcome:
+    return Outcome(status="failed", duration=clock() - start,
+                   error=ErrorInfo(kind=kind, message=message, retryable=retryable,  # type: ignore[arg-type]
+                                   detail=detail),
+                   contracts=contracts, invariants=invariants)
+
+
+def _load_args(spec: PhaseSpec, inputs: PhaseInputs, item: int | None,
+               contracts: list[ContractResult]) -> dict[str, Any] | None:
+    args: dict[str, Any] = {}
+    ok = True
+    for name, annotation in spec.params.items():
+        contract = f"{name}:{_type_name(annotation)}"
+        try:
+            if name == "item":
+                raw = inputs.values[spec.map_over]
+                items = _adapter(list[Any]).validate_json(raw)
+                args[name] = _adapter(annotation).validate_python(items[item or 0])
+            elif name in inputs.gathered:
+                args[name] = _adapter(annotation).validate_python(
+                    [_adapter(Any).validate_json(b) for b in inputs.gathered[name]])
+            else:
+                args[name] = _adapter(annotation).validate_json(inputs.values[name])
+        except pydantic.ValidationError as exc:
+            contracts.append(ContractResult(contract=contract, boundary="entry", passed=False,
+                                            violations=violations_of(exc, name)))
+            ok = False
+            continue
+        contracts.append(ContractResult(contract=contract, boundary="entry", passed=True))
+    for upstream, bridge in spec.bridges.items():
+        contract = f"{upstream}:{_type_name(bridge)}"
+        try:
+            _adapter(bridge).validate_json(inputs.values[upstream])
+        except pydantic.ValidationError as exc:
+            contracts.append(ContractResult(contract=contract, boundary="bridge", passed=False,
+                                            violations=violations_of(exc, upstream)))
+            ok = False
+            continue
+        contracts.append(ContractResult(contract=contract, boundary="bridge", passed=True))
+    return args if ok else None
+
+
+def _check_invariants(spec: PhaseSpec, output: Any) -> list[InvariantResult]:
+    results = []
+    for inv in spec.invariants:
+        observed: object = None
+        expected: object = None
+        try:
+            verdict = inv.fn(output)
+            if isinstance(verdict, tuple):
+                passed, observed, expected = (bool(verdict[0]), *verdict[1:3])
+            else:
+                passed = bool(verdict)
+        except Exception as exc:  # an invariant that crashes is a failed invariant
+            passed, observed = False, f"{type(exc).__name__}: {exc}"
+        results.append(InvariantResult(invariant=inv.id, passed=passed,
+                                       description=inv.description, observed=_scalar(observed),
+                                       expected=_scalar(expected)))
+    return results
+
+
+def execute_phase(pipeline: Pipeline, phase: str, inputs: PhaseInputs, *, run_id: str,
+                  seed: int, attempt: int = 0, item: int | None = None,
+                  config: Mapping[str, Scalar] | None = None,
+                  progress: Callable[[float, str], None] | None = None,
+                  clock: Callable[[], float]) -> Outcome:
+    """Run one attempt of ``phase`` on ``inputs``; never raises for the phase's failures.
+
+    ``clock`` (e.g. ``time.perf_counter``) is passed in by the worker shell: the only
+    time read here is for the duration it reports.
+    """
+    start = clock()
+    contracts: list[ContractResult] = []
+    spec = pipeline.phases.get(phase)
+    if spec is None:
+        return _failed(clock, start, "PhaseNotImplemented", f"this worker's {pipeline.name} "
+                       f"{pipeline.version} has no phase {phase!r}", contracts, [])
+    args = _load_args(spec, inputs, item, contracts)
+    if args is None:
+        bad = [v.path for c in contracts if not c.passed for v in c.violations]
+        return _failed(clock, start, "ContractViolation", f"input of {phase} violates its contract at "
+                       + ", ".join(bad), contracts, [])
+    ctx = Context(run_id=run_id, pipeline=pipeline.name, phase=phase, seed=seed,
+                  attempt=attempt, item=item, config=config, progress=progress)
+    try:
+        result = spec.fn(ctx, **args)
+    except PhaseError as exc:
+        return _failed(clock, start, exc.kind, str(exc), contracts, [], retryable=exc.retryable,
+                       detail=exc.detail)
+    except Exception as exc:
+        return _failed(clock, start, "HardFailure", f"{type(exc).__name__}: {exc}", contracts, [],
+                       retryable=True, detail=traceback.format_exc(limit=8))
+    out_contract = _type_name(spec.returns)
+    try:
+        adapter = _adapter(spec.returns)
+        output = adapter.validate_python(result)
+        data = adapter.dump_json(output)
+        output = adapter.validate_json(data)
+    except pydantic.ValidationError as exc:
+        contracts.append(ContractResult(contract=out_contract, boundary="exit", passed=False,
+                                        violations=violations_of(exc, "output")))
+        return _failed(clock, start, "ContractViolation", f"output of {phase} violates its contract",
+                       contracts, [])
+    except PydanticSerializationError as exc:
+        return _failed(clock, start, "ContractViolation", f"output of {phase} cannot be stored: {exc}",
+                       contracts, [])
+    contracts.append(ContractResult(contract=out_contract, boundary="exit", passed=True))
+    invariants = _check_invariants(spec, output)
+    broken = [i.invariant for i in invariants if not i.passed]
+    if broken:
+        return _failed(clock, start, "InvariantViolation", f"output of {phase} breaks "
+                       + ", ".join(broken), contracts, invariants)
+    count = len(output) if isinstance(output, list | tuple) else None
+    return Outcome(status="completed", output=data, output_digest=semantic_digest(output),
+                   item_count=count, duration=clock() - start,
+                   contracts=contracts, invariants=invariants)

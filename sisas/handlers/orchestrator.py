@@ -1,0 +1,256 @@
+"""The orchestrator's decision: ``decide(state, input, plans) -> signals``.
+
+Pure: the signals' times come from the input, their ids from the run's chain, seeds and
+backoff from the run's seed. Deciding the same input on the same state always gives the
+same signals, byte for byte: that is what makes a retried or duplicated decision
+harmless (the log deduplicates by id) and a replay exact.
+
+Rules, in order of the input:
+- ``start_run``: run_requested, then run_started with the plan (or run_failed for an
+  unknown pipeline), skips for disabled and resumed phases, and the first schedules.
+- ``phase_report``: stale or duplicate reports (wrong attempt, phase already done, run
+  ended) change nothing. ``started`` records phase_started. ``completed`` and
+  ``failed`` record every contract and invariant check, then phase_completed or
+  phase_failed; a failure is retried (retry_scheduled + scheduled with a backoff delay)
+  while attempts remain and the error is retryable, else it fails the run when the phase
+  is fatal, or lets it go on without that output.
+- ``cancel_run``: run_cancelled, unless the run already ended.
+After each input the run advances: phases whose dependencies are satisfied are
+scheduled, phases behind a failed or skipped dependency are skipped, and when every
+phase has ended the run completes with its determinism fingerprint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sisas.handlers.derive import backoff_delay, derive_seed, run_fingerprint
+from sisas.handlers.state import PhaseState, RunState, evolve
+from sisas.signals.chain import Draft, seal
+from sisas.signals.digest import semantic_digest
+from sisas.signals.envelope import Signal
+from sisas.signals.inputs import CancelRun, Input, PhaseReport, StartRun
+from sisas.signals.kinds import (
+    Body,
+    ContractChecked,
+    ErrorInfo,
+    InvariantChecked,
+    PhaseCompleted,
+    PhaseFailed,
+    PhaseRetryScheduled,
+    PhaseScheduled,
+    PhaseSkipped,
+    PhaseStarted,
+    PhaseTimedOut,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunRequested,
+    RunStarted,
+)
+from sisas.signals.plan import PhasePlan, PipelinePlan
+
+__all__ = ["decide", "phase_enabled"]
+
+DONE = frozenset({"completed", "failed", "timed_out", "skipped"})
+
+
+class _Builder:
+    """Seals each decided signal after the current head and folds it in at once."""
+
+    def __init__(self, state: RunState, inp: Input) -> None:
+        self.state = state
+        self.signals: list[Signal] = []
+        self._at = inp.at
+        self._cause = inp.id
+
+    def emit(self, body: Body, phase: str = "", attempt: int = 0) -> None:
+        draft = Draft(body=body, at=self._at, phase=phase, attempt=attempt, causation=self._cause)
+        signal = seal(self.state.head, draft)
+        self.signals.append(signal)
+        self.state = evolve(self.state, signal)
+
+
+def phase_enabled(plan: PhasePlan, config: Mapping[str, object]) -> bool:
+    """Whether a phase runs: ``--set NAME.enabled=...`` wins; side effects are opt-in."""
+    override = config.get(f"{plan.name}.enabled")
+    if isinstance(override, bool):
+        return override
+    return plan.enabled and not plan.side_effects
+
+
+def decide(state: RunState, inp: Input, plans: Mapping[str, PipelinePlan]) -> list[Signal]:
+    """The signals that ``inp`` causes in the run whose state is ``state`` (maybe none)."""
+    b = _Builder(state, inp)
+    if isinstance(inp, StartRun):
+        _start(b, inp, plans.get(inp.pipeline))
+    elif isinstance(inp, CancelRun):
+        if b.state.status in ("requested", "running"):
+            b.emit(RunCancelled(reason=inp.reason, requested_by=inp.requested_by))
+    elif isinstance(inp, PhaseReport):
+        _report(b, inp)
+    if b.state.status == "running":
+        _advance(b)
+    return b.signals
+
+
+def _start(b: _Builder, inp: StartRun, plan: PipelinePlan | None) -> None:
+    if b.state.status != "new":
+        return  # the run exists: a repeated command starts nothing
+    b.emit(RunRequested(
+        pipeline_version=plan.version if plan else "", input_digest=inp.input_digest,
+        seed=inp.seed, config=dict(inp.config), requested_by=inp.requested_by,
+        idempotency_key=inp.idempotency_key, resume_of=inp.resume_of,
+        resume_from_phase=inp.resume_from_phase, batch_id=inp.batch_id,
+    ))
+    if plan is None:
+        b.emit(RunFailed(error=ErrorInfo(
+            kind="HardFailure",
+            message=f"pipeline {inp.pipeline!r} is not registered by any worker: start a worker "
+                    f"with it (`sisas worker --pipelines MODULE`) and run again",
+        )))
+        return
+    b.emit(RunStarted(
+        pipeline_version=plan.version, fingerprint=plan.fingerprint, seed=inp.seed,
+        input_digest=inp.input_digest, config=dict(inp.config),
+        phases=[p.name for p in plan.phases], resume_of=inp.resume_of,
+        batch_id=inp.batch_id, plan=plan,
+    ))
+    for p in plan.phases:
+        if not phase_enabled(p, inp.config):
+            why = "side effects are off unless enabled" if p.side_effects else "disabled"
+            b.emit(PhaseSkipped(reason="disabled", detail=why), phase=p.name)
+        elif p.name in inp.reuse:
+            reused = inp.reuse[p.name]
+            b.emit(PhaseSkipped(reason="resumed", detail=f"output reused from {inp.resume_of}",
+                                reused_digest=reused.output_digest,
+                                reused_artifact=reused.artifact), phase=p.name)
+
+
+def _report(b: _Builder, r: PhaseReport) -> None:
+    state = b.state
+    if state.status != "running" or state.plan is None or r.phase not in state.phases:
+        return
+    phase = state.phase(r.phase)
+    if r.item is None:
+        current_status, current_attempt, worker = phase.status, phase.attempt, phase.worker
+    else:
+        item = phase.item_states.get(r.item)
+        if item is None:
+            return
+        current_status, current_attempt, worker = item.status, item.attempt, item.worker
+    if r.attempt != current_attempt or current_status not in ("scheduled", "running"):
+        return  # stale, duplicate or out of order: changes nothing
+    if r.status == "started":
+        if current_status == "scheduled" or worker != r.worker:
+            b.emit(PhaseStarted(worker=r.worker, item=r.item), r.phase, r.attempt)
+        return
+    for c in r.contracts:
+        b.emit(ContractChecked(contract=c.contract, boundary=c.boundary, passed=c.passed,
+                               violations=list(c.violations), item=r.item), r.phase, r.attempt)
+    for i in r.invariants:
+        b.emit(InvariantChecked(invariant=i.invariant, passed=i.passed,
+                                description=i.description, observed=i.observed,
+                                expected=i.expected, item=r.item), r.phase, r.attempt)
+    if r.status == "completed":
+        b.emit(PhaseCompleted(output_digest=r.output_digest, artifact=r.artifact,
+                              duration=r.duration, resources=r.resources, item=r.item,
+                              worker=r.worker, item_count=r.item_count), r.phase, r.attempt)
+        return
+    plan = state.plan.phase(r.phase)
+    if r.status == "timed_out":
+        b.emit(PhaseTimedOut(timeout=plan.timeout or 0.0, item=r.item), r.phase, r.attempt)
+        error = ErrorInfo(kind="Timeout", message=f"phase exceeded its timeout of "
+                          f"{plan.timeout}s", retryable=True)
+    else:
+        error = r.error or ErrorInfo(kind="HardFailure", message="failed without a reason")
+        b.emit(PhaseFailed(error=error, duration=r.duration, item=r.item, worker=r.worker),
+               r.phase, r.attempt)
+    if error.retryable and r.attempt < plan.retries:
+        nxt = r.attempt + 1
+        delay = backoff_delay(state.seed, r.phase, nxt, base=plan.backoff,
+                              factor=plan.backoff_factor, cap=plan.backoff_max, item=r.item)
+        b.emit(PhaseRetryScheduled(next_attempt=nxt, delay=delay, reason=error.message,
+                                   item=r.item), r.phase, r.attempt)
+        _schedule(b, plan, nxt, item=r.item, delay=delay)
+    elif plan.fatal and error.kind != "NonFatal":
+        b.emit(RunFailed(error=error, failed_phase=r.phase))
+    elif r.item is not None:
+        # A non-fatal item failure fails the whole fanned-out phase, non-fatally.
+        b.emit(PhaseFailed(error=error, worker=r.worker), r.phase, r.attempt)
+
+
+def _inputs(state: RunState, plan: PhasePlan) -> tuple[dict[str, str], dict[str, list[str]]]:
+    inputs: dict[str, str] = {}
+    gathered: dict[str, list[str]] = {}
+    if not plan.depends_on:
+        inputs["input"] = state.input_digest
+    for dep in plan.depends_on:
+        dep_state = state.phase(dep)
+        if dep_state.items is not None:
+            gathered[dep] = [dep_state.item_states[i].artifact for i in range(dep_state.items)]
+        else:
+            inputs[dep] = dep_state.artifact
+    return inputs, gathered
+
+
+def _schedule(b: _Builder, plan: PhasePlan, attempt: int, *, item: int | None = None,
+              items: int | None = None, delay: float = 0.0) -> None:
+    inputs, gathered = _inputs(b.state, plan)
+    b.emit(PhaseScheduled(inputs=inputs, gathered=gathered, item=item, items=items,
+                          seed=derive_seed(b.state.seed, plan.name, item), delay=delay,
+                          timeout=plan.timeout), plan.name, attempt)
+
+
+def _satisfied(p: PhaseState) -> bool:
+    return p.status == "completed" or (p.status == "skipped" and p.skip_reason == "resumed")
+
+
+def _advance(b: _Builder) -> None:
+    """Schedule what is ready, skip what cannot run, gather fan-outs, end the run."""
+    plan = b.state.plan
+    assert plan is not None
+    progressed = True
+    while progressed and b.state.status == "running":
+        progressed = False
+        for p in plan.phases:
+            ps = b.state.phase(p.name)
+            if ps.status == "running" and ps.items is not None:
+                progressed |= _gather(b, p, ps)
+                continue
+            if ps.status != "pending":
+                continue
+            deps = [b.state.phase(d) for d in p.depends_on]
+            blocked = [d for d, s in zip(p.depends_on, deps, strict=True)
+                       if s.status in DONE and not _satisfied(s)]
+            if blocked:
+                b.emit(PhaseSkipped(reason="upstream_failed",
+                                    detail=f"needs {', '.join(blocked)}"), p.name)
+                progressed = True
+            elif all(_satisfied(s) for s in deps):
+                if p.map_over:
+                    n = b.state.phase(p.map_over).item_count or 0
+                    if n == 0:
+                        b.emit(PhaseCompleted(output_digest=semantic_digest([]), item_count=0),
+                               p.name)
+                    for i in range(n):
+                        _schedule(b, p, 0, item=i, items=n)
+                else:
+                    _schedule(b, p, 0)
+                progressed = True
+    if b.state.status == "running" and all(
+        b.state.phase(p.name).status in DONE for p in plan.phases
+    ):
+        outputs = {n: s.output_digest for n, s in b.state.phases.items() if _satisfied(s)}
+        b.emit(RunCompleted(fingerprint=run_fingerprint(outputs, b.state.checks),
+                            outputs=outputs))
+
+
+def _gather(b: _Builder, plan: PhasePlan, ps: PhaseState) -> bool:
+    """When every item of a fan-out completed, complete the phase with their digests."""
+    items = [ps.item_states.get(i) for i in range(ps.items or 0)]
+    if all(it is not None and it.status == "completed" for it in items):
+        digest = semantic_digest([it.output_digest for it in items if it is not None])
+        b.emit(PhaseCompleted(output_digest=digest, item_count=ps.items), plan.name)
+        return True
+    return False

@@ -1,0 +1,201 @@
+"""The state of a run, folded from its signals: ``evolve(state, signal) -> state``.
+
+Pure and total: every kind is handled, nothing reads the clock. The orchestrator's
+in-memory state and the DuckDB projection are two views of this fold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Literal, TypeAlias
+
+import msgspec
+from msgspec.structs import replace
+
+from sisas.signals.chain import ChainHead
+from sisas.signals.envelope import Signal
+from sisas.signals.kinds import (
+    CircuitClosed,
+    CircuitOpened,
+    ContractChecked,
+    ErrorInfo,
+    InvariantChecked,
+    PhaseCompleted,
+    PhaseFailed,
+    PhaseRetryScheduled,
+    PhaseScheduled,
+    PhaseSkipped,
+    PhaseStarted,
+    PhaseTimedOut,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunRequested,
+    RunStarted,
+    Scalar,
+)
+from sisas.signals.plan import PipelinePlan
+
+__all__ = ["ItemState", "PhaseState", "PhaseStatus", "RunState", "RunStatus", "evolve", "fold"]
+
+PhaseStatus: TypeAlias = Literal[
+    "pending", "scheduled", "running", "retrying", "completed", "failed", "timed_out", "skipped"
+]
+RunStatus: TypeAlias = Literal["new", "requested", "running", "completed", "failed", "cancelled"]
+TERMINAL_RUN: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+class ItemState(msgspec.Struct, frozen=True, kw_only=True):
+    """One item of a fanned-out phase."""
+
+    status: PhaseStatus = "pending"
+    attempt: int = 0
+    worker: str = ""
+    output_digest: str = ""
+    artifact: str = ""
+    error: ErrorInfo | None = None
+
+
+class PhaseState(msgspec.Struct, frozen=True, kw_only=True):
+    """A phase of a run: where it is, its latest attempt, its output or error."""
+
+    status: PhaseStatus = "pending"
+    attempt: int = 0
+    worker: str = ""
+    output_digest: str = ""
+    artifact: str = ""
+    item_count: int | None = None
+    error: ErrorInfo | None = None
+    skip_reason: str = ""
+    items: int | None = None
+    item_states: dict[int, ItemState] = {}
+    duration: float = 0.0
+
+
+class RunState(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the orchestrator knows about a run, rebuilt from its log."""
+
+    run_id: str
+    pipeline: str
+    head: ChainHead
+    status: RunStatus = "new"
+    seed: int = 0
+    plan: PipelinePlan | None = None
+    input_digest: str = ""
+    config: dict[str, Scalar] = {}
+    phases: dict[str, PhaseState] = {}
+    checks: dict[str, bool] = {}
+    fingerprint: str = ""
+    error: ErrorInfo | None = None
+    failed_phase: str = ""
+    resume_of: str = ""
+    batch_id: str = ""
+    requested_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+    @classmethod
+    def new(cls, pipeline: str, run_id: str) -> RunState:
+        return cls(run_id=run_id, pipeline=pipeline,
+                   head=ChainHead(pipeline=pipeline, run_id=run_id))
+
+    @property
+    def ended(self) -> bool:
+        return self.status in TERMINAL_RUN
+
+    def phase(self, name: str) -> PhaseState:
+        return self.phases.get(name, PhaseState())
+
+
+def _set_phase(state: RunState, name: str, phase: PhaseState) -> RunState:
+    return replace(state, phases={**state.phases, name: phase})
+
+
+def _set_item(state: RunState, name: str, item: int, **changes: object) -> RunState:
+    phase = state.phase(name)
+    current = phase.item_states.get(item, ItemState())
+    items = {**phase.item_states, item: replace(current, **changes)}
+    return _set_phase(state, name, replace(phase, item_states=items))
+
+
+def check_key(signal: Signal, name: str, item: int | None) -> str:
+    suffix = "" if item is None else f"[{item}]"
+    return f"{signal.phase}{suffix}:{name}"
+
+
+def evolve(state: RunState, signal: Signal) -> RunState:  # noqa: C901, PLR0912 - one case per kind
+    """The state after ``signal``. Pure; unknown combinations leave the state as is."""
+    state = replace(state, head=ChainHead.after(signal))
+    body, name = signal.body, signal.phase
+    phase = state.phase(name)
+    if isinstance(body, RunRequested):
+        return replace(state, status="requested", seed=body.seed or 0,
+                       input_digest=body.input_digest, config=dict(body.config),
+                       resume_of=body.resume_of, batch_id=body.batch_id,
+                       requested_at=signal.at)
+    if isinstance(body, RunStarted):
+        phases = {p.name: PhaseState() for p in body.plan.phases} if body.plan else {}
+        return replace(state, status="running", seed=body.seed, plan=body.plan,
+                       config=dict(body.config), phases=phases, started_at=signal.at)
+    if isinstance(body, PhaseScheduled):
+        if body.item is not None:
+            state = _set_item(state, name, body.item, status="scheduled", attempt=signal.attempt)
+            return _set_phase(state, name, replace(state.phase(name), status="running",
+                                                   items=body.items))
+        return _set_phase(state, name, replace(phase, status="scheduled", attempt=signal.attempt,
+                                               items=body.items, error=None))
+    if isinstance(body, PhaseStarted):
+        if body.item is not None:
+            return _set_item(state, name, body.item, status="running", worker=body.worker)
+        return _set_phase(state, name, replace(phase, status="running", worker=body.worker))
+    if isinstance(body, PhaseCompleted):
+        if body.item is not None:
+            return _set_item(state, name, body.item, status="completed",
+                             output_digest=body.output_digest, artifact=body.artifact)
+        return _set_phase(state, name, replace(
+            phase, status="completed", output_digest=body.output_digest, artifact=body.artifact,
+            item_count=body.item_count, duration=body.duration, error=None))
+    if isinstance(body, PhaseFailed | PhaseTimedOut):
+        status: PhaseStatus = "failed" if isinstance(body, PhaseFailed) else "timed_out"
+        error = body.error if isinstance(body, PhaseFailed) else ErrorInfo(
+            kind="Timeout", message=f"exceeded {body.timeout}s", retryable=True)
+        if body.item is not None:
+            state = _set_item(state, name, body.item, status=status, error=error)
+            return _set_phase(state, name, replace(state.phase(name), error=error))
+        return _set_phase(state, name, replace(phase, status=status, error=error))
+    if isinstance(body, PhaseRetryScheduled):
+        if body.item is not None:
+            return _set_item(state, name, body.item, status="retrying")
+        return _set_phase(state, name, replace(phase, status="retrying"))
+    if isinstance(body, PhaseSkipped):
+        return _set_phase(state, name, replace(
+            phase, status="skipped", skip_reason=body.reason, output_digest=body.reused_digest,
+            artifact=body.reused_artifact))
+    if isinstance(body, ContractChecked):
+        key = check_key(signal, f"{body.boundary}:{body.contract}", body.item)
+        return replace(state, checks={**state.checks, key: body.passed})
+    if isinstance(body, InvariantChecked):
+        key = check_key(signal, body.invariant, body.item)
+        return replace(state, checks={**state.checks, key: body.passed})
+    if isinstance(body, RunCompleted):
+        return replace(state, status="completed", fingerprint=body.fingerprint,
+                       ended_at=signal.at)
+    if isinstance(body, RunFailed):
+        return replace(state, status="failed", error=body.error,
+                       failed_phase=body.failed_phase, ended_at=signal.at)
+    if isinstance(body, RunCancelled):
+        return replace(state, status="cancelled", ended_at=signal.at)
+    if isinstance(body, CircuitOpened | CircuitClosed):
+        return state
+    return state  # pragma: no cover - every kind is handled above
+
+
+def fold(signals: Iterable[Signal], *, pipeline: str = "", run_id: str = "") -> RunState:
+    """The state after all ``signals`` (one run, in order)."""
+    state: RunState | None = None
+    for signal in signals:
+        if state is None:
+            state = RunState.new(signal.pipeline, signal.run_id)
+        state = evolve(state, signal)
+    return state if state is not None else RunState.new(pipeline, run_id)

@@ -1,0 +1,326 @@
+"""What a pipeline author imports: ``Pipeline``, ``Context`` and the phase errors.
+
+```python
+from pydantic import BaseModel
+from sisas.pipeline import Context, Pipeline
+
+class Points(BaseModel):
+    xs: list[float]
+
+pipe = Pipeline("clustering", version="1.0", input=Points)
+
+@pipe.phase()
+def load(ctx: Context, input: Points) -> Points: ...
+
+@pipe.phase(retries=2, timeout=30)
+def clean(ctx: Context, load: Points) -> Points: ...     # depends on `load` by name
+
+@pipe.invariant("INV-7.1", phase="clean", description="no negative values")
+def non_negative(out: Points) -> bool:
+    return min(out.xs, default=0) >= 0
+```
+
+A phase's parameters after ``ctx`` name what it receives: ``input`` (the run input, for
+a phase with no dependencies), the name of an upstream phase (its output), or ``item``
+(one element of the upstream output named by ``map_over``). Annotations are the
+phase's entry contracts, the return annotation its exit contract; both are checked by
+pydantic and every check is recorded as a signal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, get_type_hints
+
+import numpy as np
+
+from sisas.errors import (
+    Cancelled,
+    ContractViolation,
+    HardFailure,
+    InvalidPipeline,
+    InvariantViolation,
+    NonFatal,
+    PhaseError,
+    PhaseNotImplemented,
+    ResourceExhausted,
+    Timeout,
+    WorkerLost,
+)
+from sisas.signals.digest import semantic_digest
+from sisas.signals.kinds import Scalar
+from sisas.signals.names import check_name
+from sisas.signals.plan import PhasePlan, PipelinePlan
+
+__all__ = [
+    "Cancelled",
+    "Context",
+    "ContractViolation",
+    "HardFailure",
+    "InvariantSpec",
+    "InvariantViolation",
+    "NonFatal",
+    "PhaseError",
+    "PhaseNotImplemented",
+    "PhaseSpec",
+    "Pipeline",
+    "ResourceExhausted",
+    "Timeout",
+    "WorkerLost",
+    "parse_memory",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_RESERVED = {"input", "item"}
+
+
+def parse_memory(value: int | str | None) -> int | None:
+    """``512MB``, ``2GiB``, ``1000000`` -> bytes; None stays None."""
+    if value is None or isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*", value.lower())
+    if not m:
+        raise InvalidPipeline(f"memory_limit {value!r} is not a size such as '512MB' or '2GiB'")
+    unit = (m.group(2) or "b").rstrip("b").rstrip("i")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[unit]
+    return int(float(m.group(1)) * scale)
+
+
+class Context:
+    """What a running phase gets: identity, seed, a numpy Generator, progress, a logger.
+
+    ``seed`` is derived from the run seed and the phase name (and item), so a phase
+    draws the same numbers in every replay; use ``ctx.rng``, never an unseeded generator.
+    """
+
+    def __init__(self, *, run_id: str, pipeline: str, phase: str, seed: int, attempt: int = 0,
+                 item: int | None = None, config: Mapping[str, Scalar] | None = None,
+                 progress: Callable[[float, str], None] | None = None) -> None:
+        self.run_id = run_id
+        self.pipeline = pipeline
+        self.phase = phase
+        self.seed = seed
+        self.attempt = attempt
+        self.item = item
+        self.config: Mapping[str, Scalar] = dict(config or {})
+        self.rng = np.random.default_rng(seed)
+        self.log = logging.LoggerAdapter(
+            logging.getLogger(f"sisas.phase.{pipeline}.{phase}"),
+            {"run_id": run_id, "phase": phase, "attempt": attempt},
+        )
+        self._progress = progress
+
+    def progress(self, done: float, total: float = 1.0, message: str = "") -> None:
+        """Report progress (``done`` of ``total``); shown live, never part of the log."""
+        if self._progress is not None and total > 0:
+            self._progress(max(0.0, min(1.0, done / total)), message)
+
+
+@dataclass
+class InvariantSpec:
+    """A named predicate over a phase's output."""
+
+    id: str
+    phase: str
+    description: str
+    fn: Callable[[Any], object]
+
+
+@dataclass
+class PhaseSpec:
+    """A phase: its function, contracts and policies."""
+
+    name: str
+    fn: Callable[..., Any]
+    depends_on: list[str]
+    params: dict[str, Any]
+    returns: Any
+    retries: int = 0
+    backoff: float = 0.5
+    backoff_factor: float = 2.0
+    backoff_max: float = 30.0
+    timeout: float | None = None
+    memory_limit: int | None = None
+    enabled: bool = True
+    fatal: bool = True
+    side_effects: bool = False
+    map_over: str = ""
+    invariants: list[InvariantSpec] = field(default_factory=list)
+    bridges: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def isolated(self) -> bool:
+        """Run in a child process: needed to enforce a timeout or memory limit."""
+        return self.timeout is not None or self.memory_limit is not None
+
+
+def _type_name(t: Any) -> str:
+    return getattr(t, "__name__", None) or repr(t)
+
+
+class Pipeline:
+    """A named, versioned set of phases forming a DAG. Validated when first planned."""
+
+    def __init__(self, name: str, *, version: str = "0", input: Any = None,
+                 description: str = "", circuit_threshold: int = 5,
+                 circuit_cooldown: float = 60.0) -> None:
+        self.name = check_name(name, "pipeline name")
+        self.version = version
+        self.input = input
+        self.description = description
+        self.circuit_threshold = circuit_threshold
+        self.circuit_cooldown = circuit_cooldown
+        self.phases: dict[str, PhaseSpec] = {}
+        self._pending_invariants: list[InvariantSpec] = []
+        self._pending_bridges: list[tuple[str, str, Any]] = []
+        self._plan: PipelinePlan | None = None
+
+    def phase(self, name: str | None = None, *, depends_on: list[str] | None = None,
+              retries: int = 0, backoff: float = 0.5, backoff_factor: float = 2.0,
+              backoff_max: float = 30.0, timeout: float | None = None,
+              memory_limit: int | str | None = None, enabled: bool = True, fatal: bool = True,
+              side_effects: bool = False, map_over: str = "") -> Callable[[F], F]:
+        """Register the decorated function as a phase.
+
+        ``depends_on`` defaults to the parameters that name other phases. Raises
+        :class:`InvalidPipeline` for a duplicate name or a bad policy.
+        """
+
+        def register(fn: F) -> F:
+            phase_name = check_name(name or fn.__name__, "phase name")
+            if phase_name in self.phases:
+                raise InvalidPipeline(f"pipeline {self.name}: phase {phase_name!r} is defined "
+                                      "twice: give one of them another name")
+            if retries < 0 or (timeout is not None and timeout <= 0):
+                raise InvalidPipeline(f"phase {phase_name}: retries must be >= 0 and timeout > 0")
+            hints = get_type_hints(fn)
+            sig = inspect.signature(fn)
+            names = list(sig.parameters)
+            if not names or names[0] != "ctx":
+                raise InvalidPipeline(f"phase {phase_name}: the first parameter must be `ctx`")
+            params = {p: hints.get(p, Any) for p in names[1:]}
+            deps = list(depends_on) if depends_on is not None else [
+                p for p in params if p not in _RESERVED]
+            if map_over and map_over not in deps:
+                deps.append(map_over)
+            self.phases[phase_name] = PhaseSpec(
+                name=phase_name, fn=fn, depends_on=deps, params=params,
+                returns=hints.get("return", Any), retries=retries, backoff=backoff,
+                backoff_factor=backoff_factor, backoff_max=backoff_max, timeout=timeout,
+                memory_limit=parse_memory(memory_limit), enabled=enabled, fatal=fatal,
+                side_effects=side_effects, map_over=map_over,
+            )
+            self._plan = None
+            return fn
+
+        return register
+
+    def invariant(self, id: str, *, phase: str, description: str = "") -> Callable[[F], F]:
+        """Register a named predicate over ``phase``'s output.
+
+        It returns True/False, or ``(passed, observed, expected)`` to record the values.
+        """
+
+        def register(fn: F) -> F:
+            self._pending_invariants.append(InvariantSpec(id=id, phase=phase,
+                                                          description=description, fn=fn))
+            self._plan = None
+            return fn
+
+        return register
+
+    def bridge(self, upstream: str, downstream: str, contract: Any) -> None:
+        """Check ``upstream``'s output against ``contract`` before ``downstream`` runs."""
+        self._pending_bridges.append((upstream, downstream, contract))
+        self._plan = None
+
+    def plan(self) -> PipelinePlan:
+        """Validate the DAG and return the plan. Raises :class:`InvalidPipeline`."""
+        if self._plan is None:
+            self._plan = self._build_plan()
+        return self._plan
+
+    def _build_plan(self) -> PipelinePlan:
+        where = f"pipeline {self.name}"
+        if not self.phases:
+            raise InvalidPipeline(f"{where} has no phases: decorate functions with @pipe.phase()")
+        for spec in self.phases.values():
+            spec.invariants, spec.bridges = [], {}
+            for dep in spec.depends_on:
+                if dep not in self.phases:
+                    raise InvalidPipeline(
+                        f"{where}: phase {spec.name} depends on {dep!r}, which is not a phase "
+                        f"(phases: {', '.join(self.phases)})")
+            for p in spec.params:
+                if p not in _RESERVED and p not in spec.depends_on:
+                    raise InvalidPipeline(f"{where}: phase {spec.name} takes {p!r}, which is "
+                                          "neither a dependency, `input` nor `item`")
+            if "item" in spec.params and not spec.map_over:
+                raise InvalidPipeline(f"{where}: phase {spec.name} takes `item` but has no "
+                                      "map_over=")
+        for inv in self._pending_invariants:
+            if inv.phase not in self.phases:
+                raise InvalidPipeline(f"{where}: invariant {inv.id} is on unknown phase "
+                                      f"{inv.phase!r}")
+            self.phases[inv.phase].invariants.append(inv)
+        for up, down, contract in self._pending_bridges:
+            if up not in self.phases or down not in self.phases:
+                raise InvalidPipeline(f"{where}: bridge {up} -> {down} names an unknown phase")
+            self.phases[down].bridges[up] = contract
+        order = self._topological_order()
+        phases = [self._phase_plan(self.phases[n]) for n in order]
+        fingerprint = semantic_digest({
+            "name": self.name, "version": self.version, "phases": [p for p in phases],
+            "code": {n: _source_digest(self.phases[n].fn) for n in order},
+            "invariants": {i.id: _source_digest(i.fn) for i in self._pending_invariants},
+            "contracts": {n: [_type_name(t) for t in self.phases[n].params.values()]
+                          + [_type_name(self.phases[n].returns)] for n in order},
+        })
+        return PipelinePlan(name=self.name, version=self.version, fingerprint=fingerprint,
+                            phases=phases, input_contract=_type_name(self.input)
+                            if self.input is not None else "",
+                            circuit_threshold=self.circuit_threshold,
+                            circuit_cooldown=self.circuit_cooldown)
+
+    def _topological_order(self) -> list[str]:
+        remaining = {n: set(s.depends_on) for n, s in self.phases.items()}
+        order: list[str] = []
+        while remaining:
+            ready = [n for n in self.phases if n in remaining and not remaining[n]]
+            if not ready:
+                cycle = " -> ".join(sorted(remaining))
+                raise InvalidPipeline(f"pipeline {self.name} has a dependency cycle among: "
+                                      f"{cycle}; remove one of these dependencies")
+            for n in ready:
+                order.append(n)
+                del remaining[n]
+            for deps in remaining.values():
+                deps.difference_update(ready)
+        return order
+
+    @staticmethod
+    def _phase_plan(spec: PhaseSpec) -> PhasePlan:
+        contracts = [f"entry:{p}:{_type_name(t)}" for p, t in spec.params.items()]
+        contracts += [f"exit:{_type_name(spec.returns)}"]
+        contracts += [f"bridge:{up}:{_type_name(c)}" for up, c in spec.bridges.items()]
+        return PhasePlan(
+            name=spec.name, depends_on=list(spec.depends_on), retries=spec.retries,
+            backoff=spec.backoff, backoff_factor=spec.backoff_factor,
+            backoff_max=spec.backoff_max, timeout=spec.timeout, memory_limit=spec.memory_limit,
+            enabled=spec.enabled, fatal=spec.fatal, side_effects=spec.side_effects,
+            map_over=spec.map_over, contracts=contracts,
+            invariants=[i.id for i in spec.invariants],
+        )
+
+
+def _source_digest(fn: Callable[..., Any]) -> str:
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):
+        source = getattr(fn, "__qualname__", repr(fn))
+    return hashlib.sha256(source.encode()).hexdigest()

@@ -1,0 +1,57 @@
+"""The plan of a pipeline: what the orchestrator needs to decide, as plain data.
+
+A plan is derived from the pipeline's code by the worker that registers it and recorded
+in the run's ``run_started`` signal, so every later decision can be replayed from the
+log alone, without the code.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["PhasePlan", "PipelinePlan"]
+
+
+class PhasePlan(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True
+):
+    """One phase as the orchestrator sees it: dependencies and policies, no code."""
+
+    name: str
+    depends_on: list[str] = []
+    retries: int = 0
+    backoff: float = 0.5
+    backoff_factor: float = 2.0
+    backoff_max: float = 30.0
+    timeout: float | None = None
+    memory_limit: int | None = None
+    enabled: bool = True
+    fatal: bool = True
+    side_effects: bool = False
+    map_over: str = ""
+    contracts: list[str] = []
+    invariants: list[str] = []
+
+
+class PipelinePlan(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True
+):
+    """A pipeline version: its phases in a topological order and its fingerprint.
+
+    ``fingerprint`` digests the plan and the source of every phase, contract and
+    invariant, so a run records exactly which code it ran.
+    """
+
+    name: str
+    version: str
+    fingerprint: str
+    phases: list[PhasePlan]
+    input_contract: str = ""
+    circuit_threshold: int = 5
+    circuit_cooldown: float = 60.0
+
+    def phase(self, name: str) -> PhasePlan:
+        for p in self.phases:
+            if p.name == name:
+                return p
+        raise KeyError(name)
