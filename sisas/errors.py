@@ -221,6 +221,15 @@ class Cancelled(PhaseError):
 
 PHASE_ERRORS: dict[str, type[PhaseError]] = {
     cls.__name__: cls
-    for cls in (HardFailure, NonFatal, ContractViolation, InvariantViolation, Timeout,
-                ResourceExhausted, PhaseNotImplemented, WorkerLost, Cancelled)
+    for cls in (
+        HardFailure,
+        NonFatal,
+        ContractViolation,
+        InvariantViolation,
+        Timeout,
+        ResourceExhausted,
+        PhaseNotImplemented,
+        WorkerLost,
+        Cancelled,
+    )
 }

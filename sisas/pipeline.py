@@ -98,9 +98,18 @@ class Context:
     draws the same numbers in every replay; use ``ctx.rng``, never an unseeded generator.
     """
 
-    def __init__(self, *, run_id: str, pipeline: str, phase: str, seed: int, attempt: int = 0,
-                 item: int | None = None, config: Mapping[str, Scalar] | None = None,
-                 progress: Callable[[float, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        pipeline: str,
+        phase: str,
+        seed: int,
+        attempt: int = 0,
+        item: int | None = None,
+        config: Mapping[str, Scalar] | None = None,
+        progress: Callable[[float, str], None] | None = None,
+    ) -> None:
         self.run_id = run_id
         self.pipeline = pipeline
         self.phase = phase
@@ -166,9 +175,16 @@ def _type_name(t: Any) -> str:
 class Pipeline:
     """A named, versioned set of phases forming a DAG. Validated when first planned."""
 
-    def __init__(self, name: str, *, version: str = "0", input: Any = None,
-                 description: str = "", circuit_threshold: int = 5,
-                 circuit_cooldown: float = 60.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        version: str = "0",
+        input: Any = None,
+        description: str = "",
+        circuit_threshold: int = 5,
+        circuit_cooldown: float = 60.0,
+    ) -> None:
         self.name = check_name(name, "pipeline name")
         self.version = version
         self.input = input
@@ -180,11 +196,22 @@ class Pipeline:
         self._pending_bridges: list[tuple[str, str, Any]] = []
         self._plan: PipelinePlan | None = None
 
-    def phase(self, name: str | None = None, *, depends_on: list[str] | None = None,
-              retries: int = 0, backoff: float = 0.5, backoff_factor: float = 2.0,
-              backoff_max: float = 30.0, timeout: float | None = None,
-              memory_limit: int | str | None = None, enabled: bool = True, fatal: bool = True,
-              side_effects: bool = False, map_over: str = "") -> Callable[[F], F]:
+    def phase(
+        self,
+        name: str | None = None,
+        *,
+        depends_on: list[str] | None = None,
+        retries: int = 0,
+        backoff: float = 0.5,
+        backoff_factor: float = 2.0,
+        backoff_max: float = 30.0,
+        timeout: float | None = None,
+        memory_limit: int | str | None = None,
+        enabled: bool = True,
+        fatal: bool = True,
+        side_effects: bool = False,
+        map_over: str = "",
+    ) -> Callable[[F], F]:
         """Register the decorated function as a phase.
 
         ``depends_on`` defaults to the parameters that name other phases. Raises
@@ -194,8 +221,10 @@ class Pipeline:
         def register(fn: F) -> F:
             phase_name = check_name(name or fn.__name__, "phase name")
             if phase_name in self.phases:
-                raise InvalidPipeline(f"pipeline {self.name}: phase {phase_name!r} is defined "
-                                      "twice: give one of them another name")
+                raise InvalidPipeline(
+                    f"pipeline {self.name}: phase {phase_name!r} is defined "
+                    "twice: give one of them another name"
+                )
             if retries < 0 or (timeout is not None and timeout <= 0):
                 raise InvalidPipeline(f"phase {phase_name}: retries must be >= 0 and timeout > 0")
             hints = get_type_hints(fn)
@@ -204,16 +233,29 @@ class Pipeline:
             if not names or names[0] != "ctx":
                 raise InvalidPipeline(f"phase {phase_name}: the first parameter must be `ctx`")
             params = {p: hints.get(p, Any) for p in names[1:]}
-            deps = list(depends_on) if depends_on is not None else [
-                p for p in params if p not in _RESERVED]
+            deps = (
+                list(depends_on)
+                if depends_on is not None
+                else [p for p in params if p not in _RESERVED]
+            )
             if map_over and map_over not in deps:
                 deps.append(map_over)
             self.phases[phase_name] = PhaseSpec(
-                name=phase_name, fn=fn, depends_on=deps, params=params,
-                returns=hints.get("return", Any), retries=retries, backoff=backoff,
-                backoff_factor=backoff_factor, backoff_max=backoff_max, timeout=timeout,
-                memory_limit=parse_memory(memory_limit), enabled=enabled, fatal=fatal,
-                side_effects=side_effects, map_over=map_over,
+                name=phase_name,
+                fn=fn,
+                depends_on=deps,
+                params=params,
+                returns=hints.get("return", Any),
+                retries=retries,
+                backoff=backoff,
+                backoff_factor=backoff_factor,
+                backoff_max=backoff_max,
+                timeout=timeout,
+                memory_limit=parse_memory(memory_limit),
+                enabled=enabled,
+                fatal=fatal,
+                side_effects=side_effects,
+                map_over=map_over,
             )
             self._plan = None
             return fn
@@ -227,8 +269,9 @@ class Pipeline:
         """
 
         def register(fn: F) -> F:
-            self._pending_invariants.append(InvariantSpec(id=id, phase=phase,
-                                                          description=description, fn=fn))
+            self._pending_invariants.append(
+                InvariantSpec(id=id, phase=phase, description=description, fn=fn)
+            )
             self._plan = None
             return fn
 
@@ -255,18 +298,23 @@ class Pipeline:
                 if dep not in self.phases:
                     raise InvalidPipeline(
                         f"{where}: phase {spec.name} depends on {dep!r}, which is not a phase "
-                        f"(phases: {', '.join(self.phases)})")
+                        f"(phases: {', '.join(self.phases)})"
+                    )
             for p in spec.params:
                 if p not in _RESERVED and p not in spec.depends_on:
-                    raise InvalidPipeline(f"{where}: phase {spec.name} takes {p!r}, which is "
-                                          "neither a dependency, `input` nor `item`")
+                    raise InvalidPipeline(
+                        f"{where}: phase {spec.name} takes {p!r}, which is "
+                        "neither a dependency, `input` nor `item`"
+                    )
             if "item" in spec.params and not spec.map_over:
-                raise InvalidPipeline(f"{where}: phase {spec.name} takes `item` but has no "
-                                      "map_over=")
+                raise InvalidPipeline(
+                    f"{where}: phase {spec.name} takes `item` but has no map_over="
+                )
         for inv in self._pending_invariants:
             if inv.phase not in self.phases:
-                raise InvalidPipeline(f"{where}: invariant {inv.id} is on unknown phase "
-                                      f"{inv.phase!r}")
+                raise InvalidPipeline(
+                    f"{where}: invariant {inv.id} is on unknown phase {inv.phase!r}"
+                )
             self.phases[inv.phase].invariants.append(inv)
         for up, down, contract in self._pending_bridges:
             if up not in self.phases or down not in self.phases:
@@ -274,18 +322,29 @@ class Pipeline:
             self.phases[down].bridges[up] = contract
         order = self._topological_order()
         phases = [self._phase_plan(self.phases[n]) for n in order]
-        fingerprint = semantic_digest({
-            "name": self.name, "version": self.version, "phases": [p for p in phases],
-            "code": {n: _source_digest(self.phases[n].fn) for n in order},
-            "invariants": {i.id: _source_digest(i.fn) for i in self._pending_invariants},
-            "contracts": {n: [_type_name(t) for t in self.phases[n].params.values()]
-                          + [_type_name(self.phases[n].returns)] for n in order},
-        })
-        return PipelinePlan(name=self.name, version=self.version, fingerprint=fingerprint,
-                            phases=phases, input_contract=_type_name(self.input)
-                            if self.input is not None else "",
-                            circuit_threshold=self.circuit_threshold,
-                            circuit_cooldown=self.circuit_cooldown)
+        fingerprint = semantic_digest(
+            {
+                "name": self.name,
+                "version": self.version,
+                "phases": [p for p in phases],
+                "code": {n: _source_digest(self.phases[n].fn) for n in order},
+                "invariants": {i.id: _source_digest(i.fn) for i in self._pending_invariants},
+                "contracts": {
+                    n: [_type_name(t) for t in self.phases[n].params.values()]
+                    + [_type_name(self.phases[n].returns)]
+                    for n in order
+                },
+            }
+        )
+        return PipelinePlan(
+            name=self.name,
+            version=self.version,
+            fingerprint=fingerprint,
+            phases=phases,
+            input_contract=_type_name(self.input) if self.input is not None else "",
+            circuit_threshold=self.circuit_threshold,
+            circuit_cooldown=self.circuit_cooldown,
+        )
 
     def _topological_order(self) -> list[str]:
         remaining = {n: set(s.depends_on) for n, s in self.phases.items()}
@@ -294,8 +353,10 @@ class Pipeline:
             ready = [n for n in self.phases if n in remaining and not remaining[n]]
             if not ready:
                 cycle = " -> ".join(sorted(remaining))
-                raise InvalidPipeline(f"pipeline {self.name} has a dependency cycle among: "
-                                      f"{cycle}; remove one of these dependencies")
+                raise InvalidPipeline(
+                    f"pipeline {self.name} has a dependency cycle among: "
+                    f"{cycle}; remove one of these dependencies"
+                )
             for n in ready:
                 order.append(n)
                 del remaining[n]
@@ -309,11 +370,19 @@ class Pipeline:
         contracts += [f"exit:{_type_name(spec.returns)}"]
         contracts += [f"bridge:{up}:{_type_name(c)}" for up, c in spec.bridges.items()]
         return PhasePlan(
-            name=spec.name, depends_on=list(spec.depends_on), retries=spec.retries,
-            backoff=spec.backoff, backoff_factor=spec.backoff_factor,
-            backoff_max=spec.backoff_max, timeout=spec.timeout, memory_limit=spec.memory_limit,
-            enabled=spec.enabled, fatal=spec.fatal, side_effects=spec.side_effects,
-            map_over=spec.map_over, contracts=contracts,
+            name=spec.name,
+            depends_on=list(spec.depends_on),
+            retries=spec.retries,
+            backoff=spec.backoff,
+            backoff_factor=spec.backoff_factor,
+            backoff_max=spec.backoff_max,
+            timeout=spec.timeout,
+            memory_limit=spec.memory_limit,
+            enabled=spec.enabled,
+            fatal=spec.fatal,
+            side_effects=spec.side_effects,
+            map_over=spec.map_over,
+            contracts=contracts,
             invariants=[i.id for i in spec.invariants],
         )
 

@@ -24,8 +24,16 @@ def unit_interval(*parts: object) -> float:
     return int.from_bytes(_h("u", *parts)[:8], "big") / 2**64
 
 
-def backoff_delay(run_seed: int, phase: str, attempt: int, *, base: float, factor: float,
-                  cap: float, item: int | None = None) -> float:
+def backoff_delay(
+    run_seed: int,
+    phase: str,
+    attempt: int,
+    *,
+    base: float,
+    factor: float,
+    cap: float,
+    item: int | None = None,
+) -> float:
     """Exponential backoff before ``attempt`` (1-based retry), with jitter from the seed.
 
     ``min(cap, base * factor**(attempt-1))`` scaled by a factor in [0.5, 1.0): equal runs
@@ -41,5 +49,6 @@ def run_fingerprint(outputs: dict[str, str], checks: dict[str, bool]) -> str:
     Sorted by name, with no times, hosts or attempt numbers: two runs that computed the
     same things have the same fingerprint however they were scheduled.
     """
-    return semantic_digest({"outputs": dict(sorted(outputs.items())),
-                            "checks": dict(sorted(checks.items()))})
+    return semantic_digest(
+        {"outputs": dict(sorted(outputs.items())), "checks": dict(sorted(checks.items()))}
+    )

@@ -53,8 +53,10 @@ def _path(loc: tuple[int | str, ...], root: str) -> str:
 
 def violations_of(exc: pydantic.ValidationError, root: str) -> list[Violation]:
     """One violation per pydantic error, with a field path such as ``input.xs[3]``."""
-    return [Violation(path=_path(tuple(e["loc"]), root), message=e["msg"], type=e["type"])
-            for e in exc.errors()]
+    return [
+        Violation(path=_path(tuple(e["loc"]), root), message=e["msg"], type=e["type"])
+        for e in exc.errors()
+    ]
 
 
 def _adapter(t: Any) -> pydantic.TypeAdapter[Any]:
@@ -69,17 +71,34 @@ def _scalar(value: object) -> Scalar:
     return repr(value)
 
 
-def _failed(clock: Callable[[], float], start: float, kind: str, message: str, contracts: list[ContractResult],
-            invariants: list[InvariantResult], *, retryable: bool = False,
-            detail: str = "") -> Outcome:
-    return Outcome(status="failed", duration=clock() - start,
-                   error=ErrorInfo(kind=kind, message=message, retryable=retryable,  # type: ignore[arg-type]
-                                   detail=detail),
-                   contracts=contracts, invariants=invariants)
+def _failed(
+    clock: Callable[[], float],
+    start: float,
+    kind: str,
+    message: str,
+    contracts: list[ContractResult],
+    invariants: list[InvariantResult],
+    *,
+    retryable: bool = False,
+    detail: str = "",
+) -> Outcome:
+    return Outcome(
+        status="failed",
+        duration=clock() - start,
+        error=ErrorInfo(
+            kind=kind,
+            message=message,
+            retryable=retryable,  # type: ignore[arg-type]
+            detail=detail,
+        ),
+        contracts=contracts,
+        invariants=invariants,
+    )
 
 
-def _load_args(spec: PhaseSpec, inputs: PhaseInputs, item: int | None,
-               contracts: list[ContractResult]) -> dict[str, Any] | None:
+def _load_args(
+    spec: PhaseSpec, inputs: PhaseInputs, item: int | None, contracts: list[ContractResult]
+) -> dict[str, Any] | None:
     args: dict[str, Any] = {}
     ok = True
     for name, annotation in spec.params.items():
@@ -91,12 +110,19 @@ def _load_args(spec: PhaseSpec, inputs: PhaseInputs, item: int | None,
                 args[name] = _adapter(annotation).validate_python(items[item or 0])
             elif name in inputs.gathered:
                 args[name] = _adapter(annotation).validate_python(
-                    [_adapter(Any).validate_json(b) for b in inputs.gathered[name]])
+                    [_adapter(Any).validate_json(b) for b in inputs.gathered[name]]
+                )
             else:
                 args[name] = _adapter(annotation).validate_json(inputs.values[name])
         except pydantic.ValidationError as exc:
-            contracts.append(ContractResult(contract=contract, boundary="entry", passed=False,
-                                            violations=violations_of(exc, name)))
+            contracts.append(
+                ContractResult(
+                    contract=contract,
+                    boundary="entry",
+                    passed=False,
+                    violations=violations_of(exc, name),
+                )
+            )
             ok = False
             continue
         contracts.append(ContractResult(contract=contract, boundary="entry", passed=True))
@@ -105,8 +131,14 @@ def _load_args(spec: PhaseSpec, inputs: PhaseInputs, item: int | None,
         try:
             _adapter(bridge).validate_json(inputs.values[upstream])
         except pydantic.ValidationError as exc:
-            contracts.append(ContractResult(contract=contract, boundary="bridge", passed=False,
-                                            violations=violations_of(exc, upstream)))
+            contracts.append(
+                ContractResult(
+                    contract=contract,
+                    boundary="bridge",
+                    passed=False,
+                    violations=violations_of(exc, upstream),
+                )
+            )
             ok = False
             continue
         contracts.append(ContractResult(contract=contract, boundary="bridge", passed=True))
@@ -126,17 +158,31 @@ def _check_invariants(spec: PhaseSpec, output: Any) -> list[InvariantResult]:
                 passed = bool(verdict)
         except Exception as exc:  # an invariant that crashes is a failed invariant
             passed, observed = False, f"{type(exc).__name__}: {exc}"
-        results.append(InvariantResult(invariant=inv.id, passed=passed,
-                                       description=inv.description, observed=_scalar(observed),
-                                       expected=_scalar(expected)))
+        results.append(
+            InvariantResult(
+                invariant=inv.id,
+                passed=passed,
+                description=inv.description,
+                observed=_scalar(observed),
+                expected=_scalar(expected),
+            )
+        )
     return results
 
 
-def execute_phase(pipeline: Pipeline, phase: str, inputs: PhaseInputs, *, run_id: str,
-                  seed: int, attempt: int = 0, item: int | None = None,
-                  config: Mapping[str, Scalar] | None = None,
-                  progress: Callable[[float, str], None] | None = None,
-                  clock: Callable[[], float]) -> Outcome:
+def execute_phase(
+    pipeline: Pipeline,
+    phase: str,
+    inputs: PhaseInputs,
+    *,
+    run_id: str,
+    seed: int,
+    attempt: int = 0,
+    item: int | None = None,
+    config: Mapping[str, Scalar] | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    clock: Callable[[], float],
+) -> Outcome:
     """Run one attempt of ``phase`` on ``inputs``; never raises for the phase's failures.
 
     ``clock`` (e.g. ``time.perf_counter``) is passed in by the worker shell: the only
@@ -146,23 +192,59 @@ def execute_phase(pipeline: Pipeline, phase: str, inputs: PhaseInputs, *, run_id
     contracts: list[ContractResult] = []
     spec = pipeline.phases.get(phase)
     if spec is None:
-        return _failed(clock, start, "PhaseNotImplemented", f"this worker's {pipeline.name} "
-                       f"{pipeline.version} has no phase {phase!r}", contracts, [])
+        return _failed(
+            clock,
+            start,
+            "PhaseNotImplemented",
+            f"this worker's {pipeline.name} {pipeline.version} has no phase {phase!r}",
+            contracts,
+            [],
+        )
     args = _load_args(spec, inputs, item, contracts)
     if args is None:
         bad = [v.path for c in contracts if not c.passed for v in c.violations]
-        return _failed(clock, start, "ContractViolation", f"input of {phase} violates its contract at "
-                       + ", ".join(bad), contracts, [])
-    ctx = Context(run_id=run_id, pipeline=pipeline.name, phase=phase, seed=seed,
-                  attempt=attempt, item=item, config=config, progress=progress)
+        return _failed(
+            clock,
+            start,
+            "ContractViolation",
+            f"input of {phase} violates its contract at " + ", ".join(bad),
+            contracts,
+            [],
+        )
+    ctx = Context(
+        run_id=run_id,
+        pipeline=pipeline.name,
+        phase=phase,
+        seed=seed,
+        attempt=attempt,
+        item=item,
+        config=config,
+        progress=progress,
+    )
     try:
         result = spec.fn(ctx, **args)
     except PhaseError as exc:
-        return _failed(clock, start, exc.kind, str(exc), contracts, [], retryable=exc.retryable,
-                       detail=exc.detail)
+        return _failed(
+            clock,
+            start,
+            exc.kind,
+            str(exc),
+            contracts,
+            [],
+            retryable=exc.retryable,
+            detail=exc.detail,
+        )
     except Exception as exc:
-        return _failed(clock, start, "HardFailure", f"{type(exc).__name__}: {exc}", contracts, [],
-                       retryable=True, detail=traceback.format_exc(limit=8))
+        return _failed(
+            clock,
+            start,
+            "HardFailure",
+            f"{type(exc).__name__}: {exc}",
+            contracts,
+            [],
+            retryable=True,
+            detail=traceback.format_exc(limit=8),
+        )
     out_contract = _type_name(spec.returns)
     try:
         adapter = _adapter(spec.returns)
@@ -170,20 +252,50 @@ def execute_phase(pipeline: Pipeline, phase: str, inputs: PhaseInputs, *, run_id
         data = adapter.dump_json(output)
         output = adapter.validate_json(data)
     except pydantic.ValidationError as exc:
-        contracts.append(ContractResult(contract=out_contract, boundary="exit", passed=False,
-                                        violations=violations_of(exc, "output")))
-        return _failed(clock, start, "ContractViolation", f"output of {phase} violates its contract",
-                       contracts, [])
+        contracts.append(
+            ContractResult(
+                contract=out_contract,
+                boundary="exit",
+                passed=False,
+                violations=violations_of(exc, "output"),
+            )
+        )
+        return _failed(
+            clock,
+            start,
+            "ContractViolation",
+            f"output of {phase} violates its contract",
+            contracts,
+            [],
+        )
     except PydanticSerializationError as exc:
-        return _failed(clock, start, "ContractViolation", f"output of {phase} cannot be stored: {exc}",
-                       contracts, [])
+        return _failed(
+            clock,
+            start,
+            "ContractViolation",
+            f"output of {phase} cannot be stored: {exc}",
+            contracts,
+            [],
+        )
     contracts.append(ContractResult(contract=out_contract, boundary="exit", passed=True))
     invariants = _check_invariants(spec, output)
     broken = [i.invariant for i in invariants if not i.passed]
     if broken:
-        return _failed(clock, start, "InvariantViolation", f"output of {phase} breaks "
-                       + ", ".join(broken), contracts, invariants)
+        return _failed(
+            clock,
+            start,
+            "InvariantViolation",
+            f"output of {phase} breaks " + ", ".join(broken),
+            contracts,
+            invariants,
+        )
     count = len(output) if isinstance(output, list | tuple) else None
-    return Outcome(status="completed", output=data, output_digest=semantic_digest(output),
-                   item_count=count, duration=clock() - start,
-                   contracts=contracts, invariants=invariants)
+    return Outcome(
+        status="completed",
+        output=data,
+        output_digest=semantic_digest(output),
+        item_count=count,
+        duration=clock() - start,
+        contracts=contracts,
+        invariants=invariants,
+    )

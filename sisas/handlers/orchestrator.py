@@ -97,34 +97,58 @@ def decide(state: RunState, inp: Input, plans: Mapping[str, PipelinePlan]) -> li
 def _start(b: _Builder, inp: StartRun, plan: PipelinePlan | None) -> None:
     if b.state.status != "new":
         return  # the run exists: a repeated command starts nothing
-    b.emit(RunRequested(
-        pipeline_version=plan.version if plan else "", input_digest=inp.input_digest,
-        seed=inp.seed, config=dict(inp.config), requested_by=inp.requested_by,
-        idempotency_key=inp.idempotency_key, resume_of=inp.resume_of,
-        resume_from_phase=inp.resume_from_phase, batch_id=inp.batch_id,
-    ))
+    b.emit(
+        RunRequested(
+            pipeline_version=plan.version if plan else "",
+            input_digest=inp.input_digest,
+            seed=inp.seed,
+            config=dict(inp.config),
+            requested_by=inp.requested_by,
+            idempotency_key=inp.idempotency_key,
+            resume_of=inp.resume_of,
+            resume_from_phase=inp.resume_from_phase,
+            batch_id=inp.batch_id,
+        )
+    )
     if plan is None:
-        b.emit(RunFailed(error=ErrorInfo(
-            kind="HardFailure",
-            message=f"pipeline {inp.pipeline!r} is not registered by any worker: start a worker "
+        b.emit(
+            RunFailed(
+                error=ErrorInfo(
+                    kind="HardFailure",
+                    message=f"pipeline {inp.pipeline!r} is not registered by any worker: start a worker "
                     f"with it (`sisas worker --pipelines MODULE`) and run again",
-        )))
+                )
+            )
+        )
         return
-    b.emit(RunStarted(
-        pipeline_version=plan.version, fingerprint=plan.fingerprint, seed=inp.seed,
-        input_digest=inp.input_digest, config=dict(inp.config),
-        phases=[p.name for p in plan.phases], resume_of=inp.resume_of,
-        batch_id=inp.batch_id, plan=plan,
-    ))
+    b.emit(
+        RunStarted(
+            pipeline_version=plan.version,
+            fingerprint=plan.fingerprint,
+            seed=inp.seed,
+            input_digest=inp.input_digest,
+            config=dict(inp.config),
+            phases=[p.name for p in plan.phases],
+            resume_of=inp.resume_of,
+            batch_id=inp.batch_id,
+            plan=plan,
+        )
+    )
     for p in plan.phases:
         if not phase_enabled(p, inp.config):
             why = "side effects are off unless enabled" if p.side_effects else "disabled"
             b.emit(PhaseSkipped(reason="disabled", detail=why), phase=p.name)
         elif p.name in inp.reuse:
             reused = inp.reuse[p.name]
-            b.emit(PhaseSkipped(reason="resumed", detail=f"output reused from {inp.resume_of}",
-                                reused_digest=reused.output_digest,
-                                reused_artifact=reused.artifact), phase=p.name)
+            b.emit(
+                PhaseSkipped(
+                    reason="resumed",
+                    detail=f"output reused from {inp.resume_of}",
+                    reused_digest=reused.output_digest,
+                    reused_artifact=reused.artifact,
+                ),
+                phase=p.name,
+            )
 
 
 def _report(b: _Builder, r: PhaseReport) -> None:
@@ -146,32 +170,74 @@ def _report(b: _Builder, r: PhaseReport) -> None:
             b.emit(PhaseStarted(worker=r.worker, item=r.item), r.phase, r.attempt)
         return
     for c in r.contracts:
-        b.emit(ContractChecked(contract=c.contract, boundary=c.boundary, passed=c.passed,
-                               violations=list(c.violations), item=r.item), r.phase, r.attempt)
+        b.emit(
+            ContractChecked(
+                contract=c.contract,
+                boundary=c.boundary,
+                passed=c.passed,
+                violations=list(c.violations),
+                item=r.item,
+            ),
+            r.phase,
+            r.attempt,
+        )
     for i in r.invariants:
-        b.emit(InvariantChecked(invariant=i.invariant, passed=i.passed,
-                                description=i.description, observed=i.observed,
-                                expected=i.expected, item=r.item), r.phase, r.attempt)
+        b.emit(
+            InvariantChecked(
+                invariant=i.invariant,
+                passed=i.passed,
+                description=i.description,
+                observed=i.observed,
+                expected=i.expected,
+                item=r.item,
+            ),
+            r.phase,
+            r.attempt,
+        )
     if r.status == "completed":
-        b.emit(PhaseCompleted(output_digest=r.output_digest, artifact=r.artifact,
-                              duration=r.duration, resources=r.resources, item=r.item,
-                              worker=r.worker, item_count=r.item_count), r.phase, r.attempt)
+        b.emit(
+            PhaseCompleted(
+                output_digest=r.output_digest,
+                artifact=r.artifact,
+                duration=r.duration,
+                resources=r.resources,
+                item=r.item,
+                worker=r.worker,
+                item_count=r.item_count,
+            ),
+            r.phase,
+            r.attempt,
+        )
         return
     plan = state.plan.phase(r.phase)
     if r.status == "timed_out":
         b.emit(PhaseTimedOut(timeout=plan.timeout or 0.0, item=r.item), r.phase, r.attempt)
-        error = ErrorInfo(kind="Timeout", message=f"phase exceeded its timeout of "
-                          f"{plan.timeout}s", retryable=True)
+        error = ErrorInfo(
+            kind="Timeout", message=f"phase exceeded its timeout of {plan.timeout}s", retryable=True
+        )
     else:
         error = r.error or ErrorInfo(kind="HardFailure", message="failed without a reason")
-        b.emit(PhaseFailed(error=error, duration=r.duration, item=r.item, worker=r.worker),
-               r.phase, r.attempt)
+        b.emit(
+            PhaseFailed(error=error, duration=r.duration, item=r.item, worker=r.worker),
+            r.phase,
+            r.attempt,
+        )
     if error.retryable and r.attempt < plan.retries:
         nxt = r.attempt + 1
-        delay = backoff_delay(state.seed, r.phase, nxt, base=plan.backoff,
-                              factor=plan.backoff_factor, cap=plan.backoff_max, item=r.item)
-        b.emit(PhaseRetryScheduled(next_attempt=nxt, delay=delay, reason=error.message,
-                                   item=r.item), r.phase, r.attempt)
+        delay = backoff_delay(
+            state.seed,
+            r.phase,
+            nxt,
+            base=plan.backoff,
+            factor=plan.backoff_factor,
+            cap=plan.backoff_max,
+            item=r.item,
+        )
+        b.emit(
+            PhaseRetryScheduled(next_attempt=nxt, delay=delay, reason=error.message, item=r.item),
+            r.phase,
+            r.attempt,
+        )
         _schedule(b, plan, nxt, item=r.item, delay=delay)
     elif plan.fatal and error.kind != "NonFatal":
         b.emit(RunFailed(error=error, failed_phase=r.phase))
@@ -185,21 +251,40 @@ def _inputs(state: RunState, plan: PhasePlan) -> tuple[dict[str, str], dict[str,
     gathered: dict[str, list[str]] = {}
     if not plan.depends_on:
         inputs["input"] = state.input_digest
+    assert state.plan is not None
     for dep in plan.depends_on:
         dep_state = state.phase(dep)
-        if dep_state.items is not None:
-            gathered[dep] = [dep_state.item_states[i].artifact for i in range(dep_state.items)]
+        if state.plan.phase(dep).map_over and dep_state.status == "completed":
+            n = dep_state.item_count or 0
+            gathered[dep] = [dep_state.item_states[i].artifact for i in range(n)]
         else:
             inputs[dep] = dep_state.artifact
     return inputs, gathered
 
 
-def _schedule(b: _Builder, plan: PhasePlan, attempt: int, *, item: int | None = None,
-              items: int | None = None, delay: float = 0.0) -> None:
+def _schedule(
+    b: _Builder,
+    plan: PhasePlan,
+    attempt: int,
+    *,
+    item: int | None = None,
+    items: int | None = None,
+    delay: float = 0.0,
+) -> None:
     inputs, gathered = _inputs(b.state, plan)
-    b.emit(PhaseScheduled(inputs=inputs, gathered=gathered, item=item, items=items,
-                          seed=derive_seed(b.state.seed, plan.name, item), delay=delay,
-                          timeout=plan.timeout), plan.name, attempt)
+    b.emit(
+        PhaseScheduled(
+            inputs=inputs,
+            gathered=gathered,
+            item=item,
+            items=items,
+            seed=derive_seed(b.state.seed, plan.name, item),
+            delay=delay,
+            timeout=plan.timeout,
+        ),
+        plan.name,
+        attempt,
+    )
 
 
 def _satisfied(p: PhaseState) -> bool:
@@ -221,18 +306,29 @@ def _advance(b: _Builder) -> None:
             if ps.status != "pending":
                 continue
             deps = [b.state.phase(d) for d in p.depends_on]
-            blocked = [d for d, s in zip(p.depends_on, deps, strict=True)
-                       if s.status in DONE and not _satisfied(s)]
+            blocked = [
+                d
+                for d, s in zip(p.depends_on, deps, strict=True)
+                if s.status in DONE and not _satisfied(s)
+            ]
             if blocked:
-                b.emit(PhaseSkipped(reason="upstream_failed",
-                                    detail=f"needs {', '.join(blocked)}"), p.name)
+                b.emit(
+                    PhaseSkipped(reason="upstream_failed", detail=f"needs {', '.join(blocked)}"),
+                    p.name,
+                )
                 progressed = True
             elif all(_satisfied(s) for s in deps):
                 if p.map_over:
-                    n = b.state.phase(p.map_over).item_count or 0
+                    count = b.state.phase(p.map_over).item_count
+                    if count is None:
+                        _not_a_list(b, p)
+                        progressed = True
+                        continue
+                    n = count
                     if n == 0:
-                        b.emit(PhaseCompleted(output_digest=semantic_digest([]), item_count=0),
-                               p.name)
+                        b.emit(
+                            PhaseCompleted(output_digest=semantic_digest([]), item_count=0), p.name
+                        )
                     for i in range(n):
                         _schedule(b, p, 0, item=i, items=n)
                 else:
@@ -242,8 +338,18 @@ def _advance(b: _Builder) -> None:
         b.state.phase(p.name).status in DONE for p in plan.phases
     ):
         outputs = {n: s.output_digest for n, s in b.state.phases.items() if _satisfied(s)}
-        b.emit(RunCompleted(fingerprint=run_fingerprint(outputs, b.state.checks),
-                            outputs=outputs))
+        b.emit(RunCompleted(fingerprint=run_fingerprint(outputs, b.state.checks), outputs=outputs))
+
+
+def _not_a_list(b: _Builder, plan: PhasePlan) -> None:
+    error = ErrorInfo(
+        kind="HardFailure",
+        message=f"{plan.name} maps over {plan.map_over}, "
+        f"whose output is not a list: return a list from {plan.map_over}",
+    )
+    b.emit(PhaseFailed(error=error), plan.name)
+    if plan.fatal:
+        b.emit(RunFailed(error=error, failed_phase=plan.name))
 
 
 def _gather(b: _Builder, plan: PhasePlan, ps: PhaseState) -> bool:

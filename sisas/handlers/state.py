@@ -97,8 +97,9 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def new(cls, pipeline: str, run_id: str) -> RunState:
-        return cls(run_id=run_id, pipeline=pipeline,
-                   head=ChainHead(pipeline=pipeline, run_id=run_id))
+        return cls(
+            run_id=run_id, pipeline=pipeline, head=ChainHead(pipeline=pipeline, run_id=run_id)
+        )
 
     @property
     def ended(self) -> bool:
@@ -124,42 +125,80 @@ def check_key(signal: Signal, name: str, item: int | None) -> str:
     return f"{signal.phase}{suffix}:{name}"
 
 
-def evolve(state: RunState, signal: Signal) -> RunState:  # noqa: C901, PLR0912 - one case per kind
+def evolve(state: RunState, signal: Signal) -> RunState:
     """The state after ``signal``. Pure; unknown combinations leave the state as is."""
     state = replace(state, head=ChainHead.after(signal))
     body, name = signal.body, signal.phase
     phase = state.phase(name)
     if isinstance(body, RunRequested):
-        return replace(state, status="requested", seed=body.seed or 0,
-                       input_digest=body.input_digest, config=dict(body.config),
-                       resume_of=body.resume_of, batch_id=body.batch_id,
-                       requested_at=signal.at)
+        return replace(
+            state,
+            status="requested",
+            seed=body.seed or 0,
+            input_digest=body.input_digest,
+            config=dict(body.config),
+            resume_of=body.resume_of,
+            batch_id=body.batch_id,
+            requested_at=signal.at,
+        )
     if isinstance(body, RunStarted):
         phases = {p.name: PhaseState() for p in body.plan.phases} if body.plan else {}
-        return replace(state, status="running", seed=body.seed, plan=body.plan,
-                       config=dict(body.config), phases=phases, started_at=signal.at)
+        return replace(
+            state,
+            status="running",
+            seed=body.seed,
+            plan=body.plan,
+            config=dict(body.config),
+            phases=phases,
+            started_at=signal.at,
+        )
     if isinstance(body, PhaseScheduled):
         if body.item is not None:
             state = _set_item(state, name, body.item, status="scheduled", attempt=signal.attempt)
-            return _set_phase(state, name, replace(state.phase(name), status="running",
-                                                   items=body.items))
-        return _set_phase(state, name, replace(phase, status="scheduled", attempt=signal.attempt,
-                                               items=body.items, error=None))
+            return _set_phase(
+                state, name, replace(state.phase(name), status="running", items=body.items)
+            )
+        return _set_phase(
+            state,
+            name,
+            replace(
+                phase, status="scheduled", attempt=signal.attempt, items=body.items, error=None
+            ),
+        )
     if isinstance(body, PhaseStarted):
         if body.item is not None:
             return _set_item(state, name, body.item, status="running", worker=body.worker)
         return _set_phase(state, name, replace(phase, status="running", worker=body.worker))
     if isinstance(body, PhaseCompleted):
         if body.item is not None:
-            return _set_item(state, name, body.item, status="completed",
-                             output_digest=body.output_digest, artifact=body.artifact)
-        return _set_phase(state, name, replace(
-            phase, status="completed", output_digest=body.output_digest, artifact=body.artifact,
-            item_count=body.item_count, duration=body.duration, error=None))
+            return _set_item(
+                state,
+                name,
+                body.item,
+                status="completed",
+                output_digest=body.output_digest,
+                artifact=body.artifact,
+            )
+        return _set_phase(
+            state,
+            name,
+            replace(
+                phase,
+                status="completed",
+                output_digest=body.output_digest,
+                artifact=body.artifact,
+                item_count=body.item_count,
+                duration=body.duration,
+                error=None,
+            ),
+        )
     if isinstance(body, PhaseFailed | PhaseTimedOut):
         status: PhaseStatus = "failed" if isinstance(body, PhaseFailed) else "timed_out"
-        error = body.error if isinstance(body, PhaseFailed) else ErrorInfo(
-            kind="Timeout", message=f"exceeded {body.timeout}s", retryable=True)
+        error = (
+            body.error
+            if isinstance(body, PhaseFailed)
+            else ErrorInfo(kind="Timeout", message=f"exceeded {body.timeout}s", retryable=True)
+        )
         if body.item is not None:
             state = _set_item(state, name, body.item, status=status, error=error)
             return _set_phase(state, name, replace(state.phase(name), error=error))
@@ -169,9 +208,17 @@ def evolve(state: RunState, signal: Signal) -> RunState:  # noqa: C901, PLR0912 
             return _set_item(state, name, body.item, status="retrying")
         return _set_phase(state, name, replace(phase, status="retrying"))
     if isinstance(body, PhaseSkipped):
-        return _set_phase(state, name, replace(
-            phase, status="skipped", skip_reason=body.reason, output_digest=body.reused_digest,
-            artifact=body.reused_artifact))
+        return _set_phase(
+            state,
+            name,
+            replace(
+                phase,
+                status="skipped",
+                skip_reason=body.reason,
+                output_digest=body.reused_digest,
+                artifact=body.reused_artifact,
+            ),
+        )
     if isinstance(body, ContractChecked):
         key = check_key(signal, f"{body.boundary}:{body.contract}", body.item)
         return replace(state, checks={**state.checks, key: body.passed})
@@ -179,11 +226,15 @@ def evolve(state: RunState, signal: Signal) -> RunState:  # noqa: C901, PLR0912 
         key = check_key(signal, body.invariant, body.item)
         return replace(state, checks={**state.checks, key: body.passed})
     if isinstance(body, RunCompleted):
-        return replace(state, status="completed", fingerprint=body.fingerprint,
-                       ended_at=signal.at)
+        return replace(state, status="completed", fingerprint=body.fingerprint, ended_at=signal.at)
     if isinstance(body, RunFailed):
-        return replace(state, status="failed", error=body.error,
-                       failed_phase=body.failed_phase, ended_at=signal.at)
+        return replace(
+            state,
+            status="failed",
+            error=body.error,
+            failed_phase=body.failed_phase,
+            ended_at=signal.at,
+        )
     if isinstance(body, RunCancelled):
         return replace(state, status="cancelled", ended_at=signal.at)
     if isinstance(body, CircuitOpened | CircuitClosed):

@@ -31,7 +31,10 @@ __all__ = [
 
 UtcTime = Annotated[datetime, msgspec.Meta(tz=True)]
 _OPTS: Final = {
-    "frozen": True, "kw_only": True, "omit_defaults": True, "forbid_unknown_fields": True,
+    "frozen": True,
+    "kw_only": True,
+    "omit_defaults": True,
+    "forbid_unknown_fields": True,
     "tag_field": "kind",
 }
 

@@ -1,0 +1,139 @@
+"""Drive one run to its end in-process: decide, execute, report, decide again.
+
+No bus, no threads: the orchestrator's pure decisions and the worker's phase execution
+in a loop, with artifacts in a dict. Used by the tests of the orchestration rules and
+as the reference when a distributed run must give the same fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from datetime import datetime
+
+from sisas.handlers.execute import PhaseInputs, execute_phase
+from sisas.handlers.orchestrator import decide
+from sisas.handlers.state import RunState, evolve
+from sisas.pipeline import Pipeline
+from sisas.signals.envelope import Signal
+from sisas.signals.inputs import Input, PhaseReport, StartRun
+from sisas.signals.kinds import PhaseScheduled, Scalar
+
+__all__ = ["LocalRun", "bytes_key"]
+
+
+def bytes_key(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class LocalRun:
+    """A run of ``pipeline`` whose signals accumulate in ``signals``."""
+
+    def __init__(
+        self, pipeline: Pipeline, run_id: str, *, at: datetime, clock: Callable[[], float]
+    ) -> None:
+        self.pipeline = pipeline
+        self.state = RunState.new(pipeline.name, run_id)
+        self.signals: list[Signal] = []
+        self.artifacts: dict[str, bytes] = {}
+        self.at = at
+        self.clock = clock
+        self._n = 0
+
+    def _id(self, what: str) -> str:
+        self._n += 1
+        return f"{self.state.run_id}:{what}:{self._n}"
+
+    def send(self, inp: Input) -> list[Signal]:
+        new = decide(self.state, inp, {self.pipeline.name: self.pipeline.plan()})
+        for s in new:
+            self.state = evolve(self.state, s)
+        self.signals.extend(new)
+        return new
+
+    def start(
+        self, input_bytes: bytes, *, seed: int = 0, config: Mapping[str, Scalar] | None = None
+    ) -> None:
+        key = bytes_key(input_bytes)
+        self.artifacts[key] = input_bytes
+        self.send(
+            StartRun(
+                id=self._id("start"),
+                pipeline=self.pipeline.name,
+                run_id=self.state.run_id,
+                at=self.at,
+                seed=seed,
+                input_digest=key,
+                config=dict(config or {}),
+            )
+        )
+
+    def pending_work(self) -> list[Signal]:
+        """phase_scheduled signals whose phase (or item) has not reported since."""
+        out = []
+        for s in self.signals:
+            if isinstance(s.body, PhaseScheduled):
+                ps = self.state.phase(s.phase)
+                st = ps.item_states.get(s.body.item) if s.body.item is not None else ps
+                if st is not None and st.status == "scheduled" and st.attempt == s.attempt:
+                    out.append(s)
+        return out
+
+    def work(self, scheduled: Signal) -> None:
+        """What a worker does with one phase_scheduled signal."""
+        body = scheduled.body
+        assert isinstance(body, PhaseScheduled)
+        common = {
+            "pipeline": self.pipeline.name,
+            "run_id": self.state.run_id,
+            "at": self.at,
+            "phase": scheduled.phase,
+            "attempt": scheduled.attempt,
+            "item": body.item,
+            "worker": "local",
+        }
+        self.send(PhaseReport(id=self._id("started"), status="started", **common))  # type: ignore[arg-type]
+        inputs = PhaseInputs(
+            values={k: self.artifacts[v] for k, v in body.inputs.items()},
+            gathered={k: [self.artifacts[a] for a in v] for k, v in body.gathered.items()},
+        )
+        out = execute_phase(
+            self.pipeline,
+            scheduled.phase,
+            inputs,
+            run_id=self.state.run_id,
+            seed=body.seed,
+            attempt=scheduled.attempt,
+            item=body.item,
+            config=self.state.config,
+            clock=self.clock,
+        )
+        artifact = ""
+        if out.status == "completed":
+            artifact = bytes_key(out.output)
+            self.artifacts[artifact] = out.output
+        self.send(
+            PhaseReport(
+                id=self._id("report"),
+                status=out.status,
+                output_digest=out.output_digest,
+                artifact=artifact,
+                item_count=out.item_count,
+                duration=out.duration,
+                error=out.error,
+                contracts=out.contracts,
+                invariants=out.invariants,
+                **common,  # type: ignore[arg-type]
+            )
+        )
+
+    def run(self, max_steps: int = 10_000) -> RunState:
+        """Work every pending phase until the run ends (or nothing is pending)."""
+        for _ in range(max_steps):
+            if self.state.ended:
+                break
+            pending = self.pending_work()
+            if not pending:
+                break
+            self.work(pending[0])
+        return self.state

@@ -1,0 +1,234 @@
+"""The orchestration rules, driven in-process (pure decide + phase execution)."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from examples.clustering import pipeline as clustering
+from sisas.errors import InvalidPipeline
+from sisas.handlers.local import LocalRun
+from sisas.handlers.orchestrator import decide
+from sisas.handlers.state import fold
+from sisas.pipeline import Context, NonFatal, Pipeline
+from sisas.signals import (
+    ContractChecked,
+    InvariantChecked,
+    PhaseRetryScheduled,
+    PhaseScheduled,
+    PhaseSkipped,
+    RunFailed,
+    encode_signal,
+)
+from sisas.signals.inputs import CancelRun, PhaseReport, StartRun
+from tests.test_schemas import validator
+
+AT = datetime(2026, 1, 2, tzinfo=UTC)
+POINTS = (Path(__file__).parent.parent / "examples" / "data" / "points.json").read_bytes()
+
+
+def run_of(
+    pipe: Pipeline, data: bytes = POINTS, run_id: str = "r1", seed: int = 7, **config: object
+) -> LocalRun:
+    run = LocalRun(pipe, run_id, at=AT, clock=time.perf_counter)
+    run.start(data, seed=seed, config=config)  # type: ignore[arg-type]
+    run.run()
+    return run
+
+
+def kinds(run: LocalRun, phase: str | None = None) -> list[str]:
+    return [s.kind for s in run.signals if phase is None or s.phase == phase]
+
+
+def test_the_example_runs_to_completion_and_every_signal_matches_its_schema() -> None:
+    run = run_of(clustering)
+    assert run.state.status == "completed"
+    assert run.state.fingerprint.startswith("sha256:")
+    assert kinds(run)[:2] == ["run_requested", "run_started"]
+    assert kinds(run)[-1] == "run_completed"
+    assert kinds(run, "publish") == ["phase_skipped"]  # side effects are opt-in
+    for s in run.signals:
+        wire = json.loads(encode_signal(s))
+        assert validator(s.kind).is_valid(wire), s.kind
+    assert fold(run.signals) == run.state  # the log alone rebuilds the state
+
+
+def test_same_seed_same_fingerprint_different_seed_different_fingerprint() -> None:
+    a, b, c = run_of(clustering), run_of(clustering, run_id="r2"), run_of(clustering, seed=8)
+    assert a.state.fingerprint == b.state.fingerprint
+    assert a.state.fingerprint != c.state.fingerprint
+
+
+def test_fan_out_items_gathered_in_item_order_whatever_order_they_finish() -> None:
+    forward = run_of(clustering)
+    backward = LocalRun(clustering, "rb", at=AT, clock=time.perf_counter)
+    backward.start(POINTS, seed=7)
+    while not backward.state.ended:
+        pending = backward.pending_work()
+        assert pending
+        backward.work(pending[-1])  # always the last scheduled item first
+    assert backward.state.fingerprint == forward.state.fingerprint
+    items = [
+        s.body.item
+        for s in forward.signals
+        if isinstance(s.body, PhaseScheduled) and s.phase == "score"
+    ]
+    assert items == list(range(24))
+
+
+def test_a_retryable_failure_is_retried_with_a_seeded_backoff() -> None:
+    run = run_of(clustering, **{"clean.flaky": True})
+    assert run.state.status == "completed"
+    assert kinds(run, "clean")[:6] == [
+        "phase_scheduled",
+        "phase_started",
+        "contract_checked",
+        "phase_failed",
+        "phase_retry_scheduled",
+        "phase_scheduled",
+    ]
+    retry = next(s.body for s in run.signals if isinstance(s.body, PhaseRetryScheduled))
+    assert retry.next_attempt == 1
+    assert 0.025 <= retry.delay < 0.05  # base 0.05 with jitter in [0.5, 1)
+    again = run_of(clustering, run_id="r9", **{"clean.flaky": True})
+    assert (
+        next(s.body for s in again.signals if isinstance(s.body, PhaseRetryScheduled)).delay
+        == retry.delay
+    )
+    assert run.state.fingerprint == run_of(clustering).state.fingerprint
+
+
+def test_an_input_that_breaks_the_contract_fails_the_run_naming_each_field() -> None:
+    bad = json.dumps({"name": "", "values": [1.0, "x"], "k": 99}).encode()
+    run = run_of(clustering, bad)
+    assert run.state.status == "failed"
+    assert run.state.failed_phase == "load"
+    check = next(s.body for s in run.signals if isinstance(s.body, ContractChecked))
+    assert check.boundary == "entry"
+    assert not check.passed
+    assert {v.path for v in check.violations} == {"input.name", "input.values[1]", "input.k"}
+    failed = next(s.body for s in run.signals if isinstance(s.body, RunFailed))
+    assert failed.error.kind == "ContractViolation"
+
+
+class Weights(BaseModel):
+    weights: list[float]
+
+
+def small(fatal: bool = True, broken: bool = False) -> Pipeline:
+    pipe = Pipeline("small", version="1")
+
+    @pipe.phase()
+    def first(ctx: Context, input: list[float]) -> Weights:
+        total = sum(input)
+        return Weights(weights=[w / total * (2 if broken else 1) for w in input])
+
+    @pipe.invariant("INV-1", phase="first", description="weights sum to 1")
+    def sums(out: Weights) -> tuple[bool, float, float]:
+        return abs(sum(out.weights) - 1) < 1e-9, sum(out.weights), 1.0
+
+    @pipe.phase(fatal=fatal)
+    def optional(ctx: Context, first: Weights) -> int:
+        raise NonFatal("no data today") if not fatal else RuntimeError("boom")
+
+    @pipe.phase()
+    def after(ctx: Context, optional: int) -> int:
+        return optional
+
+    @pipe.phase()
+    def independent(ctx: Context, first: Weights) -> int:
+        return len(first.weights)
+
+    return pipe
+
+
+def test_a_broken_invariant_fails_the_run_with_observed_and_expected() -> None:
+    run = run_of(small(broken=True), b"[1, 3]")
+    inv = next(s.body for s in run.signals if isinstance(s.body, InvariantChecked))
+    assert (inv.invariant, inv.passed, inv.observed, inv.expected) == ("INV-1", False, 2.0, 1.0)
+    assert run.state.status == "failed"
+    assert run.state.error is not None and run.state.error.kind == "InvariantViolation"
+
+
+def test_a_non_fatal_failure_lets_the_run_go_on_without_that_output() -> None:
+    run = run_of(small(fatal=False), b"[1, 3]")
+    assert run.state.status == "completed"
+    assert run.state.phase("optional").status == "failed"
+    skipped = next(s.body for s in run.signals if s.phase == "after")
+    assert isinstance(skipped, PhaseSkipped) and skipped.reason == "upstream_failed"
+    assert run.state.phase("independent").status == "completed"
+
+
+def test_disabling_a_phase_skips_it_and_what_needs_it() -> None:
+    run = run_of(clustering, **{"score.enabled": False})
+    assert run.state.status == "completed"
+    assert run.state.phase("score").skip_reason == "disabled"
+    assert run.state.phase("cluster").skip_reason == "upstream_failed"
+    assert run.state.phase("load").status == "completed"
+    enabled = run_of(clustering, **{"publish.enabled": True})
+    assert enabled.state.phase("publish").status == "completed"
+
+
+def test_duplicate_stale_and_late_reports_change_nothing() -> None:
+    run = run_of(clustering)
+    plans = {"clustering": clustering.plan()}
+    last = run.state
+    common = {"pipeline": "clustering", "run_id": "r1", "at": AT, "worker": "w"}
+    for report in (
+        PhaseReport(id="x1", phase="load", attempt=0, status="completed", **common),
+        PhaseReport(id="x2", phase="load", attempt=5, status="failed", **common),
+        PhaseReport(id="x3", phase="nope", attempt=0, status="started", **common),
+        StartRun(id="x4", pipeline="clustering", run_id="r1", at=AT),
+        CancelRun(id="x5", pipeline="clustering", run_id="r1", at=AT),
+    ):
+        assert decide(last, report, plans) == []  # type: ignore[arg-type]
+
+
+def test_cancel_ends_the_run_and_later_reports_are_ignored() -> None:
+    run = LocalRun(clustering, "rc", at=AT, clock=time.perf_counter)
+    run.start(POINTS, seed=1)
+    work = run.pending_work()[0]
+    run.send(CancelRun(id="c", pipeline="clustering", run_id="rc", at=AT, reason="operator"))
+    assert run.state.status == "cancelled"
+    before = len(run.signals)
+    run.work(work)
+    assert len(run.signals) == before
+
+
+def test_an_unknown_pipeline_fails_the_run_and_says_how_to_fix_it() -> None:
+    run = LocalRun(clustering, "ru", at=AT, clock=time.perf_counter)
+    out = decide(run.state, StartRun(id="s", pipeline="nope", run_id="ru", at=AT), {})
+    assert [s.kind for s in out] == ["run_requested", "run_failed"]
+    assert "not registered" in out[-1].body.error.message  # type: ignore[union-attr]
+
+
+def test_definitions_that_cannot_run_are_refused_at_registration() -> None:
+    p = Pipeline("bad")
+
+    @p.phase()
+    def a(ctx: Context, b: int) -> int:
+        return b
+
+    @p.phase()
+    def b(ctx: Context, a: int) -> int:
+        return a
+
+    with pytest.raises(InvalidPipeline, match="cycle"):
+        p.plan()
+    q = Pipeline("bad2")
+
+    @q.phase()
+    def c(ctx: Context, missing: int) -> int:
+        return missing
+
+    with pytest.raises(InvalidPipeline, match="not a phase"):
+        q.plan()
+    with pytest.raises(InvalidPipeline, match="defined twice"):
+        q.phase(name="c")(lambda ctx: 1)
+    with pytest.raises(InvalidPipeline, match="first parameter"):
+        q.phase(name="d")(lambda x: 1)
