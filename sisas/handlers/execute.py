@@ -19,7 +19,7 @@ from sisas.errors import PhaseError
 from sisas.pipeline import Context, PhaseSpec, Pipeline, _type_name
 from sisas.signals.digest import semantic_digest
 from sisas.signals.inputs import ContractResult, InvariantResult
-from sisas.signals.kinds import ErrorInfo, Scalar, Violation
+from sisas.signals.kinds import ERROR_KINDS, ErrorInfo, ErrorKind, Scalar, Violation
 
 __all__ = ["Outcome", "PhaseInputs", "execute_phase", "violations_of"]
 
@@ -74,7 +74,7 @@ def _scalar(value: object) -> Scalar:
 def _failed(
     clock: Callable[[], float],
     start: float,
-    kind: str,
+    kind: ErrorKind,
     message: str,
     contracts: list[ContractResult],
     invariants: list[InvariantResult],
@@ -88,7 +88,7 @@ def _failed(
         error=ErrorInfo(
             kind=kind,
             message=message,
-            retryable=retryable,  # type: ignore[arg-type]
+            retryable=retryable,
             detail=detail,
         ),
         contracts=contracts,
@@ -227,7 +227,7 @@ def execute_phase(
         return _failed(
             clock,
             start,
-            exc.kind,
+            exc.kind if exc.kind in ERROR_KINDS else "HardFailure",  # type: ignore[arg-type]
             str(exc),
             contracts,
             [],

@@ -115,8 +115,8 @@ def _start(b: _Builder, inp: StartRun, plan: PipelinePlan | None) -> None:
             RunFailed(
                 error=ErrorInfo(
                     kind="HardFailure",
-                    message=f"pipeline {inp.pipeline!r} is not registered by any worker: start a worker "
-                    f"with it (`sisas worker --pipelines MODULE`) and run again",
+                    message=f"pipeline {inp.pipeline!r} is not registered by any worker: "
+                    "start a worker with it (`sisas worker --pipelines MODULE`) and run again",
                 )
             )
         )
