@@ -192,6 +192,8 @@ class Pipeline:
         self.circuit_threshold = circuit_threshold
         self.circuit_cooldown = circuit_cooldown
         self.phases: dict[str, PhaseSpec] = {}
+        self.source = ""
+        """Where a loader found it (module path or file): child processes import it from there."""
         self._pending_invariants: list[InvariantSpec] = []
         self._pending_bridges: list[tuple[str, str, Any]] = []
         self._plan: PipelinePlan | None = None

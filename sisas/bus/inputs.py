@@ -1,0 +1,31 @@
+"""Publishing inputs (commands and reports) to ``SISAS_IN``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.js import JetStreamContext
+
+from sisas.errors import BusError
+from sisas.signals.inputs import Input, encode_input
+from sisas.signals.names import input_subject
+
+__all__ = ["publish_input"]
+
+
+async def publish_input(js: JetStreamContext, inp: Input, *, attempts: int = 20) -> int:
+    """Publish ``inp`` (deduplicated by its id); return its stream sequence.
+
+    Retries transient failures; raises :class:`BusError` when it cannot be stored.
+    """
+    subject = input_subject(inp.pipeline, inp.run_id, str(type(inp).__struct_config__.tag))
+    data = encode_input(inp)
+    last: Exception | None = None
+    for i in range(attempts):
+        try:
+            ack = await js.publish(subject, data, headers={"Nats-Msg-Id": inp.id})
+            return int(ack.seq)
+        except Exception as exc:  # timeouts, no responders during a failover
+            last = exc
+            await asyncio.sleep(min(1.0, 0.05 * 2**i))
+    raise BusError(f"could not publish {inp.id} to {subject}: {last}")

@@ -1,0 +1,194 @@
+"""The orchestrator shell: inputs in, decisions appended, then the input acknowledged.
+
+It consumes ``SISAS_IN`` through the durable consumer ``orchestrator`` (any number of
+orchestrators may share it), folds the run's state from the log (cached), calls the
+pure :func:`sisas.handlers.orchestrator.decide`, and appends the signals with the run's
+expected last sequence. On a conflict (another orchestrator appended first) it reloads
+the run and decides again. An input is acknowledged only after its signals are in the
+log, so a crash in between redelivers it, and deciding it again on the newer state
+yields nothing new. Inputs that are not valid are recorded as rejected (subject
+``sisas.in._._.rejected``, with the reason) and skipped; they never stop the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import OrderedDict
+
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from sisas.bus.registry import PlanRegistry
+from sisas.bus.runtime import Bus
+from sisas.bus.streams import INPUT_STREAM
+from sisas.errors import AppendConflict, SisasError
+from sisas.handlers.orchestrator import decide
+from sisas.handlers.state import RunState, evolve
+from sisas.signals.inputs import Input, StartRun, decode_input
+from sisas.signals.names import IN_PREFIX, check_name, input_subject
+from sisas.signals.plan import PipelinePlan
+from sisas.signals.records import CorruptMessage, StoredSignal
+
+__all__ = ["REJECTED_SUBJECT", "Orchestrator"]
+
+log = logging.getLogger("sisas.orchestrator")
+REJECTED_SUBJECT = f"{IN_PREFIX}._._.rejected"
+CONSUMER = "orchestrator"
+
+
+class Orchestrator:
+    """Turns inputs into signals. Safe to run several at once against one server."""
+
+    def __init__(self, bus: Bus, *, cache_size: int = 10_000, ack_wait: float = 30.0) -> None:
+        self.bus = bus
+        self.registry = PlanRegistry(bus.js)
+        self._cache: OrderedDict[str, tuple[RunState, int]] = OrderedDict()
+        self._cache_size = cache_size
+        self._ack_wait = ack_wait
+        self.handled = 0
+        self.rejected = 0
+
+    async def run(self, stop: asyncio.Event, *, batch: int = 64) -> None:
+        """Consume inputs until ``stop`` is set."""
+        psub = await self.bus.js.pull_subscribe(
+            f"{IN_PREFIX}.>",
+            durable=CONSUMER,
+            stream=INPUT_STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self._ack_wait,
+                deliver_policy=DeliverPolicy.ALL,
+                max_ack_pending=10_000,
+            ),
+        )
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await psub.fetch(batch, timeout=0.25)
+                except TimeoutError:
+                    continue
+                except Exception as exc:  # server restarting, leader election
+                    log.warning("orchestrator fetch failed: %s; retrying", exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                for msg in msgs:
+                    await self._handle_safely(msg)
+        finally:
+            try:
+                await psub.unsubscribe()
+            except Exception:  # connection already closing
+                pass
+
+    async def _handle_safely(self, msg: Msg) -> None:
+        try:
+            await self.handle(msg)
+        except Exception as exc:  # never let one input stop the orchestrator
+            log.exception(
+                "input at stream seq %s failed; will retry: %s", msg.metadata.sequence.stream, exc
+            )
+            try:
+                await msg.nak(delay=1.0)
+            except Exception:
+                pass
+
+    async def handle(self, msg: Msg) -> None:
+        """Decide one input and append its signals, then acknowledge it."""
+        if msg.subject.startswith(f"{IN_PREFIX}._."):
+            await msg.ack()
+            return
+        try:
+            inp = decode_input(msg.data)
+            check_name(inp.pipeline, "pipeline name")
+            check_name(inp.run_id, "run id")
+            kind = str(type(inp).__struct_config__.tag)
+            if msg.subject != input_subject(inp.pipeline, inp.run_id, kind):
+                raise SisasError(f"an input for run {inp.run_id} arrived on {msg.subject}")
+        except SisasError as exc:
+            await self._reject(msg, str(exc))
+            return
+        await self.apply(inp)
+        self.handled += 1
+        await msg.ack()
+
+    async def apply(self, inp: Input) -> RunState:
+        """Decide ``inp`` against the run's current log and append; return the new state."""
+        for _ in range(50):
+            state, last_seq = await self._load(inp.pipeline, inp.run_id)
+            if state.pipeline != inp.pipeline:
+                log.error(
+                    "input %s names pipeline %s but run %s belongs to %s; ignored",
+                    inp.id,
+                    inp.pipeline,
+                    inp.run_id,
+                    state.pipeline,
+                )
+                return state
+            plans: dict[str, PipelinePlan] = {}
+            if isinstance(inp, StartRun) and state.status == "new":
+                plan = await self.registry.get(inp.pipeline)
+                if plan is not None:
+                    plans[plan.name] = plan
+            signals = decide(state, inp, plans)
+            if not signals:
+                return state
+            try:
+                result = await self.bus.log.append(signals, expected_last_seq=last_seq)
+            except AppendConflict:
+                self._cache.pop(inp.run_id, None)  # someone else wrote: reload, decide again
+                continue
+            for s in signals:
+                state = evolve(state, s)
+            self._remember(inp.run_id, state, result.last_seq)
+            return state
+        raise SisasError(f"run {inp.run_id}: gave up after 50 conflicting appends")
+
+    async def _load(self, pipeline: str, run_id: str) -> tuple[RunState, int]:
+        cached = self._cache.get(run_id)
+        if cached is not None:
+            self._cache.move_to_end(run_id)
+            return cached
+        records = await self.bus.log.read_run(run_id)
+        state = RunState.new(
+            records[0].signal.pipeline
+            if records and isinstance(records[0], StoredSignal)
+            else pipeline,
+            run_id,
+        )
+        for rec in records:
+            if isinstance(rec, StoredSignal):
+                state = evolve(state, rec.signal)
+            elif isinstance(rec, CorruptMessage):
+                log.error(
+                    "run %s: stream seq %d is corrupt (%s); folding without it",
+                    run_id,
+                    rec.stream_seq,
+                    rec.reason,
+                )
+        last = records[-1].stream_seq if records else 0
+        self._remember(run_id, state, last)
+        return state, last
+
+    def _remember(self, run_id: str, state: RunState, last_seq: int) -> None:
+        self._cache[run_id] = (state, last_seq)
+        self._cache.move_to_end(run_id)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    async def _reject(self, msg: Msg, reason: str) -> None:
+        seq = msg.metadata.sequence.stream
+        log.warning("rejected input at SISAS_IN seq %d on %s: %s", seq, msg.subject, reason)
+        record = {
+            "stream_seq": seq,
+            "subject": msg.subject,
+            "reason": reason,
+            "size": len(msg.data),
+        }
+        await self.bus.js.publish(
+            REJECTED_SUBJECT,
+            json.dumps(record).encode(),
+            headers={"Nats-Msg-Id": f"rejected:{seq}"},
+        )
+        self.rejected += 1
+        await msg.term()

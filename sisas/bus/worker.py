@@ -1,0 +1,257 @@
+"""The worker shell: takes scheduled phases, runs them, stores outputs, reports.
+
+Work arrives through one durable pull consumer per pipeline on the log
+(``sisas.run.<pipeline>.*.*.phase_scheduled``), shared by every worker of that
+pipeline, so each scheduled phase (or item) goes to one worker at a time. While a
+phase runs the worker tells JetStream it is still in progress; if the worker dies, the
+work is redelivered after ``ack_wait`` and finished elsewhere, and the orchestrator
+records one completion. A retry's backoff delay is honoured by ``nak(delay)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from sisas.bus.inputs import publish_input
+from sisas.bus.isolation import run_isolated
+from sisas.bus.registry import PlanRegistry
+from sisas.bus.runtime import Bus
+from sisas.bus.streams import LOG_STREAM
+from sisas.errors import ArtifactNotFound
+from sisas.handlers.execute import Outcome, PhaseInputs, execute_phase
+from sisas.pipeline import Pipeline
+from sisas.signals.envelope import Signal
+from sisas.signals.inputs import PhaseReport
+from sisas.signals.kinds import ErrorInfo, PhaseScheduled, RunStarted
+from sisas.signals.names import LOG_PREFIX
+from sisas.signals.records import StoredSignal, decode_record
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("sisas.worker")
+ENDED = frozenset({"run_completed", "run_failed", "run_cancelled"})
+
+
+class Worker:
+    """Runs the phases of ``pipelines``, ``concurrency`` at a time."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        pipelines: dict[str, Pipeline],
+        *,
+        name: str | None = None,
+        concurrency: int = 1,
+        ack_wait: float = 30.0,
+    ) -> None:
+        self.bus = bus
+        self.pipelines = pipelines
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.concurrency = max(1, concurrency)
+        self.ack_wait = ack_wait
+        self.completed = 0
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._configs: dict[str, dict[str, Any]] = {}
+
+    async def register(self) -> None:
+        registry = PlanRegistry(self.bus.js)
+        for pipe in self.pipelines.values():
+            await registry.publish(pipe.plan())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Register the plans, then take work until ``stop`` is set."""
+        await self.register()
+        async with asyncio.TaskGroup() as tg:
+            for name in self.pipelines:
+                tg.create_task(self._consume(name, stop))
+
+    async def _consume(self, pipeline: str, stop: asyncio.Event) -> None:
+        psub = await self.bus.js.pull_subscribe(
+            f"{LOG_PREFIX}.{pipeline}.*.*.phase_scheduled",
+            durable=f"worker-{pipeline}",
+            stream=LOG_STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.ack_wait,
+                deliver_policy=DeliverPolicy.ALL,
+                max_ack_pending=10_000,
+            ),
+        )
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                await self._slots.acquire()
+                try:
+                    msgs = await psub.fetch(1, timeout=0.25)
+                except Exception as exc:
+                    self._slots.release()
+                    if not isinstance(exc, TimeoutError):
+                        log.warning("worker fetch failed: %s; retrying", exc)
+                        await asyncio.sleep(0.5)
+                    continue
+                task = asyncio.create_task(self._handle(msgs[0]))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.wait(tasks, timeout=self.ack_wait)
+        finally:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            await self._work(msg)
+        except Exception as exc:  # never let one phase stop the worker
+            log.exception("work at log seq %s failed: %s", msg.metadata.sequence.stream, exc)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+        finally:
+            self._slots.release()
+
+    async def _work(self, msg: Msg) -> None:
+        rec = decode_record(msg.metadata.sequence.stream, msg.subject, msg.data)
+        if not isinstance(rec, StoredSignal) or not isinstance(rec.signal.body, PhaseScheduled):
+            log.error(
+                "not a phase_scheduled signal at log seq %s: %s",
+                msg.metadata.sequence.stream,
+                getattr(rec, "reason", "wrong kind"),
+            )
+            await msg.term()
+            return
+        signal, body = rec.signal, rec.signal.body
+        last = await self.bus.log.last_of_run(signal.run_id)
+        if isinstance(last, StoredSignal) and last.signal.kind in ENDED:
+            await msg.ack()  # the run ended (cancelled, failed elsewhere): nothing to do
+            return
+        wait = (signal.at + timedelta(seconds=body.delay) - datetime.now(UTC)).total_seconds()
+        if wait > 0.005:
+            await msg.nak(delay=wait)
+            return
+        await self._report(signal, body, "started")
+        beat = asyncio.create_task(self._heartbeat(msg))
+        try:
+            outcome, timed_out = await self._execute(signal, body)
+        finally:
+            beat.cancel()
+        artifact = await self.bus.artifacts.put(outcome.output) if outcome.output else ""
+        status: Literal["completed", "failed", "timed_out"] = (
+            "timed_out" if timed_out else outcome.status
+        )
+        await self._report(signal, body, status, outcome, artifact)
+        await msg.ack()
+        self.completed += 1
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(self.ack_wait / 3)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    async def _execute(self, signal: Signal, body: PhaseScheduled) -> tuple[Outcome, bool]:
+        pipe = self.pipelines[signal.pipeline]
+        try:
+            inputs = PhaseInputs(
+                values={k: await self.bus.artifacts.get(v) for k, v in body.inputs.items()},
+                gathered={
+                    k: [await self.bus.artifacts.get(a) for a in v]
+                    for k, v in body.gathered.items()
+                },
+            )
+        except ArtifactNotFound as exc:
+            return Outcome(
+                status="failed",
+                error=ErrorInfo(kind="HardFailure", message=str(exc), retryable=True),
+            ), False
+        kwargs: dict[str, Any] = {
+            "run_id": signal.run_id,
+            "seed": body.seed,
+            "attempt": signal.attempt,
+            "item": body.item,
+            "config": await self._config(signal),
+        }
+        spec = pipe.phases.get(signal.phase)
+        if spec is not None and spec.isolated and pipe.source:
+            return await run_isolated(
+                pipe.source,
+                pipe.name,
+                signal.phase,
+                inputs,
+                timeout=spec.timeout,
+                memory_limit=spec.memory_limit,
+                kwargs=kwargs,
+            )
+        loop = asyncio.get_running_loop()
+        subject = f"sisas.live.{signal.run_id}"
+
+        def progress(fraction: float, message: str) -> None:
+            payload = json.dumps(
+                {"phase": signal.phase, "item": body.item, "fraction": fraction, "message": message}
+            ).encode()
+            loop.call_soon_threadsafe(
+                lambda: asyncio.ensure_future(self.bus.nc.publish(subject, payload))
+            )
+
+        outcome = await asyncio.to_thread(
+            execute_phase,
+            pipe,
+            signal.phase,
+            inputs,
+            progress=progress,
+            clock=time.perf_counter,
+            **kwargs,
+        )
+        return outcome, False
+
+    async def _config(self, signal: Signal) -> dict[str, Any]:
+        """The run's resolved configuration (from its run_started signal), cached."""
+        if signal.run_id not in self._configs:
+            config: dict[str, Any] = {}
+            for rec in await self.bus.log.read_run(signal.run_id):
+                if isinstance(rec, StoredSignal) and isinstance(rec.signal.body, RunStarted):
+                    config = dict(rec.signal.body.config)
+                    break
+            if len(self._configs) > 1000:
+                self._configs.clear()
+            self._configs[signal.run_id] = config
+        return self._configs[signal.run_id]
+
+    async def _report(
+        self,
+        signal: Signal,
+        body: PhaseScheduled,
+        status: Literal["started", "completed", "failed", "timed_out"],
+        outcome: Outcome | None = None,
+        artifact: str = "",
+    ) -> None:
+        item = "-" if body.item is None else str(body.item)
+        out = outcome or Outcome(status="completed")
+        report = PhaseReport(
+            id=f"{signal.run_id}:{signal.phase}:{item}:{signal.attempt}:{status}",
+            pipeline=signal.pipeline,
+            run_id=signal.run_id,
+            at=datetime.now(UTC),
+            phase=signal.phase,
+            attempt=signal.attempt,
+            status=status,
+            worker=self.name,
+            item=body.item,
+            output_digest=out.output_digest,
+            artifact=artifact,
+            item_count=out.item_count,
+            duration=out.duration,
+            error=out.error,
+            contracts=out.contracts,
+            invariants=out.invariants,
+        )
+        await publish_input(self.bus.js, report)
