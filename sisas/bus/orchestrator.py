@@ -13,6 +13,7 @@ yields nothing new. Inputs that are not valid are recorded as rejected (subject
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import OrderedDict
@@ -88,10 +89,8 @@ class Orchestrator:
             log.exception(
                 "input at stream seq %s failed; will retry: %s", msg.metadata.sequence.stream, exc
             )
-            try:
+            with contextlib.suppress(Exception):
                 await msg.nak(delay=1.0)
-            except Exception:
-                pass
 
     async def handle(self, msg: Msg) -> None:
         """Decide one input and append its signals, then acknowledge it."""
