@@ -77,10 +77,8 @@ class Orchestrator:
                 for msg in msgs:
                     await self._handle_safely(msg)
         finally:
-            try:
+            with contextlib.suppress(Exception):  # connection already closing
                 await psub.unsubscribe()
-            except Exception:  # connection already closing
-                pass
 
     async def _handle_safely(self, msg: Msg) -> None:
         try:
