@@ -221,6 +221,11 @@ class JetStreamLog:
             if not live and msg_seq >= end:
                 return
 
+    async def follow_run(self, run_id: str) -> AsyncIterator[StoredSignal | CorruptMessage]:
+        """Every message of one run from its first, then live as they are appended."""
+        async for msg_seq, msg in self._consume(run_filter(run_id), 1):
+            yield decode_record(msg_seq, msg.subject, msg.data)
+
     async def _consume(self, subject: str, from_seq: int) -> AsyncIterator[tuple[int, Msg]]:
         """Messages on ``subject`` from ``from_seq``, via an ordered push consumer."""
         queue: asyncio.Queue[Msg] = asyncio.Queue()

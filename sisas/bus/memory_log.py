@@ -98,5 +98,15 @@ class MemoryLog:
                 return
             await self._changed.wait()
 
+    async def follow_run(self, run_id: str) -> AsyncIterator[StoredSignal | CorruptMessage]:
+        """Every message of one run from its first, then live as they are appended."""
+        async for rec in self.follow(live=True):
+            if isinstance(rec, StoredSignal) and rec.signal.run_id == run_id:
+                yield rec
+            elif isinstance(rec, CorruptMessage):
+                parsed = parse_log_subject(rec.subject)
+                if parsed is not None and parsed[1] == run_id:
+                    yield rec
+
     async def last_seq(self) -> int:
         return len(self._messages)

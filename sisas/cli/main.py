@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from sisas.cli import demo_command, log_commands, schema_commands, server_commands  # noqa: F401
+from sisas.cli import (  # noqa: F401
+    demo_command,
+    log_commands,
+    run_commands,
+    schema_commands,
+    server_commands,
+)
 from sisas.cli.app import cli
 
 __all__ = ["main"]

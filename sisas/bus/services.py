@@ -1,0 +1,50 @@
+"""Running the handlers: the orchestrator and a worker, in this process, until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+
+from sisas.bus.orchestrator import Orchestrator
+from sisas.bus.runtime import Bus
+from sisas.bus.worker import Worker
+from sisas.pipeline import Pipeline
+
+__all__ = ["running_services", "stop_on_signals"]
+
+
+@contextlib.asynccontextmanager
+async def running_services(
+    bus: Bus, pipelines: dict[str, Pipeline], *, orchestrator: bool = True, concurrency: int = 2
+) -> AsyncIterator[asyncio.Event]:
+    """Run an orchestrator and (if there are pipelines) a worker while inside the block.
+
+    Yields the event that stops them; leaving the block stops them cleanly.
+    """
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    if pipelines:
+        worker = Worker(bus, pipelines, concurrency=concurrency)
+        await worker.register()
+        tasks.append(asyncio.create_task(worker.run(stop), name="worker"))
+    if orchestrator:
+        tasks.append(asyncio.create_task(Orchestrator(bus).run(stop), name="orchestrator"))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        done, pending = await asyncio.wait(tasks, timeout=10) if tasks else (set(), set())
+        for task in pending:
+            task.cancel()
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """Set ``stop`` on SIGINT or SIGTERM (also when a shell started us with SIGINT ignored)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)

@@ -1,0 +1,298 @@
+"""``sisas run``, ``sisas cancel``, ``sisas worker``, ``sisas orchestrator``."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import secrets
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sisas.bus.inputs import publish_input
+from sisas.bus.registry import PlanRegistry, load_pipelines
+from sisas.bus.runtime import Bus, open_bus
+from sisas.bus.services import running_services, stop_on_signals
+from sisas.bus.worker import Worker
+from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
+from sisas.cli.progress import RunResult, watch_run
+from sisas.errors import UsageError
+from sisas.pipeline import Pipeline
+from sisas.signals import Scalar, StoredSignal, check_name
+from sisas.signals.inputs import CancelRun, StartRun
+
+__all__ = ["cancel", "orchestrator", "run", "worker"]
+
+PIPELINES_OPTION = click.option(
+    "--pipelines",
+    "pipeline_specs",
+    multiple=True,
+    envvar="SISAS_PIPELINES",
+    help="Pipeline code to load: a module (pkg.mod or pkg.mod:attr) or a .py file. "
+    "Repeatable; SISAS_PIPELINES may list several, separated by spaces.",
+)
+
+
+def parse_set(values: tuple[str, ...]) -> dict[str, Scalar]:
+    """``phase.enabled=false`` -> ``{"phase.enabled": False}`` (JSON scalars, else text)."""
+    config: dict[str, Scalar] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {item!r}: use KEY=VALUE, e.g. --set publish.enabled=true")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if isinstance(value, dict | list):
+            raise UsageError(f"--set {item!r}: values must be numbers, true/false, null or text")
+        config[key] = value
+    return config
+
+
+def read_input(source: str | None) -> bytes:
+    if source is None:
+        return b"null"
+    try:
+        data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read input {source}: {exc.strerror}; check the path") from None
+    try:
+        json.loads(data)
+    except ValueError as exc:
+        raise UsageError(
+            f"input {source} is not JSON ({exc}); pass a JSON file or - for standard input"
+        ) from None
+    return data
+
+
+def run_id_for(pipeline: str, idempotency_key: str | None) -> str:
+    prefix = pipeline[:40]
+    if idempotency_key:
+        digest = hashlib.sha256(f"{pipeline}\0{idempotency_key}".encode()).hexdigest()
+        return f"{prefix}-{digest[:12]}"
+    return f"{prefix}-{secrets.token_hex(6)}"
+
+
+@contextlib.asynccontextmanager
+async def _handlers_if_needed(
+    bus: Bus,
+    pipeline: str,
+    local: dict[str, Pipeline],
+) -> AsyncIterator[bool]:
+    """Run an orchestrator and worker here when nobody else will; yield whether we do."""
+    registered = await PlanRegistry(bus.js).get(pipeline)
+    if bus.server is not None:  # we started the server: nobody else is listening
+        if pipeline not in local:
+            raise UsageError(_unknown(pipeline, local, []))
+        async with running_services(bus, local):
+            yield True
+    elif registered is None and pipeline in local:
+        async with running_services(bus, {pipeline: local[pipeline]}, orchestrator=False):
+            yield True
+    elif registered is None:
+        raise UsageError(_unknown(pipeline, local, await PlanRegistry(bus.js).names()))
+    else:
+        yield False
+
+
+def _unknown(pipeline: str, local: dict[str, Pipeline], registered: list[str]) -> str:
+    known = sorted(set(local) | set(registered))
+    return (
+        f"unknown pipeline {pipeline!r} (known: {', '.join(known) or 'none'}): pass "
+        "--pipelines MODULE_OR_FILE, or start a worker that has it"
+    )
+
+
+def _print_result(result: RunResult, as_json: bool, elapsed: float) -> None:
+    if not as_json:
+        style = {"completed": "bold green", "failed": "bold red"}.get(result.status, "yellow")
+        console.print(
+            f"run [cyan]{result.run_id}[/] [{style}]{result.status}[/] in "
+            f"{elapsed:.2f}s, {result.signals} signals"
+        )
+        if result.fingerprint:
+            console.print(f"fingerprint {result.fingerprint}")
+        if result.error:
+            where = f" in phase {result.failed_phase}" if result.failed_phase else ""
+            console.print(f"[red]{result.error_kind}{where}: {result.error}[/]")
+        for v in result.violations:
+            console.print(
+                f"  [red]contract {v['contract']} ({v['boundary']}) at "
+                f"{v['path']}[/]: {v['message']}"
+            )
+        for i in result.failed_invariants:
+            console.print(
+                f"  [red]{i['invariant']}[/] {i['description']}: observed "
+                f"{i['observed']!r}, expected {i['expected']!r}"
+            )
+        console.print(f"next: sisas signals {result.run_id}")
+    print(json.dumps(result.as_json()) if as_json else "", end="\n" if as_json else "")
+
+
+@cli.command()
+@click.argument("pipeline")
+@click.option(
+    "--input",
+    "input_path",
+    default=None,
+    help="JSON input file, or - for standard input (default: null).",
+)
+@click.option("--seed", type=int, default=None, help="Run seed (default: random, recorded).")
+@click.option(
+    "--set",
+    "settings_",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Configuration, e.g. --set publish.enabled=true. Repeatable.",
+)
+@click.option(
+    "--idempotency-key",
+    default=None,
+    help="The same key always names the same run: a repeated command starts nothing.",
+)
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Show live progress until the run ends; exit 0 if it completed, 1 if not.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object (run_id, pipeline, status, fingerprint) last.",
+)
+@PIPELINES_OPTION
+@run_async
+async def run(
+    pipeline: str,
+    input_path: str | None,
+    seed: int | None,
+    settings_: tuple[str, ...],
+    idempotency_key: str | None,
+    wait: bool,
+    as_json: bool,
+    pipeline_specs: tuple[str, ...],
+) -> None:
+    """Start a run of PIPELINE and print its id (with --wait: follow it to the end).
+
+    With no server running and none configured, the embedded one is started, with an
+    orchestrator and a worker for the pipelines given by --pipelines, for the duration
+    of the run.
+    """
+    check_name(pipeline, "pipeline name")
+    config = parse_set(settings_)
+    data = read_input(input_path)
+    local = load_pipelines(pipeline_specs)
+    run_id = run_id_for(pipeline, idempotency_key)
+    run_seed = seed if seed is not None else secrets.randbelow(2**31)
+    async with open_bus(load_settings(), name="sisas-run") as bus:
+        async with _handlers_if_needed(bus, pipeline, local) as here:
+            digest = await bus.artifacts.put(data)
+            started = datetime.now(UTC)
+            await publish_input(
+                bus.js,
+                StartRun(
+                    id=f"start:{run_id}",
+                    pipeline=pipeline,
+                    run_id=run_id,
+                    at=started,
+                    seed=run_seed,
+                    input_digest=digest,
+                    config=config,
+                    requested_by="sisas run",
+                    idempotency_key=idempotency_key or "",
+                ),
+            )
+            if not as_json:
+                console.print(f"run [cyan]{run_id}[/] of {pipeline} requested (seed {run_seed})")
+            if not wait and not here:
+                if as_json:
+                    print(json.dumps({"run_id": run_id, "pipeline": pipeline, "status": "running"}))
+                return
+            result = await watch_run(
+                bus.log, run_id, pipeline, console=None if as_json else console
+            )
+    _print_result(result, as_json, (datetime.now(UTC) - started).total_seconds())
+    sys.exit(0 if result.status == "completed" else 1)
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--reason", default="cancelled by an operator", help="Recorded in the log.")
+@run_async
+async def cancel(run_id: str, reason: str) -> None:
+    """Cancel RUN_ID: no phase starts after this; the log records who and why."""
+    check_name(run_id, "run id")
+    async with open_bus(load_settings(), name="sisas-cancel") as bus:
+        last = await bus.log.last_of_run(run_id)
+        if not isinstance(last, StoredSignal):
+            fail(f"no run {run_id!r} in this log: check the run id")
+        if last.signal.kind in ("run_completed", "run_failed", "run_cancelled"):
+            fail(f"run {run_id} already ended ({last.signal.kind}); nothing to cancel")
+        await publish_input(
+            bus.js,
+            CancelRun(
+                id=f"cancel:{run_id}",
+                pipeline=last.signal.pipeline,
+                run_id=run_id,
+                at=datetime.now(UTC),
+                reason=reason,
+                requested_by="sisas cancel",
+            ),
+        )
+    console.print(f"cancellation of {run_id} requested")
+
+
+@cli.command()
+@PIPELINES_OPTION
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    default=2,
+    show_default=True,
+    help="Phases run at once by this worker.",
+)
+@run_async
+async def worker(pipeline_specs: tuple[str, ...], concurrency: int) -> None:
+    """Run phases of the given pipelines until Ctrl-C (any number of workers may run)."""
+    pipes = load_pipelines(pipeline_specs)
+    if not pipes:
+        fail(
+            "no pipelines to work on: pass --pipelines MODULE_OR_FILE (or install a "
+            "package with a `sisas.pipelines` entry point)"
+        )
+    async with open_bus(load_settings(), name="sisas-worker") as bus:
+        w = Worker(bus, pipes, concurrency=concurrency)
+        err_console.print(
+            f"worker {w.name} on {bus.url}: {', '.join(sorted(pipes))} "
+            f"(concurrency {concurrency}); Ctrl-C to stop"
+        )
+        stop = _stop_event()
+        await w.run(stop)
+    err_console.print(f"worker stopped after {w.completed} phase attempts")
+
+
+@cli.command()
+@run_async
+async def orchestrator() -> None:
+    """Turn commands and worker reports into signals until Ctrl-C (several may run)."""
+    async with open_bus(load_settings(), name="sisas-orchestrator") as bus:
+        err_console.print(f"orchestrator on {bus.url}; Ctrl-C to stop")
+        async with running_services(bus, {}) as stop:
+            stop_on_signals(stop)
+            await stop.wait()
+    err_console.print("orchestrator stopped")
+
+
+def _stop_event() -> Any:
+    import asyncio
+
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    return stop
