@@ -109,7 +109,7 @@ def _unknown(pipeline: str, local: dict[str, Pipeline], registered: list[str]) -
     )
 
 
-def _print_result(result: RunResult, as_json: bool, elapsed: float) -> None:
+def print_result(result: RunResult, as_json: bool, elapsed: float) -> None:
     if not as_json:
         style = {"completed": "bold green", "failed": "bold red"}.get(result.status, "yellow")
         console.print(
@@ -186,9 +186,35 @@ async def run(
     of the run.
     """
     check_name(pipeline, "pipeline name")
-    config = parse_set(settings_)
-    data = read_input(input_path)
-    local = load_pipelines(pipeline_specs)
+    result, elapsed = await start_and_watch(
+        pipeline,
+        read_input(input_path),
+        seed=seed,
+        config=parse_set(settings_),
+        idempotency_key=idempotency_key,
+        wait=wait,
+        as_json=as_json,
+        local=load_pipelines(pipeline_specs),
+    )
+    if result is None:
+        return
+    print_result(result, as_json, elapsed)
+    sys.exit(0 if result.status == "completed" else 1)
+
+
+async def start_and_watch(
+    pipeline: str,
+    data: bytes,
+    *,
+    seed: int | None,
+    config: dict[str, Scalar],
+    idempotency_key: str | None,
+    wait: bool,
+    as_json: bool,
+    local: dict[str, Pipeline],
+    requested_by: str = "sisas run",
+) -> tuple[RunResult | None, float]:
+    """Publish a start command and, when waiting (or hosting the handlers), watch the run."""
     run_id = run_id_for(pipeline, idempotency_key)
     run_seed = seed if seed is not None else secrets.randbelow(2**31)
     async with open_bus(load_settings(), name="sisas-run") as bus:
@@ -205,7 +231,7 @@ async def run(
                     seed=run_seed,
                     input_digest=digest,
                     config=config,
-                    requested_by="sisas run",
+                    requested_by=requested_by,
                     idempotency_key=idempotency_key or "",
                 ),
             )
@@ -214,12 +240,11 @@ async def run(
             if not wait and not here:
                 if as_json:
                     print(json.dumps({"run_id": run_id, "pipeline": pipeline, "status": "running"}))
-                return
+                return None, 0.0
             result = await watch_run(
                 bus.log, run_id, pipeline, console=None if as_json else console
             )
-    _print_result(result, as_json, (datetime.now(UTC) - started).total_seconds())
-    sys.exit(0 if result.status == "completed" else 1)
+    return result, (datetime.now(UTC) - started).total_seconds()
 
 
 @cli.command()

@@ -17,6 +17,8 @@ from rich.table import Table
 
 from sisas.bus.connection import redact
 from sisas.bus.embedded import running_server
+from sisas.bus.registry import load_pipelines
+from sisas.bus.services import running_services
 from sisas.bus.runtime import open_bus
 from sisas.bus.streams import INPUT_STREAM, LOG_STREAM
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
@@ -31,17 +33,38 @@ __all__ = ["down", "status", "up"]
     default=None,
     help="Client port of the embedded server (default SISAS_PORT, or any free port).",
 )
+@click.option(
+    "--pipelines",
+    "pipeline_specs",
+    multiple=True,
+    envvar="SISAS_PIPELINES",
+    help="Pipeline code for the built-in worker: a module or a .py file. Repeatable.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    default=2,
+    show_default=True,
+    help="Phases the built-in worker runs at once.",
+)
+@click.option(
+    "--no-handlers", is_flag=True, help="Only the server and streams: no orchestrator, no worker."
+)
 @run_async
-async def up(port: int | None) -> None:
+async def up(
+    port: int | None, pipeline_specs: tuple[str, ...], concurrency: int, no_handlers: bool
+) -> None:
     """Start sisas and keep it running until Ctrl-C.
 
     Starts nats-server with JetStream on 127.0.0.1, its store in the data folder
     (./.sisas or SISAS_HOME), creates or verifies the streams and the artifact bucket,
-    prints the URL, and stays up. Other sisas commands find it through the data folder.
-    With SISAS_NATS_URL set, nothing is spawned: the streams on that server are created
-    or verified instead.
+    runs an orchestrator and (with --pipelines) a worker in this process, prints the URL
+    and stays up. Other sisas commands find it through the data folder. With
+    SISAS_NATS_URL set, nothing is spawned: the streams on that server are created or
+    verified instead, and the handlers run against it.
     """
     settings = load_settings()
+    pipes = {} if no_handlers else load_pipelines(pipeline_specs)
     if port is not None:
         settings = replace(settings, port=port)
     if settings.embedded:
@@ -70,17 +93,30 @@ async def up(port: int | None) -> None:
             grid.add_row("created", ", ".join(bus.provisioned.created))
         if bus.provisioned.verified:
             grid.add_row("verified", ", ".join(bus.provisioned.verified))
+        if no_handlers:
+            handlers_text = "none (--no-handlers)"
+        elif pipes:
+            handlers_text = f"orchestrator, worker for {', '.join(sorted(pipes))}"
+        else:
+            handlers_text = "orchestrator (no worker: pass --pipelines)"
+        grid.add_row("handlers", handlers_text)
         grid.add_row(
             "next",
             f"SISAS_NATS_URL={bus.url} for other machines; `sisas tail` to watch; Ctrl-C to stop",
         )
         console.print(Panel(grid, title="sisas is up", title_align="left", expand=False))
-        while not stop.is_set():
-            if bus.server is not None and not bus.server.alive:
-                fail(f"nats-server exited unexpectedly: {bus.server.log_tail()}", 1)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
-        err_console.print("stopping…")
+        handlers = (
+            contextlib.nullcontext(asyncio.Event())
+            if no_handlers
+            else running_services(bus, pipes, concurrency=concurrency)
+        )
+        async with handlers:
+            while not stop.is_set():
+                if bus.server is not None and not bus.server.alive:
+                    fail(f"nats-server exited unexpectedly: {bus.server.log_tail()}", 1)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+            err_console.print("stopping…")
     err_console.print("stopped cleanly")
 
 
