@@ -129,7 +129,14 @@ class Orchestrator:
                     plans[plan.name] = plan
             signals = decide(state, inp, plans)
             if not signals:
-                return state
+                # "Nothing to do" is only true of the latest state: another orchestrator
+                # may have appended since we cached this run (say, the scheduling of the
+                # item this report is about). Check before acknowledging the input.
+                last = await self.bus.log.last_of_run(inp.run_id)
+                if (last.stream_seq if last else 0) == last_seq:
+                    return state
+                self._cache.pop(inp.run_id, None)
+                continue
             try:
                 result = await self.bus.log.append(signals, expected_last_seq=last_seq)
             except AppendConflict:

@@ -237,7 +237,10 @@ class Worker:
         item = "-" if body.item is None else str(body.item)
         out = outcome or Outcome(status="completed")
         report = PhaseReport(
-            id=f"{signal.run_id}:{signal.phase}:{item}:{signal.attempt}:{status}",
+            # A takeover after a lost worker must show in the log, so "started" names the
+            # worker; outcomes do not, so two workers finishing one attempt dedup to one.
+            id=f"{signal.run_id}:{signal.phase}:{item}:{signal.attempt}:{status}"
+            + (f":{self.name}" if status == "started" else ""),
             pipeline=signal.pipeline,
             run_id=signal.run_id,
             at=datetime.now(UTC),

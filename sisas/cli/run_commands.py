@@ -283,8 +283,18 @@ async def cancel(run_id: str, reason: str) -> None:
     show_default=True,
     help="Phases run at once by this worker.",
 )
+@click.option(
+    "--ack-wait",
+    type=click.FloatRange(0.5),
+    default=30.0,
+    show_default=True,
+    help="Seconds without a heartbeat before a phase is given to another worker.",
+)
+@click.option("--name", default=None, help="Worker name recorded in the log (default host-pid).")
 @run_async
-async def worker(pipeline_specs: tuple[str, ...], concurrency: int) -> None:
+async def worker(
+    pipeline_specs: tuple[str, ...], concurrency: int, ack_wait: float, name: str | None
+) -> None:
     """Run phases of the given pipelines until Ctrl-C (any number of workers may run)."""
     pipes = load_pipelines(pipeline_specs)
     if not pipes:
@@ -293,7 +303,7 @@ async def worker(pipeline_specs: tuple[str, ...], concurrency: int) -> None:
             "package with a `sisas.pipelines` entry point)"
         )
     async with open_bus(load_settings(), name="sisas-worker") as bus:
-        w = Worker(bus, pipes, concurrency=concurrency)
+        w = Worker(bus, pipes, concurrency=concurrency, ack_wait=ack_wait, name=name)
         err_console.print(
             f"worker {w.name} on {bus.url}: {', '.join(sorted(pipes))} "
             f"(concurrency {concurrency}); Ctrl-C to stop"

@@ -1,0 +1,54 @@
+"""Small pipelines for the distributed tests (loaded by file path, also in child processes)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from sisas.pipeline import Context, Pipeline
+
+slow = Pipeline("slow", version="1")
+
+
+@slow.phase()
+def nap(ctx: Context, input: dict[str, float | str]) -> float:
+    marker = input.get("marker_dir")
+    if marker:
+        Path(str(marker), f"nap-{os.getpid()}").write_text(str(ctx.attempt))
+    time.sleep(float(input.get("seconds", 0.5)))
+    return float(input.get("seconds", 0.5))
+
+
+@slow.phase()
+def after(ctx: Context, nap: float) -> float:
+    return nap * 2
+
+
+limits = Pipeline("limits", version="1")
+
+
+@limits.phase(timeout=0.5, retries=1, backoff=0.01)
+def stuck(ctx: Context, input: str) -> str:
+    if input == "hang":
+        time.sleep(60)  # ignores its timeout: must be killed
+    return input
+
+
+@limits.phase(memory_limit="150MB")
+def hungry(ctx: Context, stuck: str) -> int:
+    if stuck == "eat":
+        blob = bytearray(400 * 1024 * 1024)  # 400 MB, past the limit
+        time.sleep(5)
+        return len(blob)
+    return 0
+
+
+chain = Pipeline("chain7", version="1")
+
+
+for i in range(7):
+    params = "ctx: Context, input: int" if i == 0 else f"ctx: Context, p{i - 1}: int"
+    ns: dict[str, object] = {"Context": Context}
+    exec(f"def p{i}({params}) -> int:\n    return {i}\n", ns)
+    chain.phase(name=f"p{i}")(ns[f"p{i}"])

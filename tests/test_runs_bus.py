@@ -1,0 +1,238 @@
+"""Runs over JetStream: orchestrators and workers as they run in production."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from sisas.bus.inputs import publish_input
+from sisas.bus.orchestrator import REJECTED_SUBJECT, Orchestrator
+from sisas.bus.registry import PlanRegistry, load_pipelines
+from sisas.bus.runtime import Bus, open_bus
+from sisas.bus.services import running_services
+from sisas.bus.settings import Settings
+from sisas.bus.worker import Worker
+from sisas.handlers.local import LocalRun
+from sisas.handlers.state import RunState, fold
+from sisas.signals import Signal, StoredSignal, encode_signal, verify_chain
+from sisas.signals.inputs import CancelRun, StartRun
+from tests.test_schemas import validator
+
+ROOT = Path(__file__).parent.parent
+EXAMPLE = str(ROOT / "examples" / "clustering.py")
+TEST_PIPES = str(ROOT / "tests" / "pipelines.py")
+POINTS = (ROOT / "examples" / "data" / "points.json").read_bytes()
+ENDED = ("run_completed", "run_failed", "run_cancelled")
+
+
+async def start(
+    bus: Bus, pipeline: str, run_id: str, data: bytes, seed: int = 7, **config: object
+) -> None:
+    digest = await bus.artifacts.put(data)
+    await publish_input(
+        bus.js,
+        StartRun(
+            id=f"start:{run_id}",
+            pipeline=pipeline,
+            run_id=run_id,
+            at=datetime.now(UTC),
+            seed=seed,
+            input_digest=digest,
+            config=config,
+        ),
+    )  # type: ignore[arg-type]
+
+
+async def wait_end(bus: Bus, run_id: str, timeout: float = 60) -> tuple[RunState, list[Signal]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        last = await bus.log.last_of_run(run_id)
+        if isinstance(last, StoredSignal) and last.signal.kind in ENDED:
+            break
+        await asyncio.sleep(0.05)
+    records = await bus.log.read_run(run_id)
+    signals = [r.signal for r in records if isinstance(r, StoredSignal)]
+    assert len(signals) == len(records), "corrupt messages in the run"
+    assert verify_chain(signals, run_id=run_id) == []
+    return fold(signals), signals
+
+
+@pytest.fixture
+async def services(bus: Bus) -> AsyncIterator[Bus]:
+    pipes = load_pipelines([EXAMPLE, TEST_PIPES], entry_points=False)
+    async with running_services(bus, pipes, concurrency=3):
+        yield bus
+
+
+def local_fingerprint(seed: int = 7, **config: object) -> str:
+    pipe = load_pipelines([EXAMPLE], entry_points=False)["clustering"]
+    run = LocalRun(pipe, "ref", at=datetime(2026, 1, 1, tzinfo=UTC), clock=time.perf_counter)
+    run.start(POINTS, seed=seed, config=config)  # type: ignore[arg-type]
+    return run.run().fingerprint
+
+
+async def test_a_distributed_run_equals_the_in_process_reference(services: Bus) -> None:
+    await start(services, "clustering", "r1", POINTS, seed=7, **{"clean.flaky": True})
+    state, signals = await wait_end(services, "r1")
+    assert state.status == "completed"
+    assert state.fingerprint == local_fingerprint(7, **{"clean.flaky": True})
+    assert state.phase("cluster").status == "completed"  # ran in a child process (timeout)
+    for s in signals:
+        assert validator(s.kind).is_valid(json.loads(encode_signal(s))), s.kind
+
+
+async def test_garbage_on_the_input_subjects_is_rejected_and_the_next_command_runs(
+    services: Bus,
+) -> None:
+    rejected = await services.nc.subscribe(REJECTED_SUBJECT)
+    await services.js.publish("sisas.in.clustering.r1.start_run", b"\x00garbage")
+    await services.js.publish("sisas.in.clustering.r1.start_run", b'{"kind": "start_run"}')
+    await start(services, "clustering", "r2", POINTS)
+    state, _ = await wait_end(services, "r2")
+    assert state.status == "completed"
+    reasons = []
+    for _ in range(2):
+        msg = await rejected.next_msg(timeout=10)
+        reasons.append(json.loads(msg.data)["reason"])
+    assert "not JSON" in reasons[0]
+    assert "not a valid sisas input" in reasons[1]
+    assert await services.log.last_of_run("r1") is None
+
+
+async def test_an_unknown_pipeline_fails_the_run_with_the_fix(services: Bus) -> None:
+    await start(services, "nosuch", "r3", b"null")
+    state, _ = await wait_end(services, "r3")
+    assert state.status == "failed"
+    assert state.error is not None and "not registered" in state.error.message
+
+
+async def test_cancel_stops_a_run(services: Bus) -> None:
+    await start(services, "slow", "r4", json.dumps({"seconds": 1.0}).encode())
+    await asyncio.sleep(0.3)
+    await publish_input(
+        services.js,
+        CancelRun(
+            id="cancel:r4", pipeline="slow", run_id="r4", at=datetime.now(UTC), reason="test"
+        ),
+    )
+    state, signals = await wait_end(services, "r4")
+    assert state.status == "cancelled"
+    await asyncio.sleep(1.5)  # the phase finishes; its report changes nothing
+    assert len(await services.log.read_run("r4")) == len(signals)
+
+
+async def test_a_phase_that_ignores_its_timeout_is_killed_and_retried(services: Bus) -> None:
+    await start(services, "limits", "r5", b'"hang"')
+    state, signals = await wait_end(services, "r5")
+    assert state.status == "failed"
+    assert [s.kind for s in signals if s.kind == "phase_timed_out"] == ["phase_timed_out"] * 2
+    assert state.error is not None and state.error.kind == "Timeout"
+
+
+async def test_a_phase_past_its_memory_limit_is_killed(services: Bus) -> None:
+    await start(services, "limits", "r6", b'"eat"')
+    state, _ = await wait_end(services, "r6")
+    assert state.status == "failed"
+    assert state.failed_phase == "hungry"
+    assert state.error is not None and state.error.kind == "ResourceExhausted"
+
+
+async def test_two_orchestrators_and_three_workers_agree_with_one(
+    bus: Bus, settings: Settings
+) -> None:
+    pipes = load_pipelines([EXAMPLE], entry_points=False)
+    stop = asyncio.Event()
+    async with open_bus(settings) as bus2, open_bus(settings) as bus3:
+        tasks = [asyncio.create_task(Orchestrator(b).run(stop)) for b in (bus, bus2)]
+        tasks += [
+            asyncio.create_task(Worker(b, pipes, name=f"w{i}", concurrency=2).run(stop))
+            for i, b in enumerate((bus, bus2, bus3))
+        ]
+        for i in range(4):
+            await start(bus, "clustering", f"p{i}", POINTS, seed=7)
+        states = [(await wait_end(bus, f"p{i}"))[0] for i in range(4)]
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert {s.status for s in states} == {"completed"}
+    assert {s.fingerprint for s in states} == {local_fingerprint(7)}
+    workers = {s.worker for st in states for s in st.phases.values() if s.worker}
+    assert len(workers) >= 2
+
+
+WORKER = [
+    sys.executable,
+    "-m",
+    "sisas.cli",
+    "worker",
+    "--pipelines",
+    TEST_PIPES,
+    "--ack-wait",
+    "2",
+    "--concurrency",
+    "1",
+]
+
+
+async def test_a_worker_killed_mid_phase_loses_nothing_and_completes_once(
+    bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "SISAS_NATS_URL": settings.nats_url or "",
+        "SISAS_HOME": str(settings.home),
+        "SISAS_REPLICAS": "1",
+    }
+    async with running_services(bus, {}):  # an orchestrator only
+        first = subprocess.Popen(
+            [*WORKER, "--name", "doomed"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            registry = PlanRegistry(bus.js)
+            deadline = time.monotonic() + 30
+            while await registry.get("slow") is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            marker = tmp_path / "markers"
+            marker.mkdir()
+            await start(
+                bus, "slow", "k1", json.dumps({"seconds": 1.5, "marker_dir": str(marker)}).encode()
+            )
+            deadline = time.monotonic() + 30
+            while not list(marker.iterdir()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert list(marker.iterdir()), "the phase never started"
+            first.send_signal(signal.SIGKILL)  # mid-phase
+            first.wait()
+            second = subprocess.Popen(
+                [*WORKER, "--name", "rescuer"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                state, signals = await wait_end(bus, "k1", timeout=60)
+            finally:
+                second.send_signal(signal.SIGTERM)
+                second.wait(timeout=30)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait()
+    assert state.status == "completed"
+    nap = [(s.kind, getattr(s.body, "worker", "")) for s in signals if s.phase == "nap"]
+    assert nap.count(("phase_completed", "rescuer")) == 1
+    assert [k for k, _ in nap].count("phase_completed") == 1
+    assert ("phase_started", "doomed") in nap
+    assert ("phase_started", "rescuer") in nap
