@@ -205,3 +205,31 @@ def test_numpy_arrays_digest_by_dtype_shape_and_bytes() -> None:
 def test_digest_refuses_types_it_cannot_digest_faithfully() -> None:
     with pytest.raises(TypeError, match="cannot digest"):
         semantic_digest(object())
+
+
+def independent_verify(wire: bytes) -> bool:
+    """The language-independent recipe of docs/concepts.md: no JSON re-encoding needed."""
+    import hashlib
+    import re
+
+    matches = list(re.finditer(rb'"hash":"([0-9a-f]{64})",', wire))
+    if not matches:
+        return False
+    last = matches[-1]
+    hashed = wire[: last.start()] + wire[last.end() :]
+    return hashlib.sha256(hashed).hexdigest().encode() == last.group(1)
+
+
+@given(signals(n=1))
+def test_a_client_in_any_language_can_verify_a_hash_without_re_encoding(sigs: list) -> None:
+    assert independent_verify(encode_signal(sigs[0]))
+
+
+def test_the_recipe_survives_floats_and_nested_hash_keys() -> None:
+    body = RunRequested(config={"hash": "x", "tiny": 1e-05, "big": 1e16, "neg": -0.0})
+    (sig,), _ = ChainHead(pipeline="p", run_id="r1").extend([Draft(body=body, at=AT)])
+    wire = encode_signal(sig)
+    assert b'"tiny":0.00001' in wire
+    assert b'"big":1e16' in wire
+    assert independent_verify(wire)
+    assert not independent_verify(wire.replace(b"0.00001", b"0.00002"))

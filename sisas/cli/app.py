@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn, ParamSpec, TypeVar
@@ -41,13 +42,24 @@ def load_settings() -> Settings:
 def run_async(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
     """Run an async command; map sisas errors to their exit codes, Ctrl-C to 130."""
 
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+        # SIGTERM and SIGHUP (a closed terminal) cancel the command like Ctrl-C does, so
+        # every `async with` unwinds: a server this command started is stopped, never
+        # left running behind the user's back.
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, task.cancel)
+        return await fn(*args, **kwargs)
+
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return asyncio.run(fn(*args, **kwargs))
+            return asyncio.run(guarded(*args, **kwargs))
         except SisasError as exc:
             fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, asyncio.CancelledError):
             err_console.print("interrupted")
             sys.exit(130)
 
@@ -66,10 +78,16 @@ def cli(verbose: int) -> None:
 
     \b
     Start here:
-      sisas up                 keep a server running (Ctrl-C stops it)
+      sisas demo               run the example pipeline, see what the log holds
+      sisas run PIPELINE       start a run (--wait to follow it, --json for scripts)
+      sisas up                 keep a server, an orchestrator and a worker running
+      sisas down               stop what `sisas up` started for this data folder
       sisas signals RUN_ID     a run's signals, in order, with the chain verified
       sisas tail               follow the whole log live
       sisas status             where the server is, what the streams hold
+
+    Commands that need a server use the one `sisas up` started for the data folder, or
+    start one for their own duration.
 
     Every command takes --help. Exit codes: 0 ok, 1 failed, 2 usage or input error.
     """

@@ -102,7 +102,8 @@ async def up(
         grid.add_row("handlers", handlers_text)
         grid.add_row(
             "next",
-            f"SISAS_NATS_URL={bus.url} for other machines; `sisas tail` to watch; Ctrl-C to stop",
+            f"other processes here find it via {settings.home}; `sisas tail` to watch; "
+            "Ctrl-C to stop (listens on 127.0.0.1 only)",
         )
         console.print(Panel(grid, title="sisas is up", title_align="left", expand=False))
         handlers = (

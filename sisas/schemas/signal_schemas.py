@@ -41,6 +41,10 @@ def schemas() -> dict[str, dict[str, Any]]:
     """File name -> JSON Schema, for ``signal.json`` and one per kind."""
     base = msgspec.json.schema(Signal)
     defs: dict[str, Any] = base["$defs"]
+    # On the wire every signal is sealed: its hash is required, even though the Struct
+    # has a default (the unsealed form that is hashed).
+    defs["Signal"]["required"] = sorted({*defs["Signal"]["required"], "hash"})
+    defs["Signal"]["properties"]["hash"] = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
     out: dict[str, dict[str, Any]] = {
         "signal.json": {
             "$schema": _DIALECT,
