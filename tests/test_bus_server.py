@@ -52,7 +52,12 @@ async def test_provisioning_twice_verifies_and_creates_nothing(settings: Setting
         await first.log.append(run_signals("r1", 2), expected_last_seq=0)
     async with open_bus(settings) as second:
         assert second.provisioned.created == []
-        assert set(second.provisioned.verified) == {"SISAS_LOG", "SISAS_IN", "sisas-artifacts"}
+        assert set(second.provisioned.verified) == {
+            "SISAS_LOG",
+            "SISAS_IN",
+            "sisas-artifacts",
+            "sisas-blobs",
+        }
         assert len(await second.log.read_run("r1")) == 2
 
 

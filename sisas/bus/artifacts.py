@@ -10,9 +10,10 @@ import hashlib
 from typing import Protocol
 
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError, ObjectNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError, ObjectNotFoundError
+from nats.js.kv import KeyValue
 
-from sisas.bus.streams import ARTIFACT_BUCKET
+from sisas.bus.streams import ARTIFACT_BUCKET, BLOB_BUCKET, INLINE_MAX
 from sisas.errors import ArtifactNotFound, BusError
 
 __all__ = ["ArtifactStore", "JetStreamArtifacts", "MemoryArtifacts", "bytes_digest"]
@@ -68,21 +69,56 @@ class MemoryArtifacts:
 
 
 class JetStreamArtifacts:
-    """:class:`ArtifactStore` on the ``sisas-artifacts`` object store bucket."""
+    """:class:`ArtifactStore` on JetStream: small artifacts in a KV bucket, large ones in
+    the ``sisas-artifacts`` object store.
 
-    def __init__(self, js: JetStreamContext, bucket: str = ARTIFACT_BUCKET) -> None:
+    Most phase outputs are small, and nats-py's object store spends several requests and
+    a consumer on every call (~3.5 ms here); a KV put is one publish and a get one direct
+    get (~0.3 ms). Both are keyed by the digest of the bytes and verified on read.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        bucket: str = ARTIFACT_BUCKET,
+        blobs: str = BLOB_BUCKET,
+        inline_max: int = INLINE_MAX,
+    ) -> None:
         self._js = js
         self._bucket = bucket
+        self._blobs = blobs
+        self._inline_max = inline_max
+        self._kv: KeyValue | None = None
+
+    async def _blob_kv(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await self._js.key_value(self._blobs)
+        return self._kv
 
     async def put(self, data: bytes) -> str:
         digest = bytes_digest(data)
+        if len(data) <= self._inline_max:
+            kv = await self._blob_kv()
+            await kv.put(digest.removeprefix("sha256:"), data)
+            return digest
         if await self.exists(digest):
             return digest
         store = await self._js.object_store(self._bucket)
         await store.put(_name(digest), data)
         return digest
 
+    async def _small(self, digest: str) -> bytes | None:
+        kv = await self._blob_kv()
+        try:
+            entry = await kv.get(digest.removeprefix("sha256:"))
+        except (KeyNotFoundError, NotFoundError):
+            return None
+        return entry.value or b""
+
     async def get(self, digest: str) -> bytes:
+        small = await self._small(digest)
+        if small is not None:
+            return _verified(digest, small)
         store = await self._js.object_store(self._bucket)
         try:
             result = await store.get(_name(digest))
@@ -94,6 +130,8 @@ class JetStreamArtifacts:
         return _verified(digest, result.data or b"")
 
     async def exists(self, digest: str) -> bool:
+        if await self._small(digest) is not None:
+            return True
         store = await self._js.object_store(self._bucket)
         try:
             await store.get_info(_name(digest))

@@ -169,6 +169,18 @@ class JetStreamLog:
         seq = int(reply.headers.get("Nats-Sequence", "0"))
         return decode_record(seq, reply.headers.get("Nats-Subject", ""), reply.data)
 
+    async def last_of_kind(
+        self, run_id: str, kind: str, phase: str = ""
+    ) -> StoredSignal | CorruptMessage | None:
+        """The run's last signal of ``kind`` (for ``phase``; run-level when empty)."""
+        await self.start()
+        subject = f"{LOG_PREFIX}.*.{run_id}.{phase or '_'}.{kind}"
+        reply = await self._direct_get(json.dumps({"last_by_subj": subject}).encode())
+        if reply is None:
+            return None
+        seq = int(reply.headers.get("Nats-Sequence", "0"))
+        return decode_record(seq, reply.headers.get("Nats-Subject", ""), reply.data)
+
     async def _direct_get(self, payload: bytes) -> Reply | None:
         deadline = time.monotonic() + self._append_timeout
         while True:

@@ -18,19 +18,22 @@ from typing import Final
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
+    KeyValueConfig,
     ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
     StreamInfo,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from sisas.errors import BusError, StoreWithoutStream, StreamDrift
 from sisas.signals.names import IN_PREFIX, LOG_PREFIX
 
 __all__ = [
     "ARTIFACT_BUCKET",
+    "BLOB_BUCKET",
+    "INLINE_MAX",
     "DUPLICATE_WINDOW",
     "INPUT_STREAM",
     "LOG_STREAM",
@@ -44,6 +47,9 @@ __all__ = [
 LOG_STREAM: Final = "SISAS_LOG"
 INPUT_STREAM: Final = "SISAS_IN"
 ARTIFACT_BUCKET: Final = "sisas-artifacts"
+BLOB_BUCKET: Final = "sisas-blobs"
+"""KV bucket for artifacts up to INLINE_MAX bytes (one publish / one direct get each)."""
+INLINE_MAX: Final = 512 * 1024
 DUPLICATE_WINDOW: Final = 120.0
 """Seconds within which a re-sent Nats-Msg-Id is deduplicated by the server."""
 
@@ -202,6 +208,21 @@ async def provision(
                 ),
             )
             report.created.append(ARTIFACT_BUCKET)
+        try:
+            await js.key_value(BLOB_BUCKET)
+            report.verified.append(BLOB_BUCKET)
+        except (NotFoundError, BucketNotFoundError):
+            await js.create_key_value(
+                KeyValueConfig(
+                    bucket=BLOB_BUCKET,
+                    history=1,
+                    storage=StorageType.FILE,
+                    replicas=replicas,
+                    max_value_size=INLINE_MAX,
+                    description="sisas artifacts up to 512 KiB by digest",
+                )
+            )
+            report.created.append(BLOB_BUCKET)
     except (StreamDrift, StoreWithoutStream):
         raise
     except Exception as exc:

@@ -217,10 +217,9 @@ class Worker:
         """The run's resolved configuration (from its run_started signal), cached."""
         if signal.run_id not in self._configs:
             config: dict[str, Any] = {}
-            for rec in await self.bus.log.read_run(signal.run_id):
-                if isinstance(rec, StoredSignal) and isinstance(rec.signal.body, RunStarted):
-                    config = dict(rec.signal.body.config)
-                    break
+            rec = await self.bus.log.last_of_kind(signal.run_id, "run_started")
+            if isinstance(rec, StoredSignal) and isinstance(rec.signal.body, RunStarted):
+                config = dict(rec.signal.body.config)
             if len(self._configs) > 1000:
                 self._configs.clear()
             self._configs[signal.run_id] = config
