@@ -82,9 +82,9 @@ async def one_run(bus, run_id: str, digest: str) -> tuple[float, int]:  # type: 
     return elapsed, n
 
 
-async def main(runs: int) -> None:
+async def main(runs: int, sync: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        async with EmbeddedServer(Path(tmp) / "home", sync="always") as server:
+        async with EmbeddedServer(Path(tmp) / "home", sync=sync) as server:
             settings = Settings(home=Path(tmp) / "home", nats_url=server.url, replicas=1)
             async with open_bus(settings) as bus:
                 await bus.js.add_stream(
@@ -130,4 +130,6 @@ async def main(runs: int) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description="7-phase no-op run overhead")
     p.add_argument("--runs", type=int, default=30)
-    asyncio.run(main(p.parse_args().runs))
+    p.add_argument("--sync", default="always", help="server sync_interval (always, or e.g. 2m)")
+    a = p.parse_args()
+    asyncio.run(main(a.runs, a.sync))
