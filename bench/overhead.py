@@ -117,6 +117,7 @@ async def main(runs: int, sync: str) -> None:
     print(
         json.dumps(
             {
+                "sync": sync,
                 "runs": runs,
                 "raw_ack_ms": round(raw_p50 * 1e3, 3),
                 "run_ms_p50": round(p50 * 1e3, 2),
