@@ -223,3 +223,103 @@ def test_demo_runs_the_example_pipeline_on_a_fresh_folder(tmp_path: Path) -> Non
     assert kinds[0] == "run_requested"
     assert kinds[-1] == "run_completed"
     assert "phase_retry_scheduled" in kinds
+
+
+EXAMPLE = str(Path(__file__).parent.parent / "examples" / "clustering.py")
+POINTS = str(Path(__file__).parent.parent / "examples" / "data" / "points.json")
+
+
+def fresh_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
+    env.update(SISAS_HOME=str(tmp_path / "home"), COLUMNS="200")
+    return env
+
+
+def test_run_wait_json_on_a_fresh_folder_completes_with_a_fingerprint(tmp_path: Path) -> None:
+    env = fresh_env(tmp_path)
+    args = ["run", "clustering", "--pipelines", EXAMPLE, "--input", POINTS, "--seed", "7"]
+    out = sisas(*args, "--wait", "--json", env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["status"] == "completed"
+    assert result["pipeline"] == "clustering"
+    assert result["fingerprint"].startswith("sha256:")
+    again = json.loads(
+        sisas(*args, "--wait", "--json", env=env, timeout=120).stdout.strip().splitlines()[-1]
+    )
+    assert again["fingerprint"] == result["fingerprint"]  # same seed, same fingerprint
+    assert again["run_id"] != result["run_id"]
+
+
+def test_run_with_a_bad_input_exits_1_and_names_each_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": "", "values": [1, "x"]}')
+    out = sisas(
+        "run",
+        "clustering",
+        "--pipelines",
+        EXAMPLE,
+        "--input",
+        str(bad),
+        "--wait",
+        env=fresh_env(tmp_path),
+        timeout=120,
+    )
+    assert out.returncode == 1
+    assert "input.name" in out.stdout
+    assert "input.values[1]" in out.stdout
+    js = sisas(
+        "run",
+        "clustering",
+        "--pipelines",
+        EXAMPLE,
+        "--input",
+        str(bad),
+        "--wait",
+        "--json",
+        env=fresh_env(tmp_path),
+        timeout=120,
+    )
+    result = json.loads(js.stdout.strip().splitlines()[-1])
+    assert result["status"] == "failed"
+    assert {v["path"] for v in result["violations"]} == {"input.name", "input.values[1]"}
+
+
+def test_run_usage_errors_exit_2(tmp_path: Path) -> None:
+    env = fresh_env(tmp_path)
+    unknown = sisas("run", "nosuch", env=env)
+    assert unknown.returncode == 2
+    assert "unknown pipeline 'nosuch'" in unknown.stderr
+    missing = sisas("run", "clustering", "--input", str(tmp_path / "none.json"), env=env)
+    assert missing.returncode == 2
+    assert "cannot read input" in missing.stderr
+    (tmp_path / "x.json").write_text("{nope")
+    notjson = sisas("run", "clustering", "--input", str(tmp_path / "x.json"), env=env)
+    assert notjson.returncode == 2
+    assert "is not JSON" in notjson.stderr
+    badset = sisas("run", "clustering", "--pipelines", EXAMPLE, "--set", "oops", env=env)
+    assert badset.returncode == 2
+    assert "KEY=VALUE" in badset.stderr
+
+
+def test_an_idempotency_key_names_one_run(tmp_path: Path) -> None:
+    env = fresh_env(tmp_path)
+    args = [
+        "run",
+        "clustering",
+        "--pipelines",
+        EXAMPLE,
+        "--input",
+        POINTS,
+        "--idempotency-key",
+        "batch-42",
+        "--wait",
+        "--json",
+    ]
+    first = json.loads(sisas(*args, env=env, timeout=120).stdout.strip().splitlines()[-1])
+    second = json.loads(sisas(*args, env=env, timeout=120).stdout.strip().splitlines()[-1])
+    assert first["run_id"] == second["run_id"]
+    assert second["status"] == "completed"
+    shown = json.loads(sisas("signals", first["run_id"], "--json", env=env).stdout)
+    kinds = [s["signal"]["body"]["kind"] for s in shown["signals"]]
+    assert kinds.count("run_requested") == 1
