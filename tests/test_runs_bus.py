@@ -236,3 +236,99 @@ async def test_a_worker_killed_mid_phase_loses_nothing_and_completes_once(
     assert [k for k, _ in nap].count("phase_completed") == 1
     assert ("phase_started", "doomed") in nap
     assert ("phase_started", "rescuer") in nap
+
+
+class CrashAfterAppend(Orchestrator):
+    """Appends its decisions, then dies before acknowledging a `completed` report."""
+
+    crashed = False
+
+    async def handle(self, msg) -> None:  # type: ignore[no-untyped-def]
+        if self.crashed:
+            await asyncio.sleep(3600)  # a dead process acknowledges nothing
+        if b'"status":"completed"' in msg.data:
+            from sisas.signals.inputs import decode_input
+
+            await self.apply(decode_input(msg.data))
+            self.crashed = True
+            return
+        await super().handle(msg)
+
+
+async def test_an_orchestrator_dying_between_append_and_ack_changes_nothing(bus: Bus) -> None:
+    pipes = load_pipelines([TEST_PIPES], entry_points=False)
+    stop_first, stop_rest = asyncio.Event(), asyncio.Event()
+    doomed = CrashAfterAppend(bus, ack_wait=1.0)
+    worker = Worker(bus, pipes, concurrency=1)
+    await worker.register()
+    tasks = [
+        asyncio.create_task(doomed.run(stop_first)),
+        asyncio.create_task(worker.run(stop_rest)),
+    ]
+    await start(bus, "slow", "o1", json.dumps({"seconds": 0.1}).encode())
+    deadline = time.monotonic() + 30
+    while not doomed.crashed and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert doomed.crashed
+    before = len(await bus.log.read_run("o1"))
+    tasks.append(asyncio.create_task(Orchestrator(bus, ack_wait=1.0).run(stop_rest)))
+    state, signals = await wait_end(bus, "o1", timeout=60)
+    stop_first.set()
+    stop_rest.set()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert state.status == "completed"
+    assert before >= 5
+    nap = [s.kind for s in signals if s.phase == "nap"]
+    assert nap.count("phase_completed") == 1
+    assert len({s.id for s in signals}) == len(signals)
+
+
+ORCH = [sys.executable, "-m", "sisas.cli", "orchestrator"]
+
+
+async def test_an_orchestrator_killed_mid_run_is_replaced_and_the_run_completes(
+    bus: Bus, settings: Settings
+) -> None:
+    env = {
+        **os.environ,
+        "SISAS_NATS_URL": settings.nats_url or "",
+        "SISAS_HOME": str(settings.home),
+        "SISAS_REPLICAS": "1",
+    }
+    pipes = load_pipelines([TEST_PIPES], entry_points=False)
+    stop = asyncio.Event()
+    worker = Worker(bus, pipes, concurrency=2)
+    await worker.register()
+    wtask = asyncio.create_task(worker.run(stop))
+    first = subprocess.Popen(ORCH, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for i in range(3):
+            await start(bus, "slow", f"m{i}", json.dumps({"seconds": 0.4}).encode())
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            last = await bus.log.last_of_run("m2")
+            if isinstance(last, StoredSignal) and last.signal.kind == "phase_started":
+                break
+            await asyncio.sleep(0.02)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        second = subprocess.Popen(
+            ORCH, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            results = [await wait_end(bus, f"m{i}", timeout=90) for i in range(3)]
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        stop.set()
+        await asyncio.wait_for(wtask, 30)
+    for state, signals in results:
+        assert state.status == "completed"
+        assert [s.kind for s in signals if s.phase == "nap"].count("phase_completed") == 1
+        assert len({s.id for s in signals}) == len(signals)
