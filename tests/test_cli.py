@@ -323,3 +323,42 @@ def test_an_idempotency_key_names_one_run(tmp_path: Path) -> None:
     shown = json.loads(sisas("signals", first["run_id"], "--json", env=env).stdout)
     kinds = [s["signal"]["body"]["kind"] for s in shown["signals"]]
     assert kinds.count("run_requested") == 1
+
+
+def test_batch_runs_every_input_and_summarises(tmp_path: Path) -> None:
+    good = json.loads(Path(POINTS).read_text())
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    (folder / "a.json").write_text(json.dumps(good))
+    (folder / "b.json").write_text(json.dumps({**good, "k": 2}))
+    (folder / "c.json").write_text(json.dumps({"name": "", "values": [1]}))
+    out = sisas(
+        "batch",
+        "clustering",
+        "--pipelines",
+        EXAMPLE,
+        "--inputs",
+        str(folder),
+        "--seed",
+        "7",
+        "--json",
+        env=fresh_env(tmp_path),
+        timeout=120,
+    )
+    assert out.returncode == 1  # one input breaks the contract
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (summary["runs"], summary["completed"], summary["failed"]) == (3, 2, 1)
+    assert [r["input"] for r in summary["results"]] == ["a.json", "b.json", "c.json"]
+    assert summary["results"][2]["error"].startswith("ContractViolation")
+    (folder / "d.json").write_text("{not json")
+    bad = sisas(
+        "batch",
+        "clustering",
+        "--pipelines",
+        EXAMPLE,
+        "--inputs",
+        str(folder),
+        env=fresh_env(tmp_path),
+    )
+    assert bad.returncode == 2
+    assert "d.json is not JSON" in bad.stderr

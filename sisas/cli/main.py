@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sisas.cli import (  # noqa: F401
+    batch_command,
     demo_command,
     log_commands,
     run_commands,

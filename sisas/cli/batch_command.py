@@ -1,0 +1,168 @@
+"""``sisas batch``: many runs of one pipeline over many inputs, one summary."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sisas.bus.inputs import publish_input
+from sisas.bus.registry import load_pipelines
+from sisas.bus.runtime import open_bus
+from sisas.cli.app import cli, console, load_settings, run_async
+from sisas.cli.run_commands import PIPELINES_OPTION, _handlers_if_needed, parse_set, run_id_for
+from sisas.errors import UsageError
+from sisas.signals import RunCompleted, RunFailed, StoredSignal, check_name
+from sisas.signals.inputs import StartRun
+
+__all__ = ["batch"]
+
+ENDED = ("run_completed", "run_failed", "run_cancelled")
+
+
+def read_inputs(source: str) -> list[tuple[str, bytes]]:
+    """(name, JSON bytes) for each ``*.json`` in a folder, or each line of a ``.jsonl`` file."""
+    path = Path(source)
+    items: list[tuple[str, bytes]] = []
+    if path.is_dir():
+        files = sorted(path.glob("*.json"))
+        items = [(f.name, f.read_bytes()) for f in files]
+    elif path.is_file():
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                items.append((f"{path.name}:{n}", line.encode()))
+    else:
+        raise UsageError(f"--inputs {source} is neither a folder nor a file: check the path")
+    if not items:
+        raise UsageError(f"--inputs {source} holds no inputs (*.json files or JSON lines)")
+    for name, data in items:
+        try:
+            json.loads(data)
+        except ValueError as exc:
+            raise UsageError(f"input {name} is not JSON ({exc}); nothing was started") from None
+    return items
+
+
+@cli.command()
+@click.argument("pipeline")
+@click.option(
+    "--inputs",
+    "source",
+    required=True,
+    help="A folder of *.json files, or a .jsonl file with one input per line.",
+)
+@click.option("--seed", type=int, default=None, help="Seed of every run (default: random).")
+@click.option(
+    "--set",
+    "settings_",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Configuration for every run. Repeatable.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")
+@PIPELINES_OPTION
+@run_async
+async def batch(
+    pipeline: str,
+    source: str,
+    seed: int | None,
+    settings_: tuple[str, ...],
+    as_json: bool,
+    pipeline_specs: tuple[str, ...],
+) -> None:
+    """Run PIPELINE once per input and wait for all: one batch id, one summary.
+
+    Exit 0 when every run completed, 1 otherwise, 2 for bad inputs (nothing started).
+    """
+    check_name(pipeline, "pipeline name")
+    items = read_inputs(source)
+    config = parse_set(settings_)
+    local = load_pipelines(pipeline_specs)
+    batch_id = f"batch-{secrets.token_hex(6)}"
+    run_seed = seed if seed is not None else secrets.randbelow(2**31)
+    runs: dict[str, str] = {}
+    outcome: dict[str, tuple[str, str, str]] = {}
+    async with open_bus(load_settings(), name="sisas-batch") as bus:
+        async with _handlers_if_needed(bus, pipeline, local):
+            for i, (name, data) in enumerate(items):
+                run_id = run_id_for(pipeline, f"{batch_id}:{i}")
+                runs[run_id] = name
+                await publish_input(
+                    bus.js,
+                    StartRun(
+                        id=f"start:{run_id}",
+                        pipeline=pipeline,
+                        run_id=run_id,
+                        at=datetime.now(UTC),
+                        seed=run_seed,
+                        config=config,
+                        batch_id=batch_id,
+                        input_digest=await bus.artifacts.put(data),
+                        requested_by="sisas batch",
+                        idempotency_key=f"{batch_id}:{i}",
+                    ),
+                )
+            with Progress(
+                TextColumn(f"batch {batch_id}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                disable=as_json,
+            ) as progress:
+                task = progress.add_task("runs", total=len(runs))
+                while len(outcome) < len(runs):
+                    for run_id in runs:
+                        if run_id in outcome:
+                            continue
+                        last = await bus.log.last_of_run(run_id)
+                        if isinstance(last, StoredSignal) and last.signal.kind in ENDED:
+                            body = last.signal.body
+                            outcome[run_id] = (
+                                last.signal.kind.removeprefix("run_"),
+                                body.fingerprint if isinstance(body, RunCompleted) else "",
+                                f"{body.error.kind}: {body.error.message}"
+                                if isinstance(body, RunFailed)
+                                else "",
+                            )
+                            progress.advance(task)
+                    await asyncio.sleep(0.1)
+    outcome = {r: outcome[r] for r in runs}  # input order
+    completed = sum(1 for s, _, _ in outcome.values() if s == "completed")
+    summary = {
+        "batch_id": batch_id,
+        "pipeline": pipeline,
+        "runs": len(runs),
+        "completed": completed,
+        "failed": len(runs) - completed,
+        "results": [
+            {
+                "input": runs[r],
+                "run_id": r,
+                "status": s,
+                "fingerprint": f or None,
+                "error": e or None,
+            }
+            for r, (s, f, e) in outcome.items()
+        ],
+    }
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        table = Table(
+            title=f"batch {batch_id}: {completed}/{len(runs)} completed", title_justify="left"
+        )
+        for col in ("input", "run", "status", "fingerprint / error"):
+            table.add_column(col)
+        for r, (s, f, e) in outcome.items():
+            style = "green" if s == "completed" else "red"
+            table.add_row(runs[r], r, f"[{style}]{s}[/]", f[:23] + "…" if f else e)
+        console.print(table)
+    sys.exit(0 if completed == len(runs) else 1)
