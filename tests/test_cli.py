@@ -362,3 +362,42 @@ def test_batch_runs_every_input_and_summarises(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert "d.json is not JSON" in bad.stderr
+
+
+def _completed_outputs(run_id: str, env: dict[str, str]) -> dict[str, str]:
+    shown = json.loads(sisas("signals", run_id, "--json", env=env).stdout)
+    last = shown["signals"][-1]["signal"]["body"]
+    assert last["kind"] == "run_completed"
+    return dict(last["outputs"])
+
+
+async def test_resume_reuses_verified_outputs_and_refuses_tampered_ones(tmp_path: Path) -> None:
+    from sisas.bus.runtime import open_bus
+    from sisas.bus.settings import Settings
+
+    env = fresh_env(tmp_path)
+    base = ["run", "clustering", "--pipelines", EXAMPLE, "--wait", "--json"]
+    first = json.loads(
+        sisas(*base, "--input", POINTS, "--seed", "7", env=env, timeout=120)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    resumed = sisas(*base, "--resume", first["run_id"], "--from", "cluster", env=env, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    second = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert _completed_outputs(second["run_id"], env) == _completed_outputs(first["run_id"], env)
+    shown = json.loads(sisas("signals", second["run_id"], "--json", env=env).stdout)
+    bodies = [(s["signal"].get("phase", ""), s["signal"]["body"]) for s in shown["signals"]]
+    assert bodies[0][1]["resume_of"] == first["run_id"]
+    skipped = {p for p, b in bodies if b["kind"] == "phase_skipped" and b["reason"] == "resumed"}
+    assert skipped == {"load", "clean", "score"}
+    ran = {p for p, b in bodies if b["kind"] == "phase_completed" and "item" not in b}
+    assert ran == {"cluster", "report"}
+    # Damage the recorded output of `clean`: the resume must refuse to build on it.
+    clean = next(b for p, b in bodies if p == "clean" and b["kind"] == "phase_skipped")
+    async with open_bus(Settings(home=tmp_path / "home")) as bus:
+        kv = await bus.js.key_value("sisas-blobs")
+        await kv.put(clean["reused_artifact"].removeprefix("sha256:"), b"[1.0, 2.0]")
+    refused = sisas(*base, "--resume", first["run_id"], "--from", "report", env=env, timeout=120)
+    assert refused.returncode == 2
+    assert "cannot reuse clean" in refused.stderr

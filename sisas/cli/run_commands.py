@@ -21,6 +21,7 @@ from sisas.bus.services import running_services, stop_on_signals
 from sisas.bus.worker import Worker
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
 from sisas.cli.progress import RunResult, watch_run
+from sisas.cli.resume import prepare_resume
 from sisas.errors import UsageError
 from sisas.pipeline import Pipeline
 from sisas.signals import Scalar, StoredSignal, check_name
@@ -167,6 +168,20 @@ def print_result(result: RunResult, as_json: bool, elapsed: float) -> None:
     is_flag=True,
     help="Print one JSON object (run_id, pipeline, status, fingerprint) last.",
 )
+@click.option(
+    "--resume",
+    "resume_of",
+    default=None,
+    metavar="RUN",
+    help="Start a new run linked to RUN, reusing its outputs before --from.",
+)
+@click.option(
+    "--from",
+    "from_phase",
+    default=None,
+    metavar="PHASE",
+    help="With --resume: the first phase to run again.",
+)
 @PIPELINES_OPTION
 @run_async
 async def run(
@@ -177,6 +192,8 @@ async def run(
     idempotency_key: str | None,
     wait: bool,
     as_json: bool,
+    resume_of: str | None,
+    from_phase: str | None,
     pipeline_specs: tuple[str, ...],
 ) -> None:
     """Start a run of PIPELINE and print its id (with --wait: follow it to the end).
@@ -186,9 +203,15 @@ async def run(
     of the run.
     """
     check_name(pipeline, "pipeline name")
+    if bool(resume_of) != bool(from_phase):
+        raise UsageError("--resume RUN and --from PHASE go together")
+    if resume_of:
+        check_name(resume_of, "run id")
     result, elapsed = await start_and_watch(
         pipeline,
         read_input(input_path),
+        resume_of=resume_of,
+        from_phase=from_phase,
         seed=seed,
         config=parse_set(settings_),
         idempotency_key=idempotency_key,
@@ -213,13 +236,23 @@ async def start_and_watch(
     as_json: bool,
     local: dict[str, Pipeline],
     requested_by: str = "sisas run",
+    resume_of: str | None = None,
+    from_phase: str | None = None,
 ) -> tuple[RunResult | None, float]:
     """Publish a start command and, when waiting (or hosting the handlers), watch the run."""
     run_id = run_id_for(pipeline, idempotency_key)
-    run_seed = seed if seed is not None else secrets.randbelow(2**31)
     async with open_bus(load_settings(), name="sisas-run") as bus:
+        resume = None
+        if resume_of and from_phase:
+            resume = await prepare_resume(bus, pipeline, resume_of, from_phase, local.get(pipeline))
+            config = {**resume.config, **config}
+            seed = resume.seed if seed is None else seed
+        run_seed = seed if seed is not None else secrets.randbelow(2**31)
         async with _handlers_if_needed(bus, pipeline, local) as here:
-            digest = await bus.artifacts.put(data)
+            if resume is not None and data == b"null":
+                digest = resume.input_digest  # the old run's input, unless one is given
+            else:
+                digest = await bus.artifacts.put(data)
             started = datetime.now(UTC)
             await publish_input(
                 bus.js,
@@ -233,8 +266,16 @@ async def start_and_watch(
                     config=config,
                     requested_by=requested_by,
                     idempotency_key=idempotency_key or "",
+                    resume_of=resume_of or "",
+                    resume_from_phase=from_phase or "",
+                    reuse=resume.reuse if resume else {},
                 ),
             )
+            if resume is not None and not as_json:
+                console.print(
+                    f"resuming {resume_of} from {from_phase}: reusing the verified "
+                    f"outputs of {', '.join(resume.reuse) or 'no phase'}"
+                )
             if not as_json:
                 console.print(f"run [cyan]{run_id}[/] of {pipeline} requested (seed {run_seed})")
             if not wait and not here:

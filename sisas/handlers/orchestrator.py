@@ -146,6 +146,7 @@ def _start(b: _Builder, inp: StartRun, plan: PipelinePlan | None) -> None:
                     detail=f"output reused from {inp.resume_of}",
                     reused_digest=reused.output_digest,
                     reused_artifact=reused.artifact,
+                    reused_items=list(reused.items),
                 ),
                 phase=p.name,
             )
@@ -254,7 +255,7 @@ def _inputs(state: RunState, plan: PhasePlan) -> tuple[dict[str, str], dict[str,
     assert state.plan is not None
     for dep in plan.depends_on:
         dep_state = state.phase(dep)
-        if state.plan.phase(dep).map_over and dep_state.status == "completed":
+        if state.plan.phase(dep).map_over and _satisfied(dep_state):
             n = dep_state.item_count or 0
             gathered[dep] = [dep_state.item_states[i].artifact for i in range(n)]
         else:

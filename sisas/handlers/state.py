@@ -217,6 +217,12 @@ def evolve(state: RunState, signal: Signal) -> RunState:
                 skip_reason=body.reason,
                 output_digest=body.reused_digest,
                 artifact=body.reused_artifact,
+                item_count=len(body.reused_items) if body.reused_items else phase.item_count,
+                item_states={
+                    i: ItemState(status="completed", artifact=a)
+                    for i, a in enumerate(body.reused_items)
+                }
+                or phase.item_states,
             ),
         )
     if isinstance(body, ContractChecked):

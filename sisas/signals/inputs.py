@@ -43,7 +43,8 @@ class Reuse(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A verified output of an earlier run, reused by a resumed run."""
 
     output_digest: str
-    artifact: str
+    artifact: str = ""
+    items: list[str] = []
 
 
 class StartRun(msgspec.Struct, tag="start_run", **_OPTS):

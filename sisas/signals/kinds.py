@@ -184,6 +184,7 @@ class PhaseSkipped(msgspec.Struct, tag="phase_skipped", **_OPTS):
     detail: str = ""
     reused_digest: Digest = ""
     reused_artifact: str = ""
+    reused_items: list[str] = []
 
 
 class PhaseTimedOut(msgspec.Struct, tag="phase_timed_out", **_OPTS):

@@ -1,0 +1,105 @@
+"""Preparing a resumed run: which recorded outputs to reuse, each verified first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+
+from sisas.bus.runtime import Bus
+from sisas.errors import SisasError, UsageError
+from sisas.handlers.state import RunState, fold
+from sisas.pipeline import Pipeline
+from sisas.signals import CorruptMessage, Scalar, StoredSignal, semantic_digest, verify_chain
+from sisas.signals.inputs import Reuse
+
+__all__ = ["Resume", "prepare_resume"]
+
+
+class Resume:
+    """What a resumed run inherits from the old one."""
+
+    def __init__(self, old: RunState, reuse: dict[str, Reuse]) -> None:
+        self.old = old
+        self.reuse = reuse
+
+    @property
+    def input_digest(self) -> str:
+        return self.old.input_digest
+
+    @property
+    def seed(self) -> int:
+        return self.old.seed
+
+    @property
+    def config(self) -> dict[str, Scalar]:
+        return dict(self.old.config)
+
+
+async def _verified(bus: Bus, artifact: str, digest: str, annotation: Any, what: str) -> None:
+    try:
+        data = await bus.artifacts.get(artifact)  # checks the bytes against their key
+    except SisasError as exc:
+        raise UsageError(f"cannot reuse {what}: {exc}; run it again without --resume") from None
+    if annotation is None:
+        return
+    value = pydantic.TypeAdapter(annotation).validate_json(data)
+    if semantic_digest(value) != digest:
+        raise UsageError(
+            f"the recorded output of {what} does not verify: its content digests "
+            f"to {semantic_digest(value)}, the log says {digest}; run without "
+            "--resume"
+        )
+
+
+async def prepare_resume(
+    bus: Bus, pipeline: str, old_run: str, from_phase: str, local: Pipeline | None
+) -> Resume:
+    """Check the old run and verify every output that will be reused.
+
+    Raises :class:`UsageError` (nothing is started) when the old run is unknown, of
+    another pipeline, not intact, lacks ``from_phase``, or an output does not verify.
+    """
+    records = await bus.log.read_run(old_run)
+    if not records:
+        raise UsageError(f"no run {old_run!r} to resume from: check the run id")
+    signals = [r.signal for r in records if isinstance(r, StoredSignal)]
+    issues = verify_chain(signals, run_id=old_run)
+    if issues or any(isinstance(r, CorruptMessage) for r in records):
+        raise UsageError(
+            f"run {old_run}'s log is not intact ({len(issues)} chain issue(s)); "
+            "a resumed run cannot build on it: run from the start"
+        )
+    old = fold(signals)
+    if old.pipeline != pipeline or old.plan is None:
+        raise UsageError(
+            f"run {old_run} is a run of {old.pipeline!r}"
+            + ("" if old.plan else " that never started")
+            + f", not {pipeline!r}"
+        )
+    order = [p.name for p in old.plan.phases]
+    if from_phase not in order:
+        raise UsageError(
+            f"--from {from_phase!r} is not a phase of {pipeline} (phases: {', '.join(order)})"
+        )
+    reuse: dict[str, Reuse] = {}
+    for name in order[: order.index(from_phase)]:
+        ps = old.phase(name)
+        if not (ps.status == "completed" or (ps.status == "skipped" and ps.output_digest)):
+            continue  # not recorded: the new run runs it again
+        spec = local.phases.get(name) if local else None
+        if old.plan.phase(name).map_over:
+            items = [ps.item_states[i] for i in range(ps.item_count or 0)]
+            for i, it in enumerate(items):
+                if it.output_digest:
+                    ann = spec.returns if spec else None
+                    await _verified(bus, it.artifact, it.output_digest, ann, f"{name}[{i}]")
+                else:
+                    await _verified(bus, it.artifact, "", None, f"{name}[{i}]")
+            reuse[name] = Reuse(output_digest=ps.output_digest, items=[it.artifact for it in items])
+        else:
+            await _verified(
+                bus, ps.artifact, ps.output_digest, spec.returns if spec else None, name
+            )
+            reuse[name] = Reuse(output_digest=ps.output_digest, artifact=ps.artifact)
+    return Resume(old, reuse)
