@@ -69,7 +69,7 @@ async def demo(seed: int) -> None:
     rid = result.run_id
     hints = [
         (f"sisas signals {rid}", "every signal of the run, in order, chain verified"),
-        (f"sisas signals {rid} --json", "the same, exactly as on the wire"),
+        (f"sisas signals {rid} --json", "the same as JSON, every field of every signal"),
         ("sisas up --pipelines examples/clustering.py", "keep a server, orchestrator, worker"),
         (
             "sisas run clustering --input examples/data/points.json --wait",
