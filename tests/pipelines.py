@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from sisas.pipeline import Context, Pipeline
+from sisas.pipeline import Context, HardFailure, Pipeline
 
 slow = Pipeline("slow", version="1")
 
@@ -52,3 +52,13 @@ for i in range(7):
     ns: dict[str, object] = {"Context": Context}
     exec(f"def p{i}({params}) -> int:\n    return {i}\n", ns)
     chain.phase(name=f"p{i}")(ns[f"p{i}"])
+
+
+breaker = Pipeline("breaker", version="1", circuit_threshold=2, circuit_cooldown=1.0)
+
+
+@breaker.phase()
+def fragile(ctx: Context, input: str) -> str:
+    if input == "bad":
+        raise HardFailure("the downstream service refuses")
+    return input

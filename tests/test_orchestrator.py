@@ -232,3 +232,30 @@ def test_definitions_that_cannot_run_are_refused_at_registration() -> None:
         q.phase(name="c")(lambda ctx: 1)
     with pytest.raises(InvalidPipeline, match="first parameter"):
         q.phase(name="d")(lambda x: 1)
+
+
+def test_a_phase_circuit_opens_across_runs_holds_work_back_and_closes_on_success() -> None:
+    from datetime import timedelta
+
+    from sisas.signals import CircuitClosed, CircuitOpened
+    from tests.pipelines import breaker
+
+    circuits: dict = {}
+    runs = []
+    for i, data in enumerate([b'"bad"', b'"bad"', b'"good"', b'"good"']):
+        at = AT + timedelta(seconds=0.1 * i)
+        run = LocalRun(breaker, f"b{i}", at=at, clock=time.perf_counter, circuits=circuits)
+        run.start(data)
+        run.run()
+        runs.append(run)
+    opened = [s.body for s in runs[1].signals if isinstance(s.body, CircuitOpened)]
+    assert len(opened) == 1
+    assert opened[0].scope == "breaker.fragile"
+    assert opened[0].failures == 2
+    assert not any(isinstance(s.body, CircuitOpened) for s in runs[0].signals)
+    held = next(s.body for s in runs[2].signals if isinstance(s.body, PhaseScheduled))
+    assert held.delay == pytest.approx(0.9)  # opened at +0.1 s, cool-down 1 s, now +0.2 s
+    assert any(isinstance(s.body, CircuitClosed) for s in runs[2].signals)
+    after = next(s.body for s in runs[3].signals if isinstance(s.body, PhaseScheduled))
+    assert after.delay == 0.0
+    assert circuits["fragile"].opened_at is None

@@ -332,3 +332,18 @@ async def test_an_orchestrator_killed_mid_run_is_replaced_and_the_run_completes(
         assert state.status == "completed"
         assert [s.kind for s in signals if s.phase == "nap"].count("phase_completed") == 1
         assert len({s.id for s in signals}) == len(signals)
+
+
+async def test_circuit_breakers_are_shared_by_runs_through_the_bus(services: Bus) -> None:
+    for run_id in ("cb1", "cb2"):
+        await start(services, "breaker", run_id, b'"bad"')
+        state, _ = await wait_end(services, run_id)
+        assert state.status == "failed"
+    _, second = await wait_end(services, "cb2")
+    assert [s.kind for s in second].count("circuit_opened") == 1
+    await start(services, "breaker", "cb3", b'"good"')
+    state, third = await wait_end(services, "cb3")
+    assert state.status == "completed"
+    held = next(s.body for s in third if s.kind == "phase_scheduled")
+    assert 0 < held.delay <= 1.0  # type: ignore[union-attr]
+    assert "circuit_closed" in [s.kind for s in third]

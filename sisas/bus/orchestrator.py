@@ -21,11 +21,12 @@ from collections import OrderedDict
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from sisas.bus.circuits import CircuitBoard
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
 from sisas.bus.streams import INPUT_STREAM
 from sisas.errors import AppendConflict, SisasError
-from sisas.handlers.orchestrator import decide
+from sisas.handlers.orchestrator import decide_full
 from sisas.handlers.state import RunState, evolve
 from sisas.signals.inputs import Input, StartRun, decode_input
 from sisas.signals.names import IN_PREFIX, check_name, input_subject
@@ -45,6 +46,7 @@ class Orchestrator:
     def __init__(self, bus: Bus, *, cache_size: int = 10_000, ack_wait: float = 30.0) -> None:
         self.bus = bus
         self.registry = PlanRegistry(bus.js)
+        self.circuits = CircuitBoard(bus.js)
         self._cache: OrderedDict[str, tuple[RunState, int]] = OrderedDict()
         self._cache_size = cache_size
         self._ack_wait = ack_wait
@@ -127,7 +129,9 @@ class Orchestrator:
                 plan = await self.registry.get(inp.pipeline)
                 if plan is not None:
                     plans[plan.name] = plan
-            signals = decide(state, inp, plans)
+            circuits = await self.circuits.get(inp.pipeline)
+            decision = decide_full(state, inp, plans, circuits)
+            signals = decision.signals
             if not signals:
                 # "Nothing to do" is only true of the latest state: another orchestrator
                 # may have appended since we cached this run (say, the scheduling of the
@@ -145,6 +149,7 @@ class Orchestrator:
             for s in signals:
                 state = evolve(state, s)
             self._remember(inp.run_id, state, result.last_seq)
+            await self.circuits.store(inp.pipeline, decision.circuits)
             return state
         raise SisasError(f"run {inp.run_id}: gave up after 50 conflicting appends")
 

@@ -11,8 +11,9 @@ import hashlib
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
+from sisas.handlers.circuit import Circuit
 from sisas.handlers.execute import PhaseInputs, execute_phase
-from sisas.handlers.orchestrator import decide
+from sisas.handlers.orchestrator import decide_full
 from sisas.handlers.state import RunState, evolve
 from sisas.pipeline import Pipeline
 from sisas.signals.envelope import Signal
@@ -30,8 +31,16 @@ class LocalRun:
     """A run of ``pipeline`` whose signals accumulate in ``signals``."""
 
     def __init__(
-        self, pipeline: Pipeline, run_id: str, *, at: datetime, clock: Callable[[], float]
+        self,
+        pipeline: Pipeline,
+        run_id: str,
+        *,
+        at: datetime,
+        clock: Callable[[], float],
+        circuits: dict[str, Circuit] | None = None,
     ) -> None:
+        self.circuits = circuits if circuits is not None else {}
+        """Circuits by phase, shared with other runs when the caller passes one dict."""
         self.pipeline = pipeline
         self.state = RunState.new(pipeline.name, run_id)
         self.signals: list[Signal] = []
@@ -45,7 +54,11 @@ class LocalRun:
         return f"{self.state.run_id}:{what}:{self._n}"
 
     def send(self, inp: Input) -> list[Signal]:
-        new = decide(self.state, inp, {self.pipeline.name: self.pipeline.plan()})
+        decision = decide_full(
+            self.state, inp, {self.pipeline.name: self.pipeline.plan()}, self.circuits
+        )
+        self.circuits.update(decision.circuits)
+        new = decision.signals
         for s in new:
             self.state = evolve(self.state, s)
         self.signals.extend(new)

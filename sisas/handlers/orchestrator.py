@@ -24,6 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import msgspec
+
+from sisas.handlers.circuit import Circuit, after_failure, after_success, hold_back
 from sisas.handlers.derive import backoff_delay, derive_seed, run_fingerprint
 from sisas.handlers.state import PhaseState, RunState, evolve
 from sisas.signals.chain import Draft, seal
@@ -32,6 +35,8 @@ from sisas.signals.envelope import Signal
 from sisas.signals.inputs import CancelRun, Input, PhaseReport, StartRun
 from sisas.signals.kinds import (
     Body,
+    CircuitClosed,
+    CircuitOpened,
     ContractChecked,
     ErrorInfo,
     InvariantChecked,
@@ -50,7 +55,7 @@ from sisas.signals.kinds import (
 )
 from sisas.signals.plan import PhasePlan, PipelinePlan
 
-__all__ = ["decide", "phase_enabled"]
+__all__ = ["Decision", "decide", "decide_full", "phase_enabled"]
 
 DONE = frozenset({"completed", "failed", "timed_out", "skipped"})
 
@@ -58,14 +63,16 @@ DONE = frozenset({"completed", "failed", "timed_out", "skipped"})
 class _Builder:
     """Seals each decided signal after the current head and folds it in at once."""
 
-    def __init__(self, state: RunState, inp: Input) -> None:
+    def __init__(self, state: RunState, inp: Input, circuits: Mapping[str, Circuit]) -> None:
         self.state = state
         self.signals: list[Signal] = []
-        self._at = inp.at
+        self.circuits = dict(circuits)
+        self.changed: dict[str, Circuit] = {}
+        self.at = inp.at
         self._cause = inp.id
 
     def emit(self, body: Body, phase: str = "", attempt: int = 0) -> None:
-        draft = Draft(body=body, at=self._at, phase=phase, attempt=attempt, causation=self._cause)
+        draft = Draft(body=body, at=self.at, phase=phase, attempt=attempt, causation=self._cause)
         signal = seal(self.state.head, draft)
         self.signals.append(signal)
         self.state = evolve(self.state, signal)
@@ -79,9 +86,35 @@ def phase_enabled(plan: PhasePlan, config: Mapping[str, object]) -> bool:
     return plan.enabled and not plan.side_effects
 
 
-def decide(state: RunState, inp: Input, plans: Mapping[str, PipelinePlan]) -> list[Signal]:
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """The signals of a decision and the circuits (by phase) it changed."""
+
+    signals: list[Signal]
+    circuits: dict[str, Circuit]
+
+
+def decide(
+    state: RunState,
+    inp: Input,
+    plans: Mapping[str, PipelinePlan],
+    circuits: Mapping[str, Circuit] | None = None,
+) -> list[Signal]:
     """The signals that ``inp`` causes in the run whose state is ``state`` (maybe none)."""
-    b = _Builder(state, inp)
+    return decide_full(state, inp, plans, circuits).signals
+
+
+def decide_full(
+    state: RunState,
+    inp: Input,
+    plans: Mapping[str, PipelinePlan],
+    circuits: Mapping[str, Circuit] | None = None,
+) -> Decision:
+    """:func:`decide`, also returning the circuits of this pipeline's phases it changed.
+
+    ``circuits`` holds the current circuit of each phase of the run's pipeline (closed
+    when missing): shared by all runs, kept by the shell.
+    """
+    b = _Builder(state, inp, circuits or {})
     if isinstance(inp, StartRun):
         _start(b, inp, plans.get(inp.pipeline))
     elif isinstance(inp, CancelRun):
@@ -91,7 +124,34 @@ def decide(state: RunState, inp: Input, plans: Mapping[str, PipelinePlan]) -> li
         _report(b, inp)
     if b.state.status == "running":
         _advance(b)
-    return b.signals
+    return Decision(signals=b.signals, circuits=b.changed)
+
+
+def _circuit_outcome(b: _Builder, phase: str, ok: bool, reason: str = "") -> None:
+    plan = b.state.plan
+    assert plan is not None
+    current = b.circuits.get(phase, Circuit())
+    if ok:
+        new, closed = after_success(current)
+        if closed:
+            b.emit(
+                CircuitClosed(scope=f"{plan.name}.{phase}", reason="a probe attempt succeeded"),
+                phase,
+            )
+    else:
+        new, opened = after_failure(current, b.at, plan.circuit_threshold)
+        if opened:
+            b.emit(
+                CircuitOpened(
+                    scope=f"{plan.name}.{phase}",
+                    failures=new.failures,
+                    reason=f"{new.failures} consecutive failures; last: {reason}",
+                ),
+                phase,
+            )
+    if new != current:
+        b.circuits[phase] = new
+        b.changed[phase] = new
 
 
 def _start(b: _Builder, inp: StartRun, plan: PipelinePlan | None) -> None:
@@ -196,6 +256,7 @@ def _report(b: _Builder, r: PhaseReport) -> None:
             r.attempt,
         )
     if r.status == "completed":
+        _circuit_outcome(b, r.phase, True)
         b.emit(
             PhaseCompleted(
                 output_digest=r.output_digest,
@@ -223,6 +284,7 @@ def _report(b: _Builder, r: PhaseReport) -> None:
             r.phase,
             r.attempt,
         )
+    _circuit_outcome(b, r.phase, False, error.message)
     if error.retryable and r.attempt < plan.retries:
         nxt = r.attempt + 1
         delay = backoff_delay(
@@ -273,6 +335,9 @@ def _schedule(
     delay: float = 0.0,
 ) -> None:
     inputs, gathered = _inputs(b.state, plan)
+    assert b.state.plan is not None
+    held = hold_back(b.circuits.get(plan.name, Circuit()), b.at, b.state.plan.circuit_cooldown)
+    delay = max(delay, held)
     b.emit(
         PhaseScheduled(
             inputs=inputs,

@@ -1,0 +1,76 @@
+"""Where circuit breakers live between runs: one KV entry per pipeline, shared by every
+orchestrator, read with a short cache and written with compare-and-set.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import NotFoundError as JsNotFoundError
+from nats.js.kv import KeyValue
+
+from sisas.handlers.circuit import Circuit
+
+__all__ = ["CIRCUIT_BUCKET", "CircuitBoard"]
+
+CIRCUIT_BUCKET = "sisas-circuits"
+_DECODER = msgspec.json.Decoder(dict[str, Circuit])
+
+
+class CircuitBoard:
+    """Circuits by pipeline and phase. ``ttl`` bounds how stale a read may be."""
+
+    def __init__(self, js: JetStreamContext, *, ttl: float = 0.5) -> None:
+        self._js = js
+        self._ttl = ttl
+        self._kv: KeyValue | None = None
+        self._cache: dict[str, tuple[float, int, dict[str, Circuit]]] = {}
+
+    async def _bucket(self) -> KeyValue:
+        if self._kv is None:
+            try:
+                self._kv = await self._js.key_value(CIRCUIT_BUCKET)
+            except (BucketNotFoundError, JsNotFoundError):
+                self._kv = await self._js.create_key_value(bucket=CIRCUIT_BUCKET, history=10)
+        return self._kv
+
+    async def _read(self, pipeline: str) -> tuple[int, dict[str, Circuit]]:
+        kv = await self._bucket()
+        try:
+            entry = await kv.get(pipeline)
+        except (KeyNotFoundError, JsNotFoundError):
+            return 0, {}
+        circuits = _DECODER.decode(entry.value) if entry.value else {}
+        return int(entry.revision or 0), circuits
+
+    async def get(self, pipeline: str) -> dict[str, Circuit]:
+        cached = self._cache.get(pipeline)
+        if cached is not None and time.monotonic() - cached[0] < self._ttl:
+            return cached[2]
+        revision, circuits = await self._read(pipeline)
+        self._cache[pipeline] = (time.monotonic(), revision, circuits)
+        return circuits
+
+    async def store(self, pipeline: str, changed: dict[str, Circuit]) -> None:
+        """Write the changed circuits; on a lost race, re-read and apply them again."""
+        if not changed:
+            return
+        kv = await self._bucket()
+        for _ in range(20):
+            revision, current = await self._read(pipeline)
+            merged = {**current, **changed}
+            data = msgspec.json.encode(merged)
+            try:
+                if revision:
+                    revision = await kv.update(pipeline, data, last=revision)
+                else:
+                    revision = await kv.create(pipeline, data)
+            except (KeyWrongLastSequenceError, Exception) as exc:  # lost a race: retry
+                if isinstance(exc, KeyWrongLastSequenceError) or "wrong last sequence" in str(exc):
+                    continue
+                raise
+            self._cache[pipeline] = (time.monotonic(), revision, merged)
+            return
