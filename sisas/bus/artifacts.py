@@ -6,7 +6,6 @@ refuses bytes that do not match their key, so a damaged store is detected, not u
 
 from __future__ import annotations
 
-import hashlib
 from typing import Protocol
 
 from nats.js import JetStreamContext
@@ -15,13 +14,9 @@ from nats.js.kv import KeyValue
 
 from sisas.bus.streams import ARTIFACT_BUCKET, BLOB_BUCKET, INLINE_MAX
 from sisas.errors import ArtifactNotFound, BusError
+from sisas.signals.digest import bytes_digest
 
 __all__ = ["ArtifactStore", "JetStreamArtifacts", "MemoryArtifacts", "bytes_digest"]
-
-
-def bytes_digest(data: bytes) -> str:
-    """``sha256:<hex>`` of ``data``: the key of an artifact."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _name(digest: str) -> str:

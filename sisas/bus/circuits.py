@@ -12,6 +12,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSe
 from nats.js.errors import NotFoundError as JsNotFoundError
 from nats.js.kv import KeyValue
 
+from sisas.errors import BusError
 from sisas.handlers.circuit import Circuit
 
 __all__ = ["CIRCUIT_BUCKET", "CircuitBoard"]
@@ -68,9 +69,10 @@ class CircuitBoard:
                     revision = await kv.update(pipeline, data, last=revision)
                 else:
                     revision = await kv.create(pipeline, data)
-            except (KeyWrongLastSequenceError, Exception) as exc:  # lost a race: retry
-                if isinstance(exc, KeyWrongLastSequenceError) or "wrong last sequence" in str(exc):
-                    continue
-                raise
+            except KeyWrongLastSequenceError:
+                continue  # another orchestrator wrote first: re-read and apply again
+            except Exception as exc:  # any other NATS error stays inside bus/
+                raise BusError(f"could not record circuits of {pipeline}: {exc}") from None
             self._cache[pipeline] = (time.monotonic(), revision, merged)
             return
+        raise BusError(f"could not record circuits of {pipeline}: 20 lost races in a row")

@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from sisas.errors import UsageError
+from sisas.errors import BusError, UsageError
 from sisas.pipeline import Pipeline
 from sisas.signals.plan import PipelinePlan
 
@@ -92,8 +92,14 @@ class PlanRegistry:
             return await self._js.create_key_value(bucket=PIPELINE_BUCKET, history=5)
 
     async def publish(self, plan: PipelinePlan) -> None:
-        kv = await self._kv()
-        await kv.put(plan.name, msgspec.json.encode(plan))
+        try:
+            kv = await self._kv()
+            await kv.put(plan.name, msgspec.json.encode(plan))
+        except Exception as exc:  # NATS errors never leave bus/
+            raise BusError(
+                f"could not register pipeline {plan.name}: {exc}; is JetStream "
+                "reachable and the sisas-pipelines bucket writable?"
+            ) from None
 
     async def get(self, name: str) -> PipelinePlan | None:
         kv = await self._kv()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -10,7 +11,6 @@ import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -349,7 +349,8 @@ async def worker(
             f"worker {w.name} on {bus.url}: {', '.join(sorted(pipes))} "
             f"(concurrency {concurrency}); Ctrl-C to stop"
         )
-        stop = _stop_event()
+        stop = asyncio.Event()
+        stop_on_signals(stop)
         await w.run(stop)
     err_console.print(f"worker stopped after {w.completed} phase attempts")
 
@@ -364,11 +365,3 @@ async def orchestrator() -> None:
             stop_on_signals(stop)
             await stop.wait()
     err_console.print("orchestrator stopped")
-
-
-def _stop_event() -> Any:
-    import asyncio
-
-    stop = asyncio.Event()
-    stop_on_signals(stop)
-    return stop

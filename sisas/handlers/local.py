@@ -7,7 +7,6 @@ as the reference when a distributed run must give the same fingerprint.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
@@ -16,15 +15,12 @@ from sisas.handlers.execute import PhaseInputs, execute_phase
 from sisas.handlers.orchestrator import decide_full
 from sisas.handlers.state import RunState, evolve
 from sisas.pipeline import Pipeline
+from sisas.signals.digest import bytes_digest
 from sisas.signals.envelope import Signal
 from sisas.signals.inputs import Input, PhaseReport, StartRun
 from sisas.signals.kinds import PhaseScheduled, Scalar
 
-__all__ = ["LocalRun", "bytes_key"]
-
-
-def bytes_key(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+__all__ = ["LocalRun"]
 
 
 class LocalRun:
@@ -67,7 +63,7 @@ class LocalRun:
     def start(
         self, input_bytes: bytes, *, seed: int = 0, config: Mapping[str, Scalar] | None = None
     ) -> None:
-        key = bytes_key(input_bytes)
+        key = bytes_digest(input_bytes)
         self.artifacts[key] = input_bytes
         self.send(
             StartRun(
@@ -123,7 +119,7 @@ class LocalRun:
         )
         artifact = ""
         if out.status == "completed":
-            artifact = bytes_key(out.output)
+            artifact = bytes_digest(out.output)
             self.artifacts[artifact] = out.output
         self.send(
             PhaseReport(

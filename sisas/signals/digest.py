@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import msgspec
 
-__all__ = ["Hasher", "semantic_digest"]
+__all__ = ["Hasher", "bytes_digest", "semantic_digest"]
 
 _PREFIX: Final = "sha256:"
 
@@ -135,3 +135,8 @@ def semantic_digest(value: object) -> str:
     hasher = Hasher()
     hasher.feed(value)
     return hasher.hexdigest()
+
+
+def bytes_digest(data: bytes) -> str:
+    """``sha256:<hex>`` of raw bytes: the key of an artifact (not a semantic digest)."""
+    return _PREFIX + hashlib.sha256(data).hexdigest()
