@@ -31,6 +31,10 @@ SisasError
     ├── ServerAlreadyRunning another `sisas up` holds this data folder
     ├── EmbeddedServerError  the embedded nats-server failed to start or stop
     └── ArtifactNotFound     no artifact with that digest
+└── ProjectionError          the DuckDB side
+    ├── ProjectionBusy       another process is writing the projection file
+    ├── UnknownRun           no run with that id in the projection
+    └── QueryFailed          the query service answered with an error
 ```
 """
 
@@ -64,6 +68,10 @@ __all__ = [
     "StreamDrift",
     "TamperedSignal",
     "UsageError",
+    "ProjectionBusy",
+    "ProjectionError",
+    "QueryFailed",
+    "UnknownRun",
 ]
 
 
@@ -153,6 +161,26 @@ class ArtifactNotFound(BusError):
     """No artifact is stored under the requested digest."""
 
     exit_code = 2
+
+
+class ProjectionError(SisasError):
+    """An error reading or writing the DuckDB projection, already translated."""
+
+
+class ProjectionBusy(ProjectionError):
+    """Another process holds the projection file for writing and serves no queries."""
+
+    exit_code = 2
+
+
+class UnknownRun(ProjectionError):
+    """The projection has no run with the requested id."""
+
+    exit_code = 2
+
+
+class QueryFailed(ProjectionError):
+    """The query service could not answer; its message says why."""
 
 
 class InvalidPipeline(UsageError):

@@ -345,7 +345,7 @@ class Pipeline:
             phases=phases,
             input_contract=_type_name(self.input) if self.input is not None else "",
             circuit_threshold=self.circuit_threshold,
-            circuit_cooldown=self.circuit_cooldown,
+            circuit_cooldown=float(self.circuit_cooldown),
         )
 
     def _topological_order(self) -> list[str]:
@@ -375,10 +375,12 @@ class Pipeline:
             name=spec.name,
             depends_on=list(spec.depends_on),
             retries=spec.retries,
-            backoff=spec.backoff,
-            backoff_factor=spec.backoff_factor,
-            backoff_max=spec.backoff_max,
-            timeout=spec.timeout,
+            # float(): an int here would encode as 60 and decode as 60.0, so the sealed
+            # signal would not be in canonical form.
+            backoff=float(spec.backoff),
+            backoff_factor=float(spec.backoff_factor),
+            backoff_max=float(spec.backoff_max),
+            timeout=None if spec.timeout is None else float(spec.timeout),
             memory_limit=spec.memory_limit,
             enabled=spec.enabled,
             fatal=spec.fatal,

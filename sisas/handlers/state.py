@@ -55,6 +55,7 @@ class ItemState(msgspec.Struct, frozen=True, kw_only=True):
     output_digest: str = ""
     artifact: str = ""
     error: ErrorInfo | None = None
+    duration: float = 0.0
 
 
 class PhaseState(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,6 +72,13 @@ class PhaseState(msgspec.Struct, frozen=True, kw_only=True):
     items: int | None = None
     item_states: dict[int, ItemState] = {}
     duration: float = 0.0
+    """Seconds the phase's successful attempt ran (summed over items when fanned out)."""
+    inputs: dict[str, str] = {}
+    """The artifacts of its dependencies it was last scheduled with, by parameter name."""
+    scheduled_at: datetime | None = None
+    """When it was first scheduled (its first item, when fanned out)."""
+    ended_at: datetime | None = None
+    """When it last completed, failed, timed out or was skipped."""
 
 
 class RunState(msgspec.Struct, frozen=True, kw_only=True):
@@ -153,16 +161,27 @@ def evolve(state: RunState, signal: Signal) -> RunState:
             started_at=signal.at,
         )
     if isinstance(body, PhaseScheduled):
+        first_at = phase.scheduled_at or signal.at
         if body.item is not None:
             state = _set_item(state, name, body.item, status="scheduled", attempt=signal.attempt)
             return _set_phase(
-                state, name, replace(state.phase(name), status="running", items=body.items)
+                state,
+                name,
+                replace(
+                    state.phase(name), status="running", items=body.items, scheduled_at=first_at
+                ),
             )
         return _set_phase(
             state,
             name,
             replace(
-                phase, status="scheduled", attempt=signal.attempt, items=body.items, error=None
+                phase,
+                status="scheduled",
+                attempt=signal.attempt,
+                items=body.items,
+                error=None,
+                inputs=dict(body.inputs),
+                scheduled_at=first_at,
             ),
         )
     if isinstance(body, PhaseStarted):
@@ -178,7 +197,9 @@ def evolve(state: RunState, signal: Signal) -> RunState:
                 status="completed",
                 output_digest=body.output_digest,
                 artifact=body.artifact,
+                duration=body.duration,
             )
+        fanned = sum(i.duration for i in phase.item_states.values())
         return _set_phase(
             state,
             name,
@@ -188,8 +209,9 @@ def evolve(state: RunState, signal: Signal) -> RunState:
                 output_digest=body.output_digest,
                 artifact=body.artifact,
                 item_count=body.item_count,
-                duration=body.duration,
+                duration=body.duration or fanned,
                 error=None,
+                ended_at=signal.at,
             ),
         )
     if isinstance(body, PhaseFailed | PhaseTimedOut):
@@ -202,7 +224,9 @@ def evolve(state: RunState, signal: Signal) -> RunState:
         if body.item is not None:
             state = _set_item(state, name, body.item, status=status, error=error)
             return _set_phase(state, name, replace(state.phase(name), error=error))
-        return _set_phase(state, name, replace(phase, status=status, error=error))
+        return _set_phase(
+            state, name, replace(phase, status=status, error=error, ended_at=signal.at)
+        )
     if isinstance(body, PhaseRetryScheduled):
         if body.item is not None:
             return _set_item(state, name, body.item, status="retrying")
@@ -215,6 +239,7 @@ def evolve(state: RunState, signal: Signal) -> RunState:
                 phase,
                 status="skipped",
                 skip_reason=body.reason,
+                ended_at=signal.at,
                 output_digest=body.reused_digest,
                 artifact=body.reused_artifact,
                 item_count=len(body.reused_items) if body.reused_items else phase.item_count,

@@ -1,0 +1,370 @@
+"""The projector: folds the log into the DuckDB tables, in batches, from its checkpoint.
+
+Each signal goes through :func:`sisas.handlers.state.evolve`, the orchestrator's own
+fold, and the rows of the tables are read off the state it returns. A signal that does
+not extend its run's chain (wrong ``seq`` or ``prev``), a message that is not a signal
+and a hole in the stream are kept in ``rejected`` with the stream sequence and the
+reason; nothing stops the projector.
+
+Memory is bounded: the states of at most ``cache_runs`` runs stay in memory; the others
+are read back from ``run_states`` when their next signal arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
+
+from sisas.bus.log import SignalLog
+from sisas.errors import ProjectionError
+from sisas.handlers.state import RunState, evolve
+from sisas.projections import rows
+from sisas.projections.store import Batch, ProjectionStore
+from sisas.signals.names import log_subject
+from sisas.signals.records import CorruptMessage, LogGap, LogRecord, StoredSignal
+
+__all__ = ["Projector", "RebuildReport", "Tracked"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+"""Called with (stream sequence applied, target sequence) after each batch."""
+
+
+@dataclass
+class Tracked:
+    """A run as the projector holds it: its folded state and where its signals lie."""
+
+    state: RunState
+    first_stream_seq: int
+    last_stream_seq: int
+
+
+@dataclass(frozen=True)
+class RebuildReport:
+    before: str
+    after: str
+    stream_seq: int
+    seconds: float
+
+    @property
+    def equal(self) -> bool:
+        return self.before == self.after
+
+
+class Projector:
+    """Folds ``log`` into ``store``; one projector writes one store."""
+
+    def __init__(
+        self,
+        log: SignalLog,
+        store: ProjectionStore,
+        *,
+        identity: str = "",
+        batch_size: int = 5_000,
+        linger: float = 0.05,
+        cache_runs: int = 10_000,
+    ) -> None:
+        self.log = log
+        self.store = store
+        self.identity = identity
+        self.batch_size = batch_size
+        self.linger = linger
+        self.cache_runs = cache_runs
+        self._cache: OrderedDict[str, Tracked] = OrderedDict()
+        self._lock = asyncio.Lock()
+        self._applied = asyncio.Condition()
+        self._bound = False
+        self.applied_seq = 0
+
+    # -- the fold ---------------------------------------------------------------------
+
+    def _tracked(self, run_id: str) -> Tracked | None:
+        t = self._cache.get(run_id)
+        if t is not None:
+            self._cache.move_to_end(run_id)
+            return t
+        stored = self.store.load_run(run_id)
+        if stored is None:
+            return None
+        t = Tracked(
+            state=rows.decode_state(stored.state),
+            first_stream_seq=stored.first_stream_seq,
+            last_stream_seq=stored.last_stream_seq,
+        )
+        self._remember(run_id, t)
+        return t
+
+    def _remember(self, run_id: str, t: Tracked) -> None:
+        self._cache[run_id] = t
+        self._cache.move_to_end(run_id)
+        while len(self._cache) > self.cache_runs:
+            self._cache.popitem(last=False)
+
+    def fold_batch(self, records: list[LogRecord]) -> Batch:
+        """The rows of ``records`` (consecutive, from the checkpoint on). Pure but for
+        the cache of run states it reads and updates."""
+        batch = Batch(last_seq=self.applied_seq)
+        facts = batch.facts
+        for record in records:
+            if isinstance(record, StoredSignal):
+                self._apply(record, batch)
+                batch.last_seq = record.stream_seq
+            elif isinstance(record, CorruptMessage):
+                facts["rejected"].append(rows.rejected_row(record))
+                batch.last_seq = record.stream_seq
+            else:
+                facts["rejected"].append(rows.rejected_row(record))
+                batch.last_seq = max(batch.last_seq, record.last)
+        for run_id in sorted(batch.touched):
+            t = self._cache[run_id]
+            batch.runs["runs"].append(
+                rows.run_row(
+                    t.state,
+                    signals=t.state.head.seq,
+                    first_stream_seq=t.first_stream_seq,
+                    last_stream_seq=t.last_stream_seq,
+                )
+            )
+            batch.runs["run_states"].append(
+                (run_id, t.first_stream_seq, t.last_stream_seq, rows.encode_state(t.state))
+            )
+            batch.runs["phases"].extend(rows.phase_rows(t.state))
+        return batch
+
+    def _apply(self, record: StoredSignal, batch: Batch) -> None:
+        s, seq = record.signal, record.stream_seq
+        t = self._tracked(s.run_id)
+        if t is None:
+            t = Tracked(RunState.new(s.pipeline, s.run_id), seq, seq)
+        head = t.state.head
+        if s.seq != head.seq + 1 or s.prev != head.hash or s.pipeline != head.pipeline:
+            batch.facts["rejected"].append(
+                rows.rejected_row(
+                    CorruptMessage(
+                        stream_seq=seq,
+                        subject=log_subject(s.pipeline, s.run_id, s.phase, s.kind),
+                        reason=(
+                            f"signal {s.id} does not extend its run's chain: the run's last "
+                            f"signal is seq {head.seq} with hash {head.hash[:19]}…, "
+                            f"this one has seq {s.seq} and prev {s.prev[:19]}…"
+                        ),
+                    )
+                )
+            )
+            return
+        state = evolve(t.state, s)
+        t = Tracked(state, t.first_stream_seq, seq)
+        self._remember(s.run_id, t)
+        batch.touched.add(s.run_id)
+        batch.facts["signals"].append(rows.signal_row(seq, s))
+        check = rows.check_row(seq, s)
+        if check is not None:
+            batch.facts["checks"].append(check)
+        metric = rows.metric_row(seq, s, state)
+        if metric is not None:
+            batch.facts["metrics"].append(metric)
+
+    def _write(self, batch: Batch) -> None:
+        try:
+            self.store.write(batch)
+        except ProjectionError:
+            self._cache.clear()  # the cache ran ahead of the rolled-back rows
+            raise
+        self.applied_seq = batch.last_seq
+
+    async def _notify(self) -> None:
+        async with self._applied:
+            self._applied.notify_all()
+
+    # -- driving it -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Tie the store to this log and load the checkpoint."""
+        if not self._bound:
+            if self.identity and self.store.bind(self.identity):
+                self._cache.clear()
+            self._bound = True
+        self.applied_seq = self.store.checkpoint()
+
+    async def catch_up(self, *, progress: Progress | None = None) -> int:
+        """Fold everything the log holds now; return the stream sequence reached."""
+        async with self._lock:
+            return await self._catch_up(progress)
+
+    async def _catch_up(self, progress: Progress | None) -> int:
+        await self.open()
+        target = await self.log.last_seq()
+        if self.applied_seq > target:
+            log.warning(
+                "projection is at stream sequence %d, the log ends at %d: rebuilding",
+                self.applied_seq,
+                target,
+            )
+            self._reset()
+        if progress:
+            progress(self.applied_seq, target)
+        if self.applied_seq >= target:
+            return self.applied_seq
+        stream = self.log.follow(from_seq=self.applied_seq + 1, live=False)
+        async for records in _batches(stream, self.batch_size, self.linger):
+            self._write(self.fold_batch(records))
+            if progress:
+                progress(self.applied_seq, target)
+            await self._notify()
+            if self.applied_seq >= target:
+                break
+        return self.applied_seq
+
+    def _reset(self) -> None:
+        self.store.reset()
+        self._cache.clear()
+        self.applied_seq = 0
+
+    async def rebuild(self, *, progress: Progress | None = None) -> RebuildReport:
+        """Catch up, digest, drop every table, fold the log again to the same sequence,
+        digest again."""
+        async with self._lock:
+            start = time.perf_counter()
+            target = await self._catch_up(None)
+            before = self.store.digest()
+            self._reset()
+            stream = self.log.follow(from_seq=1, live=False)
+            if progress:
+                progress(0, target)
+            async for records in _batches(stream, self.batch_size, self.linger):
+                records = [r for r in records if _start(r) <= target]
+                if records:
+                    self._write(self.fold_batch(records))
+                if progress:
+                    progress(self.applied_seq, target)
+                if self.applied_seq >= target or not records:
+                    break
+            after = self.store.digest()
+            return RebuildReport(
+                before=before,
+                after=after,
+                stream_seq=self.applied_seq,
+                seconds=time.perf_counter() - start,
+            )
+
+    async def digest(self) -> tuple[int, str]:
+        async with self._lock:
+            return self.applied_seq, self.store.digest()
+
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[ProjectionStore]:
+        """The store, between batches and never during a rebuild."""
+        async with self._lock:
+            yield self.store
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Catch up, then follow the log live until ``stop`` is set.
+
+        A failed write (disk full, file damaged) is logged and retried from the
+        checkpoint after a pause; nothing is skipped.
+        """
+        while not stop.is_set():
+            try:
+                await self._follow(stop)
+            except ProjectionError as exc:
+                log.error("%s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+
+    async def _follow(self, stop: asyncio.Event) -> None:
+        await self.catch_up()
+        stream = self.log.follow(from_seq=self.applied_seq + 1, live=True)
+        batches = _batches(stream, self.batch_size, self.linger)
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                nxt = asyncio.ensure_future(anext(batches))
+                done, _ = await asyncio.wait({nxt, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if nxt not in done:
+                    nxt.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await nxt
+                    return
+                records = nxt.result()
+                async with self._lock:
+                    records = [r for r in records if _end(r) > self.applied_seq]
+                    if records:
+                        self._write(self.fold_batch(records))
+                await self._notify()
+        finally:
+            stopping.cancel()
+            await batches.aclose()
+
+    async def wait_applied(self, seq: int, timeout: float) -> bool:
+        """Wait until the projection holds stream sequence ``seq``; False on timeout."""
+        async with self._applied:
+            try:
+                await asyncio.wait_for(
+                    self._applied.wait_for(lambda: self.applied_seq >= seq), timeout
+                )
+            except TimeoutError:
+                return False
+        return True
+
+
+def _start(record: LogRecord) -> int:
+    return record.first if isinstance(record, LogGap) else record.stream_seq
+
+
+def _end(record: LogRecord) -> int:
+    return record.last if isinstance(record, LogGap) else record.stream_seq
+
+
+async def _batches(
+    records: AsyncIterator[LogRecord], size: int, linger: float
+) -> AsyncGenerator[list[LogRecord], None]:
+    """Group ``records`` into lists of at most ``size``: a list is yielded when full, or
+    ``linger`` seconds after its first record when the log goes quiet."""
+    queue: asyncio.Queue[LogRecord | None] = asyncio.Queue(maxsize=size * 2)
+    failed: list[Exception] = []
+
+    async def pump() -> None:
+        try:
+            async for r in records:
+                await queue.put(r)
+        except Exception as exc:  # handed to the consumer after the records before it
+            failed.append(exc)
+        await queue.put(None)  # not reached when cancelled
+
+    reader = asyncio.create_task(pump())
+    try:
+        done = False
+        while not done:
+            first = await queue.get()
+            if first is None:
+                break
+            batch = [first]
+            deadline = asyncio.get_running_loop().time() + linger
+            while len(batch) < size:
+                try:
+                    r = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - asyncio.get_running_loop().time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        r = await asyncio.wait_for(queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                if r is None:
+                    done = True
+                    break
+                batch.append(r)
+            yield batch
+        if failed:
+            raise failed[0]
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader

@@ -1,0 +1,207 @@
+"""Rows of the projection tables, from a signal and the run state ``evolve`` gave.
+
+Pure: the same signals give the same rows whatever the batch boundaries, so the state
+digest of a live projection and of a rebuild agree. Tuples follow the column order of
+:mod:`sisas.projections.schema`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TypeAlias
+
+import msgspec
+
+from sisas.handlers.state import RunState
+from sisas.signals.envelope import Signal
+from sisas.signals.kinds import (
+    ContractChecked,
+    InvariantChecked,
+    PhaseCompleted,
+    PhaseFailed,
+    PhaseTimedOut,
+)
+from sisas.signals.records import CorruptMessage, LogGap
+
+__all__ = [
+    "Row",
+    "check_row",
+    "encode_state",
+    "decode_state",
+    "metric_row",
+    "phase_rows",
+    "rejected_row",
+    "run_row",
+    "signal_row",
+]
+
+Row: TypeAlias = tuple[object, ...]
+
+_STATE_ENCODER = msgspec.json.Encoder()
+_STATE_DECODER = msgspec.json.Decoder(RunState)
+_DETAIL = msgspec.json.Encoder(order="sorted")
+
+
+def encode_state(state: RunState) -> bytes:
+    return _STATE_ENCODER.encode(state)
+
+
+def decode_state(data: bytes) -> RunState:
+    return _STATE_DECODER.decode(data)
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    return (end - start).total_seconds() if start is not None and end is not None else None
+
+
+def run_row(state: RunState, *, signals: int, first_stream_seq: int, last_stream_seq: int) -> Row:
+    plan = state.plan
+    done = sum(1 for p in state.phases.values() if p.status in ("completed", "skipped"))
+    return (
+        state.run_id,
+        state.pipeline,
+        plan.version if plan else "",
+        state.status,
+        state.seed,
+        state.input_digest,
+        plan.fingerprint if plan else "",
+        state.fingerprint,
+        state.failed_phase,
+        state.error.kind if state.error else None,
+        state.error.message if state.error else None,
+        state.resume_of,
+        state.batch_id,
+        state.requested_at,
+        state.started_at,
+        state.ended_at,
+        _seconds(state.requested_at, state.ended_at),
+        len(state.phases),
+        done,
+        signals,
+        state.head.hash,
+        first_stream_seq,
+        last_stream_seq,
+    )
+
+
+def phase_rows(state: RunState) -> list[Row]:
+    rows: list[Row] = []
+    for position, (name, p) in enumerate(state.phases.items()):
+        ran = p.status not in ("pending", "skipped") or p.scheduled_at is not None
+        rows.append(
+            (
+                state.run_id,
+                name,
+                position,
+                state.pipeline,
+                p.status,
+                p.attempt + 1 if ran else 0,
+                p.worker,
+                p.items,
+                p.item_count,
+                p.duration,
+                p.scheduled_at,
+                p.ended_at,
+                p.output_digest,
+                p.artifact,
+                p.error.kind if p.error else None,
+                p.error.message if p.error else None,
+                p.skip_reason,
+            )
+        )
+    return rows
+
+
+def signal_row(stream_seq: int, s: Signal) -> Row:
+    return (
+        stream_seq,
+        s.run_id,
+        s.pipeline,
+        s.seq,
+        s.kind,
+        s.phase,
+        getattr(s.body, "item", None),
+        s.attempt,
+        s.at,
+        s.hash,
+    )
+
+
+def check_row(stream_seq: int, s: Signal) -> Row | None:
+    body = s.body
+    if not isinstance(body, ContractChecked | InvariantChecked):
+        return None
+    common = (s.run_id, s.seq, stream_seq, s.pipeline, s.phase, body.item)
+    if isinstance(body, ContractChecked):
+        detail = _DETAIL.encode({"violations": body.violations}).decode()
+        return (
+            *common,
+            s.attempt,
+            "contract",
+            body.contract,
+            body.boundary,
+            body.passed,
+            detail,
+            s.at,
+        )
+    if isinstance(body, InvariantChecked):
+        detail = _DETAIL.encode(
+            {
+                "description": body.description,
+                "observed": body.observed,
+                "expected": body.expected,
+            }
+        ).decode()
+    return (*common, s.attempt, "invariant", body.invariant, "", body.passed, detail, s.at)
+
+
+def metric_row(stream_seq: int, s: Signal, state: RunState) -> Row | None:
+    """One row per attempt a worker ran: how long it took and how it ended.
+
+    The orchestrator's own verdicts (a fan-out gathered, a fan-out failed because an
+    item did) are not attempts: their items carry the metrics.
+    """
+    body = s.body
+    if not isinstance(body, PhaseCompleted | PhaseFailed | PhaseTimedOut):
+        return None
+    item = body.item
+    if item is None and state.phase(s.phase).items is not None:
+        return None
+    if isinstance(body, PhaseCompleted):
+        if not body.worker:
+            return None
+        outcome, duration, error = "completed", body.duration, None
+        cpu, rss = body.resources.cpu_seconds, body.resources.peak_rss_bytes
+    elif isinstance(body, PhaseFailed):
+        if not body.worker:
+            return None
+        outcome, duration, error, cpu, rss = "failed", body.duration, body.error.kind, 0.0, 0
+    else:
+        outcome, duration, error, cpu, rss = "timed_out", body.timeout, "Timeout", 0.0, 0
+    return (
+        s.run_id,
+        s.seq,
+        stream_seq,
+        s.pipeline,
+        s.phase,
+        item,
+        s.attempt,
+        outcome,
+        duration,
+        cpu,
+        rss,
+        error,
+        s.at,
+    )
+
+
+def rejected_row(record: CorruptMessage | LogGap) -> Row:
+    if isinstance(record, LogGap):
+        return (
+            record.first,
+            record.last,
+            "",
+            f"stream sequences {record.first}..{record.last} are missing from the log",
+            0,
+        )
+    return (record.stream_seq, record.stream_seq, record.subject, record.reason, record.size)

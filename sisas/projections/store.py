@@ -1,0 +1,238 @@
+"""The DuckDB file behind the projection: one writer, one transaction per batch.
+
+:class:`ProjectionStore` owns the connection. :meth:`ProjectionStore.write` stores a
+batch's rows *and* the checkpoint in one transaction, so after a crash the tables hold
+exactly the signals up to the checkpoint. :meth:`ProjectionStore.digest` hashes every
+table in its canonical order: the state digest, equal for a live projection and a
+rebuild at the same stream sequence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import msgspec
+import numpy as np
+
+from sisas.errors import ProjectionBusy, ProjectionError
+from sisas.projections.rows import Row
+from sisas.projections.schema import BOOKKEEPING, SCHEMA_VERSION, STATE_TABLES, TABLES, Table
+
+__all__ = ["Batch", "ProjectionStore", "StoredRun"]
+
+log = logging.getLogger(__name__)
+
+_BY_NAME = {t.name: t for t in TABLES}
+_ROW = msgspec.json.Encoder()
+
+
+@dataclass
+class StoredRun:
+    """A run's folded state as stored: the encoded state and where its signals lie."""
+
+    state: bytes
+    first_stream_seq: int
+    last_stream_seq: int
+
+
+@dataclass
+class Batch:
+    """The rows of a batch of signals and the stream sequence it ends at."""
+
+    last_seq: int
+    facts: dict[str, list[Row]] = field(
+        default_factory=lambda: {"signals": [], "checks": [], "metrics": [], "rejected": []}
+    )
+    runs: dict[str, list[Row]] = field(
+        default_factory=lambda: {"runs": [], "run_states": [], "phases": []}
+    )
+    touched: set[str] = field(default_factory=set)
+    """Runs whose state rows are replaced by ``runs``."""
+
+
+class ProjectionStore:
+    """The projection's DuckDB file (or an in-memory database when ``path`` is None)."""
+
+    def __init__(self, path: Path | None, *, lock_wait: float = 10.0) -> None:
+        self.path = path
+        self._con = _connect(path, lock_wait)
+        self._con.execute("SET TimeZone = 'UTC'")
+        for ddl in BOOKKEEPING:
+            self._con.execute(ddl)
+        for table in TABLES:
+            self._con.execute(table.ddl())
+
+    def close(self) -> None:
+        self._con.close()
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        return self._con
+
+    # -- bookkeeping ------------------------------------------------------------------
+
+    def checkpoint(self) -> int:
+        row = self._con.execute("SELECT stream_seq FROM checkpoint WHERE id = 1").fetchone()
+        return int(row[0]) if row else 0
+
+    def meta(self, key: str) -> str | None:
+        row = self._con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return str(row[0]) if row else None
+
+    def bind(self, stream: str) -> bool:
+        """Tie the tables to ``stream`` (an identity of the log); reset them if they
+        were folded from another log or by another schema version. True if reset."""
+        expected = {"schema_version": str(SCHEMA_VERSION), "stream": stream}
+        current = {k: self.meta(k) for k in expected}
+        reset = False
+        if current != expected:
+            if any(v is not None for v in current.values()) or self.checkpoint():
+                log.warning(
+                    "projection %s was folded from %s; rebuilding it for %s",
+                    self.path or ":memory:",
+                    current,
+                    expected,
+                )
+                self.reset()
+                reset = True
+            self._con.execute("BEGIN TRANSACTION")
+            for k, v in expected.items():
+                self._con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [k, v])
+            self._con.execute("COMMIT")
+        return reset
+
+    def reset(self) -> None:
+        """Drop every table and the checkpoint, then recreate them empty."""
+        self._con.execute("BEGIN TRANSACTION")
+        for table in TABLES:
+            self._con.execute(f"DROP TABLE IF EXISTS {table.name}")
+        self._con.execute("DELETE FROM checkpoint")
+        for table in TABLES:
+            self._con.execute(table.ddl())
+        self._con.execute("COMMIT")
+
+    # -- the fold's state -------------------------------------------------------------
+
+    def load_run(self, run_id: str) -> StoredRun | None:
+        row = self._con.execute(
+            "SELECT state, first_stream_seq, last_stream_seq FROM run_states WHERE run_id = ?",
+            [run_id],
+        ).fetchone()
+        if row is None:
+            return None
+        return StoredRun(state=bytes(row[0]), first_stream_seq=row[1], last_stream_seq=row[2])
+
+    # -- writing ----------------------------------------------------------------------
+
+    def write(self, batch: Batch) -> None:
+        """Store ``batch`` and move the checkpoint to its end, atomically."""
+        con = self._con
+        try:
+            con.execute("BEGIN TRANSACTION")
+            if batch.touched:
+                con.register("_touched", {"run_id": _objects(sorted(batch.touched))})
+                for table in STATE_TABLES:
+                    con.execute(
+                        f"DELETE FROM {table.name} WHERE run_id IN (SELECT run_id FROM _touched)"
+                    )
+                con.unregister("_touched")
+                for name, rows in batch.runs.items():
+                    self._insert(_BY_NAME[name], rows)
+            for name, rows in batch.facts.items():
+                self._insert(_BY_NAME[name], rows)
+            con.execute("INSERT OR REPLACE INTO checkpoint VALUES (1, ?)", [batch.last_seq])
+            con.execute("COMMIT")
+        except duckdb.Error as exc:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise ProjectionError(
+                f"writing the projection failed at stream sequence {batch.last_seq}: {exc}; "
+                "nothing of the batch was kept, the projector will retry it"
+            ) from exc
+
+    def _insert(self, table: Table, rows: Sequence[Row]) -> None:
+        if not rows:
+            return
+        columns = list(zip(*rows, strict=True))
+        frame = {name: _objects(col) for name, col in zip(table.names, columns, strict=True)}
+        self._con.register("_rows", frame)
+        try:
+            self._con.execute(f"INSERT INTO {table.name} SELECT * FROM _rows")
+        finally:
+            self._con.unregister("_rows")
+
+    # -- the state digest -------------------------------------------------------------
+
+    def digest(self) -> str:
+        """sha256 over every table's rows in canonical order (and the checkpoint)."""
+        h = hashlib.sha256()
+        h.update(f"checkpoint {self.checkpoint()}\n".encode())
+        for table in TABLES:
+            h.update(f"table {table.name}\n".encode())
+            for chunk in self._rows(table):
+                h.update(b"".join(_ROW.encode(list(row)) + b"\n" for row in chunk))
+        return "sha256:" + h.hexdigest()
+
+    def _rows(self, table: Table) -> Iterator[list[tuple[Any, ...]]]:
+        cur = self._con.cursor()
+        try:
+            cur.execute(f"SELECT * FROM {table.name} ORDER BY {', '.join(table.key)}")
+            while chunk := cur.fetchmany(20_000):
+                yield chunk
+        finally:
+            cur.close()
+
+    def counts(self) -> dict[str, int]:
+        out = {}
+        for table in TABLES:
+            row = self._con.execute(f"SELECT count(*) FROM {table.name}").fetchone()
+            out[table.name] = int(row[0]) if row else 0
+        return out
+
+
+def _objects(values: Sequence[object]) -> np.ndarray[Any, np.dtype[np.object_]]:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _connect(path: Path | None, lock_wait: float) -> duckdb.DuckDBPyConnection:
+    if path is None:
+        return duckdb.connect(":memory:")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + lock_wait
+    while True:
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise ProjectionError(
+                    f"cannot open the projection {path}: {exc}; if the file is damaged, "
+                    "delete it and it will be rebuilt from the log"
+                ) from exc
+            if time.monotonic() > deadline:
+                raise ProjectionBusy(
+                    f"the projection {path} is held by another process "
+                    f"({_holder(str(exc))}) that answers no queries; stop it, or run "
+                    "`sisas up` so queries go through its projector"
+                ) from exc
+            time.sleep(0.1)
+        except duckdb.Error as exc:
+            raise ProjectionError(
+                f"cannot open the projection {path}: {exc}; if the file is damaged, "
+                "delete it and it will be rebuilt from the log"
+            ) from exc
+
+
+def _holder(message: str) -> str:
+    marker = "PID"
+    at = message.find(marker)
+    return message[at:].split(")")[0] if at >= 0 else "unknown process"
