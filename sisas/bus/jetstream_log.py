@@ -200,6 +200,12 @@ class JetStreamLog:
         info = await self._js.stream_info(self._stream)
         return int(info.state.last_seq)
 
+    async def identity(self) -> str:
+        """The stream's name and creation time: a projection folded from another
+        stream (the data folder was wiped, another cluster) is rebuilt, not extended."""
+        info = await self._js.stream_info(self._stream)
+        return f"{self._stream}@{info.created}"
+
     async def read_run(self, run_id: str) -> list[StoredSignal | CorruptMessage]:
         last = await self.last_of_run(run_id)
         if last is None:

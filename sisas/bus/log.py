@@ -64,6 +64,10 @@ class SignalLog(Protocol):
         """The stream sequence of the log's last message (0 when empty)."""
         ...
 
+    async def identity(self) -> str:
+        """What tells this log from another one with the same name (a recreated stream)."""
+        ...
+
 
 def check_batch(signals: Sequence[Signal]) -> None:
     """Raise :class:`UsageError` unless ``signals`` are consecutive signals of one run."""

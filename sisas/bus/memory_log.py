@@ -110,3 +110,6 @@ class MemoryLog:
 
     async def last_seq(self) -> int:
         return len(self._messages)
+
+    async def identity(self) -> str:
+        return f"memory@{id(self)}"

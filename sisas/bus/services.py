@@ -1,4 +1,5 @@
-"""Running the handlers: the orchestrator and a worker, in this process, until stopped."""
+"""Running the handlers: the orchestrator, a worker and the projector with its query
+service, in this process, until stopped."""
 
 from __future__ import annotations
 
@@ -8,23 +9,52 @@ import signal
 from collections.abc import AsyncIterator
 
 from sisas.bus.orchestrator import Orchestrator
+from sisas.bus.queries import local_projector
 from sisas.bus.runtime import Bus
 from sisas.bus.worker import Worker
 from sisas.pipeline import Pipeline
+from sisas.projections.service import QueryService
 
 __all__ = ["running_services", "stop_on_signals"]
 
 
 @contextlib.asynccontextmanager
 async def running_services(
-    bus: Bus, pipelines: dict[str, Pipeline], *, orchestrator: bool = True, concurrency: int = 2
+    bus: Bus,
+    pipelines: dict[str, Pipeline],
+    *,
+    orchestrator: bool = True,
+    concurrency: int = 2,
+    projector: bool = False,
 ) -> AsyncIterator[asyncio.Event]:
-    """Run an orchestrator and (if there are pipelines) a worker while inside the block.
+    """Run an orchestrator, (if there are pipelines) a worker and (if asked) the
+    projector with its query service while inside the block.
 
     Yields the event that stops them; leaving the block stops them cleanly.
     """
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
+    async with contextlib.AsyncExitStack() as stack:
+        if projector:
+            proj = await stack.enter_async_context(local_projector(bus))
+            await proj.open()
+            service = QueryService(bus.nc, proj)
+            await service.start()
+            stack.push_async_callback(service.stop)
+            tasks.append(asyncio.create_task(proj.run(stop), name="projector"))
+        async with _handlers(bus, pipelines, stop, tasks, orchestrator, concurrency):
+            yield stop
+
+
+@contextlib.asynccontextmanager
+async def _handlers(
+    bus: Bus,
+    pipelines: dict[str, Pipeline],
+    stop: asyncio.Event,
+    tasks: list[asyncio.Task[None]],
+    orchestrator: bool,
+    concurrency: int,
+) -> AsyncIterator[None]:
     if pipelines:
         worker = Worker(bus, pipelines, concurrency=concurrency)
         await worker.register()
@@ -32,7 +62,7 @@ async def running_services(
     if orchestrator:
         tasks.append(asyncio.create_task(Orchestrator(bus).run(stop), name="orchestrator"))
     try:
-        yield stop
+        yield
     finally:
         stop.set()
         done, pending = await asyncio.wait(tasks, timeout=10) if tasks else (set(), set())

@@ -6,6 +6,7 @@ from sisas.cli import (  # noqa: F401
     batch_command,
     demo_command,
     log_commands,
+    query_commands,
     run_commands,
     schema_commands,
     server_commands,

@@ -357,6 +357,22 @@ async def worker(
 
 @cli.command()
 @run_async
+async def projector() -> None:
+    """Fold the log into the data folder's DuckDB file and answer queries until Ctrl-C.
+
+    One per machine that should answer `sisas runs`, `show`, `manifest`, `stats` (any
+    number may run; each keeps its own file). `sisas up` runs one already.
+    """
+    async with open_bus(load_settings(), name="sisas-projector") as bus:
+        err_console.print(f"projector on {bus.url}; Ctrl-C to stop")
+        async with running_services(bus, {}, orchestrator=False, projector=True) as stop:
+            stop_on_signals(stop)
+            await stop.wait()
+    err_console.print("projector stopped")
+
+
+@cli.command()
+@run_async
 async def orchestrator() -> None:
     """Turn commands and worker reports into signals until Ctrl-C (several may run)."""
     async with open_bus(load_settings(), name="sisas-orchestrator") as bus:

@@ -48,18 +48,30 @@ __all__ = ["down", "status", "up"]
     help="Phases the built-in worker runs at once.",
 )
 @click.option(
-    "--no-handlers", is_flag=True, help="Only the server and streams: no orchestrator, no worker."
+    "--no-handlers",
+    is_flag=True,
+    help="Only the server and streams: no orchestrator, no worker, no projector.",
+)
+@click.option(
+    "--no-projector",
+    is_flag=True,
+    help="No projector here (another machine folds the log and answers queries).",
 )
 @run_async
 async def up(
-    port: int | None, pipeline_specs: tuple[str, ...], concurrency: int, no_handlers: bool
+    port: int | None,
+    pipeline_specs: tuple[str, ...],
+    concurrency: int,
+    no_handlers: bool,
+    no_projector: bool,
 ) -> None:
     """Start sisas and keep it running until Ctrl-C.
 
     Starts nats-server with JetStream on 127.0.0.1, its store in the data folder
     (./.sisas or SISAS_HOME), creates or verifies the streams and the artifact bucket,
-    runs an orchestrator and (with --pipelines) a worker in this process, prints the URL
-    and stays up. Other sisas commands find it through the data folder. With
+    runs an orchestrator, the projector (DuckDB in the data folder, answering `sisas runs`,
+    `show`, `stats`... for every machine) and (with --pipelines) a worker in this
+    process, prints the URL and stays up. Other sisas commands find it through the data folder. With
     SISAS_NATS_URL set, nothing is spawned: the streams on that server are created or
     verified instead, and the handlers run against it.
     """
@@ -95,10 +107,16 @@ async def up(
             grid.add_row("verified", ", ".join(bus.provisioned.verified))
         if no_handlers:
             handlers_text = "none (--no-handlers)"
-        elif pipes:
-            handlers_text = f"orchestrator, worker for {', '.join(sorted(pipes))}"
         else:
-            handlers_text = "orchestrator (no worker: pass --pipelines)"
+            parts = ["orchestrator"]
+            if not no_projector:
+                parts.append("projector")
+            parts.append(
+                f"worker for {', '.join(sorted(pipes))}"
+                if pipes
+                else "no worker (pass --pipelines)"
+            )
+            handlers_text = ", ".join(parts)
         grid.add_row("handlers", handlers_text)
         grid.add_row(
             "next",
@@ -109,7 +127,7 @@ async def up(
         handlers = (
             contextlib.nullcontext(asyncio.Event())
             if no_handlers
-            else running_services(bus, pipes, concurrency=concurrency)
+            else running_services(bus, pipes, concurrency=concurrency, projector=not no_projector)
         )
         async with handlers:
             while not stop.is_set():

@@ -19,8 +19,8 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from sisas.bus.log import SignalLog
 from sisas.errors import ProjectionError
 from sisas.handlers.state import RunState, evolve
 from sisas.projections import rows
@@ -28,9 +28,18 @@ from sisas.projections.store import Batch, ProjectionStore
 from sisas.signals.names import log_subject
 from sisas.signals.records import CorruptMessage, LogGap, LogRecord, StoredSignal
 
-__all__ = ["Projector", "RebuildReport", "Tracked"]
+__all__ = ["LogReader", "Projector", "RebuildReport", "Tracked"]
 
 log = logging.getLogger(__name__)
+
+
+class LogReader(Protocol):
+    """What the projector needs of a log (both log adapters of ``sisas.bus`` have it)."""
+
+    def follow(self, *, from_seq: int = 1, live: bool = False) -> AsyncIterator[LogRecord]: ...
+
+    async def last_seq(self) -> int: ...
+
 
 Progress = Callable[[int, int], None]
 """Called with (stream sequence applied, target sequence) after each batch."""
@@ -62,7 +71,7 @@ class Projector:
 
     def __init__(
         self,
-        log: SignalLog,
+        log: LogReader,
         store: ProjectionStore,
         *,
         identity: str = "",

@@ -1,0 +1,194 @@
+"""The query service: the projector answers ``sisas.query.<verb>`` over NATS request/reply.
+
+Any machine of a cluster can ask; any projector (queue group ``sisas-projectors``)
+answers. Before answering it waits (a few seconds at most) until it has folded the log
+up to where the log ended when the question arrived, so ``sisas run --wait`` followed
+by ``sisas show`` sees the run's end. While it works it sends progress messages (header
+``Sisas-Progress``) to the reply inbox, then one final answer::
+
+    {"ok": true, "as_of": 1234, "lag": 0, "result": ...}
+    {"ok": false, "error": {"type": "UnknownRun", "message": "...", "exit_code": 2}}
+
+A request that cannot be decoded gets an ``ok: false`` answer naming the bad field and
+is logged; it never stops the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from sisas.errors import SisasError, UsageError
+from sisas.projections import queries
+from sisas.projections.projector import Projector
+
+__all__ = ["PROGRESS_HEADER", "QUERY_PREFIX", "VERBS", "QueryService", "answer", "failure"]
+
+log = logging.getLogger(__name__)
+
+QUERY_PREFIX: Final = "sisas.query"
+PROGRESS_HEADER: Final = "Sisas-Progress"
+QUEUE_GROUP: Final = "sisas-projectors"
+VERBS: Final = ("runs", "show", "manifest", "stats", "status", "digest", "rebuild")
+
+Report = Callable[[str, int, int], Coroutine[Any, Any, None]]
+"""Progress callback: (what, applied stream sequence, target sequence)."""
+
+_QUERIES: dict[str, tuple[type[Any], Callable[..., Any]]] = {
+    "runs": (queries.RunsQuery, queries.runs),
+    "show": (queries.RunQuery, queries.run_detail),
+    "manifest": (queries.RunQuery, queries.manifest),
+    "stats": (queries.StatsQuery, queries.stats),
+}
+
+
+class _NoParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+def _params(verb: str, payload: bytes) -> Any:
+    kind = _QUERIES[verb][0] if verb in _QUERIES else _NoParams
+    try:
+        return msgspec.json.decode(payload or b"{}", type=kind)
+    except msgspec.DecodeError as exc:
+        raise UsageError(f"query {verb!r} has bad parameters: {exc}") from None
+
+
+async def answer(
+    projector: Projector, verb: str, payload: bytes, *, report: Report, freshness: float = 5.0
+) -> dict[str, Any]:
+    """The final answer to one query (raises :class:`SisasError` for the error answer)."""
+    if verb not in VERBS:
+        raise UsageError(f"unknown query {verb!r}: ask one of {', '.join(VERBS)}")
+    params = _params(verb, payload)
+    if verb == "rebuild":
+        return await _rebuild(projector, report)
+    target = await projector.log.last_seq()
+    await _wait_fresh(projector, target, freshness, report)
+    async with projector.reading() as store:
+        as_of = projector.applied_seq
+        if verb == "status":
+            result: Any = {
+                "applied_seq": as_of,
+                "log_last_seq": target,
+                "tables": store.counts(),
+                "path": str(store.path) if store.path else ":memory:",
+            }
+        elif verb == "digest":
+            result = {"stream_seq": as_of, "digest": store.digest()}
+        else:
+            result = _QUERIES[verb][1](store.con, params)
+    return {"ok": True, "as_of": as_of, "lag": max(0, target - as_of), "result": result}
+
+
+async def _wait_fresh(projector: Projector, target: int, freshness: float, report: Report) -> None:
+    deadline = time.monotonic() + freshness
+    while projector.applied_seq < target:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return  # answer anyway; ``lag`` says how far behind
+        await projector.wait_applied(target, min(left, 1.0))
+        await report("catching up", projector.applied_seq, target)
+
+
+async def _rebuild(projector: Projector, report: Report) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[None]] = set()
+
+    def progress(applied: int, target: int) -> None:
+        task = loop.create_task(report("rebuilding", applied, target))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    result = await projector.rebuild(progress=progress)
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+    async with projector.reading() as store:
+        counts = store.counts()
+    return {
+        "ok": True,
+        "as_of": result.stream_seq,
+        "lag": 0,
+        "result": {
+            "before": result.before,
+            "after": result.after,
+            "equal": result.equal,
+            "stream_seq": result.stream_seq,
+            "seconds": result.seconds,
+            "tables": counts,
+        },
+    }
+
+
+def failure(exc: SisasError) -> dict[str, Any]:
+    return {
+        "ok": False,
+        "error": {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code},
+    }
+
+
+class QueryService:
+    """Serves queries for ``projector`` on ``sisas.query.*`` until stopped."""
+
+    def __init__(self, nc: NATS, projector: Projector, *, freshness: float = 5.0) -> None:
+        self.nc = nc
+        self.projector = projector
+        self.freshness = freshness
+        self._sub: Subscription | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(
+            f"{QUERY_PREFIX}.*", queue=QUEUE_GROUP, cb=self._on_request
+        )
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _on_request(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._serve(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, msg: Msg) -> None:
+        verb = msg.subject.removeprefix(f"{QUERY_PREFIX}.")
+        if not msg.reply:
+            log.warning("query %s without a reply subject: ignored", msg.subject)
+            return
+
+        async def report(what: str, applied: int, target: int) -> None:
+            body = msgspec.json.encode({"what": what, "applied": applied, "target": target})
+            with contextlib.suppress(Exception):
+                await self.nc.publish(msg.reply, body, headers={PROGRESS_HEADER: "1"})
+
+        try:
+            reply = await answer(
+                self.projector, verb, msg.data, report=report, freshness=self.freshness
+            )
+        except SisasError as exc:
+            log.warning("query %s refused: %s", msg.subject, exc)
+            reply = failure(exc)
+        except Exception as exc:  # a bug: answer it, log it, keep serving
+            log.exception("query %s failed", msg.subject)
+            reply = {
+                "ok": False,
+                "error": {"type": type(exc).__name__, "message": str(exc), "exit_code": 1},
+            }
+        with contextlib.suppress(Exception):
+            await self.nc.publish(msg.reply, msgspec.json.encode(reply))
