@@ -24,11 +24,12 @@ from typing import Protocol
 from sisas.errors import ProjectionError
 from sisas.handlers.state import RunState, evolve
 from sisas.projections import rows
+from sisas.projections.rows import Tracked
 from sisas.projections.store import Batch, ProjectionStore
 from sisas.signals.names import log_subject
 from sisas.signals.records import CorruptMessage, LogGap, LogRecord, StoredSignal
 
-__all__ = ["LogReader", "Projector", "RebuildReport", "Tracked"]
+__all__ = ["LogReader", "Projector", "RebuildReport"]
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +44,6 @@ class LogReader(Protocol):
 
 Progress = Callable[[int, int], None]
 """Called with (stream sequence applied, target sequence) after each batch."""
-
-
-@dataclass
-class Tracked:
-    """A run as the projector holds it: its folded state and where its signals lie."""
-
-    state: RunState
-    first_stream_seq: int
-    last_stream_seq: int
 
 
 @dataclass(frozen=True)
@@ -93,7 +85,10 @@ class Projector:
 
     # -- the fold ---------------------------------------------------------------------
 
-    def _tracked(self, run_id: str) -> Tracked | None:
+    def _tracked(self, run_id: str, batch: Batch) -> Tracked | None:
+        t = batch.states.get(run_id)
+        if t is not None:
+            return t
         t = self._cache.get(run_id)
         if t is not None:
             self._cache.move_to_end(run_id)
@@ -101,13 +96,11 @@ class Projector:
         stored = self.store.load_run(run_id)
         if stored is None:
             return None
-        t = Tracked(
+        return Tracked(
             state=rows.decode_state(stored.state),
             first_stream_seq=stored.first_stream_seq,
             last_stream_seq=stored.last_stream_seq,
         )
-        self._remember(run_id, t)
-        return t
 
     def _remember(self, run_id: str, t: Tracked) -> None:
         self._cache[run_id] = t
@@ -130,8 +123,8 @@ class Projector:
             else:
                 facts["rejected"].append(rows.rejected_row(record))
                 batch.last_seq = max(batch.last_seq, record.last)
-        for run_id in sorted(batch.touched):
-            t = self._cache[run_id]
+        for run_id in sorted(batch.states):
+            t: Tracked = batch.states[run_id]
             batch.runs["runs"].append(
                 rows.run_row(
                     t.state,
@@ -148,7 +141,7 @@ class Projector:
 
     def _apply(self, record: StoredSignal, batch: Batch) -> None:
         s, seq = record.signal, record.stream_seq
-        t = self._tracked(s.run_id)
+        t = self._tracked(s.run_id, batch)
         if t is None:
             t = Tracked(RunState.new(s.pipeline, s.run_id), seq, seq)
         head = t.state.head
@@ -168,9 +161,7 @@ class Projector:
             )
             return
         state = evolve(t.state, s)
-        t = Tracked(state, t.first_stream_seq, seq)
-        self._remember(s.run_id, t)
-        batch.touched.add(s.run_id)
+        batch.states[s.run_id] = Tracked(state, t.first_stream_seq, seq)
         batch.facts["signals"].append(rows.signal_row(seq, s))
         check = rows.check_row(seq, s)
         if check is not None:
@@ -186,6 +177,8 @@ class Projector:
             self._cache.clear()  # the cache ran ahead of the rolled-back rows
             raise
         self.applied_seq = batch.last_seq
+        for run_id, t in batch.states.items():
+            self._remember(run_id, t)
 
     async def _notify(self) -> None:
         async with self._applied:

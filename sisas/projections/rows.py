@@ -7,6 +7,7 @@ digest of a live projection and of a rebuild agree. Tuples follow the column ord
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeAlias
 
@@ -25,6 +26,7 @@ from sisas.signals.records import CorruptMessage, LogGap
 
 __all__ = [
     "Row",
+    "Tracked",
     "check_row",
     "encode_state",
     "decode_state",
@@ -36,6 +38,16 @@ __all__ = [
 ]
 
 Row: TypeAlias = tuple[object, ...]
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """A run as the projector holds it: its folded state and where its signals lie."""
+
+    state: RunState
+    first_stream_seq: int
+    last_stream_seq: int
+
 
 _STATE_ENCODER = msgspec.json.Encoder()
 _STATE_DECODER = msgspec.json.Decoder(RunState)

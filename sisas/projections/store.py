@@ -23,7 +23,7 @@ import msgspec
 import numpy as np
 
 from sisas.errors import ProjectionBusy, ProjectionError
-from sisas.projections.rows import Row
+from sisas.projections.rows import Row, Tracked
 from sisas.projections.schema import BOOKKEEPING, SCHEMA_VERSION, STATE_TABLES, TABLES, Table
 
 __all__ = ["Batch", "ProjectionStore", "StoredRun"]
@@ -54,8 +54,9 @@ class Batch:
     runs: dict[str, list[Row]] = field(
         default_factory=lambda: {"runs": [], "run_states": [], "phases": []}
     )
-    touched: set[str] = field(default_factory=set)
-    """Runs whose state rows are replaced by ``runs``."""
+    states: dict[str, Tracked] = field(default_factory=dict)
+    """The folded state of each run the batch moved (its rows in ``runs`` replace the
+    stored ones)."""
 
 
 class ProjectionStore:
@@ -137,8 +138,8 @@ class ProjectionStore:
         con = self._con
         try:
             con.execute("BEGIN TRANSACTION")
-            if batch.touched:
-                con.register("_touched", {"run_id": _objects(sorted(batch.touched))})
+            if batch.states:
+                con.register("_touched", {"run_id": _objects(sorted(batch.states))})
                 for table in STATE_TABLES:
                     con.execute(
                         f"DELETE FROM {table.name} WHERE run_id IN (SELECT run_id FROM _touched)"
