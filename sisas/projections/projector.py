@@ -195,31 +195,38 @@ class Projector:
         self.applied_seq = self.store.checkpoint()
 
     async def catch_up(self, *, progress: Progress | None = None) -> int:
-        """Fold everything the log holds now; return the stream sequence reached."""
-        async with self._lock:
-            return await self._catch_up(progress)
+        """Fold everything the log holds now; return the stream sequence reached.
 
-    async def _catch_up(self, progress: Progress | None) -> int:
-        await self.open()
-        target = await self.log.last_seq()
-        if self.applied_seq > target:
-            log.warning(
-                "projection is at stream sequence %d, the log ends at %d: rebuilding",
-                self.applied_seq,
-                target,
-            )
-            self._reset()
+        The lock is taken per batch, so queries are answered between batches.
+        """
+        async with self._lock:
+            await self.open()
+            target = await self.log.last_seq()
+            if self.applied_seq > target:
+                log.warning(
+                    "projection is at stream sequence %d, the log ends at %d: rebuilding",
+                    self.applied_seq,
+                    target,
+                )
+                self._reset()
+        return await self._fold_until(target, progress, locked=False)
+
+    async def _fold_until(self, target: int, progress: Progress | None, *, locked: bool) -> int:
+        """Fold from the checkpoint to ``target`` (``locked``: the caller holds the lock)."""
         if progress:
             progress(self.applied_seq, target)
         if self.applied_seq >= target:
             return self.applied_seq
         stream = self.log.follow(from_seq=self.applied_seq + 1, live=False)
         async for records in _batches(stream, self.batch_size, self.linger):
-            self._write(self.fold_batch(records))
+            async with contextlib.nullcontext() if locked else self._lock:
+                fresh = [r for r in records if _start(r) <= target and _end(r) > self.applied_seq]
+                if fresh:
+                    self._write(self.fold_batch(fresh))
             if progress:
                 progress(self.applied_seq, target)
             await self._notify()
-            if self.applied_seq >= target:
+            if self.applied_seq >= target or not fresh:
                 break
         return self.applied_seq
 
@@ -230,23 +237,15 @@ class Projector:
 
     async def rebuild(self, *, progress: Progress | None = None) -> RebuildReport:
         """Catch up, digest, drop every table, fold the log again to the same sequence,
-        digest again."""
+        digest again. Queries wait until it is done."""
+        await self.catch_up()
         async with self._lock:
             start = time.perf_counter()
-            target = await self._catch_up(None)
+            target = await self.log.last_seq()
+            await self._fold_until(target, None, locked=True)
             before = self.store.digest()
             self._reset()
-            stream = self.log.follow(from_seq=1, live=False)
-            if progress:
-                progress(0, target)
-            async for records in _batches(stream, self.batch_size, self.linger):
-                records = [r for r in records if _start(r) <= target]
-                if records:
-                    self._write(self.fold_batch(records))
-                if progress:
-                    progress(self.applied_seq, target)
-                if self.applied_seq >= target or not records:
-                    break
+            await self._fold_until(target, progress, locked=True)
             after = self.store.digest()
             return RebuildReport(
                 before=before,

@@ -73,7 +73,8 @@ async def answer(
     if verb == "rebuild":
         return await _rebuild(projector, report)
     target = await projector.log.last_seq()
-    await _wait_fresh(projector, target, freshness, report)
+    if verb != "status":
+        await _wait_fresh(projector, target, freshness, report)
     async with projector.reading() as store:
         as_of = projector.applied_seq
         if verb == "status":
