@@ -81,26 +81,43 @@ class Projector:
         self._lock = asyncio.Lock()
         self._applied = asyncio.Condition()
         self._bound = False
+        self._inflight: dict[str, Tracked] = {}
+        self._prefetched: dict[str, Tracked] = {}
         self.applied_seq = 0
+        """The last stream sequence committed to the store."""
+        self.folded_seq = 0
+        """The last stream sequence folded (committed, or in a batch being written)."""
 
     # -- the fold ---------------------------------------------------------------------
 
     def _tracked(self, run_id: str, batch: Batch) -> Tracked | None:
-        t = batch.states.get(run_id)
+        t = batch.states.get(run_id) or self._inflight.get(run_id)
         if t is not None:
             return t
         t = self._cache.get(run_id)
         if t is not None:
             self._cache.move_to_end(run_id)
             return t
-        stored = self.store.load_run(run_id)
-        if stored is None:
-            return None
-        return Tracked(
-            state=rows.decode_state(stored.state),
-            first_stream_seq=stored.first_stream_seq,
-            last_stream_seq=stored.last_stream_seq,
-        )
+        return self._prefetched.get(run_id)
+
+    def _prefetch(self, records: list[LogRecord]) -> None:
+        """Read the stored states of the batch's runs that are not in memory: one query
+        per batch, not one per run."""
+        wanted = {
+            r.signal.run_id
+            for r in records
+            if isinstance(r, StoredSignal)
+            and r.signal.run_id not in self._cache
+            and r.signal.run_id not in self._inflight
+        }
+        self._prefetched = {
+            run_id: Tracked(
+                state=rows.decode_state(stored.state),
+                first_stream_seq=stored.first_stream_seq,
+                last_stream_seq=stored.last_stream_seq,
+            )
+            for run_id, stored in self.store.load_runs(wanted).items()
+        }
 
     def _remember(self, run_id: str, t: Tracked) -> None:
         self._cache[run_id] = t
@@ -111,7 +128,8 @@ class Projector:
     def fold_batch(self, records: list[LogRecord]) -> Batch:
         """The rows of ``records`` (consecutive, from the checkpoint on). Pure but for
         the cache of run states it reads and updates."""
-        batch = Batch(last_seq=self.applied_seq)
+        batch = Batch(last_seq=self.folded_seq)
+        self._prefetch(records)
         facts = batch.facts
         for record in records:
             if isinstance(record, StoredSignal):
@@ -137,6 +155,8 @@ class Projector:
                 (run_id, t.first_stream_seq, t.last_stream_seq, rows.encode_state(t.state))
             )
             batch.runs["phases"].extend(rows.phase_rows(t.state))
+        self._prefetched = {}
+        self.folded_seq = batch.last_seq
         return batch
 
     def _apply(self, record: StoredSignal, batch: Batch) -> None:
@@ -171,14 +191,35 @@ class Projector:
             batch.facts["metrics"].append(metric)
 
     def _write(self, batch: Batch) -> None:
+        """Store ``batch`` (folded last) now, in this thread."""
         try:
             self.store.write(batch)
         except ProjectionError:
-            self._cache.clear()  # the cache ran ahead of the rolled-back rows
+            self._forget()
             raise
+        self._committed(batch)
+
+    async def _write_in_thread(self, batch: Batch) -> None:
+        """Store ``batch`` in a worker thread (DuckDB releases the GIL) while the next
+        batch is folded; its states stay readable in ``_inflight`` until committed."""
+        try:
+            await asyncio.to_thread(self.store.write, batch)
+        except ProjectionError:
+            self._forget()
+            raise
+        self._inflight = {}
+        self._committed(batch)
+
+    def _committed(self, batch: Batch) -> None:
         self.applied_seq = batch.last_seq
         for run_id, t in batch.states.items():
             self._remember(run_id, t)
+
+    def _forget(self) -> None:
+        """After a failed write: memory ran ahead of the rolled-back rows; drop it."""
+        self._cache.clear()
+        self._inflight = {}
+        self.folded_seq = self.applied_seq = self.store.checkpoint()
 
     async def _notify(self) -> None:
         async with self._applied:
@@ -192,7 +233,7 @@ class Projector:
             if self.identity and self.store.bind(self.identity):
                 self._cache.clear()
             self._bound = True
-        self.applied_seq = self.store.checkpoint()
+        self.applied_seq = self.folded_seq = self.store.checkpoint()
 
     async def catch_up(self, *, progress: Progress | None = None) -> int:
         """Fold everything the log holds now; return the stream sequence reached.
@@ -212,28 +253,52 @@ class Projector:
         return await self._fold_until(target, progress, locked=False)
 
     async def _fold_until(self, target: int, progress: Progress | None, *, locked: bool) -> int:
-        """Fold from the checkpoint to ``target`` (``locked``: the caller holds the lock)."""
+        """Fold from the checkpoint to ``target`` (``locked``: the caller holds the lock).
+
+        Batch k+1 is folded while batch k is written in a thread; writes stay in order,
+        each with its checkpoint, so a crash anywhere leaves a consistent store.
+        """
         if progress:
             progress(self.applied_seq, target)
         if self.applied_seq >= target:
             return self.applied_seq
+        writing: asyncio.Task[None] | None = None
         stream = self.log.follow(from_seq=self.applied_seq + 1, live=False)
-        async for records in _batches(stream, self.batch_size, self.linger):
-            async with contextlib.nullcontext() if locked else self._lock:
-                fresh = [r for r in records if _start(r) <= target and _end(r) > self.applied_seq]
+        try:
+            async for records in _batches(stream, self.batch_size, self.linger):
+                fresh = [r for r in records if _start(r) <= target and _end(r) > self.folded_seq]
                 if fresh:
-                    self._write(self.fold_batch(fresh))
-            if progress:
-                progress(self.applied_seq, target)
-            await self._notify()
-            if self.applied_seq >= target or not fresh:
-                break
+                    batch = self.fold_batch(fresh)
+                    if writing is not None:
+                        await writing
+                        await self._after_write(progress, target)
+                    self._inflight = batch.states  # before the next fold reads them
+                    writing = asyncio.create_task(self._write_locked(batch, locked))
+                if self.folded_seq >= target or not fresh:
+                    break
+            if writing is not None:
+                await writing
+                writing = None
+                await self._after_write(progress, target)
+        finally:
+            if writing is not None:  # cancelled or failed: let the write finish cleanly
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(writing)
         return self.applied_seq
+
+    async def _write_locked(self, batch: Batch, locked: bool) -> None:
+        async with contextlib.nullcontext() if locked else self._lock:
+            await self._write_in_thread(batch)
+
+    async def _after_write(self, progress: Progress | None, target: int) -> None:
+        if progress:
+            progress(self.applied_seq, target)
+        await self._notify()
 
     def _reset(self) -> None:
         self.store.reset()
         self._cache.clear()
-        self.applied_seq = 0
+        self.applied_seq = self.folded_seq = 0
 
     async def rebuild(self, *, progress: Progress | None = None) -> RebuildReport:
         """Catch up, digest, drop every table, fold the log again to the same sequence,
@@ -294,7 +359,7 @@ class Projector:
                     return
                 records = nxt.result()
                 async with self._lock:
-                    records = [r for r in records if _end(r) > self.applied_seq]
+                    records = [r for r in records if _end(r) > self.folded_seq]
                     if records:
                         self._write(self.fold_batch(records))
                 await self._notify()

@@ -70,8 +70,10 @@ class ProjectionStore:
             self._con.execute(ddl)
         for table in TABLES:
             self._con.execute(table.ddl())
+        self._reader = self._con.cursor()
 
     def close(self) -> None:
+        self._reader.close()
         self._con.close()
 
     @property
@@ -122,14 +124,24 @@ class ProjectionStore:
 
     # -- the fold's state -------------------------------------------------------------
 
-    def load_run(self, run_id: str) -> StoredRun | None:
-        row = self._con.execute(
-            "SELECT state, first_stream_seq, last_stream_seq FROM run_states WHERE run_id = ?",
-            [run_id],
-        ).fetchone()
-        if row is None:
-            return None
-        return StoredRun(state=bytes(row[0]), first_stream_seq=row[1], last_stream_seq=row[2])
+    def load_runs(self, run_ids: set[str]) -> dict[str, StoredRun]:
+        """The stored states of ``run_ids`` (those it has), read through a cursor of
+        their own so a write in another thread is not disturbed."""
+        if not run_ids:
+            return {}
+        cur = self._reader
+        cur.register("_wanted", {"run_id": _objects(sorted(run_ids))})
+        try:
+            found = cur.execute(
+                "SELECT run_id, state, first_stream_seq, last_stream_seq FROM run_states "
+                "WHERE run_id IN (SELECT run_id FROM _wanted)"
+            ).fetchall()
+        finally:
+            cur.unregister("_wanted")
+        return {
+            r[0]: StoredRun(state=bytes(r[1]), first_stream_seq=r[2], last_stream_seq=r[3])
+            for r in found
+        }
 
     # -- writing ----------------------------------------------------------------------
 

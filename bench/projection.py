@@ -1,0 +1,172 @@
+"""Signals folded into DuckDB per second on rebuild vs raw reading of the same stream.
+
+    .venv/bin/python -m bench.projection [--signals N] [--rounds R]
+
+Loads N signals of synthetic runs (bench/synthetic.py: 5 phases, contract and invariant
+checks, retries and failures) into the log of an embedded nats-server, then, each in a
+fresh child process so peak RSS is its own:
+
+- raw:   read every message of the stream with the consumer the projector uses, touching
+         the bytes, no decoding (the limit for any reader in Python);
+- fold:  `Projector.catch_up` from an empty DuckDB file: decode and verify every signal,
+         evolve its run's state, write the rows and the checkpoint batch by batch;
+- digest: the state digest over all tables (what `projections rebuild` computes twice).
+
+Prints rates, the ratio fold/raw and peak RSS of each child.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.synthetic import synthetic_runs
+from sisas.bus.embedded import EmbeddedServer
+from sisas.bus.jetstream_log import JetStreamLog
+from sisas.bus.runtime import open_bus
+from sisas.bus.settings import Settings
+from sisas.bus.streams import LOG_STREAM
+from sisas.projections.projector import Projector
+from sisas.projections.store import ProjectionStore
+from sisas.signals import encode_signal, log_subject
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def load(settings: Settings, n: int) -> int:
+    """Publish synthetic runs until ``n`` signals are stored; return the count."""
+    async with open_bus(settings) as bus:
+        stored, window = 0, []
+        index = 0
+        while stored < n:
+            for signals in synthetic_runs(200, start=index):
+                for s in signals:
+                    subject = log_subject(s.pipeline, s.run_id, s.phase, s.kind)
+                    window.append(
+                        await bus.js.publish_async(
+                            subject, encode_signal(s), headers={"Nats-Msg-Id": s.id}
+                        )
+                    )
+                stored += len(signals)
+            index += 200
+            if len(window) >= 4000 or stored >= n:
+                await asyncio.gather(*window)
+                window = []
+        return await bus.log.last_seq()
+
+
+async def child_raw(url: str) -> dict[str, float]:
+    settings = Settings(home=Path(tempfile.mkdtemp()), nats_url=url, replicas=1)
+    async with open_bus(settings) as bus:
+        last = await bus.log.last_seq()
+        log = JetStreamLog(bus.nc)
+        start, total, count = time.perf_counter(), 0, 0
+        async for seq, msg in log._consume("sisas.run.>", 1):
+            total += len(msg.data)
+            count += 1
+            if seq >= last:
+                break
+        seconds = time.perf_counter() - start
+    return {"messages": count, "bytes": total, "seconds": seconds, "rss_mib": _rss_mib()}
+
+
+async def child_fold(url: str, path: str) -> dict[str, float]:
+    settings = Settings(home=Path(tempfile.mkdtemp()), nats_url=url, replicas=1)
+    async with open_bus(settings) as bus:
+        store = ProjectionStore(Path(path))
+        projector = Projector(bus.log, store, identity=await bus.log.identity())
+        start = time.perf_counter()
+        applied = await projector.catch_up()
+        seconds = time.perf_counter() - start
+        rss_fold = _rss_mib()
+        start = time.perf_counter()
+        store.digest()
+        digest_seconds = time.perf_counter() - start
+        store.close()
+    return {
+        "messages": applied,
+        "seconds": seconds,
+        "digest_seconds": digest_seconds,
+        "rss_mib": rss_fold,
+        "rss_after_digest_mib": _rss_mib(),
+    }
+
+
+def _child(*args: str) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.projection", *args], capture_output=True, check=True
+    )
+    result: dict[str, float] = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    return result
+
+
+def main(n: int, rounds: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+
+        async def serve_and_load() -> None:
+            async with EmbeddedServer(home, sync="2m") as server:
+                settings = Settings(home=home, nats_url=server.url, replicas=1)
+                start = time.perf_counter()
+                stored = await load(settings, n)
+                took = time.perf_counter() - start
+                print(
+                    f"loaded {stored:,} signals into {LOG_STREAM} in {took:.1f} s "
+                    f"({stored / took:,.0f}/s, sync_interval 2m); server {server.url}",
+                    flush=True,
+                )
+                raws, folds, digests, rss_raw, rss_fold = [], [], [], [], []
+                for r in range(rounds):
+                    raw = await asyncio.to_thread(_child, "_raw", server.url)
+                    path = str(Path(tmp) / f"fold{r}.duckdb")
+                    fold = await asyncio.to_thread(_child, "_fold", server.url, path)
+                    assert raw["messages"] == fold["messages"] == stored
+                    raws.append(raw["messages"] / raw["seconds"])
+                    folds.append(fold["messages"] / fold["seconds"])
+                    digests.append(fold["messages"] / fold["digest_seconds"])
+                    rss_raw.append(raw["rss_mib"])
+                    rss_fold.append(fold["rss_mib"])
+                    print(
+                        f"  round {r + 1}: raw read {raws[-1]:,.0f}/s, fold {folds[-1]:,.0f}/s "
+                        f"({fold['seconds']:.1f} s), digest {fold['digest_seconds']:.1f} s, "
+                        f"peak RSS raw {raw['rss_mib']:.0f} MiB, fold {fold['rss_mib']:.0f} MiB",
+                        flush=True,
+                    )
+                raw_rate, fold_rate = statistics.median(raws), statistics.median(folds)
+                print(f"medians over {rounds} round(s), {stored:,} signals:")
+                print(f"  raw read (ordered consumer, no decoding)  {raw_rate:>10,.0f} signals/s")
+                print(f"  fold into DuckDB (catch-up from empty)    {fold_rate:>10,.0f} signals/s")
+                print(
+                    f"  state digest over all tables              "
+                    f"{statistics.median(digests):>10,.0f} rows/s of signals"
+                )
+                print(f"  ratio fold / raw read                     {fold_rate / raw_rate:>10.2f}")
+                print(
+                    f"  peak RSS: raw reader {max(rss_raw):.0f} MiB, "
+                    f"projector {max(rss_fold):.0f} MiB"
+                )
+
+        asyncio.run(serve_and_load())
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_raw":
+        print(json.dumps(asyncio.run(child_raw(sys.argv[2]))))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_fold":
+        print(json.dumps(asyncio.run(child_fold(sys.argv[2], sys.argv[3]))))
+    else:
+        parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+        parser.add_argument("--signals", type=int, default=1_000_000)
+        parser.add_argument("--rounds", type=int, default=1)
+        args = parser.parse_args()
+        main(args.signals, args.rounds)
