@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from sisas.cli.app import cli, console, err_console, fail, load_settings, run_as
 from sisas.projections.queries import parse_since
 from sisas.signals import check_name
 
-__all__ = ["manifest", "projections", "runs", "show", "stats"]
+__all__ = ["artifact", "manifest", "projections", "runs", "show", "stats"]
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON (fields in docs/cli.md).")
 
@@ -393,3 +394,35 @@ async def digest(as_json: bool) -> None:
         print(json.dumps(r))
     else:
         console.print(f"{r['digest']} at stream sequence {r['stream_seq']}")
+
+
+@cli.command()
+@click.argument("digest")
+@click.option(
+    "--out", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write it to FILE."
+)
+@run_async
+async def artifact(digest: str, out: Path | None) -> None:
+    """Fetch a phase output by its bytes digest (the `artifact` of `sisas manifest`).
+
+    The bytes are verified against DIGEST before they are written. Exit 2 if no
+    artifact has that digest.
+    """
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        fail(
+            f"{digest!r} is not an artifact digest (sha256:<64 hex>); copy it from `sisas manifest`"
+        )
+    async with open_bus(load_settings(), name="sisas-artifact") as bus:
+        data = await bus.artifacts.get(digest)
+    if out is None:
+        sys.stdout.buffer.write(data)
+        return
+    _write_bytes(out, data)
+    err_console.print(f"{len(data)} bytes written to {out}")
+
+
+def _write_bytes(out: Path, data: bytes) -> None:
+    try:
+        out.write_bytes(data)
+    except OSError as exc:
+        fail(f"cannot write to {out}: {exc.strerror}; pick a writable path")
