@@ -151,7 +151,7 @@ async def test_a_projector_killed_mid_batch_counts_nothing_twice(
         "SISAS_HOME": str(settings.home),
         "SISAS_REPLICAS": "1",
     }
-    command = [sys.executable, "-m", "sisas.cli", "projector"]
+    command = [sys.executable, "-m", "sisas.cli", "projector", "--batch-size", "700"]
     kills, killed_at = 0, 0
     for pause in (0.0, 0.013, 0.031):
         proc = subprocess.Popen(

@@ -26,6 +26,7 @@ from nats.errors import ConnectionClosedError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from sisas.bus.log import AppendResult, check_batch
+from sisas.bus.pull_reader import read_range
 from sisas.bus.requests import PUBACK_DECODER, Reply, Requester
 from sisas.bus.streams import LOG_STREAM
 from sisas.errors import AppendConflict, AppendFailed, BusUnavailable
@@ -227,17 +228,28 @@ class JetStreamLog:
         if end and first > from_seq:
             yield LogGap(first=from_seq, last=first - 1)
             expected = first
-        async for msg_seq, msg in self._consume(self._subjects, expected):
+        messages = (
+            self._messages(expected)
+            if live
+            else read_range(self._nc, self._stream, self._subjects, expected, end)
+        )
+        async for msg_seq, subject, data in messages:
             if msg_seq > expected:
                 yield LogGap(first=expected, last=msg_seq - 1)
             if msg_seq >= expected:
-                record = decode_record(msg_seq, msg.subject, msg.data)
+                record = decode_record(msg_seq, subject, data)
                 if isinstance(record, CorruptMessage):
-                    log.warning("stream seq %d on %s: %s", msg_seq, msg.subject, record.reason)
+                    log.warning("stream seq %d on %s: %s", msg_seq, subject, record.reason)
                 yield record
                 expected = msg_seq + 1
             if not live and msg_seq >= end:
                 return
+        if not live and expected <= end:
+            yield LogGap(first=expected, last=end)
+
+    async def _messages(self, from_seq: int) -> AsyncIterator[tuple[int, str, bytes]]:
+        async for msg_seq, msg in self._consume(self._subjects, from_seq):
+            yield msg_seq, msg.subject, msg.data
 
     async def follow_run(self, run_id: str) -> AsyncIterator[StoredSignal | CorruptMessage]:
         """Every message of one run from its first, then live as they are appended."""

@@ -57,11 +57,11 @@ def projection_path(settings: Settings) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def local_projector(bus: Bus) -> AsyncIterator[Projector]:
+async def local_projector(bus: Bus, *, batch_size: int = 5_000) -> AsyncIterator[Projector]:
     """A projector on the data folder's DuckDB file, opened (and closed) here."""
     store = ProjectionStore(projection_path(bus.settings))
     try:
-        yield Projector(bus.log, store, identity=await bus.log.identity())
+        yield Projector(bus.log, store, identity=await bus.log.identity(), batch_size=batch_size)
     finally:
         store.close()
 

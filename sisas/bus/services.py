@@ -26,6 +26,7 @@ async def running_services(
     orchestrator: bool = True,
     concurrency: int = 2,
     projector: bool = False,
+    projector_batch: int = 5_000,
 ) -> AsyncIterator[asyncio.Event]:
     """Run an orchestrator, (if there are pipelines) a worker and (if asked) the
     projector with its query service while inside the block.
@@ -36,7 +37,7 @@ async def running_services(
     tasks: list[asyncio.Task[None]] = []
     async with contextlib.AsyncExitStack() as stack:
         if projector:
-            proj = await stack.enter_async_context(local_projector(bus))
+            proj = await stack.enter_async_context(local_projector(bus, batch_size=projector_batch))
             await proj.open()
             service = QueryService(bus.nc, proj)
             await service.start()

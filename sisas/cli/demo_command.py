@@ -69,7 +69,9 @@ async def demo(seed: int) -> None:
     rid = result.run_id
     hints = [
         (f"sisas signals {rid}", "every signal of the run, in order, chain verified"),
-        (f"sisas signals {rid} --json", "the same as JSON, every field of every signal"),
+        (f"sisas show {rid}", "phases, attempts, durations, every contract and invariant"),
+        (f"sisas manifest {rid}", "the run manifest: code fingerprint, seed, inputs, outputs"),
+        ("sisas runs  /  sisas stats", "every run; per-phase percentiles, success, retries"),
         ("sisas up --pipelines examples/clustering.py", "keep a server, orchestrator, worker"),
         (
             "sisas run clustering --input examples/data/points.json --wait",

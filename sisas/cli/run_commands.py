@@ -356,8 +356,15 @@ async def worker(
 
 
 @cli.command()
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 100_000),
+    default=5_000,
+    show_default=True,
+    help="Most signals folded per DuckDB transaction.",
+)
 @run_async
-async def projector() -> None:
+async def projector(batch_size: int) -> None:
     """Fold the log into the data folder's DuckDB file and answer queries until Ctrl-C.
 
     One per machine that should answer `sisas runs`, `show`, `manifest`, `stats` (any
@@ -365,7 +372,9 @@ async def projector() -> None:
     """
     async with open_bus(load_settings(), name="sisas-projector") as bus:
         err_console.print(f"projector on {bus.url}; Ctrl-C to stop")
-        async with running_services(bus, {}, orchestrator=False, projector=True) as stop:
+        async with running_services(
+            bus, {}, orchestrator=False, projector=True, projector_batch=batch_size
+        ) as stop:
             stop_on_signals(stop)
             await stop.wait()
     err_console.print("projector stopped")
