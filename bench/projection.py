@@ -6,8 +6,9 @@ Loads N signals of synthetic runs (bench/synthetic.py: 5 phases, contract and in
 checks, retries and failures) into the log of an embedded nats-server, then, each in a
 fresh child process so peak RSS is its own:
 
-- raw:   read every message of the stream with the consumer the projector uses, touching
-         the bytes, no decoding (the limit for any reader in Python);
+- raw:   read every message of the stream with the reader the projector uses (an
+         ephemeral pull consumer), touching the bytes, no decoding: the limit; and with
+         nats-py's ordered push consumer, for reference;
 - fold:  `Projector.catch_up` from an empty DuckDB file: decode and verify every signal,
          evolve its run's state, write the rows and the checkpoint batch by batch;
 - digest: the state digest over all tables (what `projections rebuild` computes twice).
@@ -31,6 +32,7 @@ from pathlib import Path
 from bench.synthetic import synthetic_runs
 from sisas.bus.embedded import EmbeddedServer
 from sisas.bus.jetstream_log import JetStreamLog
+from sisas.bus.pull_reader import read_range
 from sisas.bus.runtime import open_bus
 from sisas.bus.settings import Settings
 from sisas.bus.streams import LOG_STREAM
@@ -65,17 +67,21 @@ async def load(settings: Settings, n: int) -> int:
         return await bus.log.last_seq()
 
 
-async def child_raw(url: str) -> dict[str, float]:
+async def child_raw(url: str, how: str) -> dict[str, float]:
     settings = Settings(home=Path(tempfile.mkdtemp()), nats_url=url, replicas=1)
     async with open_bus(settings) as bus:
         last = await bus.log.last_seq()
-        log = JetStreamLog(bus.nc)
         start, total, count = time.perf_counter(), 0, 0
-        async for seq, msg in log._consume("sisas.run.>", 1):
-            total += len(msg.data)
-            count += 1
-            if seq >= last:
-                break
+        if how == "pull":  # what the projector reads with
+            async for _, _, data in read_range(bus.nc, LOG_STREAM, "sisas.run.>", 1, last):
+                total += len(data)
+                count += 1
+        else:  # nats-py's ordered push consumer
+            async for seq, msg in JetStreamLog(bus.nc)._consume("sisas.run.>", 1):
+                total += len(msg.data)
+                count += 1
+                if seq >= last:
+                    break
         seconds = time.perf_counter() - start
     return {"messages": count, "bytes": total, "seconds": seconds, "rss_mib": _rss_mib()}
 
@@ -125,9 +131,11 @@ def main(n: int, rounds: int) -> None:
                     f"({stored / took:,.0f}/s, sync_interval 2m); server {server.url}",
                     flush=True,
                 )
-                raws, folds, digests, rss_raw, rss_fold = [], [], [], [], []
+                raws, folds, digests, rss_raw, rss_fold, ordered = [], [], [], [], [], []
                 for r in range(rounds):
-                    raw = await asyncio.to_thread(_child, "_raw", server.url)
+                    push = await asyncio.to_thread(_child, "_raw", server.url, "ordered")
+                    ordered.append(push["messages"] / push["seconds"])
+                    raw = await asyncio.to_thread(_child, "_raw", server.url, "pull")
                     path = str(Path(tmp) / f"fold{r}.duckdb")
                     fold = await asyncio.to_thread(_child, "_fold", server.url, path)
                     assert raw["messages"] == fold["messages"] == stored
@@ -137,20 +145,29 @@ def main(n: int, rounds: int) -> None:
                     rss_raw.append(raw["rss_mib"])
                     rss_fold.append(fold["rss_mib"])
                     print(
-                        f"  round {r + 1}: raw read {raws[-1]:,.0f}/s, fold {folds[-1]:,.0f}/s "
+                        f"  round {r + 1}: raw read {raws[-1]:,.0f}/s (ordered consumer "
+                        f"{ordered[-1]:,.0f}/s), fold {folds[-1]:,.0f}/s "
                         f"({fold['seconds']:.1f} s), digest {fold['digest_seconds']:.1f} s, "
                         f"peak RSS raw {raw['rss_mib']:.0f} MiB, fold {fold['rss_mib']:.0f} MiB",
                         flush=True,
                     )
                 raw_rate, fold_rate = statistics.median(raws), statistics.median(folds)
                 print(f"medians over {rounds} round(s), {stored:,} signals:")
-                print(f"  raw read (ordered consumer, no decoding)  {raw_rate:>10,.0f} signals/s")
+                print(f"  raw read (pull reader, no decoding)       {raw_rate:>10,.0f} signals/s")
+                print(
+                    f"  raw read (nats-py ordered consumer)       "
+                    f"{statistics.median(ordered):>10,.0f} signals/s"
+                )
                 print(f"  fold into DuckDB (catch-up from empty)    {fold_rate:>10,.0f} signals/s")
                 print(
                     f"  state digest over all tables              "
                     f"{statistics.median(digests):>10,.0f} rows/s of signals"
                 )
-                print(f"  ratio fold / raw read                     {fold_rate / raw_rate:>10.2f}")
+                print(f"  ratio fold / raw read (pull reader)       {fold_rate / raw_rate:>10.2f}")
+                print(
+                    f"  ratio fold / ordered-consumer read        "
+                    f"{fold_rate / statistics.median(ordered):>10.2f}"
+                )
                 print(
                     f"  peak RSS: raw reader {max(rss_raw):.0f} MiB, "
                     f"projector {max(rss_fold):.0f} MiB"
@@ -161,7 +178,7 @@ def main(n: int, rounds: int) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_raw":
-        print(json.dumps(asyncio.run(child_raw(sys.argv[2]))))
+        print(json.dumps(asyncio.run(child_raw(sys.argv[2], sys.argv[3]))))
     elif len(sys.argv) > 1 and sys.argv[1] == "_fold":
         print(json.dumps(asyncio.run(child_fold(sys.argv[2], sys.argv[3]))))
     else:

@@ -13,6 +13,7 @@ are read back from ``run_states`` when their next signal arrives.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -391,45 +392,59 @@ async def _batches(
     records: AsyncIterator[LogRecord], size: int, linger: float
 ) -> AsyncGenerator[list[LogRecord], None]:
     """Group ``records`` into lists of at most ``size``: a list is yielded when full, or
-    ``linger`` seconds after its first record when the log goes quiet."""
-    queue: asyncio.Queue[LogRecord | None] = asyncio.Queue(maxsize=size * 2)
-    failed: list[Exception] = []
+    ``linger`` seconds after its first record when the log goes quiet. Reading runs
+    ahead by at most two lists while the consumer folds."""
+    ready: collections.deque[list[LogRecord]] = collections.deque()
+    current: list[LogRecord] = []
+    wake, room = asyncio.Event(), asyncio.Event()
+    room.set()
+    finished: list[BaseException | None] = []
 
     async def pump() -> None:
+        nonlocal current
         try:
             async for r in records:
-                await queue.put(r)
+                current.append(r)
+                if len(current) >= size:
+                    ready.append(current)
+                    current = []
+                    wake.set()
+                    if len(ready) >= 2:
+                        room.clear()
+                        await room.wait()
+                elif len(current) == 1:
+                    wake.set()
         except Exception as exc:  # handed to the consumer after the records before it
-            failed.append(exc)
-        await queue.put(None)  # not reached when cancelled
+            finished.append(exc)
+        else:
+            finished.append(None)
+        wake.set()
 
     reader = asyncio.create_task(pump())
+    loop = asyncio.get_running_loop()
     try:
-        done = False
-        while not done:
-            first = await queue.get()
-            if first is None:
-                break
-            batch = [first]
-            deadline = asyncio.get_running_loop().time() + linger
-            while len(batch) < size:
-                try:
-                    r = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    remaining = deadline - asyncio.get_running_loop().time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        r = await asyncio.wait_for(queue.get(), remaining)
-                    except TimeoutError:
-                        break
-                if r is None:
-                    done = True
+        while True:
+            if not ready and not current:
+                if finished:
                     break
-                batch.append(r)
-            yield batch
-        if failed:
-            raise failed[0]
+                wake.clear()
+                await wake.wait()
+                continue
+            if not ready and not finished:  # a partial list: give it ``linger`` to fill
+                deadline = loop.time() + linger
+                while not ready and not finished and loop.time() < deadline:
+                    wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), deadline - loop.time())
+            if ready:
+                batch = ready.popleft()
+                room.set()
+            else:
+                batch, current = current, []
+            if batch:
+                yield batch
+        if finished and finished[0] is not None:
+            raise finished[0]
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

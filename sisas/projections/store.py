@@ -66,6 +66,9 @@ class ProjectionStore:
         self.path = path
         self._con = _connect(path, lock_wait)
         self._con.execute("SET TimeZone = 'UTC'")
+        # Checkpoint the WAL into the file every 256 MB rather than every 16 MB: a
+        # rebuild of a million signals spends a third less time writing.
+        self._con.execute("SET checkpoint_threshold = '256MB'")
         for ddl in BOOKKEEPING:
             self._con.execute(ddl)
         for table in TABLES:
