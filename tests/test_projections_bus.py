@@ -215,3 +215,20 @@ async def test_the_cli_lists_runs_as_documented_json(bus: Bus, settings: Setting
     )
     assert missing.returncode == 2
     assert b"sisas runs" in missing.stderr
+
+
+async def test_an_artifact_listed_in_the_manifest_can_be_fetched(
+    served: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    await start(served, "clustering", "a1", POINTS)
+    await wait_end(served, "a1")
+    manifest = (await ask(served, "manifest", {"run_id": "a1"})).result
+    load = next(p for p in manifest["phases"] if p["name"] == "load")
+    env = {**os.environ, "SISAS_NATS_URL": settings.nats_url or "", "SISAS_REPLICAS": "1"}
+    out = tmp_path / "load.json"
+    cli = [sys.executable, "-m", "sisas.cli", "artifact"]
+    fetched = subprocess.run([*cli, load["artifact"]["digest"], "--out", str(out)], env=env)
+    assert fetched.returncode == 0
+    assert b"values" in out.read_bytes()
+    unknown = subprocess.run([*cli, "sha256:" + "0" * 64], env=env, capture_output=True)
+    assert unknown.returncode == 2 and b"no artifact" in unknown.stderr
