@@ -14,12 +14,13 @@ import pytest
 from bench.synthetic import synthetic_runs
 from examples.clustering import pipeline as clustering
 from sisas.bus.memory_log import MemoryLog
-from sisas.errors import UnknownRun
+from sisas.errors import ProjectionError, UnknownRun
 from sisas.handlers.local import LocalRun
 from sisas.handlers.state import fold
 from sisas.projections import queries as q
 from sisas.projections.projector import Projector
 from sisas.projections.rows import decode_state
+from sisas.projections.service import answer
 from sisas.projections.store import ProjectionStore
 from sisas.signals import encode_signal
 
@@ -177,4 +178,20 @@ async def test_a_projection_of_another_log_is_rebuilt_not_extended(tmp_path: Pat
         "run-0000100",
         "run-0000101",
     }
+    store.close()
+
+
+async def test_a_duckdb_failure_is_a_projection_error_naming_the_fix() -> None:
+    log = await synthetic_log(2)
+    store = await project(log)
+    store.con.execute("DROP TABLE runs")  # damaged behind the projector's back
+    projector = Projector(log, store, identity="mem")
+
+    async def report(*_: object) -> None:
+        return None
+
+    with pytest.raises(ProjectionError, match="projections rebuild"):
+        await answer(projector, "runs", b"{}", report=report, freshness=0)
+    with pytest.raises(ProjectionError, match="projections rebuild"):
+        store.digest()
     store.close()

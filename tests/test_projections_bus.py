@@ -152,7 +152,7 @@ async def test_a_projector_killed_mid_batch_counts_nothing_twice(
         "SISAS_REPLICAS": "1",
     }
     command = [sys.executable, "-m", "sisas.cli", "projector", "--batch-size", "700"]
-    kills, killed_at = 0, 0
+    killed_at = 0
     for pause in (0.0, 0.013, 0.031):
         proc = subprocess.Popen(
             command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -165,7 +165,6 @@ async def test_a_projector_killed_mid_batch_counts_nothing_twice(
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-        kills += 1
     applied = _applied(projection_path(settings))
     assert 0 < applied < last, "the kills should land before the catch-up finished"
     async with local_projector(bus) as projector:
@@ -177,7 +176,7 @@ async def test_a_projector_killed_mid_batch_counts_nothing_twice(
         ).fetchone()
         assert distinct is not None and distinct[0] == last
         report = await projector.rebuild()
-    assert kills == 3 and report.equal
+    assert report.equal
 
 
 async def test_a_projection_is_rebuilt_when_the_log_is_a_different_one(

@@ -32,9 +32,9 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON (fields
 
 
 @contextlib.contextmanager
-def _progress(enabled: bool) -> Iterator[Any]:
+def _progress() -> Iterator[Any]:
     """A progress bar on stderr for catching up and rebuilding; silent when not a tty."""
-    if not enabled or not err_console.is_terminal:
+    if not err_console.is_terminal:
         yield None
         return
     with Progress(
@@ -50,7 +50,7 @@ def _progress(enabled: bool) -> Iterator[Any]:
 
 async def _ask(verb: str, params: dict[str, Any], *, timeout: float = 30.0) -> Answer:
     async with open_bus(load_settings(), name=f"sisas-{verb}") as bus:
-        with _progress(True) as bar:
+        with _progress() as bar:
             task = None
 
             def on_progress(what: str, applied: int, target: int) -> None:
@@ -273,15 +273,15 @@ async def manifest(run_id: str, out: Path | None) -> None:
     if out is None:
         sys.stdout.write(text)
         return
-    _write(out, text)
+    _write(out, text.encode())
     err_console.print(f"manifest of {run_id} written to {out}")
 
 
-def _write(out: Path, text: str) -> None:
+def _write(out: Path, data: bytes) -> None:
     try:
-        out.write_text(text)
+        out.write_bytes(data)
     except OSError as exc:
-        fail(f"cannot write the manifest to {out}: {exc.strerror}; pick a writable path")
+        fail(f"cannot write to {out}: {exc.strerror}; pick a writable path")
 
 
 @cli.command()
@@ -417,12 +417,5 @@ async def artifact(digest: str, out: Path | None) -> None:
     if out is None:
         sys.stdout.buffer.write(data)
         return
-    _write_bytes(out, data)
+    _write(out, data)
     err_console.print(f"{len(data)} bytes written to {out}")
-
-
-def _write_bytes(out: Path, data: bytes) -> None:
-    try:
-        out.write_bytes(data)
-    except OSError as exc:
-        fail(f"cannot write to {out}: {exc.strerror}; pick a writable path")

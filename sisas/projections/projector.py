@@ -320,10 +320,6 @@ class Projector:
                 seconds=time.perf_counter() - start,
             )
 
-    async def digest(self) -> tuple[int, str]:
-        async with self._lock:
-            return self.applied_seq, self.store.digest()
-
     @contextlib.asynccontextmanager
     async def reading(self) -> AsyncIterator[ProjectionStore]:
         """The store, between batches and never during a rebuild."""

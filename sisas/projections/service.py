@@ -30,6 +30,7 @@ from nats.aio.subscription import Subscription
 from sisas.errors import SisasError, UsageError
 from sisas.projections import queries
 from sisas.projections.projector import Projector
+from sisas.projections.store import translated
 
 __all__ = ["PROGRESS_HEADER", "QUERY_PREFIX", "VERBS", "QueryService", "answer", "failure"]
 
@@ -76,18 +77,19 @@ async def answer(
     if verb != "status":
         await _wait_fresh(projector, target, freshness, report)
     async with projector.reading() as store:
-        as_of = projector.applied_seq
-        if verb == "status":
-            result: Any = {
-                "applied_seq": as_of,
-                "log_last_seq": target,
-                "tables": store.counts(),
-                "path": str(store.path) if store.path else ":memory:",
-            }
-        elif verb == "digest":
-            result = {"stream_seq": as_of, "digest": store.digest()}
-        else:
-            result = _QUERIES[verb][1](store.con, params)
+        with translated(f"the {verb} query"):
+            as_of = projector.applied_seq
+            if verb == "status":
+                result: Any = {
+                    "applied_seq": as_of,
+                    "log_last_seq": target,
+                    "tables": store.counts(),
+                    "path": str(store.path) if store.path else ":memory:",
+                }
+            elif verb == "digest":
+                result = {"stream_seq": as_of, "digest": store.digest()}
+            else:
+                result = _QUERIES[verb][1](store.con, params)
     return {"ok": True, "as_of": as_of, "lag": max(0, target - as_of), "result": result}
 
 

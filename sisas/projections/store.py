@@ -10,13 +10,14 @@ rebuild at the same stream sequence.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import duckdb
 import msgspec
@@ -26,11 +27,40 @@ from sisas.errors import ProjectionBusy, ProjectionError
 from sisas.projections.rows import Row, Tracked
 from sisas.projections.schema import BOOKKEEPING, SCHEMA_VERSION, STATE_TABLES, TABLES, Table
 
-__all__ = ["Batch", "ProjectionStore", "StoredRun"]
+__all__ = ["Batch", "ProjectionStore", "StoredRun", "translated"]
 
 log = logging.getLogger(__name__)
 
 _BY_NAME = {t.name: t for t in TABLES}
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Turn a DuckDB error raised while doing ``what`` into a :class:`ProjectionError`."""
+    try:
+        yield
+    except duckdb.Error as exc:
+        raise ProjectionError(
+            f"{what} failed in DuckDB: {exc}; the projection is derived from the log: "
+            "`sisas projections rebuild` (or deleting projection.duckdb) recreates it"
+        ) from exc
+
+
+def _translating(what: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    def wrap(fn: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(fn)
+        def call(*args: P.args, **kwargs: P.kwargs) -> T:
+            with translated(what):
+                return fn(*args, **kwargs)
+
+        return call
+
+    return wrap
+
+
 _ROW = msgspec.json.Encoder()
 
 
@@ -65,6 +95,10 @@ class ProjectionStore:
     def __init__(self, path: Path | None, *, lock_wait: float = 10.0) -> None:
         self.path = path
         self._con = _connect(path, lock_wait)
+        with translated(f"opening the projection {path or ':memory:'}"):
+            self._setup()
+
+    def _setup(self) -> None:
         self._con.execute("SET TimeZone = 'UTC'")
         # Checkpoint the WAL into the file every 256 MB rather than every 16 MB: a
         # rebuild of a million signals spends a third less time writing.
@@ -89,14 +123,17 @@ class ProjectionStore:
 
     # -- bookkeeping ------------------------------------------------------------------
 
+    @_translating("reading the checkpoint")
     def checkpoint(self) -> int:
         row = self._con.execute("SELECT stream_seq FROM checkpoint WHERE id = 1").fetchone()
         return int(row[0]) if row else 0
 
+    @_translating("reading the projection's metadata")
     def meta(self, key: str) -> str | None:
         row = self._con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return str(row[0]) if row else None
 
+    @_translating("binding the projection to its log")
     def bind(self, stream: str) -> bool:
         """Tie the tables to ``stream`` (an identity of the log); reset them if they
         were folded from another log or by another schema version. True if reset."""
@@ -119,6 +156,7 @@ class ProjectionStore:
             self._con.execute("COMMIT")
         return reset
 
+    @_translating("resetting the projection")
     def reset(self) -> None:
         """Drop every table and the checkpoint, then recreate them empty."""
         self._con.execute("BEGIN TRANSACTION")
@@ -131,6 +169,7 @@ class ProjectionStore:
 
     # -- the fold's state -------------------------------------------------------------
 
+    @_translating("reading run states")
     def load_runs(self, run_ids: set[str]) -> dict[str, StoredRun]:
         """The stored states of ``run_ids`` (those it has), read through a cursor of
         their own so a write in another thread is not disturbed."""
@@ -191,6 +230,7 @@ class ProjectionStore:
 
     # -- the state digest -------------------------------------------------------------
 
+    @_translating("digesting the projection")
     def digest(self) -> str:
         """sha256 over every table's rows in canonical order (and the checkpoint)."""
         h = hashlib.sha256()
@@ -210,6 +250,7 @@ class ProjectionStore:
         finally:
             cur.close()
 
+    @_translating("counting rows")
     def counts(self) -> dict[str, int]:
         out = {}
         for table in TABLES:
