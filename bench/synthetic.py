@@ -13,6 +13,7 @@ import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+from sisas.handlers.derive import derive_seed, run_fingerprint
 from sisas.signals import (
     ChainHead,
     ContractChecked,
@@ -74,16 +75,20 @@ def synthetic_run(
     emit(RunRequested(pipeline_version="1", input_digest=digest, seed=index))
     emit(RunStarted(pipeline_version="1", fingerprint=plan.fingerprint, seed=index, plan=plan))
     failing = index % 11 == 10
+    outputs: dict[str, str] = {}
+    checks: dict[str, bool] = {}
+    upstream = {"input": digest}
     for i, p in enumerate(plan.phases):
         attempt = 0
-        emit(PhaseScheduled(inputs={"input": digest}, seed=index + i), p.name)
+        seed_i = derive_seed(index, p.name)
+        emit(PhaseScheduled(inputs=upstream, seed=seed_i), p.name)
         if i == 1 and index % 7 == 3:
             emit(PhaseStarted(worker="w1"), p.name, attempt)
             error = ErrorInfo(kind="HardFailure", message="flaky", retryable=True)
             emit(PhaseFailed(error=error, duration=0.01, worker="w1"), p.name, attempt)
             emit(PhaseRetryScheduled(next_attempt=1, delay=0.5, reason="flaky"), p.name, 0)
             attempt = 1
-            emit(PhaseScheduled(inputs={"input": digest}, seed=index + i), p.name, attempt)
+            emit(PhaseScheduled(inputs=upstream, seed=seed_i), p.name, attempt)
         emit(PhaseStarted(worker="w1"), p.name, attempt)
         emit(ContractChecked(contract="In", boundary="entry", passed=True), p.name, attempt)
         if failing and i == 2:
@@ -98,7 +103,9 @@ def synthetic_run(
             emit(RunFailed(error=error, failed_phase=p.name))
             break
         emit(ContractChecked(contract="Out", boundary="exit", passed=True), p.name, attempt)
+        checks[f"{p.name}:entry:In"] = checks[f"{p.name}:exit:Out"] = True
         if p.invariants:
+            checks[f"{p.name}:INV-1"] = True
             emit(
                 InvariantChecked(invariant="INV-1", passed=True, observed=1.0, expected=1.0),
                 p.name,
@@ -112,8 +119,10 @@ def synthetic_run(
             attempt,
             dt=duration,
         )
+        outputs[p.name] = out
+        upstream = {p.name: out}
     else:
-        emit(RunCompleted(fingerprint="sha256:" + f"{index:064x}"))
+        emit(RunCompleted(fingerprint=run_fingerprint(outputs, checks), outputs=outputs))
     signals, _ = ChainHead(pipeline=pipeline, run_id=run_id).extend(drafts)
     return signals
 

@@ -7,6 +7,7 @@ from sisas.cli import (  # noqa: F401
     demo_command,
     log_commands,
     query_commands,
+    replay_commands,
     run_commands,
     schema_commands,
     server_commands,

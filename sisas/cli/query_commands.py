@@ -7,22 +7,20 @@ answer's documented fields (docs/cli.md) and nothing else on stdout.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sisas.bus.queries import Answer, ask
 from sisas.bus.runtime import open_bus
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
+from sisas.cli.bars import progress_bar
 from sisas.projections.queries import parse_since
 from sisas.signals import check_name
 
@@ -31,36 +29,9 @@ __all__ = ["artifact", "manifest", "projections", "runs", "show", "stats"]
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON (fields in docs/cli.md).")
 
 
-@contextlib.contextmanager
-def _progress() -> Iterator[Any]:
-    """A progress bar on stderr for catching up and rebuilding; silent when not a tty."""
-    if not err_console.is_terminal:
-        yield None
-        return
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
-        yield bar
-
-
 async def _ask(verb: str, params: dict[str, Any], *, timeout: float = 30.0) -> Answer:
     async with open_bus(load_settings(), name=f"sisas-{verb}") as bus:
-        with _progress() as bar:
-            task = None
-
-            def on_progress(what: str, applied: int, target: int) -> None:
-                nonlocal task
-                if bar is None:
-                    return
-                if task is None:
-                    task = bar.add_task(what, total=max(target, 1))
-                bar.update(task, description=what, completed=applied, total=max(target, 1))
-
+        with progress_bar() as on_progress:
             answer = await ask(bus, verb, params, on_progress=on_progress, timeout=timeout)
     if answer.lag:
         err_console.print(

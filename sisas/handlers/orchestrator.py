@@ -55,7 +55,7 @@ from sisas.signals.kinds import (
 )
 from sisas.signals.plan import PhasePlan, PipelinePlan
 
-__all__ = ["Decision", "decide", "decide_full", "phase_enabled"]
+__all__ = ["Decision", "decide", "decide_full", "phase_enabled", "satisfied", "scheduled_inputs"]
 
 DONE = frozenset({"completed", "failed", "timed_out", "skipped"})
 
@@ -309,7 +309,10 @@ def _report(b: _Builder, r: PhaseReport) -> None:
         b.emit(PhaseFailed(error=error, worker=r.worker), r.phase, r.attempt)
 
 
-def _inputs(state: RunState, plan: PhasePlan) -> tuple[dict[str, str], dict[str, list[str]]]:
+def scheduled_inputs(
+    state: RunState, plan: PhasePlan
+) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """The artifacts a phase is scheduled with: its dependencies' outputs (or the run input)."""
     inputs: dict[str, str] = {}
     gathered: dict[str, list[str]] = {}
     if not plan.depends_on:
@@ -317,7 +320,7 @@ def _inputs(state: RunState, plan: PhasePlan) -> tuple[dict[str, str], dict[str,
     assert state.plan is not None
     for dep in plan.depends_on:
         dep_state = state.phase(dep)
-        if state.plan.phase(dep).map_over and _satisfied(dep_state):
+        if state.plan.phase(dep).map_over and satisfied(dep_state):
             n = dep_state.item_count or 0
             gathered[dep] = [dep_state.item_states[i].artifact for i in range(n)]
         else:
@@ -334,7 +337,7 @@ def _schedule(
     items: int | None = None,
     delay: float = 0.0,
 ) -> None:
-    inputs, gathered = _inputs(b.state, plan)
+    inputs, gathered = scheduled_inputs(b.state, plan)
     assert b.state.plan is not None
     held = hold_back(b.circuits.get(plan.name, Circuit()), b.at, b.state.plan.circuit_cooldown)
     delay = max(delay, held)
@@ -353,7 +356,8 @@ def _schedule(
     )
 
 
-def _satisfied(p: PhaseState) -> bool:
+def satisfied(p: PhaseState) -> bool:
+    """Whether a phase's output is available to its dependents (computed or reused)."""
     return p.status == "completed" or (p.status == "skipped" and p.skip_reason == "resumed")
 
 
@@ -375,7 +379,7 @@ def _advance(b: _Builder) -> None:
             blocked = [
                 d
                 for d, s in zip(p.depends_on, deps, strict=True)
-                if s.status in DONE and not _satisfied(s)
+                if s.status in DONE and not satisfied(s)
             ]
             if blocked:
                 b.emit(
@@ -383,7 +387,7 @@ def _advance(b: _Builder) -> None:
                     p.name,
                 )
                 progressed = True
-            elif all(_satisfied(s) for s in deps):
+            elif all(satisfied(s) for s in deps):
                 if p.map_over:
                     count = b.state.phase(p.map_over).item_count
                     if count is None:
@@ -403,7 +407,7 @@ def _advance(b: _Builder) -> None:
     if b.state.status == "running" and all(
         b.state.phase(p.name).status in DONE for p in plan.phases
     ):
-        outputs = {n: s.output_digest for n, s in b.state.phases.items() if _satisfied(s)}
+        outputs = {n: s.output_digest for n, s in b.state.phases.items() if satisfied(s)}
         b.emit(RunCompleted(fingerprint=run_fingerprint(outputs, b.state.checks), outputs=outputs))
 
 

@@ -6,6 +6,7 @@ in-memory state and the DuckDB projection are two views of this fold.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Literal, TypeAlias
@@ -37,12 +38,22 @@ from sisas.signals.kinds import (
 )
 from sisas.signals.plan import PipelinePlan
 
-__all__ = ["ItemState", "PhaseState", "PhaseStatus", "RunState", "RunStatus", "evolve", "fold"]
+__all__ = [
+    "ItemState",
+    "PhaseState",
+    "PhaseStatus",
+    "RunState",
+    "RunStatus",
+    "evolve",
+    "fold",
+    "state_digest",
+]
 
 PhaseStatus: TypeAlias = Literal[
     "pending", "scheduled", "running", "retrying", "completed", "failed", "timed_out", "skipped"
 ]
 RunStatus: TypeAlias = Literal["new", "requested", "running", "completed", "failed", "cancelled"]
+_STATE_JSON = msgspec.json.Encoder()
 TERMINAL_RUN: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 
@@ -281,3 +292,12 @@ def fold(signals: Iterable[Signal], *, pipeline: str = "", run_id: str = "") -> 
             state = RunState.new(signal.pipeline, signal.run_id)
         state = evolve(state, signal)
     return state if state is not None else RunState.new(pipeline, run_id)
+
+
+def state_digest(state: RunState) -> str:
+    """sha256 (hex) of the JSON encoding of ``state``.
+
+    Fields in declaration order, dicts in insertion order, which ``evolve`` makes the
+    same for the same signals: refolding a run gives the digest the projection stored.
+    """
+    return hashlib.sha256(_STATE_JSON.encode(state)).hexdigest()

@@ -17,18 +17,21 @@ import duckdb
 import msgspec
 
 from sisas.errors import UnknownRun, UsageError
+from sisas.handlers.state import state_digest
 from sisas.projections.rows import decode_state
 
 __all__ = [
     "MANIFEST_VERSION",
     "RunQuery",
     "RunsQuery",
+    "StatesQuery",
     "StatsQuery",
     "artifact_location",
     "manifest",
     "parse_since",
     "run_detail",
     "runs",
+    "states",
     "stats",
 ]
 
@@ -46,6 +49,13 @@ class RunsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
 class RunQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     run_id: str
+
+
+class StatesQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    run_ids: list[str] = []
+    after: str = ""
+    limit: int = 2000
+    full: bool = False
 
 
 class StatsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -392,3 +402,30 @@ def stats(con: duckdb.DuckDBPyConnection, q: StatsQuery) -> dict[str, Any]:
             if p[k] is not None:
                 p[k] = float(p[k])
     return {"pipelines": pipelines, "phases": phases}
+
+
+def states(con: duckdb.DuckDBPyConnection, q: StatesQuery) -> dict[str, Any]:
+    """Each run's state digest (and, with ``full``, the state): for ``run_ids``, or a page
+    of every run after ``after`` in run-id order (``next`` is where the next page starts,
+    empty at the end). Replay compares these with the state it refolds from the log."""
+    limit = max(1, min(q.limit, 10_000))
+    if q.run_ids:
+        rows = con.execute(
+            "SELECT run_id, state FROM run_states WHERE list_contains(?, run_id) ORDER BY run_id",
+            [q.run_ids],
+        ).fetchall()
+        nxt = ""
+    else:
+        rows = con.execute(
+            "SELECT run_id, state FROM run_states WHERE run_id > ? ORDER BY run_id LIMIT ?",
+            [q.after, limit],
+        ).fetchall()
+        nxt = rows[-1][0] if len(rows) == limit else ""
+    out = []
+    for run_id, blob in rows:
+        state = decode_state(bytes(blob))
+        entry: dict[str, Any] = {"run_id": run_id, "digest": state_digest(state)}
+        if q.full:
+            entry["state"] = json.loads(bytes(blob))
+        out.append(entry)
+    return {"states": out, "next": nxt}

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 QUERY_PREFIX: Final = "sisas.query"
 PROGRESS_HEADER: Final = "Sisas-Progress"
 QUEUE_GROUP: Final = "sisas-projectors"
-VERBS: Final = ("runs", "show", "manifest", "stats", "status", "digest", "rebuild")
+VERBS: Final = ("runs", "show", "manifest", "stats", "states", "status", "digest", "rebuild")
 
 Report = Callable[[str, int, int], Coroutine[Any, Any, None]]
 """Progress callback: (what, applied stream sequence, target sequence)."""
@@ -49,6 +49,7 @@ _QUERIES: dict[str, tuple[type[Any], Callable[..., Any]]] = {
     "show": (queries.RunQuery, queries.run_detail),
     "manifest": (queries.RunQuery, queries.manifest),
     "stats": (queries.StatsQuery, queries.stats),
+    "states": (queries.StatesQuery, queries.states),
 }
 
 

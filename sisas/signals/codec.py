@@ -28,17 +28,22 @@ def canonical(value: object) -> bytes:
 
 
 def content_hash(signal: Signal) -> str:
-    """The sha256 (hex) of the canonical encoding of ``signal`` without its ``hash``."""
-    unsealed = msgspec.structs.replace(signal, hash="")
+    """The sha256 (hex) of the canonical encoding of ``signal`` without ``hash`` and ``sig``."""
+    unsealed = msgspec.structs.replace(signal, hash="", sig="")
     return hashlib.sha256(_ENCODER.encode(unsealed)).hexdigest()
 
 
 def _wire_content_hash(wire: bytes, signal: Signal) -> str:
     """:func:`content_hash` of a signal whose canonical bytes are ``wire``, without
     encoding it again: the unsealed encoding is ``wire`` minus its top-level
-    ``,"hash":"…"`` member. That member is the last occurrence of its text, because
-    every key after ``hash`` in sorted order holds a name, an id or a digest, which
-    cannot contain it."""
+    ``,"hash":"…"`` member (and the ``sig`` member, last in sorted order). The hash
+    member is the last occurrence of its text, because every key after ``hash`` in
+    sorted order holds a name, an id, a digest or the signature, which cannot contain it."""
+    if signal.sig:
+        tail = b',"sig":"' + signal.sig.encode() + b'"}'
+        if not wire.endswith(tail):  # pragma: no cover - canonical bytes always end so
+            return content_hash(signal)
+        wire = wire[: -len(tail)] + b"}"
     if not signal.hash:
         return hashlib.sha256(wire).hexdigest()
     member = b',"hash":"' + signal.hash.encode() + b'"'

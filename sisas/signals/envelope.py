@@ -26,7 +26,7 @@ class Signal(
     ``id`` is deterministic (run and seq), so appending the same decision twice is a
     no-op. ``prev`` is the ``hash`` of the run's previous signal (:data:`GENESIS` for
     the first) and ``hash`` is the sha256 of the canonical encoding of every other
-    field: changing any byte of a signal, or reordering signals, breaks the chain.
+    field but ``sig``: changing any byte of a signal, or reordering signals, breaks the chain.
     ``at`` is wall-clock time taken from the input that caused the signal, never read
     by the pure core.
     """
@@ -42,6 +42,9 @@ class Signal(
     attempt: Annotated[int, msgspec.Meta(ge=0)] = 0
     causation: str = ""
     hash: Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{64})?$")] = ""
+    sig: str = ""
+    """``<signer public nkey>.<ed25519 signature of hash>`` when signing is on (see
+    :mod:`sisas.signals.signing`); like ``hash``, it is outside the hashed content."""
 
     @property
     def kind(self) -> str:

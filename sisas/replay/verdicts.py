@@ -1,0 +1,156 @@
+"""Verdicts of verification and rerun: data, never text. The CLI renders them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeAlias
+
+import msgspec
+
+__all__ = [
+    "PROBLEMS",
+    "CheckDiff",
+    "FieldDiff",
+    "Finding",
+    "PhaseRerun",
+    "Problem",
+    "RerunVerdict",
+    "RunVerdict",
+    "VerifyReport",
+]
+
+Problem: TypeAlias = Literal[
+    "corrupt",
+    "tampered",
+    "misplaced",
+    "stream_gap",
+    "gap",
+    "reordered",
+    "duplicate",
+    "fork",
+    "broken_link",
+    "bad_id",
+    "out_of_place",
+    "bad_fingerprint",
+    "unsigned",
+    "bad_signature",
+    "untrusted_signer",
+    "signer_changed",
+    "projection_differs",
+    "projection_missing",
+]
+PROBLEMS: dict[str, str] = {
+    "corrupt": "a message on the run's subjects is not a valid signal",
+    "tampered": "a signal's content does not hash to its recorded hash",
+    "misplaced": "a signal is stored on another run's or kind's subject",
+    "stream_gap": "stream sequences are missing from the log",
+    "gap": "run sequence numbers are missing: a signal was removed",
+    "reordered": "signals are stored out of their run order",
+    "duplicate": "the same signal is stored twice",
+    "fork": "two different signals claim the same place in the run",
+    "broken_link": "a signal's prev is not the hash of the signal before it",
+    "bad_id": "a signal's id does not follow from its run and seq",
+    "out_of_place": "a signal the run's state does not allow where it stands",
+    "bad_fingerprint": "a recorded digest or fingerprint differs from the one refolded",
+    "unsigned": "a signal of a signed run carries no signature",
+    "bad_signature": "a signature does not verify",
+    "untrusted_signer": "a signature is valid but by a key not trusted",
+    "signer_changed": "the run's signals are signed by more than one key",
+    "projection_differs": "the projection's state differs from the refolded one",
+    "projection_missing": "the projection does not know the run",
+}
+"""Every problem verification can report, and what it means (shown in docs and reports)."""
+
+
+class Finding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One thing wrong, located in the log."""
+
+    problem: Problem
+    message: str
+    run_id: str = ""
+    stream_seq: int = 0
+    run_seq: int = 0
+    kind: str = ""
+    signal_id: str = ""
+
+
+class FieldDiff(msgspec.Struct, frozen=True, kw_only=True):
+    """A field whose value differs: ``path`` like ``clusters[2].weight``."""
+
+    path: str
+    recorded: Any = None
+    new: Any = None
+
+
+class RunVerdict(msgspec.Struct, frozen=True, kw_only=True):
+    """Whether one run's log is intact, and the state it folds to."""
+
+    run_id: str
+    pipeline: str
+    intact: bool
+    signals: int
+    status: str
+    fingerprint: str = ""
+    head_seq: int = 0
+    head_hash: str = ""
+    state_digest: str = ""
+    first_stream_seq: int = 0
+    last_stream_seq: int = 0
+    signers: list[str] = []
+    signed: Literal["all", "none", "some"] = "none"
+    projection: Literal["equal", "differs", "missing", "not_checked"] = "not_checked"
+    projection_diff: list[FieldDiff] = []
+    findings: list[Finding] = []
+
+
+class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
+    """Verification of one run or the whole log, up to ``stream_seq``."""
+
+    intact: bool
+    runs: int
+    intact_runs: int
+    signals: int
+    stream_seq: int
+    first: Finding | None = None
+    log_findings: list[Finding] = []
+    verdicts: list[RunVerdict] = []
+    trusted_keys: list[str] = []
+
+
+class CheckDiff(msgspec.Struct, frozen=True, kw_only=True):
+    """A contract or invariant whose result differs on rerun (None: not checked)."""
+
+    check: str
+    recorded: bool | None
+    new: bool | None
+
+
+class PhaseRerun(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One phase (or item) executed again, compared with its recorded attempt."""
+
+    phase: str
+    item: int | None = None
+    attempt: int = 0
+    equal: bool
+    recorded_status: str
+    new_status: str
+    recorded_digest: str = ""
+    new_digest: str = ""
+    checks: list[CheckDiff] = []
+    diff: list[FieldDiff] = []
+    error: str = ""
+    seconds: float = 0.0
+
+
+class RerunVerdict(msgspec.Struct, frozen=True, kw_only=True):
+    """A run executed again from its recorded inputs and seeds."""
+
+    run_id: str
+    pipeline: str
+    deterministic: bool
+    workers: int
+    recorded_fingerprint: str
+    fingerprint: str
+    phases: list[PhaseRerun] = []
+    first_divergence: PhaseRerun | None = None
+    not_rerun: dict[str, str] = {}
+    compute_seconds: float = 0.0
