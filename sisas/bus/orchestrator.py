@@ -32,6 +32,7 @@ from sisas.signals.inputs import Input, StartRun, decode_input
 from sisas.signals.names import IN_PREFIX, check_name, input_subject
 from sisas.signals.plan import PipelinePlan
 from sisas.signals.records import CorruptMessage, StoredSignal
+from sisas.signals.signing import Signer
 
 __all__ = ["REJECTED_SUBJECT", "Orchestrator"]
 
@@ -52,6 +53,9 @@ class Orchestrator:
         self._ack_wait = ack_wait
         self.handled = 0
         self.rejected = 0
+        key = bus.settings.signing_key
+        self.signer = Signer.from_file(key) if key is not None else None
+        """Signs every appended signal when ``SISAS_SIGNING_KEY`` names a key."""
 
     async def run(self, stop: asyncio.Event, *, batch: int = 64) -> None:
         """Consume inputs until ``stop`` is set."""
@@ -132,6 +136,8 @@ class Orchestrator:
             circuits = await self.circuits.get(inp.pipeline)
             decision = decide_full(state, inp, plans, circuits)
             signals = decision.signals
+            if self.signer is not None:
+                signals = [self.signer.sign(s) for s in signals]
             if not signals:
                 # "Nothing to do" is only true of the latest state: another orchestrator
                 # may have appended since we cached this run (say, the scheduling of the

@@ -11,6 +11,7 @@
 | ``SISAS_REPLICAS`` | stream replicas | 1 embedded, 3 with ``SISAS_NATS_URL`` |
 | ``SISAS_PORT`` | client port of the embedded server (0: any free port) | 0 |
 | ``SISAS_SYNC`` | embedded JetStream ``sync_interval`` (``always`` or a duration) | ``always`` |
+| ``SISAS_SIGNING_KEY`` | nkey seed file: the orchestrator signs every signal it appends | none |
 | ``SISAS_TIMEOUT`` | seconds to wait for the server on connect and each request | 5 |
 """
 
@@ -44,6 +45,7 @@ class Settings:
     port: int = 0
     sync: str = "always"
     timeout: float = 5.0
+    signing_key: Path | None = None
 
     @property
     def embedded(self) -> bool:
@@ -78,6 +80,7 @@ class Settings:
             port=_int(env, "SISAS_PORT", 0, 0, 65535),
             sync=env.get("SISAS_SYNC") or "always",
             timeout=_float(env, "SISAS_TIMEOUT", 5.0),
+            signing_key=_file(env, "SISAS_SIGNING_KEY"),
         )
         if settings.tls_cert and not settings.tls_key:
             raise UsageError("SISAS_NATS_TLS_CERT is set without SISAS_NATS_TLS_KEY: set both")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sisas.cli import (  # noqa: F401
     batch_command,
     demo_command,
+    key_commands,
     log_commands,
     query_commands,
     replay_commands,
