@@ -3,18 +3,27 @@ projection's state of each run to compare with the refold."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
 from sisas.bus.queries import ask
 from sisas.bus.runtime import Bus
-from sisas.errors import UnknownRun
+from sisas.errors import ArtifactNotFound, BusError, UnknownRun, UsageError
 from sisas.handlers.state import RunState, state_digest
-from sisas.replay.verdicts import VerifyReport
+from sisas.pipeline import Pipeline
+from sisas.replay.executor import execute_tasks
+from sisas.replay.rerun import judge, plan_rerun, verdict
+from sisas.replay.verdicts import RerunVerdict, VerifyReport
 from sisas.replay.verify import LogVerifier, Projected, report
+from sisas.signals.envelope import Signal
+from sisas.signals.records import StoredSignal
 
-__all__ = ["verify_log"]
+__all__ = ["Fetch", "bus_fetch", "read_signals", "rerun_signals", "verify_log"]
+
+Fetch = Callable[[str], Awaitable[bytes | None]]
+"""Bytes of an artifact by digest, or None when it is not there."""
 
 Progress = Callable[[str, int, int], None]
 
@@ -79,3 +88,87 @@ async def _projected(
                 state = msgspec.json.decode(msgspec.json.encode(raw), type=RunState)
         out[rid] = Projected(digest=digest, state=state)
     return out
+
+
+async def read_signals(bus: Bus, run_id: str) -> list[Signal]:
+    """A run's signals, refusing a run whose stored log is not intact."""
+    records = await bus.log.read_run(run_id)
+    if not records:
+        raise UnknownRun(f"no run {run_id!r} in the log; `sisas runs` lists them")
+    verifier = LogVerifier(only=run_id).extend(records)
+    broken = report(verifier)
+    if not broken.intact and broken.first is not None:
+        raise UsageError(
+            f"run {run_id}'s log is not intact ({broken.first.problem}: "
+            f"{broken.first.message}); `sisas replay verify {run_id}` shows why"
+        )
+    return [r.signal for r in records if isinstance(r, StoredSignal)]
+
+
+def bus_fetch(bus: Bus) -> Fetch:
+    async def fetch(digest: str) -> bytes | None:
+        try:
+            return await bus.artifacts.get(digest)
+        except ArtifactNotFound:
+            return None
+        except BusError:
+            return None  # damaged: treated as missing, the verdict says so
+
+    return fetch
+
+
+async def rerun_signals(
+    signals: Sequence[Signal],
+    pipelines: dict[str, Pipeline],
+    fetch: Fetch,
+    *,
+    workers: int = 1,
+    on_progress: Progress | None = None,
+) -> RerunVerdict:
+    """Execute the run's deciding attempts again with the code in ``pipelines``."""
+    plan = plan_rerun(signals)
+    pipe = pipelines.get(plan.pipeline)
+    if pipe is None:
+        raise UsageError(
+            f"run {plan.run_id} is of pipeline {plan.pipeline!r}, whose code is not loaded: "
+            "pass --pipelines MODULE_OR_FILE (the code to rerun it with)"
+        )
+    artifacts: dict[str, bytes] = {}
+    runnable = []
+    not_rerun = dict(plan.not_rerun)
+    for task in plan.tasks:
+        missing = []
+        for digest in task.artifacts:
+            if digest not in artifacts:
+                data = await fetch(digest)
+                if data is None:
+                    missing.append(digest)
+                    continue
+                artifacts[digest] = data
+        needed = [d for d in missing if d != task.artifact]
+        if needed:
+            where = "" if task.item is None else f"[{task.item}]"
+            not_rerun[task.phase + where] = f"artifact {needed[0]} is missing from the store"
+        else:
+            runnable.append(task)
+    plan = msgspec.structs.replace(plan, tasks=runnable, not_rerun=not_rerun)
+
+    def done(n: int, total: int) -> None:
+        if on_progress is not None:
+            loop.call_soon_threadsafe(on_progress, "rerunning", n, total)
+
+    loop = asyncio.get_running_loop()
+    outcomes = await asyncio.to_thread(
+        execute_tasks, pipe, plan, artifacts, workers=workers, on_done=done
+    )
+    results = [
+        judge(task, outcome, artifacts.get(task.artifact), seconds=seconds)
+        for task, (outcome, seconds) in zip(plan.tasks, outcomes, strict=True)
+    ]
+    return verdict(
+        plan,
+        results,
+        workers=workers,
+        current_code=pipe.plan().fingerprint,
+        compute_seconds=sum(seconds for _, seconds in outcomes),
+    )

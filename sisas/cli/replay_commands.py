@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 import msgspec
 
+from sisas.bus.queries import ask
+from sisas.bus.registry import load_pipelines
 from sisas.bus.runtime import open_bus
-from sisas.bus.verification import verify_log
-from sisas.cli.app import cli, console, fail, load_settings, run_async
+from sisas.bus.verification import bus_fetch, read_signals, rerun_signals, verify_log
+from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
 from sisas.cli.bars import progress_bar
-from sisas.replay.verdicts import Finding, RunVerdict, VerifyReport
+from sisas.cli.run_commands import PIPELINES_OPTION
+from sisas.projections.queries import parse_since
+from sisas.replay.verdicts import Finding, PhaseRerun, RerunVerdict, RunVerdict, VerifyReport
 from sisas.signals import check_name
 
 __all__ = ["replay", "trusted_keys"]
@@ -134,3 +139,154 @@ async def verify(
     else:
         print_report(result, single=run_id is not None)
     sys.exit(0 if result.intact else 1)
+
+
+def _where(r: PhaseRerun) -> str:
+    return r.phase + ("" if r.item is None else f"[{r.item}]")
+
+
+def print_divergence(r: PhaseRerun, *, limit: int = 10) -> None:
+    console.print(
+        f"  first divergent phase [bold]{_where(r)}[/] (attempt {r.attempt}): recorded "
+        f"{r.recorded_status} {r.recorded_digest[:19]}, rerun {r.new_status} {r.new_digest[:19]}"
+    )
+    if r.error:
+        console.print(f"    rerun error: {r.error}")
+    for c in r.checks:
+        console.print(f"    check {c.check}: recorded {c.recorded}, rerun {c.new}")
+    for d in r.diff[:limit]:
+        console.print(f"    {d.path}: recorded {d.recorded!r}, rerun {d.new!r}")
+    if len(r.diff) > limit:
+        console.print(f"    … {len(r.diff) - limit} more fields differ (--json lists them)")
+
+
+def print_rerun(v: RerunVerdict) -> None:
+    verdict = (
+        "[bold green]deterministic[/]" if v.deterministic else "[bold red]NOT deterministic[/]"
+    )
+    console.print(
+        f"rerun of [cyan]{v.run_id}[/] ({v.pipeline}): {len(v.phases)} attempts on "
+        f"{v.workers} worker{'s' if v.workers != 1 else ''}, {verdict}"
+    )
+    console.print(f"  recorded fingerprint {v.recorded_fingerprint}")
+    same = "equal" if v.fingerprint == v.recorded_fingerprint else "[red]differs[/]"
+    console.print(f"  rerun    fingerprint {v.fingerprint} ({same})")
+    if v.recorded_code and v.current_code and v.recorded_code != v.current_code:
+        console.print("  [yellow]note:[/] the pipeline code changed since the run")
+    for name, why in v.not_rerun.items():
+        console.print(f"  not rerun: {name}: {why}")
+    if v.first_divergence is not None:
+        print_divergence(v.first_divergence)
+        others = [_where(r) for r in v.phases if not r.equal][1:]
+        if others:
+            console.print(f"  also differ: {', '.join(others[:20])}")
+    console.print(f"  phases' own compute: {v.compute_seconds:.3f} s")
+
+
+@replay.command()
+@click.argument("run_id")
+@PIPELINES_OPTION
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Processes to rerun phases in (N > 1: parallel; compare with 1 to certify "
+    "that parallel equals serial).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+@run_async
+async def rerun(run_id: str, pipeline_specs: tuple[str, ...], workers: int, as_json: bool) -> None:
+    """Execute RUN_ID's phases again from their recorded inputs and seeds, without
+    touching the log, and compare every output digest and check result.
+
+    Exit code 0 when every phase gave what it recorded, 1 at the first divergence
+    (named, with a field-level diff of the recorded and the new output), 2 for usage errors.
+    """
+    check_name(run_id, "run id")
+    pipelines = load_pipelines(pipeline_specs)
+    async with open_bus(load_settings(), name="sisas-replay-rerun") as bus:
+        signals = await read_signals(bus, run_id)
+        with progress_bar() as on_progress:
+            result = await rerun_signals(
+                signals, pipelines, bus_fetch(bus), workers=workers, on_progress=on_progress
+            )
+    if as_json:
+        sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+    else:
+        print_rerun(result)
+    sys.exit(0 if result.deterministic else 1)
+
+
+@replay.command()
+@click.option("--pipeline", "-p", required=True, help="The pipeline whose runs to rerun.")
+@click.option(
+    "--since", default="7d", show_default=True, help="Runs started since (2d, 2026-11-01)."
+)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@PIPELINES_OPTION
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the runs and changed phases as JSON.")
+@run_async
+async def diff(
+    pipeline: str,
+    since: str,
+    limit: int,
+    pipeline_specs: tuple[str, ...],
+    workers: int,
+    as_json: bool,
+) -> None:
+    """Rerun stored runs of a pipeline under the code installed now and list which
+    phases' outputs would change: a data-level regression test for a code change.
+
+    Exit code 0 when no output would change, 1 when some would.
+    """
+    check_name(pipeline, "pipeline name")
+    started = parse_since(since, datetime.now(UTC))
+    pipelines = load_pipelines(pipeline_specs)
+    if pipeline not in pipelines:
+        fail(f"the code of {pipeline!r} is not loaded: pass --pipelines MODULE_OR_FILE")
+    rows = []
+    async with open_bus(load_settings(), name="sisas-replay-diff") as bus:
+        listed = await ask(
+            bus, "runs", {"pipeline": pipeline, "since": started.isoformat(), "limit": limit}
+        )
+        runs = [r for r in listed.result["runs"] if r["status"] in ("completed", "failed")]
+        with progress_bar() as on_progress:
+            for i, run in enumerate(runs):
+                on_progress("rerunning runs", i, len(runs))
+                signals = await read_signals(bus, run["run_id"])
+                rows.append(
+                    await rerun_signals(signals, pipelines, bus_fetch(bus), workers=workers)
+                )
+    changed = [v for v in rows if not v.deterministic]
+    if as_json:
+        out = {
+            "pipeline": pipeline,
+            "since": started.isoformat(),
+            "runs": len(rows),
+            "changed_runs": len(changed),
+            "verdicts": [
+                {
+                    "run_id": v.run_id,
+                    "changed": [_where(r) for r in v.phases if not r.equal],
+                    "first_divergence": v.first_divergence,
+                    "recorded_fingerprint": v.recorded_fingerprint,
+                    "fingerprint": v.fingerprint,
+                }
+                for v in rows
+            ],
+        }
+        sys.stdout.write(msgspec.json.encode(out).decode() + "\n")
+    else:
+        for v in changed:
+            phases = sorted({r.phase for r in v.phases if not r.equal})
+            console.print(f"[cyan]{v.run_id}[/]: {', '.join(phases)} would change")
+            if v.first_divergence is not None:
+                print_divergence(v.first_divergence, limit=3)
+        if not rows:
+            err_console.print(f"no finished runs of {pipeline} since {started:%Y-%m-%d %H:%M}")
+        console.print(
+            f"{len(changed)} of {len(rows)} runs of {pipeline} would change under this code"
+        )
+    sys.exit(1 if changed else 0)

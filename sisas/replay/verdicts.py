@@ -153,4 +153,8 @@ class RerunVerdict(msgspec.Struct, frozen=True, kw_only=True):
     phases: list[PhaseRerun] = []
     first_divergence: PhaseRerun | None = None
     not_rerun: dict[str, str] = {}
+    recorded_code: str = ""
+    """The pipeline code fingerprint the run was started with."""
+    current_code: str = ""
+    """The fingerprint of the code that reran it (differs when the code changed)."""
     compute_seconds: float = 0.0

@@ -1,0 +1,235 @@
+"""Rerun: which attempts of a run to execute again, and how to judge what they give.
+
+Each phase (each item of a fan-out) is executed again from the inputs, seed, attempt
+and configuration its recorded attempt had, not from the rerun's own upstream outputs:
+a difference then points at the phase that differs, not at everything downstream of it.
+The attempt rerun is the one that decided the phase: its completion, or its last
+failure. Pure: signals and outcomes in, verdicts out; execution is the caller's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import msgspec
+
+from sisas.handlers.derive import run_fingerprint
+from sisas.handlers.execute import Outcome
+from sisas.handlers.state import RunState, evolve
+from sisas.replay.fielddiff import field_diff
+from sisas.replay.verdicts import CheckDiff, FieldDiff, PhaseRerun, RerunVerdict
+from sisas.signals.digest import semantic_digest
+from sisas.signals.envelope import Signal
+from sisas.signals.kinds import (
+    ContractChecked,
+    InvariantChecked,
+    PhaseCompleted,
+    PhaseFailed,
+    PhaseScheduled,
+    PhaseTimedOut,
+    Scalar,
+)
+
+__all__ = ["RerunPlan", "Task", "judge", "plan_rerun", "verdict"]
+
+
+class Task(msgspec.Struct, frozen=True, kw_only=True):
+    """One recorded attempt to execute again, and what it recorded."""
+
+    phase: str
+    item: int | None = None
+    attempt: int = 0
+    seed: int = 0
+    inputs: dict[str, str] = {}
+    gathered: dict[str, list[str]] = {}
+    status: Literal["completed", "failed"] = "completed"
+    output_digest: str = ""
+    artifact: str = ""
+    error_kind: str = ""
+    checks: dict[str, bool] = {}
+
+    @property
+    def artifacts(self) -> list[str]:
+        """Every artifact the rerun reads: its inputs and the recorded output."""
+        found = list(self.inputs.values()) + [a for v in self.gathered.values() for a in v]
+        return found + ([self.artifact] if self.artifact else [])
+
+
+class RerunPlan(msgspec.Struct, frozen=True, kw_only=True):
+    run_id: str
+    pipeline: str
+    state: RunState
+    config: dict[str, Scalar]
+    code_fingerprint: str
+    tasks: list[Task]
+    not_rerun: dict[str, str]
+
+
+_Key = tuple[str, int | None, int]
+
+
+def plan_rerun(signals: Sequence[Signal]) -> RerunPlan:
+    """The attempts of the run made of ``signals`` (one run, in order) to execute again."""
+    if not signals:
+        raise ValueError("a run with no signals cannot be rerun")
+    state = RunState.new(signals[0].pipeline, signals[0].run_id)
+    scheduled: dict[_Key, PhaseScheduled] = {}
+    checks: dict[_Key, dict[str, bool]] = {}
+    decided: dict[tuple[str, int | None], Task] = {}
+    code = ""
+    for s in signals:
+        state = evolve(state, s)
+        body = s.body
+        item = getattr(body, "item", None)
+        key: _Key = (s.phase, item, s.attempt)
+        if isinstance(body, PhaseScheduled):
+            scheduled[key] = body
+            checks[key] = {}
+        elif isinstance(body, ContractChecked):
+            checks.setdefault(key, {})[f"{body.boundary}:{body.contract}"] = body.passed
+        elif isinstance(body, InvariantChecked):
+            checks.setdefault(key, {})[body.invariant] = body.passed
+        elif isinstance(body, PhaseCompleted | PhaseFailed) and key in scheduled:
+            earlier = decided.get((s.phase, item))
+            if isinstance(body, PhaseFailed) and earlier and earlier.status == "completed":
+                continue  # a fan-out failing as a whole after this item completed
+            sched = scheduled[key]
+            decided[(s.phase, item)] = Task(
+                phase=s.phase,
+                item=item,
+                attempt=s.attempt,
+                seed=sched.seed,
+                inputs=dict(sched.inputs),
+                gathered={k: list(v) for k, v in sched.gathered.items()},
+                status="completed" if isinstance(body, PhaseCompleted) else "failed",
+                output_digest=body.output_digest if isinstance(body, PhaseCompleted) else "",
+                artifact=body.artifact if isinstance(body, PhaseCompleted) else "",
+                error_kind=body.error.kind if isinstance(body, PhaseFailed) else "",
+                checks=checks.get(key, {}),
+            )
+        elif isinstance(body, PhaseTimedOut):
+            decided.pop((s.phase, item), None)
+        if s.kind == "run_started":
+            code = getattr(body, "fingerprint", "")
+    not_rerun: dict[str, str] = {}
+    for name, ps in state.phases.items():
+        if ps.status == "skipped":
+            not_rerun[name] = f"skipped ({ps.skip_reason})"
+        elif not any(t.phase == name for t in decided.values()):
+            why = "timed out" if ps.status == "timed_out" else f"never finished ({ps.status})"
+            not_rerun[name] = why
+    order = {name: i for i, name in enumerate(state.phases)}
+    tasks = sorted(decided.values(), key=lambda t: (order.get(t.phase, 1 << 30), t.item or 0))
+    return RerunPlan(
+        run_id=state.run_id,
+        pipeline=state.pipeline,
+        state=state,
+        config=dict(state.config),
+        code_fingerprint=code,
+        tasks=tasks,
+        not_rerun=not_rerun,
+    )
+
+
+def _json(data: bytes | None) -> object:
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return data.decode("utf-8", "replace")
+
+
+def judge(
+    task: Task, outcome: Outcome, recorded_output: bytes | None, *, seconds: float = 0.0
+) -> PhaseRerun:
+    """Compare one re-executed attempt with what its recorded attempt gave."""
+    new_checks = {f"{c.boundary}:{c.contract}": c.passed for c in outcome.contracts}
+    new_checks.update({i.invariant: i.passed for i in outcome.invariants})
+    check_diffs = [
+        CheckDiff(check=name, recorded=task.checks.get(name), new=new_checks.get(name))
+        for name in list(task.checks) + [n for n in new_checks if n not in task.checks]
+        if task.checks.get(name) != new_checks.get(name)
+    ]
+    diff: list[FieldDiff] = []
+    both_completed = outcome.status == "completed" and task.status == "completed"
+    if both_completed and outcome.output_digest != task.output_digest:
+        diff = field_diff(_json(recorded_output), _json(outcome.output))
+    error_kind = outcome.error.kind if outcome.error else ""
+    equal = (
+        outcome.status == task.status
+        and outcome.output_digest == task.output_digest
+        and error_kind == task.error_kind
+        and not check_diffs
+    )
+    return PhaseRerun(
+        phase=task.phase,
+        item=task.item,
+        attempt=task.attempt,
+        equal=equal,
+        recorded_status=task.status,
+        new_status=outcome.status,
+        recorded_digest=task.output_digest,
+        new_digest=outcome.output_digest,
+        checks=check_diffs,
+        diff=diff,
+        error="" if equal or outcome.error is None else outcome.error.message,
+        seconds=seconds,
+    )
+
+
+def _fingerprint(
+    plan: RerunPlan,
+    digests: Mapping[tuple[str, int | None], str],
+    results: Sequence[PhaseRerun] = (),
+) -> str:
+    """The run fingerprint as the orchestrator computes it, from per-attempt digests and
+    the recorded checks changed by ``results``' check differences."""
+    checks = dict(plan.state.checks)
+    for r in results:
+        for c in r.checks:
+            key = f"{r.phase}{'' if r.item is None else f'[{r.item}]'}:{c.check}"
+            if c.new is None:
+                checks.pop(key, None)
+            else:
+                checks[key] = c.new
+    outputs: dict[str, str] = {}
+    for name, ps in plan.state.phases.items():
+        if ps.status == "skipped" and ps.skip_reason == "resumed":
+            outputs[name] = ps.output_digest
+        elif ps.items is not None and ps.status == "completed":
+            items = [digests.get((name, i), "") for i in range(ps.items)]
+            outputs[name] = semantic_digest(items)
+        elif ps.status == "completed":
+            outputs[name] = digests.get((name, None), "")
+    return run_fingerprint(outputs, checks)
+
+
+def verdict(
+    plan: RerunPlan,
+    results: Sequence[PhaseRerun],
+    *,
+    workers: int,
+    current_code: str = "",
+    compute_seconds: float = 0.0,
+) -> RerunVerdict:
+    """The rerun's verdict: deterministic when every re-executed attempt matched."""
+    recorded = {(t.phase, t.item): t.output_digest for t in plan.tasks}
+    new = {(r.phase, r.item): r.new_digest for r in results}
+    first = next((r for r in results if not r.equal), None)
+    return RerunVerdict(
+        run_id=plan.run_id,
+        pipeline=plan.pipeline,
+        deterministic=first is None,
+        workers=workers,
+        recorded_fingerprint=plan.state.fingerprint or _fingerprint(plan, recorded),
+        fingerprint=_fingerprint(plan, new, results),
+        phases=list(results),
+        first_divergence=first,
+        not_rerun=plan.not_rerun,
+        recorded_code=plan.code_fingerprint,
+        current_code=current_code,
+        compute_seconds=compute_seconds,
+    )
