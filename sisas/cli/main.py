@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sisas.cli import (  # noqa: F401
+    audit_commands,
     batch_command,
     demo_command,
     key_commands,

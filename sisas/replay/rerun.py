@@ -15,6 +15,7 @@ from typing import Literal
 
 import msgspec
 
+from sisas.errors import UsageError
 from sisas.handlers.derive import run_fingerprint
 from sisas.handlers.execute import Outcome
 from sisas.handlers.state import RunState, evolve
@@ -73,7 +74,7 @@ _Key = tuple[str, int | None, int]
 def plan_rerun(signals: Sequence[Signal]) -> RerunPlan:
     """The attempts of the run made of ``signals`` (one run, in order) to execute again."""
     if not signals:
-        raise ValueError("a run with no signals cannot be rerun")
+        raise UsageError("there are no signals to rerun: is this the right run or bundle?")
     state = RunState.new(signals[0].pipeline, signals[0].run_id)
     scheduled: dict[_Key, PhaseScheduled] = {}
     checks: dict[_Key, dict[str, bool]] = {}
@@ -156,7 +157,7 @@ def judge(
     diff: list[FieldDiff] = []
     both_completed = outcome.status == "completed" and task.status == "completed"
     if both_completed and outcome.output_digest != task.output_digest:
-        diff = field_diff(_json(recorded_output), _json(outcome.output))
+        diff = field_diff(_json(recorded_output), _json(outcome.output), path="output")
     error_kind = outcome.error.kind if outcome.error else ""
     equal = (
         outcome.status == task.status

@@ -1,0 +1,1 @@
+"""Audit bundles and their readable report: evidence an auditor checks offline."""

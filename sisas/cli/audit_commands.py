@@ -1,0 +1,232 @@
+"""``sisas audit RUN --out DIR`` and ``sisas audit verify DIR``: evidence for auditors."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from sisas import __version__
+from sisas.audit.bundle import BundleVerdict, Claims, bundle_fetch, read_records, verify_bundle
+from sisas.audit.bundle import write_bundle as write
+from sisas.audit.html import render_report
+from sisas.bus.queries import ask
+from sisas.bus.registry import load_pipelines
+from sisas.bus.runtime import open_bus
+from sisas.bus.verification import bus_fetch, rerun_signals, verify_log
+from sisas.cli.app import cli, console, fail, load_settings, run_async
+from sisas.cli.bars import progress_bar
+from sisas.cli.replay_commands import TRUST, finding_line, print_rerun, trusted_keys
+from sisas.cli.run_commands import PIPELINES_OPTION
+from sisas.errors import ArtifactNotFound, BusError, SisasError
+from sisas.handlers.state import fold
+from sisas.pipeline import Pipeline
+from sisas.replay.verdicts import RerunVerdict, VerifyReport
+from sisas.signals import check_name
+from sisas.signals.envelope import Signal
+from sisas.signals.records import CorruptMessage, StoredSignal
+
+__all__ = ["audit"]
+
+
+class _ExportByDefault(click.Group):
+    """``sisas audit RUN …`` means ``sisas audit export RUN …``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["export", *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=_ExportByDefault)
+def audit() -> None:
+    """Export a run's audit bundle (sisas audit RUN --out DIR) or check one offline
+    (sisas audit verify DIR)."""
+
+
+def _artifacts(signals: list[Signal]) -> dict[str, str]:
+    """Every artifact the run read or wrote, with its role."""
+    roles: dict[str, str] = {}
+    for s in signals:
+        b = s.body
+        where = s.phase + ("" if getattr(b, "item", None) is None else f"[{b.item}]")  # type: ignore[union-attr]
+        if getattr(b, "input_digest", "") and s.kind == "run_requested":
+            roles.setdefault(b.input_digest, "run input")  # type: ignore[union-attr]
+        artifact = getattr(b, "artifact", "") or getattr(b, "reused_artifact", "")
+        if artifact:
+            roles.setdefault(artifact, f"output of {where}")
+    return roles
+
+
+@audit.command()
+@click.argument("run_id")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="New folder."
+)
+@click.option("--rerun", "do_rerun", is_flag=True, help="Rerun the phases too (needs --pipelines).")
+@PIPELINES_OPTION
+@click.option(
+    "--max-artifact-bytes",
+    type=click.IntRange(0),
+    default=16 * 1024 * 1024,
+    show_default=True,
+    help="Artifacts larger than this are listed but left out.",
+)
+@TRUST
+def export(
+    run_id: str,
+    out: Path,
+    do_rerun: bool,
+    pipeline_specs: tuple[str, ...],
+    max_artifact_bytes: int,
+    trust: tuple[str, ...],
+) -> None:
+    """Write RUN_ID's audit bundle into OUT: signals, manifest, artifacts, verdicts and
+    report.html. Exit code 0 when the run verifies (and reruns equal), 1 when not."""
+    check_name(run_id, "run id")
+    if out.exists() and any(out.iterdir()):
+        fail(f"{out} is not empty: choose a new folder for the bundle")
+    pipelines = load_pipelines(pipeline_specs) if do_rerun else {}
+    found = _collect(run_id, trusted_keys(trust), pipelines, do_rerun, max_artifact_bytes)
+    verdict = found.report.verdicts[0]
+    signals = [r.signal for r in found.records if isinstance(r, StoredSignal)]
+    html = render_report(
+        manifest=found.manifest,
+        verdict=verdict,
+        state=fold(signals),
+        signals=signals,
+        rerun=found.rerun,
+        generated_with=f"sisas {__version__}",
+    )
+    index = write(
+        out,
+        records=found.records,
+        manifest=found.manifest,
+        claims=Claims(verify=verdict, rerun=found.rerun),
+        artifacts=found.artifacts,
+        html=html,
+    )
+    included = sum(1 for a in index.artifacts.values() if a.included)
+    state = "[bold green]intact[/]" if verdict.intact else "[bold red]NOT intact[/]"
+    console.print(
+        f"wrote {out}/: {verdict.signals} signals ({state}), manifest, "
+        f"{included} of {len(index.artifacts)} artifacts, verdict.json, report.html"
+    )
+    if found.rerun is not None:
+        print_rerun(found.rerun)
+    console.print(f"open {out / 'report.html'}; check it anywhere with: sisas audit verify {out}")
+    ok = verdict.intact and (found.rerun is None or found.rerun.deterministic)
+    sys.exit(0 if ok else 1)
+
+
+@dataclass(frozen=True)
+class _Found:
+    report: VerifyReport
+    manifest: dict[str, Any]
+    records: list[StoredSignal | CorruptMessage]
+    rerun: RerunVerdict | None
+    artifacts: dict[str, tuple[str, bytes | None, str]]
+
+
+@run_async
+async def _collect(
+    run_id: str,
+    keys: frozenset[str],
+    pipelines: dict[str, Pipeline],
+    do_rerun: bool,
+    max_artifact_bytes: int,
+) -> _Found:
+    """Everything the bundle holds, read from the bus."""
+    async with open_bus(load_settings(), name="sisas-audit") as bus:
+        with progress_bar() as on_progress:
+            report = await verify_log(bus, run_id, trusted=keys, on_progress=on_progress)
+            manifest = (await ask(bus, "manifest", {"run_id": run_id})).result
+            records = await bus.log.read_run(run_id)
+            signals = [r.signal for r in records if isinstance(r, StoredSignal)]
+            rerun: RerunVerdict | None = None
+            if do_rerun:
+                rerun = await rerun_signals(
+                    signals, pipelines, bus_fetch(bus), on_progress=on_progress
+                )
+            artifacts: dict[str, tuple[str, bytes | None, str]] = {}
+            for digest, role in _artifacts(signals).items():
+                try:
+                    data = await bus.artifacts.get(digest)
+                except (ArtifactNotFound, BusError) as exc:
+                    artifacts[digest] = (role, None, str(exc))
+                    continue
+                if len(data) > max_artifact_bytes:
+                    why = f"{len(data)} bytes, over --max-artifact-bytes"
+                    artifacts[digest] = (role, None, why)
+                else:
+                    artifacts[digest] = (role, data, "")
+    return _Found(
+        report=report, manifest=manifest, records=records, rerun=rerun, artifacts=artifacts
+    )
+
+
+def _print_bundle(v: BundleVerdict) -> None:
+    state = "[bold green]intact[/]" if v.intact else "[bold red]NOT intact[/]"
+    console.print(f"bundle of run [cyan]{v.run_id}[/]: {state}")
+    if v.verify is not None:
+        console.print(
+            f"  signals: {v.verify.signals}, chain head {v.verify.head_hash[:16]}, "
+            f"{v.verify.status}, signed: {v.verify.signed}"
+        )
+        for f in v.verify.findings[:10]:
+            console.print(f"  {finding_line(f)}")
+    console.print(f"  artifacts checked against their digests: {v.artifacts_checked}")
+    for label, problems in (
+        ("file", v.files),
+        ("manifest", v.manifest),
+        ("artifact", v.artifacts),
+        ("verdict", v.claims),
+    ):
+        for p in problems:
+            console.print(f"  [red]{label}[/]: {p}")
+
+
+@audit.command(name="verify")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@TRUST
+@click.option(
+    "--rerun", "do_rerun", is_flag=True, help="Also rerun the phases from the bundle's artifacts."
+)
+@PIPELINES_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+def verify_cmd(
+    folder: Path,
+    trust: tuple[str, ...],
+    do_rerun: bool,
+    pipeline_specs: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Check a bundle offline, with no server: every file against the index, the chain,
+    placement and signatures, the manifest against the refold, the artifacts against
+    their digests. Exit code 0 intact, 1 not, 2 not a bundle."""
+    if not folder.is_dir():
+        fail(f"{folder} is not a folder: pass the folder `sisas audit RUN --out` wrote")
+    rerun = None
+    try:
+        result = verify_bundle(folder, trusted=trusted_keys(trust))
+        if do_rerun:
+            records = read_records(folder / "signals.jsonl")
+            signals = [r.signal for r in records if isinstance(r, StoredSignal)]
+            rerun = asyncio.run(
+                rerun_signals(signals, load_pipelines(pipeline_specs), bundle_fetch(folder))
+            )
+    except SisasError as exc:
+        fail(str(exc), exc.exit_code)
+    if as_json:
+        doc: dict[str, Any] = {"bundle": result, "rerun": rerun}
+        sys.stdout.write(msgspec.json.encode(doc).decode() + "\n")
+    else:
+        _print_bundle(result)
+        if rerun is not None:
+            print_rerun(rerun)
+    sys.exit(0 if result.intact and (rerun is None or rerun.deterministic) else 1)
