@@ -53,7 +53,7 @@ PhaseStatus: TypeAlias = Literal[
     "pending", "scheduled", "running", "retrying", "completed", "failed", "timed_out", "skipped"
 ]
 RunStatus: TypeAlias = Literal["new", "requested", "running", "completed", "failed", "cancelled"]
-_STATE_JSON = msgspec.json.Encoder()
+_STATE_JSON = msgspec.json.Encoder(order="sorted")
 TERMINAL_RUN: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 
@@ -295,9 +295,6 @@ def fold(signals: Iterable[Signal], *, pipeline: str = "", run_id: str = "") -> 
 
 
 def state_digest(state: RunState) -> str:
-    """sha256 (hex) of the JSON encoding of ``state``.
-
-    Fields in declaration order, dicts in insertion order, which ``evolve`` makes the
-    same for the same signals: refolding a run gives the digest the projection stored.
-    """
-    return hashlib.sha256(_STATE_JSON.encode(state)).hexdigest()
+    """sha256 (hex) of the canonical JSON of ``state`` (keys sorted, item numbers as
+    text): equal states give equal digests, however their dicts were filled."""
+    return hashlib.sha256(_STATE_JSON.encode(msgspec.to_builtins(state, str_keys=True))).hexdigest()
