@@ -251,7 +251,7 @@ async def diff(
         listed = await ask(
             bus, "runs", {"pipeline": pipeline, "since": started.isoformat(), "limit": limit}
         )
-        runs = [r for r in listed.result["runs"] if r["status"] in ("completed", "failed")]
+        runs = [r for r in listed.result if r["status"] in ("completed", "failed")]
         with progress_bar() as on_progress:
             for i, run in enumerate(runs):
                 on_progress("rerunning runs", i, len(runs))
