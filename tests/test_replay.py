@@ -249,3 +249,12 @@ def test_a_bundle_verifies_offline_and_any_change_to_it_is_found(tmp_path: Path)
     assert removed.verify.findings[0].problem == "gap"
     assert any("signals.jsonl changed" in p for p in removed.files)
     assert any("counts" in p for p in removed.manifest)
+
+
+def test_every_problem_verify_can_report_is_documented() -> None:
+    from sisas.replay.verdicts import PROBLEMS, Problem
+
+    page = (Path(__file__).parent.parent / "docs" / "replay.md").read_text()
+    assert set(PROBLEMS) == set(Problem.__args__)  # type: ignore[attr-defined]
+    for problem in PROBLEMS:
+        assert f"| `{problem}` |" in page, problem

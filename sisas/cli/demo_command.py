@@ -72,6 +72,15 @@ async def demo(seed: int) -> None:
         (f"sisas show {rid}", "phases, attempts, durations, every contract and invariant"),
         (f"sisas manifest {rid}", "the run manifest: code fingerprint, seed, inputs, outputs"),
         ("sisas runs  /  sisas stats", "every run; per-phase percentiles, success, retries"),
+        (f"sisas replay verify {rid}", "prove it intact: hashes, links, placement, refold"),
+        (
+            f"sisas replay rerun {rid} --pipelines examples/clustering.py",
+            "prove it deterministic: rerun its phases, compare digests",
+        ),
+        (
+            f"sisas audit {rid} --out audit-{rid[-6:]}",
+            "a bundle with report.html; `sisas audit verify DIR` checks it offline",
+        ),
         ("sisas up --pipelines examples/clustering.py", "keep a server, orchestrator, worker"),
         (
             "sisas run clustering --input examples/data/points.json --wait",
