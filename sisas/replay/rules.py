@@ -41,36 +41,32 @@ __all__ = ["violation"]
 
 _LIVE = ("scheduled", "running")
 _DONE = ("completed", "failed", "timed_out", "skipped")
-_ATTEMPT_KINDS = (
-    PhaseStarted,
-    PhaseCompleted,
-    PhaseFailed,
-    PhaseTimedOut,
-    ContractChecked,
-    InvariantChecked,
+_ATTEMPT_KINDS: frozenset[type] = frozenset(
+    {PhaseStarted, PhaseCompleted, PhaseFailed, PhaseTimedOut, ContractChecked, InvariantChecked}
 )
 
 
 def violation(state: RunState, signal: Signal) -> tuple[str, str] | None:
     """``(problem, message)`` when ``signal`` cannot follow ``state``; None when it can."""
     body = signal.body
-    if signal.seq == 1 and not isinstance(body, RunRequested):
+    t = type(body)  # bodies are final classes: comparing types is exact (and cheap)
+    if signal.seq == 1 and t is not RunRequested:
         return "out_of_place", f"a run begins with run_requested, not {signal.kind}"
     if state.ended:
         return "out_of_place", f"{signal.kind} after the run ended ({state.status})"
-    if isinstance(body, RunRequested):
+    if t is RunRequested:
         return None if signal.seq == 1 else ("out_of_place", "run_requested again mid-run")
-    if isinstance(body, RunStarted):
+    if t is RunStarted:
         if state.status != "requested":
             return "out_of_place", f"run_started while the run is {state.status}"
         return None
-    if isinstance(body, RunCancelled | RunFailed):
+    if t is RunCancelled or t is RunFailed:
         return None
     if state.status != "running" or state.plan is None:
         return "out_of_place", f"{signal.kind} before the run started"
     if isinstance(body, RunCompleted):
         return _completion(state, body)
-    if isinstance(body, CircuitOpened | CircuitClosed):
+    if t is CircuitOpened or t is CircuitClosed:
         return None
     if signal.phase not in state.phases:
         return "out_of_place", f"phase {signal.phase!r} is not in the run's plan"
@@ -140,7 +136,7 @@ def _phase_rule(state: RunState, signal: Signal) -> tuple[str, str] | None:
         if body.next_attempt != signal.attempt + 1:
             return "out_of_place", f"retry {body.next_attempt} after attempt {signal.attempt}"
         return _attempt_rule(signal, _target(phase, item), ("failed", "timed_out"))
-    if isinstance(body, _ATTEMPT_KINDS):
+    if type(body) in _ATTEMPT_KINDS:
         return _attempt_rule(signal, _target(phase, item), _LIVE)
     return None  # pragma: no cover - every phase kind is handled above
 

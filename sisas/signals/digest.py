@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import functools
 import hashlib
 import math
 from collections.abc import Mapping
@@ -87,7 +88,7 @@ class Hasher:
             )
 
     def _mapping(self, value: Mapping[Any, Any], name: str = "") -> None:
-        keyed = sorted(((semantic_digest(k), k, v) for k, v in value.items()), key=lambda t: t[0])
+        keyed = sorted(((_key_digest(k), k, v) for k, v in value.items()), key=lambda t: t[0])
         self._token(b"M", f"{name}:{len(keyed)}".encode())
         for _, key, item in keyed:
             self.feed(key)
@@ -125,6 +126,19 @@ def _is_pydantic(value: object) -> bool:
 
 def _is_numpy(value: object) -> bool:
     return type(value).__module__.split(".")[0] == "numpy"
+
+
+def _key_digest(key: object) -> str:
+    """:func:`semantic_digest` of a mapping key, memoised for the names that repeat
+    (phase names, check names, field names)."""
+    if type(key) is str and len(key) <= 256:
+        return _str_digest(key)
+    return semantic_digest(key)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _str_digest(key: str) -> str:
+    return semantic_digest(key)
 
 
 def semantic_digest(value: object) -> str:
