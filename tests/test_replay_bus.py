@@ -194,6 +194,8 @@ async def test_an_audit_bundle_is_verified_on_a_machine_with_no_server(
     html = (out / "report.html").read_text()
     for part in ("INTACT", "Timeline", "Contracts and invariants", "INV-7.1", signals[-1].hash):
         assert part in html
+    assert "<script" not in html and "http" not in html  # self-contained, nothing fetched
+    _well_formed(html)
     claims = json.loads((out / "verdict.json").read_bytes())
     assert claims["verify"]["intact"] and claims["rerun"]["deterministic"]
     assert len(list((out / "artifacts").iterdir())) > 3
@@ -214,6 +216,26 @@ async def test_an_audit_bundle_is_verified_on_a_machine_with_no_server(
     assert b"manifest.json changed since the bundle was exported" in tampered.stdout
     not_a_bundle = await sisas(nowhere, "audit", "verify", str(tmp_path))
     assert not_a_bundle.returncode == 2 and b"index.json" in not_a_bundle.stderr
+
+
+def _well_formed(html: str) -> None:
+    """Every element the report opens is closed, in order (void elements aside)."""
+    from html.parser import HTMLParser
+
+    void = {"meta", "br", "img", "hr", "input", "link"}
+    stack: list[str] = []
+
+    class Check(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: Any) -> None:
+            if tag not in void:
+                stack.append(tag)
+
+        def handle_endtag(self, tag: str) -> None:
+            assert stack and stack[-1] == tag, (tag, stack[-5:])
+            stack.pop()
+
+    Check().feed(html)
+    assert stack == []
 
 
 async def test_a_projection_that_drifted_from_the_log_is_named_field_by_field(

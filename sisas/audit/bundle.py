@@ -19,7 +19,7 @@ it recomputes.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ from sisas.replay.verdicts import RerunVerdict, RunVerdict
 from sisas.replay.verify import LogVerifier, report
 from sisas.signals.codec import encode_signal
 from sisas.signals.digest import bytes_digest
+from sisas.signals.envelope import Signal
+from sisas.signals.kinds import RunRequested
 from sisas.signals.names import log_subject
 from sisas.signals.records import CorruptMessage, StoredSignal, decode_record
 
@@ -42,6 +44,7 @@ __all__ = [
     "Claims",
     "bundle_fetch",
     "read_records",
+    "run_artifacts",
     "verify_bundle",
     "write_bundle",
 ]
@@ -248,21 +251,26 @@ def _check_manifest(manifest: Any, verdict: RunVerdict) -> list[str]:
     return problems
 
 
-def _used_artifacts(records: Sequence[StoredSignal | CorruptMessage]) -> set[str]:
-    used: set[str] = set()
-    for r in records:
-        if not isinstance(r, StoredSignal):
-            continue
-        body = r.signal.body
-        for name in ("input_digest", "artifact", "reused_artifact"):
-            value = getattr(body, name, "")
-            if value:
-                used.add(value)
-        used.update(getattr(body, "inputs", {}).values())
+def run_artifacts(signals: Iterable[Signal]) -> dict[str, str]:
+    """Every artifact a run read or wrote, by digest, with its role (where first seen)."""
+    roles: dict[str, str] = {}
+    for s in signals:
+        body = s.body
+        item = getattr(body, "item", None)
+        where = s.phase + ("" if item is None else f"[{item}]")
+        if isinstance(body, RunRequested) and body.input_digest:
+            roles.setdefault(body.input_digest, "run input")
+        for name in ("artifact", "reused_artifact"):
+            if getattr(body, name, ""):
+                roles.setdefault(getattr(body, name), f"output of {where}")
+        for digest in getattr(body, "reused_items", []):
+            roles.setdefault(digest, f"output of an item of {where}")
+        for digest in getattr(body, "inputs", {}).values():
+            roles.setdefault(digest, f"input of {where}")
         for digests in getattr(body, "gathered", {}).values():
-            used.update(digests)
-        used.update(getattr(body, "reused_items", []))
-    return used
+            for digest in digests:
+                roles.setdefault(digest, f"input of {where}")
+    return roles
 
 
 def verify_bundle(folder: Path, *, trusted: frozenset[str] = frozenset()) -> BundleVerdict:
@@ -296,7 +304,7 @@ def verify_bundle(folder: Path, *, trusted: frozenset[str] = frozenset()) -> Bun
         if verdict is not None
         else ["signals.jsonl holds no signal of the run"]
     )
-    used = _used_artifacts(records)
+    used = run_artifacts(r.signal for r in records if isinstance(r, StoredSignal))
     artifact_problems = []
     checked = 0
     for digest, entry in index.artifacts.items():

@@ -12,7 +12,14 @@ import click
 import msgspec
 
 from sisas import __version__
-from sisas.audit.bundle import BundleVerdict, Claims, bundle_fetch, read_records, verify_bundle
+from sisas.audit.bundle import (
+    BundleVerdict,
+    Claims,
+    bundle_fetch,
+    read_records,
+    run_artifacts,
+    verify_bundle,
+)
 from sisas.audit.bundle import write_bundle as write
 from sisas.audit.html import render_report
 from sisas.bus.queries import ask
@@ -28,7 +35,6 @@ from sisas.handlers.state import fold
 from sisas.pipeline import Pipeline
 from sisas.replay.verdicts import RerunVerdict, VerifyReport
 from sisas.signals import check_name
-from sisas.signals.envelope import Signal
 from sisas.signals.records import CorruptMessage, StoredSignal
 
 __all__ = ["audit"]
@@ -47,20 +53,6 @@ class _ExportByDefault(click.Group):
 def audit() -> None:
     """Export a run's audit bundle (sisas audit RUN --out DIR) or check one offline
     (sisas audit verify DIR)."""
-
-
-def _artifacts(signals: list[Signal]) -> dict[str, str]:
-    """Every artifact the run read or wrote, with its role."""
-    roles: dict[str, str] = {}
-    for s in signals:
-        b = s.body
-        where = s.phase + ("" if getattr(b, "item", None) is None else f"[{b.item}]")  # type: ignore[union-attr]
-        if getattr(b, "input_digest", "") and s.kind == "run_requested":
-            roles.setdefault(b.input_digest, "run input")  # type: ignore[union-attr]
-        artifact = getattr(b, "artifact", "") or getattr(b, "reused_artifact", "")
-        if artifact:
-            roles.setdefault(artifact, f"output of {where}")
-    return roles
 
 
 @audit.command()
@@ -154,7 +146,7 @@ async def _collect(
                     signals, pipelines, bus_fetch(bus), on_progress=on_progress
                 )
             artifacts: dict[str, tuple[str, bytes | None, str]] = {}
-            for digest, role in _artifacts(signals).items():
+            for digest, role in run_artifacts(signals).items():
                 try:
                     data = await bus.artifacts.get(digest)
                 except (ArtifactNotFound, BusError) as exc:
