@@ -212,7 +212,7 @@ def test_demo_runs_the_example_pipeline_on_a_fresh_folder(tmp_path: Path) -> Non
     out = sisas("demo", env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "completed in" in out.stdout
-    assert "hash chain intact" in out.stdout
+    assert "verified (hashes, links, placement, refold): intact" in out.stdout
     assert "where to look next" in out.stdout
     run_id = out.stdout.split("run ", 1)[1].split()[0]
     shown = sisas("signals", run_id, "--json", env=env)

@@ -11,7 +11,8 @@ from sisas.bus.registry import load_pipelines
 from sisas.bus.runtime import open_bus
 from sisas.cli.app import cli, console, fail, load_settings, run_async
 from sisas.cli.run_commands import print_result, start_and_watch
-from sisas.signals import ContractChecked, InvariantChecked, StoredSignal, verify_chain
+from sisas.replay.verify import LogVerifier, report
+from sisas.signals import ContractChecked, InvariantChecked, StoredSignal
 
 __all__ = ["demo"]
 
@@ -53,17 +54,14 @@ async def demo(seed: int) -> None:
     async with open_bus(settings, name="sisas-demo") as bus:
         records = await bus.log.read_run(result.run_id)
     signals = [r.signal for r in records if isinstance(r, StoredSignal)]
-    issues = verify_chain(signals, run_id=result.run_id)
+    verified = report(LogVerifier(only=result.run_id).extend(records))
     contracts = sum(isinstance(s.body, ContractChecked) for s in signals)
     invariants = sum(isinstance(s.body, InvariantChecked) for s in signals)
+    first = verified.first
     console.print(
         f"log: {len(signals)} signals, {contracts} contract checks, {invariants} "
-        "invariant checks, hash chain "
-        + (
-            "[green]intact[/]"
-            if not issues and len(signals) == len(records)
-            else f"[red]BROKEN: {issues}[/]"
-        )
+        "invariant checks; verified (hashes, links, placement, refold): "
+        + ("[green]intact[/]" if first is None else f"[red]NOT intact: {first.message}[/]")
     )
     console.print("\n[bold]where to look next[/]")
     rid = result.run_id
@@ -92,4 +90,4 @@ async def demo(seed: int) -> None:
     width = max(len(c) for c, _ in hints) + 2
     for cmd, what in hints:
         console.print(f"  [cyan]{cmd:<{width}}[/]{what}")
-    sys.exit(0 if result.status == "completed" and not issues else 1)
+    sys.exit(0 if result.status == "completed" and verified.intact else 1)
