@@ -315,8 +315,8 @@ def scheduled_inputs(
     """The artifacts a phase is scheduled with: its dependencies' outputs (or the run input)."""
     inputs: dict[str, str] = {}
     gathered: dict[str, list[str]] = {}
-    if not plan.depends_on:
-        inputs["input"] = state.input_digest
+    if not plan.depends_on or any(c.startswith("entry:input:") for c in plan.contracts):
+        inputs["input"] = state.input_digest  # the run input, to roots and to who asks for it
     assert state.plan is not None
     for dep in plan.depends_on:
         dep_state = state.phase(dep)
