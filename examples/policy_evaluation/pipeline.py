@@ -192,7 +192,8 @@ def route(ctx: Context, input: Plan) -> Routing:
         try:
             inspect.signature(method).bind([0.0], **q["args"])
         except TypeError as exc:
-            raise HardFailure(f"question {q['id']}: arguments do not fit {q['method']}: {exc}")
+            why = f"question {q['id']}: arguments do not fit {q['method']}: {exc}"
+            raise HardFailure(why) from None
         routes.append(
             Route(question=q["id"], dimension=q["dimension"], method=q["method"], args=q["args"])
         )
