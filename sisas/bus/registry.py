@@ -43,6 +43,8 @@ def _import(spec: str) -> object:
         module_spec.loader.exec_module(module)
         return module
     module_name, _, attr = spec.partition(":")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # "importable from here", as `python -m` does
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

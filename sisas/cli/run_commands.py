@@ -202,7 +202,8 @@ async def run(
     orchestrator and a worker for the pipelines given by --pipelines, for the duration
     of the run.
     """
-    check_name(pipeline, "pipeline name")
+    local = load_pipelines(pipeline_specs)
+    pipeline = _named_or_loaded(pipeline, local)
     if bool(resume_of) != bool(from_phase):
         raise UsageError("--resume RUN and --from PHASE go together")
     if resume_of:
@@ -217,12 +218,27 @@ async def run(
         idempotency_key=idempotency_key,
         wait=wait,
         as_json=as_json,
-        local=load_pipelines(pipeline_specs),
+        local=local,
     )
     if result is None:
         return
     print_result(result, as_json, elapsed)
     sys.exit(0 if result.status == "completed" else 1)
+
+
+def _named_or_loaded(pipeline: str, local: dict[str, Pipeline]) -> str:
+    """PIPELINE is a name, or code to load (``examples.policy_evaluation``,
+    ``pkg.mod:attr``, ``file.py``) holding exactly one pipeline: its name, added to ``local``."""
+    if not any(c in pipeline for c in ".:/"):
+        return check_name(pipeline, "pipeline name")
+    found = load_pipelines([pipeline], entry_points=False)
+    if len(found) != 1:
+        names = ", ".join(sorted(found)) or "none"
+        raise UsageError(
+            f"{pipeline} holds {len(found)} pipelines ({names}): name one with MODULE:ATTR"
+        )
+    local.update(found)
+    return next(iter(found))
 
 
 async def start_and_watch(
