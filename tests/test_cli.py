@@ -214,6 +214,8 @@ def test_demo_runs_the_example_pipeline_on_a_fresh_folder(tmp_path: Path) -> Non
     assert "completed in" in out.stdout
     assert "verified (hashes, links, placement, refold): intact" in out.stdout
     assert "where to look next" in out.stdout
+    assert "certificate: 300 of 300 contracts valid" in out.stdout
+    assert "INV-7.1 held" in out.stdout and "INV-7.5 held" in out.stdout
     run_id = out.stdout.split("run ", 1)[1].split()[0]
     shown = sisas("signals", run_id, "--json", env=env)
     assert shown.returncode == 0
@@ -222,7 +224,8 @@ def test_demo_runs_the_example_pipeline_on_a_fresh_folder(tmp_path: Path) -> Non
     kinds = [s["signal"]["body"]["kind"] for s in data["signals"]]
     assert kinds[0] == "run_requested"
     assert kinds[-1] == "run_completed"
-    assert "phase_retry_scheduled" in kinds
+    scheduled = [s for s in data["signals"] if s["signal"]["body"]["kind"] == "phase_scheduled"]
+    assert sum(s["signal"]["phase"] == "execute" for s in scheduled) == 12  # the 300, chunked
 
 
 EXAMPLE = str(Path(__file__).parent.parent / "examples" / "clustering.py")
