@@ -26,6 +26,9 @@ def policy_run(input_file: str, seed: int = 7) -> LocalRun:
 
 
 def output(run: LocalRun, phase: str) -> object:
+    ps = run.state.phase(phase)
+    if ps.items is not None:  # a fan-out: its items' outputs, in item order
+        return [json.loads(run.artifacts[ps.item_states[i].artifact]) for i in range(ps.items)]
     done = [s for s in run.signals if s.phase == phase and isinstance(s.body, PhaseCompleted)]
     return json.loads(run.artifacts[done[-1].body.artifact])  # type: ignore[union-attr]
 
@@ -78,3 +81,62 @@ async def test_policy_rerun_on_two_workers_equals_serial_across_the_300_executor
     parallel = await rerun_signals(run.signals, {pipe.name: pipe}, fetch, workers=2)
     assert serial.deterministic and parallel.deterministic
     assert serial.fingerprint == parallel.fingerprint == run.state.fingerprint
+
+
+LIGHTING = Path(__file__).parent.parent / "examples" / "script_lighting" / "data" / "scripts"
+
+
+def lighting_run(name: str, **config: object) -> LocalRun:
+    from examples.script_lighting import pipeline as lighting
+
+    run = LocalRun(lighting, f"sl-{name.removesuffix('.json')}", at=AT, clock=time.perf_counter)
+    run.start((LIGHTING / name).read_bytes(), seed=1, config=config)  # type: ignore[arg-type]
+    run.run()
+    return run
+
+
+def test_a_scene_whose_enrichment_fails_is_lit_and_the_run_goes_on() -> None:
+    run = lighting_run("glitch.json")
+    assert run.state.status == "completed", run.state.error
+    lit = output(run, "light")
+    assert [scene["enrichment"] == "ok" for scene in lit] == [True, False, True]  # type: ignore[index, union-attr]
+    assert lit[1]["emotion"] == "neutral" and "unreadable" in lit[1]["enrichment"]  # type: ignore[index]
+    assert all(0.0 <= g["intensity"] <= 1.0 and g["id"] for s in lit for g in s["groups"])  # type: ignore[index, union-attr]
+    [cov] = [s.body for s in run.signals if isinstance(s.body, InvariantChecked)]
+    assert (cov.invariant, cov.passed, cov.observed) == ("ENRICH-COVERAGE", True, "2/3")
+    assert run.state.phase("hardware").status == "skipped"  # side effects: off by default
+    assert _verify(run.signals).intact
+
+
+def test_the_hardware_phase_runs_only_when_enabled() -> None:
+    run = lighting_run("storm.json", **{"hardware.enabled": True})
+    assert run.state.phase("hardware").status == "completed"
+    assert output(run, "hardware") == {"sent": 9, "desk": "desk-1"}
+
+
+def test_the_lighting_batch_over_a_folder_survives_the_failing_enrichment(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
+    env.update(SISAS_HOME=str(tmp_path / "home"), COLUMNS="200")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sisas.cli",
+            "batch",
+            "examples.script_lighting",
+            "--inputs",
+            str(LIGHTING),
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        cwd=Path(__file__).parent.parent,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    assert (doc["runs"], doc["completed"], doc["failed"]) == (3, 3, 0)

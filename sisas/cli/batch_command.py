@@ -17,9 +17,15 @@ from sisas.bus.inputs import publish_input
 from sisas.bus.registry import load_pipelines
 from sisas.bus.runtime import open_bus
 from sisas.cli.app import cli, console, load_settings, run_async
-from sisas.cli.run_commands import PIPELINES_OPTION, _handlers_if_needed, parse_set, run_id_for
+from sisas.cli.run_commands import (
+    PIPELINES_OPTION,
+    _handlers_if_needed,
+    named_or_loaded,
+    parse_set,
+    run_id_for,
+)
 from sisas.errors import UsageError
-from sisas.signals import RunCompleted, RunFailed, StoredSignal, check_name
+from sisas.signals import RunCompleted, RunFailed, StoredSignal
 from sisas.signals.inputs import StartRun
 
 __all__ = ["batch"]
@@ -81,10 +87,10 @@ async def batch(
 
     Exit 0 when every run completed, 1 otherwise, 2 for bad inputs (nothing started).
     """
-    check_name(pipeline, "pipeline name")
+    local = load_pipelines(pipeline_specs)
+    pipeline = named_or_loaded(pipeline, local)
     items = read_inputs(source)
     config = parse_set(settings_)
-    local = load_pipelines(pipeline_specs)
     batch_id = f"batch-{secrets.token_hex(6)}"
     run_seed = seed if seed is not None else secrets.randbelow(2**31)
     runs: dict[str, str] = {}

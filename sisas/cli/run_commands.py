@@ -27,7 +27,7 @@ from sisas.pipeline import Pipeline
 from sisas.signals import Scalar, StoredSignal, check_name
 from sisas.signals.inputs import CancelRun, StartRun
 
-__all__ = ["cancel", "orchestrator", "run", "worker"]
+__all__ = ["cancel", "named_or_loaded", "orchestrator", "run", "worker"]
 
 PIPELINES_OPTION = click.option(
     "--pipelines",
@@ -203,7 +203,7 @@ async def run(
     of the run.
     """
     local = load_pipelines(pipeline_specs)
-    pipeline = _named_or_loaded(pipeline, local)
+    pipeline = named_or_loaded(pipeline, local)
     if bool(resume_of) != bool(from_phase):
         raise UsageError("--resume RUN and --from PHASE go together")
     if resume_of:
@@ -226,7 +226,7 @@ async def run(
     sys.exit(0 if result.status == "completed" else 1)
 
 
-def _named_or_loaded(pipeline: str, local: dict[str, Pipeline]) -> str:
+def named_or_loaded(pipeline: str, local: dict[str, Pipeline]) -> str:
     """PIPELINE is a name, or code to load (``examples.policy_evaluation``,
     ``pkg.mod:attr``, ``file.py``) holding exactly one pipeline: its name, added to ``local``."""
     if not any(c in pipeline for c in ".:/"):
