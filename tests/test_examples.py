@@ -8,11 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from examples.policy_evaluation import pipeline as policy
-from sisas.bus.registry import load_pipelines
-from sisas.bus.verification import rerun_signals
 from sisas.handlers.local import LocalRun
 from sisas.signals import InvariantChecked, PhaseCompleted
-from tests.test_replay import _verify
+from tests.test_replay import _verify, rerun_serial_and_parallel
 
 DATA = Path(__file__).parent.parent / "examples" / "policy_evaluation" / "data"
 AT = datetime(2026, 11, 1, tzinfo=UTC)
@@ -69,16 +67,9 @@ def test_executor_overrides_are_recorded_and_change_the_chunking() -> None:
 
 
 async def test_policy_rerun_on_two_workers_equals_serial_across_the_300_executors() -> None:
-    [pipe] = load_pipelines(["examples.policy_evaluation"], entry_points=False).values()
-    run = LocalRun(pipe, "pe-par", at=AT, clock=time.perf_counter)
-    run.start((DATA / "plan.json").read_bytes(), seed=3)
-    run.run()
-
-    async def fetch(digest: str) -> bytes | None:
-        return run.artifacts.get(digest)
-
-    serial = await rerun_signals(run.signals, {pipe.name: pipe}, fetch, workers=1)
-    parallel = await rerun_signals(run.signals, {pipe.name: pipe}, fetch, workers=2)
+    run, serial, parallel = await rerun_serial_and_parallel(
+        "examples.policy_evaluation", (DATA / "plan.json").read_bytes(), seed=3, workers=2
+    )
     assert serial.deterministic and parallel.deterministic
     assert serial.fingerprint == parallel.fingerprint == run.state.fingerprint
 

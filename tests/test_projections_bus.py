@@ -16,11 +16,11 @@ import pytest
 
 from bench.synthetic import synthetic_runs
 from sisas.bus.queries import ask, local_projector, projection_path
-from sisas.bus.registry import load_pipelines
 from sisas.bus.runtime import Bus
 from sisas.bus.services import running_services
 from sisas.bus.settings import Settings
 from sisas.errors import UnknownRun
+from sisas.loader import load_pipelines
 from sisas.projections.projector import Projector
 from sisas.projections.store import ProjectionStore
 from tests.test_runs_bus import EXAMPLE, POINTS, start, wait_end

@@ -123,3 +123,16 @@ def test_the_pure_core_never_reads_the_clock_or_random_ids() -> None:
             text = path.read_text()
             for banned in ("datetime.now", "utcnow", "time.time(", "uuid4", "import random"):
                 assert banned not in text, f"{path.name} uses {banned}"
+
+
+def test_replay_imports_only_the_pure_core() -> None:
+    """replay/ verifies and judges from data: no bus, projection, CLI or audit import."""
+    import ast
+    from pathlib import Path
+
+    allowed = ("sisas.signals", "sisas.handlers", "sisas.errors", "sisas.replay")
+    allowed += ("sisas.pipeline", "sisas.loader")
+    for path in (Path(sisas.__file__).parent / "replay").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sisas"):
+                assert node.module.startswith(allowed), (path, node.module)

@@ -17,15 +17,16 @@ import duckdb
 import msgspec
 import nats
 
+from sisas.bus.keys import generate_seed, signer_from_file
 from sisas.bus.queries import ask, projection_path
-from sisas.bus.registry import load_pipelines
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.services import running_services
 from sisas.bus.settings import Settings
+from sisas.loader import load_pipelines
 from sisas.signals import ChainHead, Draft, PhaseCompleted, RunCancelled
 from sisas.signals.codec import encode_signal
 from sisas.signals.names import log_subject
-from sisas.signals.signing import Signer, generate_seed
+from sisas.signals.signing import Signer
 from tests.test_projections_bus import append_runs
 from tests.test_runs_bus import EXAMPLE, POINTS, TEST_PIPES, start, wait_end
 
@@ -110,7 +111,7 @@ async def test_a_signing_orchestrator_lets_verify_catch_a_legal_looking_forgery(
 ) -> None:
     key = tmp_path / "orchestrator.seed"
     key.write_bytes(generate_seed())
-    public = Signer.from_file(key).public_key
+    public = signer_from_file(key).public_key
     signed_settings = dataclasses.replace(settings, signing_key=key)
     async with open_bus(signed_settings) as bus:
         pipes = load_pipelines([TEST_PIPES], entry_points=False)

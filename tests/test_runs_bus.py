@@ -17,13 +17,14 @@ import pytest
 
 from sisas.bus.inputs import publish_input
 from sisas.bus.orchestrator import REJECTED_SUBJECT, Orchestrator
-from sisas.bus.registry import PlanRegistry, load_pipelines
+from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.services import running_services
 from sisas.bus.settings import Settings
 from sisas.bus.worker import Worker
 from sisas.handlers.local import LocalRun
 from sisas.handlers.state import RunState, fold
+from sisas.loader import load_pipelines
 from sisas.signals import Signal, StoredSignal, encode_signal, verify_chain
 from sisas.signals.inputs import CancelRun, StartRun
 from tests.test_schemas import validator

@@ -19,7 +19,7 @@ it recomputes.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -351,7 +351,7 @@ def verify_bundle(folder: Path, *, trusted: frozenset[str] = frozenset()) -> Bun
     )
 
 
-def bundle_fetch(folder: Path) -> Any:
+def bundle_fetch(folder: Path) -> Callable[[str], Awaitable[bytes | None]]:
     """An artifact fetcher reading the bundle's ``artifacts/`` (for an offline rerun)."""
 
     async def fetch(digest: str) -> bytes | None:

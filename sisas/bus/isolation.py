@@ -26,7 +26,7 @@ _CTX = multiprocessing.get_context("spawn")
 def _child(
     conn: Connection, source: str, pipeline: str, phase: str, inputs: bytes, kwargs: dict[str, Any]
 ) -> None:
-    from sisas.bus.registry import load_pipelines
+    from sisas.loader import load_pipelines
 
     pipe = load_pipelines([source], entry_points=False)[pipeline]
     outcome = execute_phase(

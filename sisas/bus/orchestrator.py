@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from sisas.bus.circuits import CircuitBoard
+from sisas.bus.keys import signer_from_file
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
 from sisas.bus.streams import INPUT_STREAM
@@ -32,7 +33,6 @@ from sisas.signals.inputs import Input, StartRun, decode_input
 from sisas.signals.names import IN_PREFIX, check_name, input_subject
 from sisas.signals.plan import PipelinePlan
 from sisas.signals.records import CorruptMessage, StoredSignal
-from sisas.signals.signing import Signer
 
 __all__ = ["REJECTED_SUBJECT", "Orchestrator"]
 
@@ -54,7 +54,7 @@ class Orchestrator:
         self.handled = 0
         self.rejected = 0
         key = bus.settings.signing_key
-        self.signer = Signer.from_file(key) if key is not None else None
+        self.signer = signer_from_file(key) if key is not None else None
         """Signs every appended signal when ``SISAS_SIGNING_KEY`` names a key."""
 
     async def run(self, stop: asyncio.Event, *, batch: int = 64) -> None:

@@ -112,7 +112,7 @@ def bus_fetch(bus: Bus) -> Fetch:
         except ArtifactNotFound:
             return None
         except BusError:
-            return None  # damaged: treated as missing, the verdict says so
+            return None  # damaged (bytes differ from their digest): not usable either
 
     return fetch
 
@@ -148,7 +148,9 @@ async def rerun_signals(
         needed = [d for d in missing if d != task.artifact]
         if needed:
             where = "" if task.item is None else f"[{task.item}]"
-            not_rerun[task.phase + where] = f"artifact {needed[0]} is missing from the store"
+            not_rerun[task.phase + where] = (
+                f"artifact {needed[0]} is missing from the store, or damaged"
+            )
         else:
             runnable.append(task)
     plan = msgspec.structs.replace(plan, tasks=runnable, not_rerun=not_rerun)

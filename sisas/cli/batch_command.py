@@ -14,7 +14,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sisas.bus.inputs import publish_input
-from sisas.bus.registry import load_pipelines
 from sisas.bus.runtime import open_bus
 from sisas.cli.app import cli, console, load_settings, run_async
 from sisas.cli.run_commands import (
@@ -25,6 +24,7 @@ from sisas.cli.run_commands import (
     run_id_for,
 )
 from sisas.errors import UsageError
+from sisas.loader import load_pipelines
 from sisas.signals import RunCompleted, RunFailed, StoredSignal
 from sisas.signals.inputs import StartRun
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import click
 
-from sisas.bus.registry import load_pipelines
 from sisas.bus.runtime import open_bus
 from sisas.cli.app import cli, console, fail, load_settings, run_async
 from sisas.cli.run_commands import print_result, start_and_watch
+from sisas.loader import load_pipelines
 from sisas.replay.verify import LogVerifier, report
 from sisas.signals import ContractChecked, InvariantChecked, PhaseCompleted, Signal, StoredSignal
 

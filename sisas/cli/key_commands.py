@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
+from sisas.bus.keys import generate_seed, signer_from_file
 from sisas.cli.app import cli, console, fail
 from sisas.errors import SisasError
-from sisas.signals.signing import Signer, generate_seed
+from sisas.signals.signing import Signer
 
 __all__ = ["keys"]
 
@@ -54,6 +55,6 @@ def generate(out: Path, as_json: bool) -> None:
 def public(seed_file: Path) -> None:
     """Print the public key of SEED_FILE."""
     try:
-        print(Signer.from_file(seed_file).public_key)
+        print(signer_from_file(seed_file).public_key)
     except SisasError as exc:
         fail(str(exc), exc.exit_code)

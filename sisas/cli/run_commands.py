@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from sisas.bus.inputs import publish_input
-from sisas.bus.registry import PlanRegistry, load_pipelines
+from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.services import running_services, stop_on_signals
 from sisas.bus.worker import Worker
@@ -23,6 +23,7 @@ from sisas.cli.app import cli, console, err_console, fail, load_settings, run_as
 from sisas.cli.progress import RunResult, watch_run
 from sisas.cli.resume import prepare_resume
 from sisas.errors import UsageError
+from sisas.loader import load_pipelines
 from sisas.pipeline import Pipeline
 from sisas.signals import Scalar, StoredSignal, check_name
 from sisas.signals.inputs import CancelRun, StartRun

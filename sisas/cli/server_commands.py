@@ -17,11 +17,11 @@ from rich.table import Table
 
 from sisas.bus.connection import redact
 from sisas.bus.embedded import running_server
-from sisas.bus.registry import load_pipelines
 from sisas.bus.runtime import open_bus
 from sisas.bus.services import running_services
 from sisas.bus.streams import INPUT_STREAM, LOG_STREAM
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
+from sisas.loader import load_pipelines
 
 __all__ = ["down", "status", "up"]
 

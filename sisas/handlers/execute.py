@@ -30,6 +30,19 @@ class PhaseInputs(msgspec.Struct, frozen=True, kw_only=True):
     values: dict[str, bytes] = {}
     gathered: dict[str, list[bytes]] = {}
 
+    @classmethod
+    def of(
+        cls,
+        inputs: Mapping[str, str],
+        gathered: Mapping[str, list[str]],
+        artifacts: Mapping[str, bytes],
+    ) -> PhaseInputs:
+        """The bytes of a scheduled phase's artifact digests, looked up in ``artifacts``."""
+        return cls(
+            values={k: artifacts[v] for k, v in inputs.items()},
+            gathered={k: [artifacts[a] for a in v] for k, v in gathered.items()},
+        )
+
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     """What one attempt did. ``output`` is the serialised output when it completed."""

@@ -102,10 +102,7 @@ class LocalRun:
             "worker": "local",
         }
         self.send(PhaseReport(id=self._id("started"), status="started", **common))  # type: ignore[arg-type]
-        inputs = PhaseInputs(
-            values={k: self.artifacts[v] for k, v in body.inputs.items()},
-            gathered={k: [self.artifacts[a] for a in v] for k, v in body.gathered.items()},
-        )
+        inputs = PhaseInputs.of(body.inputs, body.gathered, self.artifacts)
         out = execute_phase(
             self.pipeline,
             scheduled.phase,

@@ -27,10 +27,7 @@ _PIPELINE: Pipeline | None = None
 
 
 def _inputs(task: Task, artifacts: Mapping[str, bytes]) -> PhaseInputs:
-    return PhaseInputs(
-        values={k: artifacts[v] for k, v in task.inputs.items()},
-        gathered={k: [artifacts[a] for a in v] for k, v in task.gathered.items()},
-    )
+    return PhaseInputs.of(task.inputs, task.gathered, artifacts)
 
 
 def _run(
@@ -53,7 +50,7 @@ def _run(
 
 def _init(source: str, name: str) -> None:
     global _PIPELINE
-    from sisas.bus.registry import load_pipelines
+    from sisas.loader import load_pipelines
 
     _PIPELINE = load_pipelines([source], entry_points=False)[name]
 

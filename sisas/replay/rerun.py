@@ -30,6 +30,7 @@ from sisas.signals.kinds import (
     PhaseFailed,
     PhaseScheduled,
     PhaseTimedOut,
+    RunStarted,
     Scalar,
 )
 
@@ -93,9 +94,6 @@ def plan_rerun(signals: Sequence[Signal]) -> RerunPlan:
         elif isinstance(body, InvariantChecked):
             checks.setdefault(key, {})[body.invariant] = body.passed
         elif isinstance(body, PhaseCompleted | PhaseFailed) and key in scheduled:
-            earlier = decided.get((s.phase, item))
-            if isinstance(body, PhaseFailed) and earlier and earlier.status == "completed":
-                continue  # a fan-out failing as a whole after this item completed
             sched = scheduled[key]
             decided[(s.phase, item)] = Task(
                 phase=s.phase,
@@ -112,8 +110,8 @@ def plan_rerun(signals: Sequence[Signal]) -> RerunPlan:
             )
         elif isinstance(body, PhaseTimedOut):
             decided.pop((s.phase, item), None)
-        if s.kind == "run_started":
-            code = getattr(body, "fingerprint", "")
+        elif isinstance(body, RunStarted):
+            code = body.fingerprint
     not_rerun: dict[str, str] = {}
     for name, ps in state.phases.items():
         if ps.status == "skipped":

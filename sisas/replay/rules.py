@@ -97,7 +97,8 @@ def _target(phase: PhaseState, item: int | None) -> PhaseState | ItemState | Non
 def _attempt_rule(
     signal: Signal, target: PhaseState | ItemState | None, statuses: tuple[str, ...]
 ) -> tuple[str, str] | None:
-    where = signal.phase + ("" if getattr(signal.body, "item", None) is None else "[item]")
+    item = getattr(signal.body, "item", None)
+    where = signal.phase + ("" if item is None else f"[{item}]")
     if target is None:
         return "out_of_place", f"{signal.kind} for {where}, which was never scheduled"
     if target.attempt != signal.attempt:
@@ -130,8 +131,8 @@ def _phase_rule(state: RunState, signal: Signal) -> tuple[str, str] | None:
     if isinstance(body, PhaseFailed) and item is None:
         if phase.items is not None and phase.status == "running":
             return None  # an item failed non-fatally: the fan-out fails as a whole
-        if phase.status == "pending" and "maps over" in body.error.message:
-            return None  # the list to fan out over is not a list
+        if phase.status == "pending" and _not_a_list(state, signal.phase):
+            return None  # the output to fan out over is not a list
     if isinstance(body, PhaseRetryScheduled):
         if body.next_attempt != signal.attempt + 1:
             return "out_of_place", f"retry {body.next_attempt} after attempt {signal.attempt}"
@@ -139,6 +140,17 @@ def _phase_rule(state: RunState, signal: Signal) -> tuple[str, str] | None:
     if type(body) in _ATTEMPT_KINDS:
         return _attempt_rule(signal, _target(phase, item), _LIVE)
     return None  # pragma: no cover - every phase kind is handled above
+
+
+def _not_a_list(state: RunState, name: str) -> bool:
+    """A fan-out whose upstream completed without a list (``item_count`` unset)."""
+    assert state.plan is not None
+    over = state.plan.phase(name).map_over
+    return (
+        bool(over)
+        and state.phase(over).status == "completed"
+        and (state.phase(over).item_count is None)
+    )
 
 
 def _scheduling(

@@ -7,7 +7,6 @@ from typing import Any, Literal, TypeAlias
 import msgspec
 
 __all__ = [
-    "PROBLEMS",
     "CheckDiff",
     "FieldDiff",
     "Finding",
@@ -38,27 +37,7 @@ Problem: TypeAlias = Literal[
     "projection_differs",
     "projection_missing",
 ]
-PROBLEMS: dict[str, str] = {
-    "corrupt": "a message on the run's subjects is not a valid signal",
-    "tampered": "a signal's content does not hash to its recorded hash",
-    "misplaced": "a signal is stored on another run's or kind's subject",
-    "stream_gap": "stream sequences are missing from the log",
-    "gap": "run sequence numbers are missing: a signal was removed",
-    "reordered": "signals are stored out of their run order",
-    "duplicate": "the same signal is stored twice",
-    "fork": "two different signals claim the same place in the run",
-    "broken_link": "a signal's prev is not the hash of the signal before it",
-    "bad_id": "a signal's id does not follow from its run and seq",
-    "out_of_place": "a signal the run's state does not allow where it stands",
-    "bad_fingerprint": "a recorded digest or fingerprint differs from the one refolded",
-    "unsigned": "a signal of a signed run carries no signature",
-    "bad_signature": "a signature does not verify",
-    "untrusted_signer": "a signature is valid but by a key not trusted",
-    "signer_changed": "the run's signals are signed by more than one key",
-    "projection_differs": "the projection's state differs from the refolded one",
-    "projection_missing": "the projection does not know the run",
-}
-"""Every problem verification can report, and what it means (shown in docs and reports)."""
+"""Every problem verification can report; docs/replay.md says what each means."""
 
 
 class Finding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

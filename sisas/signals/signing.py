@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import secrets
-from pathlib import Path
 from typing import Literal
 
 import msgspec
@@ -24,18 +22,15 @@ import nkeys
 from sisas.errors import UsageError
 from sisas.signals.envelope import Signal
 
-__all__ = ["Signer", "SignatureCheck", "check_signature", "generate_seed", "public_key_bytes"]
-
-
-def generate_seed() -> bytes:
-    """A new nkey seed (``SU…``) for signing signals; keep it secret."""
-    return bytes(nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER))
+__all__ = ["SignatureCheck", "Signer", "check_signature", "public_key_bytes"]
 
 
 class Signer:
     """Signs signals with one nkey seed."""
 
     def __init__(self, seed: bytes) -> None:
+        """``seed``: an nkey seed (``SU…``); reading it from a file is the shell's job
+        (:func:`sisas.bus.keys.signer_from_file`)."""
         try:
             self._pair = nkeys.from_seed(bytearray(seed.strip()))
         except (nkeys.NkeysError, binascii.Error, ValueError, IndexError) as exc:
@@ -44,15 +39,6 @@ class Signer:
                 "with `sisas keys generate --out FILE`"
             ) from None
         self.public_key: str = self._pair.public_key.decode()
-
-    @classmethod
-    def from_file(cls, path: Path) -> Signer:
-        try:
-            return cls(path.read_bytes())
-        except OSError as exc:
-            raise UsageError(
-                f"cannot read the signing key {path}: {exc.strerror}; check SISAS_SIGNING_KEY"
-            ) from None
 
     def sign(self, signal: Signal) -> Signal:
         """``signal`` with its ``sig`` set (it must be sealed: the hash is what is signed)."""
