@@ -263,6 +263,8 @@ def run_artifacts(signals: Iterable[Signal]) -> dict[str, str]:
         for name in ("artifact", "reused_artifact"):
             if getattr(body, name, ""):
                 roles.setdefault(getattr(body, name), f"output of {where}")
+        if getattr(body, "quarantined_artifact", ""):
+            roles.setdefault(body.quarantined_artifact, f"quarantined output of {where}")
         for digest in getattr(body, "reused_items", []):
             roles.setdefault(digest, f"output of an item of {where}")
         for digest in getattr(body, "inputs", {}).values():

@@ -178,6 +178,8 @@ def _print_run(d: dict[str, Any]) -> None:
         error = f"{p['error_kind']}: {p['error_message']}" if p["error_kind"] else ""
         if p["skip_reason"]:
             error = f"skipped: {p['skip_reason']}"
+        if p.get("quarantined"):
+            error += f" [yellow](output quarantined: sisas artifact {p['quarantined']})[/]"
         items = f" x{p['items']}" if p["items"] else ""
         phases.add_row(
             p["name"] + items,

@@ -41,7 +41,12 @@ def signal_summary(signal: Signal) -> str:
     if isinstance(body, PhaseCompleted):
         return f"{body.output_digest[:19]}… in {body.duration:.3f}s"
     if isinstance(body, PhaseFailed):
-        return f"{body.error.kind}: {body.error.message}"
+        kept = (
+            f" (output quarantined: {body.quarantined_artifact[:19]}…)"
+            if body.quarantined_artifact
+            else ""
+        )
+        return f"{body.error.kind}: {body.error.message}{kept}"
     if isinstance(body, ContractChecked):
         verdict = "passed" if body.passed else f"FAILED ({len(body.violations)} violations)"
         return f"{body.boundary} {body.contract} {verdict}"

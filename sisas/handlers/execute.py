@@ -45,7 +45,9 @@ class PhaseInputs(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
-    """What one attempt did. ``output`` is the serialised output when it completed."""
+    """What one attempt did. ``output`` is the serialised output when it completed, or
+    the quarantined output when it was produced but failed its exit contract or an
+    invariant (kept as evidence, never passed downstream)."""
 
     status: Literal["completed", "failed"]
     output: bytes = b""
@@ -94,9 +96,12 @@ def _failed(
     *,
     retryable: bool = False,
     detail: str = "",
+    quarantined: tuple[bytes, str] = (b"", ""),
 ) -> Outcome:
     return Outcome(
         status="failed",
+        output=quarantined[0],
+        output_digest=quarantined[1],
         duration=clock() - start,
         error=ErrorInfo(
             kind=kind,
@@ -181,6 +186,15 @@ def _check_invariants(spec: PhaseSpec, output: Any) -> list[InvariantResult]:
             )
         )
     return results
+
+
+def _quarantine(result: object) -> tuple[bytes, str]:
+    """The bytes and digest of an output that failed its contract, when it has a JSON form."""
+    try:
+        data = _adapter(Any).dump_json(result)
+        return data, semantic_digest(_adapter(Any).validate_json(data))
+    except (PydanticSerializationError, ValueError, TypeError):
+        return b"", ""
 
 
 def execute_phase(
@@ -280,6 +294,7 @@ def execute_phase(
             f"output of {phase} violates its contract",
             contracts,
             [],
+            quarantined=_quarantine(result),
         )
     except PydanticSerializationError as exc:
         return _failed(
@@ -301,6 +316,7 @@ def execute_phase(
             f"output of {phase} breaks " + ", ".join(broken),
             contracts,
             invariants,
+            quarantined=(data, semantic_digest(output)),
         )
     count = len(output) if isinstance(output, list | tuple) else None
     return Outcome(

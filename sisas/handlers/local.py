@@ -115,7 +115,7 @@ class LocalRun:
             clock=self.clock,
         )
         artifact = ""
-        if out.status == "completed":
+        if out.output:  # an output, or a failed one's quarantined output
             artifact = bytes_digest(out.output)
             self.artifacts[artifact] = out.output
         self.send(

@@ -280,7 +280,14 @@ def _report(b: _Builder, r: PhaseReport) -> None:
     else:
         error = r.error or ErrorInfo(kind="HardFailure", message="failed without a reason")
         b.emit(
-            PhaseFailed(error=error, duration=r.duration, item=r.item, worker=r.worker),
+            PhaseFailed(
+                error=error,
+                duration=r.duration,
+                item=r.item,
+                worker=r.worker,
+                quarantined=r.output_digest if r.artifact else "",
+                quarantined_artifact=r.artifact if r.output_digest else "",
+            ),
             r.phase,
             r.attempt,
         )

@@ -67,6 +67,8 @@ class ItemState(msgspec.Struct, frozen=True, kw_only=True):
     artifact: str = ""
     error: ErrorInfo | None = None
     duration: float = 0.0
+    quarantined: str = ""
+    """The artifact of a failed attempt's output (failed its exit contract or an invariant)."""
 
 
 class PhaseState(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,6 +81,8 @@ class PhaseState(msgspec.Struct, frozen=True, kw_only=True):
     artifact: str = ""
     item_count: int | None = None
     error: ErrorInfo | None = None
+    quarantined: str = ""
+    """The artifact of the last failed attempt's output, kept as evidence, never used."""
     skip_reason: str = ""
     items: int | None = None
     item_states: dict[int, ItemState] = {}
@@ -232,11 +236,21 @@ def evolve(state: RunState, signal: Signal) -> RunState:
             if isinstance(body, PhaseFailed)
             else ErrorInfo(kind="Timeout", message=f"exceeded {body.timeout}s", retryable=True)
         )
+        quarantined = body.quarantined_artifact if isinstance(body, PhaseFailed) else ""
         if body.item is not None:
-            state = _set_item(state, name, body.item, status=status, error=error)
+            kept = {"quarantined": quarantined} if quarantined else {}
+            state = _set_item(state, name, body.item, status=status, error=error, **kept)
             return _set_phase(state, name, replace(state.phase(name), error=error))
         return _set_phase(
-            state, name, replace(phase, status=status, error=error, ended_at=signal.at)
+            state,
+            name,
+            replace(
+                phase,
+                status=status,
+                error=error,
+                ended_at=signal.at,
+                quarantined=quarantined or phase.quarantined,
+            ),
         )
     if isinstance(body, PhaseRetryScheduled):
         if body.item is not None:

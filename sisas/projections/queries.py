@@ -150,6 +150,7 @@ def run_detail(con: duckdb.DuckDBPyConnection, q: RunQuery) -> dict[str, Any]:
             """SELECT phase AS name, status, attempts, duration,
                       epoch(ended_at) - epoch(scheduled_at) AS wall,
                       output_digest, artifact, error_kind, error_message, skip_reason,
+                      quarantined,
                       items, item_count, worker, scheduled_at, ended_at
                FROM phases WHERE run_id = ? ORDER BY position""",
             [q.run_id],

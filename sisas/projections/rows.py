@@ -119,6 +119,10 @@ def phase_rows(state: RunState) -> list[Row]:
                 p.error.kind if p.error else None,
                 p.error.message if p.error else None,
                 p.skip_reason,
+                p.quarantined
+                or next(
+                    (i.quarantined for _, i in sorted(p.item_states.items()) if i.quarantined), ""
+                ),
             )
         )
     return rows

@@ -18,7 +18,7 @@ from typing import Final
 
 __all__ = ["BOOKKEEPING", "FACT_TABLES", "SCHEMA_VERSION", "STATE_TABLES", "TABLES", "Table"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _S, _I, _B, _F, _T, _X = "VARCHAR", "INTEGER", "BIGINT", "DOUBLE", "TIMESTAMP", "BLOB"
 _NN = " NOT NULL"
@@ -78,7 +78,8 @@ STATE_TABLES: Final[tuple[Table, ...]] = (
         f"run_id:{_S}{_NN}, phase:{_S}{_NN}, position:{_I}{_NN}, pipeline:{_S}{_NN},"
         f"status:{_S}{_NN}, attempts:{_I}{_NN}, worker:{_S}{_NN}, items:{_I}, item_count:{_I},"
         f"duration:{_F}{_NN}, scheduled_at:{_T}, ended_at:{_T}, output_digest:{_S}{_NN},"
-        f"artifact:{_S}{_NN}, error_kind:{_S}, error_message:{_S}, skip_reason:{_S}{_NN}",
+        f"artifact:{_S}{_NN}, error_kind:{_S}, error_message:{_S}, skip_reason:{_S}{_NN},"
+        f"quarantined:{_S}{_NN}",
         "run_id",
         "phase",
     ),

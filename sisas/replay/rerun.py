@@ -103,8 +103,12 @@ def plan_rerun(signals: Sequence[Signal]) -> RerunPlan:
                 inputs=dict(sched.inputs),
                 gathered={k: list(v) for k, v in sched.gathered.items()},
                 status="completed" if isinstance(body, PhaseCompleted) else "failed",
-                output_digest=body.output_digest if isinstance(body, PhaseCompleted) else "",
-                artifact=body.artifact if isinstance(body, PhaseCompleted) else "",
+                output_digest=(
+                    body.output_digest if isinstance(body, PhaseCompleted) else body.quarantined
+                ),
+                artifact=(
+                    body.artifact if isinstance(body, PhaseCompleted) else body.quarantined_artifact
+                ),
                 error_kind=body.error.kind if isinstance(body, PhaseFailed) else "",
                 checks=checks.get(key, {}),
             )
@@ -153,8 +157,8 @@ def judge(
         if task.checks.get(name) != new_checks.get(name)
     ]
     diff: list[FieldDiff] = []
-    both_completed = outcome.status == "completed" and task.status == "completed"
-    if both_completed and outcome.output_digest != task.output_digest:
+    # A failed attempt's output is its quarantined output: compared like any other.
+    if outcome.status == task.status and outcome.output_digest != task.output_digest:
         diff = field_diff(_json(recorded_output), _json(outcome.output), path="output")
     error_kind = outcome.error.kind if outcome.error else ""
     equal = (

@@ -160,12 +160,19 @@ class PhaseCompleted(msgspec.Struct, tag="phase_completed", **_OPTS):
 
 
 class PhaseFailed(msgspec.Struct, tag="phase_failed", **_OPTS):
-    """The attempt failed; ``error.retryable`` says whether another may follow."""
+    """The attempt failed; ``error.retryable`` says whether another may follow.
+
+    When the phase produced an output that failed its exit contract or an invariant, the
+    output is quarantined: stored as ``quarantined_artifact`` (its semantic digest in
+    ``quarantined``) for inspection, and never given to a downstream phase.
+    """
 
     error: ErrorInfo
     duration: float = 0.0
     item: int | None = None
     worker: str = ""
+    quarantined: Digest = ""
+    quarantined_artifact: str = ""
 
 
 class PhaseRetryScheduled(msgspec.Struct, tag="phase_retry_scheduled", **_OPTS):
