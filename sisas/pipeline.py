@@ -33,6 +33,7 @@ import hashlib
 import inspect
 import logging
 import re
+from pathlib import Path
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_type_hints
@@ -184,8 +185,11 @@ class Pipeline:
         description: str = "",
         circuit_threshold: int = 5,
         circuit_cooldown: float = 60.0,
+        default_input: str | Path | None = None,
     ) -> None:
         self.name = check_name(name, "pipeline name")
+        self.default_input = None if default_input is None else Path(default_input)
+        """A JSON file `sisas run` sends as the input when given none (recorded like any)."""
         self.version = version
         self.input = input
         self.description = description

@@ -3,17 +3,38 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from examples.policy_evaluation import pipeline as policy
 from sisas.handlers.local import LocalRun
-from sisas.signals import InvariantChecked, PhaseCompleted
+from sisas.signals import InvariantChecked, PhaseCompleted, PhaseFailed
 from tests.test_replay import _verify, rerun_serial_and_parallel
 
 DATA = Path(__file__).parent.parent / "examples" / "policy_evaluation" / "data"
 AT = datetime(2026, 11, 1, tzinfo=UTC)
+
+ROOT = Path(__file__).parent.parent
+TAXONOMY = ROOT / "examples" / "taxonomy" / "data" / "catalog.json"
+
+
+def cli(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The sisas CLI as a user runs it from the repository, on its own data folder."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
+    env.update(SISAS_HOME=str(home), COLUMNS="200")
+    return subprocess.run(
+        [sys.executable, "-m", "sisas.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def policy_run(input_file: str, seed: int = 7) -> LocalRun:
@@ -106,28 +127,100 @@ def test_the_hardware_phase_runs_only_when_enabled() -> None:
 
 
 def test_the_lighting_batch_over_a_folder_survives_the_failing_enrichment(tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
-    env.update(SISAS_HOME=str(tmp_path / "home"), COLUMNS="200")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sisas.cli",
-            "batch",
-            "examples.script_lighting",
-            "--inputs",
-            str(LIGHTING),
-            "--json",
-        ],
-        env=env,
-        capture_output=True,
-        cwd=Path(__file__).parent.parent,
-        timeout=120,
+    out = cli(
+        "batch", "examples.script_lighting", "--inputs", str(LIGHTING), "--json", home=tmp_path
     )
     assert out.returncode == 0, out.stderr
-    doc = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
     assert (doc["runs"], doc["completed"], doc["failed"]) == (3, 3, 0)
+
+
+def taxonomy_run(**config: object) -> LocalRun:
+    from examples.taxonomy import pipeline as taxonomy
+
+    run = LocalRun(taxonomy, "tx", at=AT, clock=time.perf_counter)
+    run.start(TAXONOMY.read_bytes(), seed=5, config=config)  # type: ignore[arg-type]
+    run.run()
+    return run
+
+
+def test_the_taxonomy_builds_four_levels_and_filters_the_typos() -> None:
+    run = taxonomy_run()
+    assert run.state.status == "completed", run.state.error
+    taxonomy = output(run, "finalise")
+    assert taxonomy["terms_per_level"] == [2, 4, 7, 15]  # type: ignore[index]
+    assert [r["name"] for r in taxonomy["roots"]] == ["animal", "plant"]  # type: ignore[index]
+    assert run.state.phase("normalise").items == 4  # S1: one item per level 0-3
+    levels = output(run, "normalise")
+    names = {t["name"] for lv in levels for t in lv["terms"]}  # type: ignore[union-attr,index]
+    assert {"mamal", "brid", "eagel"} <= names  # the typos survive S1 ...
+    kept = {t["name"] for lv in output(run, "filter") for t in lv["terms"]}  # type: ignore[union-attr,index]
+    assert not {"mamal", "brid", "eagel"} & kept  # ... and S2 drops them
+    assert {"wolf", "songbird", "iris", "animal"} <= kept  # `Wolves`, `Song birds`, `Fauna`
+    assert _verify(run.signals).intact
+
+
+def test_a_verification_failure_quarantines_its_output() -> None:
+    run = taxonomy_run(**{"filter.min_support": 1})
+    assert (run.state.status, run.state.failed_phase) == ("failed", "verify")
+    [failed] = [s.body for s in run.signals if isinstance(s.body, PhaseFailed)]
+    assert failed.error.kind == "InvariantViolation"
+    quarantined = json.loads(run.artifacts[failed.quarantined_artifact])
+    assert quarantined["conflicts"] == ["2:canine (mamal, mammal)", "2:raptor (bird, brid)"]
+    assert run.state.phase("verify").quarantined == failed.quarantined_artifact
+    assert run.state.phase("finalise").status == "pending"  # never given downstream
+    assert _verify(run.signals).intact
+
+
+async def test_the_quarantined_output_is_rerun_and_compared_too() -> None:
+    run, serial, _ = await rerun_serial_and_parallel(
+        "examples.taxonomy",
+        b'{"name": "x", "records": [{"id": "a", "path": "A>B>C"},{"id": "b", "path": "A>D>C"}]}',
+        seed=1,
+        workers=1,
+    )
+    assert run.state.failed_phase == "verify"
+    [verify] = [p for p in serial.phases if p.phase == "verify"]
+    assert verify.recorded_status == "failed" and verify.recorded_digest.startswith("sha256:")
+    assert verify.equal and verify.new_digest == verify.recorded_digest
+
+
+def test_taxonomy_resume_from_s2_reexecutes_only_s2_s3_and_finalise(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    base = ["run", "examples.taxonomy", "--wait", "--json"]
+    first = cli(*base, "--seed", "4", "--set", "filter.min_support=1", home=home)
+    assert first.returncode == 1, first.stderr  # verify fails: two terms with two parents
+    failed = json.loads(first.stdout.strip().splitlines()[-1])
+    assert failed["failed_phase"] == "verify"
+    resumed = cli(
+        *base,
+        "--resume",
+        failed["run_id"],
+        "--from",
+        "filter",
+        "--set",
+        "filter.min_support=2",
+        home=home,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    run_id = json.loads(resumed.stdout.strip().splitlines()[-1])["run_id"]
+    shown = json.loads(cli("signals", run_id, "--json", home=home).stdout)
+    bodies = [(s["signal"].get("phase", ""), s["signal"]["body"]) for s in shown["signals"]]
+    started = [p for p, b in bodies if b["kind"] == "phase_started"]
+    assert started == ["filter", "verify", "finalise"]  # each exactly once, nothing else
+    skipped = {p: b for p, b in bodies if b["kind"] == "phase_skipped"}
+    assert set(skipped) == {"extract", "normalise"}
+    assert all(b["reason"] == "resumed" for b in skipped.values())
+    assert len(skipped["normalise"]["reused_items"]) == 4  # S1's four levels reused
+    verified = cli("replay", "verify", run_id, home=home)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    # The failed run's quarantined output is there to inspect.
+    old = json.loads(cli("signals", failed["run_id"], "--json", home=home).stdout)
+    [quarantine] = [
+        s["signal"]["body"]["quarantined_artifact"]
+        for s in old["signals"]
+        if s["signal"]["body"]["kind"] == "phase_failed"
+    ]
+    fetched = cli("artifact", quarantine, home=home)
+    assert fetched.returncode == 0, fetched.stderr
+    assert json.loads(fetched.stdout)["conflicts"][0] == "2:canine (mamal, mammal)"

@@ -138,6 +138,7 @@ pipeline = Pipeline(
     version="1.0",
     input=Plan,
     description="A plan scored through 300 contracts (phases A-G)",
+    default_input=DATA / "plan.json",
 )
 
 

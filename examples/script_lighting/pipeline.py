@@ -15,6 +15,7 @@ Batch mode: `sisas batch examples.script_lighting --inputs examples/script_light
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from pydantic import BaseModel, Field
 
@@ -63,7 +64,12 @@ class HardwareReport(BaseModel):
     desk: str
 
 
-pipeline = Pipeline("script_lighting", version="1.0", input=Script)
+pipeline = Pipeline(
+    "script_lighting",
+    version="1.0",
+    input=Script,
+    default_input=Path(__file__).parent / "data" / "scripts" / "storm.json",
+)
 
 _HEADING = re.compile(r"^(INT\.|EXT\.)\s.*$", re.MULTILINE)
 _EMOTIONS = {

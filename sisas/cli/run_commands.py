@@ -143,7 +143,7 @@ def print_result(result: RunResult, as_json: bool, elapsed: float) -> None:
     "--input",
     "input_path",
     default=None,
-    help="JSON input file, or - for standard input (default: null).",
+    help="JSON input file, or - for standard input (default: the pipeline's default input, else null).",
 )
 @click.option("--seed", type=int, default=None, help="Run seed (default: random, recorded).")
 @click.option(
@@ -209,6 +209,11 @@ async def run(
         raise UsageError("--resume RUN and --from PHASE go together")
     if resume_of:
         check_name(resume_of, "run id")
+    default = local[pipeline].default_input if pipeline in local else None
+    if input_path is None and not resume_of and default is not None:
+        input_path = str(default)
+        if not as_json:
+            console.print(f"input: {default} (the pipeline's default; --input FILE for another)")
     result, elapsed = await start_and_watch(
         pipeline,
         read_input(input_path),
