@@ -33,9 +33,9 @@ import hashlib
 import inspect
 import logging
 import re
-from pathlib import Path
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 import numpy as np
@@ -160,6 +160,7 @@ class PhaseSpec:
     fatal: bool = True
     side_effects: bool = False
     map_over: str = ""
+    partial: bool = False
     invariants: list[InvariantSpec] = field(default_factory=list)
     bridges: dict[str, Any] = field(default_factory=dict)
 
@@ -217,10 +218,14 @@ class Pipeline:
         fatal: bool = True,
         side_effects: bool = False,
         map_over: str = "",
+        partial: bool = False,
     ) -> Callable[[F], F]:
         """Register the decorated function as a phase.
 
-        ``depends_on`` defaults to the parameters that name other phases. Raises
+        ``depends_on`` defaults to the parameters that name other phases. With
+        ``map_over``, ``partial=True`` lets items fail for good (after their retries)
+        without failing the phase: it completes once every item has ended, with ``None``
+        in the failed items' places, so one bad task does not sink a queue. Raises
         :class:`InvalidPipeline` for a duplicate name or a bad policy.
         """
 
@@ -233,6 +238,10 @@ class Pipeline:
                 )
             if retries < 0 or (timeout is not None and timeout <= 0):
                 raise InvalidPipeline(f"phase {phase_name}: retries must be >= 0 and timeout > 0")
+            if partial and not map_over:
+                raise InvalidPipeline(
+                    f"phase {phase_name}: partial=True is for a fan-out: add map_over="
+                )
             hints = get_type_hints(fn)
             sig = inspect.signature(fn)
             names = list(sig.parameters)
@@ -262,6 +271,7 @@ class Pipeline:
                 fatal=fatal,
                 side_effects=side_effects,
                 map_over=map_over,
+                partial=partial,
             )
             self._plan = None
             return fn
@@ -390,6 +400,7 @@ class Pipeline:
             fatal=spec.fatal,
             side_effects=spec.side_effects,
             map_over=spec.map_over,
+            partial=spec.partial,
             contracts=contracts,
             invariants=[i.id for i in spec.invariants],
         )

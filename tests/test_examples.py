@@ -9,6 +9,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from examples.policy_evaluation import pipeline as policy
 from sisas.handlers.local import LocalRun
@@ -224,3 +225,86 @@ def test_taxonomy_resume_from_s2_reexecutes_only_s2_s3_and_finalise(tmp_path: Pa
     fetched = cli("artifact", quarantine, home=home)
     assert fetched.returncode == 0, fetched.stderr
     assert json.loads(fetched.stdout)["conflicts"][0] == "2:canine (mamal, mammal)"
+
+
+TASKS = ROOT / "examples" / "task_execution" / "data"
+
+
+def _signals(run_id: str, home: Path) -> list[dict[str, Any]]:
+    shown = cli("signals", run_id, "--json", home=home)
+    assert shown.returncode == 0, shown.stderr
+    return [s["signal"] for s in json.loads(shown.stdout)["signals"]]
+
+
+def test_tasks_run_as_processes_and_the_failing_adapters_breaker_opens(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    ok = cli("run", "examples.task_execution", "--wait", "--json", home=home)
+    assert ok.returncode == 0, ok.stderr
+    signals = _signals(json.loads(ok.stdout.strip().splitlines()[-1])["run_id"], home)
+    accepted = [
+        s["body"]["observed"]
+        for s in signals
+        if s["body"]["kind"] == "invariant_checked" and s["body"]["invariant"] == "ACCEPT-FILE"
+    ]
+    assert len(accepted) == 6  # every task's produced file, with its sha256, in the log
+    # The failing queue: the shell adapter's tool is missing, one python task hangs.
+    bad = cli(
+        "run", "examples.task_execution", "--input", str(TASKS / "failing_adapter.json"),
+        "--wait", "--json", home=home,
+    )  # fmt: skip
+    assert bad.returncode == 1, bad.stderr
+    result = json.loads(bad.stdout.strip().splitlines()[-1])
+    assert result["failed_phase"] == "report"  # TASKS-ACCEPTED: the queue ran to its end
+    signals = _signals(result["run_id"], home)
+    states: dict[tuple[str, int], list[str]] = {}
+    for s in signals:
+        body = s["body"]
+        if s.get("phase", "").endswith("_run") and "item" in body:
+            key = (s["phase"], body["item"])
+            if body["kind"] == "phase_started":
+                states.setdefault(key, []).append("IN_PROGRESS")
+            elif body["kind"] == "phase_failed":
+                timed_out = body["error"]["kind"] == "Timeout"
+                states[key].append("TIMEOUT" if timed_out else "FAILED")
+            elif body["kind"] == "phase_completed":
+                states[key].append("COMPLETED")
+    assert states[("python_run", 0)] == ["IN_PROGRESS", "COMPLETED"]
+    assert states[("python_run", 1)] == ["IN_PROGRESS", "TIMEOUT"] * 2  # retried once
+    assert all(states[("shell_run", i)] == ["IN_PROGRESS", "FAILED"] * 2 for i in range(3))
+    opened = [s for s in signals if s["body"]["kind"] == "circuit_opened"]
+    assert [s["body"]["scope"] for s in opened] == ["task_execution.shell_run"]
+    # While open, the shell adapter's retries are held back for the cool-down (2 s) ...
+    opened_at = datetime.fromisoformat(opened[0]["at"])
+    held = [
+        s
+        for s in signals[signals.index(opened[0]) :]
+        if s["body"]["kind"] == "phase_scheduled" and s["phase"] == "shell_run"
+    ]
+    assert held and all(s["body"]["delay"] > 1.0 for s in held)
+    held_keys = {(s["body"]["item"], s.get("attempt", 0)) for s in held}
+    for s in signals:
+        key = (s["body"].get("item"), s.get("attempt", 0))
+        if s["body"]["kind"] == "phase_started" and s["phase"] == "shell_run" and key in held_keys:
+            assert (datetime.fromisoformat(s["at"]) - opened_at).total_seconds() >= 1.9
+    # ... and the breaker is the adapter's, across runs: the next run's shell tasks wait
+    # for the cool-down, then probe (half-open); their success closes it.
+    again = cli("run", "examples.task_execution", "--wait", "--json", home=home)
+    assert again.returncode == 0, again.stderr
+    signals = _signals(json.loads(again.stdout.strip().splitlines()[-1])["run_id"], home)
+    probes = [
+        s
+        for s in signals
+        if s["body"]["kind"] == "phase_scheduled" and s.get("phase") == "shell_run"
+    ]
+    assert probes and probes[0]["body"]["delay"] > 0
+    closed = [s["body"]["scope"] for s in signals if s["body"]["kind"] == "circuit_closed"]
+    assert closed == ["task_execution.shell_run"]
+
+
+async def test_the_task_queue_reruns_deterministically_serial_and_parallel() -> None:
+    run, serial, parallel = await rerun_serial_and_parallel(
+        "examples.task_execution", (TASKS / "queue.json").read_bytes(), seed=2, workers=2
+    )
+    assert run.state.status == "completed"
+    assert serial.deterministic and parallel.deterministic
+    assert serial.fingerprint == parallel.fingerprint == run.state.fingerprint

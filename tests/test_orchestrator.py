@@ -19,6 +19,8 @@ from sisas.pipeline import Context, NonFatal, Pipeline
 from sisas.signals import (
     ContractChecked,
     InvariantChecked,
+    PhaseCompleted,
+    PhaseFailed,
     PhaseRetryScheduled,
     PhaseScheduled,
     PhaseSkipped,
@@ -259,3 +261,77 @@ def test_a_phase_circuit_opens_across_runs_holds_work_back_and_closes_on_success
     after = next(s.body for s in runs[3].signals if isinstance(s.body, PhaseScheduled))
     assert after.delay == 0.0
     assert circuits["fragile"].opened_at is None
+
+
+def fan(partial: bool = False) -> Pipeline:
+    """Items 1 and 3 fail their first attempt; item 3 fails every attempt."""
+    pipe = Pipeline("fan", version="1")
+
+    @pipe.phase()
+    def source(ctx: Context, input: list[int]) -> list[int]:
+        return input
+
+    @pipe.phase(map_over="source", retries=1, backoff=0.01, partial=partial)
+    def work(ctx: Context, item: int) -> int:
+        if item == 3 or (item == 1 and ctx.attempt == 0):
+            raise RuntimeError(f"item {item} attempt {ctx.attempt}")
+        return item * 10
+
+    @pipe.phase()
+    def total(ctx: Context, work: list[int | None]) -> list[int | None]:
+        return work
+
+    return pipe
+
+
+def test_a_fanned_out_item_that_succeeds_on_retry_is_gathered() -> None:
+    run = run_of(fan(), b"[0, 1, 2]")
+    assert run.state.status == "completed", run.state.error
+    assert run.state.phase("work").items == 3
+    assert kinds(run, "work").count("phase_retry_scheduled") == 1
+    assert _verify_intact(run)
+
+
+def test_a_partial_fan_out_completes_with_null_for_the_item_that_failed_for_good() -> None:
+    strict = run_of(fan(), b"[0, 1, 3]")
+    assert (strict.state.status, strict.state.failed_phase) == ("failed", "work")
+    run = run_of(fan(partial=True), b"[0, 1, 3]")
+    assert run.state.status == "completed", run.state.error
+    assert run.state.phase("work").item_states[2].status == "failed"
+    done = [s for s in run.signals if s.phase == "total" and isinstance(s.body, PhaseCompleted)]
+    assert json.loads(run.artifacts[done[-1].body.artifact]) == [0, 10, None]  # type: ignore[union-attr]
+    assert _verify_intact(run)
+
+
+def test_partial_needs_a_fan_out() -> None:
+    pipe = Pipeline("p", version="1")
+    with pytest.raises(InvalidPipeline, match="partial=True is for a fan-out"):
+
+        @pipe.phase(partial=True)
+        def lone(ctx: Context, input: int) -> int:
+            return input
+
+
+def test_an_output_that_breaks_its_contract_is_quarantined_not_passed_on() -> None:
+    pipe = Pipeline("q", version="1")
+
+    @pipe.phase()
+    def make(ctx: Context, input: int) -> Weights:
+        return {"weights": "not a list"}  # type: ignore[return-value]
+
+    @pipe.phase()
+    def use(ctx: Context, make: Weights) -> int:
+        return len(make.weights)
+
+    run = run_of(pipe, b"1")
+    [failed] = [s.body for s in run.signals if isinstance(s.body, PhaseFailed)]
+    assert failed.error.kind == "ContractViolation"
+    assert json.loads(run.artifacts[failed.quarantined_artifact]) == {"weights": "not a list"}
+    assert run.state.phase("make").quarantined == failed.quarantined_artifact
+    assert run.state.phase("use").status == "pending"
+
+
+def _verify_intact(run: LocalRun) -> bool:
+    from tests.test_replay import _verify
+
+    return _verify(run.signals).intact

@@ -32,7 +32,7 @@ from sisas.replay.verify import LogVerifier, report
 from sisas.signals.codec import encode_signal
 from sisas.signals.digest import bytes_digest
 from sisas.signals.envelope import Signal
-from sisas.signals.kinds import RunRequested
+from sisas.signals.kinds import PhaseFailed, RunRequested
 from sisas.signals.names import log_subject
 from sisas.signals.records import CorruptMessage, StoredSignal, decode_record
 
@@ -263,14 +263,14 @@ def run_artifacts(signals: Iterable[Signal]) -> dict[str, str]:
         for name in ("artifact", "reused_artifact"):
             if getattr(body, name, ""):
                 roles.setdefault(getattr(body, name), f"output of {where}")
-        if getattr(body, "quarantined_artifact", ""):
+        if isinstance(body, PhaseFailed) and body.quarantined_artifact:
             roles.setdefault(body.quarantined_artifact, f"quarantined output of {where}")
         for digest in getattr(body, "reused_items", []):
             roles.setdefault(digest, f"output of an item of {where}")
         for digest in getattr(body, "inputs", {}).values():
             roles.setdefault(digest, f"input of {where}")
         for digests in getattr(body, "gathered", {}).values():
-            for digest in digests:
+            for digest in filter(None, digests):  # "" is a failed item of a partial fan-out
                 roles.setdefault(digest, f"input of {where}")
     return roles
 

@@ -164,7 +164,7 @@ class Worker:
             inputs = PhaseInputs(
                 values={k: await self.bus.artifacts.get(v) for k, v in body.inputs.items()},
                 gathered={
-                    k: [await self.bus.artifacts.get(a) for a in v]
+                    k: [await self.bus.artifacts.get(a) if a else b"null" for a in v]
                     for k, v in body.gathered.items()
                 },
             )

@@ -91,6 +91,8 @@ async def prepare_resume(
         if old.plan.phase(name).map_over:
             items = [ps.item_states[i] for i in range(ps.item_count or 0)]
             for i, it in enumerate(items):
+                if not it.artifact:
+                    continue  # an item of a partial fan-out that failed: null downstream
                 if it.output_digest:
                     ann = spec.returns if spec else None
                     await _verified(bus, it.artifact, it.output_digest, ann, f"{name}[{i}]")

@@ -143,7 +143,7 @@ def print_result(result: RunResult, as_json: bool, elapsed: float) -> None:
     "--input",
     "input_path",
     default=None,
-    help="JSON input file, or - for standard input (default: the pipeline's default input, else null).",
+    help="JSON input file, or - for stdin (default: the pipeline's default input, else null).",
 )
 @click.option("--seed", type=int, default=None, help="Run seed (default: random, recorded).")
 @click.option(

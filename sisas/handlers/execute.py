@@ -37,10 +37,13 @@ class PhaseInputs(msgspec.Struct, frozen=True, kw_only=True):
         gathered: Mapping[str, list[str]],
         artifacts: Mapping[str, bytes],
     ) -> PhaseInputs:
-        """The bytes of a scheduled phase's artifact digests, looked up in ``artifacts``."""
+        """The bytes of a scheduled phase's artifact digests, looked up in ``artifacts``.
+
+        An empty digest in a gathered list is an item of a partial fan-out that failed:
+        its place holds ``null``."""
         return cls(
             values={k: artifacts[v] for k, v in inputs.items()},
-            gathered={k: [artifacts[a] for a in v] for k, v in gathered.items()},
+            gathered={k: [artifacts[a] if a else b"null" for a in v] for k, v in gathered.items()},
         )
 
 

@@ -55,7 +55,15 @@ from sisas.signals.kinds import (
 )
 from sisas.signals.plan import PhasePlan, PipelinePlan
 
-__all__ = ["Decision", "decide", "decide_full", "phase_enabled", "satisfied", "scheduled_inputs"]
+__all__ = [
+    "Decision",
+    "decide",
+    "decide_full",
+    "gathered_digest",
+    "phase_enabled",
+    "satisfied",
+    "scheduled_inputs",
+]
 
 DONE = frozenset({"completed", "failed", "timed_out", "skipped"})
 
@@ -309,6 +317,8 @@ def _report(b: _Builder, r: PhaseReport) -> None:
             r.attempt,
         )
         _schedule(b, plan, nxt, item=r.item, delay=delay)
+    elif plan.partial and r.item is not None:
+        pass  # the item failed for good; the fan-out completes without it (_gather)
     elif plan.fatal and error.kind != "NonFatal":
         b.emit(RunFailed(error=error, failed_phase=r.phase))
     elif r.item is not None:
@@ -429,11 +439,25 @@ def _not_a_list(b: _Builder, plan: PhasePlan) -> None:
         b.emit(RunFailed(error=error, failed_phase=plan.name))
 
 
-def _gather(b: _Builder, plan: PhasePlan, ps: PhaseState) -> bool:
-    """When every item of a fan-out completed, complete the phase with their digests."""
+def gathered_digest(plan: PhasePlan, ps: PhaseState) -> str | None:
+    """The digest a fan-out completes with once every item has ended (None: not yet).
+
+    Every item must have completed; in a ``partial`` fan-out an item may also have
+    failed or timed out for good, and counts as ``""`` (its place is null downstream).
+    """
+    ended = ("completed", "failed", "timed_out") if plan.partial else ("completed",)
     items = [ps.item_states.get(i) for i in range(ps.items or 0)]
-    if all(it is not None and it.status == "completed" for it in items):
-        digest = semantic_digest([it.output_digest for it in items if it is not None])
-        b.emit(PhaseCompleted(output_digest=digest, item_count=ps.items), plan.name)
-        return True
-    return False
+    if not all(it is not None and it.status in ended for it in items):
+        return None
+    return semantic_digest(
+        [it.output_digest if it and it.status == "completed" else "" for it in items]
+    )
+
+
+def _gather(b: _Builder, plan: PhasePlan, ps: PhaseState) -> bool:
+    """When every item of a fan-out ended, complete the phase with their digests."""
+    digest = gathered_digest(plan, ps)
+    if digest is None:
+        return False
+    b.emit(PhaseCompleted(output_digest=digest, item_count=ps.items), plan.name)
+    return True

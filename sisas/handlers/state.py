@@ -179,12 +179,12 @@ def evolve(state: RunState, signal: Signal) -> RunState:
         first_at = phase.scheduled_at or signal.at
         if body.item is not None:
             state = _set_item(state, name, body.item, status="scheduled", attempt=signal.attempt)
+            # An item's retry is scheduled without `items`: the fan-out's size stays.
+            items = body.items if body.items is not None else phase.items
             return _set_phase(
                 state,
                 name,
-                replace(
-                    state.phase(name), status="running", items=body.items, scheduled_at=first_at
-                ),
+                replace(state.phase(name), status="running", items=items, scheduled_at=first_at),
             )
         return _set_phase(
             state,

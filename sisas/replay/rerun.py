@@ -55,7 +55,7 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def artifacts(self) -> list[str]:
         """Every artifact the rerun reads: its inputs and the recorded output."""
-        found = list(self.inputs.values()) + [a for v in self.gathered.values() for a in v]
+        found = list(self.inputs.values()) + [a for v in self.gathered.values() for a in v if a]
         return found + ([self.artifact] if self.artifact else [])
 
 
@@ -219,8 +219,11 @@ def verdict(
     compute_seconds: float = 0.0,
 ) -> RerunVerdict:
     """The rerun's verdict: deterministic when every re-executed attempt matched."""
-    recorded = {(t.phase, t.item): t.output_digest for t in plan.tasks}
-    new = {(r.phase, r.item): r.new_digest for r in results}
+    # A failed attempt's digest is its quarantined output's: it is no output of the run.
+    recorded = {
+        (t.phase, t.item): t.output_digest if t.status == "completed" else "" for t in plan.tasks
+    }
+    new = {(r.phase, r.item): r.new_digest if r.new_status == "completed" else "" for r in results}
     first = next((r for r in results if not r.equal), None)
     return RerunVerdict(
         run_id=plan.run_id,

@@ -14,7 +14,7 @@ Pure: ``violation(state, signal)`` reads nothing but its arguments.
 from __future__ import annotations
 
 from sisas.handlers.derive import derive_seed, run_fingerprint
-from sisas.handlers.orchestrator import satisfied, scheduled_inputs
+from sisas.handlers.orchestrator import gathered_digest, satisfied, scheduled_inputs
 from sisas.handlers.state import ItemState, PhaseState, RunState
 from sisas.signals.digest import semantic_digest
 from sisas.signals.envelope import Signal
@@ -123,7 +123,7 @@ def _phase_rule(state: RunState, signal: Signal) -> tuple[str, str] | None:
             return "out_of_place", f"phase_skipped for {signal.phase} while it is {phase.status}"
         return None
     if isinstance(body, PhaseCompleted) and item is None and phase.items is not None:
-        return _gathered(signal, body, phase)
+        return _gathered(state, signal, body, phase)
     if isinstance(body, PhaseCompleted) and item is None and phase.status == "pending":
         if body.item_count == 0 and body.output_digest == semantic_digest([]):
             return None  # a fan-out over an empty list completes at once
@@ -175,11 +175,13 @@ def _scheduling(
     return None
 
 
-def _gathered(signal: Signal, body: PhaseCompleted, phase: PhaseState) -> tuple[str, str] | None:
-    items = [phase.item_states.get(i) for i in range(phase.items or 0)]
-    if phase.status != "running" or not all(i and i.status == "completed" for i in items):
-        return "out_of_place", f"{signal.phase} gathered before all its items completed"
-    expected = semantic_digest([i.output_digest for i in items if i is not None])
+def _gathered(
+    state: RunState, signal: Signal, body: PhaseCompleted, phase: PhaseState
+) -> tuple[str, str] | None:
+    assert state.plan is not None
+    expected = gathered_digest(state.plan.phase(signal.phase), phase)
+    if phase.status != "running" or expected is None:
+        return "out_of_place", f"{signal.phase} gathered before all its items ended"
     if body.output_digest != expected:
         return "bad_fingerprint", f"{signal.phase}'s digest is not the digest of its items'"
     return None

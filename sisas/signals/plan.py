@@ -29,6 +29,8 @@ class PhasePlan(
     fatal: bool = True
     side_effects: bool = False
     map_over: str = ""
+    partial: bool = False
+    """A fan-out whose items may fail for good: it completes with null in their places."""
     contracts: list[str] = []
     invariants: list[str] = []
 
