@@ -72,6 +72,9 @@ class _Display:
     def __init__(self, progress: Progress | None) -> None:
         self.progress = progress
         self.tasks: dict[str, TaskID] = {}
+        self.item_seconds: dict[str, float] = {}
+        """Seconds of work of a fan-out's completed items, by phase."""
+        self.item_failures: dict[str, int] = {}
 
     def row(
         self,
@@ -109,12 +112,19 @@ def _apply(display: _Display, result: RunResult, s: Signal) -> None:
         display.row(phase, f"running on {body.worker}")
     elif isinstance(body, PhaseCompleted):
         if body.item is not None:
+            display.item_seconds[phase] = display.item_seconds.get(phase, 0.0) + body.duration
             display.row(phase, "items", advance=1)
         else:
-            display.row(phase, f"[green]completed[/] in {body.duration:.3f}s", done=True)
+            seconds = body.duration or display.item_seconds.get(phase, 0.0)
+            failed = display.item_failures.get(phase, 0)
+            note = f", [yellow]{failed} failed attempts[/]" if failed else ""
+            display.row(phase, f"[green]completed[/] in {seconds:.3f}s{note}", done=True)
     elif isinstance(body, PhaseRetryScheduled):
         display.row(phase, f"[yellow]retry in {body.delay:.2f}s[/]: {body.reason}")
-    elif isinstance(body, PhaseFailed) and body.item is None:
+    elif isinstance(body, PhaseFailed) and body.item is not None:
+        display.item_failures[phase] = display.item_failures.get(phase, 0) + 1
+        display.row(phase, f"[yellow]item {body.item} failed[/]: {body.error.message}")
+    elif isinstance(body, PhaseFailed):
         display.row(phase, f"[red]failed[/]: {body.error.kind}: {body.error.message}")
     elif isinstance(body, PhaseTimedOut):
         display.row(phase, f"[red]timed out[/] after {body.timeout}s")
