@@ -30,7 +30,14 @@ from sisas.projections.projector import Projector
 from sisas.projections.service import PROGRESS_HEADER, QUERY_PREFIX, answer
 from sisas.projections.store import ProjectionStore
 
-__all__ = ["PROJECTION_FILE", "Answer", "ask", "local_projector", "projection_path"]
+__all__ = [
+    "PROJECTION_FILE",
+    "Answer",
+    "ask",
+    "local_projector",
+    "projection_path",
+    "projector_listening",
+]
 
 PROJECTION_FILE: Final = "projection.duckdb"
 
@@ -93,6 +100,14 @@ async def ask(
         lag=int(reply.get("lag", 0)),
         served_by=served_by,
     )
+
+
+async def projector_listening(bus: Bus) -> bool:
+    """Whether a projector answers queries on this bus (another process may run it)."""
+    try:
+        return await _over_nats(bus, "runs", b'{"limit": 1}', None, 5.0) is not None
+    except QueryFailed:
+        return True  # something listens, if slowly: do not start a second projector
 
 
 async def _over_nats(

@@ -21,6 +21,7 @@ from sisas.bus.runtime import open_bus
 from sisas.bus.services import running_services
 from sisas.bus.streams import INPUT_STREAM, LOG_STREAM
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
+from sisas.dashboard.server import DEFAULT_PORT, serving_dashboard
 from sisas.loader import load_pipelines
 
 __all__ = ["down", "status", "up"]
@@ -57,6 +58,15 @@ __all__ = ["down", "status", "up"]
     is_flag=True,
     help="No projector here (another machine folds the log and answers queries).",
 )
+@click.option(
+    "--dashboard-port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_PORT,
+    envvar="SISAS_DASHBOARD_PORT",
+    show_default=True,
+    help="Port of the web dashboard on 127.0.0.1 (0: any free port).",
+)
+@click.option("--no-dashboard", is_flag=True, help="Do not serve the web dashboard.")
 @run_async
 async def up(
     port: int | None,
@@ -64,6 +74,8 @@ async def up(
     concurrency: int,
     no_handlers: bool,
     no_projector: bool,
+    dashboard_port: int,
+    no_dashboard: bool,
 ) -> None:
     """Start sisas and keep it running until Ctrl-C.
 
@@ -118,18 +130,25 @@ async def up(
             )
             handlers_text = ", ".join(parts)
         grid.add_row("handlers", handlers_text)
-        grid.add_row(
-            "next",
-            f"other processes here find it via {settings.home}; `sisas tail` to watch; "
-            "Ctrl-C to stop (listens on 127.0.0.1 only)",
+        web = (
+            contextlib.nullcontext("")
+            if no_dashboard or no_handlers
+            else serving_dashboard(bus, port=dashboard_port)
         )
-        console.print(Panel(grid, title="sisas is up", title_align="left", expand=False))
         handlers = (
             contextlib.nullcontext(asyncio.Event())
             if no_handlers
             else running_services(bus, pipes, concurrency=concurrency, projector=not no_projector)
         )
-        async with handlers:
+        async with handlers, web as url:
+            if url:
+                grid.add_row("dashboard", f"[bold]{url}[/] (read-only, live)")
+            grid.add_row(
+                "next",
+                f"other processes here find it via {settings.home}; `sisas tail` or "
+                "`sisas watch` to watch; Ctrl-C to stop (listens on 127.0.0.1 only)",
+            )
+            console.print(Panel(grid, title="sisas is up", title_align="left", expand=False))
             while not stop.is_set():
                 if bus.server is not None and not bus.server.alive:
                     fail(f"nats-server exited unexpectedly: {bus.server.log_tail()}", 1)

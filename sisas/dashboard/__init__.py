@@ -1,3 +1,2 @@
-"""The live web dashboard (issue 6)."""
-
-__all__: list[str] = []
+"""The live web dashboard (`sisas dashboard`, served by `sisas up` too): runs and run
+pages kept current by server-sent events from the log. Read-only."""

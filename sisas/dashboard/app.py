@@ -1,0 +1,165 @@
+"""The dashboard's web app: pages, a read-only JSON API and the live event stream.
+
+Every route is a GET: the dashboard can read runs, never start, cancel or change one
+(it holds no publish path to the command subjects).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from sisas import __version__
+from sisas.audit.html import render_report
+from sisas.bus.queries import ask
+from sisas.bus.runtime import Bus
+from sisas.bus.verification import verify_log
+from sisas.dashboard.hub import RESYNC, Hub
+from sisas.dashboard.views import run_view
+from sisas.errors import SisasError
+from sisas.handlers.state import fold
+from sisas.signals import StoredSignal
+from sisas.signals.names import check_name
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+_STATUSES = {"requested", "running", "completed", "failed", "cancelled"}
+HEARTBEAT = 15.0
+
+
+def _page(name: str) -> HTMLResponse:
+    text = resources.files("sisas.dashboard").joinpath("static", name).read_text()
+    return HTMLResponse(text, headers={"Cache-Control": "no-store"})
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def create_app(bus: Bus, hub: Hub) -> Starlette:
+    """The app over ``bus`` (queries and the log) and ``hub`` (the live stream)."""
+
+    async def index(request: Request) -> Response:
+        return _page("index.html")
+
+    async def run_page(request: Request) -> Response:
+        return _page("run.html")
+
+    async def api_runs(request: Request) -> Response:
+        q = request.query_params
+        params: dict[str, Any] = {"limit": min(int(q.get("limit", "200") or 200), 1000)}
+        if q.get("pipeline"):
+            params["pipeline"] = q["pipeline"]
+        if q.get("status"):
+            if q["status"] not in _STATUSES:
+                return _error(400, f"status must be one of {', '.join(sorted(_STATUSES))}")
+            params["status"] = q["status"]
+        try:
+            answer = await ask(bus, "runs", params, timeout=10)
+        except SisasError as exc:
+            return _error(503, f"the projection cannot answer: {exc}")
+        return JSONResponse({"as_of": answer.as_of, "lag": answer.lag, "runs": answer.result})
+
+    async def api_run(request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        try:
+            check_name(run_id, "run id")
+        except SisasError as exc:
+            return _error(400, str(exc))
+        records = await bus.log.read_run(run_id)
+        signals = [r.signal for r in records if isinstance(r, StoredSignal)]
+        if not signals:
+            return _error(404, f"no run {run_id}")
+        view = run_view(signals)
+        view["corrupt"] = len(records) - len(signals)
+        return JSONResponse(view)
+
+    async def report(request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        try:
+            check_name(run_id, "run id")
+            verdicts = await verify_log(bus, run_id)
+            manifest = (await ask(bus, "manifest", {"run_id": run_id}, timeout=10)).result
+        except SisasError as exc:
+            return HTMLResponse(f"<p>no report for {run_id}: {exc}</p>", status_code=404)
+        records = await bus.log.read_run(run_id)
+        signals = [r.signal for r in records if isinstance(r, StoredSignal)]
+        html = render_report(
+            manifest=manifest,
+            verdict=verdicts.verdicts[0],
+            state=fold(signals),
+            signals=signals,
+            generated_with=f"sisas {__version__} dashboard",
+        )
+        return HTMLResponse(html)
+
+    async def events(request: Request) -> Response:
+        queue = hub.subscribe()
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                yield f"retry: 1000\nevent: hello\ndata: {hub.last_seq}\n\n".encode()
+                if request.headers.get("last-event-id"):
+                    yield b"event: resync\ndata: reconnected\n\n"  # what was missed: refetch
+                while True:
+                    try:
+                        seq, data = await asyncio.wait_for(queue.get(), HEARTBEAT)
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+                        continue
+                    if not data:
+                        return  # the dashboard is stopping
+                    if data == RESYNC:
+                        yield f"id: {seq}\nevent: resync\ndata: behind\n\n".encode()
+                    else:
+                        yield b"id: %d\nevent: signal\ndata: %s\n\n" % (seq, data)
+            finally:
+                hub.unsubscribe(queue)
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"ok": True, "clients": hub.clients, "last_seq": hub.last_seq})
+
+    static = resources.files("sisas.dashboard").joinpath("static")
+    return Starlette(
+        routes=[
+            Route("/", index),
+            Route("/runs/{run_id}", run_page),
+            Route("/runs/{run_id}/report", report),
+            Route("/api/runs", api_runs),
+            Route("/api/runs/{run_id}", api_run),
+            Route("/events", events),
+            Route("/healthz", health),
+            Mount("/static", StaticFiles(directory=str(static)), name="static"),
+        ]
+    )
+
+
+@contextlib.asynccontextmanager
+async def feeding(bus: Bus, hub: Hub) -> AsyncIterator[asyncio.Task[None]]:
+    """The hub fed from the log while inside the block."""
+    task = asyncio.create_task(hub.run(bus.log), name="dashboard-hub")
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        await hub.close()
