@@ -7,6 +7,7 @@ from sisas.cli import (  # noqa: F401
     batch_command,
     demo_command,
     key_commands,
+    live_commands,
     log_commands,
     query_commands,
     replay_commands,

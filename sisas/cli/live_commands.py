@@ -1,0 +1,193 @@
+"""``sisas dashboard`` (the web page) and ``sisas watch`` (the same live view in a terminal)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from typing import Any
+
+import click
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from sisas.bus.queries import ask, projector_listening
+from sisas.bus.runtime import open_bus
+from sisas.bus.services import running_services
+from sisas.cli.app import cli, console, err_console, load_settings, run_async
+from sisas.dashboard.server import DEFAULT_PORT, serving_dashboard
+from sisas.dashboard.views import run_view
+from sisas.handlers.state import TERMINAL_RUN
+from sisas.signals import Signal, StoredSignal
+from sisas.signals.names import check_name
+
+__all__ = ["dashboard", "watch"]
+
+_STYLE = {
+    "completed": "green",
+    "failed": "red",
+    "timed_out": "red",
+    "cancelled": "red",
+    "running": "blue",
+    "scheduled": "blue",
+    "retrying": "yellow",
+    "skipped": "dim",
+    "pending": "dim",
+}
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_PORT,
+    envvar="SISAS_DASHBOARD_PORT",
+    show_default=True,
+    help="Port (0: any free port).",
+)
+@run_async
+async def dashboard(host: str, port: int) -> None:
+    """Serve the live web dashboard until Ctrl-C (`sisas up` serves it too).
+
+    Runs list and run pages (phase DAG, timeline of attempts, checks, retries and
+    errors, audit report) kept live by server-sent events. Read-only. When no projector
+    answers queries on this server, this process runs one.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_bus(load_settings(), name="sisas-dashboard") as bus:
+        own = not await projector_listening(bus)
+        services = (
+            running_services(bus, {}, orchestrator=False, projector=True)
+            if own
+            else contextlib.nullcontext(asyncio.Event())
+        )
+        async with services, serving_dashboard(bus, host=host, port=port) as url:
+            where = "its own projector" if own else "the running projector"
+            console.print(f"dashboard on [bold]{url}[/] ({where}; Ctrl-C to stop)")
+            await stop.wait()
+    err_console.print("stopped")
+
+
+def _phase_table(view: dict[str, Any]) -> Table:
+    table = Table(title=f"{view['run_id']}  {view['pipeline']} {view['version']}", expand=False)
+    for col in ("phase", "status", "attempts", "progress", "error"):
+        table.add_column(col)
+    for p in view["phases"]:
+        items = p["items"]
+        bar = ""
+        if items:
+            done = p["items_done"] or 0
+            width = 20
+            fill = round(width * done / items)
+            bar = "█" * fill + "░" * (width - fill) + f" {done}/{items}"
+        error = p["error"] or (f"skipped: {p['skip_reason']}" if p["skip_reason"] else "")
+        style = _STYLE.get(p["status"], "")
+        table.add_row(
+            p["name"], Text(p["status"], style=style), str(p["attempts"]), bar, error or ""
+        )
+    return table
+
+
+def _run_render(view: dict[str, Any]) -> Group:
+    status = view["status"]
+    head = Text.assemble(
+        ("run ", ""),
+        (status, _STYLE.get(status, "bold")),
+        f"  seed {view['seed']}  {view['signals']} signals",
+    )
+    parts: list[Any] = [head, _phase_table(view)]
+    failed = [c for c in view["checks"] if not c["passed"]]
+    parts.append(
+        Text(
+            f"checks: {len(view['checks'])}, "
+            + (f"{len(failed)} failed" if failed else "all passed"),
+            style="red" if failed else "green",
+        )
+    )
+    for i in view["incidents"][-6:]:
+        item = "" if i["item"] is None else f"[{i['item']}]"
+        parts.append(Text(f"  {i['kind']} {i['phase']}{item}: {i['summary']}", style="yellow"))
+    if view["error"]:
+        parts.append(Text(f"{view['error']} (phase {view['failed_phase']})", style="red"))
+    return Group(*parts)
+
+
+def _runs_render(runs: dict[str, dict[str, Any]]) -> Table:
+    table = Table(title="runs (live; Ctrl-C to stop)")
+    for col in ("run", "pipeline", "status", "signals", "last"):
+        table.add_column(col)
+    for r in list(runs.values())[-25:][::-1]:
+        table.add_row(
+            r["run_id"],
+            r["pipeline"],
+            Text(r["status"], style=_STYLE.get(r["status"], "")),
+            str(r["signals"]),
+            r.get("last", ""),
+        )
+    return table
+
+
+_ENDS = {
+    "run_started": "running",
+    "run_completed": "completed",
+    "run_failed": "failed",
+    "run_cancelled": "cancelled",
+}
+
+
+@cli.command()
+@click.argument("run_id", required=False)
+@run_async
+async def watch(run_id: str | None) -> None:
+    """The live view in the terminal: one run's phases (RUN_ID), or every run.
+
+    With RUN_ID it ends when the run ends: exit 0 completed, 1 failed or cancelled.
+    """
+    if run_id:
+        check_name(run_id, "run id")
+    async with open_bus(load_settings(), name="sisas-watch") as bus:
+        if run_id:
+            signals: list[Signal] = []
+            with Live(
+                Text(f"waiting for {run_id}…"), console=console, refresh_per_second=8
+            ) as live:
+                async for rec in bus.log.follow_run(run_id):
+                    if not isinstance(rec, StoredSignal):
+                        continue
+                    signals.append(rec.signal)
+                    view = run_view(signals)
+                    live.update(_run_render(view))
+                    if view["status"] in TERMINAL_RUN:
+                        break
+            sys.exit(0 if view["status"] == "completed" else 1)
+        runs: dict[str, dict[str, Any]] = {}
+        with contextlib.suppress(Exception):
+            answer = await ask(bus, "runs", {"limit": 25}, timeout=10)
+            for r in reversed(answer.result):
+                runs[r["run_id"]] = dict(r)
+        start = await bus.log.last_seq() + 1
+        with Live(_runs_render(runs), console=console, refresh_per_second=4) as live:
+            async for record in bus.log.follow(from_seq=start, live=True):
+                if not isinstance(record, StoredSignal):
+                    continue
+                s = record.signal
+                row = runs.setdefault(
+                    s.run_id,
+                    {
+                        "run_id": s.run_id,
+                        "pipeline": s.pipeline,
+                        "status": "requested",
+                        "signals": 0,
+                    },
+                )
+                row["signals"] = s.seq
+                row["status"] = _ENDS.get(s.kind, row["status"])
+                row["last"] = f"{s.kind} {s.phase}".strip()
+                live.update(_runs_render(runs))
