@@ -150,7 +150,11 @@ def test_up_runs_until_interrupted_and_a_second_up_refuses(tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
     env.update(SISAS_HOME=str(tmp_path / "home"), COLUMNS="200")
     proc = subprocess.Popen(
-        [*SISAS, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*SISAS, "up", "--dashboard-port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 30
@@ -182,7 +186,11 @@ def test_down_stops_a_running_up(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
     env.update(SISAS_HOME=str(tmp_path / "home"))
     proc = subprocess.Popen(
-        [*SISAS, "up"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [*SISAS, "up", "--dashboard-port", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 30
     while not (tmp_path / "home" / "server.json").exists() and time.monotonic() < deadline:

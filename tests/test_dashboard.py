@@ -1,0 +1,216 @@
+"""The dashboard in a real headless Chromium, fed by a real `sisas up` (nats-server,
+orchestrator, projector, worker), with runs started from the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+ROOT = Path(__file__).parent.parent
+SCREENSHOTS = ROOT / "build" / "screenshots"
+PIPELINES = str(ROOT / "tests" / "pipelines.py")
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Up:
+    """`sisas up` in a child process, serving the dashboard on a fixed port."""
+
+    def __init__(self, home: Path, port: int) -> None:
+        self.home, self.port = home, port
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
+        self.env.update(SISAS_HOME=str(home), COLUMNS="200")
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = f"http://127.0.0.1:{port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sisas.cli", "up", "--pipelines", PIPELINES,
+             "--dashboard-port", str(self.port)],
+            env=self.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.proc.poll() is None, self.proc.communicate()
+            assert time.monotonic() < deadline, "the dashboard did not come up in 60 s"
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sisas.cli", *args],
+            env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    server = Up(tmp_path / "home", _free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
+    assert not missing, (
+        f"{', '.join(missing)} missing: `./dev test` installs Debian's chromium and "
+        "chromium-driver (apt-get install chromium chromium-driver)"
+    )
+    options = Options()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(arg)
+    options.add_argument("--window-size=1400,1100")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def _wait(driver: webdriver.Chrome, what: str, timeout: float = 30) -> WebDriverWait:  # type: ignore[type-arg]
+    return WebDriverWait(driver, timeout, poll_frequency=0.05, ignored_exceptions=(Exception,))
+
+
+def _status(driver: webdriver.Chrome, phase: str) -> str:
+    row = driver.find_element(By.CSS_SELECTOR, f'#phases tr[data-phase="{phase}"]')
+    return str(row.get_attribute("data-status"))
+
+
+def test_a_run_started_from_the_cli_goes_live_on_the_page_without_a_reload(
+    up: Up, browser: webdriver.Chrome
+) -> None:
+    browser.get(up.url)
+    _wait(browser, "live").until(lambda d: d.find_element(By.ID, "live").text == "live")
+    browser.execute_script("window.__sameDocument = true")
+    payload = up.home / "nap.json"
+    payload.write_text(json.dumps({"seconds": 2.5}))
+    started = up.cli("run", "slow", "--input", str(payload), "--json", "--seed", "3")
+    assert started.returncode == 0, started.stderr
+    run_id = json.loads(started.stdout.strip().splitlines()[-1])["run_id"]
+    row = f'tr[data-run-id="{run_id}"]'
+    _wait(browser, "row").until(lambda d: d.find_element(By.CSS_SELECTOR, row))
+    assert browser.execute_script("return window.__sameDocument") is True  # no reload
+    browser.find_element(By.CSS_SELECTOR, row).click()
+    _wait(browser, "run page").until(lambda d: d.find_element(By.ID, "run-id").text == run_id)
+    browser.execute_script("window.__sameDocument = true")
+    seen: list[str] = []
+
+    def nap_done(d: webdriver.Chrome) -> bool:
+        status = _status(d, "nap")
+        if not seen or seen[-1] != status:
+            seen.append(status)
+        return _status(d, "after") == "completed"
+
+    _wait(browser, "completed", timeout=60).until(nap_done)
+    assert "running" in seen and seen[-1] == "completed", seen  # watched it turn
+    assert browser.execute_script("return window.__sameDocument") is True
+    assert browser.execute_script("return window.sisas.events") > 0
+    assert browser.find_element(By.ID, "run-status").text == "completed"
+    nodes = browser.find_elements(By.CSS_SELECTOR, "#dag g.node")
+    assert {n.get_attribute("data-status") for n in nodes} == {"completed"}
+    assert browser.find_elements(By.CSS_SELECTOR, "#gantt rect[data-status=completed]")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shot = SCREENSHOTS / "run-page.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
+    # The audit report the page links to opens and names the run.
+    browser.get(browser.find_element(By.ID, "report-link").get_attribute("href") or "")
+    assert f"sisas audit: {run_id}" in browser.title
+    assert "state digest" in browser.page_source and "completed" in browser.page_source
+
+
+def test_the_page_recovers_after_the_server_restarts(up: Up, browser: webdriver.Chrome) -> None:
+    browser.get(up.url)
+    _wait(browser, "live").until(lambda d: d.find_element(By.ID, "live").text == "live")
+    browser.execute_script("window.__sameDocument = true")
+    up.stop()
+    _wait(browser, "lost").until(lambda d: d.find_element(By.ID, "live").text != "live")
+    up.start()
+    _wait(browser, "back", timeout=60).until(lambda d: d.find_element(By.ID, "live").text == "live")
+    payload = up.home / "nap.json"
+    payload.write_text(json.dumps({"seconds": 0.1}))
+    started = up.cli("run", "slow", "--input", str(payload), "--json", "--wait")
+    assert started.returncode == 0, started.stderr
+    run_id = json.loads(started.stdout.strip().splitlines()[-1])["run_id"]
+    done = f'tr[data-run-id="{run_id}"][data-status="completed"]'
+    _wait(browser, "new run").until(lambda d: d.find_element(By.CSS_SELECTOR, done))
+    assert browser.execute_script("return window.__sameDocument") is True
+
+
+def test_many_clients_get_every_event_and_nothing_can_be_posted(up: Up) -> None:
+    async def client(events: list[dict[str, object]], ready: asyncio.Event, n: int) -> None:
+        async with (
+            httpx.AsyncClient(timeout=60) as http,
+            http.stream("GET", f"{up.url}/events") as response,
+        ):
+            kind = ""
+            async for line in response.aiter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                    if kind == "hello":
+                        ready.set()
+                elif line.startswith("data: ") and kind == "signal":
+                    events.append(json.loads(line[6:]))
+                    if events[-1]["kind"] == "run_completed":
+                        return
+
+    async def main() -> list[list[dict[str, object]]]:
+        got: list[list[dict[str, object]]] = [[] for _ in range(10)]
+        ready = [asyncio.Event() for _ in range(10)]
+        tasks = [asyncio.create_task(client(got[i], ready[i], i)) for i in range(10)]
+        await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), 30)
+        payload = up.home / "nap.json"
+        payload.write_text(json.dumps({"seconds": 0.1}))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sisas.cli", "run", "slow", "--input", str(payload),
+            env=up.env, cwd=ROOT, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        await proc.wait()
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        return got
+
+    got = asyncio.run(main())
+    seqs = [[e["seq"] for e in events] for events in got]
+    assert all(s == list(range(1, len(s) + 1)) for s in seqs), seqs  # in order, none missed
+    assert len({tuple(s) for s in seqs}) == 1  # every client saw the same
+    for method in ("POST", "PUT", "DELETE"):
+        for path in ("/api/runs", "/events", "/runs/x"):
+            assert httpx.request(method, f"{up.url}{path}").status_code == 405
+    assert re.search(r"sisas", httpx.get(up.url).text)
