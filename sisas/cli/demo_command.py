@@ -113,16 +113,21 @@ async def demo(seed: int) -> None:
             f"sisas audit {rid} --out audit-{rid[-6:]}",
             "a bundle with report.html; `sisas audit verify DIR` checks it offline",
         ),
-        (f"sisas up --pipelines {PIPELINE_SPEC}", "keep a server, orchestrator, worker"),
+        (
+            f"sisas up --pipelines {PIPELINE_SPEC}",
+            "keep a server, orchestrator, worker; the live dashboard on http://127.0.0.1:8765",
+        ),
+        (f"sisas watch {rid}", "the same live view in the terminal"),
         (
             "sisas run examples.policy_evaluation --input "
             "examples/policy_evaluation/data/broken_weights.json --wait",
             "(in another shell) exit 1: INV-7.1 fails, observed 1.1",
         ),
         (
-            "sisas run examples/clustering.py --input examples/data/points.json --wait",
-            "another example: a retry, a fan-out, a phase in a child process",
+            "sisas run examples.taxonomy --wait",
+            "the other reference pipelines: examples.taxonomy, examples.script_lighting,",
         ),
+        ("", "examples.task_execution (each with a README in examples/)"),
         ("sisas tail --all", "the whole log, live"),
         ("sisas schema export schemas/", "JSON Schemas to decode the log in any language"),
     ]
