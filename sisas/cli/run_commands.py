@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import secrets
 import sys
@@ -23,6 +22,7 @@ from sisas.cli.app import cli, console, err_console, fail, load_settings, run_as
 from sisas.cli.progress import RunResult, watch_run
 from sisas.cli.resume import prepare_resume
 from sisas.errors import UsageError
+from sisas.handlers.derive import keyed_run_id
 from sisas.loader import load_pipelines
 from sisas.pipeline import Pipeline
 from sisas.signals import Scalar, StoredSignal, check_name
@@ -74,11 +74,9 @@ def read_input(source: str | None) -> bytes:
 
 
 def run_id_for(pipeline: str, idempotency_key: str | None) -> str:
-    prefix = pipeline[:40]
     if idempotency_key:
-        digest = hashlib.sha256(f"{pipeline}\0{idempotency_key}".encode()).hexdigest()
-        return f"{prefix}-{digest[:12]}"
-    return f"{prefix}-{secrets.token_hex(6)}"
+        return keyed_run_id(pipeline, idempotency_key)
+    return f"{pipeline[:40]}-{secrets.token_hex(6)}"
 
 
 @contextlib.asynccontextmanager

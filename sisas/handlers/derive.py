@@ -6,7 +6,7 @@ import hashlib
 
 from sisas.signals.digest import semantic_digest
 
-__all__ = ["backoff_delay", "derive_seed", "run_fingerprint", "unit_interval"]
+__all__ = ["backoff_delay", "derive_seed", "keyed_run_id", "run_fingerprint", "unit_interval"]
 
 
 def _h(*parts: object) -> bytes:
@@ -52,3 +52,9 @@ def run_fingerprint(outputs: dict[str, str], checks: dict[str, bool]) -> str:
     return semantic_digest(
         {"outputs": dict(sorted(outputs.items())), "checks": dict(sorted(checks.items()))}
     )
+
+
+def keyed_run_id(pipeline: str, key: str) -> str:
+    """The run id an idempotency key names: the same key, the same run."""
+    digest = hashlib.sha256(f"{pipeline}\0{key}".encode()).hexdigest()
+    return f"{pipeline[:40]}-{digest[:12]}"

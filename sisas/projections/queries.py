@@ -108,7 +108,7 @@ _RUN_COLUMNS = """
 
 def runs(con: duckdb.DuckDBPyConnection, q: RunsQuery) -> list[dict[str, Any]]:
     """Runs, newest first, filtered by pipeline, status and start time."""
-    where: list[str] = ["TRUE"]
+    where: list[str] = ["status <> 'new'"]  # trigger evaluation chains are no runs
     args: list[object] = []
     if q.pipeline:
         where.append("pipeline = ?")

@@ -35,7 +35,9 @@ from sisas.signals.kinds import (
     RunFailed,
     RunRequested,
     RunStarted,
+    TriggerEvaluated,
 )
+from sisas.signals.names import TRIGGERS_PIPELINE
 
 __all__ = ["violation"]
 
@@ -50,6 +52,10 @@ def violation(state: RunState, signal: Signal) -> tuple[str, str] | None:
     """``(problem, message)`` when ``signal`` cannot follow ``state``; None when it can."""
     body = signal.body
     t = type(body)  # bodies are final classes: comparing types is exact (and cheap)
+    if t is TriggerEvaluated:  # a chain of evaluations of one upstream message
+        if state.status == "new" and signal.pipeline == TRIGGERS_PIPELINE:
+            return None
+        return "out_of_place", "trigger_evaluated belongs to a triggers chain, not a run"
     if signal.seq == 1 and t is not RunRequested:
         return "out_of_place", f"a run begins with run_requested, not {signal.kind}"
     if state.ended:

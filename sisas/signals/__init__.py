@@ -33,6 +33,8 @@ from sisas.signals.kinds import (
     RunRequested,
     RunStarted,
     Scalar,
+    TriggerEvaluated,
+    TriggerResult,
     Violation,
 )
 from sisas.signals.names import check_name, input_subject, log_subject, run_filter
@@ -65,6 +67,8 @@ __all__ = [
     "PhaseTimedOut",
     "Resources",
     "RunCancelled",
+    "TriggerEvaluated",
+    "TriggerResult",
     "RunCompleted",
     "RunFailed",
     "RunRequested",

@@ -260,6 +260,32 @@ class RunCancelled(msgspec.Struct, tag="run_cancelled", **_OPTS):
     requested_by: str = ""
 
 
+class TriggerResult(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True
+):
+    """One trigger rule's verdict on an upstream message."""
+
+    trigger: str
+    matched: bool
+    reason: str
+    run_id: str = ""
+
+
+class TriggerEvaluated(msgspec.Struct, tag="trigger_evaluated", **_OPTS):
+    """An upstream message was evaluated against the trigger rules: each rule's verdict.
+
+    Recorded in a chain of its own per upstream message (pipeline ``triggers``), so a
+    redelivery or duplicate appends another evaluation with ``duplicate`` set, naming the
+    runs the first one started; ``error`` says why a message could not be read.
+    """
+
+    subject: str
+    message_id: str
+    results: list[TriggerResult] = []
+    duplicate: bool = False
+    error: str = ""
+
+
 Body: TypeAlias = (
     RunRequested
     | RunStarted
@@ -277,6 +303,7 @@ Body: TypeAlias = (
     | RunCompleted
     | RunFailed
     | RunCancelled
+    | TriggerEvaluated
 )
 
 BODY_TYPES: Final[tuple[type[Body], ...]] = get_args(Body)

@@ -17,6 +17,7 @@ __all__ = [
     "IN_PREFIX",
     "LOG_PREFIX",
     "RUN_LEVEL",
+    "TRIGGERS_PIPELINE",
     "check_name",
     "input_subject",
     "log_subject",
@@ -27,6 +28,8 @@ __all__ = [
 LOG_PREFIX: Final = "sisas.run"
 IN_PREFIX: Final = "sisas.in"
 RUN_LEVEL: Final = "_"
+TRIGGERS_PIPELINE: Final = "triggers"
+"""The pipeline name of trigger evaluation chains (one per upstream message)."""
 """The phase token of signals that belong to the run, not to one phase."""
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")

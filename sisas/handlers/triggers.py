@@ -1,0 +1,174 @@
+"""Trigger rules: an upstream message on a subject, filtered, becomes a pipeline run.
+
+A rules file (TOML, `sisas.toml` or `--triggers FILE`)::
+
+    [[trigger]]
+    name = "new-plan"
+    subject = "upstream.plans.>"          # NATS subject pattern (`*` one token, `>` the rest)
+    pipeline = "policy_evaluation"
+    when = { status = "ready", "meta.kind" = ["plan", "revision"] }   # equality, or one of
+    input = "$.plan"                     # the run input: `$` (the message), `$.path`, or a table
+    config = { "executor.retries" = 2 }  # optional run configuration
+    seed = "$.seed"                      # optional: a path to an integer, or an integer
+
+Pure: evaluating a rule reads only the message. Each upstream message starts at most one
+run per rule, whose id is derived from the rule and the message id, so a redelivered or
+duplicated message names the same run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from typing import Any
+
+import msgspec
+
+from sisas.errors import UsageError
+from sisas.handlers.derive import keyed_run_id
+from sisas.signals.kinds import Scalar
+from sisas.signals.names import check_name
+
+__all__ = ["Evaluation", "Rule", "evaluate", "message_id", "parse_rules", "subject_matches"]
+
+
+class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    subject: str
+    pipeline: str
+    when: dict[str, Any] = {}
+    input: Any = "$"
+    config: dict[str, Scalar] = {}
+    seed: int | str | None = None
+
+
+class Evaluation(msgspec.Struct, frozen=True, kw_only=True):
+    """What a rule made of a message: whether it matched, why, and the run it names."""
+
+    trigger: str
+    matched: bool
+    reason: str
+    pipeline: str = ""
+    run_id: str = ""
+    input: Any = None
+    seed: int | None = None
+    config: dict[str, Scalar] = {}
+
+
+def parse_rules(text: str, where: str = "the rules file") -> list[Rule]:
+    """The rules in ``text`` (TOML). Raises :class:`UsageError` naming what is wrong."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{where} is not valid TOML: {exc}") from None
+    raw = data.get("trigger", [])
+    if not isinstance(raw, list) or not raw:
+        raise UsageError(f"{where} has no [[trigger]] tables: add at least one rule")
+    rules = []
+    for i, entry in enumerate(raw):
+        try:
+            rule = msgspec.convert(entry, Rule)
+        except msgspec.ValidationError as exc:
+            raise UsageError(f"{where}: trigger #{i + 1}: {exc}") from None
+        check_name(rule.name, f"trigger #{i + 1} name")
+        check_name(rule.pipeline, f"trigger {rule.name} pipeline")
+        if not rule.subject or any(not t for t in rule.subject.split(".")):
+            raise UsageError(f"{where}: trigger {rule.name}: subject {rule.subject!r} is empty")
+        if rule.subject.startswith("sisas."):
+            raise UsageError(
+                f"{where}: trigger {rule.name}: subjects under sisas. are sisas's own; "
+                "listen to your upstream system's subjects"
+            )
+        rules.append(rule)
+    names = [r.name for r in rules]
+    if len(set(names)) != len(names):
+        raise UsageError(f"{where}: trigger names must be unique (got {', '.join(names)})")
+    return rules
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard matching: ``*`` one token, ``>`` one or more trailing tokens."""
+    pat, sub = pattern.split("."), subject.split(".")
+    for i, token in enumerate(pat):
+        if token == ">":
+            return len(sub) > i
+        if i >= len(sub) or (token != "*" and token != sub[i]):
+            return False
+    return len(pat) == len(sub)
+
+
+def message_id(subject: str, data: bytes, header_id: str | None) -> str:
+    """The upstream message's identity: its Nats-Msg-Id, else a digest of subject and bytes."""
+    if header_id:
+        return header_id
+    return "sha256:" + hashlib.sha256(subject.encode() + b"\0" + data).hexdigest()
+
+
+_MISSING = object()
+
+
+def _path(message: Any, path: str) -> Any:
+    if path == "$":
+        return message
+    if not path.startswith("$."):
+        return _MISSING
+    value = message
+    for part in path[2:].split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return _MISSING
+    return value
+
+
+def _build(template: Any, message: Any, missing: list[str]) -> Any:
+    if isinstance(template, str) and template.startswith("$"):
+        value = _path(message, template)
+        if value is _MISSING:
+            missing.append(template)
+            return None
+        return value
+    if isinstance(template, dict):
+        return {k: _build(v, message, missing) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_build(v, message, missing) for v in template]
+    return template
+
+
+def evaluate(rule: Rule, subject: str, message: Any, msg_id: str) -> Evaluation:
+    """Whether ``rule`` starts a run for ``message`` (decoded JSON), and why."""
+
+    def no(reason: str) -> Evaluation:
+        return Evaluation(trigger=rule.name, matched=False, reason=reason)
+
+    if not subject_matches(rule.subject, subject):
+        return no(f"subject {subject} does not match {rule.subject}")
+    for path, expected in rule.when.items():
+        key = path if path.startswith("$") else f"$.{path}"
+        value = _path(message, key)
+        if value is _MISSING:
+            return no(f"{path} is missing from the message")
+        if isinstance(expected, list) and value not in expected:
+            return no(f"{path} is {value!r}, not one of {expected!r}")
+        if not isinstance(expected, list) and value != expected:
+            return no(f"{path} is {value!r}, not {expected!r}")
+    missing: list[str] = []
+    data = _build(rule.input, message, missing)
+    seed = _build(rule.seed, message, missing) if rule.seed is not None else None
+    if missing:
+        return no(f"the input needs {', '.join(missing)}, which the message lacks")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        return no(f"seed {rule.seed} is {seed!r}, not an integer")
+    filters = ", ".join(f"{k} = {v!r}" for k, v in rule.when.items()) or "no filter"
+    return Evaluation(
+        trigger=rule.name,
+        matched=True,
+        reason=f"subject matches {rule.subject}; {filters}",
+        pipeline=rule.pipeline,
+        run_id=keyed_run_id(rule.pipeline, f"trigger:{rule.name}:{msg_id}"),
+        input=data,
+        seed=seed,
+        config=dict(rule.config),
+    )
