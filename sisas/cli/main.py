@@ -14,6 +14,7 @@ from sisas.cli import (  # noqa: F401
     run_commands,
     schema_commands,
     server_commands,
+    trigger_commands,
 )
 from sisas.cli.app import cli
 

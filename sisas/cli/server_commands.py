@@ -20,7 +20,9 @@ from sisas.bus.embedded import running_server
 from sisas.bus.runtime import open_bus
 from sisas.bus.services import running_services
 from sisas.bus.streams import INPUT_STREAM, LOG_STREAM
+from sisas.bus.triggers import TriggerService
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
+from sisas.cli.trigger_commands import load_rules
 from sisas.dashboard.server import DEFAULT_PORT, serving_dashboard
 from sisas.loader import load_pipelines
 
@@ -67,6 +69,12 @@ __all__ = ["down", "status", "up"]
     help="Port of the web dashboard on 127.0.0.1 (0: any free port).",
 )
 @click.option("--no-dashboard", is_flag=True, help="Do not serve the web dashboard.")
+@click.option(
+    "--triggers",
+    "rules_file",
+    default=None,
+    help="Trigger rules (TOML): also run the trigger service (see `sisas triggers`).",
+)
 @run_async
 async def up(
     port: int | None,
@@ -76,6 +84,7 @@ async def up(
     no_projector: bool,
     dashboard_port: int,
     no_dashboard: bool,
+    rules_file: str | None,
 ) -> None:
     """Start sisas and keep it running until Ctrl-C.
 
@@ -89,6 +98,7 @@ async def up(
     """
     settings = load_settings()
     pipes = {} if no_handlers else load_pipelines(pipeline_specs)
+    rules = load_rules(rules_file) if rules_file else []
     if port is not None:
         settings = replace(settings, port=port)
     if settings.embedded:
@@ -140,9 +150,15 @@ async def up(
             if no_handlers
             else running_services(bus, pipes, concurrency=concurrency, projector=not no_projector)
         )
-        async with handlers, web as url:
+        async with handlers as stop_handlers, web as url:
             if url:
                 grid.add_row("dashboard", f"[bold]{url}[/] (read-only, live)")
+            if rules:
+                service = TriggerService(bus, rules)
+                await service.start()
+                trigger_task = asyncio.create_task(service.run(stop_handlers))
+                listed = ", ".join(f"{r.subject} -> {r.pipeline}" for r in rules)
+                grid.add_row("triggers", listed)
             grid.add_row(
                 "next",
                 f"other processes here find it via {settings.home}; `sisas tail` or "
@@ -155,6 +171,9 @@ async def up(
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)
             err_console.print("stopping…")
+            if rules:
+                stop_handlers.set()
+                await trigger_task
     err_console.print("stopped cleanly")
 
 

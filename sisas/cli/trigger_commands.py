@@ -1,0 +1,103 @@
+"""``sisas triggers``: run the trigger service, or explain rules against a sample message."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from sisas.bus.runtime import open_bus
+from sisas.bus.triggers import TriggerService
+from sisas.cli.app import cli, console, err_console, load_settings, run_async
+from sisas.errors import UsageError
+from sisas.handlers.triggers import Rule, evaluate, message_id, parse_rules
+
+__all__ = ["load_rules", "triggers"]
+
+DEFAULT_FILE = "sisas.toml"
+
+
+def load_rules(path: str | None) -> list[Rule]:
+    """The rules in ``path`` (default ./sisas.toml). Raises UsageError naming the fix."""
+    file = Path(path or DEFAULT_FILE)
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        hint = "" if path else f" (the default, {DEFAULT_FILE} in this folder)"
+        raise UsageError(f"no rules file {file}{hint}: pass --triggers FILE") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {file}: {exc.strerror}") from None
+    return parse_rules(text, str(file))
+
+
+@cli.group()
+def triggers() -> None:
+    """Start runs from upstream messages: rules map a subject and a filter to a run."""
+
+
+@triggers.command("run")
+@click.option("--triggers", "rules_file", default=None, help="Rules file (default ./sisas.toml).")
+@run_async
+async def run_triggers(rules_file: str | None) -> None:
+    """Evaluate upstream messages until Ctrl-C; each message starts one run per rule."""
+    rules = load_rules(rules_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_bus(load_settings(), name="sisas-triggers") as bus:
+        service = TriggerService(bus, rules)
+        await service.start()
+        names = ", ".join(f"{r.name} ({r.subject} -> {r.pipeline})" for r in rules)
+        console.print(f"triggers: {names}; Ctrl-C to stop")
+        await service.run(stop)
+    err_console.print(f"stopped: {service.evaluated} evaluated, {service.started} runs started")
+
+
+@triggers.command("test")
+@click.argument("rules_file")
+@click.argument("message")
+@click.option("--subject", default=None, help="Subject it arrives on (default: the rule's own).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def test_rules(rules_file: str, message: str, subject: str | None, as_json: bool) -> None:
+    """Explain each rule of RULES_FILE against MESSAGE (a JSON file, or JSON text).
+
+    Exit 0 when a rule matches, 1 when none does, 2 for a bad file or message.
+    """
+    rules = load_rules(rules_file)
+    source = Path(message)
+    text = source.read_text() if source.is_file() else message
+    try:
+        decoded = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"the message is not JSON ({exc}): pass a JSON file or text") from None
+    rows = []
+    for rule in rules:
+        subj = subject or rule.subject.replace(">", "x").replace("*", "x")
+        mid = message_id(subj, text.encode(), None)
+        ev = evaluate(rule, subj, decoded, mid)
+        rows.append(
+            {
+                "trigger": rule.name,
+                "subject": subj,
+                "matched": ev.matched,
+                "reason": ev.reason,
+                "pipeline": rule.pipeline,
+                "run_id": ev.run_id,
+                "input": ev.input,
+            }
+        )
+    if as_json:
+        print(json.dumps({"results": rows}))
+    else:
+        for r in rows:
+            mark = "[green]matches[/]" if r["matched"] else "[yellow]does not match[/]"
+            console.print(f"[bold]{r['trigger']}[/] on {r['subject']}: {mark}: {r['reason']}")
+            if r["matched"]:
+                console.print(f"  would start {r['pipeline']} run {r['run_id']} with input:")
+                console.print_json(json.dumps(r["input"]))
+    sys.exit(0 if any(r["matched"] for r in rows) else 1)
