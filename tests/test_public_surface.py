@@ -36,6 +36,8 @@ SIGNALS = {
     "PhaseTimedOut",
     "Resources",
     "RunCancelled",
+    "TriggerEvaluated",
+    "TriggerResult",
     "RunCompleted",
     "RunFailed",
     "RunRequested",
