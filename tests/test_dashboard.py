@@ -108,9 +108,14 @@ def _wait(driver: webdriver.Chrome, what: str, timeout: float = 30) -> WebDriver
     return WebDriverWait(driver, timeout, poll_frequency=0.05, ignored_exceptions=(Exception,))
 
 
-def _status(driver: webdriver.Chrome, phase: str) -> str:
-    row = driver.find_element(By.CSS_SELECTOR, f'#phases tr[data-phase="{phase}"]')
-    return str(row.get_attribute("data-status"))
+def _statuses(driver: webdriver.Chrome) -> dict[str, str]:
+    """Every phase row's status, read in one go (the table may re-render between reads)."""
+    return dict(
+        driver.execute_script(
+            "return [...document.querySelectorAll('#phases tr[data-phase]')]"
+            ".map(r => [r.dataset.phase, r.dataset.status])"
+        )
+    )
 
 
 def test_a_run_started_from_the_cli_goes_live_on_the_page_without_a_reload(
@@ -133,10 +138,11 @@ def test_a_run_started_from_the_cli_goes_live_on_the_page_without_a_reload(
     seen: list[str] = []
 
     def nap_done(d: webdriver.Chrome) -> bool:
-        status = _status(d, "nap")
+        statuses = _statuses(d)
+        status = statuses.get("nap", "")
         if not seen or seen[-1] != status:
             seen.append(status)
-        return _status(d, "after") == "completed"
+        return statuses.get("after") == "completed"
 
     _wait(browser, "completed", timeout=60).until(nap_done)
     assert "running" in seen and seen[-1] == "completed", seen  # watched it turn
