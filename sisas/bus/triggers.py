@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError, NotFoundError
@@ -74,7 +75,20 @@ class TriggerService:
         self._sub: Any = None
 
     async def start(self) -> None:
-        """Create (or extend) the upstream stream, the bucket and the durable consumer."""
+        """Create (or extend) the upstream stream, the bucket and the durable consumer.
+
+        Raises :class:`BusError` naming what the server refused.
+        """
+        try:
+            await self._provision()
+        except NatsError as exc:
+            raise BusError(
+                f"the trigger service could not set up {UPSTREAM_STREAM}, the bucket "
+                f"{TRIGGER_BUCKET} or the consumer {CONSUMER}: {exc}; check the server "
+                "(`sisas status`) and the account's JetStream limits"
+            ) from None
+
+    async def _provision(self) -> None:
         js = self.bus.js
         subjects = sorted({r.subject for r in self.rules})
         try:

@@ -18,6 +18,7 @@ from sisas.bus.queries import ask, projector_listening
 from sisas.bus.runtime import open_bus
 from sisas.bus.services import running_services
 from sisas.cli.app import cli, console, err_console, load_settings, run_async
+from sisas.cli.render import STATUS_STYLE
 from sisas.dashboard.server import DEFAULT_PORT, serving_dashboard
 from sisas.dashboard.views import run_view
 from sisas.handlers.state import TERMINAL_RUN
@@ -25,18 +26,6 @@ from sisas.signals import Signal, StoredSignal
 from sisas.signals.names import check_name
 
 __all__ = ["dashboard", "watch"]
-
-_STYLE = {
-    "completed": "green",
-    "failed": "red",
-    "timed_out": "red",
-    "cancelled": "red",
-    "running": "blue",
-    "scheduled": "blue",
-    "retrying": "yellow",
-    "skipped": "dim",
-    "pending": "dim",
-}
 
 
 @cli.command()
@@ -88,7 +77,7 @@ def _phase_table(view: dict[str, Any]) -> Table:
             fill = round(width * done / items)
             bar = "█" * fill + "░" * (width - fill) + f" {done}/{items}"
         error = p["error"] or (f"skipped: {p['skip_reason']}" if p["skip_reason"] else "")
-        style = _STYLE.get(p["status"], "")
+        style = STATUS_STYLE.get(p["status"], "")
         table.add_row(
             p["name"], Text(p["status"], style=style), str(p["attempts"]), bar, error or ""
         )
@@ -99,7 +88,7 @@ def _run_render(view: dict[str, Any]) -> Group:
     status = view["status"]
     head = Text.assemble(
         ("run ", ""),
-        (status, _STYLE.get(status, "bold")),
+        (status, STATUS_STYLE.get(status, "bold")),
         f"  seed {view['seed']}  {view['signals']} signals",
     )
     parts: list[Any] = [head, _phase_table(view)]
@@ -127,7 +116,7 @@ def _runs_render(runs: dict[str, dict[str, Any]]) -> Table:
         table.add_row(
             r["run_id"],
             r["pipeline"],
-            Text(r["status"], style=_STYLE.get(r["status"], "")),
+            Text(r["status"], style=STATUS_STYLE.get(r["status"], "")),
             str(r["signals"]),
             r.get("last", ""),
         )

@@ -21,6 +21,7 @@ from sisas.bus.queries import Answer, ask
 from sisas.bus.runtime import open_bus
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
 from sisas.cli.bars import progress_bar
+from sisas.cli.render import STATUS_STYLE
 from sisas.projections.queries import parse_since
 from sisas.signals import check_name
 
@@ -55,18 +56,8 @@ def _short(digest: str | None, n: int = 12) -> str:
     return (digest or "-").removeprefix("sha256:")[:n]
 
 
-_STATUS_STYLE = {
-    "completed": "green",
-    "failed": "red",
-    "timed_out": "red",
-    "cancelled": "yellow",
-    "running": "cyan",
-    "skipped": "dim",
-}
-
-
 def _status(s: str) -> str:
-    return f"[{_STATUS_STYLE.get(s, 'white')}]{s}[/]"
+    return f"[{STATUS_STYLE.get(s, 'white')}]{s}[/]"
 
 
 @cli.command()

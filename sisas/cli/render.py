@@ -10,18 +10,34 @@ from rich.text import Text
 
 from sisas.signals import (
     ChainIssue,
-    ContractChecked,
     CorruptMessage,
-    InvariantChecked,
     LogGap,
     LogRecord,
-    PhaseCompleted,
-    PhaseFailed,
-    Signal,
     StoredSignal,
 )
+from sisas.signals.summary import signal_summary
 
-__all__ = ["KIND_STYLE", "record_json", "record_line", "signal_summary", "signals_table"]
+__all__ = [
+    "KIND_STYLE",
+    "STATUS_STYLE",
+    "record_json",
+    "record_line",
+    "signal_summary",
+    "signals_table",
+]
+
+STATUS_STYLE = {
+    "completed": "green",
+    "failed": "red",
+    "timed_out": "red",
+    "cancelled": "yellow",
+    "running": "cyan",
+    "scheduled": "cyan",
+    "retrying": "yellow",
+    "skipped": "dim",
+    "pending": "dim",
+}
+"""How a run's or a phase's status is coloured in the terminal."""
 
 KIND_STYLE = {
     "run_completed": "bold green",
@@ -33,28 +49,6 @@ KIND_STYLE = {
     "phase_skipped": "dim",
     "phase_retry_scheduled": "yellow",
 }
-
-
-def signal_summary(signal: Signal) -> str:
-    """One short line saying what the body holds."""
-    body = signal.body
-    if isinstance(body, PhaseCompleted):
-        return f"{body.output_digest[:19]}… in {body.duration:.3f}s"
-    if isinstance(body, PhaseFailed):
-        kept = (
-            f" (output quarantined: {body.quarantined_artifact[:19]}…)"
-            if body.quarantined_artifact
-            else ""
-        )
-        return f"{body.error.kind}: {body.error.message}{kept}"
-    if isinstance(body, ContractChecked):
-        verdict = "passed" if body.passed else f"FAILED ({len(body.violations)} violations)"
-        return f"{body.boundary} {body.contract} {verdict}"
-    if isinstance(body, InvariantChecked):
-        verdict = "passed" if body.passed else "FAILED"
-        return f"{body.invariant} {verdict} (observed {body.observed!r})"
-    fields = msgspec.structs.asdict(body)
-    return ", ".join(f"{k}={v!r}" for k, v in fields.items() if v not in ("", None, {}, [], 0))
 
 
 def signals_table(records: list[StoredSignal | CorruptMessage], title: str) -> Table:

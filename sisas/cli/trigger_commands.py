@@ -69,8 +69,10 @@ def test_rules(rules_file: str, message: str, subject: str | None, as_json: bool
     Exit 0 when a rule matches, 1 when none does, 2 for a bad file or message.
     """
     rules = load_rules(rules_file)
-    source = Path(message)
-    text = source.read_text() if source.is_file() else message
+    try:
+        text = Path(message).read_text() if Path(message).is_file() else message
+    except OSError:  # JSON text too long for a file name, or an unreadable file
+        text = message
     try:
         decoded = json.loads(text)
     except ValueError as exc:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from html import escape
 from importlib import resources
 from typing import Any
 
@@ -78,7 +79,10 @@ def create_app(bus: Bus, hub: Hub) -> Starlette:
             check_name(run_id, "run id")
         except SisasError as exc:
             return _error(400, str(exc))
-        records = await bus.log.read_run(run_id)
+        try:
+            records = await bus.log.read_run(run_id)
+        except SisasError as exc:
+            return _error(503, f"the log cannot be read: {exc}")
         signals = [r.signal for r in records if isinstance(r, StoredSignal)]
         if not signals:
             return _error(404, f"no run {run_id}")
@@ -92,9 +96,9 @@ def create_app(bus: Bus, hub: Hub) -> Starlette:
             check_name(run_id, "run id")
             verdicts = await verify_log(bus, run_id)
             manifest = (await ask(bus, "manifest", {"run_id": run_id}, timeout=10)).result
+            records = await bus.log.read_run(run_id)
         except SisasError as exc:
-            return HTMLResponse(f"<p>no report for {run_id}: {exc}</p>", status_code=404)
-        records = await bus.log.read_run(run_id)
+            return HTMLResponse(f"<p>no report for {escape(run_id)}: {escape(str(exc))}</p>", 404)
         signals = [r.signal for r in records if isinstance(r, StoredSignal)]
         html = render_report(
             manifest=manifest,

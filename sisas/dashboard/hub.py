@@ -12,7 +12,7 @@ import msgspec
 
 from sisas.bus.log import SignalLog
 from sisas.dashboard.views import event_of
-from sisas.signals import StoredSignal
+from sisas.signals import CorruptMessage, StoredSignal
 
 __all__ = ["RESYNC", "Hub"]
 
@@ -64,8 +64,9 @@ class Hub:
                     rec.stream_seq, msgspec.json.encode(event_of(rec.stream_seq, rec.signal))
                 )
             else:  # a corrupt message or a gap: the pages refetch what they show
-                seq = getattr(rec, "stream_seq", getattr(rec, "last", self.last_seq))
-                self.publish(int(seq), RESYNC)
+                self.publish(
+                    rec.stream_seq if isinstance(rec, CorruptMessage) else rec.last, RESYNC
+                )
 
     async def close(self) -> None:
         for queue in list(self._clients):

@@ -15,37 +15,18 @@ from sisas.signals import (
     PhaseFailed,
     PhaseRetryScheduled,
     PhaseScheduled,
-    PhaseSkipped,
     PhaseStarted,
     PhaseTimedOut,
     Signal,
 )
 from sisas.signals.kinds import CircuitClosed, CircuitOpened
+from sisas.signals.summary import signal_summary
 
-__all__ = ["event_of", "run_view", "summary_of"]
+__all__ = ["event_of", "run_view"]
 
 
 def _iso(at: datetime | None) -> str | None:
     return None if at is None else at.isoformat().replace("+00:00", "Z")
-
-
-def summary_of(signal: Signal) -> str:
-    """A short line saying what the signal says."""
-    body = signal.body
-    if isinstance(body, PhaseFailed):
-        return f"{body.error.kind}: {body.error.message}"
-    if isinstance(body, PhaseCompleted):
-        return f"completed in {body.duration:.3f}s"
-    if isinstance(body, ContractChecked | InvariantChecked):
-        name = body.contract if isinstance(body, ContractChecked) else body.invariant
-        return f"{name} {'passed' if body.passed else 'FAILED'}"
-    if isinstance(body, PhaseRetryScheduled):
-        return f"retry {body.next_attempt} in {body.delay:.2f}s: {body.reason}"
-    if isinstance(body, PhaseSkipped):
-        return f"skipped ({body.reason})"
-    if isinstance(body, CircuitOpened | CircuitClosed):
-        return f"{body.scope}: {body.reason}"
-    return ""
 
 
 def event_of(stream_seq: int, signal: Signal) -> dict[str, Any]:
@@ -60,7 +41,7 @@ def event_of(stream_seq: int, signal: Signal) -> dict[str, Any]:
         "item": getattr(signal.body, "item", None),
         "attempt": signal.attempt,
         "at": _iso(signal.at),
-        "summary": summary_of(signal),
+        "summary": signal_summary(signal),
     }
 
 
@@ -174,7 +155,7 @@ def run_view(signals: Sequence[Signal]) -> dict[str, Any]:
             "item": getattr(s.body, "item", None),
             "attempt": s.attempt,
             "at": _iso(s.at),
-            "summary": summary_of(s),
+            "summary": signal_summary(s),
         }
         for s in signals
         if isinstance(s.body, _INCIDENTS)

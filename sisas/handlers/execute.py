@@ -7,6 +7,7 @@ so the orchestrator can record each one as a signal.
 
 from __future__ import annotations
 
+import functools
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -117,52 +118,61 @@ def _failed(
     )
 
 
+def _checked(
+    contracts: list[ContractResult],
+    contract: str,
+    boundary: Literal["entry", "bridge"],
+    root: str,
+    validate: Callable[[], Any],
+) -> tuple[bool, Any]:
+    """Run one contract check, record its result; (passed, the validated value)."""
+    try:
+        value = validate()
+    except pydantic.ValidationError as exc:
+        violations = violations_of(exc, root)
+        contracts.append(
+            ContractResult(
+                contract=contract, boundary=boundary, passed=False, violations=violations
+            )
+        )
+        return False, None
+    contracts.append(ContractResult(contract=contract, boundary=boundary, passed=True))
+    return True, value
+
+
 def _load_args(
     spec: PhaseSpec, inputs: PhaseInputs, item: int | None, contracts: list[ContractResult]
 ) -> dict[str, Any] | None:
+    def argument(name: str, annotation: Any) -> Any:
+        if name == "item":
+            items = _adapter(list[Any]).validate_json(inputs.values[spec.map_over])
+            return _adapter(annotation).validate_python(items[item or 0])
+        if name in inputs.gathered:
+            return _adapter(annotation).validate_python(
+                [_adapter(Any).validate_json(b) for b in inputs.gathered[name]]
+            )
+        return _adapter(annotation).validate_json(inputs.values[name])
+
     args: dict[str, Any] = {}
     ok = True
     for name, annotation in spec.params.items():
-        contract = f"{name}:{_type_name(annotation)}"
-        try:
-            if name == "item":
-                raw = inputs.values[spec.map_over]
-                items = _adapter(list[Any]).validate_json(raw)
-                args[name] = _adapter(annotation).validate_python(items[item or 0])
-            elif name in inputs.gathered:
-                args[name] = _adapter(annotation).validate_python(
-                    [_adapter(Any).validate_json(b) for b in inputs.gathered[name]]
-                )
-            else:
-                args[name] = _adapter(annotation).validate_json(inputs.values[name])
-        except pydantic.ValidationError as exc:
-            contracts.append(
-                ContractResult(
-                    contract=contract,
-                    boundary="entry",
-                    passed=False,
-                    violations=violations_of(exc, name),
-                )
-            )
-            ok = False
-            continue
-        contracts.append(ContractResult(contract=contract, boundary="entry", passed=True))
+        passed, args[name] = _checked(
+            contracts,
+            f"{name}:{_type_name(annotation)}",
+            "entry",
+            name,
+            functools.partial(argument, name, annotation),
+        )
+        ok &= passed
     for upstream, bridge in spec.bridges.items():
-        contract = f"{upstream}:{_type_name(bridge)}"
-        try:
-            _adapter(bridge).validate_json(inputs.values[upstream])
-        except pydantic.ValidationError as exc:
-            contracts.append(
-                ContractResult(
-                    contract=contract,
-                    boundary="bridge",
-                    passed=False,
-                    violations=violations_of(exc, upstream),
-                )
-            )
-            ok = False
-            continue
-        contracts.append(ContractResult(contract=contract, boundary="bridge", passed=True))
+        passed, _ = _checked(
+            contracts,
+            f"{upstream}:{_type_name(bridge)}",
+            "bridge",
+            upstream,
+            functools.partial(_adapter(bridge).validate_json, inputs.values[upstream]),
+        )
+        ok &= passed
     return args if ok else None
 
 
