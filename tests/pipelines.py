@@ -6,6 +6,8 @@ import os
 import time
 from pathlib import Path
 
+from pydantic import BaseModel, Field
+
 from sisas.pipeline import Context, HardFailure, Pipeline
 
 slow = Pipeline("slow", version="1")
@@ -62,3 +64,34 @@ def fragile(ctx: Context, input: str) -> str:
     if input == "bad":
         raise HardFailure("the downstream service refuses")
     return input
+
+
+class Order(BaseModel):
+    """The entry contract of ``traced``: a count that cannot be negative."""
+
+    n: int = Field(ge=0)
+
+
+traced = Pipeline("traced", version="1")
+
+
+@traced.phase(retries=1, backoff=0.01)
+def shaky(ctx: Context, input: Order) -> int:
+    if ctx.attempt == 0:
+        raise RuntimeError("the first attempt fails on purpose")
+    return input.n
+
+
+@traced.phase()
+def spread(ctx: Context, shaky: int) -> list[int]:
+    return [shaky, shaky + 1, shaky + 2]
+
+
+@traced.phase(map_over="spread")
+def square(ctx: Context, item: int) -> int:
+    return item * item
+
+
+@traced.phase()
+def total(ctx: Context, square: list[int]) -> int:
+    return sum(square)

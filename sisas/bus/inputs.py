@@ -9,6 +9,7 @@ from nats.js import JetStreamContext
 from sisas.errors import BusError
 from sisas.signals.inputs import Input, encode_input
 from sisas.signals.names import input_subject
+from sisas.telemetry.tracing import inject
 
 __all__ = ["publish_input"]
 
@@ -16,14 +17,16 @@ __all__ = ["publish_input"]
 async def publish_input(js: JetStreamContext, inp: Input, *, attempts: int = 20) -> int:
     """Publish ``inp`` (deduplicated by its id); return its stream sequence.
 
-    Retries transient failures; raises :class:`BusError` when it cannot be stored.
+    Carries the current span's trace context in its headers. Retries transient
+    failures; raises :class:`BusError` when it cannot be stored.
     """
     subject = input_subject(inp.pipeline, inp.run_id, str(type(inp).__struct_config__.tag))
     data = encode_input(inp)
+    headers = inject({"Nats-Msg-Id": inp.id})
     last: Exception | None = None
     for i in range(attempts):
         try:
-            ack = await js.publish(subject, data, headers={"Nats-Msg-Id": inp.id})
+            ack = await js.publish(subject, data, headers=headers)
             return int(ack.seq)
         except Exception as exc:  # timeouts, no responders during a failover
             last = exc

@@ -7,7 +7,8 @@ run. A "wrong last sequence" answer (10071 single node, 10164 cluster) is first
 checked against the log: if the signal already stored at that position is ours, byte
 for byte, our earlier write landed (a retry after a lost ack) and the append goes on.
 Only otherwise is it an :class:`AppendConflict`. Transient errors (no responders,
-timeouts, 503) are retried until ``timeout``.
+timeouts, 503) are retried until ``timeout``. With tracing on, the current span's
+``traceparent`` rides in the headers (never in the signal's bytes or hash).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sisas.signals.codec import encode_signal
 from sisas.signals.envelope import Signal
 from sisas.signals.names import LOG_PREFIX, log_subject, run_filter
 from sisas.signals.records import CorruptMessage, LogGap, LogRecord, StoredSignal, decode_record
+from sisas.telemetry.tracing import inject
 
 __all__ = ["JetStreamLog"]
 
@@ -92,11 +94,13 @@ class JetStreamLog:
     async def _append_one(self, signal: Signal, filter_: str, expected: int) -> tuple[int, int]:
         subject = log_subject(signal.pipeline, signal.run_id, signal.phase, signal.kind)
         data = encode_signal(signal)
-        headers = {
-            "Nats-Msg-Id": signal.id,
-            "Nats-Expected-Last-Subject-Sequence": str(expected),
-            "Nats-Expected-Last-Subject-Sequence-Subject": filter_,
-        }
+        headers = inject(
+            {
+                "Nats-Msg-Id": signal.id,
+                "Nats-Expected-Last-Subject-Sequence": str(expected),
+                "Nats-Expected-Last-Subject-Sequence-Subject": filter_,
+            }
+        )
         deadline = time.monotonic() + self._append_timeout
         delay = 0.05
         while True:

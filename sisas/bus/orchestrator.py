@@ -29,10 +29,12 @@ from sisas.bus.streams import INPUT_STREAM
 from sisas.errors import AppendConflict, SisasError
 from sisas.handlers.orchestrator import decide_full
 from sisas.handlers.state import RunState, evolve
-from sisas.signals.inputs import Input, StartRun, decode_input
+from sisas.signals.inputs import Input, PhaseReport, StartRun, decode_input
 from sisas.signals.names import IN_PREFIX, check_name, input_subject
 from sisas.signals.plan import PipelinePlan
 from sisas.signals.records import CorruptMessage, StoredSignal
+from sisas.telemetry import metrics
+from sisas.telemetry.tracing import message_span
 
 __all__ = ["REJECTED_SUBJECT", "Orchestrator"]
 
@@ -111,7 +113,21 @@ class Orchestrator:
         except SisasError as exc:
             await self._reject(msg, str(exc))
             return
-        await self.apply(inp)
+        attributes: dict[str, str | int] = {"sisas.input": kind}
+        if isinstance(inp, PhaseReport):
+            attributes.update(
+                {
+                    "sisas.phase": inp.phase,
+                    "sisas.attempt": inp.attempt,
+                    "sisas.report": inp.status,
+                    "sisas.item": -1 if inp.item is None else inp.item,
+                }
+            )
+        with message_span(
+            f"decide {kind}", msg.headers, inp.run_id, inp.pipeline, attributes
+        ) as span:
+            state = await self.apply(inp)
+            span.set_attribute("sisas.run_status", state.status)
         self.handled += 1
         await msg.ack()
 
@@ -156,6 +172,7 @@ class Orchestrator:
                 state = evolve(state, s)
             self._remember(inp.run_id, state, result.last_seq)
             await self.circuits.store(inp.pipeline, decision.circuits)
+            metrics.record_decision(inp.pipeline, signals, decision.circuits)
             return state
         raise SisasError(f"run {inp.run_id}: gave up after 50 conflicting appends")
 
@@ -206,4 +223,5 @@ class Orchestrator:
             headers={"Nats-Msg-Id": f"rejected:{seq}"},
         )
         self.rejected += 1
+        metrics.record_rejected()
         await msg.term()

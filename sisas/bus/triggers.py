@@ -41,6 +41,7 @@ from sisas.handlers.triggers import Evaluation, Rule, evaluate, message_id
 from sisas.signals import ChainHead, Draft, StoredSignal, TriggerEvaluated, TriggerResult
 from sisas.signals.inputs import StartRun
 from sisas.signals.names import TRIGGERS_PIPELINE
+from sisas.telemetry.tracing import run_span
 
 __all__ = ["TRIGGER_BUCKET", "UPSTREAM_STREAM", "TriggerService", "evaluation_chain"]
 
@@ -189,6 +190,12 @@ class TriggerService:
     async def _start(self, ev: Evaluation, msg_id: str, subject: str) -> None:
         data = msgspec.json.encode(ev.input)
         digest = await self.bus.artifacts.put(data)
+        attributes = {"sisas.trigger": ev.trigger, "messaging.destination.name": subject}
+        with run_span(f"run {ev.pipeline}", ev.run_id, ev.pipeline, attributes):
+            await self._publish_start(ev, msg_id, subject, digest)
+        self.started += 1
+
+    async def _publish_start(self, ev: Evaluation, msg_id: str, subject: str, digest: str) -> None:
         await publish_input(
             self.bus.js,
             StartRun(
@@ -203,7 +210,6 @@ class TriggerService:
                 idempotency_key=f"trigger:{ev.trigger}:{msg_id}",
             ),
         )
-        self.started += 1
 
     async def _record(self, body: TriggerEvaluated) -> TriggerEvaluated:
         run_id = evaluation_chain(body.message_id)

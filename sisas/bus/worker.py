@@ -5,7 +5,8 @@ Work arrives through one durable pull consumer per pipeline on the log
 pipeline, so each scheduled phase (or item) goes to one worker at a time. While a
 phase runs the worker tells JetStream it is still in progress; if the worker dies, the
 work is redelivered after ``ack_wait`` and finished elsewhere, and the orchestrator
-records one completion. A retry's backoff delay is honoured by ``nak(delay)``.
+records one completion. A retry's backoff delay is honoured by ``nak(delay)``. Each
+attempt is a span continuing the trace of its ``phase_scheduled`` signal.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from sisas.signals.inputs import PhaseReport
 from sisas.signals.kinds import ErrorInfo, PhaseScheduled, RunStarted
 from sisas.signals.names import LOG_PREFIX
 from sisas.signals.records import StoredSignal, decode_record
+from sisas.telemetry import metrics
+from sisas.telemetry.tracing import describe_attempt, message_span
 
 __all__ = ["Worker"]
 
@@ -138,18 +141,36 @@ class Worker:
         if wait > 0.005:
             await msg.nak(delay=wait)
             return
-        await self._report(signal, body, "started")
-        beat = asyncio.create_task(self._heartbeat(msg))
-        try:
-            outcome, timed_out = await self._execute(signal, body)
-        finally:
-            beat.cancel()
-        artifact = await self.bus.artifacts.put(outcome.output) if outcome.output else ""
-        status: Literal["completed", "failed", "timed_out"] = (
-            "timed_out" if timed_out else outcome.status
-        )
-        await self._report(signal, body, status, outcome, artifact)
+        attributes: dict[str, str | int] = {
+            "sisas.phase": signal.phase,
+            "sisas.attempt": signal.attempt,
+            "sisas.item": -1 if body.item is None else body.item,
+            "sisas.worker": self.name,
+        }
+        with message_span(
+            f"phase {signal.phase}", msg.headers, signal.run_id, signal.pipeline, attributes
+        ) as span:
+            await self._report(signal, body, "started")
+            beat = asyncio.create_task(self._heartbeat(msg))
+            try:
+                outcome, timed_out = await self._execute(signal, body)
+            finally:
+                beat.cancel()
+            artifact = await self.bus.artifacts.put(outcome.output) if outcome.output else ""
+            status: Literal["completed", "failed", "timed_out"] = (
+                "timed_out" if timed_out else outcome.status
+            )
+            describe_attempt(span, status, outcome)
+            await self._report(signal, body, status, outcome, artifact)
         await msg.ack()
+        metrics.record_attempt(
+            signal.pipeline,
+            signal.phase,
+            status,
+            outcome.duration,
+            outcome.contracts,
+            outcome.invariants,
+        )
         self.completed += 1
 
     async def _heartbeat(self, msg: Msg) -> None:

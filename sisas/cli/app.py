@@ -16,6 +16,7 @@ from rich.console import Console
 from sisas import __version__
 from sisas.bus.settings import Settings
 from sisas.errors import SisasError
+from sisas.telemetry.session import telemetry_session
 
 __all__ = ["cli", "console", "err_console", "fail", "load_settings", "run_async"]
 
@@ -55,8 +56,11 @@ def run_async(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        ctx = click.get_current_context(silent=True)
+        role = ctx.info_name if ctx is not None and ctx.info_name else "cli"
         try:
-            return asyncio.run(guarded(*args, **kwargs))
+            with telemetry_session(role):  # the OTEL_* variables; flushed on the way out
+                return asyncio.run(guarded(*args, **kwargs))
         except SisasError as exc:
             fail(str(exc), exc.exit_code)
         except (KeyboardInterrupt, asyncio.CancelledError):

@@ -27,6 +27,7 @@ from sisas.errors import UsageError
 from sisas.loader import load_pipelines
 from sisas.signals import RunCompleted, RunFailed, StoredSignal
 from sisas.signals.inputs import StartRun
+from sisas.telemetry.tracing import run_span
 
 __all__ = ["batch"]
 
@@ -100,21 +101,23 @@ async def batch(
             for i, (name, data) in enumerate(items):
                 run_id = run_id_for(pipeline, f"{batch_id}:{i}")
                 runs[run_id] = name
-                await publish_input(
-                    bus.js,
-                    StartRun(
-                        id=f"start:{run_id}",
-                        pipeline=pipeline,
-                        run_id=run_id,
-                        at=datetime.now(UTC),
-                        seed=run_seed,
-                        config=config,
-                        batch_id=batch_id,
-                        input_digest=await bus.artifacts.put(data),
-                        requested_by="sisas batch",
-                        idempotency_key=f"{batch_id}:{i}",
-                    ),
-                )
+                digest = await bus.artifacts.put(data)
+                with run_span(f"run {pipeline}", run_id, pipeline, {"sisas.batch_id": batch_id}):
+                    await publish_input(
+                        bus.js,
+                        StartRun(
+                            id=f"start:{run_id}",
+                            pipeline=pipeline,
+                            run_id=run_id,
+                            at=datetime.now(UTC),
+                            seed=run_seed,
+                            config=config,
+                            batch_id=batch_id,
+                            input_digest=digest,
+                            requested_by="sisas batch",
+                            idempotency_key=f"{batch_id}:{i}",
+                        ),
+                    )
             with Progress(
                 TextColumn(f"batch {batch_id}"),
                 BarColumn(),

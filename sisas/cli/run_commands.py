@@ -27,6 +27,7 @@ from sisas.loader import load_pipelines
 from sisas.pipeline import Pipeline
 from sisas.signals import Scalar, StoredSignal, check_name
 from sisas.signals.inputs import CancelRun, StartRun
+from sisas.telemetry.tracing import fail_span, run_span, span_in_run
 
 __all__ = ["cancel", "named_or_loaded", "orchestrator", "run", "worker"]
 
@@ -259,7 +260,11 @@ async def start_and_watch(
     resume_of: str | None = None,
     from_phase: str | None = None,
 ) -> tuple[RunResult | None, float]:
-    """Publish a start command and, when waiting (or hosting the handlers), watch the run."""
+    """Publish a start command and, when waiting (or hosting the handlers), watch the run.
+
+    With tracing on, the run's root span covers the request (and, when waiting, the
+    whole run); its context travels with the command to the orchestrator.
+    """
     run_id = run_id_for(pipeline, idempotency_key)
     async with open_bus(load_settings(), name="sisas-run") as bus:
         resume = None
@@ -268,43 +273,57 @@ async def start_and_watch(
             config = {**resume.config, **config}
             seed = resume.seed if seed is None else seed
         run_seed = seed if seed is not None else secrets.randbelow(2**31)
+        attributes: dict[str, str | int] = {
+            "sisas.seed": run_seed,
+            "sisas.requested_by": requested_by,
+        }
         async with _handlers_if_needed(bus, pipeline, local) as here:
             if resume is not None and data == b"null":
                 digest = resume.input_digest  # the old run's input, unless one is given
             else:
                 digest = await bus.artifacts.put(data)
             started = datetime.now(UTC)
-            await publish_input(
-                bus.js,
-                StartRun(
-                    id=f"start:{run_id}",
-                    pipeline=pipeline,
-                    run_id=run_id,
-                    at=started,
-                    seed=run_seed,
-                    input_digest=digest,
-                    config=config,
-                    requested_by=requested_by,
-                    idempotency_key=idempotency_key or "",
-                    resume_of=resume_of or "",
-                    resume_from_phase=from_phase or "",
-                    reuse=resume.reuse if resume else {},
-                ),
-            )
-            if resume is not None and not as_json:
-                console.print(
-                    f"resuming {resume_of} from {from_phase}: reusing the verified "
-                    f"outputs of {', '.join(resume.reuse) or 'no phase'}"
+            with run_span(f"run {pipeline}", run_id, pipeline, attributes) as span:
+                await publish_input(
+                    bus.js,
+                    StartRun(
+                        id=f"start:{run_id}",
+                        pipeline=pipeline,
+                        run_id=run_id,
+                        at=started,
+                        seed=run_seed,
+                        input_digest=digest,
+                        config=config,
+                        requested_by=requested_by,
+                        idempotency_key=idempotency_key or "",
+                        resume_of=resume_of or "",
+                        resume_from_phase=from_phase or "",
+                        reuse=resume.reuse if resume else {},
+                    ),
                 )
-            if not as_json:
-                console.print(f"run [cyan]{run_id}[/] of {pipeline} requested (seed {run_seed})")
-            if not wait and not here:
-                if as_json:
-                    print(json.dumps({"run_id": run_id, "pipeline": pipeline, "status": "running"}))
-                return None, 0.0
-            result = await watch_run(
-                bus.log, run_id, pipeline, console=None if as_json else console
-            )
+                if resume is not None and not as_json:
+                    console.print(
+                        f"resuming {resume_of} from {from_phase}: reusing the verified "
+                        f"outputs of {', '.join(resume.reuse) or 'no phase'}"
+                    )
+                if not as_json:
+                    console.print(
+                        f"run [cyan]{run_id}[/] of {pipeline} requested (seed {run_seed})"
+                    )
+                if not wait and not here:
+                    if as_json:
+                        print(
+                            json.dumps(
+                                {"run_id": run_id, "pipeline": pipeline, "status": "running"}
+                            )
+                        )
+                    return None, 0.0
+                result = await watch_run(
+                    bus.log, run_id, pipeline, console=None if as_json else console
+                )
+                span.set_attribute("sisas.status", result.status)
+                if result.status != "completed":
+                    fail_span(span, f"run {result.status}")
     return result, (datetime.now(UTC) - started).total_seconds()
 
 
@@ -321,17 +340,18 @@ async def cancel(run_id: str, reason: str) -> None:
             fail(f"no run {run_id!r} in this log: check the run id")
         if last.signal.kind in ("run_completed", "run_failed", "run_cancelled"):
             fail(f"run {run_id} already ended ({last.signal.kind}); nothing to cancel")
-        await publish_input(
-            bus.js,
-            CancelRun(
-                id=f"cancel:{run_id}",
-                pipeline=last.signal.pipeline,
-                run_id=run_id,
-                at=datetime.now(UTC),
-                reason=reason,
-                requested_by="sisas cancel",
-            ),
-        )
+        with span_in_run("cancel", run_id, last.signal.pipeline, {"sisas.reason": reason}):
+            await publish_input(
+                bus.js,
+                CancelRun(
+                    id=f"cancel:{run_id}",
+                    pipeline=last.signal.pipeline,
+                    run_id=run_id,
+                    at=datetime.now(UTC),
+                    reason=reason,
+                    requested_by="sisas cancel",
+                ),
+            )
     console.print(f"cancellation of {run_id} requested")
 
 
