@@ -24,6 +24,7 @@ from sisas.cli.bars import progress_bar
 from sisas.cli.render import STATUS_STYLE
 from sisas.projections.queries import parse_since
 from sisas.signals import check_name
+from sisas.telemetry import trace_id_hex
 
 __all__ = ["artifact", "manifest", "projections", "runs", "show", "stats"]
 
@@ -132,7 +133,7 @@ async def show(run_id: str, as_json: bool) -> None:
     d = answer.result
     run = d["run"]
     if as_json:
-        print(json.dumps({"as_of": answer.as_of, **d}))
+        print(json.dumps({"as_of": answer.as_of, "trace_id": trace_id_hex(run_id), **d}))
     else:
         _print_run(d)
     if run["status"] in ("failed", "cancelled"):
@@ -153,6 +154,7 @@ def _print_run(d: dict[str, Any]) -> None:
         )
     console.print(f"  fingerprint {run['fingerprint'] or '-'}")
     console.print(f"  code        {run['code_fingerprint'] or '-'}")
+    console.print(f"  trace       {trace_id_hex(run['run_id'])} (OpenTelemetry trace id)")
     link_text = []
     if links["resumed_from"]:
         link_text.append(f"resumed from {links['resumed_from']}")
