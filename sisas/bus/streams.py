@@ -9,12 +9,16 @@ the data folder shows one existed.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
@@ -25,10 +29,12 @@ from nats.js.api import (
     StreamConfig,
     StreamInfo,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, NotFoundError, ServiceUnavailableError
 
 from sisas.errors import BusError, StoreWithoutStream, StreamDrift
 from sisas.signals.names import IN_PREFIX, LOG_PREFIX
+
+log = logging.getLogger("sisas.bus")
 
 __all__ = [
     "ARTIFACT_BUCKET",
@@ -166,14 +172,54 @@ async def _ensure(
 
 
 async def provision(
-    js: JetStreamContext, *, replicas: int, home: Path, identity: str, store: Path | None = None
+    js: JetStreamContext,
+    *,
+    replicas: int,
+    home: Path,
+    identity: str,
+    store: Path | None = None,
+    patience: float = 30.0,
 ) -> ProvisionReport:
     """Create the streams and the artifact bucket if missing; verify them if present.
 
     ``identity`` names the server (``"embedded"`` or its URL): the data folder remembers
     which servers held a log, so a log that vanished is reported, never silently
-    replaced. Idempotent. Raises :class:`StreamDrift`, :class:`StoreWithoutStream`.
+    replaced. Idempotent. Timeouts and 503s (a cluster electing a leader) are retried
+    for ``patience`` seconds. Raises :class:`StreamDrift`, :class:`StoreWithoutStream`,
+    :class:`BusError`.
     """
+    deadline = time.monotonic() + patience
+    delay = 0.1
+    while True:
+        try:
+            return await _provision_once(
+                js, replicas=replicas, home=home, identity=identity, store=store
+            )
+        except _Transient as exc:
+            if time.monotonic() > deadline:
+                raise BusError(
+                    f"could not provision JetStream streams: the server kept answering "
+                    f"{exc.__cause__ or 'timeout'} for {patience:.0f}s. A cluster electing a "
+                    "leader answers within seconds; check that a majority of its nodes is up"
+                ) from None
+            log.info("provisioning: %s; retrying (a leader election?)", exc.__cause__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+class _Transient(Exception):
+    """A timeout or 503 while provisioning: a cluster between leaders."""
+
+
+def _transient(exc: Exception) -> bool:
+    if isinstance(exc, TimeoutError | NoRespondersError | ServiceUnavailableError):
+        return True
+    return isinstance(exc, APIError) and (exc.code == 503 or exc.err_code in (10008, 10009))
+
+
+async def _provision_once(
+    js: JetStreamContext, *, replicas: int, home: Path, identity: str, store: Path | None
+) -> ProvisionReport:
     report = ProvisionReport()
     marker = _marker(home, identity)
     guard = None
@@ -226,6 +272,8 @@ async def provision(
     except (StreamDrift, StoreWithoutStream):
         raise
     except Exception as exc:
+        if _transient(exc):
+            raise _Transient(str(exc)) from exc
         raise BusError(
             f"could not provision JetStream streams ({exc}): check that JetStream is enabled "
             f"on the server and that it has {replicas} node(s) for SISAS_REPLICAS={replicas}"

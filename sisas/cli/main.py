@@ -5,6 +5,7 @@ from __future__ import annotations
 from sisas.cli import (  # noqa: F401
     audit_commands,
     batch_command,
+    cluster_commands,
     demo_command,
     key_commands,
     live_commands,
