@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import binascii
 import contextlib
 import logging
 import ssl
 
+import nkeys
 from nats.aio.client import Client as NATS
 
 from sisas.bus.settings import Settings
-from sisas.errors import BusUnavailable
+from sisas.errors import BusUnavailable, UsageError
 
 __all__ = ["connect", "redact"]
 
@@ -38,12 +40,53 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
+def _nkey_seed(settings: Settings) -> str | None:
+    """The path of the ``SISAS_NATS_NKEY`` seed, checked to hold a user nkey seed."""
+    if settings.nkey is None:
+        return None
+    path = settings.nkey
+    try:
+        seed = path.read_bytes().strip()
+    except OSError as exc:
+        raise UsageError(
+            f"SISAS_NATS_NKEY names {path}, which cannot be read ({exc.strerror}): "
+            "fix its permissions or the path"
+        ) from None
+    try:
+        nkeys.from_seed(bytearray(seed)).wipe()
+        valid = seed.startswith(b"SU")
+    except (nkeys.NkeysError, binascii.Error, ValueError, IndexError):
+        valid = False
+    if not valid:
+        raise UsageError(
+            f"SISAS_NATS_NKEY names {path}, which is not the seed of an nkey user (SU…): "
+            "use a <role>.nk file written by `sisas security init`"
+        )
+    return str(path)
+
+
+def _log_error(text: str) -> None:
+    if "permissions violation" not in text.lower():
+        log.warning("nats: %s", text)
+    elif "$JS.API.CONSUMER.DELETE." in text:
+        # A read-only user may not remove the temporary consumer it read a range with;
+        # the server reaps it once idle (see sisas.bus.pull_reader).
+        log.debug("nats: %s (the server removes the consumer when idle)", text)
+    else:
+        log.error(
+            "nats: %s: this NATS user may not do that; check the permissions of its role "
+            "(SISAS_NATS_NKEY, docs/security.md)",
+            text,
+        )
+
+
 async def connect(url: str, settings: Settings, *, name: str = "sisas") -> NATS:
     """Open a NATS connection to ``url`` (comma-separated for a cluster).
 
     Raises :class:`BusUnavailable` naming the URL, the reason and the fix when the server
     cannot be reached within ``settings.timeout`` (plus a short grace), refuses the
-    credentials, or fails the TLS handshake. After connecting, the client reconnects on
+    credentials, or fails the TLS handshake; :class:`UsageError` when ``SISAS_NATS_NKEY``
+    does not name an nkey seed. After connecting, the client reconnects on
     its own; callers see transient errors as retries, not exceptions.
     """
     seen: list[str] = []
@@ -51,12 +94,13 @@ async def connect(url: str, settings: Settings, *, name: str = "sisas") -> NATS:
 
     async def on_error(exc: Exception) -> None:
         if connected:
-            log.warning("nats: %s", exc)
+            _log_error(str(exc) or type(exc).__name__)
         else:
             seen.append(str(exc) or type(exc).__name__)
             log.debug("nats connect attempt: %s", exc)
 
     servers = [u.strip() for u in url.split(",") if u.strip()]
+    seed = _nkey_seed(settings)
     nc = NATS()
     try:
         await asyncio.wait_for(
@@ -70,6 +114,7 @@ async def connect(url: str, settings: Settings, *, name: str = "sisas") -> NATS:
                 reconnect_time_wait=0,
                 error_cb=on_error,
                 user_credentials=str(settings.creds) if settings.creds else None,
+                nkeys_seed=seed,
                 user=settings.user,
                 password=settings.password,
                 token=settings.token,
@@ -87,7 +132,7 @@ async def connect(url: str, settings: Settings, *, name: str = "sisas") -> NATS:
         lowered = reason.lower()
         if "authorization" in lowered or "authentication" in lowered:
             fix = (
-                "check the credentials (SISAS_NATS_CREDS, SISAS_NATS_USER / "
+                "check the credentials (SISAS_NATS_NKEY, SISAS_NATS_CREDS, SISAS_NATS_USER / "
                 "SISAS_NATS_PASSWORD or SISAS_NATS_TOKEN)"
             )
         elif "certificate" in lowered or "ssl" in lowered or "tls" in lowered:

@@ -5,6 +5,7 @@
 | ``SISAS_HOME`` | data folder: embedded server store, projections, server.json | ``./.sisas`` |
 | ``SISAS_NATS_URL`` | NATS server or cluster (comma-separated URLs); nothing spawned | embedded |
 | ``SISAS_NATS_CREDS`` | credentials file (JWT + nkey seed) | none |
+| ``SISAS_NATS_NKEY`` | nkey seed file of a NATS user (``sisas security init`` writes them) | none |
 | ``SISAS_NATS_USER`` / ``SISAS_NATS_PASSWORD`` | user and password | none |
 | ``SISAS_NATS_TOKEN`` | auth token | none |
 | ``SISAS_NATS_TLS_CA`` / ``_CERT`` / ``_KEY`` | TLS trust root and client certificate | none |
@@ -35,6 +36,7 @@ class Settings:
     home: Path = field(default_factory=lambda: Path(".sisas"))
     nats_url: str | None = None
     creds: Path | None = None
+    nkey: Path | None = None
     user: str | None = None
     password: str | None = None
     token: str | None = None
@@ -70,6 +72,7 @@ class Settings:
             home=Path(env.get("SISAS_HOME") or ".sisas").expanduser(),
             nats_url=url,
             creds=_file(env, "SISAS_NATS_CREDS"),
+            nkey=_file(env, "SISAS_NATS_NKEY"),
             user=env.get("SISAS_NATS_USER") or None,
             password=env.get("SISAS_NATS_PASSWORD") or None,
             token=env.get("SISAS_NATS_TOKEN") or None,
@@ -82,6 +85,11 @@ class Settings:
             timeout=_float(env, "SISAS_TIMEOUT", 5.0),
             signing_key=_file(env, "SISAS_SIGNING_KEY"),
         )
+        if settings.creds and settings.nkey:
+            raise UsageError(
+                "SISAS_NATS_CREDS and SISAS_NATS_NKEY are both set: a connection uses one; "
+                "unset the other"
+            )
         if settings.tls_cert and not settings.tls_key:
             raise UsageError("SISAS_NATS_TLS_CERT is set without SISAS_NATS_TLS_KEY: set both")
         if not re.fullmatch(r"always|\d+(ms|s|m|h)", settings.sync):

@@ -12,7 +12,8 @@ consumer ``sisas-triggers`` and, per message:
    derived from the rule and the message id (so even a crash between 3 and 4 starts one
    run: the orchestrator starts a run id once), then writes the id into the bucket;
 4. records the evaluation as a ``trigger_evaluated`` signal in the message's own chain
-   (pipeline ``triggers``), with each rule's verdict and why;
+   (pipeline ``triggers``), with each rule's verdict and why, signed like the
+   orchestrator's signals when ``SISAS_SIGNING_KEY`` names a key;
 5. acknowledges the message. A message that is not JSON is recorded with the reason and
    acknowledged: bad input never stops the service or blocks the stream.
 """
@@ -35,6 +36,7 @@ from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundErro
 from nats.js.kv import KeyValue
 
 from sisas.bus.inputs import publish_input
+from sisas.bus.keys import signer_from_file
 from sisas.bus.runtime import Bus
 from sisas.errors import AppendConflict, BusError
 from sisas.handlers.triggers import Evaluation, Rule, evaluate, message_id
@@ -74,6 +76,8 @@ class TriggerService:
         self.started = 0
         self._kv: KeyValue | None = None
         self._sub: Any = None
+        key = bus.settings.signing_key
+        self.signer = signer_from_file(key) if key is not None else None
 
     async def start(self) -> None:
         """Create (or extend) the upstream stream, the bucket and the durable consumer.
@@ -220,6 +224,8 @@ class TriggerService:
             else:
                 head, expected = ChainHead(pipeline=TRIGGERS_PIPELINE, run_id=run_id), 0
             sigs, _ = head.extend([Draft(body=body, at=datetime.now(UTC))])
+            if self.signer is not None:
+                sigs = [self.signer.sign(s) for s in sigs]
             try:
                 await self.bus.log.append(sigs, expected_last_seq=expected)
             except AppendConflict as exc:

@@ -14,6 +14,7 @@ from sisas.cli import (  # noqa: F401
     replay_commands,
     run_commands,
     schema_commands,
+    security_commands,
     server_commands,
     trigger_commands,
 )
