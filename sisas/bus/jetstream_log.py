@@ -43,6 +43,8 @@ log = logging.getLogger("sisas.bus")
 
 CONFLICT_CODES: Final = frozenset({10071, 10164})
 TRANSIENT_STATUS: Final = frozenset({"503", "408"})
+# JetStream out of storage: insufficient resources, storage or memory limits exceeded.
+NO_SPACE_CODES: Final = frozenset({10023, 10047, 10028})
 
 
 class _Transient(Exception):
@@ -133,7 +135,15 @@ class JetStreamLog:
                     expected_last_seq=expected,
                     actual_last_seq=actual,
                 )
-            if ack.error.code == 503:
+            if ack.error.err_code in NO_SPACE_CODES:
+                raise AppendFailed(
+                    f"the server has no storage left for {signal.id} ({ack.error.description}, "
+                    f"code {ack.error.err_code}): free disk space or raise JetStream's "
+                    "max_file_store, then retry (nothing was written; appends are idempotent)"
+                )
+            if ack.error.code == 503 and time.monotonic() < deadline:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
                 continue
             raise AppendFailed(
                 f"the server rejected {signal.id}: {ack.error.description} "

@@ -27,6 +27,7 @@ from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
 from sisas.bus.streams import INPUT_STREAM
 from sisas.errors import AppendConflict, SisasError
+from sisas.faults import failpoint
 from sisas.handlers.orchestrator import decide_full
 from sisas.handlers.state import RunState, evolve
 from sisas.signals.inputs import Input, PhaseReport, StartRun, decode_input
@@ -128,6 +129,7 @@ class Orchestrator:
         ) as span:
             state = await self.apply(inp)
             span.set_attribute("sisas.run_status", state.status)
+        failpoint("orchestrator.before_ack")
         self.handled += 1
         await msg.ack()
 

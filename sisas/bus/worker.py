@@ -30,6 +30,7 @@ from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
 from sisas.bus.streams import LOG_STREAM
 from sisas.errors import ArtifactNotFound
+from sisas.faults import failpoint
 from sisas.handlers.execute import Outcome, PhaseInputs, execute_phase
 from sisas.pipeline import Pipeline
 from sisas.signals.envelope import Signal
@@ -161,6 +162,7 @@ class Worker:
                 "timed_out" if timed_out else outcome.status
             )
             describe_attempt(span, status, outcome)
+            failpoint("worker.before_report")
             await self._report(signal, body, status, outcome, artifact)
         await msg.ack()
         metrics.record_attempt(

@@ -238,6 +238,10 @@ def _report(b: _Builder, r: PhaseReport) -> None:
         if current_status == "scheduled" or worker != r.worker:
             b.emit(PhaseStarted(worker=r.worker, item=r.item), r.phase, r.attempt)
         return
+    if current_status == "scheduled":
+        # The outcome overtook its "started" report (two orchestrators took them in the
+        # other order): record the start first, so every attempt that ended has started.
+        b.emit(PhaseStarted(worker=r.worker, item=r.item), r.phase, r.attempt)
     for c in r.contracts:
         b.emit(
             ContractChecked(

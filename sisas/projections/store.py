@@ -24,6 +24,7 @@ import msgspec
 import numpy as np
 
 from sisas.errors import ProjectionBusy, ProjectionError
+from sisas.faults import failpoint
 from sisas.projections.rows import Row, Tracked
 from sisas.projections.schema import BOOKKEEPING, SCHEMA_VERSION, STATE_TABLES, TABLES, Table
 
@@ -208,6 +209,7 @@ class ProjectionStore:
             for name, rows in batch.facts.items():
                 self._insert(_BY_NAME[name], rows)
             con.execute("INSERT OR REPLACE INTO checkpoint VALUES (1, ?)", [batch.last_seq])
+            failpoint("projector.mid_batch")
             con.execute("COMMIT")
         except duckdb.Error as exc:
             with contextlib.suppress(duckdb.Error):
