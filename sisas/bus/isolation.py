@@ -21,6 +21,10 @@ from sisas.signals.kinds import ErrorInfo, ErrorKind
 __all__ = ["run_isolated"]
 
 _CTX = multiprocessing.get_context("spawn")
+READY = b"ready"
+STARTUP_LIMIT = 120.0
+"""Seconds a child may take to import Python, sisas and the pipeline before it is
+declared failed (its phase's own timeout starts once it is ready)."""
 
 
 def _child(
@@ -29,6 +33,7 @@ def _child(
     from sisas.loader import load_pipelines
 
     pipe = load_pipelines([source], entry_points=False)[pipeline]
+    conn.send_bytes(READY)  # the timeout counts from here, not from interpreter start-up
     outcome = execute_phase(
         pipe,
         phase,
@@ -79,7 +84,8 @@ async def run_isolated(
     )
     await asyncio.to_thread(proc.start)
     child.close()
-    deadline = start + timeout if timeout else None
+    deadline: float | None = None
+    ready = False
     try:
         while True:
             if parent.poll():
@@ -87,12 +93,24 @@ async def run_isolated(
                     data = parent.recv_bytes()
                 except EOFError:
                     data = b""
+                if data == READY:
+                    ready = True
+                    deadline = time.perf_counter() + timeout if timeout else None
+                    continue
                 if data:
                     return msgspec.msgpack.decode(data, type=Outcome), False
             if not proc.is_alive() and not parent.poll():
                 return _failed(
                     "HardFailure",
                     f"the phase's process exited with code {proc.exitcode} without a result",
+                    start,
+                    True,
+                ), False
+            if not ready and time.perf_counter() > start + STARTUP_LIMIT:
+                proc.kill()
+                return _failed(
+                    "HardFailure",
+                    f"the phase's process did not load the pipeline within {STARTUP_LIMIT:.0f}s",
                     start,
                     True,
                 ), False
