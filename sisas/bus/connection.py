@@ -66,9 +66,11 @@ def _nkey_seed(settings: Settings) -> str | None:
 
 
 def _log_error(text: str) -> None:
-    if "permissions violation" not in text.lower():
+    text = text.removeprefix("nats: ")
+    lowered = text.lower()
+    if "permissions violation" not in lowered:
         log.warning("nats: %s", text)
-    elif "$JS.API.CONSUMER.DELETE." in text:
+    elif "$js.api.consumer.delete." in lowered:
         # A read-only user may not remove the temporary consumer it read a range with;
         # the server reaps it once idle (see sisas.bus.pull_reader).
         log.debug("nats: %s (the server removes the consumer when idle)", text)

@@ -94,6 +94,7 @@ def _env(role: str, folder: Path, url: str | None, signing: Path, trusted: str) 
         lines.append(f"export SISAS_NATS_URL={shlex.quote(url)}")
     else:
         lines.append("# export SISAS_NATS_URL=nats://HOST:4222   (the secured server)")
+    lines.append("# export SISAS_REPLICAS=1   (a single server; a cluster's default is 3)")
     if role == "orchestrator":
         lines.append(f"export SISAS_SIGNING_KEY={shlex.quote(str(signing))}")
     if role in _TRUSTING:
@@ -154,7 +155,9 @@ def init_profile(
             profile.files.append(("env", folder / f"{r}.env"))
         header = (
             "# sisas roles, written by `sisas security init`; public keys only.\n"
-            "# Include it at the top level of the nats-server config: include auth.conf\n"
+            "# Copy it next to the nats-server config file and add at its top level:\n"
+            "#   include auth.conf\n"
+            "# (include paths are relative to the config file's folder)\n"
         )
         _write(folder / AUTH_FILE, (header + auth_conf(profile.users, subjects)).encode(), 0o644)
         profile.files.append(("auth", folder / AUTH_FILE))

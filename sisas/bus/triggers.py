@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
@@ -137,22 +138,34 @@ class TriggerService:
         self._sub = await js.pull_subscribe_bind(CONSUMER, UPSTREAM_STREAM)
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Evaluate messages until ``stop`` is set, then :meth:`close`."""
         assert self._sub is not None, "start() first"
-        while not stop.is_set():
-            try:
-                msgs = await self._sub.fetch(self.batch, timeout=0.5)
-            except (TimeoutError, NatsTimeoutError):
-                continue
-            for msg in msgs:
+        try:
+            while not stop.is_set():
                 try:
-                    await self.handle(msg.subject, msg.data, (msg.headers or {}).get("Nats-Msg-Id"))
-                    await msg.ack()
-                except Exception:  # a failure here must not stop the service
-                    log.exception(
-                        "trigger evaluation of %s failed; it will be redelivered", msg.subject
-                    )
-                    with contextlib.suppress(Exception):
-                        await msg.nak(delay=1.0)
+                    msgs = await self._sub.fetch(self.batch, timeout=0.5)
+                except (TimeoutError, NatsTimeoutError):
+                    continue
+                for msg in msgs:
+                    await self._evaluate(msg)
+        finally:
+            await self.close()
+
+    async def _evaluate(self, msg: Msg) -> None:
+        try:
+            await self.handle(msg.subject, msg.data, (msg.headers or {}).get("Nats-Msg-Id"))
+            await msg.ack()
+        except Exception:  # a failure here must not stop the service
+            log.exception("trigger evaluation of %s failed; it will be redelivered", msg.subject)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+
+    async def close(self) -> None:
+        """Release the pull subscription (a late reply left in it would stall a drain)."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):  # the connection is already closing
+                await sub.unsubscribe()
 
     async def handle(self, subject: str, data: bytes, header_id: str | None) -> TriggerEvaluated:
         """Evaluate one upstream message; start its runs once; record the evaluation."""

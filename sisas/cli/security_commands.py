@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from sisas.bus.permissions import UPSTREAM_INBOX, permissions_markdown
-from sisas.bus.security import AUTH_FILE, init_profile
+from sisas.bus.security import init_profile
 from sisas.cli.app import cli, console, fail
 from sisas.errors import SisasError
 
@@ -69,10 +69,11 @@ def init(out: Path, upstream: tuple[str, ...], url: str | None, force: bool, as_
     if profile.signing_kept:
         console.print(f"  kept     signing.nk (public key {profile.signing_public_key})")
     console.print(
-        "\n[bold]server[/]: in the nats-server config (every node of a cluster), next to "
-        "jetstream:\n"
-        f'  include "{folder / AUTH_FILE}"\n'
-        "  then reload it (nats-server --signal reload=PID) or restart it"
+        "\n[bold]server[/]: copy auth.conf next to the nats-server config file of the server "
+        "(every node of a cluster) and add at its top level, beside `jetstream {...}`:\n"
+        "  include auth.conf\n"
+        "(nats-server reads include paths relative to the config file), then restart it or "
+        "reload it: nats-server --signal reload=PID"
     )
     console.print(
         "\n[bold]clients[/]: each machine sources its role's env file, e.g.\n"
