@@ -13,7 +13,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.kv import KeyValue
 
 from sisas.bus.streams import ARTIFACT_BUCKET, BLOB_BUCKET, INLINE_MAX
-from sisas.errors import ArtifactNotFound, BusError
+from sisas.errors import ArtifactNotFound, BusError, SisasError
 from sisas.signals.digest import bytes_digest
 
 __all__ = ["ArtifactStore", "JetStreamArtifacts", "MemoryArtifacts", "bytes_digest"]
@@ -91,15 +91,25 @@ class JetStreamArtifacts:
         return self._kv
 
     async def put(self, data: bytes) -> str:
+        """Store ``data``; return its digest. Raises :class:`BusError` naming the fix."""
         digest = bytes_digest(data)
-        if len(data) <= self._inline_max:
-            kv = await self._blob_kv()
-            await kv.put(digest.removeprefix("sha256:"), data)
-            return digest
-        if await self.exists(digest):
-            return digest
-        store = await self._js.object_store(self._bucket)
-        await store.put(_name(digest), data)
+        try:
+            if len(data) <= self._inline_max:
+                kv = await self._blob_kv()
+                await kv.put(digest.removeprefix("sha256:"), data)
+                return digest
+            if await self.exists(digest):
+                return digest
+            store = await self._js.object_store(self._bucket)
+            await store.put(_name(digest), data)
+        except SisasError:
+            raise
+        except Exception as exc:  # NATS errors never leave bus/
+            raise BusError(
+                f"could not store artifact {digest} ({exc or type(exc).__name__}): is the "
+                "server reachable, and may this NATS user put artifacts (on a secured server "
+                "the operator, worker and orchestrator roles may; see docs/security.md)?"
+            ) from None
         return digest
 
     async def _small(self, digest: str) -> bytes | None:

@@ -6,7 +6,9 @@ import asyncio
 import binascii
 import contextlib
 import logging
+import re
 import ssl
+import weakref
 
 import nkeys
 from nats.aio.client import Client as NATS
@@ -14,7 +16,7 @@ from nats.aio.client import Client as NATS
 from sisas.bus.settings import Settings
 from sisas.errors import BusUnavailable, UsageError
 
-__all__ = ["connect", "redact"]
+__all__ = ["connect", "redact", "refused"]
 
 log = logging.getLogger("sisas.bus")
 
@@ -65,6 +67,16 @@ def _nkey_seed(settings: Settings) -> str | None:
     return str(path)
 
 
+_REFUSED = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
+_refusals: weakref.WeakKeyDictionary[NATS, set[str]] = weakref.WeakKeyDictionary()
+
+
+def refused(nc: NATS, subject: str) -> bool:
+    """Whether the server refused ``nc`` a publish to ``subject`` (its user lacks the
+    permission): a request there will only time out, so callers stop retrying."""
+    return subject.lower() in _refusals.get(nc, set())
+
+
 def _log_error(text: str) -> None:
     text = text.removeprefix("nats: ")
     lowered = text.lower()
@@ -96,7 +108,10 @@ async def connect(url: str, settings: Settings, *, name: str = "sisas") -> NATS:
 
     async def on_error(exc: Exception) -> None:
         if connected:
-            _log_error(str(exc) or type(exc).__name__)
+            text = str(exc) or type(exc).__name__
+            if match := _REFUSED.search(text):
+                _refusals.setdefault(nc, set()).add(match.group(1).lower())
+            _log_error(text)
         else:
             seen.append(str(exc) or type(exc).__name__)
             log.debug("nats connect attempt: %s", exc)

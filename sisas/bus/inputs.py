@@ -6,7 +6,8 @@ import asyncio
 
 from nats.js import JetStreamContext
 
-from sisas.errors import BusError
+from sisas.bus.connection import refused
+from sisas.errors import BusError, BusUnavailable
 from sisas.signals.inputs import Input, encode_input
 from sisas.signals.names import input_subject
 from sisas.telemetry.tracing import inject
@@ -18,7 +19,8 @@ async def publish_input(js: JetStreamContext, inp: Input, *, attempts: int = 20)
     """Publish ``inp`` (deduplicated by its id); return its stream sequence.
 
     Carries the current span's trace context in its headers. Retries transient
-    failures; raises :class:`BusError` when it cannot be stored.
+    failures; raises :class:`BusError` when it cannot be stored, at once when the server
+    refused this NATS user the subject.
     """
     subject = input_subject(inp.pipeline, inp.run_id, str(type(inp).__struct_config__.tag))
     data = encode_input(inp)
@@ -30,5 +32,11 @@ async def publish_input(js: JetStreamContext, inp: Input, *, attempts: int = 20)
             return int(ack.seq)
         except Exception as exc:  # timeouts, no responders during a failover
             last = exc
+            if refused(js._nc, subject):  # exit 2, like refused credentials
+                raise BusUnavailable(
+                    f"the server refused {subject} to this NATS user: its role may not send "
+                    f"{type(inp).__struct_config__.tag} inputs; check SISAS_NATS_NKEY and the "
+                    "role's permissions (docs/security.md)"
+                ) from None
             await asyncio.sleep(min(1.0, 0.05 * 2**i))
     raise BusError(f"could not publish {inp.id} to {subject}: {last}")

@@ -44,6 +44,7 @@ __all__ = [
     "auth_conf",
     "check_upstream_subject",
     "permissions_markdown",
+    "read_subjects",
     "role",
 ]
 
@@ -73,11 +74,17 @@ STREAMS: Final = (
 
 @dataclass(frozen=True)
 class Grant:
-    """Subjects a role may publish to and subscribe to, for one purpose (``what``)."""
+    """Subjects a role may publish to and subscribe to, for one purpose (``what``);
+    ``reads``: streams it may read (the subjects of :func:`read_subjects` for each)."""
 
     what: str
     publish: tuple[str, ...] = ()
     subscribe: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()
+
+    @property
+    def all_publish(self) -> tuple[str, ...]:
+        return (*self.publish, *(p for s in self.reads for p in read_subjects(s)))
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,7 @@ class Role:
 
     @property
     def publish(self) -> list[str]:
-        return _unique(s for g in self.grants for s in g.publish)
+        return _unique(s for g in self.grants for s in g.all_publish)
 
     @property
     def subscribe(self) -> list[str]:
@@ -114,23 +121,20 @@ def _info(*streams: str) -> tuple[str, ...]:
     return tuple(f"{API}.STREAM.INFO.{s}" for s in streams)
 
 
-def _read(*streams: str) -> tuple[str, ...]:
-    """Reading a stream: info, direct and plain gets, ephemeral and ordered consumers
-    (with their flow control replies) and pulling from them."""
-    out: list[str] = []
-    for s in streams:
-        out += [
-            f"{API}.STREAM.INFO.{s}",
-            f"{API}.DIRECT.GET.{s}",
-            f"{API}.DIRECT.GET.{s}.>",
-            f"{API}.STREAM.MSG.GET.{s}",
-            f"{API}.CONSUMER.CREATE.{s}",
-            f"{API}.CONSUMER.CREATE.{s}.>",
-            f"{API}.CONSUMER.INFO.{s}.*",
-            f"{API}.CONSUMER.MSG.NEXT.{s}.*",
-            f"$JS.FC.{s}.>",
-        ]
-    return tuple(out)
+def read_subjects(stream: str) -> tuple[str, ...]:
+    """What reading ``stream`` takes: its info, direct and plain gets, ephemeral and
+    ordered consumers (with their flow control replies), pulling from them."""
+    return (
+        f"{API}.STREAM.INFO.{stream}",
+        f"{API}.DIRECT.GET.{stream}",
+        f"{API}.DIRECT.GET.{stream}.>",
+        f"{API}.STREAM.MSG.GET.{stream}",
+        f"{API}.CONSUMER.CREATE.{stream}",
+        f"{API}.CONSUMER.CREATE.{stream}.>",
+        f"{API}.CONSUMER.INFO.{stream}.*",
+        f"{API}.CONSUMER.MSG.NEXT.{stream}.*",
+        f"$JS.FC.{stream}.>",
+    )
 
 
 def _durable(*streams: str) -> tuple[str, ...]:
@@ -164,10 +168,10 @@ _OPEN_BUS: Final = Grant(
     publish=(*_info(LOG_STREAM, INPUT_STREAM, _OBJ, _KV_BLOBS), f"{API}.STREAM.NAMES"),
 )
 _READ_LOG: Final = Grant(
-    "read the log (direct gets, ordered and pull consumers)", _read(LOG_STREAM)
+    "read the log (direct gets, ordered and pull consumers)", reads=(LOG_STREAM,)
 )
 _READ_ARTIFACTS: Final = Grant(
-    "read artifacts and pipeline plans", _read(_OBJ, _KV_BLOBS, _KV_PLANS)
+    "read artifacts and pipeline plans", reads=(_OBJ, _KV_BLOBS, _KV_PLANS)
 )
 _PUT_ARTIFACTS: Final = Grant(
     "put artifacts (run inputs, phase outputs)", (f"$KV.{BLOB_BUCKET}.>", f"$O.{ARTIFACT_BUCKET}.>")
@@ -201,7 +205,7 @@ ORCHESTRATOR: Final = Role(
                 f"{API}.STREAM.NAMES",
             ),
         ),
-        Grant("read every sisas stream and bucket", _read(*STREAMS)),
+        Grant("read every sisas stream and bucket", reads=STREAMS),
         Grant(
             "keep durable consumers (orchestrator, sisas-triggers, workers) and ack",
             (
@@ -401,16 +405,21 @@ def auth_conf(users: dict[str, str], upstream: Sequence[str] = ()) -> str:
     return f"authorization {{\n  users: [\n{body}\n  ]\n}}\n"
 
 
-def _cell(subjects: Sequence[str]) -> str:
-    return "<br>".join(f"`{s}`" for s in subjects) if subjects else "—"
+def _cell(subjects: Sequence[str], reads: Sequence[str] = ()) -> str:
+    cells = [f"`{s}`" for s in subjects] + [f"read `{s}`" for s in reads]
+    return "<br>".join(cells) if cells else "—"
 
 
 def permissions_markdown() -> str:
     """The permissions of every role as Markdown (docs/security.md holds it): what is
-    refused to all, then a table of each role's grants and its own refusals."""
-    never = ", ".join(f"`{s}`" for s in NEVER)
+    refused to all, what reading a stream takes, then each role's grants and refusals."""
+    never = "<br>".join(f"`{s}`" for s in NEVER)
+    reading = "<br>".join(f"`{s}`" for s in read_subjects("S"))
     rows = [
-        f"Refused to every role: {never}.",
+        "| | publish | subscribe |",
+        "|---|---|---|",
+        f"| refused to every role | {never} | — |",
+        f"| read `S` (stream S) allows | {reading} | — |",
         "",
         "| role | may | publish | subscribe |",
         "|---|---|---|---|",
@@ -418,13 +427,13 @@ def permissions_markdown() -> str:
     for r in ROLES:
         for i, g in enumerate(r.grants):
             name = f"**{r.name}**" if i == 0 else ""
-            rows.append(f"| {name} | {g.what} | {_cell(g.publish)} | {_cell(g.subscribe)} |")
+            rows.append(
+                f"| {name} | {g.what} | {_cell(g.publish, g.reads)} | {_cell(g.subscribe)} |"
+            )
         if r.responses:
             rows.append(
                 f"| | reply to requests it received | allow_responses ({r.responses}) | — |"
             )
-        rows.append(
-            f"| | **refused** (and all not above) | {_cell(r.deny_publish)} "
-            f"| {_cell(r.deny_subscribe)} |"
-        )
+        own = _cell(r.deny_publish) if r.deny_publish else "only what is refused to every role"
+        rows.append(f"| | **refused** (and all not above) | {own} | {_cell(r.deny_subscribe)} |")
     return "\n".join(rows) + "\n"
