@@ -89,6 +89,11 @@ def init(out: Path, upstream: tuple[str, ...], url: str | None, force: bool, as_
             f"  upstream: connect with upstream.nk, publish on {', '.join(profile.upstream)}; "
             f"inbox prefix {UPSTREAM_INBOX} for JetStream acks"
         )
+    else:
+        console.print(
+            "  no upstream user: pass --upstream SUBJECT (repeatable) for a system whose "
+            "messages trigger runs"
+        )
     if url is None:
         console.print("set SISAS_NATS_URL to the server (or pass --url to write it in)")
     console.print("the permissions of each role: sisas security permissions; docs/security.md")
