@@ -56,6 +56,8 @@ async def test_provisioning_twice_verifies_and_creates_nothing(settings: Setting
             "SISAS_LOG",
             "SISAS_IN",
             "sisas-artifacts",
+            "sisas-circuits",
+            "sisas-pipelines",
             "sisas-blobs",
         }
         assert len(await second.log.read_run("r1")) == 2

@@ -36,12 +36,19 @@ def quantile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def time_runs(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
-    """Wall time in ms of each of ``runs`` calls of ``fn``, after ``warmup`` untimed calls."""
+def time_runs(
+    fn: Callable[[], object], runs: int, warmup: int, pause_s: float = 0.0
+) -> list[float]:
+    """Wall time in ms of each of ``runs`` calls of ``fn``, after ``warmup`` untimed calls.
+
+    ``pause_s``: an untimed sleep before each measured call (lets background work drain).
+    """
     for _ in range(warmup):
         fn()
     out: list[float] = []
     for _ in range(runs):
+        if pause_s:
+            time.sleep(pause_s)
         t0 = time.perf_counter()
         fn()
         out.append((time.perf_counter() - t0) * 1000.0)

@@ -20,6 +20,7 @@ import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from _common import STEPS, emit, parse_args, time_runs_async
 from temporalio import activity, workflow
@@ -84,7 +85,6 @@ async def main() -> None:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=server,
         dev_server_log_level="error",
-        dev_server_extra_args=[a for a in os.environ.get("XARGS", "").split() if a],
     )
     setup_ms = (time.perf_counter() - t0) * 1000.0
     async with env:
@@ -100,7 +100,7 @@ async def main() -> None:
                 ("activities", Activities7.run),
             ):
 
-                async def one(wf=wf) -> object:  # type: ignore[no-untyped-def]
+                async def one(wf: Any = wf) -> object:
                     return await client.execute_workflow(
                         wf, id=f"bench-{uuid.uuid4().hex}", task_queue=TASK_QUEUE
                     )
@@ -118,3 +118,8 @@ async def main() -> None:
 
 if __name__ == "__main__":
     asyncio.run(main())
+    # The SDK's Rust runtime threads can abort the interpreter during finalization
+    # (PyGILState_Release); the results are printed and the server is stopped by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

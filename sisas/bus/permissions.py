@@ -165,7 +165,10 @@ _REPLIES: Final = Grant(
 )
 _OPEN_BUS: Final = Grant(
     "check the streams' config on connect (`open_bus`), find a bucket's stream",
-    publish=(*_info(LOG_STREAM, INPUT_STREAM, _OBJ, _KV_BLOBS), f"{API}.STREAM.NAMES"),
+    publish=(
+        *_info(LOG_STREAM, INPUT_STREAM, _OBJ, _KV_BLOBS, _KV_PLANS, _KV_CIRCUITS),
+        f"{API}.STREAM.NAMES",
+    ),
 )
 _READ_LOG: Final = Grant(
     "read the log (direct gets, ordered and pull consumers)", reads=(LOG_STREAM,)

@@ -31,6 +31,8 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, BucketNotFoundError, NotFoundError, ServiceUnavailableError
 
+from sisas.bus.circuits import CIRCUIT_BUCKET
+from sisas.bus.registry import PIPELINE_BUCKET
 from sisas.errors import BusError, StoreWithoutStream, StreamDrift
 from sisas.signals.names import IN_PREFIX, LOG_PREFIX
 
@@ -207,6 +209,37 @@ async def provision(
             delay = min(delay * 2, 1.0)
 
 
+async def _ensure_bucket(
+    js: JetStreamContext,
+    bucket: str,
+    history: int,
+    description: str,
+    replicas: int,
+    report: ProvisionReport,
+) -> None:
+    """A KV bucket with ``replicas`` replicas: on a cluster, a bucket on one node would
+    stop every orchestrator while that node is down. Older single-replica buckets are
+    scaled up."""
+    try:
+        info = await js.stream_info(f"KV_{bucket}")
+    except NotFoundError:
+        await js.create_key_value(
+            KeyValueConfig(
+                bucket=bucket,
+                history=history,
+                storage=StorageType.FILE,
+                replicas=replicas,
+                description=description,
+            )
+        )
+        report.created.append(bucket)
+        return
+    if (info.config.num_replicas or 1) < replicas:
+        info.config.num_replicas = replicas
+        await js.update_stream(info.config)
+    report.verified.append(bucket)
+
+
 class _Transient(Exception):
     """A timeout or 503 while provisioning: a cluster between leaders."""
 
@@ -254,6 +287,11 @@ async def _provision_once(
                 ),
             )
             report.created.append(ARTIFACT_BUCKET)
+        for bucket, history, about in (
+            (CIRCUIT_BUCKET, 10, "sisas circuit breakers by pipeline"),
+            (PIPELINE_BUCKET, 5, "sisas pipeline plans by name"),
+        ):
+            await _ensure_bucket(js, bucket, history, about, replicas, report)
         try:
             await js.key_value(BLOB_BUCKET)
             report.verified.append(BLOB_BUCKET)

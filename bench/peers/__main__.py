@@ -1,0 +1,8 @@
+"""``python -m bench.peers [--runs N] [--only temporal,prefect,dagster] [--json]``."""
+
+from __future__ import annotations
+
+from bench.peers.runner import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

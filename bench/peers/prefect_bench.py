@@ -1,0 +1,85 @@
+"""Prefect 3: wall time of one flow run of 7 chained no-op tasks, run in this process.
+
+Runs inside the prefect venv. No server is configured (``PREFECT_API_URL`` unset), so Prefect
+starts its ephemeral local API server (a subprocess, SQLite under a temporary ``PREFECT_HOME``)
+on the first flow run, which is untimed (reported as ``first_run_ms``). Analytics, UI and
+logging are off. Measured per run: calling the flow until it returns. Two variants:
+
+* ``flow_7_tasks``: Prefect's defaults, runs back to back. Each flow run ends by joining its
+  heartbeat thread, which sleeps in 1 s slices, so a run takes at least ~1 s.
+* ``flow_7_tasks_no_heartbeat_idle``: flow heartbeats off, and an untimed 1 s pause before each
+  run so the ephemeral server's background writers are idle (back to back, its SQLite returns
+  "busy" and the client retries after ~2 s). The engine's own cost per run.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+
+from _common import STEPS, emit, parse_args, time_runs
+
+_SETTINGS = {
+    "PREFECT_SERVER_EPHEMERAL_ENABLED": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_UI_ENABLED": "false",
+    "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
+    "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
+    "PREFECT_LOGGING_LEVEL": "CRITICAL",
+    "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
+    "PREFECT_INTERNAL_LOGGING_LEVEL": "CRITICAL",
+    "DO_NOT_TRACK": "1",
+}
+IDLE_PAUSE_S = 1.0
+
+
+def configure(home: str) -> None:
+    """Point Prefect at an empty home with no API URL; must run before ``import prefect``."""
+    for key in [k for k in os.environ if k.startswith("PREFECT_")]:
+        del os.environ[key]
+    os.environ["PREFECT_HOME"] = home
+    os.environ.update(_SETTINGS)
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    with tempfile.TemporaryDirectory(prefix="prefect-home-") as home:
+        configure(home)
+        warnings.filterwarnings("ignore")
+        from prefect import flow, task
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+        logging.getLogger("prefect").setLevel(logging.CRITICAL)
+
+        @task
+        def step(x: int) -> int:
+            return x
+
+        @flow
+        def chain7() -> int:
+            x = 0
+            for _ in range(STEPS):
+                x = step(x)
+            return x
+
+        version = importlib.metadata.version("prefect")
+        t0 = time.perf_counter()
+        chain7()  # starts the ephemeral server and creates its database
+        first_ms = round((time.perf_counter() - t0) * 1000.0, 1)
+
+        times = time_runs(chain7, args.runs, max(args.warmup - 1, 0))
+        emit("prefect", "flow_7_tasks", version, times, first_run_ms=first_ms)
+
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            times = time_runs(chain7, args.runs, args.warmup, pause_s=IDLE_PAUSE_S)
+        emit("prefect", "flow_7_tasks_no_heartbeat_idle", version, times, first_run_ms=first_ms)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
