@@ -1,0 +1,70 @@
+"""`sisas cluster`: a three-node JetStream cluster on loopback, and the deploy/ configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sisas.bus.embedded import find_binary
+
+ROOT = Path(__file__).parent.parent
+
+
+def sisas(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sisas.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("conf", sorted((ROOT / "deploy" / "nats").glob("*.conf")), ids=str)
+def test_the_deploy_configs_are_valid_nats_server_configs(conf: Path) -> None:
+    out = subprocess.run(
+        [str(find_binary()), "-c", str(conf), "-t"], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.timeout(180)
+def test_cluster_up_status_kill_restart_down(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
+    env.update(SISAS_HOME=str(tmp_path / "home"), COLUMNS="200")
+    up = sisas(env, "cluster", "up", "--nodes", "3", "--json")
+    assert up.returncode == 0, up.stderr
+    try:
+        started = json.loads(up.stdout)
+        assert [n["name"] for n in started["nodes"]] == ["n1", "n2", "n3"]
+        again = sisas(env, "cluster", "up")
+        assert again.returncode == 2 and "already runs" in again.stderr
+        # Every sisas command uses it once the printed variables are set.
+        on = {**env, **started["env"]}
+        status = sisas(on, "status", "--json")
+        assert status.returncode == 0, status.stderr
+        streams = json.loads(status.stdout)["streams"]
+        assert {s["replicas"] for s in streams.values()} == {3}
+        cluster = json.loads(sisas(env, "cluster", "status", "--json").stdout)
+        assert all(n["running"] for n in cluster["nodes"])
+        leader = cluster["leaders"]["SISAS_LOG"]
+        assert leader in {"n1", "n2", "n3"}
+        killed = sisas(env, "cluster", "kill", "--leader")
+        assert killed.returncode == 0 and f"killed {leader}" in killed.stdout
+        cluster = json.loads(sisas(env, "cluster", "status", "--json").stdout)
+        assert [n["name"] for n in cluster["nodes"] if not n["running"]] == [leader]
+        assert sisas(env, "cluster", "restart", leader).returncode == 0
+        cluster = json.loads(sisas(env, "cluster", "status", "--json").stdout)
+        assert all(n["running"] for n in cluster["nodes"])
+    finally:
+        down = sisas(env, "cluster", "down")
+    assert down.returncode == 0, down.stderr
+    gone = sisas(env, "cluster", "down")
+    assert gone.returncode == 2 and "sisas cluster up" in gone.stderr
