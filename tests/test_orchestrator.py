@@ -14,7 +14,7 @@ from examples.clustering import pipeline as clustering
 from sisas.errors import InvalidPipeline
 from sisas.handlers.local import LocalRun
 from sisas.handlers.orchestrator import decide
-from sisas.handlers.state import fold
+from sisas.handlers.state import RunState, fold
 from sisas.pipeline import Context, NonFatal, Pipeline
 from sisas.signals import (
     ContractChecked,
@@ -335,3 +335,29 @@ def _verify_intact(run: LocalRun) -> bool:
     from tests.test_replay import _verify
 
     return _verify(run.signals).intact
+
+
+def test_an_outcome_that_overtakes_its_started_report_records_the_start_first() -> None:
+    # Two orchestrators may take a worker's "completed" before its "started".
+    plans = {"clustering": clustering.plan()}
+    digest = "sha256:" + "1" * 64
+    start = StartRun(id="s", pipeline="clustering", run_id="r1", at=AT, seed=7, input_digest=digest)
+    signals = decide(RunState.new("clustering", "r1"), start, plans)  # type: ignore[arg-type]
+    first = next(s for s in signals if s.kind == "phase_scheduled")
+    common = {"pipeline": "clustering", "run_id": "r1", "at": AT, "worker": "w2"}
+    done = PhaseReport(
+        id="d",
+        phase=first.phase,
+        attempt=0,
+        status="completed",
+        output_digest=digest,
+        artifact=digest,
+        **common,  # type: ignore[arg-type]
+    )
+    out = decide(fold(signals), done, plans)  # type: ignore[arg-type]
+    out_kinds = [s.kind for s in out]
+    assert out_kinds[0] == "phase_started"  # recorded first, naming the reporting worker
+    assert out[0].body.worker == "w2"  # type: ignore[union-attr]
+    assert "phase_completed" in [s.kind for s in out]
+    late = PhaseReport(id="l", phase=first.phase, attempt=0, status="started", **common)  # type: ignore[arg-type]
+    assert decide(fold([*signals, *out]), late, plans) == []  # type: ignore[arg-type]
