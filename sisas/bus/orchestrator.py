@@ -28,7 +28,7 @@ from sisas.bus.runtime import Bus
 from sisas.bus.streams import INPUT_STREAM
 from sisas.errors import AppendConflict, SisasError
 from sisas.faults import failpoint
-from sisas.handlers.orchestrator import decide_full
+from sisas.handlers.orchestrator import decide_full, rejection
 from sisas.handlers.state import RunState, evolve
 from sisas.signals.inputs import Input, PhaseReport, StartRun, decode_input
 from sisas.signals.names import IN_PREFIX, check_name, input_subject
@@ -42,6 +42,12 @@ __all__ = ["REJECTED_SUBJECT", "Orchestrator"]
 log = logging.getLogger("sisas.orchestrator")
 REJECTED_SUBJECT = f"{IN_PREFIX}._._.rejected"
 CONSUMER = "orchestrator"
+MAX_REASON = 500
+"""Characters of a rejection's reason kept (it may quote a huge field of the input)."""
+
+
+class _Rejected(Exception):
+    """The input decodes but can never be valid for its run (the reason is the message)."""
 
 
 class Orchestrator:
@@ -101,7 +107,7 @@ class Orchestrator:
 
     async def handle(self, msg: Msg) -> None:
         """Decide one input and append its signals, then acknowledge it."""
-        if msg.subject.startswith(f"{IN_PREFIX}._."):
+        if msg.subject == REJECTED_SUBJECT:  # our own records
             await msg.ack()
             return
         try:
@@ -127,25 +133,30 @@ class Orchestrator:
         with message_span(
             f"decide {kind}", msg.headers, inp.run_id, inp.pipeline, attributes
         ) as span:
-            state = await self.apply(inp)
+            try:
+                state = await self.apply(inp)
+            except _Rejected as exc:
+                await self._reject(msg, str(exc))
+                return
             span.set_attribute("sisas.run_status", state.status)
         failpoint("orchestrator.before_ack")
         self.handled += 1
         await msg.ack()
 
     async def apply(self, inp: Input) -> RunState:
-        """Decide ``inp`` against the run's current log and append; return the new state."""
+        """Decide ``inp`` against the run's current log and append; return the new state.
+
+        Raises ``_Rejected`` for an input that can never be valid for its run (another
+        pipeline's run, a report for a run or an attempt that was never scheduled).
+        """
         for _ in range(50):
             state, last_seq = await self._load(inp.pipeline, inp.run_id)
-            if state.pipeline != inp.pipeline:
-                log.error(
-                    "input %s names pipeline %s but run %s belongs to %s; ignored",
-                    inp.id,
-                    inp.pipeline,
-                    inp.run_id,
-                    state.pipeline,
+            if state.head.seq == 0:  # no signals yet: the run is the input's pipeline's
+                state = RunState.new(inp.pipeline, inp.run_id)
+            elif state.pipeline != inp.pipeline:
+                raise _Rejected(
+                    f"run {inp.run_id} belongs to pipeline {state.pipeline}, not {inp.pipeline}"
                 )
-                return state
             plans: dict[str, PipelinePlan] = {}
             if isinstance(inp, StartRun) and state.status == "new":
                 plan = await self.registry.get(inp.pipeline)
@@ -162,6 +173,9 @@ class Orchestrator:
                 # item this report is about). Check before acknowledging the input.
                 last = await self.bus.log.last_of_run(inp.run_id)
                 if (last.stream_seq if last else 0) == last_seq:
+                    reason = rejection(state, inp)
+                    if reason is not None:
+                        raise _Rejected(reason)
                     return state
                 self._cache.pop(inp.run_id, None)
                 continue
@@ -212,6 +226,8 @@ class Orchestrator:
 
     async def _reject(self, msg: Msg, reason: str) -> None:
         seq = msg.metadata.sequence.stream
+        if len(reason) > MAX_REASON:
+            reason = f"{reason[:MAX_REASON]}… ({len(reason)} characters)"
         log.warning("rejected input at SISAS_IN seq %d on %s: %s", seq, msg.subject, reason)
         record = {
             "stream_seq": seq,

@@ -61,6 +61,7 @@ __all__ = [
     "decide_full",
     "gathered_digest",
     "phase_enabled",
+    "rejection",
     "satisfied",
     "scheduled_inputs",
 ]
@@ -133,6 +134,34 @@ def decide_full(
     if b.state.status == "running":
         _advance(b)
     return Decision(signals=b.signals, circuits=b.changed)
+
+
+def rejection(state: RunState, inp: Input) -> str | None:
+    """Why ``inp``, which changed nothing, can never be valid for the run whose latest
+    state is ``state``; None when it is merely stale or a duplicate (a late or repeated
+    report, a second start, a cancel after the end), which is normal and not an error.
+
+    Only true of the latest state: against an older one a report may be ahead of it.
+    """
+    kind = str(type(inp).__struct_config__.tag)
+    if state.head.seq == 0:
+        if isinstance(inp, StartRun):
+            return None
+        return f"no run {inp.run_id} in the log: a {kind} for a run that was never started"
+    if not isinstance(inp, PhaseReport):
+        return None
+    if inp.phase not in state.phases:
+        return f"run {inp.run_id} has no phase {inp.phase!r}: a report for a phase never scheduled"
+    phase = state.phase(inp.phase)
+    if inp.item is not None and inp.item not in phase.item_states:
+        return f"phase {inp.phase} of run {inp.run_id} has no item {inp.item}"
+    current = phase.attempt if inp.item is None else phase.item_states[inp.item].attempt
+    if inp.attempt > current:
+        return (
+            f"attempt {inp.attempt} of phase {inp.phase} was never scheduled "
+            f"(run {inp.run_id} is at attempt {current})"
+        )
+    return None
 
 
 def _circuit_outcome(b: _Builder, phase: str, ok: bool, reason: str = "") -> None:

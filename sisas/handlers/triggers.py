@@ -107,6 +107,12 @@ def message_id(subject: str, data: bytes, header_id: str | None) -> str:
 _MISSING = object()
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut short: a reason quotes the message, which may be huge."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 def _path(message: Any, path: str) -> Any:
     if path == "$":
         return message
@@ -151,16 +157,16 @@ def evaluate(rule: Rule, subject: str, message: Any, msg_id: str) -> Evaluation:
         if value is _MISSING:
             return no(f"{path} is missing from the message")
         if isinstance(expected, list) and value not in expected:
-            return no(f"{path} is {value!r}, not one of {expected!r}")
+            return no(f"{path} is {_shown(value)}, not one of {expected!r}")
         if not isinstance(expected, list) and value != expected:
-            return no(f"{path} is {value!r}, not {expected!r}")
+            return no(f"{path} is {_shown(value)}, not {expected!r}")
     missing: list[str] = []
     data = _build(rule.input, message, missing)
     seed = _build(rule.seed, message, missing) if rule.seed is not None else None
     if missing:
         return no(f"the input needs {', '.join(missing)}, which the message lacks")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        return no(f"seed {rule.seed} is {seed!r}, not an integer")
+    if rule.seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        return no(f"seed {rule.seed} is {_shown(seed)}, not an integer")
     filters = ", ".join(f"{k} = {v!r}" for k, v in rule.when.items()) or "no filter"
     return Evaluation(
         trigger=rule.name,

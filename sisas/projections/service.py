@@ -133,10 +133,25 @@ async def _rebuild(projector: Projector, report: Report) -> dict[str, Any]:
     }
 
 
+MAX_MESSAGE: Final = 500
+"""Characters of an error message kept: it may quote a huge parameter of the query, and
+an answer past the server's max payload would never reach the asker."""
+
+
+def _short(message: str) -> str:
+    if len(message) <= MAX_MESSAGE:
+        return message
+    return f"{message[:MAX_MESSAGE]}… ({len(message)} characters)"
+
+
 def failure(exc: SisasError) -> dict[str, Any]:
     return {
         "ok": False,
-        "error": {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code},
+        "error": {
+            "type": type(exc).__name__,
+            "message": _short(str(exc)),
+            "exit_code": exc.exit_code,
+        },
     }
 
 
@@ -186,13 +201,13 @@ class QueryService:
                 self.projector, verb, msg.data, report=report, freshness=self.freshness
             )
         except SisasError as exc:
-            log.warning("query %s refused: %s", msg.subject, exc)
+            log.warning("query %s refused: %s", msg.subject, _short(str(exc)))
             reply = failure(exc)
         except Exception as exc:  # a bug: answer it, log it, keep serving
             log.exception("query %s failed", msg.subject)
             reply = {
                 "ok": False,
-                "error": {"type": type(exc).__name__, "message": str(exc), "exit_code": 1},
+                "error": {"type": type(exc).__name__, "message": _short(str(exc)), "exit_code": 1},
             }
         with contextlib.suppress(Exception):
             await self.nc.publish(msg.reply, msgspec.json.encode(reply))

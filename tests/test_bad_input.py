@@ -1,0 +1,597 @@
+"""Bad input on every subject sisas listens on, sent by an outside client.
+
+The real services run here against a real nats-server (orchestrator, worker, projector
+with its query service, a trigger service with a small rules file, signing on); a plain
+nats-py connection does the abuse: fuzzed bytes and JSON (hypothesis), schema-valid
+inputs with wrong content, oversize payloads, forged signals, trigger messages that lack
+what their rule needs, pipeline files that do not import. Each abuse must leave a
+recorded rejection (``sisas.in._._.rejected``, a ``trigger_evaluated`` with the reason,
+a rejected row of the projection, a ``replay verify`` finding, an error answer) and a
+system that keeps serving: a normal run started afterwards completes, the projection
+digest equals a rebuild, and every handler task is still alive.
+
+Forged signals that only the signatures betray are in ``tests/test_replay_bus.py``
+(``test_signals_forged_by_an_outside_client_are_found``,
+``test_a_signing_orchestrator_lets_verify_catch_a_legal_looking_forgery``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import json
+import reprlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import nats
+import pytest
+from hypothesis import HealthCheck, Phase, given, note, settings
+from hypothesis import strategies as st
+from nats.aio.client import Client as NATS
+
+from sisas.bus.keys import generate_seed, signer_from_file
+from sisas.bus.orchestrator import REJECTED_SUBJECT, Orchestrator
+from sisas.bus.queries import local_projector
+from sisas.bus.runtime import Bus, open_bus
+from sisas.bus.settings import Settings
+from sisas.bus.streams import INPUT_STREAM
+from sisas.bus.triggers import UPSTREAM_STREAM, TriggerService, evaluation_chain
+from sisas.bus.worker import Worker
+from sisas.handlers.triggers import message_id, parse_rules
+from sisas.loader import load_pipelines
+from sisas.projections.projector import Projector
+from sisas.projections.service import PROGRESS_HEADER, VERBS, QueryService
+from sisas.signals import StoredSignal, TriggerEvaluated
+from sisas.signals.inputs import INPUT_KINDS, CancelRun, Input, PhaseReport, StartRun, encode_input
+from sisas.signals.names import input_subject
+from tests.test_runs_bus import TEST_PIPES, start, wait_end
+
+T = TypeVar("T")
+reprlib.aRepr.maxother = reprlib.aRepr.maxstring = 200
+
+RULES = """
+[[trigger]]
+name = "order-ready"
+subject = "upstream.orders.*"
+pipeline = "chain7"
+when = { status = "ready" }
+input = "$.n"
+seed = "$.seed"
+"""
+"""One rule: a ready order with a number ``n`` and a ``seed`` starts a chain7 run."""
+
+FUZZ = settings(
+    deadline=None,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],  # no shrinking: each example costs round trips
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+_token = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,12}", fullmatch=True)
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+_jsonish = _json_values.map(lambda v: json.dumps(v).encode())
+
+
+@dataclass
+class System:
+    """The services under test, their tasks, and the outsider's connection."""
+
+    bus: Bus
+    settings: Settings
+    public_key: str
+    outside: NATS
+    orchestrator: Orchestrator
+    worker: Worker
+    projector: Projector
+    triggers: TriggerService
+    tasks: list[asyncio.Task[None]]
+    rejections: dict[int, dict[str, Any]] = field(default_factory=dict)
+    sent: Counter[str] = field(default_factory=Counter)
+    runs: int = 0
+
+    def alive(self) -> None:
+        for task in self.tasks:
+            assert not task.done(), f"{task.get_name()} stopped: {_outcome(task)}"
+
+    async def rejection(self, seq: int, timeout: float = 10.0) -> dict[str, Any]:
+        """The rejection recorded for the input at SISAS_IN ``seq``."""
+        return await _until(lambda: _now(self.rejections.get(seq)), timeout, f"rejection of {seq}")
+
+
+def _outcome(task: asyncio.Task[None]) -> str:
+    if task.cancelled():
+        return "cancelled"
+    return repr(task.exception())
+
+
+async def _now(value: T | None) -> T | None:
+    return value
+
+
+async def _until(probe: Callable[[], Awaitable[T | None]], timeout: float, what: str) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def system(settings: Settings, tmp_path: Path) -> AsyncIterator[System]:
+    key = tmp_path / "orchestrator.seed"
+    key.write_bytes(generate_seed())
+    rules_file = tmp_path / "sisas.toml"
+    rules_file.write_text(RULES)
+    rules = parse_rules(rules_file.read_text(), str(rules_file))
+    loaded = load_pipelines([TEST_PIPES], entry_points=False)
+    pipes = {name: loaded[name] for name in ("slow", "chain7")}
+    signed = dataclasses.replace(settings, signing_key=key)
+    async with open_bus(signed) as bus, local_projector(bus) as projector:
+        stop = asyncio.Event()
+        await projector.open()
+        queries = QueryService(bus.nc, projector)
+        await queries.start()
+        orchestrator = Orchestrator(bus)
+        worker = Worker(bus, pipes, concurrency=2)
+        await worker.register()
+        triggers = TriggerService(bus, rules)
+        await triggers.start()
+        tasks = [
+            asyncio.create_task(orchestrator.run(stop), name="orchestrator"),
+            asyncio.create_task(worker.run(stop), name="worker"),
+            asyncio.create_task(projector.run(stop), name="projector"),
+            asyncio.create_task(triggers.run(stop), name="triggers"),
+        ]
+        outside = await nats.connect(bus.url, name="outsider")
+        sys_ = System(
+            bus=bus,
+            settings=signed,
+            public_key=signer_from_file(key).public_key,
+            outside=outside,
+            orchestrator=orchestrator,
+            worker=worker,
+            projector=projector,
+            triggers=triggers,
+            tasks=tasks,
+        )
+
+        async def on_rejected(msg: Any) -> None:
+            with_seq = json.loads(msg.data)
+            if isinstance(with_seq, dict) and isinstance(with_seq.get("stream_seq"), int):
+                sys_.rejections[with_seq["stream_seq"]] = with_seq
+
+        await outside.subscribe(REJECTED_SUBJECT, cb=on_rejected)
+        try:
+            yield sys_
+        finally:
+            await outside.close()
+            stop.set()
+            _, pending = await asyncio.wait(tasks, timeout=10)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await queries.stop()
+
+
+async def query(nc: NATS, verb: str, payload: bytes, timeout: float = 20.0) -> dict[str, Any]:
+    """Ask ``sisas.query.<verb>`` as a plain client: progress messages skipped, the final
+    answer decoded."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        await nc.publish(f"sisas.query.{verb}", payload, reply=inbox)
+        while True:
+            msg = await sub.next_msg(timeout=timeout)
+            if not (msg.headers or {}).get(PROGRESS_HEADER):
+                answer: dict[str, Any] = json.loads(msg.data)
+                return answer
+    finally:
+        await sub.unsubscribe()
+
+
+async def handled(sys_: System, stream: str, consumer: str, seq: int, timeout: float = 15) -> None:
+    """Wait until ``consumer`` acknowledged (or terminated) everything up to ``seq``."""
+
+    async def floor() -> bool:
+        info = await sys_.bus.js.consumer_info(stream, consumer)
+        return info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= seq
+
+    await _until(floor, timeout, f"{consumer} to handle {stream} seq {seq}")
+
+
+async def keeps_serving(sys_: System, label: str) -> dict[str, Any]:
+    """A normal run completes, the projection digest equals a rebuild, queries are
+    answered, and every handler is still running. Returns the rebuild's result."""
+    sys_.runs += 1
+    run_id = f"after-{label}-{sys_.runs}"
+    await start(sys_.bus, "slow", run_id, b'{"seconds": 0.01}')
+    state, signals = await wait_end(sys_.bus, run_id, timeout=30)
+    assert state.status == "completed", (run_id, state.error)
+    assert all(s.sig.startswith(sys_.public_key) for s in signals)
+    digest = await query(sys_.outside, "digest", b"{}")
+    assert digest["ok"], digest
+    rebuilt = await query(sys_.outside, "rebuild", b"")
+    assert rebuilt["ok"], rebuilt
+    result: dict[str, Any] = rebuilt["result"]
+    assert result["equal"], (result["before"], result["after"])
+    assert result["stream_seq"] >= digest["result"]["stream_seq"]
+    sys_.alive()
+    return result
+
+
+def run_hypothesis(
+    loop: asyncio.AbstractEventLoop,
+    strategy: st.SearchStrategy[Any],
+    check: Callable[[Any], Awaitable[None]],
+    examples: int = 40,
+) -> Callable[[], None]:
+    """A hypothesis test, to run in a thread, whose examples are checked on ``loop``. An
+    example that is a function is called first (to build it with fresh ids)."""
+
+    @settings(FUZZ, max_examples=examples)
+    @given(strategy)
+    def fuzz(example: Any) -> None:
+        if callable(example):
+            example = example()
+        note(reprlib.repr(example))
+        asyncio.run_coroutine_threadsafe(check(example), loop).result(timeout=60)
+
+    return fuzz
+
+
+def report_counts(title: str, sys_: System, **extra: object) -> None:
+    sent = ", ".join(f"{k} {v}" for k, v in sorted(sys_.sent.items()))
+    more = ", ".join(f"{k} {v}" for k, v in extra.items())
+    print(f"{title}: sent {sum(sys_.sent.values())} ({sent}); {more}")
+
+
+# -- sisas.in.> ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputCase:
+    label: str
+    subject: str
+    data: bytes
+    expect: str  # "rejected", or "run_failed" (a run the log records as failed)
+    run_id: str = ""
+
+
+_fresh_ids = itertools.count()
+
+
+def _at() -> datetime:
+    return datetime.now(UTC)
+
+
+def _fresh() -> str:
+    """A run id never used before (hypothesis replays examples: ids must not repeat)."""
+    return f"fz{next(_fresh_ids):06d}"
+
+
+def _case(
+    label: str, inp: Input, subject: str | None = None, expect: str = "rejected"
+) -> InputCase:
+    kind = str(type(inp).__struct_config__.tag)
+    return InputCase(
+        label=label,
+        subject=subject or input_subject(inp.pipeline, inp.run_id, kind),
+        data=encode_input(inp),
+        expect=expect,
+        run_id=inp.run_id,
+    )
+
+
+_in_subjects = st.one_of(
+    st.tuples(_token, _token, st.sampled_from([*INPUT_KINDS, "bogus"])).map(
+        lambda t: "sisas.in." + ".".join(t)
+    ),
+    st.lists(_token, min_size=1, max_size=5).map(lambda ts: "sisas.in." + ".".join(ts)),
+    st.sampled_from(["sisas.in._.x.start_run", "sisas.in._.base.phase_report"]),
+)
+_input_shaped = st.fixed_dictionaries(
+    {"kind": st.sampled_from(INPUT_KINDS)},
+    optional={
+        "id": st.text(max_size=5) | st.integers(),
+        "pipeline": st.text(max_size=5),
+        "run_id": st.text(max_size=5),
+        "at": st.text(max_size=30) | st.integers(),
+        "seed": st.integers() | st.floats(allow_nan=False) | st.text(max_size=3),
+        "attempt": st.integers() | st.none(),
+        "status": st.text(max_size=8),
+        "extra": _json_values,
+    },
+).map(lambda doc: json.dumps(doc).encode())
+
+
+INPUT_ABUSES = {
+    "bytes": 15,
+    "json": 10,
+    "input-shaped": 10,
+    "unknown pipeline": 4,
+    "run id not its subject's": 4,
+    "report for no run": 4,
+    "cancel for no run": 4,
+    "absurd attempt": 4,
+    "unknown phase": 4,
+    "wrong kind": 4,
+    "huge name": 4,
+}
+"""Each kind of bad input and how many hypothesis examples of it to send."""
+
+
+@st.composite
+def input_cases(draw: st.DrawFn, which: str) -> Callable[[], InputCase]:
+    """A case to build at send time (with a fresh run id where it needs one)."""
+    if which in ("bytes", "json", "input-shaped"):
+        payload = {"bytes": st.binary(max_size=300), "json": _jsonish}.get(which, _input_shaped)
+        subject, data = draw(_in_subjects), draw(payload)
+        return lambda: InputCase(which, subject, data, "rejected")
+    status = draw(st.sampled_from(["started", "completed", "failed", "timed_out"]))
+    attempt = draw(st.integers(min_value=1_000, max_value=2**62))
+    phase = draw(_token) + "-x"
+    kind = draw(st.sampled_from(["start_run", "phase_report", "bogus"]))
+    size = draw(st.integers(min_value=1_000, max_value=200_000))
+
+    def build() -> InputCase:
+        fresh = _fresh()
+        report = PhaseReport(
+            id=f"report:{fresh}",
+            pipeline="slow",
+            run_id="base",
+            at=_at(),
+            phase="nap",
+            attempt=0,
+            status=status,  # type: ignore[arg-type]
+            worker="outsider",
+        )
+        start_run = StartRun(id=f"start:{fresh}", pipeline="slow", run_id=fresh, at=_at())
+        if which == "unknown pipeline":
+            inp = msgspec.structs.replace(start_run, pipeline="no-such-pipeline")
+            return _case(which, inp, expect="run_failed")
+        if which == "run id not its subject's":
+            return _case(which, start_run, subject=input_subject("slow", "base", "start_run"))
+        if which == "report for no run":
+            return _case(which, msgspec.structs.replace(report, run_id=fresh))
+        if which == "cancel for no run":
+            return _case(which, CancelRun(id=f"c:{fresh}", pipeline="slow", run_id=fresh, at=_at()))
+        if which == "absurd attempt":
+            return _case(which, msgspec.structs.replace(report, attempt=attempt))
+        if which == "unknown phase":
+            return _case(which, msgspec.structs.replace(report, phase=phase))
+        if which == "wrong kind":
+            inp = CancelRun(id=f"c:{fresh}", pipeline="slow", run_id="base", at=_at())
+            return _case(which, inp, subject=input_subject("slow", "base", kind))
+        huge = msgspec.structs.replace(start_run, pipeline="p" * size)
+        return _case(which, huge, subject=input_subject("slow", fresh, "start_run"))
+
+    return build
+
+
+async def test_fuzzed_and_wrong_inputs_are_rejected_and_recorded(system: System) -> None:
+    sys_ = system
+    await start(sys_.bus, "slow", "base", b'{"seconds": 0.01}')
+    assert (await wait_end(sys_.bus, "base"))[0].status == "completed"
+    js = sys_.outside.jetstream()
+    outcomes: Counter[str] = Counter()
+
+    async def check(case: InputCase) -> None:
+        ack = await js.publish(case.subject, case.data)
+        sys_.sent[case.label] += 1
+        await handled(sys_, INPUT_STREAM, "orchestrator", ack.seq)
+        if case.expect == "rejected":
+            record = await sys_.rejection(ack.seq)
+            assert record["subject"] == case.subject and record["reason"], record
+            assert len(record["reason"]) < 2_000, "a rejection reason must stay readable"
+        else:
+            last = await sys_.bus.log.last_of_run(case.run_id)
+            assert isinstance(last, StoredSignal) and last.signal.kind == "run_failed", last
+        outcomes[case.expect] += 1
+        sys_.alive()
+
+    loop = asyncio.get_running_loop()
+    for which, examples in INPUT_ABUSES.items():
+        await asyncio.to_thread(run_hypothesis(loop, input_cases(which), check, examples))
+    await keeps_serving(sys_, "inputs")
+    recorded = sum(1 for r in sys_.rejections.values() if r["reason"])
+    assert recorded == outcomes["rejected"] == sys_.orchestrator.rejected
+    report_counts(
+        "sisas.in.>",
+        sys_,
+        rejections_recorded=recorded,
+        runs_failed_unknown_pipeline=outcomes["run_failed"],
+    )
+
+
+# -- sisas.query.* -------------------------------------------------------------------
+
+_params = st.fixed_dictionaries(
+    {},
+    optional={
+        "run_id": st.text(max_size=70) | st.integers() | st.just("x" * 100_000),
+        "run_ids": st.lists(st.text(max_size=10), max_size=50) | st.text(max_size=5),
+        "pipeline": st.text(max_size=10) | st.none(),
+        "status": st.sampled_from(["running", "failed", "nosuch", ""]) | st.integers(),
+        "since": st.sampled_from(["1970-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "soon"]),
+        "limit": st.integers(min_value=-(2**70), max_value=2**70),
+        "after": st.text(max_size=10),
+        "full": st.booleans() | st.text(max_size=3),
+    },
+).map(lambda doc: json.dumps(doc).encode())
+
+
+_wrong_content = {
+    "show": st.fixed_dictionaries(
+        {"run_id": st.sampled_from(["nosuch", "base", "", "x" * 100_000]) | st.text(max_size=70)}
+    ),
+    "runs": st.fixed_dictionaries(
+        {"limit": st.integers(min_value=-(2**63), max_value=2**63 - 1)},
+        optional={
+            "status": st.sampled_from(["running", "failed"]),
+            "since": st.sampled_from(["1970-01-01T00:00:00Z", "9999-12-31T23:59:59Z"]),
+        },
+    ),
+    "states": st.fixed_dictionaries(
+        {
+            "run_ids": st.lists(st.text(max_size=70), max_size=300),
+            "limit": st.integers(min_value=-(2**63), max_value=2**63 - 1),
+            "after": st.text(max_size=10),
+        }
+    ),
+    "stats": st.fixed_dictionaries({"pipeline": st.text(max_size=70)}),
+}
+_wrong_content["manifest"] = _wrong_content["show"]
+
+
+@st.composite
+def query_cases(draw: st.DrawFn) -> tuple[str, bytes]:
+    verb = draw(st.sampled_from([*VERBS, "nosuch", "Runs", "x"]))
+    payload = draw(st.sampled_from(["bytes", "json", "params", "wrong content"]))
+    if payload == "bytes":
+        return verb, draw(st.binary(max_size=200))
+    if payload == "json":
+        return verb, draw(_jsonish)
+    if payload == "wrong content" and verb in _wrong_content:
+        return verb, json.dumps(draw(_wrong_content[verb])).encode()
+    return verb, draw(_params)
+
+
+async def test_fuzzed_queries_get_an_error_answer_and_the_service_keeps_answering(
+    system: System,
+) -> None:
+    sys_ = system
+    await start(sys_.bus, "slow", "base", b'{"seconds": 0.01}')
+    await wait_end(sys_.bus, "base")
+    answers: Counter[str] = Counter()
+
+    async def check(case: tuple[str, bytes]) -> None:
+        verb, payload = case
+        answer = await query(sys_.outside, verb, payload)
+        sys_.sent[f"query.{verb}" if verb in VERBS else "query.<unknown verb>"] += 1
+        if answer["ok"]:
+            assert verb in VERBS and "result" in answer, answer
+            answers["ok"] += 1
+        else:
+            error = answer["error"]
+            assert error["type"] and error["message"] and error["exit_code"] in (1, 2), error
+            assert len(error["message"]) < 2_000, "an error answer must stay readable"
+            answers[f"refused ({error['type']})"] += 1
+        sys_.alive()
+
+    loop = asyncio.get_running_loop()
+    await asyncio.to_thread(run_hypothesis(loop, query_cases(), check, 60))
+    await sys_.outside.publish("sisas.query.runs", b"{}")  # no reply subject: ignored
+    sys_.sent["query without a reply subject"] += 1
+    await keeps_serving(sys_, "queries")
+    assert answers["ok"] + sum(v for k, v in answers.items() if k != "ok") == 60
+    report_counts("sisas.query.*", sys_, **{k.replace(" ", "_"): v for k, v in answers.items()})
+
+
+# -- upstream trigger subjects ---------------------------------------------------------
+
+_not_int = st.none() | st.booleans() | st.text(max_size=8) | st.floats(allow_nan=False)
+
+
+TRIGGER_ABUSES = {"bytes": 12, "json": 12, "lacks fields": 8, "wrong types": 8, "huge field": 4}
+
+
+@st.composite
+def trigger_cases(draw: st.DrawFn, which: str) -> Any:
+    """(label, subject, bytes, Nats-Msg-Id header) of one upstream message (a function
+    building it, for the huge ones)."""
+    subject = "upstream.orders." + draw(_token)
+    header = draw(st.none() | st.from_regex(r"[ -~]{1,80}", fullmatch=True).map(str.strip))
+    if which == "bytes":
+        return which, subject, draw(st.binary(max_size=300)), header or None
+    if which == "json":
+        return which, subject, draw(_jsonish), header or None
+    if which == "lacks fields":  # ready, but without the n or the seed the rule needs
+        doc = draw(
+            st.fixed_dictionaries(
+                {"status": st.just("ready")},
+                optional={"n": st.integers(0, 9), "note": st.text(max_size=5)},
+            )
+        )
+    elif which == "wrong types":  # ready, with a seed that is no integer
+        doc = {"status": "ready", "n": draw(st.integers(0, 9) | _not_int), "seed": draw(_not_int)}
+    else:
+        size = draw(st.integers(10_000, 300_000))
+        huge = {"status": "x" * size, "n": 1, "seed": 1}
+        return lambda: (which, subject, json.dumps(huge).encode(), header or None)
+    return which, subject, json.dumps(doc).encode(), header or None
+
+
+_REASONS = {"status": "status_not_ready", "seed": "seed_not_int", "the": "lacks_fields"}
+
+
+async def evaluations(bus: Bus, msg_id: str) -> list[TriggerEvaluated]:
+    records = await bus.log.read_run(evaluation_chain(msg_id))
+    return [r.signal.body for r in records if isinstance(r, StoredSignal)]  # type: ignore[misc]
+
+
+async def test_fuzzed_upstream_messages_are_each_recorded_with_the_reason_and_start_nothing(
+    system: System,
+) -> None:
+    sys_ = system
+    js = sys_.outside.jetstream()
+    reasons: Counter[str] = Counter()
+
+    async def check(case: tuple[str, str, bytes, str | None]) -> None:
+        label, subject, data, header = case
+        headers = {"Nats-Msg-Id": header} if header else None
+        started = sys_.triggers.started
+        ack = await js.publish(subject, data, headers=headers)
+        sys_.sent[f"upstream {label}"] += 1
+        if ack.duplicate:  # the same id within the stream's window: JetStream kept one
+            reasons["deduplicated by JetStream"] += 1
+            return
+        await handled(sys_, UPSTREAM_STREAM, "sisas-triggers", ack.seq)
+        recorded = await evaluations(sys_.bus, message_id(subject, data, header))
+        assert recorded, f"no trigger_evaluated for {subject}"
+        last = recorded[-1]
+        assert sys_.triggers.started == started, "a bad upstream message started a run"
+        if last.error:
+            assert last.error.startswith("the message is not JSON"), last.error
+            reasons["not_JSON"] += 1
+        else:
+            (result,) = last.results
+            assert not result.matched and result.run_id == "" and result.reason, result
+            assert len(result.reason) < 2_000, "a reason must stay readable"
+            if label == "lacks fields":
+                assert result.reason.endswith("which the message lacks"), result.reason
+            reasons[_REASONS.get(result.reason.split(" ")[0], "other")] += 1
+        sys_.alive()
+
+    loop = asyncio.get_running_loop()
+    for which, examples in TRIGGER_ABUSES.items():
+        await asyncio.to_thread(run_hypothesis(loop, trigger_cases(which), check, examples))
+    good = b'{"status": "ready", "n": 3, "seed": 5}'
+    await js.publish("upstream.orders.good", good)
+    sys_.sent["upstream valid"] += 1
+    msg_id = message_id("upstream.orders.good", good, None)
+    (evaluation,) = await _until(lambda: evaluations(sys_.bus, msg_id), 15, "the valid message")
+    assert evaluation.results[0].matched
+    state, _ = await wait_end(sys_.bus, evaluation.results[0].run_id, timeout=30)
+    assert state.status == "completed", state.error
+    await keeps_serving(sys_, "triggers")
+    report_counts(
+        "upstream.orders.*",
+        sys_,
+        evaluations_recorded=sys_.triggers.evaluated,
+        runs_started=sys_.triggers.started,
+        **{k.replace(" ", "_"): v for k, v in reasons.items()},
+    )
