@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import itertools
 import json
 import reprlib
@@ -42,16 +43,20 @@ from sisas.bus.orchestrator import REJECTED_SUBJECT, Orchestrator
 from sisas.bus.queries import local_projector
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
-from sisas.bus.streams import INPUT_STREAM
+from sisas.bus.streams import INPUT_STREAM, LOG_STREAM
 from sisas.bus.triggers import UPSTREAM_STREAM, TriggerService, evaluation_chain
 from sisas.bus.worker import Worker
 from sisas.handlers.triggers import message_id, parse_rules
 from sisas.loader import load_pipelines
 from sisas.projections.projector import Projector
 from sisas.projections.service import PROGRESS_HEADER, VERBS, QueryService
-from sisas.signals import StoredSignal, TriggerEvaluated
+from sisas.signals import KINDS, ChainHead, Draft, PhaseScheduled, StoredSignal, TriggerEvaluated
+from sisas.signals.codec import encode_signal
 from sisas.signals.inputs import INPUT_KINDS, CancelRun, Input, PhaseReport, StartRun, encode_input
-from sisas.signals.names import input_subject
+from sisas.signals.names import input_subject, log_subject
+from tests.conftest import AT
+from tests.strategies import bodies
+from tests.test_replay_bus import sisas as sisas_cli
 from tests.test_runs_bus import TEST_PIPES, start, wait_end
 
 T = TypeVar("T")
@@ -82,6 +87,11 @@ _json_values = st.recursive(
     max_leaves=12,
 )
 _jsonish = _json_values.map(lambda v: json.dumps(v).encode())
+_times = st.datetimes(  # hypothesis takes naive bounds, and zones apart
+    min_value=datetime(1, 1, 2),  # noqa: DTZ001
+    max_value=datetime(9999, 12, 30),  # noqa: DTZ001
+    timezones=st.just(UTC),
+)
 
 
 @dataclass
@@ -267,7 +277,7 @@ class InputCase:
     label: str
     subject: str
     data: bytes
-    expect: str  # "rejected", or "run_failed" (a run the log records as failed)
+    expect: str  # "rejected", or how the run the input starts ends ("run_failed"...)
     run_id: str = ""
 
 
@@ -330,6 +340,7 @@ INPUT_ABUSES = {
     "unknown phase": 4,
     "wrong kind": 4,
     "huge name": 4,
+    "another clock": 3,
 }
 """Each kind of bad input and how many hypothesis examples of it to send."""
 
@@ -346,6 +357,7 @@ def input_cases(draw: st.DrawFn, which: str) -> Callable[[], InputCase]:
     phase = draw(_token) + "-x"
     kind = draw(st.sampled_from(["start_run", "phase_report", "bogus"]))
     size = draw(st.integers(min_value=1_000, max_value=200_000))
+    clock = draw(st.just(datetime(9999, 12, 30, tzinfo=UTC)) | _times)
 
     def build() -> InputCase:
         fresh = _fresh()
@@ -360,6 +372,11 @@ def input_cases(draw: st.DrawFn, which: str) -> Callable[[], InputCase]:
             worker="outsider",
         )
         start_run = StartRun(id=f"start:{fresh}", pipeline="slow", run_id=fresh, at=_at())
+        if which == "another clock":  # the sender's clock is years off: the run still runs
+            # the base run stored this input already
+            digest = "sha256:" + hashlib.sha256(b'{"seconds": 0.01}').hexdigest()
+            inp = msgspec.structs.replace(start_run, at=clock, input_digest=digest)
+            return _case(which, inp, expect="run_completed")
         if which == "unknown pipeline":
             inp = msgspec.structs.replace(start_run, pipeline="no-such-pipeline")
             return _case(which, inp, expect="run_failed")
@@ -398,8 +415,8 @@ async def test_fuzzed_and_wrong_inputs_are_rejected_and_recorded(system: System)
             assert record["subject"] == case.subject and record["reason"], record
             assert len(record["reason"]) < 2_000, "a rejection reason must stay readable"
         else:
-            last = await sys_.bus.log.last_of_run(case.run_id)
-            assert isinstance(last, StoredSignal) and last.signal.kind == "run_failed", last
+            state, signals = await wait_end(sys_.bus, case.run_id, timeout=30)
+            assert signals[-1].kind == case.expect, (signals[-1].kind, state.error)
         outcomes[case.expect] += 1
         sys_.alive()
 
@@ -414,6 +431,7 @@ async def test_fuzzed_and_wrong_inputs_are_rejected_and_recorded(system: System)
         sys_,
         rejections_recorded=recorded,
         runs_failed_unknown_pipeline=outcomes["run_failed"],
+        runs_completed_from_another_clock=outcomes["run_completed"],
     )
 
 
@@ -594,4 +612,151 @@ async def test_fuzzed_upstream_messages_are_each_recorded_with_the_reason_and_st
         evaluations_recorded=sys_.triggers.evaluated,
         runs_started=sys_.triggers.started,
         **{k.replace(" ", "_"): v for k, v in reasons.items()},
+    )
+
+
+# -- sisas.run.> (the log, appended to by an outsider) ---------------------------------
+
+
+@dataclass(frozen=True)
+class LogCase:
+    label: str
+    subject: str = ""
+    data: bytes = b""
+    body: Any = None
+    pipeline: str = "slow"
+    phase: str = ""
+    attempt: int = 0
+    at: datetime = AT
+    skip: int = 0  # seqs left out before a forged signal (a gap)
+    index: int = 0  # which genuine signal of the base run to copy
+
+
+_log_subjects = st.one_of(
+    st.tuples(
+        st.sampled_from(["slow", "chain7", "base"]) | _token,
+        st.sampled_from(["base"]) | _token,
+        st.sampled_from(["_", "nap", "after"]) | _token,
+        st.sampled_from([*KINDS, "bogus"]),
+    ).map(lambda t: "sisas.run." + ".".join(t)),
+    st.lists(_token, min_size=1, max_size=6).map(lambda ts: "sisas.run." + ".".join(ts)),
+)
+_work = st.builds(
+    PhaseScheduled,
+    inputs=st.dictionaries(st.sampled_from(["input", "nap"]), st.text(max_size=70), max_size=2),
+    item=st.none() | st.integers(-5, 10**6),
+    items=st.none() | st.integers(-5, 10**6),
+    seed=st.integers(0, 2**63 - 1),
+    delay=st.floats(-1e300, 1e300) | st.sampled_from([0.0, 0.01, -1.0, 1e300]),
+    timeout=st.none() | st.floats(-1e300, 1e300),
+)
+
+
+@st.composite
+def log_cases(draw: st.DrawFn, which: str) -> LogCase:
+    if which == "bytes":
+        return LogCase(which, subject=draw(_log_subjects), data=draw(st.binary(max_size=300)))
+    if which == "json":
+        return LogCase(which, subject=draw(_log_subjects), data=draw(_jsonish))
+    if which in ("tampered copy", "replayed copy", "misplaced copy"):
+        return LogCase(which, index=draw(st.integers(0, 20)), attempt=draw(st.integers(1, 9)))
+    return LogCase(
+        which,
+        body=draw(_work if which == "forged work" else bodies),
+        pipeline=draw(st.sampled_from(["slow", "chain7", "other"])),
+        phase=draw(st.sampled_from(["", "nap", "after", "p0", "nosuch"])),
+        attempt=draw(st.integers(0, 3) | st.integers(0, 2**62)),
+        at=draw(st.just(AT) | _times),
+        skip=draw(st.integers(0, 3)),
+    )
+
+
+LOG_ABUSES = {
+    "bytes": 10,
+    "json": 8,
+    "forged new run": 8,
+    "forged work": 10,
+    "forged continuation": 6,
+    "broken link": 4,
+    "tampered copy": 4,
+    "replayed copy": 3,
+    "misplaced copy": 3,
+}
+
+
+async def _forge(sys_: System, case: LogCase) -> tuple[str, bytes]:
+    """The subject and bytes an outsider appends for ``case``."""
+    genuine = [r.signal for r in await sys_.bus.log.read_run("base") if isinstance(r, StoredSignal)]
+    if case.label in ("bytes", "json"):
+        return case.subject, case.data
+    if case.label.endswith("copy"):
+        s = genuine[case.index % len(genuine)]
+        data = encode_signal(s)
+        subject = log_subject(s.pipeline, s.run_id, s.phase, s.kind)
+        if case.label == "tampered copy":  # a changed field under the recorded hash
+            data = encode_signal(msgspec.structs.replace(s, attempt=s.attempt + case.attempt))
+        elif case.label == "misplaced copy":
+            subject = log_subject(s.pipeline, s.run_id, s.phase, "run_cancelled")
+        return subject, data
+    draft = Draft(body=case.body, at=case.at, phase=case.phase, attempt=case.attempt)
+    if case.label in ("forged continuation", "broken link"):
+        head = ChainHead.after(genuine[-1])
+        if case.label == "broken link":
+            head = msgspec.structs.replace(head, hash="ab" * 32)
+    else:
+        head = ChainHead(pipeline=case.pipeline, run_id=_fresh(), seq=case.skip)
+        if case.label == "forged work":
+            head = msgspec.structs.replace(head, pipeline="slow")
+            draft = msgspec.structs.replace(draft, phase=case.phase or "nap")
+    forged = head.extend([draft])[0][0]
+    return log_subject(forged.pipeline, forged.run_id, forged.phase, forged.kind), encode_signal(
+        forged
+    )
+
+
+async def test_an_outsider_appending_to_the_log_is_caught_by_verify_and_stops_nothing(
+    system: System,
+) -> None:
+    sys_ = system
+    await start(sys_.bus, "slow", "base", b'{"seconds": 0.01}')
+    await wait_end(sys_.bus, "base")
+    js = sys_.outside.jetstream()
+    forged_seqs: dict[int, str] = {}
+
+    async def check(case: LogCase) -> None:
+        subject, data = await _forge(sys_, case)
+        ack = await js.publish(subject, data)
+        sys_.sent[f"log {case.label}"] += 1
+        forged_seqs[ack.seq] = case.label
+        await _until(lambda: _now(sys_.projector.applied_seq >= ack.seq), 15, "the projector")
+        sys_.alive()
+
+    loop = asyncio.get_running_loop()
+    for which, examples in LOG_ABUSES.items():
+        await asyncio.to_thread(run_hypothesis(loop, log_cases(which), check, examples))
+    after = await keeps_serving(sys_, "log")
+
+    async def no_work_redelivered() -> bool:  # forged work is done or postponed, not looping
+        info = await sys_.bus.js.consumer_info(LOG_STREAM, "worker-slow")
+        return not info.num_redelivered
+
+    await _until(no_work_redelivered, 20, "the worker to stop retrying forged work")
+    verify = await sisas_cli(
+        sys_.settings, "replay", "verify", "--all", "--trust", sys_.public_key, "--json"
+    )
+    assert verify.returncode == 1, verify.stdout + verify.stderr
+    doc = json.loads(verify.stdout)
+    findings = [*doc["log_findings"], *(f for v in doc["verdicts"] for f in v["findings"])]
+    flagged = {f.get("stream_seq") for f in findings}
+    missed = {seq: label for seq, label in forged_seqs.items() if seq not in flagged}
+    assert not missed, f"forged messages verify did not flag: {missed}"
+    served = [v for v in doc["verdicts"] if v["run_id"].startswith("after-")]
+    assert served and all(v["intact"] and v["signed"] == "all" for v in served), served
+    problems = Counter(f["problem"] for f in findings)
+    report_counts(
+        "sisas.run.>",
+        sys_,
+        verify_findings=len(findings),
+        **problems,
+        projector_rejected_rows=after["tables"]["rejected"],
     )

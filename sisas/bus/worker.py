@@ -16,12 +16,14 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from sisas.bus.inputs import publish_input
@@ -29,7 +31,7 @@ from sisas.bus.isolation import run_isolated
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
 from sisas.bus.streams import LOG_STREAM
-from sisas.errors import ArtifactNotFound
+from sisas.errors import ArtifactNotFound, BusError
 from sisas.faults import failpoint
 from sisas.handlers.execute import Outcome, PhaseInputs, execute_phase
 from sisas.pipeline import Pipeline
@@ -45,6 +47,11 @@ __all__ = ["Worker"]
 
 log = logging.getLogger("sisas.worker")
 ENDED = frozenset({"run_completed", "run_failed", "run_cancelled"})
+TRANSIENT = (NatsError, BusError, OSError, TimeoutError)
+"""Failures of the server or the network: the same work is tried again later."""
+MAX_POSTPONE = 3600.0
+"""Seconds one ``nak`` postpones a backoff at most; a longer one is postponed again."""
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 class Worker:
@@ -116,12 +123,31 @@ class Worker:
     async def _handle(self, msg: Msg) -> None:
         try:
             await self._work(msg)
-        except Exception as exc:  # never let one phase stop the worker
+        except TRANSIENT as exc:  # never let one phase stop the worker
             log.exception("work at log seq %s failed: %s", msg.metadata.sequence.stream, exc)
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1.0)
+        except Exception as exc:  # the work itself cannot be done: trying again cannot help
+            log.exception(
+                "work at log seq %s cannot be done: %s", msg.metadata.sequence.stream, exc
+            )
+            try:
+                await self._give_up(msg, exc)
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=1.0)
         finally:
             self._slots.release()
+
+    async def _give_up(self, msg: Msg, exc: Exception) -> None:
+        """Report the attempt failed (not retryable), so the run records why, and drop it."""
+        rec = decode_record(msg.metadata.sequence.stream, msg.subject, msg.data)
+        if isinstance(rec, StoredSignal) and isinstance(rec.signal.body, PhaseScheduled):
+            why = f"the worker {self.name} could not run this attempt: {type(exc).__name__}: {exc}"
+            error = ErrorInfo(kind="HardFailure", message=why[:1000], retryable=False)
+            outcome = Outcome(status="failed", error=error)
+            await self._report(rec.signal, rec.signal.body, "failed", outcome)
+        await msg.term()
 
     async def _work(self, msg: Msg) -> None:
         rec = decode_record(msg.metadata.sequence.stream, msg.subject, msg.data)
@@ -138,9 +164,12 @@ class Worker:
         if isinstance(last, StoredSignal) and last.signal.kind in ENDED:
             await msg.ack()  # the run ended (cancelled, failed elsewhere): nothing to do
             return
-        wait = (signal.at + timedelta(seconds=body.delay) - datetime.now(UTC)).total_seconds()
+        # The backoff counts from the signal's time (the sender's clock), but never waits
+        # longer than the delay itself: a clock ahead of ours must not stall the run.
+        elapsed = (datetime.now(UTC) - signal.at).total_seconds()
+        wait = min(body.delay, body.delay - elapsed)
         if wait > 0.005:
-            await msg.nak(delay=wait)
+            await msg.nak(delay=min(wait, MAX_POSTPONE))
             return
         attributes: dict[str, str | int] = {
             "sisas.phase": signal.phase,
@@ -183,6 +212,12 @@ class Worker:
 
     async def _execute(self, signal: Signal, body: PhaseScheduled) -> tuple[Outcome, bool]:
         pipe = self.pipelines[signal.pipeline]
+        named = [*body.inputs.values(), *(a for v in body.gathered.values() for a in v if a)]
+        for digest in named:
+            if not _DIGEST.match(digest):
+                message = f"input {digest[:80]!r} is not an artifact digest"
+                error = ErrorInfo(kind="HardFailure", message=message, retryable=False)
+                return Outcome(status="failed", error=error), False
         try:
             inputs = PhaseInputs(
                 values={k: await self.bus.artifacts.get(v) for k, v in body.inputs.items()},

@@ -2,9 +2,9 @@
 
 Each signal goes through :func:`sisas.handlers.state.evolve`, the orchestrator's own
 fold, and the rows of the tables are read off the state it returns. A signal that does
-not extend its run's chain (wrong ``seq`` or ``prev``), a message that is not a signal
-and a hole in the stream are kept in ``rejected`` with the stream sequence and the
-reason; nothing stops the projector.
+not extend its run's chain (wrong ``seq`` or ``prev``), one holding a number its
+column cannot store, a message that is not a signal and a hole in the stream are kept
+in ``rejected`` with the stream sequence and the reason; nothing stops the projector.
 
 Memory is bounded: the states of at most ``cache_runs`` runs stay in memory; the others
 are read back from ``run_states`` when their next signal arrives.
@@ -166,6 +166,15 @@ class Projector:
         if t is None:
             t = Tracked(RunState.new(s.pipeline, s.run_id), seq, seq)
         head = t.state.head
+        unstorable = rows.out_of_range(s)
+        if unstorable is not None:
+            subject = log_subject(s.pipeline, s.run_id, s.phase, s.kind)
+            batch.facts["rejected"].append(
+                rows.rejected_row(
+                    CorruptMessage(stream_seq=seq, subject=subject, reason=unstorable)
+                )
+            )
+            return
         if s.seq != head.seq + 1 or s.prev != head.hash or s.pipeline != head.pipeline:
             batch.facts["rejected"].append(
                 rows.rejected_row(

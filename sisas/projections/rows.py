@@ -31,6 +31,7 @@ __all__ = [
     "encode_state",
     "decode_state",
     "metric_row",
+    "out_of_range",
     "phase_rows",
     "rejected_row",
     "run_row",
@@ -38,6 +39,29 @@ __all__ = [
 ]
 
 Row: TypeAlias = tuple[object, ...]
+
+_INT32 = range(-(2**31), 2**31)
+_INT64 = range(-(2**63), 2**63)
+_INT32_FIELDS = ("item", "items", "item_count", "next_attempt")
+"""Body fields stored in INTEGER columns (directly, or through the run's state)."""
+
+
+def out_of_range(s: Signal) -> str | None:
+    """Why ``s`` cannot be stored (a number past its column's type), or None.
+
+    The orchestrator never writes such numbers; a signal appended by someone else may,
+    and it must become a rejected row rather than a batch that can never be written.
+    """
+    numbers: list[tuple[str, object, range]] = [("seq", s.seq, _INT32)]
+    numbers.append(("attempt", s.attempt, _INT32))
+    numbers += [(name, getattr(s.body, name, None), _INT32) for name in _INT32_FIELDS]
+    numbers.append(("seed", getattr(s.body, "seed", None), _INT64))
+    resources = getattr(s.body, "resources", None)
+    numbers.append(("peak_rss_bytes", getattr(resources, "peak_rss_bytes", None), _INT64))
+    for name, value, valid in numbers:
+        if isinstance(value, int) and value not in valid:
+            return f"signal {s.id}: {name} {value} is out of range (at most {valid.stop - 1})"
+    return None
 
 
 @dataclass(frozen=True)
