@@ -18,6 +18,7 @@ Forged signals that only the signatures betray are in ``tests/test_replay_bus.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -33,6 +34,7 @@ from typing import Any, TypeVar
 
 import msgspec
 import nats
+import nats.js.errors
 import pytest
 from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
@@ -759,4 +761,126 @@ async def test_an_outsider_appending_to_the_log_is_caught_by_verify_and_stops_no
         verify_findings=len(findings),
         **problems,
         projector_rejected_rows=after["tables"]["rejected"],
+    )
+
+
+# -- sisas.live.* ----------------------------------------------------------------------
+
+
+async def test_garbage_on_the_live_subjects_reaches_no_handler(system: System) -> None:
+    """Workers publish progress on ``sisas.live.<run>``; no sisas handler subscribes to
+    it (dashboards follow the log), so garbage there can only confuse outside readers."""
+    sys_ = system
+    seen: list[bytes] = []
+
+    async def on_live(msg: Any) -> None:  # what a dashboard of one's own would receive
+        seen.append(msg.data)
+
+    await sys_.outside.subscribe("sisas.live.*", cb=on_live)
+
+    async def check(case: tuple[str, bytes]) -> None:
+        await sys_.outside.publish(f"sisas.live.{case[0]}", case[1])
+        sys_.sent["live"] += 1
+        sys_.alive()
+
+    cases = st.tuples(st.sampled_from(["base"]) | _token, st.binary(max_size=300) | _jsonish)
+    loop = asyncio.get_running_loop()
+    await asyncio.to_thread(run_hypothesis(loop, cases, check, 30))
+    await sys_.outside.flush()
+    await keeps_serving(sys_, "live")
+    report_counts("sisas.live.*", sys_, live_messages_seen_by_a_subscriber=len(seen))
+
+
+# -- oversize payloads -----------------------------------------------------------------
+
+
+async def raw_publish(url: str, subject: str, size: int) -> bytes:
+    """Publish ``size`` bytes with the bare protocol (no client-side check); return what
+    the server answers."""
+    host, port = url.removeprefix("nats://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        await reader.readline()  # INFO
+        writer.write(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
+        await reader.readline()  # PONG
+        writer.write(f"PUB {subject} {size}\r\n".encode() + b"x" * size + b"\r\n")
+        with contextlib.suppress(ConnectionError):  # the server may close before the end
+            await writer.drain()
+        return await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def test_oversize_payloads_are_refused_to_their_publisher_and_large_ones_are_recorded(
+    system: System,
+) -> None:
+    sys_ = system
+    nc, js = sys_.outside, sys_.outside.jetstream()
+    limit = nc.max_payload
+    await start(sys_.bus, "slow", "base", b'{"seconds": 0.01}')
+    await wait_end(sys_.bus, "base")
+    subjects = [
+        "sisas.in.slow.big.start_run",
+        "sisas.run.slow.base._.run_failed",
+        "sisas.query.runs",
+        "upstream.orders.big",
+        "sisas.live.base",
+    ]
+    # Past the server's limit: the client refuses to send, the server refuses a client
+    # that sends anyway (and closes its connection); nothing reaches sisas.
+    for subject in subjects:
+        with pytest.raises(nats.errors.MaxPayloadError):
+            await nc.publish(subject, b"x" * (limit + 1))
+        answer = await raw_publish(sys_.bus.url, subject, limit + 1)
+        assert answer.startswith(b"-ERR 'Maximum Payload Violation'"), answer
+        sys_.sent["past max_payload"] += 2
+
+    # Large but allowed: each is recorded, with a reason short enough to be recorded.
+    room = limit - 2_000  # headers and envelope fit beside it
+    ack = await js.publish("sisas.in.slow.big.start_run", b"\x00" * room)
+    assert "not JSON" in (await sys_.rejection(ack.seq))["reason"]
+    huge_name = StartRun(id="start:big", pipeline="p" * room, run_id="big", at=_at())
+    ack = await js.publish("sisas.in.slow.big.start_run", encode_input(huge_name))
+    assert "invalid pipeline name" in (await sys_.rejection(ack.seq))["reason"]
+    # A valid input whose signals would not fit the log's messages.
+    wordy = StartRun(id="start:wordy", pipeline="slow", run_id="wordy", at=_at())
+    fill = limit - 100 - len(encode_input(wordy)) - len(',"requested_by":""')
+    wordy = msgspec.structs.replace(wordy, requested_by="w" * fill)  # the input fits
+    ack = await js.publish(input_subject("slow", "wordy", "start_run"), encode_input(wordy))
+    assert "max payload" in (await sys_.rejection(ack.seq))["reason"]
+    assert await sys_.bus.log.last_of_run("wordy") is None
+    sys_.sent["large input"] += 3
+
+    answer = await query(nc, "show", json.dumps({"run_id": "r" * room}).encode())
+    assert answer["error"]["type"] == "UnknownRun" and len(answer["error"]["message"]) < 2_000
+    sys_.sent["large query"] += 1
+
+    status = json.dumps({"status": "s" * room, "n": 1, "seed": 1}).encode()
+    ack = await js.publish("upstream.orders.big", status)
+    await handled(sys_, UPSTREAM_STREAM, "sisas-triggers", ack.seq)
+    (evaluation,) = await evaluations(sys_.bus, message_id("upstream.orders.big", status, None))
+    assert evaluation.results[0].reason.startswith("status is 'sss")
+    with pytest.raises(nats.js.errors.BadRequestError, match="header size exceeds"):
+        await js.publish("upstream.orders.id", b"{}", headers={"Nats-Msg-Id": "i" * 70_000})
+    long_id = "i" * 60_000  # JetStream keeps headers under 64 KiB
+    ack = await js.publish("upstream.orders.id", b"{}", headers={"Nats-Msg-Id": long_id})
+    await handled(sys_, UPSTREAM_STREAM, "sisas-triggers", ack.seq)
+    (evaluation,) = await evaluations(sys_.bus, long_id)
+    assert evaluation.results[0].reason == "status is missing from the message"
+    sys_.sent["large upstream"] += 3
+
+    ack = await js.publish("sisas.run.slow.base._.run_failed", b"{" * room)
+    await _until(lambda: _now(sys_.projector.applied_seq >= ack.seq), 15, "the projector")
+    sys_.sent["large log message"] += 1
+
+    result = await keeps_serving(sys_, "oversize")
+    assert result["tables"]["rejected"] == 1  # the large log message, kept with its reason
+    report_counts(
+        "oversize",
+        sys_,
+        max_payload=limit,
+        rejections_recorded=len(sys_.rejections),
+        projector_rejected_rows=result["tables"]["rejected"],
     )

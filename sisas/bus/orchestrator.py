@@ -30,6 +30,8 @@ from sisas.errors import AppendConflict, SisasError
 from sisas.faults import failpoint
 from sisas.handlers.orchestrator import decide_full, rejection
 from sisas.handlers.state import RunState, evolve
+from sisas.signals.codec import encode_signal
+from sisas.signals.envelope import Signal
 from sisas.signals.inputs import Input, PhaseReport, StartRun, decode_input
 from sisas.signals.names import IN_PREFIX, check_name, input_subject
 from sisas.signals.plan import PipelinePlan
@@ -42,6 +44,8 @@ __all__ = ["REJECTED_SUBJECT", "Orchestrator"]
 log = logging.getLogger("sisas.orchestrator")
 REJECTED_SUBJECT = f"{IN_PREFIX}._._.rejected"
 CONSUMER = "orchestrator"
+HEADERS_ROOM = 1024
+"""Bytes of an appended message kept for its headers (id, expected sequence, trace)."""
 MAX_REASON = 500
 """Characters of a rejection's reason kept (it may quote a huge field of the input)."""
 
@@ -167,6 +171,7 @@ class Orchestrator:
             signals = decision.signals
             if self.signer is not None:
                 signals = [self.signer.sign(s) for s in signals]
+            self._check_sizes(signals)
             if not signals:
                 # "Nothing to do" is only true of the latest state: another orchestrator
                 # may have appended since we cached this run (say, the scheduling of the
@@ -191,6 +196,19 @@ class Orchestrator:
             metrics.record_decision(inp.pipeline, signals, decision.circuits)
             return state
         raise SisasError(f"run {inp.run_id}: gave up after 50 conflicting appends")
+
+    def _check_sizes(self, signals: list[Signal]) -> None:
+        """Raise ``_Rejected`` if a signal would not fit in one message of the server: an
+        input near the limit (a huge ``requested_by``, say) decides bigger signals."""
+        room = self.bus.nc.max_payload - HEADERS_ROOM
+        for s in signals:
+            size = len(encode_signal(s))
+            if size > room:
+                raise _Rejected(
+                    f"its {s.kind} signal would be {size} bytes, past the {room} bytes a "
+                    "message may hold on this server (max payload less headers): send a "
+                    "smaller input, or store large values as artifacts"
+                )
 
     async def _load(self, pipeline: str, run_id: str) -> tuple[RunState, int]:
         cached = self._cache.get(run_id)
