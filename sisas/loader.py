@@ -10,6 +10,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import sys
+import traceback
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +20,31 @@ from sisas.pipeline import Pipeline
 __all__ = ["ENTRY_POINT_GROUP", "load_pipelines"]
 
 ENTRY_POINT_GROUP = "sisas.pipelines"
+
+
+def _where(exc: BaseException, path: Path) -> str:
+    """`` (line N)``: the last line of ``path`` the exception went through, if any."""
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        return f" (line {exc.lineno})"
+    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+    return f" (line {lines[-1]})" if lines and lines[-1] else ""
+
+
+def _failed(what: str, exc: BaseException, path: Path | None) -> UsageError:
+    """The error for code that did not import: what went wrong, where, and the fix."""
+    where = _where(exc, path) if path is not None else ""
+    if isinstance(exc, SyntaxError):
+        return UsageError(f"{what} has a syntax error{where}: {exc.msg}; fix the file")
+    if isinstance(exc, ImportError):
+        missing = f"the module {exc.name}" if exc.name else "what it imports"
+        return UsageError(
+            f"{what} does not import{where}: {exc}; install {missing} in the environment "
+            "sisas runs in, or fix the import"
+        )
+    return UsageError(
+        f"{what} raised {type(exc).__name__} when imported{where}: {exc}; fix the "
+        "code that runs at import"
+    )
 
 
 def _import(spec: str) -> object:
@@ -32,19 +58,31 @@ def _import(spec: str) -> object:
             raise UsageError(f"cannot load {spec} as a Python module")
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:  # the file's own code: anything may go wrong
+            del sys.modules[name]
+            raise _failed(f"pipeline file {spec}", exc, path.absolute()) from None
         return module
     module_name, _, attr = spec.partition(":")
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # "importable from here", as `python -m` does
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UsageError(
-            f"cannot import pipeline module {module_name!r}: {exc}; pass a module "
-            "path importable from here, or a .py file"
-        ) from None
-    return getattr(module, attr) if attr else module
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            raise UsageError(
+                f"cannot import pipeline module {module_name!r}: {exc}; pass a module "
+                "path importable from here, or a .py file"
+            ) from None
+        raise _failed(f"pipeline module {module_name}", exc, None) from None
+    except Exception as exc:
+        raise _failed(f"pipeline module {module_name}", exc, None) from None
+    if not attr:
+        return module
+    if not hasattr(module, attr):
+        raise UsageError(f"pipeline module {module_name} has no {attr!r}: check the name")
+    return getattr(module, attr)
 
 
 def load_pipelines(specs: Iterable[str] = (), *, entry_points: bool = True) -> dict[str, Pipeline]:
@@ -64,6 +102,11 @@ def load_pipelines(specs: Iterable[str] = (), *, entry_points: bool = True) -> d
             if isinstance(obj, Pipeline)
             else [v for v in vars(obj).values() if isinstance(v, Pipeline)]
         )
+        if not candidates:
+            raise UsageError(
+                f"{source} defines no sisas Pipeline: create one (p = Pipeline('name')) "
+                "and add phases to it, or name the file or module that does"
+            )
         for pipe in candidates:
             pipe.plan()
             pipe.source = pipe.source or (

@@ -884,3 +884,56 @@ async def test_oversize_payloads_are_refused_to_their_publisher_and_large_ones_a
         rejections_recorded=len(sys_.rejections),
         projector_rejected_rows=result["tables"]["rejected"],
     )
+
+
+# -- pipeline files that do not import -------------------------------------------------
+
+BAD_PIPELINES = {
+    "syntax.py": ("def broken(:\n", "has a syntax error (line 1)", "fix the file"),
+    "imports.py": (
+        "from sisas.pipeline import Pipeline\nimport sisas_no_such_module\n",
+        "does not import (line 2)",
+        "install the module sisas_no_such_module",
+    ),
+    "raises.py": (
+        "import os\nPATH = os.environ['SISAS_NO_SUCH_SETTING']\n",
+        "raised KeyError when imported (line 2)",
+        "fix the code that runs at import",
+    ),
+    "empty.py": ("X = 1\n", "defines no sisas Pipeline", "Pipeline('name')"),
+}
+
+
+async def test_a_pipeline_file_that_does_not_import_exits_2_naming_the_file_and_the_fix(
+    system: System, tmp_path: Path
+) -> None:
+    sys_ = system
+    inputs_before = await sys_.bus.js.stream_info(INPUT_STREAM)
+    log_before = await sys_.bus.log.last_seq()
+    commands = []
+    for name, (code, problem, fix) in BAD_PIPELINES.items():
+        path = tmp_path / name
+        path.write_text(code)
+        for args in (
+            ("worker", "--pipelines", str(path)),
+            ("run", "slow", "--pipelines", str(path)),
+            ("run", str(path)),
+        ):
+            commands.append((args, path, problem, fix))
+    commands.append((("worker", "--pipelines", "tests.no_such_module"), None, "", ""))
+    commands.append((("worker", "--pipelines", "tests.pipelines:nosuch"), None, "", ""))
+    results = await asyncio.gather(*(sisas_cli(sys_.settings, *c[0]) for c in commands))
+    for (args, path, problem, fix), done in zip(commands, results, strict=True):
+        sys_.sent[f"sisas {args[0]} with a bad pipeline"] += 1
+        err = " ".join(done.stderr.decode().split())  # rich wraps long lines
+        assert done.returncode == 2, (args, done.returncode, err)
+        assert "Traceback" not in err, err
+        if path is not None:
+            assert f"{path}" in err and problem in err and fix in err, err
+        else:
+            assert args[-1].split(":")[0] in err and ("check" in err or "pass" in err), err
+    inputs_after = await sys_.bus.js.stream_info(INPUT_STREAM)
+    assert inputs_after.state.messages == inputs_before.state.messages, "something was sent"
+    assert await sys_.bus.log.last_seq() == log_before
+    await keeps_serving(sys_, "pipelines")
+    report_counts("pipeline files", sys_, exit_2=len(results), published=0)
