@@ -10,6 +10,28 @@ a rejected row of the projection, a ``replay verify`` finding, an error answer) 
 system that keeps serving: a normal run started afterwards completes, the projection
 digest equals a rebuild, and every handler task is still alive.
 
+=======================  =====================================  ==========================
+subject                  abuse                                  recorded as
+=======================  =====================================  ==========================
+``sisas.in.>``           bytes, JSON, input-shaped JSON,        a rejection on
+                         wrong kind, run id not the subject's,  ``sisas.in._._.rejected``
+                         huge names, reports and cancels for
+                         runs, phases or attempts never there
+``sisas.in.>``           unknown pipeline                       the run's ``run_failed``
+``sisas.in.>``           a sender's clock years off             nothing: the run completes
+``sisas.run.>``          bytes, JSON, forged runs and work,     a ``replay verify`` finding
+                         chain continuations, broken links,     per message, a rejected
+                         tampered, replayed, misplaced copies   row where it cannot fold
+``sisas.query.*``        bytes, JSON, bad or absurd params,     an ``ok: false`` answer
+                         unknown verbs
+upstream subjects        bytes, JSON, fields the rule needs     a ``trigger_evaluated``
+                         missing or mistyped, huge fields       with each rule's reason
+``sisas.live.*``         bytes, JSON                            nothing listens
+any, past max_payload    client and bare-protocol publishes     refused to the publisher
+``--pipelines FILE``     syntax error, failing import, raises,  exit 2 naming file, line
+                         no pipeline                            and fix; nothing sent
+=======================  =====================================  ==========================
+
 Forged signals that only the signatures betray are in ``tests/test_replay_bus.py``
 (``test_signals_forged_by_an_outside_client_are_found``,
 ``test_a_signing_orchestrator_lets_verify_catch_a_legal_looking_forgery``).
@@ -26,7 +48,7 @@ import json
 import reprlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +58,8 @@ import msgspec
 import nats
 import nats.js.errors
 import pytest
-from hypothesis import HealthCheck, Phase, given, note, settings
+from hypothesis import HealthCheck, Phase, given, note
+from hypothesis import settings as fuzz_settings
 from hypothesis import strategies as st
 from nats.aio.client import Client as NATS
 
@@ -62,7 +85,8 @@ from tests.test_replay_bus import sisas as sisas_cli
 from tests.test_runs_bus import TEST_PIPES, start, wait_end
 
 T = TypeVar("T")
-reprlib.aRepr.maxother = reprlib.aRepr.maxstring = 200
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 200
 
 RULES = """
 [[trigger]]
@@ -75,11 +99,11 @@ seed = "$.seed"
 """
 """One rule: a ready order with a number ``n`` and a ``seed`` starts a chain7 run."""
 
-FUZZ = settings(
+FUZZ = fuzz_settings(
     deadline=None,
     database=None,
     phases=[Phase.explicit, Phase.generate],  # no shrinking: each example costs round trips
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.too_slow],
 )
 
 _token = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,12}", fullmatch=True)
@@ -248,18 +272,18 @@ async def keeps_serving(sys_: System, label: str) -> dict[str, Any]:
 def run_hypothesis(
     loop: asyncio.AbstractEventLoop,
     strategy: st.SearchStrategy[Any],
-    check: Callable[[Any], Awaitable[None]],
+    check: Callable[[Any], Coroutine[Any, Any, None]],
     examples: int = 40,
 ) -> Callable[[], None]:
     """A hypothesis test, to run in a thread, whose examples are checked on ``loop``. An
     example that is a function is called first (to build it with fresh ids)."""
 
-    @settings(FUZZ, max_examples=examples)
+    @fuzz_settings(FUZZ, max_examples=examples)
     @given(strategy)
     def fuzz(example: Any) -> None:
         if callable(example):
             example = example()
-        note(reprlib.repr(example))
+        note(_SHORT.repr(example))
         asyncio.run_coroutine_threadsafe(check(example), loop).result(timeout=60)
 
     return fuzz
@@ -393,8 +417,8 @@ def input_cases(draw: st.DrawFn, which: str) -> Callable[[], InputCase]:
         if which == "unknown phase":
             return _case(which, msgspec.structs.replace(report, phase=phase))
         if which == "wrong kind":
-            inp = CancelRun(id=f"c:{fresh}", pipeline="slow", run_id="base", at=_at())
-            return _case(which, inp, subject=input_subject("slow", "base", kind))
+            cancel = CancelRun(id=f"c:{fresh}", pipeline="slow", run_id="base", at=_at())
+            return _case(which, cancel, subject=input_subject("slow", "base", kind))
         huge = msgspec.structs.replace(start_run, pipeline="p" * size)
         return _case(which, huge, subject=input_subject("slow", fresh, "start_run"))
 
@@ -853,8 +877,8 @@ async def test_oversize_payloads_are_refused_to_their_publisher_and_large_ones_a
     assert await sys_.bus.log.last_of_run("wordy") is None
     sys_.sent["large input"] += 3
 
-    answer = await query(nc, "show", json.dumps({"run_id": "r" * room}).encode())
-    assert answer["error"]["type"] == "UnknownRun" and len(answer["error"]["message"]) < 2_000
+    refused = await query(nc, "show", json.dumps({"run_id": "r" * room}).encode())
+    assert refused["error"]["type"] == "UnknownRun" and len(refused["error"]["message"]) < 2_000
     sys_.sent["large query"] += 1
 
     status = json.dumps({"status": "s" * room, "n": 1, "seed": 1}).encode()
@@ -910,16 +934,16 @@ async def test_a_pipeline_file_that_does_not_import_exits_2_naming_the_file_and_
     sys_ = system
     inputs_before = await sys_.bus.js.stream_info(INPUT_STREAM)
     log_before = await sys_.bus.log.last_seq()
-    commands = []
+    commands: list[tuple[tuple[str, ...], Path | None, str, str]] = []
     for name, (code, problem, fix) in BAD_PIPELINES.items():
-        path = tmp_path / name
-        path.write_text(code)
-        for args in (
-            ("worker", "--pipelines", str(path)),
-            ("run", "slow", "--pipelines", str(path)),
-            ("run", str(path)),
+        file = tmp_path / name
+        file.write_text(code)
+        for command in (
+            ("worker", "--pipelines", str(file)),
+            ("run", "slow", "--pipelines", str(file)),
+            ("run", str(file)),
         ):
-            commands.append((args, path, problem, fix))
+            commands.append((command, file, problem, fix))
     commands.append((("worker", "--pipelines", "tests.no_such_module"), None, "", ""))
     commands.append((("worker", "--pipelines", "tests.pipelines:nosuch"), None, "", ""))
     results = await asyncio.gather(*(sisas_cli(sys_.settings, *c[0]) for c in commands))
