@@ -6,8 +6,10 @@ pure :func:`sisas.handlers.orchestrator.decide`, and appends the signals with th
 expected last sequence. On a conflict (another orchestrator appended first) it reloads
 the run and decides again. An input is acknowledged only after its signals are in the
 log, so a crash in between redelivers it, and deciding it again on the newer state
-yields nothing new. Inputs that are not valid are recorded as rejected (subject
-``sisas.in._._.rejected``, with the reason) and skipped; they never stop the loop.
+yields nothing new. Inputs that are not valid, or can never be valid for their run (a
+report for an attempt never scheduled, signals too big for a message), are recorded as
+rejected (subject ``sisas.in._._.rejected``, with the reason) and skipped; they never
+stop the loop.
 """
 
 from __future__ import annotations
