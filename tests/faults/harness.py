@@ -235,17 +235,25 @@ def check_whole_log(env: dict[str, str], counts: Counts) -> None:
     counts.notes.append("verify ok, projection digest = rebuild")
 
 
+REPORTED: list[str] = []
+"""Every line :func:`report` printed, shown again at the end of the test session."""
+
+
 def report(counts: list[Counts]) -> None:
-    """Print the counts of every repetition (shown by pytest with -s, and in -rA)."""
+    """Print the counts of every repetition; tests/faults/conftest.py repeats them in
+    pytest's terminal summary, so they show in CI output without ``-s``."""
     for c in counts:
         print(c.line())
+        REPORTED.append(c.line())
     total = Counts(case="total")
     for c in counts:
         total.runs += c.runs
         total.lost += c.lost
         total.duplicated += c.duplicated
         total.kills += c.kills
-    print(
+    summary = (
         f"{counts[0].case.split(' #')[0]}: {len(counts)} repetitions, {total.runs} runs, "
         f"{total.kills} kills, lost {total.lost}, duplicated {total.duplicated}"
     )
+    print(summary)
+    REPORTED.append(summary)

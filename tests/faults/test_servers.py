@@ -30,6 +30,7 @@ from sisas.signals import ChainHead, Draft
 
 from .harness import (
     PIPES,
+    REPORTED,
     Counts,
     Role,
     check_runs,
@@ -198,11 +199,13 @@ async def test_a_cluster_survives_its_leader_killed_and_a_node_cut_off(tmp_path:
         check_whole_log(env, counts[-1])
         report(counts[:3])
         report(counts[3:])
-        print(
+        recovery = (
             f"leader kill: new leader after {statistics.median(elections):.1f}s (median of "
             f"{len(elections)}, max {max(elections):.1f}s); next signal appended after "
             f"{statistics.median(appends):.1f}s (max {max(appends):.1f}s)"
         )
+        print(recovery)
+        REPORTED.append(recovery)
     finally:
         for role in roles:
             role.stop()
