@@ -16,14 +16,12 @@ import asyncio
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-from nats.js.api import StreamConfig
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from bench.overhead import noop, one_run
+from bench.overhead import noop, one_run, raw_round_trips
 from sisas.bus.embedded import EmbeddedServer
 from sisas.bus.runtime import open_bus
 from sisas.bus.services import running_services
@@ -37,14 +35,7 @@ async def main(runs: int) -> None:
         async with EmbeddedServer(Path(tmp) / "home") as server:
             settings = Settings(home=Path(tmp) / "home", nats_url=server.url, replicas=1)
             async with open_bus(settings) as bus:
-                await bus.js.add_stream(
-                    StreamConfig(name="RAW", subjects=["raw.>"], storage="file")
-                )  # type: ignore[arg-type]
-                raw = []
-                for i in range(300):
-                    t = time.perf_counter()
-                    await bus.js.publish("raw.x", b"x" * 400, headers={"Nats-Msg-Id": f"m{i}"})
-                    raw.append(time.perf_counter() - t)
+                raw = await raw_round_trips(bus)
                 digest = await bus.artifacts.put(b"0")
                 async with running_services(bus, {"noop7": noop}, concurrency=1):
                     await one_run(bus, "warmup", digest)

@@ -5,26 +5,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from sisas.bus.embedded import find_binary
+from tests.test_cli import sisas
 
 ROOT = Path(__file__).parent.parent
-
-
-def sisas(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sisas.cli", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize("conf", sorted((ROOT / "deploy" / "nats").glob("*.conf")), ids=str)
@@ -39,32 +27,32 @@ def test_the_deploy_configs_are_valid_nats_server_configs(conf: Path) -> None:
 def test_cluster_up_status_kill_restart_down(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
     env.update(SISAS_HOME=str(tmp_path / "home"), COLUMNS="200")
-    up = sisas(env, "cluster", "up", "--nodes", "3", "--json")
+    up = sisas("cluster", "up", "--nodes", "3", "--json", env=env)
     assert up.returncode == 0, up.stderr
     try:
         started = json.loads(up.stdout)
         assert [n["name"] for n in started["nodes"]] == ["n1", "n2", "n3"]
-        again = sisas(env, "cluster", "up")
+        again = sisas("cluster", "up", env=env)
         assert again.returncode == 2 and "already runs" in again.stderr
         # Every sisas command uses it once the printed variables are set.
         on = {**env, **started["env"]}
-        status = sisas(on, "status", "--json")
+        status = sisas("status", "--json", env=on)
         assert status.returncode == 0, status.stderr
         streams = json.loads(status.stdout)["streams"]
         assert {s["replicas"] for s in streams.values()} == {3}
-        cluster = json.loads(sisas(env, "cluster", "status", "--json").stdout)
+        cluster = json.loads(sisas("cluster", "status", "--json", env=env).stdout)
         assert all(n["running"] for n in cluster["nodes"])
         leader = cluster["leaders"]["SISAS_LOG"]
         assert leader in {"n1", "n2", "n3"}
-        killed = sisas(env, "cluster", "kill", "--leader")
+        killed = sisas("cluster", "kill", "--leader", env=env)
         assert killed.returncode == 0 and f"killed {leader}" in killed.stdout
-        cluster = json.loads(sisas(env, "cluster", "status", "--json").stdout)
+        cluster = json.loads(sisas("cluster", "status", "--json", env=env).stdout)
         assert [n["name"] for n in cluster["nodes"] if not n["running"]] == [leader]
-        assert sisas(env, "cluster", "restart", leader).returncode == 0
-        cluster = json.loads(sisas(env, "cluster", "status", "--json").stdout)
+        assert sisas("cluster", "restart", leader, env=env).returncode == 0
+        cluster = json.loads(sisas("cluster", "status", "--json", env=env).stdout)
         assert all(n["running"] for n in cluster["nodes"])
     finally:
-        down = sisas(env, "cluster", "down")
+        down = sisas("cluster", "down", env=env)
     assert down.returncode == 0, down.stderr
-    gone = sisas(env, "cluster", "down")
+    gone = sisas("cluster", "down", env=env)
     assert gone.returncode == 2 and "sisas cluster up" in gone.stderr

@@ -30,10 +30,10 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client as NATS
 
-from sisas.bus.embedded import find_binary
+from sisas.bus.embedded import find_binary, pid_alive
 from sisas.errors import EmbeddedServerError, UsageError
 
-__all__ = ["LocalCluster", "Node", "node_config"]
+__all__ = ["LocalCluster", "Node", "free_port", "node_config"]
 
 
 @dataclass
@@ -50,25 +50,11 @@ class Node:
         return f"nats://127.0.0.1:{self.client_port}"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):  # a zombie (not reaped yet) is dead
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    return True
 
 
 def node_config(
@@ -147,7 +133,7 @@ class LocalCluster:
         proc = self._procs.get(name)
         if proc is not None:
             return proc.poll() is None
-        return _alive(self.node(name).pid)
+        return pid_alive(self.node(name).pid)
 
     def running(self) -> list[Node]:
         return [n for n in self.nodes if self.alive(n.name)]
@@ -164,7 +150,7 @@ class LocalCluster:
             )
         self.folder.mkdir(parents=True, exist_ok=True)
         for n in self.nodes:
-            n.client_port, n.route_port = _free_port(), _free_port()
+            n.client_port, n.route_port = free_port(), free_port()
         for n in self.nodes:
             self._spawn(n)
         self.save()

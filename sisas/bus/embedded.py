@@ -33,7 +33,7 @@ from types import TracebackType
 
 from sisas.errors import EmbeddedServerError, ServerAlreadyRunning
 
-__all__ = ["EmbeddedServer", "RunningServer", "find_binary", "running_server"]
+__all__ = ["EmbeddedServer", "RunningServer", "find_binary", "pid_alive", "running_server"]
 
 
 @dataclass(frozen=True)
@@ -79,13 +79,19 @@ def _lock_is_held(home: Path) -> bool:
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited but not reaped yet, does not)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(OSError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
     return True
 
 
@@ -101,9 +107,9 @@ def running_server(home: Path) -> RunningServer | None:
         )
     except (OSError, ValueError, KeyError):
         return None
-    if not _pid_alive(server.pid):
+    if not pid_alive(server.pid):
         return None
-    if server.owner and not _pid_alive(server.owner):
+    if server.owner and not pid_alive(server.owner):
         server = RunningServer(url=server.url, pid=server.pid)
     return server
 

@@ -17,14 +17,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
-from sisas.bus.inputs import publish_input
 from sisas.bus.runtime import Bus
 from sisas.signals import Signal, StoredSignal, verify_chain
-from sisas.signals.inputs import StartRun
+from tests.test_cli import sisas
 
 ROOT = Path(__file__).parent.parent.parent
 PIPES = str(ROOT / "tests" / "pipelines.py")
@@ -121,21 +120,6 @@ class Counts:
         )
 
 
-async def start(bus: Bus, pipeline: str, run_id: str, data: bytes, seed: int = 7) -> None:
-    digest = await bus.artifacts.put(data)
-    await publish_input(
-        bus.js,
-        StartRun(
-            id=f"start:{run_id}",
-            pipeline=pipeline,
-            run_id=run_id,
-            at=datetime.now(UTC),
-            seed=seed,
-            input_digest=digest,
-        ),
-    )
-
-
 async def signals_of(bus: Bus, run_id: str) -> list[Signal]:
     records = await bus.log.read_run(run_id)
     signals = [r.signal for r in records if isinstance(r, StoredSignal)]
@@ -151,12 +135,17 @@ async def ended(bus: Bus, run_id: str) -> bool:
     return isinstance(last, StoredSignal) and last.signal.kind in ENDED
 
 
-async def wait_all(bus: Bus, run_ids: list[str], timeout: float = 120, tick: object = None) -> None:
+async def wait_all(
+    bus: Bus,
+    run_ids: list[str],
+    timeout: float = 120,
+    tick: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """Wait until every run ended; ``tick`` (a coroutine function) runs each round."""
     deadline = time.monotonic() + timeout
     while True:
         if tick is not None:
-            await tick()  # type: ignore[operator]
+            await tick()
         done = [r for r in run_ids if await ended(bus, r)]
         if len(done) == len(run_ids):
             return
@@ -210,25 +199,11 @@ async def check_runs(bus: Bus, run_ids: list[str], reference: list[Signal], coun
     assert len(ids) == len(set(ids))
 
 
-def sisas(
-    env: dict[str, str], *args: str, timeout: float = 180
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sisas.cli", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 def check_whole_log(env: dict[str, str], counts: Counts) -> None:
     """``replay verify --all`` passes; the projection's digest equals a rebuild."""
-    verify = sisas(env, "replay", "verify", "--all", "--json")
+    verify = sisas("replay", "verify", "--all", "--json", env=env, timeout=180)
     assert verify.returncode == 0, verify.stdout[-2000:] + verify.stderr[-2000:]
-    rebuild = sisas(env, "projections", "rebuild", "--json")
+    rebuild = sisas("projections", "rebuild", "--json", env=env, timeout=180)
     assert rebuild.returncode == 0, rebuild.stdout + rebuild.stderr
     result = json.loads(rebuild.stdout)
     assert result["equal"] and result["before"] == result["after"]

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from sisas.bus.queries import projector_listening
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
 from sisas.bus.streams import INPUT_STREAM
 from sisas.signals import Signal
 from sisas.signals.names import IN_PREFIX
 from tests.conftest import NatsServer
+from tests.test_runs_bus import start
 
 from .harness import (
     PIPES,
@@ -28,7 +30,6 @@ from .harness import (
     env_for,
     report,
     signals_of,
-    start,
     wait_all,
 )
 
@@ -150,6 +151,9 @@ async def test_a_projector_sigkilled_mid_batch(
             await check_runs(bus, [run_id], ref, c)
             counts.append(c)
         projector.start()
+        # Until it answers, a CLI query would fold locally into the same DuckDB file.
+        while not await projector_listening(bus):
+            await asyncio.sleep(0.1)
         check_whole_log(env, counts[-1])  # the folded state equals a rebuild from the log
         report(counts)
     finally:

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from sisas.bus.cluster import LocalCluster
+from sisas.bus.cluster import LocalCluster, free_port
 from sisas.bus.embedded import EmbeddedServer, find_binary
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
 from sisas.bus.streams import LOG_STREAM
 from sisas.errors import AppendFailed
 from sisas.signals import ChainHead, Draft
+from tests.test_runs_bus import start
 
 from .harness import (
     PIPES,
@@ -38,7 +39,6 @@ from .harness import (
     env_for,
     report,
     signals_of,
-    start,
     wait_all,
 )
 from .test_processes import count_kind, reference, registered
@@ -51,16 +51,8 @@ def _client(url: str, tmp: Path, replicas: int = 1) -> Settings:
     return Settings(home=tmp / "client", nats_url=url, replicas=replicas, timeout=3.0)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_the_embedded_server_sigkilled_and_restarted_during_runs(tmp_path: Path) -> None:
-    home, port = tmp_path / "server", _free_port()
+    home, port = tmp_path / "server", free_port()
     server = EmbeddedServer(home, port=port)  # sync_interval: always, as `sisas up` runs it
     await server.start()
     env = env_for(server.url, tmp_path / "home")
@@ -216,7 +208,7 @@ class LimitedServer:
     """nats-server with ``max_file_store`` set, restartable on one port and store."""
 
     def __init__(self, tmp: Path) -> None:
-        self.tmp, self.port = tmp, _free_port()
+        self.tmp, self.port = tmp, free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"nats://127.0.0.1:{self.port}"
 
