@@ -21,40 +21,15 @@ from pathlib import Path
 
 from nats.js.api import StreamConfig
 
+from bench.pipelines import FANOUT_WIDTH, fanout, noop
+from bench.runs import timed_runs
 from sisas.bus.embedded import EmbeddedServer
 from sisas.bus.inputs import publish_input
 from sisas.bus.runtime import open_bus
 from sisas.bus.services import running_services
 from sisas.bus.settings import Settings
-from sisas.pipeline import Context, Pipeline
 from sisas.signals import StoredSignal
 from sisas.signals.inputs import StartRun
-
-noop = Pipeline("noop7", version="1")
-
-
-@noop.phase()
-def p0(ctx: Context, input: int) -> int:
-    return 0
-
-
-def _chain(i: int) -> None:
-    def phase(ctx: Context, **kw: int) -> int:
-        return i
-
-    phase.__name__ = f"p{i}"
-    noop.phases.pop(f"p{i}", None)
-    noop.phase(name=f"p{i}", depends_on=[f"p{i - 1}"])(_with_param(phase, f"p{i - 1}"))
-
-
-def _with_param(fn: object, dep: str) -> object:
-    ns: dict[str, object] = {"Context": Context, "fn": fn}
-    exec(f"def f(ctx: Context, {dep}: int) -> int:\n    return fn(ctx)\n", ns)
-    return ns["f"]
-
-
-for _i in range(1, 7):
-    _chain(_i)
 
 
 async def one_run(bus, run_id: str, digest: str) -> tuple[float, int]:  # type: ignore[no-untyped-def]
@@ -94,47 +69,64 @@ async def raw_round_trips(bus, n: int = 300) -> list[float]:  # type: ignore[no-
     return times
 
 
-async def main(runs: int, sync: str) -> None:
+async def measure(runs: int, fanout_runs: int, sync: str = "always") -> dict[str, float]:
+    """The 7-phase chain and the fan-out, p50 wall time per run, and the raw limit.
+
+    Runs are timed one after the other, each from publishing its start to seeing its
+    ``run_completed`` (a core subscription, no consumer per run)."""
     with tempfile.TemporaryDirectory() as tmp:
         async with EmbeddedServer(Path(tmp) / "home", sync=sync) as server:
             settings = Settings(home=Path(tmp) / "home", nats_url=server.url, replicas=1)
             async with open_bus(settings) as bus:
-                raw_p50 = statistics.median(await raw_round_trips(bus))
+                raw = await raw_round_trips(bus)
                 digest = await bus.artifacts.put(b"0")
-                async with running_services(bus, {"noop7": noop}, concurrency=1):
-                    await one_run(bus, "warmup", digest)
-                    results = [await one_run(bus, f"run{i}", digest) for i in range(runs)]
-    times = sorted(t for t, _ in results)
-    p50 = statistics.median(times)
-    signals = results[0][1]
-    print(f"raw nats-py publish-and-ack, p50 of 300:        {raw_p50 * 1e3:7.3f} ms")
+                pipelines = {"noop7": noop, "fanout100": fanout}
+                async with running_services(bus, pipelines, concurrency=2):
+                    chain = await timed_runs(bus, "noop7", runs, digest, "chain")
+                    fan = await timed_runs(bus, "fanout100", fanout_runs, digest, "fan")
+                chain_signals = await bus.log.last_seq()
+    raw_p50 = statistics.median(raw)
+    chain_p50, fan_p50 = statistics.median(chain), statistics.median(fan)
+    fan_phases = FANOUT_WIDTH + 2
+    return {
+        "sync": sync,  # type: ignore[dict-item]
+        "raw_ack_ms": raw_p50 * 1e3,
+        "chain_runs": runs,
+        "chain_run_ms_p50": chain_p50 * 1e3,
+        "chain_run_ms_p90": sorted(chain)[int(len(chain) * 0.9)] * 1e3,
+        "chain_per_phase_ms": chain_p50 / 7 * 1e3,
+        "fanout_runs": fanout_runs,
+        "fanout_width": FANOUT_WIDTH,
+        "fanout_run_ms_p50": fan_p50 * 1e3,
+        "fanout_per_phase_ms": fan_p50 / fan_phases * 1e3,
+        "log_signals": chain_signals,
+    }
+
+
+async def main(runs: int, fanout_runs: int, sync: str) -> None:
+    r = await measure(runs, fanout_runs, sync)
+    print(f"raw nats-py publish-and-ack, p50 of 300:        {r['raw_ack_ms']:7.3f} ms")
     print(
-        f"7-phase no-op run, wall time, p50 of {runs}:      {p50 * 1e3:7.2f} ms "
-        f"(p90 {times[int(len(times) * 0.9)] * 1e3:.2f} ms, {signals} signals/run)"
+        f"7-phase no-op run, wall time, p50 of {runs}:      {r['chain_run_ms_p50']:7.2f} ms "
+        f"(p90 {r['chain_run_ms_p90']:.2f} ms)"
     )
-    print(f"overhead per phase (run / 7):                  {p50 / 7 * 1e3:7.3f} ms")
-    print(f"ratio per phase / raw publish-and-ack:         {p50 / 7 / raw_p50:7.1f}x")
+    print(f"overhead per phase (run / 7):                  {r['chain_per_phase_ms']:7.3f} ms")
     print(
-        f"signals appended per run / raw round trips:    {p50 / signals / raw_p50:7.2f}x "
-        "raw per signal"
+        f"ratio per phase / raw publish-and-ack:         "
+        f"{r['chain_per_phase_ms'] / r['raw_ack_ms']:7.1f}x"
     )
     print(
-        json.dumps(
-            {
-                "sync": sync,
-                "runs": runs,
-                "raw_ack_ms": round(raw_p50 * 1e3, 3),
-                "run_ms_p50": round(p50 * 1e3, 2),
-                "per_phase_ms": round(p50 / 7 * 1e3, 3),
-                "signals_per_run": signals,
-            }
-        )
+        f"{FANOUT_WIDTH}-wide fan-out run, p50 of {fanout_runs}:          "
+        f"{r['fanout_run_ms_p50']:7.1f} ms, {r['fanout_per_phase_ms']:.3f} ms per phase "
+        f"({r['fanout_per_phase_ms'] / r['raw_ack_ms']:.1f}x raw)"
     )
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}))
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description="7-phase no-op run overhead")
     p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--fanout-runs", type=int, default=5)
     p.add_argument("--sync", default="always", help="server sync_interval (always, or e.g. 2m)")
     a = p.parse_args()
-    asyncio.run(main(a.runs, a.sync))
+    asyncio.run(main(a.runs, a.fanout_runs, a.sync))

@@ -116,11 +116,12 @@ def _child(*args: str) -> dict[str, float]:
     return result
 
 
-def main(n: int, rounds: int) -> None:
+def main(n: int, rounds: int) -> dict[str, float]:
+    """Load ``n`` signals, then read and fold them ``rounds`` times; the medians."""
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
 
-        async def serve_and_load() -> None:
+        async def serve_and_load() -> dict[str, float]:
             async with EmbeddedServer(home, sync="2m") as server:
                 settings = Settings(home=home, nats_url=server.url, replicas=1)
                 start = time.perf_counter()
@@ -172,8 +173,17 @@ def main(n: int, rounds: int) -> None:
                     f"  peak RSS: raw reader {max(rss_raw):.0f} MiB, "
                     f"projector {max(rss_fold):.0f} MiB"
                 )
+                return {
+                    "signals": stored,
+                    "raw_read_per_s": raw_rate,
+                    "ordered_read_per_s": statistics.median(ordered),
+                    "fold_per_s": fold_rate,
+                    "digest_rows_per_s": statistics.median(digests),
+                    "rss_raw_mib": max(rss_raw),
+                    "rss_fold_mib": max(rss_fold),
+                }
 
-        asyncio.run(serve_and_load())
+        return asyncio.run(serve_and_load())
 
 
 if __name__ == "__main__":

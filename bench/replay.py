@@ -108,25 +108,20 @@ def rerun_overhead(reruns: int, workers: int) -> tuple[float, float]:
     return asyncio.run(all_reruns())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--signals", type=int, default=200_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--reruns", type=int, default=5)
-    args = parser.parse_args()
+def measure(signals: int, rounds: int, reruns: int) -> dict[str, float]:
+    """Rates of hashing, decoding, verifying and signed verifying; rerun overhead."""
     signer = Signer(generate_seed())
-    plain = stored(args.signals)
-    signed = stored(min(args.signals, 50_000), signer)
+    plain = stored(signals)
+    signed = stored(min(signals, 50_000), signer)
     n, ns = len(plain), len(signed)
     mib = sum(len(w) for _, _, w in plain) / 2**20
     print(
-        f"{n:,} stored signals ({mib:.1f} MiB, {mib * 2**20 / n:.0f} bytes each), "
-        f"{args.rounds} rounds"
+        f"{n:,} stored signals ({mib:.1f} MiB, {mib * 2**20 / n:.0f} bytes each), {rounds} rounds"
     )
-    r_raw = rate(lambda: raw(plain), n, args.rounds)
-    r_dec = rate(lambda: decode(plain), n, args.rounds)
-    r_ver = rate(lambda: verify(plain), n, args.rounds)
-    r_sig = rate(lambda: verify(signed, frozenset({signer.public_key})), ns, args.rounds)
+    r_raw = rate(lambda: raw(plain), n, rounds)
+    r_dec = rate(lambda: decode(plain), n, rounds)
+    r_ver = rate(lambda: verify(plain), n, rounds)
+    r_sig = rate(lambda: verify(signed, frozenset({signer.public_key})), ns, rounds)
     print(f"raw sha256 of the stored bytes  {r_raw:>12,.0f} signals/s")
     print(f"decode (strict, own hash)       {r_dec:>12,.0f} signals/s  ratio {r_dec / r_raw:.3f}")
     print(f"verify (chain, rules, refold)   {r_ver:>12,.0f} signals/s  ratio {r_ver / r_raw:.3f}")
@@ -140,13 +135,27 @@ def main() -> None:
         f"chain+rules+refold {per['verify'] - per['decode']:.1f} us, "
         f"signature {per['signed'] - per['verify']:.1f} us"
     )
+    out = {"signals": n, "raw_per_s": r_raw, "decode_per_s": r_dec, "verify_per_s": r_ver}
+    out["verify_signed_per_s"] = r_sig
     for workers in (1, 2):
-        wall, compute = rerun_overhead(args.reruns, workers)
+        wall, compute = rerun_overhead(reruns, workers)
+        out[f"rerun_{workers}w_wall_ms"] = wall * 1000
+        out[f"rerun_{workers}w_compute_ms"] = compute * 1000
         print(
             f"rerun of the example run ({workers} worker{'s' if workers > 1 else ''}): "
             f"{wall * 1000:.1f} ms wall, phases' own compute {compute * 1000:.1f} ms, "
             f"overhead {(wall - compute) * 1000:.1f} ms ({wall / max(compute, 1e-9):.1f}x compute)"
         )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--signals", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--reruns", type=int, default=5)
+    args = parser.parse_args()
+    measure(args.signals, args.rounds, args.reruns)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-WORK = REPO / "build" / "peers"
+# Where the peer venvs live; SISAS_BENCH_PEERS_DIR moves them (tests use a temporary one).
+WORK = Path(os.environ.get("SISAS_BENCH_PEERS_DIR") or REPO / "build" / "peers")
 
 VENV_TIMEOUT_S = 300
 PIP_TIMEOUT_S = 900
@@ -131,7 +132,7 @@ def ensure_venv(peer: Peer, log: Log = _stderr) -> tuple[Path, dict[str, Any]]:
             pass
     root.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
-    log(f"{peer.name}: creating venv {venv.relative_to(REPO)}")
+    log(f"{peer.name}: creating venv {venv}")
     t0 = time.perf_counter()
     res = _run(
         [sys.executable, "-m", "venv", "--clear", str(venv)],

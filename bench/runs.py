@@ -1,0 +1,89 @@
+"""Starting benchmark runs and waiting for their ends, the way a client would.
+
+A run is started by publishing its ``start_run`` input (what ``sisas run`` does); its end
+is seen on a core NATS subscription to the run-level end subjects of the log, so waiting
+costs no consumer per run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from sisas.bus.inputs import publish_input
+from sisas.signals.inputs import StartRun
+from sisas.signals.names import LOG_PREFIX, RUN_LEVEL
+
+__all__ = ["RunEnds", "start", "timed_runs", "concurrent_runs"]
+
+
+class RunEnds:
+    """Futures resolved when a run of ``pipeline`` completes (``True``) or fails."""
+
+    def __init__(self, nc: Any, pipeline: str) -> None:
+        self._nc, self._pipeline = nc, pipeline
+        self._waiting: dict[str, asyncio.Future[bool]] = {}
+        self._subs: list[Any] = []
+
+    async def __aenter__(self) -> RunEnds:
+        for kind in ("run_completed", "run_failed"):
+            subject = f"{LOG_PREFIX}.{self._pipeline}.*.{RUN_LEVEL}.{kind}"
+            self._subs.append(await self._nc.subscribe(subject, cb=self._on_end))
+        await self._nc.flush()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+
+    async def _on_end(self, msg: Any) -> None:
+        run_id = msg.subject.split(".")[3]
+        fut = self._waiting.get(run_id)
+        if fut is not None and not fut.done():
+            fut.set_result(msg.subject.endswith("run_completed"))
+
+    def expect(self, run_id: str) -> asyncio.Future[bool]:
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting[run_id] = fut
+        return fut
+
+
+async def start(bus: Any, pipeline: str, run_id: str, digest: str) -> None:
+    await publish_input(
+        bus.js,
+        StartRun(
+            id=f"start:{run_id}",
+            pipeline=pipeline,
+            run_id=run_id,
+            at=datetime.now(UTC),
+            seed=1,
+            input_digest=digest,
+        ),
+    )
+
+
+async def _one(bus: Any, ends: RunEnds, pipeline: str, run_id: str, digest: str) -> float:
+    done = ends.expect(run_id)
+    t0 = time.perf_counter()
+    await start(bus, pipeline, run_id, digest)
+    ok = await asyncio.wait_for(done, 120)
+    if not ok:
+        raise RuntimeError(f"benchmark run {run_id} of {pipeline} failed: see `sisas show`")
+    return time.perf_counter() - t0
+
+
+async def timed_runs(bus: Any, pipeline: str, n: int, digest: str, tag: str) -> list[float]:
+    """Wall seconds of ``n`` runs, one after the other (after one untimed warm-up run)."""
+    async with RunEnds(bus.nc, pipeline) as ends:
+        await _one(bus, ends, pipeline, f"{tag}-warmup", digest)
+        return [await _one(bus, ends, pipeline, f"{tag}-{i}", digest) for i in range(n)]
+
+
+async def concurrent_runs(bus: Any, pipeline: str, n: int, digest: str, tag: str) -> float:
+    """Seconds from starting ``n`` runs at once until the last one completed."""
+    async with RunEnds(bus.nc, pipeline) as ends:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(_one(bus, ends, pipeline, f"{tag}-{i}", digest) for i in range(n)))
+        return time.perf_counter() - t0

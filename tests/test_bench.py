@@ -1,0 +1,83 @@
+"""`python -m bench all` end to end at its smallest sizes: every section runs against a
+real nats-server and DuckDB, the table is printed, latest.json and the plot are written;
+a peer that cannot be installed is reported with the reason instead of failing the bench."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(600)
+def test_bench_all_quick_writes_table_json_and_plot(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "SISAS_BENCH_PEERS_DIR": str(tmp_path / "peers"),
+        # No index: the peer's install fails, and the bench must say so and go on.
+        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": "",
+    }
+    out = tmp_path / "results"
+    cmd = [sys.executable, "-m", "bench", "all", "--quick", "--peers", "dagster"]
+    res = subprocess.run(
+        [*cmd, "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=580
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "sisas benchmarks" in res.stdout
+    assert "dagster: skipped (pip install failed" in res.stderr
+
+    doc = json.loads((out / "latest.json").read_text())
+    assert set(doc["results"]) == {
+        "overhead",
+        "workers",
+        "peers",
+        "append",
+        "projection",
+        "replay",
+        "scale",
+    }
+    assert doc["errors"] == {}
+    assert doc["machine"]["cores"] == os.cpu_count()
+    assert doc["machine"]["nats_server"].startswith("nats-server")
+    sections = {r["section"] for r in doc["rows"]}
+    assert sections == {"overhead", "workers", "peers", "append", "projection", "replay", "scale"}
+    [peer] = [r for r in doc["rows"] if r["section"] == "peers"]
+    assert peer["note"].startswith("skipped: pip install failed")
+    for row in doc["rows"]:
+        if row["section"] != "peers":
+            assert row["value"] > 0, row
+        if row["aim"] is not None:
+            assert row["met"] == (row["ratio"] >= row["aim"]), row
+    # Measured, not invented: the ratios follow from the figures in the same file.
+    chain = doc["results"]["overhead"]["always"]
+    [per_phase] = [r for r in doc["rows"] if r["measure"] == "7-phase chain, per phase"]
+    assert per_phase["ratio"] == pytest.approx(chain["raw_ack_ms"] / chain["chain_per_phase_ms"])
+    levels = doc["results"]["scale"]
+    assert [lv["runs_in_log"] for lv in levels] == sorted(lv["runs_in_log"] for lv in levels)
+    assert levels[-1]["runs_in_log"] >= 100
+    assert (out / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_rejects_unknown_sections_and_benchmarks() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "bench", "all", "--only", "nonsense"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2
+    assert "unknown section" in res.stderr
+    res = subprocess.run(
+        [sys.executable, "-m", "bench", "nonsense"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert res.returncode == 2
+    assert "unknown benchmark 'nonsense'" in res.stderr
