@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import resource
 import statistics
@@ -36,6 +37,7 @@ from sisas.bus.pull_reader import read_range
 from sisas.bus.runtime import open_bus
 from sisas.bus.settings import Settings
 from sisas.bus.streams import LOG_STREAM
+from sisas.bus.verification import verify_log
 from sisas.projections.projector import Projector
 from sisas.projections.store import ProjectionStore
 from sisas.signals import encode_signal, log_subject
@@ -76,6 +78,11 @@ async def child_raw(url: str, how: str) -> dict[str, float]:
             async for _, _, data in read_range(bus.nc, LOG_STREAM, "sisas.run.>", 1, last):
                 total += len(data)
                 count += 1
+        elif how == "hash":  # the raw limit of verifying a stored hash chain: read, sha256
+            sha = hashlib.sha256
+            async for _, _, data in read_range(bus.nc, LOG_STREAM, "sisas.run.>", 1, last):
+                total += len(sha(data).digest())
+                count += 1
         else:  # nats-py's ordered push consumer
             async for seq, msg in JetStreamLog(bus.nc)._consume("sisas.run.>", 1):
                 total += len(msg.data)
@@ -108,6 +115,17 @@ async def child_fold(url: str, path: str) -> dict[str, float]:
     }
 
 
+async def child_verify(url: str) -> dict[str, float]:
+    """What ``sisas replay verify --all --no-projection`` does, timed."""
+    settings = Settings(home=Path(tempfile.mkdtemp()), nats_url=url, replicas=1)
+    async with open_bus(settings) as bus:
+        start = time.perf_counter()
+        result = await verify_log(bus, None, projection=False)
+        seconds = time.perf_counter() - start
+    assert result.intact, result.first
+    return {"messages": result.signals, "seconds": seconds, "rss_mib": _rss_mib()}
+
+
 def _child(*args: str) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, "-m", "bench.projection", *args], capture_output=True, check=True
@@ -133,6 +151,8 @@ def main(n: int, rounds: int) -> dict[str, float]:
                     flush=True,
                 )
                 raws, folds, digests, rss_raw, rss_fold, ordered = [], [], [], [], [], []
+                hashes: list[float] = []
+                verifies: list[float] = []
                 for r in range(rounds):
                     push = await asyncio.to_thread(_child, "_raw", server.url, "ordered")
                     ordered.append(push["messages"] / push["seconds"])
@@ -140,6 +160,11 @@ def main(n: int, rounds: int) -> dict[str, float]:
                     path = str(Path(tmp) / f"fold{r}.duckdb")
                     fold = await asyncio.to_thread(_child, "_fold", server.url, path)
                     assert raw["messages"] == fold["messages"] == stored
+                    hashed = await asyncio.to_thread(_child, "_raw", server.url, "hash")
+                    verified = await asyncio.to_thread(_child, "_verify", server.url)
+                    assert verified["messages"] == hashed["messages"] == stored
+                    hashes.append(hashed["messages"] / hashed["seconds"])
+                    verifies.append(verified["messages"] / verified["seconds"])
                     raws.append(raw["messages"] / raw["seconds"])
                     folds.append(fold["messages"] / fold["seconds"])
                     digests.append(fold["messages"] / fold["digest_seconds"])
@@ -149,7 +174,8 @@ def main(n: int, rounds: int) -> dict[str, float]:
                         f"  round {r + 1}: raw read {raws[-1]:,.0f}/s (ordered consumer "
                         f"{ordered[-1]:,.0f}/s), fold {folds[-1]:,.0f}/s "
                         f"({fold['seconds']:.1f} s), digest {fold['digest_seconds']:.1f} s, "
-                        f"peak RSS raw {raw['rss_mib']:.0f} MiB, fold {fold['rss_mib']:.0f} MiB",
+                        f"peak RSS raw {raw['rss_mib']:.0f} MiB, fold {fold['rss_mib']:.0f} MiB; "
+                        f"read+sha256 {hashes[-1]:,.0f}/s, replay verify {verifies[-1]:,.0f}/s",
                         flush=True,
                     )
                 raw_rate, fold_rate = statistics.median(raws), statistics.median(folds)
@@ -181,6 +207,8 @@ def main(n: int, rounds: int) -> dict[str, float]:
                     "digest_rows_per_s": statistics.median(digests),
                     "rss_raw_mib": max(rss_raw),
                     "rss_fold_mib": max(rss_fold),
+                    "read_hash_per_s": statistics.median(hashes),
+                    "verify_from_server_per_s": statistics.median(verifies),
                 }
 
         return asyncio.run(serve_and_load())
@@ -189,6 +217,8 @@ def main(n: int, rounds: int) -> dict[str, float]:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_raw":
         print(json.dumps(asyncio.run(child_raw(sys.argv[2], sys.argv[3]))))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_verify":
+        print(json.dumps(asyncio.run(child_verify(sys.argv[2]))))
     elif len(sys.argv) > 1 and sys.argv[1] == "_fold":
         print(json.dumps(asyncio.run(child_fold(sys.argv[2], sys.argv[3]))))
     else:

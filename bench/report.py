@@ -203,6 +203,16 @@ def _projection(r: dict[str, float]) -> list[Row]:
             "raw reader's peak",
             note="bounded: 10,000 run states, 5,000-signal batches, 512 MB DuckDB pool",
         ),
+        Row(
+            "replay",
+            f"verify the log from the server ({n:,} signals)",
+            r["verify_from_server_per_s"],
+            "signals/s",
+            r["read_hash_per_s"],
+            "raw read + sha256 of each message",
+            r["verify_from_server_per_s"] / r["read_hash_per_s"],
+            note="sisas replay verify --all --no-projection, reading included",
+        ),
     ]
 
 
