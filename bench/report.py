@@ -22,7 +22,7 @@ from rich.table import Table
 
 from sisas.bus.embedded import find_binary
 
-__all__ = ["Row", "machine", "print_table", "rows_for", "write_results"]
+__all__ = ["Row", "machine", "markdown", "print_table", "rows_for", "write_results"]
 
 FLAT = 1 / 1.5  # per-run cost at the largest log within 1.5x of the smallest
 
@@ -371,6 +371,28 @@ def print_table(rows: list[Row], meta: dict[str, Any], errors: dict[str, str]) -
     Console(width=160).print(table)
 
 
+def markdown(rows: list[Row], meta: dict[str, Any], errors: dict[str, str]) -> str:
+    """The table as Markdown, for docs/performance.md."""
+    lines = [
+        f"Measured {meta['date']} on {meta['cores']} cores ({meta['cpu']}), {meta['memory']}, "
+        f"Python {meta['python']}, {meta['nats_server']}, commit {meta['commit']}.",
+        "",
+        "| section | measure | sisas | reference | ratio | aim | met |",
+        "|---|---|---:|---|---:|---:|---|",
+    ]
+    for r in rows:
+        ref = f"{_fmt(r.reference, r.unit)} {r.reference_label}".strip() if r.reference else ""
+        measure = f"{r.measure} ({r.note})" if r.note else r.measure
+        met = {True: "yes", False: "**no**", None: ""}[r.met]
+        aim = f"≥ {r.aim:.2f}" if r.aim else ""
+        lines.append(
+            f"| {r.section} | {measure} | {_fmt(r.value, r.unit)} | {ref} | "
+            f"{_ratio(r.ratio)} | {aim} | {met} |"
+        )
+    lines += [f"| {name} | failed: {err} | | | | | |" for name, err in errors.items()]
+    return "\n".join(lines) + "\n"
+
+
 def _plot(path: Path, rows: list[Row], results: dict[str, Any], meta: dict[str, Any]) -> None:
     import matplotlib
 
@@ -447,5 +469,6 @@ def write_results(
         "errors": errors,
     }
     json_path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    (out / "latest.md").write_text(markdown(rows, meta, errors))
     _plot(png_path, rows, results, meta)
     return json_path, png_path

@@ -64,6 +64,8 @@ def test_bench_all_quick_writes_table_json_and_plot(tmp_path: Path) -> None:
     assert [lv["runs_in_log"] for lv in levels] == sorted(lv["runs_in_log"] for lv in levels)
     assert levels[-1]["runs_in_log"] >= 100
     assert (out / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (out / "latest.md").read_text()
+    assert table.count("\n| ") == len(doc["rows"]) + 1  # header + one line per row
 
 
 def test_bench_rejects_unknown_sections_and_benchmarks() -> None:
