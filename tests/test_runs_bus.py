@@ -348,3 +348,76 @@ async def test_circuit_breakers_are_shared_by_runs_through_the_bus(services: Bus
     held = next(s.body for s in third if s.kind == "phase_scheduled")
     assert 0 < held.delay <= 1.0  # type: ignore[union-attr]
     assert "circuit_closed" in [s.kind for s in third]
+
+
+async def inputs_of(bus: Bus, run_id: str) -> list[str]:
+    """The kinds of the inputs of ``run_id`` on SISAS_IN."""
+    sub = await bus.js.subscribe(f"sisas.in.*.{run_id}.>", ordered_consumer=True)
+    kinds = []
+    try:
+        while True:
+            try:
+                kinds.append((await sub.next_msg(timeout=0.5)).subject.rsplit(".", 1)[-1])
+            except TimeoutError:
+                return kinds
+    finally:
+        await sub.unsubscribe()
+
+
+async def one_run(bus: Bus, run_id: str, *, beside: bool) -> tuple[RunState, list[Signal], int]:
+    """A chain7 run by an orchestrator and a worker here, the worker handing its reports
+    to the orchestrator (``beside``) or publishing them; with what the orchestrator
+    decided without SISAS_IN."""
+    pipes = load_pipelines([TEST_PIPES], entry_points=False)
+    stop = asyncio.Event()
+    orchestrator = Orchestrator(bus)
+    worker = Worker(bus, pipes, name="w", concurrency=1, local=orchestrator if beside else None)
+    tasks = [asyncio.create_task(orchestrator.run(stop)), asyncio.create_task(worker.run(stop))]
+    await start(bus, "chain7", run_id, b"1")
+    state, signals = await wait_end(bus, run_id)
+    stop.set()
+    await asyncio.gather(*tasks)
+    return state, signals, orchestrator.handled_locally
+
+
+async def test_a_worker_beside_its_orchestrator_records_the_same_log_without_sisas_in(
+    bus: Bus,
+) -> None:
+    fast, fast_signals, local = await one_run(bus, "beside", beside=True)
+    slow, slow_signals, none = await one_run(bus, "apart", beside=False)
+    assert fast.status == slow.status == "completed"
+    assert fast.fingerprint == slow.fingerprint
+    assert (local, none) == (14, 0)  # started and completed of each of the 7 phases
+
+    def shape(signals: list[Signal]) -> list[tuple[object, ...]]:
+        # Everything but the times (the reports' clocks) and what names the run.
+        return [
+            (s.seq, s.kind, s.phase, s.attempt, getattr(s.body, "output_digest", None))
+            for s in signals
+        ]
+
+    assert shape(fast_signals) == shape(slow_signals)
+    assert await inputs_of(bus, "beside") == ["start_run"]  # no report crossed SISAS_IN
+    assert (await inputs_of(bus, "apart")).count("phase_report") == 14
+
+
+async def test_two_orchestrators_one_with_a_worker_beside_it_agree_with_one(
+    bus: Bus, settings: Settings
+) -> None:
+    pipes = load_pipelines([EXAMPLE], entry_points=False)
+    stop = asyncio.Event()
+    async with open_bus(settings) as bus2:
+        near = Orchestrator(bus)
+        tasks = [asyncio.create_task(o.run(stop)) for o in (near, Orchestrator(bus2))]
+        tasks += [
+            asyncio.create_task(Worker(bus, pipes, name="near", local=near).run(stop)),
+            asyncio.create_task(Worker(bus2, pipes, name="far").run(stop)),
+        ]
+        for i in range(4):
+            await start(bus, "clustering", f"b{i}", POINTS, seed=7)
+        states = [(await wait_end(bus, f"b{i}"))[0] for i in range(4)]
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert {s.status for s in states} == {"completed"}
+    assert {s.fingerprint for s in states} == {local_fingerprint(7)}
+    assert near.handled_locally > 0

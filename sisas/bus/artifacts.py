@@ -2,10 +2,14 @@
 
 An artifact's key is ``sha256:<hex>`` of its bytes. ``get`` re-hashes what it reads and
 refuses bytes that do not match their key, so a damaged store is detected, not used.
+Small artifacts this process stored or read recently are served from memory: their key
+is the digest of those very bytes, so the copy cannot be stale (a phase's input is most
+often the output its worker stored a moment ago).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Protocol
 
 from nats.js import JetStreamContext
@@ -63,13 +67,18 @@ class MemoryArtifacts:
         return digest in self._blobs
 
 
+RECENT_BYTES = 16 * 1024 * 1024
+"""Bytes of small artifacts a :class:`JetStreamArtifacts` keeps in memory at most."""
+
+
 class JetStreamArtifacts:
     """:class:`ArtifactStore` on JetStream: small artifacts in a KV bucket, large ones in
     the ``sisas-artifacts`` object store.
 
     Most phase outputs are small, and nats-py's object store spends several requests and
     a consumer on every call (~3.5 ms here); a KV put is one publish and a get one direct
-    get (~0.3 ms). Both are keyed by the digest of the bytes and verified on read.
+    get (~0.3 ms). Both are keyed by the digest of the bytes and verified on read. The
+    small artifacts put or read last (up to ``recent_bytes``) are served from memory.
     """
 
     def __init__(
@@ -78,8 +87,12 @@ class JetStreamArtifacts:
         bucket: str = ARTIFACT_BUCKET,
         blobs: str = BLOB_BUCKET,
         inline_max: int = INLINE_MAX,
+        recent_bytes: int = RECENT_BYTES,
     ) -> None:
         self._js = js
+        self._recent: OrderedDict[str, bytes] = OrderedDict()
+        self._recent_size = 0
+        self._recent_max = recent_bytes
         self._bucket = bucket
         self._blobs = blobs
         self._inline_max = inline_max
@@ -97,6 +110,7 @@ class JetStreamArtifacts:
             if len(data) <= self._inline_max:
                 kv = await self._blob_kv()
                 await kv.put(digest.removeprefix("sha256:"), data)
+                self._remember(digest, bytes(data))
                 return digest
             if await self.exists(digest):
                 return digest
@@ -112,6 +126,16 @@ class JetStreamArtifacts:
             ) from None
         return digest
 
+    def _remember(self, digest: str, data: bytes) -> None:
+        """Keep ``data`` (whose digest is ``digest``) in memory, the oldest out first."""
+        if len(data) > self._recent_max // 16 or digest in self._recent:
+            return
+        self._recent[digest] = data
+        self._recent_size += len(data)
+        while self._recent_size > self._recent_max:
+            _, old = self._recent.popitem(last=False)
+            self._recent_size -= len(old)
+
     async def _small(self, digest: str) -> bytes | None:
         kv = await self._blob_kv()
         try:
@@ -121,9 +145,15 @@ class JetStreamArtifacts:
         return entry.value or b""
 
     async def get(self, digest: str) -> bytes:
+        recent = self._recent.get(digest)
+        if recent is not None:
+            self._recent.move_to_end(digest)
+            return recent
         small = await self._small(digest)
         if small is not None:
-            return _verified(digest, small)
+            data = _verified(digest, small)
+            self._remember(digest, data)
+            return data
         store = await self._js.object_store(self._bucket)
         try:
             result = await store.get(_name(digest))

@@ -10,6 +10,13 @@ yields nothing new. Inputs that are not valid, or can never be valid for their r
 report for an attempt never scheduled, signals too big for a message), are recorded as
 rejected (subject ``sisas.in._._.rejected``, with the reason) and skipped; they never
 stop the loop.
+
+A worker in the same process hands its reports to :meth:`Orchestrator.submit` instead
+of publishing them (the fast path, like Temporal's local activities): the report is
+decided and its signals appended exactly as if it had come through ``SISAS_IN``, with
+the run's expected last sequence, minus two trips through the server. The log stays the
+only record that matters: the worker acknowledges its work only once the outcome's
+signals are appended, so a crash in between redelivers the work, as it would today.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import contextlib
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
 
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -39,7 +47,7 @@ from sisas.signals.names import IN_PREFIX, check_name, input_subject
 from sisas.signals.plan import PipelinePlan
 from sisas.signals.records import CorruptMessage, StoredSignal
 from sisas.telemetry import metrics
-from sisas.telemetry.tracing import message_span
+from sisas.telemetry.tracing import inject, message_span
 
 __all__ = ["REJECTED_SUBJECT", "Orchestrator"]
 
@@ -66,7 +74,10 @@ class Orchestrator:
         self._cache: OrderedDict[str, tuple[RunState, int]] = OrderedDict()
         self._cache_size = cache_size
         self._ack_wait = ack_wait
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self.handled = 0
+        self.handled_locally = 0
+        """Reports decided through :meth:`submit`, without a trip through ``SISAS_IN``."""
         self.rejected = 0
         key = bus.settings.signing_key
         self.signer = signer_from_file(key) if key is not None else None
@@ -126,6 +137,36 @@ class Orchestrator:
         except SisasError as exc:
             await self._reject(msg, str(exc))
             return
+        try:
+            await self._decide(inp, msg.headers)
+        except _Rejected as exc:
+            await self._reject(msg, str(exc))
+            return
+        failpoint("orchestrator.before_ack")
+        self.handled += 1
+        await msg.ack()
+
+    async def submit(self, report: PhaseReport) -> RunState | None:
+        """Decide a report of a worker in this process at once, without ``SISAS_IN``.
+
+        Returns the run's state once the report's signals are appended (or once it is
+        known to change nothing on the run's latest state): the latest state, so the
+        worker also learns whether the run ended. Returns None when it cannot be decided
+        here (a rejection, a server error): the worker then publishes it to ``SISAS_IN``
+        as usual, where it is decided, or rejected and recorded.
+        """
+        try:
+            check_name(report.pipeline, "pipeline name")
+            check_name(report.run_id, "run id")
+            state = await self._decide(report, inject({}))
+        except Exception as exc:  # the slow path decides it, or records why not
+            log.info("report %s goes through SISAS_IN: %s", report.id, exc)
+            return None
+        self.handled_locally += 1
+        return state
+
+    async def _decide(self, inp: Input, headers: Mapping[str, str] | None) -> RunState:
+        kind = str(type(inp).__struct_config__.tag)
         attributes: dict[str, str | int] = {"sisas.input": kind}
         if isinstance(inp, PhaseReport):
             attributes.update(
@@ -136,27 +177,45 @@ class Orchestrator:
                     "sisas.item": -1 if inp.item is None else inp.item,
                 }
             )
-        with message_span(
-            f"decide {kind}", msg.headers, inp.run_id, inp.pipeline, attributes
-        ) as span:
-            try:
-                state = await self.apply(inp)
-            except _Rejected as exc:
-                await self._reject(msg, str(exc))
-                return
+        with message_span(f"decide {kind}", headers, inp.run_id, inp.pipeline, attributes) as span:
+            state = await self.apply(inp)
             span.set_attribute("sisas.run_status", state.status)
-        failpoint("orchestrator.before_ack")
-        self.handled += 1
-        await msg.ack()
+        return state
 
     async def apply(self, inp: Input) -> RunState:
         """Decide ``inp`` against the run's current log and append; return the new state.
 
         Raises ``_Rejected`` for an input that can never be valid for its run (another
         pipeline's run, a report for a run or an attempt that was never scheduled).
+        Decisions of one run in this process take turns (inputs from ``SISAS_IN`` and
+        reports submitted by a local worker); other orchestrators are held off by the
+        expected last sequence of each append.
         """
+        async with self._turn(inp.run_id):
+            return await self._apply(inp)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, run_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(run_id) or (asyncio.Lock(), 0)
+        self._locks[run_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[run_id]
+            if users == 1:
+                del self._locks[run_id]
+            else:
+                self._locks[run_id] = (lock, users - 1)
+
+    async def _apply(self, inp: Input) -> RunState:
         for _ in range(50):
-            state, last_seq = await self._load(inp.pipeline, inp.run_id)
+            if isinstance(inp, StartRun):  # most often a new run: read its plan meanwhile
+                (state, last_seq), plan = await asyncio.gather(
+                    self._load(inp.pipeline, inp.run_id), self.registry.get(inp.pipeline)
+                )
+            else:
+                (state, last_seq), plan = await self._load(inp.pipeline, inp.run_id), None
             if state.head.seq == 0:  # no signals yet: the run is the input's pipeline's
                 state = RunState.new(inp.pipeline, inp.run_id)
             elif state.pipeline != inp.pipeline:
@@ -164,10 +223,8 @@ class Orchestrator:
                     f"run {inp.run_id} belongs to pipeline {state.pipeline}, not {inp.pipeline}"
                 )
             plans: dict[str, PipelinePlan] = {}
-            if isinstance(inp, StartRun) and state.status == "new":
-                plan = await self.registry.get(inp.pipeline)
-                if plan is not None:
-                    plans[plan.name] = plan
+            if plan is not None and state.status == "new":
+                plans[plan.name] = plan
             circuits = await self.circuits.get(inp.pipeline)
             decision = decide_full(state, inp, plans, circuits)
             signals = decision.signals

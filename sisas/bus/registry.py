@@ -21,12 +21,16 @@ class PlanRegistry:
 
     def __init__(self, js: JetStreamContext) -> None:
         self._js = js
+        self._bucket: KeyValue | None = None
 
     async def _kv(self) -> KeyValue:
-        try:
-            return await self._js.key_value(PIPELINE_BUCKET)
-        except (BucketNotFoundError, NotFoundError):
-            return await self._js.create_key_value(bucket=PIPELINE_BUCKET, history=5)
+        # The handle is kept: looking the bucket up is a request of its own.
+        if self._bucket is None:
+            try:
+                self._bucket = await self._js.key_value(PIPELINE_BUCKET)
+            except (BucketNotFoundError, NotFoundError):
+                self._bucket = await self._js.create_key_value(bucket=PIPELINE_BUCKET, history=5)
+        return self._bucket
 
     async def publish(self, plan: PipelinePlan) -> None:
         try:

@@ -56,12 +56,14 @@ async def _handlers(
     orchestrator: bool,
     concurrency: int,
 ) -> AsyncIterator[None]:
+    orch = Orchestrator(bus) if orchestrator else None
     if pipelines:
-        worker = Worker(bus, pipelines, concurrency=concurrency)
+        # A worker beside an orchestrator hands it its reports directly (the fast path).
+        worker = Worker(bus, pipelines, concurrency=concurrency, local=orch)
         await worker.register()
         tasks.append(asyncio.create_task(worker.run(stop), name="worker"))
-    if orchestrator:
-        tasks.append(asyncio.create_task(Orchestrator(bus).run(stop), name="orchestrator"))
+    if orch is not None:
+        tasks.append(asyncio.create_task(orch.run(stop), name="orchestrator"))
     try:
         yield
     finally:

@@ -7,6 +7,13 @@ phase runs the worker tells JetStream it is still in progress; if the worker die
 work is redelivered after ``ack_wait`` and finished elsewhere, and the orchestrator
 records one completion. A retry's backoff delay is honoured by ``nak(delay)``. Each
 attempt is a span continuing the trace of its ``phase_scheduled`` signal.
+
+With an orchestrator in the same process (``local``), the worker hands it its reports
+directly (see :meth:`sisas.bus.orchestrator.Orchestrator.submit`) and learns from the
+answer whether the run is still going: no report crosses ``SISAS_IN`` and no read of the
+log is needed to skip the work of an ended run. The work itself still comes through the
+shared consumer, which is what makes one worker at a time take it, and is acknowledged
+only once its outcome's signals are in the log.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ import os
 import re
 import socket
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -34,6 +42,7 @@ from sisas.bus.streams import LOG_STREAM
 from sisas.errors import ArtifactNotFound, BusError
 from sisas.faults import failpoint
 from sisas.handlers.execute import Outcome, PhaseInputs, execute_phase
+from sisas.handlers.state import RunState
 from sisas.pipeline import Pipeline
 from sisas.signals.envelope import Signal
 from sisas.signals.inputs import PhaseReport
@@ -54,8 +63,34 @@ MAX_POSTPONE = 3600.0
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
+def _open(state: RunState, signal: Signal, body: PhaseScheduled) -> bool:
+    """Whether the attempt ``signal`` schedules is still to be done in ``state``."""
+    if state.ended:
+        return False
+    phase = state.phase(signal.phase)
+    current = phase if body.item is None else phase.item_states.get(body.item)
+    return (
+        current is not None
+        and current.attempt == signal.attempt
+        and current.status in ("scheduled", "running")
+    )
+
+
+class LocalOrchestrator(Protocol):
+    """An orchestrator in this process that decides reports at once (the fast path)."""
+
+    async def submit(self, report: PhaseReport) -> RunState | None:
+        """The run's latest state once ``report`` is decided and appended; None when it
+        must go through ``SISAS_IN`` instead."""
+        ...
+
+
 class Worker:
-    """Runs the phases of ``pipelines``, ``concurrency`` at a time."""
+    """Runs the phases of ``pipelines``, ``concurrency`` at a time.
+
+    ``local``: an orchestrator in this process to hand reports to (None: every report
+    is published to ``SISAS_IN``).
+    """
 
     def __init__(
         self,
@@ -65,8 +100,10 @@ class Worker:
         name: str | None = None,
         concurrency: int = 1,
         ack_wait: float = 30.0,
+        local: LocalOrchestrator | None = None,
     ) -> None:
         self.bus = bus
+        self.local = local
         self.pipelines = pipelines
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.concurrency = max(1, concurrency)
@@ -121,8 +158,19 @@ class Worker:
                 await psub.unsubscribe()
 
     async def _handle(self, msg: Msg) -> None:
+        released = False
+
+        def release() -> None:
+            # The slot bounds phases running, not reports on their way: freeing it once
+            # the output is stored lets the next pull request wait at the server while
+            # the outcome is decided, so the next phase arrives the moment it is scheduled.
+            nonlocal released
+            if not released:
+                released = True
+                self._slots.release()
+
         try:
-            await self._work(msg)
+            await self._work(msg, release)
         except TRANSIENT as exc:  # never let one phase stop the worker
             log.exception("work at log seq %s failed: %s", msg.metadata.sequence.stream, exc)
             with contextlib.suppress(Exception):
@@ -137,7 +185,7 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=1.0)
         finally:
-            self._slots.release()
+            release()
 
     async def _give_up(self, msg: Msg, exc: Exception) -> None:
         """Report the attempt failed (not retryable), so the run records why, and drop it."""
@@ -149,7 +197,7 @@ class Worker:
             await self._report(rec.signal, rec.signal.body, "failed", outcome)
         await msg.term()
 
-    async def _work(self, msg: Msg) -> None:
+    async def _work(self, msg: Msg, executed: Callable[[], None]) -> None:
         rec = decode_record(msg.metadata.sequence.stream, msg.subject, msg.data)
         if not isinstance(rec, StoredSignal) or not isinstance(rec.signal.body, PhaseScheduled):
             log.error(
@@ -160,8 +208,7 @@ class Worker:
             await msg.term()
             return
         signal, body = rec.signal, rec.signal.body
-        last = await self.bus.log.last_of_run(signal.run_id)
-        if isinstance(last, StoredSignal) and last.signal.kind in ENDED:
+        if self.local is None and await self._ended(signal.run_id):
             await msg.ack()  # the run ended (cancelled, failed elsewhere): nothing to do
             return
         # The backoff counts from the signal's time (the sender's clock), but never waits
@@ -180,19 +227,34 @@ class Worker:
         with message_span(
             f"phase {signal.phase}", msg.headers, signal.run_id, signal.pipeline, attributes
         ) as span:
-            await self._report(signal, body, "started")
+            state = await self._report(signal, body, "started")
+            # A local orchestrator's answer is the run's latest state: nothing to do when
+            # the run ended or this attempt did (work redelivered after its outcome was
+            # recorded). Otherwise ask the log, unless it was asked already.
+            done = (
+                not _open(state, signal, body)
+                if state is not None
+                else (self.local is not None and await self._ended(signal.run_id))
+            )
+            if done:
+                await msg.ack()
+                return
+            if state is not None and signal.run_id not in self._configs:
+                self._remember_config(signal.run_id, dict(state.config))
             beat = asyncio.create_task(self._heartbeat(msg))
             try:
                 outcome, timed_out = await self._execute(signal, body)
             finally:
                 beat.cancel()
             artifact = await self.bus.artifacts.put(outcome.output) if outcome.output else ""
+            executed()
             status: Literal["completed", "failed", "timed_out"] = (
                 "timed_out" if timed_out else outcome.status
             )
             describe_attempt(span, status, outcome)
             failpoint("worker.before_report")
             await self._report(signal, body, status, outcome, artifact)
+        failpoint("worker.before_ack")
         await msg.ack()
         metrics.record_attempt(
             signal.pipeline,
@@ -203,6 +265,11 @@ class Worker:
             outcome.invariants,
         )
         self.completed += 1
+
+    async def _ended(self, run_id: str) -> bool:
+        """Whether the run's last signal ends it (cancelled, failed elsewhere)."""
+        last = await self.bus.log.last_of_run(run_id)
+        return isinstance(last, StoredSignal) and last.signal.kind in ENDED
 
     async def _heartbeat(self, msg: Msg) -> None:
         while True:
@@ -278,10 +345,13 @@ class Worker:
             rec = await self.bus.log.last_of_kind(signal.run_id, "run_started")
             if isinstance(rec, StoredSignal) and isinstance(rec.signal.body, RunStarted):
                 config = dict(rec.signal.body.config)
-            if len(self._configs) > 1000:
-                self._configs.clear()
-            self._configs[signal.run_id] = config
+            self._remember_config(signal.run_id, config)
         return self._configs[signal.run_id]
+
+    def _remember_config(self, run_id: str, config: dict[str, Any]) -> None:
+        if len(self._configs) > 1000:
+            self._configs.clear()
+        self._configs[run_id] = config
 
     async def _report(
         self,
@@ -290,7 +360,9 @@ class Worker:
         status: Literal["started", "completed", "failed", "timed_out"],
         outcome: Outcome | None = None,
         artifact: str = "",
-    ) -> None:
+    ) -> RunState | None:
+        """Send a report; return the run's latest state when a local orchestrator decided
+        it, None when it was published to ``SISAS_IN``."""
         item = "-" if body.item is None else str(body.item)
         out = outcome or Outcome(status="completed")
         report = PhaseReport(
@@ -314,4 +386,9 @@ class Worker:
             contracts=out.contracts,
             invariants=out.invariants,
         )
+        if self.local is not None:
+            state = await self.local.submit(report)
+            if state is not None:
+                return state
         await publish_input(self.bus.js, report)
+        return None

@@ -78,8 +78,18 @@ def violations_of(exc: pydantic.ValidationError, root: str) -> list[Violation]:
     ]
 
 
-def _adapter(t: Any) -> pydantic.TypeAdapter[Any]:
+@functools.lru_cache(maxsize=1024)
+def _cached_adapter(t: Any) -> pydantic.TypeAdapter[Any]:
     return pydantic.TypeAdapter(t)
+
+
+def _adapter(t: Any) -> pydantic.TypeAdapter[Any]:
+    """A pydantic adapter for ``t``, built once per type (building one costs more than
+    validating a small value with it)."""
+    try:
+        return _cached_adapter(t)
+    except TypeError:  # an annotation that cannot be hashed
+        return pydantic.TypeAdapter(t)
 
 
 def _scalar(value: object) -> Scalar:

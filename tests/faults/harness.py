@@ -46,7 +46,8 @@ def env_for(url: str, home: Path, **extra: str) -> dict[str, str]:
 
 @dataclass
 class Role:
-    """A sisas process (``worker``, ``orchestrator``, ``projector``) that can be killed."""
+    """A sisas process (``worker``, ``orchestrator``, ``projector``) that can be killed;
+    ``module`` runs instead of the CLI when given (e.g. ``tests.faults.beside``)."""
 
     args: list[str]
     env: dict[str, str]
@@ -54,14 +55,15 @@ class Role:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     kills: int = 0
+    module: str = "sisas.cli"
 
     def start(self, failpoints: str = "") -> Role:
         self.starts += 1
         env = {**self.env, "SISAS_FAILPOINTS": failpoints}
-        name = "-".join(a for a in self.args[:1])
+        name = "-".join(a for a in self.args[:1]) if self.module == "sisas.cli" else "beside"
         with open(self.logs / f"{name}-{self.starts}.log", "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sisas.cli", *self.args],
+                [sys.executable, "-m", self.module, *self.args],
                 env=env,
                 cwd=ROOT,
                 stdout=log,

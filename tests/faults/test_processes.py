@@ -88,6 +88,47 @@ async def test_a_worker_sigkilled_mid_phase_again_and_again(
             role.stop()
 
 
+async def test_a_worker_beside_its_orchestrator_sigkilled_before_and_after_reporting(
+    bus: Bus, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """The fast path (reports handed to the orchestrator in the same process, never on
+    SISAS_IN): killed after a phase ran but before its outcome was decided, the work
+    comes back and is done again by the next process (a takeover, in the log); killed
+    after the outcome's signals were appended but before the work was acknowledged, the
+    work comes back and is dropped without running (the log says the attempt ended)."""
+    env = env_for(nats_server.url, tmp_path / "home")
+    projector = Role(["projector"], env, tmp_path).start()
+    beside = Role([PIPES], env, tmp_path, module="tests.faults.beside").start()
+    try:
+        await registered(bus, "chain7")
+        ref = await reference(bus, "chain7", b"1")
+        counts = []
+        cases = [("worker.before_report=3", 1), ("worker.before_ack=3", 0)]
+        for rep, (point, takeovers) in enumerate([*cases, ("worker.before_report=5", 1)]):
+            c = Counts(f"worker beside its orchestrator SIGKILLed around its report #{rep + 1}")
+            c.notes.append(point)
+            beside.stop()
+            beside.start(failpoints=point)
+            run_id = f"beside-kill-{rep}"
+            await start(bus, "chain7", run_id, b"1")
+
+            async def revive(c: Counts = c) -> None:
+                if beside.died_by_kill():
+                    c.kills += 1
+                    beside.start()
+
+            await wait_all(bus, [run_id], tick=revive)
+            assert c.kills == 1
+            await check_runs(bus, [run_id], ref, c)
+            assert c.takeovers == takeovers
+            counts.append(c)
+        check_whole_log(env, counts[-1])
+        report(counts)
+    finally:
+        for role in (beside, projector):
+            role.stop()
+
+
 async def test_an_orchestrator_sigkilled_between_append_and_ack(
     bus: Bus, nats_server: NatsServer, tmp_path: Path
 ) -> None:

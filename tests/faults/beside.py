@@ -1,0 +1,34 @@
+"""An orchestrator and a worker in one process, the worker handing its reports straight
+to the orchestrator (the fast path of ``sisas up --pipelines``), with a short ack wait so
+that work a killed process held comes back within a second:
+
+    python -m tests.faults.beside PIPELINES_FILE     (SISAS_* from the environment)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from sisas.bus.orchestrator import Orchestrator
+from sisas.bus.runtime import open_bus
+from sisas.bus.services import stop_on_signals
+from sisas.bus.worker import Worker
+from sisas.cli.app import load_settings
+from sisas.loader import load_pipelines
+
+
+async def main(spec: str) -> None:
+    async with open_bus(load_settings(), name="sisas-beside") as bus:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        orchestrator = Orchestrator(bus)
+        worker = Worker(bus, load_pipelines([spec]), ack_wait=1.0, local=orchestrator)
+        await worker.register()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(orchestrator.run(stop))
+            tg.create_task(worker.run(stop))
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1]))
