@@ -88,6 +88,12 @@ async def measure(runs: int, fanout_runs: int, sync: str = "always") -> dict[str
     raw_p50 = statistics.median(raw)
     chain_p50, fan_p50 = statistics.median(chain), statistics.median(fan)
     fan_phases = FANOUT_WIDTH + 2
+    print(
+        f"  sync {sync}: raw publish-and-ack {raw_p50 * 1e3:.3f} ms; 7-phase chain p50 "
+        f"{chain_p50 * 1e3:.1f} ms over {runs} runs; {FANOUT_WIDTH}-wide fan-out p50 "
+        f"{fan_p50 * 1e3:.0f} ms over {fanout_runs}",
+        flush=True,
+    )
     return {
         "sync": sync,  # type: ignore[dict-item]
         "raw_ack_ms": raw_p50 * 1e3,
