@@ -16,36 +16,23 @@ import json
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from nats.js.api import StreamConfig
 
 from bench.pipelines import FANOUT_WIDTH, fanout, noop
-from bench.runs import timed_runs
+from bench.runs import start, timed_runs
 from sisas.bus.embedded import EmbeddedServer
-from sisas.bus.inputs import publish_input
 from sisas.bus.runtime import open_bus
 from sisas.bus.services import running_services
 from sisas.bus.settings import Settings
 from sisas.signals import StoredSignal
-from sisas.signals.inputs import StartRun
 
 
 async def one_run(bus, run_id: str, digest: str) -> tuple[float, int]:  # type: ignore[no-untyped-def]
     t0 = time.perf_counter()
     follow = bus.log.follow_run(run_id).__aiter__()
-    await publish_input(
-        bus.js,
-        StartRun(
-            id=f"start:{run_id}",
-            pipeline="noop7",
-            run_id=run_id,
-            at=datetime.now(UTC),
-            seed=1,
-            input_digest=digest,
-        ),
-    )
+    await start(bus, "noop7", run_id, digest)
     n = 0
     async for rec in follow:
         n += 1
