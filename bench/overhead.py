@@ -1,11 +1,12 @@
-"""Orchestration overhead per phase: a 7-phase no-op pipeline, end to end.
+"""Orchestration overhead per phase: a 7-phase no-op chain and a 100-wide fan-out.
 
-    .venv/bin/python bench/overhead.py [--runs N]
+    .venv/bin/python -m bench.overhead [--runs N] [--fanout-runs N] [--sync always|2m]
 
-Embedded nats-server with ``sync_interval: always`` (every signal fsynced), an
-orchestrator and a worker in this process. Each run is started, then followed until
-``run_completed``; wall time per run / 7 = overhead per phase. The raw limit, measured in
-the same run: one nats-py JetStream publish-and-ack round trip, sequential.
+Embedded nats-server with ``sync_interval: always`` (every signal fsynced) unless
+``--sync`` says otherwise, an orchestrator and a worker in this process
+(bench/pipelines.py). Runs are timed one after the other, from publishing the start to
+seeing ``run_completed``; wall time per run / phases = overhead per phase. The raw limit,
+measured in the same run: one nats-py JetStream publish-and-ack round trip, sequential.
 """
 
 from __future__ import annotations
