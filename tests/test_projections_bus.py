@@ -16,13 +16,14 @@ import pytest
 
 from bench.synthetic import synthetic_runs
 from sisas.bus.queries import ask, local_projector, projection_path
-from sisas.bus.runtime import Bus
+from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.services import running_services
 from sisas.bus.settings import Settings
-from sisas.errors import UnknownRun
+from sisas.errors import UnknownRun, UsageError
 from sisas.loader import load_pipelines
 from sisas.projections.projector import Projector
 from sisas.projections.store import ProjectionStore
+from tests.conftest import spawn_nats
 from tests.test_runs_bus import EXAMPLE, POINTS, start, wait_end
 
 
@@ -231,3 +232,25 @@ async def test_an_artifact_listed_in_the_manifest_can_be_fetched(
     assert b"values" in out.read_bytes()
     unknown = subprocess.run([*cli, "sha256:" + "0" * 64], env=env, capture_output=True)
     assert unknown.returncode == 2 and b"no artifact" in unknown.stderr
+
+
+async def test_an_answer_past_max_payload_is_an_error_naming_the_fix(tmp_path: Path) -> None:
+    """A server with a 64 KiB max_payload: a `runs` answer over it would be refused by the
+    server and the asker would wait for ever; it gets an ``ok: false`` answer instead,
+    and a smaller question still works."""
+    conf = tmp_path / "small.conf"
+    conf.write_text("max_payload: 65536\n")
+    server = spawn_nats(tmp_path / "nats", "-c", str(conf))
+    try:
+        settings = Settings(home=tmp_path / "home", nats_url=server.url, replicas=1, timeout=5.0)
+        async with open_bus(settings) as bus:
+            assert bus.nc.max_payload == 65536
+            await append_runs(bus, 400)
+            async with running_services(bus, {}, orchestrator=False, projector=True):
+                with pytest.raises(UsageError) as err:
+                    await ask(bus, "runs", {"limit": 400})
+                assert "max_payload of 65,536" in str(err.value)
+                assert "smaller --limit" in str(err.value)
+                assert (await ask(bus, "runs", {"limit": 20})).served_by == "projector"
+    finally:
+        server.stop()

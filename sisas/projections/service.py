@@ -133,6 +133,9 @@ async def _rebuild(projector: Projector, report: Report) -> dict[str, Any]:
     }
 
 
+HEADROOM: Final = 1024
+"""Bytes of max_payload left for the reply's protocol line and headers."""
+
 MAX_MESSAGE: Final = 500
 """Characters of an error message kept: it may quote a huge parameter of the query, and
 an answer past the server's max payload would never reach the asker."""
@@ -209,5 +212,15 @@ class QueryService:
                 "ok": False,
                 "error": {"type": type(exc).__name__, "message": _short(str(exc)), "exit_code": 1},
             }
+        body = msgspec.json.encode(reply)
+        limit = self.nc.max_payload
+        if len(body) > limit - HEADROOM:  # the server would refuse it: the asker would wait
+            exc = UsageError(
+                f"the {verb} answer is {len(body):,} bytes, more than the server's "
+                f"max_payload of {limit:,} allows: ask for less (a smaller --limit, one "
+                "run, a narrower filter) or raise max_payload in the server's config"
+            )
+            log.warning("query %s: %s", msg.subject, exc)
+            body = msgspec.json.encode(failure(exc))
         with contextlib.suppress(Exception):
-            await self.nc.publish(msg.reply, msgspec.json.encode(reply))
+            await self.nc.publish(msg.reply, body)
