@@ -215,12 +215,12 @@ class QueryService:
         body = msgspec.json.encode(reply)
         limit = self.nc.max_payload
         if len(body) > limit - HEADROOM:  # the server would refuse it: the asker would wait
-            exc = UsageError(
+            too_big = UsageError(
                 f"the {verb} answer is {len(body):,} bytes, more than the server's "
                 f"max_payload of {limit:,} allows: ask for less (a smaller --limit, one "
                 "run, a narrower filter) or raise max_payload in the server's config"
             )
-            log.warning("query %s: %s", msg.subject, exc)
-            body = msgspec.json.encode(failure(exc))
+            log.warning("query %s: %s", msg.subject, too_big)
+            body = msgspec.json.encode(failure(too_big))
         with contextlib.suppress(Exception):
             await self.nc.publish(msg.reply, body)
