@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.synthetic import synthetic_runs
+from bench.synthetic import publish_runs
 from sisas.bus.embedded import EmbeddedServer
 from sisas.bus.jetstream_log import JetStreamLog
 from sisas.bus.pull_reader import read_range
@@ -40,7 +40,6 @@ from sisas.bus.streams import LOG_STREAM
 from sisas.bus.verification import verify_log
 from sisas.projections.projector import Projector
 from sisas.projections.store import ProjectionStore
-from sisas.signals import encode_signal, log_subject
 
 
 def _rss_mib() -> float:
@@ -50,22 +49,10 @@ def _rss_mib() -> float:
 async def load(settings: Settings, n: int) -> int:
     """Publish synthetic runs until ``n`` signals are stored; return the count."""
     async with open_bus(settings) as bus:
-        stored, window = 0, []
-        index = 0
+        stored, index = 0, 0
         while stored < n:
-            for signals in synthetic_runs(200, start=index):
-                for s in signals:
-                    subject = log_subject(s.pipeline, s.run_id, s.phase, s.kind)
-                    window.append(
-                        await bus.js.publish_async(
-                            subject, encode_signal(s), headers={"Nats-Msg-Id": s.id}
-                        )
-                    )
-                stored += len(signals)
+            stored += await publish_runs(bus.js, 200, start=index)
             index += 200
-            if len(window) >= 4000 or stored >= n:
-                await asyncio.gather(*window)
-                window = []
         return await bus.log.last_seq()
 
 

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
 from typing import Any
 
-from sisas.bus.inputs import publish_input
-from sisas.signals.inputs import StartRun
+from sisas.bus.inputs import publish_start
 from sisas.signals.names import LOG_PREFIX, RUN_LEVEL
 
 __all__ = ["RunEnds", "start", "timed_runs", "concurrent_runs"]
@@ -51,17 +49,7 @@ class RunEnds:
 
 
 async def start(bus: Any, pipeline: str, run_id: str, digest: str) -> None:
-    await publish_input(
-        bus.js,
-        StartRun(
-            id=f"start:{run_id}",
-            pipeline=pipeline,
-            run_id=run_id,
-            at=datetime.now(UTC),
-            seed=1,
-            input_digest=digest,
-        ),
-    )
+    await publish_start(bus.js, pipeline, run_id, input_digest=digest, seed=1)
 
 
 async def _one(bus: Any, ends: RunEnds, pipeline: str, run_id: str, digest: str) -> float:

@@ -18,34 +18,14 @@ import json
 import statistics
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from bench.pipelines import noop
 from bench.runs import timed_runs
-from bench.synthetic import synthetic_runs
+from bench.synthetic import publish_runs
 from sisas.bus.embedded import EmbeddedServer
 from sisas.bus.runtime import open_bus
 from sisas.bus.services import running_services
 from sisas.bus.settings import Settings
-from sisas.signals import encode_signal, log_subject
-
-
-async def fill(bus: Any, start: int, count: int) -> int:
-    """Append ``count`` synthetic runs (indices from ``start``); the signals appended."""
-    window: list[Any] = []
-    appended = 0
-    for signals in synthetic_runs(count, start=start):
-        for s in signals:
-            subject = log_subject(s.pipeline, s.run_id, s.phase, s.kind)
-            window.append(
-                await bus.js.publish_async(subject, encode_signal(s), headers={"Nats-Msg-Id": s.id})
-            )
-        appended += len(signals)
-        if len(window) >= 4000:
-            await asyncio.gather(*window)
-            window = []
-    await asyncio.gather(*window)
-    return appended
 
 
 async def measure(levels: tuple[int, ...], runs: int) -> list[dict[str, float]]:
@@ -61,7 +41,7 @@ async def measure(levels: tuple[int, ...], runs: int) -> list[dict[str, float]]:
                 async with running_services(bus, {"noop7": noop}, concurrency=2):
                     for level in levels:
                         more = max(0, level - in_log - runs - 1)
-                        await fill(bus, synthetic, more)
+                        await publish_runs(bus.js, more, start=synthetic)
                         synthetic += more
                         times = await timed_runs(bus, "noop7", runs, digest, f"l{level}")
                         in_log += more + runs + 1

@@ -9,9 +9,11 @@ Deterministic in ``seed``.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sisas.handlers.derive import derive_seed, run_fingerprint
 from sisas.signals import (
@@ -31,10 +33,12 @@ from sisas.signals import (
     RunStarted,
     Signal,
     Violation,
+    encode_signal,
+    log_subject,
 )
 from sisas.signals.plan import PhasePlan, PipelinePlan
 
-__all__ = ["synthetic_run", "synthetic_runs"]
+__all__ = ["publish_runs", "synthetic_run", "synthetic_runs"]
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -132,3 +136,22 @@ def synthetic_runs(
 ) -> Iterator[list[Signal]]:
     for i in range(start, start + count):
         yield synthetic_run(pipeline, f"run-{i:07d}", index=i, phases=phases)
+
+
+async def publish_runs(js: Any, count: int, *, start: int = 0, window: int = 4000) -> int:
+    """Publish ``count`` synthetic runs (indices from ``start``) into the log stream,
+    ``window`` messages in flight (deduplicated by signal id); the signals published."""
+    pending: list[Any] = []
+    published = 0
+    for signals in synthetic_runs(count, start=start):
+        for s in signals:
+            subject = log_subject(s.pipeline, s.run_id, s.phase, s.kind)
+            pending.append(
+                await js.publish_async(subject, encode_signal(s), headers={"Nats-Msg-Id": s.id})
+            )
+        published += len(signals)
+        if len(pending) >= window:
+            await asyncio.gather(*pending)
+            pending = []
+    await asyncio.gather(*pending)
+    return published

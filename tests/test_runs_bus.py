@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sisas.bus.inputs import publish_input
+from sisas.bus.inputs import publish_input, publish_start
 from sisas.bus.orchestrator import REJECTED_SUBJECT, Orchestrator
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus, open_bus
@@ -26,7 +26,7 @@ from sisas.handlers.local import LocalRun
 from sisas.handlers.state import RunState, fold
 from sisas.loader import load_pipelines
 from sisas.signals import Signal, StoredSignal, encode_signal, verify_chain
-from sisas.signals.inputs import CancelRun, StartRun
+from sisas.signals.inputs import CancelRun
 from tests.test_schemas import validator
 
 ROOT = Path(__file__).parent.parent
@@ -40,18 +40,7 @@ async def start(
     bus: Bus, pipeline: str, run_id: str, data: bytes, seed: int = 7, **config: object
 ) -> None:
     digest = await bus.artifacts.put(data)
-    await publish_input(
-        bus.js,
-        StartRun(
-            id=f"start:{run_id}",
-            pipeline=pipeline,
-            run_id=run_id,
-            at=datetime.now(UTC),
-            seed=seed,
-            input_digest=digest,
-            config=config,
-        ),
-    )  # type: ignore[arg-type]
+    await publish_start(bus.js, pipeline, run_id, input_digest=digest, seed=seed, config=config)
 
 
 async def wait_end(bus: Bus, run_id: str, timeout: float = 60) -> tuple[RunState, list[Signal]]:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
+from typing import Any
 
 from nats.js import JetStreamContext
 
 from sisas.bus.connection import refused
 from sisas.errors import BusError, BusUnavailable
-from sisas.signals.inputs import Input, encode_input
+from sisas.signals.inputs import Input, StartRun, encode_input
 from sisas.signals.names import input_subject
 from sisas.telemetry.tracing import inject
 
-__all__ = ["publish_input"]
+__all__ = ["publish_input", "publish_start"]
 
 
 async def publish_input(js: JetStreamContext, inp: Input, *, attempts: int = 20) -> int:
@@ -40,3 +42,27 @@ async def publish_input(js: JetStreamContext, inp: Input, *, attempts: int = 20)
                 ) from None
             await asyncio.sleep(min(1.0, 0.05 * 2**i))
     raise BusError(f"could not publish {inp.id} to {subject}: {last}")
+
+
+async def publish_start(
+    js: JetStreamContext,
+    pipeline: str,
+    run_id: str,
+    *,
+    input_digest: str,
+    seed: int,
+    at: datetime | None = None,
+    **fields: Any,
+) -> int:
+    """Ask for a run: publish its ``start_run`` (id ``start:<run_id>``, stamped now unless
+    ``at`` is given; ``fields`` are StartRun's other fields); its stream sequence."""
+    start = StartRun(
+        id=f"start:{run_id}",
+        pipeline=pipeline,
+        run_id=run_id,
+        at=at or datetime.now(UTC),
+        seed=seed,
+        input_digest=input_digest,
+        **fields,
+    )
+    return await publish_input(js, start)

@@ -120,10 +120,6 @@ class Orchestrator:
             parts = msg.subject.split(".")
             key = f"{parts[2]}.{parts[3]}" if len(parts) == 5 else msg.subject
             by_run.setdefault(key, []).append(msg)
-        if len(by_run) == 1:
-            for msg in msgs:
-                await self._handle_safely(msg)
-            return
 
         async def in_order(run_msgs: list[Msg]) -> None:
             for msg in run_msgs:

@@ -6,14 +6,13 @@ import asyncio
 import json
 import secrets
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sisas.bus.inputs import publish_input
+from sisas.bus.inputs import publish_start
 from sisas.bus.runtime import open_bus
 from sisas.cli.app import cli, console, load_settings, run_async
 from sisas.cli.run_commands import (
@@ -26,7 +25,6 @@ from sisas.cli.run_commands import (
 from sisas.errors import UsageError
 from sisas.loader import load_pipelines
 from sisas.signals import RunCompleted, RunFailed, StoredSignal
-from sisas.signals.inputs import StartRun
 from sisas.telemetry.tracing import run_span
 
 __all__ = ["batch"]
@@ -103,20 +101,16 @@ async def batch(
                 runs[run_id] = name
                 digest = await bus.artifacts.put(data)
                 with run_span(f"run {pipeline}", run_id, pipeline, {"sisas.batch_id": batch_id}):
-                    await publish_input(
+                    await publish_start(
                         bus.js,
-                        StartRun(
-                            id=f"start:{run_id}",
-                            pipeline=pipeline,
-                            run_id=run_id,
-                            at=datetime.now(UTC),
-                            seed=run_seed,
-                            config=config,
-                            batch_id=batch_id,
-                            input_digest=digest,
-                            requested_by="sisas batch",
-                            idempotency_key=f"{batch_id}:{i}",
-                        ),
+                        pipeline,
+                        run_id,
+                        input_digest=digest,
+                        seed=run_seed,
+                        config=config,
+                        batch_id=batch_id,
+                        requested_by="sisas batch",
+                        idempotency_key=f"{batch_id}:{i}",
                     )
             with Progress(
                 TextColumn(f"batch {batch_id}"),

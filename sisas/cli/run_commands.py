@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from sisas.bus.inputs import publish_input
+from sisas.bus.inputs import publish_input, publish_start
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.services import running_services, stop_on_signals
@@ -26,7 +26,7 @@ from sisas.handlers.derive import keyed_run_id
 from sisas.loader import load_pipelines
 from sisas.pipeline import Pipeline
 from sisas.signals import Scalar, StoredSignal, check_name
-from sisas.signals.inputs import CancelRun, StartRun
+from sisas.signals.inputs import CancelRun
 from sisas.telemetry.tracing import fail_span, run_span, span_in_run
 
 __all__ = ["cancel", "named_or_loaded", "orchestrator", "run", "worker"]
@@ -284,22 +284,19 @@ async def start_and_watch(
                 digest = await bus.artifacts.put(data)
             started = datetime.now(UTC)
             with run_span(f"run {pipeline}", run_id, pipeline, attributes) as span:
-                await publish_input(
+                await publish_start(
                     bus.js,
-                    StartRun(
-                        id=f"start:{run_id}",
-                        pipeline=pipeline,
-                        run_id=run_id,
-                        at=started,
-                        seed=run_seed,
-                        input_digest=digest,
-                        config=config,
-                        requested_by=requested_by,
-                        idempotency_key=idempotency_key or "",
-                        resume_of=resume_of or "",
-                        resume_from_phase=from_phase or "",
-                        reuse=resume.reuse if resume else {},
-                    ),
+                    pipeline,
+                    run_id,
+                    input_digest=digest,
+                    seed=run_seed,
+                    at=started,
+                    config=config,
+                    requested_by=requested_by,
+                    idempotency_key=idempotency_key or "",
+                    resume_of=resume_of or "",
+                    resume_from_phase=from_phase or "",
+                    reuse=resume.reuse if resume else {},
                 )
                 if resume is not None and not as_json:
                     console.print(
