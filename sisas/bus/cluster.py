@@ -258,23 +258,34 @@ class LocalCluster:
         )
 
     async def wait_jetstream(self, timeout: float = 30.0) -> None:
-        """Wait until the cluster answers JetStream requests (its meta leader elected)."""
+        """Wait until the cluster can place a stream on every node: its meta leader is
+        elected and every node has joined (right after start, a stream with one replica
+        per node is refused with "no suitable peers for placement" for a moment)."""
         deadline = time.monotonic() + timeout
         nc = await self.connect()
+        probe = {
+            "name": "SISAS_READY_PROBE",
+            "subjects": ["sisas.ready.probe"],
+            "storage": "memory",
+            "num_replicas": len(self.nodes),
+        }
         try:
             while True:
                 try:
-                    reply = await nc.request("$JS.API.INFO", b"", timeout=1)
+                    reply = await nc.request(
+                        "$JS.API.STREAM.CREATE.SISAS_READY_PROBE", json.dumps(probe).encode(), 2
+                    )
                     if b'"error"' not in reply.data:
+                        await nc.request("$JS.API.STREAM.DELETE.SISAS_READY_PROBE", b"", 2)
                         return
                 except Exception:
                     pass
                 if time.monotonic() > deadline:
                     raise EmbeddedServerError(
-                        f"the cluster elected no JetStream leader within {timeout:.0f}s: "
-                        f"see the logs in {self.folder}"
+                        f"the cluster could not place a stream on all {len(self.nodes)} nodes "
+                        f"within {timeout:.0f}s: see the logs in {self.folder}"
                     )
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.2)
         finally:
             await nc.close()
 
