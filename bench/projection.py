@@ -7,8 +7,9 @@ checks, retries and failures) into the log of an embedded nats-server, then, eac
 fresh child process so peak RSS is its own:
 
 - raw:   read every message of the stream with the reader the projector uses (an
-         ephemeral pull consumer), touching the bytes, no decoding: the limit; and with
-         nats-py's ordered push consumer, for reference;
+         ephemeral pull consumer whose messages skip nats-py's Msg layer), touching the
+         bytes, no decoding: the limit; and, for reference, the same pull requests
+         through nats-py's Msg layer and nats-py's ordered push consumer;
 - fold:  `Projector.catch_up` from an empty DuckDB file: decode and verify every signal,
          evolve its run's state, write the rows and the checkpoint batch by batch;
 - digest: the state digest over all tables (what `projections rebuild` computes twice).
@@ -33,7 +34,7 @@ from pathlib import Path
 from bench.synthetic import publish_runs
 from sisas.bus.embedded import EmbeddedServer
 from sisas.bus.jetstream_log import JetStreamLog
-from sisas.bus.pull_reader import read_range
+from sisas.bus.pull_reader import read_range, read_range_msgs
 from sisas.bus.runtime import open_bus
 from sisas.bus.settings import Settings
 from sisas.bus.streams import LOG_STREAM
@@ -63,6 +64,10 @@ async def child_raw(url: str, how: str) -> dict[str, float]:
         start, total, count = time.perf_counter(), 0, 0
         if how == "pull":  # what the projector reads with
             async for _, _, data in read_range(bus.nc, LOG_STREAM, "sisas.run.>", 1, last):
+                total += len(data)
+                count += 1
+        elif how == "msgs":  # the same pull consumer through nats-py's Msg layer
+            async for _, _, data in read_range_msgs(bus.nc, LOG_STREAM, "sisas.run.>", 1, last):
                 total += len(data)
                 count += 1
         elif how == "hash":  # the raw limit of verifying a stored hash chain: read, sha256
@@ -139,10 +144,13 @@ def main(n: int, rounds: int) -> dict[str, float]:
                 )
                 raws, folds, digests, rss_raw, rss_fold, ordered = [], [], [], [], [], []
                 hashes: list[float] = []
+                msgs: list[float] = []
                 verifies: list[float] = []
                 for r in range(rounds):
                     push = await asyncio.to_thread(_child, "_raw", server.url, "ordered")
                     ordered.append(push["messages"] / push["seconds"])
+                    pulled = await asyncio.to_thread(_child, "_raw", server.url, "msgs")
+                    msgs.append(pulled["messages"] / pulled["seconds"])
                     raw = await asyncio.to_thread(_child, "_raw", server.url, "pull")
                     path = str(Path(tmp) / f"fold{r}.duckdb")
                     fold = await asyncio.to_thread(_child, "_fold", server.url, path)
@@ -167,7 +175,11 @@ def main(n: int, rounds: int) -> dict[str, float]:
                     )
                 raw_rate, fold_rate = statistics.median(raws), statistics.median(folds)
                 print(f"medians over {rounds} round(s), {stored:,} signals:")
-                print(f"  raw read (pull reader, no decoding)       {raw_rate:>10,.0f} signals/s")
+                print(f"  raw read (sisas raw reader, no decoding)  {raw_rate:>10,.0f} signals/s")
+                print(
+                    f"  raw read (nats-py Msg, same pull requests) "
+                    f"{statistics.median(msgs):>9,.0f} signals/s"
+                )
                 print(
                     f"  raw read (nats-py ordered consumer)       "
                     f"{statistics.median(ordered):>10,.0f} signals/s"
@@ -190,6 +202,7 @@ def main(n: int, rounds: int) -> dict[str, float]:
                     "signals": stored,
                     "raw_read_per_s": raw_rate,
                     "ordered_read_per_s": statistics.median(ordered),
+                    "msgs_read_per_s": statistics.median(msgs),
                     "fold_per_s": fold_rate,
                     "digest_rows_per_s": statistics.median(digests),
                     "rss_raw_mib": max(rss_raw),

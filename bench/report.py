@@ -181,6 +181,14 @@ def _append(r: dict[str, float]) -> list[Row]:
     ]
 
 
+def _msgs_note(r: dict[str, float], rate: float) -> str:
+    """The same rate against nats-py's own reader (a ``Msg`` per message)."""
+    if "msgs_read_per_s" not in r:
+        return ""
+    msgs = r["msgs_read_per_s"]
+    return f"nats-py Msg reader {msgs:,.0f}/s: ratio {rate / msgs:.2f}"
+
+
 def _projection(r: dict[str, float]) -> list[Row]:
     n = int(r["signals"])
     return [
@@ -190,9 +198,10 @@ def _projection(r: dict[str, float]) -> list[Row]:
             r["fold_per_s"],
             "signals/s",
             r["raw_read_per_s"],
-            "raw stream read",
+            "raw stream read (sisas' raw reader)",
             r["fold_per_s"] / r["raw_read_per_s"],
             0.5,
+            note=_msgs_note(r, r["fold_per_s"]),
         ),
         Row(
             "projection",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import nats
 import pytest
 from nats.js.api import StreamConfig
 from nats.js.errors import APIError
 
 from sisas.bus.jetstream_log import JetStreamLog
+from sisas.bus.pull_reader import read_range
+from sisas.bus.raw_client import Client
 from sisas.bus.runtime import Bus
 from sisas.signals import LogGap, StoredSignal, encode_signal
 from tests.log_contract import Inject, LogContract, collect, run_signals
@@ -70,3 +73,33 @@ async def test_follow_reports_holes_in_the_stream_as_gaps(bus: Bus) -> None:
         StoredSignal(stream_seq=5, signal=sigs[4]),
     ]
     await leaky.close()
+
+
+async def test_both_range_readers_give_every_message_across_batches_and_holes(bus: Bus) -> None:
+    """The raw reader (every sisas connection) and the ``Msg`` reader (plain nats-py)
+    read the same (sequence, subject, bytes), past one pull request's 4,096 messages,
+    around deleted messages, from a middle start, and stop at ``last``."""
+    await bus.js.add_stream(StreamConfig(name="RANGE", subjects=["range.>"]))
+    acks = [bus.js.publish(f"range.s{i % 3}", b"m%d" % i) for i in range(1, 9001)]
+    for ack in acks:
+        await ack
+    gone = (1, 4096, 4097, 5000)
+    for seq in gone:
+        await bus.js.delete_msg("RANGE", seq)
+    assert isinstance(bus.nc, Client)
+    plain = await nats.connect(bus.nc.connected_url.geturl())  # type: ignore[union-attr]
+    try:
+        for first, last in ((1, 9000), (4000, 8999), (8999, 9000), (9001, 9000)):
+            raw = [x async for x in read_range(bus.nc, "RANGE", "range.>", first, last)]
+            msgs = [x async for x in read_range(plain, "RANGE", "range.>", first, last)]
+            kept = [s for s in range(first, last + 1) if s not in gone]
+            assert raw == msgs
+            assert [seq for seq, _, _ in raw] == kept
+            assert all(d == b"m%d" % s and subj == f"range.s{s % 3}" for s, subj, d in raw)
+        only = [x async for x in read_range(bus.nc, "RANGE", "range.s1", 1, 9000)]
+        gone = (1, 4096, 4097, 5000)
+        assert [s for s, _, _ in only] == [
+            s for s in range(1, 9001) if s % 3 == 1 and s not in gone
+        ]
+    finally:
+        await plain.close()

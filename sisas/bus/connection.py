@@ -13,6 +13,7 @@ import weakref
 import nkeys
 from nats.aio.client import Client as NATS
 
+from sisas.bus.raw_client import Client
 from sisas.bus.settings import Settings
 from sisas.errors import BusUnavailable, UsageError
 
@@ -118,7 +119,7 @@ async def connect(url: str, settings: Settings, *, name: str = "sisas") -> NATS:
 
     servers = [u.strip() for u in url.split(",") if u.strip()]
     seed = _nkey_seed(settings)
-    nc = NATS()
+    nc = Client()
     try:
         await asyncio.wait_for(
             nc.connect(
