@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import pytest
 from pydantic import BaseModel
 
@@ -25,6 +27,8 @@ from sisas.signals import (
     PhaseScheduled,
     PhaseSkipped,
     RunFailed,
+    RunStarted,
+    decode_signal,
     encode_signal,
 )
 from sisas.signals.inputs import CancelRun, PhaseReport, StartRun
@@ -361,3 +365,29 @@ def test_an_outcome_that_overtakes_its_started_report_records_the_start_first() 
     assert "phase_completed" in [s.kind for s in out]
     late = PhaseReport(id="l", phase=first.phase, attempt=0, status="started", **common)  # type: ignore[arg-type]
     assert decide(fold([*signals, *out]), late, plans) == []  # type: ignore[arg-type]
+
+
+def test_folded_runs_share_equal_plans_and_a_forged_plan_stays_its_own() -> None:
+    """Thousands of cached run states hold one plan per pipeline version (memory and
+    the garbage collector's work), and the signals and states it keeps are not tracked
+    by the collector; sharing goes by equality, so a plan changed under a known
+    fingerprint is folded as it was recorded."""
+    a, b = run_of(clustering, run_id="r1"), run_of(clustering, run_id="r2")
+    stored_a = [decode_signal(encode_signal(s)) for s in a.signals]  # as read from a log
+    stored_b = [decode_signal(encode_signal(s)) for s in b.signals]
+    assert stored_a[1].body is not stored_b[1].body
+    plan_a, plan_b = fold(stored_a).plan, fold(stored_b).plan
+    assert plan_a is not None and plan_a is plan_b
+    started = stored_b[1]
+    assert isinstance(started.body, RunStarted) and started.body.plan is not None
+    changed = msgspec.structs.replace(
+        started.body.plan, phases=started.body.plan.phases[:-1]
+    )  # same fingerprint, one phase fewer
+    forged = msgspec.structs.replace(
+        started, body=msgspec.structs.replace(started.body, plan=changed)
+    )
+    state = fold([stored_b[0], forged])
+    assert state.plan == changed and state.plan is not plan_a
+    assert len(state.phases) == len(plan_a.phases) - 1
+    for obj in (a.signals[-1], a.signals[-1].body, a.state, plan_a, plan_a.phases[0]):
+        assert not gc.is_tracked(obj), type(obj).__name__

@@ -57,7 +57,7 @@ _STATE_JSON = msgspec.json.Encoder(order="sorted")
 TERMINAL_RUN: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 
-class ItemState(msgspec.Struct, frozen=True, kw_only=True):
+class ItemState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One item of a fanned-out phase."""
 
     status: PhaseStatus = "pending"
@@ -71,7 +71,7 @@ class ItemState(msgspec.Struct, frozen=True, kw_only=True):
     """The artifact of a failed attempt's output (failed its exit contract or an invariant)."""
 
 
-class PhaseState(msgspec.Struct, frozen=True, kw_only=True):
+class PhaseState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A phase of a run: where it is, its latest attempt, its output or error."""
 
     status: PhaseStatus = "pending"
@@ -96,7 +96,7 @@ class PhaseState(msgspec.Struct, frozen=True, kw_only=True):
     """When it last completed, failed, timed out or was skipped."""
 
 
-class RunState(msgspec.Struct, frozen=True, kw_only=True):
+class RunState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Everything the orchestrator knows about a run, rebuilt from its log."""
 
     run_id: str
@@ -148,6 +148,25 @@ def check_key(signal: Signal, name: str, item: int | None) -> str:
     return f"{signal.phase}{suffix}:{name}"
 
 
+_PLANS: dict[str, PipelinePlan] = {}
+
+
+def _shared(plan: PipelinePlan | None) -> PipelinePlan | None:
+    """One object for equal plans: runs of a pipeline version hold the same plan, and
+    a process folding thousands of runs keeps one copy (and the garbage collector one
+    set of its lists) instead of one per run. Equality, not the fingerprint, decides:
+    a forged plan under a known fingerprint stays its own object."""
+    if plan is None:
+        return None
+    known = _PLANS.get(plan.fingerprint)
+    if known is not None and known == plan:
+        return known
+    if len(_PLANS) >= 256:
+        _PLANS.clear()
+    _PLANS[plan.fingerprint] = plan
+    return plan
+
+
 def evolve(state: RunState, signal: Signal) -> RunState:
     """The state after ``signal``. Pure; unknown combinations leave the state as is."""
     state = replace(state, head=ChainHead.after(signal))
@@ -170,7 +189,7 @@ def evolve(state: RunState, signal: Signal) -> RunState:
             state,
             status="running",
             seed=body.seed,
-            plan=body.plan,
+            plan=_shared(body.plan),
             config=dict(body.config),
             phases=phases,
             started_at=signal.at,

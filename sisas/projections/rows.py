@@ -7,7 +7,6 @@ digest of a live projection and of a rebuild agree. Tuples follow the column ord
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeAlias
 
@@ -64,8 +63,7 @@ def out_of_range(s: Signal) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class Tracked:
+class Tracked(msgspec.Struct, frozen=True, gc=False):
     """A run as the projector holds it: its folded state and where its signals lie."""
 
     state: RunState

@@ -19,7 +19,12 @@ UtcTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 class Signal(
-    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    omit_defaults=True,
+    forbid_unknown_fields=True,
+    gc=False,
 ):
     """One immutable fact about a run.
 

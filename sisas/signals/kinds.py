@@ -67,11 +67,17 @@ _OPTS: Final = {
     "omit_defaults": True,
     "forbid_unknown_fields": True,
     "tag_field": "kind",
+    "gc": False,
 }
 
 
 class ErrorInfo(
-    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    omit_defaults=True,
+    forbid_unknown_fields=True,
+    gc=False,
 ):
     """What went wrong: ``kind`` is one of :data:`ErrorKind`."""
 

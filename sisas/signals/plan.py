@@ -13,7 +13,12 @@ __all__ = ["PhasePlan", "PipelinePlan"]
 
 
 class PhasePlan(
-    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    omit_defaults=True,
+    forbid_unknown_fields=True,
+    gc=False,
 ):
     """One phase as the orchestrator sees it: dependencies and policies, no code."""
 
@@ -36,7 +41,12 @@ class PhasePlan(
 
 
 class PipelinePlan(
-    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    omit_defaults=True,
+    forbid_unknown_fields=True,
+    gc=False,
 ):
     """A pipeline version: its phases in a topological order and its fingerprint.
 

@@ -19,14 +19,14 @@ from sisas.signals.names import log_subject, parse_log_subject
 __all__ = ["CorruptMessage", "LogGap", "LogRecord", "StoredSignal", "decode_record"]
 
 
-class StoredSignal(msgspec.Struct, frozen=True, kw_only=True):
+class StoredSignal(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A verified signal and the stream sequence it is stored at."""
 
     stream_seq: int
     signal: Signal
 
 
-class CorruptMessage(msgspec.Struct, frozen=True, kw_only=True):
+class CorruptMessage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A message on a log subject that is not a valid signal, and why."""
 
     stream_seq: int
@@ -35,7 +35,7 @@ class CorruptMessage(msgspec.Struct, frozen=True, kw_only=True):
     size: int = 0
 
 
-class LogGap(msgspec.Struct, frozen=True, kw_only=True):
+class LogGap(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Stream sequences ``first..last`` are missing: the broker lost or skipped them."""
 
     first: int
