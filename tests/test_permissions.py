@@ -161,6 +161,8 @@ class Secured:
             timeout=5.0,
             nkey=self.keys / f"{role}.nk",
             signing_key=self.keys / "signing.nk" if role == "orchestrator" else None,
+            # as worker.env has it: the worker runs only work the orchestrator signed
+            trusted_keys=frozenset({self.signing_public}) if role == "worker" else frozenset(),
         )
 
     def seed(self, role: str) -> Path:
@@ -347,8 +349,10 @@ async def test_each_role_may_do_its_work_and_the_server_refuses_it_the_rest(
             "worker",
             "take work, run phases, put outputs, report",
             "allowed",
-            "allowed" if ended == "run_completed" and worker.completed >= 2 else "refused",
-            f"run p1 {ended}, {worker.completed} phases done",
+            "allowed"
+            if ended == "run_completed" and worker.completed >= 2 and worker.trusted
+            else "refused",
+            f"run p1 {ended}, {worker.completed} signed phases done",
         )
         m.add(
             "orchestrator",
@@ -863,7 +867,7 @@ def test_security_init_writes_private_keys_and_a_config_the_server_accepts(
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o600, name
     env = {r.name: env_file(out / f"{r.name}.env") for r in ROLES}
     assert env["orchestrator"]["SISAS_SIGNING_KEY"] == str(out / "signing.nk")
-    for name in ("operator", "auditor"):
+    for name in ("orchestrator", "operator", "worker", "auditor"):
         assert env[name]["SISAS_TRUSTED_KEYS"] == made["signing_public_key"]
     for name in ("orchestrator", "operator", "worker", "auditor"):
         assert env[name]["SISAS_NATS_NKEY"] == str(out / f"{name}.nk")

@@ -8,9 +8,10 @@ block, an env file per role, and the orchestrator's signing key.
     auth.conf     ``authorization { users: [...] }`` for nats-server (public keys only)
     signing.nk    the orchestrator's ed25519 signing key (mode 0600), kept on --force
 
-Signing is on in this profile: orchestrator.env sets ``SISAS_SIGNING_KEY``;
-operator.env and auditor.env set ``SISAS_TRUSTED_KEYS``, so ``sisas replay verify``
-requires every signal to be signed by that key.
+Signing is on in this profile: orchestrator.env sets ``SISAS_SIGNING_KEY``, and every
+sisas role's env file sets ``SISAS_TRUSTED_KEYS`` to its public key: ``sisas replay
+verify`` then requires every signal to be signed by that key, and a worker (``sisas
+worker``, or the one ``sisas up --pipelines`` runs) executes only work it signed.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ __all__ = ["AUTH_FILE", "SIGNING_FILE", "Profile", "init_profile", "user_seed"]
 
 AUTH_FILE: Final = "auth.conf"
 SIGNING_FILE: Final = "signing.nk"
-_TRUSTING: Final = ("operator", "auditor")
+_TRUSTING: Final = ("orchestrator", "operator", "worker", "auditor")
+"""Roles whose env file sets SISAS_TRUSTED_KEYS: verifiers, and whoever runs a worker."""
 
 
 @dataclass

@@ -13,6 +13,7 @@
 | ``SISAS_PORT`` | client port of the embedded server (0: any free port) | 0 |
 | ``SISAS_SYNC`` | embedded JetStream ``sync_interval`` (``always`` or a duration) | ``always`` |
 | ``SISAS_SIGNING_KEY`` | nkey seed file: the orchestrator signs every signal it appends | none |
+| ``SISAS_TRUSTED_KEYS`` | public keys (space-separated): workers run only what they signed | none |
 | ``SISAS_TIMEOUT`` | seconds to wait for the server on connect and each request | 5 |
 """
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sisas.errors import UsageError
+from sisas.signals.signing import public_key_bytes
 
 __all__ = ["Settings"]
 
@@ -48,6 +50,9 @@ class Settings:
     sync: str = "always"
     timeout: float = 5.0
     signing_key: Path | None = None
+    trusted_keys: frozenset[str] = frozenset()
+    """Public nkeys of the orchestrators' signing keys. Non-empty: a worker executes only
+    ``phase_scheduled`` signals signed by one of them (:mod:`sisas.bus.worker`)."""
 
     @property
     def embedded(self) -> bool:
@@ -84,6 +89,7 @@ class Settings:
             sync=env.get("SISAS_SYNC") or "always",
             timeout=_float(env, "SISAS_TIMEOUT", 5.0),
             signing_key=_file(env, "SISAS_SIGNING_KEY"),
+            trusted_keys=_public_keys(env, "SISAS_TRUSTED_KEYS"),
         )
         if settings.creds and settings.nkey:
             raise UsageError(
@@ -123,6 +129,25 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     if value <= 0:
         raise UsageError(f"{name}={value} must be positive")
     return value
+
+
+def _public_keys(env: Mapping[str, str], name: str) -> frozenset[str]:
+    keys = frozenset((env.get(name) or "").split())
+    for key in sorted(keys):
+        if key.startswith("S"):  # never echo a secret, not even its first characters
+            raise UsageError(
+                f"{name} holds an nkey seed, which is a secret: list public keys instead "
+                "(`sisas keys public signing.nk` prints one) and keep seeds on the "
+                "orchestrators"
+            )
+        try:
+            public_key_bytes(key)
+        except ValueError as exc:
+            raise UsageError(
+                f"{name}: {exc}: list the public keys of the orchestrators' signing keys "
+                "(`sisas keys public signing.nk`), separated by spaces"
+            ) from None
+    return keys
 
 
 def _file(env: Mapping[str, str], name: str) -> Path | None:

@@ -14,6 +14,11 @@ answer whether the run is still going: no report crosses ``SISAS_IN`` and no rea
 log is needed to skip the work of an ended run. The work itself still comes through the
 shared consumer, which is what makes one worker at a time take it, and is acknowledged
 only once its outcome's signals are in the log.
+
+With trusted keys (``SISAS_TRUSTED_KEYS``, or ``trusted_keys=``) a worker executes only
+``phase_scheduled`` signals signed by one of them (:func:`sisas.handlers.trust.refusal`);
+any other is refused, never executed, and reported as a failed attempt (see
+:meth:`Worker._refuse`). Without trusted keys every scheduled phase is executed.
 """
 
 from __future__ import annotations
@@ -43,12 +48,14 @@ from sisas.errors import ArtifactNotFound, BusError
 from sisas.faults import failpoint
 from sisas.handlers.execute import Outcome, PhaseInputs, execute_phase
 from sisas.handlers.state import RunState
+from sisas.handlers.trust import refusal
 from sisas.pipeline import Pipeline
 from sisas.signals.envelope import Signal
 from sisas.signals.inputs import PhaseReport
 from sisas.signals.kinds import ErrorInfo, PhaseScheduled, RunStarted
 from sisas.signals.names import LOG_PREFIX
 from sisas.signals.records import StoredSignal, decode_record
+from sisas.signals.signing import SignatureCheck
 from sisas.telemetry import metrics
 from sisas.telemetry.tracing import describe_attempt, message_span
 
@@ -89,7 +96,9 @@ class Worker:
     """Runs the phases of ``pipelines``, ``concurrency`` at a time.
 
     ``local``: an orchestrator in this process to hand reports to (None: every report
-    is published to ``SISAS_IN``).
+    is published to ``SISAS_IN``). ``trusted_keys``: the public keys whose signature a
+    ``phase_scheduled`` must carry to be executed (None: ``bus.settings.trusted_keys``,
+    from ``SISAS_TRUSTED_KEYS``; empty: no signature is required).
     """
 
     def __init__(
@@ -101,14 +110,18 @@ class Worker:
         concurrency: int = 1,
         ack_wait: float = 30.0,
         local: LocalOrchestrator | None = None,
+        trusted_keys: frozenset[str] | None = None,
     ) -> None:
         self.bus = bus
+        self.trusted = bus.settings.trusted_keys if trusted_keys is None else trusted_keys
         self.local = local
         self.pipelines = pipelines
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.concurrency = max(1, concurrency)
         self.ack_wait = ack_wait
         self.completed = 0
+        self.refused = 0
+        """Scheduled phases refused for their signature (never executed)."""
         self._slots = asyncio.Semaphore(self.concurrency)
         self._configs: dict[str, dict[str, Any]] = {}
 
@@ -208,6 +221,10 @@ class Worker:
             await msg.term()
             return
         signal, body = rec.signal, rec.signal.body
+        refused = refusal(signal, self.trusted)
+        if refused is not None:  # before anything else: nothing in it is to be acted on
+            await self._refuse(msg, signal, body, refused)
+            return
         if self.local is None and await self._ended(signal.run_id):
             await msg.ack()  # the run ended (cancelled, failed elsewhere): nothing to do
             return
@@ -265,6 +282,39 @@ class Worker:
             outcome.invariants,
         )
         self.completed += 1
+
+    async def _refuse(
+        self, msg: Msg, signal: Signal, body: PhaseScheduled, check: SignatureCheck
+    ) -> None:
+        """Refuse a scheduled phase whose signature is missing, invalid or untrusted.
+
+        The phase function is not called and no input is read. The refusal is logged
+        (what was wrong, the fix) and counted (``sisas.worker.refused``), then reported
+        like work that cannot be done (:meth:`_give_up`): a failed attempt, not
+        retryable, whose error is that message. The orchestrator records it in the log
+        (``phase_failed``, signed) where ``sisas show``, the dashboard and auditors see
+        it, and the run fails if the phase is fatal: its log holds a signal no trusted
+        key signed, so its result cannot be trusted, and a retry would have the
+        orchestrator sign work it never decided. A report the run cannot take (a run
+        no orchestrator started) is rejected and recorded on ``sisas.in._._.rejected``;
+        the forged signal itself stays in the log, where ``sisas replay verify`` names
+        it. The message is then terminated: redelivering it would refuse it again, so
+        it is never retried and never stops the worker. A report that cannot be sent
+        (the server is away) is retried like any other (the message is nak'ed).
+        """
+        seq = msg.metadata.sequence.stream
+        log.error("refused the work at log seq %s: %s", seq, check.message)
+        metrics.record_refused(signal.pipeline, signal.phase, check.status)
+        self.refused += 1
+        why = f"the worker {self.name} refused this attempt: {check.message}"
+        error = ErrorInfo(
+            kind="HardFailure",
+            message=why[:1000],
+            retryable=False,
+            detail=f"signature {check.status}" + (f" by {check.signer}" if check.signer else ""),
+        )
+        await self._report(signal, body, "failed", Outcome(status="failed", error=error))
+        await msg.term()
 
     async def _ended(self, run_id: str) -> bool:
         """Whether the run's last signal ends it (cancelled, failed elsewhere)."""

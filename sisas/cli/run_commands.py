@@ -382,14 +382,20 @@ async def worker(
         )
     async with open_bus(load_settings(), name="sisas-worker") as bus:
         w = Worker(bus, pipes, concurrency=concurrency, ack_wait=ack_wait, name=name)
+        trust = (
+            f"runs only work signed by {len(w.trusted)} trusted key(s)"
+            if w.trusted
+            else "no signature required (SISAS_TRUSTED_KEYS unset)"
+        )
         err_console.print(
             f"worker {w.name} on {bus.url}: {', '.join(sorted(pipes))} "
-            f"(concurrency {concurrency}); Ctrl-C to stop"
+            f"(concurrency {concurrency}; {trust}); Ctrl-C to stop"
         )
         stop = asyncio.Event()
         stop_on_signals(stop)
         await w.run(stop)
-    err_console.print(f"worker stopped after {w.completed} phase attempts")
+    refused = f", {w.refused} refused (signature)" if w.refused else ""
+    err_console.print(f"worker stopped after {w.completed} phase attempts{refused}")
 
 
 @cli.command()

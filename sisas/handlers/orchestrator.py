@@ -150,6 +150,11 @@ def rejection(state: RunState, inp: Input) -> str | None:
         return f"no run {inp.run_id} in the log: a {kind} for a run that was never started"
     if not isinstance(inp, PhaseReport):
         return None
+    if state.status == "new":  # signals, but no run_requested: no orchestrator began it
+        return (
+            f"run {inp.run_id} was never started (its log has no run_requested): a report "
+            "on work no orchestrator decided; check the run with `sisas replay verify`"
+        )
     if inp.phase not in state.phases:
         return f"run {inp.run_id} has no phase {inp.phase!r}: a report for a phase never scheduled"
     phase = state.phase(inp.phase)

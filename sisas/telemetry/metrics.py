@@ -1,5 +1,5 @@
 """The metrics sisas records: phase attempts, durations, retries, contract and
-invariant failures, circuit state, runs ended and rejected inputs.
+invariant failures, circuit state, runs ended, rejected inputs and refused work.
 
 Instruments come from the global meter provider, so they are no-ops until one is
 installed (:func:`sisas.telemetry.setup.install` or the application's own SDK setup).
@@ -17,7 +17,7 @@ from sisas.handlers.circuit import Circuit
 from sisas.signals.envelope import Signal
 from sisas.signals.inputs import ContractResult, InvariantResult
 
-__all__ = ["record_attempt", "record_decision", "record_rejected"]
+__all__ = ["record_attempt", "record_decision", "record_refused", "record_rejected"]
 
 _meter = metrics.get_meter("sisas")
 _attempts = _meter.create_counter(
@@ -53,6 +53,11 @@ _rejected = _meter.create_counter(
     "sisas.inputs.rejected",
     unit="{message}",
     description="Messages on SISAS_IN the orchestrator rejected as not valid",
+)
+_refused = _meter.create_counter(
+    "sisas.worker.refused",
+    unit="{attempt}",
+    description="Scheduled phases a worker refused: unsigned, invalid or untrusted signature",
 )
 ENDINGS = {"run_completed": "completed", "run_failed": "failed", "run_cancelled": "cancelled"}
 
@@ -97,3 +102,11 @@ def record_decision(
 def record_rejected() -> None:
     """The orchestrator rejected a message on ``SISAS_IN``."""
     _rejected.add(1)
+
+
+def record_refused(pipeline: str, phase: str, signature: str) -> None:
+    """A worker refused a scheduled phase for its ``signature`` (unsigned, invalid,
+    untrusted)."""
+    _refused.add(
+        1, {"sisas.pipeline": pipeline, "sisas.phase": phase, "sisas.signature": signature}
+    )
