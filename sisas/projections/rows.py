@@ -45,18 +45,34 @@ _INT32_FIELDS = ("item", "items", "item_count", "next_attempt")
 """Body fields stored in INTEGER columns (directly, or through the run's state)."""
 
 
+def _bounded(body_type: type) -> tuple[tuple[str, range], ...]:
+    """The body fields of ``body_type`` stored in INTEGER or BIGINT columns."""
+    fields = getattr(body_type, "__struct_fields__", ())
+    out = tuple((name, _INT32) for name in _INT32_FIELDS if name in fields)
+    return out + ((("seed", _INT64),) if "seed" in fields else ())
+
+
+_BOUNDED: dict[type, tuple[tuple[str, range], ...]] = {}
+
+
 def out_of_range(s: Signal) -> str | None:
     """Why ``s`` cannot be stored (a number past its column's type), or None.
 
     The orchestrator never writes such numbers; a signal appended by someone else may,
     and it must become a rejected row rather than a batch that can never be written.
     """
-    numbers: list[tuple[str, object, range]] = [("seq", s.seq, _INT32)]
-    numbers.append(("attempt", s.attempt, _INT32))
-    numbers += [(name, getattr(s.body, name, None), _INT32) for name in _INT32_FIELDS]
-    numbers.append(("seed", getattr(s.body, "seed", None), _INT64))
-    resources = getattr(s.body, "resources", None)
-    numbers.append(("peak_rss_bytes", getattr(resources, "peak_rss_bytes", None), _INT64))
+    body = s.body
+    bounded = _BOUNDED.get(type(body))
+    if bounded is None:
+        bounded = _BOUNDED[type(body)] = _bounded(type(body))
+    numbers: list[tuple[str, object, range]] = [
+        ("seq", s.seq, _INT32),
+        ("attempt", s.attempt, _INT32),
+    ]
+    numbers += [(name, getattr(body, name), valid) for name, valid in bounded]
+    resources = getattr(body, "resources", None)
+    if resources is not None:
+        numbers.append(("peak_rss_bytes", getattr(resources, "peak_rss_bytes", None), _INT64))
     for name, value, valid in numbers:
         if isinstance(value, int) and value not in valid:
             return f"signal {s.id}: {name} {value} is out of range (at most {valid.stop - 1})"
