@@ -66,7 +66,11 @@ def spawn_nats(tmp: Path, *extra: str) -> NatsServer:
     while True:
         log = (tmp / "nats.log").read_text() if (tmp / "nats.log").exists() else ""
         if ports.exists() and "Server is ready" in log:
-            url = json.loads(ports.read_text())["nats"][0]
+            try:  # the server may be halfway through writing the file
+                url = json.loads(ports.read_text())["nats"][0]
+            except (ValueError, KeyError, IndexError):
+                time.sleep(0.01)
+                continue
             return NatsServer(url=url, pid=proc.pid, store=tmp / "store", proc=proc)
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
