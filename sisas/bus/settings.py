@@ -2,7 +2,7 @@
 
 | variable | meaning | default |
 |---|---|---|
-| ``SISAS_HOME`` | data folder: embedded server store, projections, server.json | ``./.sisas`` |
+| ``SISAS_HOME`` | data folder: embedded store, projections, server.json | nearest ``.sisas`` up |
 | ``SISAS_NATS_URL`` | NATS server or cluster (comma-separated URLs); nothing spawned | embedded |
 | ``SISAS_NATS_CREDS`` | credentials file (JWT + nkey seed) | none |
 | ``SISAS_NATS_NKEY`` | nkey seed file of a NATS user (``sisas security init`` writes them) | none |
@@ -28,7 +28,19 @@ from pathlib import Path
 from sisas.errors import UsageError
 from sisas.signals.signing import public_key_bytes
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "find_home"]
+
+
+def find_home(start: Path | None = None) -> Path:
+    """The data folder when ``SISAS_HOME`` is unset: ``.sisas`` in ``start`` (the current
+    folder) or in the nearest parent holding one, as git finds ``.git``, so a command
+    run from a subfolder of a project sees that project's server and runs; ``.sisas``
+    here (created on first use) when no parent has one."""
+    here = Path.cwd() if start is None else start
+    found = next((f for f in (here, *here.parents) if (f / ".sisas").is_dir()), here)
+    if start is None and found == here:
+        return Path(".sisas")  # relative, as before: messages name ./.sisas
+    return found / ".sisas"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +86,7 @@ class Settings:
         url = env.get("SISAS_NATS_URL") or None
         replicas = _int(env, "SISAS_REPLICAS", 3 if url else 1, 1, 5)
         settings = cls(
-            home=Path(env.get("SISAS_HOME") or ".sisas").expanduser(),
+            home=Path(env["SISAS_HOME"]).expanduser() if env.get("SISAS_HOME") else find_home(),
             nats_url=url,
             creds=_file(env, "SISAS_NATS_CREDS"),
             nkey=_file(env, "SISAS_NATS_NKEY"),
