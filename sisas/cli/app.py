@@ -70,7 +70,23 @@ def run_async(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Sisas(click.Group):
+    """The root group: a :class:`SisasError` from any command, sync or async, is one
+    line on stderr and its exit code (2 for usage errors), never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # Subcommands run inside this call, so every command (and group) is covered:
+        # run_async maps errors of async commands itself, this catches the sync ones.
+        try:
+            return super().invoke(ctx)
+        except SisasError as exc:
+            fail(str(exc), exc.exit_code)
+
+
+@click.group(
+    cls=_Sisas,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, "--version", "-V", prog_name="sisas")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) on stderr.")
 def cli(verbose: int) -> None:

@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -16,22 +17,58 @@ from sisas.cli.app import cli, console, err_console, load_settings, run_async
 from sisas.errors import UsageError
 from sisas.handlers.triggers import Rule, evaluate, message_id, parse_rules
 
-__all__ = ["load_rules", "triggers"]
+__all__ = ["load_rules", "read_message", "triggers"]
 
 DEFAULT_FILE = "sisas.toml"
 
 
-def load_rules(path: str | None) -> list[Rule]:
-    """The rules in ``path`` (default ./sisas.toml). Raises UsageError naming the fix."""
+def load_rules(path: str | None, *, fix: str = "pass --triggers FILE") -> list[Rule]:
+    """The rules in ``path`` (default ./sisas.toml). Raises UsageError naming the fix,
+    ``fix`` being how the command that asked is given a rules file."""
     file = Path(path or DEFAULT_FILE)
     try:
         text = file.read_text()
     except FileNotFoundError:
         hint = "" if path else f" (the default, {DEFAULT_FILE} in this folder)"
-        raise UsageError(f"no rules file {file}{hint}: pass --triggers FILE") from None
+        raise UsageError(f"no rules file {file}{hint}: {fix}") from None
     except OSError as exc:
-        raise UsageError(f"cannot read {file}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {file}: {exc.strerror}; {fix}") from None
     return parse_rules(text, str(file))
+
+
+def read_message(message: str) -> tuple[str, Any]:
+    """MESSAGE of ``triggers test`` (the text of the file it names, or itself as JSON
+    text) and its decoded JSON. Raises UsageError: no such file, an unreadable file, or
+    text that is not JSON."""
+    path = Path(message)
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError):  # JSON text too long, or not fit, for a file name
+        is_file = False
+    text, what = message, "the message"
+    if is_file:
+        try:
+            text, what = path.read_text(), message
+        except (OSError, ValueError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise UsageError(f"cannot read {message} ({why}): pass a readable JSON file") from None
+    try:
+        return text, json.loads(text)
+    except ValueError as exc:
+        if not is_file and _looks_like_a_path(message):
+            raise UsageError(
+                f"no such file {message}: pass an existing JSON file as MESSAGE, "
+                "or the message itself as JSON text"
+            ) from None
+        raise UsageError(f"{what} is not JSON ({exc}): pass a JSON file or JSON text") from None
+
+
+def _looks_like_a_path(text: str) -> bool:
+    """Whether MESSAGE was meant as a file name rather than as (broken) JSON text."""
+    stripped = text.strip()
+    if not stripped or stripped[0] in '{["-0123456789' or stripped in ("true", "false", "null"):
+        return False
+    return "/" in stripped or stripped.endswith(".json") or not any(c.isspace() for c in stripped)
 
 
 @cli.group()
@@ -68,15 +105,10 @@ def test_rules(rules_file: str, message: str, subject: str | None, as_json: bool
 
     Exit 0 when a rule matches, 1 when none does, 2 for a bad file or message.
     """
-    rules = load_rules(rules_file)
-    try:
-        text = Path(message).read_text() if Path(message).is_file() else message
-    except OSError:  # JSON text too long for a file name, or an unreadable file
-        text = message
-    try:
-        decoded = json.loads(text)
-    except ValueError as exc:
-        raise UsageError(f"the message is not JSON ({exc}): pass a JSON file or text") from None
+    rules = load_rules(
+        rules_file, fix="check the path of RULES_FILE (sisas triggers test RULES_FILE MESSAGE)"
+    )
+    text, decoded = read_message(message)
     rows = []
     for rule in rules:
         subj = subject or rule.subject.replace(">", "x").replace("*", "x")

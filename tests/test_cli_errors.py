@@ -1,0 +1,133 @@
+"""Errors a user meets at the command line: one line on stderr naming what was wrong and
+the fix, exit code 2 for usage errors, never a traceback; real processes, a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import NatsServer
+
+ROOT = Path(__file__).parent.parent
+SISAS = [sys.executable, "-m", "sisas.cli"]
+RULES = str(ROOT / "examples" / "triggers" / "sisas.toml")
+CATALOGUE = str(ROOT / "examples" / "triggers" / "catalogue.json")
+
+
+def sisas(
+    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SISAS, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def one_line_error(out: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    """The single ``error: …`` line of a command that failed with ``code``."""
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == code, (out.returncode, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def offline(tmp_path: Path) -> dict[str, str]:
+    """An environment with no server configured: for commands that need none."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
+    return {**clean, "SISAS_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+
+
+@pytest.fixture
+def env(nats_server: NatsServer, offline: dict[str, str]) -> dict[str, str]:
+    return {**offline, "SISAS_NATS_URL": nats_server.url, "SISAS_REPLICAS": "1"}
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that a listening socket holds for the test."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        yield int(s.getsockname()[1])
+
+
+# 1. sync commands: a SisasError is one line and its exit code, never a traceback
+
+
+def test_triggers_test_with_a_missing_or_bad_rules_file_names_its_argument(
+    tmp_path: Path, offline: dict[str, str]
+) -> None:
+    line = one_line_error(sisas("triggers", "test", "nosuch.toml", CATALOGUE, env=offline))
+    assert "no rules file nosuch.toml" in line
+    assert "RULES_FILE" in line and "--triggers" not in line
+    bad = tmp_path / "bad.toml"
+    bad.write_text("x = [")
+    assert "not valid TOML" in one_line_error(
+        sisas("triggers", "test", str(bad), CATALOGUE, env=offline)
+    )
+
+
+def test_triggers_test_with_a_missing_or_bad_message_says_which(
+    tmp_path: Path, offline: dict[str, str]
+) -> None:
+    missing = str(tmp_path / "nosuchmsg.json")
+    line = one_line_error(sisas("triggers", "test", RULES, missing, env=offline))
+    assert f"no such file {missing}" in line and "not JSON" not in line
+    assert "not JSON" in one_line_error(sisas("triggers", "test", RULES, '{"a": ', env=offline))
+    not_json = tmp_path / "message.json"
+    not_json.write_text("hello")
+    line = one_line_error(sisas("triggers", "test", RULES, str(not_json), env=offline))
+    assert f"{not_json} is not JSON" in line
+    ok = sisas("triggers", "test", RULES, CATALOGUE, "--json", env=offline)
+    assert ok.returncode == 0, ok.stderr
+    assert any(r["matched"] for r in json.loads(ok.stdout)["results"])
+
+
+def test_audit_export_input_errors_are_usage_errors(
+    tmp_path: Path, offline: dict[str, str]
+) -> None:
+    out = tmp_path / "bundle"
+    assert "invalid run id" in one_line_error(
+        sisas("audit", "bad.id", "--out", str(out), env=offline)
+    )
+    line = one_line_error(
+        sisas("audit", "r1", "--out", str(out), "--rerun", "--pipelines", "nosuch.py", env=offline)
+    )
+    assert "nosuch.py does not exist" in line
+
+
+# 5. hints name the option of the command the user typed
+
+
+def test_keys_public_blames_its_seed_file_not_a_variable(
+    tmp_path: Path, offline: dict[str, str]
+) -> None:
+    line = one_line_error(sisas("keys", "public", "nosuch.nk", env=offline))
+    assert "no such file nosuch.nk" in line and "SISAS_SIGNING_KEY" not in line
+    junk = tmp_path / "junk.nk"
+    junk.write_text("not a seed\n")
+    line = one_line_error(sisas("keys", "public", str(junk), env=offline))
+    assert f"{junk} is not an nkey seed" in line and "SISAS_SIGNING_KEY" not in line
+
+
+def test_dashboard_on_a_busy_port_names_its_own_port_option(
+    env: dict[str, str], busy_port: int
+) -> None:
+    line = one_line_error(sisas("dashboard", "--port", str(busy_port), env=env))
+    assert f"127.0.0.1:{busy_port}" in line
+    assert "--port N" in line and "--dashboard-port" not in line
