@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from sisas.bus.keys import generate_seed, signer_from_file
+from sisas.bus.keys import generate_seed
 from sisas.cli.app import cli, console, fail
 from sisas.errors import SisasError
 from sisas.signals.signing import Signer
@@ -52,9 +52,26 @@ def generate(out: Path, as_json: bool) -> None:
 
 @keys.command()
 @click.argument("seed_file", type=click.Path(dir_okay=False, path_type=Path))
-def public(seed_file: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help='Print {"public_key", "seed_file"}.')
+def public(seed_file: Path, as_json: bool) -> None:
     """Print the public key of SEED_FILE."""
     try:
-        print(signer_from_file(seed_file).public_key)
-    except SisasError as exc:
-        fail(str(exc), exc.exit_code)
+        seed = seed_file.read_bytes()
+    except FileNotFoundError:
+        fail(
+            f"no such file {seed_file}: pass the seed file `sisas keys generate --out FILE` "
+            "wrote (SEED_FILE)"
+        )
+    except OSError as exc:
+        fail(f"cannot read {seed_file} ({exc.strerror}): check SEED_FILE and its permissions")
+    try:
+        key = Signer(seed).public_key
+    except SisasError:
+        fail(
+            f"{seed_file} is not an nkey seed: pass a seed file written by "
+            "`sisas keys generate --out FILE` (SEED_FILE)"
+        )
+    if as_json:
+        print(json.dumps({"public_key": key, "seed_file": str(seed_file)}))
+    else:
+        print(key)

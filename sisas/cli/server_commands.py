@@ -143,7 +143,11 @@ async def up(
         web = (
             contextlib.nullcontext("")
             if no_dashboard or no_handlers
-            else serving_dashboard(bus, port=dashboard_port)
+            else serving_dashboard(
+                bus,
+                port=dashboard_port,
+                port_fix="pass --dashboard-port N (0: any free port) or --no-dashboard",
+            )
         )
         handlers = (
             contextlib.nullcontext(asyncio.Event())

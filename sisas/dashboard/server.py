@@ -22,7 +22,11 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 8765
 
 
-def _bind(host: str, port: int) -> socket.socket:
+PORT_FIX = "pass --port N (0: any free port)"
+"""How ``sisas dashboard`` is given another port; ``sisas up`` passes its own options."""
+
+
+def _bind(host: str, port: int, fix: str) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -31,7 +35,7 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise UsageError(
             f"the dashboard cannot listen on {host}:{port} ({exc.strerror}): another "
-            "program uses it; pass --dashboard-port N (0: any free port) or --no-dashboard"
+            f"program uses it; {fix}"
         ) from None
     sock.listen(128)
     sock.setblocking(False)
@@ -40,10 +44,11 @@ def _bind(host: str, port: int) -> socket.socket:
 
 @contextlib.asynccontextmanager
 async def serving_dashboard(
-    bus: Bus, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT
+    bus: Bus, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, port_fix: str = PORT_FIX
 ) -> AsyncIterator[str]:
-    """Serve the dashboard while inside the block; yields its URL."""
-    sock = _bind(host, port)
+    """Serve the dashboard while inside the block; yields its URL. Raises UsageError
+    when ``host:port`` cannot be bound, ending with ``port_fix`` (how to pick another)."""
+    sock = _bind(host, port, port_fix)
     hub = Hub()
     app = create_app(bus, hub)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
