@@ -11,8 +11,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from sisas.bus.runtime import Bus
+from sisas.dashboard.app import create_app
+from sisas.dashboard.hub import Hub
 from tests.conftest import NatsServer
 
 ROOT = Path(__file__).parent.parent
@@ -131,3 +135,30 @@ def test_dashboard_on_a_busy_port_names_its_own_port_option(
     line = one_line_error(sisas("dashboard", "--port", str(busy_port), env=env))
     assert f"127.0.0.1:{busy_port}" in line
     assert "--port N" in line and "--dashboard-port" not in line
+
+
+# 2. the dashboard's JSON API: a bad query parameter is a 400 naming it, never a 500
+
+
+async def test_dashboard_api_rejects_bad_query_parameters_with_400(bus: Bus) -> None:
+    app = create_app(bus, Hub())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://dashboard") as client:
+        for query, named in [
+            ("limit=abc", "limit"),
+            ("limit=0", "limit"),
+            ("limit=-3", "limit"),
+            ("limit=1001", "limit"),
+            ("limit=1.5", "limit"),
+            ("status=bogus", "status"),
+            ("pipeline=no.dots", "pipeline"),
+        ]:
+            answer = await client.get(f"/api/runs?{query}")
+            assert answer.status_code == 400, (query, answer.text)
+            assert named in answer.json()["error"], query
+        ok = await client.get("/api/runs?limit=5&status=completed&pipeline=p1")
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["runs"] == []
+        assert (await client.get("/api/runs/no.dots")).status_code == 400
+        report = await client.get("/runs/no.dots/report")
+        assert report.status_code == 400 and "invalid run id" in report.text

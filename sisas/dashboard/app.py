@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 _STATUSES = {"requested", "running", "completed", "failed", "cancelled"}
 HEARTBEAT = 15.0
+MAX_LIMIT = 1000
 
 
 def _page(name: str) -> HTMLResponse:
@@ -47,6 +49,27 @@ def _page(name: str) -> HTMLResponse:
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def _runs_params(q: QueryParams) -> dict[str, Any]:
+    """The ``runs`` query of ``GET /api/runs?pipeline=&status=&limit=``; raises
+    ValueError saying which parameter is wrong and what it takes (a 400, not a 500)."""
+    params: dict[str, Any] = {"limit": 200}
+    raw = q.get("limit", "")
+    if raw:
+        if not raw.isdecimal() or not 1 <= int(raw) <= MAX_LIMIT:
+            raise ValueError(f"limit must be a whole number from 1 to {MAX_LIMIT}, not {raw!r}")
+        params["limit"] = int(raw)
+    if q.get("pipeline"):
+        try:
+            params["pipeline"] = check_name(q["pipeline"], "pipeline name")
+        except SisasError as exc:
+            raise ValueError(str(exc)) from None
+    if q.get("status"):
+        if q["status"] not in _STATUSES:
+            raise ValueError(f"status must be one of {', '.join(sorted(_STATUSES))}")
+        params["status"] = q["status"]
+    return params
 
 
 def create_app(bus: Bus, hub: Hub) -> Starlette:
@@ -59,14 +82,10 @@ def create_app(bus: Bus, hub: Hub) -> Starlette:
         return _page("run.html")
 
     async def api_runs(request: Request) -> Response:
-        q = request.query_params
-        params: dict[str, Any] = {"limit": min(int(q.get("limit", "200") or 200), 1000)}
-        if q.get("pipeline"):
-            params["pipeline"] = q["pipeline"]
-        if q.get("status"):
-            if q["status"] not in _STATUSES:
-                return _error(400, f"status must be one of {', '.join(sorted(_STATUSES))}")
-            params["status"] = q["status"]
+        try:
+            params = _runs_params(request.query_params)
+        except ValueError as exc:
+            return _error(400, str(exc))
         try:
             answer = await ask(bus, "runs", params, timeout=10)
         except SisasError as exc:
@@ -94,6 +113,9 @@ def create_app(bus: Bus, hub: Hub) -> Starlette:
         run_id = request.path_params["run_id"]
         try:
             check_name(run_id, "run id")
+        except SisasError as exc:
+            return HTMLResponse(f"<p>{escape(str(exc))}</p>", 400)
+        try:
             verdicts = await verify_log(bus, run_id)
             manifest = (await ask(bus, "manifest", {"run_id": run_id}, timeout=10)).result
             records = await bus.log.read_run(run_id)
