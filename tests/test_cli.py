@@ -143,7 +143,7 @@ def test_an_unreachable_server_is_one_line_and_exit_2(env: dict[str, str]) -> No
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "nats://127.0.0.1:1" in lines[0]
-    assert "sisas up" in lines[0]
+    assert "unset SISAS_NATS_URL" in lines[0]  # `sisas up` cannot help a server it does not run
 
 
 def test_up_runs_until_interrupted_and_a_second_up_refuses(tmp_path: Path) -> None:

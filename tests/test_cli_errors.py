@@ -162,3 +162,33 @@ async def test_dashboard_api_rejects_bad_query_parameters_with_400(bus: Bus) -> 
         assert (await client.get("/api/runs/no.dots")).status_code == 400
         report = await client.get("/runs/no.dots/report")
         assert report.status_code == 400 and "invalid run id" in report.text
+
+
+# 3. an unreachable or malformed SISAS_NATS_URL: the fix is about that URL, not `sisas up`
+
+
+def test_an_unreachable_nats_url_names_it_and_how_to_use_the_embedded_server(
+    offline: dict[str, str],
+) -> None:
+    env = {**offline, "SISAS_NATS_URL": "nats://127.0.0.1:1"}
+    for command in (["status"], ["up", "--no-dashboard"]):
+        line = one_line_error(sisas(*command, env=env))
+        assert "nats://127.0.0.1:1" in line
+        assert "running" in line and "unset SISAS_NATS_URL" in line
+        assert "sisas up" not in line, command
+
+
+def test_a_nats_url_that_is_not_one_is_malformed_naming_the_expected_form(
+    tmp_path: Path, offline: dict[str, str]
+) -> None:
+    for url in ("http://127.0.0.1:8765", "garbage", "nats://127.0.0.1:1,ftp://x"):
+        line = one_line_error(sisas("status", env={**offline, "SISAS_NATS_URL": url}))
+        assert f"SISAS_NATS_URL={url!r} is not a NATS URL" in line
+        assert "nats://HOST:PORT" in line
+    line = one_line_error(
+        sisas(
+            "security", "init", "--out", str(tmp_path / "sec"), "--url", "http://x:1", env=offline
+        )
+    )
+    assert "--url='http://x:1' is not a NATS URL" in line
+    assert not (tmp_path / "sec").exists()

@@ -9,6 +9,7 @@ import logging
 import re
 import ssl
 import weakref
+from urllib.parse import urlsplit
 
 import nkeys
 from nats.aio.client import Client as NATS
@@ -17,11 +18,46 @@ from sisas.bus.raw_client import Client
 from sisas.bus.settings import Settings
 from sisas.errors import BusUnavailable, UsageError
 
-__all__ = ["connect", "redact", "refused"]
+__all__ = ["URL_FORM", "check_url", "connect", "redact", "refused"]
 
 log = logging.getLogger("sisas.bus")
 
 _TELLING = ("authorization", "authentication", "certificate", "ssl", "tls")
+_SCHEMES = ("nats", "tls", "ws", "wss")
+URL_FORM = "nats://HOST:PORT (or tls://, ws://, wss://; a cluster: several, separated by commas)"
+
+
+def check_url(url: str, what: str = "SISAS_NATS_URL") -> list[str]:
+    """The server URLs in ``url`` (comma-separated). Raises :class:`UsageError` naming
+    ``what`` and the expected form when one is not ``SCHEME://HOST[:PORT]`` with a NATS
+    scheme (nats, tls, ws, wss) or a bare ``HOST:PORT``: an ``http://`` URL or a stray
+    word is caught here, not reported later as an unknown host."""
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    if not servers:
+        raise UsageError(f"{what} is empty: use {URL_FORM}, or unset it")
+    for server in servers:
+        scheme, sep, _ = server.partition("://")
+        problem = ""
+        if sep and scheme.lower() not in _SCHEMES:
+            problem = f"{scheme}:// is not a NATS scheme"
+        else:
+            try:
+                parsed = urlsplit(server if sep else f"nats://{server}")
+                port = parsed.port
+            except ValueError:
+                problem, parsed, port = "its port is not a number", None, None
+            if parsed is not None and not parsed.hostname:
+                problem = "it names no host"
+            elif parsed is not None and not sep and port is None:
+                problem = "it has neither a scheme nor a port"
+            elif parsed is not None and parsed.path not in ("", "/"):
+                problem = f"it has a path ({parsed.path})"
+        if problem:
+            which = "" if len(servers) == 1 else f" ({redact(server)!r})"
+            raise UsageError(
+                f"{what}={redact(url)!r} is not a NATS URL{which}: {problem}; use {URL_FORM}"
+            )
+    return servers
 
 
 def redact(url: str) -> str:
@@ -100,9 +136,10 @@ async def connect(url: str, settings: Settings, *, name: str = "sisas") -> NATS:
 
     Raises :class:`BusUnavailable` naming the URL, the reason and the fix when the server
     cannot be reached within ``settings.timeout`` (plus a short grace), refuses the
-    credentials, or fails the TLS handshake; :class:`UsageError` when ``SISAS_NATS_NKEY``
-    does not name an nkey seed. After connecting, the client reconnects on
-    its own; callers see transient errors as retries, not exceptions.
+    credentials, or fails the TLS handshake; :class:`UsageError` when ``url`` is not a
+    NATS URL (:func:`check_url`) or ``SISAS_NATS_NKEY`` does not name an nkey seed.
+    After connecting, the client reconnects on its own; callers see transient errors as
+    retries, not exceptions.
     """
     seen: list[str] = []
     connected = False
@@ -117,7 +154,7 @@ async def connect(url: str, settings: Settings, *, name: str = "sisas") -> NATS:
             seen.append(str(exc) or type(exc).__name__)
             log.debug("nats connect attempt: %s", exc)
 
-    servers = [u.strip() for u in url.split(",") if u.strip()]
+    servers = check_url(url, "SISAS_NATS_URL" if settings.nats_url else "the server URL")
     seed = _nkey_seed(settings)
     nc = Client()
     try:
@@ -155,8 +192,17 @@ async def connect(url: str, settings: Settings, *, name: str = "sisas") -> NATS:
             )
         elif "certificate" in lowered or "ssl" in lowered or "tls" in lowered:
             fix = "check SISAS_NATS_TLS_CA (the server's CA) and the client certificate"
+        elif settings.nats_url:
+            # Nothing sisas starts can help here: the server is someone else's.
+            fix = (
+                "check that the server at SISAS_NATS_URL is running and reachable from here, "
+                "or unset SISAS_NATS_URL to use the embedded server"
+            )
         else:
-            fix = "start one with `sisas up`, or set SISAS_NATS_URL to a reachable server"
+            fix = (
+                f"the server sisas started for {settings.home} does not answer: restart it "
+                "(`sisas down`, then `sisas up`)"
+            )
         raise BusUnavailable(f"cannot reach NATS at {redact(url)} ({reason}): {fix}") from None
     connected = True
     nc.options["max_reconnect_attempts"] = -1

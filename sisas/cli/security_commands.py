@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from sisas.bus.connection import check_url
 from sisas.bus.permissions import UPSTREAM_INBOX, permissions_markdown
 from sisas.bus.security import init_profile
 from sisas.cli.app import cli, console, fail
@@ -47,6 +48,8 @@ def init(out: Path, upstream: tuple[str, ...], url: str | None, force: bool, as_
            auditor (also dashboards; read only), upstream (--upstream: its subjects only)
     Each <role>.nk is a secret: give it only to that role's machines.
     """
+    if url is not None:
+        check_url(url, "--url")
     try:
         profile = init_profile(out, upstream=upstream, force=force, url=url)
     except SisasError as exc:
