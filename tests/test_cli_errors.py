@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -192,3 +194,67 @@ def test_a_nats_url_that_is_not_one_is_malformed_naming_the_expected_form(
     )
     assert "--url='http://x:1' is not a NATS URL" in line
     assert not (tmp_path / "sec").exists()
+
+
+# 4. `sisas down` stops a `sisas up` that runs against SISAS_NATS_URL
+
+
+def _up(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*SISAS, "up", "--no-dashboard"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_down_stops_an_up_against_an_external_server_which_keeps_running(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    registry = tmp_path / "home" / "up"
+    proc = _up(env)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(registry.glob("*.json")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "sisas up did not register in 60 s"
+            time.sleep(0.05)
+        down = sisas("down", env=env)
+        assert down.returncode == 0, down.stderr
+        assert f"stopped sisas up (pid {proc.pid})" in down.stdout
+        assert "keeps running" in down.stdout
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "stopped cleanly" in err
+    assert not list(registry.glob("*.json"))
+    assert "nothing is running" in sisas("down", env=env).stdout
+    assert sisas("status", env=env).returncode == 0  # the external server was not touched
+
+
+def test_down_ignores_the_file_of_an_up_that_was_killed(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    registry = tmp_path / "home" / "up"
+    registry.mkdir(parents=True)
+    (registry / "999999.json").write_text('{"pid": 999999, "url": "nats://x:1"}')
+    out = sisas("down", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "nothing is running" in out.stdout
+    assert not (registry / "999999.json").exists()
+
+
+# 6. `sisas up --port <busy>`: a usage error naming the fix, not the nats-server log
+
+
+def test_up_on_a_port_in_use_says_so_and_exits_2(offline: dict[str, str], busy_port: int) -> None:
+    line = one_line_error(sisas("up", "--port", str(busy_port), "--no-dashboard", env=offline))
+    assert line == f"error: port {busy_port} is in use: pass --port N (0 = any free port)"
+    line = one_line_error(
+        sisas("up", "--no-dashboard", env={**offline, "SISAS_PORT": str(busy_port)})
+    )
+    assert f"port {busy_port} (SISAS_PORT) is in use" in line

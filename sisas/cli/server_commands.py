@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,13 +20,15 @@ from rich.table import Table
 
 from sisas.bus.connection import redact
 from sisas.bus.embedded import running_server
-from sisas.bus.runtime import open_bus
+from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.services import running_services
+from sisas.bus.settings import Settings
 from sisas.bus.streams import INPUT_STREAM, LOG_STREAM
 from sisas.bus.triggers import TriggerService
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
 from sisas.cli.trigger_commands import load_rules
 from sisas.dashboard.server import DEFAULT_PORT, serving_dashboard
+from sisas.errors import EmbeddedServerError, UsageError
 from sisas.loader import load_pipelines
 
 __all__ = ["down", "status", "up"]
@@ -112,7 +117,10 @@ async def up(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with open_bus(settings, name="sisas-up") as bus:
+    async with contextlib.AsyncExitStack() as stack:
+        bus = await _open_for_up(stack, settings, "SISAS_PORT" if port is None else "--port")
+        if bus.server is None and not settings.embedded:
+            stack.enter_context(registered_up(settings.home, bus.url))
         grid = Table.grid(padding=(0, 2))
         grid.add_row("url", f"[bold]{redact(bus.url)}[/]")
         if bus.server is not None:
@@ -166,7 +174,8 @@ async def up(
             grid.add_row(
                 "next",
                 f"other processes here find it via {settings.home}; `sisas tail` or "
-                "`sisas watch` to watch; Ctrl-C to stop (listens on 127.0.0.1 only)",
+                "`sisas watch` to watch; Ctrl-C or `sisas down` to stop "
+                "(listens on 127.0.0.1 only)",
             )
             console.print(Panel(grid, title="sisas is up", title_align="left", expand=False))
             while not stop.is_set():
@@ -181,6 +190,72 @@ async def up(
     err_console.print("stopped cleanly")
 
 
+async def _open_for_up(stack: contextlib.AsyncExitStack, settings: Settings, given: str) -> Bus:
+    """The bus of ``sisas up``, entered on ``stack``. A client port already in use is a
+    usage error naming the option it came from (``--port`` or ``SISAS_PORT``), not the
+    nats-server log."""
+    try:
+        return await stack.enter_async_context(open_bus(settings, name="sisas-up"))
+    except EmbeddedServerError as exc:
+        if settings.port and "address already in use" in str(exc).lower():
+            if given == "--port":
+                raise UsageError(
+                    f"port {settings.port} is in use: pass --port N (0 = any free port)"
+                ) from None
+            raise UsageError(
+                f"port {settings.port} (SISAS_PORT) is in use: set SISAS_PORT to another port "
+                "or pass --port N (0 = any free port)"
+            ) from None
+        raise
+
+
+UP_FOLDER = "up"
+"""In the data folder: one ``<pid>.json`` per ``sisas up`` against ``SISAS_NATS_URL``
+(an embedded one is known by ``server.json``), flock-ed by that process while it runs."""
+
+
+@contextlib.contextmanager
+def registered_up(home: Path, url: str) -> Iterator[Path]:
+    """While inside, this ``sisas up`` (which spawned no server, so wrote no server.json)
+    is listed in ``home/up/`` for ``sisas down`` to find and stop. Its file is locked
+    for as long as this process lives: one left by a killed process is ignored."""
+    folder = home / UP_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{os.getpid()}.json"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, json.dumps({"pid": os.getpid(), "url": redact(url)}).encode())
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def registered_ups(home: Path) -> dict[int, str]:
+    """pid -> url of every running ``sisas up`` listed in ``home/up/``; the files of
+    processes that are gone are removed."""
+    found: dict[int, str] = {}
+    for path in sorted((home / UP_FOLDER).glob("*.json")):
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # its process holds it: it runs
+            url = ""
+            with contextlib.suppress(OSError, ValueError, KeyError):  # may be writing it now
+                url = str(json.loads(path.read_text())["url"])
+            if path.stem.isdecimal():
+                found[int(path.stem)] = url
+        else:
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+    return found
+
+
 @cli.command()
 @click.option(
     "--timeout",
@@ -190,24 +265,37 @@ async def up(
     help="Seconds to wait for a clean stop.",
 )
 def down(timeout: float) -> None:
-    """Stop the sisas server that serves this data folder (started by `sisas up`)."""
+    """Stop what `sisas up` started for this data folder: its embedded server and
+    services, or (with SISAS_NATS_URL) its services; a NATS server sisas did not
+    start keeps running."""
     settings = load_settings()
     server = running_server(settings.home)
-    if server is None:
+    ups = registered_ups(settings.home)
+    if server is None and not ups:
         console.print(f"nothing is running for {settings.home}")
         return
-    target = server.owner or server.pid
-    os.kill(target, signal.SIGTERM)
+    targets = [server.owner or server.pid] if server is not None else []
+    targets += [pid for pid in ups if pid not in targets]
+    for pid in targets:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while running_server(settings.home) is not None:
+    while running_server(settings.home) is not None or registered_ups(settings.home):
         if time.monotonic() > deadline:
+            last = f" (nats-server pid {server.pid} as a last resort)" if server else ""
             fail(
-                f"pid {target} did not stop within {timeout:.0f}s: check it, then "
-                f"`kill {server.pid}` (nats-server) as a last resort",
+                f"{', '.join(f'pid {p}' for p in targets)} did not stop within "
+                f"{timeout:.0f}s: check it, then kill it{last}",
                 1,
             )
         time.sleep(0.1)
-    console.print(f"stopped the server at {server.url}")
+    if server is not None:
+        console.print(f"stopped the server at {server.url}")
+    for pid, url in ups.items():
+        console.print(
+            f"stopped sisas up (pid {pid}) on {url or 'SISAS_NATS_URL'}; that NATS server "
+            "keeps running (sisas did not start it)"
+        )
 
 
 @cli.command()
