@@ -3,6 +3,7 @@ the fix, exit code 2 for usage errors, never a traceback; real processes, a real
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,9 +18,12 @@ import httpx
 import pytest
 
 from sisas.bus.runtime import Bus
+from sisas.bus.services import running_services
 from sisas.dashboard.app import create_app
 from sisas.dashboard.hub import Hub
+from sisas.loader import load_pipelines
 from tests.conftest import NatsServer
+from tests.test_runs_bus import EXAMPLE, POINTS, start, wait_end
 
 ROOT = Path(__file__).parent.parent
 SISAS = [sys.executable, "-m", "sisas.cli"]
@@ -258,3 +262,49 @@ def test_up_on_a_port_in_use_says_so_and_exits_2(offline: dict[str, str], busy_p
         sisas("up", "--no-dashboard", env={**offline, "SISAS_PORT": str(busy_port)})
     )
     assert f"port {busy_port} (SISAS_PORT) is in use" in line
+
+
+# 7. --json where a script wants it; 9. the usage names the command as typed
+
+
+async def test_audit_export_prints_json_and_its_usage_names_the_command_typed(
+    bus: Bus, env: dict[str, str], tmp_path: Path
+) -> None:
+    pipes = load_pipelines([EXAMPLE], entry_points=False)
+    async with running_services(bus, pipes, concurrency=2, projector=True):
+        await start(bus, "clustering", "e1", POINTS)
+        _, signals = await wait_end(bus, "e1")
+    out = tmp_path / "bundle"
+    done = await asyncio.to_thread(sisas, "audit", "e1", "--out", str(out), "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)  # one object, nothing else on stdout
+    assert (doc["run_id"], doc["folder"], doc["ok"], doc["intact"]) == ("e1", str(out), True, True)
+    assert doc["deterministic"] is None and doc["rerun"] is None  # no --rerun
+    assert doc["signals"] == len(signals) == doc["verify"]["signals"]
+    assert doc["artifacts_included"] == doc["artifacts"] > 0
+    for name in ("signals.jsonl", "manifest.json", "verdict.json", "report.html", "index.json"):
+        assert name in doc["files"]
+    typed = sisas("audit", "e1", env=env)
+    assert typed.returncode == 2
+    assert "Usage: sisas audit [OPTIONS] RUN_ID" in typed.stderr
+    assert "audit export" not in typed.stderr and "--out" in typed.stderr
+    explicit = sisas("audit", "export", "e1", env=env)
+    assert "Usage: sisas audit export [OPTIONS] RUN_ID" in explicit.stderr
+
+
+def test_security_permissions_and_keys_public_print_json(
+    tmp_path: Path, offline: dict[str, str]
+) -> None:
+    out = sisas("security", "permissions", "--json", env=offline)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    roles = {r["name"]: r for r in doc["roles"]}
+    assert {"orchestrator", "operator", "worker", "auditor", "upstream"} <= set(roles)
+    assert "$JS.API.STREAM.DELETE.>" in doc["refused_to_every_role"]
+    assert "$JS.API.STREAM.DELETE.>" in roles["auditor"]["refused_publish"]
+    assert all(g["what"] for r in roles.values() for g in r["grants"])
+    seed = tmp_path / "signing.nk"
+    made = json.loads(sisas("keys", "generate", "--out", str(seed), "--json", env=offline).stdout)
+    shown = sisas("keys", "public", str(seed), "--json", env=offline)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == made

@@ -40,13 +40,29 @@ from sisas.signals.records import CorruptMessage, StoredSignal
 __all__ = ["audit"]
 
 
+_IMPLICIT = "sisas.audit.implicit_export"
+
+
 class _ExportByDefault(click.Group):
     """``sisas audit RUN …`` means ``sisas audit export RUN …``."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args = ["export", *args]
+            ctx.meta[_IMPLICIT] = True
         return super().parse_args(ctx, args)
+
+
+class _ExportContext(click.Context):
+    """Usage lines and hints of ``export`` name the command as typed: ``sisas audit``
+    when the user left ``export`` out."""
+
+    @property
+    def command_path(self) -> str:
+        path = super().command_path
+        if self.meta.get(_IMPLICIT) and path.endswith(" export"):
+            return path.removesuffix(" export")
+        return path
 
 
 @cli.group(cls=_ExportByDefault)
@@ -70,6 +86,7 @@ def audit() -> None:
     help="Artifacts larger than this are listed but left out.",
 )
 @TRUST
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def export(
     run_id: str,
     out: Path,
@@ -77,9 +94,13 @@ def export(
     pipeline_specs: tuple[str, ...],
     max_artifact_bytes: int,
     trust: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Write RUN_ID's audit bundle into OUT: signals, manifest, artifacts, verdicts and
-    report.html. Exit code 0 when the run verifies (and reruns equal), 1 when not."""
+    report.html. Exit code 0 when the run verifies (and reruns equal), 1 when not.
+
+    --json prints one object: {"run_id", "folder", "ok", "intact", "deterministic",
+    "signals", "artifacts_included", "artifacts", "files", "verify", "rerun"}."""
     check_name(run_id, "run id")
     if out.exists() and any(out.iterdir()):
         fail(f"{out} is not empty: choose a new folder for the bundle")
@@ -104,6 +125,23 @@ def export(
         html=html,
     )
     included = sum(1 for a in index.artifacts.values() if a.included)
+    ok = verdict.intact and (found.rerun is None or found.rerun.deterministic)
+    if as_json:
+        doc: dict[str, Any] = {
+            "run_id": run_id,
+            "folder": str(out),
+            "ok": ok,
+            "intact": verdict.intact,
+            "deterministic": None if found.rerun is None else found.rerun.deterministic,
+            "signals": verdict.signals,
+            "artifacts_included": included,
+            "artifacts": len(index.artifacts),
+            "files": sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()),
+            "verify": verdict,
+            "rerun": found.rerun,
+        }
+        sys.stdout.write(msgspec.json.encode(doc).decode() + "\n")
+        sys.exit(0 if ok else 1)
     state = "[bold green]intact[/]" if verdict.intact else "[bold red]NOT intact[/]"
     console.print(
         f"wrote {out}/: {verdict.signals} signals ({state}), manifest, "
@@ -112,8 +150,10 @@ def export(
     if found.rerun is not None:
         print_rerun(found.rerun)
     console.print(f"open {out / 'report.html'}; check it anywhere with: sisas audit verify {out}")
-    ok = verdict.intact and (found.rerun is None or found.rerun.deterministic)
     sys.exit(0 if ok else 1)
+
+
+export.context_class = _ExportContext
 
 
 @dataclass(frozen=True)

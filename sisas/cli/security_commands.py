@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from sisas.bus.connection import check_url
-from sisas.bus.permissions import UPSTREAM_INBOX, permissions_markdown
+from sisas.bus.permissions import NEVER, ROLES, UPSTREAM_INBOX, permissions_markdown
 from sisas.bus.security import init_profile
 from sisas.cli.app import cli, console, fail
 from sisas.errors import SisasError
@@ -103,6 +103,33 @@ def init(out: Path, upstream: tuple[str, ...], url: str | None, force: bool, as_
 
 
 @security.command()
-def permissions() -> None:
-    """Print what each role may publish and subscribe to (Markdown)."""
-    print(permissions_markdown(), end="")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead.")
+def permissions(as_json: bool) -> None:
+    """Print what each role may publish and subscribe to (Markdown, or --json:
+    {"refused_to_every_role", "roles": [{"name", "summary", "publish", "subscribe",
+    "refused_publish", "refused_subscribe", "responses", "grants"}]})."""
+    if not as_json:
+        print(permissions_markdown(), end="")
+        return
+    roles = [
+        {
+            "name": r.name,
+            "summary": r.summary,
+            "publish": r.publish,
+            "subscribe": r.subscribe,
+            "refused_publish": r.refused_publish,
+            "refused_subscribe": list(r.deny_subscribe),
+            "responses": r.responses or None,
+            "grants": [
+                {
+                    "what": g.what,
+                    "publish": list(g.all_publish),
+                    "subscribe": list(g.subscribe),
+                    "reads": list(g.reads),
+                }
+                for g in r.grants
+            ],
+        }
+        for r in ROLES
+    ]
+    print(json.dumps({"refused_to_every_role": list(NEVER), "roles": roles}))
