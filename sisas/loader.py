@@ -13,6 +13,7 @@ import sys
 import traceback
 from collections.abc import Iterable
 from pathlib import Path
+from types import ModuleType
 
 from sisas.errors import UsageError
 from sisas.pipeline import Pipeline
@@ -47,28 +48,38 @@ def _failed(what: str, exc: BaseException, path: Path | None) -> UsageError:
     )
 
 
-def _import(spec: str) -> object:
+def _split(spec: str) -> tuple[str, str]:
+    """``(code, attr)`` of ``pkg.mod:attr`` or ``path/file.py:attr`` (attr '' if none)."""
+    code, sep, attr = spec.rpartition(":")
+    if sep and code.endswith(".py"):
+        return code, attr
+    code, _, attr = spec.partition(":")
+    return code, attr
+
+
+def _import_file(spec: str) -> ModuleType:
     path = Path(spec)
-    if spec.endswith(".py"):
-        if not path.is_file():
-            raise UsageError(f"pipeline file {spec} does not exist: check the path")
-        name = f"sisas_pipelines_{path.stem}"
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise UsageError(f"cannot load {spec} as a Python module")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as exc:  # the file's own code: anything may go wrong
-            del sys.modules[name]
-            raise _failed(f"pipeline file {spec}", exc, path.absolute()) from None
-        return module
-    module_name, _, attr = spec.partition(":")
+    if not path.is_file():
+        raise UsageError(f"pipeline file {spec} does not exist: check the path")
+    name = f"sisas_pipelines_{path.stem}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise UsageError(f"cannot load {spec} as a Python module")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:  # the file's own code: anything may go wrong
+        del sys.modules[name]
+        raise _failed(f"pipeline file {spec}", exc, path.absolute()) from None
+    return module
+
+
+def _import_module(module_name: str) -> ModuleType:
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # "importable from here", as `python -m` does
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name is not None and module_name.startswith(exc.name):
             raise UsageError(
@@ -78,15 +89,44 @@ def _import(spec: str) -> object:
         raise _failed(f"pipeline module {module_name}", exc, None) from None
     except Exception as exc:
         raise _failed(f"pipeline module {module_name}", exc, None) from None
-    if not attr:
-        return module
-    if not hasattr(module, attr):
-        raise UsageError(f"pipeline module {module_name} has no {attr!r}: check the name")
-    return getattr(module, attr)
+
+
+def _attribute(module: ModuleType, attr: str, what: str) -> object:
+    """``module.attr``, or the Pipeline in ``module`` named ``attr`` (so the names that
+    errors list work after the colon too). Raises UsageError listing what is there."""
+    if hasattr(module, attr):
+        return getattr(module, attr)
+    pipes = {k: v for k, v in vars(module).items() if isinstance(v, Pipeline)}
+    named = [p for p in pipes.values() if p.name == attr]
+    if len(named) == 1:
+        return named[0]
+    listed = ", ".join(
+        k if p.name == k else f"{k} (pipeline {p.name})" for k, p in sorted(pipes.items())
+    )
+    there = f"its pipelines: {listed}" if listed else "it defines no Pipeline"
+    raise UsageError(f"{what} has no {attr!r}: check the name ({there})")
+
+
+def _import(spec: str) -> object:
+    code, attr = _split(spec)
+    if code.endswith(".py"):
+        module, what = _import_file(code), f"pipeline file {code}"
+    else:
+        module, what = _import_module(code), f"pipeline module {code}"
+    return _attribute(module, attr, what) if attr else module
+
+
+def _source(spec: str) -> str:
+    """Where another process loads the pipeline from: a file's path made absolute."""
+    code, attr = _split(spec)
+    if not code.endswith(".py"):
+        return spec
+    return str(Path(code).absolute()) + (f":{attr}" if attr else "")
 
 
 def load_pipelines(specs: Iterable[str] = (), *, entry_points: bool = True) -> dict[str, Pipeline]:
-    """Pipelines from ``specs`` (``pkg.mod``, ``pkg.mod:attr`` or ``path/file.py``) and,
+    """Pipelines from ``specs`` (``pkg.mod``, ``pkg.mod:attr``, ``path/file.py`` or
+    ``path/file.py:attr``; attr names the Pipeline object or the pipeline) and,
     if asked, from the ``sisas.pipelines`` entry point group. Every plan is validated
     here, so a broken definition fails at registration, before anything runs.
     """
@@ -100,7 +140,7 @@ def load_pipelines(specs: Iterable[str] = (), *, entry_points: bool = True) -> d
         candidates = (
             [obj]
             if isinstance(obj, Pipeline)
-            else [v for v in vars(obj).values() if isinstance(v, Pipeline)]
+            else [v for v in getattr(obj, "__dict__", {}).values() if isinstance(v, Pipeline)]
         )
         if not candidates:
             raise UsageError(
@@ -109,8 +149,6 @@ def load_pipelines(specs: Iterable[str] = (), *, entry_points: bool = True) -> d
             )
         for pipe in candidates:
             pipe.plan()
-            pipe.source = pipe.source or (
-                str(Path(source).absolute()) if source.endswith(".py") else source
-            )
+            pipe.source = pipe.source or _source(source)
             found[pipe.name] = pipe
     return found

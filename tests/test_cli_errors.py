@@ -308,3 +308,15 @@ def test_security_permissions_and_keys_public_print_json(
     shown = sisas("keys", "public", str(seed), "--json", env=offline)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout) == made
+
+
+# 8. "unknown X" errors point at the right fix
+
+
+def test_replay_diff_of_an_unknown_pipeline_lists_the_loaded_ones(env: dict[str, str]) -> None:
+    line = one_line_error(
+        sisas("replay", "diff", "--pipeline", "nosuch", "--pipelines", EXAMPLE, env=env)
+    )
+    assert "no pipeline 'nosuch' (loaded: clustering)" in line
+    line = one_line_error(sisas("replay", "diff", "--pipeline", "nosuch", env=env))
+    assert "the code of 'nosuch' is not loaded: pass --pipelines" in line

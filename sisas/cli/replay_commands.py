@@ -244,6 +244,11 @@ async def diff(
     check_name(pipeline, "pipeline name")
     started = parse_since(since, datetime.now(UTC))
     pipelines = load_pipelines(pipeline_specs)
+    if pipeline not in pipelines and pipelines:
+        fail(
+            f"no pipeline {pipeline!r} (loaded: {', '.join(sorted(pipelines))}): check "
+            "--pipeline, or pass the code that defines it with --pipelines MODULE_OR_FILE"
+        )
     if pipeline not in pipelines:
         fail(f"the code of {pipeline!r} is not loaded: pass --pipelines MODULE_OR_FILE")
     rows = []

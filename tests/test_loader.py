@@ -1,0 +1,82 @@
+"""Loading pipeline code by spec: a file holding two pipelines is named FILE.py:ATTR, as
+the error for `sisas run two.py` says, and that spec works in another process too."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sisas.errors import UsageError
+from sisas.loader import load_pipelines
+
+TWO = """
+from sisas.pipeline import Context, Pipeline
+
+p1 = Pipeline("one", version="1")
+p2 = Pipeline("two", version="1")
+
+
+@p1.phase()
+def double(ctx: Context, input: int) -> int:
+    return input * 2
+
+
+@p2.phase()
+def triple(ctx: Context, input: int) -> int:
+    return input * 3
+"""
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> Path:
+    path = tmp_path / "two.py"
+    path.write_text(TWO)
+    return path
+
+
+def test_file_colon_attr_loads_that_pipeline_only(two: Path) -> None:
+    assert set(load_pipelines([str(two)], entry_points=False)) == {"one", "two"}
+    [(name, pipe)] = load_pipelines([f"{two}:p1"], entry_points=False).items()
+    assert name == "one"
+    assert pipe.source == f"{two.absolute()}:p1"  # what a child process loads again
+    [again] = load_pipelines([pipe.source], entry_points=False)
+    assert again == "one"
+    # the pipeline's name works after the colon too: the error below lists names
+    assert set(load_pipelines([f"{two}:two"], entry_points=False)) == {"two"}
+
+
+def test_file_colon_unknown_attr_lists_what_is_there(two: Path) -> None:
+    with pytest.raises(UsageError) as err:
+        load_pipelines([f"{two}:p3"], entry_points=False)
+    assert str(err.value) == (
+        f"pipeline file {two} has no 'p3': check the name "
+        "(its pipelines: p1 (pipeline one), p2 (pipeline two))"
+    )
+    with pytest.raises(UsageError, match="does not exist"):
+        load_pipelines([f"{two.parent / 'nosuch.py'}:p1"], entry_points=False)
+
+
+def test_sisas_run_file_colon_attr_runs_it(two: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
+    env.update(SISAS_HOME=str(tmp_path / "home"), COLUMNS="200")
+    data = tmp_path / "input.json"
+    data.write_text("21")
+    # relative, as a user types it: two.py:p1 from the file's folder
+    args = ["run", "two.py:p1", "--input", str(data), "--wait", "--json"]
+    out = subprocess.run(
+        [sys.executable, "-m", "sisas.cli", *args],
+        env={**env, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        cwd=two.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (result["pipeline"], result["status"]) == ("one", "completed")
