@@ -320,3 +320,14 @@ def test_replay_diff_of_an_unknown_pipeline_lists_the_loaded_ones(env: dict[str,
     assert "no pipeline 'nosuch' (loaded: clustering)" in line
     line = one_line_error(sisas("replay", "diff", "--pipeline", "nosuch", env=env))
     assert "the code of 'nosuch' is not loaded: pass --pipelines" in line
+
+
+def test_a_trust_file_that_is_not_text_is_a_usage_error(
+    tmp_path: Path, offline: dict[str, str]
+) -> None:
+    keys = tmp_path / "keys.bin"
+    keys.write_bytes(bytes(range(128, 256)))
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    line = one_line_error(sisas("audit", "verify", str(bundle), "--trust", str(keys), env=offline))
+    assert f"--trust {keys} is not a text file" in line

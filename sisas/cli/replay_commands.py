@@ -31,7 +31,13 @@ def trusted_keys(values: tuple[str, ...]) -> frozenset[str]:
     for value in values:
         path = Path(value)
         if path.is_file():
-            keys.update(line.strip() for line in path.read_text().splitlines() if line.strip())
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                fail(f"cannot read --trust {value} ({exc.strerror}): check the file")
+            except ValueError:
+                fail(f"--trust {value} is not a text file: list public keys in it, one a line")
+            keys.update(line.strip() for line in text.splitlines() if line.strip())
         elif value.startswith(("U", "A", "N", "O", "C")) and len(value) == 56:
             keys.add(value)
         else:
