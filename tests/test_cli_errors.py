@@ -290,6 +290,10 @@ async def test_audit_export_prints_json_and_its_usage_names_the_command_typed(
     assert "audit export" not in typed.stderr and "--out" in typed.stderr
     explicit = sisas("audit", "export", "e1", env=env)
     assert "Usage: sisas audit export [OPTIONS] RUN_ID" in explicit.stderr
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    unwritable = sisas("audit", "e1", "--out", str(a_file / "bundle"), env=env)
+    assert f"cannot write the bundle to {a_file / 'bundle'}" in one_line_error(unwritable)
 
 
 def test_security_permissions_and_keys_public_print_json(

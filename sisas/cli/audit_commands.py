@@ -116,14 +116,17 @@ def export(
         rerun=found.rerun,
         generated_with=f"sisas {__version__}",
     )
-    index = write(
-        out,
-        records=found.records,
-        manifest=found.manifest,
-        claims=Claims(verify=verdict, rerun=found.rerun),
-        artifacts=found.artifacts,
-        html=html,
-    )
+    try:
+        index = write(
+            out,
+            records=found.records,
+            manifest=found.manifest,
+            claims=Claims(verify=verdict, rerun=found.rerun),
+            artifacts=found.artifacts,
+            html=html,
+        )
+    except OSError as exc:
+        fail(f"cannot write the bundle to {out} ({exc.strerror}): choose a writable folder")
     included = sum(1 for a in index.artifacts.values() if a.included)
     ok = verdict.intact and (found.rerun is None or found.rerun.deterministic)
     if as_json:
