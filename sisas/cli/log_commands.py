@@ -9,7 +9,13 @@ import click
 
 from sisas.bus.runtime import open_bus
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
-from sisas.cli.render import issue_json, record_json, record_line, signals_table
+from sisas.cli.render import (
+    dropped_note,
+    issue_json,
+    record_json,
+    record_line,
+    signals_table,
+)
 from sisas.signals import CorruptMessage, LogGap, StoredSignal, check_name, verify_chain
 
 __all__ = ["signals", "tail"]
@@ -57,7 +63,10 @@ async def signals(run_id: str, as_json: bool) -> None:
         )
     else:
         title = f"run {run_id}" + (f" of pipeline {stored[0].pipeline}" if stored else "")
-        console.print(signals_table(records, title))
+        table, dropped = signals_table(records, title, width=console.width)
+        console.print(table)
+        if dropped:
+            console.print(dropped_note(dropped, console.width))
         if intact:
             console.print(
                 f"[green]chain intact[/]: {len(stored)} signals, head {stored[-1].hash[:16]}…"

@@ -10,20 +10,32 @@ from __future__ import annotations
 import json
 import re
 import sys
+import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
+from rich.text import Text
 
 from sisas.bus.queries import Answer, ask
-from sisas.bus.runtime import open_bus
+from sisas.bus.runtime import Bus, open_bus
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
 from sisas.cli.bars import progress_bar
-from sisas.cli.render import STATUS_STYLE
+from sisas.cli.render import (
+    STATUS_STYLE,
+    Cell,
+    Column,
+    command_name,
+    dropped_note,
+    duration_text,
+    fit_table,
+    status_text,
+    traceback_tail,
+)
 from sisas.projections.queries import parse_since
-from sisas.signals import check_name
+from sisas.signals import PhaseFailed, StoredSignal, check_name
+from sisas.signals.summary import first_line, scalar_text
 from sisas.telemetry import trace_id_hex
 
 __all__ = ["artifact", "manifest", "projections", "runs", "show", "stats"]
@@ -33,9 +45,15 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON (fields
 
 async def _ask(verb: str, params: dict[str, Any], *, timeout: float = 30.0) -> Answer:
     async with open_bus(load_settings(), name=f"sisas-{verb}") as bus:
-        with progress_bar() as on_progress:
-            answer = await ask(bus, verb, params, on_progress=on_progress, timeout=timeout)
-    if answer.lag:
+        return await _ask_on(bus, verb, params, timeout=timeout)
+
+
+async def _ask_on(
+    bus: Bus, verb: str, params: dict[str, Any], *, timeout: float = 30.0, quiet: bool = False
+) -> Answer:
+    with progress_bar() as on_progress:
+        answer = await ask(bus, verb, params, on_progress=on_progress, timeout=timeout)
+    if answer.lag and not quiet:
         err_console.print(
             f"[yellow]note:[/] the projection is {answer.lag} signals behind the log "
             "(the projector is still catching up)"
@@ -45,12 +63,6 @@ async def _ask(verb: str, params: dict[str, Any], *, timeout: float = 30.0) -> A
 
 def _when(text: str | None) -> str:
     return (text or "-").replace("T", " ").removesuffix("Z").split(".")[0]
-
-
-def _secs(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.1f} s"
 
 
 def _short(digest: str | None, n: int = 12) -> str:
@@ -92,30 +104,39 @@ async def runs(
     if not rows:
         console.print("no runs" + (" match" if params.keys() - {"limit"} else " yet") + ".")
         return
-    table = Table(title=f"runs (log position {answer.as_of})", title_justify="left")
-    for col in (
-        "run",
-        "pipeline",
-        "version",
-        "status",
-        "started",
-        "duration",
-        "failed phase",
-        "fingerprint",
-    ):
-        table.add_column(col, no_wrap=col in ("run", "started"))
-    for r in rows:
-        table.add_row(
+    rows_out: list[list[Cell]] = [
+        [
             r["run_id"],
+            status_text(r["status"]),
+            _when(r["started_at"] or r["requested_at"]),
+            r["failed_phase"] or "",
+            duration_text(r["duration"]),
             r["pipeline"],
             r["version"] or "-",
-            _status(r["status"]),
-            _when(r["started_at"] or r["requested_at"]),
-            _secs(r["duration"]),
-            r["failed_phase"] or "",
             _short(r["fingerprint"]),
-        )
+        ]
+        for r in rows
+    ]
+    table, dropped = fit_table(
+        _RUN_COLUMNS, rows_out, width=console.width, title=f"runs (log position {answer.as_of})"
+    )
     console.print(table)
+    if dropped:
+        console.print(dropped_note(dropped, console.width))
+
+
+_RUN_COLUMNS = (
+    Column("run"),
+    Column("status"),
+    Column("started", keep=60),
+    Column("failed phase", keep=70),
+    Column("duration", keep=50, justify="right"),
+    Column("pipeline", keep=30),  # a run id starts with its pipeline's name
+    Column("version", keep=20),
+    Column("fingerprint", keep=10),
+)
+"""What ``sisas runs`` shows, and what a narrow terminal drops first (lowest ``keep``):
+the run id and status are never dropped nor cut."""
 
 
 @cli.command()
@@ -129,32 +150,84 @@ async def show(run_id: str, as_json: bool) -> None:
     was cancelled, 2 for an unknown run.
     """
     check_name(run_id, "run id")
-    answer = await _ask("show", {"run_id": run_id})
-    d = answer.result
+    async with open_bus(load_settings(), name="sisas-show") as bus:
+        answer = await _ask_on(bus, "show", {"run_id": run_id})
+        d = answer.result
+        if not as_json:
+            # The manifest counts the attempts workers ran (each item of a fan-out
+            # once per try), which is what the phases table shows, as manifest does.
+            m = await _ask_on(bus, "manifest", {"run_id": run_id}, quiet=True)
+            attempts = {p["name"]: (p["attempts"], p["retries"]) for p in m.result["phases"]}
+            failing = [p["name"] for p in d["phases"] if p["status"] in ("failed", "timed_out")]
+            tracebacks = await _last_failures(bus, run_id, failing) if failing else {}
     run = d["run"]
     if as_json:
         print(json.dumps({"as_of": answer.as_of, "trace_id": trace_id_hex(run_id), **d}))
     else:
-        _print_run(d)
+        _print_run(d, attempts, tracebacks)
     if run["status"] in ("failed", "cancelled"):
         sys.exit(1)
 
 
-def _print_run(d: dict[str, Any]) -> None:
+async def _last_failures(bus: Bus, run_id: str, phases: list[str]) -> dict[str, PhaseFailed]:
+    """The last failed attempt of each of ``phases`` that recorded a detail (traceback)."""
+    found: dict[str, PhaseFailed] = {}
+    for rec in await bus.log.read_run(run_id):
+        if not isinstance(rec, StoredSignal):
+            continue
+        s = rec.signal
+        if s.phase in phases and isinstance(s.body, PhaseFailed) and s.body.error.detail:
+            found[s.phase] = s.body
+    return found
+
+
+_PHASE_COLUMNS = (
+    Column("phase"),
+    Column("status"),
+    Column("items", keep=60, justify="right"),
+    Column("attempts", keep=70, justify="right"),
+    Column("ran", keep=50, justify="right"),
+    Column("wall", keep=40, justify="right"),
+    Column("output", keep=20),
+    Column("note", wrap=16),
+)
+
+_CHECK_COLUMNS = (
+    Column("seq", keep=20, justify="right"),
+    Column("phase", keep=60),
+    Column("check"),
+    Column("outcome"),
+    Column("detail", wrap=24),
+)
+
+
+def _print_run(
+    d: dict[str, Any],
+    attempts: dict[str, tuple[int, int]],
+    failures: dict[str, PhaseFailed],
+) -> None:
     run, links = d["run"], d["links"]
+    rid = run["run_id"]
+    console.print(f"[bold]{rid}[/] {_status(run['status'])}")
     console.print(
-        f"[bold]{run['run_id']}[/] pipeline [cyan]{run['pipeline']}[/] {run['version']} "
-        f"{_status(run['status'])}  started {_when(run['started_at'] or run['requested_at'])}"
-        f"  duration {_secs(run['duration'])}  seed {run['seed']}  signals {run['signals']}"
+        f"  pipeline [cyan]{run['pipeline']}[/] {run['version']}, seed {run['seed']}, "
+        f"{run['signals']} signals"
+    )
+    console.print(
+        f"  started {_when(run['started_at'] or run['requested_at'])}, "
+        f"duration {duration_text(run['duration'])}"
     )
     if run["error_kind"]:
         console.print(
-            f"  [red]{run['error_kind']}[/] in {run['failed_phase'] or 'the run'}: "
-            f"{run['error_message']}"
+            Text(
+                f"  {run['error_kind']} in {run['failed_phase'] or 'the run'}: "
+                f"{first_line(run['error_message'] or '')}",
+                "red",
+            )
         )
     console.print(f"  fingerprint {run['fingerprint'] or '-'}")
     console.print(f"  code        {run['code_fingerprint'] or '-'}")
-    console.print(f"  trace       {trace_id_hex(run['run_id'])} (OpenTelemetry trace id)")
+    console.print(f"  trace       {trace_id_hex(rid)} (OpenTelemetry trace id)")
     link_text = []
     if links["resumed_from"]:
         link_text.append(f"resumed from {links['resumed_from']}")
@@ -164,60 +237,110 @@ def _print_run(d: dict[str, Any]) -> None:
         link_text.append(f"batch {links['batch_id']} ({links['batch_runs']} runs)")
     if link_text:
         console.print("  " + "; ".join(link_text))
-    phases = Table(title="phases", title_justify="left")
-    for col in ("phase", "status", "attempts", "ran", "wall", "output", "error"):
-        phases.add_column(col)
-    for p in d["phases"]:
-        error = f"{p['error_kind']}: {p['error_message']}" if p["error_kind"] else ""
+    _print_phases(d["phases"], attempts)
+    _print_errors(rid, d["phases"], failures)
+    _print_checks(d["checks"])
+    prog = command_name()
+    console.print(f"[dim]every check: {prog} show {rid} --json[/]")
+    console.print(f"[dim]the manifest: {prog} manifest {rid}[/]")
+
+
+def _attempts(ran: int, retried: int) -> str:
+    if not ran:
+        return "-"
+    return f"{ran} ({retried} retried)" if retried else str(ran)
+
+
+def _print_phases(phases: list[dict[str, Any]], attempts: dict[str, tuple[int, int]]) -> None:
+    rows: list[list[Cell]] = []
+    for p in phases:
+        note = p["error_kind"] or ""
         if p["skip_reason"]:
-            error = f"skipped: {p['skip_reason']}"
+            note = p["skip_reason"]
         if p.get("quarantined"):
-            error += f" [yellow](output quarantined: sisas artifact {p['quarantined']})[/]"
-        items = f" x{p['items']}" if p["items"] else ""
-        phases.add_row(
-            p["name"] + items,
-            _status(p["status"]),
-            str(p["attempts"]),
-            _secs(p["duration"]) if p["attempts"] else "-",
-            _secs(p["wall"]),
-            _short(p["output_digest"]),
-            error,
+            note += " (output quarantined)"
+        rows.append(
+            [
+                p["name"],
+                status_text(p["status"]),
+                str(p["items"]) if p["items"] else "",
+                _attempts(*attempts.get(p["name"], (0, 0))),
+                duration_text(p["duration"]) if p["status"] == "completed" else "-",
+                duration_text(p["wall"]),
+                _short(p["output_digest"]),
+                Text(note, "red" if p["error_kind"] else "dim"),
+            ]
         )
-    console.print(phases)
-    checks = d["checks"]
+    table, dropped = fit_table(_PHASE_COLUMNS, rows, width=console.width, title="phases")
+    console.print(table)
+    if dropped:
+        console.print(dropped_note(dropped, console.width))
+
+
+def _print_errors(
+    run_id: str, phases: list[dict[str, Any]], failures: dict[str, PhaseFailed]
+) -> None:
+    """Each failed phase's error in full, the last frames of its traceback when recorded."""
+    failed = [p for p in phases if p["error_kind"]]
+    room = max(console.width - 2, 40)
+    for p in failed:
+        console.print(Text.assemble((p["name"], "bold red"), f" {p['status']}: {p['error_kind']}"))
+        for line in (p["error_message"] or "").splitlines():
+            for part in textwrap.wrap(line, room) or [""]:
+                console.print(Text(f"  {part}"))
+        if p.get("quarantined"):
+            fetch = f"{command_name()} artifact {p['quarantined']}"
+            console.print(f"  its output, quarantined: {fetch}")
+        failure = failures.get(p["name"])
+        if failure is not None:
+            item = "" if failure.item is None else f" (item {failure.item})"
+            console.print(f"  [dim]traceback of its last failed attempt{item}:[/]")
+            for line in traceback_tail(failure.error.detail):
+                console.print(Text(f"    {line}", "dim"))
+    if any(p["name"] in failures for p in failed):
+        console.print(f"[dim]whole traceback: {command_name()} signals {run_id} --json[/]")
+
+
+def _print_checks(checks: list[dict[str, Any]]) -> None:
     failed = [c for c in checks if not c["passed"]]
     console.print(
         f"checks: {len(checks)} ({sum(c['type'] == 'contract' for c in checks)} contract, "
         f"{sum(c['type'] == 'invariant' for c in checks)} invariant), "
         + (f"[red]{len(failed)} failed[/]" if failed else "[green]all passed[/]")
     )
-    table = Table(show_header=True)
-    for col in ("seq", "phase", "check", "outcome", "detail"):
-        table.add_column(col)
     shown = failed + [c for c in checks if c["type"] == "invariant" and c["passed"]]
+    if not shown:
+        return
+    rows: list[list[Cell]] = []
     for c in sorted(shown, key=lambda c: c["seq"])[:40]:
         where = c["phase"] + (f"[{c['item']}]" if c["item"] is not None else "")
         name = f"{c['boundary']}:{c['name']}" if c["type"] == "contract" else c["name"]
-        table.add_row(
-            str(c["seq"]),
-            where,
-            name,
-            "[green]passed[/]" if c["passed"] else "[red]failed[/]",
-            _detail(c),
+        rows.append(
+            [
+                str(c["seq"]),
+                where,
+                name,
+                Text("passed", "green") if c["passed"] else Text("failed", "red"),
+                _detail(c),
+            ]
         )
-    if shown:
-        console.print(table)
-    console.print(
-        f"[dim]all checks: sisas show {run['run_id']} --json · "
-        f"manifest: sisas manifest {run['run_id']}[/]"
-    )
+    table, _ = fit_table(_CHECK_COLUMNS, rows, width=console.width)
+    console.print(table)
 
 
 def _detail(c: dict[str, Any]) -> str:
+    """A check's detail as a reader says it: violations by path, or observed against
+    expected (or what the invariant states when it records neither)."""
     detail = c["detail"]
     if c["type"] == "contract":
         return "; ".join(f"{v['path']}: {v['message']}" for v in detail.get("violations", []))
-    return f"observed {detail.get('observed')!r}, expected {detail.get('expected')!r}"
+    said = detail.get("description") or ""
+    values = ", ".join(
+        f"{name} {scalar_text(detail[name])}"
+        for name in ("observed", "expected")
+        if detail.get(name) is not None
+    )
+    return f"{said}: {values}" if said and values else said or values
 
 
 @cli.command()
@@ -267,38 +390,42 @@ async def stats(pipeline: str, as_json: bool) -> None:
     for p in d["pipelines"]:
         console.print(
             f"[bold]{p['pipeline']}[/]: {p['runs']} runs, {p['completed']} completed, "
-            f"{p['failed']} failed, {p['cancelled']} cancelled, {p['active']} active; "
-            f"run duration p50 {_secs(p['duration_p50'])} p95 {_secs(p['duration_p95'])} "
-            f"p99 {_secs(p['duration_p99'])}"
+            f"{p['failed']} failed, {p['cancelled']} cancelled, {p['active']} active"
         )
-        table = Table(show_header=True)
-        for col in (
-            "phase",
-            "runs",
-            "success",
-            "retry rate",
-            "p50",
-            "p95",
-            "p99",
-            "contract fails",
-            "invariant fails",
-        ):
-            table.add_column(col, justify="left" if col == "phase" else "right")
-        for ph in d["phases"]:
-            if ph["pipeline"] != p["pipeline"]:
-                continue
-            table.add_row(
+        p50, p95, p99 = (duration_text(p[f"duration_p{n}"]) for n in (50, 95, 99))
+        console.print(f"  run duration p50 {p50}, p95 {p95}, p99 {p99}")
+        rows: list[list[Cell]] = [
+            [
                 ph["phase"],
                 str(ph["runs"]),
                 _pct(ph["success_rate"]),
                 _pct(ph["retry_rate"]),
-                _secs(ph["duration_p50"]),
-                _secs(ph["duration_p95"]),
-                _secs(ph["duration_p99"]),
+                duration_text(ph["duration_p50"]),
+                duration_text(ph["duration_p95"]),
+                duration_text(ph["duration_p99"]),
                 f"{ph['contract_failures']}/{ph['contract_checks']}",
                 f"{ph['invariant_failures']}/{ph['invariant_checks']}",
-            )
+            ]
+            for ph in d["phases"]
+            if ph["pipeline"] == p["pipeline"]
+        ]
+        table, dropped = fit_table(_STATS_COLUMNS, rows, width=console.width)
         console.print(table)
+        if dropped:
+            console.print(dropped_note(dropped, console.width))
+
+
+_STATS_COLUMNS = (
+    Column("phase"),
+    Column("runs", keep=70, justify="right"),
+    Column("success", keep=90, justify="right"),
+    Column("retry rate", keep=80, justify="right"),
+    Column("p50", keep=60, justify="right"),
+    Column("p95", keep=50, justify="right"),
+    Column("p99", keep=40, justify="right"),
+    Column("contract fails", keep=30, justify="right"),
+    Column("invariant fails", keep=20, justify="right"),
+)
 
 
 def _pct(value: float | None) -> str:
