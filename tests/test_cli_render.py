@@ -278,3 +278,35 @@ def test_signals_and_tail_print_summaries_not_reprs(recorded: Recorded) -> None:
     last = data["signals"][-1]["signal"]["body"]
     assert last["kind"] == "run_failed"
     assert "return total // 0" in last["error"]["detail"]
+
+
+def test_the_demo_fits_80_columns_and_its_hints_can_be_typed(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
+    env.update(SISAS_HOME=str(tmp_path / "home"), COLUMNS="80", SISAS_PROG="./dev")
+    out = sisas("demo", env=env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    hints = lines[lines.index("where to look next") + 1 :]
+    commands = [line.strip() for line in hints if line.startswith("  ") and line[2] != " "]
+    assert len(commands) > 10
+    assert all(c.startswith("./dev ") for c in commands), commands
+    assert not any(line.startswith("next:") for line in lines)
+    # every line fits, but a command or the fingerprint, each whole on a line of its own
+    wide = [line for line in lines if len(line) > 80]
+    assert all(w.strip() in commands or w.startswith("fingerprint sha256:") for w in wide), wide
+    run_id = next(line.split()[1] for line in lines if line.startswith("run ") and " in " in line)
+    assert f"./dev show {run_id}" in commands
+    # the demo's duration is the run's recorded one, the one show and runs print
+    took = next(line for line in lines if line.startswith(f"run {run_id} completed in "))
+    shown = sisas("show", run_id, env=env).stdout.splitlines()
+    duration = next(line for line in shown if line.startswith("  started ")).split("duration ")[1]
+    assert took.startswith(f"run {run_id} completed in {duration}, ")
+    # "its N attempts run again" is what rerun re-executes and the manifest counts
+    said = int(re.search(r"its (\d+) attempts run again", out.stdout).group(1))  # type: ignore[union-attr]
+    manifest = json.loads(sisas("manifest", run_id, env=env).stdout)
+    assert said == manifest["counters"]["attempts"]
+    rerun = sisas(
+        "replay", "rerun", run_id, "--pipelines", "examples.policy_evaluation", "--json", env=env
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(json.loads(rerun.stdout)["phases"]) == said

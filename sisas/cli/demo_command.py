@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import click
+from rich.text import Text
 
 from sisas.bus.runtime import open_bus
 from sisas.cli.app import cli, console, fail, load_settings, run_async
-from sisas.cli.run_commands import print_result, start_and_watch
+from sisas.cli.progress import RunResult
+from sisas.cli.render import command_name, duration_text
+from sisas.cli.run_commands import start_and_watch
 from sisas.loader import load_pipelines
+from sisas.replay.rerun import plan_rerun
 from sisas.replay.verify import LogVerifier, report
 from sisas.signals import ContractChecked, InvariantChecked, PhaseCompleted, Signal, StoredSignal
 
 __all__ = ["demo"]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-PIPELINE_SPEC = "examples/policy_evaluation/pipeline.py"
+PIPELINE_SPEC = "examples.policy_evaluation"
+BROKEN = "examples/policy_evaluation/data/broken_weights.json"
 
 
 def _summary(outputs: dict[str, Any], signals: list[Signal]) -> None:
@@ -31,16 +37,93 @@ def _summary(outputs: dict[str, Any], signals: list[Signal]) -> None:
     held = {
         s.body.invariant: s.body.passed for s in signals if isinstance(s.body, InvariantChecked)
     }
-    marks = "  ".join(
-        f"[green]{k} held[/]" if ok else f"[red]{k} FAILED[/]" for k, ok in held.items()
-    )
-    console.print(f"invariants: {marks}")
+    marks = [f"[green]{k} held[/]" if ok else f"[red]{k} FAILED[/]" for k, ok in held.items()]
+    plain = [f"{k} held" if ok else f"{k} FAILED" for k, ok in held.items()]
+    line, room = "invariants:", WIDTH - len("invariants:")
+    for mark, text in zip(marks, plain, strict=True):
+        if len(text) + 2 > room:  # a mark never breaks across lines
+            console.print(line)
+            line, room = "           ", WIDTH - 11
+        line += f"  {mark}"
+        room -= len(text) + 2
+    console.print(line)
     if cert:
         console.print(
             f"certificate: {cert['contracts_valid']} of {cert['contracts']} contracts valid, "
-            f"{cert['quality_passed']} passed the quality gate, "
-            f"{sum(cert['held'].values())} of {len(cert['held'])} gates held"
+            f"quality gate {cert['quality_passed']} passed, "
+            f"{sum(cert['held'].values())}/{len(cert['held'])} gates held"
         )
+
+
+WIDTH = 80
+"""Columns the demo's text keeps to, whatever the terminal (a command may be longer)."""
+
+
+def _hints(run_id: str, signals: list[Signal]) -> list[tuple[str, str]]:
+    """(command, what it shows) for the run the demo made, as the user can type them."""
+    prog = command_name()
+    tasks = plan_rerun(signals).tasks
+    chunks = sum(t.phase == "execute" for t in tasks)
+    out = f"audit-{run_id[-6:]}"
+    return [
+        (f"{prog} signals {run_id}", "every signal of the run, in order, chain verified"),
+        (f"{prog} show {run_id}", "phases, attempts, durations, every contract and invariant"),
+        (f"{prog} manifest {run_id}", "the run manifest: code fingerprint, seed, inputs, outputs"),
+        (f"{prog} runs; {prog} stats", "every run; per-phase percentiles, success, retries"),
+        (f"{prog} replay verify {run_id}", "prove it intact: hashes, links, placement, refold"),
+        (
+            f"{prog} replay rerun {run_id} --pipelines {PIPELINE_SPEC} --workers 2",
+            f"prove it deterministic: its {len(tasks)} attempts run again ({chunks} of them "
+            "the chunks of the 300 contracts) on 2 worker processes, digests compared",
+        ),
+        (
+            f"{prog} audit {run_id} --out {out}",
+            f"a bundle with report.html; `{prog} audit verify {out}` checks it offline",
+        ),
+        (
+            f"{prog} up --pipelines {PIPELINE_SPEC}",
+            "keep a server, an orchestrator and a worker running, with the live dashboard "
+            "on http://127.0.0.1:8765",
+        ),
+        (f"{prog} watch {run_id}", "the same live view in the terminal"),
+        (
+            f"{prog} run {PIPELINE_SPEC} --input {BROKEN} --wait",
+            "exit 1: INV-7.1 fails, observed 1.1",
+        ),
+        (
+            f"{prog} run examples.taxonomy --wait",
+            "the other reference pipelines: examples.taxonomy, examples.script_lighting, "
+            "examples.task_execution (each with a README in examples/)",
+        ),
+        (f"{prog} tail --all", "the whole log, live"),
+        (f"{prog} schema export schemas/", "JSON Schemas to decode the log in any language"),
+    ]
+
+
+def _print_hints(hints: list[tuple[str, str]]) -> None:
+    """Each command on a line of its own (never broken, to be copied whole), what it
+    shows under it, wrapped to :data:`WIDTH`."""
+    console.print("\n[bold]where to look next[/]")
+    for cmd, what in hints:
+        console.print(Text(f"  {cmd}", "cyan"))
+        for line in textwrap.wrap(what, WIDTH - 6):
+            console.print(Text(f"      {line}", "dim"))
+
+
+def _outcome(result: RunResult, signals: list[Signal]) -> None:
+    """How the run ended, with its duration as recorded in the log (the one `show` and
+    `runs` print: from its run_requested to its last signal)."""
+    took = (signals[-1].at - signals[0].at).total_seconds() if signals else None
+    style = {"completed": "bold green", "failed": "bold red"}.get(result.status, "yellow")
+    console.print(
+        f"run [cyan]{result.run_id}[/] [{style}]{result.status}[/] in {duration_text(took)}, "
+        f"{len(signals)} signals"
+    )
+    if result.fingerprint:
+        console.print(f"fingerprint {result.fingerprint}")
+    if result.error:
+        where = f" in phase {result.failed_phase}" if result.failed_phase else ""
+        console.print(Text(f"{result.error_kind}{where}: {result.error}", "red"))
 
 
 @cli.command()
@@ -60,11 +143,11 @@ async def demo(seed: int) -> None:
         fail(f"the demo needs the examples/ folder of a sisas checkout ({source} is missing)")
     settings = load_settings()
     console.print(
-        f"[bold]sisas demo[/]: pipeline [cyan]policy_evaluation[/] from {folder} on "
+        "[bold]sisas demo[/]: [cyan]examples/policy_evaluation[/] on "
         + ("the embedded server" if settings.embedded else str(settings.nats_url))
     )
     local = load_pipelines([str(source)], entry_points=False)
-    result, elapsed = await start_and_watch(
+    result, _ = await start_and_watch(
         "policy_evaluation",
         data.read_bytes(),
         seed=seed,
@@ -76,7 +159,6 @@ async def demo(seed: int) -> None:
         requested_by="sisas demo",
     )
     assert result is not None
-    print_result(result, False, elapsed)
     async with open_bus(settings, name="sisas-demo") as bus:
         records = await bus.log.read_run(result.run_id)
         signals = [r.signal for r in records if isinstance(r, StoredSignal)]
@@ -87,51 +169,18 @@ async def demo(seed: int) -> None:
             and s.body.artifact
             and s.phase in ("aggregate", "certify")
         }
+    _outcome(result, signals)
     _summary(outputs, signals)
     verified = report(LogVerifier(only=result.run_id).extend(records))
     contracts = sum(isinstance(s.body, ContractChecked) for s in signals)
     invariants = sum(isinstance(s.body, InvariantChecked) for s in signals)
     first = verified.first
     console.print(
-        f"log: {len(signals)} signals, {contracts} contract checks, {invariants} "
-        "invariant checks; verified (hashes, links, placement, refold): "
+        f"log: {len(signals)} signals, {contracts} contract checks, {invariants} invariant checks"
+    )
+    console.print(
+        "verified (hashes, links, placement, refold): "
         + ("[green]intact[/]" if first is None else f"[red]NOT intact: {first.message}[/]")
     )
-    console.print("\n[bold]where to look next[/]")
-    rid = result.run_id
-    hints = [
-        (f"sisas signals {rid}", "every signal of the run, in order, chain verified"),
-        (f"sisas show {rid}", "phases, attempts, durations, every contract and invariant"),
-        (f"sisas manifest {rid}", "the run manifest: code fingerprint, seed, inputs, outputs"),
-        ("sisas runs  /  sisas stats", "every run; per-phase percentiles, success, retries"),
-        (f"sisas replay verify {rid}", "prove it intact: hashes, links, placement, refold"),
-        (
-            f"sisas replay rerun {rid} --pipelines {PIPELINE_SPEC} --workers 2",
-            "prove it deterministic: rerun its 300 executors, compare digests",
-        ),
-        (
-            f"sisas audit {rid} --out audit-{rid[-6:]}",
-            "a bundle with report.html; `sisas audit verify DIR` checks it offline",
-        ),
-        (
-            f"sisas up --pipelines {PIPELINE_SPEC}",
-            "keep a server, orchestrator, worker; the live dashboard on http://127.0.0.1:8765",
-        ),
-        (f"sisas watch {rid}", "the same live view in the terminal"),
-        (
-            "sisas run examples.policy_evaluation --input "
-            "examples/policy_evaluation/data/broken_weights.json --wait",
-            "(in another shell) exit 1: INV-7.1 fails, observed 1.1",
-        ),
-        (
-            "sisas run examples.taxonomy --wait",
-            "the other reference pipelines: examples.taxonomy, examples.script_lighting,",
-        ),
-        ("", "examples.task_execution (each with a README in examples/)"),
-        ("sisas tail --all", "the whole log, live"),
-        ("sisas schema export schemas/", "JSON Schemas to decode the log in any language"),
-    ]
-    width = max(len(c) for c, _ in hints) + 2
-    for cmd, what in hints:
-        console.print(f"  [cyan]{cmd:<{width}}[/]{what}")
+    _print_hints(_hints(result.run_id, signals))
     sys.exit(0 if result.status == "completed" and verified.intact else 1)
