@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -232,6 +233,18 @@ async def test_an_artifact_listed_in_the_manifest_can_be_fetched(
     assert b"values" in out.read_bytes()
     unknown = subprocess.run([*cli, "sha256:" + "0" * 64], env=env, capture_output=True)
     assert unknown.returncode == 2 and b"no artifact" in unknown.stderr
+    # the output's semantic digest, the one `outputs` and `show` display most, is not it
+    assert load["output_digest"] != load["artifact"]["digest"]
+    semantic = subprocess.run([*cli, load["output_digest"]], env=env, capture_output=True)
+    assert semantic.returncode == 2
+    assert b"semantic digest" in semantic.stderr and b"artifact.digest" in semantic.stderr
+    as_json = await asyncio.to_thread(  # the query service answers from this loop
+        subprocess.run,
+        [sys.executable, "-m", "sisas.cli", "manifest", "a1", "--json"],
+        env=env,
+        capture_output=True,
+    )
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["run_id"] == "a1"
 
 
 async def test_an_answer_past_max_payload_is_an_error_naming_the_fix(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from sisas.cli.render import (
     status_text,
     traceback_tail,
 )
+from sisas.errors import ArtifactNotFound
 from sisas.projections.queries import parse_since
 from sisas.signals import PhaseFailed, StoredSignal, check_name
 from sisas.signals.summary import first_line, scalar_text
@@ -348,8 +349,9 @@ def _detail(c: dict[str, Any]) -> str:
 @click.option(
     "--out", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write it to FILE."
 )
+@click.option("--json", "as_json", is_flag=True, help="Accepted for symmetry: it is JSON.")
 @run_async
-async def manifest(run_id: str, out: Path | None) -> None:
+async def manifest(run_id: str, out: Path | None, as_json: bool) -> None:
     """Print (or write) the run manifest as JSON.
 
     Pipeline version and the fingerprint of its code and contracts, seed, input digest,
@@ -506,7 +508,15 @@ async def artifact(digest: str, out: Path | None) -> None:
             f"{digest!r} is not an artifact digest (sha256:<64 hex>); copy it from `sisas manifest`"
         )
     async with open_bus(load_settings(), name="sisas-artifact") as bus:
-        data = await bus.artifacts.get(digest)
+        try:
+            data = await bus.artifacts.get(digest)
+        except ArtifactNotFound as exc:
+            raise ArtifactNotFound(
+                f"{exc}. If you copied it from a manifest's `outputs`, a phase's "
+                "`output_digest` or the output column of `sisas show`, that is the "
+                "output's semantic digest, not its bytes': the bytes are under that "
+                "phase's `artifact.digest` in `sisas manifest RUN`"
+            ) from None
     if out is None:
         sys.stdout.buffer.write(data)
         return
