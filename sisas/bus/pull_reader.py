@@ -17,7 +17,7 @@ import asyncio
 import collections
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -70,8 +70,44 @@ async def _create_consumer(nc: NATS, stream: str, subject: str, first: int, time
 _REQUEST = json.dumps({"batch": BATCH, "expires": 30_000_000_000}).encode()
 
 
-def _status_failure(stream: str, status: str, description: str) -> AppendFailed:
-    return AppendFailed(f"reading stream {stream} failed: status {status} {description}")
+# What a subscription hands the reader: (subject, reply, data) of a message, or
+# (status, description) of a status message (no reply: heartbeat, nothing more to give).
+_Item = tuple[str, "str | bytes", bytes] | tuple[str, str]
+_Push = Callable[[_Item], None]
+
+
+async def _subscribe_raw(nc: Client, inbox: str, push: _Push) -> Callable[[], Awaitable[None]]:
+    """Messages straight from the protocol parser as bytes (no ``Msg``, no header dict)."""
+    subjects: dict[bytes, str] = {}
+
+    def sink(subj: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        if not reply:  # b"NATS/1.0 404 No Messages\r\n…"
+            line = (headers or b"").split(b"\r\n", 1)[0].decode(errors="replace")
+            push((line[9:12], line[13:]))
+            return
+        text = subjects.get(subj)
+        if text is None:
+            if len(subjects) > 4096:
+                subjects.clear()
+            text = subjects[subj] = subj.decode()
+        push((text, reply, data))
+
+    sid = await nc.subscribe_raw(inbox, sink)
+    return lambda: nc.unsubscribe_raw(sid)
+
+
+async def _subscribe_msgs(nc: NATS, inbox: str, push: _Push) -> Callable[[], Awaitable[None]]:
+    """Messages through nats-py's public API, a ``Msg`` each."""
+
+    async def on_msg(msg: Msg) -> None:
+        if msg.reply:
+            push((msg.subject, msg.reply, msg.data))
+        else:
+            headers = msg.headers or {}
+            push((headers.get("Status", ""), headers.get("Description", "")))
+
+    sub = await nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=0, pending_bytes_limit=0)
+    return sub.unsubscribe
 
 
 async def read_range(
@@ -83,62 +119,9 @@ async def read_range(
     On a :class:`sisas.bus.raw_client.Client` (every sisas connection) the messages
     skip nats-py's ``Msg`` layer; on a plain nats-py client this is
     :func:`read_range_msgs`."""
-    if not isinstance(nc, Client):
-        async for item in read_range_msgs(nc, stream, subject, first, last, timeout=timeout):
-            yield item
-        return
-    if last < first:
-        return
-    name = await _create_consumer(nc, stream, subject, first, timeout)
-    buf: collections.deque[tuple[bytes, bytes, bytes, bytes | None]] = collections.deque()
-    wake = asyncio.Event()
-
-    def sink(subj: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-        buf.append((subj, reply, data, headers))
-        wake.set()
-
-    inbox = nc.new_inbox()
-    sid = await nc.subscribe_raw(inbox, sink)
-    nxt = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}"
-    try:
-        for _ in range(IN_FLIGHT):
-            await nc.publish(nxt, _REQUEST, reply=inbox)
-        got = 0
-        subjects: dict[bytes, str] = {}
-        while True:
-            if not buf:
-                wake.clear()
-                await wake.wait()
-                continue
-            subj, reply, data, headers = buf.popleft()
-            if not reply:  # a status: 100 heartbeat, 404/408 nothing (more) to give
-                line = (headers or b"").split(b"\r\n", 1)[0].decode(errors="replace")
-                status = line[9:12]
-                if status in ("404", "408"):
-                    await nc.publish(nxt, _REQUEST, reply=inbox)
-                elif status != "100":
-                    raise _status_failure(stream, status, line[13:])
-                continue
-            seq, pending = _stream_seq(reply)
-            if seq > last:
-                return
-            text = subjects.get(subj)
-            if text is None:
-                if len(subjects) > 4096:
-                    subjects.clear()
-                text = subjects[subj] = subj.decode()
-            yield seq, text, data
-            if seq >= last or pending == 0:
-                return
-            got += 1
-            if got == BATCH:
-                got = 0
-                await nc.publish(nxt, _REQUEST, reply=inbox)
-    finally:
-        with contextlib.suppress(Exception):
-            await nc.unsubscribe_raw(sid)
-        with contextlib.suppress(Exception):  # the inactive threshold reaps it otherwise
-            await nc.publish(f"$JS.API.CONSUMER.DELETE.{stream}.{name}", b"")
+    raw = isinstance(nc, Client)
+    async for item in _read(nc, stream, subject, first, last, timeout=timeout, raw=raw):
+        yield item
 
 
 async def read_range_msgs(
@@ -146,18 +129,29 @@ async def read_range_msgs(
 ) -> AsyncIterator[tuple[int, str, bytes]]:
     """:func:`read_range` through nats-py's public API only (a ``Msg`` per message):
     what plain nats-py clients read with, and the raw reference of ``bench/``."""
+    async for item in _read(nc, stream, subject, first, last, timeout=timeout, raw=False):
+        yield item
+
+
+async def _read(
+    nc: NATS, stream: str, subject: str, first: int, last: int, *, timeout: float, raw: bool
+) -> AsyncIterator[tuple[int, str, bytes]]:
     if last < first:
         return
     name = await _create_consumer(nc, stream, subject, first, timeout)
-    inbox = nc.new_inbox()
-    buf: collections.deque[Msg] = collections.deque()
+    buf: collections.deque[_Item] = collections.deque()
     wake = asyncio.Event()
 
-    async def on_msg(msg: Msg) -> None:
-        buf.append(msg)
+    def push(item: _Item) -> None:
+        buf.append(item)
         wake.set()
 
-    sub = await nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=0, pending_bytes_limit=0)
+    inbox = nc.new_inbox()
+    if raw:
+        assert isinstance(nc, Client)
+        unsubscribe = await _subscribe_raw(nc, inbox, push)
+    else:
+        unsubscribe = await _subscribe_msgs(nc, inbox, push)
     nxt = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}"
     try:
         for _ in range(IN_FLIGHT):
@@ -168,20 +162,21 @@ async def read_range_msgs(
                 wake.clear()
                 await wake.wait()
                 continue
-            msg = buf.popleft()
-            if not msg.reply:  # a status: 100 heartbeat, 404/408 nothing (more) to give
-                status = (msg.headers or {}).get("Status", "")
+            item = buf.popleft()
+            if len(item) == 2:  # a status: 100 heartbeat, 404/408 nothing (more) to give
+                status, description = item
                 if status in ("404", "408"):
                     await nc.publish(nxt, _REQUEST, reply=inbox)
                 elif status != "100":
-                    raise _status_failure(
-                        stream, status, (msg.headers or {}).get("Description", "")
+                    raise AppendFailed(
+                        f"reading stream {stream} failed: status {status} {description}"
                     )
                 continue
-            seq, pending = _stream_seq(msg.reply)
+            subj, reply, data = item
+            seq, pending = _stream_seq(reply)
             if seq > last:
                 return
-            yield seq, msg.subject, msg.data
+            yield seq, subj, data
             if seq >= last or pending == 0:
                 return
             got += 1
@@ -190,6 +185,6 @@ async def read_range_msgs(
                 await nc.publish(nxt, _REQUEST, reply=inbox)
     finally:
         with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+            await unsubscribe()
         with contextlib.suppress(Exception):  # the inactive threshold reaps it otherwise
             await nc.publish(f"$JS.API.CONSUMER.DELETE.{stream}.{name}", b"")
