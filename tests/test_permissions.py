@@ -40,6 +40,7 @@ from nats.aio.client import Client as NATS
 from sisas.bus.embedded import find_binary
 from sisas.bus.inputs import publish_input
 from sisas.bus.permissions import ROLES, auth_conf, permissions_markdown
+from sisas.bus.presence import worker_live
 from sisas.bus.queries import ask
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus, open_bus
@@ -334,6 +335,9 @@ async def test_each_role_may_do_its_work_and_the_server_refuses_it_the_rest(
         op = await stack.enter_async_context(
             open_bus(secured.settings("operator"), name="operator")
         )
+        await s.may(
+            "operator", "ask whether a live worker runs a pipeline", _worker_live(op, "slow")
+        )
         digest = await op.artifacts.put(b'{"seconds": 0.01}')
         m.add("operator", "put the run's input artifact", "allowed", "allowed", digest[:19])
         await s.may(
@@ -410,6 +414,16 @@ async def _registered(worker: Worker) -> str:
 async def _sent(bus: Bus, inp: StartRun | CancelRun) -> str:
     seq = await publish_input(bus.js, inp, attempts=1)
     return f"SISAS_IN seq {seq}"
+
+
+async def _worker_live(bus: Bus, pipeline: str) -> str:
+    # the worker answers once its task runs: ask until it does (a refusal never answers)
+    deadline = time.monotonic() + 30
+    while not await worker_live(bus.nc, pipeline, timeout=0.5):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no worker of {pipeline} answered")
+        await asyncio.sleep(0.05)
+    return f"a worker of {pipeline} answered"
 
 
 async def _read_run(bus: Bus, run_id: str) -> str:

@@ -25,14 +25,18 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from sisas.bus.circuits import CircuitBoard
 from sisas.bus.keys import signer_from_file
+from sisas.bus.presence import ORCHESTRATOR_SUBJECT, answering
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
 from sisas.bus.streams import INPUT_STREAM
@@ -84,7 +88,8 @@ class Orchestrator:
         """Signs every appended signal when ``SISAS_SIGNING_KEY`` names a key."""
 
     async def run(self, stop: asyncio.Event, *, batch: int = 64) -> None:
-        """Consume inputs until ``stop`` is set."""
+        """Consume inputs until ``stop`` is set, answering presence requests meanwhile
+        (:mod:`sisas.bus.presence`: ``sisas run`` and ``sisas cancel`` ask)."""
         psub = await self.bus.js.pull_subscribe(
             f"{IN_PREFIX}.>",
             durable=CONSUMER,
@@ -96,20 +101,27 @@ class Orchestrator:
                 max_ack_pending=10_000,
             ),
         )
+        about = {"orchestrator": f"{socket.gethostname()}-{os.getpid()}"}
         try:
-            while not stop.is_set():
-                try:
-                    msgs = await psub.fetch(batch, timeout=0.25)
-                except TimeoutError:
-                    continue
-                except Exception as exc:  # server restarting, leader election
-                    log.warning("orchestrator fetch failed: %s; retrying", exc)
-                    await asyncio.sleep(0.5)
-                    continue
-                await self._handle_batch(msgs)
+            async with answering(self.bus.nc, [ORCHESTRATOR_SUBJECT], about):
+                await self._loop(psub, stop, batch)
         finally:
             with contextlib.suppress(Exception):  # connection already closing
                 await psub.unsubscribe()
+
+    async def _loop(
+        self, psub: JetStreamContext.PullSubscription, stop: asyncio.Event, batch: int
+    ) -> None:
+        while not stop.is_set():
+            try:
+                msgs = await psub.fetch(batch, timeout=0.25)
+            except TimeoutError:
+                continue
+            except Exception as exc:  # server restarting, leader election
+                log.warning("orchestrator fetch failed: %s; retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
+            await self._handle_batch(msgs)
 
     async def _handle_batch(self, msgs: list[Msg]) -> None:
         """Decide a fetched batch: each run's inputs in their stream order, different runs

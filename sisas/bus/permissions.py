@@ -7,7 +7,8 @@ nats-server config (:func:`auth_conf`) and the table in docs/security.md
 - **orchestrator**: the services (orchestrator, projector, trigger service, ``sisas up``):
   append to the log, send inputs, create and read the streams and buckets, answer queries.
 - **operator**: the CLI: send ``start_run`` / ``cancel_run``, put input artifacts, read.
-- **worker**: take scheduled phases, read and put artifacts, register plans, report.
+- **worker**: take scheduled phases, read and put artifacts, register plans, report,
+  answer who serves its pipelines.
 - **auditor**: also dashboards: read the log, artifacts and plans, ask read-only queries.
 - **upstream**: an outside system: publish its own subjects, nothing else.
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from sisas.bus.circuits import CIRCUIT_BUCKET
+from sisas.bus.presence import PRESENCE_PREFIX
 from sisas.bus.registry import PIPELINE_BUCKET
 from sisas.bus.streams import ARTIFACT_BUCKET, BLOB_BUCKET, INPUT_STREAM, LOG_STREAM
 from sisas.bus.triggers import TRIGGER_BUCKET, UPSTREAM_STREAM
@@ -201,6 +203,10 @@ ORCHESTRATOR: Final = Role(
             subscribe=(f"{QUERY_PREFIX}.*",),
         ),
         Grant(
+            "answer presence requests (an orchestrator, a worker in `sisas up`)",
+            subscribe=(f"{PRESENCE_PREFIX}.>",),
+        ),
+        Grant(
             "create the streams and buckets; extend SISAS_UPSTREAM to new trigger subjects",
             (
                 *(f"{API}.STREAM.CREATE.{s}" for s in STREAMS),
@@ -243,6 +249,10 @@ OPERATOR: Final = Role(
         _READ_LOG,
         _READ_ARTIFACTS,
         Grant("ask the query service (also `projections rebuild`)", (f"{QUERY_PREFIX}.*",)),
+        Grant(
+            "ask who is live: a worker of a pipeline, an orchestrator (`run`, `cancel`)",
+            (f"{PRESENCE_PREFIX}.>",),
+        ),
         Grant("receive live progress", subscribe=(f"{LIVE_PREFIX}.>",)),
         _REPLIES,
     ),
@@ -273,6 +283,10 @@ WORKER: Final = Role(
         ),
         Grant("report phases (started, completed, failed)", (_command("phase_report"),)),
         Grant("publish live progress", (f"{LIVE_PREFIX}.>",)),
+        Grant(
+            "answer presence requests for its pipelines (replies via allow_responses)",
+            subscribe=(f"{PRESENCE_PREFIX}.worker.*",),
+        ),
         _REPLIES,
     ),
     deny_publish=(
@@ -280,6 +294,7 @@ WORKER: Final = Role(
         _command("start_run"),
         _command("cancel_run"),
     ),
+    responses="1m",
 )
 
 AUDITOR: Final = Role(

@@ -41,6 +41,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from sisas.bus.inputs import publish_input
 from sisas.bus.isolation import run_isolated
+from sisas.bus.presence import answering, worker_subject
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
 from sisas.bus.streams import LOG_STREAM
@@ -131,9 +132,12 @@ class Worker:
             await registry.publish(pipe.plan())
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Register the plans, then take work until ``stop`` is set."""
+        """Register the plans, then take work until ``stop`` is set, answering presence
+        requests for each pipeline meanwhile (:mod:`sisas.bus.presence`)."""
         await self.register()
-        async with asyncio.TaskGroup() as tg:
+        about = {"worker": self.name, "pipelines": sorted(self.pipelines)}
+        subjects = [worker_subject(name) for name in self.pipelines]
+        async with answering(self.bus.nc, subjects, about), asyncio.TaskGroup() as tg:
             for name in self.pipelines:
                 tg.create_task(self._consume(name, stop))
 

@@ -1,0 +1,97 @@
+"""Who is live on the bus: the workers of a pipeline, the orchestrators.
+
+Presence is an answer, not a record. A worker answers ``sisas.presence.worker.<pipeline>``
+for each pipeline it runs, an orchestrator answers ``sisas.presence.orchestrator``, only
+while its loop runs and its connection is up; asking is one core NATS request that the
+server answers at once with "no responders" when nobody listens. So a worker that died,
+or the worker a finished ``sisas run`` hosted for its own duration, is never counted,
+whereas a plan in the ``sisas-pipelines`` bucket outlives every worker that registered it
+(a plan says a pipeline *was* served once, not that it is). Interest in a subject spreads
+to every node of a NATS cluster, so a worker on any machine answers a question asked on
+any other, with no clock, heartbeat interval or expiry to tune.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Final
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from sisas.errors import BusError
+
+__all__ = [
+    "ORCHESTRATOR_SUBJECT",
+    "PRESENCE_PREFIX",
+    "answering",
+    "orchestrator_live",
+    "worker_live",
+    "worker_subject",
+]
+
+PRESENCE_PREFIX: Final = "sisas.presence"
+ORCHESTRATOR_SUBJECT: Final = f"{PRESENCE_PREFIX}.orchestrator"
+ASK_TIMEOUT: Final = 2.0
+"""Seconds to wait for an answer once someone listens (a live process answers in ms)."""
+
+
+def worker_subject(pipeline: str) -> str:
+    """The subject a worker of ``pipeline`` answers on."""
+    return f"{PRESENCE_PREFIX}.worker.{pipeline}"
+
+
+@contextlib.asynccontextmanager
+async def answering(
+    nc: NATS, subjects: Iterable[str], about: Mapping[str, object]
+) -> AsyncIterator[None]:
+    """Answer presence requests on ``subjects`` with ``about`` (JSON) inside the block.
+
+    A subscription the server refuses (a role without the permission) only means this
+    process is not seen as live; it never stops the caller's work.
+    """
+    payload = json.dumps(dict(about), sort_keys=True).encode()
+
+    async def reply(msg: Msg) -> None:
+        if msg.reply:
+            with contextlib.suppress(Exception):  # the asker may be gone already
+                await msg.respond(payload)
+
+    subs = []
+    for subject in subjects:
+        with contextlib.suppress(Exception):
+            subs.append(await nc.subscribe(subject, cb=reply))
+    try:
+        yield
+    finally:
+        for sub in subs:
+            with contextlib.suppress(Exception):  # the connection may be closing
+                await sub.unsubscribe()
+
+
+async def _answered(nc: NATS, subject: str, timeout: float) -> bool:
+    try:
+        await nc.request(subject, b"", timeout=timeout)
+        return True
+    except NoRespondersError:
+        return False
+    except (TimeoutError, NatsTimeoutError):
+        return False  # someone listens but cannot answer: not live for our purpose
+    except Exception as exc:  # NATS errors never leave bus/
+        raise BusError(
+            f"could not ask who serves {subject}: {exc}; is the server reachable?"
+        ) from None
+
+
+async def worker_live(nc: NATS, pipeline: str, *, timeout: float = ASK_TIMEOUT) -> bool:
+    """Whether a live worker (any process, any node) runs ``pipeline``'s phases now."""
+    return await _answered(nc, worker_subject(pipeline), timeout)
+
+
+async def orchestrator_live(nc: NATS, *, timeout: float = ASK_TIMEOUT) -> bool:
+    """Whether a live orchestrator consumes ``SISAS_IN`` now."""
+    return await _answered(nc, ORCHESTRATOR_SUBJECT, timeout)
