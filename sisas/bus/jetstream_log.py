@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Final
 
 from nats.aio.client import Client as NATS
@@ -265,8 +265,9 @@ class JetStreamLog:
         async for msg_seq, msg in self._consume(self._subjects, from_seq):
             yield msg_seq, msg.subject, msg.data
 
-    async def follow_run(self, run_id: str) -> AsyncIterator[StoredSignal | CorruptMessage]:
-        """Every message of one run from its first, then live as they are appended."""
+    async def follow_run(self, run_id: str) -> AsyncGenerator[StoredSignal | CorruptMessage, None]:
+        """Every message of one run from its first, then live as they are appended (an
+        async generator: close it, e.g. with ``contextlib.aclosing``, when done early)."""
         async for msg_seq, msg in self._consume(run_filter(run_id), 1):
             yield decode_record(msg_seq, msg.subject, msg.data)
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from typing import Any
+from typing import Any, Final
 
 import click
 from rich.console import Group
@@ -15,9 +15,9 @@ from rich.table import Table
 from rich.text import Text
 
 from sisas.bus.queries import ask, projector_listening
-from sisas.bus.runtime import open_bus
+from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.services import running_services
-from sisas.cli.app import cli, console, err_console, load_settings, run_async
+from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
 from sisas.cli.render import STATUS_STYLE
 from sisas.dashboard.server import DEFAULT_PORT, serving_dashboard
 from sisas.dashboard.views import run_view
@@ -25,7 +25,11 @@ from sisas.handlers.state import TERMINAL_RUN
 from sisas.signals import Signal, StoredSignal
 from sisas.signals.names import check_name
 
-__all__ = ["dashboard", "watch"]
+__all__ = ["START_GRACE", "dashboard", "watch"]
+
+START_GRACE: Final = 5.0
+"""Seconds ``sisas watch RUN`` waits for a run the log does not hold yet (one just
+requested) before it calls the id unknown."""
 
 
 @cli.command()
@@ -133,50 +137,90 @@ _ENDS = {
 
 @cli.command()
 @click.argument("run_id", required=False)
+@click.option(
+    "--wait-for-start",
+    is_flag=True,
+    help=f"Wait for RUN_ID however long it takes to appear (by default, a run the log "
+    f"does not hold within {START_GRACE:.0f}s is an error: exit 2).",
+)
 @run_async
-async def watch(run_id: str | None) -> None:
+async def watch(run_id: str | None, wait_for_start: bool) -> None:
     """The live view in the terminal: one run's phases (RUN_ID), or every run.
 
-    With RUN_ID it ends when the run ends: exit 0 completed, 1 failed or cancelled.
+    With RUN_ID it ends when the run ends: exit 0 completed, 1 failed or cancelled, 2
+    when the log has no such run (after a few seconds' grace for a run just requested).
     """
     if run_id:
         check_name(run_id, "run id")
     async with open_bus(load_settings(), name="sisas-watch") as bus:
         if run_id:
-            signals: list[Signal] = []
-            with Live(
-                Text(f"waiting for {run_id}…"), console=console, refresh_per_second=8
-            ) as live:
-                async for rec in bus.log.follow_run(run_id):
-                    if not isinstance(rec, StoredSignal):
-                        continue
-                    signals.append(rec.signal)
-                    view = run_view(signals)
-                    live.update(_run_render(view))
-                    if view["status"] in TERMINAL_RUN:
-                        break
-            sys.exit(0 if view["status"] == "completed" else 1)
+            if not wait_for_start and not await _appears(bus, run_id, START_GRACE):
+                fail(
+                    f"no run {run_id!r} in this log (nothing arrived in {START_GRACE:.0f}s): "
+                    "check the run id (`sisas runs` lists them), or pass --wait-for-start "
+                    "to wait for a run that has not started yet"
+                )
+            sys.exit(await _watch_one(bus, run_id))
         runs: dict[str, dict[str, Any]] = {}
         with contextlib.suppress(Exception):
             answer = await ask(bus, "runs", {"limit": 25}, timeout=10)
             for r in reversed(answer.result):
                 runs[r["run_id"]] = dict(r)
         start = await bus.log.last_seq() + 1
-        with Live(_runs_render(runs), console=console, refresh_per_second=4) as live:
-            async for record in bus.log.follow(from_seq=start, live=True):
-                if not isinstance(record, StoredSignal):
+        try:
+            await _watch_all(bus, runs, start)
+        finally:
+            _end_line()
+
+
+async def _watch_all(bus: Bus, runs: dict[str, dict[str, Any]], start: int) -> None:
+    """Show every run live as its signals arrive from ``start``, until cancelled."""
+    with Live(_runs_render(runs), console=console, refresh_per_second=4) as live:
+        async for record in bus.log.follow(from_seq=start, live=True):
+            if not isinstance(record, StoredSignal):
+                continue
+            s = record.signal
+            row = runs.setdefault(
+                s.run_id,
+                {"run_id": s.run_id, "pipeline": s.pipeline, "status": "requested", "signals": 0},
+            )
+            row["signals"] = s.seq
+            row["status"] = _ENDS.get(s.kind, row["status"])
+            row["last"] = f"{s.kind} {s.phase}".strip()
+            live.update(_runs_render(runs))
+
+
+async def _appears(bus: Bus, run_id: str, grace: float) -> bool:
+    """Whether the log holds ``run_id``, or does within ``grace`` seconds."""
+    deadline = asyncio.get_running_loop().time() + grace
+    while await bus.log.last_of_run(run_id) is None:
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(0.2)
+    return True
+
+
+async def _watch_one(bus: Bus, run_id: str) -> int:
+    """Show ``run_id`` live until it ends; its exit code (0 completed, 1 otherwise)."""
+    signals: list[Signal] = []
+    status = "requested"
+    with Live(Text(f"waiting for {run_id}…"), console=console, refresh_per_second=8) as live:
+        async with contextlib.aclosing(bus.log.follow_run(run_id)) as records:
+            async for rec in records:
+                if not isinstance(rec, StoredSignal):
                     continue
-                s = record.signal
-                row = runs.setdefault(
-                    s.run_id,
-                    {
-                        "run_id": s.run_id,
-                        "pipeline": s.pipeline,
-                        "status": "requested",
-                        "signals": 0,
-                    },
-                )
-                row["signals"] = s.seq
-                row["status"] = _ENDS.get(s.kind, row["status"])
-                row["last"] = f"{s.kind} {s.phase}".strip()
-                live.update(_runs_render(runs))
+                signals.append(rec.signal)
+                view = run_view(signals)
+                live.update(_run_render(view))
+                status = view["status"]
+                if status in TERMINAL_RUN:
+                    break
+    _end_line()
+    return 0 if status == "completed" else 1
+
+
+def _end_line() -> None:
+    """End a live view with a newline: rich adds one on a terminal only, and a shell
+    prompt would otherwise follow its last line (piped, redirected)."""
+    if not console.is_terminal:
+        console.line()

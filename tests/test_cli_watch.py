@@ -1,0 +1,43 @@
+"""`sisas watch`: one run live until it ends, or an id the log does not hold (exit 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sisas.bus.runtime import Bus
+from sisas.bus.services import running_services
+from sisas.handlers.derive import keyed_run_id
+from tests.cli_process import EXAMPLE, POINTS, Command, base_env, run_cli, sisas
+from tests.conftest import NatsServer
+
+
+@pytest.fixture
+def env(nats_server: NatsServer, tmp_path: Path) -> dict[str, str]:
+    """A shared server with nothing running on it."""
+    return base_env(
+        SISAS_NATS_URL=nats_server.url, SISAS_HOME=str(tmp_path / "home"), SISAS_REPLICAS="1"
+    )
+
+
+def test_watch_an_unknown_run_exits_2_with_the_fix(env: dict[str, str]) -> None:
+    out = sisas("watch", "nosuch-run", env=env)
+    assert out.returncode == 2
+    assert "no run 'nosuch-run'" in out.stderr
+    assert "--wait-for-start" in out.stderr
+
+
+async def test_watch_waits_for_start_when_told_and_ends_its_view_with_a_newline(
+    bus: Bus, env: dict[str, str]
+) -> None:
+    run_id = keyed_run_id("clustering", "later")
+    async with running_services(bus, {}):
+        watching = await Command.start("watch", run_id, "--wait-for-start", env=env)
+        code, _, err = await run_cli(
+            "run", EXAMPLE, "--input", POINTS, "--idempotency-key", "later", "--wait", env=env
+        )
+        assert code == 0, err
+        assert await watching.finish() == 0, watching.err
+    assert "checks: " in watching.out
+    assert watching.out.endswith("\n")
