@@ -13,15 +13,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sisas.bus.inputs import publish_start
-from sisas.bus.runtime import open_bus
-from sisas.cli.app import cli, console, load_settings, run_async
-from sisas.cli.run_commands import (
-    PIPELINES_OPTION,
-    _handlers_if_needed,
-    named_or_loaded,
-    parse_set,
-    run_id_for,
-)
+from sisas.bus.runtime import Bus, open_bus
+from sisas.cli.app import cli, console, err_console, load_settings, run_async
+from sisas.cli.hosting import Hosting, hosting, interrupted_note, pipeline_plan
+from sisas.cli.progress import advise
+from sisas.cli.run_commands import PIPELINES_OPTION, named_or_loaded
+from sisas.cli.run_inputs import parse_set, run_id_for
 from sisas.errors import UsageError
 from sisas.loader import load_pipelines
 from sisas.signals import RunCompleted, RunFailed, StoredSignal
@@ -53,6 +50,61 @@ def read_inputs(source: str) -> list[tuple[str, bytes]]:
         except ValueError as exc:
             raise UsageError(f"input {name} is not JSON ({exc}); nothing was started") from None
     return items
+
+
+def _ended(last: StoredSignal) -> tuple[str, str, str]:
+    """(status, fingerprint, error) of a run from the signal that ended it."""
+    body = last.signal.body
+    return (
+        last.signal.kind.removeprefix("run_"),
+        body.fingerprint if isinstance(body, RunCompleted) else "",
+        f"{body.error.kind}: {body.error.message}" if isinstance(body, RunFailed) else "",
+    )
+
+
+async def _wait_all(
+    bus: Bus,
+    batch_id: str,
+    runs: dict[str, str],
+    outcome: dict[str, tuple[str, str, str]],
+    host: Hosting,
+    as_json: bool,
+) -> None:
+    """Fill ``outcome`` (by run id) as the batch's runs end, with a progress bar and, once,
+    what keeps them from moving (:func:`advise`)."""
+    seen: set[str] = set()
+    advisor = asyncio.create_task(
+        advise(
+            bus,
+            host.pipeline,
+            host.code,
+            notes=err_console if as_json else console,
+            started=lambda: bool(seen),
+        )
+    )
+    try:
+        with Progress(
+            TextColumn(f"batch {batch_id}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=as_json,
+        ) as progress:
+            task = progress.add_task("runs", total=len(runs))
+            while len(outcome) < len(runs):
+                for run_id in runs:
+                    if run_id in outcome:
+                        continue
+                    last = await bus.log.last_of_run(run_id)
+                    if last is not None:
+                        seen.add(run_id)
+                    if isinstance(last, StoredSignal) and last.signal.kind in ENDED:
+                        outcome[run_id] = _ended(last)
+                        progress.advance(task)
+                await asyncio.sleep(0.1)
+    finally:
+        advisor.cancel()
 
 
 @cli.command()
@@ -95,7 +147,8 @@ async def batch(
     runs: dict[str, str] = {}
     outcome: dict[str, tuple[str, str, str]] = {}
     async with open_bus(load_settings(), name="sisas-batch") as bus:
-        async with _handlers_if_needed(bus, pipeline, local):
+        await pipeline_plan(bus, pipeline, local)  # refuses an unknown pipeline
+        async with hosting(bus, pipeline, local) as host:
             for i, (name, data) in enumerate(items):
                 run_id = run_id_for(pipeline, f"{batch_id}:{i}")
                 runs[run_id] = name
@@ -112,31 +165,13 @@ async def batch(
                         requested_by="sisas batch",
                         idempotency_key=f"{batch_id}:{i}",
                     )
-            with Progress(
-                TextColumn(f"batch {batch_id}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=console,
-                disable=as_json,
-            ) as progress:
-                task = progress.add_task("runs", total=len(runs))
-                while len(outcome) < len(runs):
-                    for run_id in runs:
-                        if run_id in outcome:
-                            continue
-                        last = await bus.log.last_of_run(run_id)
-                        if isinstance(last, StoredSignal) and last.signal.kind in ENDED:
-                            body = last.signal.body
-                            outcome[run_id] = (
-                                last.signal.kind.removeprefix("run_"),
-                                body.fingerprint if isinstance(body, RunCompleted) else "",
-                                f"{body.error.kind}: {body.error.message}"
-                                if isinstance(body, RunFailed)
-                                else "",
-                            )
-                            progress.advance(task)
-                    await asyncio.sleep(0.1)
+            try:
+                await _wait_all(bus, batch_id, runs, outcome, host, as_json)
+            except asyncio.CancelledError:  # Ctrl-C, SIGTERM: say what becomes of the runs
+                left = [r for r in runs if r not in outcome]
+                what = f"batch {batch_id} ({len(left)} of its runs)"
+                err_console.print(interrupted_note(host, left, what))
+                raise
     outcome = {r: outcome[r] for r in runs}  # input order
     completed = sum(1 for s, _, _ in outcome.values() if s == "completed")
     summary = {

@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+)
+from rich.table import Column
+from rich.text import Text
 
-from sisas.bus.jetstream_log import JetStreamLog
+from sisas.bus.presence import orchestrator_live, worker_live
+from sisas.bus.runtime import Bus
+from sisas.cli.hosting import no_worker_note, queued_note
+from sisas.errors import SisasError
 from sisas.signals import (
     ContractChecked,
     CorruptMessage,
@@ -26,10 +41,12 @@ from sisas.signals import (
     RunFailed,
     RunStarted,
     Signal,
-    StoredSignal,
 )
 
-__all__ = ["RunResult", "watch_run"]
+__all__ = ["HINT_AFTER", "RunResult", "advise", "progress_display", "watch_run"]
+
+HINT_AFTER: Final = 5.0
+"""Seconds a command waits before it says what keeps a run from moving."""
 
 
 @dataclass
@@ -160,54 +177,118 @@ def _apply(display: _Display, result: RunResult, s: Signal) -> None:
         result.status, result.error = "cancelled", body.reason
 
 
+class _StateColumn(ProgressColumn):
+    """A row's state on one line, cut with an ellipsis to the width the bars, counts and
+    phase names leave: a long error must not squeeze them out (the full text is in the
+    summary printed when the run ends)."""
+
+    def __init__(self) -> None:
+        super().__init__(table_column=Column(overflow="ellipsis"))
+
+    def render(self, task: Task) -> Text:
+        text = Text.from_markup(str(task.fields["state"]).split("\n", 1)[0])
+        text.no_wrap, text.overflow = True, "ellipsis"
+        return text
+
+
+def progress_display(console: Console) -> Progress:
+    """The live per-phase rows: name, bar, done/total, state."""
+    fixed = Column(no_wrap=True)
+    return Progress(
+        TextColumn("{task.description}", table_column=Column(no_wrap=True, min_width=12)),
+        BarColumn(bar_width=24, table_column=fixed),
+        MofNCompleteColumn(table_column=Column(no_wrap=True)),
+        _StateColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+async def advise(
+    bus: Bus,
+    pipeline: str,
+    code: str,
+    *,
+    notes: Console,
+    started: Callable[[], bool],
+    every: float = HINT_AFTER,
+) -> None:
+    """Say once, ``every`` seconds in, what keeps a run from moving: no orchestrator took
+    the request (it is queued), or no live worker runs ``pipeline`` (with the fix); check
+    again every ``every`` seconds until both are said or the caller cancels this."""
+    orchestrator_said = worker_said = False
+    while not (orchestrator_said and worker_said):
+        await asyncio.sleep(every)
+        try:
+            if not orchestrator_said:
+                orchestrator_said = True
+                if not started():
+                    if await orchestrator_live(bus.nc):
+                        notes.print(
+                            "[yellow]an orchestrator runs but has not taken the request yet "
+                            "(busy?); still waiting[/]"
+                        )
+                    else:
+                        notes.print(
+                            f"[yellow]{queued_note()}; still waiting (Ctrl-C stops "
+                            "waiting, the request stays queued)[/]"
+                        )
+            if not worker_said and not await worker_live(bus.nc, pipeline):
+                worker_said = True
+                notes.print(f"[yellow]{no_worker_note(pipeline, code)}[/]")
+        except SisasError:
+            return  # advice is a courtesy: never let it end the wait
+
+
 async def watch_run(
-    log: JetStreamLog,
+    bus: Bus,
     run_id: str,
     pipeline: str,
     *,
     console: Console | None,
-    hint_after: float = 10.0,
+    notes: Console | None = None,
+    code: str = "MODULE_OR_FILE",
+    hint_after: float = HINT_AFTER,
 ) -> RunResult:
-    """Follow ``run_id`` until it ends, drawing progress on ``console`` (None: silent)."""
+    """Follow ``run_id`` until it ends, drawing progress on ``console`` (None: silent).
+
+    Waits as long as it takes: a request no orchestrator has taken stays queued and runs
+    when one starts. ``notes`` (None: ``console``) gets, once, what keeps the run from
+    moving (see :func:`advise`).
+    """
     result = RunResult(run_id=run_id, pipeline=pipeline)
-    progress = (
-        Progress(
-            TextColumn("{task.description:<12}"),
-            BarColumn(bar_width=24),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[state]}"),
-            console=console,
-            transient=False,
+    progress = progress_display(console) if console is not None else None
+    display = _Display(progress)
+    notes = notes or console
+    advisor = (
+        asyncio.create_task(
+            advise(
+                bus,
+                pipeline,
+                code,
+                notes=notes,
+                started=lambda: result.signals > 0,
+                every=hint_after,
+            )
         )
-        if console
+        if notes is not None
         else None
     )
-    display = _Display(progress)
-    stream = log.follow_run(run_id).__aiter__()
     if progress is not None:
         progress.start()
     try:
-        while result.status == "running":
-            try:
-                rec = await asyncio.wait_for(
-                    stream.__anext__(), hint_after if result.signals == 0 else None
-                )
-            except TimeoutError:
-                if console is not None:
-                    console.print(
-                        "[yellow]no orchestrator has picked up the run yet: is "
-                        "`sisas up` (or `sisas orchestrator`) running?[/]"
-                    )
-                hint_after = 3600.0
-                continue
-            if isinstance(rec, CorruptMessage):
-                result.corrupt += 1
-                continue
-            assert isinstance(rec, StoredSignal)
-            result.signals += 1
-            _apply(display, result, rec.signal)
+        async with contextlib.aclosing(bus.log.follow_run(run_id)) as records:
+            async for rec in records:
+                if isinstance(rec, CorruptMessage):
+                    result.corrupt += 1
+                    continue
+                result.signals += 1
+                _apply(display, result, rec.signal)
+                if result.status != "running":
+                    break
     finally:
+        if advisor is not None:
+            advisor.cancel()
         if progress is not None:
             progress.stop()
-        await stream.aclose()  # type: ignore[attr-defined]
     return result

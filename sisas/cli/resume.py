@@ -19,9 +19,11 @@ __all__ = ["Resume", "prepare_resume"]
 class Resume:
     """What a resumed run inherits from the old one."""
 
-    def __init__(self, old: RunState, reuse: dict[str, Reuse]) -> None:
+    def __init__(self, old: RunState, reuse: dict[str, Reuse], from_phase: str) -> None:
         self.old = old
         self.reuse = reuse
+        self.from_phase = from_phase
+        """The first phase the new run runs again."""
 
     @property
     def input_digest(self) -> str:
@@ -104,4 +106,4 @@ async def prepare_resume(
                 bus, ps.artifact, ps.output_digest, spec.returns if spec else None, name
             )
             reuse[name] = Reuse(output_digest=ps.output_digest, artifact=ps.artifact)
-    return Resume(old, reuse)
+    return Resume(old, reuse, from_phase)

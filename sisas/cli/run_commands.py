@@ -7,29 +7,42 @@ import contextlib
 import json
 import secrets
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import Final
 
 import click
+from rich.console import Console
 
+from sisas.bus.artifacts import bytes_digest
 from sisas.bus.inputs import publish_input, publish_start
-from sisas.bus.registry import PlanRegistry
+from sisas.bus.presence import orchestrator_live
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.services import running_services, stop_on_signals
 from sisas.bus.worker import Worker
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
+from sisas.cli.hosting import (
+    Hosting,
+    hosting,
+    interrupted_note,
+    no_worker_note,
+    pipeline_plan,
+    queued_note,
+)
 from sisas.cli.progress import RunResult, watch_run
-from sisas.cli.resume import prepare_resume
+from sisas.cli.resume import Resume, prepare_resume
+from sisas.cli.run_inputs import parse_set, read_input, run_id_for
 from sisas.errors import UsageError
-from sisas.handlers.derive import keyed_run_id
 from sisas.loader import load_pipelines
 from sisas.pipeline import Pipeline
 from sisas.signals import Scalar, StoredSignal, check_name
 from sisas.signals.inputs import CancelRun
 from sisas.telemetry.tracing import fail_span, run_span, span_in_run
 
-__all__ = ["cancel", "named_or_loaded", "orchestrator", "run", "worker"]
+__all__ = ["PIPELINES_OPTION", "cancel", "named_or_loaded", "orchestrator", "run", "worker"]
+
+ENDED: Final = ("run_completed", "run_failed", "run_cancelled")
+CANCEL_WAIT: Final = 30.0
+"""Seconds ``sisas cancel`` waits for an orchestrator to record the cancellation."""
 
 PIPELINES_OPTION = click.option(
     "--pipelines",
@@ -41,81 +54,14 @@ PIPELINES_OPTION = click.option(
 )
 
 
-def parse_set(values: tuple[str, ...]) -> dict[str, Scalar]:
-    """``phase.enabled=false`` -> ``{"phase.enabled": False}`` (JSON scalars, else text)."""
-    config: dict[str, Scalar] = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--set {item!r}: use KEY=VALUE, e.g. --set publish.enabled=true")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        if isinstance(value, dict | list):
-            raise UsageError(f"--set {item!r}: values must be numbers, true/false, null or text")
-        config[key] = value
-    return config
-
-
-def read_input(source: str | None) -> bytes:
-    if source is None:
-        return b"null"
-    try:
-        data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read input {source}: {exc.strerror}; check the path") from None
-    try:
-        json.loads(data)
-    except ValueError as exc:
-        raise UsageError(
-            f"input {source} is not JSON ({exc}); pass a JSON file or - for standard input"
-        ) from None
-    return data
-
-
-def run_id_for(pipeline: str, idempotency_key: str | None) -> str:
-    if idempotency_key:
-        return keyed_run_id(pipeline, idempotency_key)
-    return f"{pipeline[:40]}-{secrets.token_hex(6)}"
-
-
-@contextlib.asynccontextmanager
-async def _handlers_if_needed(
-    bus: Bus,
-    pipeline: str,
-    local: dict[str, Pipeline],
-) -> AsyncIterator[bool]:
-    """Run an orchestrator and worker here when nobody else will; yield whether we do."""
-    registered = await PlanRegistry(bus.js).get(pipeline)
-    if bus.server is not None:  # we started the server: nobody else is listening
-        if pipeline not in local:
-            raise UsageError(_unknown(pipeline, local, []))
-        async with running_services(bus, local):
-            yield True
-    elif registered is None and pipeline in local:
-        async with running_services(bus, {pipeline: local[pipeline]}, orchestrator=False):
-            yield True
-    elif registered is None:
-        raise UsageError(_unknown(pipeline, local, await PlanRegistry(bus.js).names()))
-    else:
-        yield False
-
-
-def _unknown(pipeline: str, local: dict[str, Pipeline], registered: list[str]) -> str:
-    known = sorted(set(local) | set(registered))
-    return (
-        f"unknown pipeline {pipeline!r} (known: {', '.join(known) or 'none'}): pass "
-        "--pipelines MODULE_OR_FILE, or start a worker that has it"
-    )
-
-
 def print_result(result: RunResult, as_json: bool, elapsed: float) -> None:
+    """The summary of a watched run (``elapsed``: seconds it took)."""
     if not as_json:
         style = {"completed": "bold green", "failed": "bold red"}.get(result.status, "yellow")
+        took = f" in {elapsed:.2f}s"
         console.print(
-            f"run [cyan]{result.run_id}[/] [{style}]{result.status}[/] in "
-            f"{elapsed:.2f}s, {result.signals} signals"
+            f"run [cyan]{result.run_id}[/] [{style}]{result.status}[/]{took}, "
+            f"{result.signals} signals"
         )
         if result.fingerprint:
             console.print(f"fingerprint {result.fingerprint}")
@@ -266,30 +212,33 @@ async def start_and_watch(
     whole run); its context travels with the command to the orchestrator.
     """
     run_id = run_id_for(pipeline, idempotency_key)
+    notes = err_console if as_json else console
     async with open_bus(load_settings(), name="sisas-run") as bus:
+        await pipeline_plan(bus, pipeline, local)  # refuses an unknown pipeline
         resume = None
         if resume_of and from_phase:
             resume = await prepare_resume(bus, pipeline, resume_of, from_phase, local.get(pipeline))
             config = {**resume.config, **config}
-            seed = resume.seed if seed is None else seed
-        run_seed = seed if seed is not None else secrets.randbelow(2**31)
-        attributes: dict[str, str | int] = {
-            "sisas.seed": run_seed,
-            "sisas.requested_by": requested_by,
-        }
-        async with _handlers_if_needed(bus, pipeline, local) as here:
-            if resume is not None and data == b"null":
-                digest = resume.input_digest  # the old run's input, unless one is given
-            else:
-                digest = await bus.artifacts.put(data)
+        old_input = resume is not None and data == b"null"
+        # the old run's input, unless one is given
+        digest = resume.input_digest if resume is not None and old_input else bytes_digest(data)
+        if seed is None:
+            seed = resume.seed if resume is not None else secrets.randbelow(2**31)
+        async with hosting(bus, pipeline, local) as host:
             started = datetime.now(UTC)
+            attributes: dict[str, str | int] = {
+                "sisas.seed": seed,
+                "sisas.requested_by": requested_by,
+            }
             with run_span(f"run {pipeline}", run_id, pipeline, attributes) as span:
+                if not old_input:
+                    await bus.artifacts.put(data)
                 await publish_start(
                     bus.js,
                     pipeline,
                     run_id,
                     input_digest=digest,
-                    seed=run_seed,
+                    seed=seed,
                     at=started,
                     config=config,
                     requested_by=requested_by,
@@ -298,30 +247,50 @@ async def start_and_watch(
                     resume_from_phase=from_phase or "",
                     reuse=resume.reuse if resume else {},
                 )
-                if resume is not None and not as_json:
-                    console.print(
-                        f"resuming {resume_of} from {from_phase}: reusing the verified "
-                        f"outputs of {', '.join(resume.reuse) or 'no phase'}"
-                    )
-                if not as_json:
-                    console.print(
-                        f"run [cyan]{run_id}[/] of {pipeline} requested (seed {run_seed})"
-                    )
-                if not wait and not here:
-                    if as_json:
-                        print(
-                            json.dumps(
-                                {"run_id": run_id, "pipeline": pipeline, "status": "running"}
-                            )
-                        )
+                _announce(run_id, pipeline, seed, resume, as_json)
+                if not wait and not host.here:
+                    await _not_following(bus, host, run_id, notes, as_json)
                     return None, 0.0
-                result = await watch_run(
-                    bus.log, run_id, pipeline, console=None if as_json else console
-                )
+                try:
+                    result = await watch_run(
+                        bus,
+                        run_id,
+                        pipeline,
+                        console=None if as_json else console,
+                        notes=notes,
+                        code=host.code,
+                    )
+                except asyncio.CancelledError:  # Ctrl-C, SIGTERM: say what becomes of it
+                    err_console.print(interrupted_note(host, [run_id]))
+                    raise
                 span.set_attribute("sisas.status", result.status)
                 if result.status != "completed":
                     fail_span(span, f"run {result.status}")
     return result, (datetime.now(UTC) - started).total_seconds()
+
+
+def _announce(run_id: str, pipeline: str, seed: int, resume: Resume | None, as_json: bool) -> None:
+    """Say the run is requested."""
+    if as_json:
+        return
+    if resume is not None:
+        console.print(
+            f"resuming {resume.old.run_id} from {resume.from_phase}: reusing the "
+            f"verified outputs of {', '.join(resume.reuse) or 'no phase'}"
+        )
+    console.print(f"run [cyan]{run_id}[/] of {pipeline} requested (seed {seed})")
+
+
+async def _not_following(
+    bus: Bus, host: Hosting, run_id: str, notes: Console, as_json: bool
+) -> None:
+    """Without --wait: say what would keep the run from moving, print its status."""
+    if not await orchestrator_live(bus.nc):
+        notes.print(f"[yellow]{queued_note()}[/]")
+    if not host.served:
+        notes.print(f"[yellow]{no_worker_note(host.pipeline, host.code)}[/]")
+    if as_json:
+        print(json.dumps({"run_id": run_id, "pipeline": host.pipeline, "status": "running"}))
 
 
 @cli.command()
@@ -329,13 +298,19 @@ async def start_and_watch(
 @click.option("--reason", default="cancelled by an operator", help="Recorded in the log.")
 @run_async
 async def cancel(run_id: str, reason: str) -> None:
-    """Cancel RUN_ID: no phase starts after this; the log records who and why."""
+    """Cancel RUN_ID: no phase starts after this; the log records who and why.
+
+    Returns once `run_cancelled` is in the log. With no server running, this command
+    runs an orchestrator for as long as that takes. On a shared server with no
+    orchestrator running, the cancellation is queued: it takes effect when one starts.
+    Exit 1 if the run ended otherwise first.
+    """
     check_name(run_id, "run id")
     async with open_bus(load_settings(), name="sisas-cancel") as bus:
         last = await bus.log.last_of_run(run_id)
         if not isinstance(last, StoredSignal):
             fail(f"no run {run_id!r} in this log: check the run id")
-        if last.signal.kind in ("run_completed", "run_failed", "run_cancelled"):
+        if last.signal.kind in ENDED:
             fail(f"run {run_id} already ended ({last.signal.kind}); nothing to cancel")
         with span_in_run("cancel", run_id, last.signal.pipeline, {"sisas.reason": reason}):
             await publish_input(
@@ -349,7 +324,42 @@ async def cancel(run_id: str, reason: str) -> None:
                     requested_by="sisas cancel",
                 ),
             )
-    console.print(f"cancellation of {run_id} requested")
+        if bus.server is not None:  # we started the server: only we can act on it
+            async with running_services(bus, {}):
+                ended = await _ending(bus, run_id, CANCEL_WAIT)
+        elif await orchestrator_live(bus.nc):
+            ended = await _ending(bus, run_id, CANCEL_WAIT)
+        else:
+            console.print(
+                f"cancellation of {run_id} is queued: no orchestrator is running to record "
+                "it; it takes effect when one starts (`sisas up`, or `sisas orchestrator`)"
+            )
+            return
+    if ended is None:
+        console.print(
+            f"cancellation of {run_id} requested; no orchestrator recorded it within "
+            f"{CANCEL_WAIT:.0f}s (busy?): `sisas watch {run_id}` shows when the run ends"
+        )
+    elif ended != "run_cancelled":
+        fail(f"run {run_id} {ended.removeprefix('run_')} before the cancellation took effect", 1)
+    else:
+        console.print(f"run {run_id} cancelled (run_cancelled is in the log)")
+
+
+async def _ending(bus: Bus, run_id: str, timeout: float) -> str | None:
+    """The kind of the signal that ends ``run_id``, once it is in the log; None when
+    none arrives within ``timeout`` seconds."""
+    try:
+        async with (
+            asyncio.timeout(timeout),
+            contextlib.aclosing(bus.log.follow_run(run_id)) as records,
+        ):
+            async for rec in records:
+                if isinstance(rec, StoredSignal) and rec.signal.kind in ENDED:
+                    return rec.signal.kind
+    except TimeoutError:
+        pass
+    return None
 
 
 @cli.command()

@@ -1,0 +1,57 @@
+"""What ``sisas run`` and ``sisas batch`` send: the input, the ``--set`` configuration,
+the run id."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+from pathlib import Path
+
+from sisas.errors import UsageError
+from sisas.handlers.derive import keyed_run_id
+from sisas.signals import Scalar
+
+__all__ = ["parse_set", "read_input", "run_id_for"]
+
+
+def parse_set(values: tuple[str, ...]) -> dict[str, Scalar]:
+    """``phase.enabled=false`` -> ``{"phase.enabled": False}`` (JSON scalars, else text)."""
+    config: dict[str, Scalar] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {item!r}: use KEY=VALUE, e.g. --set publish.enabled=true")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if isinstance(value, dict | list):
+            raise UsageError(f"--set {item!r}: values must be numbers, true/false, null or text")
+        config[key] = value
+    return config
+
+
+def read_input(source: str | None) -> bytes:
+    """The bytes of ``source`` (a file, or ``-`` for stdin; None: ``null``), checked to be
+    JSON; raises :class:`UsageError` naming the fix."""
+    if source is None:
+        return b"null"
+    try:
+        data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read input {source}: {exc.strerror}; check the path") from None
+    try:
+        json.loads(data)
+    except ValueError as exc:
+        raise UsageError(
+            f"input {source} is not JSON ({exc}); pass a JSON file or - for standard input"
+        ) from None
+    return data
+
+
+def run_id_for(pipeline: str, idempotency_key: str | None) -> str:
+    """The run id a key names (the same key, the same run), else a fresh one."""
+    if idempotency_key:
+        return keyed_run_id(pipeline, idempotency_key)
+    return f"{pipeline[:40]}-{secrets.token_hex(6)}"
