@@ -178,6 +178,37 @@ def test_an_interrupted_run_on_a_fresh_folder_says_how_it_goes_on_and_cancel_end
     assert "already ended" in again.stderr
 
 
+# -- a repeated idempotency key --------------------------------------------------------
+
+
+def test_a_repeated_idempotency_key_reports_the_run_it_names(tmp_path: Path) -> None:
+    env = fresh_env(tmp_path)
+    keyed = ["run", EXAMPLE, "--idempotency-key", "k1", "--wait", "--json"]
+    first = sisas(*keyed, "--input", POINTS, "--seed", "5", env=env)
+    assert first.returncode == 0, first.stderr
+    run_id = last_json(first.stdout)["run_id"]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"name": "other", "values": [1.0, 2.0, 9.0, 10.0]}))
+    conflict = sisas(*keyed, "--input", str(other), "--seed", "3", env=env)
+    assert conflict.returncode == 2
+    assert f"idempotency key 'k1' names run {run_id}, started with another input" in (
+        conflict.stderr
+    )
+    assert "pass a new --idempotency-key" in conflict.stderr
+    same = sisas(*keyed, "--input", POINTS, "--seed", "3", env=env)
+    assert same.returncode == 0, same.stderr
+    assert last_json(same.stdout)["run_id"] == run_id
+    assert f"run {run_id} exists already for idempotency key 'k1' (seed 5" in same.stderr
+    assert "--seed 3 is ignored: the run has seed 5" in same.stderr
+    human = sisas("run", EXAMPLE, "--idempotency-key", "k1", "--seed", "3", env=env)
+    assert human.returncode == 0, human.stderr
+    assert "requested (seed 3)" not in human.stdout
+    assert f"run {run_id} completed" in human.stdout
+    shown = json.loads(sisas("signals", run_id, "--json", env=env).stdout)
+    requested = [s["signal"]["body"] for s in shown["signals"]]
+    assert [b["seed"] for b in requested if b["kind"] == "run_requested"] == [5]
+
+
 # -- the live views --------------------------------------------------------------------
 
 

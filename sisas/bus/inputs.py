@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from nats.js import JetStreamContext
 
@@ -14,7 +14,15 @@ from sisas.signals.inputs import Input, StartRun, encode_input
 from sisas.signals.names import input_subject
 from sisas.telemetry.tracing import inject
 
-__all__ = ["publish_input", "publish_start"]
+__all__ = ["Published", "publish_input", "publish_input_acked", "publish_start"]
+
+
+class Published(NamedTuple):
+    """Where an input was stored; ``duplicate``: an input with its id was stored already
+    (within the stream's duplicate window), so this one was not, and ``seq`` is that one's."""
+
+    seq: int
+    duplicate: bool
 
 
 async def publish_input(js: JetStreamContext, inp: Input, *, attempts: int = 20) -> int:
@@ -24,6 +32,11 @@ async def publish_input(js: JetStreamContext, inp: Input, *, attempts: int = 20)
     failures; raises :class:`BusError` when it cannot be stored, at once when the server
     refused this NATS user the subject.
     """
+    return (await publish_input_acked(js, inp, attempts=attempts)).seq
+
+
+async def publish_input_acked(js: JetStreamContext, inp: Input, *, attempts: int = 20) -> Published:
+    """:func:`publish_input`, also saying whether the server had the input already."""
     subject = input_subject(inp.pipeline, inp.run_id, str(type(inp).__struct_config__.tag))
     data = encode_input(inp)
     headers = inject({"Nats-Msg-Id": inp.id})
@@ -31,7 +44,7 @@ async def publish_input(js: JetStreamContext, inp: Input, *, attempts: int = 20)
     for i in range(attempts):
         try:
             ack = await js.publish(subject, data, headers=headers)
-            return int(ack.seq)
+            return Published(int(ack.seq), bool(ack.duplicate))
         except Exception as exc:  # timeouts, no responders during a failover
             last = exc
             if refused(js._nc, subject):  # exit 2, like refused credentials
@@ -53,9 +66,10 @@ async def publish_start(
     seed: int,
     at: datetime | None = None,
     **fields: Any,
-) -> int:
+) -> Published:
     """Ask for a run: publish its ``start_run`` (id ``start:<run_id>``, stamped now unless
-    ``at`` is given; ``fields`` are StartRun's other fields); its stream sequence."""
+    ``at`` is given; ``fields`` are StartRun's other fields); where it is stored (a
+    duplicate: a start of this run id was sent already, and this one changes nothing)."""
     start = StartRun(
         id=f"start:{run_id}",
         pipeline=pipeline,
@@ -65,4 +79,4 @@ async def publish_start(
         input_digest=input_digest,
         **fields,
     )
-    return await publish_input(js, start)
+    return await publish_input_acked(js, start)

@@ -34,7 +34,7 @@ from sisas.cli.run_inputs import parse_set, read_input, run_id_for
 from sisas.errors import UsageError
 from sisas.loader import load_pipelines
 from sisas.pipeline import Pipeline
-from sisas.signals import Scalar, StoredSignal, check_name
+from sisas.signals import RunRequested, Scalar, StoredSignal, check_name
 from sisas.signals.inputs import CancelRun
 from sisas.telemetry.tracing import fail_span, run_span, span_in_run
 
@@ -54,11 +54,11 @@ PIPELINES_OPTION = click.option(
 )
 
 
-def print_result(result: RunResult, as_json: bool, elapsed: float) -> None:
-    """The summary of a watched run (``elapsed``: seconds it took)."""
+def print_result(result: RunResult, as_json: bool, elapsed: float | None) -> None:
+    """The summary of a watched run (``elapsed``: seconds it took, None when unknown)."""
     if not as_json:
         style = {"completed": "bold green", "failed": "bold red"}.get(result.status, "yellow")
-        took = f" in {elapsed:.2f}s"
+        took = f" in {elapsed:.2f}s" if elapsed is not None else ""
         console.print(
             f"run [cyan]{result.run_id}[/] [{style}]{result.status}[/]{took}, "
             f"{result.signals} signals"
@@ -155,6 +155,7 @@ async def run(
     if resume_of:
         check_name(resume_of, "run id")
     default = local[pipeline].default_input if pipeline in local else None
+    input_given = input_path is not None
     if input_path is None and not resume_of and default is not None:
         input_path = str(default)
         if not as_json:
@@ -170,6 +171,7 @@ async def run(
         wait=wait,
         as_json=as_json,
         local=local,
+        input_given=input_given,
     )
     if result is None:
         return
@@ -205,11 +207,15 @@ async def start_and_watch(
     requested_by: str = "sisas run",
     resume_of: str | None = None,
     from_phase: str | None = None,
-) -> tuple[RunResult | None, float]:
+    input_given: bool = True,
+) -> tuple[RunResult | None, float | None]:
     """Publish a start command and, when waiting (or hosting the handlers), watch the run.
 
-    With tracing on, the run's root span covers the request (and, when waiting, the
-    whole run); its context travels with the command to the orchestrator.
+    With an idempotency key that names a run already, nothing is sent: that run is reported
+    (and followed), or, when ``data`` (``input_given``) or ``config`` differ from what it
+    was started with, :class:`UsageError` says so and names the fix. With tracing on, the
+    run's root span covers the request (and, when waiting, the whole run); its context
+    travels with the command to the orchestrator.
     """
     run_id = run_id_for(pipeline, idempotency_key)
     notes = err_console if as_json else console
@@ -222,6 +228,12 @@ async def start_and_watch(
         old_input = resume is not None and data == b"null"
         # the old run's input, unless one is given
         digest = resume.input_digest if resume is not None and old_input else bytes_digest(data)
+        existing = await _requested(bus, run_id) if idempotency_key else None
+        if existing is not None:
+            _refuse_another_run(
+                run_id, idempotency_key or "", existing, digest, input_given, config, seed
+            )
+            notes.print(_existing_note(run_id, idempotency_key or "", existing, seed))
         if seed is None:
             seed = resume.seed if resume is not None else secrets.randbelow(2**31)
         async with hosting(bus, pipeline, local) as host:
@@ -231,25 +243,26 @@ async def start_and_watch(
                 "sisas.requested_by": requested_by,
             }
             with run_span(f"run {pipeline}", run_id, pipeline, attributes) as span:
-                if not old_input:
-                    await bus.artifacts.put(data)
-                await publish_start(
-                    bus.js,
-                    pipeline,
-                    run_id,
-                    input_digest=digest,
-                    seed=seed,
-                    at=started,
-                    config=config,
-                    requested_by=requested_by,
-                    idempotency_key=idempotency_key or "",
-                    resume_of=resume_of or "",
-                    resume_from_phase=from_phase or "",
-                    reuse=resume.reuse if resume else {},
-                )
-                _announce(run_id, pipeline, seed, resume, as_json)
+                if existing is None:
+                    if not old_input:
+                        await bus.artifacts.put(data)
+                    published = await publish_start(
+                        bus.js,
+                        pipeline,
+                        run_id,
+                        input_digest=digest,
+                        seed=seed,
+                        at=started,
+                        config=config,
+                        requested_by=requested_by,
+                        idempotency_key=idempotency_key or "",
+                        resume_of=resume_of or "",
+                        resume_from_phase=from_phase or "",
+                        reuse=resume.reuse if resume else {},
+                    )
+                    _announce(run_id, pipeline, seed, resume, published.duplicate, as_json)
                 if not wait and not host.here:
-                    await _not_following(bus, host, run_id, notes, as_json)
+                    await _not_following(bus, host, run_id, existing is not None, notes, as_json)
                     return None, 0.0
                 try:
                     result = await watch_run(
@@ -266,31 +279,93 @@ async def start_and_watch(
                 span.set_attribute("sisas.status", result.status)
                 if result.status != "completed":
                     fail_span(span, f"run {result.status}")
-    return result, (datetime.now(UTC) - started).total_seconds()
+    # a run this command did not start took longer than this command has followed it
+    took = (datetime.now(UTC) - started).total_seconds() if existing is None else None
+    return result, took
 
 
-def _announce(run_id: str, pipeline: str, seed: int, resume: Resume | None, as_json: bool) -> None:
-    """Say the run is requested."""
-    if as_json:
-        return
-    if resume is not None:
-        console.print(
-            f"resuming {resume.old.run_id} from {resume.from_phase}: reusing the "
-            f"verified outputs of {', '.join(resume.reuse) or 'no phase'}"
+def _announce(
+    run_id: str, pipeline: str, seed: int, resume: Resume | None, duplicate: bool, as_json: bool
+) -> None:
+    """Say the run is requested (or that the same start waits in ``SISAS_IN`` already)."""
+    if duplicate:  # the same start, sent moments ago, is queued
+        err_console.print(
+            f"run {run_id} was requested already and waits for an orchestrator: nothing "
+            "new is sent, and the first request's input, seed and configuration apply"
         )
-    console.print(f"run [cyan]{run_id}[/] of {pipeline} requested (seed {seed})")
+    elif not as_json:
+        if resume is not None:
+            console.print(
+                f"resuming {resume.old.run_id} from {resume.from_phase}: reusing the "
+                f"verified outputs of {', '.join(resume.reuse) or 'no phase'}"
+            )
+        console.print(f"run [cyan]{run_id}[/] of {pipeline} requested (seed {seed})")
+
+
+async def _requested(bus: Bus, run_id: str) -> RunRequested | None:
+    """The ``run_requested`` of ``run_id`` when the log has the run, else None."""
+    rec = await bus.log.last_of_kind(run_id, "run_requested")
+    if isinstance(rec, StoredSignal) and isinstance(rec.signal.body, RunRequested):
+        return rec.signal.body
+    return None
+
+
+def _refuse_another_run(
+    run_id: str,
+    key: str,
+    existing: RunRequested,
+    digest: str,
+    input_given: bool,
+    config: dict[str, Scalar],
+    seed: int | None,
+) -> None:
+    """Raise :class:`UsageError` when this command asks the run ``key`` names already for
+    another input or configuration (a key names one run, as a workflow id does in
+    Temporal: "workflow already started")."""
+    conflicts = []
+    if input_given and digest != existing.input_digest:
+        conflicts.append(f"input {existing.input_digest[:19]}… (yours: {digest[:19]}…)")
+    if config and config != existing.config:
+        conflicts.append(
+            f"configuration {json.dumps(existing.config)} (yours: {json.dumps(config)})"
+        )
+    if conflicts:
+        raise UsageError(
+            f"idempotency key {key!r} names run {run_id}, started with another "
+            f"{' and '.join(conflicts)}: a key names one run; pass a new --idempotency-key "
+            "to start another, or the same arguments to follow this one"
+        )
+
+
+def _existing_note(run_id: str, key: str, existing: RunRequested, seed: int | None) -> str:
+    ignored = (
+        f"; --seed {seed} is ignored: the run has seed {existing.seed}"
+        if seed is not None and seed != existing.seed
+        else ""
+    )
+    return (
+        f"run {run_id} exists already for idempotency key {key!r} (seed {existing.seed}, "
+        f"input {existing.input_digest[:19]}…): nothing new is started{ignored}"
+    )
 
 
 async def _not_following(
-    bus: Bus, host: Hosting, run_id: str, notes: Console, as_json: bool
+    bus: Bus, host: Hosting, run_id: str, existing: bool, notes: Console, as_json: bool
 ) -> None:
     """Without --wait: say what would keep the run from moving, print its status."""
-    if not await orchestrator_live(bus.nc):
-        notes.print(f"[yellow]{queued_note()}[/]")
-    if not host.served:
-        notes.print(f"[yellow]{no_worker_note(host.pipeline, host.code)}[/]")
+    last = await bus.log.last_of_run(run_id)
+    status = "running"
+    if isinstance(last, StoredSignal) and last.signal.kind in ENDED:
+        status = last.signal.kind.removeprefix("run_")
+    if status == "running":
+        if last is None and not await orchestrator_live(bus.nc):
+            notes.print(f"[yellow]{queued_note()}[/]")
+        if not host.served:
+            notes.print(f"[yellow]{no_worker_note(host.pipeline, host.code)}[/]")
     if as_json:
-        print(json.dumps({"run_id": run_id, "pipeline": host.pipeline, "status": "running"}))
+        print(json.dumps({"run_id": run_id, "pipeline": host.pipeline, "status": status}))
+    elif existing:
+        console.print(f"run [cyan]{run_id}[/] {status}")
 
 
 @cli.command()
