@@ -17,8 +17,11 @@ import pytest
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
 from sisas.bus.services import running_services
+from sisas.cli.run_inputs import POLICIES, check_settings
+from sisas.errors import UsageError
 from sisas.loader import load_pipelines
 from sisas.signals import StoredSignal
+from sisas.signals.plan import PhasePlan
 from tests.cli_process import (
     EXAMPLE,
     PATIENCE,
@@ -237,3 +240,39 @@ def test_a_long_state_text_leaves_every_row_its_name_bar_and_count(tmp_path: Pat
     assert "ContractViolation in phase load: input of load violates its contract at " in (
         out.stdout
     )
+
+
+# -- --set -------------------------------------------------------------------------------
+
+
+def test_set_keys_sisas_would_not_apply_are_refused_with_the_valid_ones(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    phases = "load, clean, score, cluster, report, publish"
+    run = ["run", EXAMPLE, "--input", POINTS, "--set"]
+    nophase = sisas(*run, "nosuchphase.enabled=false", env=env)
+    assert nophase.returncode == 2
+    assert f"clustering has no phase 'nosuchphase' (phases: {phases})" in nophase.stderr
+    policy = sisas(*run, "clean.retries=banana", env=env)
+    assert policy.returncode == 2
+    assert "retries is a policy of phase clean" in policy.stderr
+    assert "clean.enabled" in policy.stderr
+    notbool = sisas(*run, "clean.enabled=maybe", env=env)
+    assert notbool.returncode == 2
+    assert "clean.enabled takes true or false" in notbool.stderr
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "a.json").write_text(Path(POINTS).read_text())
+    batch = sisas("batch", EXAMPLE, "--inputs", str(inputs), "--set", "nosuch.enabled=1", env=env)
+    assert batch.returncode == 2
+    assert "clustering has no phase 'nosuch'" in batch.stderr
+
+
+def test_set_passes_a_pipelines_own_keys_to_its_phases() -> None:
+    plan = load_pipelines([EXAMPLE], entry_points=False)["clustering"].plan()
+    check_settings(
+        {"clean.flaky": True, "executor.chunk": 60, "publish.enabled": True, "seed": 3}, plan
+    )
+    with pytest.raises(UsageError, match="clustering has no phase 'nosuch'"):
+        check_settings({"nosuch.enabled": False}, plan)
+    assert frozenset(PhasePlan.__struct_fields__) > POLICIES

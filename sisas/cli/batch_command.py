@@ -18,7 +18,7 @@ from sisas.cli.app import cli, console, err_console, load_settings, run_async
 from sisas.cli.hosting import Hosting, hosting, interrupted_note, pipeline_plan
 from sisas.cli.progress import advise
 from sisas.cli.run_commands import PIPELINES_OPTION, named_or_loaded
-from sisas.cli.run_inputs import parse_set, run_id_for
+from sisas.cli.run_inputs import check_settings, parse_set, run_id_for
 from sisas.errors import UsageError
 from sisas.loader import load_pipelines
 from sisas.signals import RunCompleted, RunFailed, StoredSignal
@@ -147,7 +147,7 @@ async def batch(
     runs: dict[str, str] = {}
     outcome: dict[str, tuple[str, str, str]] = {}
     async with open_bus(load_settings(), name="sisas-batch") as bus:
-        await pipeline_plan(bus, pipeline, local)  # refuses an unknown pipeline
+        check_settings(config, await pipeline_plan(bus, pipeline, local))
         async with hosting(bus, pipeline, local) as host:
             for i, (name, data) in enumerate(items):
                 run_id = run_id_for(pipeline, f"{batch_id}:{i}")

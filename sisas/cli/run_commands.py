@@ -30,7 +30,7 @@ from sisas.cli.hosting import (
 )
 from sisas.cli.progress import RunResult, watch_run
 from sisas.cli.resume import Resume, prepare_resume
-from sisas.cli.run_inputs import parse_set, read_input, run_id_for
+from sisas.cli.run_inputs import check_settings, parse_set, read_input, run_id_for
 from sisas.errors import UsageError
 from sisas.loader import load_pipelines
 from sisas.pipeline import Pipeline
@@ -211,7 +211,8 @@ async def start_and_watch(
 ) -> tuple[RunResult | None, float | None]:
     """Publish a start command and, when waiting (or hosting the handlers), watch the run.
 
-    With an idempotency key that names a run already, nothing is sent: that run is reported
+    ``config`` is checked against the pipeline's plan first (:func:`check_settings`). With
+    an idempotency key that names a run already, nothing is sent: that run is reported
     (and followed), or, when ``data`` (``input_given``) or ``config`` differ from what it
     was started with, :class:`UsageError` says so and names the fix. With tracing on, the
     run's root span covers the request (and, when waiting, the whole run); its context
@@ -220,7 +221,7 @@ async def start_and_watch(
     run_id = run_id_for(pipeline, idempotency_key)
     notes = err_console if as_json else console
     async with open_bus(load_settings(), name="sisas-run") as bus:
-        await pipeline_plan(bus, pipeline, local)  # refuses an unknown pipeline
+        check_settings(config, await pipeline_plan(bus, pipeline, local))
         resume = None
         if resume_of and from_phase:
             resume = await prepare_resume(bus, pipeline, resume_of, from_phase, local.get(pipeline))
