@@ -13,9 +13,8 @@ from rich.text import Text
 
 from sisas.bus.runtime import open_bus
 from sisas.cli.app import cli, console, fail, load_settings, run_async
-from sisas.cli.progress import RunResult
-from sisas.cli.render import command_name, duration_text
-from sisas.cli.run_commands import start_and_watch
+from sisas.cli.render import command_name
+from sisas.cli.run_commands import print_result, start_and_watch
 from sisas.loader import load_pipelines
 from sisas.replay.rerun import plan_rerun
 from sisas.replay.verify import LogVerifier, report
@@ -110,22 +109,6 @@ def _print_hints(hints: list[tuple[str, str]]) -> None:
             console.print(Text(f"      {line}", "dim"))
 
 
-def _outcome(result: RunResult, signals: list[Signal]) -> None:
-    """How the run ended, with its duration as recorded in the log (the one `show` and
-    `runs` print: from its run_requested to its last signal)."""
-    took = (signals[-1].at - signals[0].at).total_seconds() if signals else None
-    style = {"completed": "bold green", "failed": "bold red"}.get(result.status, "yellow")
-    console.print(
-        f"run [cyan]{result.run_id}[/] [{style}]{result.status}[/] in {duration_text(took)}, "
-        f"{len(signals)} signals"
-    )
-    if result.fingerprint:
-        console.print(f"fingerprint {result.fingerprint}")
-    if result.error:
-        where = f" in phase {result.failed_phase}" if result.failed_phase else ""
-        console.print(Text(f"{result.error_kind}{where}: {result.error}", "red"))
-
-
 @cli.command()
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the run.")
 @run_async
@@ -169,7 +152,8 @@ async def demo(seed: int) -> None:
             and s.body.artifact
             and s.phase in ("aggregate", "certify")
         }
-    _outcome(result, signals)
+    took = (signals[-1].at - signals[0].at).total_seconds() if signals else None
+    print_result(result, False, took, next_hint=False)  # as recorded: what show prints
     _summary(outputs, signals)
     verified = report(LogVerifier(only=result.run_id).extend(records))
     contracts = sum(isinstance(s.body, ContractChecked) for s in signals)

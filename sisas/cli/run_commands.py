@@ -29,6 +29,7 @@ from sisas.cli.hosting import (
     queued_note,
 )
 from sisas.cli.progress import RunResult, watch_run
+from sisas.cli.render import command_name, duration_text
 from sisas.cli.resume import Resume, prepare_resume
 from sisas.cli.run_inputs import check_settings, parse_set, read_input, run_id_for
 from sisas.errors import UsageError
@@ -54,11 +55,14 @@ PIPELINES_OPTION = click.option(
 )
 
 
-def print_result(result: RunResult, as_json: bool, elapsed: float | None) -> None:
-    """The summary of a watched run (``elapsed``: seconds it took, None when unknown)."""
+def print_result(
+    result: RunResult, as_json: bool, elapsed: float | None, *, next_hint: bool = True
+) -> None:
+    """The summary of a watched run (``elapsed``: seconds it took, None when unknown;
+    ``next_hint``: end with where to look next, for callers that print no hints)."""
     if not as_json:
         style = {"completed": "bold green", "failed": "bold red"}.get(result.status, "yellow")
-        took = f" in {elapsed:.2f}s" if elapsed is not None else ""
+        took = f" in {duration_text(elapsed)}" if elapsed is not None else ""
         console.print(
             f"run [cyan]{result.run_id}[/] [{style}]{result.status}[/]{took}, "
             f"{result.signals} signals"
@@ -78,7 +82,8 @@ def print_result(result: RunResult, as_json: bool, elapsed: float | None) -> Non
                 f"  [red]{i['invariant']}[/] {i['description']}: observed "
                 f"{i['observed']!r}, expected {i['expected']!r}"
             )
-        console.print(f"next: sisas signals {result.run_id}")
+        if next_hint:
+            console.print(f"next: {command_name()} signals {result.run_id}")
     print(json.dumps(result.as_json()) if as_json else "", end="\n" if as_json else "")
 
 
