@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from sisas.bus.runtime import Bus
 from sisas.bus.services import running_services
+from sisas.cli.live_commands import START_GRACE
 from sisas.handlers.derive import keyed_run_id
 from tests.cli_process import EXAMPLE, POINTS, Command, base_env, run_cli, sisas
 from tests.conftest import NatsServer
@@ -34,6 +36,9 @@ async def test_watch_waits_for_start_when_told_and_ends_its_view_with_a_newline(
     run_id = keyed_run_id("clustering", "later")
     async with running_services(bus, {}):
         watching = await Command.start("watch", run_id, "--wait-for-start", env=env)
+        # past the grace in which a plain `watch` gives up (exit 2): still waiting
+        await asyncio.sleep(START_GRACE + 3)
+        assert watching.proc.returncode is None, watching.err
         code, _, err = await run_cli(
             "run", EXAMPLE, "--input", POINTS, "--idempotency-key", "later", "--wait", env=env
         )
