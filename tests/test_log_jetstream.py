@@ -10,6 +10,7 @@ from nats.js.errors import APIError
 from sisas.bus.jetstream_log import JetStreamLog
 from sisas.bus.pull_reader import read_range
 from sisas.bus.raw_client import Client
+from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
 from sisas.signals import LogGap, StoredSignal, encode_signal
 from tests.log_contract import Inject, LogContract, collect, run_signals
@@ -103,3 +104,11 @@ async def test_both_range_readers_give_every_message_across_batches_and_holes(bu
         ]
     finally:
         await plain.close()
+
+
+async def test_the_plan_registry_of_a_fresh_server_is_empty_not_an_error(bus: Bus) -> None:
+    """nats-py raises NoKeysError on an empty bucket; `sisas run nosuch` on a shared
+    server with no worker showed it as a traceback instead of 'unknown pipeline'."""
+    registry = PlanRegistry(bus.js)
+    assert await registry.names() == []
+    assert await registry.get("nosuch") is None

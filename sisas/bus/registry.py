@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
 from sisas.errors import BusError
@@ -43,18 +43,22 @@ class PlanRegistry:
             ) from None
 
     async def get(self, name: str) -> PipelinePlan | None:
-        kv = await self._kv()
         try:
+            kv = await self._kv()
             entry = await kv.get(name)
         except (KeyNotFoundError, NotFoundError):
             return None
+        except Exception as exc:  # NATS errors never leave bus/
+            raise BusError(f"could not read the plan of pipeline {name}: {exc}") from None
         if not entry.value:
             return None
         return msgspec.json.decode(entry.value, type=PipelinePlan)
 
     async def names(self) -> list[str]:
-        kv = await self._kv()
         try:
+            kv = await self._kv()
             return sorted(await kv.keys())
-        except NotFoundError:
+        except (NoKeysError, NotFoundError):  # an empty bucket
             return []
+        except Exception as exc:  # NATS errors never leave bus/
+            raise BusError(f"could not list the registered pipelines: {exc}") from None
