@@ -11,6 +11,7 @@ import sisas
 
 SIGNALS = {
     "BODY_TYPES",
+    "ENDING_KINDS",
     "ERROR_KINDS",
     "GENESIS",
     "KINDS",

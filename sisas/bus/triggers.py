@@ -36,13 +36,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from sisas.bus.inputs import publish_input
+from sisas.bus.inputs import publish_start
 from sisas.bus.keys import signer_from_file
 from sisas.bus.runtime import Bus
 from sisas.errors import AppendConflict, BusError
 from sisas.handlers.triggers import Evaluation, Rule, evaluate, message_id
 from sisas.signals import ChainHead, Draft, StoredSignal, TriggerEvaluated, TriggerResult
-from sisas.signals.inputs import StartRun
 from sisas.signals.names import TRIGGERS_PIPELINE
 from sisas.telemetry.tracing import run_span
 
@@ -213,19 +212,15 @@ class TriggerService:
         self.started += 1
 
     async def _publish_start(self, ev: Evaluation, msg_id: str, subject: str, digest: str) -> None:
-        await publish_input(
+        await publish_start(
             self.bus.js,
-            StartRun(
-                id=f"start:{ev.run_id}",
-                pipeline=ev.pipeline,
-                run_id=ev.run_id,
-                at=datetime.now(UTC),
-                seed=_seed(msg_id, ev),
-                input_digest=digest,
-                config=ev.config,
-                requested_by=f"trigger {ev.trigger} ({subject})",
-                idempotency_key=f"trigger:{ev.trigger}:{msg_id}",
-            ),
+            ev.pipeline,
+            ev.run_id,
+            input_digest=digest,
+            seed=_seed(msg_id, ev),
+            config=ev.config,
+            requested_by=f"trigger {ev.trigger} ({subject})",
+            idempotency_key=f"trigger:{ev.trigger}:{msg_id}",
         )
 
     async def _record(self, body: TriggerEvaluated) -> TriggerEvaluated:

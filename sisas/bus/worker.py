@@ -15,7 +15,7 @@ log is needed to skip the work of an ended run. The work itself still comes thro
 shared consumer, which is what makes one worker at a time take it, and is acknowledged
 only once its outcome's signals are in the log.
 
-With trusted keys (``SISAS_TRUSTED_KEYS``, or ``trusted_keys=``) a worker executes only
+With trusted keys (``SISAS_TRUSTED_KEYS``, ``bus.settings.trusted_keys``) a worker executes only
 ``phase_scheduled`` signals signed by one of them (:func:`sisas.handlers.trust.refusal`);
 any other is refused, never executed, and reported as a failed attempt (see
 :meth:`Worker._refuse`). Without trusted keys every scheduled phase is executed.
@@ -53,7 +53,7 @@ from sisas.handlers.trust import refusal
 from sisas.pipeline import Pipeline
 from sisas.signals.envelope import Signal
 from sisas.signals.inputs import PhaseReport
-from sisas.signals.kinds import ErrorInfo, PhaseScheduled, RunStarted
+from sisas.signals.kinds import ENDING_KINDS, ErrorInfo, PhaseScheduled, RunStarted
 from sisas.signals.names import LOG_PREFIX
 from sisas.signals.records import StoredSignal, decode_record
 from sisas.signals.signing import SignatureCheck
@@ -63,7 +63,6 @@ from sisas.telemetry.tracing import describe_attempt, message_span
 __all__ = ["Worker"]
 
 log = logging.getLogger("sisas.worker")
-ENDED = frozenset({"run_completed", "run_failed", "run_cancelled"})
 TRANSIENT = (NatsError, BusError, OSError, TimeoutError)
 """Failures of the server or the network: the same work is tried again later."""
 MAX_POSTPONE = 3600.0
@@ -97,9 +96,9 @@ class Worker:
     """Runs the phases of ``pipelines``, ``concurrency`` at a time.
 
     ``local``: an orchestrator in this process to hand reports to (None: every report
-    is published to ``SISAS_IN``). ``trusted_keys``: the public keys whose signature a
-    ``phase_scheduled`` must carry to be executed (None: ``bus.settings.trusted_keys``,
-    from ``SISAS_TRUSTED_KEYS``; empty: no signature is required).
+    is published to ``SISAS_IN``). ``bus.settings.trusted_keys`` (``SISAS_TRUSTED_KEYS``):
+    the public keys whose signature a ``phase_scheduled`` must carry to be executed
+    (empty: no signature is required).
     """
 
     def __init__(
@@ -111,10 +110,9 @@ class Worker:
         concurrency: int = 1,
         ack_wait: float = 30.0,
         local: LocalOrchestrator | None = None,
-        trusted_keys: frozenset[str] | None = None,
     ) -> None:
         self.bus = bus
-        self.trusted = bus.settings.trusted_keys if trusted_keys is None else trusted_keys
+        self.trusted = bus.settings.trusted_keys
         self.local = local
         self.pipelines = pipelines
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
@@ -323,7 +321,7 @@ class Worker:
     async def _ended(self, run_id: str) -> bool:
         """Whether the run's last signal ends it (cancelled, failed elsewhere)."""
         last = await self.bus.log.last_of_run(run_id)
-        return isinstance(last, StoredSignal) and last.signal.kind in ENDED
+        return isinstance(last, StoredSignal) and last.signal.kind in ENDING_KINDS
 
     async def _heartbeat(self, msg: Msg) -> None:
         while True:

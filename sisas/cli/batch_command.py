@@ -22,11 +22,10 @@ from sisas.cli.run_inputs import check_settings, parse_set, run_id_for
 from sisas.errors import UsageError
 from sisas.loader import load_pipelines
 from sisas.signals import RunCompleted, RunFailed, StoredSignal
+from sisas.signals.kinds import ENDING_KINDS
 from sisas.telemetry.tracing import run_span
 
 __all__ = ["batch"]
-
-ENDED = ("run_completed", "run_failed", "run_cancelled")
 
 
 def read_inputs(source: str) -> list[tuple[str, bytes]]:
@@ -99,7 +98,7 @@ async def _wait_all(
                     last = await bus.log.last_of_run(run_id)
                     if last is not None:
                         seen.add(run_id)
-                    if isinstance(last, StoredSignal) and last.signal.kind in ENDED:
+                    if isinstance(last, StoredSignal) and last.signal.kind in ENDING_KINDS:
                         outcome[run_id] = _ended(last)
                         progress.advance(task)
                 await asyncio.sleep(0.1)

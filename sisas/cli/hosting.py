@@ -44,15 +44,11 @@ class Hosting:
     code: str
     """The pipeline's code as a user would pass it to ``--pipelines`` (for hints)."""
     own_server: bool
-    """The command started the server: nothing outlives it."""
-    orchestrator: bool
+    """The command started the server (and runs the orchestrator): nothing outlives it."""
     worker: bool
+    """A worker for the pipeline runs in this command."""
     served: bool
     """A worker runs the pipeline's phases now: this command's, or a live one elsewhere."""
-
-    @property
-    def here(self) -> bool:
-        return self.orchestrator or self.worker
 
 
 def code_hint(pipeline: str, local: dict[str, Pipeline]) -> str:
@@ -95,13 +91,13 @@ async def hosting(bus: Bus, pipeline: str, local: dict[str, Pipeline]) -> AsyncI
     facts = {"pipeline": pipeline, "code": code_hint(pipeline, local)}
     if bus.server is not None:  # we started the server: nobody else is listening
         async with running_services(bus, here):
-            yield Hosting(**facts, own_server=True, orchestrator=True, worker=True, served=True)
+            yield Hosting(**facts, own_server=True, worker=True, served=True)
     elif here and not await worker_live(bus.nc, pipeline):
         async with running_services(bus, here, orchestrator=False):
-            yield Hosting(**facts, own_server=False, orchestrator=False, worker=True, served=True)
+            yield Hosting(**facts, own_server=False, worker=True, served=True)
     else:
         served = bool(here) or await worker_live(bus.nc, pipeline)
-        yield Hosting(**facts, own_server=False, orchestrator=False, worker=False, served=served)
+        yield Hosting(**facts, own_server=False, worker=False, served=served)
 
 
 def no_worker_note(pipeline: str, code: str) -> str:

@@ -23,7 +23,6 @@ from sisas.bus.runtime import Bus, open_bus
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
 from sisas.cli.bars import progress_bar
 from sisas.cli.render import (
-    STATUS_STYLE,
     Cell,
     Column,
     command_name,
@@ -68,10 +67,6 @@ def _when(text: str | None) -> str:
 
 def _short(digest: str | None, n: int = 12) -> str:
     return (digest or "-").removeprefix("sha256:")[:n]
-
-
-def _status(s: str) -> str:
-    return f"[{STATUS_STYLE.get(s, 'white')}]{s}[/]"
 
 
 @cli.command()
@@ -209,7 +204,7 @@ def _print_run(
 ) -> None:
     run, links = d["run"], d["links"]
     rid = run["run_id"]
-    console.print(f"[bold]{rid}[/] {_status(run['status'])}")
+    console.print(Text.assemble((rid, "bold"), " ", status_text(run["status"])))
     console.print(
         f"  pipeline [cyan]{run['pipeline']}[/] {run['version']}, seed {run['seed']}, "
         f"{run['signals']} signals"

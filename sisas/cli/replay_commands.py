@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +26,7 @@ __all__ = ["replay", "trusted_keys"]
 def trusted_keys(values: tuple[str, ...]) -> frozenset[str]:
     """Public nkeys from ``--trust`` (a key, or a file of keys one per line) and
     ``SISAS_TRUSTED_KEYS`` (keys separated by spaces)."""
-    keys: set[str] = set(os.environ.get("SISAS_TRUSTED_KEYS", "").split())
+    keys: set[str] = set(load_settings().trusted_keys)  # checked there
     for value in values:
         path = Path(value)
         if path.is_file():

@@ -37,11 +37,11 @@ from sisas.loader import load_pipelines
 from sisas.pipeline import Pipeline
 from sisas.signals import RunRequested, Scalar, StoredSignal, check_name
 from sisas.signals.inputs import CancelRun
+from sisas.signals.kinds import ENDING_KINDS
 from sisas.telemetry.tracing import fail_span, run_span, span_in_run
 
 __all__ = ["PIPELINES_OPTION", "cancel", "named_or_loaded", "orchestrator", "run", "worker"]
 
-ENDED: Final = ("run_completed", "run_failed", "run_cancelled")
 CANCEL_WAIT: Final = 30.0
 """Seconds ``sisas cancel`` waits for an orchestrator to record the cancellation."""
 
@@ -267,7 +267,7 @@ async def start_and_watch(
                         reuse=resume.reuse if resume else {},
                     )
                     _announce(run_id, pipeline, seed, resume, published.duplicate, as_json)
-                if not wait and not host.here:
+                if not wait and not host.worker:
                     await _not_following(bus, host, run_id, existing is not None, notes, as_json)
                     return None, 0.0
                 try:
@@ -361,7 +361,7 @@ async def _not_following(
     """Without --wait: say what would keep the run from moving, print its status."""
     last = await bus.log.last_of_run(run_id)
     status = "running"
-    if isinstance(last, StoredSignal) and last.signal.kind in ENDED:
+    if isinstance(last, StoredSignal) and last.signal.kind in ENDING_KINDS:
         status = last.signal.kind.removeprefix("run_")
     if status == "running":
         if last is None and not await orchestrator_live(bus.nc):
@@ -391,7 +391,7 @@ async def cancel(run_id: str, reason: str) -> None:
         last = await bus.log.last_of_run(run_id)
         if not isinstance(last, StoredSignal):
             fail(f"no run {run_id!r} in this log: check the run id")
-        if last.signal.kind in ENDED:
+        if last.signal.kind in ENDING_KINDS:
             fail(f"run {run_id} already ended ({last.signal.kind}); nothing to cancel")
         with span_in_run("cancel", run_id, last.signal.pipeline, {"sisas.reason": reason}):
             await publish_input(
@@ -436,7 +436,7 @@ async def _ending(bus: Bus, run_id: str, timeout: float) -> str | None:
             contextlib.aclosing(bus.log.follow_run(run_id)) as records,
         ):
             async for rec in records:
-                if isinstance(rec, StoredSignal) and rec.signal.kind in ENDED:
+                if isinstance(rec, StoredSignal) and rec.signal.kind in ENDING_KINDS:
                     return rec.signal.kind
     except TimeoutError:
         pass

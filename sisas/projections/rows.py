@@ -7,6 +7,7 @@ digest of a live projection and of a rebuild agree. Tuples follow the column ord
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import TypeAlias
 
@@ -45,14 +46,12 @@ _INT32_FIELDS = ("item", "items", "item_count", "next_attempt")
 """Body fields stored in INTEGER columns (directly, or through the run's state)."""
 
 
+@functools.cache
 def _bounded(body_type: type) -> tuple[tuple[str, range], ...]:
     """The body fields of ``body_type`` stored in INTEGER or BIGINT columns."""
     fields = getattr(body_type, "__struct_fields__", ())
     out = tuple((name, _INT32) for name in _INT32_FIELDS if name in fields)
     return out + ((("seed", _INT64),) if "seed" in fields else ())
-
-
-_BOUNDED: dict[type, tuple[tuple[str, range], ...]] = {}
 
 
 def out_of_range(s: Signal) -> str | None:
@@ -62,9 +61,7 @@ def out_of_range(s: Signal) -> str | None:
     and it must become a rejected row rather than a batch that can never be written.
     """
     body = s.body
-    bounded = _BOUNDED.get(type(body))
-    if bounded is None:
-        bounded = _BOUNDED[type(body)] = _bounded(type(body))
+    bounded = _bounded(type(body))
     numbers: list[tuple[str, object, range]] = [
         ("seq", s.seq, _INT32),
         ("attempt", s.attempt, _INT32),

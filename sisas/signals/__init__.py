@@ -10,6 +10,7 @@ from sisas.signals.digest import semantic_digest
 from sisas.signals.envelope import GENESIS, Signal, signal_id
 from sisas.signals.kinds import (
     BODY_TYPES,
+    ENDING_KINDS,
     ERROR_KINDS,
     KINDS,
     Body,
@@ -42,6 +43,7 @@ from sisas.signals.records import CorruptMessage, LogGap, LogRecord, StoredSigna
 
 __all__ = [
     "BODY_TYPES",
+    "ENDING_KINDS",
     "ERROR_KINDS",
     "GENESIS",
     "KINDS",

@@ -16,6 +16,7 @@ from sisas.signals.plan import PipelinePlan
 
 __all__ = [
     "BODY_TYPES",
+    "ENDING_KINDS",
     "ERROR_KINDS",
     "KINDS",
     "Body",
@@ -317,3 +318,5 @@ KINDS: Final[dict[str, type[Body]]] = {
     t.__struct_config__.tag: t  # type: ignore[misc]
     for t in BODY_TYPES
 }
+ENDING_KINDS: Final[frozenset[str]] = frozenset({"run_completed", "run_failed", "run_cancelled"})
+"""The kinds of the signal that ends a run: nothing follows it in the run's chain."""
