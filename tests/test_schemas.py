@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import jsonschema
 import msgspec
 from hypothesis import given, settings
 
-from sisas.schemas import COMMITTED_DIR, export, render, schemas
+from sisas.schemas import COMMITTED_DIR, export, normalise_descriptions, render, schemas
 from sisas.signals import KINDS, Signal, encode_signal
+from sisas.signals import kinds as signal_kinds
 from tests.strategies import signals
 
 FORMATS = jsonschema.Draft202012Validator.FORMAT_CHECKER
@@ -34,6 +36,42 @@ def test_committed_schemas_are_exactly_what_the_structs_generate() -> None:
             f"{name} drifted from the Structs: if the change is intended, run "
             "`sisas schema export sisas/schemas/json` and commit the diff"
         )
+
+
+def _docstring_shapes(node: object, shape: str) -> object:
+    """``node`` with every description written as msgspec ``shape`` writes a docstring:
+    0.22 kept the source's indentation (``__doc__`` as is), 0.23 dedents it."""
+    if isinstance(node, dict):
+        out = {k: _docstring_shapes(v, shape) for k, v in node.items()}
+        if isinstance(node.get("title"), str) and "description" in node:
+            struct = STRUCTS.get(node["title"])
+            if struct is not None and struct.__doc__:
+                raw = struct.__doc__.strip()
+                out["description"] = raw if shape == "0.22" else inspect.cleandoc(raw)
+        return out
+    if isinstance(node, list):
+        return [_docstring_shapes(v, shape) for v in node]
+    return node
+
+
+STRUCTS = {
+    cls.__name__: cls
+    for cls in (Signal, *KINDS.values(), *(t for t in vars(signal_kinds).values()))
+    if isinstance(cls, type) and issubclass(cls, msgspec.Struct)
+}
+
+
+def test_schemas_do_not_depend_on_how_msgspec_formats_a_docstring() -> None:
+    """msgspec 0.22 and 0.23 put a Struct's docstring into ``description`` indented and
+    dedented; sisas cleans it itself, so the committed files are the same under both."""
+    raw = msgspec.json.schema(Signal)
+    indented = _docstring_shapes(raw, "0.22")
+    dedented = _docstring_shapes(raw, "0.23")
+    multi_line = [d for d in json.dumps(indented).split('"description": ')[1:] if "\\n    " in d]
+    assert multi_line, "no indented docstring was produced: the test would prove nothing"
+    assert indented != dedented
+    assert normalise_descriptions(indented) == normalise_descriptions(dedented)
+    assert normalise_descriptions(raw) == normalise_descriptions(dedented)
 
 
 def test_there_is_one_schema_per_kind_plus_the_union() -> None:

@@ -9,6 +9,7 @@ the wire format is always a visible diff.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Final
@@ -18,7 +19,7 @@ import msgspec
 from sisas.signals.envelope import Signal
 from sisas.signals.kinds import KINDS
 
-__all__ = ["COMMITTED_DIR", "export", "render", "schemas"]
+__all__ = ["COMMITTED_DIR", "export", "normalise_descriptions", "render", "schemas"]
 
 COMMITTED_DIR: Final = Path(__file__).parent / "json"
 _DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
@@ -37,9 +38,28 @@ def _reachable(defs: dict[str, Any], root: str) -> dict[str, Any]:
     return dict(sorted(keep.items()))
 
 
+def normalise_descriptions(node: Any) -> Any:
+    """``node`` with every ``description`` cleaned as :func:`inspect.cleandoc` does.
+
+    msgspec copies a Struct's docstring into ``description``: 0.22 keeps the source's
+    indentation, 0.23 dedents it. Cleaning it here makes the exported files depend on
+    the docstrings alone, never on the msgspec release that read them.
+    """
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
+            else normalise_descriptions(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [normalise_descriptions(value) for value in node]
+    return node
+
+
 def schemas() -> dict[str, dict[str, Any]]:
     """File name -> JSON Schema, for ``signal.json`` and one per kind."""
-    base = msgspec.json.schema(Signal)
+    base = normalise_descriptions(msgspec.json.schema(Signal))
     defs: dict[str, Any] = base["$defs"]
     # On the wire every signal is sealed: its hash is required, even though the Struct
     # has a default (the unsealed form that is hashed).
