@@ -124,6 +124,18 @@ def _phases(manifest: Mapping[str, Any]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _environment(env: Any) -> str:
+    if not isinstance(env, dict):
+        return '<span class="dim">not recorded</span>'
+    packages = env.get("packages") or {}
+    listed = ", ".join(f"{_e(k)} {_e(v)}" for k, v in packages.items())
+    return (
+        f"{_e(env.get('implementation'))} {_e(env.get('python'))} on "
+        f"{_e(env.get('platform'))}, nats-server {_e(env.get('nats_server') or '-')}"
+        f'<br><span class="dim">{len(packages)} distributions: {listed}</span>'
+    )
+
+
 def _rerun(rerun: RerunVerdict | None) -> str:
     if rerun is None:
         return '<p class="dim">not rerun at export (use <code>sisas audit RUN --rerun</code>)</p>'
@@ -143,6 +155,14 @@ def _rerun(rerun: RerunVerdict | None) -> str:
         out.append("</table>")
     for name, why in rerun.not_rerun.items():
         out.append(f'<p class="dim">not rerun: {_e(name)}: {_e(why)}</p>')
+    if rerun.recorded_environment is None:
+        out.append('<p class="dim">environment: not recorded by the run</p>')
+    elif rerun.environment_changes:
+        out.append("<p>Environment of the rerun differs from the recorded one:</p><ul>")
+        out.extend(f"<li><code>{_e(line)}</code></li>" for line in rerun.environment_changes)
+        out.append("</ul>")
+    else:
+        out.append('<p class="dim">environment: the same as recorded</p>')
     return "".join(out)
 
 
@@ -180,6 +200,7 @@ def render_report(
         ("status", f'<span class="{_e(verdict.status)}">{_e(verdict.status)}</span>'),
         ("fingerprint", f"<code>{_e(verdict.fingerprint or '-')}</code>"),
         ("code fingerprint", f"<code>{_e(manifest.get('code_fingerprint'))}</code>"),
+        ("environment", _environment(manifest.get("environment"))),
         ("seed", _e(manifest.get("seed"))),
         ("input digest", f"<code>{_e(manifest.get('input_digest'))}</code>"),
         ("chain", f"{verdict.signals} signals, head <code>{_e(verdict.head_hash)}</code>"),

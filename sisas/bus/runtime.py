@@ -39,6 +39,12 @@ class Bus:
     server: EmbeddedServer | None
     """The server this bus spawned, or None when it uses one that was already up."""
 
+    @property
+    def server_version(self) -> str:
+        """The version of the nats-server connected to, as it announced itself."""
+        info: dict[str, object] = getattr(self.nc, "_server_info", None) or {}
+        return str(info.get("version", ""))
+
 
 @contextlib.asynccontextmanager
 async def open_bus(settings: Settings, *, name: str = "sisas") -> AsyncIterator[Bus]:

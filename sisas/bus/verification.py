@@ -10,6 +10,7 @@ import msgspec
 
 from sisas.bus.queries import ask
 from sisas.bus.runtime import Bus
+from sisas.environment import capture_environment
 from sisas.errors import ArtifactNotFound, BusError, UnknownRun, UsageError
 from sisas.handlers.state import RunState, state_digest
 from sisas.pipeline import Pipeline
@@ -124,8 +125,11 @@ async def rerun_signals(
     *,
     workers: int = 1,
     on_progress: Progress | None = None,
+    nats_server: str = "",
 ) -> RerunVerdict:
-    """Execute the run's deciding attempts again with the code in ``pipelines``."""
+    """Execute the run's deciding attempts again with the code in ``pipelines``, in this
+    interpreter's environment (compared with the recorded one in the verdict;
+    ``nats_server``: the version of the server read from, "" when offline)."""
     plan = plan_rerun(signals)
     pipe = pipelines.get(plan.pipeline)
     if pipe is None:
@@ -172,5 +176,6 @@ async def rerun_signals(
         results,
         workers=workers,
         current_code=pipe.plan().fingerprint,
+        current_environment=capture_environment(pipe, nats_server=nats_server),
         compute_seconds=sum(seconds for _, seconds in outcomes),
     )

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -45,6 +46,7 @@ from sisas.bus.presence import answering, worker_subject
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
 from sisas.bus.streams import LOG_STREAM
+from sisas.environment import capture_environment
 from sisas.errors import ArtifactNotFound, BusError
 from sisas.faults import failpoint
 from sisas.handlers.execute import Outcome, PhaseInputs, execute_phase
@@ -125,9 +127,12 @@ class Worker:
         self._configs: dict[str, dict[str, Any]] = {}
 
     async def register(self) -> None:
+        """Publish each pipeline's plan with the environment this worker runs it in
+        (recorded by every run that follows the plan: :mod:`sisas.environment`)."""
         registry = PlanRegistry(self.bus.js)
         for pipe in self.pipelines.values():
-            await registry.publish(pipe.plan())
+            environment = capture_environment(pipe, nats_server=self.bus.server_version)
+            await registry.publish(msgspec.structs.replace(pipe.plan(), environment=environment))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Register the plans, then take work until ``stop`` is set, answering presence

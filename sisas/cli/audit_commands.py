@@ -186,7 +186,11 @@ async def _collect(
             rerun: RerunVerdict | None = None
             if do_rerun:
                 rerun = await rerun_signals(
-                    signals, pipelines, bus_fetch(bus), on_progress=on_progress
+                    signals,
+                    pipelines,
+                    bus_fetch(bus),
+                    on_progress=on_progress,
+                    nats_server=bus.server_version,
                 )
             artifacts: dict[str, tuple[str, bytes | None, str]] = {}
             for digest, role in run_artifacts(signals).items():

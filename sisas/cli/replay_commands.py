@@ -165,6 +165,22 @@ def print_divergence(r: PhaseRerun, *, limit: int = 10) -> None:
         console.print(f"    … {len(r.diff) - limit} more fields differ (--json lists them)")
 
 
+def print_environment_changes(v: RerunVerdict, *, limit: int = 12) -> None:
+    """What differs between the recorded environment and the rerun's, one line each."""
+    if v.recorded_environment is None:
+        console.print("  environment: not recorded (the run predates environment records)")
+        return
+    if not v.environment_changes:
+        console.print("  environment: the same as recorded")
+        return
+    n = len(v.environment_changes)
+    console.print(f"  [yellow]environment differs[/] from the recorded one ({n}):")
+    for line in v.environment_changes[:limit]:
+        console.print(f"    {line}")
+    if n > limit:
+        console.print(f"    … {n - limit} more (--json lists them)")
+
+
 def print_rerun(v: RerunVerdict) -> None:
     verdict = (
         "[bold green]deterministic[/]" if v.deterministic else "[bold red]NOT deterministic[/]"
@@ -178,6 +194,7 @@ def print_rerun(v: RerunVerdict) -> None:
     console.print(f"  rerun    fingerprint {v.fingerprint} ({same})")
     if v.recorded_code and v.current_code and v.recorded_code != v.current_code:
         console.print("  [yellow]note:[/] the pipeline code changed since the run")
+    print_environment_changes(v)
     for name, why in v.not_rerun.items():
         console.print(f"  not rerun: {name}: {why}")
     if v.first_divergence is not None:
@@ -214,7 +231,12 @@ async def rerun(run_id: str, pipeline_specs: tuple[str, ...], workers: int, as_j
         signals = await read_signals(bus, run_id)
         with progress_bar() as on_progress:
             result = await rerun_signals(
-                signals, pipelines, bus_fetch(bus), workers=workers, on_progress=on_progress
+                signals,
+                pipelines,
+                bus_fetch(bus),
+                workers=workers,
+                on_progress=on_progress,
+                nats_server=bus.server_version,
             )
     if as_json:
         sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
@@ -267,7 +289,13 @@ async def diff(
                 on_progress("rerunning runs", i, len(runs))
                 signals = await read_signals(bus, run["run_id"])
                 rows.append(
-                    await rerun_signals(signals, pipelines, bus_fetch(bus), workers=workers)
+                    await rerun_signals(
+                        signals,
+                        pipelines,
+                        bus_fetch(bus),
+                        workers=workers,
+                        nats_server=bus.server_version,
+                    )
                 )
     changed = [v for v in rows if not v.deterministic]
     if as_json:

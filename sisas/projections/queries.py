@@ -281,6 +281,7 @@ def manifest(con: duckdb.DuckDBPyConnection, q: RunQuery) -> dict[str, Any]:
         "contracts": {p.name: list(p.contracts) for p in plan.phases} if plan else {},
         "invariants": {p.name: list(p.invariants) for p in plan.phases} if plan else {},
         "input_contract": plan.input_contract if plan else "",
+        "environment": msgspec.to_builtins(plan.environment) if plan and plan.environment else None,
         "status": run["status"],
         "fingerprint": run["fingerprint"] or None,
         "seed": run["seed"],

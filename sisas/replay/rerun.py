@@ -33,6 +33,7 @@ from sisas.signals.kinds import (
     RunStarted,
     Scalar,
 )
+from sisas.signals.plan import Environment
 
 __all__ = ["RerunPlan", "Task", "judge", "plan_rerun", "verdict"]
 
@@ -67,6 +68,8 @@ class RerunPlan(msgspec.Struct, frozen=True, kw_only=True):
     code_fingerprint: str
     tasks: list[Task]
     not_rerun: dict[str, str]
+    environment: Environment | None = None
+    """The environment recorded with the run's plan (None for runs recorded before it)."""
 
 
 _Key = tuple[str, int | None, int]
@@ -81,6 +84,7 @@ def plan_rerun(signals: Sequence[Signal]) -> RerunPlan:
     checks: dict[_Key, dict[str, bool]] = {}
     decided: dict[tuple[str, int | None], Task] = {}
     code = ""
+    environment: Environment | None = None
     for s in signals:
         state = evolve(state, s)
         body = s.body
@@ -116,6 +120,7 @@ def plan_rerun(signals: Sequence[Signal]) -> RerunPlan:
             decided.pop((s.phase, item), None)
         elif isinstance(body, RunStarted):
             code = body.fingerprint
+            environment = body.plan.environment if body.plan else None
     not_rerun: dict[str, str] = {}
     for name, ps in state.phases.items():
         if ps.status == "skipped":
@@ -133,6 +138,7 @@ def plan_rerun(signals: Sequence[Signal]) -> RerunPlan:
         code_fingerprint=code,
         tasks=tasks,
         not_rerun=not_rerun,
+        environment=environment,
     )
 
 
@@ -216,9 +222,13 @@ def verdict(
     *,
     workers: int,
     current_code: str = "",
+    current_environment: Environment | None = None,
     compute_seconds: float = 0.0,
 ) -> RerunVerdict:
-    """The rerun's verdict: deterministic when every re-executed attempt matched."""
+    """The rerun's verdict: deterministic when every re-executed attempt matched. The
+    environment it ran in is compared with the recorded one: each difference is named
+    (``numpy 2.3.1 -> 2.4.0``), whatever the verdict, so a divergence is explained and an
+    equal rerun under other versions says so."""
     # A failed attempt's digest is its quarantined output's: it is no output of the run.
     recorded = {
         (t.phase, t.item): t.output_digest if t.status == "completed" else "" for t in plan.tasks
@@ -237,5 +247,12 @@ def verdict(
         not_rerun=plan.not_rerun,
         recorded_code=plan.code_fingerprint,
         current_code=current_code,
+        recorded_environment=plan.environment,
+        current_environment=current_environment,
+        environment_changes=(
+            plan.environment.changes(current_environment)
+            if plan.environment is not None and current_environment is not None
+            else []
+        ),
         compute_seconds=compute_seconds,
     )

@@ -6,6 +6,8 @@ from typing import Any, Literal, TypeAlias
 
 import msgspec
 
+from sisas.signals.plan import Environment
+
 __all__ = [
     "CheckDiff",
     "FieldDiff",
@@ -136,4 +138,10 @@ class RerunVerdict(msgspec.Struct, frozen=True, kw_only=True):
     """The pipeline code fingerprint the run was started with."""
     current_code: str = ""
     """The fingerprint of the code that reran it (differs when the code changed)."""
+    recorded_environment: Environment | None = None
+    """The environment recorded with the run (None for runs recorded before sisas kept it)."""
+    current_environment: Environment | None = None
+    """The environment the rerun executed in."""
+    environment_changes: list[str] = []
+    """Each difference between the two, ``numpy 2.3.1 -> 2.4.0``; empty when equal."""
     compute_seconds: float = 0.0

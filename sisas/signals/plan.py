@@ -9,7 +9,48 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["PhasePlan", "PipelinePlan"]
+__all__ = ["Environment", "PhasePlan", "PipelinePlan"]
+
+
+class Environment(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    omit_defaults=True,
+    forbid_unknown_fields=True,
+    gc=False,
+):
+    """Where a pipeline's code ran: interpreter, platform, installed distributions.
+
+    ``packages`` maps each distribution the pipeline's code and sisas import (and what
+    those require) to its exact version. Recorded with the plan, never part of its
+    fingerprint: the same code under other versions is the same code, and a rerun names
+    what differs (:meth:`changes`).
+    """
+
+    python: str
+    implementation: str = "CPython"
+    platform: str = ""
+    packages: dict[str, str] = {}
+    nats_server: str = ""
+
+    def changes(self, now: Environment) -> list[str]:
+        """What differs from this (recorded) environment in ``now``, one line each:
+        ``numpy 2.3.1 -> 2.4.0``, ``pandas 2.2.0 -> (not installed)``; empty when equal."""
+        out = []
+        python = f"{self.implementation} {self.python}", f"{now.implementation} {now.python}"
+        for label, (was, new) in (
+            ("python", python),
+            ("platform", (self.platform, now.platform)),
+            ("nats-server", (self.nats_server, now.nats_server)),
+        ):
+            if was != new and was and new:  # "": not known on one side (an offline rerun)
+                out.append(f"{label} {was} -> {new}")
+        for name in sorted(self.packages.keys() | now.packages.keys()):
+            old, current = self.packages.get(name), now.packages.get(name)
+            if old != current:
+                out.append(f"{name} {old or '(not installed)'} -> {current or '(not installed)'}")
+        return out
 
 
 class PhasePlan(
@@ -61,6 +102,8 @@ class PipelinePlan(
     input_contract: str = ""
     circuit_threshold: int = 5
     circuit_cooldown: float = 60.0
+    environment: Environment | None = None
+    """Where the worker that registered this plan runs (not part of ``fingerprint``)."""
 
     def phase(self, name: str) -> PhasePlan:
         for p in self.phases:

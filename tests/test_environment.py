@@ -1,0 +1,193 @@
+"""Every run records the environment its code ran in; a rerun names what differs.
+
+The distributions come from the pipeline's source (followed through the project's own
+modules) and from sisas's requirements, never from what a process happened to import.
+The end-to-end test records a run under one version of a distribution and reruns it,
+in a CLI process, under another: the verdict names that distribution and its versions.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+import sys
+from pathlib import Path
+
+import pytest
+
+from sisas.audit.bundle import read_records
+from sisas.bus.runtime import Bus
+from sisas.bus.services import running_services
+from sisas.bus.settings import Settings
+from sisas.environment import capture_environment, pipeline_distributions
+from sisas.loader import load_pipelines
+from sisas.replay.rerun import plan_rerun, verdict
+from sisas.signals.kinds import RunStarted
+from sisas.signals.plan import Environment
+from sisas.signals.records import StoredSignal
+from tests.test_replay import GOLDEN
+from tests.test_replay_bus import sisas
+from tests.test_runs_bus import EXAMPLE, start, wait_end
+
+PROJECT = """\
+import {dist}
+
+from helpers import tool
+from sisas.pipeline import Context, Pipeline
+
+probe = Pipeline("envprobe", version="1")
+
+
+@probe.phase()
+def measure(ctx: Context, input: dict[str, float]) -> float:
+    return tool(sum(input.values())) * {dist}.FACTOR
+"""
+
+HELPERS = """\
+from jsonschema import Draft202012Validator  # a distribution reached through a project module
+
+
+def tool(x: float) -> float:
+    return float(x) + (0 if Draft202012Validator else 1)
+"""
+
+
+def fake_distribution(root: Path, name: str, version: str, factor: int) -> Path:
+    """A folder holding an importable package ``name`` and its metadata at ``version``
+    (a real distribution as importlib.metadata sees one on sys.path)."""
+    (root / name).mkdir(parents=True)
+    (root / name / "__init__.py").write_text(f"FACTOR = {factor}\n")
+    info = root / f"{name}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "top_level.txt").write_text(f"{name}\n")
+    (info / "RECORD").write_text(f"{name}/__init__.py,,\n")
+    return root
+
+
+def test_the_pipelines_distributions_are_what_its_code_and_sisas_import() -> None:
+    pipe = load_pipelines([EXAMPLE], entry_points=False)["clustering"]
+    found = pipeline_distributions(pipe)
+    for name in ("sisas", "numpy", "pydantic", "pydantic-core", "msgspec", "nats-py"):
+        assert found[name] == importlib.metadata.version(name), name
+    # dev tools in the same venv that neither the pipeline nor sisas import are left out
+    for name in ("pytest", "hypothesis", "mypy", "ruff", "selenium"):
+        assert name not in found, name
+    assert list(found) == sorted(found)
+    env = capture_environment(pipe, nats_server="2.15.1")
+    assert env.python == platform.python_version()
+    assert env.implementation == platform.python_implementation()
+    assert env.platform and env.nats_server == "2.15.1"
+
+
+def test_project_modules_are_followed_to_the_distributions_they_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_distribution(tmp_path / "site", "envprobe", "1.0", factor=2)
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "probe.py").write_text(PROJECT.format(dist="envprobe"))
+    (tmp_path / "project" / "helpers.py").write_text(HELPERS)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.syspath_prepend(str(tmp_path / "project"))
+    importlib.invalidate_caches()
+    sisas_modules = set(sys.modules)
+    pipe = load_pipelines([str(tmp_path / "project" / "probe.py")], entry_points=False)["envprobe"]
+    try:
+        from sisas import environment
+
+        environment._providers.cache_clear()
+        found = pipeline_distributions(pipe)
+    finally:
+        for name in set(sys.modules) - sisas_modules:
+            sys.modules.pop(name, None)
+        environment._providers.cache_clear()
+    assert found["envprobe"] == "1.0"
+    assert found["jsonschema"] == importlib.metadata.version("jsonschema")  # via helpers.py
+    assert "referencing" in found  # what jsonschema requires
+    assert "helpers" not in found and "probe" not in found
+
+
+def test_changes_name_each_difference_and_nothing_else() -> None:
+    was = Environment(
+        python="3.11.7",
+        platform="Linux-6.1-x86_64",
+        packages={"numpy": "2.3.1", "pandas": "2.2.0", "sisas": "0.1.0"},
+        nats_server="2.15.1",
+    )
+    assert was.changes(was) == []
+    now = Environment(
+        python="3.12.1",
+        platform="Linux-6.1-x86_64",
+        packages={"numpy": "2.4.0", "sisas": "0.1.0", "pyarrow": "22.0.0"},
+    )
+    assert was.changes(now) == [
+        "python CPython 3.11.7 -> CPython 3.12.1",
+        "numpy 2.3.1 -> 2.4.0",
+        "pandas 2.2.0 -> (not installed)",
+        "pyarrow (not installed) -> 22.0.0",
+    ]  # the server is unknown on one side (an offline rerun): not a difference
+
+
+async def test_a_run_records_its_environment_and_a_rerun_names_the_package_that_differs(
+    bus: Bus, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v1 = fake_distribution(tmp_path / "v1", "envprobe", "1.0", factor=2)
+    v2 = fake_distribution(tmp_path / "v2", "envprobe", "2.0", factor=3)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "probe.py").write_text(PROJECT.format(dist="envprobe"))
+    (project / "helpers.py").write_text(HELPERS)
+    code = str(project / "probe.py")
+    before = set(sys.modules)
+    monkeypatch.syspath_prepend(str(v1))
+    monkeypatch.syspath_prepend(str(project))
+    importlib.invalidate_caches()
+    from sisas import environment
+
+    environment._providers.cache_clear()
+    try:
+        pipes = load_pipelines([code], entry_points=False)
+        async with running_services(bus, pipes, concurrency=1, projector=True):
+            await start(bus, "envprobe", "e1", b'{"a": 1.5, "b": 2.5}')
+            state, signals = await wait_end(bus, "e1")
+    finally:
+        for name in set(sys.modules) - before:
+            sys.modules.pop(name, None)
+        environment._providers.cache_clear()
+    assert state.status == "completed"
+    started = next(s.body for s in signals if isinstance(s.body, RunStarted))
+    assert started.plan is not None and started.plan.environment is not None
+    recorded = started.plan.environment
+    assert recorded.packages["envprobe"] == "1.0"
+    assert recorded.nats_server == bus.server_version != ""
+
+    manifest = await sisas(settings, "manifest", "e1")
+    assert manifest.returncode == 0, manifest.stderr
+    assert json.loads(manifest.stdout)["environment"]["packages"]["envprobe"] == "1.0"
+
+    same = await sisas(
+        settings, "replay", "rerun", "e1", "--pipelines", code, "--json",
+        PYTHONPATH=f"{project}:{v1}",
+    )  # fmt: skip
+    assert same.returncode == 0, same.stderr
+    verdict = json.loads(same.stdout)
+    assert verdict["deterministic"] and verdict["environment_changes"] == []
+
+    other = await sisas(
+        settings, "replay", "rerun", "e1", "--pipelines", code, PYTHONPATH=f"{project}:{v2}"
+    )
+    text = other.stdout.decode()
+    # envprobe 2.0 multiplies by 3: the output differs, and the verdict says what changed
+    assert other.returncode == 1, text + other.stderr.decode()
+    assert "NOT deterministic" in text
+    assert "environment differs from the recorded one (1):" in text
+    assert "envprobe 1.0 -> 2.0" in text
+
+
+def test_a_rerun_of_a_run_recorded_before_environments_says_so() -> None:
+    records = read_records(GOLDEN / "intact.jsonl")
+    plan = plan_rerun([r.signal for r in records if isinstance(r, StoredSignal)])
+    assert plan.environment is None
+    v = verdict(plan, [], workers=1, current_environment=Environment(python="3.11.7"))
+    assert v.recorded_environment is None and v.environment_changes == []
