@@ -23,9 +23,9 @@ from examples.policy_evaluation import pipeline
 from sisas.bus.embedded import EmbeddedServer
 from sisas.bus.inputs import publish_input
 from sisas.bus.runtime import open_bus
-from sisas.bus.services import running_services
 from sisas.bus.settings import Settings
 from sisas.handlers.local import LocalRun
+from sisas.services.host import running_services
 from sisas.signals.inputs import StartRun
 from sisas.signals.records import StoredSignal
 

@@ -25,8 +25,8 @@ from bench.pipelines import FANOUT_WIDTH, fanout, noop
 from bench.runs import start, timed_runs
 from sisas.bus.embedded import EmbeddedServer
 from sisas.bus.runtime import open_bus
-from sisas.bus.services import running_services
 from sisas.bus.settings import Settings
+from sisas.services.host import running_services
 from sisas.signals import StoredSignal
 
 

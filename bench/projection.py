@@ -37,10 +37,10 @@ from sisas.bus.jetstream_log import JetStreamLog
 from sisas.bus.pull_reader import read_range, read_range_msgs
 from sisas.bus.runtime import open_bus
 from sisas.bus.settings import Settings
-from sisas.bus.streams import LOG_STREAM
-from sisas.bus.verification import verify_log
+from sisas.client.verification import verify_log
 from sisas.projections.projector import Projector
 from sisas.projections.store import ProjectionStore
+from sisas.signals.names import LOG_STREAM
 
 
 def _rss_mib() -> float:

@@ -30,11 +30,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.synthetic import synthetic_runs
-from sisas.bus.keys import generate_seed
-from sisas.bus.verification import rerun_signals
+from sisas.client.verification import rerun_signals
 from sisas.handlers.local import LocalRun
 from sisas.loader import load_pipelines
 from sisas.replay.verify import LogVerifier, report
+from sisas.security.keys import generate_seed
 from sisas.signals import encode_signal, log_subject
 from sisas.signals.records import decode_record
 from sisas.signals.signing import Signer

@@ -24,8 +24,8 @@ from bench.runs import timed_runs
 from bench.synthetic import publish_runs
 from sisas.bus.embedded import EmbeddedServer
 from sisas.bus.runtime import open_bus
-from sisas.bus.services import running_services
 from sisas.bus.settings import Settings
+from sisas.services.host import running_services
 
 
 async def measure(levels: tuple[int, ...], runs: int) -> list[dict[str, float]]:

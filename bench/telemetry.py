@@ -24,8 +24,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from bench.overhead import noop, one_run, raw_round_trips
 from sisas.bus.embedded import EmbeddedServer
 from sisas.bus.runtime import open_bus
-from sisas.bus.services import running_services
 from sisas.bus.settings import Settings
+from sisas.services.host import running_services
 from sisas.telemetry.setup import install
 
 

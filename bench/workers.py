@@ -25,9 +25,9 @@ from pathlib import Path
 from bench.runs import concurrent_runs
 from sisas.bus.embedded import EmbeddedServer
 from sisas.bus.runtime import open_bus
-from sisas.bus.services import running_services
 from sisas.bus.settings import Settings
-from sisas.bus.streams import LOG_STREAM
+from sisas.services.host import running_services
+from sisas.signals.names import LOG_STREAM
 
 ROOT = Path(__file__).resolve().parent.parent
 SISAS = Path(sys.executable).with_name("sisas")

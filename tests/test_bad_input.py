@@ -63,22 +63,28 @@ from hypothesis import settings as fuzz_settings
 from hypothesis import strategies as st
 from nats.aio.client import Client as NATS
 
-from sisas.bus.keys import generate_seed, signer_from_file
-from sisas.bus.orchestrator import REJECTED_SUBJECT, Orchestrator
-from sisas.bus.queries import local_projector
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
-from sisas.bus.streams import INPUT_STREAM, LOG_STREAM
-from sisas.bus.triggers import UPSTREAM_STREAM, TriggerService, evaluation_chain
-from sisas.bus.worker import Worker
+from sisas.client.queries import local_projector
 from sisas.handlers.triggers import message_id, parse_rules
 from sisas.loader import load_pipelines
 from sisas.projections.projector import Projector
-from sisas.projections.service import PROGRESS_HEADER, VERBS, QueryService
+from sisas.security.keys import generate_seed, signer_from_file
+from sisas.services.orchestrator import REJECTED_SUBJECT, Orchestrator
+from sisas.services.query import PROGRESS_HEADER, QueryService
+from sisas.services.triggers import TriggerService, evaluation_chain
+from sisas.services.worker import Worker
 from sisas.signals import KINDS, ChainHead, Draft, PhaseScheduled, StoredSignal, TriggerEvaluated
 from sisas.signals.codec import encode_signal
 from sisas.signals.inputs import INPUT_KINDS, CancelRun, Input, PhaseReport, StartRun, encode_input
-from sisas.signals.names import input_subject, log_subject
+from sisas.signals.names import (
+    INPUT_STREAM,
+    LOG_STREAM,
+    QUERY_VERBS,
+    UPSTREAM_STREAM,
+    input_subject,
+    log_subject,
+)
 from tests.conftest import AT
 from tests.strategies import bodies
 from tests.test_replay_bus import sisas as sisas_cli
@@ -503,7 +509,7 @@ _wrong_content["manifest"] = _wrong_content["show"]
 
 @st.composite
 def query_cases(draw: st.DrawFn) -> tuple[str, bytes]:
-    verb = draw(st.sampled_from([*VERBS, "nosuch", "Runs", "x"]))
+    verb = draw(st.sampled_from([*QUERY_VERBS, "nosuch", "Runs", "x"]))
     payload = draw(st.sampled_from(["bytes", "json", "params", "wrong content"]))
     if payload == "bytes":
         return verb, draw(st.binary(max_size=200))
@@ -525,9 +531,9 @@ async def test_fuzzed_queries_get_an_error_answer_and_the_service_keeps_answerin
     async def check(case: tuple[str, bytes]) -> None:
         verb, payload = case
         answer = await query(sys_.outside, verb, payload)
-        sys_.sent[f"query.{verb}" if verb in VERBS else "query.<unknown verb>"] += 1
+        sys_.sent[f"query.{verb}" if verb in QUERY_VERBS else "query.<unknown verb>"] += 1
         if answer["ok"]:
-            assert verb in VERBS and "result" in answer, answer
+            assert verb in QUERY_VERBS and "result" in answer, answer
             answers["ok"] += 1
         else:
             error = answer["error"]

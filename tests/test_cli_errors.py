@@ -18,10 +18,10 @@ import httpx
 import pytest
 
 from sisas.bus.runtime import Bus
-from sisas.bus.services import running_services
 from sisas.dashboard.app import create_app
 from sisas.dashboard.hub import Hub
 from sisas.loader import load_pipelines
+from sisas.services.host import running_services
 from tests.conftest import NatsServer
 from tests.test_runs_bus import EXAMPLE, POINTS, start, wait_end
 

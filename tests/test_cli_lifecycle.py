@@ -16,10 +16,10 @@ import pytest
 
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
-from sisas.bus.services import running_services
 from sisas.cli.run_inputs import POLICIES, check_settings
 from sisas.errors import UsageError
 from sisas.loader import load_pipelines
+from sisas.services.host import running_services
 from sisas.signals import StoredSignal
 from sisas.signals.plan import PhasePlan
 from tests.cli_process import (

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from sisas.bus.runtime import Bus
-from sisas.bus.services import running_services
 from sisas.cli.live_commands import START_GRACE
 from sisas.handlers.derive import keyed_run_id
+from sisas.services.host import running_services
 from tests.cli_process import EXAMPLE, POINTS, Command, base_env, run_cli, sisas
 from tests.conftest import NatsServer
 

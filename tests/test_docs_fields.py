@@ -12,8 +12,8 @@ from examples.clustering import pipeline as clustering
 from sisas.bus.memory_log import MemoryLog
 from sisas.handlers.local import LocalRun
 from sisas.projections.projector import Projector
-from sisas.projections.service import answer
 from sisas.projections.store import ProjectionStore
+from sisas.services.query import answer
 from tests.test_projections import AT, POINTS
 
 DOC = Path(__file__).parent.parent / "docs" / "projections.md"

@@ -18,11 +18,11 @@ import pytest
 
 from sisas.audit.bundle import read_records
 from sisas.bus.runtime import Bus
-from sisas.bus.services import running_services
 from sisas.bus.settings import Settings
 from sisas.environment import capture_environment, pipeline_distributions
 from sisas.loader import load_pipelines
 from sisas.replay.rerun import plan_rerun, verdict
+from sisas.services.host import running_services
 from sisas.signals.kinds import RunStarted
 from sisas.signals.plan import Environment
 from sisas.signals.records import StoredSignal

@@ -39,21 +39,21 @@ from nats.aio.client import Client as NATS
 
 from sisas.bus.embedded import find_binary
 from sisas.bus.inputs import publish_input
-from sisas.bus.permissions import ROLES, auth_conf, permissions_markdown
 from sisas.bus.presence import worker_live
-from sisas.bus.queries import ask
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus, open_bus
-from sisas.bus.security import init_profile, user_seed
-from sisas.bus.services import running_services
 from sisas.bus.settings import Settings
 from sisas.bus.streams import config_drift, log_stream_config
-from sisas.bus.triggers import TriggerService, evaluation_chain
-from sisas.bus.verification import verify_log
-from sisas.bus.worker import Worker
+from sisas.client.queries import ask
+from sisas.client.verification import verify_log
 from sisas.errors import BusUnavailable, UsageError
 from sisas.handlers.triggers import Rule
 from sisas.loader import load_pipelines
+from sisas.security.permissions import ROLES, auth_conf, permissions_markdown
+from sisas.security.profile import init_profile, user_seed
+from sisas.services.host import running_services
+from sisas.services.triggers import TriggerService, evaluation_chain
+from sisas.services.worker import Worker
 from sisas.signals import StoredSignal, TriggerEvaluated
 from sisas.signals.inputs import CancelRun, StartRun
 from tests.conftest import NatsServer, spawn_nats
@@ -855,7 +855,7 @@ def test_the_permissions_table_in_the_docs_is_the_one_the_server_gets() -> None:
     assert BEGIN in text and END in text, f"{DOC} lost its generated table markers"
     between = text.split(BEGIN, 1)[1].split(END, 1)[0]
     assert between.strip() == permissions_markdown().strip(), (
-        "docs/security.md's table differs from sisas/bus/permissions.py: paste the output "
+        "docs/security.md's table differs from sisas/security/permissions.py: paste the output "
         "of `sisas security permissions` between the markers"
     )
     conf = auth_conf({r.name: f"U{r.name.upper()}" for r in ROLES}, [UPSTREAM])

@@ -9,8 +9,8 @@ from pathlib import Path
 from sisas.bus.presence import orchestrator_live, worker_live
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
-from sisas.bus.services import running_services
 from sisas.loader import load_pipelines
+from sisas.services.host import running_services
 
 EXAMPLE = str(Path(__file__).parent.parent / "examples" / "clustering.py")
 

@@ -20,8 +20,8 @@ from sisas.handlers.state import fold
 from sisas.projections import queries as q
 from sisas.projections.projector import Projector
 from sisas.projections.rows import decode_state
-from sisas.projections.service import answer
 from sisas.projections.store import ProjectionStore
+from sisas.services.query import answer
 from sisas.signals import encode_signal
 
 AT = datetime(2026, 1, 2, tzinfo=UTC)

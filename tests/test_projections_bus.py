@@ -16,14 +16,14 @@ import msgspec
 import pytest
 
 from bench.synthetic import synthetic_runs
-from sisas.bus.queries import ask, local_projector, projection_path
 from sisas.bus.runtime import Bus, open_bus
-from sisas.bus.services import running_services
 from sisas.bus.settings import Settings
+from sisas.client.queries import ask, local_projector, projection_path
 from sisas.errors import UnknownRun, UsageError
 from sisas.loader import load_pipelines
 from sisas.projections.projector import Projector
 from sisas.projections.store import ProjectionStore
+from sisas.services.host import running_services
 from tests.conftest import spawn_nats
 from tests.test_runs_bus import EXAMPLE, POINTS, start, wait_end
 

@@ -12,7 +12,7 @@ import pytest
 
 from examples.clustering import pipeline as clustering
 from sisas.audit.bundle import Claims, bundle_fetch, read_records, verify_bundle, write_bundle
-from sisas.bus.verification import rerun_signals
+from sisas.client.verification import rerun_signals
 from sisas.handlers.local import LocalRun
 from sisas.handlers.state import fold
 from sisas.loader import load_pipelines

@@ -17,12 +17,12 @@ import duckdb
 import msgspec
 import nats
 
-from sisas.bus.keys import generate_seed, signer_from_file
-from sisas.bus.queries import ask, projection_path
 from sisas.bus.runtime import Bus, open_bus
-from sisas.bus.services import running_services
 from sisas.bus.settings import Settings
+from sisas.client.queries import ask, projection_path
 from sisas.loader import load_pipelines
+from sisas.security.keys import generate_seed, signer_from_file
+from sisas.services.host import running_services
 from sisas.signals import ChainHead, Draft, PhaseCompleted, RunCancelled
 from sisas.signals.codec import encode_signal
 from sisas.signals.names import log_subject

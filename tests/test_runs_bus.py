@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 
 from sisas.bus.inputs import publish_input, publish_start
-from sisas.bus.orchestrator import REJECTED_SUBJECT, Orchestrator
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus, open_bus
-from sisas.bus.services import running_services
 from sisas.bus.settings import Settings
-from sisas.bus.worker import Worker
 from sisas.handlers.local import LocalRun
 from sisas.handlers.state import RunState, fold
 from sisas.loader import load_pipelines
+from sisas.services.host import running_services
+from sisas.services.orchestrator import REJECTED_SUBJECT, Orchestrator
+from sisas.services.worker import Worker
 from sisas.signals import Signal, StoredSignal, encode_signal, verify_chain
 from sisas.signals.inputs import CancelRun
 from tests.test_schemas import validator

@@ -16,13 +16,14 @@ import pytest
 from nats.js.api import StreamConfig
 
 from sisas.bus.runtime import Bus
-from sisas.bus.services import running_services
-from sisas.bus.triggers import UPSTREAM_STREAM, TriggerService, evaluation_chain
-from sisas.bus.verification import verify_log
+from sisas.client.verification import verify_log
 from sisas.errors import UsageError
 from sisas.handlers.triggers import evaluate, message_id, parse_rules, subject_matches
 from sisas.loader import load_pipelines
+from sisas.services.host import running_services
+from sisas.services.triggers import TriggerService, evaluation_chain
 from sisas.signals import StoredSignal, TriggerEvaluated
+from sisas.signals.names import UPSTREAM_STREAM
 from tests.test_runs_bus import wait_end
 
 ROOT = Path(__file__).parent.parent

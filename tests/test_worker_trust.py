@@ -23,18 +23,18 @@ import msgspec
 import pytest
 
 from sisas.bus.inputs import publish_start
-from sisas.bus.keys import generate_seed, signer_from_file
-from sisas.bus.orchestrator import REJECTED_SUBJECT, Orchestrator
 from sisas.bus.runtime import Bus, open_bus
-from sisas.bus.security import init_profile
 from sisas.bus.settings import Settings
-from sisas.bus.streams import INPUT_STREAM
-from sisas.bus.verification import verify_log
-from sisas.bus.worker import Worker
+from sisas.client.verification import verify_log
 from sisas.errors import AppendConflict, UsageError
 from sisas.handlers.state import RunState, fold
 from sisas.loader import load_pipelines
+from sisas.security.keys import generate_seed, signer_from_file
+from sisas.security.profile import init_profile
+from sisas.services.orchestrator import REJECTED_SUBJECT, Orchestrator
+from sisas.services.worker import Worker
 from sisas.signals import ChainHead, Draft, PhaseScheduled, Signal, StoredSignal, seal
+from sisas.signals.names import INPUT_STREAM
 from sisas.signals.signing import check_signature
 from tests.conftest import NatsServer
 

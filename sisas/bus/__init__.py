@@ -8,7 +8,7 @@ from sisas.bus.log import AppendResult, SignalLog
 from sisas.bus.memory_log import MemoryLog
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
-from sisas.bus.streams import ARTIFACT_BUCKET, INPUT_STREAM, LOG_STREAM
+from sisas.signals.names import ARTIFACT_BUCKET, INPUT_STREAM, LOG_STREAM
 
 __all__ = [
     "ARTIFACT_BUCKET",

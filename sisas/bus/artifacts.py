@@ -16,9 +16,10 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.kv import KeyValue
 
-from sisas.bus.streams import ARTIFACT_BUCKET, BLOB_BUCKET, INLINE_MAX
+from sisas.bus.streams import INLINE_MAX
 from sisas.errors import ArtifactNotFound, BusError, SisasError
 from sisas.signals.digest import bytes_digest
+from sisas.signals.names import ARTIFACT_BUCKET, BLOB_BUCKET
 
 __all__ = ["ArtifactStore", "JetStreamArtifacts", "MemoryArtifacts", "bytes_digest"]
 

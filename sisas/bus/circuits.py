@@ -14,10 +14,10 @@ from nats.js.kv import KeyValue
 
 from sisas.errors import BusError
 from sisas.handlers.circuit import Circuit
+from sisas.signals.names import CIRCUIT_BUCKET
 
-__all__ = ["CIRCUIT_BUCKET", "CircuitBoard"]
+__all__ = ["CircuitBoard"]
 
-CIRCUIT_BUCKET = "sisas-circuits"
 _DECODER = msgspec.json.Decoder(dict[str, Circuit])
 
 

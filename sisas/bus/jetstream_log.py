@@ -29,11 +29,10 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from sisas.bus.log import AppendResult, check_batch
 from sisas.bus.pull_reader import read_range
 from sisas.bus.requests import PUBACK_DECODER, Reply, Requester
-from sisas.bus.streams import LOG_STREAM
 from sisas.errors import AppendConflict, AppendFailed, BusUnavailable
 from sisas.signals.codec import encode_signal
 from sisas.signals.envelope import Signal
-from sisas.signals.names import LOG_PREFIX, log_subject, run_filter
+from sisas.signals.names import LOG_PREFIX, LOG_STREAM, log_subject, run_filter
 from sisas.signals.records import CorruptMessage, LogGap, LogRecord, StoredSignal, decode_record
 from sisas.telemetry.tracing import inject
 

@@ -24,17 +24,16 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from sisas.errors import BusError
+from sisas.signals.names import PRESENCE_PREFIX
 
 __all__ = [
     "ORCHESTRATOR_SUBJECT",
-    "PRESENCE_PREFIX",
     "answering",
     "orchestrator_live",
     "worker_live",
     "worker_subject",
 ]
 
-PRESENCE_PREFIX: Final = "sisas.presence"
 ORCHESTRATOR_SUBJECT: Final = f"{PRESENCE_PREFIX}.orchestrator"
 ASK_TIMEOUT: Final = 2.0
 """Seconds to wait for an answer once someone listens (a live process answers in ms)."""

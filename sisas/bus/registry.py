@@ -9,11 +9,10 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, N
 from nats.js.kv import KeyValue
 
 from sisas.errors import BusError
+from sisas.signals.names import PIPELINE_BUCKET
 from sisas.signals.plan import PipelinePlan
 
-__all__ = ["PIPELINE_BUCKET", "PlanRegistry"]
-
-PIPELINE_BUCKET = "sisas-pipelines"
+__all__ = ["PlanRegistry"]
 
 
 class PlanRegistry:

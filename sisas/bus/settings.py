@@ -64,7 +64,7 @@ class Settings:
     signing_key: Path | None = None
     trusted_keys: frozenset[str] = frozenset()
     """Public nkeys of the orchestrators' signing keys. Non-empty: a worker executes only
-    ``phase_scheduled`` signals signed by one of them (:mod:`sisas.bus.worker`)."""
+    ``phase_scheduled`` signals signed by one of them (:mod:`sisas.services.worker`)."""
 
     @property
     def embedded(self) -> bool:

@@ -31,20 +31,23 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, BucketNotFoundError, NotFoundError, ServiceUnavailableError
 
-from sisas.bus.circuits import CIRCUIT_BUCKET
-from sisas.bus.registry import PIPELINE_BUCKET
 from sisas.errors import BusError, StoreWithoutStream, StreamDrift
-from sisas.signals.names import IN_PREFIX, LOG_PREFIX
+from sisas.signals.names import (
+    ARTIFACT_BUCKET,
+    BLOB_BUCKET,
+    CIRCUIT_BUCKET,
+    IN_PREFIX,
+    INPUT_STREAM,
+    LOG_PREFIX,
+    LOG_STREAM,
+    PIPELINE_BUCKET,
+)
 
 log = logging.getLogger("sisas.bus")
 
 __all__ = [
-    "ARTIFACT_BUCKET",
-    "BLOB_BUCKET",
     "INLINE_MAX",
     "DUPLICATE_WINDOW",
-    "INPUT_STREAM",
-    "LOG_STREAM",
     "ProvisionReport",
     "config_drift",
     "input_stream_config",
@@ -52,11 +55,6 @@ __all__ = [
     "provision",
 ]
 
-LOG_STREAM: Final = "SISAS_LOG"
-INPUT_STREAM: Final = "SISAS_IN"
-ARTIFACT_BUCKET: Final = "sisas-artifacts"
-BLOB_BUCKET: Final = "sisas-blobs"
-"""KV bucket for artifacts up to INLINE_MAX bytes (one publish / one direct get each)."""
 INLINE_MAX: Final = 512 * 1024
 DUPLICATE_WINDOW: Final = 120.0
 """Seconds within which a re-sent Nats-Msg-Id is deduplicated by the server."""

@@ -22,13 +22,13 @@ from sisas.audit.bundle import (
 )
 from sisas.audit.bundle import write_bundle as write
 from sisas.audit.html import render_report
-from sisas.bus.queries import ask
 from sisas.bus.runtime import open_bus
-from sisas.bus.verification import bus_fetch, rerun_signals, verify_log
 from sisas.cli.app import cli, console, fail, load_settings, run_async
 from sisas.cli.bars import progress_bar
 from sisas.cli.replay_commands import TRUST, finding_line, print_rerun, trusted_keys
 from sisas.cli.run_commands import PIPELINES_OPTION
+from sisas.client.queries import ask
+from sisas.client.verification import bus_fetch, rerun_signals, verify_log
 from sisas.errors import ArtifactNotFound, BusError, SisasError
 from sisas.handlers.state import fold
 from sisas.loader import load_pipelines

@@ -15,12 +15,12 @@ from rich.table import Table
 from sisas.bus.inputs import publish_start
 from sisas.bus.runtime import Bus, open_bus
 from sisas.cli.app import cli, console, err_console, load_settings, run_async
-from sisas.cli.hosting import Hosting, hosting, interrupted_note, pipeline_plan
 from sisas.cli.progress import advise
 from sisas.cli.run_commands import PIPELINES_OPTION, named_or_loaded
 from sisas.cli.run_inputs import check_settings, parse_set, run_id_for
 from sisas.errors import UsageError
 from sisas.loader import load_pipelines
+from sisas.services.hosting import Hosting, hosting, interrupted_note, pipeline_plan
 from sisas.signals import RunCompleted, RunFailed, StoredSignal
 from sisas.signals.kinds import ENDING_KINDS
 from sisas.telemetry.tracing import run_span

@@ -10,8 +10,8 @@ import click
 from rich.table import Table
 
 from sisas.bus.cluster import LocalCluster
-from sisas.bus.streams import INPUT_STREAM, LOG_STREAM
 from sisas.cli.app import cli, console, fail, load_settings, run_async
+from sisas.signals.names import INPUT_STREAM, LOG_STREAM
 
 __all__ = ["cluster"]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from sisas.bus.keys import generate_seed
 from sisas.cli.app import cli, console, fail
 from sisas.errors import SisasError
+from sisas.security.keys import generate_seed
 from sisas.signals.signing import Signer
 
 __all__ = ["keys"]

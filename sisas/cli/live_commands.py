@@ -14,14 +14,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from sisas.bus.queries import ask, projector_listening
 from sisas.bus.runtime import Bus, open_bus
-from sisas.bus.services import running_services
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
 from sisas.cli.render import STATUS_STYLE
+from sisas.client.queries import ask, projector_listening
 from sisas.dashboard.server import DEFAULT_PORT, serving_dashboard
 from sisas.dashboard.views import run_view
 from sisas.handlers.state import TERMINAL_RUN
+from sisas.services.host import running_services
 from sisas.signals import Signal, StoredSignal
 from sisas.signals.names import check_name
 

@@ -23,8 +23,8 @@ from rich.text import Text
 
 from sisas.bus.presence import orchestrator_live, worker_live
 from sisas.bus.runtime import Bus
-from sisas.cli.hosting import no_worker_note, queued_note
 from sisas.errors import SisasError
+from sisas.services.hosting import no_worker_note, queued_note
 from sisas.signals import (
     ContractChecked,
     CorruptMessage,

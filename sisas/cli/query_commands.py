@@ -18,7 +18,6 @@ from typing import Any
 import click
 from rich.text import Text
 
-from sisas.bus.queries import Answer, ask
 from sisas.bus.runtime import Bus, open_bus
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
 from sisas.cli.bars import progress_bar
@@ -32,6 +31,7 @@ from sisas.cli.render import (
     status_text,
     traceback_tail,
 )
+from sisas.client.queries import Answer, ask
 from sisas.errors import ArtifactNotFound
 from sisas.projections.queries import parse_since
 from sisas.signals import PhaseFailed, StoredSignal, check_name

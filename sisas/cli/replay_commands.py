@@ -9,12 +9,12 @@ from pathlib import Path
 import click
 import msgspec
 
-from sisas.bus.queries import ask
 from sisas.bus.runtime import open_bus
-from sisas.bus.verification import bus_fetch, read_signals, rerun_signals, verify_log
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
 from sisas.cli.bars import progress_bar
 from sisas.cli.run_commands import PIPELINES_OPTION
+from sisas.client.queries import ask
+from sisas.client.verification import bus_fetch, read_signals, rerun_signals, verify_log
 from sisas.loader import load_pipelines
 from sisas.projections.queries import parse_since
 from sisas.replay.verdicts import Finding, PhaseRerun, RerunVerdict, RunVerdict, VerifyReport

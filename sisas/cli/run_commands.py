@@ -17,10 +17,16 @@ from sisas.bus.artifacts import bytes_digest
 from sisas.bus.inputs import publish_input, publish_start
 from sisas.bus.presence import orchestrator_live
 from sisas.bus.runtime import Bus, open_bus
-from sisas.bus.services import running_services, stop_on_signals
-from sisas.bus.worker import Worker
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
-from sisas.cli.hosting import (
+from sisas.cli.progress import RunResult, watch_run
+from sisas.cli.render import command_name, duration_text
+from sisas.cli.run_inputs import check_settings, parse_set, read_input, run_id_for
+from sisas.client.resume import Resume, prepare_resume
+from sisas.errors import UsageError
+from sisas.loader import load_pipelines
+from sisas.pipeline import Pipeline
+from sisas.services.host import running_services, stop_on_signals
+from sisas.services.hosting import (
     Hosting,
     hosting,
     interrupted_note,
@@ -28,13 +34,7 @@ from sisas.cli.hosting import (
     pipeline_plan,
     queued_note,
 )
-from sisas.cli.progress import RunResult, watch_run
-from sisas.cli.render import command_name, duration_text
-from sisas.cli.resume import Resume, prepare_resume
-from sisas.cli.run_inputs import check_settings, parse_set, read_input, run_id_for
-from sisas.errors import UsageError
-from sisas.loader import load_pipelines
-from sisas.pipeline import Pipeline
+from sisas.services.worker import Worker
 from sisas.signals import RunRequested, Scalar, StoredSignal, check_name
 from sisas.signals.inputs import CancelRun
 from sisas.signals.kinds import ENDING_KINDS

@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 
 from sisas.bus.connection import check_url
-from sisas.bus.permissions import NEVER, ROLES, UPSTREAM_INBOX, permissions_markdown
-from sisas.bus.security import init_profile
 from sisas.cli.app import cli, console, fail
 from sisas.errors import SisasError
+from sisas.security.permissions import NEVER, ROLES, UPSTREAM_INBOX, permissions_markdown
+from sisas.security.profile import init_profile
 
 __all__ = ["security"]
 

@@ -21,15 +21,15 @@ from rich.table import Table
 from sisas.bus.connection import redact
 from sisas.bus.embedded import running_server
 from sisas.bus.runtime import Bus, open_bus
-from sisas.bus.services import running_services
 from sisas.bus.settings import Settings
-from sisas.bus.streams import INPUT_STREAM, LOG_STREAM
-from sisas.bus.triggers import TriggerService
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
 from sisas.cli.trigger_commands import load_rules
 from sisas.dashboard.server import DEFAULT_PORT, serving_dashboard
 from sisas.errors import EmbeddedServerError, UsageError
 from sisas.loader import load_pipelines
+from sisas.services.host import running_services
+from sisas.services.triggers import TriggerService
+from sisas.signals.names import INPUT_STREAM, LOG_STREAM
 
 __all__ = ["down", "status", "up"]
 

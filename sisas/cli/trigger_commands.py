@@ -12,10 +12,10 @@ from typing import Any
 import click
 
 from sisas.bus.runtime import open_bus
-from sisas.bus.triggers import TriggerService
 from sisas.cli.app import cli, console, err_console, load_settings, run_async
 from sisas.errors import UsageError
 from sisas.handlers.triggers import Rule, evaluate, message_id, parse_rules
+from sisas.services.triggers import TriggerService
 
 __all__ = ["load_rules", "read_message", "triggers"]
 

@@ -23,9 +23,9 @@ from starlette.staticfiles import StaticFiles
 
 from sisas import __version__
 from sisas.audit.html import render_report
-from sisas.bus.queries import ask
 from sisas.bus.runtime import Bus
-from sisas.bus.verification import verify_log
+from sisas.client.queries import ask
+from sisas.client.verification import verify_log
 from sisas.dashboard.hub import RESYNC, Hub
 from sisas.dashboard.views import run_view
 from sisas.errors import SisasError

@@ -14,12 +14,26 @@ from typing import Final
 from sisas.errors import InvalidName
 
 __all__ = [
+    "ARTIFACT_BUCKET",
+    "BLOB_BUCKET",
+    "CIRCUIT_BUCKET",
+    "INPUT_STREAM",
     "IN_PREFIX",
+    "LIVE_PREFIX",
     "LOG_PREFIX",
+    "LOG_STREAM",
+    "PIPELINE_BUCKET",
+    "PRESENCE_PREFIX",
+    "QUERY_GROUP",
+    "QUERY_PREFIX",
+    "QUERY_VERBS",
     "RUN_LEVEL",
     "TRIGGERS_PIPELINE",
+    "TRIGGER_BUCKET",
+    "UPSTREAM_STREAM",
     "check_name",
     "input_subject",
+    "live_subject",
     "log_subject",
     "parse_log_subject",
     "run_filter",
@@ -28,9 +42,43 @@ __all__ = [
 LOG_PREFIX: Final = "sisas.run"
 IN_PREFIX: Final = "sisas.in"
 RUN_LEVEL: Final = "_"
+"""The phase token of signals that belong to the run, not to one phase."""
 TRIGGERS_PIPELINE: Final = "triggers"
 """The pipeline name of trigger evaluation chains (one per upstream message)."""
-"""The phase token of signals that belong to the run, not to one phase."""
+
+# Streams, buckets and subjects beside the log's: every name on the wire is here.
+LOG_STREAM: Final = "SISAS_LOG"
+"""The signal log: ``sisas.run.>``, immutable, hash-chained."""
+INPUT_STREAM: Final = "SISAS_IN"
+"""Commands and worker reports: ``sisas.in.>``."""
+UPSTREAM_STREAM: Final = "SISAS_UPSTREAM"
+"""Messages from upstream systems that trigger rules read."""
+ARTIFACT_BUCKET: Final = "sisas-artifacts"
+"""Object store: run inputs and phase outputs by digest."""
+BLOB_BUCKET: Final = "sisas-blobs"
+"""KV bucket for artifacts up to INLINE_MAX bytes (one publish / one direct get each)."""
+PIPELINE_BUCKET: Final = "sisas-pipelines"
+"""KV: each pipeline's plan, as its workers registered it."""
+CIRCUIT_BUCKET: Final = "sisas-circuits"
+"""KV: circuit breaker states by pipeline."""
+TRIGGER_BUCKET: Final = "sisas-triggers"
+"""KV: each evaluated upstream message and the runs it started (exactly once)."""
+PRESENCE_PREFIX: Final = "sisas.presence"
+"""Request/reply: live workers and orchestrators answer."""
+LIVE_PREFIX: Final = "sisas.live"
+"""Core NATS, not persisted: progress ticks of running phases."""
+QUERY_PREFIX: Final = "sisas.query"
+"""Request/reply: the query service answers ``sisas.query.<verb>``."""
+QUERY_GROUP: Final = "sisas-projectors"
+"""The queue group projectors answer queries in."""
+QUERY_VERBS: Final = ("runs", "show", "manifest", "stats", "states", "status", "digest", "rebuild")
+"""What the query service answers."""
+
+
+def live_subject(run_id: str) -> str:
+    """The core NATS subject progress ticks of ``run_id`` go to (not persisted)."""
+    return f"{LIVE_PREFIX}.{run_id}"
+
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 

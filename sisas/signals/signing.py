@@ -30,7 +30,7 @@ class Signer:
 
     def __init__(self, seed: bytes) -> None:
         """``seed``: an nkey seed (``SU…``); reading it from a file is the shell's job
-        (:func:`sisas.bus.keys.signer_from_file`)."""
+        (:func:`sisas.security.keys.signer_from_file`)."""
         try:
             self._pair = nkeys.from_seed(bytearray(seed.strip()))
         except (nkeys.NkeysError, binascii.Error, ValueError, IndexError) as exc:

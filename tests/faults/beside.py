@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from sisas.bus.orchestrator import Orchestrator
 from sisas.bus.runtime import open_bus
-from sisas.bus.services import stop_on_signals
-from sisas.bus.worker import Worker
 from sisas.cli.app import load_settings
 from sisas.loader import load_pipelines
+from sisas.services.host import stop_on_signals
+from sisas.services.orchestrator import Orchestrator
+from sisas.services.worker import Worker
 
 
 async def main(spec: str) -> None:

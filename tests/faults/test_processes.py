@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from sisas.bus.queries import projector_listening
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
-from sisas.bus.streams import INPUT_STREAM
+from sisas.client.queries import projector_listening
 from sisas.signals import Signal
-from sisas.signals.names import IN_PREFIX
+from sisas.signals.names import IN_PREFIX, INPUT_STREAM
 from tests.conftest import NatsServer
 from tests.test_runs_bus import start
 

@@ -24,9 +24,9 @@ from sisas.bus.cluster import LocalCluster, free_port
 from sisas.bus.embedded import EmbeddedServer, find_binary
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
-from sisas.bus.streams import LOG_STREAM
 from sisas.errors import AppendFailed
 from sisas.signals import ChainHead, Draft
+from sisas.signals.names import LOG_STREAM
 from tests.test_runs_bus import start
 
 from .harness import (

@@ -31,15 +31,13 @@ from sisas.errors import SisasError, UsageError
 from sisas.projections import queries
 from sisas.projections.projector import Projector
 from sisas.projections.store import translated
+from sisas.signals.names import QUERY_GROUP, QUERY_PREFIX, QUERY_VERBS
 
-__all__ = ["PROGRESS_HEADER", "QUERY_PREFIX", "VERBS", "QueryService", "answer", "failure"]
+__all__ = ["PROGRESS_HEADER", "QueryService", "answer", "failure"]
 
 log = logging.getLogger(__name__)
 
-QUERY_PREFIX: Final = "sisas.query"
 PROGRESS_HEADER: Final = "Sisas-Progress"
-QUEUE_GROUP: Final = "sisas-projectors"
-VERBS: Final = ("runs", "show", "manifest", "stats", "states", "status", "digest", "rebuild")
 
 Report = Callable[[str, int, int], Coroutine[Any, Any, None]]
 """Progress callback: (what, applied stream sequence, target sequence)."""
@@ -69,8 +67,8 @@ async def answer(
     projector: Projector, verb: str, payload: bytes, *, report: Report, freshness: float = 5.0
 ) -> dict[str, Any]:
     """The final answer to one query (raises :class:`SisasError` for the error answer)."""
-    if verb not in VERBS:
-        raise UsageError(f"unknown query {verb!r}: ask one of {', '.join(VERBS)}")
+    if verb not in QUERY_VERBS:
+        raise UsageError(f"unknown query {verb!r}: ask one of {', '.join(QUERY_VERBS)}")
     params = _params(verb, payload)
     if verb == "rebuild":
         return await _rebuild(projector, report)
@@ -170,7 +168,7 @@ class QueryService:
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(
-            f"{QUERY_PREFIX}.*", queue=QUEUE_GROUP, cb=self._on_request
+            f"{QUERY_PREFIX}.*", queue=QUERY_GROUP, cb=self._on_request
         )
 
     async def stop(self) -> None:

@@ -37,20 +37,18 @@ from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundErro
 from nats.js.kv import KeyValue
 
 from sisas.bus.inputs import publish_start
-from sisas.bus.keys import signer_from_file
 from sisas.bus.runtime import Bus
 from sisas.errors import AppendConflict, BusError
 from sisas.handlers.triggers import Evaluation, Rule, evaluate, message_id
+from sisas.security.keys import signer_from_file
 from sisas.signals import ChainHead, Draft, StoredSignal, TriggerEvaluated, TriggerResult
-from sisas.signals.names import TRIGGERS_PIPELINE
+from sisas.signals.names import TRIGGER_BUCKET, TRIGGERS_PIPELINE, UPSTREAM_STREAM
 from sisas.telemetry.tracing import run_span
 
-__all__ = ["TRIGGER_BUCKET", "UPSTREAM_STREAM", "TriggerService", "evaluation_chain"]
+__all__ = ["TriggerService", "evaluation_chain"]
 
 log = logging.getLogger(__name__)
 
-UPSTREAM_STREAM = "SISAS_UPSTREAM"
-TRIGGER_BUCKET = "sisas-triggers"
 CONSUMER = "sisas-triggers"
 
 

@@ -35,19 +35,18 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from sisas.bus.circuits import CircuitBoard
-from sisas.bus.keys import signer_from_file
 from sisas.bus.presence import ORCHESTRATOR_SUBJECT, answering
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
-from sisas.bus.streams import INPUT_STREAM
 from sisas.errors import AppendConflict, SisasError
 from sisas.faults import failpoint
 from sisas.handlers.orchestrator import decide_full, rejection
 from sisas.handlers.state import RunState, evolve
+from sisas.security.keys import signer_from_file
 from sisas.signals.codec import encode_signal
 from sisas.signals.envelope import Signal
 from sisas.signals.inputs import Input, PhaseReport, StartRun, decode_input
-from sisas.signals.names import IN_PREFIX, check_name, input_subject
+from sisas.signals.names import IN_PREFIX, INPUT_STREAM, check_name, input_subject
 from sisas.signals.plan import PipelinePlan
 from sisas.signals.records import CorruptMessage, StoredSignal
 from sisas.telemetry import metrics

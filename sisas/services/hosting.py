@@ -20,9 +20,9 @@ from pathlib import Path
 from sisas.bus.presence import worker_live
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
-from sisas.bus.services import running_services
 from sisas.errors import UsageError
 from sisas.pipeline import Pipeline
+from sisas.services.host import running_services
 from sisas.signals.plan import PipelinePlan
 
 __all__ = [

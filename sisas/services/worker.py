@@ -9,7 +9,7 @@ records one completion. A retry's backoff delay is honoured by ``nak(delay)``. E
 attempt is a span continuing the trace of its ``phase_scheduled`` signal.
 
 With an orchestrator in the same process (``local``), the worker hands it its reports
-directly (see :meth:`sisas.bus.orchestrator.Orchestrator.submit`) and learns from the
+directly (see :meth:`sisas.services.orchestrator.Orchestrator.submit`) and learns from the
 answer whether the run is still going: no report crosses ``SISAS_IN`` and no read of the
 log is needed to skip the work of an ended run. The work itself still comes through the
 shared consumer, which is what makes one worker at a time take it, and is acknowledged
@@ -41,11 +41,9 @@ from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from sisas.bus.inputs import publish_input
-from sisas.bus.isolation import run_isolated
 from sisas.bus.presence import answering, worker_subject
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
-from sisas.bus.streams import LOG_STREAM
 from sisas.environment import capture_environment
 from sisas.errors import ArtifactNotFound, BusError
 from sisas.faults import failpoint
@@ -53,10 +51,11 @@ from sisas.handlers.execute import Outcome, PhaseInputs, execute_phase
 from sisas.handlers.state import RunState
 from sisas.handlers.trust import refusal
 from sisas.pipeline import Pipeline
+from sisas.services.isolation import run_isolated
 from sisas.signals.envelope import Signal
 from sisas.signals.inputs import PhaseReport
 from sisas.signals.kinds import ENDING_KINDS, ErrorInfo, PhaseScheduled, RunStarted
-from sisas.signals.names import LOG_PREFIX
+from sisas.signals.names import LOG_PREFIX, LOG_STREAM, live_subject
 from sisas.signals.records import StoredSignal, decode_record
 from sisas.signals.signing import SignatureCheck
 from sisas.telemetry import metrics
@@ -374,7 +373,7 @@ class Worker:
                 kwargs=kwargs,
             )
         loop = asyncio.get_running_loop()
-        subject = f"sisas.live.{signal.run_id}"
+        subject = live_subject(signal.run_id)
 
         def progress(fraction: float, message: str) -> None:
             payload = json.dumps(

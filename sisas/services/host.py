@@ -8,12 +8,12 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator
 
-from sisas.bus.orchestrator import Orchestrator
-from sisas.bus.queries import local_projector
 from sisas.bus.runtime import Bus
-from sisas.bus.worker import Worker
+from sisas.client.queries import local_projector
 from sisas.pipeline import Pipeline
-from sisas.projections.service import QueryService
+from sisas.services.orchestrator import Orchestrator
+from sisas.services.query import QueryService
+from sisas.services.worker import Worker
 
 __all__ = ["running_services", "stop_on_signals"]
 

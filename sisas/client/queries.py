@@ -27,8 +27,9 @@ from sisas.errors import (
     UsageError,
 )
 from sisas.projections.projector import Projector
-from sisas.projections.service import PROGRESS_HEADER, QUERY_PREFIX, answer
 from sisas.projections.store import ProjectionStore
+from sisas.services.query import PROGRESS_HEADER, answer
+from sisas.signals.names import QUERY_PREFIX
 
 __all__ = [
     "PROJECTION_FILE",

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
-from sisas.bus.queries import ask
 from sisas.bus.runtime import Bus
+from sisas.client.queries import ask
 from sisas.environment import capture_environment
 from sisas.errors import ArtifactNotFound, BusError, UnknownRun, UsageError
 from sisas.handlers.state import RunState, state_digest

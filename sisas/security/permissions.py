@@ -26,17 +26,25 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from sisas.bus.circuits import CIRCUIT_BUCKET
-from sisas.bus.presence import PRESENCE_PREFIX
-from sisas.bus.registry import PIPELINE_BUCKET
-from sisas.bus.streams import ARTIFACT_BUCKET, BLOB_BUCKET, INPUT_STREAM, LOG_STREAM
-from sisas.bus.triggers import TRIGGER_BUCKET, UPSTREAM_STREAM
 from sisas.errors import UsageError
-from sisas.projections.service import QUERY_PREFIX, VERBS
-from sisas.signals.names import IN_PREFIX, LOG_PREFIX
+from sisas.signals.names import (
+    ARTIFACT_BUCKET,
+    BLOB_BUCKET,
+    CIRCUIT_BUCKET,
+    IN_PREFIX,
+    INPUT_STREAM,
+    LIVE_PREFIX,
+    LOG_PREFIX,
+    LOG_STREAM,
+    PIPELINE_BUCKET,
+    PRESENCE_PREFIX,
+    QUERY_PREFIX,
+    QUERY_VERBS,
+    TRIGGER_BUCKET,
+    UPSTREAM_STREAM,
+)
 
 __all__ = [
-    "LIVE_PREFIX",
     "NEVER",
     "ROLE_NAMES",
     "ROLES",
@@ -51,7 +59,6 @@ __all__ = [
 ]
 
 API: Final = "$JS.API"
-LIVE_PREFIX: Final = "sisas.live"
 UPSTREAM_INBOX: Final = "_INBOX_upstream"
 """The inbox prefix an upstream client sets to receive JetStream acks (and only its own)."""
 UPSTREAM_PLACEHOLDER: Final = "<upstream subjects>"
@@ -181,7 +188,7 @@ _READ_ARTIFACTS: Final = Grant(
 _PUT_ARTIFACTS: Final = Grant(
     "put artifacts (run inputs, phase outputs)", (f"$KV.{BLOB_BUCKET}.>", f"$O.{ARTIFACT_BUCKET}.>")
 )
-_READ_QUERIES: Final = tuple(f"{QUERY_PREFIX}.{v}" for v in VERBS if v != "rebuild")
+_READ_QUERIES: Final = tuple(f"{QUERY_PREFIX}.{v}" for v in QUERY_VERBS if v != "rebuild")
 
 
 def _command(kind: str) -> str:

@@ -26,14 +26,14 @@ from typing import Final
 
 import nkeys
 
-from sisas.bus.keys import generate_seed, signer_from_file
-from sisas.bus.permissions import (
+from sisas.errors import SisasError, UsageError
+from sisas.security.keys import generate_seed, signer_from_file
+from sisas.security.permissions import (
     ROLE_NAMES,
     UPSTREAM_INBOX,
     auth_conf,
     check_upstream_subject,
 )
-from sisas.errors import SisasError, UsageError
 
 __all__ = ["AUTH_FILE", "SIGNING_FILE", "Profile", "init_profile", "user_seed"]
 
