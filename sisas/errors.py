@@ -6,6 +6,9 @@ into this tree; none of theirs escape.
 
 ```
 SisasError
+├── RunNotCompleted          a run a client waited for ended otherwise: exit code 1
+│   ├── RunFailedError       it failed (``result`` names the phase and its error)
+│   └── RunCancelledError    it was cancelled
 ├── UsageError               bad input from a person or a file: exit code 2
 │   ├── InvalidName          a pipeline, run or phase name that cannot be a subject token
 │   └── InvalidPipeline      a pipeline definition that cannot run (cycle, missing phase…)
@@ -72,6 +75,9 @@ __all__ = [
     "ProjectionError",
     "QueryFailed",
     "UnknownRun",
+    "RunNotCompleted",
+    "RunFailedError",
+    "RunCancelledError",
 ]
 
 
@@ -79,6 +85,23 @@ class SisasError(Exception):
     """Root of every sisas error. ``str(err)`` is a complete, user-facing sentence."""
 
     exit_code: int = 1
+
+
+class RunNotCompleted(SisasError):
+    """A run waited for (``handle.result()``) ended without completing; ``result`` is how
+    it ended (status, failed phase, error, outputs so far)."""
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class RunFailedError(RunNotCompleted):
+    """The run failed: its ``result`` names the failed phase and the error."""
+
+
+class RunCancelledError(RunNotCompleted):
+    """The run was cancelled before it completed."""
 
 
 class UsageError(SisasError):

@@ -65,13 +65,12 @@ from nats.aio.client import Client as NATS
 
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
-from sisas.client.queries import local_projector
 from sisas.handlers.triggers import message_id, parse_rules
 from sisas.loader import load_pipelines
 from sisas.projections.projector import Projector
 from sisas.security.keys import generate_seed, signer_from_file
 from sisas.services.orchestrator import REJECTED_SUBJECT, Orchestrator
-from sisas.services.query import PROGRESS_HEADER, QueryService
+from sisas.services.query import PROGRESS_HEADER, QueryService, local_projector
 from sisas.services.triggers import TriggerService, evaluation_chain
 from sisas.services.worker import Worker
 from sisas.signals import KINDS, ChainHead, Draft, PhaseScheduled, StoredSignal, TriggerEvaluated
@@ -825,15 +824,17 @@ async def test_garbage_on_the_live_subjects_reaches_no_handler(system: System) -
 
 
 async def raw_publish(url: str, subject: str, size: int) -> bytes:
-    """Publish ``size`` bytes with the bare protocol (no client-side check); return what
-    the server answers."""
+    """Announce a publish of ``size`` bytes with the bare protocol (no client-side check);
+    return what the server answers. Only the PUB line is sent: the server refuses on the
+    size it announces, and a payload still being written when it closes the connection
+    would make the kernel reset it and drop the answer unread."""
     host, port = url.removeprefix("nats://").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
         await reader.readline()  # INFO
         writer.write(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
         await reader.readline()  # PONG
-        writer.write(f"PUB {subject} {size}\r\n".encode() + b"x" * size + b"\r\n")
+        writer.write(f"PUB {subject} {size}\r\n".encode())
         with contextlib.suppress(ConnectionError):  # the server may close before the end
             await writer.drain()
         return await asyncio.wait_for(reader.readline(), 10)

@@ -16,7 +16,7 @@ import pytest
 
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
-from sisas.cli.run_inputs import POLICIES, check_settings
+from sisas.client.starting import POLICIES, check_settings
 from sisas.errors import UsageError
 from sisas.loader import load_pipelines
 from sisas.services.host import running_services

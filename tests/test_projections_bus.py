@@ -18,12 +18,13 @@ import pytest
 from bench.synthetic import synthetic_runs
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
-from sisas.client.queries import ask, local_projector, projection_path
+from sisas.client.queries import ask
 from sisas.errors import UnknownRun, UsageError
 from sisas.loader import load_pipelines
 from sisas.projections.projector import Projector
 from sisas.projections.store import ProjectionStore
 from sisas.services.host import running_services
+from sisas.services.query import local_projector, projection_path
 from tests.conftest import spawn_nats
 from tests.test_runs_bus import EXAMPLE, POINTS, start, wait_end
 

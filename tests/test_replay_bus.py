@@ -19,10 +19,11 @@ import nats
 
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
-from sisas.client.queries import ask, projection_path
+from sisas.client.queries import ask
 from sisas.loader import load_pipelines
 from sisas.security.keys import generate_seed, signer_from_file
 from sisas.services.host import running_services
+from sisas.services.query import projection_path
 from sisas.signals import ChainHead, Draft, PhaseCompleted, RunCancelled
 from sisas.signals.codec import encode_signal
 from sisas.signals.names import log_subject

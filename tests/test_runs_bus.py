@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from sisas.bus.inputs import publish_input, publish_start
+from sisas.bus.inputs import publish_input
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
+from sisas.client import Client
 from sisas.handlers.local import LocalRun
 from sisas.handlers.state import RunState, fold
 from sisas.loader import load_pipelines
@@ -39,8 +40,9 @@ ENDED = ("run_completed", "run_failed", "run_cancelled")
 async def start(
     bus: Bus, pipeline: str, run_id: str, data: bytes, seed: int = 7, **config: object
 ) -> None:
-    digest = await bus.artifacts.put(data)
-    await publish_start(bus.js, pipeline, run_id, input_digest=digest, seed=seed, config=config)
+    await Client(bus, requested_by="tests").start(
+        pipeline, input_bytes=data, seed=seed, config=config, run_id=run_id, check_plan=False
+    )
 
 
 async def wait_end(bus: Bus, run_id: str, timeout: float = 60) -> tuple[RunState, list[Signal]]:

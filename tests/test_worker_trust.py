@@ -22,9 +22,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from sisas.bus.inputs import publish_start
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
+from sisas.client import Client
 from sisas.client.verification import verify_log
 from sisas.errors import AppendConflict, UsageError
 from sisas.handlers.state import RunState, fold
@@ -104,8 +104,7 @@ async def start(d: Deployment, run_id: str, seconds: float = 0.01) -> Path:
     marker = d.markers / run_id
     marker.mkdir(parents=True)
     data = json.dumps({"seconds": seconds, "marker_dir": str(marker)}).encode()
-    digest = await d.orch.artifacts.put(data)
-    await publish_start(d.orch.js, "slow", run_id, input_digest=digest, seed=7)
+    await Client(d.orch).start("slow", input_bytes=data, seed=7, run_id=run_id, check_plan=False)
     return marker
 
 

@@ -12,18 +12,18 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sisas.bus.inputs import publish_start
 from sisas.bus.runtime import Bus, open_bus
 from sisas.cli.app import cli, console, err_console, load_settings, run_async
 from sisas.cli.progress import advise
 from sisas.cli.run_commands import PIPELINES_OPTION, named_or_loaded
-from sisas.cli.run_inputs import check_settings, parse_set, run_id_for
+from sisas.cli.run_inputs import parse_set
+from sisas.client.client import Client
+from sisas.client.starting import check_settings
 from sisas.errors import UsageError
 from sisas.loader import load_pipelines
 from sisas.services.hosting import Hosting, hosting, interrupted_note, pipeline_plan
 from sisas.signals import RunCompleted, RunFailed, StoredSignal
 from sisas.signals.kinds import ENDING_KINDS
-from sisas.telemetry.tracing import run_span
 
 __all__ = ["batch"]
 
@@ -147,23 +147,20 @@ async def batch(
     outcome: dict[str, tuple[str, str, str]] = {}
     async with open_bus(load_settings(), name="sisas-batch") as bus:
         check_settings(config, await pipeline_plan(bus, pipeline, local))
+        client = Client(bus, requested_by="sisas batch")
         async with hosting(bus, pipeline, local) as host:
             for i, (name, data) in enumerate(items):
-                run_id = run_id_for(pipeline, f"{batch_id}:{i}")
-                runs[run_id] = name
-                digest = await bus.artifacts.put(data)
-                with run_span(f"run {pipeline}", run_id, pipeline, {"sisas.batch_id": batch_id}):
-                    await publish_start(
-                        bus.js,
-                        pipeline,
-                        run_id,
-                        input_digest=digest,
-                        seed=run_seed,
-                        config=config,
-                        batch_id=batch_id,
-                        requested_by="sisas batch",
-                        idempotency_key=f"{batch_id}:{i}",
-                    )
+                handle = await client.start(
+                    pipeline,
+                    input_bytes=data,
+                    seed=run_seed,
+                    config=config,
+                    batch_id=batch_id,
+                    idempotency_key=f"{batch_id}:{i}",
+                    code=local.get(pipeline),
+                    trace={"sisas.batch_id": batch_id},
+                )
+                runs[handle.run_id] = name
             try:
                 await _wait_all(bus, batch_id, runs, outcome, host, as_json)
             except asyncio.CancelledError:  # Ctrl-C, SIGTERM: say what becomes of the runs

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 import sys
 from datetime import UTC, datetime
 from typing import Final
@@ -13,15 +12,16 @@ from typing import Final
 import click
 from rich.console import Console
 
-from sisas.bus.artifacts import bytes_digest
-from sisas.bus.inputs import publish_input, publish_start
+from sisas.bus.inputs import publish_input
 from sisas.bus.presence import orchestrator_live
 from sisas.bus.runtime import Bus, open_bus
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
 from sisas.cli.progress import RunResult, watch_run
 from sisas.cli.render import command_name, duration_text
-from sisas.cli.run_inputs import check_settings, parse_set, read_input, run_id_for
-from sisas.client.resume import Resume, prepare_resume
+from sisas.cli.run_inputs import parse_set, read_input
+from sisas.client.client import Client
+from sisas.client.resume import Resume
+from sisas.client.starting import check_settings, run_id_for
 from sisas.errors import UsageError
 from sisas.loader import load_pipelines
 from sisas.pipeline import Pipeline
@@ -223,50 +223,36 @@ async def start_and_watch(
     run's root span covers the request (and, when waiting, the whole run); its context
     travels with the command to the orchestrator.
     """
-    run_id = run_id_for(pipeline, idempotency_key)
     notes = err_console if as_json else console
     async with open_bus(load_settings(), name="sisas-run") as bus:
         check_settings(config, await pipeline_plan(bus, pipeline, local))
-        resume = None
-        if resume_of and from_phase:
-            resume = await prepare_resume(bus, pipeline, resume_of, from_phase, local.get(pipeline))
-            config = {**resume.config, **config}
-        old_input = resume is not None and data == b"null"
-        # the old run's input, unless one is given
-        digest = resume.input_digest if resume is not None and old_input else bytes_digest(data)
-        existing = await _requested(bus, run_id) if idempotency_key else None
-        if existing is not None:
-            _refuse_another_run(
-                run_id, idempotency_key or "", existing, digest, input_given, config, seed
-            )
-            notes.print(_existing_note(run_id, idempotency_key or "", existing, seed))
-        if seed is None:
-            seed = resume.seed if resume is not None else secrets.randbelow(2**31)
+        client = Client(bus, requested_by=requested_by)
+        run_id = run_id_for(pipeline, idempotency_key)
         async with hosting(bus, pipeline, local) as host:
             started = datetime.now(UTC)
-            attributes: dict[str, str | int] = {
-                "sisas.seed": seed,
-                "sisas.requested_by": requested_by,
-            }
+            attributes: dict[str, str | int] = {"sisas.requested_by": requested_by}
             with run_span(f"run {pipeline}", run_id, pipeline, attributes) as span:
-                if existing is None:
-                    if not old_input:
-                        await bus.artifacts.put(data)
-                    published = await publish_start(
-                        bus.js,
-                        pipeline,
-                        run_id,
-                        input_digest=digest,
-                        seed=seed,
-                        at=started,
-                        config=config,
-                        requested_by=requested_by,
-                        idempotency_key=idempotency_key or "",
-                        resume_of=resume_of or "",
-                        resume_from_phase=from_phase or "",
-                        reuse=resume.reuse if resume else {},
+                request = await client.request(
+                    pipeline,
+                    input_bytes=data if input_given else None,
+                    seed=seed,
+                    config=config,
+                    idempotency_key=idempotency_key,
+                    resume_of=resume_of or "",
+                    from_phase=from_phase or "",
+                    code=local.get(pipeline),
+                    at=started,
+                    run_id=run_id,
+                    root_span=False,
+                )
+                existing = request.existing
+                span.set_attribute("sisas.seed", request.seed)
+                if existing is not None:
+                    notes.print(_existing_note(run_id, idempotency_key or "", existing, seed))
+                else:
+                    _announce(
+                        run_id, pipeline, request.seed, request.resume, request.duplicate, as_json
                     )
-                    _announce(run_id, pipeline, seed, resume, published.duplicate, as_json)
                 if not wait and not host.worker:
                     await _not_following(bus, host, run_id, existing is not None, notes, as_json)
                     return None, 0.0
@@ -314,33 +300,6 @@ async def _requested(bus: Bus, run_id: str) -> RunRequested | None:
     if isinstance(rec, StoredSignal) and isinstance(rec.signal.body, RunRequested):
         return rec.signal.body
     return None
-
-
-def _refuse_another_run(
-    run_id: str,
-    key: str,
-    existing: RunRequested,
-    digest: str,
-    input_given: bool,
-    config: dict[str, Scalar],
-    seed: int | None,
-) -> None:
-    """Raise :class:`UsageError` when this command asks the run ``key`` names already for
-    another input or configuration (a key names one run, as a workflow id does in
-    Temporal: "workflow already started")."""
-    conflicts = []
-    if input_given and digest != existing.input_digest:
-        conflicts.append(f"input {existing.input_digest[:19]}… (yours: {digest[:19]}…)")
-    if config and config != existing.config:
-        conflicts.append(
-            f"configuration {json.dumps(existing.config)} (yours: {json.dumps(config)})"
-        )
-    if conflicts:
-        raise UsageError(
-            f"idempotency key {key!r} names run {run_id}, started with another "
-            f"{' and '.join(conflicts)}: a key names one run; pass a new --idempotency-key "
-            "to start another, or the same arguments to follow this one"
-        )
 
 
 def _existing_note(run_id: str, key: str, existing: RunRequested, seed: int | None) -> str:

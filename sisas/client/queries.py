@@ -9,16 +9,14 @@ it: the same code answers either way.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from sisas.bus.runtime import Bus
-from sisas.bus.settings import Settings
 from sisas.errors import (
     ProjectionError,
     QueryFailed,
@@ -26,21 +24,14 @@ from sisas.errors import (
     UnknownRun,
     UsageError,
 )
-from sisas.projections.projector import Projector
-from sisas.projections.store import ProjectionStore
-from sisas.services.query import PROGRESS_HEADER, answer
+from sisas.services.query import PROGRESS_HEADER, answer, local_projector
 from sisas.signals.names import QUERY_PREFIX
 
 __all__ = [
-    "PROJECTION_FILE",
     "Answer",
     "ask",
-    "local_projector",
-    "projection_path",
     "projector_listening",
 ]
-
-PROJECTION_FILE: Final = "projection.duckdb"
 
 OnProgress = Callable[[str, int, int], None]
 
@@ -58,20 +49,6 @@ class Answer:
     lag: int
     served_by: str
     """``projector`` (a running projector answered over NATS) or ``local``."""
-
-
-def projection_path(settings: Settings) -> Path:
-    return settings.home / PROJECTION_FILE
-
-
-@contextlib.asynccontextmanager
-async def local_projector(bus: Bus, *, batch_size: int = 5_000) -> AsyncIterator[Projector]:
-    """A projector on the data folder's DuckDB file, opened (and closed) here."""
-    store = ProjectionStore(projection_path(bus.settings))
-    try:
-        yield Projector(bus.log, store, identity=await bus.log.identity(), batch_size=batch_size)
-    finally:
-        store.close()
 
 
 async def ask(

@@ -9,10 +9,9 @@ import signal
 from collections.abc import AsyncIterator
 
 from sisas.bus.runtime import Bus
-from sisas.client.queries import local_projector
 from sisas.pipeline import Pipeline
 from sisas.services.orchestrator import Orchestrator
-from sisas.services.query import QueryService
+from sisas.services.query import QueryService, local_projector
 from sisas.services.worker import Worker
 
 __all__ = ["running_services", "stop_on_signals"]

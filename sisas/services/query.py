@@ -19,7 +19,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
 from typing import Any, Final
 
 import msgspec
@@ -27,13 +28,23 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from sisas.bus.runtime import Bus
+from sisas.bus.settings import Settings
 from sisas.errors import SisasError, UsageError
 from sisas.projections import queries
 from sisas.projections.projector import Projector
-from sisas.projections.store import translated
+from sisas.projections.store import ProjectionStore, translated
 from sisas.signals.names import QUERY_GROUP, QUERY_PREFIX, QUERY_VERBS
 
-__all__ = ["PROGRESS_HEADER", "QueryService", "answer", "failure"]
+__all__ = [
+    "PROJECTION_FILE",
+    "local_projector",
+    "projection_path",
+    "PROGRESS_HEADER",
+    "QueryService",
+    "answer",
+    "failure",
+]
 
 log = logging.getLogger(__name__)
 
@@ -222,3 +233,21 @@ class QueryService:
             body = msgspec.json.encode(failure(too_big))
         with contextlib.suppress(Exception):
             await self.nc.publish(msg.reply, body)
+
+
+PROJECTION_FILE: Final = "projection.duckdb"
+"""The projection's DuckDB file in the data folder."""
+
+
+def projection_path(settings: Settings) -> Path:
+    return settings.home / PROJECTION_FILE
+
+
+@contextlib.asynccontextmanager
+async def local_projector(bus: Bus, *, batch_size: int = 5_000) -> AsyncIterator[Projector]:
+    """A projector on the data folder's DuckDB file, opened (and closed) here."""
+    store = ProjectionStore(projection_path(bus.settings))
+    try:
+        yield Projector(bus.log, store, identity=await bus.log.identity(), batch_size=batch_size)
+    finally:
+        store.close()

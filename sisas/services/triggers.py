@@ -36,14 +36,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from sisas.bus.inputs import publish_start
 from sisas.bus.runtime import Bus
+from sisas.client.client import Client
 from sisas.errors import AppendConflict, BusError
 from sisas.handlers.triggers import Evaluation, Rule, evaluate, message_id
 from sisas.security.keys import signer_from_file
 from sisas.signals import ChainHead, Draft, StoredSignal, TriggerEvaluated, TriggerResult
 from sisas.signals.names import TRIGGER_BUCKET, TRIGGERS_PIPELINE, UPSTREAM_STREAM
-from sisas.telemetry.tracing import run_span
 
 __all__ = ["TriggerService", "evaluation_chain"]
 
@@ -202,24 +201,20 @@ class TriggerService:
         )
 
     async def _start(self, ev: Evaluation, msg_id: str, subject: str) -> None:
-        data = msgspec.json.encode(ev.input)
-        digest = await self.bus.artifacts.put(data)
-        attributes = {"sisas.trigger": ev.trigger, "messaging.destination.name": subject}
-        with run_span(f"run {ev.pipeline}", ev.run_id, ev.pipeline, attributes):
-            await self._publish_start(ev, msg_id, subject, digest)
-        self.started += 1
-
-    async def _publish_start(self, ev: Evaluation, msg_id: str, subject: str, digest: str) -> None:
-        await publish_start(
-            self.bus.js,
+        """Ask for the run a matched rule names (once per message: the run id and the
+        idempotency key derive from the rule and the message id)."""
+        await Client(self.bus).start(
             ev.pipeline,
-            ev.run_id,
-            input_digest=digest,
+            input_bytes=msgspec.json.encode(ev.input),
             seed=_seed(msg_id, ev),
             config=ev.config,
+            run_id=ev.run_id,
             requested_by=f"trigger {ev.trigger} ({subject})",
             idempotency_key=f"trigger:{ev.trigger}:{msg_id}",
+            trace={"sisas.trigger": ev.trigger, "messaging.destination.name": subject},
+            check_plan=False,
         )
+        self.started += 1
 
     async def _record(self, body: TriggerEvaluated) -> TriggerEvaluated:
         run_id = evaluation_chain(body.message_id)
