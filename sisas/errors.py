@@ -22,6 +22,7 @@ SisasError
 │   ├── PhaseNotImplemented  the phase has no implementation on this worker
 │   ├── WorkerLost           the worker running it disappeared (retryable)
 │   └── Cancelled            the run was cancelled
+├── RunFailedError           a run ended without completing: its failed phase and error
 ├── SignalError              a message that is not a valid signal
 │   ├── MalformedSignal      cannot be decoded, or not in canonical form
 │   └── TamperedSignal       decodes, but its hash does not match its content
@@ -55,6 +56,7 @@ __all__ = [
     "PhaseError",
     "PhaseNotImplemented",
     "ResourceExhausted",
+    "RunFailedError",
     "Timeout",
     "WorkerLost",
     "AppendFailed",
@@ -268,6 +270,32 @@ class WorkerLost(PhaseError):
 
 class Cancelled(PhaseError):
     """The run was cancelled."""
+
+
+class RunFailedError(SisasError):
+    """A run ended without completing (:meth:`sisas.testing.RunResult.raise_for_status`).
+
+    ``phase`` is the phase that failed it and ``kind`` its error kind (a
+    :class:`PhaseError` name such as ``ContractViolation``), both empty when no phase
+    did (a cancelled run); ``detail`` is the phase's traceback, when it raised.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: str,
+        status: str,
+        phase: str = "",
+        kind: str = "",
+        detail: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.status = status
+        self.phase = phase
+        self.kind = kind
+        self.detail = detail
 
 
 PHASE_ERRORS: dict[str, type[PhaseError]] = {

@@ -80,9 +80,13 @@ BUS = {
     "open_bus",
     "running_server",
 }
+TESTING = {"DEFAULT_AT", "CheckResult", "RunResult", "run_pipeline"}
 
 
-@pytest.mark.parametrize(("module", "names"), [("sisas.signals", SIGNALS), ("sisas.bus", BUS)])
+@pytest.mark.parametrize(
+    ("module", "names"),
+    [("sisas.signals", SIGNALS), ("sisas.bus", BUS), ("sisas.testing", TESTING)],
+)
 def test_public_names_are_pinned(module: str, names: set[str]) -> None:
     mod = importlib.import_module(module)
     assert set(mod.__all__) == names

@@ -1,17 +1,19 @@
 """Drive one run to its end in-process: decide, execute, report, decide again.
 
 No bus, no threads: the orchestrator's pure decisions and the worker's phase execution
-in a loop, with artifacts in a dict. Used by the tests of the orchestration rules and
-as the reference when a distributed run must give the same fingerprint.
+in a loop, with artifacts in a dict. Used by the tests of the orchestration rules, as
+the reference when a distributed run must give the same fingerprint, and by
+:mod:`sisas.testing`, which overrides :meth:`LocalRun.execute` to enforce timeouts.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from sisas.handlers.circuit import Circuit
-from sisas.handlers.execute import PhaseInputs, execute_phase
+from sisas.handlers.execute import Outcome, PhaseInputs, execute_phase
 from sisas.handlers.orchestrator import decide_full
 from sisas.handlers.state import RunState, evolve
 from sisas.pipeline import Pipeline
@@ -103,17 +105,7 @@ class LocalRun:
         }
         self.send(PhaseReport(id=self._id("started"), status="started", **common))  # type: ignore[arg-type]
         inputs = PhaseInputs.of(body.inputs, body.gathered, self.artifacts)
-        out = execute_phase(
-            self.pipeline,
-            scheduled.phase,
-            inputs,
-            run_id=self.state.run_id,
-            seed=body.seed,
-            attempt=scheduled.attempt,
-            item=body.item,
-            config=self.state.config,
-            clock=self.clock,
-        )
+        out, timed_out = self.execute(scheduled, inputs)
         artifact = ""
         if out.output:  # an output, or a failed one's quarantined output
             artifact = bytes_digest(out.output)
@@ -121,7 +113,7 @@ class LocalRun:
         self.send(
             PhaseReport(
                 id=self._id("report"),
-                status=out.status,
+                status="timed_out" if timed_out else out.status,
                 output_digest=out.output_digest,
                 artifact=artifact,
                 item_count=out.item_count,
@@ -132,6 +124,36 @@ class LocalRun:
                 **common,  # type: ignore[arg-type]
             )
         )
+
+    def attempt_of(self, scheduled: Signal, inputs: PhaseInputs) -> Callable[[], Outcome]:
+        """The attempt ``scheduled`` names, ready to call: :func:`execute_phase` with the
+        run's seed, attempt, item and configuration, timed by ``self.clock``."""
+        body = scheduled.body
+        assert isinstance(body, PhaseScheduled)
+        return functools.partial(
+            execute_phase,
+            self.pipeline,
+            scheduled.phase,
+            inputs,
+            run_id=self.state.run_id,
+            seed=body.seed,
+            attempt=scheduled.attempt,
+            item=body.item,
+            config=self.state.config,
+            clock=self.clock,
+        )
+
+    def execute(self, scheduled: Signal, inputs: PhaseInputs) -> tuple[Outcome, bool]:
+        """Run one attempt; return its outcome and whether it timed out.
+
+        Here the attempt runs to its end in the caller's thread: no timeout or memory
+        limit is enforced, so it never times out. A subclass may run it elsewhere
+        (:mod:`sisas.testing` runs a phase with a timeout in a thread it abandons on
+        overrun). An attempt that timed out is reported with status ``timed_out``, as
+        the worker reports the child it killed: its outcome then holds what the worker's
+        does, no output and no checks, only the time it ran.
+        """
+        return self.attempt_of(scheduled, inputs)(), False
 
     def run(self, max_steps: int = 10_000) -> RunState:
         """Work every pending phase until the run ends (or nothing is pending)."""
