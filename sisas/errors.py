@@ -6,8 +6,8 @@ into this tree; none of theirs escape.
 
 ```
 SisasError
-├── RunNotCompleted          a run a client waited for ended otherwise: exit code 1
-│   ├── RunFailedError       it failed (``result`` names the phase and its error)
+├── RunNotCompleted          a run waited for (client, sisas.testing) did not complete
+│   ├── RunFailedError       it failed: the phase, its error kind and traceback
 │   └── RunCancelledError    it was cancelled
 ├── UsageError               bad input from a person or a file: exit code 2
 │   ├── InvalidName          a pipeline, run or phase name that cannot be a subject token
@@ -22,7 +22,6 @@ SisasError
 │   ├── PhaseNotImplemented  the phase has no implementation on this worker
 │   ├── WorkerLost           the worker running it disappeared (retryable)
 │   └── Cancelled            the run was cancelled
-├── RunFailedError           a run ended without completing: its failed phase and error
 ├── SignalError              a message that is not a valid signal
 │   ├── MalformedSignal      cannot be decoded, or not in canonical form
 │   └── TamperedSignal       decodes, but its hash does not match its content
@@ -56,7 +55,6 @@ __all__ = [
     "PhaseError",
     "PhaseNotImplemented",
     "ResourceExhausted",
-    "RunFailedError",
     "Timeout",
     "WorkerLost",
     "AppendFailed",
@@ -90,16 +88,37 @@ class SisasError(Exception):
 
 
 class RunNotCompleted(SisasError):
-    """A run waited for (``handle.result()``) ended without completing; ``result`` is how
-    it ended (status, failed phase, error, outputs so far)."""
+    """A run waited for (:meth:`sisas.client.RunHandle.result`,
+    :meth:`sisas.testing.RunResult.raise_for_status`) ended without completing.
 
-    def __init__(self, message: str, result: object = None) -> None:
+    ``status`` is how it ended; ``phase`` is the phase that failed it and ``kind`` its
+    error kind (a :class:`PhaseError` name such as ``ContractViolation``), both empty
+    when no phase did; ``detail`` is the phase's traceback, when it raised; ``result``
+    is the whole result (the client's or the testing one's).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: str,
+        status: str,
+        phase: str = "",
+        kind: str = "",
+        detail: str = "",
+        result: object = None,
+    ) -> None:
         super().__init__(message)
+        self.run_id = run_id
+        self.status = status
+        self.phase = phase
+        self.kind = kind
+        self.detail = detail
         self.result = result
 
 
 class RunFailedError(RunNotCompleted):
-    """The run failed: its ``result`` names the failed phase and the error."""
+    """The run failed."""
 
 
 class RunCancelledError(RunNotCompleted):
@@ -270,32 +289,6 @@ class WorkerLost(PhaseError):
 
 class Cancelled(PhaseError):
     """The run was cancelled."""
-
-
-class RunFailedError(SisasError):
-    """A run ended without completing (:meth:`sisas.testing.RunResult.raise_for_status`).
-
-    ``phase`` is the phase that failed it and ``kind`` its error kind (a
-    :class:`PhaseError` name such as ``ContractViolation``), both empty when no phase
-    did (a cancelled run); ``detail`` is the phase's traceback, when it raised.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        run_id: str,
-        status: str,
-        phase: str = "",
-        kind: str = "",
-        detail: str = "",
-    ) -> None:
-        super().__init__(message)
-        self.run_id = run_id
-        self.status = status
-        self.phase = phase
-        self.kind = kind
-        self.detail = detail
 
 
 PHASE_ERRORS: dict[str, type[PhaseError]] = {

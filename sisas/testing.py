@@ -49,7 +49,8 @@ from typing import Any, Final, Literal
 
 import pydantic_core
 
-from sisas.errors import RunFailedError, UsageError
+from sisas.client.starting import check_settings
+from sisas.errors import RunCancelledError, RunFailedError, UsageError
 from sisas.handlers.execute import Outcome, PhaseInputs
 from sisas.handlers.local import LocalRun
 from sisas.handlers.orchestrator import satisfied
@@ -184,7 +185,8 @@ class RunResult:
 
     def raise_for_status(self) -> RunResult:
         """Return this result if the run completed; else raise :class:`RunFailedError`
-        naming the failed phase, its error kind and message, and its traceback."""
+        (:class:`RunCancelledError` for a cancelled run) naming the failed phase, its
+        error kind and message, and its traceback."""
         if self.status == "completed":
             return self
         where = f"run {self.run_id} of {self.pipeline}"
@@ -196,13 +198,15 @@ class RunResult:
                 message += f"\n{error.detail.rstrip()}"
         else:
             message = f"{where} ended {self.status} without completing"
-        raise RunFailedError(
+        kind = RunCancelledError if self.status == "cancelled" else RunFailedError
+        raise kind(
             message,
             run_id=self.run_id,
             status=self.status,
             phase=self.failed_phase,
             kind=error.kind if error is not None else "",
             detail=error.detail if error is not None else "",
+            result=self,
         )
 
     def _fan_out(self, phase: str) -> bool:
@@ -360,6 +364,7 @@ def run_pipeline(
     run = _TimedRun(
         pipeline, run_id or f"{pipeline.name}-test", at=at.astimezone(UTC), clock=time.perf_counter
     )
+    check_settings(config or {}, pipeline.plan())  # as `sisas run --set` and the client do
     run.start(data, seed=seed, config=config)
     state = run.run(max_steps=sys.maxsize)
     return RunResult(

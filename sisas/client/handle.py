@@ -124,12 +124,19 @@ class RunHandle:
         assert state is not None  # follow ends only at an ending signal
         self.pipeline = state.pipeline
         result = RunResult.of(state, n, retries)
-        if check and result.status == "failed":
+        if check and result.status != "completed":
             where = f" in {result.failed_phase}" if result.failed_phase else ""
             error = f": {result.error.kind}: {result.error.message}" if result.error else ""
-            raise RunFailedError(f"run {self.run_id} failed{where}{error}", result)
-        if check and result.status == "cancelled":
-            raise RunCancelledError(f"run {self.run_id} was cancelled", result)
+            kind = RunCancelledError if result.status == "cancelled" else RunFailedError
+            raise kind(
+                f"run {self.run_id} {result.status}{where}{error}",
+                run_id=self.run_id,
+                status=result.status,
+                phase=result.failed_phase,
+                kind=result.error.kind if result.error else "",
+                detail=result.error.detail if result.error else "",
+                result=result,
+            )
         return result
 
     async def status(self) -> str:
