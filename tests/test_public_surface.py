@@ -83,9 +83,37 @@ BUS = {
 TESTING = {"DEFAULT_AT", "CheckResult", "RunResult", "run_pipeline"}
 
 
+TOP = {"Client", "Context", "Pipeline", "RunHandle", "RunResult", "SyncClient", "__version__"}
+CLIENT = {"Client", "RunHandle", "RunResult", "Started", "SyncClient", "SyncRunHandle"}
+PIPELINE = {
+    "Cancelled",
+    "Context",
+    "ContractViolation",
+    "HardFailure",
+    "InvariantSpec",
+    "InvariantViolation",
+    "NonFatal",
+    "PhaseError",
+    "PhaseNotImplemented",
+    "PhaseSpec",
+    "Pipeline",
+    "ResourceExhausted",
+    "Timeout",
+    "WorkerLost",
+    "parse_memory",
+}
+
+
 @pytest.mark.parametrize(
     ("module", "names"),
-    [("sisas.signals", SIGNALS), ("sisas.bus", BUS), ("sisas.testing", TESTING)],
+    [
+        ("sisas", TOP),
+        ("sisas.pipeline", PIPELINE),
+        ("sisas.client", CLIENT),
+        ("sisas.signals", SIGNALS),
+        ("sisas.bus", BUS),
+        ("sisas.testing", TESTING),
+    ],
 )
 def test_public_names_are_pinned(module: str, names: set[str]) -> None:
     mod = importlib.import_module(module)
@@ -143,3 +171,99 @@ def test_replay_imports_only_the_pure_core() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sisas"):
                 assert node.module.startswith(allowed), (path, node.module)
+
+
+# Each layer: the sisas packages (or top-level modules) it may import, and the
+# third-party I/O libraries it must not (docs/architecture.md draws the same picture).
+LAYERS: dict[str, tuple[set[str], set[str]]] = {
+    "signals": ({"signals", "errors"}, {"nats", "duckdb"}),
+    "handlers": ({"signals", "errors", "handlers", "pipeline"}, {"nats", "duckdb"}),
+    "projections": ({"signals", "errors", "handlers", "projections", "faults"}, {"nats"}),
+    "replay": (
+        {"signals", "errors", "handlers", "replay", "pipeline", "loader"},
+        {"nats", "duckdb"},
+    ),
+    "audit": ({"signals", "errors", "handlers", "replay", "audit"}, {"nats", "duckdb"}),
+    "telemetry": ({"signals", "errors", "handlers", "telemetry"}, {"nats", "duckdb"}),
+    "security": ({"signals", "errors", "security"}, {"duckdb"}),
+    "bus": ({"signals", "errors", "handlers", "bus", "telemetry"}, {"duckdb"}),
+    "services": (
+        {
+            "signals",
+            "errors",
+            "handlers",
+            "bus",
+            "services",
+            "client",
+            "projections",
+            "security",
+            "telemetry",
+            "pipeline",
+            "loader",
+            "environment",
+            "faults",
+        },
+        set(),
+    ),
+    "client": (
+        {
+            "signals",
+            "errors",
+            "handlers",
+            "bus",
+            "services",
+            "client",
+            "replay",
+            "telemetry",
+            "pipeline",
+            "loader",
+            "environment",
+        },
+        set(),
+    ),
+}
+
+
+def imported(path: object) -> set[str]:
+    """Every module ``path``'s source imports, wherever the import statement is."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(str(path)).read_text())
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.add(node.module)
+    return out
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_imports_point_inward_and_io_stays_at_the_edges(layer: str) -> None:
+    """A layer imports only the layers inside it; the pure and read layers import no
+    NATS or DuckDB (adding ``import nats`` to projections/ fails here)."""
+    from pathlib import Path
+
+    allowed, banned = LAYERS[layer]
+    root = Path(sisas.__file__).parent / layer
+    paths = sorted(root.rglob("*.py"))
+    assert paths, f"no layer {layer}"
+    for path in paths:
+        for module in imported(path):
+            top, _, rest = module.partition(".")
+            if top == "sisas" and rest:
+                inner = rest.partition(".")[0]
+                assert inner in allowed, f"{path.relative_to(root.parent)} imports {module}"
+            assert top not in banned, f"{path.relative_to(root.parent)} imports {module}"
+
+
+def test_the_layering_check_catches_a_nats_import_in_projections(tmp_path: object) -> None:
+    """The check above is not vacuous: a projections module importing nats is caught."""
+    from pathlib import Path
+
+    bad = Path(str(tmp_path)) / "bad.py"
+    bad.write_text("import duckdb\nfrom nats.aio.client import Client\n")
+    found = imported(bad)
+    _, banned = LAYERS["projections"]
+    assert {m.partition(".")[0] for m in found} & banned == {"nats"}
