@@ -17,7 +17,8 @@ from nats.js.errors import KeyNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.kv import KeyValue
 
 from sisas.bus.streams import INLINE_MAX
-from sisas.errors import ArtifactNotFound, BusError, SisasError
+from sisas.bus.translate import nats_errors
+from sisas.errors import ArtifactNotFound, BusError
 from sisas.signals.digest import bytes_digest
 from sisas.signals.names import ARTIFACT_BUCKET, BLOB_BUCKET
 
@@ -107,7 +108,11 @@ class JetStreamArtifacts:
     async def put(self, data: bytes) -> str:
         """Store ``data``; return its digest. Raises :class:`BusError` naming the fix."""
         digest = bytes_digest(data)
-        try:
+        fix = (
+            "is the server reachable, and may this NATS user put artifacts (on a secured "
+            "server the operator, worker and orchestrator roles may; see docs/security.md)?"
+        )
+        with nats_errors(f"store artifact {digest}", fix):
             if len(data) <= self._inline_max:
                 kv = await self._blob_kv()
                 await kv.put(digest.removeprefix("sha256:"), data)
@@ -117,14 +122,6 @@ class JetStreamArtifacts:
                 return digest
             store = await self._js.object_store(self._bucket)
             await store.put(_name(digest), data)
-        except SisasError:
-            raise
-        except Exception as exc:  # NATS errors never leave bus/
-            raise BusError(
-                f"could not store artifact {digest} ({exc or type(exc).__name__}): is the "
-                "server reachable, and may this NATS user put artifacts (on a secured server "
-                "the operator, worker and orchestrator roles may; see docs/security.md)?"
-            ) from None
         return digest
 
     def _remember(self, digest: str, data: bytes) -> None:

@@ -12,6 +12,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSe
 from nats.js.errors import NotFoundError as JsNotFoundError
 from nats.js.kv import KeyValue
 
+from sisas.bus.translate import nats_errors
 from sisas.errors import BusError
 from sisas.handlers.circuit import Circuit
 from sisas.signals.names import CIRCUIT_BUCKET
@@ -64,15 +65,14 @@ class CircuitBoard:
             revision, current = await self._read(pipeline)
             merged = {**current, **changed}
             data = msgspec.json.encode(merged)
-            try:
-                if revision:
-                    revision = await kv.update(pipeline, data, last=revision)
-                else:
-                    revision = await kv.create(pipeline, data)
-            except KeyWrongLastSequenceError:
-                continue  # another orchestrator wrote first: re-read and apply again
-            except Exception as exc:  # any other NATS error stays inside bus/
-                raise BusError(f"could not record circuits of {pipeline}: {exc}") from None
+            with nats_errors(f"record the circuits of {pipeline}"):
+                try:
+                    if revision:
+                        revision = await kv.update(pipeline, data, last=revision)
+                    else:
+                        revision = await kv.create(pipeline, data)
+                except KeyWrongLastSequenceError:
+                    continue  # another orchestrator wrote first: re-read and apply again
             self._cache[pipeline] = (time.monotonic(), revision, merged)
             return
         raise BusError(f"could not record circuits of {pipeline}: 20 lost races in a row")

@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from sisas.errors import BusError
+from sisas.bus.translate import nats_errors
 from sisas.signals.names import PRESENCE_PREFIX
 
 __all__ = [
@@ -73,17 +73,14 @@ async def answering(
 
 
 async def _answered(nc: NATS, subject: str, timeout: float) -> bool:
-    try:
-        await nc.request(subject, b"", timeout=timeout)
-        return True
-    except NoRespondersError:
-        return False
-    except (TimeoutError, NatsTimeoutError):
-        return False  # someone listens but cannot answer: not live for our purpose
-    except Exception as exc:  # NATS errors never leave bus/
-        raise BusError(
-            f"could not ask who serves {subject}: {exc}; is the server reachable?"
-        ) from None
+    with nats_errors(f"ask who serves {subject}"):
+        try:
+            await nc.request(subject, b"", timeout=timeout)
+            return True
+        except NoRespondersError:
+            return False
+        except (TimeoutError, NatsTimeoutError):
+            return False  # someone listens but cannot answer: not live for our purpose
 
 
 async def worker_live(nc: NATS, pipeline: str, *, timeout: float = ASK_TIMEOUT) -> bool:

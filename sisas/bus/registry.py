@@ -8,7 +8,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
-from sisas.errors import BusError
+from sisas.bus.translate import nats_errors
 from sisas.signals.names import PIPELINE_BUCKET
 from sisas.signals.plan import PipelinePlan
 
@@ -32,32 +32,26 @@ class PlanRegistry:
         return self._bucket
 
     async def publish(self, plan: PipelinePlan) -> None:
-        try:
+        fix = f"is JetStream reachable and the {PIPELINE_BUCKET} bucket writable?"
+        with nats_errors(f"register pipeline {plan.name}", fix):
             kv = await self._kv()
             await kv.put(plan.name, msgspec.json.encode(plan))
-        except Exception as exc:  # NATS errors never leave bus/
-            raise BusError(
-                f"could not register pipeline {plan.name}: {exc}; is JetStream "
-                "reachable and the sisas-pipelines bucket writable?"
-            ) from None
 
     async def get(self, name: str) -> PipelinePlan | None:
-        try:
-            kv = await self._kv()
-            entry = await kv.get(name)
-        except (KeyNotFoundError, NotFoundError):
-            return None
-        except Exception as exc:  # NATS errors never leave bus/
-            raise BusError(f"could not read the plan of pipeline {name}: {exc}") from None
+        with nats_errors(f"read the plan of pipeline {name}"):
+            try:
+                kv = await self._kv()
+                entry = await kv.get(name)
+            except (KeyNotFoundError, NotFoundError):
+                return None
         if not entry.value:
             return None
         return msgspec.json.decode(entry.value, type=PipelinePlan)
 
     async def names(self) -> list[str]:
-        try:
-            kv = await self._kv()
-            return sorted(await kv.keys())
-        except (NoKeysError, NotFoundError):  # an empty bucket
-            return []
-        except Exception as exc:  # NATS errors never leave bus/
-            raise BusError(f"could not list the registered pipelines: {exc}") from None
+        with nats_errors("list the registered pipelines"):
+            try:
+                kv = await self._kv()
+                return sorted(await kv.keys())
+            except (NoKeysError, NotFoundError):  # an empty bucket
+                return []
