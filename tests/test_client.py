@@ -124,3 +124,52 @@ async def test_a_run_asked_for_on_a_server_nobody_serves_is_refused(tmp_path: Pa
         with pytest.raises(UsageError, match="this client does not serve 'clustering'"):
             await client.start("clustering", INPUT)
     await asyncio.sleep(0)
+
+
+async def test_outputs_and_resume_from_failure_through_the_cli(
+    client: Client, settings: Settings, tmp_path: Path
+) -> None:
+    """`sisas output` prints a phase's output; `run --wait --json` carries the outputs;
+    `--resume RUN` alone re-executes from the first phase without an output."""
+    from tests.test_replay_bus import sisas
+
+    failed = await client.start("clustering", INPUT, seed=7)
+    done = await failed.result(timeout=60)
+    shown = await sisas(settings, "output", failed.run_id, "report")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == await client.output(failed.run_id, "report")
+    one = await sisas(settings, "output", failed.run_id, "score", "--item", "1")
+    assert json.loads(one.stdout) == (await client.output(failed.run_id, "score"))[1]
+    saved = tmp_path / "clean.json"
+    wrote = await sisas(settings, "output", failed.run_id, "clean", "--out", str(saved))
+    assert wrote.returncode == 0 and json.loads(saved.read_bytes()) == await failed.output("clean")
+    missing = await sisas(settings, "output", failed.run_id, "nosuch")
+    assert missing.returncode == 2 and b"has no phase 'nosuch'" in missing.stderr
+    assert done.status == "completed"
+
+    data = tmp_path / "in.json"
+    data.write_text(json.dumps(INPUT))
+    waited = await sisas(
+        settings, "run", "clustering", "--input", str(data), "--wait", "--json",
+        "--set", "report.enabled=false",
+    )  # fmt: skip
+    last = json.loads(waited.stdout.splitlines()[-1])
+    assert last["status"] == "completed", waited.stderr
+    assert set(last["outputs"]) == {"load", "clean", "score", "cluster"}
+    assert last["values"]["clean"] == await client.output(last["run_id"], "clean")
+    assert "score" not in last["values"]  # a fan-out: read it with sisas output
+
+    # every value is a sensor error: clean keeps none, cluster breaks INV-7.1
+    broken = await client.start("clustering", {"name": "x", "values": [-1.0, -2.0]}, seed=7)
+    state = (await broken.result(check=False)).state
+    assert state is not None and state.status == "failed" and state.failed_phase == "cluster"
+    again = await client.request("clustering", resume_of=broken.run_id)
+    assert again.resume is not None and again.resume.from_phase == "cluster"
+    resumed = (await again.handle.result(check=False)).state
+    assert resumed is not None and resumed.resume_of == broken.run_id
+    reused = [n for n, ps in resumed.phases.items() if ps.skip_reason == "resumed"]
+    assert reused == ["load", "clean", "score"]
+    cli = await sisas(settings, "run", "clustering", "--resume", broken.run_id, "--wait")
+    assert b"resuming " + broken.run_id.encode() + b" from cluster" in cli.stdout, cli.stderr
+    nothing = await sisas(settings, "run", "clustering", "--resume", failed.run_id)
+    assert nothing.returncode == 2 and b"nothing to re-execute" in nothing.stderr

@@ -64,6 +64,10 @@ class RunResult:
     violations: list[dict[str, Any]] = field(default_factory=list)
     failed_invariants: list[dict[str, Any]] = field(default_factory=list)
     corrupt: int = 0
+    outputs: dict[str, str] = field(default_factory=dict)
+    """Semantic digest of each phase's output, from ``run_completed``."""
+    values: dict[str, Any] = field(default_factory=dict)
+    """Small outputs, decoded (``run --wait --json``)."""
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -74,6 +78,9 @@ class RunResult:
         }
         if self.status != "running":
             data["fingerprint"] = self.fingerprint or None
+        if self.outputs:
+            data["outputs"] = self.outputs
+            data["values"] = self.values
         if self.failed_phase or self.error:
             data.update(
                 failed_phase=self.failed_phase, error=self.error, error_kind=self.error_kind
@@ -170,6 +177,7 @@ def _apply(display: _Display, result: RunResult, s: Signal) -> None:
         )
     elif isinstance(body, RunCompleted):
         result.status, result.fingerprint = "completed", body.fingerprint
+        result.outputs = dict(body.outputs)
     elif isinstance(body, RunFailed):
         result.status, result.failed_phase = "failed", body.failed_phase
         result.error, result.error_kind = body.error.message, body.error.kind

@@ -124,14 +124,15 @@ def print_result(
     "resume_of",
     default=None,
     metavar="RUN",
-    help="Start a new run linked to RUN, reusing its outputs before --from.",
+    help="Start a new run linked to RUN, reusing its verified outputs before --from "
+    "(without --from: from RUN's first phase that has no output, i.e. from its failure).",
 )
 @click.option(
     "--from",
     "from_phase",
     default=None,
     metavar="PHASE",
-    help="With --resume: the first phase to run again.",
+    help="With --resume: the first phase to run again (default: the first failed one).",
 )
 @PIPELINES_OPTION
 @run_async
@@ -155,8 +156,8 @@ async def run(
     """
     local = load_pipelines(pipeline_specs)
     pipeline = named_or_loaded(pipeline, local)
-    if bool(resume_of) != bool(from_phase):
-        raise UsageError("--resume RUN and --from PHASE go together")
+    if from_phase and not resume_of:
+        raise UsageError("--from PHASE needs --resume RUN (the run whose outputs to reuse)")
     if resume_of:
         check_name(resume_of, "run id")
     default = local[pipeline].default_input if pipeline in local else None
@@ -271,6 +272,8 @@ async def start_and_watch(
                 span.set_attribute("sisas.status", result.status)
                 if result.status != "completed":
                     fail_span(span, f"run {result.status}")
+                elif as_json:
+                    result.values = await client.small_outputs(run_id)
     # a run this command did not start took longer than this command has followed it
     took = (datetime.now(UTC) - started).total_seconds() if existing is None else None
     return result, took

@@ -211,7 +211,8 @@ class Client:
         or raises :class:`~sisas.errors.UsageError` when its input or configuration
         differ. ``resume_of`` and ``from_phase``: a new run reusing the verified
         outputs of ``resume_of``'s phases before ``from_phase`` (its input, seed and
-        configuration unless given). ``code``: the pipeline's code when this process
+        configuration unless given; no ``from_phase``: from its first phase without an
+        output, "re-execute from failure"). ``code``: the pipeline's code when this process
         has it (its plan then checks ``config``, and a resume verifies with it).
         ``run_id``: the id to give the run (default: derived from the key, else fresh).
         ``trace``: attributes of the run's root span, which covers the request, unless
@@ -230,8 +231,6 @@ class Client:
             check_settings(settings, plan)
         resume = None
         if resume_of:
-            if not from_phase:
-                raise UsageError("resuming needs the phase to resume from: pass from_phase")
             resume = await prepare_resume(self.bus, pipeline, resume_of, from_phase, code)
             settings = {**resume.config, **settings}
         data = _input_bytes(input, input_bytes)
@@ -270,7 +269,7 @@ class Client:
                 requested_by=who,
                 idempotency_key=idempotency_key or "",
                 resume_of=resume_of,
-                resume_from_phase=from_phase if resume is not None else "",
+                resume_from_phase=resume.from_phase if resume is not None else "",
                 reuse=resume.reuse if resume is not None else {},
                 batch_id=batch_id,
             )
@@ -338,11 +337,14 @@ class Client:
         signals = [r.signal for r in records if isinstance(r, StoredSignal)]
         return fold(signals) if signals else RunState.new("", run_id)
 
-    async def output_bytes(self, run_id: str, phase: str) -> bytes:
+    async def output_bytes(self, run_id: str, phase: str, *, item: int | None = None) -> bytes:
         """The bytes of ``phase``'s output in ``run_id`` (verified against their digest;
-        a fan-out phase: a JSON list of its items' outputs). Raises
-        :class:`~sisas.errors.UsageError` when the phase has no output (yet)."""
-        state = await self.state(run_id)
+        a fan-out phase: a JSON list of its items' outputs, or the one ``item``).
+        Raises :class:`~sisas.errors.UsageError` when the phase has no output (yet)."""
+        return await self._output_bytes(await self.state(run_id), phase, item)
+
+    async def _output_bytes(self, state: RunState, phase: str, item: int | None) -> bytes:
+        run_id = state.run_id
         ps = state.phases.get(phase)
         if ps is None:
             phases = ", ".join(state.phases) or "none"
@@ -351,15 +353,31 @@ class Client:
             raise UsageError(f"{phase} of {run_id} was reused from {state.resume_of}: ask it")
         if ps.status != "completed":
             raise UsageError(f"{phase} of {run_id} has no output: it is {ps.status}")
+        if item is not None:
+            if ps.items is None or not 0 <= item < ps.items:
+                raise UsageError(f"{phase} of {run_id} has no item {item}")
+            return await self._artifact(ps.item_states[item].artifact) or b"null"
         if ps.items is not None:
             parts = [await self._artifact(ps.item_states[i].artifact) for i in range(ps.items)]
             return b"[" + b",".join(p or b"null" for p in parts) + b"]"
         data = await self._artifact(ps.artifact)
         return data if data is not None else b"null"
 
-    async def output(self, run_id: str, phase: str) -> Any:
+    async def output(self, run_id: str, phase: str, *, item: int | None = None) -> Any:
         """``phase``'s output in ``run_id``, decoded from JSON (see :meth:`output_bytes`)."""
-        return msgspec.json.decode(await self.output_bytes(run_id, phase))
+        return msgspec.json.decode(await self.output_bytes(run_id, phase, item=item))
+
+    async def small_outputs(self, run_id: str, *, max_bytes: int = 64 * 1024) -> dict[str, Any]:
+        """The decoded outputs of ``run_id``'s completed phases that are not fanned out
+        and take at most ``max_bytes`` (the others: :meth:`output`)."""
+        state = await self.state(run_id)
+        out: dict[str, Any] = {}
+        for name, ps in state.phases.items():
+            if ps.status == "completed" and ps.items is None and ps.artifact:
+                data = await self._output_bytes(state, name, None)
+                if len(data) <= max_bytes:
+                    out[name] = msgspec.json.decode(data)
+        return out
 
     async def _artifact(self, digest: str) -> bytes | None:
         if not digest:

@@ -13,7 +13,7 @@ from sisas.pipeline import Pipeline
 from sisas.signals import CorruptMessage, Scalar, StoredSignal, semantic_digest, verify_chain
 from sisas.signals.inputs import Reuse
 
-__all__ = ["Resume", "prepare_resume"]
+__all__ = ["Resume", "first_unfinished", "prepare_resume"]
 
 
 class Resume:
@@ -54,10 +54,34 @@ async def _verified(bus: Bus, artifact: str, digest: str, annotation: Any, what:
         )
 
 
+def first_unfinished(old: RunState) -> str:
+    """Where a resume without ``--from`` starts ("re-execute from failure"): the first
+    phase (in plan order) that neither has an output nor was switched off. Raises
+    :class:`UsageError` for a run that completed, or has nothing left to run."""
+    assert old.plan is not None
+    if old.status == "completed":
+        raise UsageError(
+            f"run {old.run_id} completed: nothing to re-execute; pass --from PHASE to "
+            "run from a phase again"
+        )
+    for p in old.plan.phases:
+        ps = old.phase(p.name)
+        if ps.status == "completed" or ps.output_digest or ps.skip_reason == "disabled":
+            continue
+        return p.name
+    raise UsageError(
+        f"run {old.run_id} has an output for every phase it ran: nothing to re-execute; "
+        "pass --from PHASE to run from a phase again"
+    )
+
+
 async def prepare_resume(
     bus: Bus, pipeline: str, old_run: str, from_phase: str, local: Pipeline | None
 ) -> Resume:
     """Check the old run and verify every output that will be reused.
+
+    ``from_phase`` empty: from the first phase without an output (a failed one, or one
+    that never ran: see :func:`first_unfinished`).
 
     Raises :class:`UsageError` (nothing is started) when the old run is unknown, of
     another pipeline, not intact, lacks ``from_phase``, or an output does not verify.
@@ -80,6 +104,8 @@ async def prepare_resume(
             + f", not {pipeline!r}"
         )
     order = [p.name for p in old.plan.phases]
+    if not from_phase:
+        from_phase = first_unfinished(old)
     if from_phase not in order:
         raise UsageError(
             f"--from {from_phase!r} is not a phase of {pipeline} (phases: {', '.join(order)})"

@@ -144,11 +144,11 @@ class SyncClient:
     def cancel(self, run_id: str, reason: str = "cancelled by the client") -> bool:
         return self._loop.run(self._client.cancel(run_id, reason))
 
-    def output(self, run_id: str, phase: str) -> Any:
-        return self._loop.run(self._client.output(run_id, phase))
+    def output(self, run_id: str, phase: str, *, item: int | None = None) -> Any:
+        return self._loop.run(self._client.output(run_id, phase, item=item))
 
-    def output_bytes(self, run_id: str, phase: str) -> bytes:
-        return self._loop.run(self._client.output_bytes(run_id, phase))
+    def output_bytes(self, run_id: str, phase: str, *, item: int | None = None) -> bytes:
+        return self._loop.run(self._client.output_bytes(run_id, phase, item=item))
 
     def runs(self, **filters: Any) -> list[dict[str, Any]]:
         """See :meth:`Client.runs`."""
