@@ -242,6 +242,7 @@ class Pipeline:
                 raise InvalidPipeline(
                     f"phase {phase_name}: partial=True is for a fan-out: add map_over="
                 )
+            _check_callable(phase_name, fn)
             hints = get_type_hints(fn)
             sig = inspect.signature(fn)
             names = list(sig.parameters)
@@ -404,6 +405,32 @@ class Pipeline:
             contracts=contracts,
             invariants=[i.id for i in spec.invariants],
         )
+
+
+def _check_callable(phase: str, fn: Callable[..., Any]) -> None:
+    """Refuse what a worker cannot run as a phase, naming it and what to write instead.
+    A plain function and an ``async def`` function (awaited by the worker) can run."""
+    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+        raise InvalidPipeline(
+            f"phase {phase}: {fn.__qualname__} is a generator (it uses yield): a phase "
+            "returns its whole output; collect it (return list(...))"
+        )
+    if not inspect.isfunction(fn) and not inspect.ismethod(fn):
+        raise InvalidPipeline(
+            f"phase {phase}: {fn!r} is not a function: decorate a def or async def"
+        )
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            stars = "*" if p.kind is p.VAR_POSITIONAL else "**"
+            raise InvalidPipeline(
+                f"phase {phase}: {fn.__qualname__} takes {stars}{p.name}: a phase names each "
+                "input it takes (ctx, then dependencies, `input` or `item`)"
+            )
+        if p.kind is p.POSITIONAL_ONLY and p.name != "ctx":
+            raise InvalidPipeline(
+                f"phase {phase}: {fn.__qualname__}'s parameter {p.name} is positional-only: "
+                "inputs are passed by name; remove the `/`"
+            )
 
 
 def _source_digest(fn: Callable[..., Any]) -> str:

@@ -7,7 +7,10 @@ so the orchestrator can record each one as a signal.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
+import inspect
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -22,7 +25,7 @@ from sisas.signals.digest import semantic_digest
 from sisas.signals.inputs import ContractResult, InvariantResult
 from sisas.signals.kinds import ERROR_KINDS, ErrorInfo, ErrorKind, Scalar, Violation
 
-__all__ = ["Outcome", "PhaseInputs", "execute_phase", "violations_of"]
+__all__ = ["Outcome", "PhaseInputs", "call_phase", "execute_phase", "violations_of"]
 
 
 class PhaseInputs(msgspec.Struct, frozen=True, kw_only=True):
@@ -220,6 +223,21 @@ def _quarantine(result: object) -> tuple[bytes, str]:
         return b"", ""
 
 
+def call_phase(fn: Callable[..., Any], ctx: Context, args: Mapping[str, Any]) -> Any:
+    """Call a phase's function; an ``async def`` one is awaited to its end on an event
+    loop of its own (in another thread when this one runs a loop already, as in a test
+    that calls ``sisas.testing.run_pipeline`` from an async test), so timeouts, retries
+    and cancellation treat it as any other phase."""
+    if not inspect.iscoroutinefunction(fn):
+        return fn(ctx, **args)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(fn(ctx, **args))
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sisas-phase") as pool:
+        return pool.submit(asyncio.run, fn(ctx, **args)).result()
+
+
 def execute_phase(
     pipeline: Pipeline,
     phase: str,
@@ -272,7 +290,7 @@ def execute_phase(
         progress=progress,
     )
     try:
-        result = spec.fn(ctx, **args)
+        result = call_phase(spec.fn, ctx, args)
     except PhaseError as exc:
         return _failed(
             clock,
