@@ -235,7 +235,7 @@ async def start_and_watch(
             with run_span(f"run {pipeline}", run_id, pipeline, attributes) as span:
                 request = await client.request(
                     pipeline,
-                    input_bytes=data if input_given else None,
+                    input_bytes=data if input_given or not resume_of else None,
                     seed=seed,
                     config=config,
                     idempotency_key=idempotency_key,
