@@ -13,7 +13,9 @@ Layout (``docs/replay.md``)::
 :func:`verify_bundle` re-derives everything from ``signals.jsonl`` alone: the chain,
 placement and signatures, the refolded state against the manifest, every file against
 the index, every artifact against its digest, and the exported verdict against the one
-it recomputes.
+it recomputes. It keeps two answers apart: whether the log is intact (the chain and the
+files that describe it) and whether the evidence is complete (every artifact the run
+read or wrote is in the bundle and hashes to its digest, or was left out on purpose).
 """
 
 from __future__ import annotations
@@ -21,18 +23,18 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
 from sisas import __version__
 from sisas.errors import UsageError
-from sisas.replay.verdicts import RerunVerdict, RunVerdict
+from sisas.replay.evidence import artifact_uses, located
+from sisas.replay.verdicts import ArtifactProblem, RerunVerdict, RunVerdict
 from sisas.replay.verify import LogVerifier, report
 from sisas.signals.codec import encode_signal
 from sisas.signals.digest import bytes_digest
 from sisas.signals.envelope import Signal
-from sisas.signals.kinds import PhaseFailed, RunRequested
 from sisas.signals.names import log_subject
 from sisas.signals.records import CorruptMessage, StoredSignal, decode_record
 
@@ -53,12 +55,17 @@ BUNDLE_VERSION = 1
 
 
 class ArtifactEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """An artifact the run read or wrote, and whether the bundle holds it."""
+    """An artifact the run read or wrote, and whether the bundle holds it.
+
+    ``problem`` is ``missing`` or ``damaged`` when the store could not give its bytes at
+    export (the evidence was incomplete then); None when it was included, or left out
+    on purpose (``reason``: over the size limit)."""
 
     role: str
     size: int = 0
     included: bool = False
     reason: str = ""
+    problem: Literal["missing", "damaged"] | None = None
 
 
 class BundleIndex(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,17 +92,27 @@ class _Line(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class BundleVerdict(msgspec.Struct, frozen=True, kw_only=True):
-    """The offline check of a bundle: intact only if every part holds."""
+    """The offline check of a bundle: intact only if the log is intact and the evidence
+    complete."""
 
     intact: bool
     run_id: str
     verify: RunVerdict | None
+    log_intact: bool = False
+    """The chain verifies, and the files describing it agree with it and the index."""
+    evidence_complete: bool = False
+    """Every artifact the run read or wrote is in the bundle and hashes to its digest
+    (or was left out on purpose, listed in ``artifacts_left_out``)."""
     files: list[str] = []
     """Problems with the files: missing, changed since export, not in the index."""
     manifest: list[str] = []
     """Where the manifest disagrees with the state refolded from the signals."""
     artifacts: list[str] = []
-    """Artifacts whose bytes do not match their digest, or that the run never used."""
+    """Each artifact problem in one line (``artifact_problems`` as text)."""
+    artifact_problems: list[ArtifactProblem] = []
+    """Artifacts missing or damaged, in the bundle or already in the store at export."""
+    artifacts_left_out: list[str] = []
+    """Artifacts left out at export on purpose (over ``--max-artifact-bytes``), and why."""
     claims: list[str] = []
     """Where the exported verdict disagrees with the recomputed one."""
     artifacts_checked: int = 0
@@ -140,10 +157,13 @@ def write_bundle(
     claims: Claims,
     artifacts: Mapping[str, tuple[str, bytes | None, str]],
     html: str,
+    problems: Iterable[ArtifactProblem] = (),
 ) -> BundleIndex:
     """Write the bundle into ``out`` (created; must be empty if it exists).
 
-    ``artifacts`` maps a digest to (role, bytes or None when left out, why left out).
+    ``artifacts`` maps a digest to (role, bytes or None when left out, why left out);
+    ``problems`` are the artifacts the store could not give (missing or damaged), kept in
+    the index as such so that the bundle's evidence is known to be incomplete.
     """
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} is not empty: choose a new folder for the bundle")
@@ -154,13 +174,17 @@ def write_bundle(
         "verdict.json": _ENC.encode(claims),
         "report.html": html.encode(),
     }
+    unreadable = {p.digest: p for p in problems}
     entries: dict[str, ArtifactEntry] = {}
     for digest, (role, data, reason) in sorted(artifacts.items()):
-        if data is None:
+        if digest in unreadable:
+            p = unreadable[digest]
+            entries[digest] = ArtifactEntry(role=role, reason=p.detail, problem=p.problem)
+        elif data is None:
             entries[digest] = ArtifactEntry(role=role, reason=reason)
-            continue
-        entries[digest] = ArtifactEntry(role=role, size=len(data), included=True)
-        files[f"artifacts/{digest.removeprefix('sha256:')}"] = data
+        else:
+            entries[digest] = ArtifactEntry(role=role, size=len(data), included=True)
+            files[f"artifacts/{digest.removeprefix('sha256:')}"] = data
     for name, data in files.items():
         (out / name).write_bytes(data)
     index = BundleIndex(
@@ -211,19 +235,22 @@ def _load_json(path: Path, problems: list[str]) -> Any:
         return None
 
 
-def _check_files(folder: Path, index: BundleIndex) -> list[str]:
+def _check_files(folder: Path, index: BundleIndex) -> list[tuple[str, str]]:
+    """(file name, problem) for each file that is missing, changed or not indexed."""
     problems = []
     for name, digest in index.files.items():
         path = folder / name
         if not path.is_file():
-            problems.append(f"{name} is listed in index.json but missing")
+            problems.append((name, f"{name} is listed in index.json but missing"))
         elif _sha(path.read_bytes()) != digest:
-            problems.append(f"{name} changed since the bundle was exported (its sha256 differs)")
+            problems.append(
+                (name, f"{name} changed since the bundle was exported (its sha256 differs)")
+            )
     listed = set(index.files) | {"index.json"}
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).as_posix()
         if path.is_file() and rel not in listed:
-            problems.append(f"{rel} is not listed in index.json")
+            problems.append((rel, f"{rel} is not listed in index.json"))
     return problems
 
 
@@ -253,26 +280,38 @@ def _check_manifest(manifest: Any, verdict: RunVerdict) -> list[str]:
 
 def run_artifacts(signals: Iterable[Signal]) -> dict[str, str]:
     """Every artifact a run read or wrote, by digest, with its role (where first seen)."""
-    roles: dict[str, str] = {}
-    for s in signals:
-        body = s.body
-        item = getattr(body, "item", None)
-        where = s.phase + ("" if item is None else f"[{item}]")
-        if isinstance(body, RunRequested) and body.input_digest:
-            roles.setdefault(body.input_digest, "run input")
-        for name in ("artifact", "reused_artifact"):
-            if getattr(body, name, ""):
-                roles.setdefault(getattr(body, name), f"output of {where}")
-        if isinstance(body, PhaseFailed) and body.quarantined_artifact:
-            roles.setdefault(body.quarantined_artifact, f"quarantined output of {where}")
-        for digest in getattr(body, "reused_items", []):
-            roles.setdefault(digest, f"output of an item of {where}")
-        for digest in getattr(body, "inputs", {}).values():
-            roles.setdefault(digest, f"input of {where}")
-        for digests in getattr(body, "gathered", {}).values():
-            for digest in filter(None, digests):  # "" is a failed item of a partial fan-out
-                roles.setdefault(digest, f"input of {where}")
-    return roles
+    return {digest: uses[0] for digest, uses in artifact_uses(signals).items()}
+
+
+def _name(digest: str) -> str:
+    return f"artifacts/{digest.removeprefix('sha256:')}"
+
+
+def _read_artifact(folder: Path, digest: str) -> bytes | ArtifactProblem:
+    """The bytes of ``artifacts/<hex>`` when they hash to ``digest``, else the problem."""
+    path = folder / _name(digest)
+    if not path.is_file():
+        return ArtifactProblem(
+            digest=digest, problem="missing", detail=f"{_name(digest)} is not in the bundle"
+        )
+    data = path.read_bytes()
+    actual = bytes_digest(data)
+    if actual != digest:
+        why = f"{_name(digest)} does not hash to its name (its bytes hash to {actual})"
+        return ArtifactProblem(digest=digest, problem="damaged", detail=why)
+    return data
+
+
+def _not_held(digest: str, entry: ArtifactEntry | None) -> ArtifactProblem | None:
+    """Why the bundle does not hold an artifact it should, by its index entry: None when
+    it was included or left out on purpose (over the size limit)."""
+    if entry is None:
+        why = "index.json does not list it, though the run used it"
+        return ArtifactProblem(digest=digest, problem="missing", detail=why)
+    if entry.problem is not None:
+        why = f"{entry.problem} in the store when the bundle was exported: {entry.reason}"
+        return ArtifactProblem(digest=digest, problem=entry.problem, detail=why)
+    return None
 
 
 def verify_bundle(folder: Path, *, trusted: frozenset[str] = frozenset()) -> BundleVerdict:
@@ -291,7 +330,8 @@ def verify_bundle(folder: Path, *, trusted: frozenset[str] = frozenset()) -> Bun
             "verify it with the sisas version that wrote it "
             f"({index.created_with})"
         )
-    files = _check_files(folder, index)
+    file_problems = _check_files(folder, index)
+    files: list[str] = []  # problems of the log's files beyond those of _check_files
     signals_path = folder / "signals.jsonl"
     records = read_records(signals_path) if signals_path.is_file() else []
     verifier = LogVerifier(trusted=trusted, only=index.run_id).extend(records)
@@ -306,19 +346,25 @@ def verify_bundle(folder: Path, *, trusted: frozenset[str] = frozenset()) -> Bun
         if verdict is not None
         else ["signals.jsonl holds no signal of the run"]
     )
-    used = run_artifacts(r.signal for r in records if isinstance(r, StoredSignal))
-    artifact_problems = []
+    uses = artifact_uses(r.signal for r in records if isinstance(r, StoredSignal))
+    evidence: list[ArtifactProblem] = []
+    left_out: list[str] = []
     checked = 0
-    for digest, entry in index.artifacts.items():
-        if digest not in used:
-            artifact_problems.append(f"{digest} is not read or written by any signal of the run")
-        if not entry.included:
+    for digest in [*uses, *(d for d in index.artifacts if d not in uses)]:  # log order
+        entry = index.artifacts.get(digest)
+        if digest not in uses:
+            files.append(f"{digest} is listed in index.json but no signal of the run uses it")
             continue
-        path = folder / "artifacts" / digest.removeprefix("sha256:")
-        if path.is_file():
-            checked += 1
-            if bytes_digest(path.read_bytes()) != digest:
-                artifact_problems.append(f"artifacts/{path.name} does not hash to its name")
+        problem = _not_held(digest, entry)
+        if problem is None and entry is not None and not entry.included:
+            left_out.append(f"{digest} ({'; '.join(uses[digest])}): {entry.reason}")
+            continue
+        if problem is None:
+            found = _read_artifact(folder, digest)
+            checked += (folder / _name(digest)).is_file()
+            problem = found if isinstance(found, ArtifactProblem) else None
+        if problem is not None:
+            evidence.append(located(digest, problem.problem, problem.detail, uses))
     claims_problems = []
     raw_claims = _load_json(folder / "verdict.json", problems)
     try:
@@ -333,34 +379,50 @@ def verify_bundle(folder: Path, *, trusted: frozenset[str] = frozenset()) -> Bun
         if verdict is not None and claims.verify.state_digest != verdict.state_digest:
             claims_problems.append("verdict.json's state digest differs from the refold")
     files.extend(problems)
-    intact = bool(
+    # A changed or missing artifact file is the evidence's problem (named there), not the log's.
+    damaged = {_name(p.digest) for p in evidence}
+    log_files = [m for n, m in file_problems if n not in damaged] + files
+    log_intact = bool(
         verdict is not None
         and verdict.intact
-        and not files
+        and not log_files
         and not manifest_problems
-        and not artifact_problems
         and not claims_problems
     )
     return BundleVerdict(
-        intact=intact,
+        intact=log_intact and not evidence,
         run_id=index.run_id,
         verify=verdict,
-        files=files,
+        log_intact=log_intact,
+        evidence_complete=not evidence,
+        files=[m for _, m in file_problems] + files,
         manifest=manifest_problems,
-        artifacts=artifact_problems,
+        artifacts=[p.describe() for p in evidence],
+        artifact_problems=evidence,
+        artifacts_left_out=left_out,
         claims=claims_problems,
         artifacts_checked=checked,
     )
 
 
-def bundle_fetch(folder: Path) -> Callable[[str], Awaitable[bytes | None]]:
-    """An artifact fetcher reading the bundle's ``artifacts/`` (for an offline rerun)."""
+def bundle_fetch(folder: Path) -> Callable[[str], Awaitable[bytes | ArtifactProblem]]:
+    """An artifact fetcher reading the bundle's ``artifacts/`` (for an offline rerun): the
+    bytes when they hash to their name, else what is wrong, with why the bundle lacks
+    them when its index says (left out, or missing or damaged in the store at export)."""
+    index: BundleIndex | None
+    try:
+        index = msgspec.json.decode((folder / "index.json").read_bytes(), type=BundleIndex)
+    except (OSError, msgspec.DecodeError):
+        index = None  # a bare folder of artifacts: each is looked for as a file
 
-    async def fetch(digest: str) -> bytes | None:
-        path = folder / "artifacts" / digest.removeprefix("sha256:")
-        if not path.is_file():
-            return None
-        data = path.read_bytes()
-        return data if bytes_digest(data) == digest else None
+    async def fetch(digest: str) -> bytes | ArtifactProblem:
+        found = _read_artifact(folder, digest)
+        entry = index.artifacts.get(digest) if index is not None else None
+        if isinstance(found, bytes) or entry is None or entry.included:
+            return found
+        why = f"left out when the bundle was exported: {entry.reason}"
+        return _not_held(digest, entry) or ArtifactProblem(
+            digest=digest, problem="missing", detail=why
+        )
 
     return fetch

@@ -8,7 +8,7 @@ from html import escape
 from typing import Any
 
 from sisas.handlers.state import RunState
-from sisas.replay.verdicts import RerunVerdict, RunVerdict
+from sisas.replay.verdicts import ArtifactProblem, RerunVerdict, RunVerdict
 from sisas.signals.envelope import Signal
 from sisas.signals.kinds import ContractChecked, InvariantChecked
 
@@ -136,15 +136,61 @@ def _environment(env: Any) -> str:
     )
 
 
+def _problems(problems: Sequence[ArtifactProblem]) -> str:
+    head = _row("artifact", "problem", "used by the run as", "detail", header=True)
+    rows = "".join(
+        _row(
+            f"<code>{_e(p.digest)}</code>",
+            f'<span class="failed">{_e(p.problem)}</span>',
+            _e("; ".join(p.used_as)),
+            _e(p.detail),
+        )
+        for p in problems
+    )
+    return f"<table>{head}{rows}</table>"
+
+
+def _evidence(problems: Sequence[ArtifactProblem], artifacts: int) -> str:
+    if not problems:
+        return (
+            f"<p>{_badge(True, 'EVIDENCE COMPLETE', '')} every one of the {artifacts} "
+            "artifacts the run read or wrote was read from the store and matches its "
+            "digest.</p>"
+        )
+    return (
+        f"<p>{_badge(False, '', 'EVIDENCE INCOMPLETE')} {len(problems)} of the {artifacts} "
+        "artifacts the run read or wrote could not be read as the log records them: "
+        "nothing that rests on them can be vouched for. The log itself is judged apart "
+        "(above).</p>" + _problems(problems)
+    )
+
+
 def _rerun(rerun: RerunVerdict | None) -> str:
     if rerun is None:
         return '<p class="dim">not rerun at export (use <code>sisas audit RUN --rerun</code>)</p>'
+    shown = rerun.deterministic or rerun.first_divergence is not None or rerun.evidence_complete
     out = [
         "<p>"
-        + _badge(rerun.deterministic, "deterministic", "NOT deterministic")
+        + (
+            _badge(rerun.deterministic, "deterministic", "NOT deterministic")
+            if shown
+            else _badge(False, "", "NOT shown deterministic")
+        )
+        + ("" if rerun.evidence_complete else " " + _badge(False, "", "evidence incomplete"))
         + f" {len(rerun.phases)} attempts re-executed on {rerun.workers} worker(s); "
-        f"fingerprint <code>{_e(rerun.fingerprint)}</code></p>"
+        f"fingerprint <code>{_e(rerun.fingerprint)}</code>"
+        + ("" if rerun.fingerprint == rerun.recorded_fingerprint else " (differs)")
+        + "</p>"
     ]
+    if rerun.artifact_problems:
+        out.append("<p>Artifacts the rerun could not read as recorded:</p>")
+        out.append(_problems(rerun.artifact_problems))
+    if rerun.side_effects_rerun:
+        out.append(
+            "<p>Side effects executed again (<code>--include-side-effects</code>): "
+            + ", ".join(f"<code>{_e(p)}</code>" for p in rerun.side_effects_rerun)
+            + "</p>"
+        )
     if rerun.first_divergence is not None:
         d = rerun.first_divergence
         where = d.phase + ("" if d.item is None else f"[{d.item}]")
@@ -192,9 +238,13 @@ def render_report(
     state: RunState,
     signals: Sequence[Signal],
     rerun: RerunVerdict | None = None,
+    evidence: Sequence[ArtifactProblem] = (),
+    artifacts: int = 0,
     generated_with: str = "",
 ) -> str:
-    """The whole report page for one run."""
+    """The whole report page for one run: whether its log is intact (chain, placement,
+    signatures) and, apart, whether its evidence is complete (``evidence``: the artifacts
+    among the run's ``artifacts`` that were missing or damaged)."""
     summary = [
         ("pipeline", f"{_e(manifest.get('pipeline'))} {_e(manifest.get('version'))}"),
         ("status", f'<span class="{_e(verdict.status)}">{_e(verdict.status)}</span>'),
@@ -228,10 +278,13 @@ def render_report(
 <html lang="en"><head><meta charset="utf-8">
 <title>sisas audit: {_e(verdict.run_id)}</title><style>{_CSS}</style></head><body>
 <h1>Audit of run <code>{_e(verdict.run_id)}</code></h1>
-<p>{_badge(verdict.intact, "INTACT", "NOT INTACT")} chain, placement and signatures
-verified from the log; state refolded ({_e(verdict.projection)} to the projection).</p>
+<p>{_badge(verdict.intact, "LOG INTACT", "LOG NOT INTACT")} chain, placement and signatures
+verified from the log; state refolded ({_e(verdict.projection)} to the projection).
+{_badge(not evidence, "EVIDENCE COMPLETE", "EVIDENCE INCOMPLETE")} the run's artifacts
+(input, outputs) against their digests.</p>
 <table>{"".join(_row(f"<b>{k}</b>", v) for k, v in summary)}</table>
 <h2>Verification</h2>{findings_html}
+<h2>Evidence</h2>{_evidence(evidence, artifacts)}
 <h2>Rerun</h2>{_rerun(rerun)}
 <h2>Timeline</h2>{_timeline(state)}
 <h2>Phases</h2>{_phases(manifest)}

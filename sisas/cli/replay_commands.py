@@ -17,10 +17,18 @@ from sisas.client.queries import ask
 from sisas.client.verification import bus_fetch, read_signals, rerun_signals, verify_log
 from sisas.loader import load_pipelines
 from sisas.projections.queries import parse_since
-from sisas.replay.verdicts import Finding, PhaseRerun, RerunVerdict, RunVerdict, VerifyReport
+from sisas.replay.rerun import SIDE_EFFECTS_HELD
+from sisas.replay.verdicts import (
+    ArtifactProblem,
+    Finding,
+    PhaseRerun,
+    RerunVerdict,
+    RunVerdict,
+    VerifyReport,
+)
 from sisas.signals import check_name
 
-__all__ = ["replay", "trusted_keys"]
+__all__ = ["INCLUDE_SIDE_EFFECTS", "print_evidence", "replay", "rerun_ok", "trusted_keys"]
 
 
 def trusted_keys(values: tuple[str, ...]) -> frozenset[str]:
@@ -50,6 +58,15 @@ TRUST = click.option(
     metavar="KEY|FILE",
     help="A public key whose signatures are trusted (or a file of them); repeatable. "
     "Also SISAS_TRUSTED_KEYS. With trusted keys every signal must be signed by one.",
+)
+
+
+INCLUDE_SIDE_EFFECTS = click.option(
+    "--include-side-effects",
+    is_flag=True,
+    help="Also execute again the phases with side effects (side_effects=True: they post, "
+    "send, write somewhere), which then happen again. By default their recorded outputs "
+    "are reused.",
 )
 
 
@@ -181,13 +198,40 @@ def print_environment_changes(v: RerunVerdict, *, limit: int = 12) -> None:
         console.print(f"    … {n - limit} more (--json lists them)")
 
 
-def print_rerun(v: RerunVerdict) -> None:
-    verdict = (
-        "[bold green]deterministic[/]" if v.deterministic else "[bold red]NOT deterministic[/]"
+def rerun_ok(v: RerunVerdict) -> bool:
+    """Whether a rerun vouches for the run: deterministic, on complete evidence."""
+    return v.deterministic and v.evidence_complete
+
+
+def _headline(v: RerunVerdict) -> str:
+    incomplete = "[bold red]evidence INCOMPLETE[/]"
+    if v.deterministic:
+        return "[bold green]deterministic[/]" + ("" if v.evidence_complete else f", {incomplete}")
+    if v.first_divergence is None and not v.evidence_complete:
+        return f"{incomplete}: [bold red]NOT shown deterministic[/]"
+    return "[bold red]NOT deterministic[/]" + ("" if v.evidence_complete else f", {incomplete}")
+
+
+def print_evidence(problems: list[ArtifactProblem], read: int, *, indent: str = "  ") -> None:
+    """Whether every artifact read hashed to its digest; else each one that did not."""
+    if not problems:
+        console.print(f"{indent}evidence complete: {read} artifacts read, each matches its digest")
+        return
+    n = len(problems)
+    console.print(
+        f"{indent}[bold red]evidence INCOMPLETE[/]: {n} artifact{'s' if n != 1 else ''} "
+        f"the log names {'are' if n != 1 else 'is'} missing or damaged:"
     )
+    for p in problems:
+        console.print(f"{indent}  {p.digest} {p.problem}: {'; '.join(p.used_as)}", markup=False)
+        if p.detail:
+            console.print(f"{indent}    {p.detail}", markup=False)
+
+
+def print_rerun(v: RerunVerdict) -> None:
     console.print(
         f"rerun of [cyan]{v.run_id}[/] ({v.pipeline}): {len(v.phases)} attempts on "
-        f"{v.workers} worker{'s' if v.workers != 1 else ''}, {verdict}"
+        f"{v.workers} worker{'s' if v.workers != 1 else ''}, {_headline(v)}"
     )
     console.print(f"  recorded fingerprint {v.recorded_fingerprint}")
     same = "equal" if v.fingerprint == v.recorded_fingerprint else "[red]differs[/]"
@@ -195,6 +239,12 @@ def print_rerun(v: RerunVerdict) -> None:
     if v.recorded_code and v.current_code and v.recorded_code != v.current_code:
         console.print("  [yellow]note:[/] the pipeline code changed since the run")
     print_environment_changes(v)
+    print_evidence(v.artifact_problems, v.artifacts_read)
+    if v.side_effects_rerun:
+        console.print(
+            "  [yellow]side effects executed again[/] (--include-side-effects): "
+            + ", ".join(v.side_effects_rerun)
+        )
     for name, why in v.not_rerun.items():
         console.print(f"  not rerun: {name}: {why}")
     if v.first_divergence is not None:
@@ -216,14 +266,25 @@ def print_rerun(v: RerunVerdict) -> None:
     help="Processes to rerun phases in (N > 1: parallel; compare with 1 to certify "
     "that parallel equals serial).",
 )
+@INCLUDE_SIDE_EFFECTS
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
 @run_async
-async def rerun(run_id: str, pipeline_specs: tuple[str, ...], workers: int, as_json: bool) -> None:
+async def rerun(
+    run_id: str,
+    pipeline_specs: tuple[str, ...],
+    workers: int,
+    include_side_effects: bool,
+    as_json: bool,
+) -> None:
     """Execute RUN_ID's phases again from their recorded inputs and seeds, without
-    touching the log, and compare every output digest and check result.
+    touching the log, and compare every output digest and check result. Phases with
+    side effects are not executed again (their recorded outputs are reused) unless
+    --include-side-effects.
 
-    Exit code 0 when every phase gave what it recorded, 1 at the first divergence
-    (named, with a field-level diff of the recorded and the new output), 2 for usage errors.
+    Exit code 0 when every phase gave what it recorded and every artifact needed was
+    read intact, 1 at the first divergence (named, with a field-level diff of the
+    recorded and the new output) or when the evidence is incomplete (a missing or
+    damaged artifact, named by digest and phase), 2 for usage errors.
     """
     check_name(run_id, "run id")
     pipelines = load_pipelines(pipeline_specs)
@@ -237,12 +298,13 @@ async def rerun(run_id: str, pipeline_specs: tuple[str, ...], workers: int, as_j
                 workers=workers,
                 on_progress=on_progress,
                 nats_server=bus.server_version,
+                include_side_effects=include_side_effects,
             )
     if as_json:
         sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
     else:
         print_rerun(result)
-    sys.exit(0 if result.deterministic else 1)
+    sys.exit(0 if rerun_ok(result) else 1)
 
 
 @replay.command()
@@ -253,6 +315,7 @@ async def rerun(run_id: str, pipeline_specs: tuple[str, ...], workers: int, as_j
 @click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
 @PIPELINES_OPTION
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@INCLUDE_SIDE_EFFECTS
 @click.option("--json", "as_json", is_flag=True, help="Print the runs and changed phases as JSON.")
 @run_async
 async def diff(
@@ -261,12 +324,15 @@ async def diff(
     limit: int,
     pipeline_specs: tuple[str, ...],
     workers: int,
+    include_side_effects: bool,
     as_json: bool,
 ) -> None:
     """Rerun stored runs of a pipeline under the code installed now and list which
     phases' outputs would change: a data-level regression test for a code change.
+    Phases with side effects are not executed again unless --include-side-effects.
 
-    Exit code 0 when no output would change, 1 when some would.
+    Exit code 0 when no output would change, 1 when some would or when a run's evidence
+    is incomplete (a missing or damaged artifact: it could not be compared).
     """
     check_name(pipeline, "pipeline name")
     started = parse_since(since, datetime.now(UTC))
@@ -295,15 +361,23 @@ async def diff(
                         bus_fetch(bus),
                         workers=workers,
                         nats_server=bus.server_version,
+                        include_side_effects=include_side_effects,
                     )
                 )
-    changed = [v for v in rows if not v.deterministic]
+    # A run kept from the comparison by a missing artifact is incomplete, not changed.
+    changed = [
+        v
+        for v in rows
+        if v.first_divergence is not None or (not v.deterministic and v.evidence_complete)
+    ]
+    incomplete = [v for v in rows if not v.evidence_complete]
     if as_json:
         out = {
             "pipeline": pipeline,
             "since": started.isoformat(),
             "runs": len(rows),
             "changed_runs": len(changed),
+            "incomplete_runs": len(incomplete),
             "verdicts": [
                 {
                     "run_id": v.run_id,
@@ -311,20 +385,57 @@ async def diff(
                     "first_divergence": v.first_divergence,
                     "recorded_fingerprint": v.recorded_fingerprint,
                     "fingerprint": v.fingerprint,
+                    "evidence_complete": v.evidence_complete,
+                    "artifact_problems": v.artifact_problems,
+                    "not_rerun": v.not_rerun,
+                    "side_effects_rerun": v.side_effects_rerun,
                 }
                 for v in rows
             ],
         }
         sys.stdout.write(msgspec.json.encode(out).decode() + "\n")
     else:
-        for v in changed:
-            phases = sorted({r.phase for r in v.phases if not r.equal})
-            console.print(f"[cyan]{v.run_id}[/]: {', '.join(phases)} would change")
-            if v.first_divergence is not None:
-                print_divergence(v.first_divergence, limit=3)
-        if not rows:
-            err_console.print(f"no finished runs of {pipeline} since {started:%Y-%m-%d %H:%M}")
+        _print_diff(pipeline, started, rows, changed, incomplete)
+    sys.exit(1 if changed or incomplete else 0)
+
+
+def _print_diff(
+    pipeline: str,
+    started: datetime,
+    rows: list[RerunVerdict],
+    changed: list[RerunVerdict],
+    incomplete: list[RerunVerdict],
+) -> None:
+    for v in changed:
+        phases = sorted({r.phase for r in v.phases if not r.equal}) or ["its fingerprint"]
+        console.print(f"[cyan]{v.run_id}[/]: {', '.join(phases)} would change")
+        if v.first_divergence is not None:
+            print_divergence(v.first_divergence, limit=3)
+    for v in incomplete:
+        console.print(f"[cyan]{v.run_id}[/]:")
+        print_evidence(v.artifact_problems, v.artifacts_read)
+    held: dict[str, int] = {}
+    again: dict[str, int] = {}
+    for v in rows:
+        for name, why in v.not_rerun.items():
+            if why == SIDE_EFFECTS_HELD:
+                held[name] = held.get(name, 0) + 1
+        for name in v.side_effects_rerun:
+            again[name] = again.get(name, 0) + 1
+    for name, n in held.items():
+        console.print(f"not rerun: {name}: {SIDE_EFFECTS_HELD} ({n} of {len(rows)} runs)")
+    for name, n in again.items():
         console.print(
-            f"{len(changed)} of {len(rows)} runs of {pipeline} would change under this code"
+            f"[yellow]side effects executed again[/] (--include-side-effects): {name} "
+            f"({n} of {len(rows)} runs)"
         )
-    sys.exit(1 if changed else 0)
+    if not rows:
+        err_console.print(f"no finished runs of {pipeline} since {started:%Y-%m-%d %H:%M}")
+    console.print(
+        f"{len(changed)} of {len(rows)} runs of {pipeline} would change under this code"
+        + (
+            f"; {len(incomplete)} with incomplete evidence (missing or damaged artifacts)"
+            if incomplete
+            else ""
+        )
+    )

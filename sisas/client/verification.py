@@ -11,20 +11,21 @@ import msgspec
 from sisas.bus.runtime import Bus
 from sisas.client.queries import ask
 from sisas.environment import capture_environment
-from sisas.errors import ArtifactNotFound, BusError, UnknownRun, UsageError
+from sisas.errors import ArtifactNotFound, BusError, BusUnavailable, UnknownRun, UsageError
 from sisas.handlers.state import RunState, state_digest
 from sisas.pipeline import Pipeline
+from sisas.replay.evidence import artifact_uses, located
 from sisas.replay.executor import execute_tasks
-from sisas.replay.rerun import judge, plan_rerun, verdict
-from sisas.replay.verdicts import RerunVerdict, VerifyReport
+from sisas.replay.rerun import hold_side_effects, judge, plan_rerun, verdict
+from sisas.replay.verdicts import ArtifactProblem, RerunVerdict, VerifyReport
 from sisas.replay.verify import LogVerifier, Projected, report
 from sisas.signals.envelope import Signal
 from sisas.signals.records import StoredSignal
 
 __all__ = ["Fetch", "bus_fetch", "read_signals", "rerun_signals", "verify_log"]
 
-Fetch = Callable[[str], Awaitable[bytes | None]]
-"""Bytes of an artifact by digest, or None when it is not there."""
+Fetch = Callable[[str], Awaitable[bytes | ArtifactProblem | None]]
+"""Bytes of an artifact by digest, or what is wrong with it (None: it is not there)."""
 
 Progress = Callable[[str, int, int], None]
 
@@ -107,13 +108,18 @@ async def read_signals(bus: Bus, run_id: str) -> list[Signal]:
 
 
 def bus_fetch(bus: Bus) -> Fetch:
-    async def fetch(digest: str) -> bytes | None:
+    """An artifact fetcher reading the server's artifact store: the bytes, or what is
+    wrong with them (missing, or damaged: bytes that do not hash to their digest)."""
+
+    async def fetch(digest: str) -> bytes | ArtifactProblem:
         try:
             return await bus.artifacts.get(digest)
-        except ArtifactNotFound:
-            return None
-        except BusError:
-            return None  # damaged (bytes differ from their digest): not usable either
+        except ArtifactNotFound as exc:
+            return ArtifactProblem(digest=digest, problem="missing", detail=str(exc))
+        except BusUnavailable:
+            raise  # the server went away: no verdict on the evidence either way
+        except BusError as exc:  # the store refuses bytes that differ from their digest
+            return ArtifactProblem(digest=digest, problem="damaged", detail=str(exc))
 
     return fetch
 
@@ -126,38 +132,54 @@ async def rerun_signals(
     workers: int = 1,
     on_progress: Progress | None = None,
     nats_server: str = "",
+    include_side_effects: bool = False,
 ) -> RerunVerdict:
     """Execute the run's deciding attempts again with the code in ``pipelines``, in this
     interpreter's environment (compared with the recorded one in the verdict;
-    ``nats_server``: the version of the server read from, "" when offline)."""
-    plan = plan_rerun(signals)
+    ``nats_server``: the version of the server read from, "" when offline).
+
+    Phases with side effects (in the recorded plan or in the code loaded now) are not
+    executed again unless ``include_side_effects``: their recorded results are reused.
+    Every artifact the rerun reads (each attempt's inputs and recorded output) is fetched
+    and checked first; one that is missing or damaged is named in the verdict
+    (``artifact_problems``, evidence incomplete) and an attempt that needs it as an input
+    is not executed (it cannot be compared, so the run is not shown deterministic)."""
+    plan = plan_rerun(signals, include_side_effects=include_side_effects)
     pipe = pipelines.get(plan.pipeline)
     if pipe is None:
         raise UsageError(
             f"run {plan.run_id} is of pipeline {plan.pipeline!r}, whose code is not loaded: "
             "pass --pipelines MODULE_OR_FILE (the code to rerun it with)"
         )
+    declared = [name for name, spec in pipe.phases.items() if spec.side_effects]
+    if include_side_effects:
+        plan = msgspec.structs.replace(plan, side_effects=sorted({*plan.side_effects, *declared}))
+    else:
+        plan = hold_side_effects(plan, declared)
+    uses = artifact_uses(signals)
     artifacts: dict[str, bytes] = {}
-    runnable = []
+    problems: dict[str, ArtifactProblem] = {}
+    for task in [*plan.tasks, *plan.reused]:
+        for digest in task.artifacts:
+            if digest in artifacts or digest in problems:
+                continue
+            got = await fetch(digest)
+            if isinstance(got, bytes):
+                artifacts[digest] = got
+            else:
+                problem = got or ArtifactProblem(digest=digest, problem="missing")
+                problems[digest] = located(digest, problem.problem, problem.detail, uses)
+    runnable, blocked = [], []
     not_rerun = dict(plan.not_rerun)
     for task in plan.tasks:
-        missing = []
-        for digest in task.artifacts:
-            if digest not in artifacts:
-                data = await fetch(digest)
-                if data is None:
-                    missing.append(digest)
-                    continue
-                artifacts[digest] = data
-        needed = [d for d in missing if d != task.artifact]
+        needed = [problems[d] for d in task.artifacts if d in problems and d != task.artifact]
         if needed:
             where = "" if task.item is None else f"[{task.item}]"
-            not_rerun[task.phase + where] = (
-                f"artifact {needed[0]} is missing from the store, or damaged"
-            )
+            not_rerun[task.phase + where] = f"its input {needed[0].digest} is {needed[0].problem}"
+            blocked.append(task)
         else:
             runnable.append(task)
-    plan = msgspec.structs.replace(plan, tasks=runnable, not_rerun=not_rerun)
+    plan = msgspec.structs.replace(plan, tasks=runnable, blocked=blocked, not_rerun=not_rerun)
 
     def done(n: int, total: int) -> None:
         if on_progress is not None:
@@ -175,6 +197,8 @@ async def rerun_signals(
         plan,
         results,
         workers=workers,
+        artifact_problems=list(problems.values()),
+        artifacts_read=len(artifacts),
         current_code=pipe.plan().fingerprint,
         current_environment=capture_environment(pipe, nats_server=nats_server),
         compute_seconds=sum(seconds for _, seconds in outcomes),

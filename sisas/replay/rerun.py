@@ -4,13 +4,16 @@ Each phase (each item of a fan-out) is executed again from the inputs, seed, att
 and configuration its recorded attempt had, not from the rerun's own upstream outputs:
 a difference then points at the phase that differs, not at everything downstream of it.
 The attempt rerun is the one that decided the phase: its completion, or its last
-failure. Pure: signals and outcomes in, verdicts out; execution is the caller's.
+failure. A phase whose plan says ``side_effects`` (it posts, sends, writes somewhere) is
+never executed again unless asked: its recorded result stands in the fingerprint, and
+its recorded output is what the phases after it were scheduled with anyway. Pure:
+signals and outcomes in, verdicts out; execution is the caller's.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Literal
 
 import msgspec
@@ -20,7 +23,7 @@ from sisas.handlers.derive import run_fingerprint
 from sisas.handlers.execute import Outcome
 from sisas.handlers.state import RunState, evolve
 from sisas.replay.fielddiff import field_diff
-from sisas.replay.verdicts import CheckDiff, FieldDiff, PhaseRerun, RerunVerdict
+from sisas.replay.verdicts import ArtifactProblem, CheckDiff, FieldDiff, PhaseRerun, RerunVerdict
 from sisas.signals.digest import semantic_digest
 from sisas.signals.envelope import Signal
 from sisas.signals.kinds import (
@@ -35,7 +38,18 @@ from sisas.signals.kinds import (
 )
 from sisas.signals.plan import Environment
 
-__all__ = ["RerunPlan", "Task", "judge", "plan_rerun", "verdict"]
+__all__ = [
+    "SIDE_EFFECTS_HELD",
+    "RerunPlan",
+    "Task",
+    "hold_side_effects",
+    "judge",
+    "plan_rerun",
+    "verdict",
+]
+
+SIDE_EFFECTS_HELD = "side effects (recorded output reused; --include-side-effects runs it)"
+"""Why a phase with side effects was not executed again (``not_rerun``)."""
 
 
 class Task(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,13 +84,23 @@ class RerunPlan(msgspec.Struct, frozen=True, kw_only=True):
     not_rerun: dict[str, str]
     environment: Environment | None = None
     """The environment recorded with the run's plan (None for runs recorded before it)."""
+    side_effects: list[str] = []
+    """Phases with side effects: the recorded plan's, and any the caller adds."""
+    reused: list[Task] = []
+    """Attempts not executed again whose recorded result stands in the fingerprint (side
+    effects)."""
+    blocked: list[Task] = []
+    """Attempts that could not be executed again: an input could not be read."""
 
 
 _Key = tuple[str, int | None, int]
 
 
-def plan_rerun(signals: Sequence[Signal]) -> RerunPlan:
-    """The attempts of the run made of ``signals`` (one run, in order) to execute again."""
+def plan_rerun(signals: Sequence[Signal], *, include_side_effects: bool = False) -> RerunPlan:
+    """The attempts of the run made of ``signals`` (one run, in order) to execute again.
+
+    The attempts of phases whose recorded plan says ``side_effects`` are held back
+    (:func:`hold_side_effects`) unless ``include_side_effects``."""
     if not signals:
         raise UsageError("there are no signals to rerun: is this the right run or bundle?")
     state = RunState.new(signals[0].pipeline, signals[0].run_id)
@@ -85,6 +109,7 @@ def plan_rerun(signals: Sequence[Signal]) -> RerunPlan:
     decided: dict[tuple[str, int | None], Task] = {}
     code = ""
     environment: Environment | None = None
+    side_effects: list[str] = []
     for s in signals:
         state = evolve(state, s)
         body = s.body
@@ -121,6 +146,7 @@ def plan_rerun(signals: Sequence[Signal]) -> RerunPlan:
         elif isinstance(body, RunStarted):
             code = body.fingerprint
             environment = body.plan.environment if body.plan else None
+            side_effects = [p.name for p in body.plan.phases if p.side_effects] if body.plan else []
     not_rerun: dict[str, str] = {}
     for name, ps in state.phases.items():
         if ps.status == "skipped":
@@ -130,7 +156,7 @@ def plan_rerun(signals: Sequence[Signal]) -> RerunPlan:
             not_rerun[name] = why
     order = {name: i for i, name in enumerate(state.phases)}
     tasks = sorted(decided.values(), key=lambda t: (order.get(t.phase, 1 << 30), t.item or 0))
-    return RerunPlan(
+    plan = RerunPlan(
         run_id=state.run_id,
         pipeline=state.pipeline,
         state=state,
@@ -139,6 +165,29 @@ def plan_rerun(signals: Sequence[Signal]) -> RerunPlan:
         tasks=tasks,
         not_rerun=not_rerun,
         environment=environment,
+        side_effects=side_effects,
+    )
+    return plan if include_side_effects else hold_side_effects(plan)
+
+
+def hold_side_effects(plan: RerunPlan, phases: Collection[str] = ()) -> RerunPlan:
+    """``plan`` with the attempts of its side-effect phases (and of ``phases``: those the
+    code loaded now declares, for a run whose plan predates or differs from it) moved
+    from ``tasks`` to ``reused``, each phase listed in ``not_rerun`` as
+    :data:`SIDE_EFFECTS_HELD`."""
+    held = set(plan.side_effects) | set(phases)
+    reused = [t for t in plan.tasks if t.phase in held]
+    if not reused and held <= set(plan.side_effects):
+        return plan
+    not_rerun = dict(plan.not_rerun)
+    for t in reused:
+        not_rerun[t.phase] = SIDE_EFFECTS_HELD
+    return msgspec.structs.replace(
+        plan,
+        tasks=[t for t in plan.tasks if t.phase not in held],
+        reused=plan.reused + reused,
+        not_rerun=not_rerun,
+        side_effects=sorted(held),
     )
 
 
@@ -216,35 +265,52 @@ def _fingerprint(
     return run_fingerprint(outputs, checks)
 
 
+def _digests(tasks: Iterable[Task]) -> dict[tuple[str, int | None], str]:
+    # A failed attempt's digest is its quarantined output's: it is no output of the run.
+    return {(t.phase, t.item): t.output_digest if t.status == "completed" else "" for t in tasks}
+
+
 def verdict(
     plan: RerunPlan,
     results: Sequence[PhaseRerun],
     *,
     workers: int,
+    artifact_problems: Sequence[ArtifactProblem] = (),
+    artifacts_read: int = 0,
     current_code: str = "",
     current_environment: Environment | None = None,
     compute_seconds: float = 0.0,
 ) -> RerunVerdict:
-    """The rerun's verdict: deterministic when every re-executed attempt matched. The
-    environment it ran in is compared with the recorded one: each difference is named
-    (``numpy 2.3.1 -> 2.4.0``), whatever the verdict, so a divergence is explained and an
-    equal rerun under other versions says so."""
-    # A failed attempt's digest is its quarantined output's: it is no output of the run.
-    recorded = {
-        (t.phase, t.item): t.output_digest if t.status == "completed" else "" for t in plan.tasks
-    }
-    new = {(r.phase, r.item): r.new_digest if r.new_status == "completed" else "" for r in results}
+    """The rerun's verdict: deterministic when every re-executed attempt matched, no
+    attempt was blocked by an unreadable input and the fingerprints are equal; the
+    evidence complete when ``artifact_problems`` is empty. Held attempts (side effects)
+    count with their recorded digests. The environment it ran in is compared with the
+    recorded one: each difference is named (``numpy 2.3.1 -> 2.4.0``), whatever the
+    verdict, so a divergence is explained and an equal rerun under other versions says
+    so."""
+    recorded = _digests([*plan.tasks, *plan.reused, *plan.blocked])
+    new = _digests(plan.reused)
+    new.update(
+        {(r.phase, r.item): r.new_digest if r.new_status == "completed" else "" for r in results}
+    )
     first = next((r for r in results if not r.equal), None)
+    recorded_fingerprint = plan.state.fingerprint or _fingerprint(plan, recorded)
+    fingerprint = _fingerprint(plan, new, results)
+    executed = {t.phase for t in plan.tasks}
     return RerunVerdict(
         run_id=plan.run_id,
         pipeline=plan.pipeline,
-        deterministic=first is None,
+        deterministic=first is None and not plan.blocked and fingerprint == recorded_fingerprint,
         workers=workers,
-        recorded_fingerprint=plan.state.fingerprint or _fingerprint(plan, recorded),
-        fingerprint=_fingerprint(plan, new, results),
+        recorded_fingerprint=recorded_fingerprint,
+        fingerprint=fingerprint,
         phases=list(results),
         first_divergence=first,
         not_rerun=plan.not_rerun,
+        evidence_complete=not artifact_problems,
+        artifacts_read=artifacts_read,
+        artifact_problems=list(artifact_problems),
+        side_effects_rerun=[p for p in plan.side_effects if p in executed],
         recorded_code=plan.code_fingerprint,
         current_code=current_code,
         recorded_environment=plan.environment,

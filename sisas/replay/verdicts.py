@@ -9,6 +9,7 @@ import msgspec
 from sisas.signals.plan import Environment
 
 __all__ = [
+    "ArtifactProblem",
     "CheckDiff",
     "FieldDiff",
     "Finding",
@@ -97,6 +98,22 @@ class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
     trusted_keys: list[str] = []
 
 
+class ArtifactProblem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """An artifact of the run that could not be read as the log records it: the
+    evidence is incomplete. ``used_as`` says where the run used it, in log order
+    (``output of compose``, ``input of score[3]``, ``run input``)."""
+
+    digest: str
+    problem: Literal["missing", "damaged"]
+    used_as: list[str] = []
+    detail: str = ""
+
+    def describe(self) -> str:
+        """One line: the digest, what is wrong, where the run used it, and why."""
+        where = f" ({'; '.join(self.used_as)})" if self.used_as else ""
+        return f"{self.digest} {self.problem}{where}" + (f": {self.detail}" if self.detail else "")
+
+
 class CheckDiff(msgspec.Struct, frozen=True, kw_only=True):
     """A contract or invariant whose result differs on rerun (None: not checked)."""
 
@@ -123,7 +140,13 @@ class PhaseRerun(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class RerunVerdict(msgspec.Struct, frozen=True, kw_only=True):
-    """A run executed again from its recorded inputs and seeds."""
+    """A run executed again from its recorded inputs and seeds.
+
+    ``deterministic`` is true only when every attempt that could be rerun gave what it
+    recorded, none was kept from the comparison by an unreadable input, and the rerun
+    fingerprint equals the recorded one. ``evidence_complete`` is true only when every
+    artifact the rerun read (inputs and recorded outputs) was there and hashed to its
+    digest; a verdict is sound when both hold."""
 
     run_id: str
     pipeline: str
@@ -134,6 +157,13 @@ class RerunVerdict(msgspec.Struct, frozen=True, kw_only=True):
     phases: list[PhaseRerun] = []
     first_divergence: PhaseRerun | None = None
     not_rerun: dict[str, str] = {}
+    evidence_complete: bool = True
+    artifacts_read: int = 0
+    """Artifacts read and found to hash to their digests."""
+    artifact_problems: list[ArtifactProblem] = []
+    """Each artifact the rerun needed that was missing or damaged (digest, where used)."""
+    side_effects_rerun: list[str] = []
+    """Phases with side effects executed again (only with ``--include-side-effects``)."""
     recorded_code: str = ""
     """The pipeline code fingerprint the run was started with."""
     current_code: str = ""
