@@ -253,32 +253,22 @@ def execute_phase(
 ) -> Outcome:
     """Run one attempt of ``phase`` on ``inputs``; never raises for the phase's failures.
 
-    ``clock`` (e.g. ``time.perf_counter``) is passed in by the worker shell: the only
-    time read here is for the duration it reports.
+    The entry contracts (and bridges) are checked on the inputs, the phase is called,
+    then its output is checked (:func:`_checked_output`). ``clock`` (e.g.
+    ``time.perf_counter``) is passed in by the worker shell: the only time read here is
+    for the duration it reports.
     """
     start = clock()
     contracts: list[ContractResult] = []
     spec = pipeline.phases.get(phase)
     if spec is None:
-        return _failed(
-            clock,
-            start,
-            "PhaseNotImplemented",
-            f"this worker's {pipeline.name} {pipeline.version} has no phase {phase!r}",
-            contracts,
-            [],
-        )
+        missing = f"this worker's {pipeline.name} {pipeline.version} has no phase {phase!r}"
+        return _failed(clock, start, "PhaseNotImplemented", missing, contracts, [])
     args = _load_args(spec, inputs, item, contracts)
     if args is None:
         bad = [v.path for c in contracts if not c.passed for v in c.violations]
-        return _failed(
-            clock,
-            start,
-            "ContractViolation",
-            f"input of {phase} violates its contract at " + ", ".join(bad),
-            contracts,
-            [],
-        )
+        message = f"input of {phase} violates its contract at " + ", ".join(bad)
+        return _failed(clock, start, "ContractViolation", message, contracts, [])
     ctx = Context(
         run_id=run_id,
         pipeline=pipeline.name,
@@ -289,6 +279,8 @@ def execute_phase(
         config=config,
         progress=progress,
     )
+    # The phase is called here, not in a helper: the first frame of a crash's traceback
+    # (error.detail) is this call.
     try:
         result = call_phase(spec.fn, ctx, args)
     except PhaseError as exc:
@@ -313,6 +305,60 @@ def execute_phase(
             retryable=True,
             detail=traceback.format_exc(limit=8),
         )
+    return _checked_output(spec, phase, result, contracts, clock, start)
+
+
+def _checked_output(
+    spec: PhaseSpec,
+    phase: str,
+    result: object,
+    contracts: list[ContractResult],
+    clock: Callable[[], float],
+    start: float,
+) -> Outcome:
+    """The outcome of an attempt whose phase returned ``result``: failed when it breaks
+    its exit contract or an invariant (:func:`_exit_checked`, :func:`_check_invariants`),
+    with the output quarantined; else completed with the output's bytes and digest."""
+    checked = _exit_checked(spec, phase, result, contracts, clock, start)
+    if isinstance(checked, Outcome):
+        return checked
+    output, data = checked
+    invariants = _check_invariants(spec, output)
+    broken = [i.invariant for i in invariants if not i.passed]
+    if broken:
+        return _failed(
+            clock,
+            start,
+            "InvariantViolation",
+            f"output of {phase} breaks " + ", ".join(broken),
+            contracts,
+            invariants,
+            quarantined=(data, semantic_digest(output)),
+        )
+    count = len(output) if isinstance(output, list | tuple) else None
+    return Outcome(
+        status="completed",
+        output=data,
+        output_digest=semantic_digest(output),
+        item_count=count,
+        duration=clock() - start,
+        contracts=contracts,
+        invariants=invariants,
+    )
+
+
+def _exit_checked(
+    spec: PhaseSpec,
+    phase: str,
+    result: object,
+    contracts: list[ContractResult],
+    clock: Callable[[], float],
+    start: float,
+) -> tuple[Any, bytes] | Outcome:
+    """Check ``result`` against the phase's exit contract and record the check; the
+    output as a later phase reads it back (validated, dumped, validated again) and its
+    bytes, or the failed outcome when it breaks the contract (quarantined when it has a
+    JSON form) or cannot be stored."""
     out_contract = _type_name(spec.returns)
     try:
         adapter = _adapter(spec.returns)
@@ -347,25 +393,4 @@ def execute_phase(
             [],
         )
     contracts.append(ContractResult(contract=out_contract, boundary="exit", passed=True))
-    invariants = _check_invariants(spec, output)
-    broken = [i.invariant for i in invariants if not i.passed]
-    if broken:
-        return _failed(
-            clock,
-            start,
-            "InvariantViolation",
-            f"output of {phase} breaks " + ", ".join(broken),
-            contracts,
-            invariants,
-            quarantined=(data, semantic_digest(output)),
-        )
-    count = len(output) if isinstance(output, list | tuple) else None
-    return Outcome(
-        status="completed",
-        output=data,
-        output_digest=semantic_digest(output),
-        item_count=count,
-        duration=clock() - start,
-        contracts=contracts,
-        invariants=invariants,
-    )
+    return output, data

@@ -28,7 +28,7 @@ import msgspec
 
 from sisas.handlers.circuit import Circuit, after_failure, after_success, hold_back
 from sisas.handlers.derive import backoff_delay, derive_seed, run_fingerprint
-from sisas.handlers.state import PhaseState, RunState, evolve
+from sisas.handlers.state import PhaseState, PhaseStatus, RunState, evolve
 from sisas.signals.chain import Draft, seal
 from sisas.signals.digest import semantic_digest
 from sisas.signals.envelope import Signal
@@ -255,27 +255,67 @@ def _start(b: _Builder, inp: StartRun, plan: PipelinePlan | None) -> None:
 
 
 def _report(b: _Builder, r: PhaseReport) -> None:
-    state = b.state
-    if state.status != "running" or state.plan is None or r.phase not in state.phases:
+    """Decide a worker's report on an attempt of a phase or of one fan-out item.
+
+    A stale, duplicate or out-of-order report changes nothing. A start is recorded; an
+    outcome records the attempt's checks, then its completion, or its failure or timeout
+    and what follows: a retry, the end of the run, or the phase going on without it.
+    """
+    current = _reported_attempt(b.state, r)
+    if current is None:
+        return  # stale, duplicate or out of order: changes nothing
+    status, worker = current
+    if r.status == "started":
+        _attempt_started(b, r, status, worker)
         return
+    if status == "scheduled":
+        # The outcome overtook its "started" report (two orchestrators took them in the
+        # other order): record the start first, so every attempt that ended has started.
+        b.emit(PhaseStarted(worker=r.worker, item=r.item), r.phase, r.attempt)
+    _record_checks(b, r)
+    if r.status == "completed":
+        _attempt_completed(b, r)
+        return
+    plan = _phase_plan(b.state, r.phase)
+    if r.status == "timed_out":
+        _after_failure(b, r, plan, _attempt_timed_out(b, r, plan))
+    else:
+        _after_failure(b, r, plan, _attempt_failed(b, r))
+
+
+def _reported_attempt(state: RunState, r: PhaseReport) -> tuple[PhaseStatus, str] | None:
+    """The status and worker of the attempt ``r`` reports on (the phase's, or its
+    item's), when the run is going and that attempt is the current one and not ended;
+    None otherwise."""
+    if state.status != "running" or state.plan is None or r.phase not in state.phases:
+        return None
     phase = state.phase(r.phase)
     if r.item is None:
         current_status, current_attempt, worker = phase.status, phase.attempt, phase.worker
     else:
         item = phase.item_states.get(r.item)
         if item is None:
-            return
+            return None
         current_status, current_attempt, worker = item.status, item.attempt, item.worker
     if r.attempt != current_attempt or current_status not in ("scheduled", "running"):
-        return  # stale, duplicate or out of order: changes nothing
-    if r.status == "started":
-        if current_status == "scheduled" or worker != r.worker:
-            b.emit(PhaseStarted(worker=r.worker, item=r.item), r.phase, r.attempt)
-        return
-    if current_status == "scheduled":
-        # The outcome overtook its "started" report (two orchestrators took them in the
-        # other order): record the start first, so every attempt that ended has started.
+        return None
+    return current_status, worker
+
+
+def _phase_plan(state: RunState, name: str) -> PhasePlan:
+    assert state.plan is not None
+    return state.plan.phase(name)
+
+
+def _attempt_started(b: _Builder, r: PhaseReport, status: PhaseStatus, worker: str) -> None:
+    """Record a start once per worker: a repeated start changes nothing, another
+    worker's start (it took the work over from a lost one) is recorded."""
+    if status == "scheduled" or worker != r.worker:
         b.emit(PhaseStarted(worker=r.worker, item=r.item), r.phase, r.attempt)
+
+
+def _record_checks(b: _Builder, r: PhaseReport) -> None:
+    """Every contract and invariant check of the attempt, in the order it made them."""
     for c in r.contracts:
         b.emit(
             ContractChecked(
@@ -301,61 +341,88 @@ def _report(b: _Builder, r: PhaseReport) -> None:
             r.phase,
             r.attempt,
         )
-    if r.status == "completed":
-        _circuit_outcome(b, r.phase, True)
-        b.emit(
-            PhaseCompleted(
-                output_digest=r.output_digest,
-                artifact=r.artifact,
-                duration=r.duration,
-                resources=r.resources,
-                item=r.item,
-                worker=r.worker,
-                item_count=r.item_count,
-            ),
-            r.phase,
-            r.attempt,
-        )
-        return
-    plan = state.plan.phase(r.phase)
-    if r.status == "timed_out":
-        b.emit(PhaseTimedOut(timeout=plan.timeout or 0.0, item=r.item), r.phase, r.attempt)
-        error = ErrorInfo(
-            kind="Timeout", message=f"phase exceeded its timeout of {plan.timeout}s", retryable=True
-        )
-    else:
-        error = r.error or ErrorInfo(kind="HardFailure", message="failed without a reason")
-        b.emit(
-            PhaseFailed(
-                error=error,
-                duration=r.duration,
-                item=r.item,
-                worker=r.worker,
-                quarantined=r.output_digest if r.artifact else "",
-                quarantined_artifact=r.artifact if r.output_digest else "",
-            ),
-            r.phase,
-            r.attempt,
-        )
+
+
+def _attempt_completed(b: _Builder, r: PhaseReport) -> None:
+    """A success for the phase's circuit, then the phase (or item) completed."""
+    _circuit_outcome(b, r.phase, True)
+    b.emit(
+        PhaseCompleted(
+            output_digest=r.output_digest,
+            artifact=r.artifact,
+            duration=r.duration,
+            resources=r.resources,
+            item=r.item,
+            worker=r.worker,
+            item_count=r.item_count,
+        ),
+        r.phase,
+        r.attempt,
+    )
+
+
+def _attempt_timed_out(b: _Builder, r: PhaseReport, plan: PhasePlan) -> ErrorInfo:
+    """Record the timeout; its error (retryable)."""
+    b.emit(PhaseTimedOut(timeout=plan.timeout or 0.0, item=r.item), r.phase, r.attempt)
+    return ErrorInfo(
+        kind="Timeout", message=f"phase exceeded its timeout of {plan.timeout}s", retryable=True
+    )
+
+
+def _attempt_failed(b: _Builder, r: PhaseReport) -> ErrorInfo:
+    """Record the failure with the output it quarantined, if any; its error."""
+    error = r.error or ErrorInfo(kind="HardFailure", message="failed without a reason")
+    b.emit(
+        PhaseFailed(
+            error=error,
+            duration=r.duration,
+            item=r.item,
+            worker=r.worker,
+            quarantined=r.output_digest if r.artifact else "",
+            quarantined_artifact=r.artifact if r.output_digest else "",
+        ),
+        r.phase,
+        r.attempt,
+    )
+    return error
+
+
+def _after_failure(b: _Builder, r: PhaseReport, plan: PhasePlan, error: ErrorInfo) -> None:
+    """A failure for the phase's circuit, then a retry while attempts remain and the
+    error is retryable, else the attempt failed for good."""
     _circuit_outcome(b, r.phase, False, error.message)
     if error.retryable and r.attempt < plan.retries:
-        nxt = r.attempt + 1
-        delay = backoff_delay(
-            state.seed,
-            r.phase,
-            nxt,
-            base=plan.backoff,
-            factor=plan.backoff_factor,
-            cap=plan.backoff_max,
-            item=r.item,
-        )
-        b.emit(
-            PhaseRetryScheduled(next_attempt=nxt, delay=delay, reason=error.message, item=r.item),
-            r.phase,
-            r.attempt,
-        )
-        _schedule(b, plan, nxt, item=r.item, delay=delay)
-    elif plan.partial and r.item is not None:
+        _retry(b, r, plan, error)
+    else:
+        _failed_for_good(b, r, plan, error)
+
+
+def _retry(b: _Builder, r: PhaseReport, plan: PhasePlan, error: ErrorInfo) -> None:
+    """Schedule the next attempt of the phase (or item) after its seeded backoff."""
+    nxt = r.attempt + 1
+    delay = backoff_delay(
+        b.state.seed,
+        r.phase,
+        nxt,
+        base=plan.backoff,
+        factor=plan.backoff_factor,
+        cap=plan.backoff_max,
+        item=r.item,
+    )
+    b.emit(
+        PhaseRetryScheduled(next_attempt=nxt, delay=delay, reason=error.message, item=r.item),
+        r.phase,
+        r.attempt,
+    )
+    _schedule(b, plan, nxt, item=r.item, delay=delay)
+
+
+def _failed_for_good(b: _Builder, r: PhaseReport, plan: PhasePlan, error: ErrorInfo) -> None:
+    """An attempt that is not retried. An item of a partial fan-out is left out (the
+    fan-out completes without it); a fatal phase or item fails the run (unless the
+    error is NonFatal); a non-fatal item fails its whole phase, non-fatally; a whole
+    phase that is not fatal stays failed and the run goes on without its output."""
+    if plan.partial and r.item is not None:
         pass  # the item failed for good; the fan-out completes without it (_gather)
     elif plan.fatal and error.kind != "NonFatal":
         b.emit(RunFailed(error=error, failed_phase=r.phase))

@@ -33,7 +33,7 @@ import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeAlias
 
 import msgspec
 from nats.aio.msg import Msg
@@ -69,6 +69,8 @@ TRANSIENT = (NatsError, BusError, OSError, TimeoutError)
 MAX_POSTPONE = 3600.0
 """Seconds one ``nak`` postpones a backoff at most; a longer one is postponed again."""
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+Ended: TypeAlias = Literal["completed", "failed", "timed_out"]
+"""How an attempt ended, as its report says."""
 
 
 def _open(state: RunState, signal: Signal, body: PhaseScheduled) -> bool:
@@ -217,30 +219,14 @@ class Worker:
         await msg.term()
 
     async def _work(self, msg: Msg, executed: Callable[[], None]) -> None:
-        rec = decode_record(msg.metadata.sequence.stream, msg.subject, msg.data)
-        if not isinstance(rec, StoredSignal) or not isinstance(rec.signal.body, PhaseScheduled):
-            log.error(
-                "not a phase_scheduled signal at log seq %s: %s",
-                msg.metadata.sequence.stream,
-                getattr(rec, "reason", "wrong kind"),
-            )
-            await msg.term()
+        """What the worker does with one phase_scheduled: admit it (:meth:`_admit`),
+        claim it (:meth:`_claim`), attempt it (:meth:`_attempt`), report the outcome
+        and acknowledge it. The span of the attempt covers its reports, not its ack;
+        ``executed`` is called once the attempt's output is stored."""
+        admitted = await self._admit(msg)
+        if admitted is None:
             return
-        signal, body = rec.signal, rec.signal.body
-        refused = refusal(signal, self.trusted)
-        if refused is not None:  # before anything else: nothing in it is to be acted on
-            await self._refuse(msg, signal, body, refused)
-            return
-        if self.local is None and await self._ended(signal.run_id):
-            await msg.ack()  # the run ended (cancelled, failed elsewhere): nothing to do
-            return
-        # The backoff counts from the signal's time (the sender's clock), but never waits
-        # longer than the delay itself: a clock ahead of ours must not stall the run.
-        elapsed = (datetime.now(UTC) - signal.at).total_seconds()
-        wait = min(body.delay, body.delay - elapsed)
-        if wait > 0.005:
-            await msg.nak(delay=min(wait, MAX_POSTPONE))
-            return
+        signal, body = admitted
         attributes: dict[str, str | int] = {
             "sisas.phase": signal.phase,
             "sisas.attempt": signal.attempt,
@@ -250,33 +236,91 @@ class Worker:
         with message_span(
             f"phase {signal.phase}", msg.headers, signal.run_id, signal.pipeline, attributes
         ) as span:
-            state = await self._report(signal, body, "started")
-            # A local orchestrator's answer is the run's latest state: nothing to do when
-            # the run ended or this attempt did (work redelivered after its outcome was
-            # recorded). Otherwise ask the log, unless it was asked already.
-            done = (
-                not _open(state, signal, body)
-                if state is not None
-                else (self.local is not None and await self._ended(signal.run_id))
-            )
-            if done:
-                await msg.ack()
+            if not await self._claim(msg, signal, body):
                 return
-            if state is not None and signal.run_id not in self._configs:
-                self._remember_config(signal.run_id, dict(state.config))
-            beat = asyncio.create_task(self._heartbeat(msg))
-            try:
-                outcome, timed_out = await self._execute(signal, body)
-            finally:
-                beat.cancel()
-            artifact = await self.bus.artifacts.put(outcome.output) if outcome.output else ""
+            outcome, status, artifact = await self._attempt(msg, signal, body)
             executed()
-            status: Literal["completed", "failed", "timed_out"] = (
-                "timed_out" if timed_out else outcome.status
-            )
             describe_attempt(span, status, outcome)
             failpoint("worker.before_report")
             await self._report(signal, body, status, outcome, artifact)
+        await self._settle(msg, signal, status, outcome)
+
+    async def _admit(self, msg: Msg) -> tuple[Signal, PhaseScheduled] | None:
+        """The scheduled phase ``msg`` holds, when it is to be attempted now; None when
+        it is settled here instead: terminated when it is not a phase_scheduled or its
+        signature is refused (:meth:`_refuse`), acknowledged when its run ended,
+        postponed (nak'ed) while its backoff lasts."""
+        rec = decode_record(msg.metadata.sequence.stream, msg.subject, msg.data)
+        if not isinstance(rec, StoredSignal) or not isinstance(rec.signal.body, PhaseScheduled):
+            log.error(
+                "not a phase_scheduled signal at log seq %s: %s",
+                msg.metadata.sequence.stream,
+                getattr(rec, "reason", "wrong kind"),
+            )
+            await msg.term()
+            return None
+        signal, body = rec.signal, rec.signal.body
+        refused = refusal(signal, self.trusted)
+        if refused is not None:  # before anything else: nothing in it is to be acted on
+            await self._refuse(msg, signal, body, refused)
+            return None
+        if self.local is None and await self._ended(signal.run_id):
+            await msg.ack()  # the run ended (cancelled, failed elsewhere): nothing to do
+            return None
+        if await self._postponed(msg, signal, body):
+            return None
+        return signal, body
+
+    async def _postponed(self, msg: Msg, signal: Signal, body: PhaseScheduled) -> bool:
+        """Whether the attempt's backoff delay has not passed yet; the message is then
+        nak'ed to come back when it has (at most :data:`MAX_POSTPONE` later)."""
+        # The backoff counts from the signal's time (the sender's clock), but never waits
+        # longer than the delay itself: a clock ahead of ours must not stall the run.
+        elapsed = (datetime.now(UTC) - signal.at).total_seconds()
+        wait = min(body.delay, body.delay - elapsed)
+        if wait > 0.005:
+            await msg.nak(delay=min(wait, MAX_POSTPONE))
+            return True
+        return False
+
+    async def _claim(self, msg: Msg, signal: Signal, body: PhaseScheduled) -> bool:
+        """Report the attempt started; whether it is still to be done (its run going on,
+        and it the current attempt of its phase or item). When not, the message is
+        acknowledged: the run ended, or the work was redelivered after its outcome was
+        recorded."""
+        state = await self._report(signal, body, "started")
+        # A local orchestrator's answer is the run's latest state: nothing to do when
+        # the run ended or this attempt did (work redelivered after its outcome was
+        # recorded). Otherwise ask the log, unless it was asked already.
+        done = (
+            not _open(state, signal, body)
+            if state is not None
+            else (self.local is not None and await self._ended(signal.run_id))
+        )
+        if done:
+            await msg.ack()
+            return False
+        if state is not None and signal.run_id not in self._configs:
+            self._remember_config(signal.run_id, dict(state.config))
+        return True
+
+    async def _attempt(
+        self, msg: Msg, signal: Signal, body: PhaseScheduled
+    ) -> tuple[Outcome, Ended, str]:
+        """Execute the attempt (:meth:`_execute`) while telling JetStream it is in
+        progress, and store its output; the outcome, its status and the output's artifact
+        (empty when there is no output)."""
+        beat = asyncio.create_task(self._heartbeat(msg))
+        try:
+            outcome, timed_out = await self._execute(signal, body)
+        finally:
+            beat.cancel()
+        artifact = await self.bus.artifacts.put(outcome.output) if outcome.output else ""
+        status: Ended = "timed_out" if timed_out else outcome.status
+        return outcome, status, artifact
+
+    async def _settle(self, msg: Msg, signal: Signal, status: Ended, outcome: Outcome) -> None:
+        """Acknowledge the work once its outcome is reported, and count the attempt."""
         failpoint("worker.before_ack")
         await msg.ack()
         metrics.record_attempt(
@@ -334,26 +378,13 @@ class Worker:
                 await msg.in_progress()
 
     async def _execute(self, signal: Signal, body: PhaseScheduled) -> tuple[Outcome, bool]:
+        """Run the attempt on its inputs: in a child process when the phase is isolated
+        (and the pipeline has a source), else in a thread of this one; the outcome and
+        whether the attempt timed out. Inputs that cannot be read are a failed outcome."""
         pipe = self.pipelines[signal.pipeline]
-        named = [*body.inputs.values(), *(a for v in body.gathered.values() for a in v if a)]
-        for digest in named:
-            if not _DIGEST.match(digest):
-                message = f"input {digest[:80]!r} is not an artifact digest"
-                error = ErrorInfo(kind="HardFailure", message=message, retryable=False)
-                return Outcome(status="failed", error=error), False
-        try:
-            inputs = PhaseInputs(
-                values={k: await self.bus.artifacts.get(v) for k, v in body.inputs.items()},
-                gathered={
-                    k: [await self.bus.artifacts.get(a) if a else b"null" for a in v]
-                    for k, v in body.gathered.items()
-                },
-            )
-        except ArtifactNotFound as exc:
-            return Outcome(
-                status="failed",
-                error=ErrorInfo(kind="HardFailure", message=str(exc), retryable=True),
-            ), False
+        inputs = await self._inputs(body)
+        if isinstance(inputs, Outcome):
+            return inputs, False
         kwargs: dict[str, Any] = {
             "run_id": signal.run_id,
             "seed": body.seed,
@@ -372,6 +403,40 @@ class Worker:
                 memory_limit=spec.memory_limit,
                 kwargs=kwargs,
             )
+        return await self._execute_here(pipe, signal, body, inputs, kwargs), False
+
+    async def _inputs(self, body: PhaseScheduled) -> PhaseInputs | Outcome:
+        """The bytes of the attempt's inputs from the object store; a failed outcome when
+        one is not an artifact digest (not retryable) or is not stored (retryable)."""
+        named = [*body.inputs.values(), *(a for v in body.gathered.values() for a in v if a)]
+        for digest in named:
+            if not _DIGEST.match(digest):
+                message = f"input {digest[:80]!r} is not an artifact digest"
+                error = ErrorInfo(kind="HardFailure", message=message, retryable=False)
+                return Outcome(status="failed", error=error)
+        try:
+            return PhaseInputs(
+                values={k: await self.bus.artifacts.get(v) for k, v in body.inputs.items()},
+                gathered={
+                    k: [await self.bus.artifacts.get(a) if a else b"null" for a in v]
+                    for k, v in body.gathered.items()
+                },
+            )
+        except ArtifactNotFound as exc:
+            return Outcome(
+                status="failed",
+                error=ErrorInfo(kind="HardFailure", message=str(exc), retryable=True),
+            )
+
+    async def _execute_here(
+        self,
+        pipe: Pipeline,
+        signal: Signal,
+        body: PhaseScheduled,
+        inputs: PhaseInputs,
+        kwargs: dict[str, Any],
+    ) -> Outcome:
+        """Run the attempt in a thread, its progress published on the run's live subject."""
         loop = asyncio.get_running_loop()
         subject = live_subject(signal.run_id)
 
@@ -383,7 +448,7 @@ class Worker:
                 lambda: asyncio.ensure_future(self.bus.nc.publish(subject, payload))
             )
 
-        outcome = await asyncio.to_thread(
+        return await asyncio.to_thread(
             execute_phase,
             pipe,
             signal.phase,
@@ -392,7 +457,6 @@ class Worker:
             clock=time.perf_counter,
             **kwargs,
         )
-        return outcome, False
 
     async def _config(self, signal: Signal) -> dict[str, Any]:
         """The run's resolved configuration (from its run_started signal), cached."""
