@@ -31,7 +31,7 @@ from typing import Any
 from sisas.pipeline import Pipeline
 from sisas.signals.plan import Environment
 
-__all__ = ["capture_environment", "pipeline_distributions"]
+__all__ = ["capture_environment", "code_modules", "pipeline_distributions"]
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
@@ -51,7 +51,7 @@ def pipeline_distributions(pipeline: Pipeline) -> dict[str, str]:
     """Distribution name (normalised) -> installed version, for every distribution the
     pipeline's code and sisas import, and what they require, sorted by name."""
     wanted = {"sisas"}
-    for module in _code_modules(pipeline):
+    for module in code_modules(pipeline):
         for name in _imported_top_levels(module):
             wanted.update(_providers().get(name, ()))
     found: dict[str, str] = {}
@@ -69,8 +69,9 @@ def pipeline_distributions(pipeline: Pipeline) -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
-def _code_modules(pipeline: Pipeline) -> list[ModuleType]:
-    """The modules that define the pipeline's code, then the project modules they import."""
+def code_modules(pipeline: Pipeline) -> list[ModuleType]:
+    """The modules that define the pipeline's code, then the project modules they import
+    (neither the standard library, nor sisas, nor an installed distribution)."""
     objects: list[Any] = []
     for spec in pipeline.phases.values():
         objects += [spec.fn, spec.returns, *spec.params.values(), *spec.bridges.values()]

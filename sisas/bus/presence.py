@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Final
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any, Final
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -29,6 +29,7 @@ from sisas.signals.names import PRESENCE_PREFIX
 __all__ = [
     "ORCHESTRATOR_SUBJECT",
     "answering",
+    "live_workers",
     "orchestrator_live",
     "worker_live",
     "worker_subject",
@@ -46,17 +47,22 @@ def worker_subject(pipeline: str) -> str:
 
 @contextlib.asynccontextmanager
 async def answering(
-    nc: NATS, subjects: Iterable[str], about: Mapping[str, object]
+    nc: NATS,
+    subjects: Iterable[str],
+    about: Mapping[str, object] | Callable[[], Mapping[str, object]],
 ) -> AsyncIterator[None]:
-    """Answer presence requests on ``subjects`` with ``about`` (JSON) inside the block.
+    """Answer presence requests on ``subjects`` with ``about`` (JSON; a callable is asked
+    at each request, so a worker that reloads its code answers with the new one) inside
+    the block.
 
     A subscription the server refuses (a role without the permission) only means this
     process is not seen as live; it never stops the caller's work.
     """
-    payload = json.dumps(dict(about), sort_keys=True).encode()
 
     async def reply(msg: Msg) -> None:
         if msg.reply:
+            facts = about() if callable(about) else about
+            payload = json.dumps(dict(facts), sort_keys=True).encode()
             with contextlib.suppress(Exception):  # the asker may be gone already
                 await msg.respond(payload)
 
@@ -86,6 +92,34 @@ async def _answered(nc: NATS, subject: str, timeout: float) -> bool:
 async def worker_live(nc: NATS, pipeline: str, *, timeout: float = ASK_TIMEOUT) -> bool:
     """Whether a live worker (any process, any node) runs ``pipeline``'s phases now."""
     return await _answered(nc, worker_subject(pipeline), timeout)
+
+
+async def live_workers(
+    nc: NATS, pipeline: str, *, quiet: float = 0.3, timeout: float = ASK_TIMEOUT
+) -> list[dict[str, Any]]:
+    """What every live worker of ``pipeline`` says of itself (``worker``, ``pipelines``,
+    ``fingerprints``: the code fingerprint of each pipeline it runs); [] when none is
+    live. Answers are gathered until none came for ``quiet`` seconds."""
+    inbox = nc.new_inbox()
+    answers: list[dict[str, Any]] = []
+    with nats_errors(f"ask who serves {pipeline}"):
+        sub = await nc.subscribe(inbox)
+        try:
+            await nc.publish(worker_subject(pipeline), b"", reply=inbox)
+            wait = timeout
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=wait)
+                except (TimeoutError, NatsTimeoutError):
+                    return answers
+                if (msg.headers or {}).get("Status") == "503":
+                    return answers  # no responders: nobody runs it
+                with contextlib.suppress(ValueError):
+                    answers.append(json.loads(msg.data))
+                wait = quiet
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
 
 async def orchestrator_live(nc: NATS, *, timeout: float = ASK_TIMEOUT) -> bool:

@@ -21,7 +21,13 @@ from sisas.client.client import Client
 from sisas.client.starting import check_settings
 from sisas.errors import UsageError
 from sisas.loader import load_pipelines
-from sisas.services.hosting import Hosting, hosting, interrupted_note, pipeline_plan
+from sisas.services.hosting import (
+    Hosting,
+    check_live_code,
+    hosting,
+    interrupted_note,
+    pipeline_plan,
+)
 from sisas.signals import RunCompleted, RunFailed, StoredSignal
 from sisas.signals.kinds import ENDING_KINDS
 
@@ -147,6 +153,7 @@ async def batch(
     outcome: dict[str, tuple[str, str, str]] = {}
     async with open_bus(load_settings(), name="sisas-batch") as bus:
         check_settings(config, await pipeline_plan(bus, pipeline, local))
+        await check_live_code(bus, pipeline, local)
         client = Client(bus, requested_by="sisas batch")
         async with hosting(bus, pipeline, local) as host:
             for i, (name, data) in enumerate(items):

@@ -28,6 +28,7 @@ from sisas.pipeline import Pipeline
 from sisas.services.host import running_services, stop_on_signals
 from sisas.services.hosting import (
     Hosting,
+    check_live_code,
     hosting,
     interrupted_note,
     no_worker_note,
@@ -227,6 +228,7 @@ async def start_and_watch(
     notes = err_console if as_json else console
     async with open_bus(load_settings(), name="sisas-run") as bus:
         check_settings(config, await pipeline_plan(bus, pipeline, local))
+        await check_live_code(bus, pipeline, local)
         client = Client(bus, requested_by=requested_by)
         run_id = run_id_for(pipeline, idempotency_key)
         async with hosting(bus, pipeline, local) as host:
@@ -422,9 +424,18 @@ async def _ending(bus: Bus, run_id: str, timeout: float) -> str | None:
     help="Seconds without a heartbeat before a phase is given to another worker.",
 )
 @click.option("--name", default=None, help="Worker name recorded in the log (default host-pid).")
+@click.option(
+    "--reload",
+    is_flag=True,
+    help="Watch the pipelines' files; changed code runs from the next attempt on.",
+)
 @run_async
 async def worker(
-    pipeline_specs: tuple[str, ...], concurrency: int, ack_wait: float, name: str | None
+    pipeline_specs: tuple[str, ...],
+    concurrency: int,
+    ack_wait: float,
+    name: str | None,
+    reload: bool,
 ) -> None:
     """Run phases of the given pipelines until Ctrl-C (any number of workers may run)."""
     pipes = load_pipelines(pipeline_specs)
@@ -434,7 +445,7 @@ async def worker(
             "package with a `sisas.pipelines` entry point)"
         )
     async with open_bus(load_settings(), name="sisas-worker") as bus:
-        w = Worker(bus, pipes, concurrency=concurrency, ack_wait=ack_wait, name=name)
+        w = Worker(bus, pipes, concurrency=concurrency, ack_wait=ack_wait, name=name, reload=reload)
         trust = (
             f"runs only work signed by {len(w.trusted)} trusted key(s)"
             if w.trusted

@@ -80,6 +80,11 @@ __all__ = ["down", "status", "up"]
     default=None,
     help="Trigger rules (TOML): also run the trigger service (see `sisas triggers`).",
 )
+@click.option(
+    "--reload",
+    is_flag=True,
+    help="The worker watches the --pipelines files; changed code runs from the next attempt.",
+)
 @run_async
 async def up(
     port: int | None,
@@ -90,6 +95,7 @@ async def up(
     dashboard_port: int,
     no_dashboard: bool,
     rules_file: str | None,
+    reload: bool,
 ) -> None:
     """Start sisas and keep it running until Ctrl-C.
 
@@ -160,7 +166,9 @@ async def up(
         handlers = (
             contextlib.nullcontext(asyncio.Event())
             if no_handlers
-            else running_services(bus, pipes, concurrency=concurrency, projector=not no_projector)
+            else running_services(
+                bus, pipes, concurrency=concurrency, projector=not no_projector, reload=reload
+            )
         )
         async with handlers as stop_handlers, web as url:
             if url:

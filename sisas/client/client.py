@@ -43,6 +43,7 @@ from sisas.handlers.state import RunState, fold
 from sisas.loader import load_pipelines
 from sisas.pipeline import Pipeline
 from sisas.services.host import running_services
+from sisas.services.hosting import check_live_code
 from sisas.signals import RunRequested, Scalar, StoredSignal, check_name
 from sisas.signals.inputs import CancelRun
 from sisas.signals.kinds import ENDING_KINDS
@@ -103,6 +104,8 @@ class Client:
             if bus.server is not None:
                 await stack.enter_async_context(running_services(bus, code))
             else:
+                for name in code:  # a live worker with other code would run the runs
+                    await check_live_code(bus, name, code)
                 unserved = {n: p for n, p in code.items() if not await worker_live(bus.nc, n)}
                 if unserved:
                     await stack.enter_async_context(

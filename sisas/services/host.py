@@ -26,9 +26,11 @@ async def running_services(
     concurrency: int = 2,
     projector: bool = False,
     projector_batch: int = 5_000,
+    reload: bool = False,
 ) -> AsyncIterator[asyncio.Event]:
     """Run an orchestrator, (if there are pipelines) a worker and (if asked) the
-    projector with its query service while inside the block.
+    projector with its query service while inside the block; ``reload``: the worker
+    picks up changed pipeline files (:mod:`sisas.services.reloading`).
 
     Yields the event that stops them; leaving the block stops them cleanly.
     """
@@ -42,7 +44,7 @@ async def running_services(
             await service.start()
             stack.push_async_callback(service.stop)
             tasks.append(asyncio.create_task(proj.run(stop), name="projector"))
-        async with _handlers(bus, pipelines, stop, tasks, orchestrator, concurrency):
+        async with _handlers(bus, pipelines, stop, tasks, orchestrator, concurrency, reload):
             yield stop
 
 
@@ -54,11 +56,12 @@ async def _handlers(
     tasks: list[asyncio.Task[None]],
     orchestrator: bool,
     concurrency: int,
+    reload: bool = False,
 ) -> AsyncIterator[None]:
     orch = Orchestrator(bus) if orchestrator else None
     if pipelines:
         # A worker beside an orchestrator hands it its reports directly (the fast path).
-        worker = Worker(bus, pipelines, concurrency=concurrency, local=orch)
+        worker = Worker(bus, pipelines, concurrency=concurrency, local=orch, reload=reload)
         await worker.register()
         tasks.append(asyncio.create_task(worker.run(stop), name="worker"))
     if orch is not None:

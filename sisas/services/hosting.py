@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sisas.bus.presence import worker_live
+from sisas.bus.presence import live_workers, worker_live
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
 from sisas.errors import UsageError
@@ -27,6 +27,7 @@ from sisas.signals.plan import PipelinePlan
 
 __all__ = [
     "Hosting",
+    "check_live_code",
     "code_hint",
     "hosting",
     "interrupted_note",
@@ -98,6 +99,32 @@ async def hosting(bus: Bus, pipeline: str, local: dict[str, Pipeline]) -> AsyncI
     else:
         served = bool(here) or await worker_live(bus.nc, pipeline)
         yield Hosting(**facts, own_server=False, worker=False, served=served)
+
+
+async def check_live_code(bus: Bus, pipeline: str, local: dict[str, Pipeline]) -> None:
+    """Refuse (:class:`UsageError`) to request a run of ``pipeline`` with the code loaded
+    here when the live workers that would run it run other code: the user would think
+    their code ran. Nothing to check without local code, or when no worker is live
+    (this command then runs its own)."""
+    pipe = local.get(pipeline)
+    if pipe is None or bus.server is not None:
+        return
+    mine = pipe.plan().fingerprint
+    theirs = {
+        str(fp)
+        for about in await live_workers(bus.nc, pipeline)
+        if (fp := (about.get("fingerprints") or {}).get(pipeline))
+    }
+    other = sorted(theirs - {mine})
+    if other:
+        code = code_hint(pipeline, local)
+        raise UsageError(
+            f"the live worker(s) of {pipeline} run other code (fingerprint "
+            f"{', '.join(f[:23] + '…' for f in other)}) than {code} (fingerprint "
+            f"{mine[:23]}…): the run would not run the code you passed. Restart them with "
+            f"it (`sisas up --reload` and `sisas worker --reload` pick up changed files), "
+            f"or run the pipeline by name (`sisas run {pipeline}`) to use theirs"
+        )
 
 
 def no_worker_note(pipeline: str, code: str) -> str:

@@ -45,13 +45,14 @@ from sisas.bus.presence import answering, worker_subject
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
 from sisas.environment import capture_environment
-from sisas.errors import ArtifactNotFound, BusError
+from sisas.errors import ArtifactNotFound, BusError, SisasError
 from sisas.faults import failpoint
 from sisas.handlers.execute import Outcome, PhaseInputs, execute_phase
 from sisas.handlers.state import RunState
 from sisas.handlers.trust import refusal
 from sisas.pipeline import Pipeline
 from sisas.services.isolation import run_isolated
+from sisas.services.reloading import CodeWatcher
 from sisas.signals.envelope import Signal
 from sisas.signals.inputs import PhaseReport
 from sisas.signals.kinds import ENDING_KINDS, ErrorInfo, PhaseScheduled, RunStarted
@@ -113,8 +114,11 @@ class Worker:
         concurrency: int = 1,
         ack_wait: float = 30.0,
         local: LocalOrchestrator | None = None,
+        reload: bool = False,
     ) -> None:
         self.bus = bus
+        self.reload = reload
+        """Watch the pipelines' files and run changed code from the next attempt on."""
         self.trusted = bus.settings.trusted_keys
         self.local = local
         self.pipelines = pipelines
@@ -139,11 +143,52 @@ class Worker:
         """Register the plans, then take work until ``stop`` is set, answering presence
         requests for each pipeline meanwhile (:mod:`sisas.bus.presence`)."""
         await self.register()
-        about = {"worker": self.name, "pipelines": sorted(self.pipelines)}
         subjects = [worker_subject(name) for name in self.pipelines]
-        async with answering(self.bus.nc, subjects, about), asyncio.TaskGroup() as tg:
+        async with answering(self.bus.nc, subjects, self.about), asyncio.TaskGroup() as tg:
             for name in self.pipelines:
                 tg.create_task(self._consume(name, stop))
+            if self.reload:
+                tg.create_task(self._reloading(stop))
+
+    def about(self) -> dict[str, object]:
+        """What this worker answers a presence request with: its name, its pipelines and
+        the fingerprint of the code it runs for each (``sisas run FILE`` compares it)."""
+        return {
+            "worker": self.name,
+            "pipelines": sorted(self.pipelines),
+            "fingerprints": {n: p.plan().fingerprint for n, p in sorted(self.pipelines.items())},
+        }
+
+    async def _reloading(self, stop: asyncio.Event, every: float = 1.0) -> None:
+        """Load changed pipeline code (see :mod:`sisas.services.reloading`) until stopped."""
+        watcher = CodeWatcher(self.pipelines)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+            changed = watcher.changed()
+            if not changed or stop.is_set():
+                continue
+            before = {n: p.plan().fingerprint for n, p in self.pipelines.items()}
+            try:
+                fresh = watcher.reload()
+            except SisasError as exc:
+                log.error("%s changed; the previous code keeps running: %s", changed[0], exc)
+                continue
+            for name, pipe in fresh.items():
+                if name not in self.pipelines:
+                    log.warning(
+                        "%s is new in the reloaded code: restart the worker to run it", name
+                    )
+                    continue
+                self.pipelines[name] = pipe
+                log.warning(
+                    "reloaded %s from %s: code fingerprint %s -> %s",
+                    name,
+                    pipe.source,
+                    before[name][:19],
+                    pipe.plan().fingerprint[:19],
+                )
+            await self.register()
 
     async def _consume(self, pipeline: str, stop: asyncio.Event) -> None:
         psub = await self.bus.js.pull_subscribe(
