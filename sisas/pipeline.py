@@ -33,6 +33,7 @@ import hashlib
 import inspect
 import logging
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,7 @@ class Context:
         item: int | None = None,
         config: Mapping[str, Scalar] | None = None,
         progress: Callable[[float, str], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.run_id = run_id
         self.pipeline = pipeline
@@ -124,6 +126,20 @@ class Context:
             {"run_id": run_id, "phase": phase, "attempt": attempt},
         )
         self._progress = progress
+        self._cancel = cancel
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run is cancelled while this attempt runs. A long phase checks
+        it between steps and returns (or calls :meth:`check_cancelled`): the worker has
+        stopped waiting for it and its outcome is not recorded. A phase in a child
+        process (``timeout=``, ``memory_limit=``) is killed instead."""
+        return self._cancel is not None and self._cancel.is_set()
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`Cancelled` when :attr:`cancelled` is true."""
+        if self.cancelled:
+            raise Cancelled(f"run {self.run_id} was cancelled")
 
     def progress(self, done: float, total: float = 1.0, message: str = "") -> None:
         """Report progress (``done`` of ``total``); shown live, never part of the log."""

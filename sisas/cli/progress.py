@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final
 
 from rich.console import Console
@@ -68,6 +69,16 @@ class RunResult:
     """Semantic digest of each phase's output, from ``run_completed``."""
     values: dict[str, Any] = field(default_factory=dict)
     """Small outputs, decoded (``run --wait --json``)."""
+    first_at: datetime | None = None
+    ended_at: datetime | None = None
+
+    @property
+    def recorded_duration(self) -> float | None:
+        """Seconds from the run's first signal to the one that ended it, as recorded
+        (what ``sisas show`` and ``runs`` print), when both were seen."""
+        if self.first_at is None or self.ended_at is None:
+            return None
+        return (self.ended_at - self.first_at).total_seconds()
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -291,8 +302,11 @@ async def watch_run(
                     result.corrupt += 1
                     continue
                 result.signals += 1
+                if result.first_at is None:
+                    result.first_at = rec.signal.at
                 _apply(display, result, rec.signal)
                 if result.status != "running":
+                    result.ended_at = rec.signal.at
                     break
     finally:
         if advisor is not None:

@@ -162,7 +162,6 @@ async def run(
     if resume_of:
         check_name(resume_of, "run id")
     default = local[pipeline].default_input if pipeline in local else None
-    input_given = input_path is not None
     if input_path is None and not resume_of and default is not None:
         input_path = str(default)
         if not as_json:
@@ -178,7 +177,7 @@ async def run(
         wait=wait,
         as_json=as_json,
         local=local,
-        input_given=input_given,
+        input_given=input_path is not None,  # a file (--input, or the default) is sent
     )
     if result is None:
         return
@@ -220,7 +219,8 @@ async def start_and_watch(
 
     ``config`` is checked against the pipeline's plan first (:func:`check_settings`). With
     an idempotency key that names a run already, nothing is sent: that run is reported
-    (and followed), or, when ``data`` (``input_given``) or ``config`` differ from what it
+    (and followed), or, when ``data`` (``input_given``: --input or the pipeline's default
+    input; else no input is sent, ``null`` or a resumed run's) or ``config`` differ from what it
     was started with, :class:`UsageError` says so and names the fix. With tracing on, the
     run's root span covers the request (and, when waiting, the whole run); its context
     travels with the command to the orchestrator.
@@ -237,7 +237,7 @@ async def start_and_watch(
             with run_span(f"run {pipeline}", run_id, pipeline, attributes) as span:
                 request = await client.request(
                     pipeline,
-                    input_bytes=data if input_given or not resume_of else None,
+                    input_bytes=data if input_given else None,
                     seed=seed,
                     config=config,
                     idempotency_key=idempotency_key,
@@ -276,9 +276,8 @@ async def start_and_watch(
                     fail_span(span, f"run {result.status}")
                 elif as_json:
                     result.values = await client.small_outputs(run_id)
-    # a run this command did not start took longer than this command has followed it
-    took = (datetime.now(UTC) - started).total_seconds() if existing is None else None
-    return result, took
+    # the duration as recorded in the log (what show prints), not this command's wait
+    return result, result.recorded_duration
 
 
 def _announce(

@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import functools
 import inspect
+import threading
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -250,8 +251,10 @@ def execute_phase(
     config: Mapping[str, Scalar] | None = None,
     progress: Callable[[float, str], None] | None = None,
     clock: Callable[[], float],
+    cancel: threading.Event | None = None,
 ) -> Outcome:
     """Run one attempt of ``phase`` on ``inputs``; never raises for the phase's failures.
+    ``cancel``: set by the worker when the run is cancelled (``ctx.cancelled``).
 
     The entry contracts (and bridges) are checked on the inputs, the phase is called,
     then its output is checked (:func:`_checked_output`). ``clock`` (e.g.
@@ -278,6 +281,7 @@ def execute_phase(
         item=item,
         config=config,
         progress=progress,
+        cancel=cancel,
     )
     # The phase is called here, not in a helper: the first frame of a crash's traceback
     # (error.detail) is this call.

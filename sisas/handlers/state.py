@@ -51,8 +51,17 @@ __all__ = [
 ]
 
 PhaseStatus: TypeAlias = Literal[
-    "pending", "scheduled", "running", "retrying", "completed", "failed", "timed_out", "skipped"
+    "pending",
+    "scheduled",
+    "running",
+    "retrying",
+    "completed",
+    "failed",
+    "timed_out",
+    "skipped",
+    "cancelled",
 ]
+_UNSETTLED: frozenset[str] = frozenset({"pending", "scheduled", "running", "retrying"})
 RunStatus: TypeAlias = Literal["new", "requested", "running", "completed", "failed", "cancelled"]
 _STATE_JSON = msgspec.json.Encoder(order="sorted")
 TERMINAL_RUN: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -220,7 +229,7 @@ def evolve(state: RunState, signal: Signal) -> RunState:
         case RunFailed() as body:
             return _run_failed(state, signal, body)
         case RunCancelled():
-            return replace(state, status="cancelled", ended_at=signal.at)
+            return _run_cancelled(state, signal)
         case CircuitOpened() | CircuitClosed() | TriggerEvaluated():
             return state  # a pipeline's circuits and the triggers' records: no run's state
         case _:
@@ -367,6 +376,27 @@ def _phase_skipped(state: RunState, signal: Signal, body: PhaseSkipped) -> RunSt
             or phase.item_states,
         ),
     )
+
+
+def _run_cancelled(state: RunState, signal: Signal) -> RunState:
+    """The run ends; every phase and item not yet settled is ``cancelled`` (a worker
+    stops its attempt: :mod:`sisas.services.worker`), so no view shows it running."""
+    phases = dict(state.phases)
+    for name, ps in state.phases.items():
+        items = {
+            i: replace(it, status="cancelled")
+            for i, it in ps.item_states.items()
+            if it.status in _UNSETTLED
+        }
+        if ps.status in _UNSETTLED or items:
+            status = "cancelled" if ps.status in _UNSETTLED else ps.status
+            phases[name] = replace(
+                ps,
+                status=status,
+                item_states={**ps.item_states, **items} if items else ps.item_states,
+                ended_at=signal.at if ps.status in _UNSETTLED else ps.ended_at,
+            )
+    return replace(state, status="cancelled", ended_at=signal.at, phases=phases)
 
 
 def _run_failed(state: RunState, signal: Signal, body: RunFailed) -> RunState:

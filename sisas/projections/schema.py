@@ -18,7 +18,8 @@ from typing import Final
 
 __all__ = ["BOOKKEEPING", "FACT_TABLES", "SCHEMA_VERSION", "STATE_TABLES", "TABLES", "Table"]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
+"""3: a cancelled run's unsettled phases and items fold to `cancelled`."""
 
 _S, _I, _B, _F, _T, _X = "VARCHAR", "INTEGER", "BIGINT", "DOUBLE", "TIMESTAMP", "BLOB"
 _NN = " NOT NULL"

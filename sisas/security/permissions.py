@@ -40,6 +40,7 @@ from sisas.signals.names import (
     PRESENCE_PREFIX,
     QUERY_PREFIX,
     QUERY_VERBS,
+    RUN_LEVEL,
     TRIGGER_BUCKET,
     UPSTREAM_STREAM,
 )
@@ -195,6 +196,11 @@ def _command(kind: str) -> str:
     return f"{IN_PREFIX}.*.*.{kind}"
 
 
+_CANCELLED: Final = Grant(
+    "learn of cancelled runs as they are appended (a worker stops their attempts)",
+    subscribe=(f"{LOG_PREFIX}.*.*.{RUN_LEVEL}.run_cancelled",),
+)
+
 ORCHESTRATOR: Final = Role(
     name="orchestrator",
     summary="the services: orchestrator, projector, trigger service, `sisas up`",
@@ -213,6 +219,7 @@ ORCHESTRATOR: Final = Role(
             "answer presence requests (an orchestrator, a worker in `sisas up`)",
             subscribe=(f"{PRESENCE_PREFIX}.>",),
         ),
+        _CANCELLED,
         Grant(
             "create the streams and buckets; extend SISAS_UPSTREAM to new trigger subjects",
             (
@@ -294,6 +301,7 @@ WORKER: Final = Role(
             "answer presence requests for its pipelines (replies via allow_responses)",
             subscribe=(f"{PRESENCE_PREFIX}.worker.*",),
         ),
+        _CANCELLED,
         _REPLIES,
     ),
     deny_publish=(

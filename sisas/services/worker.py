@@ -30,8 +30,9 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypeAlias
 
@@ -56,7 +57,13 @@ from sisas.services.reloading import CodeWatcher
 from sisas.signals.envelope import Signal
 from sisas.signals.inputs import PhaseReport
 from sisas.signals.kinds import ENDING_KINDS, ErrorInfo, PhaseScheduled, RunStarted
-from sisas.signals.names import LOG_PREFIX, LOG_STREAM, live_subject
+from sisas.signals.names import (
+    LOG_PREFIX,
+    LOG_STREAM,
+    live_subject,
+    log_subject,
+    parse_log_subject,
+)
 from sisas.signals.records import StoredSignal, decode_record
 from sisas.signals.signing import SignatureCheck
 from sisas.telemetry import metrics
@@ -96,6 +103,18 @@ class LocalOrchestrator(Protocol):
         ...
 
 
+def _settle_future(
+    fut: asyncio.Future[Outcome], outcome: Outcome | None, exc: BaseException | None
+) -> None:
+    if fut.done():  # the attempt was abandoned (its run cancelled): nobody waits
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        assert outcome is not None
+        fut.set_result(outcome)
+
+
 class Worker:
     """Runs the phases of ``pipelines``, ``concurrency`` at a time.
 
@@ -130,6 +149,11 @@ class Worker:
         """Scheduled phases refused for their signature (never executed)."""
         self._slots = asyncio.Semaphore(self.concurrency)
         self._configs: dict[str, dict[str, Any]] = {}
+        self._running: dict[str, dict[asyncio.Task[tuple[Outcome, bool]], threading.Event]] = {}
+        """The attempts running now, by run: their task and the event a phase sees as
+        ``ctx.cancelled``."""
+        self.cancelled_attempts = 0
+        """Attempts stopped because their run was cancelled."""
 
     async def register(self) -> None:
         """Publish each pipeline's plan with the environment this worker runs it in
@@ -144,11 +168,47 @@ class Worker:
         requests for each pipeline meanwhile (:mod:`sisas.bus.presence`)."""
         await self.register()
         subjects = [worker_subject(name) for name in self.pipelines]
-        async with answering(self.bus.nc, subjects, self.about), asyncio.TaskGroup() as tg:
+        async with (
+            answering(self.bus.nc, subjects, self.about),
+            self._watching_cancellations(),
+            asyncio.TaskGroup() as tg,
+        ):
             for name in self.pipelines:
                 tg.create_task(self._consume(name, stop))
             if self.reload:
                 tg.create_task(self._reloading(stop))
+
+    @contextlib.asynccontextmanager
+    async def _watching_cancellations(self) -> AsyncIterator[None]:
+        """Stop the attempts of a run the moment its ``run_cancelled`` is appended: the
+        log's subject of that kind is watched with a core subscription (one message per
+        cancelled run, whoever cancelled it). A subscription the server refuses (a role
+        without the permission) only means attempts run to their end, as before."""
+
+        async def on_cancelled(msg: Msg) -> None:
+            parsed = parse_log_subject(msg.subject)
+            if parsed is not None:
+                self._cancel_run(parsed[1])
+
+        subject = log_subject("*", "*", "", "run_cancelled")
+        sub = None
+        try:
+            sub = await self.bus.nc.subscribe(subject, cb=on_cancelled)
+        except Exception as exc:  # a refused subscription: cancellation waits for the end
+            log.warning("cannot watch for cancelled runs on %s: %s", subject, exc)
+        try:
+            yield
+        finally:
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    def _cancel_run(self, run_id: str) -> None:
+        """Stop every attempt of ``run_id`` running here: a child process is killed, a
+        phase in a thread sees ``ctx.cancelled`` and is no longer waited for."""
+        for task, event in self._running.get(run_id, {}).items():
+            event.set()
+            task.cancel()
 
     def about(self) -> dict[str, object]:
         """What this worker answers a presence request with: its name, its pipelines and
@@ -356,10 +416,30 @@ class Worker:
         progress, and store its output; the outcome, its status and the output's artifact
         (empty when there is no output)."""
         beat = asyncio.create_task(self._heartbeat(msg))
+        event = threading.Event()
+        execution = asyncio.create_task(self._execute(signal, body, event))
+        running = self._running.setdefault(signal.run_id, {})
+        running[execution] = event
         try:
-            outcome, timed_out = await self._execute(signal, body)
+            outcome, timed_out = await asyncio.shield(execution)
+        except asyncio.CancelledError:
+            if not event.is_set():
+                execution.cancel()
+                raise  # this worker is stopping, not the run: not an outcome
+            self.cancelled_attempts += 1
+            log.warning(
+                "run %s was cancelled: stopped %s (attempt %s)",
+                signal.run_id,
+                signal.phase if body.item is None else f"{signal.phase}[{body.item}]",
+                signal.attempt,
+            )
+            error = ErrorInfo(kind="Cancelled", message=f"run {signal.run_id} was cancelled")
+            outcome, timed_out = Outcome(status="failed", error=error), False
         finally:
             beat.cancel()
+            running.pop(execution, None)
+            if not running:
+                self._running.pop(signal.run_id, None)
         artifact = await self.bus.artifacts.put(outcome.output) if outcome.output else ""
         status: Ended = "timed_out" if timed_out else outcome.status
         return outcome, status, artifact
@@ -422,7 +502,9 @@ class Worker:
             with contextlib.suppress(Exception):
                 await msg.in_progress()
 
-    async def _execute(self, signal: Signal, body: PhaseScheduled) -> tuple[Outcome, bool]:
+    async def _execute(
+        self, signal: Signal, body: PhaseScheduled, cancel: threading.Event
+    ) -> tuple[Outcome, bool]:
         """Run the attempt on its inputs: in a child process when the phase is isolated
         (and the pipeline has a source), else in a thread of this one; the outcome and
         whether the attempt timed out. Inputs that cannot be read are a failed outcome."""
@@ -448,7 +530,7 @@ class Worker:
                 memory_limit=spec.memory_limit,
                 kwargs=kwargs,
             )
-        return await self._execute_here(pipe, signal, body, inputs, kwargs), False
+        return await self._execute_here(pipe, signal, body, inputs, kwargs, cancel), False
 
     async def _inputs(self, body: PhaseScheduled) -> PhaseInputs | Outcome:
         """The bytes of the attempt's inputs from the object store; a failed outcome when
@@ -480,8 +562,12 @@ class Worker:
         body: PhaseScheduled,
         inputs: PhaseInputs,
         kwargs: dict[str, Any],
+        cancel: threading.Event,
     ) -> Outcome:
-        """Run the attempt in a thread, its progress published on the run's live subject."""
+        """Run the attempt in a daemon thread of its own, its progress published on the
+        run's live subject. A daemon thread: an attempt abandoned because its run was
+        cancelled never keeps the process from exiting (the default executor's threads
+        would be joined at exit, however long the phase sleeps)."""
         loop = asyncio.get_running_loop()
         subject = live_subject(signal.run_id)
 
@@ -493,15 +579,26 @@ class Worker:
                 lambda: asyncio.ensure_future(self.bus.nc.publish(subject, payload))
             )
 
-        return await asyncio.to_thread(
-            execute_phase,
-            pipe,
-            signal.phase,
-            inputs,
-            progress=progress,
-            clock=time.perf_counter,
-            **kwargs,
-        )
+        done: asyncio.Future[Outcome] = loop.create_future()
+
+        def attempt() -> None:
+            try:
+                outcome = execute_phase(
+                    pipe,
+                    signal.phase,
+                    inputs,
+                    progress=progress,
+                    clock=time.perf_counter,
+                    cancel=cancel,
+                    **kwargs,
+                )
+            except BaseException as exc:  # execute_phase reports failures; this is a bug
+                loop.call_soon_threadsafe(_settle_future, done, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle_future, done, outcome, None)
+
+        threading.Thread(target=attempt, name=f"sisas-phase-{signal.phase}", daemon=True).start()
+        return await done
 
     async def _config(self, signal: Signal) -> dict[str, Any]:
         """The run's resolved configuration (from its run_started signal), cached."""
