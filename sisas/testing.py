@@ -364,7 +364,7 @@ def run_pipeline(
     run = _TimedRun(
         pipeline, run_id or f"{pipeline.name}-test", at=at.astimezone(UTC), clock=time.perf_counter
     )
-    check_settings(config or {}, pipeline.plan())  # as `sisas run --set` and the client do
+    check_settings(config or {}, pipeline.plan(), how="config key ")  # as run --set does
     run.start(data, seed=seed, config=config)
     state = run.run(max_steps=sys.maxsize)
     return RunResult(

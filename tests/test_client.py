@@ -173,3 +173,40 @@ async def test_outputs_and_resume_from_failure_through_the_cli(
     assert b"resuming " + broken.run_id.encode() + b" from cluster" in cli.stdout, cli.stderr
     nothing = await sisas(settings, "run", "clustering", "--resume", failed.run_id)
     assert nothing.returncode == 2 and b"nothing to re-execute" in nothing.stderr
+
+
+async def test_a_key_sent_twice_before_its_run_is_logged_is_still_one_request(
+    bus: Bus,
+) -> None:
+    """No orchestrator runs: the first request waits in SISAS_IN, and a second one with
+    the same key but another input is refused instead of silently dropped."""
+    code = load_pipelines([EXAMPLE], entry_points=False)["clustering"]
+    client = Client(bus)
+    first = await client.request("clustering", INPUT, seed=4, idempotency_key="k2", code=code)
+    assert not first.duplicate and first.existing is None
+    with pytest.raises(UsageError, match=r"idempotency key 'k2' names run .* another input"):
+        await client.request("clustering", {**INPUT, "k": 2}, idempotency_key="k2", code=code)
+    again = await client.request("clustering", INPUT, seed=9, idempotency_key="k2", code=code)
+    assert again.duplicate and again.seed == 4 and again.handle.run_id == first.handle.run_id
+    with pytest.raises(TimeoutError, match="no orchestrator is running"):
+        await again.handle.result(timeout=0.5)
+
+
+def test_a_sync_client_never_closed_stops_its_server_when_python_exits(tmp_path: Path) -> None:
+    script = tmp_path / "notebook.py"
+    script.write_text(
+        "from sisas import SyncClient\n"
+        "from pathlib import Path\n"
+        "from sisas.bus.settings import Settings\n"
+        f"client = SyncClient.connect(Settings(home=Path({str(tmp_path / 'home')!r})), "
+        f"pipelines=[{EXAMPLE!r}])\n"
+        f"print(client.start('clustering', {INPUT!r}, seed=7).result(timeout=60).status)\n"
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "completed", done.stderr
+    assert not (tmp_path / "home" / "server.json").exists()  # stopped, not left behind

@@ -7,14 +7,22 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from sisas.bus.connection import refused
-from sisas.errors import BusError, BusUnavailable
-from sisas.signals.inputs import Input, StartRun, encode_input
-from sisas.signals.names import input_subject
+from sisas.bus.translate import nats_errors
+from sisas.errors import BusError, BusUnavailable, SisasError
+from sisas.signals.inputs import Input, StartRun, decode_input, encode_input
+from sisas.signals.names import INPUT_STREAM, input_subject
 from sisas.telemetry.tracing import inject
 
-__all__ = ["Published", "publish_input", "publish_input_acked", "publish_start"]
+__all__ = [
+    "Published",
+    "publish_input",
+    "publish_input_acked",
+    "publish_start",
+    "stored_start",
+]
 
 
 class Published(NamedTuple):
@@ -80,3 +88,18 @@ async def publish_start(
         **fields,
     )
     return await publish_input_acked(js, start)
+
+
+async def stored_start(js: JetStreamContext, seq: int) -> StartRun | None:
+    """The ``start_run`` stored at ``seq`` of ``SISAS_IN`` (the first of a duplicated
+    request: its input and configuration), None when it is not one."""
+    with nats_errors(f"read the request stored at {INPUT_STREAM} seq {seq}"):
+        try:
+            msg = await js.get_msg(INPUT_STREAM, seq)
+        except NotFoundError:
+            return None
+    try:
+        inp = decode_input(msg.data or b"")
+    except SisasError:
+        return None
+    return inp if isinstance(inp, StartRun) else None

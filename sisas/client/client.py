@@ -29,8 +29,8 @@ from typing import Any, Self
 import msgspec
 
 from sisas.bus.artifacts import bytes_digest
-from sisas.bus.inputs import publish_input, publish_start
-from sisas.bus.presence import worker_live
+from sisas.bus.inputs import publish_input, publish_start, stored_start
+from sisas.bus.presence import orchestrator_live, worker_live
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
@@ -38,7 +38,7 @@ from sisas.client.handle import RunHandle
 from sisas.client.queries import Answer, ask
 from sisas.client.resume import Resume, prepare_resume
 from sisas.client.starting import check_settings, refuse_another_run, run_id_for
-from sisas.errors import ArtifactNotFound, UsageError
+from sisas.errors import ArtifactNotFound, SisasError, UsageError
 from sisas.handlers.state import RunState, fold
 from sisas.loader import load_pipelines
 from sisas.pipeline import Pipeline
@@ -231,7 +231,7 @@ class Client:
         settings = dict(config or {})
         if code is not None or check_plan:
             plan = code.plan() if code is not None else await self._registered(pipeline)
-            check_settings(settings, plan)
+            check_settings(settings, plan, how="config key ")
         resume = None
         if resume_of:
             resume = await prepare_resume(self.bus, pipeline, resume_of, from_phase, code)
@@ -276,6 +276,17 @@ class Client:
                 reuse=resume.reuse if resume is not None else {},
                 batch_id=batch_id,
             )
+        if published.duplicate and idempotency_key:
+            # The same key was sent moments ago and its run is not in the log yet: the
+            # stored request, not this one, decides. Refuse what it would drop silently.
+            first = await stored_start(self.bus.js, published.seq)
+            if first is not None:
+                asked = RunRequested(
+                    input_digest=first.input_digest, config=dict(first.config), seed=first.seed
+                )
+                given = input is not None or input_bytes is not None
+                refuse_another_run(run_id, idempotency_key, asked, digest, given, settings)
+                seed = first.seed
         return Started(handle, seed, digest, duplicate=published.duplicate, resume=resume)
 
     async def _registered(self, pipeline: str) -> PipelinePlan:
@@ -334,6 +345,28 @@ class Client:
             )
         return True
 
+    async def stalled(self, pipeline: str, state: RunState | None) -> str:
+        """What keeps a run from moving, as a clause (``: no orchestrator is running…``),
+        or "" when nothing is known to: no live orchestrator while it is not in the log,
+        no live worker of its pipeline while it runs."""
+        try:
+            if (state is None or state.status == "new") and not await orchestrator_live(
+                self.bus.nc
+            ):
+                return (
+                    ": no orchestrator is running, so the request waits in SISAS_IN (start "
+                    "`sisas up`, or connect with Client.connect(pipelines=[CODE]) when no "
+                    "server runs)"
+                )
+            if pipeline and not await worker_live(self.bus.nc, pipeline):
+                return (
+                    f": no live worker runs {pipeline} (start `sisas worker --pipelines "
+                    "CODE`, or `sisas up --pipelines CODE`)"
+                )
+        except SisasError:
+            return ""
+        return ""
+
     async def state(self, run_id: str) -> RunState:
         """The run's state folded from its log now (status ``new``: no such run yet)."""
         records = await self.bus.log.read_run(check_name(run_id, "run id"))
@@ -355,7 +388,13 @@ class Client:
         if ps.status == "skipped" and ps.skip_reason == "resumed":
             raise UsageError(f"{phase} of {run_id} was reused from {state.resume_of}: ask it")
         if ps.status != "completed":
-            raise UsageError(f"{phase} of {run_id} has no output: it is {ps.status}")
+            why = f"it is {ps.status}"
+            if state.ended and ps.status in ("pending", "cancelled", "skipped"):
+                ended = f"failed in {state.failed_phase}" if state.failed_phase else state.status
+                why = f"it never ran to its end: the run {ended}"
+                if ps.skip_reason:
+                    why = f"it was skipped ({ps.skip_reason})"
+            raise UsageError(f"{phase} of {run_id} has no output: {why}")
         if item is not None:
             if ps.items is None or not 0 <= item < ps.items:
                 raise UsageError(f"{phase} of {run_id} has no item {item}")

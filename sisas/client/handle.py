@@ -116,11 +116,19 @@ class RunHandle:
         seconds (the run goes on)."""
         state: RunState | None = None
         n = retries = 0
-        async with asyncio.timeout(timeout), contextlib.aclosing(self.signals()) as signals:
-            async for signal in signals:
-                state = evolve(state or RunState.new(signal.pipeline, signal.run_id), signal)
-                n += 1
-                retries += signal.kind == "phase_retry_scheduled"
+        try:
+            async with asyncio.timeout(timeout), contextlib.aclosing(self.signals()) as signals:
+                async for signal in signals:
+                    state = evolve(state or RunState.new(signal.pipeline, signal.run_id), signal)
+                    n += 1
+                    retries += signal.kind == "phase_retry_scheduled"
+        except TimeoutError:
+            status = state.status if state is not None else "not in the log yet"
+            why = await self.client.stalled(state.pipeline if state else self.pipeline, state)
+            raise TimeoutError(
+                f"run {self.run_id} did not end within {timeout}s (it is {status}){why}; "
+                "it goes on: wait again, or cancel it"
+            ) from None
         assert state is not None  # follow ends only at an ending signal
         self.pipeline = state.pipeline
         result = RunResult.of(state, n, retries)

@@ -33,7 +33,9 @@ POLICIES: Final = frozenset(
 does not change: of them all, ``--set`` changes ``enabled`` only."""
 
 
-def check_settings(config: Mapping[str, Scalar], plan: PipelinePlan) -> None:
+def check_settings(
+    config: Mapping[str, Scalar], plan: PipelinePlan, *, how: str = "--set "
+) -> None:
     """Refuse ``--set`` keys that sisas reads but would not apply as asked.
 
     sisas itself reads one key per phase, ``PHASE.enabled`` (true or false); every key
@@ -51,17 +53,17 @@ def check_settings(config: Mapping[str, Scalar], plan: PipelinePlan) -> None:
         if rest == "enabled":
             if head not in phases:
                 raise UsageError(
-                    f"--set {key}={shown}: {plan.name} has no phase {head!r} "
+                    f"{how}{key}={shown}: {plan.name} has no phase {head!r} "
                     f"(phases: {listed}); name one of them"
                 )
             if not isinstance(value, bool):
                 raise UsageError(
-                    f"--set {key}={shown}: {head}.enabled takes true or false, "
+                    f"{how}{key}={shown}: {head}.enabled takes true or false, "
                     f"e.g. --set {head}.enabled=false"
                 )
         elif head in phases and rest in POLICIES:
             raise UsageError(
-                f"--set {key}={shown}: {rest} is a policy of phase {head}, set by its code "
+                f"{how}{key}={shown}: {rest} is a policy of phase {head}, set by its code "
                 f"(@pipeline.phase({rest}=...)); the one policy --set changes is "
                 f"{head}.enabled. Keys of your own reach the phases as ctx.config: name "
                 f"them otherwise than a policy ({', '.join(sorted(POLICIES))})"

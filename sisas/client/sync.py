@@ -12,6 +12,7 @@ a loop runs already (Jupyter) as well as in a plain script::
 from __future__ import annotations
 
 import asyncio
+import atexit
 import threading
 from collections.abc import Coroutine, Iterable, Iterator, Mapping
 from concurrent.futures import Future
@@ -95,6 +96,7 @@ class SyncClient:
     def __init__(self, client: Client, loop: _Loop) -> None:
         self._client = client
         self._loop = loop
+        self._closed = False
 
     @classmethod
     def connect(
@@ -114,11 +116,20 @@ class SyncClient:
         except BaseException:
             loop.stop()
             raise
-        return cls(client, loop)
+        sync = cls(client, loop)
+        # A notebook or script that never closes it must not leave the embedded server
+        # it started (or its services) running after Python exits.
+        atexit.register(sync.close)
+        return sync
 
     def close(self) -> None:
+        """Close the client (and a server it started); safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
         try:
-            self._loop.run(self._client.close())
+            self._loop.run(self._client.close(), timeout=30)
         finally:
             self._loop.stop()
 

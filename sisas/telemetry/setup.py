@@ -134,7 +134,10 @@ def _check_protocol(env: Mapping[str, str], signal: str) -> None:
 
 def _span_exporter(name: str, env: Mapping[str, str]) -> SpanExporter:
     if name == "console":
-        return ConsoleSpanExporter(out=sys.stderr)
+        # one compact JSON object per line: a file of them reads as JSON Lines
+        return ConsoleSpanExporter(
+            out=sys.stderr, formatter=lambda span: span.to_json(indent=None) + "\n"
+        )
     _check_protocol(env, "TRACES")
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
