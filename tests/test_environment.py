@@ -191,3 +191,86 @@ def test_a_rerun_of_a_run_recorded_before_environments_says_so() -> None:
     assert plan.environment is None
     v = verdict(plan, [], workers=1, current_environment=Environment(python="3.11.7"))
     assert v.recorded_environment is None and v.environment_changes == []
+
+
+async def test_each_attempt_names_the_environment_it_ran_in(
+    bus: Bus, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fleet of mixed workers: the plan was registered under envprobe 1.0, the phases
+    ran on a worker with 2.0. Each phase_started names the worker's environment, so a
+    rerun under 2.0 finds nothing changed (the plan's environment alone would claim
+    `envprobe 1.0 -> 2.0`), and one under 1.0 names the change."""
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    from sisas.client import Client
+    from sisas.services.worker import Worker
+
+    v1 = fake_distribution(tmp_path / "v1", "envprobe", "1.0", factor=2)
+    v2 = fake_distribution(tmp_path / "v2", "envprobe", "2.0", factor=2)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "probe.py").write_text(PROJECT.format(dist="envprobe"))
+    (project / "helpers.py").write_text(HELPERS)
+    code = str(project / "probe.py")
+    env = {
+        **os.environ,
+        "SISAS_NATS_URL": settings.nats_url or "",
+        "SISAS_HOME": str(settings.home),
+        "SISAS_REPLICAS": "1",
+        "PYTHONPATH": f"{project}:{v2}",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "sisas.cli", "worker", "--pipelines", code],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    before = set(sys.modules)
+    from sisas import environment
+
+    try:
+        from sisas.bus.presence import worker_live
+
+        for _ in range(200):
+            if await worker_live(bus.nc, "envprobe"):
+                break
+            await asyncio.sleep(0.05)
+        monkeypatch.syspath_prepend(str(v1))
+        monkeypatch.syspath_prepend(str(project))
+        importlib.invalidate_caches()
+        environment._providers.cache_clear()
+        pipes = load_pipelines([code], entry_points=False)
+        await Worker(bus, pipes).register()  # the plan now says envprobe 1.0
+        async with running_services(bus, {}):  # an orchestrator only: B runs the phases
+            handle = await Client(bus).start("envprobe", {"a": 1.0})
+            result = await handle.result(timeout=60)
+    finally:
+        worker.terminate()
+        worker.communicate(timeout=30)
+        for name in set(sys.modules) - before:
+            sys.modules.pop(name, None)
+        environment._providers.cache_clear()
+    assert result.status == "completed"
+    signals = [s async for s in handle.signals(follow=False)]
+    started = next(s.body for s in signals if isinstance(s.body, RunStarted))
+    assert started.plan is not None and started.plan.environment is not None
+    assert started.plan.environment.packages["envprobe"] == "1.0"
+    digests = {s.body.environment for s in signals if s.kind == "phase_started"}
+    assert len(digests) == 1 and next(iter(digests)).startswith("sha256:")
+
+    under_v2 = await sisas(
+        settings, "replay", "rerun", handle.run_id, "--pipelines", code, "--json",
+        PYTHONPATH=f"{project}:{v2}",
+    )  # fmt: skip
+    verdict = json.loads(under_v2.stdout)
+    assert verdict["environment_changes"] == [], verdict["environment_changes"]
+    ran_in = list(verdict["attempt_environments"].values())
+    assert [e["packages"]["envprobe"] for e in ran_in] == ["2.0"]
+    under_v1 = await sisas(
+        settings, "replay", "rerun", handle.run_id, "--pipelines", code, "--json",
+        PYTHONPATH=f"{project}:{v1}",
+    )  # fmt: skip
+    assert "envprobe 2.0 -> 1.0" in json.loads(under_v1.stdout)["environment_changes"]

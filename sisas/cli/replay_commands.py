@@ -187,6 +187,11 @@ def print_environment_changes(v: RerunVerdict, *, limit: int = 12) -> None:
     if v.recorded_environment is None:
         console.print("  environment: not recorded (the run predates environment records)")
         return
+    if len(v.attempt_environments) > 1:
+        console.print(
+            f"  [yellow]note:[/] the run's attempts ran in {len(v.attempt_environments)} "
+            "different environments (workers with other versions): compared with each"
+        )
     if not v.environment_changes:
         console.print("  environment: the same as recorded")
         return

@@ -4,6 +4,7 @@ projection's state of each run to compare with the refold."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
@@ -16,10 +17,11 @@ from sisas.handlers.state import RunState, state_digest
 from sisas.pipeline import Pipeline
 from sisas.replay.evidence import artifact_uses, located
 from sisas.replay.executor import execute_tasks
-from sisas.replay.rerun import hold_side_effects, judge, plan_rerun, verdict
+from sisas.replay.rerun import RerunPlan, hold_side_effects, judge, plan_rerun, verdict
 from sisas.replay.verdicts import ArtifactProblem, RerunVerdict, VerifyReport
 from sisas.replay.verify import LogVerifier, Projected, report
 from sisas.signals.envelope import Signal
+from sisas.signals.plan import Environment
 from sisas.signals.records import StoredSignal
 
 __all__ = ["Fetch", "bus_fetch", "read_signals", "rerun_signals", "verify_log"]
@@ -201,5 +203,20 @@ async def rerun_signals(
         artifacts_read=len(artifacts),
         current_code=pipe.plan().fingerprint,
         current_environment=capture_environment(pipe, nats_server=nats_server),
+        attempt_environments=await _environments(plan, fetch),
         compute_seconds=sum(seconds for _, seconds in outcomes),
     )
+
+
+async def _environments(plan: RerunPlan, fetch: Fetch) -> dict[str, Environment]:
+    """The environment records the run's attempts name, by digest; one that cannot be
+    read (a bundle exported without it, a record from before) is left out, and the
+    comparison falls back on the environment registered with the plan."""
+    found: dict[str, Environment] = {}
+    for digest in sorted({t.environment for t in plan.tasks if t.environment}):
+        data = await fetch(digest)
+        if not isinstance(data, bytes):
+            continue
+        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+            found[digest] = msgspec.json.decode(data, type=Environment)
+    return found

@@ -271,7 +271,8 @@ def _report(b: _Builder, r: PhaseReport) -> None:
     if status == "scheduled":
         # The outcome overtook its "started" report (two orchestrators took them in the
         # other order): record the start first, so every attempt that ended has started.
-        b.emit(PhaseStarted(worker=r.worker, item=r.item), r.phase, r.attempt)
+        started = PhaseStarted(worker=r.worker, item=r.item, environment=r.environment)
+        b.emit(started, r.phase, r.attempt)
     _record_checks(b, r)
     if r.status == "completed":
         _attempt_completed(b, r)
@@ -311,7 +312,8 @@ def _attempt_started(b: _Builder, r: PhaseReport, status: PhaseStatus, worker: s
     """Record a start once per worker: a repeated start changes nothing, another
     worker's start (it took the work over from a lost one) is recorded."""
     if status == "scheduled" or worker != r.worker:
-        b.emit(PhaseStarted(worker=r.worker, item=r.item), r.phase, r.attempt)
+        started = PhaseStarted(worker=r.worker, item=r.item, environment=r.environment)
+        b.emit(started, r.phase, r.attempt)
 
 
 def _record_checks(b: _Builder, r: PhaseReport) -> None:

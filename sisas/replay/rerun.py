@@ -32,6 +32,7 @@ from sisas.signals.kinds import (
     PhaseCompleted,
     PhaseFailed,
     PhaseScheduled,
+    PhaseStarted,
     PhaseTimedOut,
     RunStarted,
     Scalar,
@@ -66,6 +67,8 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     artifact: str = ""
     error_kind: str = ""
     checks: dict[str, bool] = {}
+    environment: str = ""
+    """The artifact digest of the environment the attempt ran in (its phase_started)."""
 
     @property
     def artifacts(self) -> list[str]:
@@ -105,6 +108,7 @@ def plan_rerun(signals: Sequence[Signal], *, include_side_effects: bool = False)
         raise UsageError("there are no signals to rerun: is this the right run or bundle?")
     state = RunState.new(signals[0].pipeline, signals[0].run_id)
     scheduled: dict[_Key, PhaseScheduled] = {}
+    started_in: dict[_Key, str] = {}
     checks: dict[_Key, dict[str, bool]] = {}
     decided: dict[tuple[str, int | None], Task] = {}
     code = ""
@@ -118,6 +122,8 @@ def plan_rerun(signals: Sequence[Signal], *, include_side_effects: bool = False)
         if isinstance(body, PhaseScheduled):
             scheduled[key] = body
             checks[key] = {}
+        elif isinstance(body, PhaseStarted):
+            started_in[key] = body.environment
         elif isinstance(body, ContractChecked):
             checks.setdefault(key, {})[f"{body.boundary}:{body.contract}"] = body.passed
         elif isinstance(body, InvariantChecked):
@@ -140,6 +146,7 @@ def plan_rerun(signals: Sequence[Signal], *, include_side_effects: bool = False)
                 ),
                 error_kind=body.error.kind if isinstance(body, PhaseFailed) else "",
                 checks=checks.get(key, {}),
+                environment=started_in.get(key, ""),
             )
         elif isinstance(body, PhaseTimedOut):
             decided.pop((s.phase, item), None)
@@ -270,6 +277,21 @@ def _digests(tasks: Iterable[Task]) -> dict[tuple[str, int | None], str]:
     return {(t.phase, t.item): t.output_digest if t.status == "completed" else "" for t in tasks}
 
 
+def _environment_changes(
+    registered: Environment | None,
+    ran_in: Mapping[str, Environment],
+    current: Environment | None,
+) -> list[str]:
+    """Each difference between the environments the attempts ran in (else the one
+    registered with the plan) and ``current``; one line each, sorted, once."""
+    if current is None:
+        return []
+    recorded = list(ran_in.values()) or ([registered] if registered is not None else [])
+    if len(recorded) == 1:
+        return recorded[0].changes(current)
+    return sorted({line for env in recorded for line in env.changes(current)})
+
+
 def verdict(
     plan: RerunPlan,
     results: Sequence[PhaseRerun],
@@ -279,6 +301,7 @@ def verdict(
     artifacts_read: int = 0,
     current_code: str = "",
     current_environment: Environment | None = None,
+    attempt_environments: Mapping[str, Environment] | None = None,
     compute_seconds: float = 0.0,
 ) -> RerunVerdict:
     """The rerun's verdict: deterministic when every re-executed attempt matched, no
@@ -287,7 +310,9 @@ def verdict(
     count with their recorded digests. The environment it ran in is compared with the
     recorded one: each difference is named (``numpy 2.3.1 -> 2.4.0``), whatever the
     verdict, so a divergence is explained and an equal rerun under other versions says
-    so."""
+    so. ``attempt_environments``: the environment records the attempts name (by
+    digest), when they could be read: each attempt is then compared with the
+    environment it actually ran in, not the one registered with the plan."""
     recorded = _digests([*plan.tasks, *plan.reused, *plan.blocked])
     new = _digests(plan.reused)
     new.update(
@@ -297,6 +322,8 @@ def verdict(
     recorded_fingerprint = plan.state.fingerprint or _fingerprint(plan, recorded)
     fingerprint = _fingerprint(plan, new, results)
     executed = {t.phase for t in plan.tasks}
+    named = {t.environment for t in [*plan.tasks, *plan.reused, *plan.blocked] if t.environment}
+    ran_in = {d: e for d, e in (attempt_environments or {}).items() if d in named}
     return RerunVerdict(
         run_id=plan.run_id,
         pipeline=plan.pipeline,
@@ -315,10 +342,7 @@ def verdict(
         current_code=current_code,
         recorded_environment=plan.environment,
         current_environment=current_environment,
-        environment_changes=(
-            plan.environment.changes(current_environment)
-            if plan.environment is not None and current_environment is not None
-            else []
-        ),
+        attempt_environments=ran_in,
+        environment_changes=_environment_changes(plan.environment, ran_in, current_environment),
         compute_seconds=compute_seconds,
     )

@@ -172,6 +172,9 @@ class RerunVerdict(msgspec.Struct, frozen=True, kw_only=True):
     """The environment recorded with the run (None for runs recorded before sisas kept it)."""
     current_environment: Environment | None = None
     """The environment the rerun executed in."""
+    attempt_environments: dict[str, Environment] = {}
+    """The environments the recorded attempts ran in, by the digest of their record (one
+    per worker setup; several when a fleet of mixed workers ran the run)."""
     environment_changes: list[str] = []
     """Each difference between the two, ``numpy 2.3.1 -> 2.4.0``; empty when equal."""
     compute_seconds: float = 0.0

@@ -149,6 +149,9 @@ class Worker:
         """Scheduled phases refused for their signature (never executed)."""
         self._slots = asyncio.Semaphore(self.concurrency)
         self._configs: dict[str, dict[str, Any]] = {}
+        self._environments: dict[str, str] = {}
+        """Artifact digest of the environment record of each pipeline run here, named
+        by every attempt's ``phase_started``."""
         self._running: dict[str, dict[asyncio.Task[tuple[Outcome, bool]], threading.Event]] = {}
         """The attempts running now, by run: their task and the event a phase sees as
         ``ctx.cancelled``."""
@@ -161,6 +164,8 @@ class Worker:
         registry = PlanRegistry(self.bus.js)
         for pipe in self.pipelines.values():
             environment = capture_environment(pipe, nats_server=self.bus.server_version)
+            record = msgspec.json.encode(environment, order="sorted")
+            self._environments[pipe.name] = await self.bus.artifacts.put(record)
             await registry.publish(msgspec.structs.replace(pipe.plan(), environment=environment))
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -639,6 +644,7 @@ class Worker:
             attempt=signal.attempt,
             status=status,
             worker=self.name,
+            environment=self._environments.get(signal.pipeline, "") if status == "started" else "",
             item=body.item,
             output_digest=out.output_digest,
             artifact=artifact,

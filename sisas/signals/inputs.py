@@ -107,6 +107,8 @@ class PhaseReport(msgspec.Struct, tag="phase_report", **_OPTS):
     attempt: int
     status: Literal["started", "completed", "failed", "timed_out"]
     worker: str = ""
+    environment: str = ""
+    """The artifact digest of the worker's environment record (see ``phase_started``)."""
     item: int | None = None
     output_digest: str = ""
     artifact: str = ""

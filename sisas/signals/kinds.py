@@ -148,10 +148,13 @@ class PhaseScheduled(msgspec.Struct, tag="phase_scheduled", **_OPTS):
 
 
 class PhaseStarted(msgspec.Struct, tag="phase_started", **_OPTS):
-    """A worker took the phase."""
+    """A worker took the phase. ``environment``: the artifact digest of the environment
+    that worker runs the pipeline in (:class:`sisas.signals.plan.Environment`, JSON), so
+    each attempt names the versions it ran under, even in a fleet of mixed workers."""
 
     worker: str = ""
     item: int | None = None
+    environment: Digest = ""
 
 
 class PhaseCompleted(msgspec.Struct, tag="phase_completed", **_OPTS):
