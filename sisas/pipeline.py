@@ -112,6 +112,7 @@ class Context:
         config: Mapping[str, Scalar] | None = None,
         progress: Callable[[float, str], None] | None = None,
         cancel: threading.Event | None = None,
+        secrets: Mapping[str, str] | None = None,
     ) -> None:
         self.run_id = run_id
         self.pipeline = pipeline
@@ -127,6 +128,18 @@ class Context:
         )
         self._progress = progress
         self._cancel = cancel
+        self._secrets = dict(secrets or {})
+
+    def secret(self, name: str) -> str:
+        """The value of a secret the phase declared (``@pipeline.phase(secrets=[...])``),
+        as the worker running it resolved it. Never return it, log it or put it in an
+        output: those are recorded for ever."""
+        if name not in self._secrets:
+            raise HardFailure(
+                f"phase {self.phase} reads secret {name!r} without declaring it: add it to "
+                f"@pipeline.phase(secrets=[...])"
+            )
+        return self._secrets[name]
 
     @property
     def cancelled(self) -> bool:
@@ -177,6 +190,7 @@ class PhaseSpec:
     side_effects: bool = False
     map_over: str = ""
     partial: bool = False
+    secrets: list[str] = field(default_factory=list)
     invariants: list[InvariantSpec] = field(default_factory=list)
     bridges: dict[str, Any] = field(default_factory=dict)
 
@@ -235,8 +249,14 @@ class Pipeline:
         side_effects: bool = False,
         map_over: str = "",
         partial: bool = False,
+        secrets: list[str] | tuple[str, ...] = (),
     ) -> Callable[[F], F]:
         """Register the decorated function as a phase.
+
+        ``secrets``: the names of the secrets the phase reads with ``ctx.secret(name)``;
+        each worker resolves them where it runs (``SISAS_SECRET_<NAME>``, or a file
+        ``<name>`` in ``SISAS_SECRETS_DIR``) and the log records only which ones and a
+        keyed digest of their version, never a value (docs/security.md).
 
         ``depends_on`` defaults to the parameters that name other phases. With
         ``map_over``, ``partial=True`` lets items fail for good (after their retries)
@@ -289,6 +309,7 @@ class Pipeline:
                 side_effects=side_effects,
                 map_over=map_over,
                 partial=partial,
+                secrets=[check_name(s, "secret name") for s in secrets],
             )
             self._plan = None
             return fn

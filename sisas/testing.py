@@ -340,8 +340,12 @@ def run_pipeline(
     config: Mapping[str, Scalar] | None = None,
     at: datetime = DEFAULT_AT,
     run_id: str | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> RunResult:
     """Run ``pipeline`` to its end in this process and return what it recorded.
+
+    ``secrets``: the values phases read with ``ctx.secret(name)`` (a worker resolves them
+    from its environment; here the test gives them; they never enter the signals).
 
     ``input`` is any JSON-able value (dicts, lists, numbers, strings, pydantic models;
     None sends JSON ``null``), sent as JSON; ``input_bytes`` sends bytes as they are
@@ -362,7 +366,11 @@ def run_pipeline(
         raise UsageError(f"at={at.isoformat()} has no timezone: pass e.g. tzinfo=UTC")
     data = _encode(input, input_bytes)
     run = _TimedRun(
-        pipeline, run_id or f"{pipeline.name}-test", at=at.astimezone(UTC), clock=time.perf_counter
+        pipeline,
+        run_id or f"{pipeline.name}-test",
+        at=at.astimezone(UTC),
+        clock=time.perf_counter,
+        secrets=secrets,
     )
     check_settings(config or {}, pipeline.plan(), how="config key ")  # as run --set does
     run.start(data, seed=seed, config=config)

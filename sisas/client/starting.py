@@ -4,7 +4,9 @@ is the same one (a key names one run, as a workflow id does in Temporal)."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from typing import Final
@@ -15,6 +17,21 @@ from sisas.signals import RunRequested, Scalar
 from sisas.signals.plan import PipelinePlan
 
 __all__ = ["POLICIES", "check_settings", "refuse_another_run", "run_id_for"]
+
+_SECRET_WORDS: Final = frozenset(
+    {"password", "passwd", "pass", "secret", "token", "credential", "credentials", "apikey"}
+)
+_SECRET_PAIRS: Final = frozenset({("api", "key"), ("private", "key"), ("access", "key")})
+
+
+def _names_a_secret(key: str) -> bool:
+    """Whether a configuration key names a secret (``db.password``, ``api_key``,
+    ``auth.token``), by its whole words (``max_tokens`` does not)."""
+    words = [w for w in re.split(r"[._\-]+", key.lower()) if w]
+    return bool(_SECRET_WORDS & set(words)) or any(
+        pair in _SECRET_PAIRS for pair in itertools.pairwise(words)
+    )
+
 
 POLICIES: Final = frozenset(
     {
@@ -47,6 +64,16 @@ def check_settings(
     """
     phases = [p.name for p in plan.phases]
     listed = ", ".join(phases)
+    for key in config:
+        if _names_a_secret(key):
+            name = key.rpartition(".")[2].lower().replace("-", "_")
+            raise UsageError(
+                f"{how}{key}=…: {key} looks like a secret, and a run's configuration is "
+                f"recorded in the immutable log for ever (the value was not sent). Declare "
+                f'it on the phase that reads it (@pipeline.phase(secrets=["{name}"])), give '
+                f"the workers its value as SISAS_SECRET_{name.upper()} (or a file {name} in "
+                f'SISAS_SECRETS_DIR), and read it with ctx.secret("{name}")'
+            )
     for key, value in config.items():
         head, _, rest = key.partition(".")
         shown = json.dumps(value) if not isinstance(value, str) else value

@@ -252,6 +252,7 @@ def execute_phase(
     progress: Callable[[float, str], None] | None = None,
     clock: Callable[[], float],
     cancel: threading.Event | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> Outcome:
     """Run one attempt of ``phase`` on ``inputs``; never raises for the phase's failures.
     ``cancel``: set by the worker when the run is cancelled (``ctx.cancelled``).
@@ -282,6 +283,7 @@ def execute_phase(
         config=config,
         progress=progress,
         cancel=cancel,
+        secrets=secrets,
     )
     # The phase is called here, not in a helper: the first frame of a crash's traceback
     # (error.detail) is this call.

@@ -36,7 +36,10 @@ class LocalRun:
         at: datetime,
         clock: Callable[[], float],
         circuits: dict[str, Circuit] | None = None,
+        secrets: Mapping[str, str] | None = None,
     ) -> None:
+        self.secrets = dict(secrets or {})
+        """Values of the secrets phases read (``ctx.secret``): what a worker would resolve."""
         self.circuits = circuits if circuits is not None else {}
         """Circuits by phase, shared with other runs when the caller passes one dict."""
         self.pipeline = pipeline
@@ -141,7 +144,12 @@ class LocalRun:
             item=body.item,
             config=self.state.config,
             clock=self.clock,
+            secrets={k: v for k, v in self.secrets.items() if k in self._declared(scheduled)},
         )
+
+    def _declared(self, scheduled: Signal) -> list[str]:
+        spec = self.pipeline.phases.get(scheduled.phase)
+        return spec.secrets if spec is not None else []
 
     def execute(self, scheduled: Signal, inputs: PhaseInputs) -> tuple[Outcome, bool]:
         """Run one attempt; return its outcome and whether it timed out.

@@ -271,7 +271,9 @@ def _report(b: _Builder, r: PhaseReport) -> None:
     if status == "scheduled":
         # The outcome overtook its "started" report (two orchestrators took them in the
         # other order): record the start first, so every attempt that ended has started.
-        started = PhaseStarted(worker=r.worker, item=r.item, environment=r.environment)
+        started = PhaseStarted(
+            worker=r.worker, item=r.item, environment=r.environment, secrets=dict(r.secrets)
+        )
         b.emit(started, r.phase, r.attempt)
     _record_checks(b, r)
     if r.status == "completed":
@@ -312,7 +314,9 @@ def _attempt_started(b: _Builder, r: PhaseReport, status: PhaseStatus, worker: s
     """Record a start once per worker: a repeated start changes nothing, another
     worker's start (it took the work over from a lost one) is recorded."""
     if status == "scheduled" or worker != r.worker:
-        started = PhaseStarted(worker=r.worker, item=r.item, environment=r.environment)
+        started = PhaseStarted(
+            worker=r.worker, item=r.item, environment=r.environment, secrets=dict(r.secrets)
+        )
         b.emit(started, r.phase, r.attempt)
 
 

@@ -54,6 +54,7 @@ from sisas.handlers.trust import refusal
 from sisas.pipeline import Pipeline
 from sisas.services.isolation import run_isolated
 from sisas.services.reloading import CodeWatcher
+from sisas.services.secrets import MissingSecret, resolve_secrets, secret_digests
 from sisas.signals.envelope import Signal
 from sisas.signals.inputs import PhaseReport
 from sisas.signals.kinds import ENDING_KINDS, ErrorInfo, PhaseScheduled, RunStarted
@@ -214,6 +215,19 @@ class Worker:
         for task, event in self._running.get(run_id, {}).items():
             event.set()
             task.cancel()
+
+    def _secret_digests(self, signal: Signal) -> dict[str, str]:
+        """What the log records of the secrets the attempt will read (names and keyed
+        digests; :mod:`sisas.services.secrets`); a missing one is recorded by name and
+        fails the attempt when it runs."""
+        pipe = self.pipelines.get(signal.pipeline)
+        spec = pipe.phases.get(signal.phase) if pipe else None
+        if spec is None or not spec.secrets:
+            return {}
+        try:
+            return secret_digests(resolve_secrets(spec.secrets))
+        except MissingSecret:
+            return dict.fromkeys(spec.secrets, "")
 
     def about(self) -> dict[str, object]:
         """What this worker answers a presence request with: its name, its pipelines and
@@ -398,7 +412,7 @@ class Worker:
         and it the current attempt of its phase or item). When not, the message is
         acknowledged: the run ended, or the work was redelivered after its outcome was
         recorded."""
-        state = await self._report(signal, body, "started")
+        state = await self._report(signal, body, "started", secrets=self._secret_digests(signal))
         # A local orchestrator's answer is the run's latest state: nothing to do when
         # the run ended or this attempt did (work redelivered after its outcome was
         # recorded). Otherwise ask the log, unless it was asked already.
@@ -517,14 +531,20 @@ class Worker:
         inputs = await self._inputs(body)
         if isinstance(inputs, Outcome):
             return inputs, False
+        spec = pipe.phases.get(signal.phase)
+        try:
+            secrets = resolve_secrets(spec.secrets if spec else [], worker=f"worker {self.name}")
+        except MissingSecret as exc:
+            error = ErrorInfo(kind="HardFailure", message=str(exc), retryable=False)
+            return Outcome(status="failed", error=error), False
         kwargs: dict[str, Any] = {
             "run_id": signal.run_id,
             "seed": body.seed,
             "attempt": signal.attempt,
             "item": body.item,
             "config": await self._config(signal),
+            "secrets": secrets,
         }
-        spec = pipe.phases.get(signal.phase)
         if spec is not None and spec.isolated and pipe.source:
             return await run_isolated(
                 pipe.source,
@@ -627,6 +647,7 @@ class Worker:
         status: Literal["started", "completed", "failed", "timed_out"],
         outcome: Outcome | None = None,
         artifact: str = "",
+        secrets: dict[str, str] | None = None,
     ) -> RunState | None:
         """Send a report; return the run's latest state when a local orchestrator decided
         it, None when it was published to ``SISAS_IN``."""
@@ -645,6 +666,7 @@ class Worker:
             status=status,
             worker=self.name,
             environment=self._environments.get(signal.pipeline, "") if status == "started" else "",
+            secrets=secrets or {},
             item=body.item,
             output_digest=out.output_digest,
             artifact=artifact,

@@ -109,6 +109,8 @@ class PhaseReport(msgspec.Struct, tag="phase_report", **_OPTS):
     worker: str = ""
     environment: str = ""
     """The artifact digest of the worker's environment record (see ``phase_started``)."""
+    secrets: dict[str, str] = {}
+    """Which secrets the attempt read and a keyed digest of each (see ``phase_started``)."""
     item: int | None = None
     output_digest: str = ""
     artifact: str = ""

@@ -155,6 +155,9 @@ class PhaseStarted(msgspec.Struct, tag="phase_started", **_OPTS):
     worker: str = ""
     item: int | None = None
     environment: Digest = ""
+    secrets: dict[str, str] = {}
+    """The secrets the attempt read, by name: a keyed digest of each value
+    (``hmac-sha256:…``, when the workers share ``SISAS_SECRETS_KEY``) or "". Never a value."""
 
 
 class PhaseCompleted(msgspec.Struct, tag="phase_completed", **_OPTS):
