@@ -1,4 +1,6 @@
-"""Small pipelines for the distributed tests (loaded by file path, also in child processes)."""
+"""Small pipelines for the tests. The distributed tests load the module-level ones by
+file path (also in child processes); :func:`small` makes a new one per call for runs in
+process."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from sisas.pipeline import Context, HardFailure, Pipeline
+from sisas.pipeline import Context, HardFailure, NonFatal, Pipeline
 
 slow = Pipeline("slow", version="1")
 
@@ -95,3 +97,37 @@ def square(ctx: Context, item: int) -> int:
 @traced.phase()
 def total(ctx: Context, square: list[int]) -> int:
     return sum(square)
+
+
+class Weights(BaseModel):
+    weights: list[float]
+
+
+def small(fatal: bool = True, broken: bool = False) -> Pipeline:
+    """A new ``small`` pipeline: ``first`` normalises its input to weights (INV-1: they
+    sum to 1; ``broken`` doubles them), ``optional`` fails (with NonFatal unless
+    ``fatal``), ``after`` needs it, ``independent`` does not."""
+    pipe = Pipeline("small", version="1")
+
+    @pipe.phase()
+    def first(ctx: Context, input: list[float]) -> Weights:
+        total = sum(input)
+        return Weights(weights=[w / total * (2 if broken else 1) for w in input])
+
+    @pipe.invariant("INV-1", phase="first", description="weights sum to 1")
+    def sums(out: Weights) -> tuple[bool, float, float]:
+        return abs(sum(out.weights) - 1) < 1e-9, sum(out.weights), 1.0
+
+    @pipe.phase(fatal=fatal)
+    def optional(ctx: Context, first: Weights) -> int:
+        raise NonFatal("no data today") if not fatal else RuntimeError("boom")
+
+    @pipe.phase()
+    def after(ctx: Context, optional: int) -> int:
+        return optional
+
+    @pipe.phase()
+    def independent(ctx: Context, first: Weights) -> int:
+        return len(first.weights)
+
+    return pipe

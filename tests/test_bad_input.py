@@ -84,10 +84,10 @@ from sisas.signals.names import (
     input_subject,
     log_subject,
 )
+from tests.cli_process import server_env, sisas_async
 from tests.conftest import AT
+from tests.runs import TEST_PIPES, start, wait_end
 from tests.strategies import bodies
-from tests.test_replay_bus import sisas as sisas_cli
-from tests.test_runs_bus import TEST_PIPES, start, wait_end
 
 T = TypeVar("T")
 _SHORT = reprlib.Repr()
@@ -772,8 +772,9 @@ async def test_an_outsider_appending_to_the_log_is_caught_by_verify_and_stops_no
         return not info.num_redelivered
 
     await _until(no_work_redelivered, 20, "the worker to stop retrying forged work")
-    verify = await sisas_cli(
-        sys_.settings, "replay", "verify", "--all", "--trust", sys_.public_key, "--json"
+    env = server_env(sys_.settings)
+    verify = await sisas_async(
+        "replay", "verify", "--all", "--trust", sys_.public_key, "--json", env=env
     )
     assert verify.returncode == 1, verify.stdout + verify.stderr
     doc = json.loads(verify.stdout)
@@ -953,10 +954,11 @@ async def test_a_pipeline_file_that_does_not_import_exits_2_naming_the_file_and_
             commands.append((command, file, problem, fix))
     commands.append((("worker", "--pipelines", "tests.no_such_module"), None, "", ""))
     commands.append((("worker", "--pipelines", "tests.pipelines:nosuch"), None, "", ""))
-    results = await asyncio.gather(*(sisas_cli(sys_.settings, *c[0]) for c in commands))
+    env = server_env(sys_.settings)
+    results = await asyncio.gather(*(sisas_async(*c[0], env=env) for c in commands))
     for (args, path, problem, fix), done in zip(commands, results, strict=True):
         sys_.sent[f"sisas {args[0]} with a bad pipeline"] += 1
-        err = " ".join(done.stderr.decode().split())  # rich wraps long lines
+        err = " ".join(done.stderr.split())  # rich wraps long lines
         assert done.returncode == 2, (args, done.returncode, err)
         assert "Traceback" not in err, err
         if path is not None:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,28 +16,17 @@ from sisas.bus.runtime import Bus
 from sisas.bus.settings import Settings
 from sisas.schemas import COMMITTED_DIR
 from sisas.signals import encode_signal
+from tests.cli_process import SISAS, base_env, fresh_env, sisas
 from tests.conftest import NatsServer
 from tests.log_contract import run_signals
-
-SISAS = [sys.executable, "-m", "sisas.cli"]
-
-
-def sisas(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*SISAS, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+from tests.runs import EXAMPLE, POINTS_FILE
 
 
 @pytest.fixture
 def env(nats_server: NatsServer, tmp_path: Path) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
-    return {
-        **clean,
-        "SISAS_NATS_URL": nats_server.url,
-        "SISAS_HOME": str(tmp_path / "home"),
-        "SISAS_REPLICAS": "1",
-        "COLUMNS": "200",
-    }
+    return base_env(
+        SISAS_NATS_URL=nats_server.url, SISAS_HOME=str(tmp_path / "home"), SISAS_REPLICAS="1"
+    )
 
 
 def test_version_and_help_speak_to_a_newcomer(env: dict[str, str]) -> None:
@@ -147,8 +134,7 @@ def test_an_unreachable_server_is_one_line_and_exit_2(env: dict[str, str]) -> No
 
 
 def test_up_runs_until_interrupted_and_a_second_up_refuses(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
-    env.update(SISAS_HOME=str(tmp_path / "home"), COLUMNS="200")
+    env = fresh_env(tmp_path)
     proc = subprocess.Popen(
         [*SISAS, "up", "--dashboard-port", "0"],
         env=env,
@@ -183,8 +169,7 @@ def test_up_runs_until_interrupted_and_a_second_up_refuses(tmp_path: Path) -> No
 
 
 def test_down_stops_a_running_up(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
-    env.update(SISAS_HOME=str(tmp_path / "home"))
+    env = fresh_env(tmp_path)
     proc = subprocess.Popen(
         [*SISAS, "up", "--dashboard-port", "0"],
         env=env,
@@ -215,8 +200,7 @@ def test_settings_defaults_match_the_docs() -> None:
 
 
 def test_demo_runs_the_example_pipeline_on_a_fresh_folder(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
-    env.update(SISAS_HOME=str(tmp_path / "home"), COLUMNS="200")
+    env = fresh_env(tmp_path)
     out = sisas("demo", env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "completed in" in out.stdout
@@ -236,19 +220,9 @@ def test_demo_runs_the_example_pipeline_on_a_fresh_folder(tmp_path: Path) -> Non
     assert sum(s["signal"]["phase"] == "execute" for s in scheduled) == 12  # the 300, chunked
 
 
-EXAMPLE = str(Path(__file__).parent.parent / "examples" / "clustering.py")
-POINTS = str(Path(__file__).parent.parent / "examples" / "data" / "points.json")
-
-
-def fresh_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
-    env.update(SISAS_HOME=str(tmp_path / "home"), COLUMNS="200")
-    return env
-
-
 def test_run_wait_json_on_a_fresh_folder_completes_with_a_fingerprint(tmp_path: Path) -> None:
     env = fresh_env(tmp_path)
-    args = ["run", "clustering", "--pipelines", EXAMPLE, "--input", POINTS, "--seed", "7"]
+    args = ["run", "clustering", "--pipelines", EXAMPLE, "--input", POINTS_FILE, "--seed", "7"]
     out = sisas(*args, "--wait", "--json", env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -321,7 +295,7 @@ def test_an_idempotency_key_names_one_run(tmp_path: Path) -> None:
         "--pipelines",
         EXAMPLE,
         "--input",
-        POINTS,
+        POINTS_FILE,
         "--idempotency-key",
         "batch-42",
         "--wait",
@@ -337,7 +311,7 @@ def test_an_idempotency_key_names_one_run(tmp_path: Path) -> None:
 
 
 def test_batch_runs_every_input_and_summarises(tmp_path: Path) -> None:
-    good = json.loads(Path(POINTS).read_text())
+    good = json.loads(Path(POINTS_FILE).read_text())
     folder = tmp_path / "inputs"
     folder.mkdir()
     (folder / "a.json").write_text(json.dumps(good))
@@ -389,7 +363,7 @@ async def test_resume_reuses_verified_outputs_and_refuses_tampered_ones(tmp_path
     env = fresh_env(tmp_path)
     base = ["run", "clustering", "--pipelines", EXAMPLE, "--wait", "--json"]
     first = json.loads(
-        sisas(*base, "--input", POINTS, "--seed", "7", env=env, timeout=120)
+        sisas(*base, "--input", POINTS_FILE, "--seed", "7", env=env, timeout=120)
         .stdout.strip()
         .splitlines()[-1]
     )

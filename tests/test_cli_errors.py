@@ -3,13 +3,10 @@ the fix, exit code 2 for usage errors, never a traceback; real processes, a real
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,27 +19,12 @@ from sisas.dashboard.app import create_app
 from sisas.dashboard.hub import Hub
 from sisas.loader import load_pipelines
 from sisas.services.host import running_services
+from tests.cli_process import SISAS, base_env, sisas, sisas_async
 from tests.conftest import NatsServer
-from tests.test_runs_bus import EXAMPLE, POINTS, start, wait_end
+from tests.runs import EXAMPLE, POINTS, ROOT, start, wait_end
 
-ROOT = Path(__file__).parent.parent
-SISAS = [sys.executable, "-m", "sisas.cli"]
 RULES = str(ROOT / "examples" / "triggers" / "sisas.toml")
 CATALOGUE = str(ROOT / "examples" / "triggers" / "catalogue.json")
-
-
-def sisas(
-    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*SISAS, *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def one_line_error(out: subprocess.CompletedProcess[str], code: int = 2) -> str:
@@ -58,8 +40,7 @@ def one_line_error(out: subprocess.CompletedProcess[str], code: int = 2) -> str:
 @pytest.fixture
 def offline(tmp_path: Path) -> dict[str, str]:
     """An environment with no server configured: for commands that need none."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
-    return {**clean, "SISAS_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    return base_env(SISAS_HOME=str(tmp_path / "home"))
 
 
 @pytest.fixture
@@ -275,7 +256,7 @@ async def test_audit_export_prints_json_and_its_usage_names_the_command_typed(
         await start(bus, "clustering", "e1", POINTS)
         _, signals = await wait_end(bus, "e1")
     out = tmp_path / "bundle"
-    done = await asyncio.to_thread(sisas, "audit", "e1", "--out", str(out), "--json", env=env)
+    done = await sisas_async("audit", "e1", "--out", str(out), "--json", env=env)
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)  # one object, nothing else on stdout
     assert (doc["run_id"], doc["folder"], doc["ok"], doc["intact"]) == ("e1", str(out), True, True)

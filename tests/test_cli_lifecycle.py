@@ -23,20 +23,18 @@ from sisas.services.host import running_services
 from sisas.signals import StoredSignal
 from sisas.signals.plan import PhasePlan
 from tests.cli_process import (
-    EXAMPLE,
     PATIENCE,
-    POINTS,
     SISAS,
-    TEST_PIPES,
     Command,
     base_env,
     fresh_env,
     last_json,
-    run_cli,
     sisas,
+    sisas_async,
 )
 from tests.conftest import NatsServer
 from tests.log_contract import run_signals
+from tests.runs import EXAMPLE, POINTS_FILE, TEST_PIPES
 
 
 @pytest.fixture
@@ -71,17 +69,17 @@ async def test_a_run_on_a_server_whose_workers_lack_its_pipeline_runs_a_worker_i
     await PlanRegistry(bus.js).publish(plan)
     async with running_services(bus, {}):
         for _ in range(2):
-            code, out, err = await run_cli(
-                "run", EXAMPLE, "--input", POINTS, "--wait", "--json", env=env
+            run = await sisas_async(
+                "run", EXAMPLE, "--input", POINTS_FILE, "--wait", "--json", env=env
             )
-            assert code == 0, err
-            assert last_json(out)["status"] == "completed"
+            assert run.returncode == 0, run.stderr
+            assert last_json(run.stdout)["status"] == "completed"
         inputs = tmp_path / "inputs"
         inputs.mkdir()
-        (inputs / "a.json").write_text(Path(POINTS).read_text())
-        code, out, err = await run_cli("batch", EXAMPLE, "--inputs", str(inputs), "--json", env=env)
-        assert code == 0, err
-        assert last_json(out)["completed"] == 1
+        (inputs / "a.json").write_text(Path(POINTS_FILE).read_text())
+        batch = await sisas_async("batch", EXAMPLE, "--inputs", str(inputs), "--json", env=env)
+        assert batch.returncode == 0, batch.stderr
+        assert last_json(batch.stdout)["completed"] == 1
 
 
 async def test_waiting_for_a_pipeline_no_worker_runs_names_the_fix_and_so_does_an_interrupt(
@@ -90,7 +88,7 @@ async def test_waiting_for_a_pipeline_no_worker_runs_names_the_fix_and_so_does_a
     plan = load_pipelines([EXAMPLE], entry_points=False)["clustering"].plan()
     await PlanRegistry(bus.js).publish(plan)
     async with running_services(bus, {}):
-        cmd = await Command.start("run", "clustering", "--input", POINTS, "--wait", env=env)
+        cmd = await Command.start("run", "clustering", "--input", POINTS_FILE, "--wait", env=env)
         await cmd.until("no live worker runs clustering")
         assert "sisas worker --pipelines" in cmd.out
         assert "sisas up` with `--pipelines" in cmd.out
@@ -107,7 +105,7 @@ async def test_waiting_for_a_pipeline_no_worker_runs_names_the_fix_and_so_does_a
 async def test_a_request_no_orchestrator_takes_is_queued_and_runs_when_one_starts(
     bus: Bus, env: dict[str, str]
 ) -> None:
-    cmd = await Command.start("run", EXAMPLE, "--input", POINTS, "--wait", "--json", env=env)
+    cmd = await Command.start("run", EXAMPLE, "--input", POINTS_FILE, "--wait", "--json", env=env)
     await cmd.until("the request is queued")
     assert "sisas orchestrator" in cmd.err
     async with running_services(bus, {}):  # an orchestrator comes up
@@ -120,10 +118,10 @@ async def test_cancel_with_no_orchestrator_says_it_is_queued_until_one_records_i
     bus: Bus, env: dict[str, str]
 ) -> None:
     await bus.log.append(run_signals("r1", 2), expected_last_seq=0)
-    code, out, err = await run_cli("cancel", "r1", env=env)
-    assert code == 0, err
-    assert "cancellation of r1 is queued" in out
-    assert "sisas orchestrator" in out
+    cancel = await sisas_async("cancel", "r1", env=env)
+    assert cancel.returncode == 0, cancel.stderr
+    assert "cancellation of r1 is queued" in cancel.stdout
+    assert "sisas orchestrator" in cancel.stdout
     assert await last_kind(bus, "r1") != "run_cancelled"
     async with running_services(bus, {}):
         await eventually(lambda: _is(bus, "r1", "run_cancelled"))
@@ -138,9 +136,9 @@ async def test_cancel_waits_until_a_running_orchestrator_records_it(
 ) -> None:
     await bus.log.append(run_signals("r2", 2), expected_last_seq=0)
     async with running_services(bus, {}):
-        code, out, err = await run_cli("cancel", "r2", "--reason", "wrong input", env=env)
-        assert code == 0, err
-        assert "run r2 cancelled (run_cancelled is in the log)" in out
+        cancel = await sisas_async("cancel", "r2", "--reason", "wrong input", env=env)
+        assert cancel.returncode == 0, cancel.stderr
+        assert "run r2 cancelled (run_cancelled is in the log)" in cancel.stdout
         assert await last_kind(bus, "r2") == "run_cancelled"
 
 
@@ -187,7 +185,7 @@ def test_an_interrupted_run_on_a_fresh_folder_says_how_it_goes_on_and_cancel_end
 def test_a_repeated_idempotency_key_reports_the_run_it_names(tmp_path: Path) -> None:
     env = fresh_env(tmp_path)
     keyed = ["run", EXAMPLE, "--idempotency-key", "k1", "--wait", "--json"]
-    first = sisas(*keyed, "--input", POINTS, "--seed", "5", env=env)
+    first = sisas(*keyed, "--input", POINTS_FILE, "--seed", "5", env=env)
     assert first.returncode == 0, first.stderr
     run_id = last_json(first.stdout)["run_id"]
     other = tmp_path / "other.json"
@@ -198,7 +196,7 @@ def test_a_repeated_idempotency_key_reports_the_run_it_names(tmp_path: Path) -> 
         conflict.stderr
     )
     assert "pass a new --idempotency-key" in conflict.stderr
-    same = sisas(*keyed, "--input", POINTS, "--seed", "3", env=env)
+    same = sisas(*keyed, "--input", POINTS_FILE, "--seed", "3", env=env)
     assert same.returncode == 0, same.stderr
     assert last_json(same.stdout)["run_id"] == run_id
     assert f"run {run_id} exists already for idempotency key 'k1' (seed 5" in same.stderr
@@ -249,7 +247,7 @@ def test_set_keys_sisas_would_not_apply_are_refused_with_the_valid_ones(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     phases = "load, clean, score, cluster, report, publish"
-    run = ["run", EXAMPLE, "--input", POINTS, "--set"]
+    run = ["run", EXAMPLE, "--input", POINTS_FILE, "--set"]
     nophase = sisas(*run, "nosuchphase.enabled=false", env=env)
     assert nophase.returncode == 2
     assert f"clustering has no phase 'nosuchphase' (phases: {phases})" in nophase.stderr
@@ -262,7 +260,7 @@ def test_set_keys_sisas_would_not_apply_are_refused_with_the_valid_ones(
     assert "clean.enabled takes true or false" in notbool.stderr
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    (inputs / "a.json").write_text(Path(POINTS).read_text())
+    (inputs / "a.json").write_text(Path(POINTS_FILE).read_text())
     batch = sisas("batch", EXAMPLE, "--inputs", str(inputs), "--set", "nosuch.enabled=1", env=env)
     assert batch.returncode == 2
     assert "clustering has no phase 'nosuch'" in batch.stderr

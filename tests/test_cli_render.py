@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +28,9 @@ from sisas.signals import (
 )
 from sisas.signals.summary import signal_summary
 from tests import render_pipeline
+from tests.cli_process import fresh_env, sisas
 from tests.conftest import AT
 
-ROOT = Path(__file__).parent.parent
 PIPELINE = "tests/render_pipeline.py"
 REPR = re.compile(r"\b[A-Z][A-Za-z]+\(|\bNone\b|Traceback|\\n")
 """What a Python repr or a raw multi-line text looks like inside a line of output."""
@@ -183,20 +180,6 @@ def test_the_signals_table_gives_the_detail_room_at_80_columns() -> None:
 # -- the CLI as a user runs it, piped at 80 columns ------------------------------------
 
 
-def sisas(
-    *args: str, env: dict[str, str], timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sisas.cli", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 @dataclass
 class Recorded:
     run_id: str
@@ -206,8 +189,7 @@ class Recorded:
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
     """One failed run of tests/render_pipeline.py on its own data folder."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
-    env.update(SISAS_HOME=str(tmp_path_factory.mktemp("render") / "home"), COLUMNS="80")
+    env = fresh_env(tmp_path_factory.mktemp("render"), columns=80)
     out = sisas("run", PIPELINE, "--seed", "5", "--wait", "--json", env=env)
     assert out.returncode == 1, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -281,8 +263,7 @@ def test_signals_and_tail_print_summaries_not_reprs(recorded: Recorded) -> None:
 
 
 def test_the_demo_fits_80_columns_and_its_hints_can_be_typed(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
-    env.update(SISAS_HOME=str(tmp_path / "home"), COLUMNS="80", SISAS_PROG="./dev")
+    env = {**fresh_env(tmp_path, columns=80), "SISAS_PROG": "./dev"}
     out = sisas("demo", env=env)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()

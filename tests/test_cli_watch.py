@@ -11,8 +11,9 @@ from sisas.bus.runtime import Bus
 from sisas.cli.live_commands import START_GRACE
 from sisas.handlers.derive import keyed_run_id
 from sisas.services.host import running_services
-from tests.cli_process import EXAMPLE, POINTS, Command, base_env, run_cli, sisas
+from tests.cli_process import Command, base_env, sisas, sisas_async
 from tests.conftest import NatsServer
+from tests.runs import EXAMPLE, POINTS_FILE
 
 
 @pytest.fixture
@@ -39,10 +40,10 @@ async def test_watch_waits_for_start_when_told_and_ends_its_view_with_a_newline(
         # past the grace in which a plain `watch` gives up (exit 2): still waiting
         await asyncio.sleep(START_GRACE + 3)
         assert watching.proc.returncode is None, watching.err
-        code, _, err = await run_cli(
-            "run", EXAMPLE, "--input", POINTS, "--idempotency-key", "later", "--wait", env=env
+        run = await sisas_async(
+            "run", EXAMPLE, "--input", POINTS_FILE, "--idempotency-key", "later", "--wait", env=env
         )
-        assert code == 0, err
+        assert run.returncode == 0, run.stderr
         assert await watching.finish() == 0, watching.err
     assert "checks: " in watching.out
     assert watching.out.endswith("\n")

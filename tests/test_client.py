@@ -16,7 +16,7 @@ from sisas.errors import RunCancelledError, RunFailedError, UsageError
 from sisas.loader import load_pipelines
 from sisas.services.host import running_services
 from sisas.signals import semantic_digest
-from tests.test_runs_bus import EXAMPLE, POINTS, TEST_PIPES
+from tests.runs import EXAMPLE, POINTS, TEST_PIPES
 
 INPUT = json.loads(POINTS)
 

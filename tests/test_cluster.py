@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from sisas.bus.embedded import find_binary
-from tests.test_cli import sisas
-
-ROOT = Path(__file__).parent.parent
+from tests.cli_process import fresh_env, sisas
+from tests.runs import ROOT
 
 
 @pytest.mark.parametrize("conf", sorted((ROOT / "deploy" / "nats").glob("*.conf")), ids=str)
@@ -25,8 +23,7 @@ def test_the_deploy_configs_are_valid_nats_server_configs(conf: Path) -> None:
 
 @pytest.mark.timeout(180)
 def test_cluster_up_status_kill_restart_down(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
-    env.update(SISAS_HOME=str(tmp_path / "home"), COLUMNS="200")
+    env = fresh_env(tmp_path)
     up = sisas("cluster", "up", "--nodes", "3", "--json", env=env)
     assert up.returncode == 0, up.stderr
     try:

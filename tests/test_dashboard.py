@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +22,10 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-ROOT = Path(__file__).parent.parent
+from tests.cli_process import SISAS, base_env, sisas, sisas_async
+from tests.runs import ROOT, TEST_PIPES
+
 SCREENSHOTS = ROOT / "build" / "screenshots"
-PIPELINES = str(ROOT / "tests" / "pipelines.py")
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
@@ -41,15 +40,13 @@ class Up:
 
     def __init__(self, home: Path, port: int) -> None:
         self.home, self.port = home, port
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
-        self.env.update(SISAS_HOME=str(home), COLUMNS="200")
+        self.env = base_env(SISAS_HOME=str(home))
         self.proc: subprocess.Popen[str] | None = None
         self.url = f"http://127.0.0.1:{port}"
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sisas.cli", "up", "--pipelines", PIPELINES,
-             "--dashboard-port", str(self.port)],
+            [*SISAS, "up", "--pipelines", TEST_PIPES, "--dashboard-port", str(self.port)],
             env=self.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         deadline = time.monotonic() + 60
@@ -70,12 +67,6 @@ class Up:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.communicate()
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "sisas.cli", *args],
-            env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
 
 
 @pytest.fixture
@@ -126,7 +117,7 @@ def test_a_run_started_from_the_cli_goes_live_on_the_page_without_a_reload(
     browser.execute_script("window.__sameDocument = true")
     payload = up.home / "nap.json"
     payload.write_text(json.dumps({"seconds": 2.5}))
-    started = up.cli("run", "slow", "--input", str(payload), "--json", "--seed", "3")
+    started = sisas("run", "slow", "--input", str(payload), "--json", "--seed", "3", env=up.env)
     assert started.returncode == 0, started.stderr
     run_id = json.loads(started.stdout.strip().splitlines()[-1])["run_id"]
     row = f'tr[data-run-id="{run_id}"]'
@@ -172,7 +163,7 @@ def test_the_page_recovers_after_the_server_restarts(up: Up, browser: webdriver.
     _wait(browser, "back", timeout=60).until(lambda d: d.find_element(By.ID, "live").text == "live")
     payload = up.home / "nap.json"
     payload.write_text(json.dumps({"seconds": 0.1}))
-    started = up.cli("run", "slow", "--input", str(payload), "--json", "--wait")
+    started = sisas("run", "slow", "--input", str(payload), "--json", "--wait", env=up.env)
     assert started.returncode == 0, started.stderr
     run_id = json.loads(started.stdout.strip().splitlines()[-1])["run_id"]
     done = f'tr[data-run-id="{run_id}"][data-status="completed"]'
@@ -204,11 +195,7 @@ def test_many_clients_get_every_event_and_nothing_can_be_posted(up: Up) -> None:
         await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), 30)
         payload = up.home / "nap.json"
         payload.write_text(json.dumps({"seconds": 0.1}))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "sisas.cli", "run", "slow", "--input", str(payload),
-            env=up.env, cwd=ROOT, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        await proc.wait()
+        await sisas_async("run", "slow", "--input", str(payload), env=up.env)
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
         return got
 

@@ -14,7 +14,7 @@ from sisas.handlers.local import LocalRun
 from sisas.projections.projector import Projector
 from sisas.projections.store import ProjectionStore
 from sisas.services.query import answer
-from tests.test_projections import AT, POINTS
+from tests.runs import AT, POINTS
 
 DOC = Path(__file__).parent.parent / "docs" / "projections.md"
 

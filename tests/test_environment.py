@@ -26,9 +26,8 @@ from sisas.services.host import running_services
 from sisas.signals.kinds import RunStarted
 from sisas.signals.plan import Environment
 from sisas.signals.records import StoredSignal
-from tests.test_replay import GOLDEN
-from tests.test_replay_bus import sisas
-from tests.test_runs_bus import EXAMPLE, start, wait_end
+from tests.cli_process import server_env, sisas_async
+from tests.runs import EXAMPLE, GOLDEN, start, wait_end
 
 PROJECT = """\
 import {dist}
@@ -162,24 +161,25 @@ async def test_a_run_records_its_environment_and_a_rerun_names_the_package_that_
     assert recorded.packages["envprobe"] == "1.0"
     assert recorded.nats_server == bus.server_version != ""
 
-    manifest = await sisas(settings, "manifest", "e1")
+    manifest = await sisas_async("manifest", "e1", env=server_env(settings))
     assert manifest.returncode == 0, manifest.stderr
     assert json.loads(manifest.stdout)["environment"]["packages"]["envprobe"] == "1.0"
 
-    same = await sisas(
-        settings, "replay", "rerun", "e1", "--pipelines", code, "--json",
-        PYTHONPATH=f"{project}:{v1}",
+    same = await sisas_async(
+        "replay", "rerun", "e1", "--pipelines", code, "--json",
+        env=server_env(settings, PYTHONPATH=f"{project}:{v1}"),
     )  # fmt: skip
     assert same.returncode == 0, same.stderr
     verdict = json.loads(same.stdout)
     assert verdict["deterministic"] and verdict["environment_changes"] == []
 
-    other = await sisas(
-        settings, "replay", "rerun", "e1", "--pipelines", code, PYTHONPATH=f"{project}:{v2}"
-    )
-    text = other.stdout.decode()
+    other = await sisas_async(
+        "replay", "rerun", "e1", "--pipelines", code,
+        env=server_env(settings, PYTHONPATH=f"{project}:{v2}"),
+    )  # fmt: skip
+    text = other.stdout
     # envprobe 2.0 multiplies by 3: the output differs, and the verdict says what changed
-    assert other.returncode == 1, text + other.stderr.decode()
+    assert other.returncode == 1, text + other.stderr
     assert "NOT deterministic" in text
     assert "environment differs from the recorded one (1):" in text
     assert "envprobe 1.0 -> 2.0" in text

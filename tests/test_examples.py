@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,28 +11,13 @@ from typing import Any
 from examples.policy_evaluation import pipeline as policy
 from sisas.handlers.local import LocalRun
 from sisas.signals import InvariantChecked, PhaseCompleted, PhaseFailed
-from tests.test_replay import _verify, rerun_serial_and_parallel
+from tests.cli_process import base_env, fresh_env, sisas
+from tests.runs import ROOT, rerun_serial_and_parallel, verify_signals
 
 DATA = Path(__file__).parent.parent / "examples" / "policy_evaluation" / "data"
 AT = datetime(2026, 11, 1, tzinfo=UTC)
 
-ROOT = Path(__file__).parent.parent
 TAXONOMY = ROOT / "examples" / "taxonomy" / "data" / "catalog.json"
-
-
-def cli(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """The sisas CLI as a user runs it from the repository, on its own data folder."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
-    env.update(SISAS_HOME=str(home), COLUMNS="200")
-    return subprocess.run(
-        [sys.executable, "-m", "sisas.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def policy_run(input_file: str, seed: int = 7) -> LocalRun:
@@ -64,7 +46,7 @@ def test_policy_evaluation_carves_300_contracts_and_certifies_every_invariant() 
     checked = {s.body.invariant for s in run.signals if isinstance(s.body, InvariantChecked)}
     assert {"INV-7.1", "INV-7.2", "INV-7.3", "INV-7.4", "INV-7.5", "CARVE-300"} <= checked
     assert 0.0 <= certificate["score"] <= 3.0  # type: ignore[index]
-    assert _verify(run.signals).intact
+    assert verify_signals(run.signals).intact
     assert policy_run("plan.json").state.fingerprint == run.state.fingerprint
 
 
@@ -118,7 +100,7 @@ def test_a_scene_whose_enrichment_fails_is_lit_and_the_run_goes_on() -> None:
     [cov] = [s.body for s in run.signals if isinstance(s.body, InvariantChecked)]
     assert (cov.invariant, cov.passed, cov.observed) == ("ENRICH-COVERAGE", True, "2/3")
     assert run.state.phase("hardware").status == "skipped"  # side effects: off by default
-    assert _verify(run.signals).intact
+    assert verify_signals(run.signals).intact
 
 
 def test_the_hardware_phase_runs_only_when_enabled() -> None:
@@ -128,9 +110,8 @@ def test_the_hardware_phase_runs_only_when_enabled() -> None:
 
 
 def test_the_lighting_batch_over_a_folder_survives_the_failing_enrichment(tmp_path: Path) -> None:
-    out = cli(
-        "batch", "examples.script_lighting", "--inputs", str(LIGHTING), "--json", home=tmp_path
-    )
+    env = base_env(SISAS_HOME=str(tmp_path))
+    out = sisas("batch", "examples.script_lighting", "--inputs", str(LIGHTING), "--json", env=env)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout.strip().splitlines()[-1])
     assert (doc["runs"], doc["completed"], doc["failed"]) == (3, 3, 0)
@@ -158,7 +139,7 @@ def test_the_taxonomy_builds_four_levels_and_filters_the_typos() -> None:
     kept = {t["name"] for lv in output(run, "filter") for t in lv["terms"]}  # type: ignore[union-attr,index]
     assert not {"mamal", "brid", "eagel"} & kept  # ... and S2 drops them
     assert {"wolf", "songbird", "iris", "animal"} <= kept  # `Wolves`, `Song birds`, `Fauna`
-    assert _verify(run.signals).intact
+    assert verify_signals(run.signals).intact
 
 
 def test_a_verification_failure_quarantines_its_output() -> None:
@@ -170,7 +151,7 @@ def test_a_verification_failure_quarantines_its_output() -> None:
     assert quarantined["conflicts"] == ["2:canine (mamal, mammal)", "2:raptor (bird, brid)"]
     assert run.state.phase("verify").quarantined == failed.quarantined_artifact
     assert run.state.phase("finalise").status == "pending"  # never given downstream
-    assert _verify(run.signals).intact
+    assert verify_signals(run.signals).intact
 
 
 async def test_the_quarantined_output_is_rerun_and_compared_too() -> None:
@@ -187,13 +168,13 @@ async def test_the_quarantined_output_is_rerun_and_compared_too() -> None:
 
 
 def test_taxonomy_resume_from_s2_reexecutes_only_s2_s3_and_finalise(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+    env = fresh_env(tmp_path)
     base = ["run", "examples.taxonomy", "--wait", "--json"]
-    first = cli(*base, "--seed", "4", "--set", "filter.min_support=1", home=home)
+    first = sisas(*base, "--seed", "4", "--set", "filter.min_support=1", env=env)
     assert first.returncode == 1, first.stderr  # verify fails: two terms with two parents
     failed = json.loads(first.stdout.strip().splitlines()[-1])
     assert failed["failed_phase"] == "verify"
-    resumed = cli(
+    resumed = sisas(
         *base,
         "--resume",
         failed["run_id"],
@@ -201,11 +182,11 @@ def test_taxonomy_resume_from_s2_reexecutes_only_s2_s3_and_finalise(tmp_path: Pa
         "filter",
         "--set",
         "filter.min_support=2",
-        home=home,
+        env=env,
     )
     assert resumed.returncode == 0, resumed.stderr
     run_id = json.loads(resumed.stdout.strip().splitlines()[-1])["run_id"]
-    shown = json.loads(cli("signals", run_id, "--json", home=home).stdout)
+    shown = json.loads(sisas("signals", run_id, "--json", env=env).stdout)
     bodies = [(s["signal"].get("phase", ""), s["signal"]["body"]) for s in shown["signals"]]
     started = [p for p, b in bodies if b["kind"] == "phase_started"]
     assert started == ["filter", "verify", "finalise"]  # each exactly once, nothing else
@@ -213,16 +194,16 @@ def test_taxonomy_resume_from_s2_reexecutes_only_s2_s3_and_finalise(tmp_path: Pa
     assert set(skipped) == {"extract", "normalise"}
     assert all(b["reason"] == "resumed" for b in skipped.values())
     assert len(skipped["normalise"]["reused_items"]) == 4  # S1's four levels reused
-    verified = cli("replay", "verify", run_id, home=home)
+    verified = sisas("replay", "verify", run_id, env=env)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     # The failed run's quarantined output is there to inspect.
-    old = json.loads(cli("signals", failed["run_id"], "--json", home=home).stdout)
+    old = json.loads(sisas("signals", failed["run_id"], "--json", env=env).stdout)
     [quarantine] = [
         s["signal"]["body"]["quarantined_artifact"]
         for s in old["signals"]
         if s["signal"]["body"]["kind"] == "phase_failed"
     ]
-    fetched = cli("artifact", quarantine, home=home)
+    fetched = sisas("artifact", quarantine, env=env)
     assert fetched.returncode == 0, fetched.stderr
     assert json.loads(fetched.stdout)["conflicts"][0] == "2:canine (mamal, mammal)"
 
@@ -230,17 +211,17 @@ def test_taxonomy_resume_from_s2_reexecutes_only_s2_s3_and_finalise(tmp_path: Pa
 TASKS = ROOT / "examples" / "task_execution" / "data"
 
 
-def _signals(run_id: str, home: Path) -> list[dict[str, Any]]:
-    shown = cli("signals", run_id, "--json", home=home)
+def _signals(run_id: str, env: dict[str, str]) -> list[dict[str, Any]]:
+    shown = sisas("signals", run_id, "--json", env=env)
     assert shown.returncode == 0, shown.stderr
     return [s["signal"] for s in json.loads(shown.stdout)["signals"]]
 
 
 def test_tasks_run_as_processes_and_the_failing_adapters_breaker_opens(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    ok = cli("run", "examples.task_execution", "--wait", "--json", home=home)
+    env = fresh_env(tmp_path)
+    ok = sisas("run", "examples.task_execution", "--wait", "--json", env=env)
     assert ok.returncode == 0, ok.stderr
-    signals = _signals(json.loads(ok.stdout.strip().splitlines()[-1])["run_id"], home)
+    signals = _signals(json.loads(ok.stdout.strip().splitlines()[-1])["run_id"], env)
     accepted = [
         s["body"]["observed"]
         for s in signals
@@ -248,14 +229,14 @@ def test_tasks_run_as_processes_and_the_failing_adapters_breaker_opens(tmp_path:
     ]
     assert len(accepted) == 6  # every task's produced file, with its sha256, in the log
     # The failing queue: the shell adapter's tool is missing, one python task hangs.
-    bad = cli(
+    bad = sisas(
         "run", "examples.task_execution", "--input", str(TASKS / "failing_adapter.json"),
-        "--wait", "--json", home=home,
+        "--wait", "--json", env=env,
     )  # fmt: skip
     assert bad.returncode == 1, bad.stderr
     result = json.loads(bad.stdout.strip().splitlines()[-1])
     assert result["failed_phase"] == "report"  # TASKS-ACCEPTED: the queue ran to its end
-    signals = _signals(result["run_id"], home)
+    signals = _signals(result["run_id"], env)
     states: dict[tuple[str, int], list[str]] = {}
     for s in signals:
         body = s["body"]
@@ -294,9 +275,9 @@ def test_tasks_run_as_processes_and_the_failing_adapters_breaker_opens(tmp_path:
     # ... and the breaker is the adapter's, across runs: the next run's first shell attempt
     # is the half-open probe (held back if the cool-down has not passed yet); its success
     # closes the breaker.
-    again = cli("run", "examples.task_execution", "--wait", "--json", home=home)
+    again = sisas("run", "examples.task_execution", "--wait", "--json", env=env)
     assert again.returncode == 0, again.stderr
-    signals = _signals(json.loads(again.stdout.strip().splitlines()[-1])["run_id"], home)
+    signals = _signals(json.loads(again.stdout.strip().splitlines()[-1])["run_id"], env)
     closed = [s["body"]["scope"] for s in signals if s["body"]["kind"] == "circuit_closed"]
     assert closed == ["task_execution.shell_run"]
 

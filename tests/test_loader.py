@@ -4,15 +4,14 @@ the error for `sisas run two.py` says, and that spec works in another process to
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from sisas.errors import UsageError
 from sisas.loader import load_pipelines
+from tests.cli_process import fresh_env, sisas
+from tests.runs import ROOT
 
 TWO = """
 from sisas.pipeline import Context, Pipeline
@@ -62,20 +61,12 @@ def test_file_colon_unknown_attr_lists_what_is_there(two: Path) -> None:
 
 
 def test_sisas_run_file_colon_attr_runs_it(two: Path, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
-    env.update(SISAS_HOME=str(tmp_path / "home"), COLUMNS="200")
+    env = {**fresh_env(tmp_path), "PYTHONPATH": str(ROOT)}
     data = tmp_path / "input.json"
     data.write_text("21")
     # relative, as a user types it: two.py:p1 from the file's folder
-    args = ["run", "two.py:p1", "--input", str(data), "--wait", "--json"]
-    out = subprocess.run(
-        [sys.executable, "-m", "sisas.cli", *args],
-        env={**env, "PYTHONPATH": str(Path(__file__).parent.parent)},
-        cwd=two.parent,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    out = sisas(
+        "run", "two.py:p1", "--input", str(data), "--wait", "--json", env=env, cwd=two.parent
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])

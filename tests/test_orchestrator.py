@@ -5,19 +5,16 @@ from __future__ import annotations
 import gc
 import json
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 
 import msgspec
 import pytest
-from pydantic import BaseModel
 
 from examples.clustering import pipeline as clustering
 from sisas.errors import InvalidPipeline
 from sisas.handlers.local import LocalRun
 from sisas.handlers.orchestrator import decide
 from sisas.handlers.state import RunState, fold
-from sisas.pipeline import Context, NonFatal, Pipeline
+from sisas.pipeline import Context, Pipeline
 from sisas.signals import (
     ContractChecked,
     InvariantChecked,
@@ -32,19 +29,8 @@ from sisas.signals import (
     encode_signal,
 )
 from sisas.signals.inputs import CancelRun, PhaseReport, StartRun
-from tests.test_schemas import validator
-
-AT = datetime(2026, 1, 2, tzinfo=UTC)
-POINTS = (Path(__file__).parent.parent / "examples" / "data" / "points.json").read_bytes()
-
-
-def run_of(
-    pipe: Pipeline, data: bytes = POINTS, run_id: str = "r1", seed: int = 7, **config: object
-) -> LocalRun:
-    run = LocalRun(pipe, run_id, at=AT, clock=time.perf_counter)
-    run.start(data, seed=seed, config=config)  # type: ignore[arg-type]
-    run.run()
-    return run
+from tests.pipelines import Weights, small
+from tests.runs import AT, POINTS, run_of, validator, verify_signals
 
 
 def kinds(run: LocalRun, phase: str | None = None) -> list[str]:
@@ -120,37 +106,6 @@ def test_an_input_that_breaks_the_contract_fails_the_run_naming_each_field() -> 
     assert {v.path for v in check.violations} == {"input.name", "input.values[1]", "input.k"}
     failed = next(s.body for s in run.signals if isinstance(s.body, RunFailed))
     assert failed.error.kind == "ContractViolation"
-
-
-class Weights(BaseModel):
-    weights: list[float]
-
-
-def small(fatal: bool = True, broken: bool = False) -> Pipeline:
-    pipe = Pipeline("small", version="1")
-
-    @pipe.phase()
-    def first(ctx: Context, input: list[float]) -> Weights:
-        total = sum(input)
-        return Weights(weights=[w / total * (2 if broken else 1) for w in input])
-
-    @pipe.invariant("INV-1", phase="first", description="weights sum to 1")
-    def sums(out: Weights) -> tuple[bool, float, float]:
-        return abs(sum(out.weights) - 1) < 1e-9, sum(out.weights), 1.0
-
-    @pipe.phase(fatal=fatal)
-    def optional(ctx: Context, first: Weights) -> int:
-        raise NonFatal("no data today") if not fatal else RuntimeError("boom")
-
-    @pipe.phase()
-    def after(ctx: Context, optional: int) -> int:
-        return optional
-
-    @pipe.phase()
-    def independent(ctx: Context, first: Weights) -> int:
-        return len(first.weights)
-
-    return pipe
 
 
 def test_a_broken_invariant_fails_the_run_with_observed_and_expected() -> None:
@@ -336,9 +291,7 @@ def test_an_output_that_breaks_its_contract_is_quarantined_not_passed_on() -> No
 
 
 def _verify_intact(run: LocalRun) -> bool:
-    from tests.test_replay import _verify
-
-    return _verify(run.signals).intact
+    return verify_signals(run.signals).intact
 
 
 def test_an_outcome_that_overtakes_its_started_report_records_the_start_first() -> None:

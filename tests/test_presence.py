@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 from sisas.bus.presence import orchestrator_live, worker_live
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
 from sisas.loader import load_pipelines
 from sisas.services.host import running_services
-
-EXAMPLE = str(Path(__file__).parent.parent / "examples" / "clustering.py")
+from tests.runs import EXAMPLE
 
 
 async def test_only_a_running_worker_or_orchestrator_counts_as_live(bus: Bus) -> None:

@@ -6,7 +6,6 @@ The same projector runs on JetStream in ``test_projections_bus.py``.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,9 +22,7 @@ from sisas.projections.rows import decode_state
 from sisas.projections.store import ProjectionStore
 from sisas.services.query import answer
 from sisas.signals import encode_signal
-
-AT = datetime(2026, 1, 2, tzinfo=UTC)
-POINTS = (Path(__file__).parent.parent / "examples" / "data" / "points.json").read_bytes()
+from tests.runs import AT, POINTS
 
 
 async def synthetic_log(runs: int = 60) -> MemoryLog:

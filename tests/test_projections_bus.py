@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +13,6 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from bench.synthetic import synthetic_runs
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
 from sisas.client.queries import ask
@@ -25,17 +22,9 @@ from sisas.projections.projector import Projector
 from sisas.projections.store import ProjectionStore
 from sisas.services.host import running_services
 from sisas.services.query import local_projector, projection_path
+from tests.cli_process import SISAS, server_env, sisas, sisas_async
 from tests.conftest import spawn_nats
-from tests.test_runs_bus import EXAMPLE, POINTS, start, wait_end
-
-
-async def append_runs(bus: Bus, count: int, start_at: int = 0, window: int = 64) -> None:
-    """Append synthetic runs, ``window`` runs in flight at a time."""
-    runs = list(synthetic_runs(count, start=start_at))
-    for i in range(0, len(runs), window):
-        await asyncio.gather(
-            *(bus.log.append(r, expected_last_seq=0) for r in runs[i : i + window])
-        )
+from tests.runs import EXAMPLE, POINTS, append_runs, start, wait_end
 
 
 @pytest.fixture
@@ -148,13 +137,8 @@ async def test_a_projector_killed_mid_batch_counts_nothing_twice(
 ) -> None:
     await append_runs(bus, 1500)
     last = await bus.log.last_seq()
-    env = {
-        **os.environ,
-        "SISAS_NATS_URL": settings.nats_url or "",
-        "SISAS_HOME": str(settings.home),
-        "SISAS_REPLICAS": "1",
-    }
-    command = [sys.executable, "-m", "sisas.cli", "projector", "--batch-size", "700"]
+    env = server_env(settings)
+    command = [*SISAS, "projector", "--batch-size", "700"]
     killed_at = 0
     for pause in (0.0, 0.013, 0.031):
         proc = subprocess.Popen(
@@ -198,25 +182,14 @@ async def test_a_projection_is_rebuilt_when_the_log_is_a_different_one(
 
 async def test_the_cli_lists_runs_as_documented_json(bus: Bus, settings: Settings) -> None:
     await append_runs(bus, 4)
-    env = {
-        **os.environ,
-        "SISAS_NATS_URL": settings.nats_url or "",
-        "SISAS_HOME": str(settings.home),
-        "SISAS_REPLICAS": "1",
-    }
-    out = subprocess.run(
-        [sys.executable, "-m", "sisas.cli", "runs", "--json"],
-        env=env,
-        capture_output=True,
-        check=True,
-    )
+    env = server_env(settings)
+    out = sisas("runs", "--json", env=env)
+    assert out.returncode == 0, out.stderr
     doc = msgspec.json.decode(out.stdout)
     assert [r["run_id"] for r in doc["runs"]] == [f"run-{i:07d}" for i in (3, 2, 1, 0)]
-    missing = subprocess.run(
-        [sys.executable, "-m", "sisas.cli", "show", "run-9"], env=env, capture_output=True
-    )
+    missing = sisas("show", "run-9", env=env)
     assert missing.returncode == 2
-    assert b"sisas runs" in missing.stderr
+    assert "sisas runs" in missing.stderr
 
 
 async def test_an_artifact_listed_in_the_manifest_can_be_fetched(
@@ -226,25 +199,19 @@ async def test_an_artifact_listed_in_the_manifest_can_be_fetched(
     await wait_end(served, "a1")
     manifest = (await ask(served, "manifest", {"run_id": "a1"})).result
     load = next(p for p in manifest["phases"] if p["name"] == "load")
-    env = {**os.environ, "SISAS_NATS_URL": settings.nats_url or "", "SISAS_REPLICAS": "1"}
+    env = server_env(settings)
     out = tmp_path / "load.json"
-    cli = [sys.executable, "-m", "sisas.cli", "artifact"]
-    fetched = subprocess.run([*cli, load["artifact"]["digest"], "--out", str(out)], env=env)
+    fetched = sisas("artifact", load["artifact"]["digest"], "--out", str(out), env=env)
     assert fetched.returncode == 0
     assert b"values" in out.read_bytes()
-    unknown = subprocess.run([*cli, "sha256:" + "0" * 64], env=env, capture_output=True)
-    assert unknown.returncode == 2 and b"no artifact" in unknown.stderr
+    unknown = sisas("artifact", "sha256:" + "0" * 64, env=env)
+    assert unknown.returncode == 2 and "no artifact" in unknown.stderr
     # the output's semantic digest, the one `outputs` and `show` display most, is not it
     assert load["output_digest"] != load["artifact"]["digest"]
-    semantic = subprocess.run([*cli, load["output_digest"]], env=env, capture_output=True)
+    semantic = sisas("artifact", load["output_digest"], env=env)
     assert semantic.returncode == 2
-    assert b"semantic digest" in semantic.stderr and b"artifact.digest" in semantic.stderr
-    as_json = await asyncio.to_thread(  # the query service answers from this loop
-        subprocess.run,
-        [sys.executable, "-m", "sisas.cli", "manifest", "a1", "--json"],
-        env=env,
-        capture_output=True,
-    )
+    assert "semantic digest" in semantic.stderr and "artifact.digest" in semantic.stderr
+    as_json = await sisas_async("manifest", "a1", "--json", env=env)  # answered from this loop
     assert as_json.returncode == 0 and json.loads(as_json.stdout)["run_id"] == "a1"
 
 

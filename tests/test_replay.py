@@ -15,7 +15,6 @@ from sisas.audit.bundle import Claims, bundle_fetch, read_records, verify_bundle
 from sisas.client.verification import rerun_signals
 from sisas.handlers.local import LocalRun
 from sisas.handlers.state import fold
-from sisas.loader import load_pipelines
 from sisas.pipeline import Context, Pipeline
 from sisas.replay.fielddiff import field_diff
 from sisas.replay.verdicts import FieldDiff
@@ -25,9 +24,9 @@ from sisas.signals.records import StoredSignal
 from sisas.signals.signing import Signer, check_signature
 from tests.golden import make
 from tests.golden.clocky import pipeline as clocky
-from tests.test_orchestrator import AT, run_of, small
+from tests.pipelines import small
+from tests.runs import AT, GOLDEN, rerun_serial_and_parallel, run_of, verify_signals
 
-GOLDEN = Path(__file__).parent / "golden"
 TRUSTED = frozenset({Signer(make.SIGNING_SEED).public_key})
 
 # file, trusted keys given?, intact, (problem, stream seq, run seq, kind) of the first finding
@@ -78,17 +77,12 @@ def test_a_forgery_that_fits_every_rule_is_caught_only_by_a_signature() -> None:
 
     forged = make.forge_after(signals[:-1], RunCancelled(reason="forged"))
     unsigned = [*signals[:-1], forged]
-    assert _verify(unsigned).intact  # nothing in the chain or the rules can tell
+    assert verify_signals(unsigned).intact  # nothing in the chain or the rules can tell
     signer = Signer(make.SIGNING_SEED)
     signed = [signer.sign(s) for s in signals[:-1]] + [forged]
-    result = _verify(signed)
+    result = verify_signals(signed)
     assert not result.intact and result.first is not None
     assert result.first.problem == "unsigned" and result.first.run_seq == len(signals)
-
-
-def _verify(signals: list[Any], **kw: Any) -> Any:
-    records = [StoredSignal(stream_seq=i, signal=s) for i, s in enumerate(signals, 1)]
-    return report(LogVerifier(**kw).extend(records))
 
 
 @pytest.mark.parametrize(
@@ -102,7 +96,7 @@ def _verify(signals: list[Any], **kw: Any) -> Any:
     ],
 )
 def test_every_legitimate_run_verifies_with_no_finding(label: str, run: Any) -> None:
-    result = _verify(run().signals)
+    result = verify_signals(run().signals)
     assert result.intact, (label, result.first)
 
 
@@ -114,7 +108,7 @@ def test_a_cancelled_run_and_later_reports_verify_clean() -> None:
     run.work(run.pending_work()[0])
     run.send(CancelRun(id="c1:cancel", pipeline="clustering", run_id="c1", at=AT))
     assert run.state.status == "cancelled"
-    assert _verify(run.signals).intact
+    assert verify_signals(run.signals).intact
 
 
 def test_a_wrong_fingerprint_on_completion_is_found() -> None:
@@ -125,7 +119,7 @@ def test_a_wrong_fingerprint_on_completion_is_found() -> None:
     body = msgspec.structs.replace(last.body, fingerprint="sha256:" + "1" * 64)  # type: ignore[type-var]
     forged, _ = ChainHead.after(signals[-2]).extend([Draft(body=body, at=last.at)])
     assert isinstance(body, RunCompleted)
-    result = _verify([*signals[:-1], *forged])
+    result = verify_signals([*signals[:-1], *forged])
     assert result.first is not None and result.first.problem == "bad_fingerprint"
 
 
@@ -182,24 +176,6 @@ async def test_rerun_from_recorded_inputs_finds_the_clock_and_the_unseeded_gener
     assert first is not None and first.phase == "stamp"
     assert [d.path for d in first.diff] == ["output.at"]
     assert first.diff[0].recorded != first.diff[0].new
-
-
-async def rerun_serial_and_parallel(
-    spec: str, data: bytes, *, seed: int, workers: int, **config: Any
-) -> tuple[LocalRun, Any, Any]:
-    """Run the pipeline in ``spec`` in process, then rerun it on 1 and on ``workers``
-    spawned processes (which import it from ``spec``)."""
-    [pipe] = load_pipelines([spec], entry_points=False).values()
-    run = LocalRun(pipe, f"par-{seed}", at=AT, clock=time.perf_counter)
-    run.start(data, seed=seed, config=config)
-    run.run()
-
-    async def fetch(digest: str) -> bytes | None:
-        return run.artifacts.get(digest)
-
-    serial = await rerun_signals(run.signals, {pipe.name: pipe}, fetch, workers=1)
-    parallel = await rerun_signals(run.signals, {pipe.name: pipe}, fetch, workers=workers)
-    return run, serial, parallel
 
 
 async def test_parallel_rerun_equals_serial_across_a_fan_out() -> None:
@@ -284,4 +260,4 @@ def test_a_fan_out_over_something_not_a_list_fails_legitimately() -> None:
 
     run = run_of(pipe, data=b"null")
     assert run.state.status == "failed" and run.state.failed_phase == "each"
-    assert _verify(run.signals).intact
+    assert verify_signals(run.signals).intact

@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,33 +25,8 @@ from sisas.signals import ChainHead, Draft, PhaseCompleted, RunCancelled
 from sisas.signals.codec import encode_signal
 from sisas.signals.names import log_subject
 from sisas.signals.signing import Signer
-from tests.test_projections_bus import append_runs
-from tests.test_runs_bus import EXAMPLE, POINTS, TEST_PIPES, start, wait_end
-
-ROOT = Path(__file__).parent.parent
-
-
-async def sisas(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[bytes]:
-    """Run the CLI without blocking the loop (the services under test run in it)."""
-    full = {
-        **os.environ,
-        "SISAS_NATS_URL": settings.nats_url or "",
-        "SISAS_HOME": str(settings.home),
-        "SISAS_REPLICAS": "1",
-        **env,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sisas.cli",
-        *args,
-        env=full,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    return subprocess.CompletedProcess(args, proc.returncode or 0, out, err)
+from tests.cli_process import server_env, sisas_async
+from tests.runs import EXAMPLE, POINTS, TEST_PIPES, append_runs, start, wait_end
 
 
 async def outsider_publishes(url: str, subject: str, data: bytes) -> int:
@@ -73,22 +45,23 @@ def forged_after(signals: list[Any], body: Any, phase: str = "") -> Any:
 
 
 async def test_signals_forged_by_an_outside_client_are_found(bus: Bus, settings: Settings) -> None:
+    env = server_env(settings)
     pipes = load_pipelines([EXAMPLE], entry_points=False)
     async with running_services(bus, pipes, concurrency=2, projector=True):
         await start(bus, "clustering", "f1", POINTS)
         await start(bus, "clustering", "f2", POINTS, seed=3)
         _, signals = await wait_end(bus, "f1")
         await wait_end(bus, "f2")
-        clean = await sisas(settings, "replay", "verify", "--all")
+        clean = await sisas_async("replay", "verify", "--all", env=env)
         assert clean.returncode == 0, clean.stdout + clean.stderr
-        assert b"2 of 2 runs intact" in clean.stdout
+        assert "2 of 2 runs intact" in clean.stdout
         forged = forged_after(signals, PhaseCompleted(output_digest=""), phase="report")
         subject = log_subject("clustering", "f1", "report", "phase_completed")
         seq = await outsider_publishes(settings.nats_url or "", subject, encode_signal(forged))
         junk = await outsider_publishes(
             settings.nats_url or "", log_subject("clustering", "f2", "", "run_failed"), b"{oops"
         )
-        one = await sisas(settings, "replay", "verify", "f1", "--json")
+        one = await sisas_async("replay", "verify", "f1", "--json", env=env)
         assert one.returncode == 1
         doc = json.loads(one.stdout)
         first = doc["first"]
@@ -98,18 +71,19 @@ async def test_signals_forged_by_an_outside_client_are_found(bus: Bus, settings:
             len(signals) + 1,
         )
         assert first["kind"] == "phase_completed" and "after the run ended" in first["message"]
-        every = await sisas(settings, "replay", "verify", "--all", "--json")
+        every = await sisas_async("replay", "verify", "--all", "--json", env=env)
         assert every.returncode == 1
         verdicts = {v["run_id"]: v for v in json.loads(every.stdout)["verdicts"]}
         assert verdicts["f2"]["findings"][0]["problem"] == "corrupt"
         assert verdicts["f2"]["findings"][0]["stream_seq"] == junk
-        text = await sisas(settings, "replay", "verify", "f2")
-        assert text.returncode == 1 and b"NOT intact" in text.stdout and b"corrupt" in text.stdout
+        text = await sisas_async("replay", "verify", "f2", env=env)
+        assert text.returncode == 1 and "NOT intact" in text.stdout and "corrupt" in text.stdout
 
 
 async def test_a_signing_orchestrator_lets_verify_catch_a_legal_looking_forgery(
     settings: Settings, tmp_path: Path
 ) -> None:
+    env = server_env(settings)
     key = tmp_path / "orchestrator.seed"
     key.write_bytes(generate_seed())
     public = signer_from_file(key).public_key
@@ -131,22 +105,23 @@ async def test_a_signing_orchestrator_lets_verify_catch_a_legal_looking_forgery(
             subject = log_subject("slow", "s2", "", "run_cancelled")
             await outsider_publishes(settings.nats_url or "", subject, encode_signal(cancel))
             await wait_end(bus, "s2")
-    intact = await sisas(settings, "replay", "verify", "s1", "--trust", public)
+    intact = await sisas_async("replay", "verify", "s1", "--trust", public, env=env)
     assert intact.returncode == 0, intact.stdout + intact.stderr
-    assert b"signed by" in intact.stdout
-    forged = await sisas(settings, "replay", "verify", "s2", "--trust", public, "--json")
+    assert "signed by" in intact.stdout
+    forged = await sisas_async("replay", "verify", "s2", "--trust", public, "--json", env=env)
     assert forged.returncode == 1
     first = json.loads(forged.stdout)["first"]
     assert first["problem"] == "unsigned" and first["kind"] == "run_cancelled"
-    untrusted = await sisas(
-        settings, "replay", "verify", "s1", "--trust", Signer(generate_seed()).public_key
+    untrusted = await sisas_async(
+        "replay", "verify", "s1", "--trust", Signer(generate_seed()).public_key, env=env
     )
-    assert untrusted.returncode == 1 and b"untrusted_signer" in untrusted.stdout
+    assert untrusted.returncode == 1 and "untrusted_signer" in untrusted.stdout
 
 
 async def test_rerun_on_one_and_on_three_workers_certifies_parallel_equals_serial(
     bus: Bus, settings: Settings
 ) -> None:
+    env = server_env(settings)
     pipes = load_pipelines([EXAMPLE], entry_points=False)
     async with running_services(bus, pipes, concurrency=3, projector=True):
         await start(bus, "clustering", "r1", POINTS, **{"clean.flaky": True})
@@ -154,16 +129,8 @@ async def test_rerun_on_one_and_on_three_workers_certifies_parallel_equals_seria
     assert state.status == "completed"
     results = []
     for workers in ("1", "3"):
-        out = await sisas(
-            settings,
-            "replay",
-            "rerun",
-            "r1",
-            "--pipelines",
-            EXAMPLE,
-            "--workers",
-            workers,
-            "--json",
+        out = await sisas_async(
+            "replay", "rerun", "r1", "--pipelines", EXAMPLE, "--workers", workers, "--json", env=env
         )
         assert out.returncode == 0, out.stderr
         results.append(json.loads(out.stdout))
@@ -174,22 +141,23 @@ async def test_rerun_on_one_and_on_three_workers_certifies_parallel_equals_seria
     assert sum(p["phase"] == "score" for p in parallel["phases"]) == state.phase("score").items
     retried = [p for p in serial["phases"] if p["phase"] == "clean"]
     assert retried[0]["attempt"] == 1  # the attempt that decided the phase, after its retry
-    text = await sisas(settings, "replay", "rerun", "r1", "--pipelines", EXAMPLE)
-    assert text.returncode == 0 and b"deterministic" in text.stdout
-    unloaded = await sisas(settings, "replay", "rerun", "r1")
-    assert unloaded.returncode == 2 and b"--pipelines" in unloaded.stderr
+    text = await sisas_async("replay", "rerun", "r1", "--pipelines", EXAMPLE, env=env)
+    assert text.returncode == 0 and "deterministic" in text.stdout
+    unloaded = await sisas_async("replay", "rerun", "r1", env=env)
+    assert unloaded.returncode == 2 and "--pipelines" in unloaded.stderr
 
 
 async def test_an_audit_bundle_is_verified_on_a_machine_with_no_server(
     bus: Bus, settings: Settings, tmp_path: Path
 ) -> None:
+    env = server_env(settings)
     pipes = load_pipelines([EXAMPLE], entry_points=False)
     async with running_services(bus, pipes, concurrency=2, projector=True):
         await start(bus, "clustering", "a1", POINTS)
         _, signals = await wait_end(bus, "a1")
     out = tmp_path / "bundle"
-    exported = await sisas(
-        settings, "audit", "a1", "--out", str(out), "--rerun", "--pipelines", EXAMPLE
+    exported = await sisas_async(
+        "audit", "a1", "--out", str(out), "--rerun", "--pipelines", EXAMPLE, env=env
     )
     assert exported.returncode == 0, exported.stdout + exported.stderr
     assert len((out / "signals.jsonl").read_bytes().splitlines()) == len(signals)
@@ -203,8 +171,9 @@ async def test_an_audit_bundle_is_verified_on_a_machine_with_no_server(
     assert len(list((out / "artifacts").iterdir())) > 3
     # The auditor's machine: nothing listens, no data folder; the check must not need one.
     nowhere = Settings(home=tmp_path / "none", nats_url="nats://127.0.0.1:9", replicas=1)
-    offline = await sisas(
-        nowhere, "audit", "verify", str(out), "--rerun", "--pipelines", EXAMPLE, "--json"
+    no_server = server_env(nowhere)
+    offline = await sisas_async(
+        "audit", "verify", str(out), "--rerun", "--pipelines", EXAMPLE, "--json", env=no_server
     )
     assert offline.returncode == 0, offline.stdout + offline.stderr
     doc = json.loads(offline.stdout)
@@ -213,11 +182,11 @@ async def test_an_audit_bundle_is_verified_on_a_machine_with_no_server(
     (out / "manifest.json").write_text(
         (out / "manifest.json").read_text().replace('"seed":7', '"seed":8')
     )
-    tampered = await sisas(nowhere, "audit", "verify", str(out))
+    tampered = await sisas_async("audit", "verify", str(out), env=no_server)
     assert tampered.returncode == 1
-    assert b"manifest.json changed since the bundle was exported" in tampered.stdout
-    not_a_bundle = await sisas(nowhere, "audit", "verify", str(tmp_path))
-    assert not_a_bundle.returncode == 2 and b"index.json" in not_a_bundle.stderr
+    assert "manifest.json changed since the bundle was exported" in tampered.stdout
+    not_a_bundle = await sisas_async("audit", "verify", str(tmp_path), env=no_server)
+    assert not_a_bundle.returncode == 2 and "index.json" in not_a_bundle.stderr
 
 
 def _well_formed(html: str) -> None:
@@ -243,11 +212,12 @@ def _well_formed(html: str) -> None:
 async def test_a_projection_that_drifted_from_the_log_is_named_field_by_field(
     bus: Bus, settings: Settings
 ) -> None:
+    env = server_env(settings)
     await append_runs(bus, 5)
     await ask(bus, "status")  # nothing serves: the CLI-side projector folds the log here
-    first = await sisas(settings, "replay", "verify", "--all")
+    first = await sisas_async("replay", "verify", "--all", env=env)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert b"5 of 5 runs intact" in first.stdout
+    assert "5 of 5 runs intact" in first.stdout
     con = duckdb.connect(str(projection_path(settings)))
     state = json.loads(
         bytes(
@@ -260,36 +230,38 @@ async def test_a_projection_that_drifted_from_the_log_is_named_field_by_field(
         [msgspec.json.encode(state)],
     )
     con.close()
-    drifted = await sisas(settings, "replay", "verify", "--all", "--json")
+    drifted = await sisas_async("replay", "verify", "--all", "--json", env=env)
     assert drifted.returncode == 1
     bad = [v for v in json.loads(drifted.stdout)["verdicts"] if not v["intact"]]
     assert [v["run_id"] for v in bad] == ["run-0000002"]
     assert bad[0]["projection"] == "differs"
     assert bad[0]["projection_diff"][0] == {"path": "seed", "recorded": 999, "new": 2}
-    skip = await sisas(settings, "replay", "verify", "--all", "--no-projection")
+    skip = await sisas_async("replay", "verify", "--all", "--no-projection", env=env)
     assert skip.returncode == 0
 
 
 async def test_replay_diff_lists_the_phases_a_code_change_would_change(
     bus: Bus, settings: Settings, tmp_path: Path
 ) -> None:
+    env = server_env(settings)
     pipes = load_pipelines([EXAMPLE], entry_points=False)
     async with running_services(bus, pipes, concurrency=2, projector=True):
         for i in range(2):
             await start(bus, "clustering", f"d{i}", POINTS, seed=i)
         for i in range(2):
             await wait_end(bus, f"d{i}")
-        same = await sisas(settings, "replay", "diff", "-p", "clustering", "--pipelines", EXAMPLE)
+        same = await sisas_async(
+            "replay", "diff", "-p", "clustering", "--pipelines", EXAMPLE, env=env
+        )
         assert same.returncode == 0, same.stdout + same.stderr
-        assert b"0 of 2 runs" in same.stdout
+        assert "0 of 2 runs" in same.stdout
         changed_code = tmp_path / "clustering_v2.py"
         changed_code.write_text(
             Path(EXAMPLE)
             .read_text()
             .replace("round(math.log1p(item), 12)", "round(math.log1p(item) * 1.01, 12)")
         )
-        changed = await sisas(
-            settings,
+        changed = await sisas_async(
             "replay",
             "diff",
             "-p",
@@ -297,6 +269,7 @@ async def test_replay_diff_lists_the_phases_a_code_change_would_change(
             "--pipelines",
             str(changed_code),
             "--json",
+            env=env,
         )
     assert changed.returncode == 1, changed.stderr
     doc = json.loads(changed.stdout)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -19,44 +17,23 @@ from sisas.bus.inputs import publish_input
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
-from sisas.client import Client
-from sisas.handlers.local import LocalRun
-from sisas.handlers.state import RunState, fold
+from sisas.handlers.state import RunState
 from sisas.loader import load_pipelines
 from sisas.services.host import running_services
 from sisas.services.orchestrator import REJECTED_SUBJECT, Orchestrator
 from sisas.services.worker import Worker
-from sisas.signals import Signal, StoredSignal, encode_signal, verify_chain
+from sisas.signals import Signal, StoredSignal, encode_signal
 from sisas.signals.inputs import CancelRun
-from tests.test_schemas import validator
-
-ROOT = Path(__file__).parent.parent
-EXAMPLE = str(ROOT / "examples" / "clustering.py")
-TEST_PIPES = str(ROOT / "tests" / "pipelines.py")
-POINTS = (ROOT / "examples" / "data" / "points.json").read_bytes()
-ENDED = ("run_completed", "run_failed", "run_cancelled")
-
-
-async def start(
-    bus: Bus, pipeline: str, run_id: str, data: bytes, seed: int = 7, **config: object
-) -> None:
-    await Client(bus, requested_by="tests").start(
-        pipeline, input_bytes=data, seed=seed, config=config, run_id=run_id, check_plan=False
-    )
-
-
-async def wait_end(bus: Bus, run_id: str, timeout: float = 60) -> tuple[RunState, list[Signal]]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        last = await bus.log.last_of_run(run_id)
-        if isinstance(last, StoredSignal) and last.signal.kind in ENDED:
-            break
-        await asyncio.sleep(0.05)
-    records = await bus.log.read_run(run_id)
-    signals = [r.signal for r in records if isinstance(r, StoredSignal)]
-    assert len(signals) == len(records), "corrupt messages in the run"
-    assert verify_chain(signals, run_id=run_id) == []
-    return fold(signals), signals
+from tests.cli_process import SISAS, server_env
+from tests.runs import (
+    EXAMPLE,
+    POINTS,
+    TEST_PIPES,
+    local_fingerprint,
+    start,
+    validator,
+    wait_end,
+)
 
 
 @pytest.fixture
@@ -64,13 +41,6 @@ async def services(bus: Bus) -> AsyncIterator[Bus]:
     pipes = load_pipelines([EXAMPLE, TEST_PIPES], entry_points=False)
     async with running_services(bus, pipes, concurrency=3):
         yield bus
-
-
-def local_fingerprint(seed: int = 7, **config: object) -> str:
-    pipe = load_pipelines([EXAMPLE], entry_points=False)["clustering"]
-    run = LocalRun(pipe, "ref", at=datetime(2026, 1, 1, tzinfo=UTC), clock=time.perf_counter)
-    run.start(POINTS, seed=seed, config=config)  # type: ignore[arg-type]
-    return run.run().fingerprint
 
 
 async def test_a_distributed_run_equals_the_in_process_reference(services: Bus) -> None:
@@ -161,29 +131,13 @@ async def test_two_orchestrators_and_three_workers_agree_with_one(
     assert len(workers) >= 2
 
 
-WORKER = [
-    sys.executable,
-    "-m",
-    "sisas.cli",
-    "worker",
-    "--pipelines",
-    TEST_PIPES,
-    "--ack-wait",
-    "2",
-    "--concurrency",
-    "1",
-]
+WORKER = [*SISAS, "worker", "--pipelines", TEST_PIPES, "--ack-wait", "2", "--concurrency", "1"]
 
 
 async def test_a_worker_killed_mid_phase_loses_nothing_and_completes_once(
     bus: Bus, settings: Settings, tmp_path: Path
 ) -> None:
-    env = {
-        **os.environ,
-        "SISAS_NATS_URL": settings.nats_url or "",
-        "SISAS_HOME": str(settings.home),
-        "SISAS_REPLICAS": "1",
-    }
+    env = server_env(settings)
     async with running_services(bus, {}):  # an orchestrator only
         first = subprocess.Popen(
             [*WORKER, "--name", "doomed"],
@@ -277,18 +231,13 @@ async def test_an_orchestrator_dying_between_append_and_ack_changes_nothing(bus:
     assert len({s.id for s in signals}) == len(signals)
 
 
-ORCH = [sys.executable, "-m", "sisas.cli", "orchestrator"]
+ORCH = [*SISAS, "orchestrator"]
 
 
 async def test_an_orchestrator_killed_mid_run_is_replaced_and_the_run_completes(
     bus: Bus, settings: Settings
 ) -> None:
-    env = {
-        **os.environ,
-        "SISAS_NATS_URL": settings.nats_url or "",
-        "SISAS_HOME": str(settings.home),
-        "SISAS_REPLICAS": "1",
-    }
+    env = server_env(settings)
     pipes = load_pipelines([TEST_PIPES], entry_points=False)
     stop = asyncio.Event()
     worker = Worker(bus, pipes, concurrency=2)

@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 from pathlib import Path
 
-import jsonschema
 import msgspec
 from hypothesis import given, settings
 
 from sisas.schemas import COMMITTED_DIR, export, normalise_descriptions, render, schemas
 from sisas.signals import KINDS, Signal, encode_signal
 from sisas.signals import kinds as signal_kinds
+from tests.runs import validator
 from tests.strategies import signals
-
-FORMATS = jsonschema.Draft202012Validator.FORMAT_CHECKER
-assert "date-time" in FORMATS.checkers, "install rfc3339-validator (a dev dependency)"
-
-
-@functools.cache
-def validator(kind: str) -> jsonschema.Draft202012Validator:
-    schema = json.loads((COMMITTED_DIR / f"{kind}.json").read_text())
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema, format_checker=FORMATS)
 
 
 def test_committed_schemas_are_exactly_what_the_structs_generate() -> None:

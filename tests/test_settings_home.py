@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from sisas.bus.settings import Settings, find_home
+from tests.cli_process import sisas
 
 
 def test_the_nearest_data_folder_up_the_tree_is_used_else_one_here(tmp_path: Path) -> None:
@@ -29,17 +27,9 @@ def test_a_command_run_from_a_subfolder_sees_the_projects_data_folder(tmp_path: 
     project = tmp_path / "project"
     sub = project / "examples"
     sub.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
 
     def status(cwd: Path) -> dict[str, object]:
-        out = subprocess.run(
-            [sys.executable, "-m", "sisas.cli", "status", "--json"],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        out = sisas("status", "--json", cwd=cwd)  # no SISAS_HOME
         assert out.returncode == 0, out.stderr
         answer: dict[str, object] = json.loads(out.stdout)
         return answer

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 import threading
@@ -28,35 +27,20 @@ from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
 from sisas.telemetry import run_trace_ids, trace_id_hex
 from sisas.telemetry.setup import from_env
+from tests.cli_process import Command, base_env, sisas, sisas_async
+from tests.conftest import NatsServer
+from tests.runs import ROOT, TEST_PIPES
 
-from .conftest import NatsServer
-
-ROOT = Path(__file__).parent.parent
-PIPES = str(ROOT / "tests" / "pipelines.py")
 CHILD = str(ROOT / "tests" / "otel_child.py")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SISAS_", "OTEL_"))}
-    return {**env, "COLUMNS": "200", "PYTHONPATH": str(ROOT), **extra}
+    return base_env(PYTHONPATH=str(ROOT), **extra)
 
 
-async def child(out: Path, *args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        CHILD,
-        str(out),
-        *args,
-        env=env,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def finish(proc: asyncio.subprocess.Process, timeout: float = 90) -> tuple[int, str, str]:
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    return proc.returncode or 0, out.decode(), err.decode()
+async def child(out: Path, *args: str, env: dict[str, str]) -> Command:
+    """``sisas ARGS`` with in-memory exporters, dumped to ``out`` when it exits."""
+    return await Command.start(*args, env=env, program=[sys.executable, CHILD, str(out)])
 
 
 def by_id(spans: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -75,7 +59,7 @@ async def test_a_runs_spans_link_across_the_cli_orchestrator_and_worker_processe
     )
     dumps = {role: tmp_path / f"{role}.json" for role in ("orchestrator", "worker")}
     orch = await child(dumps["orchestrator"], "orchestrator", env=env)
-    worker = await child(dumps["worker"], "worker", "--pipelines", PIPES, env=env)
+    worker = await child(dumps["worker"], "worker", "--pipelines", TEST_PIPES, env=env)
     try:
         registry = PlanRegistry(bus.js)
         for _ in range(400):
@@ -94,17 +78,14 @@ async def test_a_runs_spans_link_across_the_cli_orchestrator_and_worker_processe
         ):
             (tmp_path / "b.json").write_text('"bad"')
             dump = tmp_path / f"run-{name}.json"
-            code, out, err = await finish(
-                await child(dump, "run", *args, "--seed", "7", "--wait", "--json", env=env)
-            )
-            assert code == want, err
-            runs[name] = {"result": json.loads(out.strip().splitlines()[-1]), "dump": dump}
+            run = await child(dump, "run", *args, "--seed", "7", "--wait", "--json", env=env)
+            assert await run.finish(90) == want, run.err
+            runs[name] = {"result": json.loads(run.out.strip().splitlines()[-1]), "dump": dump}
     finally:
-        for proc in (orch, worker):
-            proc.send_signal(signal.SIGTERM)
-        for proc in (orch, worker):
-            code, _, err = await finish(proc, 30)
-            assert code == 0, err
+        for cmd in (orch, worker):
+            cmd.proc.send_signal(signal.SIGTERM)
+        for cmd in (orch, worker):
+            assert await cmd.finish(30) == 0, cmd.err
 
     cli = json.loads(runs["good"]["dump"].read_text())
     o = json.loads(dumps["orchestrator"].read_text())
@@ -251,27 +232,23 @@ async def test_otlp_export_set_by_the_standard_variables_leaves_the_log_unchange
     endpoint, received = collector
     data = tmp_path / "in.json"
     data.write_text("1")
-    args = ["-m", "sisas.cli", "run", "chain7", "--pipelines", PIPES, "--input", str(data)]
+    args = ["run", "chain7", "--pipelines", TEST_PIPES, "--input", str(data)]
     results = []
     for name, otel in (
         ("on", {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SERVICE_NAME": "pipelines"}),
         ("off", {}),
     ):
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
+        done = await sisas_async(
             *args,
             "--seed",
             "7",
             "--wait",
             "--json",
             env=clean_env(SISAS_HOME=str(tmp_path / name), **otel),
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            timeout=90,
         )
-        code, out, err = await finish(proc)
-        assert code == 0, err
-        results.append(json.loads(out.strip().splitlines()[-1]))
+        assert done.returncode == 0, done.stderr
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     # Trace context rides in headers, never in the signals: same chain, same fingerprint.
     assert results[0]["fingerprint"] == results[1]["fingerprint"]
     assert results[0]["signals"] == results[1]["signals"]
@@ -298,18 +275,13 @@ async def test_otlp_export_set_by_the_standard_variables_leaves_the_log_unchange
 async def test_console_export_goes_to_stderr_and_keeps_json_output_clean(tmp_path: Path) -> None:
     data = tmp_path / "in.json"
     data.write_text("1")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *["-m", "sisas.cli", "run", "chain7", "--pipelines", PIPES, "--input", str(data)],
-        "--wait",
-        "--json",
+    done = await sisas_async(
+        "run", "chain7", "--pipelines", TEST_PIPES, "--input", str(data), "--wait", "--json",
         env=clean_env(SISAS_HOME=str(tmp_path / "home"), OTEL_TRACES_EXPORTER="console"),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    code, out, err = await finish(proc)
-    assert code == 0, err
+        timeout=90,
+    )  # fmt: skip
+    out, err = done.stdout, done.stderr
+    assert done.returncode == 0, err
     assert json.loads(out)["status"] == "completed"  # stdout holds the result alone
     spans = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert "phase p6" in {s["name"] for s in spans}  # one JSON object per line (JSON Lines)
@@ -329,16 +301,7 @@ async def test_console_export_goes_to_stderr_and_keeps_json_output_clean(tmp_pat
 def test_an_exporter_sisas_cannot_honour_is_a_usage_error_naming_the_fix(
     env: dict[str, str], says: str, tmp_path: Path
 ) -> None:
-    import subprocess
-
-    out = subprocess.run(
-        [sys.executable, "-m", "sisas.cli", "status"],
-        env=clean_env(SISAS_HOME=str(tmp_path), **env),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    out = sisas("status", env=clean_env(SISAS_HOME=str(tmp_path), **env))
     assert out.returncode == 2
     assert says in out.stderr
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import nats
 import pytest
@@ -24,9 +21,9 @@ from sisas.services.host import running_services
 from sisas.services.triggers import TriggerService, evaluation_chain
 from sisas.signals import StoredSignal, TriggerEvaluated
 from sisas.signals.names import UPSTREAM_STREAM
-from tests.test_runs_bus import wait_end
+from tests.cli_process import sisas
+from tests.runs import ROOT, wait_end
 
-ROOT = Path(__file__).parent.parent
 RULES = (ROOT / "examples" / "triggers" / "sisas.toml").read_text()
 CATALOGUE = json.loads((ROOT / "examples" / "triggers" / "catalogue.json").read_text())
 
@@ -66,19 +63,15 @@ def test_a_bad_rules_file_is_a_usage_error_naming_the_problem() -> None:
 
 
 def test_triggers_test_explains_each_rule_and_exits_by_match() -> None:
-    base = [sys.executable, "-m", "sisas.cli", "triggers", "test", "examples/triggers/sisas.toml"]
-    ok = subprocess.run(
-        [*base, "examples/triggers/catalogue.json", "--subject", "upstream.catalogues.a", "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    base = ["triggers", "test", "examples/triggers/sisas.toml"]
+    ok = sisas(
+        *base, "examples/triggers/catalogue.json", "--subject", "upstream.catalogues.a", "--json"
+    )
     assert ok.returncode == 0, ok.stderr
     results = {r["trigger"]: r for r in json.loads(ok.stdout)["results"]}
     assert results["catalogue-ready"]["matched"]
     assert "does not match upstream.tasks.>" in results["task-batch"]["reason"]
-    none = subprocess.run(
-        [*base, '{"status": "draft"}', "--subject", "upstream.catalogues.a"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    none = sisas(*base, '{"status": "draft"}', "--subject", "upstream.catalogues.a")
     assert none.returncode == 1 and "status is 'draft', not 'ready'" in none.stdout
 
 

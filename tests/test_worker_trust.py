@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,14 +33,19 @@ from sisas.security.keys import generate_seed, signer_from_file
 from sisas.security.profile import init_profile
 from sisas.services.orchestrator import REJECTED_SUBJECT, Orchestrator
 from sisas.services.worker import Worker
-from sisas.signals import ChainHead, Draft, PhaseScheduled, Signal, StoredSignal, seal
+from sisas.signals import (
+    ENDING_KINDS,
+    ChainHead,
+    Draft,
+    PhaseScheduled,
+    Signal,
+    StoredSignal,
+    seal,
+)
 from sisas.signals.names import INPUT_STREAM
 from sisas.signals.signing import check_signature
 from tests.conftest import NatsServer
-
-ROOT = Path(__file__).parent.parent
-TEST_PIPES = str(ROOT / "tests" / "pipelines.py")
-ENDED = ("run_completed", "run_failed", "run_cancelled")
+from tests.runs import TEST_PIPES
 
 
 @dataclass
@@ -108,7 +113,7 @@ async def start(d: Deployment, run_id: str, seconds: float = 0.01) -> Path:
     return marker
 
 
-async def wait_for(bus: Bus, run_id: str, kinds: tuple[str, ...], timeout: float = 30) -> None:
+async def wait_for(bus: Bus, run_id: str, kinds: Collection[str], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         last = await bus.log.last_of_run(run_id)
@@ -123,7 +128,7 @@ async def signals_of(bus: Bus, run_id: str) -> list[Signal]:
 
 
 async def ended(bus: Bus, run_id: str) -> tuple[RunState, list[Signal]]:
-    await wait_for(bus, run_id, ENDED)
+    await wait_for(bus, run_id, ENDING_KINDS)
     signals = await signals_of(bus, run_id)
     return fold(signals), signals
 

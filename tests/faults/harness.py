@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,27 +20,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
-from sisas.signals import Signal, StoredSignal, verify_chain
-from tests.test_cli import sisas
-
-ROOT = Path(__file__).parent.parent.parent
-PIPES = str(ROOT / "tests" / "pipelines.py")
-ENDED = ("run_completed", "run_failed", "run_cancelled")
+from sisas.signals import ENDING_KINDS, Signal, StoredSignal, verify_chain
+from tests.cli_process import SISAS, base_env, sisas
+from tests.runs import ROOT, start
 
 
 def env_for(url: str, home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SISAS_", "OTEL_"))}
-    return {
-        **env,
-        "SISAS_NATS_URL": url,
-        "SISAS_HOME": str(home),
-        "SISAS_REPLICAS": extra.pop("SISAS_REPLICAS", "1"),
-        "SISAS_TIMEOUT": "3",
-        "COLUMNS": "200",
-        "PYTHONPATH": str(ROOT),
+    return base_env(
+        SISAS_NATS_URL=url,
+        SISAS_HOME=str(home),
+        SISAS_REPLICAS=extra.pop("SISAS_REPLICAS", "1"),
+        SISAS_TIMEOUT="3",
+        PYTHONPATH=str(ROOT),
         **extra,
-    }
+    )
 
 
 @dataclass
@@ -55,15 +49,16 @@ class Role:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     kills: int = 0
-    module: str = "sisas.cli"
+    module: str | None = None
 
     def start(self, failpoints: str = "") -> Role:
         self.starts += 1
         env = {**self.env, "SISAS_FAILPOINTS": failpoints}
-        name = "-".join(a for a in self.args[:1]) if self.module == "sisas.cli" else "beside"
+        name = "-".join(a for a in self.args[:1]) if self.module is None else "beside"
+        command = SISAS if self.module is None else [sys.executable, "-m", self.module]
         with open(self.logs / f"{name}-{self.starts}.log", "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", self.module, *self.args],
+                [*command, *self.args],
                 env=env,
                 cwd=ROOT,
                 stdout=log,
@@ -134,7 +129,7 @@ async def ended(bus: Bus, run_id: str) -> bool:
         last = await bus.log.last_of_run(run_id)
     except Exception:  # a server restarting or a cluster between leaders
         return False
-    return isinstance(last, StoredSignal) and last.signal.kind in ENDED
+    return isinstance(last, StoredSignal) and last.signal.kind in ENDING_KINDS
 
 
 async def wait_all(
@@ -155,6 +150,28 @@ async def wait_all(
             missing = sorted(set(run_ids) - set(done))
             raise AssertionError(f"runs not ended after {timeout:.0f}s: {missing}")
         await asyncio.sleep(0.1)
+
+
+async def registered(bus: Bus, pipeline: str) -> None:
+    """Wait until a worker registered ``pipeline``'s plan."""
+    registry = PlanRegistry(bus.js)
+    for _ in range(600):
+        if await registry.get(pipeline) is not None:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{pipeline} never registered")
+
+
+async def reference(bus: Bus, pipeline: str, data: bytes) -> list[Signal]:
+    """The signals of a clean run ``ref-<pipeline>`` on ``data``, to compare the cases'
+    runs with."""
+    await start(bus, pipeline, f"ref-{pipeline}", data)
+    await wait_all(bus, [f"ref-{pipeline}"])
+    return await signals_of(bus, f"ref-{pipeline}")
+
+
+async def count_kind(bus: Bus, run_id: str, kind: str) -> int:
+    return sum(s.kind == kind for s in await signals_of(bus, run_id))
 
 
 def _key(s: Signal) -> tuple[str, str, int, object]:

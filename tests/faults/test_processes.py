@@ -12,21 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
 from sisas.client.queries import projector_listening
-from sisas.signals import Signal
 from sisas.signals.names import IN_PREFIX, INPUT_STREAM
 from tests.conftest import NatsServer
-from tests.test_runs_bus import start
+from tests.runs import TEST_PIPES, start
 
 from .harness import (
-    PIPES,
     Counts,
     Role,
     check_runs,
     check_whole_log,
+    count_kind,
     env_for,
+    reference,
+    registered,
     report,
     signals_of,
     wait_all,
@@ -36,32 +36,13 @@ pytestmark = pytest.mark.timeout(300)
 SLOW = b'{"seconds": 1.0}'
 
 
-async def registered(bus: Bus, pipeline: str) -> None:
-    registry = PlanRegistry(bus.js)
-    for _ in range(600):
-        if await registry.get(pipeline) is not None:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{pipeline} never registered")
-
-
-async def reference(bus: Bus, pipeline: str, data: bytes) -> list[Signal]:
-    await start(bus, pipeline, f"ref-{pipeline}", data)
-    await wait_all(bus, [f"ref-{pipeline}"])
-    return await signals_of(bus, f"ref-{pipeline}")
-
-
-async def count_kind(bus: Bus, run_id: str, kind: str) -> int:
-    return sum(s.kind == kind for s in await signals_of(bus, run_id))
-
-
 async def test_a_worker_sigkilled_mid_phase_again_and_again(
     bus: Bus, nats_server: NatsServer, tmp_path: Path
 ) -> None:
     env = env_for(nats_server.url, tmp_path / "home")
     roles = [Role(["orchestrator"], env, tmp_path).start(), Role(["projector"], env, tmp_path)]
     roles[1].start()
-    worker = Role(["worker", "--pipelines", PIPES, "--ack-wait", "1"], env, tmp_path).start()
+    worker = Role(["worker", "--pipelines", TEST_PIPES, "--ack-wait", "1"], env, tmp_path).start()
     try:
         await registered(bus, "slow")
         ref = await reference(bus, "slow", SLOW)
@@ -97,7 +78,7 @@ async def test_a_worker_beside_its_orchestrator_sigkilled_before_and_after_repor
     work comes back and is dropped without running (the log says the attempt ended)."""
     env = env_for(nats_server.url, tmp_path / "home")
     projector = Role(["projector"], env, tmp_path).start()
-    beside = Role([PIPES], env, tmp_path, module="tests.faults.beside").start()
+    beside = Role([TEST_PIPES], env, tmp_path, module="tests.faults.beside").start()
     try:
         await registered(bus, "chain7")
         ref = await reference(bus, "chain7", b"1")
@@ -134,7 +115,7 @@ async def test_an_orchestrator_sigkilled_between_append_and_ack(
     env = env_for(nats_server.url, tmp_path / "home")
     orch = Role(["orchestrator"], env, tmp_path).start()
     others = [
-        Role(["worker", "--pipelines", PIPES], env, tmp_path).start(),
+        Role(["worker", "--pipelines", TEST_PIPES], env, tmp_path).start(),
         Role(["projector"], env, tmp_path).start(),
     ]
     try:
@@ -170,7 +151,7 @@ async def test_a_projector_sigkilled_mid_batch(
     env = env_for(nats_server.url, tmp_path / "home")
     roles = [
         Role(["orchestrator"], env, tmp_path).start(),
-        Role(["worker", "--pipelines", PIPES], env, tmp_path).start(),
+        Role(["worker", "--pipelines", TEST_PIPES], env, tmp_path).start(),
     ]
     projector = Role(["projector", "--batch-size", "7"], env, tmp_path)
     try:
@@ -208,7 +189,7 @@ async def test_two_orchestrators_race_and_a_worker_reports_twice_and_out_of_orde
     roles = [
         Role(["orchestrator"], env, tmp_path).start(),
         Role(["orchestrator"], env, tmp_path).start(),
-        Role(["worker", "--pipelines", PIPES, "--concurrency", "4"], env, tmp_path).start(),
+        Role(["worker", "--pipelines", TEST_PIPES, "--concurrency", "4"], env, tmp_path).start(),
         Role(["projector"], env, tmp_path).start(),
     ]
     try:

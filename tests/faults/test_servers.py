@@ -27,21 +27,22 @@ from sisas.bus.settings import Settings
 from sisas.errors import AppendFailed
 from sisas.signals import ChainHead, Draft
 from sisas.signals.names import LOG_STREAM
-from tests.test_runs_bus import start
+from tests.runs import TEST_PIPES, start
 
 from .harness import (
-    PIPES,
     REPORTED,
     Counts,
     Role,
     check_runs,
     check_whole_log,
+    count_kind,
     env_for,
+    reference,
+    registered,
     report,
     signals_of,
     wait_all,
 )
-from .test_processes import count_kind, reference, registered
 
 pytestmark = pytest.mark.timeout(420)
 SLOW = b'{"seconds": 1.0}'
@@ -58,7 +59,7 @@ async def test_the_embedded_server_sigkilled_and_restarted_during_runs(tmp_path:
     env = env_for(server.url, tmp_path / "home")
     roles = [
         Role(["orchestrator"], env, tmp_path).start(),
-        Role(["worker", "--pipelines", PIPES, "--ack-wait", "2"], env, tmp_path).start(),
+        Role(["worker", "--pipelines", TEST_PIPES, "--ack-wait", "2"], env, tmp_path).start(),
         Role(["projector"], env, tmp_path).start(),
     ]
     try:
@@ -145,7 +146,7 @@ async def test_a_cluster_survives_its_leader_killed_and_a_node_cut_off(tmp_path:
     env = env_for(cluster.urls, tmp_path / "home", SISAS_REPLICAS="3")
     roles = [
         Role(["orchestrator"], env, tmp_path).start(),
-        Role(["worker", "--pipelines", PIPES, "--concurrency", "3"], env, tmp_path).start(),
+        Role(["worker", "--pipelines", TEST_PIPES, "--concurrency", "3"], env, tmp_path).start(),
         Role(["projector"], env, tmp_path).start(),
     ]
     counts, elections, appends = [], [], []
@@ -268,7 +269,7 @@ async def test_a_full_store_is_a_clear_error_and_nothing_is_corrupted(tmp_path: 
     env = env_for(server.url, tmp_path / "home")
     roles = [
         Role(["orchestrator"], env, tmp_path).start(),
-        Role(["worker", "--pipelines", PIPES], env, tmp_path).start(),
+        Role(["worker", "--pipelines", TEST_PIPES], env, tmp_path).start(),
         Role(["projector"], env, tmp_path).start(),
     ]
     counts = []
