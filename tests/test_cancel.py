@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from sisas.client import Client
 from sisas.errors import RunCancelledError
 from sisas.loader import load_pipelines
 from sisas.services.host import running_services
-from tests.test_replay_bus import sisas
+from tests.cli_process import SISAS, server_env, sisas_async
 
 CODE = str(Path(__file__).parent / "cancel_pipelines.py")
 ROOT = Path(__file__).parent.parent
@@ -62,9 +61,11 @@ async def test_cancel_stops_running_attempts_and_settles_every_phase(
         pid = int(pid_file.read_text())
         assert alive(pid)
 
-        cancelled = await sisas(settings, "cancel", handle.run_id, "--reason", "not needed")
+        cancelled = await sisas_async(
+            "cancel", handle.run_id, "--reason", "not needed", env=server_env(settings)
+        )
         assert cancelled.returncode == 0, cancelled.stderr
-        assert b"cancelled (run_cancelled is in the log)" in cancelled.stdout
+        assert "cancelled (run_cancelled is in the log)" in cancelled.stdout
         await until(lambda: not alive(pid), "the child process being killed")
         await until((tmp_path / "polite-saw-cancel").exists, "ctx.cancelled being seen")
 
@@ -78,7 +79,7 @@ async def test_cancel_stops_running_attempts_and_settles_every_phase(
             "isolated": "cancelled",
             "after": "cancelled",
         }
-        shown = await sisas(settings, "show", handle.run_id, "--json")
+        shown = await sisas_async("show", handle.run_id, "--json", env=server_env(settings))
         phases = {p["name"]: p["status"] for p in json.loads(shown.stdout)["phases"]}
         assert "running" not in phases.values() and phases["polite"] == "cancelled"
 
@@ -99,9 +100,7 @@ async def test_run_wait_exits_at_once_when_the_run_is_cancelled(
     stack = contextlib.AsyncExitStack()
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "sisas.cli",
+            *SISAS,
             "run",
             f"{CODE}:stubborn",
             "--input",

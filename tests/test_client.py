@@ -131,28 +131,39 @@ async def test_outputs_and_resume_from_failure_through_the_cli(
 ) -> None:
     """`sisas output` prints a phase's output; `run --wait --json` carries the outputs;
     `--resume RUN` alone re-executes from the first phase without an output."""
-    from tests.test_replay_bus import sisas
+    from tests.cli_process import server_env, sisas_async
 
     failed = await client.start("clustering", INPUT, seed=7)
     done = await failed.result(timeout=60)
-    shown = await sisas(settings, "output", failed.run_id, "report")
+    shown = await sisas_async("output", failed.run_id, "report", env=server_env(settings))
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout) == await client.output(failed.run_id, "report")
-    one = await sisas(settings, "output", failed.run_id, "score", "--item", "1")
+    one = await sisas_async(
+        "output", failed.run_id, "score", "--item", "1", env=server_env(settings)
+    )
     assert json.loads(one.stdout) == (await client.output(failed.run_id, "score"))[1]
     saved = tmp_path / "clean.json"
-    wrote = await sisas(settings, "output", failed.run_id, "clean", "--out", str(saved))
+    wrote = await sisas_async(
+        "output", failed.run_id, "clean", "--out", str(saved), env=server_env(settings)
+    )
     assert wrote.returncode == 0 and json.loads(saved.read_bytes()) == await failed.output("clean")
-    missing = await sisas(settings, "output", failed.run_id, "nosuch")
-    assert missing.returncode == 2 and b"has no phase 'nosuch'" in missing.stderr
+    missing = await sisas_async("output", failed.run_id, "nosuch", env=server_env(settings))
+    assert missing.returncode == 2 and "has no phase 'nosuch'" in missing.stderr
     assert done.status == "completed"
 
     data = tmp_path / "in.json"
     data.write_text(json.dumps(INPUT))
-    waited = await sisas(
-        settings, "run", "clustering", "--input", str(data), "--wait", "--json",
-        "--set", "report.enabled=false",
-    )  # fmt: skip
+    waited = await sisas_async(
+        "run",
+        "clustering",
+        "--input",
+        str(data),
+        "--wait",
+        "--json",
+        "--set",
+        "report.enabled=false",
+        env=server_env(settings),
+    )
     last = json.loads(waited.stdout.splitlines()[-1])
     assert last["status"] == "completed", waited.stderr
     assert set(last["outputs"]) == {"load", "clean", "score", "cluster"}
@@ -169,10 +180,14 @@ async def test_outputs_and_resume_from_failure_through_the_cli(
     assert resumed is not None and resumed.resume_of == broken.run_id
     reused = [n for n, ps in resumed.phases.items() if ps.skip_reason == "resumed"]
     assert reused == ["load", "clean", "score"]
-    cli = await sisas(settings, "run", "clustering", "--resume", broken.run_id, "--wait")
-    assert b"resuming " + broken.run_id.encode() + b" from cluster" in cli.stdout, cli.stderr
-    nothing = await sisas(settings, "run", "clustering", "--resume", failed.run_id)
-    assert nothing.returncode == 2 and b"nothing to re-execute" in nothing.stderr
+    cli = await sisas_async(
+        "run", "clustering", "--resume", broken.run_id, "--wait", env=server_env(settings)
+    )
+    assert f"resuming {broken.run_id} from cluster" in cli.stdout, cli.stderr
+    nothing = await sisas_async(
+        "run", "clustering", "--resume", failed.run_id, env=server_env(settings)
+    )
+    assert nothing.returncode == 2 and "nothing to re-execute" in nothing.stderr
 
 
 async def test_a_key_sent_twice_before_its_run_is_logged_is_still_one_request(

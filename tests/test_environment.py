@@ -26,7 +26,7 @@ from sisas.services.host import running_services
 from sisas.signals.kinds import RunStarted
 from sisas.signals.plan import Environment
 from sisas.signals.records import StoredSignal
-from tests.cli_process import server_env, sisas_async
+from tests.cli_process import SISAS, server_env, sisas_async
 from tests.runs import EXAMPLE, GOLDEN, start, wait_end
 
 PROJECT = """\
@@ -166,17 +166,26 @@ async def test_a_run_records_its_environment_and_a_rerun_names_the_package_that_
     assert json.loads(manifest.stdout)["environment"]["packages"]["envprobe"] == "1.0"
 
     same = await sisas_async(
-        "replay", "rerun", "e1", "--pipelines", code, "--json",
+        "replay",
+        "rerun",
+        "e1",
+        "--pipelines",
+        code,
+        "--json",
         env=server_env(settings, PYTHONPATH=f"{project}:{v1}"),
-    )  # fmt: skip
+    )
     assert same.returncode == 0, same.stderr
     verdict = json.loads(same.stdout)
     assert verdict["deterministic"] and verdict["environment_changes"] == []
 
     other = await sisas_async(
-        "replay", "rerun", "e1", "--pipelines", code,
+        "replay",
+        "rerun",
+        "e1",
+        "--pipelines",
+        code,
         env=server_env(settings, PYTHONPATH=f"{project}:{v2}"),
-    )  # fmt: skip
+    )
     text = other.stdout
     # envprobe 2.0 multiplies by 3: the output differs, and the verdict says what changed
     assert other.returncode == 1, text + other.stderr
@@ -223,7 +232,7 @@ async def test_each_attempt_names_the_environment_it_ran_in(
         "PYTHONPATH": f"{project}:{v2}",
     }
     worker = subprocess.Popen(
-        [sys.executable, "-m", "sisas.cli", "worker", "--pipelines", code],
+        [*SISAS, "worker", "--pipelines", code],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -261,16 +270,26 @@ async def test_each_attempt_names_the_environment_it_ran_in(
     digests = {s.body.environment for s in signals if s.kind == "phase_started"}
     assert len(digests) == 1 and next(iter(digests)).startswith("sha256:")
 
-    under_v2 = await sisas(
-        settings, "replay", "rerun", handle.run_id, "--pipelines", code, "--json",
-        PYTHONPATH=f"{project}:{v2}",
-    )  # fmt: skip
+    under_v2 = await sisas_async(
+        "replay",
+        "rerun",
+        handle.run_id,
+        "--pipelines",
+        code,
+        "--json",
+        env=server_env(settings, PYTHONPATH=f"{project}:{v2}"),
+    )
     verdict = json.loads(under_v2.stdout)
     assert verdict["environment_changes"] == [], verdict["environment_changes"]
     ran_in = list(verdict["attempt_environments"].values())
     assert [e["packages"]["envprobe"] for e in ran_in] == ["2.0"]
-    under_v1 = await sisas(
-        settings, "replay", "rerun", handle.run_id, "--pipelines", code, "--json",
-        PYTHONPATH=f"{project}:{v1}",
-    )  # fmt: skip
+    under_v1 = await sisas_async(
+        "replay",
+        "rerun",
+        handle.run_id,
+        "--pipelines",
+        code,
+        "--json",
+        env=server_env(settings, PYTHONPATH=f"{project}:{v1}"),
+    )
     assert "envprobe 2.0 -> 1.0" in json.loads(under_v1.stdout)["environment_changes"]

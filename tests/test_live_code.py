@@ -14,7 +14,7 @@ from sisas.bus.settings import Settings
 from sisas.client import Client
 from sisas.loader import load_pipelines
 from sisas.services.host import running_services
-from tests.test_replay_bus import sisas
+from tests.cli_process import server_env, sisas_async
 
 CODE = """\
 from sisas.pipeline import Context, HardFailure, Pipeline
@@ -62,15 +62,25 @@ async def test_run_refuses_code_other_than_the_live_workers_and_reload_picks_it_
     (tmp_path / "in.json").write_text('{"n": 4}')
     async with running_services(bus, pipes, reload=True):
         assert await fingerprints(bus) == {old}
-        refused = await sisas(
-            settings, "run", str(edited), "--input", str(tmp_path / "in.json"), "--wait"
+        refused = await sisas_async(
+            "run",
+            str(edited),
+            "--input",
+            str(tmp_path / "in.json"),
+            "--wait",
+            env=server_env(settings),
         )
-        err = refused.stderr.decode()
-        assert refused.returncode == 2, refused.stdout.decode() + err
+        err = refused.stderr
+        assert refused.returncode == 2, refused.stdout + err
         assert "run other code" in err and old[:23] in err and new[:23] in err
         assert "--reload" in err
-        by_name = await sisas(
-            settings, "run", "orders_etl", "--input", str(tmp_path / "in.json"), "--wait"
+        by_name = await sisas_async(
+            "run",
+            "orders_etl",
+            "--input",
+            str(tmp_path / "in.json"),
+            "--wait",
+            env=server_env(settings),
         )
         assert by_name.returncode == 0, by_name.stderr
 

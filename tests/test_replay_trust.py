@@ -20,8 +20,8 @@ from sisas.services.host import running_services
 from sisas.signals import Signal
 from sisas.signals.kinds import PhaseCompleted, RunRequested
 from sisas.signals.names import ARTIFACT_BUCKET, BLOB_BUCKET
-from tests.test_replay_bus import ROOT, sisas
-from tests.test_runs_bus import start, wait_end
+from tests.cli_process import server_env, sisas_async
+from tests.runs import ROOT, start, wait_end
 
 SIDE = str(ROOT / "tests" / "side_effects_pipeline.py")
 HELD = "side effects (recorded output reused; --include-side-effects runs it)"
@@ -94,7 +94,9 @@ async def test_rerun_diff_and_audit_reuse_a_side_effect_instead_of_repeating_it(
     async with running_services(bus, pipes, projector=True):
         fingerprint = fold(await posted(bus, "p1", outbox)).fingerprint
 
-        rerun = await sisas(settings, "replay", "rerun", "p1", "--pipelines", SIDE, "--json")
+        rerun = await sisas_async(
+            "replay", "rerun", "p1", "--pipelines", SIDE, "--json", env=server_env(settings)
+        )
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
         doc = json.loads(rerun.stdout)
         assert doc["not_rerun"] == {"publish": HELD}
@@ -102,29 +104,47 @@ async def test_rerun_diff_and_audit_reuse_a_side_effect_instead_of_repeating_it(
         assert doc["deterministic"] and doc["evidence_complete"]
         assert doc["fingerprint"] == doc["recorded_fingerprint"] == fingerprint
         assert doc["side_effects_rerun"] == []
-        text = await sisas(settings, "replay", "rerun", "p1", "--pipelines", SIDE)
+        text = await sisas_async(
+            "replay", "rerun", "p1", "--pipelines", SIDE, env=server_env(settings)
+        )
         assert text.returncode == 0
-        assert f"not rerun: publish: {HELD}" in text.stdout.decode()
+        assert f"not rerun: publish: {HELD}" in text.stdout
         assert posts(outbox) == 1
 
-        diff = await sisas(settings, "replay", "diff", "-p", "posting", "--pipelines", SIDE)
+        diff = await sisas_async(
+            "replay", "diff", "-p", "posting", "--pipelines", SIDE, env=server_env(settings)
+        )
         assert diff.returncode == 0, diff.stdout + diff.stderr
-        assert "0 of 1 runs" in diff.stdout.decode() and HELD in diff.stdout.decode()
+        assert "0 of 1 runs" in diff.stdout and HELD in diff.stdout
         assert posts(outbox) == 1
 
         out = tmp_path / "bundle"
-        exported = await sisas(
-            settings, "audit", "p1", "--out", str(out), "--rerun", "--pipelines", SIDE
+        exported = await sisas_async(
+            "audit",
+            "p1",
+            "--out",
+            str(out),
+            "--rerun",
+            "--pipelines",
+            SIDE,
+            env=server_env(settings),
         )
         assert exported.returncode == 0, exported.stdout + exported.stderr
-        assert f"not rerun: publish: {HELD}" in exported.stdout.decode()
+        assert f"not rerun: publish: {HELD}" in exported.stdout
         assert json.loads((out / "verdict.json").read_bytes())["rerun"]["not_rerun"] == {
             "publish": HELD
         }
         assert posts(outbox) == 1
 
-    offline = await sisas(
-        settings, "audit", "verify", str(out), "--rerun", "--pipelines", SIDE, "--json"
+    offline = await sisas_async(
+        "audit",
+        "verify",
+        str(out),
+        "--rerun",
+        "--pipelines",
+        SIDE,
+        "--json",
+        env=server_env(settings),
     )
     assert offline.returncode == 0, offline.stdout + offline.stderr
     assert json.loads(offline.stdout)["rerun"]["not_rerun"] == {"publish": HELD}
@@ -140,15 +160,23 @@ async def test_include_side_effects_executes_them_again_and_says_so(
     async with running_services(bus, pipes, projector=True):
         await posted(bus, "p2", outbox)
 
-        rerun = await sisas(settings, "replay", "rerun", "p2", "--pipelines", SIDE, flag)
-        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-        assert "side effects executed again (--include-side-effects): publish" in (
-            rerun.stdout.decode()
+        rerun = await sisas_async(
+            "replay", "rerun", "p2", "--pipelines", SIDE, flag, env=server_env(settings)
         )
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        assert "side effects executed again (--include-side-effects): publish" in (rerun.stdout)
         assert posts(outbox) == 2
 
-        diff = await sisas(
-            settings, "replay", "diff", "-p", "posting", "--pipelines", SIDE, flag, "--json"
+        diff = await sisas_async(
+            "replay",
+            "diff",
+            "-p",
+            "posting",
+            "--pipelines",
+            SIDE,
+            flag,
+            "--json",
+            env=server_env(settings),
         )
         assert diff.returncode == 0, diff.stdout + diff.stderr
         [verdict] = json.loads(diff.stdout)["verdicts"]
@@ -156,17 +184,35 @@ async def test_include_side_effects_executes_them_again_and_says_so(
         assert posts(outbox) == 3
 
         out = tmp_path / "bundle"
-        exported = await sisas(
-            settings, "audit", "p2", "--out", str(out), "--rerun", "--pipelines", SIDE, flag
+        exported = await sisas_async(
+            "audit",
+            "p2",
+            "--out",
+            str(out),
+            "--rerun",
+            "--pipelines",
+            SIDE,
+            flag,
+            env=server_env(settings),
         )
         assert exported.returncode == 0, exported.stdout + exported.stderr
-        assert "side effects executed again" in exported.stdout.decode()
+        assert "side effects executed again" in exported.stdout
         assert posts(outbox) == 4
-        alone = await sisas(settings, "audit", "p2", "--out", str(tmp_path / "b2"), flag)
-        assert alone.returncode == 2 and b"--rerun" in alone.stderr
+        alone = await sisas_async(
+            "audit", "p2", "--out", str(tmp_path / "b2"), flag, env=server_env(settings)
+        )
+        assert alone.returncode == 2 and "--rerun" in alone.stderr
 
-    offline = await sisas(
-        settings, "audit", "verify", str(out), "--rerun", "--pipelines", SIDE, flag, "--json"
+    offline = await sisas_async(
+        "audit",
+        "verify",
+        str(out),
+        "--rerun",
+        "--pipelines",
+        SIDE,
+        flag,
+        "--json",
+        env=server_env(settings),
     )
     assert offline.returncode == 0, offline.stdout + offline.stderr
     assert json.loads(offline.stdout)["rerun"]["side_effects_rerun"] == ["publish"]
@@ -192,7 +238,9 @@ async def test_a_damaged_or_missing_artifact_in_the_store_fails_rerun_and_audit_
             delete_small=receipt,
         )
 
-        rerun = await sisas(settings, "replay", "rerun", "d1", "--pipelines", SIDE, "--json")
+        rerun = await sisas_async(
+            "replay", "rerun", "d1", "--pipelines", SIDE, "--json", env=server_env(settings)
+        )
         assert rerun.returncode == 1, rerun.stdout + rerun.stderr
         doc = json.loads(rerun.stdout)
         assert not doc["deterministic"] and not doc["evidence_complete"]
@@ -208,21 +256,25 @@ async def test_a_damaged_or_missing_artifact_in_the_store_fails_rerun_and_audit_
         assert run_input in doc["not_rerun"]["compose"]
         assert composed in doc["not_rerun"]["receipt"]
         assert doc["fingerprint"] != doc["recorded_fingerprint"]
-        text = await sisas(settings, "replay", "rerun", "d1", "--pipelines", SIDE)
-        shown = text.stdout.decode()
+        text = await sisas_async(
+            "replay", "rerun", "d1", "--pipelines", SIDE, env=server_env(settings)
+        )
+        shown = text.stdout
         assert text.returncode == 1
         assert "evidence INCOMPLETE: NOT shown deterministic" in shown
         assert f"{composed} damaged: output of compose" in shown
         assert f"{receipt} missing: output of receipt" in shown
 
         out = tmp_path / "bundle"
-        exported = await sisas(settings, "audit", "d1", "--out", str(out))
-        said = exported.stdout.decode()
-        assert exported.returncode == 1, said + exported.stderr.decode()
+        exported = await sisas_async("audit", "d1", "--out", str(out), env=server_env(settings))
+        said = exported.stdout
+        assert exported.returncode == 1, said + exported.stderr
         assert "(log intact)" in said and "(evidence INCOMPLETE)" in said
         for digest in (run_input, composed, receipt):
             assert digest in said
-        as_json = await sisas(settings, "audit", "d1", "--out", str(tmp_path / "j"), "--json")
+        as_json = await sisas_async(
+            "audit", "d1", "--out", str(tmp_path / "j"), "--json", env=server_env(settings)
+        )
         doc = json.loads(as_json.stdout)
         assert as_json.returncode == 1 and not doc["ok"]
         assert doc["intact"] and not doc["evidence_complete"]
@@ -230,8 +282,8 @@ async def test_a_damaged_or_missing_artifact_in_the_store_fails_rerun_and_audit_
 
     html = (out / "report.html").read_text()
     assert "LOG INTACT" in html and "EVIDENCE INCOMPLETE" in html and composed in html
-    offline = await sisas(settings, "audit", "verify", str(out))
-    said = offline.stdout.decode()
+    offline = await sisas_async("audit", "verify", str(out), env=server_env(settings))
+    said = offline.stdout
     assert offline.returncode == 1
     assert "log intact, evidence INCOMPLETE" in said
     assert f"{composed} damaged: output of compose" in said
@@ -246,7 +298,7 @@ async def test_a_damaged_or_missing_artifact_in_a_bundle_fails_audit_verify_nami
     async with running_services(bus, pipes, projector=True):
         signals = await posted(bus, "b1", outbox)
         clean = tmp_path / "clean"
-        exported = await sisas(settings, "audit", "b1", "--out", str(clean))
+        exported = await sisas_async("audit", "b1", "--out", str(clean), env=server_env(settings))
         assert exported.returncode == 0, exported.stdout + exported.stderr
     composed, receipt = output_of(signals, "compose"), output_of(signals, "receipt")
 
@@ -258,28 +310,35 @@ async def test_a_damaged_or_missing_artifact_in_a_bundle_fails_audit_verify_nami
     del index["artifacts"][receipt]
     del index["files"]["artifacts/" + receipt.removeprefix("sha256:")]
     (missing / "index.json").write_text(json.dumps(index))
-    checked = await sisas(settings, "audit", "verify", str(missing))
-    said = checked.stdout.decode()
+    checked = await sisas_async("audit", "verify", str(missing), env=server_env(settings))
+    said = checked.stdout
     assert checked.returncode == 1, said
     assert "log intact, evidence INCOMPLETE" in said
     assert f"{receipt} missing: output of receipt" in said
     assert "(log intact, evidence complete)" in (
-        (await sisas(settings, "audit", "verify", str(clean))).stdout.decode()
+        (await sisas_async("audit", "verify", str(clean), env=server_env(settings))).stdout
     )
 
     damaged = tmp_path / "damaged"
     shutil.copytree(clean, damaged)
     victim = damaged / "artifacts" / composed.removeprefix("sha256:")
     victim.write_bytes(flipped(victim.read_bytes()))
-    checked = await sisas(settings, "audit", "verify", str(damaged), "--json")
+    checked = await sisas_async("audit", "verify", str(damaged), "--json", env=server_env(settings))
     assert checked.returncode == 1
     bundle = json.loads(checked.stdout)["bundle"]
     assert bundle["log_intact"] and not bundle["evidence_complete"] and not bundle["intact"]
     [problem] = bundle["artifact_problems"]
     assert (problem["digest"], problem["problem"]) == (composed, "damaged")
     assert problem["used_as"][0] == "output of compose"
-    rerun = await sisas(
-        settings, "audit", "verify", str(damaged), "--rerun", "--pipelines", SIDE, "--json"
+    rerun = await sisas_async(
+        "audit",
+        "verify",
+        str(damaged),
+        "--rerun",
+        "--pipelines",
+        SIDE,
+        "--json",
+        env=server_env(settings),
     )
     assert rerun.returncode == 1
     verdict = json.loads(rerun.stdout)["rerun"]

@@ -17,7 +17,7 @@ from sisas.services.host import running_services
 from sisas.signals import PhaseStarted
 from sisas.signals.codec import encode_signal
 from sisas.testing import run_pipeline
-from tests.test_replay_bus import sisas
+from tests.cli_process import server_env, sisas_async
 
 CODE = str(Path(__file__).parent / "secret_pipelines.py")
 VALUE = "hunter2-Secret-Value-42"
@@ -45,13 +45,13 @@ async def test_a_secret_reaches_the_phase_and_never_the_log_or_an_export(
 
     bundle = tmp_path / "bundle"
     outputs = [
-        await sisas(settings, "signals", handle.run_id, "--json"),
-        await sisas(settings, "manifest", handle.run_id),
-        await sisas(settings, "show", handle.run_id, "--json"),
-        await sisas(settings, "audit", handle.run_id, "--out", str(bundle)),
-        await sisas(settings, "tail", "--all", "--json", "--no-follow"),
+        await sisas_async("signals", handle.run_id, "--json", env=server_env(settings)),
+        await sisas_async("manifest", handle.run_id, env=server_env(settings)),
+        await sisas_async("show", handle.run_id, "--json", env=server_env(settings)),
+        await sisas_async("audit", handle.run_id, "--out", str(bundle), env=server_env(settings)),
+        await sisas_async("tail", "--all", "--json", "--no-follow", env=server_env(settings)),
     ]
-    everything = b"".join(o.stdout + o.stderr for o in outputs)
+    everything = "".join(o.stdout + o.stderr for o in outputs).encode()
     everything += b"".join(p.read_bytes() for p in bundle.rglob("*") if p.is_file())
     records = await bus.log.read_run(handle.run_id)
     everything += b"".join(json.dumps(str(r)).encode() for r in records)
@@ -98,11 +98,16 @@ def test_set_of_a_secret_looking_key_is_refused_before_anything_is_sent(
 async def test_the_cli_refuses_a_secret_in_set_and_does_not_echo_it(
     settings: Settings, tmp_path: Path
 ) -> None:
-    done = await sisas(
-        settings, "run", f"{CODE}:posting", "--set", f"db.password={VALUE}", "--wait"
+    done = await sisas_async(
+        "run",
+        f"{CODE}:posting",
+        "--set",
+        f"db.password={VALUE}",
+        "--wait",
+        env=server_env(settings),
     )
     assert done.returncode == 2
-    assert b"looks like a secret" in done.stderr and VALUE.encode() not in done.stderr
+    assert "looks like a secret" in done.stderr and VALUE not in done.stderr
 
 
 def test_secrets_in_process_with_sisas_testing() -> None:

@@ -104,6 +104,18 @@ class LocalOrchestrator(Protocol):
         ...
 
 
+def _hand_back(
+    loop: asyncio.AbstractEventLoop,
+    fut: asyncio.Future[Outcome],
+    outcome: Outcome | None,
+    exc: BaseException | None,
+) -> None:
+    """Hand an attempt's end from its thread to the loop; an attempt abandoned by a
+    worker that has stopped since (its loop closed) has nobody to tell."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_settle_future, fut, outcome, exc)
+
+
 def _settle_future(
     fut: asyncio.Future[Outcome], outcome: Outcome | None, exc: BaseException | None
 ) -> None:
@@ -600,9 +612,10 @@ class Worker:
             payload = json.dumps(
                 {"phase": signal.phase, "item": body.item, "fraction": fraction, "message": message}
             ).encode()
-            loop.call_soon_threadsafe(
-                lambda: asyncio.ensure_future(self.bus.nc.publish(subject, payload))
-            )
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody listens
+                loop.call_soon_threadsafe(
+                    lambda: asyncio.ensure_future(self.bus.nc.publish(subject, payload))
+                )
 
         done: asyncio.Future[Outcome] = loop.create_future()
 
@@ -618,9 +631,9 @@ class Worker:
                     **kwargs,
                 )
             except BaseException as exc:  # execute_phase reports failures; this is a bug
-                loop.call_soon_threadsafe(_settle_future, done, None, exc)
+                _hand_back(loop, done, None, exc)
             else:
-                loop.call_soon_threadsafe(_settle_future, done, outcome, None)
+                _hand_back(loop, done, outcome, None)
 
         threading.Thread(target=attempt, name=f"sisas-phase-{signal.phase}", daemon=True).start()
         return await done
