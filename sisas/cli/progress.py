@@ -71,6 +71,8 @@ class RunResult:
     """Small outputs, decoded (``run --wait --json``)."""
     first_at: datetime | None = None
     ended_at: datetime | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Phases that did not run (not reused by a resume), and why."""
 
     @property
     def recorded_duration(self) -> float | None:
@@ -92,6 +94,8 @@ class RunResult:
         if self.outputs:
             data["outputs"] = self.outputs
             data["values"] = self.values
+        if self.skipped:
+            data["skipped"] = self.skipped
         if self.failed_phase or self.error:
             data.update(
                 failed_phase=self.failed_phase, error=self.error, error_kind=self.error_kind
@@ -164,7 +168,10 @@ def _apply(display: _Display, result: RunResult, s: Signal) -> None:
     elif isinstance(body, PhaseTimedOut):
         display.row(phase, f"[red]timed out[/] after {body.timeout}s")
     elif isinstance(body, PhaseSkipped):
-        display.row(phase, f"[dim]skipped ({body.reason})[/]", done=True)
+        why = body.reason.replace("_", " ")
+        display.row(phase, f"[dim]skipped ({why})[/]", done=True)
+        if body.reason != "resumed":
+            result.skipped[phase] = why + (f": {body.detail}" if body.detail else "")
     elif isinstance(body, ContractChecked) and not body.passed:
         result.violations += [
             {

@@ -23,6 +23,7 @@ phase has ended the run completes with its determinism fingerprint.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 import msgspec
 
@@ -510,10 +511,14 @@ def _advance(b: _Builder) -> None:
                 if s.status in DONE and not satisfied(s)
             ]
             if blocked:
-                b.emit(
-                    PhaseSkipped(reason="upstream_failed", detail=f"needs {', '.join(blocked)}"),
-                    p.name,
+                switched_off = all(
+                    b.state.phase(d).skip_reason in ("disabled", "upstream_disabled")
+                    for d in blocked
                 )
+                reason: Literal["upstream_disabled", "upstream_failed"] = (
+                    "upstream_disabled" if switched_off else "upstream_failed"
+                )
+                b.emit(PhaseSkipped(reason=reason, detail=f"needs {', '.join(blocked)}"), p.name)
                 progressed = True
             elif all(satisfied(s) for s in deps):
                 if p.map_over:

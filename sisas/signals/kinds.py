@@ -198,9 +198,12 @@ class PhaseRetryScheduled(msgspec.Struct, tag="phase_retry_scheduled", **_OPTS):
 
 
 class PhaseSkipped(msgspec.Struct, tag="phase_skipped", **_OPTS):
-    """The phase will not run in this run, and why."""
+    """The phase will not run in this run, and why: ``disabled`` (``enabled=False``, or a
+    side-effects phase not switched on), ``resumed`` (its output is reused),
+    ``upstream_disabled`` (a phase it needs was switched off: nothing failed) or
+    ``upstream_failed`` (a phase it needs failed or timed out)."""
 
-    reason: Literal["disabled", "resumed", "upstream_failed"]
+    reason: Literal["disabled", "resumed", "upstream_disabled", "upstream_failed"]
     detail: str = ""
     reused_digest: Digest = ""
     reused_artifact: str = ""
