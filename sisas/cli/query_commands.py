@@ -78,13 +78,25 @@ def _short(digest: str | None, n: int = 12) -> str:
     help="Only runs in this status.",
 )
 @click.option("--since", help="Only runs started since: 2026-11-01, 2026-11-01T12:00Z, 30m, 2d.")
+@click.option(
+    "--tampered", is_flag=True, help="Only runs with a signal `sisas replay verify` flags."
+)
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @_JSON
 @run_async
 async def runs(
-    pipeline: str, status: str | None, since: str | None, limit: int, as_json: bool
+    pipeline: str,
+    status: str | None,
+    since: str | None,
+    tampered: bool,
+    limit: int,
+    as_json: bool,
 ) -> None:
-    """List runs, newest first: status, start, duration, failed phase, fingerprint."""
+    """List runs, newest first: status, start, duration, failed phase, fingerprint.
+
+    A run marked TAMPERED holds a signal that `sisas replay verify` flags (one appended
+    by someone other than the orchestrator): it is shown without that signal.
+    """
     params: dict[str, Any] = {"limit": limit}
     if pipeline:
         params["pipeline"] = pipeline
@@ -92,6 +104,8 @@ async def runs(
         params["status"] = status
     if since:
         params["since"] = parse_since(since, datetime.now(UTC)).isoformat()
+    if tampered:
+        params["tampered"] = True
     answer = await _ask("runs", params)
     rows: list[dict[str, Any]] = answer.result
     if as_json:
@@ -103,7 +117,7 @@ async def runs(
     rows_out: list[list[Cell]] = [
         [
             r["run_id"],
-            status_text(r["status"]),
+            _run_status(r),
             _when(r["started_at"] or r["requested_at"]),
             r["failed_phase"] or "",
             duration_text(r["duration"]),
@@ -119,6 +133,26 @@ async def runs(
     console.print(table)
     if dropped:
         console.print(dropped_note(dropped, console.width))
+    forged = [r["run_id"] for r in rows if r["tampered"]]
+    if forged:
+        example = forged[0]
+        console.print(
+            Text(
+                f"{len(forged)} TAMPERED: signals `replay verify` flags in their logs are "
+                f"left out of what is shown; which and why: {command_name()} show {example}",
+                "red",
+            )
+        )
+
+
+_TAMPERED = ("TAMPERED", "bold red")
+
+
+def _run_status(run: dict[str, Any]) -> Text:
+    """The run's status, and the mark of a run a flagged signal was left out of."""
+    if not run["tampered"]:
+        return status_text(run["status"])
+    return Text.assemble(status_text(run["status"]), " ", _TAMPERED)
 
 
 _RUN_COLUMNS = (
@@ -142,8 +176,9 @@ the run id and status are never dropped nor cut."""
 async def show(run_id: str, as_json: bool) -> None:
     """A run's phases, every contract and invariant check, and its links.
 
-    Exit code 0 for a run that completed (or is still going), 1 for one that failed or
-    was cancelled, 2 for an unknown run.
+    Exit code 0 for a run that completed (or is still going), 1 for one that failed, was
+    cancelled or is marked tampered (a signal verify flags was left out of what is
+    shown), 2 for an unknown run.
     """
     check_name(run_id, "run id")
     async with open_bus(load_settings(), name="sisas-show") as bus:
@@ -161,7 +196,7 @@ async def show(run_id: str, as_json: bool) -> None:
         print(json.dumps({"as_of": answer.as_of, "trace_id": trace_id_hex(run_id), **d}))
     else:
         _print_run(d, attempts, tracebacks)
-    if run["status"] in ("failed", "cancelled"):
+    if run["status"] in ("failed", "cancelled") or run["tampered"]:
         sys.exit(1)
 
 
@@ -204,7 +239,9 @@ def _print_run(
 ) -> None:
     run, links = d["run"], d["links"]
     rid = run["run_id"]
-    console.print(Text.assemble((rid, "bold"), " ", status_text(run["status"])))
+    console.print(Text.assemble((rid, "bold"), " ", _run_status(run)))
+    if run["tampered"]:
+        _print_tampered(run)
     console.print(
         f"  pipeline [cyan]{run['pipeline']}[/] {run['version']}, seed {run['seed']}, "
         f"{run['signals']} signals"
@@ -239,6 +276,22 @@ def _print_run(
     prog = command_name()
     console.print(f"[dim]every check: {prog} show {rid} --json[/]")
     console.print(f"[dim]the manifest: {prog} manifest {rid}[/]")
+
+
+def _print_tampered(run: dict[str, Any]) -> None:
+    """Where the first flagged signal is, what is wrong with it, and how to see the rest."""
+    room = max(console.width - 4, 40)
+    said = (
+        f"tampered: stream seq {run['tampered_stream_seq']} "
+        f"({run['tampered_problem']}): {run['tampered_message']}"
+    )
+    for n, part in enumerate(textwrap.wrap(said, room)):
+        console.print(Text(("  " if n == 0 else "    ") + part, "bold red"))
+    prog = command_name()
+    console.print(
+        Text("    left out of what is shown here, with every other signal verify flags", "red")
+    )
+    console.print(Text(f"    check the whole run: {prog} replay verify {run['run_id']}", "red"))
 
 
 def _attempts(ran: int, retried: int) -> str:
@@ -388,6 +441,12 @@ async def stats(pipeline: str, as_json: bool) -> None:
         console.print(
             f"[bold]{p['pipeline']}[/]: {p['runs']} runs, {p['completed']} completed, "
             f"{p['failed']} failed, {p['cancelled']} cancelled, {p['active']} active"
+            + (
+                f", [bold red]{p['tampered']} TAMPERED[/] (left out of every figure "
+                f"below: {command_name()} runs --tampered)"
+                if p["tampered"]
+                else ""
+            )
         )
         p50, p95, p99 = (duration_text(p[f"duration_p{n}"]) for n in (50, 95, 99))
         console.print(f"  run duration p50 {p50}, p95 {p95}, p99 {p99}")

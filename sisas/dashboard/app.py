@@ -27,7 +27,7 @@ from sisas.bus.runtime import Bus
 from sisas.client.queries import ask
 from sisas.client.verification import verify_log
 from sisas.dashboard.hub import RESYNC, Hub
-from sisas.dashboard.views import run_view
+from sisas.dashboard.views import screened_run_view
 from sisas.errors import SisasError
 from sisas.handlers.state import fold
 from sisas.signals import StoredSignal
@@ -105,7 +105,7 @@ def create_app(bus: Bus, hub: Hub) -> Starlette:
         signals = [r.signal for r in records if isinstance(r, StoredSignal)]
         if not signals:
             return _error(404, f"no run {run_id}")
-        view = run_view(signals)
+        view = screened_run_view(records)
         view["corrupt"] = len(records) - len(signals)
         return JSONResponse(view)
 

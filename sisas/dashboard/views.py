@@ -1,5 +1,8 @@
 """What the dashboard shows, computed from signals: a run's DAG, timeline and checks,
-and the one-line event each signal becomes on the live stream. Pure: no I/O."""
+and the one-line event each signal becomes on the live stream. Pure: no I/O.
+
+The run page shows a run as the projection does (:mod:`sisas.projections.screen`): the
+signals ``sisas replay verify`` flags are left out, and the first is named."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from sisas.handlers.state import RunState, fold
+from sisas.projections.screen import screen_run
 from sisas.signals import (
     ContractChecked,
     InvariantChecked,
@@ -20,9 +24,10 @@ from sisas.signals import (
     Signal,
 )
 from sisas.signals.kinds import CircuitClosed, CircuitOpened
+from sisas.signals.records import CorruptMessage, StoredSignal
 from sisas.signals.summary import signal_summary
 
-__all__ = ["event_of", "run_view"]
+__all__ = ["event_of", "run_view", "screened_run_view"]
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -144,9 +149,10 @@ def _checks(signals: Sequence[Signal]) -> list[dict[str, Any]]:
 _INCIDENTS = (PhaseFailed, PhaseRetryScheduled, PhaseTimedOut, CircuitOpened, CircuitClosed)
 
 
-def run_view(signals: Sequence[Signal]) -> dict[str, Any]:
-    """Everything the run page draws, from the run's signals in order."""
-    state = fold(signals)
+def run_view(signals: Sequence[Signal], *, state: RunState | None = None) -> dict[str, Any]:
+    """Everything the run page draws, from the run's signals in order (``state``: their
+    fold, when the caller has it)."""
+    state = fold(signals) if state is None else state
     incidents = [
         {
             "seq": s.seq,
@@ -179,3 +185,19 @@ def run_view(signals: Sequence[Signal]) -> dict[str, Any]:
         "checks": _checks(signals),
         "incidents": incidents,
     }
+
+
+def screened_run_view(records: Sequence[StoredSignal | CorruptMessage]) -> dict[str, Any]:
+    """The run page of a run's stored records (in stream order) as the projection shows
+    it: the signals verify flags left out; ``tampered`` names the first (stream seq,
+    problem, message), or is None; ``signals`` counts every stored signal."""
+    tracked, shown = screen_run(records)
+    view = run_view(shown, state=None if tracked is None else tracked.view)
+    view["signals"] = sum(isinstance(r, StoredSignal) for r in records)
+    tamper = None if tracked is None else tracked.tamper
+    view["tampered"] = (
+        None
+        if tamper is None
+        else {"stream_seq": tamper.stream_seq, "problem": tamper.problem, "message": tamper.message}
+    )
+    return view

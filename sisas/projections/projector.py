@@ -5,6 +5,8 @@ fold, and the rows of the tables are read off the state it returns. A signal tha
 not extend its run's chain (wrong ``seq`` or ``prev``), one holding a number its
 column cannot store, a message that is not a signal and a hole in the stream are kept
 in ``rejected`` with the stream sequence and the reason; nothing stops the projector.
+A signal ``sisas replay verify`` would flag is not folded into what the tables show of
+its run, and marks the run tampered (:mod:`sisas.projections.screen`).
 
 Memory is bounded: the states of at most ``cache_runs`` runs stay in memory; the others
 are read back from ``run_states`` when their next signal arrives.
@@ -23,11 +25,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sisas.errors import ProjectionError
-from sisas.handlers.state import RunState, evolve
 from sisas.projections import rows
-from sisas.projections.rows import Tracked
+from sisas.projections.rows import Row, Tracked
+from sisas.projections.screen import screen_corrupt, screen_signal
 from sisas.projections.store import Batch, ProjectionStore
-from sisas.signals.names import log_subject
+from sisas.signals.names import log_subject, parse_log_subject
 from sisas.signals.records import CorruptMessage, LogGap, LogRecord, StoredSignal
 
 __all__ = ["LogReader", "Projector", "RebuildReport"]
@@ -83,6 +85,8 @@ class Projector:
         self._applied = asyncio.Condition()
         self._bound = False
         self._inflight: dict[str, Tracked] = {}
+        self._inflight_signals: list[Row] = []
+        self._folding: list[Row] = []
         self._prefetched: dict[str, Tracked] = {}
         self.applied_seq = 0
         """The last stream sequence committed to the store."""
@@ -105,17 +109,13 @@ class Projector:
         """Read the stored states of the batch's runs that are not in memory: one query
         per batch, not one per run."""
         wanted = {
-            r.signal.run_id
-            for r in records
-            if isinstance(r, StoredSignal)
-            and r.signal.run_id not in self._cache
-            and r.signal.run_id not in self._inflight
+            run_id
+            for run_id in map(_run_of, records)
+            if run_id and run_id not in self._cache and run_id not in self._inflight
         }
         self._prefetched = {
-            run_id: Tracked(
-                state=rows.decode_state(stored.state),
-                first_stream_seq=stored.first_stream_seq,
-                last_stream_seq=stored.last_stream_seq,
+            run_id: rows.decode_screen(
+                stored.state, stored.screen, stored.first_stream_seq, stored.last_stream_seq
             )
             for run_id, stored in self.store.load_runs(wanted).items()
         }
@@ -132,73 +132,79 @@ class Projector:
         batch = Batch(last_seq=self.folded_seq)
         self._prefetch(records)
         facts = batch.facts
+        self._folding = facts["signals"]
         for record in records:
             if isinstance(record, StoredSignal):
                 self._apply(record, batch)
                 batch.last_seq = record.stream_seq
             elif isinstance(record, CorruptMessage):
                 facts["rejected"].append(rows.rejected_row(record))
+                self._corrupt(record, batch)
                 batch.last_seq = record.stream_seq
             else:
                 facts["rejected"].append(rows.rejected_row(record))
                 batch.last_seq = max(batch.last_seq, record.last)
         for run_id in sorted(batch.states):
             t: Tracked = batch.states[run_id]
-            batch.runs["runs"].append(
-                rows.run_row(
-                    t.state,
-                    signals=t.state.head.seq,
-                    first_stream_seq=t.first_stream_seq,
-                    last_stream_seq=t.last_stream_seq,
+            batch.runs["runs"].append(rows.run_row(t))
+            batch.runs["run_states"].append(
+                (
+                    run_id,
+                    t.first_stream_seq,
+                    t.last_stream_seq,
+                    rows.encode_state(t.state),
+                    rows.encode_screen(t),
                 )
             )
-            batch.runs["run_states"].append(
-                (run_id, t.first_stream_seq, t.last_stream_seq, rows.encode_state(t.state))
-            )
-            batch.runs["phases"].extend(rows.phase_rows(t.state))
+            batch.runs["phases"].extend(rows.phase_rows(t.view))
         self._prefetched = {}
+        self._folding = []
         self.folded_seq = batch.last_seq
         return batch
 
     def _apply(self, record: StoredSignal, batch: Batch) -> None:
         s, seq = record.signal, record.stream_seq
         t = self._tracked(s.run_id, batch)
-        if t is None:
-            t = Tracked(RunState.new(s.pipeline, s.run_id), seq, seq)
-        head = t.state.head
-        unstorable = rows.out_of_range(s)
-        if unstorable is not None:
+        step = screen_signal(t, seq, s, self._hash_at)
+        if step.tracked is not None and step.tracked is not t:
+            batch.states[s.run_id] = step.tracked
+        if step.rejected:
             subject = log_subject(s.pipeline, s.run_id, s.phase, s.kind)
             batch.facts["rejected"].append(
                 rows.rejected_row(
-                    CorruptMessage(stream_seq=seq, subject=subject, reason=unstorable)
+                    CorruptMessage(stream_seq=seq, subject=subject, reason=step.rejected)
                 )
             )
             return
-        if s.seq != head.seq + 1 or s.prev != head.hash or s.pipeline != head.pipeline:
-            batch.facts["rejected"].append(
-                rows.rejected_row(
-                    CorruptMessage(
-                        stream_seq=seq,
-                        subject=log_subject(s.pipeline, s.run_id, s.phase, s.kind),
-                        reason=(
-                            f"signal {s.id} does not extend its run's chain: the run's last "
-                            f"signal is seq {head.seq} with hash {head.hash[:19]}…, "
-                            f"this one has seq {s.seq} and prev {s.prev[:19]}…"
-                        ),
-                    )
-                )
-            )
-            return
-        state = evolve(t.state, s)
-        batch.states[s.run_id] = Tracked(state, t.first_stream_seq, seq)
         batch.facts["signals"].append(rows.signal_row(seq, s))
+        if not step.shown:  # a flagged signal's check or attempt is not shown as real
+            return
         check = rows.check_row(seq, s)
         if check is not None:
             batch.facts["checks"].append(check)
-        metric = rows.metric_row(seq, s, state)
+        assert step.tracked is not None  # a signal that extends a chain has a run
+        metric = rows.metric_row(seq, s, step.tracked.state)
         if metric is not None:
             batch.facts["metrics"].append(metric)
+
+    def _corrupt(self, record: CorruptMessage, batch: Batch) -> None:
+        """A message on a run's subjects that is not a valid signal flags the run."""
+        run_id = _run_of(record)
+        t = self._tracked(run_id, batch) if run_id else None
+        if t is not None:
+            flagged = screen_corrupt(t, record)
+            if flagged is not t:
+                batch.states[run_id] = flagged
+
+    def _hash_at(self, run_id: str, seq: int) -> str | None:
+        """The hash of ``run_id``'s folded signal ``seq``: in the batch being folded, the
+        one being written, or the store. Asked at most once per run, when a signal
+        behind its head arrives (a duplicate or a fork?)."""
+        for folded in (self._folding, self._inflight_signals):
+            for row in folded:
+                if row[1] == run_id and row[3] == seq:
+                    return str(row[9])
+        return self.store.signal_hash(run_id, seq)
 
     def _write(self, batch: Batch) -> None:
         """Store ``batch`` (folded last) now, in this thread."""
@@ -217,7 +223,7 @@ class Projector:
         except ProjectionError:
             self._forget()
             raise
-        self._inflight = {}
+        self._inflight, self._inflight_signals = {}, []
         self._committed(batch)
 
     def _committed(self, batch: Batch) -> None:
@@ -228,7 +234,7 @@ class Projector:
     def _forget(self) -> None:
         """After a failed write: memory ran ahead of the rolled-back rows; drop it."""
         self._cache.clear()
-        self._inflight = {}
+        self._inflight, self._inflight_signals = {}, []
         self.folded_seq = self.applied_seq = self.store.checkpoint()
 
     async def _notify(self) -> None:
@@ -282,7 +288,8 @@ class Projector:
                     if writing is not None:
                         await writing
                         await self._after_write(progress, target)
-                    self._inflight = batch.states  # before the next fold reads them
+                    # before the next fold reads them
+                    self._inflight, self._inflight_signals = batch.states, batch.facts["signals"]
                     writing = asyncio.create_task(self._write_locked(batch, locked))
                 if self.folded_seq >= target or not fresh:
                     break
@@ -383,6 +390,16 @@ class Projector:
             except TimeoutError:
                 return False
         return True
+
+
+def _run_of(record: LogRecord) -> str:
+    """The run a record belongs to ("" for a hole in the stream or a foreign subject)."""
+    if isinstance(record, StoredSignal):
+        return record.signal.run_id
+    if isinstance(record, CorruptMessage):
+        parsed = parse_log_subject(record.subject)
+        return parsed[1] if parsed else ""
+    return ""
 
 
 def _start(record: LogRecord) -> int:

@@ -18,7 +18,7 @@ import msgspec
 
 from sisas.errors import UnknownRun, UsageError
 from sisas.handlers.state import state_digest
-from sisas.projections.rows import decode_state
+from sisas.projections.rows import decode_screen, decode_state
 
 __all__ = [
     "MANIFEST_VERSION",
@@ -45,6 +45,8 @@ class RunsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     status: Status | None = None
     since: datetime | None = None
     limit: int = 100
+    tampered: bool | None = None
+    """True: only runs marked tampered; False: only the others."""
 
 
 class RunQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -102,14 +104,19 @@ def _dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 _RUN_COLUMNS = """
     run_id, pipeline, version, status, requested_at, started_at, ended_at, duration,
     failed_phase, error_kind, error_message, fingerprint, code_fingerprint, seed,
-    input_digest, resume_of, batch_id, phases, phases_done, signals
+    input_digest, resume_of, batch_id, phases, phases_done, signals,
+    tampered, tampered_stream_seq, tampered_problem, tampered_message
 """
 
 
 def runs(con: duckdb.DuckDBPyConnection, q: RunsQuery) -> list[dict[str, Any]]:
-    """Runs, newest first, filtered by pipeline, status and start time."""
-    where: list[str] = ["status <> 'new'"]  # trigger evaluation chains are no runs
+    """Runs, newest first, filtered by pipeline, status, start time and tampering."""
+    # Trigger evaluation chains are no runs; a chain whose first signal was forged is
+    # still listed (as new, tampered).
+    where: list[str] = ["(status <> 'new' OR tampered)"]
     args: list[object] = []
+    if q.tampered is not None:
+        where.append("tampered" if q.tampered else "NOT tampered")
     if q.pipeline:
         where.append("pipeline = ?")
         args.append(q.pipeline)
@@ -205,11 +212,12 @@ def manifest(con: duckdb.DuckDBPyConnection, q: RunQuery) -> dict[str, Any]:
     """The run manifest: what ran (code and contracts), on what, how, and what came out."""
     run = _one_run(con, q.run_id)
     row = con.execute(
-        "SELECT state, first_stream_seq, last_stream_seq FROM run_states WHERE run_id = ?",
+        "SELECT state, screen, first_stream_seq, last_stream_seq FROM run_states WHERE run_id = ?",
         [q.run_id],
     ).fetchone()
     assert row is not None  # written with the runs row, in the same transaction
-    state = decode_state(bytes(row[0]))
+    tracked = decode_screen(bytes(row[0]), None if row[1] is None else bytes(row[1]), *row[2:])
+    state, tamper = tracked.view, tracked.tamper  # what is shown, as runs and phases
     plan = state.plan
     detail = run_detail(con, q)
     by_phase: dict[str, dict[str, int]] = {}
@@ -297,6 +305,13 @@ def manifest(con: duckdb.DuckDBPyConnection, q: RunQuery) -> dict[str, Any]:
         else None,
         "resume_of": run["resume_of"] or None,
         "batch_id": run["batch_id"] or None,
+        "tampered": {
+            "stream_seq": tamper.stream_seq,
+            "problem": tamper.problem,
+            "message": tamper.message,
+        }
+        if tamper
+        else None,
         "phases": phases,
         "counters": {
             "signals": run["signals"],
@@ -318,32 +333,39 @@ def manifest(con: duckdb.DuckDBPyConnection, q: RunQuery) -> dict[str, Any]:
         "outputs": {p["name"]: p["output_digest"] for p in phases if p["output_digest"]},
         "chain": {
             "signals": run["signals"],
-            "head": state.head.hash,
-            "first_stream_seq": int(row[1]),
-            "last_stream_seq": int(row[2]),
+            "head": tracked.state.head.hash,
+            "first_stream_seq": tracked.first_stream_seq,
+            "last_stream_seq": tracked.last_stream_seq,
         },
     }
 
 
 def stats(con: duckdb.DuckDBPyConnection, q: StatsQuery) -> dict[str, Any]:
     """Per pipeline and phase: duration percentiles, success and retry rates, and
-    contract and invariant failure counts."""
+    contract and invariant failure counts. Runs marked tampered are counted apart
+    (``tampered``) and left out of every other count and percentile."""
     args = [q.pipeline] if q.pipeline else []
     only = "WHERE pipeline = ?" if q.pipeline else ""
     pipelines = _dicts(
         con.execute(
             f"""SELECT pipeline, count(*) AS runs,
-                   count(*) FILTER (WHERE status = 'completed') AS completed,
-                   count(*) FILTER (WHERE status = 'failed') AS failed,
-                   count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
-                   count(*) FILTER (WHERE status IN ('requested', 'running')) AS active,
-                   quantile_cont(duration, 0.5) AS duration_p50,
-                   quantile_cont(duration, 0.95) AS duration_p95,
-                   quantile_cont(duration, 0.99) AS duration_p99
+                   count(*) FILTER (WHERE status = 'completed' AND NOT tampered) AS completed,
+                   count(*) FILTER (WHERE status = 'failed' AND NOT tampered) AS failed,
+                   count(*) FILTER (WHERE status = 'cancelled' AND NOT tampered) AS cancelled,
+                   count(*) FILTER (WHERE status IN ('requested', 'running') AND NOT tampered)
+                       AS active,
+                   count(*) FILTER (WHERE tampered) AS tampered,
+                   quantile_cont(duration, 0.5) FILTER (WHERE NOT tampered) AS duration_p50,
+                   quantile_cont(duration, 0.95) FILTER (WHERE NOT tampered) AS duration_p95,
+                   quantile_cont(duration, 0.99) FILTER (WHERE NOT tampered) AS duration_p99
                 FROM runs {only} GROUP BY pipeline ORDER BY pipeline""",
             args,
         )
     )
+    # Phases, attempts and checks of tampered runs are not counted: the run's own
+    # history cannot be told from the forgery's consequences.
+    clean = "run_id NOT IN (SELECT run_id FROM runs WHERE tampered)"
+    only = f"WHERE pipeline = ? AND {clean}" if q.pipeline else f"WHERE {clean}"
     phases = _dicts(
         con.execute(
             f"""
@@ -367,7 +389,7 @@ def stats(con: duckdb.DuckDBPyConnection, q: StatsQuery) -> dict[str, Any]:
                        quantile_cont(duration, 0.5) AS p50,
                        quantile_cont(duration, 0.95) AS p95,
                        quantile_cont(duration, 0.99) AS p99
-                FROM metrics WHERE outcome = 'completed' {"AND pipeline = ?" if only else ""}
+                FROM metrics {only} AND outcome = 'completed'
                 GROUP BY pipeline, phase
             ), failures AS (
                 SELECT pipeline, phase,

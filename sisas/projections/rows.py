@@ -2,7 +2,9 @@
 
 Pure: the same signals give the same rows whatever the batch boundaries, so the state
 digest of a live projection and of a rebuild agree. Tuples follow the column order of
-:mod:`sisas.projections.schema`.
+:mod:`sisas.projections.schema`. A run's rows in ``runs`` and ``phases`` are read off
+what the projection shows of it (:attr:`Tracked.view`), its chain (signals, head,
+stream sequences) off every signal that extends it.
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ from sisas.signals.records import CorruptMessage, LogGap
 
 __all__ = [
     "Row",
+    "Tamper",
     "Tracked",
     "check_row",
-    "encode_state",
+    "decode_screen",
     "decode_state",
+    "encode_screen",
+    "encode_state",
     "metric_row",
     "out_of_range",
     "phase_rows",
@@ -76,16 +81,52 @@ def out_of_range(s: Signal) -> str | None:
     return None
 
 
+class Tamper(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The first signal of a run that ``sisas replay verify`` flags: the stream sequence
+    it is stored at, the problem as verify names it, and what is wrong."""
+
+    stream_seq: int
+    problem: str
+    message: str
+    missing: tuple[int, int] | None = None
+    """For a ``gap``: the run seqs missing; one of them stored later makes it
+    ``reordered``, as verify says."""
+
+
 class Tracked(msgspec.Struct, frozen=True, gc=False):
-    """A run as the projector holds it: its folded state and where its signals lie."""
+    """A run as the projector holds it: its folded state and where its signals lie.
+
+    ``state`` folds every signal that extends the run's chain (the orchestrator's own
+    fold, the one verify refolds); ``shown`` the same without the signals verify flags,
+    kept only once one was flagged (None: the same as ``state``); ``tamper`` is the first
+    flagged; ``signers`` the keys that signed the run's signals, in order (verify's
+    signer check without ``--trust``).
+    """
 
     state: RunState
     first_stream_seq: int
     last_stream_seq: int
+    shown: RunState | None = None
+    tamper: Tamper | None = None
+    signers: tuple[str, ...] = ()
+
+    @property
+    def view(self) -> RunState:
+        """What the projection shows of the run."""
+        return self.state if self.shown is None else self.shown
+
+
+class _Screen(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What ``run_states.screen`` holds besides the state: NULL for most runs."""
+
+    shown: RunState | None = None
+    tamper: Tamper | None = None
+    signers: tuple[str, ...] = ()
 
 
 _STATE_ENCODER = msgspec.json.Encoder()
 _STATE_DECODER = msgspec.json.Decoder(RunState)
+_SCREEN_DECODER = msgspec.json.Decoder(_Screen)
 _DETAIL = msgspec.json.Encoder(order="sorted")
 
 
@@ -97,11 +138,35 @@ def decode_state(data: bytes) -> RunState:
     return _STATE_DECODER.decode(data)
 
 
+def encode_screen(t: Tracked) -> bytes | None:
+    """``t``'s shown state, tamper and signers, or None when it has none of them."""
+    if t.shown is None and t.tamper is None and not t.signers:
+        return None
+    return _STATE_ENCODER.encode(_Screen(shown=t.shown, tamper=t.tamper, signers=t.signers))
+
+
+def decode_screen(
+    state: bytes, screen: bytes | None, first_stream_seq: int, last_stream_seq: int
+) -> Tracked:
+    """The run a ``run_states`` row holds."""
+    extra = _SCREEN_DECODER.decode(screen) if screen is not None else _Screen()
+    return Tracked(
+        decode_state(state),
+        first_stream_seq,
+        last_stream_seq,
+        shown=extra.shown,
+        tamper=extra.tamper,
+        signers=extra.signers,
+    )
+
+
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return (end - start).total_seconds() if start is not None and end is not None else None
 
 
-def run_row(state: RunState, *, signals: int, first_stream_seq: int, last_stream_seq: int) -> Row:
+def run_row(t: Tracked) -> Row:
+    """The ``runs`` row: what is shown of the run, and its chain as stored."""
+    state, chain, tamper = t.view, t.state, t.tamper
     plan = state.plan
     done = sum(1 for p in state.phases.values() if p.status in ("completed", "skipped"))
     return (
@@ -124,10 +189,14 @@ def run_row(state: RunState, *, signals: int, first_stream_seq: int, last_stream
         _seconds(state.requested_at, state.ended_at),
         len(state.phases),
         done,
-        signals,
-        state.head.hash,
-        first_stream_seq,
-        last_stream_seq,
+        chain.head.seq,
+        chain.head.hash,
+        t.first_stream_seq,
+        t.last_stream_seq,
+        tamper is not None,
+        tamper.stream_seq if tamper else None,
+        tamper.problem if tamper else None,
+        tamper.message if tamper else None,
     )
 
 

@@ -6,6 +6,9 @@ Two kinds of table:
   could not be applied (``rejected``): appended, never changed;
 - *state*, one row per run (``runs``, ``run_states``) or per phase (``phases``): the
   rows of :func:`sisas.handlers.state.evolve`'s result, replaced whenever a run moves.
+  ``runs`` and ``phases`` show the fold without the signals verify flags
+  (:mod:`sisas.projections.screen`); ``run_states.state`` is the fold of every signal
+  that extends the run's chain (the orchestrator's), ``run_states.screen`` the rest.
 
 ``checkpoint`` holds the last stream sequence applied; it is written in the same
 transaction as the rows, so a projector killed mid-batch resumes exactly where the
@@ -18,8 +21,9 @@ from typing import Final
 
 __all__ = ["BOOKKEEPING", "FACT_TABLES", "SCHEMA_VERSION", "STATE_TABLES", "TABLES", "Table"]
 
-SCHEMA_VERSION: Final = 3
-"""3: a cancelled run's unsettled phases and items fold to `cancelled`."""
+SCHEMA_VERSION: Final = 4
+"""4: the tamper columns of ``runs`` and ``run_states.screen``; 3: a cancelled run's
+unsettled phases and items fold to `cancelled`. A file of another version is rebuilt."""
 
 _S, _I, _B, _F, _T, _X = "VARCHAR", "INTEGER", "BIGINT", "DOUBLE", "TIMESTAMP", "BLOB"
 _NN = " NOT NULL"
@@ -66,12 +70,14 @@ STATE_TABLES: Final[tuple[Table, ...]] = (
         f"resume_of:{_S}{_NN}, batch_id:{_S}{_NN}, requested_at:{_T}, started_at:{_T},"
         f"ended_at:{_T}, duration:{_F}, phases:{_I}{_NN}, phases_done:{_I}{_NN},"
         f"signals:{_I}{_NN}, head:{_S}{_NN}, first_stream_seq:{_B}{_NN},"
-        f"last_stream_seq:{_B}{_NN}",
+        f"last_stream_seq:{_B}{_NN}, tampered:BOOLEAN{_NN}, tampered_stream_seq:{_B},"
+        f"tampered_problem:{_S}, tampered_message:{_S}",
         "run_id",
     ),
     _t(
         "run_states",
-        f"run_id:{_S}{_NN}, first_stream_seq:{_B}{_NN}, last_stream_seq:{_B}{_NN},state:{_X}{_NN}",
+        f"run_id:{_S}{_NN}, first_stream_seq:{_B}{_NN}, last_stream_seq:{_B}{_NN},"
+        f"state:{_X}{_NN}, screen:{_X}",
         "run_id",
     ),
     _t(

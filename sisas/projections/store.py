@@ -67,11 +67,13 @@ _ROW = msgspec.json.Encoder()
 
 @dataclass
 class StoredRun:
-    """A run's folded state as stored: the encoded state and where its signals lie."""
+    """A run's folded state as stored: the encoded state and where its signals lie, and
+    what the projection shows of it when that differs (``run_states.screen``)."""
 
     state: bytes
     first_stream_seq: int
     last_stream_seq: int
+    screen: bytes | None = None
 
 
 @dataclass
@@ -180,15 +182,30 @@ class ProjectionStore:
         cur.register("_wanted", {"run_id": _objects(sorted(run_ids))})
         try:
             found = cur.execute(
-                "SELECT run_id, state, first_stream_seq, last_stream_seq FROM run_states "
-                "WHERE run_id IN (SELECT run_id FROM _wanted)"
+                "SELECT run_id, state, first_stream_seq, last_stream_seq, screen "
+                "FROM run_states WHERE run_id IN (SELECT run_id FROM _wanted)"
             ).fetchall()
         finally:
             cur.unregister("_wanted")
         return {
-            r[0]: StoredRun(state=bytes(r[1]), first_stream_seq=r[2], last_stream_seq=r[3])
+            r[0]: StoredRun(
+                state=bytes(r[1]),
+                first_stream_seq=r[2],
+                last_stream_seq=r[3],
+                screen=None if r[4] is None else bytes(r[4]),
+            )
             for r in found
         }
+
+    @_translating("reading a signal's hash")
+    def signal_hash(self, run_id: str, seq: int) -> str | None:
+        """The hash of the first stored signal ``seq`` of ``run_id`` (committed rows)."""
+        # fetchall, not fetchone: a result left unfinished would hold the reader's cursor
+        rows = self._reader.execute(
+            "SELECT hash FROM signals WHERE run_id = ? AND seq = ? ORDER BY stream_seq LIMIT 1",
+            [run_id, seq],
+        ).fetchall()
+        return str(rows[0][0]) if rows else None
 
     # -- writing ----------------------------------------------------------------------
 

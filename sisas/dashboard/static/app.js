@@ -44,9 +44,9 @@ async function loadRuns() {
   window.sisas.loads++;
   const body = $("#runs tbody");
   body.innerHTML = data.runs.map((r) => `
-    <tr class="run-row" data-run-id="${esc(r.run_id)}" data-status="${esc(r.status)}">
+    <tr class="run-row${r.tampered ? " tampered" : ""}" data-run-id="${esc(r.run_id)}" data-status="${esc(r.status)}" data-tampered="${r.tampered ? "true" : "false"}">
       <td><a href="/runs/${esc(r.run_id)}">${esc(r.run_id)}</a></td><td>${esc(r.pipeline)}</td>
-      <td><span class="status st-${esc(r.status)}">${esc(r.status)}</span></td>
+      <td><span class="status st-${esc(r.status)}">${esc(r.status)}</span>${r.tampered ? ` <span class="status st-tampered" title="stream seq ${esc(r.tampered_stream_seq)} (${esc(r.tampered_problem)}): ${esc(r.tampered_message)}">TAMPERED</span>` : ""}</td>
       <td>${esc(when(r.started_at || r.requested_at))}</td><td>${esc(secs(r.duration))}</td>
       <td>${esc(r.phases_done)}/${esc(r.phases)}</td><td class="signals">${esc(r.signals)}</td><td>${esc(r.failed_phase)}</td>
     </tr>`).join("");
@@ -139,6 +139,9 @@ function renderRun(v) {
   const badge = $("#run-status");
   badge.textContent = v.status; badge.className = `badge st-${v.status}`; badge.dataset.status = v.status;
   $("#run-meta").textContent = `${v.pipeline} ${v.version} · seed ${v.seed} · started ${when(v.started_at || v.requested_at)} · ${v.signals} signals` + (v.fingerprint ? ` · fingerprint ${v.fingerprint.slice(0, 23)}…` : "");
+  const tampered = $("#run-tampered");
+  tampered.hidden = !v.tampered;
+  tampered.textContent = v.tampered ? `TAMPERED at stream seq ${v.tampered.stream_seq} (${v.tampered.problem}): ${v.tampered.message}. Not shown here: the signals verify flags in this run's log. Check the whole run: sisas replay verify ${v.run_id}` : "";
   $("#run-error").hidden = !v.error;
   $("#run-error").textContent = v.error ? `${v.error} (phase ${v.failed_phase || "-"})` : "";
   $("#report-link").href = `/runs/${encodeURIComponent(v.run_id)}/report`;
