@@ -97,3 +97,6 @@ def settings(nats_server: NatsServer, tmp_path: Path) -> Settings:
 async def bus(settings: Settings) -> AsyncIterator[Bus]:
     async with open_bus(settings) as b:
         yield b
+
+
+from tests.browser import browser  # noqa: E402, F401 - a fixture, for every test module

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import nats
 
 from bench.synthetic import synthetic_runs
 from sisas.bus.runtime import Bus
@@ -28,7 +29,7 @@ from sisas.loader import load_pipelines
 from sisas.pipeline import Pipeline
 from sisas.replay.verify import LogVerifier, report
 from sisas.schemas import COMMITTED_DIR
-from sisas.signals import ENDING_KINDS, Signal, StoredSignal, verify_chain
+from sisas.signals import ENDING_KINDS, ChainHead, Draft, Signal, StoredSignal, verify_chain
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = str(ROOT / "examples" / "clustering.py")
@@ -145,3 +146,18 @@ def validator(kind: str) -> jsonschema.Draft202012Validator:
     schema = json.loads((COMMITTED_DIR / f"{kind}.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema, format_checker=FORMATS)
+
+
+async def outsider_publishes(url: str, subject: str, data: bytes) -> int:
+    """Publish straight into the log's stream, as any client with access could."""
+    nc = await nats.connect(url)
+    try:
+        ack = await nc.jetstream().publish(subject, data)
+        return int(ack.seq)
+    finally:
+        await nc.close()
+
+
+def forged_after(signals: list[Any], body: Any, phase: str = "") -> Any:
+    head = ChainHead.after(signals[-1])
+    return head.extend([Draft(body=body, at=signals[-1].at, phase=phase)])[0][0]

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,22 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.browser import free_port as _free_port
+from tests.browser import page_wait as _wait
 from tests.cli_process import SISAS, base_env, sisas, sisas_async
 from tests.runs import ROOT, TEST_PIPES
 
 SCREENSHOTS = ROOT / "build" / "screenshots"
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Up:
@@ -75,28 +65,6 @@ def up(tmp_path: Path) -> Iterator[Up]:
     server.start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def browser() -> Iterator[webdriver.Chrome]:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
-    assert not missing, (
-        f"{', '.join(missing)} missing: `./dev test` installs Debian's chromium and "
-        "chromium-driver (apt-get install chromium chromium-driver)"
-    )
-    options = Options()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(arg)
-    options.add_argument("--window-size=1400,1100")
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
-
-
-def _wait(driver: webdriver.Chrome, what: str, timeout: float = 30) -> WebDriverWait:  # type: ignore[type-arg]
-    return WebDriverWait(driver, timeout, poll_frequency=0.05, ignored_exceptions=(Exception,))
 
 
 def _statuses(driver: webdriver.Chrome) -> dict[str, str]:

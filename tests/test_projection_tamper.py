@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,10 +40,11 @@ from sisas.services.host import running_services
 from sisas.signals import PhaseCompleted, RunCancelled, StoredSignal
 from sisas.signals.codec import encode_signal
 from sisas.signals.names import log_subject
+from tests.browser import free_port as _free_port
+from tests.browser import page_wait as _wait
+from tests.cli_process import SISAS, server_env, sisas_async
 from tests.golden import make
-from tests.test_dashboard import _free_port, _wait, browser  # noqa: F401 - a fixture
-from tests.test_replay_bus import ROOT, forged_after, outsider_publishes, sisas
-from tests.test_runs_bus import TEST_PIPES, start, wait_end
+from tests.runs import ROOT, TEST_PIPES, forged_after, outsider_publishes, start, wait_end
 
 GOLDEN = Path(__file__).parent / "golden"
 NAP = b'{"seconds": 0.01}'
@@ -56,7 +55,7 @@ def slow() -> dict[str, Any]:
 
 
 async def cli_json(settings: Settings, *args: str) -> tuple[int, Any]:
-    done = await sisas(settings, *args, "--json")
+    done = await sisas_async(*args, "--json", env=server_env(settings))
     assert done.stdout, done.stderr
     return done.returncode, json.loads(done.stdout)
 
@@ -115,11 +114,11 @@ async def test_a_cancel_forged_after_the_end_leaves_the_run_completed_and_marked
         code, _ = await cli_json(settings, "show", "clean")
         assert code == 0
 
-        text = await sisas(settings, "show", "forged", COLUMNS="200")
-        out = text.stdout.decode()
+        text = await sisas_async("show", "forged", env=server_env(settings, COLUMNS="200"))
+        out = text.stdout
         assert f"stream seq {seq}" in out and "out_of_place" in out, out
         assert "sisas replay verify forged" in out
-        listing = (await sisas(settings, "runs", COLUMNS="200")).stdout.decode()
+        listing = (await sisas_async("runs", env=server_env(settings, COLUMNS="200"))).stdout
         rows = {line.split()[0]: line for line in listing.splitlines() if line.strip()}
         assert "completed TAMPERED" in rows["forged"], listing
         assert "TAMPERED" not in rows["clean"], listing
@@ -339,7 +338,7 @@ async def test_a_projection_file_of_the_previous_schema_is_rebuilt_not_misread(
 async def test_the_dashboard_page_warns_of_a_tampered_run(
     bus: Bus,
     settings: Settings,
-    browser: webdriver.Chrome,  # noqa: F811 - the fixture
+    browser: webdriver.Chrome,
 ) -> None:
     async with running_services(bus, slow()):
         await start(bus, "slow", "shown", NAP)
@@ -348,12 +347,9 @@ async def test_the_dashboard_page_warns_of_a_tampered_run(
     subject = log_subject("slow", "shown", "", "run_cancelled")
     seq = await outsider_publishes(settings.nats_url or "", subject, encode_signal(cancel))
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SISAS_")}
-    env.update(
-        SISAS_HOME=str(settings.home), SISAS_NATS_URL=settings.nats_url or "", SISAS_REPLICAS="1"
-    )
+    env = server_env(settings)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sisas.cli", "dashboard", "--port", str(port)],
+        [*SISAS, "dashboard", "--port", str(port)],
         env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:

@@ -178,7 +178,10 @@ def test_replay_imports_only_the_pure_core() -> None:
 LAYERS: dict[str, tuple[set[str], set[str]]] = {
     "signals": ({"signals", "errors"}, {"nats", "duckdb"}),
     "handlers": ({"signals", "errors", "handlers", "pipeline"}, {"nats", "duckdb"}),
-    "projections": ({"signals", "errors", "handlers", "projections", "faults"}, {"nats"}),
+    "projections": (
+        {"signals", "errors", "handlers", "projections", "replay", "faults"},
+        {"nats"},
+    ),
     "replay": (
         {"signals", "errors", "handlers", "replay", "pipeline", "loader"},
         {"nats", "duckdb"},

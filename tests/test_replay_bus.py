@@ -12,7 +12,6 @@ from typing import Any
 
 import duckdb
 import msgspec
-import nats
 
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
@@ -21,27 +20,21 @@ from sisas.loader import load_pipelines
 from sisas.security.keys import generate_seed, signer_from_file
 from sisas.services.host import running_services
 from sisas.services.query import projection_path
-from sisas.signals import ChainHead, Draft, PhaseCompleted, RunCancelled
+from sisas.signals import PhaseCompleted, RunCancelled
 from sisas.signals.codec import encode_signal
 from sisas.signals.names import log_subject
 from sisas.signals.signing import Signer
 from tests.cli_process import server_env, sisas_async
-from tests.runs import EXAMPLE, POINTS, TEST_PIPES, append_runs, start, wait_end
-
-
-async def outsider_publishes(url: str, subject: str, data: bytes) -> int:
-    """Publish straight into the log's stream, as any client with access could."""
-    nc = await nats.connect(url)
-    try:
-        ack = await nc.jetstream().publish(subject, data)
-        return int(ack.seq)
-    finally:
-        await nc.close()
-
-
-def forged_after(signals: list[Any], body: Any, phase: str = "") -> Any:
-    head = ChainHead.after(signals[-1])
-    return head.extend([Draft(body=body, at=signals[-1].at, phase=phase)])[0][0]
+from tests.runs import (
+    EXAMPLE,
+    POINTS,
+    TEST_PIPES,
+    append_runs,
+    forged_after,
+    outsider_publishes,
+    start,
+    wait_end,
+)
 
 
 async def test_signals_forged_by_an_outside_client_are_found(bus: Bus, settings: Settings) -> None:

@@ -115,6 +115,7 @@ async def test_two_orchestrators_and_three_workers_agree_with_one(
     pipes = load_pipelines([EXAMPLE], entry_points=False)
     stop = asyncio.Event()
     async with open_bus(settings) as bus2, open_bus(settings) as bus3:
+        await Worker(bus, pipes).register()  # the plan is there before the first start
         tasks = [asyncio.create_task(Orchestrator(b).run(stop)) for b in (bus, bus2)]
         tasks += [
             asyncio.create_task(Worker(b, pipes, name=f"w{i}", concurrency=2).run(stop))
@@ -312,6 +313,7 @@ async def one_run(bus: Bus, run_id: str, *, beside: bool) -> tuple[RunState, lis
     stop = asyncio.Event()
     orchestrator = Orchestrator(bus)
     worker = Worker(bus, pipes, name="w", concurrency=1, local=orchestrator if beside else None)
+    await worker.register()  # as running_services does: the plan is there before the start
     tasks = [asyncio.create_task(orchestrator.run(stop)), asyncio.create_task(worker.run(stop))]
     await start(bus, "chain7", run_id, b"1")
     state, signals = await wait_end(bus, run_id)
@@ -347,6 +349,7 @@ async def test_two_orchestrators_one_with_a_worker_beside_it_agree_with_one(
     pipes = load_pipelines([EXAMPLE], entry_points=False)
     stop = asyncio.Event()
     async with open_bus(settings) as bus2:
+        await Worker(bus, pipes).register()  # the plan is there before the first start
         near = Orchestrator(bus)
         tasks = [asyncio.create_task(o.run(stop)) for o in (near, Orchestrator(bus2))]
         tasks += [

@@ -308,7 +308,7 @@ def _phase_completed(state: RunState, signal: Signal, body: PhaseCompleted) -> R
             duration=body.duration,
         )
     phase = state.phase(name)
-    fanned = sum(i.duration for i in phase.item_states.values())
+    fanned = sum((i.duration for i in phase.item_states.values()), 0.0)  # a float, even of none
     return _set_phase(
         state,
         name,
