@@ -73,7 +73,7 @@ async def test_run_refuses_code_other_than_the_live_workers_and_reload_picks_it_
         err = refused.stderr
         assert refused.returncode == 2, refused.stdout + err
         assert "run other code" in err and old[:23] in err and new[:23] in err
-        assert "--reload" in err
+        assert "--reload" in err and "restart them with" in err
         by_name = await sisas_async(
             "run",
             "orders_etl",

@@ -58,6 +58,19 @@ async def test_a_secret_reaches_the_phase_and_never_the_log_or_an_export(
     assert VALUE.encode() not in everything
     assert b"db_password" in everything  # what was used is on record, not its value
 
+    # a rerun resolves the secrets where it runs, as the worker did
+    secret_env = {"SISAS_SECRET_DB_PASSWORD": VALUE}
+    rerun = await sisas_async(
+        "replay", "rerun", handle.run_id, "--pipelines", CODE,
+        env=server_env(settings, **secret_env),
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "deterministic" in rerun.stdout and VALUE not in rerun.stdout + rerun.stderr
+    without = await sisas_async(
+        "replay", "rerun", handle.run_id, "--pipelines", CODE, env=server_env(settings)
+    )
+    assert without.returncode == 2 and "SISAS_SECRET_DB_PASSWORD" in without.stderr
+
 
 async def test_a_missing_secret_fails_the_attempt_naming_where_to_put_it(
     bus: Bus, monkeypatch: pytest.MonkeyPatch

@@ -64,6 +64,8 @@ def first_unfinished(old: RunState) -> str:
             f"run {old.run_id} completed: nothing to re-execute; pass --from PHASE to "
             "run from a phase again"
         )
+    if old.failed_phase:  # re-execute from the failed phase (and what needs it), as Dagster does
+        return old.failed_phase
     for p in old.plan.phases:
         ps = old.phase(p.name)
         if ps.status == "completed" or ps.output_digest or ps.skip_reason == "disabled":

@@ -20,6 +20,7 @@ from sisas.replay.executor import execute_tasks
 from sisas.replay.rerun import RerunPlan, hold_side_effects, judge, plan_rerun, verdict
 from sisas.replay.verdicts import ArtifactProblem, RerunVerdict, VerifyReport
 from sisas.replay.verify import LogVerifier, Projected, report
+from sisas.services.secrets import MissingSecret, resolve_secrets
 from sisas.signals.envelope import Signal
 from sisas.signals.plan import Environment
 from sisas.signals.records import StoredSignal
@@ -188,8 +189,13 @@ async def rerun_signals(
             loop.call_soon_threadsafe(on_progress, "rerunning", n, total)
 
     loop = asyncio.get_running_loop()
+    declared = sorted({s for t in plan.tasks for s in _declared(pipe, t.phase)})
+    try:  # resolved here, as the worker that ran them did: never from the log
+        secrets = resolve_secrets(declared, worker="this rerun")
+    except MissingSecret as exc:
+        raise UsageError(f"{exc}; the rerun executes phases that read it") from None
     outcomes = await asyncio.to_thread(
-        execute_tasks, pipe, plan, artifacts, workers=workers, on_done=done
+        execute_tasks, pipe, plan, artifacts, workers=workers, on_done=done, secrets=secrets
     )
     results = [
         judge(task, outcome, artifacts.get(task.artifact), seconds=seconds)
@@ -220,3 +226,8 @@ async def _environments(plan: RerunPlan, fetch: Fetch) -> dict[str, Environment]
         with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
             found[digest] = msgspec.json.decode(data, type=Environment)
     return found
+
+
+def _declared(pipe: Pipeline, phase: str) -> list[str]:
+    spec = pipe.phases.get(phase)
+    return spec.secrets if spec is not None else []

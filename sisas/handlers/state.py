@@ -381,27 +381,38 @@ def _phase_skipped(state: RunState, signal: Signal, body: PhaseSkipped) -> RunSt
 def _run_cancelled(state: RunState, signal: Signal) -> RunState:
     """The run ends; every phase and item not yet settled is ``cancelled`` (a worker
     stops its attempt: :mod:`sisas.services.worker`), so no view shows it running."""
+    return replace(_settled(state, signal, _UNSETTLED), status="cancelled", ended_at=signal.at)
+
+
+_IN_FLIGHT: frozenset[str] = frozenset({"scheduled", "running", "retrying"})
+
+
+def _settled(state: RunState, signal: Signal, unsettled: frozenset[str]) -> RunState:
+    """``state`` with every phase and item whose status is in ``unsettled`` marked
+    ``cancelled``: the run ended, so none of them runs any more or counts. A cancelled
+    run settles its pending phases too; a failed one only those in flight (the pending
+    ones never ran, and read so)."""
     phases = dict(state.phases)
     for name, ps in state.phases.items():
         items = {
             i: replace(it, status="cancelled")
             for i, it in ps.item_states.items()
-            if it.status in _UNSETTLED
+            if it.status in unsettled
         }
-        if ps.status in _UNSETTLED or items:
-            status = "cancelled" if ps.status in _UNSETTLED else ps.status
+        if ps.status in unsettled or items:
+            status = "cancelled" if ps.status in unsettled else ps.status
             phases[name] = replace(
                 ps,
                 status=status,
                 item_states={**ps.item_states, **items} if items else ps.item_states,
-                ended_at=signal.at if ps.status in _UNSETTLED else ps.ended_at,
+                ended_at=signal.at if ps.status in unsettled else ps.ended_at,
             )
-    return replace(state, status="cancelled", ended_at=signal.at, phases=phases)
+    return replace(state, phases=phases)
 
 
 def _run_failed(state: RunState, signal: Signal, body: RunFailed) -> RunState:
     return replace(
-        state,
+        _settled(state, signal, _IN_FLIGHT),
         status="failed",
         error=body.error,
         failed_phase=body.failed_phase,

@@ -21,9 +21,10 @@ from typing import Final
 
 __all__ = ["BOOKKEEPING", "FACT_TABLES", "SCHEMA_VERSION", "STATE_TABLES", "TABLES", "Table"]
 
-SCHEMA_VERSION: Final = 4
-"""4: the tamper columns of ``runs`` and ``run_states.screen``; 3: a cancelled run's
-unsettled phases and items fold to `cancelled`. A file of another version is rebuilt."""
+SCHEMA_VERSION: Final = 5
+"""5: a failed run's phases in flight fold to `cancelled`; 4: the tamper columns of
+``runs`` and ``run_states.screen``; 3: a cancelled run's unsettled phases and items fold
+to `cancelled`. A file of another version is rebuilt."""
 
 _S, _I, _B, _F, _T, _X = "VARCHAR", "INTEGER", "BIGINT", "DOUBLE", "TIMESTAMP", "BLOB"
 _NN = " NOT NULL"

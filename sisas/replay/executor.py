@@ -31,9 +31,16 @@ def _inputs(task: Task, artifacts: Mapping[str, bytes]) -> PhaseInputs:
 
 
 def _run(
-    pipe: Pipeline, task: Task, inputs: PhaseInputs, plan_run: str, config: dict[str, Any]
+    pipe: Pipeline,
+    task: Task,
+    inputs: PhaseInputs,
+    plan_run: str,
+    config: dict[str, Any],
+    secrets: Mapping[str, str],
 ) -> tuple[Outcome, float]:
     start = time.perf_counter()
+    spec = pipe.phases.get(task.phase)
+    declared = {k: v for k, v in secrets.items() if spec is not None and k in spec.secrets}
     outcome = execute_phase(
         pipe,
         task.phase,
@@ -44,6 +51,7 @@ def _run(
         item=task.item,
         config=config,
         clock=time.perf_counter,
+        secrets=declared,
     )
     return outcome, time.perf_counter() - start
 
@@ -55,7 +63,9 @@ def _init(source: str, name: str) -> None:
     _PIPELINE = load_pipelines([source], entry_points=False)[name]
 
 
-def _remote(task: bytes, inputs: bytes, run_id: str, config: dict[str, Any]) -> tuple[bytes, float]:
+def _remote(
+    task: bytes, inputs: bytes, run_id: str, config: dict[str, Any], secrets: dict[str, str]
+) -> tuple[bytes, float]:
     assert _PIPELINE is not None
     outcome, seconds = _run(
         _PIPELINE,
@@ -63,6 +73,7 @@ def _remote(task: bytes, inputs: bytes, run_id: str, config: dict[str, Any]) -> 
         msgspec.msgpack.decode(inputs, type=PhaseInputs),
         run_id,
         config,
+        secrets,
     )
     return msgspec.msgpack.encode(outcome), seconds
 
@@ -74,14 +85,18 @@ def execute_tasks(
     *,
     workers: int = 1,
     on_done: Callable[[int, int], None] | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> list[tuple[Outcome, float]]:
-    """Execute ``plan``'s tasks; return each outcome and its seconds, in task order."""
+    """Execute ``plan``'s tasks; return each outcome and its seconds, in task order.
+    ``secrets``: the values of the secrets the phases declare, resolved by the caller
+    where it runs (as a worker does); each phase gets only its own."""
+    secrets = dict(secrets or {})
     total = len(plan.tasks)
     config = dict(plan.config)
     if workers <= 1:
         out = []
         for i, task in enumerate(plan.tasks):
-            out.append(_run(pipe, task, _inputs(task, artifacts), plan.run_id, config))
+            out.append(_run(pipe, task, _inputs(task, artifacts), plan.run_id, config, secrets))
             if on_done is not None:
                 on_done(i + 1, total)
         return out
@@ -101,6 +116,7 @@ def execute_tasks(
                 msgspec.msgpack.encode(_inputs(task, artifacts)),
                 plan.run_id,
                 config,
+                secrets,
             )
             for task in plan.tasks
         ]

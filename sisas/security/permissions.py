@@ -197,8 +197,11 @@ def _command(kind: str) -> str:
 
 
 _CANCELLED: Final = Grant(
-    "learn of cancelled runs as they are appended (a worker stops their attempts)",
-    subscribe=(f"{LOG_PREFIX}.*.*.{RUN_LEVEL}.run_cancelled",),
+    "learn of cancelled and failed runs as they are appended (a worker stops their attempts)",
+    subscribe=(
+        f"{LOG_PREFIX}.*.*.{RUN_LEVEL}.run_cancelled",
+        f"{LOG_PREFIX}.*.*.{RUN_LEVEL}.run_failed",
+    ),
 )
 
 ORCHESTRATOR: Final = Role(

@@ -121,9 +121,10 @@ async def check_live_code(bus: Bus, pipeline: str, local: dict[str, Pipeline]) -
         raise UsageError(
             f"the live worker(s) of {pipeline} run other code (fingerprint "
             f"{', '.join(f[:23] + '…' for f in other)}) than {code} (fingerprint "
-            f"{mine[:23]}…): the run would not run the code you passed. Restart them with "
-            f"it (`sisas up --reload` and `sisas worker --reload` pick up changed files), "
-            f"or run the pipeline by name (`sisas run {pipeline}`) to use theirs"
+            f"{mine[:23]}…): the run would not run the code you passed. Put your changes "
+            f"into the file they serve (a worker started with --reload picks them up at "
+            f"once), or restart them with {code}; or run the pipeline by name "
+            f"(`sisas run {pipeline}`) to use their code"
         )
 
 

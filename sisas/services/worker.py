@@ -208,16 +208,17 @@ class Worker:
             if parsed is not None:
                 self._cancel_run(parsed[1])
 
-        subject = log_subject("*", "*", "", "run_cancelled")
-        sub = None
-        try:
-            sub = await self.bus.nc.subscribe(subject, cb=on_cancelled)
-        except Exception as exc:  # a refused subscription: cancellation waits for the end
-            log.warning("cannot watch for cancelled runs on %s: %s", subject, exc)
+        subs = []
+        for kind in ("run_cancelled", "run_failed"):  # a failed run needs no more work either
+            subject = log_subject("*", "*", "", kind)
+            try:
+                subs.append(await self.bus.nc.subscribe(subject, cb=on_cancelled))
+            except Exception as exc:  # a refused subscription: attempts run to their end
+                log.warning("cannot watch for ended runs on %s: %s", subject, exc)
         try:
             yield
         finally:
-            if sub is not None:
+            for sub in subs:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
 
@@ -459,12 +460,12 @@ class Worker:
                 raise  # this worker is stopping, not the run: not an outcome
             self.cancelled_attempts += 1
             log.warning(
-                "run %s was cancelled: stopped %s (attempt %s)",
+                "run %s ended (cancelled or failed): stopped %s (attempt %s)",
                 signal.run_id,
                 signal.phase if body.item is None else f"{signal.phase}[{body.item}]",
                 signal.attempt,
             )
-            error = ErrorInfo(kind="Cancelled", message=f"run {signal.run_id} was cancelled")
+            error = ErrorInfo(kind="Cancelled", message=f"run {signal.run_id} ended")
             outcome, timed_out = Outcome(status="failed", error=error), False
         finally:
             beat.cancel()
