@@ -68,6 +68,9 @@ def test_arrays_flow_downstream_and_into_fan_outs() -> None:
     assert stacked.tolist() == [6.0 + i for i in (0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2)]
     assert result.check("exit:ndarray[float64, (None, 3)]").passed
     assert result.check("entry:item:ndarray[float64]", phase="norm", item=0).passed
+    # RunResult.output decodes as the client does
+    assert np.array_equal(result.output("sample"), sample)
+    assert [b.shape for b in result.output("block")] == [(2, 2)] * 3
 
 
 def test_dataframes_and_tables_flow_downstream_and_into_fan_outs() -> None:
@@ -85,6 +88,9 @@ def test_dataframes_and_tables_flow_downstream_and_into_fan_outs() -> None:
     # a fan-out's DataFrames arrive as a list of DataFrames
     combined = table_of(result, "combined").to_pandas()
     assert combined["region"].tolist() == ["north"] * 3 + ["south"] * 3
+    assert isinstance(result.output("load"), pd.DataFrame)  # as each phase returned it
+    assert isinstance(result.output("as_arrow"), pa.Table)
+    assert [len(f) for f in result.output("region")] == [3, 3]
     assert result.check("exit:DataFrame[sku: string, price: float64]").passed
 
 
@@ -464,6 +470,14 @@ async def test_outputs_through_a_server_the_client_and_sisas_output(
     assert "a numpy array, int64, shape (2, 2)" in item.stdout, item.stderr
     refused = await sisas_async("output", run, "block", env=env)
     assert refused.returncode == 2 and "--item N" in refused.stderr
+
+    # a resumed run verifies the arrays it reuses by their content's digest
+    again = await client.request("arrays", resume_of=run, from_phase="stacked", code=arrays)
+    resumed = (await again.handle.result(timeout=60)).state
+    assert resumed is not None and resumed.status == "completed"
+    reused = {n for n, ps in resumed.phases.items() if ps.skip_reason == "resumed"}
+    assert reused == {"sample", "norm", "centre", "blocks", "block"}
+    assert resumed.phase("stacked").output_digest == result.outputs["stacked"]
 
     handle = await client.start("tables", SKUS, seed=3)
     result = await handle.result(timeout=60)
