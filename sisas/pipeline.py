@@ -25,6 +25,14 @@ a phase with no dependencies), the name of an upstream phase (its output), or ``
 (one element of the upstream output named by ``map_over``). Annotations are the
 phase's entry contracts, the return annotation its exit contract; both are checked by
 pydantic and every check is recorded as a signal.
+
+numpy arrays and tables (pandas DataFrames, pyarrow Tables) are outputs too, stored in
+typed binary forms; :class:`Array` and :class:`Table` state their contracts::
+
+    Vectors = Annotated[np.ndarray, Array(dtype="float64", shape=(None, 3))]
+
+    @pipe.phase()
+    def embed(ctx: Context, clean: Points) -> Vectors: ...
 """
 
 from __future__ import annotations
@@ -37,10 +45,28 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import (
+    Any,
+    TypeVar,
+)
 
 import numpy as np
 
+# Array and Table are an author's; the rest is re-exported for the handlers (the worker's
+# side reads annotations through this module: docs/architecture.md).
+from sisas.contracts import Array as Array
+from sisas.contracts import BinaryForm as BinaryForm
+from sisas.contracts import BinaryKind as BinaryKind
+from sisas.contracts import Table as Table
+from sisas.contracts import (
+    annotations_of,
+    binary_name,
+    check_output,
+    check_parameter,
+)
+from sisas.contracts import binary_form as binary_form
+from sisas.contracts import shape_text as shape_text
+from sisas.contracts import without_none as without_none
 from sisas.errors import (
     Cancelled,
     ContractViolation,
@@ -60,6 +86,7 @@ from sisas.signals.names import check_name
 from sisas.signals.plan import PhasePlan, PipelinePlan
 
 __all__ = [
+    "Array",
     "Cancelled",
     "Context",
     "ContractViolation",
@@ -72,6 +99,7 @@ __all__ = [
     "PhaseSpec",
     "Pipeline",
     "ResourceExhausted",
+    "Table",
     "Timeout",
     "WorkerLost",
     "parse_memory",
@@ -201,7 +229,9 @@ class PhaseSpec:
 
 
 def _type_name(t: Any) -> str:
-    return getattr(t, "__name__", None) or repr(t)
+    """A contract's name: a type's name, with what an array or a table contract asks
+    (``ndarray[float64, (None, 3)]``, ``DataFrame[sku: string]``)."""
+    return binary_name(t) or getattr(t, "__name__", None) or repr(t)
 
 
 class Pipeline:
@@ -279,7 +309,7 @@ class Pipeline:
                     f"phase {phase_name}: partial=True is for a fan-out: add map_over="
                 )
             _check_callable(phase_name, fn)
-            hints = get_type_hints(fn)
+            hints = annotations_of(fn)
             sig = inspect.signature(fn)
             names = list(sig.parameters)
             if not names or names[0] != "ctx":
@@ -292,6 +322,9 @@ class Pipeline:
             )
             if map_over and map_over not in deps:
                 deps.append(map_over)
+            for param, annotation in params.items():
+                check_parameter(phase_name, param, annotation)
+            check_output(phase_name, hints.get("return", Any))
             self.phases[phase_name] = PhaseSpec(
                 name=phase_name,
                 fn=fn,
@@ -332,7 +365,9 @@ class Pipeline:
         return register
 
     def bridge(self, upstream: str, downstream: str, contract: Any) -> None:
-        """Check ``upstream``'s output against ``contract`` before ``downstream`` runs."""
+        """Check ``upstream``'s output against ``contract`` before ``downstream`` runs.
+        Raises :class:`InvalidPipeline` for a contract no stored output can meet."""
+        check_parameter(downstream, f"bridge from {upstream}", contract)
         self._pending_bridges.append((upstream, downstream, contract))
         self._plan = None
 

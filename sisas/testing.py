@@ -51,6 +51,7 @@ import pydantic_core
 
 from sisas.client.starting import check_settings
 from sisas.errors import RunCancelledError, RunFailedError, UsageError
+from sisas.handlers import binary
 from sisas.handlers.execute import Outcome, PhaseInputs
 from sisas.handlers.local import LocalRun
 from sisas.handlers.orchestrator import satisfied
@@ -126,13 +127,15 @@ class RunResult:
         return f"RunResult(run_id={self.run_id!r}, status={self.status!r}{why})"
 
     def output(self, phase: str, *, item: int | None = None) -> Any:
-        """The decoded JSON output of ``phase``; for a fan-out, the list of its items'
-        outputs in item order (``None`` where an item of a ``partial`` fan-out failed),
-        or one item's output with ``item=``. Raises :class:`UsageError` when the phase
-        has no output (unknown, failed, skipped or never run), saying which."""
+        """The decoded output of ``phase`` (JSON as Python data, a numpy array as an
+        ndarray, a table as the phase returned it: a DataFrame or a pyarrow Table); for
+        a fan-out, the list of its items' outputs in item order (``None`` where an item
+        of a ``partial`` fan-out failed), or one item's output with ``item=``. Raises
+        :class:`UsageError` when the phase has no output (unknown, failed, skipped or
+        never run), saying which."""
         if item is None and self._fan_out(phase):
-            return [None if b is None else json.loads(b) for b in self._items(phase)]
-        return json.loads(self.output_bytes(phase, item=item))
+            return [None if b is None else _decoded(b) for b in self._items(phase)]
+        return _decoded(self.output_bytes(phase, item=item))
 
     def output_bytes(self, phase: str, *, item: int | None = None) -> bytes:
         """The stored bytes of ``phase``'s output (one item's with ``item=``, required
@@ -238,6 +241,10 @@ class RunResult:
         else:
             why = f"the run ended ({self.status}) before it completed"
         raise UsageError(f"{phase} has no output: {why}")
+
+
+def _decoded(data: bytes) -> Any:
+    return json.loads(data) if binary.format_of(data) == "json" else binary.decode(data)
 
 
 def _place(check: CheckResult) -> str:

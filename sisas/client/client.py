@@ -39,6 +39,7 @@ from sisas.client.queries import Answer, ask
 from sisas.client.resume import Resume, prepare_resume
 from sisas.client.starting import check_settings, refuse_another_run, run_id_for
 from sisas.errors import ArtifactNotFound, SisasError, UsageError
+from sisas.handlers import binary
 from sisas.handlers.state import RunState, fold
 from sisas.loader import load_pipelines
 from sisas.pipeline import Pipeline
@@ -374,9 +375,12 @@ class Client:
         return fold(signals) if signals else RunState.new("", run_id)
 
     async def output_bytes(self, run_id: str, phase: str, *, item: int | None = None) -> bytes:
-        """The bytes of ``phase``'s output in ``run_id`` (verified against their digest;
-        a fan-out phase: a JSON list of its items' outputs, or the one ``item``).
-        Raises :class:`~sisas.errors.UsageError` when the phase has no output (yet)."""
+        """The bytes of ``phase``'s output in ``run_id`` as stored, verified against their
+        digest: JSON, ``.npy`` for a numpy array, an Arrow IPC file for a table (read
+        them with ``numpy.load`` or ``pyarrow.ipc.open_file``). A fan-out phase: a JSON
+        list of its items' outputs, or the one ``item`` (required when its items are
+        arrays or tables, each stored on its own). Raises
+        :class:`~sisas.errors.UsageError` when the phase has no output (yet)."""
         return await self._output_bytes(await self.state(run_id), phase, item)
 
     async def _output_bytes(self, state: RunState, phase: str, item: int | None) -> bytes:
@@ -401,23 +405,40 @@ class Client:
             return await self._artifact(ps.item_states[item].artifact) or b"null"
         if ps.items is not None:
             parts = [await self._artifact(ps.item_states[i].artifact) for i in range(ps.items)]
+            if any(p is not None and binary.format_of(p) != "json" for p in parts):
+                raise UsageError(
+                    f"the {ps.items} items of {phase} in {run_id} are arrays or tables, each "
+                    "stored on its own: ask for one (item=N; `sisas output RUN PHASE --item "
+                    "N`), or call output() for the list of them"
+                )
             return b"[" + b",".join(p or b"null" for p in parts) + b"]"
         data = await self._artifact(ps.artifact)
         return data if data is not None else b"null"
 
     async def output(self, run_id: str, phase: str, *, item: int | None = None) -> Any:
-        """``phase``'s output in ``run_id``, decoded from JSON (see :meth:`output_bytes`)."""
-        return msgspec.json.decode(await self.output_bytes(run_id, phase, item=item))
+        """``phase``'s output in ``run_id``, decoded (see :meth:`output_bytes`): JSON as
+        Python data, a numpy array as an ndarray, a table as the phase returned it (a
+        pandas DataFrame, or a pyarrow Table; a Table when pandas is missing here); a
+        fan-out phase: the list of its items' outputs (None for a failed item of a
+        partial one). Raises :class:`~sisas.errors.UsageError` when the phase has no
+        output, or a table's output when pyarrow is missing here."""
+        state = await self.state(run_id)
+        ps = state.phases.get(phase)
+        if item is None and ps is not None and ps.status == "completed" and ps.items is not None:
+            parts = [await self._artifact(ps.item_states[i].artifact) for i in range(ps.items)]
+            return [None if p is None else _decoded(p) for p in parts]
+        return _decoded(await self._output_bytes(state, phase, item))
 
     async def small_outputs(self, run_id: str, *, max_bytes: int = 64 * 1024) -> dict[str, Any]:
-        """The decoded outputs of ``run_id``'s completed phases that are not fanned out
-        and take at most ``max_bytes`` (the others: :meth:`output`)."""
+        """The decoded outputs of ``run_id``'s completed phases that are not fanned out,
+        are JSON and take at most ``max_bytes`` (the others, arrays and tables among
+        them: :meth:`output`)."""
         state = await self.state(run_id)
         out: dict[str, Any] = {}
         for name, ps in state.phases.items():
             if ps.status == "completed" and ps.items is None and ps.artifact:
                 data = await self._output_bytes(state, name, None)
-                if len(data) <= max_bytes:
+                if len(data) <= max_bytes and binary.format_of(data) == "json":
                     out[name] = msgspec.json.decode(data)
         return out
 
@@ -455,6 +476,15 @@ class Client:
         ``stats``…; docs/projections.md). A projector that runs answers; else this
         process folds the log into the data folder's projection and answers."""
         return await ask(self.bus, verb, params)
+
+
+def _decoded(data: bytes) -> Any:
+    if binary.format_of(data) == "json":
+        return msgspec.json.decode(data)
+    try:
+        return binary.decode(data)
+    except binary.Unstorable as exc:
+        raise UsageError(f"the output cannot be read here: {exc}") from None
 
 
 def _loaded(pipelines: Mapping[str, Pipeline] | Iterable[str] | None) -> dict[str, Pipeline]:

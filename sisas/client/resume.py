@@ -8,6 +8,7 @@ import pydantic
 
 from sisas.bus.runtime import Bus
 from sisas.errors import SisasError, UsageError
+from sisas.handlers import binary
 from sisas.handlers.state import RunState, fold
 from sisas.pipeline import Pipeline
 from sisas.signals import CorruptMessage, Scalar, StoredSignal, semantic_digest, verify_chain
@@ -45,12 +46,17 @@ async def _verified(bus: Bus, artifact: str, digest: str, annotation: Any, what:
         raise UsageError(f"cannot reuse {what}: {exc}; run it again without --resume") from None
     if annotation is None:
         return
-    value = pydantic.TypeAdapter(annotation).validate_json(data)
-    if semantic_digest(value) != digest:
+    if binary.format_of(data) != "json":  # an array or a table: digested as stored
+        try:
+            found = binary.digest_of(data)
+        except binary.Unstorable as exc:
+            raise UsageError(f"cannot reuse {what}: {exc}") from None
+    else:
+        found = semantic_digest(pydantic.TypeAdapter(annotation).validate_json(data))
+    if found != digest:
         raise UsageError(
             f"the recorded output of {what} does not verify: its content digests "
-            f"to {semantic_digest(value)}, the log says {digest}; run without "
-            "--resume"
+            f"to {found}, the log says {digest}; run without --resume"
         )
 
 

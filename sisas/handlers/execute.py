@@ -3,6 +3,11 @@
 ``execute_phase`` is what every worker does, in-process or in a child process. It never
 raises for a phase's failure: the outcome says what happened, with every check result,
 so the orchestrator can record each one as a signal.
+
+Inputs are built from stored bytes as each parameter's annotation asks and outputs
+stored as their kind asks: JSON by pydantic, numpy arrays and tables in their binary
+forms (:mod:`sisas.handlers.binary`), with their :class:`~sisas.pipeline.Array` and
+:class:`~sisas.pipeline.Table` contracts checked at both boundaries.
 """
 
 from __future__ import annotations
@@ -14,14 +19,25 @@ import inspect
 import threading
 import traceback
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import msgspec
+import numpy as np
 import pydantic
 from pydantic_core import PydanticSerializationError
 
 from sisas.errors import PhaseError
-from sisas.pipeline import Context, PhaseSpec, Pipeline, _type_name
+from sisas.handlers import binary
+from sisas.handlers.binary import ContractBroken, Unstorable
+from sisas.pipeline import (
+    BinaryForm,
+    Context,
+    PhaseSpec,
+    Pipeline,
+    _type_name,
+    binary_form,
+    without_none,
+)
 from sisas.signals.digest import semantic_digest
 from sisas.signals.inputs import ContractResult, InvariantResult
 from sisas.signals.kinds import ERROR_KINDS, ErrorInfo, ErrorKind, Scalar, Violation
@@ -142,8 +158,8 @@ def _checked(
     """Run one contract check, record its result; (passed, the validated value)."""
     try:
         value = validate()
-    except pydantic.ValidationError as exc:
-        violations = violations_of(exc, root)
+    except (pydantic.ValidationError, ContractBroken) as exc:
+        violations = exc.violations if isinstance(exc, ContractBroken) else violations_of(exc, root)
         contracts.append(
             ContractResult(
                 contract=contract, boundary=boundary, passed=False, violations=violations
@@ -154,18 +170,92 @@ def _checked(
     return True, value
 
 
+def _validated(root: str, validate: Callable[[], Any]) -> Any:
+    try:
+        return validate()
+    except pydantic.ValidationError as exc:
+        raise ContractBroken(violations_of(exc, root)) from None
+
+
+def _value(data: bytes, annotation: Any, root: str) -> Any:
+    """The value stored ``data`` gives a parameter annotated ``annotation``. An array or a
+    table is received as itself (under ``Any``: as it was returned), or as plain data by
+    a JSON annotation; JSON data by an array or table annotation is built into one.
+    Raises :class:`ContractBroken` naming each field under ``root``."""
+    form = binary_form(without_none(annotation))
+    stored = binary.format_of(data)
+    if form is None and stored == "json":
+        return _validated(root, functools.partial(_adapter(annotation).validate_json, data))
+    if form is None:
+        value = binary.decode(data)
+        if annotation is Any:
+            return value
+        plain = binary.plain(value)
+        return _validated(root, functools.partial(_adapter(annotation).validate_python, plain))
+    if stored != "json":
+        return binary.load(data, form, root)
+    value = _validated(root, functools.partial(_adapter(Any).validate_json, data))
+    if value is None and without_none(annotation) is not annotation:
+        return None
+    return _from_plain(value, form, root)
+
+
+def _from_plain(value: Any, form: BinaryForm, root: str) -> Any:
+    built = binary.from_plain(value, form, root)
+    binary.check(built, form, root)
+    return built
+
+
+def _gathered(parts: list[bytes], annotation: Any, root: str) -> Any:
+    """A fan-out's item outputs, in item order, for a parameter annotated ``annotation``
+    (``list[X]``, ``list[X | None]``, ``Any``…); every item's violations are named."""
+    outer = without_none(annotation)
+    inner = get_args(outer)[0] if get_origin(outer) is list and get_args(outer) else Any
+    binary_items = any(binary.format_of(b) != "json" for b in parts)
+    if binary_form(without_none(inner)) is None and not binary_items:
+        items = [_adapter(Any).validate_json(b) for b in parts]
+        return _validated(root, functools.partial(_adapter(annotation).validate_python, items))
+    values, violations = [], []
+    for i, data in enumerate(parts):
+        try:
+            values.append(_value(data, inner, f"{root}[{i}]"))
+        except ContractBroken as exc:
+            violations += exc.violations
+    if violations:
+        raise ContractBroken(violations)
+    return values
+
+
+def _item(data: bytes, index: int, annotation: Any) -> Any:
+    """Item ``index`` of the output a fan-out maps over: of a list, or along the first
+    axis of an array (a Python scalar for a one-dimensional array's element)."""
+    form = binary_form(without_none(annotation))
+    if binary.format_of(data) == "json":
+        element = _adapter(list[Any]).validate_json(data)[index]
+    else:
+        element = binary.decode(data)[index]
+        if isinstance(element, np.generic):
+            element = element.item()
+    if form is not None:
+        if isinstance(element, np.ndarray):
+            binary.check(element, form, "item")
+            return element
+        return _from_plain(element, form, "item")
+    if annotation is Any:
+        return element
+    plain = binary.plain(element)
+    return _validated("item", functools.partial(_adapter(annotation).validate_python, plain))
+
+
 def _load_args(
     spec: PhaseSpec, inputs: PhaseInputs, item: int | None, contracts: list[ContractResult]
 ) -> dict[str, Any] | None:
     def argument(name: str, annotation: Any) -> Any:
         if name == "item":
-            items = _adapter(list[Any]).validate_json(inputs.values[spec.map_over])
-            return _adapter(annotation).validate_python(items[item or 0])
+            return _item(inputs.values[spec.map_over], item or 0, annotation)
         if name in inputs.gathered:
-            return _adapter(annotation).validate_python(
-                [_adapter(Any).validate_json(b) for b in inputs.gathered[name]]
-            )
-        return _adapter(annotation).validate_json(inputs.values[name])
+            return _gathered(inputs.gathered[name], annotation, name)
+        return _value(inputs.values[name], annotation, name)
 
     args: dict[str, Any] = {}
     ok = True
@@ -184,7 +274,7 @@ def _load_args(
             f"{upstream}:{_type_name(bridge)}",
             "bridge",
             upstream,
-            functools.partial(_adapter(bridge).validate_json, inputs.values[upstream]),
+            functools.partial(_value, inputs.values[upstream], bridge, upstream),
         )
         ok &= passed
     return args if ok else None
@@ -216,12 +306,42 @@ def _check_invariants(spec: PhaseSpec, output: Any) -> list[InvariantResult]:
 
 
 def _quarantine(result: object) -> tuple[bytes, str]:
-    """The bytes and digest of an output that failed its contract, when it has a JSON form."""
+    """The bytes and digest of an output that failed its contract, when it has a stored
+    form (JSON, or an array's or a table's)."""
     try:
-        data = _adapter(Any).dump_json(result)
+        kind = binary.kind_of(result)
+        if kind is not None:
+            stored, _ = binary.prepare(result, BinaryForm(kind), "output")
+            data = binary.encode(stored)
+            return data, binary.digest_of(data)
+        data = _adapter(Any).dump_json(result, fallback=_JsonFallback())
         return data, semantic_digest(_adapter(Any).validate_json(data))
     except (PydanticSerializationError, ValueError, TypeError):
         return b"", ""
+
+
+class _JsonFallback:
+    """What JSON serialisation does with a value pydantic does not know: a numpy scalar
+    becomes its Python number; anything else is refused, and ``problem`` says what to
+    return instead."""
+
+    def __init__(self) -> None:
+        self.problem = ""
+
+    def __call__(self, value: Any) -> Any:
+        if isinstance(value, np.generic):
+            return value.item()
+        self.problem = binary.unstorable_hint(value)
+        raise Unstorable(self.problem)
+
+
+class _Stored(msgspec.Struct, frozen=True):
+    """An output as stored (``data``), as given downstream (``value``), its digest."""
+
+    data: bytes
+    value: Any
+    digest: str
+    count: int | None
 
 
 def call_phase(fn: Callable[..., Any], ctx: Context, args: Mapping[str, Any]) -> Any:
@@ -258,7 +378,7 @@ def execute_phase(
     ``cancel``: set by the worker when the run is cancelled (``ctx.cancelled``).
 
     The entry contracts (and bridges) are checked on the inputs, the phase is called,
-    then its output is checked (:func:`_checked_output`). ``clock`` (e.g.
+    then its output is checked and stored (:func:`_checked_output`). ``clock`` (e.g.
     ``time.perf_counter``) is passed in by the worker shell: the only time read here is
     for the duration it reports.
     """
@@ -268,7 +388,11 @@ def execute_phase(
     if spec is None:
         missing = f"this worker's {pipeline.name} {pipeline.version} has no phase {phase!r}"
         return _failed(clock, start, "PhaseNotImplemented", missing, contracts, [])
-    args = _load_args(spec, inputs, item, contracts)
+    try:
+        args = _load_args(spec, inputs, item, contracts)
+    except Unstorable as exc:
+        unreadable = f"an input of {phase} cannot be read: {exc}"
+        return _failed(clock, start, "HardFailure", unreadable, contracts, [])
     if args is None:
         bad = [v.path for c in contracts if not c.passed for v in c.violations]
         message = f"input of {phase} violates its contract at " + ", ".join(bad)
@@ -323,13 +447,23 @@ def _checked_output(
     start: float,
 ) -> Outcome:
     """The outcome of an attempt whose phase returned ``result``: failed when it breaks
-    its exit contract or an invariant (:func:`_exit_checked`, :func:`_check_invariants`),
-    with the output quarantined; else completed with the output's bytes and digest."""
-    checked = _exit_checked(spec, phase, result, contracts, clock, start)
-    if isinstance(checked, Outcome):
-        return checked
-    output, data = checked
-    invariants = _check_invariants(spec, output)
+    its exit contract or an invariant (:func:`_store`, :func:`_check_invariants`), with
+    the output quarantined, or when it cannot be stored; else completed with the
+    output's bytes and digest."""
+    try:
+        stored = _store(spec, result, contracts)
+    except _Refused as exc:
+        what = "violates its contract" if exc.broken else f"cannot be stored: {exc}"
+        return _failed(
+            clock,
+            start,
+            "ContractViolation",
+            f"output of {phase} {what}",
+            contracts,
+            [],
+            quarantined=exc.quarantined,
+        )
+    invariants = _check_invariants(spec, stored.value)
     broken = [i.invariant for i in invariants if not i.passed]
     if broken:
         return _failed(
@@ -339,64 +473,74 @@ def _checked_output(
             f"output of {phase} breaks " + ", ".join(broken),
             contracts,
             invariants,
-            quarantined=(data, semantic_digest(output)),
+            quarantined=(stored.data, stored.digest),
         )
-    count = len(output) if isinstance(output, list | tuple) else None
     return Outcome(
         status="completed",
-        output=data,
-        output_digest=semantic_digest(output),
-        item_count=count,
+        output=stored.data,
+        output_digest=stored.digest,
+        item_count=stored.count,
         duration=clock() - start,
         contracts=contracts,
         invariants=invariants,
     )
 
 
-def _exit_checked(
-    spec: PhaseSpec,
-    phase: str,
-    result: object,
-    contracts: list[ContractResult],
-    clock: Callable[[], float],
-    start: float,
-) -> tuple[Any, bytes] | Outcome:
-    """Check ``result`` against the phase's exit contract and record the check; the
-    output as a later phase reads it back (validated, dumped, validated again) and its
-    bytes, or the failed outcome when it breaks the contract (quarantined when it has a
-    JSON form) or cannot be stored."""
-    out_contract = _type_name(spec.returns)
+class _Refused(Exception):
+    """An output that is not stored: it broke its exit contract (``broken``; kept as
+    ``quarantined`` evidence when it has a stored form), or it has no stored form."""
+
+    def __init__(self, message: str, *, broken: bool, quarantined: tuple[bytes, str]) -> None:
+        super().__init__(message)
+        self.broken = broken
+        self.quarantined = quarantined
+
+
+def _store(spec: PhaseSpec, result: object, contracts: list[ContractResult]) -> _Stored:
+    """``result`` checked against the exit contract (the check recorded in
+    ``contracts``) and stored: an array or a table (annotated so, or returned under
+    ``Any``) in its binary form, anything else as JSON. Raises :class:`_Refused`."""
+    name = _type_name(spec.returns)
+    form = binary_form(spec.returns)
+    kind = binary.kind_of(result) if form is None and spec.returns is Any else None
+    if kind is not None:
+        form = BinaryForm(kind)
     try:
-        adapter = _adapter(spec.returns)
+        stored = _binary_output(form, result) if form else _json_output(spec.returns, result)
+    except ContractBroken as exc:
+        contracts.append(
+            ContractResult(contract=name, boundary="exit", passed=False, violations=exc.violations)
+        )
+        raise _Refused(str(exc), broken=True, quarantined=_quarantine(result)) from None
+    except Unstorable as exc:
+        raise _Refused(str(exc), broken=False, quarantined=(b"", "")) from None
+    contracts.append(ContractResult(contract=name, boundary="exit", passed=True))
+    return stored
+
+
+def _json_output(returns: Any, result: object) -> _Stored:
+    adapter = _adapter(returns)
+    fallback = _JsonFallback()
+    try:
         output = adapter.validate_python(result)
-        data = adapter.dump_json(output)
+        data = adapter.dump_json(output, fallback=fallback)
         output = adapter.validate_json(data)
     except pydantic.ValidationError as exc:
-        contracts.append(
-            ContractResult(
-                contract=out_contract,
-                boundary="exit",
-                passed=False,
-                violations=violations_of(exc, "output"),
-            )
-        )
-        return _failed(
-            clock,
-            start,
-            "ContractViolation",
-            f"output of {phase} violates its contract",
-            contracts,
-            [],
-            quarantined=_quarantine(result),
-        )
+        raise ContractBroken(violations_of(exc, "output")) from None
     except PydanticSerializationError as exc:
-        return _failed(
-            clock,
-            start,
-            "ContractViolation",
-            f"output of {phase} cannot be stored: {exc}",
-            contracts,
-            [],
-        )
-    contracts.append(ContractResult(contract=out_contract, boundary="exit", passed=True))
-    return output, data
+        raise Unstorable(fallback.problem or str(exc)) from None
+    count = len(output) if isinstance(output, list | tuple) else None
+    return _Stored(data, output, semantic_digest(output), count)
+
+
+def _binary_output(form: BinaryForm, result: object) -> _Stored:
+    """An array as ``.npy``, a table as Arrow IPC; the value given downstream (and to
+    invariants) is read back from the bytes, so it is what every consumer sees. An
+    array's length along its first axis is its item count: a fan-out maps over it."""
+    stored, violations = binary.prepare(result, form, "output")
+    if violations:
+        raise ContractBroken(violations)
+    data = binary.encode(stored)
+    value, digest = binary.read_back(data, form.kind)
+    count = len(value) if isinstance(value, np.ndarray) and value.ndim else None
+    return _Stored(data, value, digest, count)

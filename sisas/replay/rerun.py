@@ -12,7 +12,6 @@ signals and outcomes in, verdicts out; execution is the caller's.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Literal
 
@@ -22,7 +21,7 @@ from sisas.errors import UsageError
 from sisas.handlers.derive import run_fingerprint
 from sisas.handlers.execute import Outcome
 from sisas.handlers.state import RunState, evolve
-from sisas.replay.fielddiff import field_diff
+from sisas.replay.fielddiff import field_diff, output_value
 from sisas.replay.verdicts import ArtifactProblem, CheckDiff, FieldDiff, PhaseRerun, RerunVerdict
 from sisas.signals.digest import semantic_digest
 from sisas.signals.envelope import Signal
@@ -198,15 +197,6 @@ def hold_side_effects(plan: RerunPlan, phases: Collection[str] = ()) -> RerunPla
     )
 
 
-def _json(data: bytes | None) -> object:
-    if data is None:
-        return None
-    try:
-        return json.loads(data)
-    except ValueError:
-        return data.decode("utf-8", "replace")
-
-
 def judge(
     task: Task, outcome: Outcome, recorded_output: bytes | None, *, seconds: float = 0.0
 ) -> PhaseRerun:
@@ -221,7 +211,8 @@ def judge(
     diff: list[FieldDiff] = []
     # A failed attempt's output is its quarantined output: compared like any other.
     if outcome.status == task.status and outcome.output_digest != task.output_digest:
-        diff = field_diff(_json(recorded_output), _json(outcome.output), path="output")
+        recorded, new = output_value(recorded_output), output_value(outcome.output)
+        diff = field_diff(recorded, new, path="output")
     error_kind = outcome.error.kind if outcome.error else ""
     equal = (
         outcome.status == task.status

@@ -4,8 +4,12 @@
 of the value's content. Times, hosts and attempt numbers never enter it unless they
 are part of the value itself. Supported: None, bool, int, float (NaN and infinities
 included), str, bytes, lists and tuples, dicts (key order never matters), sets,
-pydantic models, msgspec Structs, dataclasses, dates and times, and numpy arrays and
-scalars (by dtype, shape and bytes). Anything else raises ``TypeError`` naming it.
+pydantic models, msgspec Structs, dataclasses, dates and times, numpy arrays and
+scalars (by dtype, shape and bytes), and tables: pandas DataFrames and pyarrow Tables, by
+their Arrow form (:func:`arrow_table`): the column names and types in order, then each
+column's values, never chunking, memory layout or an index that only numbers the rows,
+so the same data as a DataFrame and as a Table digest alike. Anything else raises
+``TypeError`` naming it.
 """
 
 from __future__ import annotations
@@ -15,13 +19,23 @@ import datetime as dt
 import enum
 import functools
 import hashlib
+import importlib
 import math
+import re
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any, Final
 
 import msgspec
 
-__all__ = ["Hasher", "bytes_digest", "semantic_digest"]
+__all__ = [
+    "Hasher",
+    "arrow_table",
+    "arrow_type_name",
+    "bytes_digest",
+    "is_table",
+    "semantic_digest",
+]
 
 _PREFIX: Final = "sha256:"
 
@@ -81,10 +95,13 @@ class Hasher:
             self._mapping(value.model_dump(mode="python"), type(value).__name__)  # type: ignore[attr-defined]
         elif _is_numpy(value):
             self._numpy(value)
+        elif is_table(value):
+            self._table(arrow_table(value))
         else:
             raise TypeError(
                 f"cannot digest a value of type {type(value).__qualname__}: return plain "
-                "data, a pydantic model, a msgspec Struct, a dataclass or a numpy array"
+                "data, a pydantic model, a msgspec Struct, a dataclass, a numpy array or a "
+                "table (a pandas DataFrame, a pyarrow Table)"
             )
 
     def _mapping(self, value: Mapping[Any, Any], name: str = "") -> None:
@@ -110,6 +127,109 @@ class Hasher:
         canon = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"), copy=False))
         self._token(b"A", f"{canon.dtype.str}:{canon.shape}".encode())
         self._token(b"a", canon.tobytes())
+
+    def _table(self, table: Any) -> None:
+        self._token(b"R", f"{table.num_columns}:{table.num_rows}".encode())
+        for field, column in zip(table.schema, table.columns, strict=True):
+            self._token(b"C", field.name.encode("utf-8"))
+            self._token(b"c", arrow_type_name(field.type).encode())
+            self._column(column.combine_chunks())
+
+    def _column(self, column: Any) -> None:
+        """Fixed-width columns as their validity bits and their values' bytes (nulls
+        filled with zero); any other column value by value (``None`` for a null)."""
+        pa = _pyarrow("digested")
+        kind = column.type
+        if _fixed_width(pa.types, kind):
+            valid = b""
+            if column.null_count:
+                bits = column.is_valid().to_numpy(zero_copy_only=False)
+                valid = _packed(bits)
+                zero = pa.scalar(False if pa.types.is_boolean(kind) else 0, type=kind)
+                column = column.fill_null(zero)
+            self._token(b"V", valid)
+            self._numpy(column.to_numpy(zero_copy_only=False))
+            return
+        self._token(b"W", str(len(column)).encode())
+        for item in column.to_pylist():
+            self.feed(str(item) if isinstance(item, Decimal) else item)
+
+
+def _fixed_width(types: Any, kind: Any) -> bool:
+    return bool(
+        types.is_integer(kind)
+        or types.is_floating(kind)
+        or types.is_boolean(kind)
+        or types.is_timestamp(kind)
+        or types.is_date(kind)
+        or types.is_duration(kind)
+    )
+
+
+def _packed(bits: Any) -> bytes:
+    import numpy as np
+
+    return bytes(np.packbits(bits).tobytes())
+
+
+def _pyarrow(what: str) -> Any:
+    try:
+        return importlib.import_module("pyarrow")
+    except ImportError:
+        raise TypeError(
+            f"a table is {what} in its Arrow form, which needs pyarrow: pip install pyarrow"
+        ) from None
+
+
+def is_table(value: object) -> bool:
+    """Whether ``value`` is a pandas DataFrame (or a subclass) or a pyarrow Table,
+    found without importing either library."""
+    return any(
+        (c.__module__.partition(".")[0], c.__qualname__) in _TABLE_TYPES
+        for c in type(value).__mro__
+    )
+
+
+_TABLE_TYPES: Final = {("pandas", "DataFrame"), ("pyarrow", "Table")}
+
+
+def arrow_table(value: object) -> Any:
+    """The Arrow form of a table: what is stored and digested.
+
+    A pyarrow Table is its own form. A pandas DataFrame is converted by
+    ``pyarrow.Table.from_pandas``; its index is kept (as columns after the others) unless
+    it only numbers the rows (0, 1, 2…, unnamed, whether a RangeIndex or not). Raises
+    ``TypeError`` naming the fix when pyarrow is missing or a column cannot be converted.
+    """
+    pa = _pyarrow("stored and digested")
+    if isinstance(value, pa.Table):
+        return value
+    import numpy as np
+
+    index = value.index  # type: ignore[attr-defined]
+    numbers_rows = (
+        index.nlevels == 1
+        and index.name is None
+        and index.dtype.kind in "iu"
+        and np.array_equal(index.to_numpy(), np.arange(len(index)))
+    )
+    try:
+        return pa.Table.from_pandas(value, preserve_index=not numbers_rows)
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise TypeError(
+            f"this DataFrame cannot be converted to Arrow ({exc}): give each column one "
+            "type (df.astype(...)) and each column a distinct name"
+        ) from None
+
+
+_LARGE: Final = re.compile(r"\blarge_(string|binary|list)\b|\b(string|binary|list)_view\b")
+
+
+def arrow_type_name(kind: object) -> str:
+    """An Arrow type's name with its storage variants folded: ``large_string`` and
+    ``string_view`` are ``string`` (likewise binary and list), so a DataFrame's strings
+    (``large_string`` under pandas 3) and a Table's (``string``) have one name."""
+    return _LARGE.sub(lambda m: m.group(1) or m.group(2), str(kind))
 
 
 def _float_text(value: float) -> bytes:
