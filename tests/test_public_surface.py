@@ -86,6 +86,7 @@ TESTING = {"DEFAULT_AT", "CheckResult", "RunResult", "run_pipeline"}
 TOP = {"Client", "Context", "Pipeline", "RunHandle", "RunResult", "SyncClient", "__version__"}
 CLIENT = {"Client", "RunHandle", "RunResult", "Started", "SyncClient", "SyncRunHandle"}
 PIPELINE = {
+    "Array",
     "Cancelled",
     "Context",
     "ContractViolation",
@@ -98,6 +99,7 @@ PIPELINE = {
     "PhaseSpec",
     "Pipeline",
     "ResourceExhausted",
+    "Table",
     "Timeout",
     "WorkerLost",
     "parse_memory",
