@@ -135,3 +135,6 @@ async def test_run_wait_exits_at_once_when_the_run_is_cancelled(
     assert f"run {run_id} cancelled in " in text
     assert result.duration is not None  # the duration printed is the one recorded
     assert f"run {run_id} cancelled in {duration_text(result.duration)}," in text
+    assert "cancelled: enough" in text  # the reason, said as such
+    nap_rows = [line for line in text.splitlines() if line.lstrip().startswith("nap")]
+    assert nap_rows and "cancelled" in nap_rows[-1], text  # no row left running

@@ -137,6 +137,24 @@ class _Display:
         self.progress.update(task, advance=advance, state=text)
 
 
+_IN_FLIGHT = ("scheduled", "running", "retry", "started")
+
+
+def _settle_rows(display: _Display, text: str, *, pending: bool) -> None:
+    """Show ``text`` on every row still in flight when the run ended (and, with
+    ``pending``, on those that never started): nothing runs on. Rows that failed or
+    were skipped keep what they say."""
+    progress = display.progress
+    if progress is None:
+        return
+    for task_id in display.tasks.values():
+        task = progress.tasks[task_id]
+        state = str(task.fields.get("state", ""))
+        going = any(word in state for word in _IN_FLIGHT) or (pending and "pending" in state)
+        if not task.finished and going:
+            progress.update(task_id, state=text)
+
+
 def _apply(display: _Display, result: RunResult, s: Signal) -> None:
     body, phase = s.body, s.phase
     if isinstance(body, RunStarted):
@@ -199,8 +217,10 @@ def _apply(display: _Display, result: RunResult, s: Signal) -> None:
     elif isinstance(body, RunFailed):
         result.status, result.failed_phase = "failed", body.failed_phase
         result.error, result.error_kind = body.error.message, body.error.kind
+        _settle_rows(display, "[dim]stopped: the run failed[/]", pending=False)
     elif isinstance(body, RunCancelled):
         result.status, result.error = "cancelled", body.reason
+        _settle_rows(display, "[yellow]cancelled[/]", pending=True)
 
 
 class _StateColumn(ProgressColumn):

@@ -73,7 +73,9 @@ def print_result(
         if result.skipped:
             did_not = "; ".join(f"{p} ({why})" for p, why in result.skipped.items())
             console.print(f"[dim]did not run: {did_not}[/]")
-        if result.error:
+        if result.error and result.status == "cancelled":
+            console.print(f"[yellow]cancelled: {result.error}[/]")
+        elif result.error:
             where = f" in phase {result.failed_phase}" if result.failed_phase else ""
             console.print(f"[red]{result.error_kind}{where}: {result.error}[/]")
         for v in result.violations:
