@@ -18,13 +18,15 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from typing import Final
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Final, TypeVar
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import ConsumerConfig, DeliverPolicy, StreamInfo
+from nats.js.errors import ServiceUnavailableError
 
 from sisas.bus.log import AppendResult, check_batch
 from sisas.bus.pull_reader import read_range
@@ -39,6 +41,8 @@ from sisas.telemetry.tracing import inject
 __all__ = ["JetStreamLog"]
 
 log = logging.getLogger("sisas.bus")
+
+T = TypeVar("T")
 
 CONFLICT_CODES: Final = frozenset({10071, 10164})
 TRANSIENT_STATUS: Final = frozenset({"503", "408"})
@@ -210,14 +214,31 @@ class JetStreamLog:
                 raise AppendFailed(f"reading stream {self._stream} failed: status {reply.status}")
             await asyncio.sleep(0.1)
 
+    async def _stream_info(self) -> StreamInfo:
+        """The stream's info, retried through a leader election or a restarting server
+        (until the append timeout: a read is as patient as a write)."""
+        return await self._patiently(lambda: self._js.stream_info(self._stream))
+
+    async def _patiently(self, call: Callable[[], Awaitable[T]]) -> T:
+        deadline = time.monotonic() + self._append_timeout
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except (TimeoutError, NatsTimeoutError, NoRespondersError, ServiceUnavailableError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
     async def last_seq(self) -> int:
-        info = await self._js.stream_info(self._stream)
+        info = await self._stream_info()
         return int(info.state.last_seq)
 
     async def identity(self) -> str:
         """The stream's name and creation time: a projection folded from another
         stream (the data folder was wiped, another cluster) is rebuilt, not extended."""
-        info = await self._js.stream_info(self._stream)
+        info = await self._stream_info()
         return f"{self._stream}@{info.created}"
 
     async def read_run(self, run_id: str) -> list[StoredSignal | CorruptMessage]:
@@ -232,7 +253,7 @@ class JetStreamLog:
         return out
 
     async def follow(self, *, from_seq: int = 1, live: bool = False) -> AsyncIterator[LogRecord]:
-        info = await self._js.stream_info(self._stream)
+        info = await self._stream_info()
         end, first = int(info.state.last_seq), int(info.state.first_seq)
         from_seq = max(from_seq, 1)
         if not live and end < from_seq:
@@ -277,14 +298,16 @@ class JetStreamLog:
         async def on_msg(msg: Msg) -> None:
             queue.put_nowait(msg)
 
-        sub = await self._js.subscribe(
-            subject,
-            stream=self._stream,
-            ordered_consumer=True,
-            cb=on_msg,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=from_seq
-            ),
+        sub = await self._patiently(
+            lambda: self._js.subscribe(
+                subject,
+                stream=self._stream,
+                ordered_consumer=True,
+                cb=on_msg,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=from_seq
+                ),
+            )
         )
         try:
             while True:
