@@ -26,6 +26,8 @@ from sisas.signals import (
     StoredSignal,
     encode_signal,
 )
+from sisas.signals.names import commit_subject, log_subject
+from sisas.signals.records import encode_commit
 from tests.conftest import AT
 
 Inject = Callable[[str, bytes], Awaitable[None]]
@@ -50,34 +52,85 @@ class LogContract:
     async def test_append_to_a_new_run_and_read_it_back_in_order(self, log: SignalLog) -> None:
         sigs = run_signals("r1", 3)
         result = await log.append(sigs, expected_last_seq=0)
-        assert (result.first_seq, result.last_seq, result.duplicates) == (1, 3, 0)
-        assert signals_of(await log.read_run("r1")) == sigs
+        assert (result.first_seq, result.last_seq, result.duplicates) == (1, 1, 0)
+        records = await log.read_run("r1")
+        assert signals_of(records) == sigs
+        assert [(r.stream_seq, r.index, r.of) for r in records if isinstance(r, StoredSignal)] == [
+            (1, 0, 3),
+            (1, 1, 3),
+            (1, 2, 3),
+        ]
         last = await log.last_of_run("r1")
         assert isinstance(last, StoredSignal)
-        assert (last.stream_seq, last.signal) == (3, sigs[-1])
-        assert await log.last_seq() == 3
+        assert (last.stream_seq, last.signal, last.last_in_message) == (1, sigs[-1], True)
+        assert await log.last_seq() == 1  # a decision is one message
 
     async def test_appending_the_same_signals_again_is_a_no_op(self, log: SignalLog) -> None:
         sigs = run_signals("r1", 3)
         await log.append(sigs, expected_last_seq=0)
         again = await log.append(sigs, expected_last_seq=0)
-        assert (again.first_seq, again.last_seq, again.duplicates) == (1, 3, 3)
-        assert await log.last_seq() == 3
+        assert (again.first_seq, again.last_seq, again.duplicates) == (1, 1, 3)
+        assert await log.last_seq() == 1
 
-    async def test_a_retry_that_half_landed_appends_only_the_missing_part(
-        self, log: SignalLog
-    ) -> None:
+    async def test_a_commit_lands_whole_or_not_at_all(self, log: SignalLog) -> None:
         sigs = run_signals("r1", 4)
         await log.append(sigs[:2], expected_last_seq=0)
-        result = await log.append(sigs, expected_last_seq=0)
-        assert (result.last_seq, result.duplicates) == (4, 2)
+        with pytest.raises(AppendConflict):  # another decision than the one that landed
+            await log.append(sigs, expected_last_seq=0)
+        result = await log.append(sigs[2:], expected_last_seq=1)
+        assert (result.first_seq, result.last_seq, result.duplicates) == (2, 2, 0)
         assert signals_of(await log.read_run("r1")) == sigs
+
+    async def test_signals_of_the_earlier_format_are_read_and_the_chain_goes_on(
+        self, log: SignalLog, inject: Inject
+    ) -> None:
+        sigs = run_signals("r1", 4)
+        for s in sigs[:2]:  # log format 1: one signal per message, on its kind's subject
+            await inject(log_subject(s.pipeline, s.run_id, s.phase, s.kind), encode_signal(s))
+        last = await log.last_of_run("r1")
+        assert isinstance(last, StoredSignal) and (last.stream_seq, last.of) == (2, 1)
+        with pytest.raises(AppendConflict):  # the fence covers both formats
+            await log.append(sigs[2:], expected_last_seq=1)
+        await log.append(sigs[2:], expected_last_seq=2)
+        records = await log.read_run("r1")
+        assert signals_of(records) == sigs
+        assert [r.stream_seq for r in records] == [1, 2, 3, 3]
+        requested = await log.first_of_kind("r1", "run_requested")
+        assert isinstance(requested, StoredSignal) and requested.signal == sigs[0]
+
+    async def test_a_bad_commit_is_one_corrupt_message_named_at_its_sequence(
+        self, log: SignalLog, inject: Inject
+    ) -> None:
+        sigs = run_signals("r1", 3)
+        other = run_signals("r2", 2)
+        subject = commit_subject("pipe", "r1")
+        await inject(subject, encode_commit([sigs[0], sigs[2]]))  # a gap in the chain
+        await inject(subject, encode_commit([sigs[1], sigs[0]]))  # reordered
+        await inject(subject, encode_commit(other))  # another run's commit
+        await inject(subject, encode_commit(sigs).replace(b",", b", ", 1))  # not canonical
+        await inject(subject, b'{"commit":2,"signals":[]}')
+        await inject(subject, encode_signal(sigs[0]))  # a bare signal on a commit subject
+        tampered = msgspec.structs.replace(sigs[1], attempt=9)
+        await inject(subject, encode_commit([sigs[0], tampered, sigs[2]]))
+        await inject(subject, b'{"commit":3,"signals":[]}')
+        records = await collect(log)
+        assert all(isinstance(r, CorruptMessage) for r in records)
+        assert [r.stream_seq for r in records] == list(range(1, 9))  # type: ignore[union-attr]
+        reasons = [r.reason for r in records if isinstance(r, CorruptMessage)]
+        assert "not consecutive" in reasons[0] and "not consecutive" in reasons[1]
+        assert "stored on" in reasons[2]
+        assert "canonical" in reasons[3]
+        assert "empty" in reasons[4]
+        assert "not a valid commit" in reasons[5]
+        assert "signal 1 of the commit" in reasons[6] and "hash mismatch" in reasons[6]
+        assert "log format 3" in reasons[7]
 
     async def test_a_stale_expectation_is_a_conflict_and_stores_nothing(
         self, log: SignalLog
     ) -> None:
         sigs = run_signals("r1", 2)
-        await log.append(sigs, expected_last_seq=0)
+        await log.append(sigs[:1], expected_last_seq=0)
+        await log.append(sigs[1:], expected_last_seq=1)
         rival, _ = ChainHead.after(sigs[0]).extend(
             [Draft(body=PhaseStarted(worker="w"), phase="p1", at=AT)]
         )
@@ -130,10 +183,10 @@ class LogContract:
         await log.append(a, expected_last_seq=0)
         await log.append(b, expected_last_seq=0)
         records = await collect(log)
-        assert [r.stream_seq for r in records if isinstance(r, StoredSignal)] == [1, 2, 3, 4, 5]
+        assert [r.stream_seq for r in records if isinstance(r, StoredSignal)] == [1, 1, 2, 2, 2]
         assert signals_of(records) == a + b
-        assert [r.stream_seq for r in await collect(log, from_seq=4)] == [4, 5]  # type: ignore[union-attr]
-        assert await collect(log, from_seq=6) == []
+        assert [r.stream_seq for r in await collect(log, from_seq=2)] == [2, 2, 2]  # type: ignore[union-attr]
+        assert await collect(log, from_seq=3) == []
 
     async def test_follow_live_sees_later_appends(self, log: SignalLog) -> None:
         sigs = run_signals("r1", 3)

@@ -80,14 +80,15 @@ async def wait_end(bus: Bus, run_id: str, timeout: float = 60) -> tuple[RunState
     return fold(signals), signals
 
 
-async def append_runs(bus: Bus, count: int, start_at: int = 0, window: int = 64) -> None:
-    """Append ``count`` synthetic runs (``run-0000000``…), ``window`` runs in flight at a
-    time."""
+async def append_runs(bus: Bus, count: int, start_at: int = 0, window: int = 64) -> int:
+    """Append ``count`` synthetic runs (``run-0000000``…, one commit each), ``window``
+    runs in flight at a time; the number of signals appended."""
     runs = list(synthetic_runs(count, start=start_at))
     for i in range(0, len(runs), window):
         await asyncio.gather(
             *(bus.log.append(r, expected_last_seq=0) for r in runs[i : i + window])
         )
+    return sum(len(r) for r in runs)
 
 
 # -- runs in process --------------------------------------------------------------------

@@ -79,6 +79,7 @@ from sisas.signals.inputs import INPUT_KINDS, CancelRun, Input, PhaseReport, Sta
 from sisas.signals.names import (
     INPUT_STREAM,
     LOG_STREAM,
+    WORK_STREAM,
     QUERY_VERBS,
     UPSTREAM_STREAM,
     input_subject,
@@ -768,7 +769,7 @@ async def test_an_outsider_appending_to_the_log_is_caught_by_verify_and_stops_no
     after = await keeps_serving(sys_, "log")
 
     async def no_work_redelivered() -> bool:  # forged work is done or postponed, not looping
-        info = await sys_.bus.js.consumer_info(LOG_STREAM, "worker-slow")
+        info = await sys_.bus.js.consumer_info(WORK_STREAM, "worker-slow")
         return not info.num_redelivered
 
     await _until(no_work_redelivered, 20, "the worker to stop retrying forged work")

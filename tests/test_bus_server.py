@@ -55,6 +55,7 @@ async def test_provisioning_twice_verifies_and_creates_nothing(settings: Setting
         assert set(second.provisioned.verified) == {
             "SISAS_LOG",
             "SISAS_IN",
+            "SISAS_WORK",
             "sisas-artifacts",
             "sisas-circuits",
             "sisas-pipelines",

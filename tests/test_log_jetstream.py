@@ -8,11 +8,13 @@ from nats.js.api import StreamConfig
 from nats.js.errors import APIError
 
 from sisas.bus.jetstream_log import JetStreamLog
+from sisas.bus.log import HEADERS_ROOM, split_commits
 from sisas.bus.pull_reader import read_range
 from sisas.bus.raw_client import Client
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
 from sisas.signals import LogGap, StoredSignal, encode_signal
+from sisas.signals.records import encode_commit
 from tests.log_contract import Inject, LogContract, collect, run_signals
 
 
@@ -34,17 +36,45 @@ class TestJetStreamLog(LogContract):
 
 
 async def test_appends_carry_msg_id_and_the_run_wide_expectation_on_the_wire(bus: Bus) -> None:
-    sigs = run_signals("r1", 2)
-    await bus.log.append(sigs, expected_last_seq=0)
+    sigs = run_signals("r1", 3)
+    await bus.log.append(sigs[:2], expected_last_seq=0)
+    await bus.log.append(sigs[2:], expected_last_seq=1)
     first = await bus.js.get_msg("SISAS_LOG", 1)
     second = await bus.js.get_msg("SISAS_LOG", 2)
     assert first.headers is not None and second.headers is not None
-    assert first.headers["Nats-Msg-Id"] == "r1:1"
+    assert first.headers["Nats-Msg-Id"] == f"r1:1..2.{sigs[1].hash[:16]}"
     assert first.headers["Nats-Expected-Last-Subject-Sequence"] == "0"
     assert second.headers["Nats-Expected-Last-Subject-Sequence"] == "1"
     assert second.headers["Nats-Expected-Last-Subject-Sequence-Subject"] == "sisas.run.pipe.r1.>"
-    assert first.subject == "sisas.run.pipe.r1._.run_requested"
-    assert second.subject == "sisas.run.pipe.r1.p1.phase_scheduled"
+    assert first.subject == second.subject == "sisas.run.pipe.r1.c"
+    assert first.data == encode_commit(sigs[:2])
+
+
+async def test_a_decision_past_the_max_payload_is_split_into_fenced_commits(bus: Bus) -> None:
+    sigs = run_signals("r1", 40)
+    room = len(encode_commit(sigs)) // 3
+    chunks = split_commits(sigs, room)
+    assert len(chunks) >= 3 and all(len(data) <= room for _, data in chunks)
+    assert [s for chunk, _ in chunks for s in chunk] == sigs
+    small = JetStreamLog(bus.nc)
+    small._nc = _Payload(bus.nc, room + HEADERS_ROOM)  # type: ignore[assignment]
+    result = await small.append(sigs, expected_last_seq=0)
+    assert (result.first_seq, result.last_seq) == (1, len(chunks))
+    again = await small.append(sigs, expected_last_seq=0)  # a retry: every commit is ours
+    assert again.duplicates == len(sigs)
+    records = await bus.log.read_run("r1")
+    assert [r.signal for r in records if isinstance(r, StoredSignal)] == sigs
+    await small.close()
+
+
+class _Payload:
+    """A connection that announces a smaller max payload."""
+
+    def __init__(self, nc: object, max_payload: int) -> None:
+        self._nc, self.max_payload = nc, max_payload
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._nc, name)
 
 
 async def test_the_log_refuses_deletes_and_purges(bus: Bus) -> None:
@@ -54,7 +84,7 @@ async def test_the_log_refuses_deletes_and_purges(bus: Bus) -> None:
         await jsm.delete_msg("SISAS_LOG", 1)
     with pytest.raises(APIError):
         await jsm.purge_stream("SISAS_LOG")
-    assert await bus.log.last_seq() == 2
+    assert await bus.log.last_seq() == 1
 
 
 async def test_follow_reports_holes_in_the_stream_as_gaps(bus: Bus) -> None:

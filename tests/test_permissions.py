@@ -636,6 +636,13 @@ async def _refusals(s: Suite, secured: Secured, stack: contextlib.AsyncExitStack
     )
     await s.may_not(
         w,
+        "offer work to workers",
+        "sisas.work.slow.p1",
+        payload=forged_signal("p1"),
+        stream="SISAS_WORK",
+    )
+    await s.may_not(
+        w,
         "add a limit to the log (stream update)",
         "$JS.API.STREAM.UPDATE.SISAS_LOG",
         payload=limit,
@@ -677,8 +684,8 @@ async def _refusals(s: Suite, secured: Secured, stack: contextlib.AsyncExitStack
     await s.may_not(
         a,
         "delete a worker's consumer",
-        "$JS.API.CONSUMER.DELETE.SISAS_LOG.worker-slow",
-        unchanged=consumer_kept("SISAS_LOG", "worker-slow"),
+        "$JS.API.CONSUMER.DELETE.SISAS_WORK.worker-slow",
+        unchanged=consumer_kept("SISAS_WORK", "worker-slow"),
     )
     await s.may_not(a, "purge the log stream", "$JS.API.STREAM.PURGE.SISAS_LOG", unchanged=log_kept)
     await _deliver_into_inputs(s, a, in_count)

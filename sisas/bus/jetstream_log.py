@@ -1,13 +1,15 @@
 """The signal log on NATS JetStream.
 
-Appends carry ``Nats-Msg-Id`` (the deterministic signal id: a retried append is
+An append is one message (a commit) holding the decision's signals on
+``sisas.run.<pipeline>.<run>.c``, split only when it would pass the server's max payload.
+Appends carry ``Nats-Msg-Id`` (the commit's deterministic id: a retried append is
 deduplicated) and ``Nats-Expected-Last-Subject-Sequence`` with
 ``...-Subject: sisas.run.<pipeline>.<run>.>``, so the optimistic check covers the whole
 run. A "wrong last sequence" answer (10071 single node, 10164 cluster) is first
-checked against the log: if the signal already stored at that position is ours, byte
-for byte, our earlier write landed (a retry after a lost ack) and the append goes on.
-Only otherwise is it an :class:`AppendConflict`. Transient errors (no responders,
-timeouts, 503) are retried until ``timeout``. With tracing on, the current span's
+checked against the log: if the commit already stored there is ours, byte for byte,
+our earlier write landed (a retry after a lost ack) and the append goes on. Only
+otherwise is it an :class:`AppendConflict`. Transient errors (no responders, timeouts,
+503) are retried until ``timeout``. With tracing on, the current span's
 ``traceparent`` rides in the headers (never in the signal's bytes or hash).
 """
 
@@ -28,14 +30,20 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ConsumerConfig, DeliverPolicy, StreamInfo
 from nats.js.errors import ServiceUnavailableError
 
-from sisas.bus.log import AppendResult, check_batch
+from sisas.bus.log import HEADERS_ROOM, AppendResult, check_batch, own_commit_seq, split_commits
 from sisas.bus.pull_reader import read_range
 from sisas.bus.requests import PUBACK_DECODER, Reply, Requester
 from sisas.errors import AppendConflict, AppendFailed, BusUnavailable
-from sisas.signals.codec import encode_signal
 from sisas.signals.envelope import Signal
-from sisas.signals.names import LOG_PREFIX, LOG_STREAM, log_subject, run_filter
-from sisas.signals.records import CorruptMessage, LogGap, LogRecord, StoredSignal, decode_record
+from sisas.signals.names import LOG_PREFIX, LOG_STREAM, commit_subject, run_filter
+from sisas.signals.records import (
+    CorruptMessage,
+    LogGap,
+    LogRecord,
+    StoredSignal,
+    commit_id,
+    decode_records,
+)
 from sisas.telemetry.tracing import inject
 
 __all__ = ["JetStreamLog"]
@@ -89,19 +97,25 @@ class JetStreamLog:
     async def append(self, signals: Sequence[Signal], *, expected_last_seq: int) -> AppendResult:
         check_batch(signals)
         await self.start()
-        filter_ = run_filter(signals[0].run_id, signals[0].pipeline)
+        first_signal = signals[0]
+        filter_ = run_filter(first_signal.run_id, first_signal.pipeline)
+        subject = commit_subject(first_signal.pipeline, first_signal.run_id)
         expected, first, duplicates = expected_last_seq, 0, 0
-        for signal in signals:
-            seq, dup = await self._append_one(signal, filter_, expected)
-            expected, first, duplicates = seq, first or seq, duplicates + dup
+        for chunk, data in split_commits(signals, self._nc.max_payload - HEADERS_ROOM):
+            seq, dup = await self._append_commit(chunk, data, subject, filter_, expected)
+            expected, first = seq, first or seq
+            duplicates += len(chunk) if dup else 0
         return AppendResult(first_seq=first, last_seq=expected, duplicates=duplicates)
 
-    async def _append_one(self, signal: Signal, filter_: str, expected: int) -> tuple[int, int]:
-        subject = log_subject(signal.pipeline, signal.run_id, signal.phase, signal.kind)
-        data = encode_signal(signal)
+    async def _append_commit(
+        self, chunk: Sequence[Signal], data: bytes, subject: str, filter_: str, expected: int
+    ) -> tuple[int, bool]:
+        """Append one commit (``data``) fenced on ``expected``; its stream seq and whether
+        the log already held it."""
+        msg_id = commit_id(chunk)
         headers = inject(
             {
-                "Nats-Msg-Id": signal.id,
+                "Nats-Msg-Id": msg_id,
                 "Nats-Expected-Last-Subject-Sequence": str(expected),
                 "Nats-Expected-Last-Subject-Sequence-Subject": filter_,
             }
@@ -117,7 +131,7 @@ class JetStreamLog:
             except (_Transient, TimeoutError) as exc:
                 if time.monotonic() > deadline:
                     raise AppendFailed(
-                        f"append of {signal.id} not acknowledged within "
+                        f"append of {msg_id} not acknowledged within "
                         f"{self._append_timeout:.0f}s ({exc or 'timeout'}): is the server or "
                         "its JetStream quorum up? Retrying later is safe (appends are idempotent)"
                     ) from None
@@ -125,22 +139,22 @@ class JetStreamLog:
                 delay = min(delay * 2, 1.0)
                 continue
             if ack.error is None:
-                return ack.seq, int(ack.duplicate)
+                return ack.seq, bool(ack.duplicate)
             if ack.error.err_code in CONFLICT_CODES:
-                landed = await self._find_own(signal, data)
+                landed = await self._find_own(chunk, data)
                 if landed:
-                    return landed, 1
-                last = await self.last_of_run(signal.run_id)
+                    return landed, True
+                last = await self.last_of_run(chunk[0].run_id)
                 actual = last.stream_seq if last else 0
                 raise AppendConflict(
-                    f"run {signal.run_id} changed since stream seq {expected} (now {actual}): "
+                    f"run {chunk[0].run_id} changed since stream seq {expected} (now {actual}): "
                     f"another writer appended first; reload the run and decide again",
                     expected_last_seq=expected,
                     actual_last_seq=actual,
                 )
             if ack.error.err_code in NO_SPACE_CODES:
                 raise AppendFailed(
-                    f"the server has no storage left for {signal.id} ({ack.error.description}, "
+                    f"the server has no storage left for {msg_id} ({ack.error.description}, "
                     f"code {ack.error.err_code}): free disk space or raise JetStream's "
                     "max_file_store, then retry (nothing was written; appends are idempotent)"
                 )
@@ -149,22 +163,17 @@ class JetStreamLog:
                 delay = min(delay * 2, 1.0)
                 continue
             raise AppendFailed(
-                f"the server rejected {signal.id}: {ack.error.description} "
+                f"the server rejected {msg_id}: {ack.error.description} "
                 f"(code {ack.error.code}/{ack.error.err_code})"
             )
 
-    async def _find_own(self, signal: Signal, data: bytes) -> int:
-        """Stream seq of ``signal`` if the log already holds exactly it, else 0."""
-        last = await self.last_of_run(signal.run_id)
-        if isinstance(last, StoredSignal):
-            if last.signal.id == signal.id:
-                return last.stream_seq if last.signal == signal else 0
-            if last.signal.seq < signal.seq:
-                return 0
-        for rec in await self.read_run(signal.run_id):
-            if isinstance(rec, StoredSignal) and rec.signal.id == signal.id:
-                return rec.stream_seq if encode_signal(rec.signal) == data else 0
-        return 0
+    async def _find_own(self, chunk: Sequence[Signal], data: bytes) -> int:
+        """Stream seq of the commit ``data`` if the log already holds exactly it, else 0."""
+        first = chunk[0]
+        last = await self.last_of_run(first.run_id)
+        if not isinstance(last, StoredSignal) or last.signal.seq < chunk[-1].seq:
+            return 0
+        return own_commit_seq(await self.read_run(first.run_id), chunk, data)
 
     async def _request(self, subject: str, data: bytes, headers: dict[str, str] | None) -> Reply:
         try:
@@ -185,19 +194,26 @@ class JetStreamLog:
         if reply is None:
             return None
         seq = int(reply.headers.get("Nats-Sequence", "0"))
-        return decode_record(seq, reply.headers.get("Nats-Subject", ""), reply.data)
+        return decode_records(seq, reply.headers.get("Nats-Subject", ""), reply.data)[-1]
 
-    async def last_of_kind(
-        self, run_id: str, kind: str, phase: str = ""
+    async def first_of_kind(
+        self, run_id: str, kind: str, *, within: int = 4
     ) -> StoredSignal | CorruptMessage | None:
-        """The run's last signal of ``kind`` (for ``phase``; run-level when empty)."""
+        """The run's first signal of ``kind`` among its first ``within`` messages (the
+        signals a run starts with: ``run_requested``, ``run_started``), or None."""
         await self.start()
-        subject = f"{LOG_PREFIX}.*.{run_id}.{phase or '_'}.{kind}"
-        reply = await self._direct_get(json.dumps({"last_by_subj": subject}).encode())
-        if reply is None:
-            return None
-        seq = int(reply.headers.get("Nats-Sequence", "0"))
-        return decode_record(seq, reply.headers.get("Nats-Subject", ""), reply.data)
+        seq = 1
+        for _ in range(within):
+            payload = json.dumps({"next_by_subj": run_filter(run_id), "seq": seq}).encode()
+            reply = await self._direct_get(payload)
+            if reply is None:
+                return None
+            seq = int(reply.headers.get("Nats-Sequence", "0"))
+            for rec in decode_records(seq, reply.headers.get("Nats-Subject", ""), reply.data):
+                if isinstance(rec, StoredSignal) and rec.signal.kind == kind:
+                    return rec
+            seq += 1
+        return None
 
     async def _direct_get(self, payload: bytes) -> Reply | None:
         deadline = time.monotonic() + self._append_timeout
@@ -247,7 +263,7 @@ class JetStreamLog:
             return []
         out: list[StoredSignal | CorruptMessage] = []
         async for msg_seq, msg in self._consume(run_filter(run_id), 1):
-            out.append(decode_record(msg_seq, msg.subject, msg.data))
+            out.extend(decode_records(msg_seq, msg.subject, msg.data))
             if msg_seq >= last.stream_seq:
                 break
         return out
@@ -271,10 +287,10 @@ class JetStreamLog:
             if msg_seq > expected:
                 yield LogGap(first=expected, last=msg_seq - 1)
             if msg_seq >= expected:
-                record = decode_record(msg_seq, subject, data)
-                if isinstance(record, CorruptMessage):
-                    log.warning("stream seq %d on %s: %s", msg_seq, subject, record.reason)
-                yield record
+                for record in decode_records(msg_seq, subject, data):
+                    if isinstance(record, CorruptMessage):
+                        log.warning("stream seq %d on %s: %s", msg_seq, subject, record.reason)
+                    yield record
                 expected = msg_seq + 1
             if not live and msg_seq >= end:
                 return
@@ -289,7 +305,8 @@ class JetStreamLog:
         """Every message of one run from its first, then live as they are appended (an
         async generator: close it, e.g. with ``contextlib.aclosing``, when done early)."""
         async for msg_seq, msg in self._consume(run_filter(run_id), 1):
-            yield decode_record(msg_seq, msg.subject, msg.data)
+            for record in decode_records(msg_seq, msg.subject, msg.data):
+                yield record
 
     async def _consume(self, subject: str, from_seq: int) -> AsyncIterator[tuple[int, Msg]]:
         """Messages on ``subject`` from ``from_seq``, via an ordered push consumer."""

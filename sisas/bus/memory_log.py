@@ -10,12 +10,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from sisas.bus.log import AppendResult, check_batch
+from sisas.bus.log import HEADERS_ROOM, AppendResult, check_batch, split_commits
 from sisas.errors import AppendConflict
-from sisas.signals.codec import encode_signal
 from sisas.signals.envelope import Signal
-from sisas.signals.names import log_subject, parse_log_subject
-from sisas.signals.records import CorruptMessage, LogRecord, StoredSignal, decode_record
+from sisas.signals.names import commit_subject, parse_run_subject
+from sisas.signals.records import (
+    CorruptMessage,
+    LogRecord,
+    StoredSignal,
+    commit_id,
+    decode_records,
+)
 
 __all__ = ["MemoryLog"]
 
@@ -23,7 +28,8 @@ __all__ = ["MemoryLog"]
 class MemoryLog:
     """Messages in a list; ``inject_raw`` stores arbitrary bytes to test readers."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_payload: int = 8 * 1024 * 1024) -> None:
+        self.max_payload = max_payload
         self._messages: list[tuple[str, bytes, str]] = []  # subject, data, msg id
         self._by_id: dict[str, int] = {}
         self._last_of_run: dict[str, int] = {}
@@ -34,7 +40,7 @@ class MemoryLog:
         seq = len(self._messages)
         if msg_id:
             self._by_id[msg_id] = seq
-        parsed = parse_log_subject(subject)
+        parsed = parse_run_subject(subject)
         if parsed is not None:
             self._last_of_run[parsed[1]] = seq
         self._changed.set()
@@ -47,27 +53,23 @@ class MemoryLog:
 
     async def append(self, signals: Sequence[Signal], *, expected_last_seq: int) -> AppendResult:
         check_batch(signals)
+        subject = commit_subject(signals[0].pipeline, signals[0].run_id)
         expected, first, duplicates = expected_last_seq, 0, 0
-        for signal in signals:
-            data = encode_signal(signal)
-            actual = self._last_of_run.get(signal.run_id, 0)
-            if actual != expected:
-                own = self._by_id.get(signal.id, 0)
-                if own and self._messages[own - 1][1] == data:
-                    expected, first, duplicates = own, first or own, duplicates + 1
-                    continue
+        for chunk, data in split_commits(signals, self.max_payload - HEADERS_ROOM):
+            msg_id = commit_id(chunk)
+            actual = self._last_of_run.get(chunk[0].run_id, 0)
+            if msg_id in self._by_id:  # dedup: same Msg-Id, the server keeps the first
+                seq = self._by_id[msg_id]
+                duplicates += len(chunk)
+            elif actual != expected:
                 raise AppendConflict(
-                    f"run {signal.run_id} changed since stream seq {expected} (now {actual}): "
+                    f"run {chunk[0].run_id} changed since stream seq {expected} (now {actual}): "
                     "another writer appended first; reload the run and decide again",
                     expected_last_seq=expected,
                     actual_last_seq=actual,
                 )
-            if signal.id in self._by_id:  # dedup: same Msg-Id, server keeps the first
-                seq = self._by_id[signal.id]
-                duplicates += 1
             else:
-                subject = log_subject(signal.pipeline, signal.run_id, signal.phase, signal.kind)
-                seq = self._store(subject, data, signal.id)
+                seq = self._store(subject, data, msg_id)
             expected, first = seq, first or seq
         return AppendResult(first_seq=first, last_seq=expected, duplicates=duplicates)
 
@@ -76,14 +78,31 @@ class MemoryLog:
         if seq is None:
             return None
         subject, data, _ = self._messages[seq - 1]
-        return decode_record(seq, subject, data)
+        return decode_records(seq, subject, data)[-1]
+
+    async def first_of_kind(
+        self, run_id: str, kind: str, *, within: int = 4
+    ) -> StoredSignal | CorruptMessage | None:
+        """The run's first signal of ``kind`` among its first ``within`` messages."""
+        seen = 0
+        for seq, (subject, data, _) in enumerate(self._messages, 1):
+            parsed = parse_run_subject(subject)
+            if parsed is None or parsed[1] != run_id:
+                continue
+            for rec in decode_records(seq, subject, data):
+                if isinstance(rec, StoredSignal) and rec.signal.kind == kind:
+                    return rec
+            seen += 1
+            if seen >= within:
+                break
+        return None
 
     async def read_run(self, run_id: str) -> list[StoredSignal | CorruptMessage]:
         out: list[StoredSignal | CorruptMessage] = []
         for seq, (subject, data, _) in enumerate(self._messages, 1):
-            parsed = parse_log_subject(subject)
+            parsed = parse_run_subject(subject)
             if parsed is not None and parsed[1] == run_id:
-                out.append(decode_record(seq, subject, data))
+                out.extend(decode_records(seq, subject, data))
         return out
 
     async def follow(self, *, from_seq: int = 1, live: bool = False) -> AsyncIterator[LogRecord]:
@@ -92,7 +111,8 @@ class MemoryLog:
         while True:
             while seq <= len(self._messages) and (live or seq <= end):
                 subject, data, _ = self._messages[seq - 1]
-                yield decode_record(seq, subject, data)
+                for record in decode_records(seq, subject, data):
+                    yield record
                 seq += 1
             if not live:
                 return
@@ -104,7 +124,7 @@ class MemoryLog:
             if isinstance(rec, StoredSignal) and rec.signal.run_id == run_id:
                 yield rec
             elif isinstance(rec, CorruptMessage):
-                parsed = parse_log_subject(rec.subject)
+                parsed = parse_run_subject(rec.subject)
                 if parsed is not None and parsed[1] == run_id:
                     yield rec
 

@@ -20,6 +20,7 @@ from sisas.bus.embedded import EmbeddedServer, running_server
 from sisas.bus.jetstream_log import JetStreamLog
 from sisas.bus.settings import Settings
 from sisas.bus.streams import ProvisionReport, provision
+from sisas.bus.work import WorkQueue
 from sisas.errors import ServerAlreadyRunning
 
 __all__ = ["Bus", "open_bus"]
@@ -35,6 +36,8 @@ class Bus:
     js: JetStreamContext
     log: JetStreamLog
     artifacts: JetStreamArtifacts
+    work: WorkQueue
+    """Where the orchestrator offers scheduled attempts to workers (``SISAS_WORK``)."""
     provisioned: ProvisionReport
     server: EmbeddedServer | None
     """The server this bus spawned, or None when it uses one that was already up."""
@@ -84,6 +87,8 @@ async def open_bus(settings: Settings, *, name: str = "sisas") -> AsyncIterator[
         log = JetStreamLog(nc, timeout=settings.timeout)
         stack.push_async_callback(log.close)
         await log.start()
+        work = WorkQueue(nc, timeout=settings.timeout)
+        stack.push_async_callback(work.close)
         yield Bus(
             settings=settings,
             url=url,
@@ -91,6 +96,7 @@ async def open_bus(settings: Settings, *, name: str = "sisas") -> AsyncIterator[
             js=js,
             log=log,
             artifacts=JetStreamArtifacts(js),
+            work=work,
             provisioned=report,
             server=server,
         )

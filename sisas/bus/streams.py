@@ -41,6 +41,8 @@ from sisas.signals.names import (
     LOG_PREFIX,
     LOG_STREAM,
     PIPELINE_BUCKET,
+    WORK_PREFIX,
+    WORK_STREAM,
 )
 
 log = logging.getLogger("sisas.bus")
@@ -53,6 +55,7 @@ __all__ = [
     "input_stream_config",
     "log_stream_config",
     "provision",
+    "work_stream_config",
 ]
 
 INLINE_MAX: Final = 512 * 1024
@@ -94,6 +97,19 @@ def input_stream_config(replicas: int) -> StreamConfig:
         num_replicas=replicas,
         duplicate_window=DUPLICATE_WINDOW,
         allow_direct=True,
+    )
+
+
+def work_stream_config(replicas: int) -> StreamConfig:
+    return StreamConfig(
+        name=WORK_STREAM,
+        description="sisas work offered to workers (each taken once; the log is the record)",
+        subjects=[f"{WORK_PREFIX}.>"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        num_replicas=replicas,
+        duplicate_window=DUPLICATE_WINDOW,
     )
 
 
@@ -272,6 +288,7 @@ async def _provision_once(
                     "was deleted. Restore it from a backup, or move the data folder aside"
                 )
         await _ensure(js, input_stream_config(replicas), report, guard=None)
+        await _ensure(js, work_stream_config(replicas), report, guard=None)
         try:
             await js.object_store(ARTIFACT_BUCKET)
             report.verified.append(ARTIFACT_BUCKET)

@@ -305,7 +305,7 @@ def _announce(
 
 async def _requested(bus: Bus, run_id: str) -> RunRequested | None:
     """The ``run_requested`` of ``run_id`` when the log has the run, else None."""
-    rec = await bus.log.last_of_kind(run_id, "run_requested")
+    rec = await bus.log.first_of_kind(run_id, "run_requested")
     if isinstance(rec, StoredSignal) and isinstance(rec.signal.body, RunRequested):
         return rec.signal.body
     return None

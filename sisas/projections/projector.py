@@ -29,7 +29,7 @@ from sisas.projections import rows
 from sisas.projections.rows import Row, Tracked
 from sisas.projections.screen import screen_corrupt, screen_signal
 from sisas.projections.store import Batch, ProjectionStore
-from sisas.signals.names import log_subject, parse_log_subject
+from sisas.signals.names import log_subject, parse_run_subject
 from sisas.signals.records import CorruptMessage, LogGap, LogRecord, StoredSignal
 
 __all__ = ["LogReader", "Projector", "RebuildReport"]
@@ -172,7 +172,8 @@ class Projector:
             subject = log_subject(s.pipeline, s.run_id, s.phase, s.kind)
             batch.facts["rejected"].append(
                 rows.rejected_row(
-                    CorruptMessage(stream_seq=seq, subject=subject, reason=step.rejected)
+                    CorruptMessage(stream_seq=seq, subject=subject, reason=step.rejected),
+                    record.index,
                 )
             )
             return
@@ -397,7 +398,7 @@ def _run_of(record: LogRecord) -> str:
     if isinstance(record, StoredSignal):
         return record.signal.run_id
     if isinstance(record, CorruptMessage):
-        parsed = parse_log_subject(record.subject)
+        parsed = parse_run_subject(record.subject)
         return parsed[1] if parsed else ""
     return ""
 
@@ -427,7 +428,10 @@ async def _batches(
         try:
             async for r in records:
                 current.append(r)
-                if len(current) >= size:
+                # A list ends after a message's last signal: a commit is folded, and
+                # checkpointed, whole.
+                whole = not isinstance(r, StoredSignal) or r.last_in_message
+                if len(current) >= size and whole:
                     ready.append(current)
                     current = []
                     wake.set()

@@ -315,13 +315,15 @@ def metric_row(stream_seq: int, s: Signal, state: RunState) -> Row | None:
     )
 
 
-def rejected_row(record: CorruptMessage | LogGap) -> Row:
+def rejected_row(record: CorruptMessage | LogGap, index: int = 0) -> Row:
+    """``index``: the rejected signal's place in its message (a commit holds several)."""
     if isinstance(record, LogGap):
         return (
             record.first,
+            0,
             record.last,
             "",
             f"stream sequences {record.first}..{record.last} are missing from the log",
             0,
         )
-    return (record.stream_seq, record.stream_seq, record.subject, record.reason, record.size)
+    return (record.stream_seq, index, record.stream_seq, record.subject, record.reason, record.size)

@@ -21,7 +21,7 @@ from typing import Final
 
 __all__ = ["BOOKKEEPING", "FACT_TABLES", "SCHEMA_VERSION", "STATE_TABLES", "TABLES", "Table"]
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 """5: a failed run's phases in flight fold to `cancelled`; 4: the tamper columns of
 ``runs`` and ``run_states.screen``; 3: a cancelled run's unsettled phases and items fold
 to `cancelled`. A file of another version is rebuilt."""
@@ -101,6 +101,7 @@ FACT_TABLES: Final[tuple[Table, ...]] = (
         f"kind:{_S}{_NN}, phase:{_S}{_NN}, item:{_I}, attempt:{_I}{_NN}, signal_at:{_T}{_NN},"
         f"hash:{_S}{_NN}",
         "stream_seq",
+        "seq",
     ),
     _f(
         "checks",
@@ -121,9 +122,10 @@ FACT_TABLES: Final[tuple[Table, ...]] = (
     ),
     _f(
         "rejected",
-        f"stream_seq:{_B}{_NN}, last_stream_seq:{_B}{_NN}, subject:{_S}{_NN},"
+        f"stream_seq:{_B}{_NN}, idx:{_I}{_NN}, last_stream_seq:{_B}{_NN}, subject:{_S}{_NN},"
         f"reason:{_S}{_NN}, size:{_I}{_NN}",
         "stream_seq",
+        "idx",
     ),
 )
 """One row per signal (or per message that could not be applied): appended only."""

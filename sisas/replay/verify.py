@@ -21,7 +21,7 @@ from sisas.replay.fielddiff import field_diff
 from sisas.replay.rules import violation
 from sisas.replay.verdicts import Finding, Problem, RunVerdict, VerifyReport
 from sisas.signals.envelope import GENESIS, Signal, signal_id
-from sisas.signals.names import parse_log_subject
+from sisas.signals.names import parse_run_subject
 from sisas.signals.records import CorruptMessage, LogGap, LogRecord, StoredSignal
 from sisas.signals.signing import check_signature
 
@@ -244,7 +244,7 @@ class LogVerifier:
             if self.only is None or s.run_id == self.only:
                 self._run(s.run_id, s.pipeline).add(record)
             return
-        parsed = parse_log_subject(record.subject)
+        parsed = parse_run_subject(record.subject)
         if parsed is None:
             self.findings.append(
                 Finding(problem="corrupt", message=record.reason, stream_seq=record.stream_seq)

@@ -40,9 +40,11 @@ from sisas.signals.names import (
     PRESENCE_PREFIX,
     QUERY_PREFIX,
     QUERY_VERBS,
-    RUN_LEVEL,
     TRIGGER_BUCKET,
     UPSTREAM_STREAM,
+    WORK_PREFIX,
+    WORK_STREAM,
+    commit_subject,
 )
 
 __all__ = [
@@ -72,6 +74,7 @@ _KV_TRIGGERS: Final = f"KV_{TRIGGER_BUCKET}"
 STREAMS: Final = (
     LOG_STREAM,
     INPUT_STREAM,
+    WORK_STREAM,
     UPSTREAM_STREAM,
     _OBJ,
     _KV_BLOBS,
@@ -176,7 +179,7 @@ _REPLIES: Final = Grant(
 _OPEN_BUS: Final = Grant(
     "check the streams' config on connect (`open_bus`), find a bucket's stream",
     publish=(
-        *_info(LOG_STREAM, INPUT_STREAM, _OBJ, _KV_BLOBS, _KV_PLANS, _KV_CIRCUITS),
+        *_info(LOG_STREAM, INPUT_STREAM, WORK_STREAM, _OBJ, _KV_BLOBS, _KV_PLANS, _KV_CIRCUITS),
         f"{API}.STREAM.NAMES",
     ),
 )
@@ -197,10 +200,19 @@ def _command(kind: str) -> str:
 
 
 _CANCELLED: Final = Grant(
-    "learn of cancelled and failed runs as they are appended (a worker stops their attempts)",
-    subscribe=(
-        f"{LOG_PREFIX}.*.*.{RUN_LEVEL}.run_cancelled",
-        f"{LOG_PREFIX}.*.*.{RUN_LEVEL}.run_failed",
+    "learn of cancelled and failed runs as their commits are appended (a worker stops "
+    "their attempts)",
+    subscribe=(commit_subject("*", "*"),),
+)
+_TAKE_WORK: Final = Grant(
+    "take work: its durable pull consumer on SISAS_WORK, acks",
+    (
+        f"{API}.CONSUMER.DURABLE.CREATE.{WORK_STREAM}.*",
+        f"{API}.CONSUMER.CREATE.{WORK_STREAM}",
+        f"{API}.CONSUMER.CREATE.{WORK_STREAM}.>",
+        f"{API}.CONSUMER.INFO.{WORK_STREAM}.*",
+        f"{API}.CONSUMER.MSG.NEXT.{WORK_STREAM}.*",
+        f"$JS.ACK.{WORK_STREAM}.>",
     ),
 )
 
@@ -209,6 +221,7 @@ ORCHESTRATOR: Final = Role(
     summary="the services: orchestrator, projector, trigger service, `sisas up`",
     grants=(
         Grant("append signals to the log", (f"{LOG_PREFIX}.>",)),
+        Grant("offer scheduled attempts to workers", (f"{WORK_PREFIX}.>",)),
         Grant(
             "send inputs (trigger starts, reports of a worker in `sisas up`, rejection records)",
             (f"{IN_PREFIX}.>",),
@@ -235,7 +248,7 @@ ORCHESTRATOR: Final = Role(
         Grant(
             "keep durable consumers (orchestrator, sisas-triggers, workers) and ack",
             (
-                *_durable(INPUT_STREAM, UPSTREAM_STREAM, LOG_STREAM),
+                *_durable(INPUT_STREAM, UPSTREAM_STREAM, LOG_STREAM, WORK_STREAM),
                 *(f"{API}.CONSUMER.DELETE.{s}.*" for s in STREAMS),
             ),
         ),
@@ -275,6 +288,7 @@ OPERATOR: Final = Role(
     ),
     deny_publish=(
         f"{LOG_PREFIX}.>",
+        f"{WORK_PREFIX}.>",
         _command("phase_report"),
         f"$KV.{PIPELINE_BUCKET}.>",
         f"$KV.{CIRCUIT_BUCKET}.>",
@@ -286,10 +300,7 @@ WORKER: Final = Role(
     name="worker",
     summary="`sisas worker`: runs the phases of its pipelines",
     grants=(
-        Grant(
-            "take work: its durable pull consumer on phase_scheduled, acks",
-            (f"{API}.CONSUMER.DURABLE.CREATE.{LOG_STREAM}.*", f"$JS.ACK.{LOG_STREAM}.>"),
-        ),
+        _TAKE_WORK,
         _OPEN_BUS,
         _READ_LOG,
         _READ_ARTIFACTS,
@@ -309,6 +320,7 @@ WORKER: Final = Role(
     ),
     deny_publish=(
         f"{LOG_PREFIX}.>",
+        f"{WORK_PREFIX}.>",
         _command("start_run"),
         _command("cancel_run"),
     ),
@@ -329,6 +341,7 @@ AUDITOR: Final = Role(
     deny_publish=(
         f"{LOG_PREFIX}.>",
         f"{IN_PREFIX}.>",
+        f"{WORK_PREFIX}.>",
         "$KV.>",
         "$O.>",
         "$JS.ACK.>",

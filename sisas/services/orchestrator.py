@@ -28,24 +28,27 @@ import logging
 import os
 import socket
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from sisas.bus.circuits import CircuitBoard
+from sisas.bus.log import HEADERS_ROOM
 from sisas.bus.presence import ORCHESTRATOR_SUBJECT, answering
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
 from sisas.errors import AppendConflict, SisasError
 from sisas.faults import failpoint
+from sisas.handlers.circuit import Circuit
 from sisas.handlers.orchestrator import decide_full, rejection
-from sisas.handlers.state import RunState, evolve
+from sisas.handlers.state import PhaseState, RunState, evolve
 from sisas.security.keys import signer_from_file
 from sisas.signals.codec import encode_signal
 from sisas.signals.envelope import Signal
 from sisas.signals.inputs import Input, PhaseReport, StartRun, decode_input
+from sisas.signals.kinds import PhaseScheduled
 from sisas.signals.names import IN_PREFIX, INPUT_STREAM, check_name, input_subject
 from sisas.signals.plan import PipelinePlan
 from sisas.signals.records import CorruptMessage, StoredSignal
@@ -57,10 +60,26 @@ __all__ = ["REJECTED_SUBJECT", "Orchestrator"]
 log = logging.getLogger("sisas.orchestrator")
 REJECTED_SUBJECT = f"{IN_PREFIX}._._.rejected"
 CONSUMER = "orchestrator"
-HEADERS_ROOM = 1024
-"""Bytes of an appended message kept for its headers (id, expected sequence, trace)."""
+REOFFER_EVERY = 10.0
+"""Seconds between two re-offers of one run's scheduled work (see :meth:`_reoffer`)."""
 MAX_REASON = 500
 """Characters of a rejection's reason kept (it may quote a huge field of the input)."""
+
+
+def _waiting(phase: PhaseState) -> bool:
+    """Whether ``phase`` or one of its items may be scheduled and not started."""
+    return phase.status in ("scheduled", "retrying", "running")
+
+
+def _still_scheduled(state: RunState, signal: Signal, body: PhaseScheduled) -> bool:
+    """Whether the attempt ``signal`` schedules is scheduled and not started in ``state``."""
+    phase = state.phase(signal.phase)
+    current = phase if body.item is None else phase.item_states.get(body.item)
+    return (
+        current is not None
+        and current.attempt == signal.attempt
+        and current.status in ("scheduled", "retrying")
+    )
 
 
 class _Rejected(Exception):
@@ -77,7 +96,10 @@ class Orchestrator:
         self._cache: OrderedDict[str, tuple[RunState, int]] = OrderedDict()
         self._cache_size = cache_size
         self._ack_wait = ack_wait
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._pending: dict[str, list[tuple[Input, asyncio.Future[RunState]]]] = {}
+        self._committing: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reoffered: OrderedDict[str, float] = OrderedDict()
         self.handled = 0
         self.handled_locally = 0
         """Reports decided through :meth:`submit`, without a trip through ``SISAS_IN``."""
@@ -123,20 +145,13 @@ class Orchestrator:
             await self._handle_batch(msgs)
 
     async def _handle_batch(self, msgs: list[Msg]) -> None:
-        """Decide a fetched batch: each run's inputs in their stream order, different runs
-        at once, so their appends share the server's fsyncs instead of queueing behind
-        each other (runs per second grow with concurrent runs, not with one run's chain)."""
-        by_run: dict[str, list[Msg]] = {}
-        for msg in msgs:  # sisas.in.<pipeline>.<run_id>.<kind>; anything else on its own
-            parts = msg.subject.split(".")
-            key = f"{parts[2]}.{parts[3]}" if len(parts) == 5 else msg.subject
-            by_run.setdefault(key, []).append(msg)
+        """Decide a fetched batch: each run's inputs in their stream order, into one
+        commit per run, different runs at once, so their appends share the server's
+        fsyncs instead of queueing behind each other."""
 
-        async def in_order(run_msgs: list[Msg]) -> None:
-            for msg in run_msgs:
-                await self._handle_safely(msg)
-
-        await asyncio.gather(*(in_order(m) for m in by_run.values()))
+        # Every input of the batch is decided at once: those of one run queue in their
+        # stream order and are decided together into one commit (see :meth:`apply`).
+        await asyncio.gather(*(self._handle_safely(m) for m in msgs))
 
     async def _handle_safely(self, msg: Msg) -> None:
         try:
@@ -213,74 +228,152 @@ class Orchestrator:
 
         Raises ``_Rejected`` for an input that can never be valid for its run (another
         pipeline's run, a report for a run or an attempt that was never scheduled).
-        Decisions of one run in this process take turns (inputs from ``SISAS_IN`` and
-        reports submitted by a local worker); other orchestrators are held off by the
-        expected last sequence of each append.
+        Inputs of one run in this process are decided together (group commit): every
+        input that arrives while the run's previous commit is being written waits for
+        the next one, and all of them are decided in their order, on one state, into
+        one commit (inputs from ``SISAS_IN`` and reports submitted by a local worker
+        alike); other orchestrators are held off by the expected last sequence of each
+        append.
         """
-        async with self._turn(inp.run_id):
-            return await self._apply(inp)
+        fut: asyncio.Future[RunState] = asyncio.get_running_loop().create_future()
+        queue = self._pending.setdefault(inp.run_id, [])
+        queue.append((inp, fut))
+        if len(queue) == 1 and inp.run_id not in self._committing:
+            self._committing.add(inp.run_id)
+            task = asyncio.create_task(self._commit_loop(inp.run_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await fut
 
-    @contextlib.asynccontextmanager
-    async def _turn(self, run_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(run_id) or (asyncio.Lock(), 0)
-        self._locks[run_id] = (lock, users + 1)
+    async def _commit_loop(self, run_id: str) -> None:
+        """Decide and append the run's waiting inputs, a group at a time, until none wait."""
         try:
-            async with lock:
-                yield
+            while self._pending.get(run_id):
+                group = self._pending.pop(run_id)[:]
+                try:
+                    results = await self._apply_group(run_id, [inp for inp, _ in group])
+                except Exception as exc:  # the whole group failed: each input hears why
+                    results = [exc] * len(group)
+                for (_, fut), result in zip(group, results, strict=True):
+                    if fut.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        fut.set_exception(result)
+                    else:
+                        fut.set_result(result)
         finally:
-            lock, users = self._locks[run_id]
-            if users == 1:
-                del self._locks[run_id]
-            else:
-                self._locks[run_id] = (lock, users - 1)
+            self._committing.discard(run_id)
 
-    async def _apply(self, inp: Input) -> RunState:
+    async def _apply_group(
+        self, run_id: str, inputs: list[Input]
+    ) -> list[RunState | BaseException]:
+        pipeline = inputs[0].pipeline
         for _ in range(50):
-            if isinstance(inp, StartRun):  # most often a new run: read its plan meanwhile
+            if any(isinstance(i, StartRun) for i in inputs):  # read the plan meanwhile
                 (state, last_seq), plan = await asyncio.gather(
-                    self._load(inp.pipeline, inp.run_id), self.registry.get(inp.pipeline)
+                    self._load(pipeline, run_id), self.registry.get(pipeline)
                 )
             else:
-                (state, last_seq), plan = await self._load(inp.pipeline, inp.run_id), None
+                (state, last_seq), plan = await self._load(pipeline, run_id), None
             if state.head.seq == 0:  # no signals yet: the run is the input's pipeline's
-                state = RunState.new(inp.pipeline, inp.run_id)
-            elif state.pipeline != inp.pipeline:
-                raise _Rejected(
-                    f"run {inp.run_id} belongs to pipeline {state.pipeline}, not {inp.pipeline}"
-                )
-            plans: dict[str, PipelinePlan] = {}
-            if plan is not None and state.status == "new":
-                plans[plan.name] = plan
-            circuits = await self.circuits.get(inp.pipeline)
-            decision = decide_full(state, inp, plans, circuits)
-            signals = decision.signals
-            if self.signer is not None:
-                signals = [self.signer.sign(s) for s in signals]
-            self._check_sizes(signals)
+                state = RunState.new(pipeline, run_id)
+            circuits = await self.circuits.get(pipeline)
+            changed: dict[str, Circuit] = {}
+            signals: list[Signal] = []
+            results: list[RunState | BaseException | None] = []
+            for inp in inputs:
+                if state.head.seq and state.pipeline != inp.pipeline:
+                    results.append(
+                        _Rejected(
+                            f"run {run_id} belongs to pipeline {state.pipeline}, not {inp.pipeline}"
+                        )
+                    )
+                    continue
+                plans: dict[str, PipelinePlan] = {}
+                if plan is not None and state.status == "new" and plan.name == inp.pipeline:
+                    plans[plan.name] = plan
+                decision = decide_full(state, inp, plans, {**circuits, **changed})
+                decided = decision.signals
+                if self.signer is not None:
+                    decided = [self.signer.sign(x) for x in decided]
+                try:
+                    self._check_sizes(decided)
+                except _Rejected as exc:
+                    results.append(exc)
+                    continue
+                if not decided:
+                    results.append(None)  # nothing to do: true only of the latest state
+                    continue
+                for x in decided:
+                    state = evolve(state, x)
+                signals += decided
+                changed.update(decision.circuits)
+                results.append(state)
             if not signals:
                 # "Nothing to do" is only true of the latest state: another orchestrator
                 # may have appended since we cached this run (say, the scheduling of the
-                # item this report is about). Check before acknowledging the input.
-                last = await self.bus.log.last_of_run(inp.run_id)
-                if (last.stream_seq if last else 0) == last_seq:
-                    reason = rejection(state, inp)
-                    if reason is not None:
-                        raise _Rejected(reason)
-                    return state
-                self._cache.pop(inp.run_id, None)
-                continue
+                # item this report is about). Check before acknowledging the inputs.
+                last = await self.bus.log.last_of_run(run_id)
+                if (last.stream_seq if last else 0) != last_seq:
+                    self._cache.pop(run_id, None)
+                    continue
+                await self._reoffer(state)
+                return [self._settle(state, inp, r) for inp, r in zip(inputs, results, strict=True)]
             try:
                 result = await self.bus.log.append(signals, expected_last_seq=last_seq)
             except AppendConflict:
-                self._cache.pop(inp.run_id, None)  # someone else wrote: reload, decide again
+                self._cache.pop(run_id, None)  # someone else wrote: reload, decide again
                 continue
-            for s in signals:
-                state = evolve(state, s)
-            self._remember(inp.run_id, state, result.last_seq)
-            await self.circuits.store(inp.pipeline, decision.circuits)
-            metrics.record_decision(inp.pipeline, signals, decision.circuits)
-            return state
-        raise SisasError(f"run {inp.run_id}: gave up after 50 conflicting appends")
+            self._remember(run_id, state, result.last_seq)
+            await self.bus.work.offer(
+                StoredSignal(stream_seq=result.last_seq, signal=x)
+                for x in signals
+                if x.kind == "phase_scheduled"
+            )
+            await self.circuits.store(pipeline, changed)
+            metrics.record_decision(pipeline, signals, changed)
+            # The append proved ``state`` the latest: an input that changed nothing on it
+            # is stale, a duplicate, or never valid.
+            return [self._settle(state, inp, r) for inp, r in zip(inputs, results, strict=True)]
+        raise SisasError(f"run {run_id}: gave up after 50 conflicting appends")
+
+    def _settle(
+        self, state: RunState, inp: Input, result: RunState | BaseException | None
+    ) -> RunState | BaseException:
+        """An input's answer: its state, its rejection, or (it changed nothing) the
+        latest state, or why it can never be valid."""
+        if isinstance(result, BaseException):
+            return result
+        if result is not None:
+            return state  # the latest: a worker learns from it whether the run goes on
+        reason = rejection(state, inp)
+        return _Rejected(reason) if reason is not None else state
+
+    async def _reoffer(self, state: RunState) -> None:
+        """Offer again the run's attempts that are scheduled and not started.
+
+        Called when an input changes nothing: the input may be redelivered because this
+        or another orchestrator died between a commit and its offers. Offers are
+        deduplicated by the scheduled signal's id; at most one re-offer per run every
+        :data:`REOFFER_EVERY` seconds reads the run back."""
+        if state.ended or not any(_waiting(p) for p in state.phases.values()):
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self._reoffered.get(state.run_id, -REOFFER_EVERY) < REOFFER_EVERY:
+            return
+        self._reoffered[state.run_id] = now
+        while len(self._reoffered) > self._cache_size:
+            self._reoffered.popitem(last=False)
+        waiting = [
+            rec
+            for rec in await self.bus.log.read_run(state.run_id)
+            if isinstance(rec, StoredSignal)
+            and isinstance(rec.signal.body, PhaseScheduled)
+            and _still_scheduled(state, rec.signal, rec.signal.body)
+        ]
+        offered = await self.bus.work.offer(waiting)
+        if offered:
+            log.warning("run %s: %d scheduled attempt(s) offered again", state.run_id, offered)
 
     def _check_sizes(self, signals: list[Signal]) -> None:
         """Raise ``_Rejected`` if a signal would not fit in one message of the server: an

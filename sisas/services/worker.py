@@ -1,7 +1,8 @@
 """The worker shell: takes scheduled phases, runs them, stores outputs, reports.
 
-Work arrives through one durable pull consumer per pipeline on the log
-(``sisas.run.<pipeline>.*.*.phase_scheduled``), shared by every worker of that
+Work arrives through one durable pull consumer per pipeline on the work queue
+(``sisas.work.<pipeline>.>`` in ``SISAS_WORK``, :mod:`sisas.bus.work`): each offer is a
+``phase_scheduled`` signal already durable in the log, shared by every worker of that
 pipeline, so each scheduled phase (or item) goes to one worker at a time. While a
 phase runs the worker tells JetStream it is still in progress; if the worker dies, the
 work is redelivered after ``ack_wait`` and finished elsewhere, and the orchestrator
@@ -45,6 +46,7 @@ from sisas.bus.inputs import publish_input
 from sisas.bus.presence import answering, worker_subject
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
+from sisas.bus.work import work_record
 from sisas.environment import capture_environment
 from sisas.errors import ArtifactNotFound, BusError, SisasError
 from sisas.faults import failpoint
@@ -59,13 +61,13 @@ from sisas.signals.envelope import Signal
 from sisas.signals.inputs import PhaseReport
 from sisas.signals.kinds import ENDING_KINDS, ErrorInfo, PhaseScheduled, RunStarted
 from sisas.signals.names import (
-    LOG_PREFIX,
-    LOG_STREAM,
+    WORK_PREFIX,
+    WORK_STREAM,
+    commit_subject,
     live_subject,
-    log_subject,
-    parse_log_subject,
+    parse_run_subject,
 )
-from sisas.signals.records import StoredSignal, decode_record
+from sisas.signals.records import StoredSignal
 from sisas.signals.signing import SignatureCheck
 from sisas.telemetry import metrics
 from sisas.telemetry.tracing import describe_attempt, message_span
@@ -203,18 +205,20 @@ class Worker:
         cancelled run, whoever cancelled it). A subscription the server refuses (a role
         without the permission) only means attempts run to their end, as before."""
 
-        async def on_cancelled(msg: Msg) -> None:
-            parsed = parse_log_subject(msg.subject)
+        async def on_commit(msg: Msg) -> None:
+            # A cheap test first: most commits end nothing.
+            if b'"kind":"run_cancelled"' not in msg.data and b'"kind":"run_failed"' not in msg.data:
+                return
+            parsed = parse_run_subject(msg.subject)
             if parsed is not None:
                 self._cancel_run(parsed[1])
 
         subs = []
-        for kind in ("run_cancelled", "run_failed"):  # a failed run needs no more work either
-            subject = log_subject("*", "*", "", kind)
-            try:
-                subs.append(await self.bus.nc.subscribe(subject, cb=on_cancelled))
-            except Exception as exc:  # a refused subscription: attempts run to their end
-                log.warning("cannot watch for ended runs on %s: %s", subject, exc)
+        subject = commit_subject("*", "*")  # a failed run needs no more work either
+        try:
+            subs.append(await self.bus.nc.subscribe(subject, cb=on_commit))
+        except Exception as exc:  # a refused subscription: attempts run to their end
+            log.warning("cannot watch for ended runs on %s: %s", subject, exc)
         try:
             yield
         finally:
@@ -284,9 +288,9 @@ class Worker:
 
     async def _consume(self, pipeline: str, stop: asyncio.Event) -> None:
         psub = await self.bus.js.pull_subscribe(
-            f"{LOG_PREFIX}.{pipeline}.*.*.phase_scheduled",
+            f"{WORK_PREFIX}.{pipeline}.>",
             durable=f"worker-{pipeline}",
-            stream=LOG_STREAM,
+            stream=WORK_STREAM,
             config=ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=self.ack_wait,
@@ -330,12 +334,12 @@ class Worker:
         try:
             await self._work(msg, release)
         except TRANSIENT as exc:  # never let one phase stop the worker
-            log.exception("work at log seq %s failed: %s", msg.metadata.sequence.stream, exc)
+            log.exception("work at SISAS_WORK seq %s failed: %s", msg.metadata.sequence.stream, exc)
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1.0)
         except Exception as exc:  # the work itself cannot be done: trying again cannot help
             log.exception(
-                "work at log seq %s cannot be done: %s", msg.metadata.sequence.stream, exc
+                "work at SISAS_WORK seq %s cannot be done: %s", msg.metadata.sequence.stream, exc
             )
             try:
                 await self._give_up(msg, exc)
@@ -347,7 +351,7 @@ class Worker:
 
     async def _give_up(self, msg: Msg, exc: Exception) -> None:
         """Report the attempt failed (not retryable), so the run records why, and drop it."""
-        rec = decode_record(msg.metadata.sequence.stream, msg.subject, msg.data)
+        rec = work_record(msg)
         if isinstance(rec, StoredSignal) and isinstance(rec.signal.body, PhaseScheduled):
             why = f"the worker {self.name} could not run this attempt: {type(exc).__name__}: {exc}"
             error = ErrorInfo(kind="HardFailure", message=why[:1000], retryable=False)
@@ -387,10 +391,10 @@ class Worker:
         it is settled here instead: terminated when it is not a phase_scheduled or its
         signature is refused (:meth:`_refuse`), acknowledged when its run ended,
         postponed (nak'ed) while its backoff lasts."""
-        rec = decode_record(msg.metadata.sequence.stream, msg.subject, msg.data)
+        rec = work_record(msg)
         if not isinstance(rec, StoredSignal) or not isinstance(rec.signal.body, PhaseScheduled):
             log.error(
-                "not a phase_scheduled signal at log seq %s: %s",
+                "not a phase_scheduled signal at SISAS_WORK seq %s: %s",
                 msg.metadata.sequence.stream,
                 getattr(rec, "reason", "wrong kind"),
             )
@@ -510,7 +514,7 @@ class Worker:
         (the server is away) is retried like any other (the message is nak'ed).
         """
         seq = msg.metadata.sequence.stream
-        log.error("refused the work at log seq %s: %s", seq, check.message)
+        log.error("refused the work at SISAS_WORK seq %s: %s", seq, check.message)
         metrics.record_refused(signal.pipeline, signal.phase, check.status)
         self.refused += 1
         why = f"the worker {self.name} refused this attempt: {check.message}"
@@ -643,7 +647,7 @@ class Worker:
         """The run's resolved configuration (from its run_started signal), cached."""
         if signal.run_id not in self._configs:
             config: dict[str, Any] = {}
-            rec = await self.bus.log.last_of_kind(signal.run_id, "run_started")
+            rec = await self.bus.log.first_of_kind(signal.run_id, "run_started")
             if isinstance(rec, StoredSignal) and isinstance(rec.signal.body, RunStarted):
                 config = dict(rec.signal.body.config)
             self._remember_config(signal.run_id, config)

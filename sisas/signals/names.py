@@ -1,7 +1,10 @@
 """Names that become NATS subject tokens, and the subjects built from them.
 
-Subjects of the log: ``sisas.run.<pipeline>.<run>.<phase|_>.<kind>``; inputs:
-``sisas.in.<pipeline>.<run>.<kind>``. A name is 1-64 characters of letters, digits,
+Subjects of the log: ``sisas.run.<pipeline>.<run>.c`` holds commits (one decision's
+signals in one message, log format 2); ``sisas.run.<pipeline>.<run>.<phase|_>.<kind>``
+holds one signal each (format 1, written before commits, read forever); inputs:
+``sisas.in.<pipeline>.<run>.<kind>``; work offered to workers:
+``sisas.work.<pipeline>.<run>``. A name is 1-64 characters of letters, digits,
 ``_`` and ``-`` (phase names may also hold ``[n]`` for one item of a fan-out): nothing
 that NATS treats as a separator or wildcard.
 """
@@ -16,6 +19,7 @@ from sisas.errors import InvalidName
 __all__ = [
     "ARTIFACT_BUCKET",
     "BLOB_BUCKET",
+    "COMMIT_TOKEN",
     "CIRCUIT_BUCKET",
     "INPUT_STREAM",
     "IN_PREFIX",
@@ -31,16 +35,24 @@ __all__ = [
     "TRIGGERS_PIPELINE",
     "TRIGGER_BUCKET",
     "UPSTREAM_STREAM",
+    "WORK_PREFIX",
+    "WORK_STREAM",
+    "commit_subject",
     "check_name",
     "input_subject",
     "live_subject",
     "log_subject",
     "parse_log_subject",
+    "parse_run_subject",
     "run_filter",
+    "work_subject",
 ]
 
 LOG_PREFIX: Final = "sisas.run"
 IN_PREFIX: Final = "sisas.in"
+WORK_PREFIX: Final = "sisas.work"
+COMMIT_TOKEN: Final = "c"
+"""The last token of a run's commit subject, ``sisas.run.<pipeline>.<run>.c``."""
 RUN_LEVEL: Final = "_"
 """The phase token of signals that belong to the run, not to one phase."""
 TRIGGERS_PIPELINE: Final = "triggers"
@@ -51,6 +63,8 @@ LOG_STREAM: Final = "SISAS_LOG"
 """The signal log: ``sisas.run.>``, immutable, hash-chained."""
 INPUT_STREAM: Final = "SISAS_IN"
 """Commands and worker reports: ``sisas.in.>``."""
+WORK_STREAM: Final = "SISAS_WORK"
+"""Work offered to workers: ``sisas.work.>``, a work queue (each item taken once)."""
 UPSTREAM_STREAM: Final = "SISAS_UPSTREAM"
 """Messages from upstream systems that trigger rules read."""
 ARTIFACT_BUCKET: Final = "sisas-artifacts"
@@ -98,6 +112,16 @@ def log_subject(pipeline: str, run_id: str, phase: str, kind: str) -> str:
     return f"{LOG_PREFIX}.{pipeline}.{run_id}.{phase or RUN_LEVEL}.{kind}"
 
 
+def commit_subject(pipeline: str, run_id: str) -> str:
+    """The subject a run's commits (its decisions, several signals each) are stored on."""
+    return f"{LOG_PREFIX}.{pipeline}.{run_id}.{COMMIT_TOKEN}"
+
+
+def work_subject(pipeline: str, run_id: str) -> str:
+    """The subject work for an attempt of ``run_id`` is offered to workers on."""
+    return f"{WORK_PREFIX}.{pipeline}.{run_id}"
+
+
 def run_filter(run_id: str, pipeline: str = "*") -> str:
     """A subject filter covering every signal of one run."""
     return f"{LOG_PREFIX}.{pipeline}.{run_id}.>"
@@ -115,3 +139,12 @@ def parse_log_subject(subject: str) -> tuple[str, str, str, str] | None:
         return None
     phase = "" if parts[4] == RUN_LEVEL else parts[4]
     return parts[2], parts[3], phase, parts[5]
+
+
+def parse_run_subject(subject: str) -> tuple[str, str] | None:
+    """``(pipeline, run_id)`` of a log subject of either format, or None."""
+    parts = subject.split(".")
+    shaped = (len(parts) == 5 and parts[4] == COMMIT_TOKEN) or len(parts) == 6
+    if shaped and parts[0] == "sisas" and parts[1] == "run":
+        return parts[2], parts[3]
+    return None
