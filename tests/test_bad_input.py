@@ -78,10 +78,9 @@ from sisas.signals.codec import encode_signal
 from sisas.signals.inputs import INPUT_KINDS, CancelRun, Input, PhaseReport, StartRun, encode_input
 from sisas.signals.names import (
     INPUT_STREAM,
-    LOG_STREAM,
-    WORK_STREAM,
     QUERY_VERBS,
     UPSTREAM_STREAM,
+    WORK_STREAM,
     input_subject,
     log_subject,
 )

@@ -170,7 +170,7 @@ async def test_a_phase_completion_forged_mid_run_is_not_shown(bus: Bus, settings
         forged = forged_after(before, PhaseCompleted(output_digest=""), phase="after")
         subject = log_subject("slow", "mid", "after", "phase_completed")
         seq = await outsider_publishes(settings.nats_url or "", subject, encode_signal(forged))
-        state, signals = await wait_end(bus, "mid")
+        state, _ = await wait_end(bus, "mid")
     assert state.status == "completed" and state.phase("after").status == "completed"
     assert (await verify_first(settings, "mid"))[:2] == (seq, "out_of_place")
 
