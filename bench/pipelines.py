@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sisas.pipeline import Context, Pipeline
 
-__all__ = ["FANOUT_WIDTH", "fanout", "noop"]
+__all__ = ["FANOUT_WIDTH", "fanout", "noop", "wide"]
 
 FANOUT_WIDTH = 100
 
@@ -68,3 +68,22 @@ def each(ctx: Context, item: int) -> int:
 @fanout.phase()
 def join(ctx: Context, each: list[int]) -> int:
     return len(each)
+
+
+wide = Pipeline("fanoutn", version="1")
+"""A fan-out over as many items as its input says (``bench writepath``)."""
+
+
+@wide.phase()
+def count(ctx: Context, input: int) -> list[int]:
+    return list(range(input))
+
+
+@wide.phase(map_over="count")
+def one(ctx: Context, item: int) -> int:
+    return item
+
+
+@wide.phase()
+def total(ctx: Context, one: list[int]) -> int:
+    return len(one)

@@ -1,8 +1,8 @@
 """Starting benchmark runs and waiting for their ends, the way a client would.
 
 A run is started by publishing its ``start_run`` input (what ``sisas run`` does); its end
-is seen on a core NATS subscription to the run-level end subjects of the log, so waiting
-costs no consumer per run.
+is seen on a core NATS subscription to the pipeline's commit subjects of the log (a
+commit holding ``run_completed`` or ``run_failed``), so waiting costs no consumer per run.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from sisas.bus.inputs import publish_start
-from sisas.signals.names import LOG_PREFIX, RUN_LEVEL
+from sisas.signals.names import commit_subject
 
 __all__ = ["RunEnds", "start", "timed_runs", "concurrent_runs"]
 
@@ -26,9 +26,8 @@ class RunEnds:
         self._subs: list[Any] = []
 
     async def __aenter__(self) -> RunEnds:
-        for kind in ("run_completed", "run_failed"):
-            subject = f"{LOG_PREFIX}.{self._pipeline}.*.{RUN_LEVEL}.{kind}"
-            self._subs.append(await self._nc.subscribe(subject, cb=self._on_end))
+        subject = commit_subject(self._pipeline, "*")
+        self._subs.append(await self._nc.subscribe(subject, cb=self._on_end))
         await self._nc.flush()
         return self
 
@@ -39,8 +38,12 @@ class RunEnds:
     async def _on_end(self, msg: Any) -> None:
         run_id = msg.subject.split(".")[3]
         fut = self._waiting.get(run_id)
-        if fut is not None and not fut.done():
-            fut.set_result(msg.subject.endswith("run_completed"))
+        if fut is None or fut.done():
+            return
+        if b'"kind":"run_completed"' in msg.data:
+            fut.set_result(True)
+        elif b'"kind":"run_failed"' in msg.data:
+            fut.set_result(False)
 
     def expect(self, run_id: str) -> asyncio.Future[bool]:
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()

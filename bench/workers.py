@@ -27,7 +27,7 @@ from sisas.bus.embedded import EmbeddedServer
 from sisas.bus.runtime import open_bus
 from sisas.bus.settings import Settings
 from sisas.services.host import running_services
-from sisas.signals.names import LOG_STREAM
+from sisas.signals.names import WORK_STREAM
 
 ROOT = Path(__file__).resolve().parent.parent
 SISAS = Path(sys.executable).with_name("sisas")
@@ -53,7 +53,7 @@ async def _wait_ready(bus: object, procs: list[subprocess.Popen[bytes]]) -> None
                 err = (p.stderr.read() if p.stderr else b"").decode(errors="replace")
                 raise RuntimeError(f"a benchmark worker exited ({p.returncode}): {err[-500:]}")
         try:
-            info = await bus.js.consumer_info(LOG_STREAM, "worker-noop7")  # type: ignore[attr-defined]
+            info = await bus.js.consumer_info(WORK_STREAM, "worker-noop7")  # type: ignore[attr-defined]
             if info.num_waiting >= len(procs):
                 return
         except Exception:

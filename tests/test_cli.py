@@ -61,7 +61,8 @@ async def test_signals_prints_a_run_and_json_validates_against_the_schemas(
     data = json.loads(out.stdout)
     assert data["intact"] is True
     assert [s["signal"]["seq"] for s in data["signals"]] == [1, 2, 3, 4]
-    assert [s["stream_seq"] for s in data["signals"]] == [1, 2, 3, 4]
+    assert [s["stream_seq"] for s in data["signals"]] == [1, 1, 1, 1]  # one commit
+    assert [s["index"] for s in data["signals"]] == [0, 1, 2, 3]
     for entry in data["signals"]:
         wire = entry["signal"]
         kind = wire["body"]["kind"]
@@ -82,7 +83,7 @@ async def test_signals_of_a_tampered_run_fail_and_say_where(bus: Bus, env: dict[
     assert "hash mismatch" in out.stdout
     data = json.loads(sisas("signals", "r1", "--json", env=env).stdout)
     assert data["intact"] is False
-    assert data["corrupt"][0]["stream_seq"] == 3
+    assert data["corrupt"][0]["stream_seq"] == 2
 
 
 def test_an_unknown_run_exits_2(env: dict[str, str]) -> None:
@@ -108,7 +109,7 @@ async def test_tail_follows_the_log_including_bad_messages(bus: Bus, env: dict[s
     lines = [json.loads(line) for line in out.splitlines()]
     assert len(lines) == 5
     assert lines[2]["error"].startswith("not JSON")
-    assert lines[2]["stream_seq"] == 3
+    assert lines[2]["stream_seq"] == 2
     assert [line["signal"]["run_id"] for line in lines if "signal" in line] == [
         "r1",
         "r1",

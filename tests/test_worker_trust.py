@@ -161,6 +161,7 @@ async def forge(
             )
         except AppendConflict:
             continue
+        await bus.work.offer([StoredSignal(stream_seq=result.last_seq, signal=forged)])
         return forged, result.last_seq
     raise AssertionError("could not append the forgery")
 

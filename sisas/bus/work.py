@@ -32,15 +32,21 @@ from sisas.signals.names import work_subject
 from sisas.signals.records import CorruptMessage, StoredSignal
 from sisas.telemetry.tracing import inject
 
-__all__ = ["LOG_SEQ_HEADER", "WorkQueue", "work_record"]
+__all__ = ["LOG_SEQ_HEADER", "WorkQueue", "log_seq", "work_record"]
 
 LOG_SEQ_HEADER = "Sisas-Log-Seq"
 """Header of an offer: the stream sequence of the commit holding the scheduled signal."""
 
 
+def log_seq(msg: Msg) -> int:
+    """The stream sequence of the commit holding the offered signal (0 when unsaid)."""
+    value = (msg.headers or {}).get(LOG_SEQ_HEADER, "0")
+    return int(value) if value.isdigit() else 0
+
+
 def work_record(msg: Msg) -> StoredSignal | CorruptMessage:
     """The scheduled signal an offer holds, checked as a log reader checks it."""
-    seq = int((msg.headers or {}).get(LOG_SEQ_HEADER, "0") or 0)
+    seq = log_seq(msg)
     try:
         signal = decode_signal(msg.data)
     except SignalError as exc:

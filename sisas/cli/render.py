@@ -294,12 +294,18 @@ def traceback_tail(detail: str, frames: int = 3) -> list[str]:
 
 
 def record_json(rec: LogRecord) -> dict[str, Any]:
-    """A record as plain JSON data: ``signal`` exactly as on the wire, or the problem."""
+    """A record as plain JSON data: ``signal`` exactly as on the wire, where it is stored
+    (``stream_seq`` of its message, ``index`` in that message: a commit holds several),
+    or the problem."""
     if isinstance(rec, LogGap):
         return {"gap": {"first": rec.first, "last": rec.last}}
     if isinstance(rec, CorruptMessage):
         return {"stream_seq": rec.stream_seq, "subject": rec.subject, "error": rec.reason}
-    return {"stream_seq": rec.stream_seq, "signal": msgspec.to_builtins(rec.signal)}
+    return {
+        "stream_seq": rec.stream_seq,
+        "index": rec.index,
+        "signal": msgspec.to_builtins(rec.signal),
+    }
 
 
 def issue_json(issue: ChainIssue) -> dict[str, Any]:

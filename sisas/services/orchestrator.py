@@ -206,6 +206,11 @@ class Orchestrator:
         self.handled_locally += 1
         return state
 
+    def known(self, run_id: str) -> RunState | None:
+        """The run's state as this orchestrator last appended or read it (no I/O)."""
+        cached = self._cache.get(run_id)
+        return cached[0] if cached is not None else None
+
     async def _decide(self, inp: Input, headers: Mapping[str, str] | None) -> RunState:
         kind = str(type(inp).__struct_config__.tag)
         attributes: dict[str, str | int] = {"sisas.input": kind}

@@ -46,7 +46,7 @@ from sisas.bus.inputs import publish_input
 from sisas.bus.presence import answering, worker_subject
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus
-from sisas.bus.work import work_record
+from sisas.bus.work import log_seq, work_record
 from sisas.environment import capture_environment
 from sisas.errors import ArtifactNotFound, BusError, SisasError
 from sisas.faults import failpoint
@@ -77,6 +77,8 @@ __all__ = ["Worker"]
 log = logging.getLogger("sisas.worker")
 TRANSIENT = (NatsError, BusError, OSError, TimeoutError)
 """Failures of the server or the network: the same work is tried again later."""
+SHORT_ATTEMPT = 0.05
+"""Seconds within which an attempt is short: its start is reported with its outcome."""
 MAX_POSTPONE = 3600.0
 """Seconds one ``nak`` postpones a backoff at most; a longer one is postponed again."""
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -103,6 +105,10 @@ class LocalOrchestrator(Protocol):
     async def submit(self, report: PhaseReport) -> RunState | None:
         """The run's latest state once ``report`` is decided and appended; None when it
         must go through ``SISAS_IN`` instead."""
+        ...
+
+    def known(self, run_id: str) -> RunState | None:
+        """The run's state as this orchestrator last appended or read it (no I/O)."""
         ...
 
 
@@ -334,13 +340,11 @@ class Worker:
         try:
             await self._work(msg, release)
         except TRANSIENT as exc:  # never let one phase stop the worker
-            log.exception("work at SISAS_WORK seq %s failed: %s", msg.metadata.sequence.stream, exc)
+            log.exception("work at log seq %s failed: %s", log_seq(msg), exc)
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1.0)
         except Exception as exc:  # the work itself cannot be done: trying again cannot help
-            log.exception(
-                "work at SISAS_WORK seq %s cannot be done: %s", msg.metadata.sequence.stream, exc
-            )
+            log.exception("work at log seq %s cannot be done: %s", log_seq(msg), exc)
             try:
                 await self._give_up(msg, exc)
             except Exception:
@@ -361,9 +365,15 @@ class Worker:
 
     async def _work(self, msg: Msg, executed: Callable[[], None]) -> None:
         """What the worker does with one phase_scheduled: admit it (:meth:`_admit`),
-        claim it (:meth:`_claim`), attempt it (:meth:`_attempt`), report the outcome
-        and acknowledge it. The span of the attempt covers its reports, not its ack;
-        ``executed`` is called once the attempt's output is stored."""
+        attempt it (:meth:`_attempt`), report its start and outcome, and acknowledge it.
+
+        A short attempt (done within :data:`SHORT_ATTEMPT`) reports its start and its
+        outcome together: a local orchestrator decides both into one commit, so the
+        log records ``phase_started`` at the cost of no write of its own. A longer one
+        reports its start (:meth:`_claim`) as soon as it is known to be long, and is
+        stopped if the claim finds it no longer to be done. The span of the attempt
+        covers its reports, not its ack; ``executed`` is called once the attempt's
+        output is stored."""
         admitted = await self._admit(msg)
         if admitted is None:
             return
@@ -377,14 +387,48 @@ class Worker:
         with message_span(
             f"phase {signal.phase}", msg.headers, signal.run_id, signal.pipeline, attributes
         ) as span:
-            if not await self._claim(msg, signal, body):
-                return
-            outcome, status, artifact = await self._attempt(msg, signal, body)
+            secrets = self._secret_digests(signal)
+            event = threading.Event()
+            attempt = asyncio.create_task(self._attempt(msg, signal, body, event))
+            try:
+                done, _ = await asyncio.wait({attempt}, timeout=SHORT_ATTEMPT)
+                if not done and not await self._claim(msg, signal, body, secrets):
+                    event.set()  # the run ended or the attempt is stale: stop it
+                    attempt.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await attempt
+                    return
+                outcome, status, artifact = await attempt
+            finally:
+                if not attempt.done():  # this worker is stopping
+                    attempt.cancel()
             executed()
             describe_attempt(span, status, outcome)
             failpoint("worker.before_report")
-            await self._report(signal, body, status, outcome, artifact)
+            if done:
+                await self._report_short(signal, body, secrets, status, outcome, artifact)
+            else:
+                await self._report(signal, body, status, outcome, artifact)
         await self._settle(msg, signal, status, outcome)
+
+    async def _report_short(
+        self,
+        signal: Signal,
+        body: PhaseScheduled,
+        secrets: dict[str, str],
+        status: Ended,
+        outcome: Outcome,
+        artifact: str,
+    ) -> None:
+        """Report a short attempt's start and outcome: submitted together to a local
+        orchestrator (one commit), one after the other through ``SISAS_IN``."""
+        started = self._report(signal, body, "started", secrets=secrets)
+        ended = self._report(signal, body, status, outcome, artifact)
+        if self.local is not None:
+            await asyncio.gather(started, ended)
+        else:
+            await started
+            await ended
 
     async def _admit(self, msg: Msg) -> tuple[Signal, PhaseScheduled] | None:
         """The scheduled phase ``msg`` holds, when it is to be attempted now; None when
@@ -394,7 +438,7 @@ class Worker:
         rec = work_record(msg)
         if not isinstance(rec, StoredSignal) or not isinstance(rec.signal.body, PhaseScheduled):
             log.error(
-                "not a phase_scheduled signal at SISAS_WORK seq %s: %s",
+                "not a phase_scheduled signal offered at SISAS_WORK seq %s: %s",
                 msg.metadata.sequence.stream,
                 getattr(rec, "reason", "wrong kind"),
             )
@@ -408,6 +452,13 @@ class Worker:
         if self.local is None and await self._ended(signal.run_id):
             await msg.ack()  # the run ended (cancelled, failed elsewhere): nothing to do
             return None
+        known = self.local.known(signal.run_id) if self.local is not None else None
+        if known is not None:
+            if not _open(known, signal, body):
+                await msg.ack()  # the run ended, or the outcome is recorded already
+                return None
+            if signal.run_id not in self._configs:
+                self._remember_config(signal.run_id, dict(known.config))
         if await self._postponed(msg, signal, body):
             return None
         return signal, body
@@ -424,12 +475,14 @@ class Worker:
             return True
         return False
 
-    async def _claim(self, msg: Msg, signal: Signal, body: PhaseScheduled) -> bool:
+    async def _claim(
+        self, msg: Msg, signal: Signal, body: PhaseScheduled, secrets: dict[str, str]
+    ) -> bool:
         """Report the attempt started; whether it is still to be done (its run going on,
         and it the current attempt of its phase or item). When not, the message is
         acknowledged: the run ended, or the work was redelivered after its outcome was
         recorded."""
-        state = await self._report(signal, body, "started", secrets=self._secret_digests(signal))
+        state = await self._report(signal, body, "started", secrets=secrets)
         # A local orchestrator's answer is the run's latest state: nothing to do when
         # the run ended or this attempt did (work redelivered after its outcome was
         # recorded). Otherwise ask the log, unless it was asked already.
@@ -446,13 +499,12 @@ class Worker:
         return True
 
     async def _attempt(
-        self, msg: Msg, signal: Signal, body: PhaseScheduled
+        self, msg: Msg, signal: Signal, body: PhaseScheduled, event: threading.Event
     ) -> tuple[Outcome, Ended, str]:
         """Execute the attempt (:meth:`_execute`) while telling JetStream it is in
         progress, and store its output; the outcome, its status and the output's artifact
-        (empty when there is no output)."""
+        (empty when there is no output). Setting ``event`` and cancelling stops it."""
         beat = asyncio.create_task(self._heartbeat(msg))
-        event = threading.Event()
         execution = asyncio.create_task(self._execute(signal, body, event))
         running = self._running.setdefault(signal.run_id, {})
         running[execution] = event
@@ -513,8 +565,7 @@ class Worker:
         it is never retried and never stops the worker. A report that cannot be sent
         (the server is away) is retried like any other (the message is nak'ed).
         """
-        seq = msg.metadata.sequence.stream
-        log.error("refused the work at SISAS_WORK seq %s: %s", seq, check.message)
+        log.error("refused the work at log seq %s: %s", log_seq(msg), check.message)
         metrics.record_refused(signal.pipeline, signal.phase, check.status)
         self.refused += 1
         why = f"the worker {self.name} refused this attempt: {check.message}"

@@ -1,0 +1,129 @@
+"""The write path: what a run, a fan-out item and a batch cost in fsynced writes and time.
+
+    .venv/bin/python -m bench.writepath [--runs N] [--concurrent N] [--items N ...]
+
+Embedded nats-server with ``sync_interval: always`` (every message fsynced before its
+ack), an orchestrator and a worker in this process. Measured in the same run:
+
+- the raw limit: one nats-py JetStream publish-and-ack round trip (sequential, p50) and
+  the pipelined rate (acks awaited in windows of 256) to a file stream on the server;
+- a 7-phase no-op run, one after the other: p50 wall time, and the messages it costs
+  (the log's commits, the work offered, the inputs: every one of them fsynced);
+- ``--concurrent`` such runs at once: runs/s, and runs/s x messages per run against the
+  pipelined raw rate;
+- a fan-out over ``--items`` items, end to end: seconds, per-item cost, and per-item cost
+  against one raw publish-and-ack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from nats.js.api import StreamConfig
+
+from bench.pipelines import noop, wide
+from bench.runs import concurrent_runs, timed_runs
+from sisas.bus.embedded import EmbeddedServer
+from sisas.bus.runtime import open_bus
+from sisas.bus.settings import Settings
+from sisas.services.host import running_services
+from sisas.signals.names import INPUT_STREAM, LOG_STREAM, WORK_STREAM
+
+STREAMS = (LOG_STREAM, WORK_STREAM, INPUT_STREAM)
+
+
+async def raw_limit(bus: Any, n: int = 300, pipelined: int = 3000) -> tuple[float, float]:
+    """p50 seconds of one sequential publish-and-ack, and pipelined messages per second."""
+    await bus.js.add_stream(StreamConfig(name="RAW", subjects=["raw.>"], storage="file"))
+    times = []
+    for i in range(n):
+        t = time.perf_counter()
+        await bus.js.publish("raw.x", b"x" * 400, headers={"Nats-Msg-Id": f"m{i}"})
+        times.append(time.perf_counter() - t)
+    t0 = time.perf_counter()
+    for w in range(0, pipelined, 256):
+        acks = [
+            bus.js.publish("raw.y", b"y" * 400, headers={"Nats-Msg-Id": f"p{i}"})
+            for i in range(w, min(w + 256, pipelined))
+        ]
+        await asyncio.gather(*acks)
+    return statistics.median(times), pipelined / (time.perf_counter() - t0)
+
+
+async def stored(bus: Any) -> int:
+    """Messages ever stored in the log, the work queue and the inputs (last sequences:
+    the work queue deletes what was taken)."""
+    return sum([int((await bus.js.stream_info(s)).state.last_seq) for s in STREAMS])
+
+
+async def fanout(bus: Any, items: int) -> float:
+    digest = await bus.artifacts.put(str(items).encode())
+    return (await timed_runs(bus, "fanoutn", 1, digest, f"fan{items}"))[0]
+
+
+async def measure(runs: int, concurrent: int, items: list[int]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        async with EmbeddedServer(Path(tmp) / "home", sync="always") as server:
+            settings = Settings(home=Path(tmp) / "home", nats_url=server.url, replicas=1)
+            async with open_bus(settings) as bus:
+                raw_ack, raw_rate = await raw_limit(bus)
+                digest = await bus.artifacts.put(b"0")
+                pipelines = {"noop7": noop, "fanoutn": wide}
+                async with running_services(bus, pipelines, concurrency=4):
+                    await timed_runs(bus, "noop7", 1, digest, "warm")
+                    before = await stored(bus)
+                    chain = await timed_runs(bus, "noop7", runs, digest, "chain")
+                    msgs = (await stored(bus) - before) / (runs + 1)  # + its warm-up run
+                    wall = await concurrent_runs(bus, "noop7", concurrent, digest, "many")
+                    fans = {n: await fanout(bus, n) for n in items}
+    p50 = statistics.median(chain)
+    rps = concurrent / wall
+    out: dict[str, Any] = {
+        "raw_ack_ms": raw_ack * 1e3,
+        "raw_pipelined_msgs_s": raw_rate,
+        "run_ms_p50": p50 * 1e3,
+        "messages_per_run": msgs,
+        "concurrent": concurrent,
+        "runs_per_s": rps,
+        "throughput_ratio": rps * msgs / raw_rate,
+    }
+    for n, seconds in fans.items():
+        per_item = seconds / n
+        out[f"fanout_{n}_s"] = seconds
+        out[f"fanout_{n}_ms_per_item"] = per_item * 1e3
+        out[f"fanout_{n}_per_item_vs_raw_ack"] = per_item / raw_ack
+    return out
+
+
+def report(r: dict[str, Any], items: list[int]) -> None:
+    print(f"raw publish-and-ack (fsynced), p50:          {r['raw_ack_ms']:8.3f} ms")
+    print(f"raw pipelined publish rate:                  {r['raw_pipelined_msgs_s']:8.0f} msg/s")
+    print(f"7-phase no-op run, p50:                      {r['run_ms_p50']:8.1f} ms")
+    print(f"fsynced messages per 7-phase run:            {r['messages_per_run']:8.1f}")
+    print(
+        f"{r['concurrent']} runs at once:                          {r['runs_per_s']:8.1f} runs/s "
+        f"(x msgs/run = {r['throughput_ratio']:.2f} of the raw pipelined rate)"
+    )
+    for n in items:
+        print(
+            f"fan-out of {n:>6} items, end to end:          {r[f'fanout_{n}_s']:8.2f} s "
+            f"({r[f'fanout_{n}_ms_per_item']:.2f} ms an item, "
+            f"{r[f'fanout_{n}_per_item_vs_raw_ack']:.1f}x one raw publish-and-ack)"
+        )
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}))
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description="the write path: runs, fan-outs, messages")
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--concurrent", type=int, default=50)
+    p.add_argument("--items", type=int, nargs="*", default=[100, 1000])
+    a = p.parse_args()
+    report(asyncio.run(measure(a.runs, a.concurrent, a.items)), a.items)
