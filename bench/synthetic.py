@@ -140,7 +140,10 @@ def synthetic_runs(
 
 async def publish_runs(js: Any, count: int, *, start: int = 0, window: int = 4000) -> int:
     """Publish ``count`` synthetic runs (indices from ``start``) into the log stream,
-    ``window`` messages in flight (deduplicated by signal id); the signals published."""
+    ``window`` messages in flight (deduplicated by signal id); the signals published.
+
+    One signal per message (log format 1, which every reader still reads): the read,
+    fold and verify benchmarks compare per signal with a raw read per message."""
     pending: list[Any] = []
     published = 0
     for signals in synthetic_runs(count, start=start):

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from sisas.schemas import COMMITTED_DIR, export, normalise_descriptions, render, schemas
 from sisas.signals import KINDS, Signal, encode_signal
 from sisas.signals import kinds as signal_kinds
+from sisas.signals.records import encode_commit
 from tests.runs import validator
 from tests.strategies import signals
 
@@ -63,8 +64,18 @@ def test_schemas_do_not_depend_on_how_msgspec_formats_a_docstring() -> None:
     assert normalise_descriptions(raw) == normalise_descriptions(dedented)
 
 
-def test_there_is_one_schema_per_kind_plus_the_union() -> None:
-    assert set(schemas()) == {f"{k}.json" for k in KINDS} | {"signal.json"}
+def test_there_is_one_schema_per_kind_plus_the_union_and_the_commit() -> None:
+    assert set(schemas()) == {f"{k}.json" for k in KINDS} | {"signal.json", "commit.json"}
+
+
+@settings(max_examples=50, deadline=None)
+@given(signals(n=4))
+def test_every_commit_on_the_wire_validates_against_the_commit_schema(sigs: list) -> None:
+    commit = json.loads(encode_commit(sigs))
+    validator("commit").validate(commit)
+    bad = {**commit, "commit": 1}
+    assert not validator("commit").is_valid(bad)
+    assert not validator("commit").is_valid({**commit, "signals": []})
 
 
 @settings(max_examples=150, deadline=None)  # validating is slow on a loaded machine

@@ -1,7 +1,8 @@
 """JSON Schema of every signal kind, generated from the Structs.
 
-One file per kind (``phase_completed.json``: the envelope with that body) plus
-``signal.json`` (any kind). The generated files are committed under
+One file per kind (``phase_completed.json``: the envelope with that body), plus
+``signal.json`` (any kind) and ``commit.json`` (a log message of format 2: the signals
+of one decision). The generated files are committed under
 ``sisas/schemas/json/``; a test fails when they drift from the Structs, so a change to
 the wire format is always a visible diff.
 """
@@ -18,6 +19,7 @@ import msgspec
 
 from sisas.signals.envelope import Signal
 from sisas.signals.kinds import KINDS
+from sisas.signals.records import COMMIT_FORMAT
 
 __all__ = ["COMMITTED_DIR", "export", "normalise_descriptions", "render", "schemas"]
 
@@ -86,6 +88,25 @@ def schemas() -> dict[str, dict[str, Any]]:
             "$ref": "#/$defs/Signal",
             "$defs": _reachable(kind_defs, "Signal"),
         }
+    out["commit.json"] = {
+        "$schema": _DIALECT,
+        "$id": "urn:sisas:commit",
+        "title": "sisas commit: the signals of one decision, one log message",
+        "description": (
+            "Stored on sisas.run.<pipeline>.<run>.c, in canonical bytes: "
+            '{"commit":2,"signals":[...]} with each signal in its own canonical bytes. '
+            "Valid only whole: every signal of the subject's run, each chained to the one "
+            "before it (seq + 1, prev = its hash)."
+        ),
+        "type": "object",
+        "properties": {
+            "commit": {"const": COMMIT_FORMAT, "description": "the log format"},
+            "signals": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/Signal"}},
+        },
+        "required": ["commit", "signals"],
+        "additionalProperties": False,
+        "$defs": dict(sorted(defs.items())),
+    }
     return out
 
 

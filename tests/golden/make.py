@@ -2,7 +2,10 @@
 
 ``python -m tests.golden.make`` rewrites the files (the nondeterministic bundle only
 with ``--nondeterministic``, since by design it never comes out the same twice).
-Each log is a bundle-format ``signals.jsonl``: one stored message per line.
+Each log is a bundle-format ``signals.jsonl``: one stored message per line. The
+``commits_*.jsonl`` logs are as the log stream holds them since log format 2: one commit
+(the signals of one decision) per line, ``{"stream_seq", "subject", "message"}``, the
+message's bytes as stored.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import nkeys
 
 from examples.clustering import pipeline as clustering
 from sisas.handlers.local import LocalRun
-from sisas.signals import ChainHead, Draft, PhaseCompleted, RunCancelled, Signal
+from sisas.signals import ChainHead, Draft, PhaseCompleted, RunCancelled, RunRequested, Signal
 from sisas.signals.codec import encode_signal
-from sisas.signals.names import log_subject
+from sisas.signals.names import commit_subject, log_subject
+from sisas.signals.records import COMMIT_HEAD, encode_commit
 from sisas.signals.signing import Signer
 
 HERE = Path(__file__).parent
@@ -87,6 +91,41 @@ def logs() -> dict[str, bytes]:
     }
 
 
+COMMIT_SIZE = 3
+"""Signals per commit in the commit golden logs."""
+
+
+def commit_line(stream_seq: int, subject: str, data: bytes) -> bytes:
+    head = json.dumps({"stream_seq": stream_seq, "subject": subject}, separators=(",", ":"))
+    return head[:-1].encode() + b',"message":' + data + b"}"
+
+
+def commit_logs() -> dict[str, bytes]:
+    signals = intact_run()
+    subject = commit_subject(signals[0].pipeline, signals[0].run_id)
+    chunks = [signals[i : i + COMMIT_SIZE] for i in range(0, len(signals), COMMIT_SIZE)]
+    good = [encode_commit(c) for c in chunks]
+    # commit 5 with its first two signals swapped: bytes a writer could store
+    a, b, *rest = chunks[4]
+    swapped = COMMIT_HEAD + b",".join(encode_signal(x) for x in [b, a, *rest]) + b"]}"
+    # commit 5 carrying a signal of another run at its end
+    other, _ = ChainHead(pipeline="clustering", run_id="golden-2").extend(
+        [Draft(body=RunRequested(seed=1), at=AT)]
+    )
+    spanning = COMMIT_HEAD + b",".join(encode_signal(x) for x in [*chunks[4], other[0]]) + b"]}"
+    forged = encode_commit([forge_after(signals, PhaseCompleted(output_digest=""))])
+
+    def log(messages: list[bytes]) -> bytes:
+        return b"".join(commit_line(i, subject, m) + b"\n" for i, m in enumerate(messages, 1))
+
+    return {
+        "commits_intact.jsonl": log(good),
+        "commits_reordered.jsonl": log([*good[:4], swapped, *good[5:]]),
+        "commits_spanning.jsonl": log([*good[:4], spanning, *good[5:]]),
+        "commits_forged.jsonl": log([*good, forged]),
+    }
+
+
 def write_nondeterministic(folder: Path) -> None:
     from sisas.signals.digest import bytes_digest
     from tests.golden.clocky import pipeline as clocky
@@ -102,7 +141,7 @@ def write_nondeterministic(folder: Path) -> None:
 
 
 if __name__ == "__main__":
-    for name, data in logs().items():
+    for name, data in {**logs(), **commit_logs()}.items():
         (HERE / name).write_bytes(data)
     if "--nondeterministic" in sys.argv:
         write_nondeterministic(HERE / "nondeterministic")
