@@ -160,6 +160,11 @@ async def test_a_worker_killed_mid_phase_loses_nothing_and_completes_once(
             while not list(marker.iterdir()) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             assert list(marker.iterdir()), "the phase never started"
+            while time.monotonic() < deadline:  # its start recorded (it runs past 50 ms)
+                last = await bus.log.last_of_run("k1")
+                if isinstance(last, StoredSignal) and last.signal.kind == "phase_started":
+                    break
+                await asyncio.sleep(0.02)
             first.send_signal(signal.SIGKILL)  # mid-phase
             first.wait()
             second = subprocess.Popen(

@@ -170,6 +170,8 @@ class Worker:
         """Scheduled phases refused for their signature (never executed)."""
         self._slots = asyncio.Semaphore(self.concurrency)
         self._configs: dict[str, dict[str, Any]] = {}
+        self._long: set[tuple[str, str]] = set()
+        """(pipeline, phase) whose attempts ran past :data:`SHORT_ATTEMPT` here."""
         self._environments: dict[str, str] = {}
         """Artifact digest of the environment record of each pipeline run here, named
         by every attempt's ``phase_started``."""
@@ -370,8 +372,9 @@ class Worker:
         A short attempt (done within :data:`SHORT_ATTEMPT`) reports its start and its
         outcome together: a local orchestrator decides both into one commit, so the
         log records ``phase_started`` at the cost of no write of its own. A longer one
-        reports its start (:meth:`_claim`) as soon as it is known to be long, and is
-        stopped if the claim finds it no longer to be done. The span of the attempt
+        reports its start (:meth:`_claim`) as soon as it is known to be long (at once
+        for a phase whose attempts ran long before on this worker), and is stopped if
+        the claim finds it no longer to be done. The span of the attempt
         covers its reports, not its ack; ``executed`` is called once the attempt's
         output is stored."""
         admitted = await self._admit(msg)
@@ -391,7 +394,8 @@ class Worker:
             event = threading.Event()
             attempt = asyncio.create_task(self._attempt(msg, signal, body, event))
             try:
-                done, _ = await asyncio.wait({attempt}, timeout=SHORT_ATTEMPT)
+                known_long = (signal.pipeline, signal.phase) in self._long
+                done, _ = await asyncio.wait({attempt}, timeout=0 if known_long else SHORT_ATTEMPT)
                 if not done and not await self._claim(msg, signal, body, secrets):
                     event.set()  # the run ended or the attempt is stale: stop it
                     attempt.cancel()
@@ -399,6 +403,8 @@ class Worker:
                         await attempt
                     return
                 outcome, status, artifact = await attempt
+                if not done:  # its next attempts report their start at once
+                    self._long.add((signal.pipeline, signal.phase))
             finally:
                 if not attempt.done():  # this worker is stopping
                     attempt.cancel()
@@ -453,7 +459,9 @@ class Worker:
             await msg.ack()  # the run ended (cancelled, failed elsewhere): nothing to do
             return None
         known = self.local.known(signal.run_id) if self.local is not None else None
-        if known is not None:
+        # Only a state that has folded this schedule can tell it is no longer to be done
+        # (another orchestrator may have scheduled it since this one last looked).
+        if known is not None and known.head.seq >= signal.seq:
             if not _open(known, signal, body):
                 await msg.ack()  # the run ended, or the outcome is recorded already
                 return None
