@@ -18,6 +18,11 @@ Generated from `sisas/signals/` by `sisas.schemas.catalog_markdown()`; a test fa
 this page drifts from the code. JSON Schemas: `sisas schema export DIR`, or the committed
 copies in `sisas/schemas/json/`. Every signal is the envelope below with one body; the
 body's `kind` is its tag. Fields equal to their default are omitted on the wire.
+
+In the log, the signals of one decision are stored together as one message, a commit
+(`{"commit":2,"signals":[...]}` on `sisas.run.<pipeline>.<run>.c`, schema
+`commit.json`), each in its own canonical bytes; see the append protocol in
+[concepts.md](concepts.md#the-append-protocol-a-decision-is-one-write).
 """
 
 
