@@ -22,7 +22,7 @@ from sisas.dashboard.server import DEFAULT_PORT, serving_dashboard
 from sisas.dashboard.views import run_view
 from sisas.handlers.state import TERMINAL_RUN
 from sisas.services.host import running_services
-from sisas.signals import Signal, StoredSignal
+from sisas.signals import ENDING_KINDS, Signal, StoredSignal
 from sisas.signals.names import check_name
 
 __all__ = ["START_GRACE", "dashboard", "watch"]
@@ -200,21 +200,50 @@ async def _appears(bus: Bus, run_id: str, grace: float) -> bool:
     return True
 
 
+WATCH_REFRESH: Final = 0.25
+"""Seconds between two redraws of ``sisas watch RUN`` while signals arrive."""
+
+
 async def _watch_one(bus: Bus, run_id: str) -> int:
-    """Show ``run_id`` live until it ends; its exit code (0 completed, 1 otherwise)."""
+    """Show ``run_id`` live until it ends; its exit code (0 completed, 1 otherwise).
+
+    The view is rebuilt at most every :data:`WATCH_REFRESH` seconds and once at the end,
+    not per signal: reading a finished run of 10,000 signals costs one pass over them
+    (plus a few redraws), not one rebuild per signal."""
     signals: list[Signal] = []
     status = "requested"
+    dirty = False
     with Live(Text(f"waiting for {run_id}…"), console=console, refresh_per_second=8) as live:
-        async with contextlib.aclosing(bus.log.follow_run(run_id)) as records:
-            async for rec in records:
-                if not isinstance(rec, StoredSignal):
-                    continue
-                signals.append(rec.signal)
-                view = run_view(signals)
-                live.update(_run_render(view))
-                status = view["status"]
-                if status in TERMINAL_RUN:
-                    break
+
+        def draw() -> str:
+            nonlocal dirty
+            dirty = False
+            view = run_view(signals)
+            live.update(_run_render(view))
+            return str(view["status"])
+
+        async def redraw() -> None:
+            while True:
+                await asyncio.sleep(WATCH_REFRESH)
+                if dirty:
+                    draw()
+
+        painter = asyncio.create_task(redraw())
+        try:
+            async with contextlib.aclosing(bus.log.follow_run(run_id)) as records:
+                async for rec in records:
+                    if not isinstance(rec, StoredSignal):
+                        continue
+                    signals.append(rec.signal)
+                    dirty = True
+                    if rec.signal.kind in ENDING_KINDS and rec.last_in_message:
+                        status = draw()
+                        if status in TERMINAL_RUN:
+                            break
+        finally:
+            painter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await painter
     _end_line()
     return 0 if status == "completed" else 1
 
