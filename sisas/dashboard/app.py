@@ -14,6 +14,7 @@ from html import escape
 from importlib import resources
 from typing import Any
 
+import msgspec
 from starlette.applications import Starlette
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
@@ -30,7 +31,7 @@ from sisas.dashboard.hub import RESYNC, Hub
 from sisas.dashboard.views import screened_run_view
 from sisas.errors import SisasError
 from sisas.handlers.state import fold
-from sisas.signals import StoredSignal
+from sisas.signals import CorruptMessage, StoredSignal
 from sisas.signals.names import check_name
 
 __all__ = ["create_app"]
@@ -72,6 +73,12 @@ def _runs_params(q: QueryParams) -> dict[str, Any]:
     return params
 
 
+def _run_json(records: list[StoredSignal | CorruptMessage], corrupt: int) -> bytes:
+    view = screened_run_view(records)
+    view["corrupt"] = corrupt
+    return msgspec.json.encode(view)
+
+
 def create_app(bus: Bus, hub: Hub) -> Starlette:
     """The app over ``bus`` (queries and the log) and ``hub`` (the live stream)."""
 
@@ -105,9 +112,10 @@ def create_app(bus: Bus, hub: Hub) -> Starlette:
         signals = [r.signal for r in records if isinstance(r, StoredSignal)]
         if not signals:
             return _error(404, f"no run {run_id}")
-        view = screened_run_view(records)
-        view["corrupt"] = len(records) - len(signals)
-        return JSONResponse(view)
+        # Off the event loop: on a big run the view takes a while to build and encode,
+        # and the loop may be the one that orchestrates (`sisas up`).
+        body = await asyncio.to_thread(_run_json, records, len(records) - len(signals))
+        return Response(body, media_type="application/json")
 
     async def report(request: Request) -> Response:
         run_id = request.path_params["run_id"]

@@ -20,6 +20,26 @@ function debounce(fn, ms) {
   return () => { if (t) return; t = setTimeout(() => { t = null; fn(); }, ms); };
 }
 
+// Reload at most once per `ms`, and never while a load is in flight; when a load takes
+// long (a big run's page), wait twice as long as it took before the next one, so an
+// open page costs the server a bounded share of its time however fast signals come.
+function paced(load, ms) {
+  let timer = null, busy = false, again = false, took = 0;
+  const run = async () => {
+    timer = null; busy = true;
+    const t0 = performance.now();
+    try { await load(); } finally {
+      took = performance.now() - t0; busy = false;
+      if (again) { again = false; schedule(); }
+    }
+  };
+  const schedule = () => {
+    if (busy) { again = true; return; }
+    if (!timer) timer = setTimeout(run, Math.max(ms, 2 * took));
+  };
+  return schedule;
+}
+
 // The live stream: on every (re)connection the page refetches its state, so a restart
 // of the server or a dropped connection never leaves it stale.
 function connect(onSignal, refetch) {
@@ -169,7 +189,7 @@ function runPage() {
     try { renderRun(await getJSON(`/api/runs/${encodeURIComponent(runId)}`)); window.sisas.loads++; }
     catch (err) { $("#run-error").hidden = false; $("#run-error").textContent = String(err.message); }
   };
-  const reload = debounce(load, 100);
+  const reload = paced(load, 100);
   connect((ev) => { if (ev.run_id === runId) reload(); }, reload);
 }
 
