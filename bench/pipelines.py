@@ -3,14 +3,15 @@ bench/pipelines.py``) as well as in process.
 
 - ``noop7``: 7 chained no-op phases (p0 -> p1 -> ... -> p6), the peers' workload;
 - ``fanout100``: a phase returning 100 items, a fan-out phase over them (one attempt per
-  item) and a join: 102 phase executions per run.
+  item) and a join: 102 phase executions per run;
+- ``fanwide``: the same fan-out, as wide as the run's input (bench/looplag.py).
 """
 
 from __future__ import annotations
 
 from sisas.pipeline import Context, Pipeline
 
-__all__ = ["FANOUT_WIDTH", "fanout", "noop"]
+__all__ = ["FANOUT_WIDTH", "fanout", "noop", "wide"]
 
 FANOUT_WIDTH = 100
 
@@ -68,3 +69,22 @@ def each(ctx: Context, item: int) -> int:
 @fanout.phase()
 def join(ctx: Context, each: list[int]) -> int:
     return len(each)
+
+
+wide = Pipeline("fanwide", version="1")
+"""A fan-out as wide as the run's input (an int): items, one attempt per item, a join."""
+
+
+@wide.phase()
+def spread(ctx: Context, input: int) -> list[int]:
+    return list(range(input))
+
+
+@wide.phase(map_over="spread")
+def each_item(ctx: Context, item: int) -> int:
+    return item
+
+
+@wide.phase()
+def gather(ctx: Context, each_item: list[int]) -> int:
+    return len(each_item)
