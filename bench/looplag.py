@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +45,112 @@ from bench.runs import RunEnds, start
 from sisas.bus.embedded import EmbeddedServer
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
+from sisas.errors import ProjectionError
 from sisas.projections.projector import Projector
 from sisas.services.host import running_services
 from sisas.services.query import QueryService, local_projector
+from sisas.signals.records import LogRecord
 
 MODES = ("thread", "loop", "off")
 
 
 class OnLoopProjector(Projector):
-    """The live projector before the writer thread: each batch of the log consumer is
-    folded and written on the event loop (the code of ``Projector._follow`` then)."""
+    """The live projector before the writer thread (main at f472876): the log consumer's
+    records grouped into batches (up to ``batch_size``, or what arrived within 50 ms),
+    each folded and written on the event loop. Catching up and queries as today."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self._follow_on_loop(stop)
+            except ProjectionError as exc:
+                print(f"projector: {exc}", flush=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+
+    async def _follow_on_loop(self, stop: asyncio.Event) -> None:
+        await self.catch_up()
+        stream = self.log.follow(from_seq=self.applied_seq + 1, live=True)
+        batches = _batches(stream, self.batch_size, 0.05)
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                nxt = asyncio.ensure_future(anext(batches))
+                done, _ = await asyncio.wait({nxt, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if nxt not in done:
+                    nxt.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await nxt
+                    return
+                async with self._lock:
+                    self.apply(nxt.result())  # fold and write, here on the loop
+                self._changed()
+        finally:
+            stopping.cancel()
+            await batches.aclose()
+
+
+async def _batches(  # the projector's, at f472876
+    records: AsyncIterator[LogRecord], size: int, linger: float
+) -> AsyncGenerator[list[LogRecord], None]:
+    """Group ``records`` into lists of at most ``size``: a list is yielded when full, or
+    ``linger`` seconds after its first record when the log goes quiet. Reading runs
+    ahead by at most two lists while the consumer folds."""
+    ready: collections.deque[list[LogRecord]] = collections.deque()
+    current: list[LogRecord] = []
+    wake, room = asyncio.Event(), asyncio.Event()
+    room.set()
+    finished: list[BaseException | None] = []
+
+    async def pump() -> None:
+        nonlocal current
+        try:
+            async for r in records:
+                current.append(r)
+                if len(current) >= size:
+                    ready.append(current)
+                    current = []
+                    wake.set()
+                    if len(ready) >= 2:
+                        room.clear()
+                        await room.wait()
+                elif len(current) == 1:
+                    wake.set()
+        except Exception as exc:  # handed to the consumer after the records before it
+            finished.append(exc)
+        else:
+            finished.append(None)
+        wake.set()
+
+    reader = asyncio.create_task(pump())
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            if not ready and not current:
+                if finished:
+                    break
+                wake.clear()
+                await wake.wait()
+                continue
+            if not ready and not finished:  # a partial list: give it ``linger`` to fill
+                deadline = loop.time() + linger
+                while not ready and not finished and loop.time() < deadline:
+                    wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), deadline - loop.time())
+            if ready:
+                batch = ready.popleft()
+                room.set()
+            else:
+                batch, current = current, []
+            if batch:
+                yield batch
+        if finished and finished[0] is not None:
+            raise finished[0]
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -70,7 +167,7 @@ async def _lag(stop: asyncio.Event, tick: float, out: list[float]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _host(bus: Bus, mode: str) -> AsyncIterator[Projector | None]:
+async def _host(bus: Bus, mode: str, linger: float | None) -> AsyncIterator[Projector | None]:
     """Orchestrator, worker and (unless ``off``) the projector and its query service."""
     async with contextlib.AsyncExitStack() as stack:
         proj: Projector | None = None
@@ -80,6 +177,8 @@ async def _host(bus: Bus, mode: str) -> AsyncIterator[Projector | None]:
             proj = await stack.enter_async_context(local_projector(bus))
             if mode == "loop":
                 proj.__class__ = OnLoopProjector
+            elif linger is not None:
+                proj.linger = linger
             await proj.open()
             service = QueryService(bus.nc, proj)
             await service.start()
@@ -102,13 +201,15 @@ async def _run(bus: Bus, ends: RunEnds, run_id: str, digest: str) -> float:
     return time.perf_counter() - t0
 
 
-async def measure(mode: str, items: int, tick: float) -> dict[str, Any]:
+async def measure(
+    mode: str, items: int, tick: float, linger: float | None = None
+) -> dict[str, Any]:
     """One run of ``items`` under ``mode``: loop lag, end-to-end and projected seconds."""
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         async with EmbeddedServer(home, sync="always") as server:
             settings = Settings(home=home, nats_url=server.url, replicas=1)
-            async with open_bus(settings) as bus, _host(bus, mode) as proj:
+            async with open_bus(settings) as bus, _host(bus, mode, linger) as proj:
                 warm = await bus.artifacts.put(b"10")
                 digest = await bus.artifacts.put(str(items).encode())
                 async with RunEnds(bus.nc, "fanwide") as ends:
@@ -167,13 +268,15 @@ def _ratios(summary: dict[str, dict[str, float]], ref: str, of: str) -> str:
     )
 
 
-async def main(items: int, rounds: int, modes: tuple[str, ...], tick: float) -> None:
+async def main(
+    items: int, rounds: int, modes: tuple[str, ...], tick: float, linger: float | None
+) -> None:
     rows = []
     for r in range(rounds):
         print(f"round {r + 1} of {rounds}, {items:,} items:", flush=True)
         order = modes if r % 2 == 0 else tuple(reversed(modes))  # no mode always goes first
         for mode in order:
-            rows.append(await measure(mode, items, tick))
+            rows.append(await measure(mode, items, tick, linger))
     summary = summarize(rows, modes)
     print(f"median of {rounds} round(s), {items:,} items, {rows[0]['signals']:,} signals:")
     for mode in modes:
@@ -196,9 +299,15 @@ if __name__ == "__main__":
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--modes", default=",".join(MODES), help="of: " + ", ".join(MODES))
     p.add_argument("--tick", type=float, default=0.01, help="the timer's period, s")
+    p.add_argument(
+        "--linger",
+        type=float,
+        default=None,
+        help="the thread projector's linger, s (default: its own)",
+    )
     a = p.parse_args()
     chosen = tuple(m.strip() for m in a.modes.split(",") if m.strip())
     unknown = [m for m in chosen if m not in MODES]
     if unknown:
         p.error(f"unknown mode(s) {', '.join(unknown)}: choose of {', '.join(MODES)}")
-    asyncio.run(main(a.items, a.rounds, chosen, a.tick))
+    asyncio.run(main(a.items, a.rounds, chosen, a.tick, a.linger))

@@ -74,8 +74,9 @@ class RebuildReport:
 class Projector:
     """Folds ``log`` into ``store``; one projector writes one store.
 
-    ``batch_size`` caps a batch (one transaction); batches are smaller when the log
-    gives fewer records than the writer could take.
+    ``batch_size`` caps a batch (one transaction). A batch that is not full goes
+    ``linger`` seconds after its first record was read, at once when someone waits for
+    a position (:meth:`wait_applied`, a query) or catching up reaches its end.
     """
 
     def __init__(
@@ -85,12 +86,14 @@ class Projector:
         *,
         identity: str = "",
         batch_size: int = 5_000,
+        linger: float = 0.25,
         cache_runs: int = 10_000,
     ) -> None:
         self.log = log
         self.store = store
         self.identity = identity
         self.batch_size = batch_size
+        self.linger = linger
         self.cache_runs = cache_runs
         self._cache: OrderedDict[str, Tracked] = OrderedDict()
         self._lock = asyncio.Lock()
@@ -256,6 +259,7 @@ class Projector:
                 self.apply,
                 max_batch=self.batch_size,
                 capacity=max(2 * self.batch_size, 64),
+                linger=self.linger,
                 on_change=self._changed,
             )
         writer = self._writer
@@ -338,6 +342,7 @@ class Projector:
                     fed = _end(record)
                     if fed >= target:
                         break
+            writer.hurry()  # the tail of the catch-up: no reason to linger
             while self.applied_seq < min(fed, target):
                 waiting = asyncio.ensure_future(writer.changed())
                 failing = asyncio.ensure_future(writer.failed(epoch))
@@ -423,6 +428,8 @@ class Projector:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
+            if self._writer is not None:
+                self._writer.hurry()
             if self._change is None:
                 self._change = asyncio.get_running_loop().create_future()
             with contextlib.suppress(TimeoutError):

@@ -33,6 +33,7 @@ import collections
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -66,21 +67,27 @@ class ProjectionWriter:
         *,
         max_batch: int,
         capacity: int,
+        linger: float = 0.0,
         on_change: Callable[[], None] = lambda: None,
         name: str = "sisas-projection-writer",
     ) -> None:
         """``apply`` runs in the thread; ``on_change`` on the loop after each batch
-        applied (or failed)."""
+        applied (or failed). ``linger``: how long the first record queued waits for
+        others before the thread takes a batch that is not full (see :meth:`hurry`)."""
         if max_batch < 1 or capacity < 1:
             raise ValueError("max_batch and capacity must be at least 1")
         self._apply = apply
         self.max_batch = max_batch
         self.capacity = capacity
+        self.linger = linger
         self._on_change = on_change
         self._loop = asyncio.get_running_loop()
         self._cond = threading.Condition()
         self._queue: collections.deque[LogRecord | _Job[Any]] = collections.deque()
         self._queued = 0  # records in _queue
+        self._ordered = 0  # ordered jobs in _queue: the records before them go now
+        self._due = 0.0  # when the queued records go, full or not
+        self._hurry = False
         self._urgent: collections.deque[_Job[Any]] = collections.deque()
         self._room: asyncio.Future[None] | None = None
         self._changed: asyncio.Future[None] | None = None
@@ -118,6 +125,9 @@ class ProjectionWriter:
                     self._queue.append(record)
                     self._queued += 1
                     if self._queued == 1:
+                        self._due = time.monotonic() + self.linger
+                        self._cond.notify()
+                    elif self._queued == self.max_batch:
                         self._cond.notify()
                     return
                 if self._room is None or self._room.done():
@@ -133,9 +143,21 @@ class ProjectionWriter:
         with self._cond:
             if self._closing:
                 raise ProjectionError("the projection writer is closed")
-            (self._queue if ordered else self._urgent).append(job)
+            if ordered:
+                self._queue.append(job)
+                self._ordered += 1
+            else:
+                self._urgent.append(job)
             self._cond.notify()
         return await done
+
+    def hurry(self) -> None:
+        """Take the records queued now (and, if none, the next one) without waiting for
+        ``linger``: someone waits to read them."""
+        with self._cond:
+            if not self._hurry:
+                self._hurry = True
+                self._cond.notify()
 
     async def failed(self, epoch: int) -> None:
         """Return never; raise the error that ended ``epoch`` as soon as it ends."""
@@ -202,8 +224,9 @@ class ProjectionWriter:
         """The next job, or up to ``max_batch`` records in the order queued; None when
         closing. Taking records frees room for the loop."""
         with self._cond:
-            while not (self._closing or self._urgent or self._queue):
-                self._cond.wait()
+            while not (self._closing or self._urgent or self._ready()):
+                wait = max(0.0, self._due - time.monotonic()) if self._queue else None
+                self._cond.wait(wait)
             if self._closing:
                 return None
             if self._urgent:
@@ -211,7 +234,9 @@ class ProjectionWriter:
             head = self._queue[0]
             if isinstance(head, _Job):
                 self._queue.popleft()
+                self._ordered -= 1
                 return head
+            self._hurry = False
             batch: list[LogRecord] = []
             while self._queue and len(batch) < self.max_batch:
                 item = self._queue[0]
@@ -225,6 +250,18 @@ class ProjectionWriter:
             self._soon(_release, room)
         return batch
 
+    def _ready(self) -> bool:
+        """Whether the head of the queue goes now (called holding the lock)."""
+        if not self._queue:
+            return False
+        return (
+            self._queued >= self.max_batch
+            or self._hurry
+            or self._ordered > 0
+            or isinstance(self._queue[0], _Job)
+            or time.monotonic() >= self._due
+        )
+
     def _batch(self, records: list[LogRecord]) -> None:
         try:
             self._apply(records)
@@ -236,6 +273,7 @@ class ProjectionWriter:
                 self._queue.clear()
                 self._queue.extend(kept)
                 self._queued = 0
+                self._hurry = False
         self.batches += 1
         self._soon(self._wake)
 
