@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from sisas.errors import ProjectionError
+from sisas.faults import failpoint
 from sisas.projections import rows
 from sisas.projections.rows import Row, Tracked
 from sisas.projections.screen import screen_corrupt, screen_signal
@@ -242,6 +243,7 @@ class Projector:
         self.applied_seq = batch.last_seq
         for run_id, t in batch.states.items():
             self._remember(run_id, t)
+        failpoint("projector.between_batches")
 
     def _forget(self) -> None:
         """After a failed batch: memory ran ahead of the rolled-back rows; drop it."""
