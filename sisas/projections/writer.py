@@ -3,10 +3,11 @@
 The event loop reads the log and hands each record to :meth:`ProjectionWriter.put`; one
 dedicated thread takes everything queued (up to ``max_batch`` records) and ``apply``s it
 as one batch: fold it and write its rows and the checkpoint in one DuckDB transaction.
-Then it takes whatever queued meanwhile. A quiet log gives batches of one signal; under
-load they grow to ``max_batch``, where a transaction's fixed cost (a dozen statements
-and a commit) is shared by more signals. DuckDB releases the GIL while it works, and the
-loop holds it only to read, decode and enqueue::
+A batch goes when it is full, ``linger`` seconds after its first record was queued, or
+at once when someone waits to read (:meth:`hurry`); while it is written the next one
+queues. So batches grow with the load, and a transaction's fixed cost (a dozen
+statements and a commit) is shared by more signals the busier the log. DuckDB releases
+the GIL while it works, and the loop holds it only to read, decode and enqueue::
 
     event loop:   log -> decode -> put ──┐  (waits while ``capacity`` records are queued)
                                          ▼
@@ -31,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -42,8 +42,6 @@ from sisas.errors import ProjectionError
 from sisas.signals.records import LogRecord
 
 __all__ = ["ProjectionWriter"]
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -210,8 +208,9 @@ class ProjectionWriter:
                     self._run(work)
                 else:
                     self._batch(work)
-        finally:
+        finally:  # closed, or (a bug) died: either way nothing more is taken
             with self._cond:
+                self._closing = True
                 jobs = [*self._urgent, *(j for j in self._queue if isinstance(j, _Job))]
                 self._urgent.clear()
                 self._queue.clear()
