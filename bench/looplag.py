@@ -1,6 +1,7 @@
 """Event-loop lag of one process hosting the orchestrator, a worker and the projector.
 
-    .venv/bin/python -m bench.looplag [--items N] [--rounds R] [--modes thread,loop,off]
+    .venv/bin/python -m bench looplag [--items N] [--rounds R] [--modes thread,loop,off]
+                                      [--tick S] [--linger S]
 
 What ``sisas up`` runs, in this process: an orchestrator, a worker (2 slots) and the
 projector with its query service, composed as ``services/host.py`` composes them, on a
@@ -18,7 +19,8 @@ worker's reports, the query service) waits as long.
 
 Modes, measured in turn within each round:
 
-- ``thread``: the projector as sisas runs it (folds and writes in its writer thread);
+- ``thread``: the projector as sisas runs it (folds and writes in its writer thread;
+  ``--linger`` overrides how long a batch that is not full waits for more);
 - ``loop``: the projector as it was before the writer thread: each live batch folded and
   written on the event loop (:class:`OnLoopProjector`, kept here for the comparison);
 - ``off``: no projector (``sisas up --no-projector``).
