@@ -3,7 +3,8 @@ bench/pipelines.py``) as well as in process.
 
 - ``noop7``: 7 chained no-op phases (p0 -> p1 -> ... -> p6), the peers' workload;
 - ``fanout100``: a phase returning 100 items, a fan-out phase over them (one attempt per
-  item) and a join: 102 phase executions per run.
+  item) and a join: 102 phase executions per run;
+- ``fanwide``: the same fan-out, as wide as the run's input (bench/looplag.py).
 """
 
 from __future__ import annotations
@@ -70,20 +71,20 @@ def join(ctx: Context, each: list[int]) -> int:
     return len(each)
 
 
-wide = Pipeline("fanoutn", version="1")
-"""A fan-out over as many items as its input says (``bench writepath``)."""
+wide = Pipeline("fanwide", version="1")
+"""A fan-out as wide as the run's input (an int): items, one attempt per item, a join."""
 
 
 @wide.phase()
-def count(ctx: Context, input: int) -> list[int]:
+def spread(ctx: Context, input: int) -> list[int]:
     return list(range(input))
 
 
-@wide.phase(map_over="count")
-def one(ctx: Context, item: int) -> int:
+@wide.phase(map_over="spread")
+def each_item(ctx: Context, item: int) -> int:
     return item
 
 
 @wide.phase()
-def total(ctx: Context, one: list[int]) -> int:
-    return len(one)
+def gather(ctx: Context, each_item: list[int]) -> int:
+    return len(each_item)

@@ -65,7 +65,7 @@ async def stored(bus: Any) -> int:
 
 async def fanout(bus: Any, items: int) -> float:
     digest = await bus.artifacts.put(str(items).encode())
-    return (await timed_runs(bus, "fanoutn", 1, digest, f"fan{items}"))[0]
+    return (await timed_runs(bus, "fanwide", 1, digest, f"fan{items}"))[0]
 
 
 async def measure(runs: int, concurrent: int, items: list[int]) -> dict[str, Any]:
@@ -75,7 +75,7 @@ async def measure(runs: int, concurrent: int, items: list[int]) -> dict[str, Any
             async with open_bus(settings) as bus:
                 raw_ack, raw_rate = await raw_limit(bus)
                 digest = await bus.artifacts.put(b"0")
-                pipelines = {"noop7": noop, "fanoutn": wide}
+                pipelines = {"noop7": noop, "fanwide": wide}
                 async with running_services(bus, pipelines, concurrency=4):
                     await timed_runs(bus, "noop7", 1, digest, "warm")
                     before = await stored(bus)

@@ -11,6 +11,8 @@ The places:
   acknowledged yet (the input is redelivered to whoever comes next).
 - ``projector.mid_batch``: a batch's rows are written inside the DuckDB transaction,
   its commit has not happened.
+- ``projector.between_batches``: a batch is committed (rows and checkpoint), the
+  projector has not taken the next one (records read from the log may be queued).
 - ``worker.before_report``: an attempt ran and its output is stored; the report is not
   published.
 """

@@ -8,33 +8,43 @@ in ``rejected`` with the stream sequence and the reason; nothing stops the proje
 A signal ``sisas replay verify`` would flag is not folded into what the tables show of
 its run, and marks the run tampered (:mod:`sisas.projections.screen`).
 
+The fold and the writes run in a writer thread (:mod:`sisas.projections.writer`), fed
+record by record from the event loop, which only reads and decodes the log: a projector
+in the same process as an orchestrator and a worker does not hold up their event loop.
+Everything that touches the store while it runs (queries, digests, resets) runs in that
+thread too, between two batches.
+
 Memory is bounded: the states of at most ``cache_runs`` runs stay in memory; the others
-are read back from ``run_states`` when their next signal arrives.
+are read back from ``run_states`` when their next signal arrives; at most twice
+``batch_size`` records wait for the writer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from sisas.errors import ProjectionError
+from sisas.faults import failpoint
 from sisas.projections import rows
 from sisas.projections.rows import Row, Tracked
 from sisas.projections.screen import screen_corrupt, screen_signal
 from sisas.projections.store import Batch, ProjectionStore
+from sisas.projections.writer import ProjectionWriter
 from sisas.signals.names import log_subject, parse_run_subject
 from sisas.signals.records import CorruptMessage, LogGap, LogRecord, StoredSignal
 
 __all__ = ["LogReader", "Projector", "RebuildReport"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class LogReader(Protocol):
@@ -46,7 +56,8 @@ class LogReader(Protocol):
 
 
 Progress = Callable[[int, int], None]
-"""Called with (stream sequence applied, target sequence) after each batch."""
+"""Called (on the event loop) with (stream sequence applied, target sequence) after
+each batch."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +73,12 @@ class RebuildReport:
 
 
 class Projector:
-    """Folds ``log`` into ``store``; one projector writes one store."""
+    """Folds ``log`` into ``store``; one projector writes one store.
+
+    ``batch_size`` caps a batch (one transaction). A batch that is not full goes
+    ``linger`` seconds after its first record was read, at once when someone waits for
+    a position (:meth:`wait_applied`, a query) or catching up reaches its end.
+    """
 
     def __init__(
         self,
@@ -71,7 +87,7 @@ class Projector:
         *,
         identity: str = "",
         batch_size: int = 5_000,
-        linger: float = 0.05,
+        linger: float = 0.25,
         cache_runs: int = 10_000,
     ) -> None:
         self.log = log
@@ -82,21 +98,23 @@ class Projector:
         self.cache_runs = cache_runs
         self._cache: OrderedDict[str, Tracked] = OrderedDict()
         self._lock = asyncio.Lock()
-        self._applied = asyncio.Condition()
         self._bound = False
-        self._inflight: dict[str, Tracked] = {}
-        self._inflight_signals: list[Row] = []
         self._folding: list[Row] = []
         self._prefetched: dict[str, Tracked] = {}
+        self._writer: ProjectionWriter | None = None
+        self._writer_users = 0
+        self._progress: tuple[Progress, int] | None = None
+        self._change: asyncio.Future[None] | None = None
         self.applied_seq = 0
         """The last stream sequence committed to the store."""
         self.folded_seq = 0
-        """The last stream sequence folded (committed, or in a batch being written)."""
+        """The last stream sequence folded (in the writer thread, ahead of
+        :attr:`applied_seq` while a batch is written)."""
 
     # -- the fold ---------------------------------------------------------------------
 
     def _tracked(self, run_id: str, batch: Batch) -> Tracked | None:
-        t = batch.states.get(run_id) or self._inflight.get(run_id)
+        t = batch.states.get(run_id)
         if t is not None:
             return t
         t = self._cache.get(run_id)
@@ -109,9 +127,7 @@ class Projector:
         """Read the stored states of the batch's runs that are not in memory: one query
         per batch, not one per run."""
         wanted = {
-            run_id
-            for run_id in map(_run_of, records)
-            if run_id and run_id not in self._cache and run_id not in self._inflight
+            run_id for run_id in map(_run_of, records) if run_id and run_id not in self._cache
         }
         self._prefetched = {
             run_id: rows.decode_screen(
@@ -198,54 +214,90 @@ class Projector:
                 batch.states[run_id] = flagged
 
     def _hash_at(self, run_id: str, seq: int) -> str | None:
-        """The hash of ``run_id``'s folded signal ``seq``: in the batch being folded, the
-        one being written, or the store. Asked at most once per run, when a signal
-        behind its head arrives (a duplicate or a fork?)."""
-        for folded in (self._folding, self._inflight_signals):
-            for row in folded:
-                if row[1] == run_id and row[3] == seq:
-                    return str(row[9])
+        """The hash of ``run_id``'s folded signal ``seq``: in the batch being folded or
+        the store. Asked at most once per run, when a signal behind its head arrives (a
+        duplicate or a fork?)."""
+        for row in self._folding:
+            if row[1] == run_id and row[3] == seq:
+                return str(row[9])
         return self.store.signal_hash(run_id, seq)
 
-    def _write(self, batch: Batch) -> None:
-        """Store ``batch`` (folded last) now, in this thread."""
+    def apply(self, records: list[LogRecord]) -> None:
+        """Fold ``records`` and store them with the checkpoint in one transaction (in
+        the writer thread). Records the projection already holds are skipped; a record
+        that would leave a hole behind the checkpoint raises :class:`ProjectionError`.
+        """
+        fresh = [r for r in records if _end(r) > self.folded_seq]
+        if not fresh:
+            return
+        if _start(fresh[0]) > self.folded_seq + 1:
+            raise ProjectionError(
+                f"the projector was handed stream sequence {_start(fresh[0])} after "
+                f"{self.folded_seq}; it reads the log again from its checkpoint"
+            )
         try:
+            batch = self.fold_batch(fresh)
             self.store.write(batch)
-        except ProjectionError:
+        except Exception:
             self._forget()
             raise
-        self._committed(batch)
-
-    async def _write_in_thread(self, batch: Batch) -> None:
-        """Store ``batch`` in a worker thread (DuckDB releases the GIL) while the next
-        batch is folded; its states stay readable in ``_inflight`` until committed."""
-        try:
-            await asyncio.to_thread(self.store.write, batch)
-        except ProjectionError:
-            self._forget()
-            raise
-        self._inflight, self._inflight_signals = {}, []
-        self._committed(batch)
-
-    def _committed(self, batch: Batch) -> None:
         self.applied_seq = batch.last_seq
         for run_id, t in batch.states.items():
             self._remember(run_id, t)
+        failpoint("projector.between_batches")
 
     def _forget(self) -> None:
-        """After a failed write: memory ran ahead of the rolled-back rows; drop it."""
+        """After a failed batch: memory ran ahead of the rolled-back rows; drop it."""
         self._cache.clear()
-        self._inflight, self._inflight_signals = {}, []
+        self._prefetched, self._folding = {}, []
         self.folded_seq = self.applied_seq = self.store.checkpoint()
 
-    async def _notify(self) -> None:
-        async with self._applied:
-            self._applied.notify_all()
+    # -- the writer thread --------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[ProjectionWriter]:
+        """The writer thread, started for the outermost user and closed after it."""
+        if self._writer is None:
+            self._writer = ProjectionWriter(
+                self.apply,
+                max_batch=self.batch_size,
+                capacity=max(2 * self.batch_size, 64),
+                linger=self.linger,
+                on_change=self._changed,
+            )
+        writer = self._writer
+        self._writer_users += 1
+        try:
+            yield writer
+        finally:
+            self._writer_users -= 1
+            if self._writer_users == 0:
+                self._writer = None
+                await writer.close()
+
+    async def _exec(self, fn: Callable[[], T], *, ordered: bool = False) -> T:
+        """``fn()`` where the store is used: in the writer thread between two batches
+        while it runs (``ordered``: after the records queued), else here."""
+        if self._writer is not None:
+            return await self._writer.call(fn, ordered=ordered)
+        return fn()
+
+    def _changed(self) -> None:
+        """On the event loop, after each batch the writer applied (or failed)."""
+        if self._change is not None and not self._change.done():
+            self._change.set_result(None)
+        self._change = None
+        if self._progress is not None:
+            report, target = self._progress
+            report(self.applied_seq, target)
 
     # -- driving it -------------------------------------------------------------------
 
     async def open(self) -> None:
         """Tie the store to this log and load the checkpoint."""
+        await self._exec(self._open)
+
+    def _open(self) -> None:
         if not self._bound:
             if self.identity and self.store.bind(self.identity):
                 self._cache.clear()
@@ -255,63 +307,52 @@ class Projector:
     async def catch_up(self, *, progress: Progress | None = None) -> int:
         """Fold everything the log holds now; return the stream sequence reached.
 
-        The lock is taken per batch, so queries are answered between batches.
+        Queries are answered between batches (they run in the writer thread too).
         """
-        async with self._lock:
-            await self.open()
-            target = await self.log.last_seq()
-            if self.applied_seq > target:
-                log.warning(
-                    "projection is at stream sequence %d, the log ends at %d: rebuilding",
-                    self.applied_seq,
-                    target,
-                )
-                self._reset()
-        return await self._fold_until(target, progress, locked=False)
+        async with self._writing():
+            async with self._lock:
+                await self.open()
+                target = await self.log.last_seq()
+                if self.applied_seq > target:
+                    log.warning(
+                        "projection is at stream sequence %d, the log ends at %d: rebuilding",
+                        self.applied_seq,
+                        target,
+                    )
+                    await self._exec(self._reset, ordered=True)
+            return await self._fold_until(target, progress, locked=False)
 
     async def _fold_until(self, target: int, progress: Progress | None, *, locked: bool) -> int:
-        """Fold from the checkpoint to ``target`` (``locked``: the caller holds the lock).
-
-        Batch k+1 is folded while batch k is written in a thread; writes stay in order,
-        each with its checkpoint, so a crash anywhere leaves a consistent store.
-        """
+        """Feed the writer from the checkpoint to ``target`` and wait until it has
+        applied them (``locked``: the caller holds the lock; else it is taken per put,
+        so a rebuild never interleaves with this feed)."""
+        writer = self._writer
+        assert writer is not None
         if progress:
             progress(self.applied_seq, target)
         if self.applied_seq >= target:
             return self.applied_seq
-        writing: asyncio.Task[None] | None = None
-        stream = self.log.follow(from_seq=self.applied_seq + 1, live=False)
+        epoch, fed = writer.epoch, self.applied_seq
+        self._progress = (progress, target) if progress else None
         try:
-            async for records in _batches(stream, self.batch_size, self.linger):
-                fresh = [r for r in records if _start(r) <= target and _end(r) > self.folded_seq]
-                if fresh:
-                    batch = self.fold_batch(fresh)
-                    if writing is not None:
-                        await writing
-                        await self._after_write(progress, target)
-                    # before the next fold reads them
-                    self._inflight, self._inflight_signals = batch.states, batch.facts["signals"]
-                    writing = asyncio.create_task(self._write_locked(batch, locked))
-                if self.folded_seq >= target or not fresh:
-                    break
-            if writing is not None:
-                await writing
-                writing = None
-                await self._after_write(progress, target)
+            stream = self.log.follow(from_seq=self.applied_seq + 1, live=False)
+            async with _closing(stream):
+                async for group in _messages(stream):
+                    if _start(group[0]) > target:
+                        break
+                    async with contextlib.nullcontext() if locked else self._lock:
+                        await writer.put_many(group, epoch)
+                    fed = _end(group[-1])
+                    if fed >= target:
+                        break
+            writer.hurry()  # the tail of the catch-up: no reason to linger
+            while self.applied_seq < min(fed, target):
+                waiting = asyncio.ensure_future(writer.changed())
+                failing = asyncio.ensure_future(writer.failed(epoch))
+                await _first(waiting, failing)
         finally:
-            if writing is not None:  # cancelled or failed: let the write finish cleanly
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(writing)
+            self._progress = None
         return self.applied_seq
-
-    async def _write_locked(self, batch: Batch, locked: bool) -> None:
-        async with contextlib.nullcontext() if locked else self._lock:
-            await self._write_in_thread(batch)
-
-    async def _after_write(self, progress: Progress | None, target: int) -> None:
-        if progress:
-            progress(self.applied_seq, target)
-        await self._notify()
 
     def _reset(self) -> None:
         self.store.reset()
@@ -321,76 +362,106 @@ class Projector:
     async def rebuild(self, *, progress: Progress | None = None) -> RebuildReport:
         """Catch up, digest, drop every table, fold the log again to the same sequence,
         digest again. Queries wait until it is done."""
-        await self.catch_up()
-        async with self._lock:
-            start = time.perf_counter()
-            target = await self.log.last_seq()
-            await self._fold_until(target, None, locked=True)
-            before = self.store.digest()
-            self._reset()
-            await self._fold_until(target, progress, locked=True)
-            after = self.store.digest()
-            return RebuildReport(
-                before=before,
-                after=after,
-                stream_seq=self.applied_seq,
-                seconds=time.perf_counter() - start,
-            )
+        async with self._writing():
+            await self.catch_up()
+            async with self._lock:
+                start = time.perf_counter()
+                target = await self.log.last_seq()
+                await self._fold_until(target, None, locked=True)
+                before = await self._exec(self.store.digest, ordered=True)
+                await self._exec(self._reset, ordered=True)
+                await self._fold_until(target, progress, locked=True)
+                after = await self._exec(self.store.digest, ordered=True)
+                return RebuildReport(
+                    before=before,
+                    after=after,
+                    stream_seq=self.applied_seq,
+                    seconds=time.perf_counter() - start,
+                )
 
-    @contextlib.asynccontextmanager
-    async def reading(self) -> AsyncIterator[ProjectionStore]:
-        """The store, between batches and never during a rebuild."""
+    async def read(self, fn: Callable[[ProjectionStore], T]) -> T:
+        """``fn(store)`` between two batches, never during a rebuild: in the writer
+        thread while the projector runs (the event loop goes on), else here.
+        :attr:`applied_seq` is what the store holds while ``fn`` runs."""
         async with self._lock:
-            yield self.store
+            return await self._exec(lambda: fn(self.store))
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Catch up, then follow the log live until ``stop`` is set.
+        """Catch up, then follow the log live until ``stop`` is set, folding and
+        writing in the writer thread.
 
         A failed write (disk full, file damaged) is logged and retried from the
         checkpoint after a pause; nothing is skipped.
         """
-        while not stop.is_set():
-            try:
-                await self._follow(stop)
-            except ProjectionError as exc:
-                log.error("%s", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+        async with self._writing():
+            while not stop.is_set():
+                try:
+                    await self._follow(stop)
+                except ProjectionError as exc:
+                    log.error("%s", exc)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=1.0)
 
     async def _follow(self, stop: asyncio.Event) -> None:
+        """Feed the writer from the live log until ``stop``; raise what ends the feed
+        (a failed batch, a failed read)."""
         await self.catch_up()
+        writer = self._writer
+        assert writer is not None
+        epoch = writer.epoch
         stream = self.log.follow(from_seq=self.applied_seq + 1, live=True)
-        batches = _batches(stream, self.batch_size, self.linger)
-        stopping = asyncio.create_task(stop.wait())
-        try:
-            while not stop.is_set():
-                nxt = asyncio.ensure_future(anext(batches))
-                done, _ = await asyncio.wait({nxt, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if nxt not in done:
-                    nxt.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await nxt
-                    return
-                records = nxt.result()
-                async with self._lock:
-                    records = [r for r in records if _end(r) > self.folded_seq]
-                    if records:
-                        self._write(self.fold_batch(records))
-                await self._notify()
-        finally:
-            stopping.cancel()
-            await batches.aclose()
+        async with _closing(stream):
+            await _first(
+                asyncio.ensure_future(self._feed(stream, writer, epoch)),
+                asyncio.ensure_future(writer.failed(epoch)),
+                asyncio.ensure_future(stop.wait()),
+            )
+
+    async def _feed(
+        self, stream: AsyncIterator[LogRecord], writer: ProjectionWriter, epoch: int
+    ) -> None:
+        async for group in _messages(stream):
+            async with self._lock:  # not while a rebuild refolds
+                await writer.put_many(group, epoch)
 
     async def wait_applied(self, seq: int, timeout: float) -> bool:
         """Wait until the projection holds stream sequence ``seq``; False on timeout."""
-        async with self._applied:
-            try:
-                await asyncio.wait_for(
-                    self._applied.wait_for(lambda: self.applied_seq >= seq), timeout
-                )
-            except TimeoutError:
+        deadline = time.monotonic() + timeout
+        while self.applied_seq < seq:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return False
+            if self._writer is not None:
+                self._writer.hurry()
+            if self._change is None:
+                self._change = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._change), left)
         return True
+
+
+async def _first(*tasks: asyncio.Future[Any]) -> None:
+    """Wait for the first of ``tasks`` to end, cancel the others, raise its error."""
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+
+@contextlib.asynccontextmanager
+async def _closing(stream: AsyncIterator[LogRecord]) -> AsyncIterator[None]:
+    """Close ``stream`` (an async generator: its consumer) on leaving."""
+    try:
+        yield
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _run_of(record: LogRecord) -> str:
@@ -403,75 +474,19 @@ def _run_of(record: LogRecord) -> str:
     return ""
 
 
+async def _messages(records: AsyncIterator[LogRecord]) -> AsyncIterator[list[LogRecord]]:
+    """``records`` grouped by log message: a commit's signals together, anything else alone."""
+    group: list[LogRecord] = []
+    async for record in records:
+        group.append(record)
+        if not isinstance(record, StoredSignal) or record.last_in_message:
+            yield group
+            group = []
+
+
 def _start(record: LogRecord) -> int:
     return record.first if isinstance(record, LogGap) else record.stream_seq
 
 
 def _end(record: LogRecord) -> int:
     return record.last if isinstance(record, LogGap) else record.stream_seq
-
-
-async def _batches(
-    records: AsyncIterator[LogRecord], size: int, linger: float
-) -> AsyncGenerator[list[LogRecord], None]:
-    """Group ``records`` into lists of at most ``size``: a list is yielded when full, or
-    ``linger`` seconds after its first record when the log goes quiet. Reading runs
-    ahead by at most two lists while the consumer folds."""
-    ready: collections.deque[list[LogRecord]] = collections.deque()
-    current: list[LogRecord] = []
-    wake, room = asyncio.Event(), asyncio.Event()
-    room.set()
-    finished: list[BaseException | None] = []
-
-    async def pump() -> None:
-        nonlocal current
-        try:
-            async for r in records:
-                current.append(r)
-                # A list ends after a message's last signal: a commit is folded, and
-                # checkpointed, whole.
-                whole = not isinstance(r, StoredSignal) or r.last_in_message
-                if len(current) >= size and whole:
-                    ready.append(current)
-                    current = []
-                    wake.set()
-                    if len(ready) >= 2:
-                        room.clear()
-                        await room.wait()
-                elif len(current) == 1:
-                    wake.set()
-        except Exception as exc:  # handed to the consumer after the records before it
-            finished.append(exc)
-        else:
-            finished.append(None)
-        wake.set()
-
-    reader = asyncio.create_task(pump())
-    loop = asyncio.get_running_loop()
-    try:
-        while True:
-            if not ready and not current:
-                if finished:
-                    break
-                wake.clear()
-                await wake.wait()
-                continue
-            if not ready and not finished:  # a partial list: give it ``linger`` to fill
-                deadline = loop.time() + linger
-                while not ready and not finished and loop.time() < deadline:
-                    wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), deadline - loop.time())
-            if ready:
-                batch = ready.popleft()
-                room.set()
-            else:
-                batch, current = current, []
-            if batch:
-                yield batch
-        if finished and finished[0] is not None:
-            raise finished[0]
-    finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await reader

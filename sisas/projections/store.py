@@ -21,7 +21,6 @@ from typing import Any, ParamSpec, TypeVar
 
 import duckdb
 import msgspec
-import numpy as np
 
 from sisas.errors import ProjectionBusy, ProjectionError
 from sisas.faults import failpoint
@@ -31,8 +30,6 @@ from sisas.projections.schema import BOOKKEEPING, SCHEMA_VERSION, STATE_TABLES, 
 __all__ = ["Batch", "ProjectionStore", "StoredRun", "translated"]
 
 log = logging.getLogger(__name__)
-
-_BY_NAME = {t.name: t for t in TABLES}
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -178,15 +175,11 @@ class ProjectionStore:
         their own so a write in another thread is not disturbed."""
         if not run_ids:
             return {}
-        cur = self._reader
-        cur.register("_wanted", {"run_id": _objects(sorted(run_ids))})
-        try:
-            found = cur.execute(
-                "SELECT run_id, state, first_stream_seq, last_stream_seq, screen "
-                "FROM run_states WHERE run_id IN (SELECT run_id FROM _wanted)"
-            ).fetchall()
-        finally:
-            cur.unregister("_wanted")
+        found = self._reader.execute(
+            "SELECT run_id, state, first_stream_seq, last_stream_seq, screen "
+            "FROM run_states WHERE run_id = ANY(?)",
+            [sorted(run_ids)],
+        ).fetchall()
         return {
             r[0]: StoredRun(
                 state=bytes(r[1]),
@@ -215,17 +208,15 @@ class ProjectionStore:
         try:
             con.execute("BEGIN TRANSACTION")
             if batch.states:
-                con.register("_touched", {"run_id": _objects(sorted(batch.states))})
+                touched = [(run_id,) for run_id in sorted(batch.states)]
                 for table in STATE_TABLES:
-                    con.execute(
-                        f"DELETE FROM {table.name} WHERE run_id IN (SELECT run_id FROM _touched)"
-                    )
-                con.unregister("_touched")
+                    with con.appender(table.name, action="delete", key=["run_id"]) as gone:
+                        gone.append_rows(touched)
                 for name, rows in batch.runs.items():
-                    self._insert(_BY_NAME[name], rows)
+                    self._insert(name, rows)
             for name, rows in batch.facts.items():
-                self._insert(_BY_NAME[name], rows)
-            con.execute("INSERT OR REPLACE INTO checkpoint VALUES (1, ?)", [batch.last_seq])
+                self._insert(name, rows)
+            self._move_checkpoint(batch.last_seq)
             failpoint("projector.mid_batch")
             con.execute("COMMIT")
         except duckdb.Error as exc:
@@ -236,16 +227,22 @@ class ProjectionStore:
                 "nothing of the batch was kept, the projector will retry it"
             ) from exc
 
-    def _insert(self, table: Table, rows: Sequence[Row]) -> None:
-        if not rows:
-            return
-        columns = list(zip(*rows, strict=True))
-        frame = {name: _objects(col) for name, col in zip(table.names, columns, strict=True)}
-        self._con.register("_rows", frame)
-        try:
-            self._con.execute(f"INSERT INTO {table.name} SELECT * FROM _rows")
-        finally:
-            self._con.unregister("_rows")
+    def _insert(self, table: str, rows: Sequence[Row]) -> None:
+        """Append ``rows`` (tuples in column order) to ``table`` in one flush: DuckDB's
+        appender, in the open transaction; cheaper per batch than registering the rows
+        as a view and inserting from it (bench figures in docs/performance.md)."""
+        if rows:
+            with self._con.appender(table) as appender:
+                appender.append_rows(rows)
+
+    def _move_checkpoint(self, stream_seq: int) -> None:
+        # UPDATE of the one row costs a fraction of an upsert; the row exists after the
+        # first batch (a file never written, or reset, has none: checkpoint() reads 0).
+        done = self._con.execute(
+            "UPDATE checkpoint SET stream_seq = ? WHERE id = 1", [stream_seq]
+        ).fetchone()
+        if not done or not done[0]:
+            self._con.execute("INSERT INTO checkpoint VALUES (1, ?)", [stream_seq])
 
     # -- the state digest -------------------------------------------------------------
 
@@ -276,12 +273,6 @@ class ProjectionStore:
             row = self._con.execute(f"SELECT count(*) FROM {table.name}").fetchone()
             out[table.name] = int(row[0]) if row else 0
         return out
-
-
-def _objects(values: Sequence[object]) -> np.ndarray[Any, np.dtype[np.object_]]:
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
 
 
 def _connect(path: Path | None, lock_wait: float) -> duckdb.DuckDBPyConnection:

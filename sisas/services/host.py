@@ -73,6 +73,9 @@ async def _handlers(
         done, pending = await asyncio.wait(tasks, timeout=10) if tasks else (set(), set())
         for task in pending:
             task.cancel()
+        # Until they have ended: the projector's writer thread must be done with the
+        # DuckDB file before the block that opened it closes it.
+        await asyncio.gather(*pending, return_exceptions=True)
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]

@@ -86,7 +86,10 @@ async def answer(
     target = await projector.log.last_seq()
     if verb != "status":
         await _wait_fresh(projector, target, freshness, report)
-    async with projector.reading() as store:
+
+    def query(store: ProjectionStore) -> tuple[int, Any]:
+        # Runs between two batches (in the projector's writer thread while it runs):
+        # the store holds exactly the log up to applied_seq.
         with translated(f"the {verb} query"):
             as_of = projector.applied_seq
             if verb == "status":
@@ -100,6 +103,9 @@ async def answer(
                 result = {"stream_seq": as_of, "digest": store.digest()}
             else:
                 result = _QUERIES[verb][1](store.con, params)
+        return as_of, result
+
+    as_of, result = await projector.read(query)
     return {"ok": True, "as_of": as_of, "lag": max(0, target - as_of), "result": result}
 
 
@@ -125,8 +131,7 @@ async def _rebuild(projector: Projector, report: Report) -> dict[str, Any]:
     result = await projector.rebuild(progress=progress)
     if pending:
         await asyncio.gather(*pending, return_exceptions=True)
-    async with projector.reading() as store:
-        counts = store.counts()
+    counts = await projector.read(ProjectionStore.counts)
     return {
         "ok": True,
         "as_of": result.stream_seq,
