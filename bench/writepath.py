@@ -8,7 +8,8 @@ ack), an orchestrator and a worker in this process. Measured in the same run:
 - the raw limit: one nats-py JetStream publish-and-ack round trip (sequential, p50) and
   the pipelined rate (acks awaited in windows of 256) to a file stream on the server;
 - a 7-phase no-op run, one after the other: p50 wall time, and the messages it costs
-  (the log's commits, the work offered, the inputs: every one of them fsynced);
+  (the log's commits, the work offered, the inputs, the outputs stored: every one of
+  them fsynced);
 - ``--concurrent`` such runs at once: runs/s, and runs/s x messages per run against the
   pipelined raw rate;
 - a fan-out over ``--items`` items, end to end: seconds, per-item cost, and per-item cost
@@ -34,9 +35,9 @@ from sisas.bus.embedded import EmbeddedServer
 from sisas.bus.runtime import open_bus
 from sisas.bus.settings import Settings
 from sisas.services.host import running_services
-from sisas.signals.names import INPUT_STREAM, LOG_STREAM, WORK_STREAM
+from sisas.signals.names import ARTIFACT_BUCKET, BLOB_BUCKET, INPUT_STREAM, LOG_STREAM, WORK_STREAM
 
-STREAMS = (LOG_STREAM, WORK_STREAM, INPUT_STREAM)
+STREAMS = (LOG_STREAM, WORK_STREAM, INPUT_STREAM, f"KV_{BLOB_BUCKET}", f"OBJ_{ARTIFACT_BUCKET}")
 
 
 async def raw_limit(bus: Any, n: int = 300, pipelined: int = 3000) -> tuple[float, float]:
@@ -58,8 +59,8 @@ async def raw_limit(bus: Any, n: int = 300, pipelined: int = 3000) -> tuple[floa
 
 
 async def stored(bus: Any) -> int:
-    """Messages ever stored in the log, the work queue and the inputs (last sequences:
-    the work queue deletes what was taken)."""
+    """Messages ever stored in the log, the work queue, the inputs and the artifact
+    stores (last sequences: the work queue deletes what was taken)."""
     return sum([int((await bus.js.stream_info(s)).state.last_seq) for s in STREAMS])
 
 

@@ -112,6 +112,9 @@ class JetStreamArtifacts:
             "is the server reachable, and may this NATS user put artifacts (on a secured "
             "server the operator, worker and orchestrator roles may; see docs/security.md)?"
         )
+        if digest in self._recent:  # put (acknowledged) or read here already: durable
+            self._recent.move_to_end(digest)
+            return digest
         with nats_errors(f"store artifact {digest}", fix):
             if len(data) <= self._inline_max:
                 kv = await self._blob_kv()
