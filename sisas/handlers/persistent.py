@@ -16,16 +16,18 @@ What a reader sees is a ``dict``'s: keys are equal when ``==`` says so (``1`` an
 ``1.0`` are one key), iteration follows insertion order (an entry changed in place keeps
 its place), equality ignores order. Every entry carries the position it was inserted
 at and iterating sorts by it, so no observable behaviour depends on the trie's shape.
-The shape itself is deterministic too: ``str`` keys are hashed with BLAKE2b, not with
+The shape itself is deterministic too: ``str`` keys are hashed with CRC-32, not with
 ``hash()``, which Python salts per process. Entries are never removed (no state needs
 it), so a map only grows. Pure Python, no clock, no randomness.
 """
 
 from __future__ import annotations
 
-import hashlib
+import zlib
 from collections.abc import ItemsView, Iterable, Iterator, Mapping, ValuesView
 from typing import Any, Generic, Self, TypeVar, overload
+
+import msgspec
 
 __all__ = ["PersistentMap"]
 
@@ -36,39 +38,36 @@ D = TypeVar("D")
 _BITS = 5
 _SLOT = (1 << _BITS) - 1
 _HASH = (1 << 64) - 1
-_MISSING: Any = object()
+_ABSENT: Any = object()
 
-# An entry is a tuple (hash, key, value, position): the fastest thing to make and test
-# for (``type(x) is tuple``). Nodes are the two classes below.
+# An entry is a tuple (hash, key, value, position): the cheapest thing to make and to
+# tell from a node (``type(x) is tuple``). Nodes are msgspec Structs: made in C, and
+# never tracked by the garbage collector (a trie has no cycles).
 _Entry = tuple[int, Any, Any, int]
 
 
-class _Bitmap:
+class _Bitmap(msgspec.Struct, gc=False):
     """An inner node: ``array`` holds one child per bit set in ``bitmap``, in bit order."""
 
-    __slots__ = ("array", "bitmap")
-
-    def __init__(self, bitmap: int, array: tuple[Any, ...]) -> None:
-        self.bitmap = bitmap
-        self.array = array
+    bitmap: int
+    array: tuple[Any, ...]
 
 
-class _Collision:
+class _Collision(msgspec.Struct, gc=False):
     """The entries whose keys differ but whose 64-bit hashes are all ``hash``."""
 
-    __slots__ = ("entries", "hash")
-
-    def __init__(self, hash: int, entries: tuple[_Entry, ...]) -> None:
-        self.hash = hash
-        self.entries = entries
+    hash: int
+    entries: tuple[_Entry, ...]
 
 
 _EMPTY = _Bitmap(0, ())
 
 
 def _hash(key: object) -> int:
-    if isinstance(key, str):
-        return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+    if type(key) is int:
+        return hash(key) & _HASH
+    if isinstance(key, str):  # CRC-32 of the text: cheap, and the same in every process
+        return zlib.crc32(key.encode("utf-8", "surrogatepass"))
     return hash(key) & _HASH
 
 
@@ -81,10 +80,11 @@ def _find(node: Any, h: int, key: object) -> _Entry | None:
                     if e[1] is key or e[1] == key:
                         return e
             return None
+        bitmap = node.bitmap
         bit = 1 << ((h >> shift) & _SLOT)
-        if not node.bitmap & bit:
+        if not bitmap & bit:
             return None
-        node = node.array[(node.bitmap & (bit - 1)).bit_count()]
+        node = node.array[(bitmap & (bit - 1)).bit_count()]
         if type(node) is tuple:
             if node[0] == h and (node[1] is key or node[1] == key):
                 return node
@@ -100,46 +100,66 @@ def _pair(shift: int, h1: int, c1: Any, h2: int, c2: Any) -> _Bitmap:
     return _Bitmap((1 << i1) | (1 << i2), (c1, c2) if i1 < i2 else (c2, c1))
 
 
-def _assoc(node: Any, shift: int, new: _Entry) -> tuple[Any, _Entry | None]:
-    """``node`` with ``new`` in it, and the entry it replaced (None: it was added).
+def _in_bucket(node: _Collision, shift: int, new: _Entry) -> tuple[Any, _Entry | None]:
+    """A collision bucket with ``new`` in it, and the entry it replaced."""
+    h, key = new[0], new[1]
+    if node.hash != h:
+        return _pair(shift, node.hash, node, h, new), None
+    entries = list(node.entries)
+    for i, e in enumerate(entries):
+        if e[1] is key or e[1] == key:
+            if e[2] is new[2]:
+                return node, e
+            entries[i] = (h, e[1], new[2], e[3])
+            return _Collision(h, tuple(entries)), e
+    return _Collision(h, (*entries, new)), None
 
-    A replaced entry's position is kept (``new``'s is for a new key); a value that is
-    already there (``is``) gives back ``node`` itself.
+
+def _assoc(root: _Bitmap, new: _Entry) -> tuple[_Bitmap, _Entry | None]:
+    """``root`` with the entry ``new`` in it, and the entry it replaced (None: added).
+
+    A replaced entry keeps its position; a value already there (``is``) gives back
+    ``root`` itself. The path from the root down is copied, the rest shared.
     """
     h, key = new[0], new[1]
-    if type(node) is _Collision:
-        if node.hash != h:
-            return _pair(shift, node.hash, node, h, new), None
-        entries = node.entries
-        for i, e in enumerate(entries):
-            if e[1] is key or e[1] == key:
-                if e[2] is new[2]:
-                    return node, e
-                kept = (h, e[1], new[2], e[3])
-                return _Collision(h, (*entries[:i], kept, *entries[i + 1 :])), e
-        return _Collision(h, (*entries, new)), None
-    bitmap, array = node.bitmap, node.array
-    bit = 1 << ((h >> shift) & _SLOT)
-    i = (bitmap & (bit - 1)).bit_count()
-    if not bitmap & bit:
-        return _Bitmap(bitmap | bit, (*array[:i], new, *array[i:])), None
-    child = array[i]
-    old: _Entry | None = None
-    sub: Any
-    if type(child) is tuple:
-        if child[0] == h and (child[1] is key or child[1] == key):
+    path: list[tuple[_Bitmap, int]] = []
+    node: Any = root
+    shift = 0
+    while True:
+        if type(node) is _Collision:
+            sub, old = _in_bucket(node, shift, new)
+            if sub is node:
+                return root, old
+            break
+        bitmap, array = node.bitmap, node.array
+        bit = 1 << ((h >> shift) & _SLOT)
+        i = (bitmap & (bit - 1)).bit_count()
+        if not bitmap & bit:
+            sub, old = _Bitmap(bitmap | bit, (*array[:i], new, *array[i:])), None
+            break
+        child = array[i]
+        if type(child) is not tuple:
+            path.append((node, i))
+            node, shift = child, shift + _BITS
+            continue
+        old = None
+        if child[0] != h:
+            slot: Any = _pair(shift + _BITS, child[0], child, h, new)
+        elif child[1] is key or child[1] == key:
             if child[2] is new[2]:
-                return node, child
-            old, sub = child, (h, child[1], new[2], child[3])
-        elif child[0] == h:
-            sub = _Collision(h, (child, new))
+                return root, child
+            old, slot = child, (h, child[1], new[2], child[3])
         else:
-            sub = _pair(shift + _BITS, child[0], child, h, new)
-    else:
-        sub, old = _assoc(child, shift + _BITS, new)
-        if sub is child:
-            return node, old
-    return _Bitmap(bitmap, (*array[:i], sub, *array[i + 1 :])), old
+            slot = _Collision(h, (child, new))
+        copy = list(array)
+        copy[i] = slot
+        sub = _Bitmap(bitmap, tuple(copy))
+        break
+    for parent, i in reversed(path):
+        copy = list(parent.array)
+        copy[i] = sub
+        sub = _Bitmap(parent.bitmap, tuple(copy))
+    return sub, old
 
 
 def _entries(node: Any, out: list[_Entry]) -> None:
@@ -154,77 +174,119 @@ def _position(e: _Entry) -> int:
     return e[3]
 
 
+def _trie(small: dict[Any, Any]) -> _Bitmap:
+    """The trie of the entries of ``small``, positioned in its order."""
+    root = _EMPTY
+    for pos, (key, value) in enumerate(small.items()):
+        root = _assoc(root, (_hash(key), key, value, pos))[0]
+    return root
+
+
 class PersistentMap(Mapping[K, V], Generic[K, V]):
     """An immutable, insertion-ordered map; :meth:`set` returns a new version.
 
     Reads are a ``Mapping``'s (``m[k]``, ``get``, ``in``, ``len``, iteration, ``items``,
     ``values``, ``==`` with any mapping). A subclass's versions are of its class.
+
+    Up to :data:`SMALL` entries the map is a plain ``dict`` copied on each change: for
+    so few entries a copy in C is faster than a walk down a trie in Python, and most
+    runs' tables never grow past it. The map becomes a trie when it outgrows that.
     """
+
+    SMALL = 32
+    """Entries kept in a plain dict before the map becomes a trie."""
 
     __slots__ = ("_len", "_next", "_ordered", "_root")
 
     def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
-        root: Any = _EMPTY
-        size = 0
-        pairs = items.items() if isinstance(items, Mapping) else items
-        for key, value in pairs:
-            root, old = _assoc(root, 0, (_hash(key), key, value, size))
-            size += old is None
-        self._root, self._len, self._next = root, size, size
+        small = dict(items)
+        self._len = self._next = len(small)
+        self._root: dict[Any, Any] | _Bitmap = small if len(small) <= self.SMALL else _trie(small)
         self._ordered: list[_Entry] | None = None
 
-    def _version(self, root: Any, size: int, nxt: int) -> Self:
-        new = object.__new__(type(self))
-        new._root, new._len, new._next, new._ordered = root, size, nxt, None
-        return new
-
-    def replaced(self, key: K, value: V) -> tuple[Self, V | None]:
-        """:meth:`set`, also returning the value ``key`` had (None when it had none; a
-        map whose values may be None tells the two apart with ``in`` first)."""
-        root, old = _assoc(self._root, 0, (_hash(key), key, value, self._next))
-        if root is self._root:
-            return self, value
+    def _changed(self, key: K, value: V) -> tuple[Self, bool, V | None]:
+        """This map with ``key`` mapped to ``value``, whether ``key`` was in it and the
+        value it had (None if none). A subclass that keeps something about its values
+        overrides this."""
+        root = self._root
+        if isinstance(root, dict):
+            was = root.get(key, _ABSENT)
+            if was is value:
+                return self, True, value
+            if was is not _ABSENT or len(root) < self.SMALL:
+                small = root.copy()
+                small[key] = value
+                return self._version(small, len(small), len(small)), was is not _ABSENT, was
+            root = _trie(root)
+        trie, old = _assoc(root, (_hash(key), key, value, self._next))
+        if trie is self._root:
+            return self, True, value
         if old is None:
-            return self._version(root, self._len + 1, self._next + 1), None
-        return self._version(root, self._len, self._next), old[2]
+            return self._version(trie, self._next + 1, self._len + 1), False, None
+        return self._version(trie, self._next), True, old[2]
+
+    def _version(self, root: dict[Any, Any] | _Bitmap, nxt: int, size: int = -1) -> Self:
+        new = object.__new__(type(self))
+        new._root, new._next, new._ordered = root, nxt, None
+        new._len = self._len if size < 0 else size
+        return new
 
     def set(self, key: K, value: V) -> Self:
         """This map with ``key`` mapped to ``value``: a new map (this one unchanged), or
         this very map when ``key`` already maps to that object. O(log32 n)."""
-        return self.replaced(key, value)[0]
+        return self._changed(key, value)[0]
+
+    def replaced(self, key: K, value: V) -> tuple[Self, V | None]:
+        """:meth:`set`, also returning the value ``key`` had (None when it had none; a
+        map whose values may be None tells the two apart with ``in`` first)."""
+        new, _, old = self._changed(key, value)
+        return new, old
 
     def __getitem__(self, key: K) -> V:
-        e = _find(self._root, _hash(key), key)
+        root = self._root
+        if type(root) is dict:
+            value: V = root[key]
+            return value
+        e = _find(root, _hash(key), key)
         if e is None:
             raise KeyError(key)
-        value: V = e[2]
-        return value
+        found: V = e[2]
+        return found
 
     @overload
     def get(self, key: K, /) -> V | None: ...
     @overload
     def get(self, key: K, /, default: V | D) -> V | D: ...
     def get(self, key: K, /, default: object = None) -> object:
-        e = _find(self._root, _hash(key), key)
+        root = self._root
+        if type(root) is dict:
+            return root.get(key, default)
+        e = _find(root, _hash(key), key)
         return default if e is None else e[2]
 
     def __contains__(self, key: object) -> bool:
-        return _find(self._root, _hash(key), key) is not None
+        root = self._root
+        if type(root) is dict:
+            return key in root
+        return _find(root, _hash(key), key) is not None
 
     def __len__(self) -> int:
         return self._len
 
-    def _in_order(self) -> list[_Entry]:
-        """The entries in insertion order: sorted once per version, then kept."""
+    def _pairs(self) -> Iterator[tuple[K, V]]:
+        """(key, value) in insertion order; a trie's entries are sorted once per version."""
+        root = self._root
+        if type(root) is dict:
+            return iter(root.items())
         if self._ordered is None:
             out: list[_Entry] = []
-            _entries(self._root, out)
+            _entries(root, out)
             out.sort(key=_position)
             self._ordered = out
-        return self._ordered
+        return ((e[1], e[2]) for e in self._ordered)
 
     def __iter__(self) -> Iterator[K]:
-        return (e[1] for e in self._in_order())
+        return (k for k, _ in self._pairs())
 
     def items(self) -> ItemsView[K, V]:
         return _Items(self)
@@ -238,27 +300,27 @@ class PersistentMap(Mapping[K, V], Generic[K, V]):
         if not isinstance(other, Mapping) or len(other) != self._len:
             return False
         missing = object()
-        return all(other.get(e[1], missing) == e[2] for e in self._in_order())
+        return all(other.get(k, missing) == v for k, v in self._pairs())
 
     __hash__ = None  # type: ignore[assignment]  # a dict is not hashable either
 
     def __repr__(self) -> str:
-        body = ", ".join(f"{e[1]!r}: {e[2]!r}" for e in self._in_order())
+        body = ", ".join(f"{k!r}: {v!r}" for k, v in self._pairs())
         return f"{type(self).__name__}({{{body}}})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (list(self.items()),))
+        return (type(self), (list(self._pairs()),))
 
 
 class _Items(ItemsView[K, V]):
     _mapping: PersistentMap[K, V]
 
     def __iter__(self) -> Iterator[tuple[K, V]]:
-        return ((e[1], e[2]) for e in self._mapping._in_order())
+        return self._mapping._pairs()
 
 
 class _Values(ValuesView[V]):
     _mapping: PersistentMap[Any, V]
 
     def __iter__(self) -> Iterator[V]:
-        return (e[2] for e in self._mapping._in_order())
+        return (v for _, v in self._mapping._pairs())

@@ -65,15 +65,16 @@ class ItemTable(PersistentMap[int, ItemState]):
             counts[item.status] = counts.get(item.status, 0) + 1
         self._counts = counts
 
-    def replaced(self, key: int, value: ItemState) -> tuple[Self, ItemState | None]:
-        new, old = super().replaced(key, value)
+    def _changed(self, key: int, value: ItemState) -> tuple[Self, bool, ItemState | None]:
+        new, had, old = super()._changed(key, value)
         if new is not self:
             counts = dict(self._counts)  # a handful of statuses: O(1)
-            if old is not None:
+            if had:
+                assert old is not None
                 counts[old.status] -= 1
             counts[value.status] = counts.get(value.status, 0) + 1
             new._counts = counts
-        return new, old
+        return new, had, old
 
     def count(self, *statuses: str) -> int:
         """How many items are in one of ``statuses``. O(1) in the number of items."""
