@@ -218,7 +218,8 @@ class PersistentMap(Mapping[K, V], Generic[K, V]):
                 small[key] = value
                 return self._version(small, len(small), len(small)), was is not _ABSENT, was
             root = _trie(root)
-        trie, old = _assoc(root, (_hash(key), key, value, self._next))
+        h = hash(key) & _HASH if type(key) is int else _hash(key)
+        trie, old = _assoc(root, (h, key, value, self._next))
         if trie is self._root:
             return self, True, value
         if old is None:
@@ -261,7 +262,7 @@ class PersistentMap(Mapping[K, V], Generic[K, V]):
         root = self._root
         if type(root) is dict:
             return root.get(key, default)
-        e = _find(root, _hash(key), key)
+        e = _find(root, hash(key) & _HASH if type(key) is int else _hash(key), key)
         return default if e is None else e[2]
 
     def __contains__(self, key: object) -> bool:
