@@ -213,10 +213,14 @@ class PersistentMap(Mapping[K, V], Generic[K, V]):
             was = root.get(key, _ABSENT)
             if was is value:
                 return self, True, value
-            if was is not _ABSENT or len(root) < self.SMALL:
+            if was is not _ABSENT:
                 small = root.copy()
                 small[key] = value
-                return self._version(small, len(small), len(small)), was is not _ABSENT, was
+                return self._version(small, len(small), len(small)), True, was
+            if len(root) < self.SMALL:
+                small = root.copy()
+                small[key] = value
+                return self._version(small, len(small), len(small)), False, None
             root = _trie(root)
         h = hash(key) & _HASH if type(key) is int else _hash(key)
         trie, old = _assoc(root, (h, key, value, self._next))
