@@ -57,7 +57,7 @@ def same_as(m: PersistentMap[Any, Any], d: dict[Any, Any]) -> None:
 @pytest.mark.parametrize("kind", MAPS)
 @settings(max_examples=60, deadline=None)
 @given(assignments)
-def test_reads_as_a_dict_after_the_same_assignments(kind: type, pairs: list) -> None:
+def test_reads_as_a_dict_after_the_same_assignments(kind: type, pairs: list[Any]) -> None:
     m, d = kind(), {}
     for k, v in pairs:
         m = m.set(k, v)
@@ -69,8 +69,8 @@ def test_reads_as_a_dict_after_the_same_assignments(kind: type, pairs: list) -> 
 @pytest.mark.parametrize("kind", MAPS)
 @settings(max_examples=40, deadline=None)
 @given(assignments)
-def test_every_version_keeps_what_it_held(kind: type, pairs: list) -> None:
-    versions = [(kind(), {})]
+def test_every_version_keeps_what_it_held(kind: type, pairs: list[Any]) -> None:
+    versions: list[tuple[Any, dict[Any, Any]]] = [(kind(), {})]
     for k, v in pairs:
         m, d = versions[-1]
         versions.append((m.set(k, v), {**d, k: v}))
@@ -82,7 +82,7 @@ def test_every_version_keeps_what_it_held(kind: type, pairs: list) -> None:
 @settings(max_examples=40, deadline=None)
 @given(assignments, keys, values)
 def test_replaced_gives_the_previous_value_and_an_unchanged_value_the_same_map(
-    kind: type, pairs: list, key: Any, value: int
+    kind: type, pairs: list[Any], key: Any, value: int
 ) -> None:
     m = kind(pairs)
     before = dict(pairs).get(key)
@@ -116,7 +116,7 @@ def test_equality_ignores_order_and_compares_with_any_mapping() -> None:
 
 
 @pytest.mark.parametrize("kind", MAPS)
-def test_pickles_and_repr(kind: type) -> None:
+def test_pickles_and_repr(kind: type[PersistentMap[Any, Any]]) -> None:
     m = kind([(i, str(i)) for i in range(40)])
     copy = pickle.loads(pickle.dumps(m))
     assert type(copy) is kind and copy == m and list(copy) == list(m)
