@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import json
 import pstats
 import time
@@ -171,6 +172,9 @@ def _verify(signals: list[Signal]) -> None:
 def measure(sizes: tuple[int, ...], rounds: int = 3) -> dict[str, object]:
     """Per-item CPU microseconds of each stage at each size (the best of ``rounds``),
     and each stage's ratio of its cost at the largest size to the smallest."""
+    warm, _ = run_log(10, "fold-warm-up")  # imports, caches: not an item's cost
+    fold(warm)
+    _verify(warm)
     levels = []
     for n in sizes:
         best = {stage: float("inf") for stage in STAGES}
@@ -178,8 +182,8 @@ def measure(sizes: tuple[int, ...], rounds: int = 3) -> dict[str, object]:
         for r in range(rounds):
             signals, decide_cpu = run_log(n, f"fold-{n}-{r}")
             best["decide"] = min(best["decide"], decide_cpu)
-            best["fold"] = min(best["fold"], _cpu(lambda: fold(signals)))
-            best["verify"] = min(best["verify"], _cpu(lambda: _verify(signals)))
+            best["fold"] = min(best["fold"], _cpu(functools.partial(fold, signals)))
+            best["verify"] = min(best["verify"], _cpu(functools.partial(_verify, signals)))
         row = {"items": n, "signals": len(signals)}
         row |= {f"{stage}_us": best[stage] / n * 1e6 for stage in STAGES}
         levels.append(row)
