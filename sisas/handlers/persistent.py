@@ -1,24 +1,30 @@
-"""An immutable map whose versions share structure: :class:`PersistentMap`.
+"""Immutable maps whose versions share structure: :class:`PersistentMap`, :class:`IndexMap`.
 
 A run's state is frozen: folding a signal makes a new state and leaves the old one as it
 was (the orchestrator decides on a copy, verify keeps the state before each signal). With
 a ``dict`` every new version copies every entry, so a fan-out of N items cost O(N) per
-signal and O(N²) per run. :meth:`PersistentMap.set` copies only the path from the root
-to the entry it changes: O(log32 N) time and memory, everything else shared with the
-version before.
+signal and O(N²) per run. Here a change copies only the path from the root to the entry
+it changes: O(log32 N) time and memory, everything else shared with the version before.
 
-The structure is a hash array mapped trie (Bagwell, "Ideal Hash Trees", 2001; the maps of
-Clojure and of CPython's ``contextvars``): each level of the trie takes the next 5 bits
-of the key's 64-bit hash, and a node holds only the children it has, placed by a 32-bit
-bitmap. Keys with equal 64-bit hashes share a collision bucket.
+:class:`PersistentMap` is a hash array mapped trie (Bagwell, "Ideal Hash Trees", 2001; the
+maps of Clojure and of CPython's ``contextvars``): each level of the trie takes the next 5
+bits of the key's 64-bit hash, and a node holds only the children it has, placed by a
+32-bit bitmap. Keys with equal 64-bit hashes share a collision bucket. What a reader sees
+is a ``dict``'s: keys are equal when ``==`` says so (``1`` and ``1.0`` are one key),
+iteration follows insertion order (an entry changed in place keeps its place), equality
+ignores order. Every entry carries the position it was inserted at and iterating sorts by
+it, so no observable behaviour depends on the trie's shape. The shape itself is
+deterministic too: ``str`` keys are hashed with CRC-32, not with ``hash()``, which Python
+salts per process.
 
-What a reader sees is a ``dict``'s: keys are equal when ``==`` says so (``1`` and
-``1.0`` are one key), iteration follows insertion order (an entry changed in place keeps
-its place), equality ignores order. Every entry carries the position it was inserted
-at and iterating sorts by it, so no observable behaviour depends on the trie's shape.
-The shape itself is deterministic too: ``str`` keys are hashed with CRC-32, not with
-``hash()``, which Python salts per process. Entries are never removed (no state needs
-it), so a map only grows. Pure Python, no clock, no randomness.
+:class:`IndexMap` is for keys 0, 1, 2, ...: a 32-way trie whose path to a key is the
+key's digits in base 32, most significant first (Clojure's persistent vector, with holes).
+Neighbouring keys share their path and their leaf, which the hash trie scatters: for the
+items of a fan-out, changed one after the other, that halves the cost of a change and
+keeps it from growing with the fan-out as the caches fill up.
+
+Entries are never removed (no state needs it), so a map only grows. Pure Python, no
+clock, no randomness.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Any, Generic, Self, TypeVar, overload
 
 import msgspec
 
-__all__ = ["PersistentMap"]
+__all__ = ["IndexMap", "PersistentMap"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -329,3 +335,95 @@ class _Values(ValuesView[V]):
 
     def __iter__(self) -> Iterator[V]:
         return (v for _, v in self._mapping._pairs())
+
+
+def _placed(node: tuple[Any, ...], i: int, child: Any) -> tuple[Any, ...]:
+    """``node`` with ``child`` at ``i`` (holes up to it are None)."""
+    if i < len(node):
+        copy = list(node)
+        copy[i] = child
+        return tuple(copy)
+    return (*node, *(None,) * (i - len(node)), child)
+
+
+def _walk(node: tuple[Any, ...], shift: int, base: int) -> Iterator[tuple[int, Any]]:
+    if not shift:
+        for i, value in enumerate(node):
+            if value is not None:
+                yield base + i, value
+        return
+    for i, child in enumerate(node):
+        if child is not None:
+            yield from _walk(child, shift - _BITS, base + (i << shift))
+
+
+class IndexMap(Generic[V]):
+    """An immutable map from ints ``>= 0`` to values (never None), in key order.
+
+    Made by :meth:`changed` from the empty ``IndexMap()``: O(log32 n) per change, the
+    trie one level deeper each time the keys outgrow a power of 32. The caller keeps
+    the keys non-negative ints; :attr:`last` is the largest so far.
+    """
+
+    __slots__ = ("_len", "_root", "_shift", "last")
+
+    def __init__(self) -> None:
+        self._root: tuple[Any, ...] = ()
+        self._shift = 0
+        self._len = 0
+        self.last = -1
+        """The largest key (-1 while empty)."""
+
+    def get(self, key: int) -> V | None:
+        """The value of ``key``, None when it has none."""
+        shift = self._shift
+        if key < 0 or key >> (shift + _BITS):
+            return None
+        node: Any = self._root
+        while shift:
+            i = (key >> shift) & _SLOT
+            if i >= len(node) or node[i] is None:
+                return None
+            node = node[i]
+            shift -= _BITS
+        i = key & _SLOT
+        if i >= len(node):
+            return None
+        value: V | None = node[i]
+        return value
+
+    def changed(self, key: int, value: V) -> tuple[IndexMap[V], V | None]:
+        """This map with ``key`` mapped to ``value`` (this one unchanged; itself when
+        ``value`` is already there), and the value ``key`` had (None: it had none)."""
+        root, shift = self._root, self._shift
+        while key >> (shift + _BITS):  # the old root becomes the first child of a new one
+            root = (root,) if root else ()
+            shift += _BITS
+        path: list[tuple[tuple[Any, ...], int]] = []
+        node = root
+        level = shift
+        while level:
+            i = (key >> level) & _SLOT
+            path.append((node, i))
+            child = node[i] if i < len(node) else None
+            node = () if child is None else child
+            level -= _BITS
+        i = key & _SLOT
+        old: V | None = node[i] if i < len(node) else None
+        if old is value:
+            return self, old
+        new = _placed(node, i, value)
+        for parent, j in reversed(path):
+            new = _placed(parent, j, new)
+        m: IndexMap[V] = object.__new__(IndexMap)
+        m._root, m._shift = new, shift
+        m._len = self._len + (old is None)
+        m.last = key if key > self.last else self.last
+        return m, old
+
+    def __len__(self) -> int:
+        return self._len
+
+    def items(self) -> Iterator[tuple[int, V]]:
+        """(key, value) in key order."""
+        return _walk(self._root, self._shift, 0)
