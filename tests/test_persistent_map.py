@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -42,7 +43,7 @@ values = st.integers(min_value=0, max_value=3)
 assignments = st.lists(st.tuples(keys, values), max_size=250)
 
 
-def same_as(m: PersistentMap[Any, Any], d: dict[Any, Any]) -> None:
+def same_as(m: Mapping[Any, Any], d: dict[Any, Any]) -> None:
     """``m`` reads exactly as ``d``: contents, order, lookups, equality, size."""
     assert list(m.items()) == list(d.items())
     assert list(m) == list(d)
@@ -172,6 +173,39 @@ def test_an_item_table_counts_its_items_by_status(changes: list[tuple[int, str]]
         "failed", 0
     )
     assert ItemTable(table).count("running") == table.count("running")
+
+
+# Item numbers mostly in order, as a fan-out makes them; sometimes one out of order, a
+# negative one or a key of another type equal to an int, as only a forged log has them.
+item_keys = st.one_of(
+    st.integers(min_value=0, max_value=80),
+    st.integers(min_value=0, max_value=3000),
+    st.sampled_from([-1, -2, 2**40, True, 1.0, 7.0]),
+)
+item_values = statuses.map(lambda status: ItemState(status=status))  # type: ignore[arg-type]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.booleans(), st.lists(st.tuples(item_keys, item_values), max_size=200))
+def test_an_item_table_reads_as_a_dict_whatever_order_its_items_come_in(
+    ascending: bool, pairs: list[tuple[Any, ItemState]]
+) -> None:
+    if ascending:  # the common case: items scheduled 0, 1, 2, ... then changed
+        pairs = [(i, v) for i, (_, v) in enumerate(pairs)] + pairs[::-1]
+        pairs = [(k % 50 if isinstance(k, int) and k >= 0 else k, v) for k, v in pairs]
+    versions: list[tuple[ItemTable, dict[Any, ItemState]]] = [(ItemTable(), {})]
+    for k, v in pairs:
+        table, d = versions[-1]
+        versions.append((table.set(k, v), {**d, k: v}))
+    for table, d in versions[:: max(1, len(versions) // 20)] + versions[-1:]:
+        same_as(table, d)
+        counts = _recount(table)
+        assert all(table.count(status) == n for status, n in counts.items())
+    table, d = versions[-1]
+    same_as(ItemTable(d), d)
+    assert pickle.loads(pickle.dumps(table)) == d
+    for probe in (True, 1.0, 3, -1, "3", None):
+        assert table.get(probe) == d.get(probe)  # type: ignore[arg-type]
 
 
 def test_tables_are_stored_as_the_dicts_they_read_as() -> None:
