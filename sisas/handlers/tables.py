@@ -165,6 +165,13 @@ class ItemTable(Mapping[int, ItemState]):
     def values(self) -> ValuesView[ItemState]:
         return _Values(self)
 
+    def as_dict(self) -> dict[int, ItemState]:
+        """A new ``dict`` of the items, in the table's order."""
+        if self._index is not None:
+            return self._index.as_dict()
+        assert self._map is not None
+        return self._map.as_dict()
+
     def _pairs(self) -> Iterator[tuple[int, ItemState]]:
         if self._index is not None:
             return self._index.items()
@@ -202,6 +209,9 @@ class _Values(ValuesView[ItemState]):
     _mapping: ItemTable
 
     def __iter__(self) -> Iterator[ItemState]:
+        index = self._mapping._index
+        if index is not None:
+            return iter(index.values())
         return (v for _, v in self._mapping._pairs())
 
 
@@ -215,7 +225,7 @@ class CheckTable(PersistentMap[str, bool]):
 def enc_hook(obj: object) -> object:
     """msgspec's ``enc_hook`` for states: a table as the dict it reads as."""
     if isinstance(obj, PersistentMap | ItemTable):
-        return dict(obj.items())
+        return obj.as_dict()
     raise NotImplementedError(f"sisas cannot encode a {type(obj).__name__}")
 
 
