@@ -7,7 +7,7 @@ import runpy
 import sys
 
 NAMES = ("append", "overhead", "workers", "projection", "replay", "scale", "peers", "live")
-NAMES += ("examples", "telemetry", "writepath", "looplag")
+NAMES += ("examples", "telemetry", "writepath", "looplag", "fold")
 
 
 def main() -> int:

@@ -13,7 +13,9 @@ docs/performance.md for what every figure means):
 - append:     signals appended per second vs raw nats-py publishes (pipelined, one by one);
 - projection: rebuild rate vs raw stream read rate; peak memory of the projector;
 - replay:     verify rate vs raw sha256 of the same bytes; rerun overhead;
-- scale:      per-run wall time with 10 to 10,000 runs in the log.
+- scale:      per-run wall time with 10 to 10,000 runs in the log;
+- fold:       per-item CPU cost of decide, fold and verify of one fan-out, 100 to 10,000
+              items (in process): flat in the number of items.
 
 A section that fails is reported with its error and the rest still run (exit 1).
 """
@@ -28,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import append, overhead, projection, replay, scale, workers
+from bench import append, fold, overhead, projection, replay, scale, workers
 from bench.peers.runner import run_peers
 from bench.report import Row, machine, print_table, rows_for, write_results
 
-SECTIONS = ("overhead", "workers", "peers", "append", "projection", "replay", "scale")
+SECTIONS = ("overhead", "workers", "peers", "append", "projection", "replay", "scale", "fold")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -55,6 +57,8 @@ class Sizes:
     reruns: int = 5
     scale_levels: tuple[int, ...] = (10, 100, 1000, 10_000)
     scale_runs: int = 8
+    fold_items: tuple[int, ...] = (100, 1000, 10_000)
+    fold_rounds: int = 3
 
 
 QUICK = Sizes(
@@ -73,6 +77,8 @@ QUICK = Sizes(
     reruns=1,
     scale_levels=(10, 100),
     scale_runs=3,
+    fold_items=(100, 1000),
+    fold_rounds=1,
 )
 
 
@@ -93,6 +99,7 @@ def _sections(sizes: Sizes, peers: set[str] | None) -> dict[str, Callable[[], An
         "projection": lambda: projection.main(s.projection_signals, 1),
         "replay": lambda: replay.measure(s.replay_signals, s.replay_rounds, s.reruns),
         "scale": lambda: asyncio.run(scale.measure(s.scale_levels, s.scale_runs)),
+        "fold": lambda: fold.measure(s.fold_items, s.fold_rounds),
     }
 
 

@@ -286,6 +286,30 @@ def _scale(levels: list[dict[str, float]]) -> list[Row]:
     return rows
 
 
+def _fold(r: dict[str, Any]) -> list[Row]:
+    """Per-item cost of each stage at the largest fan-out against the smallest: flat
+    (ratio near 1) when nothing on an item's path rescans the fan-out."""
+    levels = r["levels"]
+    if len(levels) < 2:
+        return []
+    first, last = levels[0], levels[-1]
+    walk = last["walk_us"] / first["walk_us"]
+    return [
+        Row(
+            "fold",
+            f"{stage} per item, fan-out of {last['items']:,}",
+            last[f"{stage}_us"],
+            "us/item",
+            first[f"{stage}_us"],
+            f"per item at {first['items']:,}",
+            _faster(first[f"{stage}_us"], last[f"{stage}_us"]),
+            FLAT,
+            note=f"{last['signals']:,} signals; reading the log alone costs {walk:.2f}x",
+        )
+        for stage in ("decide", "fold", "verify")
+    ]
+
+
 def rows_for(results: dict[str, Any]) -> list[Row]:
     """The table's rows for whatever sections ``results`` holds."""
     rows: list[Row] = []
@@ -303,6 +327,8 @@ def rows_for(results: dict[str, Any]) -> list[Row]:
         rows += _replay(results["replay"])
     if "scale" in results:
         rows += _scale(results["scale"])
+    if "fold" in results:
+        rows += _fold(results["fold"])
     return rows
 
 
@@ -344,7 +370,7 @@ def _fmt(value: float | None, unit: str) -> str:
         return "-"
     if unit in ("ms", "ms/run"):
         return f"{value:,.2f} {unit}" if value < 100 else f"{value:,.0f} {unit}"
-    if unit == "runs/s":
+    if unit in ("runs/s", "us/item"):
         return f"{value:,.1f} {unit}"
     return f"{value:,.0f} {unit}"
 

@@ -43,12 +43,22 @@ def test_bench_all_quick_writes_table_json_and_plot(tmp_path: Path) -> None:
         "projection",
         "replay",
         "scale",
+        "fold",
     }
     assert doc["errors"] == {}
     assert doc["machine"]["cores"] == os.cpu_count()
     assert doc["machine"]["nats_server"].startswith("nats-server")
     sections = {r["section"] for r in doc["rows"]}
-    assert sections == {"overhead", "workers", "peers", "append", "projection", "replay", "scale"}
+    assert sections == {
+        "overhead",
+        "workers",
+        "peers",
+        "append",
+        "projection",
+        "replay",
+        "scale",
+        "fold",
+    }
     [peer] = [r for r in doc["rows"] if r["section"] == "peers"]
     assert peer["note"].startswith("skipped: pip install failed")
     for row in doc["rows"]:

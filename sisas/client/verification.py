@@ -14,6 +14,7 @@ from sisas.client.queries import ask
 from sisas.environment import capture_environment
 from sisas.errors import ArtifactNotFound, BusError, BusUnavailable, UnknownRun, UsageError
 from sisas.handlers.state import RunState, state_digest
+from sisas.handlers.tables import dec_hook
 from sisas.pipeline import Pipeline
 from sisas.replay.evidence import artifact_uses, located
 from sisas.replay.executor import execute_tasks
@@ -90,7 +91,8 @@ async def _projected(
             full = await ask(bus, "states", {"run_ids": [rid], "full": True})
             raw = full.result["states"][0]["state"] if full.result["states"] else None
             if raw is not None:
-                state = msgspec.json.decode(msgspec.json.encode(raw), type=RunState)
+                wire = msgspec.json.encode(raw)
+                state = msgspec.json.decode(wire, type=RunState, dec_hook=dec_hook)
         out[rid] = Projected(digest=digest, state=state)
     return out
 

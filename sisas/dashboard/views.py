@@ -65,7 +65,7 @@ def _layout(state: RunState) -> list[dict[str, Any]]:
         row = rows.get(col, 0)
         rows[col] = row + 1
         items = ps.items
-        done = sum(1 for it in ps.item_states.values() if it.status == "completed")
+        done = ps.item_states.count("completed")
         nodes.append(
             {
                 "name": p.name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
 from sisas.signals.digest import semantic_digest
 
@@ -43,7 +44,7 @@ def backoff_delay(
     return round(raw * (0.5 + 0.5 * unit_interval(run_seed, phase, item, attempt)), 6)
 
 
-def run_fingerprint(outputs: dict[str, str], checks: dict[str, bool]) -> str:
+def run_fingerprint(outputs: Mapping[str, str], checks: Mapping[str, bool]) -> str:
     """The determinism fingerprint of a run: phase output digests and check outcomes.
 
     Sorted by name, with no times, hosts or attempt numbers: two runs that computed the

@@ -9,6 +9,7 @@ the reference when a distributed run must give the same fingerprint, and by
 from __future__ import annotations
 
 import functools
+from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
@@ -49,6 +50,8 @@ class LocalRun:
         self.at = at
         self.clock = clock
         self._n = 0
+        self._open: deque[Signal] = deque()
+        """phase_scheduled signals, in log order, not yet seen taken."""
 
     def _id(self, what: str) -> str:
         self._n += 1
@@ -62,6 +65,8 @@ class LocalRun:
         new = decision.signals
         for s in new:
             self.state = evolve(self.state, s)
+            if isinstance(s.body, PhaseScheduled):
+                self._open.append(s)
         self.signals.extend(new)
         return new
 
@@ -82,16 +87,29 @@ class LocalRun:
             )
         )
 
+    def _waiting(self, s: Signal) -> bool:
+        """Whether the phase (or item) ``s`` schedules is still at that attempt, unstarted."""
+        body = s.body
+        assert isinstance(body, PhaseScheduled)
+        ps = self.state.phase(s.phase)
+        st = ps.item_states.get(body.item) if body.item is not None else ps
+        return st is not None and st.status == "scheduled" and st.attempt == s.attempt
+
     def pending_work(self) -> list[Signal]:
-        """phase_scheduled signals whose phase (or item) has not reported since."""
-        out = []
-        for s in self.signals:
-            if isinstance(s.body, PhaseScheduled):
-                ps = self.state.phase(s.phase)
-                st = ps.item_states.get(s.body.item) if s.body.item is not None else ps
-                if st is not None and st.status == "scheduled" and st.attempt == s.attempt:
-                    out.append(s)
-        return out
+        """phase_scheduled signals whose phase (or item) has not reported since, in log
+        order. A schedule seen taken is dropped for good: decide schedules each attempt
+        once, so nothing can make it wait again (and ``run`` costs O(1) per step)."""
+        waiting = [s for s in self._open if self._waiting(s)]
+        self._open = deque(waiting)
+        return waiting
+
+    def _next_pending(self) -> Signal | None:
+        """The first of :meth:`pending_work`, dropping the taken schedules before it."""
+        while self._open:
+            if self._waiting(self._open[0]):
+                return self._open[0]
+            self._open.popleft()
+        return None
 
     def work(self, scheduled: Signal) -> None:
         """What a worker does with one phase_scheduled signal."""
@@ -168,8 +186,8 @@ class LocalRun:
         for _ in range(max_steps):
             if self.state.ended:
                 break
-            pending = self.pending_work()
-            if not pending:
+            scheduled = self._next_pending()
+            if scheduled is None:
                 break
-            self.work(pending[0])
+            self.work(scheduled)
         return self.state

@@ -465,8 +465,15 @@ def _schedule(
     item: int | None = None,
     items: int | None = None,
     delay: float = 0.0,
+    known: tuple[dict[str, str], dict[str, list[str]]] | None = None,
 ) -> None:
-    inputs, gathered = scheduled_inputs(b.state, plan)
+    """Schedule an attempt of ``plan``'s phase (or of one item of it); ``known`` is its
+    :func:`scheduled_inputs` when the caller schedules many items at once (each signal
+    still gets its own copies)."""
+    if known is None:
+        inputs, gathered = scheduled_inputs(b.state, plan)
+    else:
+        inputs, gathered = dict(known[0]), {k: list(v) for k, v in known[1].items()}
     assert b.state.plan is not None
     held = hold_back(b.circuits.get(plan.name, Circuit()), b.at, b.state.plan.circuit_cooldown)
     delay = max(delay, held)
@@ -532,8 +539,9 @@ def _advance(b: _Builder) -> None:
                         b.emit(
                             PhaseCompleted(output_digest=semantic_digest([]), item_count=0), p.name
                         )
+                    known = scheduled_inputs(b.state, p)  # the same for every item
                     for i in range(n):
-                        _schedule(b, p, 0, item=i, items=n)
+                        _schedule(b, p, 0, item=i, items=n, known=known)
                 else:
                     _schedule(b, p, 0)
                 progressed = True
@@ -560,11 +568,15 @@ def gathered_digest(plan: PhasePlan, ps: PhaseState) -> str | None:
 
     Every item must have completed; in a ``partial`` fan-out an item may also have
     failed or timed out for good, and counts as ``""`` (its place is null downstream).
+    O(1) until the last item ends (the item table counts its statuses), then O(N) once.
     """
     ended = ("completed", "failed", "timed_out") if plan.partial else ("completed",)
-    items = [ps.item_states.get(i) for i in range(ps.items or 0)]
+    n = ps.items or 0
+    if ps.item_states.count(*ended) < n:
+        return None  # some item has not ended: known from the counts, without a scan
+    items = [ps.item_states.get(i) for i in range(n)]
     if not all(it is not None and it.status in ended for it in items):
-        return None
+        return None  # items outside 0..n-1 made up the count (only a forged log has them)
     return semantic_digest(
         [it.output_digest if it and it.status == "completed" else "" for it in items]
     )

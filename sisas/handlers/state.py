@@ -14,6 +14,7 @@ from typing import Literal, TypeAlias
 import msgspec
 from msgspec.structs import replace
 
+from sisas.handlers.tables import CheckTable, ItemState, ItemTable, PhaseStatus, enc_hook
 from sisas.signals.chain import ChainHead
 from sisas.signals.envelope import Signal
 from sisas.signals.kinds import (
@@ -40,7 +41,9 @@ from sisas.signals.kinds import (
 from sisas.signals.plan import PipelinePlan
 
 __all__ = [
+    "CheckTable",
     "ItemState",
+    "ItemTable",
     "PhaseState",
     "PhaseStatus",
     "RunState",
@@ -50,35 +53,10 @@ __all__ = [
     "state_digest",
 ]
 
-PhaseStatus: TypeAlias = Literal[
-    "pending",
-    "scheduled",
-    "running",
-    "retrying",
-    "completed",
-    "failed",
-    "timed_out",
-    "skipped",
-    "cancelled",
-]
 _UNSETTLED: frozenset[str] = frozenset({"pending", "scheduled", "running", "retrying"})
 RunStatus: TypeAlias = Literal["new", "requested", "running", "completed", "failed", "cancelled"]
 _STATE_JSON = msgspec.json.Encoder(order="sorted")
 TERMINAL_RUN: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
-
-
-class ItemState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """One item of a fanned-out phase."""
-
-    status: PhaseStatus = "pending"
-    attempt: int = 0
-    worker: str = ""
-    output_digest: str = ""
-    artifact: str = ""
-    error: ErrorInfo | None = None
-    duration: float = 0.0
-    quarantined: str = ""
-    """The artifact of a failed attempt's output (failed its exit contract or an invariant)."""
 
 
 class PhaseState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -95,7 +73,8 @@ class PhaseState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The artifact of the last failed attempt's output, kept as evidence, never used."""
     skip_reason: str = ""
     items: int | None = None
-    item_states: dict[int, ItemState] = {}
+    item_states: ItemTable = ItemTable()
+    """The items of a fan-out by index (a persistent map: see :mod:`sisas.handlers.tables`)."""
     duration: float = 0.0
     """Seconds the phase's successful attempt ran (summed over items when fanned out)."""
     inputs: dict[str, str] = {}
@@ -118,7 +97,7 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     input_digest: str = ""
     config: dict[str, Scalar] = {}
     phases: dict[str, PhaseState] = {}
-    checks: dict[str, bool] = {}
+    checks: CheckTable = CheckTable()
     fingerprint: str = ""
     error: ErrorInfo | None = None
     failed_phase: str = ""
@@ -146,10 +125,14 @@ def _set_phase(state: RunState, name: str, phase: PhaseState) -> RunState:
     return replace(state, phases={**state.phases, name: phase})
 
 
+_NEW_ITEM = ItemState()
+
+
 def _set_item(state: RunState, name: str, item: int, **changes: object) -> RunState:
+    """One item changed: O(log32 N) for a fan-out of N items, the rest shared."""
     phase = state.phase(name)
-    current = phase.item_states.get(item, ItemState())
-    items = {**phase.item_states, item: replace(current, **changes)}
+    current = phase.item_states.get(item, _NEW_ITEM)
+    items = phase.item_states.set(item, replace(current, **changes))
     return _set_phase(state, name, replace(phase, item_states=items))
 
 
@@ -191,7 +174,7 @@ def evolve(state: RunState, signal: Signal) -> RunState:
     match signal.body:
         case ContractChecked() as body:
             key = check_key(signal, f"{body.boundary}:{body.contract}", body.item)
-            return replace(state, checks={**state.checks, key: body.passed})
+            return replace(state, checks=state.checks.set(key, body.passed))
         case PhaseStarted() as body:
             if body.item is not None:
                 return _set_item(state, name, body.item, status="running", worker=body.worker)
@@ -204,7 +187,7 @@ def evolve(state: RunState, signal: Signal) -> RunState:
             return _phase_completed(state, signal, body)
         case InvariantChecked() as body:
             key = check_key(signal, body.invariant, body.item)
-            return replace(state, checks={**state.checks, key: body.passed})
+            return replace(state, checks=state.checks.set(key, body.passed))
         case RunRequested() as body:
             return _run_requested(state, signal, body)
         case RunStarted() as body:
@@ -369,11 +352,12 @@ def _phase_skipped(state: RunState, signal: Signal, body: PhaseSkipped) -> RunSt
             output_digest=body.reused_digest,
             artifact=body.reused_artifact,
             item_count=len(body.reused_items) if body.reused_items else phase.item_count,
-            item_states={
-                i: ItemState(status="completed", artifact=a)
+            item_states=ItemTable(
+                (i, ItemState(status="completed", artifact=a))
                 for i, a in enumerate(body.reused_items)
-            }
-            or phase.item_states,
+            )
+            if body.reused_items
+            else phase.item_states,
         ),
     )
 
@@ -394,17 +378,17 @@ def _settled(state: RunState, signal: Signal, unsettled: frozenset[str]) -> RunS
     ones never ran, and read so)."""
     phases = dict(state.phases)
     for name, ps in state.phases.items():
-        items = {
-            i: replace(it, status="cancelled")
-            for i, it in ps.item_states.items()
-            if it.status in unsettled
-        }
-        if ps.status in unsettled or items:
+        items = ps.item_states
+        if items.count(*unsettled):  # the counts spare a scan of fan-outs that ended
+            for i, it in ps.item_states.items():
+                if it.status in unsettled:
+                    items = items.set(i, replace(it, status="cancelled"))
+        if ps.status in unsettled or items is not ps.item_states:
             status = "cancelled" if ps.status in unsettled else ps.status
             phases[name] = replace(
                 ps,
                 status=status,
-                item_states={**ps.item_states, **items} if items else ps.item_states,
+                item_states=items,
                 ended_at=signal.at if ps.status in unsettled else ps.ended_at,
             )
     return replace(state, phases=phases)
@@ -433,4 +417,5 @@ def fold(signals: Iterable[Signal], *, pipeline: str = "", run_id: str = "") -> 
 def state_digest(state: RunState) -> str:
     """sha256 (hex) of the canonical JSON of ``state`` (keys sorted, item numbers as
     text): equal states give equal digests, however their dicts were filled."""
-    return hashlib.sha256(_STATE_JSON.encode(msgspec.to_builtins(state, str_keys=True))).hexdigest()
+    data = msgspec.to_builtins(state, str_keys=True, enc_hook=enc_hook)
+    return hashlib.sha256(_STATE_JSON.encode(data)).hexdigest()

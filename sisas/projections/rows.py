@@ -16,6 +16,7 @@ from typing import TypeAlias
 import msgspec
 
 from sisas.handlers.state import RunState
+from sisas.handlers.tables import dec_hook, enc_hook
 from sisas.signals.envelope import Signal
 from sisas.signals.kinds import (
     ContractChecked,
@@ -124,9 +125,9 @@ class _Screen(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     signers: tuple[str, ...] = ()
 
 
-_STATE_ENCODER = msgspec.json.Encoder()
-_STATE_DECODER = msgspec.json.Decoder(RunState)
-_SCREEN_DECODER = msgspec.json.Decoder(_Screen)
+_STATE_ENCODER = msgspec.json.Encoder(enc_hook=enc_hook)
+_STATE_DECODER = msgspec.json.Decoder(RunState, dec_hook=dec_hook)
+_SCREEN_DECODER = msgspec.json.Decoder(_Screen, dec_hook=dec_hook)
 _DETAIL = msgspec.json.Encoder(order="sorted")
 
 

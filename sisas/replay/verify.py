@@ -17,6 +17,7 @@ from typing import Literal
 import msgspec
 
 from sisas.handlers.state import RunState, evolve, state_digest
+from sisas.handlers.tables import enc_hook
 from sisas.replay.fielddiff import field_diff
 from sisas.replay.rules import violation
 from sisas.replay.verdicts import Finding, Problem, RunVerdict, VerifyReport
@@ -175,7 +176,8 @@ class RunVerifier:
                 projection = "differs"
                 if projected.state is not None:
                     diff = field_diff(
-                        msgspec.to_builtins(projected.state), msgspec.to_builtins(self.state)
+                        msgspec.to_builtins(projected.state, enc_hook=enc_hook),
+                        msgspec.to_builtins(self.state, enc_hook=enc_hook),
                     )
                 where = f" at {diff[0].path}" if diff else ""
                 findings.append(
