@@ -30,11 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import append, fold, overhead, projection, replay, scale, workers
+from bench import append, fold, overhead, projection, replay, scale, workers, writepath
 from bench.peers.runner import run_peers
 from bench.report import Row, machine, print_table, rows_for, write_results
 
 SECTIONS = ("overhead", "workers", "peers", "append", "projection", "replay", "scale", "fold")
+SECTIONS += ("writepath",)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -59,6 +60,9 @@ class Sizes:
     scale_runs: int = 8
     fold_items: tuple[int, ...] = (100, 1000, 10_000)
     fold_rounds: int = 3
+    write_runs: int = 30
+    write_concurrent: int = 50
+    write_items: tuple[int, ...] = (100, 1000, 10_000)
 
 
 QUICK = Sizes(
@@ -79,6 +83,9 @@ QUICK = Sizes(
     scale_runs=3,
     fold_items=(100, 1000),
     fold_rounds=1,
+    write_runs=5,
+    write_concurrent=10,
+    write_items=(100,),
 )
 
 
@@ -100,6 +107,9 @@ def _sections(sizes: Sizes, peers: set[str] | None) -> dict[str, Callable[[], An
         "replay": lambda: replay.measure(s.replay_signals, s.replay_rounds, s.reruns),
         "scale": lambda: asyncio.run(scale.measure(s.scale_levels, s.scale_runs)),
         "fold": lambda: fold.measure(s.fold_items, s.fold_rounds),
+        "writepath": lambda: asyncio.run(
+            writepath.measure(s.write_runs, s.write_concurrent, list(s.write_items))
+        ),
     }
 
 

@@ -310,6 +310,64 @@ def _fold(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _writepath(r: dict[str, Any]) -> list[Row]:
+    """The write path against the raw fsynced publish-and-ack measured in the same run
+    (issue 19's aims: run p50 <= 10 ms, <= 16 messages a run, runs/s x messages >= 0.7
+    of the raw pipelined rate, a fan-out item <= 3x one raw publish-and-ack)."""
+    raw = r["raw_ack_ms"]
+    rows = [
+        Row(
+            "writepath",
+            "7-phase no-op run, p50, every write fsynced",
+            r["run_ms_p50"],
+            "ms",
+            10.0,
+            "aim: 10 ms",
+            _faster(10.0, r["run_ms_p50"]),
+            1.0,
+            note=f"raw publish-and-ack {raw:.2f} ms",
+        ),
+        Row(
+            "writepath",
+            "fsynced messages per 7-phase run",
+            r["messages_per_run"],
+            "msgs",
+            16.0,
+            "aim: 16",
+            _faster(16.0, r["messages_per_run"]),
+            1.0,
+            note="commits, work offered, inputs, outputs stored",
+        ),
+        Row(
+            "writepath",
+            f"{r['concurrent']} runs at once: runs/s x messages per run",
+            r["runs_per_s"] * r["messages_per_run"],
+            "msgs/s",
+            r["raw_pipelined_msgs_s"],
+            "raw pipelined fsynced publishes",
+            r["throughput_ratio"],
+            0.7,
+            note=f"{r['runs_per_s']:.1f} runs/s",
+        ),
+    ]
+    for key in sorted(k for k in r if k.endswith("_ms_per_item")):
+        n = int(key.split("_")[1])
+        rows.append(
+            Row(
+                "writepath",
+                f"fan-out of {n:,} items, per item, end to end",
+                r[key],
+                "ms/item",
+                raw,
+                "one raw publish-and-ack",
+                _faster(3 * raw, r[key]),
+                1.0,
+                note=f"{r[f'fanout_{n}_s']:.2f} s in all; aim: <= 3x raw",
+            )
+        )
+    return rows
+
+
 def rows_for(results: dict[str, Any]) -> list[Row]:
     """The table's rows for whatever sections ``results`` holds."""
     rows: list[Row] = []
@@ -329,6 +387,8 @@ def rows_for(results: dict[str, Any]) -> list[Row]:
         rows += _scale(results["scale"])
     if "fold" in results:
         rows += _fold(results["fold"])
+    if "writepath" in results:
+        rows += _writepath(results["writepath"])
     return rows
 
 

@@ -44,6 +44,7 @@ def test_bench_all_quick_writes_table_json_and_plot(tmp_path: Path) -> None:
         "replay",
         "scale",
         "fold",
+        "writepath",
     }
     assert doc["errors"] == {}
     assert doc["machine"]["cores"] == os.cpu_count()
@@ -58,6 +59,7 @@ def test_bench_all_quick_writes_table_json_and_plot(tmp_path: Path) -> None:
         "replay",
         "scale",
         "fold",
+        "writepath",
     }
     [peer] = [r for r in doc["rows"] if r["section"] == "peers"]
     assert peer["note"].startswith("skipped: pip install failed")
