@@ -27,6 +27,7 @@ from sisas.signals.inputs import (
     StartRun,
 )
 from sisas.signals.kinds import ErrorInfo
+from sisas.testing import run_pipeline
 from tests.runs import AT, run_of
 
 T0 = datetime(2026, 3, 4, 5, 6, tzinfo=UTC)
@@ -381,3 +382,34 @@ def test_local_pending_work_is_what_a_scan_of_the_log_finds() -> None:
         run.work(pending[len(pending) // 2])  # out of log order too
         steps += 1
     assert run.state.status == "completed" and steps > 40
+
+
+def _nested() -> Pipeline:
+    nested = Pipeline("nested", version="1")
+
+    @nested.phase()
+    def numbers(ctx: Context, input: int) -> list[int]:
+        return list(range(input))
+
+    @nested.phase(map_over="numbers")
+    def doubled(ctx: Context, item: int) -> int:
+        return item * 2
+
+    @nested.phase(map_over="doubled")
+    def plus_one(ctx: Context, item: int) -> int:
+        return item + 1
+
+    @nested.phase()
+    def total(ctx: Context, plus_one: list[int]) -> int:
+        return sum(plus_one)
+
+    return nested
+
+
+def test_a_fan_out_over_a_fan_outs_items_gets_each_item() -> None:
+    """``map_over`` a phase that is itself a fan-out: item i is that fan-out's item i
+    (the worker read the list from the wrong place and failed every item)."""
+    result = run_pipeline(_nested(), 5, seed=1)
+    result.raise_for_status()
+    assert result.output("plus_one") == [1, 3, 5, 7, 9]
+    assert result.output("total") == 25

@@ -252,6 +252,8 @@ def _load_args(
 ) -> dict[str, Any] | None:
     def argument(name: str, annotation: Any) -> Any:
         if name == "item":
+            if spec.map_over in inputs.gathered:  # a fan-out over a fan-out's items
+                return _value(inputs.gathered[spec.map_over][item or 0], annotation, "item")
             return _item(inputs.values[spec.map_over], item or 0, annotation)
         if name in inputs.gathered:
             return _gathered(inputs.gathered[name], annotation, name)
