@@ -60,9 +60,16 @@ class Requester:
         self._ids = itertools.count(1)
         self._waiting: dict[str, asyncio.Future[Reply]] = {}
         self._sub: Subscription | None = None
+        self._starting = asyncio.Lock()
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(self._prefix + ".*", cb=self._on_reply)
+        """Subscribe to the reply inbox, once: calling it again, even concurrently, does
+        nothing (a second subscription would deliver every reply twice)."""
+        if self._sub is not None:
+            return
+        async with self._starting:
+            if self._sub is None:
+                self._sub = await self._nc.subscribe(self._prefix + ".*", cb=self._on_reply)
 
     async def close(self) -> None:
         if self._sub is not None:
