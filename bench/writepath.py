@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.writepath [--runs N] [--concurrent N] [--items N ...]
 
 Embedded nats-server with ``sync_interval: always`` (every message fsynced before its
-ack), an orchestrator and a worker in this process. Measured in the same run:
+ack), an orchestrator and a worker in this process (``--slots`` phases at once). Measured in the same run:
 
 - the raw limit: one nats-py JetStream publish-and-ack round trip (sequential, p50) and
   the pipelined rate (acks awaited in windows of 256) to a file stream on the server;
@@ -69,7 +69,7 @@ async def fanout(bus: Any, items: int) -> float:
     return (await timed_runs(bus, "fanwide", 1, digest, f"fan{items}"))[0]
 
 
-async def measure(runs: int, concurrent: int, items: list[int]) -> dict[str, Any]:
+async def measure(runs: int, concurrent: int, items: list[int], slots: int = 8) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         async with EmbeddedServer(Path(tmp) / "home", sync="always") as server:
             settings = Settings(home=Path(tmp) / "home", nats_url=server.url, replicas=1)
@@ -77,7 +77,7 @@ async def measure(runs: int, concurrent: int, items: list[int]) -> dict[str, Any
                 raw_ack, raw_rate = await raw_limit(bus)
                 digest = await bus.artifacts.put(b"0")
                 pipelines = {"noop7": noop, "fanwide": wide}
-                async with running_services(bus, pipelines, concurrency=4):
+                async with running_services(bus, pipelines, concurrency=slots):
                     await timed_runs(bus, "noop7", 1, digest, "warm")
                     before = await stored(bus)
                     chain = await timed_runs(bus, "noop7", runs, digest, "chain")
@@ -92,6 +92,7 @@ async def measure(runs: int, concurrent: int, items: list[int]) -> dict[str, Any
         "run_ms_p50": p50 * 1e3,
         "messages_per_run": msgs,
         "concurrent": concurrent,
+        "worker_slots": slots,
         "runs_per_s": rps,
         "throughput_ratio": rps * msgs / raw_rate,
     }
@@ -126,5 +127,6 @@ if __name__ == "__main__":
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--concurrent", type=int, default=50)
     p.add_argument("--items", type=int, nargs="*", default=[100, 1000])
+    p.add_argument("--slots", type=int, default=8, help="phases the worker runs at once")
     a = p.parse_args()
-    report(asyncio.run(measure(a.runs, a.concurrent, a.items)), a.items)
+    report(asyncio.run(measure(a.runs, a.concurrent, a.items, a.slots)), a.items)
