@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.writepath [--runs N] [--concurrent N] [--items N ...]
 
 Embedded nats-server with ``sync_interval: always`` (every message fsynced before its
-ack), an orchestrator and a worker in this process (``--slots`` phases at once). Measured in the same run:
+ack), an orchestrator and a worker in this process (``--slots`` phases at once).
+Measured in the same run:
 
 - the raw limit: one nats-py JetStream publish-and-ack round trip (sequential, p50) and
   the pipelined rate (acks awaited in windows of 256) to a file stream on the server;
