@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import copy
 import functools
 import inspect
 import threading
@@ -226,16 +227,28 @@ def _gathered(parts: list[bytes], annotation: Any, root: str) -> Any:
     return values
 
 
+@functools.lru_cache(maxsize=4)
+def _elements(data: bytes) -> Any:
+    """The decoded list (or array) a fan-out maps over, kept for its next items."""
+    if binary.format_of(data) == "json":
+        return _adapter(list[Any]).validate_json(data)
+    return binary.decode(data)
+
+
 def _item(data: bytes, index: int, annotation: Any) -> Any:
     """Item ``index`` of the output a fan-out maps over: of a list, or along the first
     axis of an array (a Python scalar for a one-dimensional array's element)."""
     form = binary_form(without_none(annotation))
-    if binary.format_of(data) == "json":
-        element = _adapter(list[Any]).validate_json(data)[index]
-    else:
-        element = binary.decode(data)[index]
-        if isinstance(element, np.generic):
-            element = element.item()
+    # The list is decoded once for all its items (not once per item: for 10,000 orders
+    # that was ~10 ms an item); each item gets its own copy, so a phase that changes its
+    # item changes nothing another attempt sees.
+    try:
+        elements = _elements(data)
+    except TypeError:  # not hashable (a memoryview): decoded for this item alone
+        elements = _elements.__wrapped__(data)
+    element = copy.deepcopy(elements[index])
+    if isinstance(element, np.generic):
+        element = element.item()
     if form is not None:
         if isinstance(element, np.ndarray):
             binary.check(element, form, "item")
