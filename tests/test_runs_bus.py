@@ -369,3 +369,44 @@ async def test_two_orchestrators_one_with_a_worker_beside_it_agree_with_one(
     assert {s.status for s in states} == {"completed"}
     assert {s.fingerprint for s in states} == {local_fingerprint(7)}
     assert near.handled_locally > 0
+
+
+async def test_a_run_stopped_under_log_format_1_goes_on_after_the_upgrade(bus: Bus) -> None:
+    """Before commits, workers took phase_scheduled signals from the log through one
+    durable consumer per pipeline. A run stopped mid-way then (p0 done, p1 scheduled)
+    has work no input re-offers: the orchestrator adopts it at start, and the run ends
+    in commits, its chain going on from the format-1 messages."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+    from nats.js.errors import NotFoundError
+
+    from sisas.handlers.local import LocalRun
+    from sisas.signals.names import log_subject
+    from tests.pipelines import chain
+
+    old = LocalRun(chain, "old-1", at=datetime.now(UTC), clock=time.perf_counter)
+    old.start(b"1", seed=7)
+    old.work(old.pending_work()[0])  # p0 ran; p1 is scheduled, never taken
+    assert [s.kind for s in old.signals][-1] == "phase_scheduled"
+    for digest, data in old.artifacts.items():
+        assert await bus.artifacts.put(data) == digest
+    for s in old.signals:  # one signal per message, on its kind's subject
+        subject = log_subject(s.pipeline, s.run_id, s.phase, s.kind)
+        await bus.js.publish(subject, encode_signal(s), headers={"Nats-Msg-Id": s.id})
+    await bus.js.add_consumer(
+        "SISAS_LOG",
+        ConsumerConfig(
+            durable_name="worker-chain7",
+            filter_subject="sisas.run.chain7.*.*.phase_scheduled",
+            ack_policy=AckPolicy.EXPLICIT,
+        ),
+    )
+    await Worker(bus, {"chain7": chain}).register()
+    async with running_services(bus, {"chain7": chain}):
+        state, signals = await wait_end(bus, "old-1")
+    assert state.status == "completed"
+    assert signals[: len(old.signals)] == old.signals
+    records = await bus.log.read_run("old-1")
+    assert [r.of for r in records[: len(old.signals)]] == [1] * len(old.signals)
+    assert any(isinstance(r, StoredSignal) and r.of > 1 for r in records)  # then commits
+    with pytest.raises(NotFoundError):
+        await bus.js.consumer_info("SISAS_LOG", "worker-chain7")

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from sisas.bus.circuits import CircuitBoard
 from sisas.bus.log import HEADERS_ROOM
@@ -49,7 +50,7 @@ from sisas.signals.codec import encode_signal
 from sisas.signals.envelope import Signal
 from sisas.signals.inputs import Input, PhaseReport, StartRun, decode_input
 from sisas.signals.kinds import PhaseScheduled
-from sisas.signals.names import IN_PREFIX, INPUT_STREAM, check_name, input_subject
+from sisas.signals.names import IN_PREFIX, INPUT_STREAM, LOG_STREAM, check_name, input_subject
 from sisas.signals.plan import PipelinePlan
 from sisas.signals.records import CorruptMessage, StoredSignal
 from sisas.telemetry import metrics
@@ -79,6 +80,18 @@ def _still_scheduled(state: RunState, signal: Signal, body: PhaseScheduled) -> b
         current is not None
         and current.attempt == signal.attempt
         and current.status in ("scheduled", "retrying")
+    )
+
+
+def _open_attempt(state: RunState, signal: Signal, body: PhaseScheduled) -> bool:
+    """Whether the attempt ``signal`` schedules is still to be done: scheduled, or
+    running on a worker (which, under log format 1, is gone)."""
+    phase = state.phase(signal.phase)
+    current = phase if body.item is None else phase.item_states.get(body.item)
+    return (
+        current is not None
+        and current.attempt == signal.attempt
+        and current.status in ("scheduled", "retrying", "running")
     )
 
 
@@ -122,6 +135,7 @@ class Orchestrator:
                 max_ack_pending=10_000,
             ),
         )
+        await self.adopt_format1_work()
         about = {"orchestrator": f"{socket.gethostname()}-{os.getpid()}"}
         try:
             async with answering(self.bus.nc, [ORCHESTRATOR_SUBJECT], about):
@@ -205,6 +219,54 @@ class Orchestrator:
             return None
         self.handled_locally += 1
         return state
+
+    async def adopt_format1_work(self) -> int:
+        """Offer on ``SISAS_WORK`` the work that sisas before commits left for its workers.
+
+        Before commits, workers took ``phase_scheduled`` signals from the log itself,
+        through one durable consumer per pipeline (``worker-<pipeline>`` on
+        ``SISAS_LOG``). A run stopped mid-way under that code has scheduled attempts no
+        input will ever re-offer. So at start, for each such consumer: read the log past
+        its acknowledged floor, offer each scheduled attempt that its run's folded state
+        shows still to be done (scheduled, or running on a worker that is gone), then
+        delete the consumer. Idempotent: offers are deduplicated by signal id, and the
+        next start finds no consumer. Returns the attempts offered."""
+        offered = 0
+        for pipeline in await self.registry.names():
+            name = f"worker-{pipeline}"
+            try:
+                info = await self.bus.js.consumer_info(LOG_STREAM, name)
+            except NotFoundError:
+                continue
+            floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+            runs: dict[str, list[StoredSignal]] = {}
+            async for rec in self.bus.log.follow(from_seq=floor + 1):
+                if (
+                    isinstance(rec, StoredSignal)
+                    and rec.of == 1
+                    and rec.signal.pipeline == pipeline
+                    and isinstance(rec.signal.body, PhaseScheduled)
+                ):
+                    runs.setdefault(rec.signal.run_id, []).append(rec)
+            for run_id, scheduled in runs.items():
+                state, _ = await self._load(pipeline, run_id)
+                waiting = [
+                    r
+                    for r in scheduled
+                    if isinstance(r.signal.body, PhaseScheduled)
+                    and not state.ended
+                    and _open_attempt(state, r.signal, r.signal.body)
+                ]
+                offered += await self.bus.work.offer(waiting)
+            await self.bus.js.delete_consumer(LOG_STREAM, name)
+            log.warning(
+                "adopted the work of %s (log format 1): %d attempt(s) of %d run(s) offered "
+                "on SISAS_WORK; its consumer is deleted",
+                name,
+                offered,
+                len(runs),
+            )
+        return offered
 
     def known(self, run_id: str) -> RunState | None:
         """The run's state as this orchestrator last appended or read it (no I/O)."""
