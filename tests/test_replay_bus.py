@@ -153,7 +153,12 @@ async def test_an_audit_bundle_is_verified_on_a_machine_with_no_server(
         "audit", "a1", "--out", str(out), "--rerun", "--pipelines", EXAMPLE, env=env
     )
     assert exported.returncode == 0, exported.stdout + exported.stderr
-    assert len((out / "signals.jsonl").read_bytes().splitlines()) == len(signals)
+    lines = [json.loads(x) for x in (out / "signals.jsonl").read_bytes().splitlines()]
+    assert len(lines) == len(signals)
+    # each line names the message it is stored in: the run's commits, and its place there
+    assert {x["subject"] for x in lines} == {"sisas.run.clustering.a1.c"}
+    assert any(x.get("index", 0) > 0 for x in lines)
+    assert [x["signal"]["seq"] for x in lines] == [s.seq for s in signals]
     html = (out / "report.html").read_text()
     for part in ("INTACT", "Timeline", "Contracts and invariants", "INV-7.1", signals[-1].hash):
         assert part in html

@@ -35,7 +35,7 @@ from sisas.replay.verify import LogVerifier, report
 from sisas.signals.codec import encode_signal
 from sisas.signals.digest import bytes_digest
 from sisas.signals.envelope import Signal
-from sisas.signals.names import log_subject
+from sisas.signals.names import commit_subject, log_subject
 from sisas.signals.records import CorruptMessage, StoredSignal, decode_record
 
 __all__ = [
@@ -86,6 +86,7 @@ class Claims(msgspec.Struct, frozen=True, kw_only=True):
 
 class _Line(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     stream_seq: int
+    index: int = 0
     subject: str
     signal: msgspec.Raw = msgspec.Raw(b"")
     corrupt: str = ""
@@ -132,6 +133,7 @@ def _signals_jsonl(records: Sequence[StoredSignal | CorruptMessage]) -> bytes:
             line = msgspec.json.encode(
                 _Line(
                     stream_seq=r.stream_seq,
+                    index=r.index,
                     subject=_subject(r),
                     signal=msgspec.Raw(encode_signal(r.signal)),
                 )
@@ -145,7 +147,11 @@ def _signals_jsonl(records: Sequence[StoredSignal | CorruptMessage]) -> bytes:
 
 
 def _subject(r: StoredSignal) -> str:
+    """The subject of the message ``r`` is stored in: its run's commit subject, or (log
+    format 1) its own kind's subject."""
     s = r.signal
+    if r.commit:
+        return commit_subject(s.pipeline, s.run_id)
     return log_subject(s.pipeline, s.run_id, s.phase, s.kind)
 
 
@@ -223,7 +229,12 @@ def read_records(path: Path) -> list[StoredSignal | CorruptMessage]:
                 CorruptMessage(stream_seq=line.stream_seq, subject=line.subject, reason=reason)
             )
         else:
-            out.append(decode_record(line.stream_seq, line.subject, bytes(line.signal)))
+            rec = decode_record(line.stream_seq, line.subject, bytes(line.signal))
+            if isinstance(rec, StoredSignal) and (line.index or line.subject.endswith(".c")):
+                rec = msgspec.structs.replace(
+                    rec, index=line.index, commit=line.subject.endswith(".c")
+                )
+            out.append(rec)
     return out
 
 

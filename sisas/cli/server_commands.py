@@ -29,7 +29,7 @@ from sisas.errors import EmbeddedServerError, UsageError
 from sisas.loader import load_pipelines
 from sisas.services.host import running_services
 from sisas.services.triggers import TriggerService
-from sisas.signals.names import INPUT_STREAM, LOG_STREAM
+from sisas.signals.names import INPUT_STREAM, LOG_STREAM, WORK_STREAM
 
 __all__ = ["down", "status", "up"]
 
@@ -315,7 +315,7 @@ async def status(as_json: bool) -> None:
     already = running_server(settings.home) if settings.embedded else None
     async with open_bus(settings, name="sisas-status") as bus:
         streams: dict[str, Any] = {}
-        for name in (LOG_STREAM, INPUT_STREAM):
+        for name in (LOG_STREAM, INPUT_STREAM, WORK_STREAM):
             info = await bus.js.stream_info(name)
             streams[name] = {
                 "messages": info.state.messages,

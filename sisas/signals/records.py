@@ -23,7 +23,7 @@ import msgspec
 from sisas.errors import SignalError
 from sisas.signals.codec import decode_signal, encode_signal
 from sisas.signals.envelope import Signal
-from sisas.signals.names import COMMIT_TOKEN, commit_subject, log_subject, parse_log_subject
+from sisas.signals.names import COMMIT_TOKEN, commit_subject, log_subject, parse_run_subject
 
 __all__ = [
     "COMMIT_FORMAT",
@@ -51,6 +51,8 @@ class StoredSignal(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     signal: Signal
     index: int = 0
     of: int = 1
+    commit: bool = False
+    """Whether its message is a commit (log format 2) rather than a lone signal."""
 
     @property
     def last_in_message(self) -> bool:
@@ -89,7 +91,9 @@ def decode_record(stream_seq: int, subject: str, data: bytes) -> StoredSignal | 
             stream_seq=stream_seq, subject=subject, reason=str(exc), size=len(data)
         )
     expected = log_subject(signal.pipeline, signal.run_id, signal.phase, signal.kind)
-    if subject != expected and parse_log_subject(subject) is not None:
+    if subject.endswith("." + COMMIT_TOKEN) and subject.count(".") == 4:
+        expected = commit_subject(signal.pipeline, signal.run_id)  # a line of a bundle
+    if subject != expected and parse_run_subject(subject) is not None:
         return CorruptMessage(
             stream_seq=stream_seq,
             subject=subject,
@@ -172,5 +176,6 @@ def _decode_commit(
         return corrupt("commit not in canonical form (bytes differ from the re-encoded commit)")
     n = len(signals)
     return [
-        StoredSignal(stream_seq=stream_seq, signal=s, index=i, of=n) for i, s in enumerate(signals)
+        StoredSignal(stream_seq=stream_seq, signal=s, index=i, of=n, commit=True)
+        for i, s in enumerate(signals)
     ]
