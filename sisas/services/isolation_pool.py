@@ -215,6 +215,10 @@ class IsolationPool:
         self._busy: set[_Child] = set()
         self._current: set[Key] | None = None
         """The keys still wanted (None: every key); others are retired."""
+        self._starting: dict[Key, int] = {}
+        """Children being started ahead of the attempts that will want them."""
+        self._changed = asyncio.Condition()
+        """Notified when a child started ahead is idle (or failed to start)."""
         self._ending: set[asyncio.Task[None]] = set()
         self._closing = False
         self.spawned = 0
@@ -258,13 +262,16 @@ class IsolationPool:
         start = time.perf_counter()
         key = self.key(pipe)
         child = self._take(key)
+        while child is None and self._starting.get(key):
+            async with self._changed:  # a child for it is on its way: cheaper to wait
+                await self._changed.wait()
+            child = self._take(key)
         if child is None:
             spawned = await self._spawn(key, start)
             if isinstance(spawned, Outcome):
                 return spawned, False
             child = spawned
-        else:
-            self.reused += 1
+        self.reused += child.uses > 0
         self._busy.add(child)
         reusable = False
         try:
@@ -280,6 +287,14 @@ class IsolationPool:
         finally:
             self._busy.discard(child)
             self._release(child, reusable)
+
+    def warm(self, pipelines: Iterable[Pipeline]) -> None:
+        """Start a child, in the background, for each of ``pipelines`` that has isolated
+        phases (and a source to load it from), while the pool has room: the first
+        attempt then finds one ready."""
+        for pipe in pipelines:
+            if pipe.source and any(spec.isolated for spec in pipe.phases.values()):
+                self._start_ahead(self.key(pipe))
 
     def retire(self, pipelines: Iterable[Pipeline]) -> None:
         """Keep children of ``pipelines``' current code only: idle children holding other
@@ -449,16 +464,31 @@ class IsolationPool:
                 self._end(self._idle.pop(0), kill=False)
             return
         self._end(child, kill=not reusable)
-        if wanted and not reusable and len(self._idle) + len(self._busy) < self.size:
-            self._track(self._replace(child.key))
+        if wanted and not reusable:
+            self._start_ahead(child.key)  # its replacement
 
-    async def _replace(self, key: Key) -> None:
-        """Start a child for ``key`` ahead of the next attempt (after one was killed)."""
-        spawned = await self._spawn(key, time.perf_counter())
-        if isinstance(spawned, Outcome):
-            log.warning("could not start a replacement child for %s: %s", key[1], spawned.error)
+    def _start_ahead(self, key: Key) -> None:
+        """Start a child for ``key`` in the background when the pool has room for it."""
+        starting = sum(self._starting.values())
+        if self._closing or len(self._idle) + len(self._busy) + starting >= self.size:
             return
-        self._release(spawned, True)
+        self._starting[key] = self._starting.get(key, 0) + 1
+        self._track(self._ahead(key))
+
+    async def _ahead(self, key: Key) -> None:
+        try:
+            spawned = await self._spawn(key, time.perf_counter())
+            if isinstance(spawned, Outcome):
+                assert spawned.error is not None
+                log.warning("could not start a child for %s: %s", key[1], spawned.error.message)
+            else:
+                self._release(spawned, True)
+        finally:
+            self._starting[key] -= 1
+            if not self._starting[key]:
+                del self._starting[key]
+            async with self._changed:  # whoever waits for it takes it, or starts one
+                self._changed.notify_all()
 
     def _end(self, child: _Child, *, kill: bool) -> None:
         self._track(child.end(kill=kill))

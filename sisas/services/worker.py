@@ -194,6 +194,7 @@ class Worker:
             self._watching_cancellations(),
             asyncio.TaskGroup() as tg,
         ):
+            self.isolation.warm(self.pipelines.values())
             for name in self.pipelines:
                 tg.create_task(self._consume(name, stop))
             if self.reload:
