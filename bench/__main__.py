@@ -7,7 +7,7 @@ import runpy
 import sys
 
 NAMES = ("append", "overhead", "workers", "projection", "replay", "scale", "peers", "live")
-NAMES += ("examples", "telemetry")
+NAMES += ("examples", "telemetry", "isolation")
 
 
 def main() -> int:
