@@ -147,14 +147,14 @@ async def attempts(n_cold: int, n: int) -> dict[str, float]:
 
 
 @contextlib.asynccontextmanager
-async def serving(bus: Bus, mode: str) -> AsyncIterator[Worker]:
+async def serving(bus: Bus, mode: str, concurrency: int = 2) -> AsyncIterator[Worker]:
     pipes = load_pipelines([EXAMPLE], entry_points=False)
     if mode == "none":
         pipes["clustering"].source = ""  # no source to load in a child: the worker's threads
     orch = Orchestrator(bus)
-    worker = Worker(bus, pipes, concurrency=2, local=orch)
+    worker = Worker(bus, pipes, concurrency=concurrency, local=orch)
     if mode == "cold":
-        worker.isolation = ColdIsolation(2)
+        worker.isolation = ColdIsolation(concurrency)
     await worker.register()
     stop = asyncio.Event()
     tasks = [asyncio.create_task(worker.run(stop)), asyncio.create_task(orch.run(stop))]
@@ -165,15 +165,16 @@ async def serving(bus: Bus, mode: str) -> AsyncIterator[Worker]:
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
 
 
-async def runs(counts: dict[str, int]) -> dict[str, float]:
-    """Runs per second of the example, ``counts[mode]`` runs started at once per mode."""
+async def runs(counts: dict[str, int], concurrency: int = 2) -> dict[str, float]:
+    """Runs per second of the example, ``counts[mode]`` runs started at once per mode, on
+    a worker with ``concurrency`` slots."""
     out: dict[str, float] = {}
     for mode, n in counts.items():
         with tempfile.TemporaryDirectory() as tmp:
             home = Path(tmp) / "home"
             async with EmbeddedServer(home, sync="always") as server:
                 settings = Settings(home=home, nats_url=server.url, replicas=1)
-                async with open_bus(settings) as bus, serving(bus, mode) as worker:
+                async with open_bus(settings) as bus, serving(bus, mode, concurrency) as worker:
                     digest = await bus.artifacts.put(POINTS)
                     await concurrent_runs(bus, "clustering", 2, digest, f"{mode}-warmup")
                     seconds = await concurrent_runs(bus, "clustering", n, digest, mode)
