@@ -220,6 +220,8 @@ class IsolationPool:
         self._changed = asyncio.Condition()
         """Notified when a child started ahead is idle (or failed to start)."""
         self._ending: set[asyncio.Task[None]] = set()
+        """Children ending, and children being started ahead (:meth:`_ahead`)."""
+        self._ahead_tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self.spawned = 0
         """Children started, replacements included."""
@@ -261,12 +263,16 @@ class IsolationPool:
         attempt is abandoned, not failed: the worker is stopping)."""
         start = time.perf_counter()
         key = self.key(pipe)
+        if self._closing:
+            raise asyncio.CancelledError  # the worker is stopping: the work is redelivered
         child = self._take(key)
         while child is None and self._starting.get(key):
             async with self._changed:  # a child for it is on its way: cheaper to wait
                 await self._changed.wait()
             child = self._take(key)
         if child is None:
+            if self._closing:
+                raise asyncio.CancelledError
             spawned = await self._spawn(key, start)
             if isinstance(spawned, Outcome):
                 return spawned, False
@@ -307,6 +313,8 @@ class IsolationPool:
     async def close(self) -> None:
         """End every child: idle ones cleanly (stdin closed), busy ones killed."""
         self._closing = True
+        for task in self._ahead_tasks:  # a child still loading is killed, not waited for
+            task.cancel()
         for child in self._idle:
             self._end(child, kill=False)
         for child in self._busy:
@@ -432,7 +440,9 @@ class IsolationPool:
             now = time.perf_counter()
             if deadline is None and now > sent + STARTUP_LIMIT:
                 self._kill(child)
-                message = f"the phase's process did not start it within {STARTUP_LIMIT:.0f}s"
+                message = (
+                    f"the phase's process did not start the attempt within {STARTUP_LIMIT:.0f}s"
+                )
                 return _failed("HardFailure", message, start, True), False, False
             if deadline is not None and now > deadline:
                 self._kill(child)
@@ -473,7 +483,9 @@ class IsolationPool:
         if self._closing or len(self._idle) + len(self._busy) + starting >= self.size:
             return
         self._starting[key] = self._starting.get(key, 0) + 1
-        self._track(self._ahead(key))
+        task = self._track(self._ahead(key))
+        self._ahead_tasks.add(task)
+        task.add_done_callback(self._ahead_tasks.discard)
 
     async def _ahead(self, key: Key) -> None:
         try:
@@ -493,10 +505,11 @@ class IsolationPool:
     def _end(self, child: _Child, *, kill: bool) -> None:
         self._track(child.end(kill=kill))
 
-    def _track(self, work: Any) -> None:
+    def _track(self, work: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(work)
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
+        return task
 
 
 if __name__ == "__main__":
