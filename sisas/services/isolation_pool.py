@@ -468,8 +468,9 @@ class IsolationPool:
             and child.uses < MAX_USES
             and _rss(child.pid) <= child.baseline + GROWTH_LIMIT
         )
-        if wanted and healthy:
-            self._idle.append(child)
+        full = len(self._idle) + len(self._busy) >= self.size
+        if wanted and healthy and not (full and child.uses == 0):
+            self._idle.append(child)  # (a child started ahead never evicts a used one)
             while len(self._idle) + len(self._busy) > self.size:
                 self._end(self._idle.pop(0), kill=False)
             return
