@@ -7,7 +7,7 @@ import runpy
 import sys
 
 NAMES = ("append", "overhead", "workers", "projection", "replay", "scale", "peers", "live")
-NAMES += ("examples", "telemetry", "writepath", "looplag", "fold")
+NAMES += ("examples", "telemetry", "writepath", "looplag", "fold", "isolation")
 
 
 def main() -> int:

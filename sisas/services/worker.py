@@ -54,7 +54,7 @@ from sisas.handlers.execute import Outcome, PhaseInputs, execute_phase
 from sisas.handlers.state import RunState
 from sisas.handlers.trust import refusal
 from sisas.pipeline import Pipeline
-from sisas.services.isolation import run_isolated
+from sisas.services.isolation_pool import IsolationPool
 from sisas.services.reloading import CodeWatcher
 from sisas.services.secrets import MissingSecret, resolve_secrets, secret_digests
 from sisas.signals.envelope import Signal
@@ -180,6 +180,8 @@ class Worker:
         ``ctx.cancelled``."""
         self.cancelled_attempts = 0
         """Attempts stopped because their run was cancelled."""
+        self.isolation = IsolationPool(self.concurrency)
+        """The started children that run isolated phases (no more at once than slots)."""
 
     async def register(self) -> None:
         """Publish each pipeline's plan with the environment this worker runs it in
@@ -197,10 +199,12 @@ class Worker:
         await self.register()
         subjects = [worker_subject(name) for name in self.pipelines]
         async with (
+            self.isolation,  # left last: its children outlive the attempts that use them
             answering(self.bus.nc, subjects, self.about),
             self._watching_cancellations(),
             asyncio.TaskGroup() as tg,
         ):
+            self.isolation.warm(self.pipelines.values())
             for name in self.pipelines:
                 tg.create_task(self._consume(name, stop))
             if self.reload:
@@ -292,6 +296,7 @@ class Worker:
                     before[name][:19],
                     pipe.plan().fingerprint[:19],
                 )
+            self.isolation.retire(self.pipelines.values())  # children holding old code end
             await self.register()
 
     async def _consume(self, pipeline: str, stop: asyncio.Event) -> None:
@@ -622,9 +627,8 @@ class Worker:
             "secrets": secrets,
         }
         if spec is not None and spec.isolated and pipe.source:
-            return await run_isolated(
-                pipe.source,
-                pipe.name,
+            return await self.isolation.run(
+                pipe,
                 signal.phase,
                 inputs,
                 timeout=spec.timeout,
