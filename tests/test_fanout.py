@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import deque
 from datetime import UTC, datetime
 
@@ -28,7 +29,7 @@ from sisas.signals.inputs import (
 )
 from sisas.signals.kinds import ErrorInfo
 from sisas.testing import run_pipeline
-from tests.runs import AT, run_of
+from tests.runs import AT, run_of, verify_signals
 
 T0 = datetime(2026, 3, 4, 5, 6, tzinfo=UTC)
 CHUNK = 8
@@ -413,3 +414,44 @@ def test_a_fan_out_over_a_fan_outs_items_gets_each_item() -> None:
     result.raise_for_status()
     assert result.output("plus_one") == [1, 3, 5, 7, 9]
     assert result.output("total") == 25
+
+
+def test_a_run_resumed_after_a_list_phase_fans_out_over_the_reused_list() -> None:
+    """Resuming from a fan-out phase reuses its upstream list: the resumed skip carries
+    the list's length, or the fan-out saw "not a list" and failed (and verify then
+    flagged the run sisas wrote itself)."""
+    from sisas.handlers.local import LocalRun
+    from sisas.signals.inputs import Reuse, StartRun
+
+    pipe = _nested()
+    first = LocalRun(pipe, "r1", at=datetime(2026, 1, 2, tzinfo=UTC), clock=time.perf_counter)
+    first.start(b"4", seed=1)
+    done = first.run()
+    assert done.status == "completed"
+    numbers = done.phase("numbers")
+    again = LocalRun(pipe, "r2", at=datetime(2026, 1, 2, tzinfo=UTC), clock=time.perf_counter)
+    again.artifacts.update(first.artifacts)
+    input_digest = next(iter(first.artifacts))
+    again.send(
+        StartRun(
+            id="start:r2",
+            pipeline=pipe.name,
+            run_id="r2",
+            at=datetime(2026, 1, 2, tzinfo=UTC),
+            seed=1,
+            input_digest=input_digest,
+            resume_of="r1",
+            reuse={
+                "numbers": Reuse(
+                    output_digest=numbers.output_digest,
+                    artifact=numbers.artifact,
+                    item_count=numbers.item_count,
+                )
+            },
+        )
+    )
+    state = again.run()
+    assert state.status == "completed", state.error
+    assert state.phase("numbers").status == "skipped"
+    assert state.phase("doubled").item_count == 4
+    assert verify_signals(again.signals).intact

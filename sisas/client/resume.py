@@ -139,5 +139,7 @@ async def prepare_resume(
             await _verified(
                 bus, ps.artifact, ps.output_digest, spec.returns if spec else None, name
             )
-            reuse[name] = Reuse(output_digest=ps.output_digest, artifact=ps.artifact)
+            reuse[name] = Reuse(
+                output_digest=ps.output_digest, artifact=ps.artifact, item_count=ps.item_count
+            )
     return Resume(old, reuse, from_phase)

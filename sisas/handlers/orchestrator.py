@@ -250,6 +250,7 @@ def _start(b: _Builder, inp: StartRun, plan: PipelinePlan | None) -> None:
                     reused_digest=reused.output_digest,
                     reused_artifact=reused.artifact,
                     reused_items=list(reused.items),
+                    reused_item_count=reused.item_count,
                 ),
                 phase=p.name,
             )

@@ -351,7 +351,11 @@ def _phase_skipped(state: RunState, signal: Signal, body: PhaseSkipped) -> RunSt
             ended_at=signal.at,
             output_digest=body.reused_digest,
             artifact=body.reused_artifact,
-            item_count=len(body.reused_items) if body.reused_items else phase.item_count,
+            item_count=len(body.reused_items)
+            if body.reused_items
+            else (
+                body.reused_item_count if body.reused_item_count is not None else phase.item_count
+            ),
             item_states=ItemTable(
                 (i, ItemState(status="completed", artifact=a))
                 for i, a in enumerate(body.reused_items)

@@ -45,6 +45,8 @@ class Reuse(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     output_digest: str
     artifact: str = ""
     items: list[str] = []
+    item_count: int | None = None
+    """The length of a list output (a fan-out downstream maps over its items)."""
 
 
 class StartRun(msgspec.Struct, tag="start_run", **_OPTS):

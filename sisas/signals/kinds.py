@@ -201,13 +201,16 @@ class PhaseSkipped(msgspec.Struct, tag="phase_skipped", **_OPTS):
     """The phase will not run in this run, and why: ``disabled`` (``enabled=False``, or a
     side-effects phase not switched on), ``resumed`` (its output is reused),
     ``upstream_disabled`` (a phase it needs was switched off: nothing failed) or
-    ``upstream_failed`` (a phase it needs failed or timed out)."""
+    ``upstream_failed`` (a phase it needs failed or timed out). A resumed phase carries
+    what it reuses: the output's digest and artifact, a fan-out's items, and the length
+    of a list output (``reused_item_count``: a fan-out downstream maps over it)."""
 
     reason: Literal["disabled", "resumed", "upstream_disabled", "upstream_failed"]
     detail: str = ""
     reused_digest: Digest = ""
     reused_artifact: str = ""
     reused_items: list[str] = []
+    reused_item_count: int | None = None
 
 
 class PhaseTimedOut(msgspec.Struct, tag="phase_timed_out", **_OPTS):
