@@ -236,24 +236,25 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _sampled(
-    cmd: list[str], env: dict[str, str]
-) -> tuple[subprocess.CompletedProcess[str], dict[str, float]]:
-    """Run ``cmd``; its result and the CPU seconds of its process tree by kind (sampled
-    every 0.2 s: a child that lives shorter than that may be missed)."""
-    proc = subprocess.Popen(
-        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    seen: dict[int, tuple[str, float]] = {}
-    while proc.poll() is None:
-        for pid in _descendants(proc.pid):
-            if (got := _cpu_seconds(pid)) is not None:
-                seen[pid] = got
-        time.sleep(0.2)
-    out, err = proc.communicate()
+    cmd: list[str], env: dict[str, str], out_dir: Path
+) -> tuple[int, str, str, dict[str, float]]:
+    """Run ``cmd``; its exit code, stdout, stderr and the CPU seconds of its process tree
+    by kind (sampled every 0.2 s: a child that lives shorter than that may be missed).
+    Its output goes to files: a pipe nobody reads until the end would stall a command
+    that prints more than the pipe holds (the summary of 1,000 runs)."""
+    out_path, err_path = out_dir / "stdout", out_dir / "stderr"
+    with out_path.open("w") as out, err_path.open("w") as err:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=err)
+        seen: dict[int, tuple[str, float]] = {}
+        while proc.poll() is None:
+            for pid in _descendants(proc.pid):
+                if (got := _cpu_seconds(pid)) is not None:
+                    seen[pid] = got
+            time.sleep(0.2)
     by_kind: dict[str, float] = {}
     for kind, cpu in seen.values():
         by_kind[kind] = by_kind.get(kind, 0.0) + cpu
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), by_kind
+    return proc.returncode, out_path.read_text(), err_path.read_text(), by_kind
 
 
 def batch(n: int, profile: str | None) -> tuple[float, dict[str, float]]:
@@ -269,11 +270,11 @@ def batch(n: int, profile: str | None) -> tuple[float, dict[str, float]]:
         cmd += ["batch", "clustering", "--inputs", str(Path(tmp) / "inputs")]
         cmd += ["--pipelines", EXAMPLE, "--seed", "7", "--json"]
         t0 = time.perf_counter()
-        res, cpu = _sampled(cmd, env)
+        code, out, err, cpu = _sampled(cmd, env, Path(tmp))
         seconds = time.perf_counter() - t0
-    if res.returncode != 0:
-        raise RuntimeError(f"sisas batch failed ({res.returncode}): {res.stderr[-2000:]}")
-    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    if code != 0:
+        raise RuntimeError(f"sisas batch failed ({code}): {err[-2000:]}")
+    summary = json.loads(out.strip().splitlines()[-1])
     assert summary["completed"] == n, summary
     print(f"  sisas batch: {n} runs in {seconds:.1f} s, {n / seconds:.2f} runs/s")
     per_run = {kind: cpu[kind] / n * 1e3 for kind in sorted(cpu, key=lambda k: -cpu[k])}
