@@ -48,6 +48,7 @@ __all__ = [
     "PhaseStatus",
     "RunState",
     "RunStatus",
+    "attempt_status",
     "evolve",
     "fold",
     "state_digest",
@@ -244,6 +245,16 @@ def _run_started(state: RunState, signal: Signal, body: RunStarted) -> RunState:
         phases=phases,
         started_at=signal.at,
     )
+
+
+def attempt_status(state: RunState, signal: Signal, body: PhaseScheduled) -> PhaseStatus | None:
+    """The status in ``state`` of the attempt ``signal`` schedules (of its phase, or of
+    its fan-out item); None when ``state`` holds no attempt there or another one."""
+    phase = state.phase(signal.phase)
+    current = phase if body.item is None else phase.item_states.get(body.item)
+    if current is None or current.attempt != signal.attempt:
+        return None
+    return current.status
 
 
 def _phase_scheduled(state: RunState, signal: Signal, body: PhaseScheduled) -> RunState:

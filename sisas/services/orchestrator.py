@@ -44,7 +44,7 @@ from sisas.errors import AppendConflict, SisasError
 from sisas.faults import failpoint
 from sisas.handlers.circuit import Circuit
 from sisas.handlers.orchestrator import decide_full, rejection
-from sisas.handlers.state import PhaseState, RunState, evolve
+from sisas.handlers.state import PhaseState, RunState, attempt_status, evolve
 from sisas.security.keys import signer_from_file
 from sisas.signals.codec import encode_signal
 from sisas.signals.envelope import Signal
@@ -74,25 +74,13 @@ def _waiting(phase: PhaseState) -> bool:
 
 def _still_scheduled(state: RunState, signal: Signal, body: PhaseScheduled) -> bool:
     """Whether the attempt ``signal`` schedules is scheduled and not started in ``state``."""
-    phase = state.phase(signal.phase)
-    current = phase if body.item is None else phase.item_states.get(body.item)
-    return (
-        current is not None
-        and current.attempt == signal.attempt
-        and current.status in ("scheduled", "retrying")
-    )
+    return attempt_status(state, signal, body) in ("scheduled", "retrying")
 
 
 def _open_attempt(state: RunState, signal: Signal, body: PhaseScheduled) -> bool:
     """Whether the attempt ``signal`` schedules is still to be done: scheduled, or
     running on a worker (which, under log format 1, is gone)."""
-    phase = state.phase(signal.phase)
-    current = phase if body.item is None else phase.item_states.get(body.item)
-    return (
-        current is not None
-        and current.attempt == signal.attempt
-        and current.status in ("scheduled", "retrying", "running")
-    )
+    return attempt_status(state, signal, body) in ("scheduled", "retrying", "running")
 
 
 class _Rejected(Exception):

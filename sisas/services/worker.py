@@ -51,7 +51,7 @@ from sisas.environment import capture_environment
 from sisas.errors import ArtifactNotFound, BusError, SisasError
 from sisas.faults import failpoint
 from sisas.handlers.execute import Outcome, PhaseInputs, execute_phase
-from sisas.handlers.state import RunState
+from sisas.handlers.state import RunState, attempt_status
 from sisas.handlers.trust import refusal
 from sisas.pipeline import Pipeline
 from sisas.services.isolation_pool import IsolationPool
@@ -88,15 +88,7 @@ Ended: TypeAlias = Literal["completed", "failed", "timed_out"]
 
 def _open(state: RunState, signal: Signal, body: PhaseScheduled) -> bool:
     """Whether the attempt ``signal`` schedules is still to be done in ``state``."""
-    if state.ended:
-        return False
-    phase = state.phase(signal.phase)
-    current = phase if body.item is None else phase.item_states.get(body.item)
-    return (
-        current is not None
-        and current.attempt == signal.attempt
-        and current.status in ("scheduled", "running")
-    )
+    return not state.ended and attempt_status(state, signal, body) in ("scheduled", "running")
 
 
 class LocalOrchestrator(Protocol):
