@@ -4,7 +4,7 @@ isolation, on the example's ``cluster`` phase (``timeout=60``).
     .venv/bin/python -m bench isolation [--attempts N] [--runs N] [--batch N] [--profile FILE]
 
 - *attempts*: the ``cluster`` attempt of an example run, one after the other, with no
-  bus: :func:`~sisas.services.isolation.run_isolated` (a fresh interpreter importing the
+  bus: :func:`cold_attempt` (a fresh interpreter importing the
   pipeline each time) vs :class:`~sisas.services.isolation_pool.IsolationPool` (one
   warm child) vs :func:`~sisas.handlers.execute.execute_phase` in this process.
 - *runs*: ``N`` runs of ``examples/clustering.py`` (29 attempts each, ``cluster`` in a
@@ -47,7 +47,6 @@ from sisas.handlers.execute import Outcome, PhaseInputs
 from sisas.handlers.local import LocalRun
 from sisas.loader import load_pipelines
 from sisas.pipeline import Pipeline
-from sisas.services.isolation import run_isolated
 from sisas.services.isolation_pool import IsolationPool
 from sisas.services.orchestrator import Orchestrator
 from sisas.services.worker import Worker
@@ -62,7 +61,8 @@ MODES = ("cold", "warm", "none")
 
 
 class ColdIsolation(IsolationPool):
-    """What the worker did before the pool: a fresh child per attempt."""
+    """What the worker did before the pool: a fresh child per attempt (a pool of one
+    child, started for the attempt and ended after it)."""
 
     def warm(self, pipelines: Any) -> None:
         return None
@@ -77,15 +77,17 @@ class ColdIsolation(IsolationPool):
         memory_limit: int | None,
         kwargs: dict[str, Any],
     ) -> tuple[Outcome, bool]:
-        return await run_isolated(
-            pipe.source,
-            pipe.name,
-            phase,
-            inputs,
-            timeout=timeout,
-            memory_limit=memory_limit,
-            kwargs=kwargs,
+        return await cold_attempt(
+            pipe, phase, inputs, timeout=timeout, memory_limit=memory_limit, kwargs=kwargs
         )
+
+
+async def cold_attempt(
+    pipe: Pipeline, phase: str, inputs: PhaseInputs, **common: Any
+) -> tuple[Outcome, bool]:
+    """One attempt in a child started for it alone."""
+    async with IsolationPool(1) as pool:
+        return await pool.run(pipe, phase, inputs, **common)
 
 
 # -- attempts ---------------------------------------------------------------------------
@@ -123,7 +125,7 @@ async def attempts(n_cold: int, n: int) -> dict[str, float]:
 
     t0 = time.perf_counter()
     for _ in range(n_cold):
-        outcome, _ = await run_isolated(pipe.source, pipe.name, "cluster", inputs, **common)  # type: ignore[arg-type]
+        outcome, _ = await cold_attempt(pipe, "cluster", inputs, **common)
         assert outcome.status == "completed", outcome.error
     out["cold"] = n_cold / (time.perf_counter() - t0)
 

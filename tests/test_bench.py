@@ -35,32 +35,14 @@ def test_bench_all_quick_writes_table_json_and_plot(tmp_path: Path) -> None:
     assert "dagster: skipped (pip install failed" in res.stderr
 
     doc = json.loads((out / "latest.json").read_text())
-    assert set(doc["results"]) == {
-        "overhead",
-        "workers",
-        "peers",
-        "append",
-        "projection",
-        "replay",
-        "scale",
-        "fold",
-        "writepath",
-    }
+    expected = {"overhead", "workers", "peers", "append", "projection", "replay", "scale"}
+    expected |= {"fold", "writepath"}
+    assert set(doc["results"]) == expected  # every section ran
     assert doc["errors"] == {}
     assert doc["machine"]["cores"] == os.cpu_count()
     assert doc["machine"]["nats_server"].startswith("nats-server")
     sections = {r["section"] for r in doc["rows"]}
-    assert sections == {
-        "overhead",
-        "workers",
-        "peers",
-        "append",
-        "projection",
-        "replay",
-        "scale",
-        "fold",
-        "writepath",
-    }
+    assert sections == expected  # and each gave rows
     [peer] = [r for r in doc["rows"] if r["section"] == "peers"]
     assert peer["note"].startswith("skipped: pip install failed")
     for row in doc["rows"]:

@@ -1,7 +1,7 @@
 """A worker's warm pool of child processes for isolated phases (``timeout=``,
 ``memory_limit=``).
 
-Starting a child per attempt (:func:`sisas.services.isolation.run_isolated`) pays for a
+Starting a child per attempt (a child started per attempt) pays for a
 Python interpreter and the pipeline's imports every time: about a second on a loaded
 machine, for a phase that may compute for a millisecond. A pool child is started once,
 loads the pipeline once, and then runs attempt after attempt:
@@ -47,12 +47,12 @@ import msgspec
 
 from sisas.handlers.execute import Outcome, PhaseInputs, execute_phase
 from sisas.services.isolation import (
-    _LENGTH,
+    FRAME_LENGTH,
     STARTUP_LIMIT,
-    _child_env,
-    _failed,
-    _rss,
-    _write_frame,
+    child_env,
+    failed,
+    rss,
+    write_frame,
 )
 
 if TYPE_CHECKING:
@@ -94,10 +94,10 @@ class _Attempt(msgspec.Struct, frozen=True):
 
 def _read_frame(stream: BinaryIO) -> bytes | None:
     """The next frame on ``stream``; None once the worker closed it."""
-    head = stream.read(_LENGTH.size)
-    if len(head) < _LENGTH.size:
+    head = stream.read(FRAME_LENGTH.size)
+    if len(head) < FRAME_LENGTH.size:
         return None
-    size = _LENGTH.unpack(head)[0]
+    size = FRAME_LENGTH.unpack(head)[0]
     data = stream.read(size)
     return data if len(data) == size else None
 
@@ -116,16 +116,16 @@ def _child(answers: int) -> None:
         return
     load = msgspec.msgpack.decode(first, type=_Load)
     pipe = load_pipelines([load.source], entry_points=False)[load.pipeline]
-    _write_frame(answers, _READY + pipe.plan().fingerprint.encode())
+    write_frame(answers, _READY + pipe.plan().fingerprint.encode())
     decoder = msgspec.msgpack.Decoder(_Attempt)
     encoder = msgspec.msgpack.Encoder()
     while (data := _read_frame(requests)) is not None:
         attempt = decoder.decode(data)
-        _write_frame(answers, _STARTED)  # the timeout counts from here
+        write_frame(answers, _STARTED)  # the timeout counts from here
         outcome = execute_phase(
             pipe, attempt.phase, attempt.inputs, clock=time.perf_counter, **attempt.kwargs
         )
-        _write_frame(answers, _OUTCOME + encoder.encode(outcome))
+        write_frame(answers, _OUTCOME + encoder.encode(outcome))
 
 
 # -- the worker's side ------------------------------------------------------------------
@@ -140,12 +140,12 @@ class _Answers(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        while len(self._buffer) >= _LENGTH.size:
-            size = _LENGTH.unpack_from(self._buffer)[0]
-            end = _LENGTH.size + size
+        while len(self._buffer) >= FRAME_LENGTH.size:
+            size = FRAME_LENGTH.unpack_from(self._buffer)[0]
+            end = FRAME_LENGTH.size + size
             if len(self._buffer) < end:
                 return
-            self.frames.put_nowait(bytes(self._buffer[_LENGTH.size : end]))
+            self.frames.put_nowait(bytes(self._buffer[FRAME_LENGTH.size : end]))
             del self._buffer[:end]
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -179,7 +179,7 @@ class _Child:
 
     def send(self, frame: bytes) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(_LENGTH.pack(len(frame)) + frame)
+        self.proc.stdin.write(FRAME_LENGTH.pack(len(frame)) + frame)
 
     async def exit_code(self) -> int:
         return await self.proc.wait()
@@ -258,7 +258,7 @@ class IsolationPool:
     ) -> tuple[Outcome, bool]:
         """Run the attempt in a child holding ``pipe``'s code; its outcome and whether it
         timed out. The outcomes and the killing are those of
-        :func:`sisas.services.isolation.run_isolated`; a cancelled call kills its child.
+        a child started per attempt; a cancelled call kills its child.
         Raises :class:`asyncio.CancelledError` when the pool is closed meanwhile (the
         attempt is abandoned, not failed: the worker is stopping)."""
         start = time.perf_counter()
@@ -338,7 +338,7 @@ class IsolationPool:
 
     async def _spawn(self, key: Key, start: float) -> _Child | Outcome:
         """A new child that loaded ``key``'s code, or the failed outcome of an attempt that
-        could not get one (as :func:`run_isolated` words it). Makes room first by ending
+        could not get one (as a child started per attempt words it). Makes room first by ending
         the least recently used idle child when the pool is full."""
         while self._idle and len(self._idle) + len(self._busy) >= self.size:
             self._end(self._idle.pop(0), kill=False)
@@ -351,7 +351,7 @@ class IsolationPool:
                 str(write_fd),
                 stdin=asyncio.subprocess.PIPE,
                 pass_fds=(write_fd,),
-                env=_child_env(),
+                env=child_env(),
             )
         finally:
             os.close(write_fd)
@@ -381,13 +381,13 @@ class IsolationPool:
             )
         except TimeoutError:
             message = f"the phase's process did not load the pipeline within {STARTUP_LIMIT:.0f}s"
-            return _failed("HardFailure", message, start, True)
+            return failed("HardFailure", message, start, True)
         if not data.startswith(_READY):
             code = await child.exit_code()
             message = f"the phase's process exited with code {code} without a result"
-            return _failed("HardFailure", message, start, True)
+            return failed("HardFailure", message, start, True)
         child.fingerprint = data[1:].decode()
-        child.baseline = _rss(child.pid)
+        child.baseline = rss(child.pid)
         if child.fingerprint != child.key[2]:
             log.warning(
                 "%s changed on disk since this worker loaded %s: its isolated phases run "
@@ -436,22 +436,22 @@ class IsolationPool:
             if data == b"":  # the answers pipe closed without an outcome
                 code = await child.exit_code()
                 message = f"the phase's process exited with code {code} without a result"
-                return _failed("HardFailure", message, start, True), False, False
+                return failed("HardFailure", message, start, True), False, False
             now = time.perf_counter()
             if deadline is None and now > sent + STARTUP_LIMIT:
                 self._kill(child)
                 message = (
                     f"the phase's process did not start the attempt within {STARTUP_LIMIT:.0f}s"
                 )
-                return _failed("HardFailure", message, start, True), False, False
+                return failed("HardFailure", message, start, True), False, False
             if deadline is not None and now > deadline:
                 self._kill(child)
                 message = f"killed after its timeout of {timeout}s"
-                return _failed("Timeout", message, start, True), True, False
-            if memory_limit is not None and _rss(child.pid) > memory_limit:
+                return failed("Timeout", message, start, True), True, False
+            if memory_limit is not None and rss(child.pid) > memory_limit:
                 self._kill(child)
                 message = f"killed when it used more than its memory limit of {memory_limit} bytes"
-                return _failed("ResourceExhausted", message, start, False), False, False
+                return failed("ResourceExhausted", message, start, False), False, False
 
     def _kill(self, child: _Child) -> None:
         if child.proc.returncode is None:
@@ -466,7 +466,7 @@ class IsolationPool:
             reusable
             and child.proc.returncode is None
             and child.uses < MAX_USES
-            and _rss(child.pid) <= child.baseline + GROWTH_LIMIT
+            and rss(child.pid) <= child.baseline + GROWTH_LIMIT
         )
         full = len(self._idle) + len(self._busy) >= self.size
         if wanted and healthy and not (full and child.uses == 0):
