@@ -34,6 +34,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
+from opentelemetry.context import Context
 
 from sisas.bus.circuits import CircuitBoard
 from sisas.bus.log import HEADERS_ROOM
@@ -54,7 +55,7 @@ from sisas.signals.names import IN_PREFIX, INPUT_STREAM, LOG_STREAM, check_name,
 from sisas.signals.plan import PipelinePlan
 from sisas.signals.records import CorruptMessage, StoredSignal
 from sisas.telemetry import metrics
-from sisas.telemetry.tracing import inject, message_span
+from sisas.telemetry.tracing import current_context, inject, message_span, within
 
 __all__ = ["REJECTED_SUBJECT", "Orchestrator"]
 
@@ -97,7 +98,7 @@ class Orchestrator:
         self._cache: OrderedDict[str, tuple[RunState, int]] = OrderedDict()
         self._cache_size = cache_size
         self._ack_wait = ack_wait
-        self._pending: dict[str, list[tuple[Input, asyncio.Future[RunState]]]] = {}
+        self._pending: dict[str, list[tuple[Input, Context, asyncio.Future[RunState]]]] = {}
         self._committing: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._reoffered: OrderedDict[str, float] = OrderedDict()
@@ -292,7 +293,7 @@ class Orchestrator:
         """
         fut: asyncio.Future[RunState] = asyncio.get_running_loop().create_future()
         queue = self._pending.setdefault(inp.run_id, [])
-        queue.append((inp, fut))
+        queue.append((inp, current_context(), fut))
         if len(queue) == 1 and inp.run_id not in self._committing:
             self._committing.add(inp.run_id)
             task = asyncio.create_task(self._commit_loop(inp.run_id))
@@ -306,10 +307,10 @@ class Orchestrator:
             while self._pending.get(run_id):
                 group = self._pending.pop(run_id)[:]
                 try:
-                    results = await self._apply_group(run_id, [inp for inp, _ in group])
+                    results = await self._apply_group(run_id, [(i, c) for i, c, _ in group])
                 except Exception as exc:  # the whole group failed: each input hears why
                     results = [exc] * len(group)
-                for (_, fut), result in zip(group, results, strict=True):
+                for (_, _, fut), result in zip(group, results, strict=True):
                     if fut.done():
                         continue
                     if isinstance(result, BaseException):
@@ -320,8 +321,9 @@ class Orchestrator:
             self._committing.discard(run_id)
 
     async def _apply_group(
-        self, run_id: str, inputs: list[Input]
+        self, run_id: str, group: list[tuple[Input, Context]]
     ) -> list[RunState | BaseException]:
+        inputs = [inp for inp, _ in group]
         pipeline = inputs[0].pipeline
         for _ in range(50):
             if any(isinstance(i, StartRun) for i in inputs):  # read the plan meanwhile
@@ -336,7 +338,8 @@ class Orchestrator:
             changed: dict[str, Circuit] = {}
             signals: list[Signal] = []
             results: list[RunState | BaseException | None] = []
-            for inp in inputs:
+            cause: Context | None = None  # the trace of the input that decided last
+            for inp, ctx in group:
                 if state.head.seq and state.pipeline != inp.pipeline:
                     results.append(
                         _Rejected(
@@ -362,6 +365,7 @@ class Orchestrator:
                 for x in decided:
                     state = evolve(state, x)
                 signals += decided
+                cause = ctx
                 changed.update(decision.circuits)
                 results.append(state)
             if not signals:
@@ -374,17 +378,18 @@ class Orchestrator:
                     continue
                 await self._reoffer(state)
                 return [self._settle(state, inp, r) for inp, r in zip(inputs, results, strict=True)]
-            try:
-                result = await self.bus.log.append(signals, expected_last_seq=last_seq)
-            except AppendConflict:
-                self._cache.pop(run_id, None)  # someone else wrote: reload, decide again
-                continue
-            self._remember(run_id, state, result.last_seq)
-            await self.bus.work.offer(
-                StoredSignal(stream_seq=result.last_seq, signal=x)
-                for x in signals
-                if x.kind == "phase_scheduled"
-            )
+            with within(cause):  # the commit and its work are the last cause's children
+                try:
+                    result = await self.bus.log.append(signals, expected_last_seq=last_seq)
+                except AppendConflict:
+                    self._cache.pop(run_id, None)  # someone else wrote: reload, decide again
+                    continue
+                self._remember(run_id, state, result.last_seq)
+                await self.bus.work.offer(
+                    StoredSignal(stream_seq=result.last_seq, signal=x)
+                    for x in signals
+                    if x.kind == "phase_scheduled"
+                )
             await self.circuits.store(pipeline, changed)
             metrics.record_decision(pipeline, signals, changed)
             # The append proved ``state`` the latest: an input that changed nothing on it

@@ -42,11 +42,13 @@ __all__ = [
     "describe_attempt",
     "enabled",
     "fail_span",
+    "current_context",
     "inject",
     "message_span",
     "run_context",
     "run_span",
     "span_in_run",
+    "within",
 ]
 
 Attributes = Mapping[str, str | int | float | bool]
@@ -65,6 +67,31 @@ def inject(headers: dict[str, str]) -> dict[str, str]:
 
         propagate.inject(headers)
     return headers
+
+
+def current_context() -> Context:
+    """The trace context now in force, to carry work to another task (see :func:`within`)."""
+    from opentelemetry import context
+
+    return context.get_current()
+
+
+@contextlib.contextmanager
+def within(ctx: Context | None) -> Iterator[None]:
+    """Make ``ctx`` current for the block: what it writes is the cause's child.
+
+    A commit decided for several inputs is written once, under the context of the input
+    whose decision came last (a retry is the child of the failure that asked for it)."""
+    if ctx is None or not enabled():
+        yield
+        return
+    from opentelemetry import context
+
+    token = context.attach(ctx)
+    try:
+        yield
+    finally:
+        context.detach(token)
 
 
 def run_context(run_id: str) -> Context:
