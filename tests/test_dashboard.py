@@ -175,3 +175,107 @@ def test_many_clients_get_every_event_and_nothing_can_be_posted(up: Up) -> None:
         for path in ("/api/runs", "/events", "/runs/x"):
             assert httpx.request(method, f"{up.url}{path}").status_code == 405
     assert re.search(r"sisas", httpx.get(up.url).text)
+
+
+def _wide_run(up: Up, n: int) -> str:
+    """A finished run of ``wide`` over ``n`` items (it fails at INV-TOTAL, by design)."""
+    payload = up.home / f"wide-{n}.json"
+    payload.write_text(json.dumps({"n": n}))
+    done = sisas("run", "wide", "--input", str(payload), "--json", "--wait", env=up.env)
+    assert done.returncode == 1, done.stderr  # INV-TOTAL breaks: the run fails at `total`
+    return str(json.loads(done.stdout.strip().splitlines()[-1])["run_id"])
+
+
+def _shoot(browser: webdriver.Chrome, tmp_path: Path, name: str) -> Path:
+    """A screenshot of the whole page (the window stretched to it), in the test's tmp
+    folder and in build/screenshots."""
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1400, min(int(height) + 40, 6000))
+    shot = tmp_path / name
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    (SCREENSHOTS / name).write_bytes(shot.read_bytes())
+    browser.set_window_size(1400, 1100)
+    print(f"screenshot: {shot}")
+    return shot
+
+
+def _text(browser: webdriver.Chrome, css: str) -> str:
+    return str(browser.execute_script(f"return document.querySelector({css!r})?.textContent"))
+
+
+@pytest.mark.timeout(400)
+def test_a_fan_out_is_one_row_its_items_are_paged_and_the_page_stays_bounded(
+    up: Up, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    small, big = _wide_run(up, 50), _wide_run(up, 500)
+    sizes = {
+        n: len(httpx.get(f"{up.url}/api/runs/{r}").content) for n, r in ((50, small), (500, big))
+    }
+    # Ten times the items, the same page: no per-item data in the run's JSON (an item
+    # would cost it at least 50 bytes: 22 KB more).
+    assert sizes[500] < sizes[50] * 1.2, sizes
+    print(f"run page JSON: {sizes}")
+
+    browser.get(f"{up.url}/runs/{big}")
+    _wait(browser, "page").until(lambda d: d.find_element(By.ID, "run-status").text == "failed")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#phases tr[data-phase]")
+    assert [r.get_attribute("data-phase") for r in rows] == ["source", "work", "total"]
+    work = browser.find_element(By.CSS_SELECTOR, '#phases tr[data-phase="work"]')
+    assert "completed 500" in work.text and "retried 13" in work.text  # 7, 47, ... 487
+    assert re.search(r"\d+ ms / \d+ ms / 3\d\d ms", work.text), work.text  # item 3 slept 0.3 s
+    total = browser.find_element(By.CSS_SELECTOR, '#phases tr[data-phase="total"]')
+    assert "InvariantViolation" in total.text and "ms" in total.text  # an error, a duration
+    # Slowest and failed first: item 3 is the slowest, item 7 the first retried.
+    _wait(browser, "summary").until(lambda d: _text(d, "#items-slowest li") != "None")
+    assert _text(browser, "#items-slowest li").startswith("work[3]")
+    assert _text(browser, "#items-failed li").startswith("work[7]")
+    # The item list: 50 a page, retried first, paged and searched on the server.
+    _wait(browser, "items").until(lambda d: _text(d, "#items-range") == "1-50 of 500")
+    first = browser.find_elements(By.CSS_SELECTOR, "#items tbody tr")
+    assert len(first) == 50 and first[0].get_attribute("data-item") == "7"
+    assert "retried after: RuntimeError" in first[0].text
+    pages = browser.execute_script("return window.sisas.itemPages")
+    browser.find_element(By.ID, "items-next").click()
+    _wait(browser, "page 2").until(lambda d: _text(d, "#items-range") == "51-100 of 500")
+    assert browser.execute_script("return window.sisas.itemPages") > pages
+    browser.find_element(By.ID, "item-q").send_keys("123")
+    _wait(browser, "search").until(lambda d: _text(d, "#items-range") == "1-1 of 1 (of 500 items)")
+    assert (
+        browser.find_element(By.CSS_SELECTOR, "#items tbody tr").get_attribute("data-item") == "123"
+    )
+    # One timeline lane for 500 items, one bar per plain attempt.
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#gantt g.lane-items")) == 1
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#gantt rect[data-status]")) == 2
+    # Every dependency drawn.
+    edges = {
+        (e.get_attribute("data-from"), e.get_attribute("data-to"))
+        for e in browser.find_elements(By.CSS_SELECTOR, "#dag path.edge")
+    }
+    assert edges == {("source", "work"), ("work", "total")}
+    _shoot(browser, tmp_path, "fan-out-500.png")
+
+
+@pytest.mark.timeout(300)
+def test_checks_are_grouped_failures_first_and_paged(
+    up: Up, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    run_id = _wide_run(up, 300)
+    browser.get(f"{up.url}/runs/{run_id}")
+    _wait(browser, "page").until(lambda d: d.find_element(By.ID, "run-status").text == "failed")
+    groups = browser.find_elements(By.CSS_SELECTOR, "#check-groups tr.group")
+    names = [g.get_attribute("data-group") for g in groups]
+    assert names[0] == "total/invariant/INV-TOTAL", names  # the failing group first
+    assert len(names) == len(set(names)) < 10  # one row per contract or invariant
+    assert "observed 44850, expected < 1000" in groups[0].text
+    assert "work/invariant/INV-ITEM" in names
+    summary = _text(browser, "#checks-summary")
+    assert f"in {len(names)} groups, 1 failed" in summary, summary
+    item_group = groups[names.index("work/invariant/INV-ITEM")]
+    item_group.find_element(By.CSS_SELECTOR, "button").click()
+    _wait(browser, "checks").until(lambda d: _text(d, "#checks-range") == "1-50 of 300")
+    row = browser.find_element(By.CSS_SELECTOR, "#checks tbody tr")
+    assert "passed" in row.text and ">= 0" in row.text  # observed and expected shown
+    browser.find_element(By.ID, "checks-next").click()
+    _wait(browser, "checks 2").until(lambda d: _text(d, "#checks-range") == "51-100 of 300")
+    _shoot(browser, tmp_path, "checks-300.png")

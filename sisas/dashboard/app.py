@@ -27,11 +27,20 @@ from sisas.audit.html import render_report
 from sisas.bus.runtime import Bus
 from sisas.client.queries import ask
 from sisas.client.verification import verify_log
+from sisas.dashboard.detail import RunDetail
 from sisas.dashboard.hub import RESYNC, Hub
-from sisas.dashboard.views import screened_run_view
+from sisas.dashboard.views import (
+    ITEM_ORDERS,
+    MAX_PAGE,
+    checks_page,
+    items_page,
+    run_view,
+    screened_detail,
+)
 from sisas.errors import SisasError
 from sisas.handlers.state import fold
-from sisas.signals import CorruptMessage, StoredSignal
+from sisas.handlers.tables import PhaseStatus
+from sisas.signals import StoredSignal
 from sisas.signals.names import check_name
 
 __all__ = ["create_app"]
@@ -73,9 +82,64 @@ def _runs_params(q: QueryParams) -> dict[str, Any]:
     return params
 
 
-def _run_json(records: list[StoredSignal | CorruptMessage], corrupt: int) -> bytes:
-    view = screened_run_view(records)
-    view["corrupt"] = corrupt
+_ITEM_STATUSES = set(PhaseStatus.__args__)  # type: ignore[attr-defined]
+MAX_QUERY = 200
+
+
+def _page_params(q: QueryParams) -> dict[str, Any]:
+    """``offset``, ``limit`` and ``q`` of a paged API; raises ValueError saying which is
+    wrong and what it takes (a 400, not a 500)."""
+    params: dict[str, Any] = {"offset": 0, "limit": 50, "q": q.get("q", "")}
+    for name, low, high in (("offset", 0, 10**9), ("limit", 1, MAX_PAGE)):
+        raw = q.get(name, "")
+        if raw:
+            if not raw.isdecimal() or not low <= int(raw) <= high:
+                raise ValueError(f"{name} must be a whole number from {low} to {high}, not {raw!r}")
+            params[name] = int(raw)
+    if len(params["q"]) > MAX_QUERY:
+        raise ValueError(f"q must be at most {MAX_QUERY} characters")
+    return params
+
+
+class _Details:
+    """The detail of the runs lately asked for, each kept until its run has a new signal
+    (asked of the log: its last stream seq), so the pages of one run, and the pages of
+    all the browsers showing it, read and fold it once per change."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._kept: dict[str, tuple[int, RunDetail]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, bus: Bus, run_id: str) -> RunDetail | None:
+        """The run's detail, None when the log holds no run ``run_id``. Raises
+        SisasError when the log cannot be read."""
+        lock = self._locks.setdefault(run_id, asyncio.Lock())
+        async with lock:  # one build per change, however many ask at once
+            last = await bus.log.last_of_run(run_id)
+            if last is None:
+                return None
+            kept = self._kept.get(run_id)
+            if kept is not None and kept[0] == last.stream_seq:
+                return kept[1]
+            records = await bus.log.read_run(run_id)
+            if not any(isinstance(r, StoredSignal) for r in records):
+                return None
+            # Off the event loop: on a big run the fold takes a while, and the loop may
+            # be the one that orchestrates (`sisas up`).
+            detail = await asyncio.to_thread(screened_detail, records)
+            self._kept.pop(run_id, None)
+            self._kept[run_id] = (records[-1].stream_seq, detail)
+            while len(self._kept) > self.size:
+                old = next(iter(self._kept))
+                del self._kept[old]
+                self._locks.pop(old, None)
+            return detail
+
+
+def _run_json(detail: RunDetail) -> bytes:
+    view = run_view(detail=detail)
+    view["corrupt"] = detail.corrupt
     return msgspec.json.encode(view)
 
 
@@ -99,23 +163,72 @@ def create_app(bus: Bus, hub: Hub) -> Starlette:
             return _error(503, f"the projection cannot answer: {exc}")
         return JSONResponse({"as_of": answer.as_of, "lag": answer.lag, "runs": answer.result})
 
-    async def api_run(request: Request) -> Response:
+    details = _Details()
+
+    async def detail_of(request: Request) -> RunDetail | Response:
         run_id = request.path_params["run_id"]
         try:
             check_name(run_id, "run id")
         except SisasError as exc:
             return _error(400, str(exc))
         try:
-            records = await bus.log.read_run(run_id)
+            detail = await details.get(bus, run_id)
         except SisasError as exc:
             return _error(503, f"the log cannot be read: {exc}")
-        signals = [r.signal for r in records if isinstance(r, StoredSignal)]
-        if not signals:
-            return _error(404, f"no run {run_id}")
-        # Off the event loop: on a big run the view takes a while to build and encode,
-        # and the loop may be the one that orchestrates (`sisas up`).
-        body = await asyncio.to_thread(_run_json, records, len(records) - len(signals))
+        return _error(404, f"no run {run_id}") if detail is None else detail
+
+    async def api_run(request: Request) -> Response:
+        detail = await detail_of(request)
+        if isinstance(detail, Response):
+            return detail
+        body = await asyncio.to_thread(_run_json, detail)
         return Response(body, media_type="application/json")
+
+    async def api_items(request: Request) -> Response:
+        """``GET /api/runs/RUN/phases/PHASE/items?offset=&limit=&q=&status=&order=``"""
+        q = request.query_params
+        try:
+            params = _page_params(q)
+            if q.get("status") and q["status"] not in _ITEM_STATUSES:
+                raise ValueError(f"status must be one of {', '.join(sorted(_ITEM_STATUSES))}")
+            if q.get("order") and q["order"] not in ITEM_ORDERS:
+                raise ValueError(f"order must be one of {', '.join(ITEM_ORDERS)}")
+        except ValueError as exc:
+            return _error(400, str(exc))
+        detail = await detail_of(request)
+        if isinstance(detail, Response):
+            return detail
+        phase = request.path_params["phase"]
+        page = await asyncio.to_thread(
+            items_page,
+            detail,
+            phase,
+            status=q.get("status", ""),
+            order=q.get("order") or "problems",
+            **params,
+        )
+        if page is None:
+            return _error(404, f"no fanned-out phase {phase!r} in run {detail.state.run_id}")
+        return Response(msgspec.json.encode(page), media_type="application/json")
+
+    async def api_checks(request: Request) -> Response:
+        """``GET /api/runs/RUN/checks?offset=&limit=&q=&group=&failed=1``"""
+        q = request.query_params
+        try:
+            params = _page_params(q)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        detail = await detail_of(request)
+        if isinstance(detail, Response):
+            return detail
+        page = await asyncio.to_thread(
+            checks_page,
+            detail,
+            group=q.get("group", ""),
+            failed_only=q.get("failed", "") in ("1", "true"),
+            **params,
+        )
+        return Response(msgspec.json.encode(page), media_type="application/json")
 
     async def report(request: Request) -> Response:
         run_id = request.path_params["run_id"]
@@ -179,6 +292,8 @@ def create_app(bus: Bus, hub: Hub) -> Starlette:
             Route("/runs/{run_id}/report", report),
             Route("/api/runs", api_runs),
             Route("/api/runs/{run_id}", api_run),
+            Route("/api/runs/{run_id}/phases/{phase}/items", api_items),
+            Route("/api/runs/{run_id}/checks", api_checks),
             Route("/events", events),
             Route("/healthz", health),
             Mount("/static", StaticFiles(directory=str(static)), name="static"),
