@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -10,19 +11,26 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from sisas.bus.connection import refused
+from sisas.bus.consumers import PullFeed, pull_feed
 from sisas.bus.translate import nats_errors
 from sisas.errors import BusError, BusUnavailable, SisasError
 from sisas.signals.inputs import Input, StartRun, decode_input, encode_input
-from sisas.signals.names import INPUT_STREAM, input_subject
+from sisas.signals.names import IN_PREFIX, INPUT_STREAM, input_subject
 from sisas.telemetry.tracing import inject
 
 __all__ = [
+    "REJECTED_SUBJECT",
+    "JetStreamInputs",
     "Published",
     "publish_input",
     "publish_input_acked",
     "publish_start",
     "stored_start",
 ]
+
+
+REJECTED_SUBJECT = f"{IN_PREFIX}._._.rejected"
+"""Where refused inputs are recorded, beside the inputs (one record per refused seq)."""
 
 
 class Published(NamedTuple):
@@ -103,3 +111,24 @@ async def stored_start(js: JetStreamContext, seq: int) -> StartRun | None:
     except SisasError:
         return None
     return inp if isinstance(inp, StartRun) else None
+
+
+class JetStreamInputs:
+    """``SISAS_IN`` as the :class:`sisas.bus.ports.Inputs` port."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+
+    async def publish(self, inp: Input) -> Published:
+        return await publish_input_acked(self._js, inp)
+
+    async def consume(self, durable: str, *, ack_wait: float) -> PullFeed:
+        return await pull_feed(self._js, INPUT_STREAM, f"{IN_PREFIX}.>", durable, ack_wait=ack_wait)
+
+    async def record_rejection(self, seq: int, subject: str, reason: str, size: int) -> None:
+        record = {"stream_seq": seq, "subject": subject, "reason": reason, "size": size}
+        await self._js.publish(
+            REJECTED_SUBJECT,
+            json.dumps(record).encode(),
+            headers={"Nats-Msg-Id": f"rejected:{seq}"},
+        )

@@ -38,14 +38,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypeAlias
 
 import msgspec
-from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from sisas.bus.inputs import publish_input
-from sisas.bus.presence import answering, worker_subject
-from sisas.bus.registry import PlanRegistry
-from sisas.bus.runtime import Bus
+from sisas.bus.ports import Delivery, Ports, closing_feed
+from sisas.bus.presence import worker_subject
 from sisas.bus.work import log_seq, work_record
 from sisas.environment import capture_environment
 from sisas.errors import ArtifactNotFound, BusError, SisasError
@@ -61,9 +57,6 @@ from sisas.signals.envelope import Signal
 from sisas.signals.inputs import PhaseReport
 from sisas.signals.kinds import ENDING_KINDS, ErrorInfo, PhaseScheduled, RunStarted
 from sisas.signals.names import (
-    WORK_PREFIX,
-    WORK_STREAM,
-    commit_subject,
     live_subject,
     parse_run_subject,
 )
@@ -139,7 +132,7 @@ class Worker:
 
     def __init__(
         self,
-        bus: Bus,
+        bus: Ports,
         pipelines: dict[str, Pipeline],
         *,
         name: str | None = None,
@@ -178,7 +171,7 @@ class Worker:
     async def register(self) -> None:
         """Publish each pipeline's plan with the environment this worker runs it in
         (recorded by every run that follows the plan: :mod:`sisas.environment`)."""
-        registry = PlanRegistry(self.bus.js)
+        registry = self.bus.plans
         for pipe in self.pipelines.values():
             environment = capture_environment(pipe, nats_server=self.bus.server_version)
             record = msgspec.json.encode(environment, order="sorted")
@@ -192,7 +185,7 @@ class Worker:
         subjects = [worker_subject(name) for name in self.pipelines]
         async with (
             self.isolation,  # left last: its children outlive the attempts that use them
-            answering(self.bus.nc, subjects, self.about),
+            self.bus.wire.answering(subjects, self.about),
             self._watching_cancellations(),
             asyncio.TaskGroup() as tg,
         ):
@@ -209,26 +202,17 @@ class Worker:
         cancelled run, whoever cancelled it). A subscription the server refuses (a role
         without the permission) only means attempts run to their end, as before."""
 
-        async def on_commit(msg: Msg) -> None:
-            # A cheap test first: most commits end nothing.
-            if b'"kind":"run_cancelled"' not in msg.data and b'"kind":"run_failed"' not in msg.data:
+        async def on_commit(subject: str, data: bytes) -> None:
+            # A cheap test first: most commits end nothing (a failed run needs no more
+            # work either).
+            if b'"kind":"run_cancelled"' not in data and b'"kind":"run_failed"' not in data:
                 return
-            parsed = parse_run_subject(msg.subject)
+            parsed = parse_run_subject(subject)
             if parsed is not None:
                 self._cancel_run(parsed[1])
 
-        subs = []
-        subject = commit_subject("*", "*")  # a failed run needs no more work either
-        try:
-            subs.append(await self.bus.nc.subscribe(subject, cb=on_commit))
-        except Exception as exc:  # a refused subscription: attempts run to their end
-            log.warning("cannot watch for ended runs on %s: %s", subject, exc)
-        try:
+        async with self.bus.wire.on_commits(on_commit):
             yield
-        finally:
-            for sub in subs:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
 
     def _cancel_run(self, run_id: str) -> None:
         """Stop every attempt of ``run_id`` running here: a child process is killed, a
@@ -292,23 +276,13 @@ class Worker:
             await self.register()
 
     async def _consume(self, pipeline: str, stop: asyncio.Event) -> None:
-        psub = await self.bus.js.pull_subscribe(
-            f"{WORK_PREFIX}.{pipeline}.>",
-            durable=f"worker-{pipeline}",
-            stream=WORK_STREAM,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=self.ack_wait,
-                deliver_policy=DeliverPolicy.ALL,
-                max_ack_pending=10_000,
-            ),
-        )
+        feed = await self.bus.work.consume(pipeline, ack_wait=self.ack_wait)
         tasks: set[asyncio.Task[None]] = set()
-        try:
+        async with closing_feed(feed):
             while not stop.is_set():
                 await self._slots.acquire()
                 try:
-                    msgs = await psub.fetch(1, timeout=0.25)
+                    msgs = await feed.fetch(1, timeout=0.25)
                 except Exception as exc:
                     self._slots.release()
                     if not isinstance(exc, TimeoutError):
@@ -320,11 +294,8 @@ class Worker:
                 task.add_done_callback(tasks.discard)
             if tasks:
                 await asyncio.wait(tasks, timeout=self.ack_wait)
-        finally:
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
 
-    async def _handle(self, msg: Msg) -> None:
+    async def _handle(self, msg: Delivery) -> None:
         released = False
 
         def release() -> None:
@@ -352,7 +323,7 @@ class Worker:
         finally:
             release()
 
-    async def _give_up(self, msg: Msg, exc: Exception) -> None:
+    async def _give_up(self, msg: Delivery, exc: Exception) -> None:
         """Report the attempt failed (not retryable), so the run records why, and drop it."""
         rec = work_record(msg)
         if isinstance(rec, StoredSignal) and isinstance(rec.signal.body, PhaseScheduled):
@@ -362,7 +333,7 @@ class Worker:
             await self._report(rec.signal, rec.signal.body, "failed", outcome)
         await msg.term()
 
-    async def _work(self, msg: Msg, executed: Callable[[], None]) -> None:
+    async def _work(self, msg: Delivery, executed: Callable[[], None]) -> None:
         """What the worker does with one phase_scheduled: admit it (:meth:`_admit`),
         attempt it (:meth:`_attempt`), report its start and outcome, and acknowledge it.
 
@@ -433,7 +404,7 @@ class Worker:
             await started
             await ended
 
-    async def _admit(self, msg: Msg) -> tuple[Signal, PhaseScheduled] | None:
+    async def _admit(self, msg: Delivery) -> tuple[Signal, PhaseScheduled] | None:
         """The scheduled phase ``msg`` holds, when it is to be attempted now; None when
         it is settled here instead: terminated when it is not a phase_scheduled or its
         signature is refused (:meth:`_refuse`), acknowledged when its run ended,
@@ -468,7 +439,7 @@ class Worker:
             return None
         return signal, body
 
-    async def _postponed(self, msg: Msg, signal: Signal, body: PhaseScheduled) -> bool:
+    async def _postponed(self, msg: Delivery, signal: Signal, body: PhaseScheduled) -> bool:
         """Whether the attempt's backoff delay has not passed yet; the message is then
         nak'ed to come back when it has (at most :data:`MAX_POSTPONE` later)."""
         # The backoff counts from the signal's time (the sender's clock), but never waits
@@ -481,7 +452,7 @@ class Worker:
         return False
 
     async def _claim(
-        self, msg: Msg, signal: Signal, body: PhaseScheduled, secrets: dict[str, str]
+        self, msg: Delivery, signal: Signal, body: PhaseScheduled, secrets: dict[str, str]
     ) -> bool:
         """Report the attempt started; whether it is still to be done (its run going on,
         and it the current attempt of its phase or item). When not, the message is
@@ -504,7 +475,7 @@ class Worker:
         return True
 
     async def _attempt(
-        self, msg: Msg, signal: Signal, body: PhaseScheduled, event: threading.Event
+        self, msg: Delivery, signal: Signal, body: PhaseScheduled, event: threading.Event
     ) -> tuple[Outcome, Ended, str]:
         """Execute the attempt (:meth:`_execute`) while telling JetStream it is in
         progress, and store its output; the outcome, its status and the output's artifact
@@ -537,7 +508,7 @@ class Worker:
         status: Ended = "timed_out" if timed_out else outcome.status
         return outcome, status, artifact
 
-    async def _settle(self, msg: Msg, signal: Signal, status: Ended, outcome: Outcome) -> None:
+    async def _settle(self, msg: Delivery, signal: Signal, status: Ended, outcome: Outcome) -> None:
         """Acknowledge the work once its outcome is reported, and count the attempt."""
         failpoint("worker.before_ack")
         await msg.ack()
@@ -552,7 +523,7 @@ class Worker:
         self.completed += 1
 
     async def _refuse(
-        self, msg: Msg, signal: Signal, body: PhaseScheduled, check: SignatureCheck
+        self, msg: Delivery, signal: Signal, body: PhaseScheduled, check: SignatureCheck
     ) -> None:
         """Refuse a scheduled phase whose signature is missing, invalid or untrusted.
 
@@ -588,7 +559,7 @@ class Worker:
         last = await self.bus.log.last_of_run(run_id)
         return isinstance(last, StoredSignal) and last.signal.kind in ENDING_KINDS
 
-    async def _heartbeat(self, msg: Msg) -> None:
+    async def _heartbeat(self, msg: Delivery) -> None:
         while True:
             await asyncio.sleep(self.ack_wait / 3)
             with contextlib.suppress(Exception):
@@ -674,7 +645,7 @@ class Worker:
             ).encode()
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody listens
                 loop.call_soon_threadsafe(
-                    lambda: asyncio.ensure_future(self.bus.nc.publish(subject, payload))
+                    lambda: asyncio.ensure_future(self.bus.wire.publish(subject, payload))
                 )
 
         done: asyncio.Future[Outcome] = loop.create_future()
@@ -753,5 +724,5 @@ class Worker:
             state = await self.local.submit(report)
             if state is not None:
                 return state
-        await publish_input(self.bus.js, report)
+        await self.bus.inputs.publish(report)
         return None

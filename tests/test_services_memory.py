@@ -1,0 +1,146 @@
+"""The services' own code on the in-memory ports (:func:`sisas.bus.memory.memory_ports`):
+an orchestrator and a worker decide and run pipelines with no server, and the in-memory
+queues keep the delivery contract the services rely on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from sisas.bus.memory import MemoryInputs, MemoryQueue, memory_ports
+from sisas.bus.ports import Ports
+from sisas.loader import load_pipelines
+from sisas.pipeline import Pipeline
+from sisas.services.orchestrator import Orchestrator
+from sisas.services.worker import Worker
+from sisas.signals import StoredSignal
+from sisas.signals.digest import bytes_digest
+from sisas.signals.inputs import CancelRun, StartRun
+from sisas.signals.kinds import PhaseScheduled
+from tests.pipelines import slow, traced
+from tests.runs import EXAMPLE, POINTS, local_fingerprint, wait_end
+
+AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@contextlib.asynccontextmanager
+async def services(
+    ports: Ports, pipes: dict[str, Pipeline], *, local: bool = True
+) -> AsyncIterator[Orchestrator]:
+    """An orchestrator and a worker on ``ports`` until the block ends."""
+    orch = Orchestrator(ports)
+    worker = Worker(ports, pipes, concurrency=2, local=orch if local else None)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(orch.run(stop)), asyncio.create_task(worker.run(stop))]
+    try:
+        yield orch
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+
+async def start(ports: Ports, pipeline: str, run_id: str, data: bytes, seed: int = 7) -> None:
+    await ports.artifacts.put(data)
+    await ports.inputs.publish(
+        StartRun(
+            id=f"start:{run_id}",
+            pipeline=pipeline,
+            run_id=run_id,
+            at=AT,
+            seed=seed,
+            input_digest=bytes_digest(data),
+        )
+    )
+
+
+@pytest.mark.parametrize("local", [True, False], ids=["reports-in-process", "reports-queued"])
+async def test_the_example_runs_on_memory_ports_as_it_runs_in_process(local: bool) -> None:
+    ports = memory_ports()
+    pipe = load_pipelines([EXAMPLE], entry_points=False)["clustering"]
+    async with services(ports, {"clustering": pipe}, local=local) as orch:
+        await start(ports, "clustering", "m1", POINTS)
+        state, signals = await wait_end(ports, "m1", timeout=60)
+    assert state.status == "completed", state
+    assert state.fingerprint == local_fingerprint()
+    assert orch.rejected == 0
+    assert (orch.handled_locally > 0) == local
+    # one commit per decision: fewer messages than signals
+    assert await ports.log.last_seq() < len(signals)
+
+
+async def test_retries_and_fan_out_on_memory_ports() -> None:
+    ports = memory_ports()
+    async with services(ports, {"traced": traced}):
+        await start(ports, "traced", "t1", b'{"n": 3}')
+        state, signals = await wait_end(ports, "t1", timeout=60)
+    assert state.status == "completed", state
+    attempts = sorted(
+        (s.phase, s.attempt, s.body.item) for s in signals if isinstance(s.body, PhaseScheduled)
+    )
+    assert attempts == [
+        ("shaky", 0, None),
+        ("shaky", 1, None),
+        ("spread", 0, None),
+        ("square", 0, 0),
+        ("square", 0, 1),
+        ("square", 0, 2),
+        ("total", 0, None),
+    ]
+
+
+async def test_a_bad_input_is_recorded_and_the_orchestrator_goes_on() -> None:
+    ports = memory_ports()
+    assert isinstance(ports.inputs, MemoryInputs)
+    ports.inputs.queue.put("sisas.in.traced.x1.start_run", b"{not json", {}, "junk")
+    async with services(ports, {"traced": traced}) as orch:
+        await start(ports, "traced", "t2", b'{"n": 1}')
+        state, _ = await wait_end(ports, "t2", timeout=60)
+    assert state.status == "completed"
+    (rejection,) = ports.inputs.rejections()
+    assert rejection["stream_seq"] == 1 and "x1" in str(rejection["subject"])
+    assert orch.rejected == 1
+
+
+async def test_cancel_stops_a_running_attempt_on_memory_ports() -> None:
+    ports = memory_ports()
+    async with services(ports, {"slow": slow}):
+        await start(ports, "slow", "s1", b'{"seconds": 30}')
+        for _ in range(400):  # until the attempt runs
+            last = await ports.log.last_of_run("s1")
+            if isinstance(last, StoredSignal) and last.signal.kind == "phase_started":
+                break
+            await asyncio.sleep(0.05)
+        await ports.inputs.publish(
+            CancelRun(id="cancel:s1", pipeline="slow", run_id="s1", at=AT, reason="test")
+        )
+        state, signals = await wait_end(ports, "s1", timeout=20)
+    assert state.status == "cancelled"
+    assert signals[-1].kind == "run_cancelled"
+
+
+async def test_memory_queue_delivers_each_message_to_one_taker_until_settled() -> None:
+    queue = MemoryQueue()
+    for i in range(3):
+        queue.put(f"sisas.in.p.r{i}.start_run", b"x", {}, f"id{i}")
+    assert queue.put("sisas.in.p.r0.start_run", b"x", {}, "id0").duplicate
+    a = queue.consumer("orchestrator", "sisas.in.", ack_wait=0.2)
+    assert queue.consumer("orchestrator", "sisas.in.", ack_wait=0.2) is a  # shared
+    first = await a.fetch(2, timeout=0.1)
+    assert [m.metadata.sequence.stream for m in first] == [1, 2]
+    await first[0].ack()
+    await first[1].nak()
+    (again,) = await a.fetch(1, timeout=0.1)  # a nak'd message comes back first
+    assert again.metadata.sequence.stream == 2 and again.metadata.num_delivered == 2
+    await again.term()
+    (third,) = await a.fetch(5, timeout=0.1)
+    assert third.metadata.sequence.stream == 3
+    # not settled within ack_wait: delivered again
+    (redelivered,) = await a.fetch(1, timeout=1.0)
+    assert redelivered.metadata.sequence.stream == 3
+    await redelivered.ack()
+    with pytest.raises(TimeoutError):
+        await a.fetch(1, timeout=0.05)
