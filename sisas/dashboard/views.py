@@ -341,6 +341,17 @@ def _page(rows: list[Any], offset: int, limit: int) -> tuple[int, list[Any]]:
     return len(rows), rows[offset : offset + limit]
 
 
+def _problems_first(row: tuple[int, ItemState, float | None, Attempt | None]) -> tuple[Any, ...]:
+    """Failed, timed out or cancelled items, then retried ones (by index), then the
+    rest, slowest first."""
+    i, it, duration, _ = row
+    if it.status in _BAD:
+        return (0, i)
+    if it.attempt:
+        return (1, i)
+    return (2, -(duration or 0.0), i)
+
+
 def items_page(
     detail: RunDetail,
     phase: str,
@@ -375,7 +386,7 @@ def items_page(
     if order == "slowest":
         rows.sort(key=lambda r: -(r[2] or 0.0))
     elif order == "problems":
-        rows.sort(key=lambda r: (r[1].status not in _BAD, r[1].attempt == 0, -(r[2] or 0.0)))
+        rows.sort(key=_problems_first)
     matched, page = _page(rows, offset, limit)
     return {
         "phase": phase,

@@ -241,7 +241,7 @@ const itemsView = {phase: null, offset: 0, limit: 50, q: "", status: "", order: 
 function renderFanoutSummary(p) {
   const f = p.fanout;
   const slow = f.slowest.map((s) => `<li><a href="#" class="item-link" data-item="${s.item}">${esc(p.name)}[${s.item}]</a> ${esc(secs(s.duration))}</li>`).join("") || '<li class="muted">none yet</li>';
-  const bad = f.failed.map((s) => `<li><a href="#" class="item-link" data-item="${s.item}">${esc(p.name)}[${s.item}]</a> <span class="status st-${esc(s.status)}">${esc(s.status)}</span> attempt ${s.attempt}: <span class="${BAD.has(s.status) ? "error" : "muted"}">${esc(s.error)}</span></li>`).join("") || '<li class="muted">none</li>';
+  const bad = f.failed.map((s) => `<li><a href="#" class="item-link" data-item="${s.item}">${esc(p.name)}[${s.item}]</a> <span class="status st-${esc(s.status)}">${esc(s.status)}</span> attempt ${s.attempt}: <span class="${BAD.has(s.status) ? "error" : "muted"}">${BAD.has(s.status) ? "" : "retried after: "}${esc(s.error)}</span></li>`).join("") || '<li class="muted">none</li>';
   $("#items-summary").innerHTML = `
     <div><h3>slowest</h3><ol id="items-slowest">${slow}</ol></div>
     <div><h3>failed or retried <span class="muted">(${num(f.failed_total)})</span></h3><ol id="items-failed">${bad}</ol></div>`;
