@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import msgspec
+
 from sisas.handlers.state import RunState, fold
 from sisas.signals import (
     ContractChecked,
@@ -42,9 +44,10 @@ def iso(at: datetime | None) -> str | None:
     return None if at is None else at.isoformat().replace("+00:00", "Z")
 
 
-@dataclass(slots=True)
-class Attempt:
-    """One attempt of a phase or of one item: its times, outcome and worker."""
+class Attempt(msgspec.Struct, gc=False):
+    """One attempt of a phase or of one item: its times, outcome and worker. (Not
+    tracked by the garbage collector, as the fold's states are not: a 10,000-item run
+    holds tens of thousands of them, and each collection would walk them all.)"""
 
     phase: str
     item: int | None
@@ -67,8 +70,7 @@ class Attempt:
         return max((end - begin).total_seconds(), 0.0)
 
 
-@dataclass(slots=True, frozen=True)
-class CheckRow:
+class CheckRow(msgspec.Struct, frozen=True, gc=False):
     """One contract or invariant check, as a check list shows it."""
 
     seq: int

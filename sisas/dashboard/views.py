@@ -47,7 +47,7 @@ SHOWN: Final = 5
 """Slowest and failed items named in a fan-out's row."""
 GROUPS: Final = 100
 """Check groups in the summary (a plan has far fewer; the rest are counted)."""
-INCIDENTS: Final = 50
+INCIDENTS: Final = 20
 """Latest retries and errors in the summary (the rest are counted)."""
 LANES: Final = 60
 """Timeline lanes drawn; past that, the rest are counted."""
