@@ -166,3 +166,28 @@ def wide_total(ctx: Context, work: list[int]) -> int:
 @wide.invariant("INV-TOTAL", phase="total", description="the sum stays under 100")
 def under_cap(out: int) -> tuple[bool, int, str]:
     return out < 100, out, "< 100"
+
+
+diamond = Pipeline("diamond", version="1")
+"""``a`` feeds ``b`` and ``c``, ``b`` feeds ``c``: the edge a -> c skips a column of the
+DAG; ``notify`` is switched off, so it is skipped (``disabled``)."""
+
+
+@diamond.phase(name="a")
+def diamond_a(ctx: Context, input: int) -> int:
+    return input
+
+
+@diamond.phase(name="b")
+def diamond_b(ctx: Context, a: int) -> int:
+    return a + 1
+
+
+@diamond.phase(name="c")
+def diamond_c(ctx: Context, b: int, a: int) -> int:
+    return a + b
+
+
+@diamond.phase(name="notify", enabled=False)
+def diamond_notify(ctx: Context, c: int) -> int:
+    return c

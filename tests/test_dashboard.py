@@ -292,3 +292,54 @@ def test_checks_are_grouped_failures_first_and_paged(
     browser.find_element(By.ID, "checks-next").click()
     _wait(browser, "checks 2").until(lambda d: _text(d, "#checks-range") == "51-60 of 60")
     _shoot(browser, tmp_path, "checks-60.png")
+
+
+_CROSSES = """
+const [path, box] = arguments;
+const r = box.getBBox();
+for (let at = 0; at <= path.getTotalLength(); at += 2) {
+  const p = path.getPointAtLength(at);
+  const inside = (v, lo, size) => v > lo + 1 && v < lo + size - 1;
+  if (inside(p.x, r.x, r.width) && inside(p.y, r.y, r.height)) return true;
+}
+return false;
+"""
+
+
+def test_every_dependency_is_drawn_and_skips_and_cancels_read_apart_from_failures(
+    up: Up, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    payload = up.home / "one.json"
+    payload.write_text("1")
+    done = sisas("run", "diamond", "--input", str(payload), "--json", "--wait", env=up.env)
+    assert done.returncode == 0, done.stderr
+    run_id = json.loads(done.stdout.strip().splitlines()[-1])["run_id"]
+    browser.get(f"{up.url}/runs/{run_id}")
+    _wait(browser, "page").until(lambda d: d.find_element(By.ID, "run-status").text == "completed")
+    edges = {
+        (e.get_attribute("data-from"), e.get_attribute("data-to")): e
+        for e in browser.find_elements(By.CSS_SELECTOR, "#dag path.edge")
+    }
+    assert set(edges) == {("a", "b"), ("b", "c"), ("a", "c"), ("c", "notify")}
+    boxes = {
+        g.get_attribute("data-phase"): g.find_element(By.TAG_NAME, "rect")
+        for g in browser.find_elements(By.CSS_SELECTOR, "#dag g.node")
+    }
+    for (src, dst), edge in edges.items():  # no edge runs behind a box it does not join
+        for name, box in boxes.items():
+            if name not in (src, dst):
+                assert not browser.execute_script(_CROSSES, edge, box), (src, dst, name)
+    notify = browser.find_element(By.CSS_SELECTOR, '#phases tr[data-phase="notify"]')
+    assert notify.get_attribute("data-status") == "skipped"
+    detail = notify.find_element(By.CSS_SELECTOR, "td.detail span")
+    assert detail.text == "skipped: disabled" and detail.get_attribute("class") == "muted"
+    colour = (
+        "const e = document.createElement('span'); e.className = 'status st-' + arguments[0];"
+        "document.body.append(e); const c = getComputedStyle(e).backgroundColor; e.remove();"
+        "return c;"
+    )
+    colours = {s: browser.execute_script(colour, s) for s in ("failed", "cancelled", "skipped")}
+    assert len(set(colours.values())) == 3, colours  # each its own colour
+    a = browser.find_element(By.CSS_SELECTOR, '#phases tr[data-phase="a"] td.duration')
+    assert re.fullmatch(r"\d+ ms|\d+\.\d\d s", a.text), a.text
+    _shoot(browser, tmp_path, "diamond.png")
