@@ -8,6 +8,8 @@ after reading the log, the best of ``--rounds``:
 
 - page:   screen and index the run's records (``screened_detail``), build the bounded
           summary (``run_view``) and encode it: the CPU of one page load;
+- reload: a live page's reload once the dashboard holds the run's index: take in the
+          run's last 50 signals (``RunIndex.catch_up``), build and encode the summary;
 - items:  one page of 50 of the fan-out's items, failed and retried first;
 - checks: one page of 50 of one check group's checks;
 - bytes:  the summary's JSON, what each open page downloads per reload;
@@ -34,12 +36,13 @@ import msgspec
 
 from bench.fold import _walk as walk
 from bench.fold import run_log
+from sisas.dashboard.index import RunIndex
 from sisas.dashboard.views import checks_page, items_page, run_view, screened_detail
 from sisas.signals import StoredSignal
 
 __all__ = ["measure"]
 
-MEASURES = ("page", "items", "checks", "walk")
+MEASURES = ("page", "reload", "items", "checks", "walk")
 
 
 def _cpu(fn: Callable[[], object]) -> tuple[float, object]:
@@ -50,6 +53,11 @@ def _cpu(fn: Callable[[], object]) -> tuple[float, object]:
 
 def _page(records: list[StoredSignal]) -> bytes:
     return msgspec.json.encode(run_view(detail=screened_detail(records)))
+
+
+def _reload(index: RunIndex, new: list[StoredSignal]) -> bytes:
+    assert index.catch_up(new)
+    return msgspec.json.encode(run_view(detail=index.detail))
 
 
 def measure(sizes: tuple[int, ...], rounds: int = 3) -> dict[str, Any]:
@@ -66,6 +74,9 @@ def measure(sizes: tuple[int, ...], rounds: int = 3) -> dict[str, Any]:
         for _ in range(rounds):
             cpu, out = _cpu(functools.partial(_page, records))
             best["page"], body = min(best["page"], cpu), bytes(out)  # type: ignore[arg-type]
+            held = RunIndex.of(records[:-50])
+            cpu, _ = _cpu(functools.partial(_reload, held, records[-50:]))
+            best["reload"] = min(best["reload"], cpu)
             detail = screened_detail(records)
             cpu, _ = _cpu(functools.partial(items_page, detail, "work", limit=50))
             best["items"] = min(best["items"], cpu)
@@ -77,9 +88,11 @@ def measure(sizes: tuple[int, ...], rounds: int = 3) -> dict[str, Any]:
         row: dict[str, Any] = {"items": n, "signals": len(signals), "bytes": len(body)}
         row |= {f"{m}_us": best[m] / n * 1e6 for m in MEASURES}
         row["page_ms"] = best["page"] * 1e3
+        row["reload_ms"] = best["reload"] * 1e3
         levels.append(row)
         print(
-            f"  {n:>6,} items ({len(signals):>7,} signals): page {row['page_ms']:8.1f} ms, "
+            f"  {n:>6,} items ({len(signals):>7,} signals): page {row['page_ms']:7.1f} ms, "
+            f"reload {row['reload_ms']:5.1f} ms, "
             + ", ".join(f"{m} {row[f'{m}_us']:5.2f}" for m in MEASURES)
             + f" us/item; page JSON {len(body):,} bytes",
             flush=True,

@@ -9,7 +9,9 @@ import msgspec
 
 from bench.fold import RETRY_EVERY, run_log
 from sisas.dashboard.detail import RunDetail
+from sisas.dashboard.index import RunIndex
 from sisas.dashboard.views import build_detail, checks_page, items_page, run_view
+from sisas.signals import StoredSignal
 
 
 @cache
@@ -68,3 +70,23 @@ def test_checks_are_paged_failures_first_within_a_group() -> None:
     assert all(r["group"] == "work/contract/entry:item:int" for r in page["rows"])
     assert checks_page(detail, failed_only=True)["matched"] == 0
     assert checks_page(detail, q="exit:int")["matched"] == 200 + 2
+
+
+def test_an_index_kept_current_record_by_record_shows_what_one_built_at_once_shows() -> None:
+    signals, _ = run_log(200, "views-live")
+    records = [StoredSignal(stream_seq=i, signal=s) for i, s in enumerate(signals, 1)]
+    live = RunIndex.of(records[:7])
+    for start in range(7, len(records), 50):  # each batch overlaps what it has: passed over
+        assert live.catch_up(records[start - 3 : start + 50])
+    assert live.at(records[-1])
+    whole = RunIndex.of(records)
+    assert run_view(detail=live.detail) == run_view(detail=whole.detail)
+    assert run_view(detail=whole.detail)["status"] == "completed"
+
+
+def test_an_index_refuses_a_record_that_does_not_follow() -> None:
+    signals, _ = run_log(20, "views-gap")
+    records = [StoredSignal(stream_seq=i, signal=s) for i, s in enumerate(signals, 1)]
+    index = RunIndex.of(records[:10])
+    assert not index.catch_up(records[11:20])  # the 11th is missing: built again
+    assert index.at(records[9])

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from html import escape
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.applications import Starlette
@@ -29,19 +29,20 @@ from sisas.client.queries import ask
 from sisas.client.verification import verify_log
 from sisas.dashboard.detail import RunDetail
 from sisas.dashboard.hub import RESYNC, Hub
+from sisas.dashboard.index import RunIndex
 from sisas.dashboard.views import (
     ITEM_ORDERS,
     MAX_PAGE,
     checks_page,
     items_page,
     run_view,
-    screened_detail,
 )
 from sisas.errors import SisasError
 from sisas.handlers.state import fold
 from sisas.handlers.tables import PhaseStatus
-from sisas.signals import StoredSignal
+from sisas.signals import CorruptMessage, StoredSignal
 from sisas.signals.names import check_name
+from sisas.signals.records import LogRecord
 
 __all__ = ["create_app"]
 
@@ -82,6 +83,7 @@ def _runs_params(q: QueryParams) -> dict[str, Any]:
     return params
 
 
+T = TypeVar("T")
 _ITEM_STATUSES = set(PhaseStatus.__args__)  # type: ignore[attr-defined]
 MAX_QUERY = 200
 
@@ -101,40 +103,82 @@ def _page_params(q: QueryParams) -> dict[str, Any]:
     return params
 
 
+class _Kept:
+    """A run's index, and the records the hub read for it since (not yet taken)."""
+
+    __slots__ = ("index", "pending", "stale")
+
+    def __init__(self) -> None:
+        self.index: RunIndex | None = None
+        self.pending: list[StoredSignal | CorruptMessage] = []
+        self.stale = False
+
+
 class _Details:
-    """The detail of the runs lately asked for, each kept until its run has a new signal
-    (asked of the log: its last stream seq), so the pages of one run, and the pages of
-    all the browsers showing it, read and fold it once per change."""
+    """The indexes of the runs lately asked for (:class:`RunIndex`), kept current from
+    the hub's records of them: a page load of a live run takes in the signals since the
+    last load, O(new signals), instead of reading and folding the whole run again. An
+    index that cannot be continued (a record out of order, a gap, a message that is not
+    a signal) is built again from the log; the log's last record of the run says
+    whether an index is current."""
 
     def __init__(self, size: int = 8) -> None:
         self.size = size
-        self._kept: dict[str, tuple[int, RunDetail]] = {}
+        self._kept: dict[str, _Kept] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def get(self, bus: Bus, run_id: str) -> RunDetail | None:
-        """The run's detail, None when the log holds no run ``run_id``. Raises
-        SisasError when the log cannot be read."""
+    def feed(self, record: LogRecord) -> None:
+        """The hub read ``record``: the index of its run, if kept, takes it at its next
+        use. O(1): called on the event loop for every record of the log."""
+        if isinstance(record, StoredSignal):
+            kept = self._kept.get(record.signal.run_id)
+            if kept is not None:
+                kept.pending.append(record)
+        else:  # whose run is unknown: every index is built again when next asked for
+            for kept in self._kept.values():
+                kept.stale = True
+
+    async def use(self, bus: Bus, run_id: str, view: Callable[[RunDetail], T]) -> T | None:
+        """``view`` of the run's current detail, computed off the event loop (the loop
+        may be the one that orchestrates: `sisas up`) while no update of the run runs;
+        None when the log holds no run ``run_id``. Raises SisasError when the log cannot
+        be read."""
         lock = self._locks.setdefault(run_id, asyncio.Lock())
-        async with lock:  # one build per change, however many ask at once
-            last = await bus.log.last_of_run(run_id)
-            if last is None:
-                return None
-            kept = self._kept.get(run_id)
-            if kept is not None and kept[0] == last.stream_seq:
-                return kept[1]
-            records = await bus.log.read_run(run_id)
-            if not any(isinstance(r, StoredSignal) for r in records):
-                return None
-            # Off the event loop: on a big run the fold takes a while, and the loop may
-            # be the one that orchestrates (`sisas up`).
-            detail = await asyncio.to_thread(screened_detail, records)
-            self._kept.pop(run_id, None)
-            self._kept[run_id] = (records[-1].stream_seq, detail)
-            while len(self._kept) > self.size:
-                old = next(iter(self._kept))
-                del self._kept[old]
-                self._locks.pop(old, None)
-            return detail
+        async with lock:  # one update or view of a run at a time, however many ask
+            detail = await self._current(bus, run_id)
+            return None if detail is None else await asyncio.to_thread(view, detail)
+
+    async def _current(self, bus: Bus, run_id: str) -> RunDetail | None:
+        last = await bus.log.last_of_run(run_id)
+        if last is None:
+            return None
+        kept = self._kept.get(run_id)
+        if kept is not None and kept.index is not None and not kept.stale:
+            index, pending = kept.index, kept.pending
+            kept.pending = []
+            if await asyncio.to_thread(index.catch_up, pending) and index.at(last):
+                return index.detail
+        kept = self._kept[run_id] = _Kept()  # collects what the hub reads from now on
+        self._evict()
+        records = await bus.log.read_run(run_id)  # holds every record read before
+        if not any(isinstance(r, StoredSignal) for r in records):
+            del self._kept[run_id]
+            return None
+        index = await asyncio.to_thread(RunIndex.of, records)
+        kept.index = index
+        pending, kept.pending = kept.pending, []
+        await asyncio.to_thread(index.catch_up, pending)  # a gap: built again next time
+        return index.detail
+
+    def _evict(self) -> None:
+        while len(self._kept) > self.size:
+            old = next(iter(self._kept))
+            del self._kept[old]
+            self._locks.pop(old, None)
+
+
+def _json(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
 
 
 def _run_json(detail: RunDetail) -> bytes:
@@ -164,25 +208,24 @@ def create_app(bus: Bus, hub: Hub) -> Starlette:
         return JSONResponse({"as_of": answer.as_of, "lag": answer.lag, "runs": answer.result})
 
     details = _Details()
+    hub.listeners.append(details.feed)
 
-    async def detail_of(request: Request) -> RunDetail | Response:
+    async def run_view_of(request: Request, view: Callable[[RunDetail], T]) -> T | Response:
+        """``view`` of the run the request names, or the error response."""
         run_id = request.path_params["run_id"]
         try:
             check_name(run_id, "run id")
         except SisasError as exc:
             return _error(400, str(exc))
         try:
-            detail = await details.get(bus, run_id)
+            answer = await details.use(bus, run_id, view)
         except SisasError as exc:
             return _error(503, f"the log cannot be read: {exc}")
-        return _error(404, f"no run {run_id}") if detail is None else detail
+        return _error(404, f"no run {run_id}") if answer is None else answer
 
     async def api_run(request: Request) -> Response:
-        detail = await detail_of(request)
-        if isinstance(detail, Response):
-            return detail
-        body = await asyncio.to_thread(_run_json, detail)
-        return Response(body, media_type="application/json")
+        body = await run_view_of(request, _run_json)
+        return body if isinstance(body, Response) else _json(body)
 
     async def api_items(request: Request) -> Response:
         """``GET /api/runs/RUN/phases/PHASE/items?offset=&limit=&q=&status=&order=``"""
@@ -195,21 +238,17 @@ def create_app(bus: Bus, hub: Hub) -> Starlette:
                 raise ValueError(f"order must be one of {', '.join(ITEM_ORDERS)}")
         except ValueError as exc:
             return _error(400, str(exc))
-        detail = await detail_of(request)
-        if isinstance(detail, Response):
-            return detail
         phase = request.path_params["phase"]
-        page = await asyncio.to_thread(
-            items_page,
-            detail,
-            phase,
-            status=q.get("status", ""),
-            order=q.get("order") or "problems",
-            **params,
-        )
-        if page is None:
-            return _error(404, f"no fanned-out phase {phase!r} in run {detail.state.run_id}")
-        return Response(msgspec.json.encode(page), media_type="application/json")
+        status, order = q.get("status", ""), q.get("order") or "problems"
+
+        def page(detail: RunDetail) -> bytes | Response:
+            found = items_page(detail, phase, status=status, order=order, **params)
+            if found is None:
+                return _error(404, f"no fanned-out phase {phase!r} in run {detail.state.run_id}")
+            return msgspec.json.encode(found)
+
+        body = await run_view_of(request, page)
+        return body if isinstance(body, Response) else _json(body)
 
     async def api_checks(request: Request) -> Response:
         """``GET /api/runs/RUN/checks?offset=&limit=&q=&group=&failed=1``"""
@@ -218,17 +257,14 @@ def create_app(bus: Bus, hub: Hub) -> Starlette:
             params = _page_params(q)
         except ValueError as exc:
             return _error(400, str(exc))
-        detail = await detail_of(request)
-        if isinstance(detail, Response):
-            return detail
-        page = await asyncio.to_thread(
-            checks_page,
-            detail,
-            group=q.get("group", ""),
-            failed_only=q.get("failed", "") in ("1", "true"),
-            **params,
-        )
-        return Response(msgspec.json.encode(page), media_type="application/json")
+        group, failed_only = q.get("group", ""), q.get("failed", "") in ("1", "true")
+
+        def page(detail: RunDetail) -> bytes:
+            found = checks_page(detail, group=group, failed_only=failed_only, **params)
+            return msgspec.json.encode(found)
+
+        body = await run_view_of(request, page)
+        return body if isinstance(body, Response) else _json(body)
 
     async def report(request: Request) -> Response:
         run_id = request.path_params["run_id"]

@@ -31,7 +31,7 @@ from sisas.signals import (
 from sisas.signals.kinds import CircuitClosed, CircuitOpened, RunCancelled, RunFailed
 from sisas.signals.summary import first_line, scalar_text
 
-__all__ = ["Attempt", "CheckRow", "RunDetail", "build_detail", "iso"]
+__all__ = ["Attempt", "CheckGroup", "CheckRow", "RunDetail", "build_detail", "iso"]
 
 AttemptKey = tuple[str, int | None, int]
 """(phase, item or None, attempt): one attempt, numbered from 0 as ``ctx.attempt``."""
@@ -90,6 +90,17 @@ class CheckRow(msgspec.Struct, frozen=True, gc=False):
         return f"{self.phase}/{self.type}/{self.name}"
 
 
+class CheckGroup(msgspec.Struct, gc=False):
+    """The checks of one phase and contract or invariant id, counted."""
+
+    phase: str
+    type: str
+    name: str
+    passed: int = 0
+    failed: int = 0
+    last_failure: CheckRow | None = None
+
+
 @dataclass(slots=True)
 class RunDetail:
     """What the run page's views need of a run, read once from its signals."""
@@ -108,8 +119,56 @@ class RunDetail:
     tampered: dict[str, object] | None = None
     """The first signal ``sisas replay verify`` flags: stream seq, problem, message."""
 
+    groups: dict[str, CheckGroup] = field(default_factory=dict)
+    """The checks counted by :attr:`CheckRow.group`, in the order first seen."""
+
     def latest(self, phase: str, item: int | None, attempt: int) -> Attempt | None:
         return self.attempts.get((phase, item, attempt))
+
+    def add(self, s: Signal) -> None:
+        """Take in the run's next signal (its state is the caller's: :attr:`state`).
+        O(1), but for the run's end, which settles the attempts still open."""
+        self.signals += 1
+        self.last_seq, self.last_at = s.seq, s.at
+        body = s.body
+        if isinstance(body, ContractChecked | InvariantChecked):
+            self._check(_check_row(s, body))
+            return
+        item = getattr(body, "item", None)
+        key = (s.phase, item, s.attempt)
+        if isinstance(body, PhaseScheduled):
+            self.attempts[key] = Attempt(s.phase, item, s.attempt, s.at)
+            return
+        if isinstance(body, _INCIDENTS):
+            self.incidents.append(s)
+        bar = self.attempts.get(key)
+        if bar is None:
+            if isinstance(body, RunCancelled | RunFailed):  # as the fold settles them
+                for a in self.attempts.values():
+                    if a.ended is None:
+                        _ended(a, s.at, "cancelled")
+            return
+        if isinstance(body, PhaseStarted):
+            bar.started, bar.status, bar.worker = s.at, "running", body.worker
+        elif isinstance(body, PhaseCompleted):
+            _ended(bar, s.at, "completed")
+            bar.duration = body.duration
+        elif isinstance(body, PhaseFailed):
+            _ended(bar, s.at, "failed", f"{body.error.kind}: {first_line(body.error.message)}")
+            bar.duration = body.duration
+        elif isinstance(body, PhaseTimedOut):
+            _ended(bar, s.at, "timed_out", f"Timeout: exceeded {body.timeout}s")
+
+    def _check(self, row: CheckRow) -> None:
+        self.checks.append(row)
+        group = self.groups.get(row.group)
+        if group is None:
+            group = self.groups[row.group] = CheckGroup(row.phase, row.type, row.name)
+        if row.passed:
+            group.passed += 1
+        else:
+            group.failed += 1
+            group.last_failure = row
 
 
 def _check_row(s: Signal, body: ContractChecked | InvariantChecked) -> CheckRow:
@@ -138,37 +197,6 @@ def build_detail(signals: Sequence[Signal], *, state: RunState | None = None) ->
     """The detail of a run from its signals in order (``state``: their fold, when the
     caller has it). One pass, O(signals)."""
     detail = RunDetail(state=fold(signals) if state is None else state)
-    attempts = detail.attempts
     for s in signals:
-        body = s.body
-        if isinstance(body, ContractChecked | InvariantChecked):
-            detail.checks.append(_check_row(s, body))
-            continue
-        item = getattr(body, "item", None)
-        key = (s.phase, item, s.attempt)
-        if isinstance(body, PhaseScheduled):
-            attempts[key] = Attempt(s.phase, item, s.attempt, s.at)
-            continue
-        bar = attempts.get(key)
-        if isinstance(body, _INCIDENTS):
-            detail.incidents.append(s)
-        if bar is None:
-            if isinstance(body, RunCancelled | RunFailed):  # as the fold settles them
-                for a in attempts.values():
-                    if a.ended is None:
-                        _ended(a, s.at, "cancelled")
-            continue
-        if isinstance(body, PhaseStarted):
-            bar.started, bar.status, bar.worker = s.at, "running", body.worker
-        elif isinstance(body, PhaseCompleted):
-            _ended(bar, s.at, "completed")
-            bar.duration = body.duration
-        elif isinstance(body, PhaseFailed):
-            _ended(bar, s.at, "failed", f"{body.error.kind}: {first_line(body.error.message)}")
-            bar.duration = body.duration
-        elif isinstance(body, PhaseTimedOut):
-            _ended(bar, s.at, "timed_out", f"Timeout: exceeded {body.timeout}s")
-    detail.signals = len(signals)
-    if signals:
-        detail.last_seq, detail.last_at = signals[-1].seq, signals[-1].at
+        detail.add(s)
     return detail

@@ -22,9 +22,9 @@ from datetime import datetime
 from typing import Any, Final
 
 from sisas.dashboard.detail import Attempt, CheckRow, RunDetail, build_detail, iso
+from sisas.dashboard.index import RunIndex
 from sisas.handlers.state import PhaseState, RunState
 from sisas.handlers.tables import ItemState
-from sisas.projections.screen import screen_run
 from sisas.signals import Signal
 from sisas.signals.records import CorruptMessage, StoredSignal
 from sisas.signals.summary import first_line, signal_summary
@@ -252,27 +252,24 @@ def _timeline(detail: RunDetail) -> dict[str, Any]:
 
 def _check_groups(detail: RunDetail) -> dict[str, Any]:
     """Checks grouped by phase and contract or invariant id, failing groups first."""
-    groups: dict[str, dict[str, Any]] = {}
-    failed = 0
-    for c in detail.checks:
-        g = groups.get(c.group)
-        if g is None:
-            g = groups[c.group] = {
-                "group": c.group, "phase": c.phase, "type": c.type, "name": c.name,
-                "passed": 0, "failed": 0, "last_failure": None,
-            }  # fmt: skip
-        if c.passed:
-            g["passed"] += 1
-        else:
-            g["failed"] += 1
-            failed += 1
-            g["last_failure"] = _check_json(c)
-    ordered = sorted(groups.values(), key=lambda g: (g["failed"] == 0, -g["failed"]))
+    ordered = sorted(detail.groups.items(), key=lambda kg: (kg[1].failed == 0, -kg[1].failed))
+    groups = [
+        {
+            "group": key,
+            "phase": g.phase,
+            "type": g.type,
+            "name": g.name,
+            "passed": g.passed,
+            "failed": g.failed,
+            "last_failure": None if g.last_failure is None else _check_json(g.last_failure),
+        }
+        for key, g in ordered[:GROUPS]
+    ]
     return {
         "total": len(detail.checks),
-        "failed": failed,
+        "failed": sum(g.failed for g in detail.groups.values()),
         "groups_total": len(ordered),
-        "groups": ordered[:GROUPS],
+        "groups": groups,
     }
 
 
@@ -449,18 +446,7 @@ def checks_page(
 def screened_detail(records: Sequence[StoredSignal | CorruptMessage]) -> RunDetail:
     """The detail of a run's stored records (in stream order) as the projection shows
     it: the signals verify flags left out, the first of them named in ``tampered``."""
-    tracked, shown = screen_run(records)
-    detail = build_detail(shown, state=None if tracked is None else tracked.view)
-    detail.stored = sum(isinstance(r, StoredSignal) for r in records)
-    detail.corrupt = len(records) - detail.stored
-    tamper = None if tracked is None else tracked.tamper
-    if tamper is not None:
-        detail.tampered = {
-            "stream_seq": tamper.stream_seq,
-            "problem": tamper.problem,
-            "message": tamper.message,
-        }
-    return detail
+    return RunIndex.of(records).detail
 
 
 def screened_run_view(records: Sequence[StoredSignal | CorruptMessage]) -> dict[str, Any]:
