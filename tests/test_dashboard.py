@@ -117,6 +117,10 @@ def test_a_run_started_from_the_cli_goes_live_on_the_page_without_a_reload(
     assert "running" in seen and seen[-1] == "completed", seen  # watched it turn
     assert browser.execute_script("return window.__sameDocument") is True
     assert browser.execute_script("return window.sisas.events") > 0
+    # The page reloaded as the run went, and the run was read once: each reload took in
+    # only the signals since the one before.
+    health = httpx.get(f"{up.url}/healthz").json()
+    assert health["indexes_built"] == 1 and health["indexes_continued"] > 1, health
     assert browser.find_element(By.ID, "run-status").text == "completed"
     nodes = browser.find_elements(By.CSS_SELECTOR, "#dag g.node")
     assert {n.get_attribute("data-status") for n in nodes} == {"completed"}
@@ -248,6 +252,8 @@ def test_a_fan_out_is_one_row_its_items_are_paged_and_the_page_stays_bounded(
     first = browser.find_elements(By.CSS_SELECTOR, "#items tbody tr")
     assert len(first) == 50 and first[0].get_attribute("data-item") == "7"
     assert "retried after: HardFailure: RuntimeError: item 7" in first[0].text
+    whole = first[0].find_element(By.CSS_SELECTOR, "details.whole pre")  # the traceback
+    assert "Traceback" in str(whole.get_attribute("textContent"))
     pages = browser.execute_script("return window.sisas.itemPages")
     browser.find_element(By.ID, "items-next").click()
     _wait(browser, "page 2").until(lambda d: _text(d, "#items-range") == "51-100 of 500")
@@ -267,6 +273,8 @@ def test_a_fan_out_is_one_row_its_items_are_paged_and_the_page_stays_bounded(
     }
     assert edges == {("source", "work"), ("work", "total")}
     _shoot(browser, tmp_path, "fan-out-500.png")
+    # Two runs read, each once, however many pages of them were asked for.
+    assert httpx.get(f"{wide_up.url}/healthz").json()["indexes_built"] == 2
 
 
 @pytest.mark.timeout(180)

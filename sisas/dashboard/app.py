@@ -86,6 +86,9 @@ def _runs_params(q: QueryParams) -> dict[str, Any]:
 T = TypeVar("T")
 _ITEM_STATUSES = set(PhaseStatus.__args__)  # type: ignore[attr-defined]
 MAX_QUERY = 200
+TAIL = 5_000
+"""Messages of the log a page load reads past the hub at most, to bring an index up to
+date; past that it is built again from the run's own messages."""
 
 
 def _page_params(q: QueryParams) -> dict[str, Any]:
@@ -126,6 +129,11 @@ class _Details:
         self.size = size
         self._kept: dict[str, _Kept] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.built = 0
+        """Indexes built from a read of the whole run (the first time, or one that
+        could not be continued)."""
+        self.continued = 0
+        """Times an index was brought up to date from the hub's records alone."""
 
     def feed(self, record: LogRecord) -> None:
         """The hub read ``record``: the index of its run, if kept, takes it at its next
@@ -156,8 +164,15 @@ class _Details:
         if kept is not None and kept.index is not None and not kept.stale:
             index, pending = kept.index, kept.pending
             kept.pending = []
-            if await asyncio.to_thread(index.catch_up, pending) and index.at(last):
-                return index.detail
+            if await asyncio.to_thread(index.catch_up, pending):
+                if not index.at(last):  # the log is ahead of the hub: read what it lacks
+                    tail = await self._tail(bus, run_id, index.position[0], last.stream_seq)
+                    if tail is not None:
+                        await asyncio.to_thread(index.catch_up, tail)
+                if index.at(last):
+                    self.continued += 1
+                    return index.detail
+            log.debug("run %s: index built again at stream seq %d", run_id, last.stream_seq)
         kept = self._kept[run_id] = _Kept()  # collects what the hub reads from now on
         self._evict()
         records = await bus.log.read_run(run_id)  # holds every record read before
@@ -165,10 +180,35 @@ class _Details:
             del self._kept[run_id]
             return None
         index = await asyncio.to_thread(RunIndex.of, records)
+        self.built += 1
         kept.index = index
         pending, kept.pending = kept.pending, []
         await asyncio.to_thread(index.catch_up, pending)  # a gap: built again next time
         return index.detail
+
+    @staticmethod
+    async def _tail(bus: Bus, run_id: str, from_seq: int, to_seq: int) -> list[StoredSignal] | None:
+        """The run's records from stream seq ``from_seq`` to ``to_seq`` (the log's, of
+        every run, read from there: the few the hub has not delivered yet); None when
+        there are more than :data:`TAIL` messages to read, or a gap or a corrupt message
+        among them (the index is then built again)."""
+        if to_seq - from_seq > TAIL:
+            return None
+        out: list[StoredSignal] = []
+        records = bus.log.follow(from_seq=from_seq)
+        try:
+            async for rec in records:
+                if not isinstance(rec, StoredSignal):
+                    return None
+                if rec.signal.run_id == run_id:
+                    out.append(rec)
+                if rec.stream_seq >= to_seq and rec.index == rec.of - 1:
+                    break  # the last signal of the run's last message
+        finally:
+            close = getattr(records, "aclose", None)
+            if close is not None:
+                await close()  # its consumer, now
+        return out
 
     def _evict(self) -> None:
         while len(self._kept) > self.size:
@@ -318,7 +358,15 @@ def create_app(bus: Bus, hub: Hub) -> Starlette:
         )
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"ok": True, "clients": hub.clients, "last_seq": hub.last_seq})
+        return JSONResponse(
+            {
+                "ok": True,
+                "clients": hub.clients,
+                "last_seq": hub.last_seq,
+                "indexes_built": details.built,
+                "indexes_continued": details.continued,
+            }
+        )
 
     static = resources.files("sisas.dashboard").joinpath("static")
     return Starlette(

@@ -52,6 +52,8 @@ INCIDENTS: Final = 20
 LANES: Final = 60
 """Timeline lanes drawn; past that, the rest are counted."""
 MAX_PAGE: Final = 500
+LONGEST_ERROR: Final = 4000
+"""Characters of an error's whole text in the summary (per phase) or a page (per item)."""
 ITEM_ORDERS: Final = ("problems", "index", "slowest")
 _BAD: Final = frozenset({"failed", "timed_out", "cancelled"})
 
@@ -88,6 +90,19 @@ def _item_duration(detail: RunDetail, phase: str, i: int, it: ItemState) -> floa
 
 def _error_text(it: ItemState | PhaseState) -> str:
     return "" if it.error is None else f"{it.error.kind}: {first_line(it.error.message)}"
+
+
+def _error_full(it: ItemState | PhaseState) -> str:
+    """The whole error (message and detail: a traceback when the phase raised), cut to
+    :data:`LONGEST_ERROR` characters; empty when the first line says it all."""
+    if it.error is None:
+        return ""
+    text = it.error.message.strip()
+    if it.error.detail:
+        text += "\n\n" + it.error.detail.strip()
+    if text == first_line(it.error.message):
+        return ""
+    return text if len(text) <= LONGEST_ERROR else text[: LONGEST_ERROR - 1] + "…"
 
 
 def _fanout(detail: RunDetail, name: str, ps: PhaseState) -> dict[str, Any]:
@@ -165,6 +180,7 @@ def _phases(detail: RunDetail) -> list[dict[str, Any]]:
                 "items_done": ps.item_states.count("completed") if items is not None else None,
                 "duration": _duration(detail, p.name, ps),
                 "error": None if ps.error is None else _error_text(ps),
+                "error_full": _error_full(ps),
                 "skip_reason": ps.skip_reason,
                 "quarantined": ps.quarantined,
                 "output_digest": ps.output_digest,
@@ -401,6 +417,7 @@ def items_page(
                 "started": iso(bar.started) if bar else None,
                 "ended": iso(bar.ended) if bar else None,
                 "error": _error_text(it),
+                "error_full": _error_full(it),
             }
             for i, it, d, bar in page
         ],

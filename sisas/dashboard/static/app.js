@@ -201,8 +201,10 @@ function drawGantt(tl, ended) {
   box.style.height = `${y + 22}px`;
 }
 
+const whole = (text) => (text ? `<details class="whole"><summary>whole error</summary><pre>${esc(text)}</pre></details>` : "");
+
 function phaseDetail(p) {
-  if (p.error) return `<span class="error">${esc(p.error)}</span>`;
+  if (p.error) return `<span class="error">${esc(p.error)}</span>${whole(p.error_full)}`;
   if (p.skip_reason) return `<span class="muted">skipped: ${esc(p.skip_reason)}</span>`;
   return "";
 }
@@ -259,7 +261,7 @@ async function loadItems(runId) {
     <tr data-item="${r.item}" data-status="${esc(r.status)}">
       <td>${esc(page.phase)}[${r.item}]</td><td><span class="status st-${esc(r.status)}">${esc(r.status.replace("_", " "))}</span></td>
       <td>${r.attempt}</td><td>${esc(secs(r.duration))}</td><td>${esc(r.worker || "-")}</td>
-      <td class="${BAD.has(r.status) ? "error" : "muted"}">${r.error ? (BAD.has(r.status) ? "" : "retried after: ") + esc(r.error) : ""}</td>
+      <td class="${BAD.has(r.status) ? "error" : "muted"}">${r.error ? (BAD.has(r.status) ? "" : "retried after: ") + esc(r.error) : ""}${whole(r.error_full)}</td>
     </tr>`).join("") || '<tr><td colspan="6" class="muted">no item matches</td></tr>';
   const last = Math.min(page.offset + page.limit, page.matched);
   $("#items-range").textContent = page.matched ? `${num(page.offset + 1)}-${num(last)} of ${num(page.matched)}${page.matched !== page.items ? ` (of ${num(page.items)} items)` : ""}` : `0 of ${num(page.items)}`;
