@@ -351,3 +351,43 @@ def test_every_dependency_is_drawn_and_skips_and_cancels_read_apart_from_failure
     a = browser.find_element(By.CSS_SELECTOR, '#phases tr[data-phase="a"] td.duration')
     assert re.fullmatch(r"\d+ ms|\d+\.\d\d s", a.text), a.text
     _shoot(browser, tmp_path, "diamond.png")
+
+
+def test_a_run_page_hears_of_its_run_s_changes_coalesced_not_of_every_signal(
+    wide_up: Up,
+) -> None:
+    payload = wide_up.home / "wide-300.json"
+    payload.write_text(json.dumps({"n": 300}))
+    other = wide_up.home / "wide-20.json"
+    other.write_text(json.dumps({"n": 20}))
+    started = sisas("run", "wide", "--input", str(payload), "--json", env=wide_up.env)
+    run_id = json.loads(started.stdout.strip().splitlines()[-1])["run_id"]
+
+    async def listen() -> list[tuple[int, int]]:
+        changes: list[tuple[int, int]] = []
+        async with (
+            httpx.AsyncClient(timeout=120) as http,
+            http.stream("GET", f"{wide_up.url}/events?run={run_id}") as response,
+        ):
+            await sisas_async("run", "wide", "--input", str(other), env=wide_up.env)
+            kind, seq = "", 0
+            async for line in response.aiter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("id: "):
+                    seq = int(line[4:])
+                elif line.startswith("data: ") and kind == "changed":
+                    changes.append((seq, int(line[6:])))
+                    page = (await http.get(f"{wide_up.url}/api/runs/{run_id}")).json()
+                    if page["status"] in ("completed", "failed"):
+                        return changes
+
+        return changes
+
+    changes = asyncio.run(asyncio.wait_for(listen(), 120))
+    signals = httpx.get(f"{wide_up.url}/api/runs/{run_id}").json()["signals"]
+    heard = sum(n for _, n in changes)
+    # Every signal of the run, and of no other run, counted; in far fewer events.
+    assert heard <= signals and len(changes) < signals / 5, (len(changes), heard, signals)
+    assert [s for s, _ in changes] == sorted(s for s, _ in changes)
+    assert httpx.get(f"{wide_up.url}/events?run=no.dots", timeout=5).status_code == 400

@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 
 _STATUSES = {"requested", "running", "completed", "failed", "cancelled"}
 HEARTBEAT = 15.0
+COALESCE = 0.25
+"""Seconds a run page's event stream waits after a ``changed`` event, gathering the
+signals that come meanwhile into the next one."""
 MAX_LIMIT = 1000
 
 
@@ -329,7 +332,17 @@ def create_app(bus: Bus, hub: Hub) -> Starlette:
         return HTMLResponse(html)
 
     async def events(request: Request) -> Response:
-        queue = hub.subscribe()
+        """``GET /events``: every signal as an event; ``/events?run=RUN``: that run's
+        changes, at most one ``changed`` event per :data:`COALESCE` seconds (the page
+        then fetches its bounded summary), so a page's cost does not grow with the
+        rate of the run's signals."""
+        run = request.query_params.get("run") or None
+        if run is not None:
+            try:
+                check_name(run, "run id")
+            except SisasError as exc:
+                return _error(400, str(exc))
+        queue = hub.subscribe(run)
 
         async def stream() -> AsyncIterator[bytes]:
             try:
@@ -342,6 +355,17 @@ def create_app(bus: Bus, hub: Hub) -> Starlette:
                     except TimeoutError:
                         yield b": keep-alive\n\n"
                         continue
+                    if run is not None and data and data != RESYNC:
+                        changes = 1
+                        while not queue.empty():  # all that came since: one event
+                            seq, data = queue.get_nowait()
+                            changes += 1
+                            if not data or data == RESYNC:
+                                break
+                        else:
+                            yield b"id: %d\nevent: changed\ndata: %d\n\n" % (seq, changes)
+                            await asyncio.sleep(COALESCE)
+                            continue
                     if not data:
                         return  # the dashboard is stopping
                     if data == RESYNC:

@@ -29,7 +29,8 @@ class Hub:
 
     def __init__(self, *, backlog: int = 2_000) -> None:
         self.backlog = backlog
-        self._clients: set[asyncio.Queue[tuple[int, bytes]]] = set()
+        self._clients: dict[asyncio.Queue[tuple[int, bytes]], str | None] = {}
+        """Each client's queue, and the one run it follows (None: every run)."""
         self.last_seq = 0
         self.published = 0
         self.listeners: list[Callable[[LogRecord], None]] = []
@@ -40,18 +41,26 @@ class Hub:
     def clients(self) -> int:
         return len(self._clients)
 
-    def subscribe(self) -> asyncio.Queue[tuple[int, bytes]]:
+    def subscribe(self, run_id: str | None = None) -> asyncio.Queue[tuple[int, bytes]]:
+        """A new client's queue: every signal's event, or (``run_id``) that run's only."""
         queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue(self.backlog)
-        self._clients.add(queue)
+        self._clients[queue] = run_id
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[tuple[int, bytes]]) -> None:
-        self._clients.discard(queue)
+        self._clients.pop(queue, None)
 
-    def publish(self, stream_seq: int, data: bytes) -> None:
+    def wanted(self, run_id: str) -> bool:
+        """Whether a client follows ``run_id`` (or every run)."""
+        return any(want is None or want == run_id for want in self._clients.values())
+
+    def publish(self, stream_seq: int, data: bytes, run_id: str | None = None) -> None:
+        """``data`` to the clients that follow ``run_id`` (None: to every client)."""
         self.last_seq = stream_seq
         self.published += 1
-        for queue in list(self._clients):
+        for queue, want in list(self._clients.items()):
+            if run_id is not None and want is not None and want != run_id:
+                continue
             if queue.full():  # a stalled client: drop its backlog, tell it to refetch
                 while not queue.empty():
                     queue.get_nowait()
@@ -67,9 +76,12 @@ class Hub:
             for listener in self.listeners:
                 listener(rec)
             if isinstance(rec, StoredSignal):
-                self.publish(
-                    rec.stream_seq, msgspec.json.encode(event_of(rec.stream_seq, rec.signal))
-                )
+                run_id = rec.signal.run_id
+                if not self.wanted(run_id):
+                    self.last_seq = rec.stream_seq
+                    continue
+                event = msgspec.json.encode(event_of(rec.stream_seq, rec.signal))
+                self.publish(rec.stream_seq, event, run_id)
             else:  # a corrupt message or a gap: the pages refetch what they show
                 self.publish(
                     rec.stream_seq if isinstance(rec, CorruptMessage) else rec.last, RESYNC

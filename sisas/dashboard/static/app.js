@@ -42,12 +42,15 @@ function paced(load, ms) {
 
 // The live stream: on every (re)connection the page refetches its state, so a restart
 // of the server or a dropped connection never leaves it stale.
-function connect(onSignal, refetch) {
+// A run page asks for its run's changes only (`/events?run=RUN`): at most one
+// `changed` event every quarter second, however fast the run's signals come.
+function connect(onSignal, refetch, runId) {
   const live = $("#live");
-  const es = new EventSource("/events");
+  const es = new EventSource(runId ? `/events?run=${encodeURIComponent(runId)}` : "/events");
   es.addEventListener("hello", () => { live.textContent = "live"; live.className = "live on"; refetch(); });
   es.addEventListener("resync", refetch);
   es.addEventListener("signal", (e) => { window.sisas.events++; onSignal(JSON.parse(e.data)); });
+  es.addEventListener("changed", () => { window.sisas.events++; refetch(); });
   es.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
   return es;
 }
@@ -386,7 +389,7 @@ function runPage() {
   wireItems(runId, reloadItems);
   wireChecks(runId, reloadChecks);
   const reload = paced(load, 100);
-  connect((ev) => { if (ev.run_id === runId) reload(); }, reload);
+  connect((ev) => { if (ev.run_id === runId) reload(); }, reload, runId);
 }
 
 if (document.body.dataset.page === "run") runPage(); else runsPage();
