@@ -119,6 +119,9 @@ class RunDetail:
     tampered: dict[str, object] | None = None
     """The first signal ``sisas replay verify`` flags: stream seq, problem, message."""
 
+    summary: tuple[tuple[int, int | None, int], bytes] | None = None
+    """The run page's JSON as last built, and the counts it was built at (its signals
+    shown, stored, corrupt): the pages of a run reloading at once share one build."""
     groups: dict[str, CheckGroup] = field(default_factory=dict)
     """The checks counted by :attr:`CheckRow.group`, in the order first seen."""
 

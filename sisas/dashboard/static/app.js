@@ -20,10 +20,11 @@ function debounce(fn, ms) {
   return () => { if (t) return; t = setTimeout(() => { t = null; fn(); }, ms); };
 }
 
-// Reload at most once per `ms`, and never while a load is in flight; when a load takes
+// Reload at most once per `every` ms (a number, or a function saying it now), and never while a load is in flight; when a load takes
 // long (a big run's page), wait twice as long as it took before the next one, so an
 // open page costs the server a bounded share of its time however fast signals come.
-function paced(load, ms) {
+function paced(load, every) {
+  const ms = () => (typeof every === "function" ? every() : every);
   let timer = null, busy = false, again = false, took = 0;
   const run = async () => {
     timer = null; busy = true;
@@ -35,7 +36,7 @@ function paced(load, ms) {
   };
   const schedule = () => {
     if (busy) { again = true; return; }
-    if (!timer) timer = setTimeout(run, Math.max(ms, 2 * took));
+    if (!timer) timer = setTimeout(run, Math.max(ms(), 2 * took));
   };
   return schedule;
 }
@@ -378,9 +379,12 @@ function runPage() {
   const fail = (err) => { $("#run-error").hidden = false; $("#run-error").textContent = String(err.message); };
   const reloadItems = paced(() => loadItems(runId).catch(fail), 50);
   const reloadChecks = paced(() => loadChecks(runId).catch(fail), 50);
+  let refresh = 250;  // the server says how often, by the run's size
   const load = async () => {
     try {
-      renderRun(await getJSON(`/api/runs/${encodeURIComponent(runId)}`));
+      const v = await getJSON(`/api/runs/${encodeURIComponent(runId)}`);
+      refresh = 1000 * (v.refresh || 0.25);
+      renderRun(v);
       window.sisas.loads++;
       if (itemsView.phase) await loadItems(runId);
       if (checksView.group) await loadChecks(runId);
@@ -388,7 +392,7 @@ function runPage() {
   };
   wireItems(runId, reloadItems);
   wireChecks(runId, reloadChecks);
-  const reload = paced(load, 100);
+  const reload = paced(load, () => refresh);
   connect((ev) => { if (ev.run_id === runId) reload(); }, reload, runId);
 }
 
