@@ -119,7 +119,7 @@ function svg(tag, attrs, text) {
 function drawDag(phases) {
   const box = $("#dag");
   box.innerHTML = '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker></defs>';
-  const W = 160, H = 38, GX = 56, GY = 26;
+  const W = 190, H = 38, GX = 56, GY = 26;
   const at = {};
   for (const p of phases) at[p.name] = {x: 10 + p.col * (W + GX), y: 10 + p.row * (H + GY), col: p.col};
   const rows = Math.max(1, ...phases.map((p) => p.row + 1));
