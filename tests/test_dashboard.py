@@ -353,7 +353,7 @@ def test_every_dependency_is_drawn_and_skips_and_cancels_read_apart_from_failure
     _shoot(browser, tmp_path, "diamond.png")
 
 
-def test_a_run_page_hears_of_its_run_s_changes_coalesced_not_of_every_signal(
+def test_a_run_page_and_the_runs_list_hear_of_changes_coalesced_not_of_every_signal(
     wide_up: Up,
 ) -> None:
     payload = wide_up.home / "wide-300.json"
@@ -384,8 +384,32 @@ def test_a_run_page_hears_of_its_run_s_changes_coalesced_not_of_every_signal(
 
         return changes
 
-    changes = asyncio.run(asyncio.wait_for(listen(), 120))
+    async def runs_list(counts: list[int]) -> None:
+        """What the runs list hears meanwhile: how many signals the run has so far."""
+        async with (
+            httpx.AsyncClient(timeout=120) as http,
+            http.stream("GET", f"{wide_up.url}/events?runs=1") as response,
+        ):
+            kind = ""
+            async for line in response.aiter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: ") and kind == "runs":
+                    runs = json.loads(line[6:])
+                    if run_id in runs:
+                        counts.append(runs[run_id][0])
+
+    async def both() -> tuple[list[tuple[int, int]], list[int]]:
+        counts: list[int] = []
+        listing = asyncio.create_task(runs_list(counts))
+        try:
+            return await asyncio.wait_for(listen(), 120), counts
+        finally:
+            listing.cancel()
+
+    changes, counts = asyncio.run(both())
     signals = httpx.get(f"{wide_up.url}/api/runs/{run_id}").json()["signals"]
+    assert counts == sorted(counts) and 0 < len(counts) < signals / 5, (len(counts), signals)
     heard = sum(n for _, n in changes)
     # Every signal of the run, and of no other run, counted; in far fewer events.
     assert heard <= signals and len(changes) < signals / 5, (len(changes), heard, signals)

@@ -352,6 +352,12 @@ def create_app(bus: Bus, hub: Hub) -> Starlette:
                 check_name(run, "run id")
             except SisasError as exc:
                 return _error(400, str(exc))
+        if request.query_params.get("runs"):
+            return StreamingResponse(
+                _runs_stream(hub, bool(request.headers.get("last-event-id"))),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            )
         queue = hub.subscribe(run)
 
         async def stream() -> AsyncIterator[bytes]:
@@ -417,6 +423,55 @@ def create_app(bus: Bus, hub: Hub) -> Starlette:
             Mount("/static", StaticFiles(directory=str(static)), name="static"),
         ]
     )
+
+
+class _Seen(msgspec.Struct):
+    """What the runs list needs of a signal's event."""
+
+    run_id: str
+    seq: int
+    kind: str
+
+
+_SEEN = msgspec.json.Decoder(_Seen)
+_STARTS_OR_ENDS = frozenset(
+    {"run_requested", "run_started", "run_completed", "run_failed", "run_cancelled"}
+)
+
+
+async def _runs_stream(hub: Hub, reconnected: bool) -> AsyncIterator[bytes]:
+    """``GET /events?runs=1``, for the runs list: at most one ``runs`` event every
+    :data:`COALESCE` seconds, ``{RUN: [signals so far, started or ended since]}`` for
+    each run that had signals meanwhile, however many runs and signals there are."""
+    queue = hub.subscribe()
+    try:
+        yield f"retry: 1000\nevent: hello\ndata: {hub.last_seq}\n\n".encode()
+        if reconnected:
+            yield b"event: resync\ndata: reconnected\n\n"
+        while True:
+            try:
+                seq, data = await asyncio.wait_for(queue.get(), HEARTBEAT)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            runs: dict[str, list[int | bool]] = {}
+            while data and data != RESYNC:
+                seen = _SEEN.decode(data)
+                counts = runs.setdefault(seen.run_id, [0, False])
+                counts[0] = max(int(counts[0]), seen.seq)
+                counts[1] = bool(counts[1]) or seen.kind in _STARTS_OR_ENDS
+                if queue.empty():
+                    break
+                seq, data = queue.get_nowait()
+            if runs:
+                yield b"id: %d\nevent: runs\ndata: %s\n\n" % (seq, msgspec.json.encode(runs))
+            if not data:
+                return  # the dashboard is stopping
+            if data == RESYNC:
+                yield f"id: {seq}\nevent: resync\ndata: behind\n\n".encode()
+            await asyncio.sleep(COALESCE)
+    finally:
+        hub.unsubscribe(queue)
 
 
 @contextlib.asynccontextmanager

@@ -47,11 +47,12 @@ function paced(load, every) {
 // `changed` event every quarter second, however fast the run's signals come.
 function connect(onSignal, refetch, runId) {
   const live = $("#live");
-  const es = new EventSource(runId ? `/events?run=${encodeURIComponent(runId)}` : "/events");
+  const es = new EventSource(runId ? `/events?run=${encodeURIComponent(runId)}` : "/events?runs=1");
   es.addEventListener("hello", () => { live.textContent = "live"; live.className = "live on"; refetch(); });
   es.addEventListener("resync", refetch);
   es.addEventListener("signal", (e) => { window.sisas.events++; onSignal(JSON.parse(e.data)); });
   es.addEventListener("changed", () => { window.sisas.events++; refetch(); });
+  es.addEventListener("runs", (e) => { window.sisas.events++; onSignal(JSON.parse(e.data)); });
   es.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
   return es;
 }
@@ -90,11 +91,14 @@ function runsPage() {
     const row = e.target.closest("tr.run-row");
     if (row && !e.target.closest("a")) location.href = `/runs/${row.dataset.runId}`;
   });
-  connect((ev) => {
-    const row = document.querySelector(`tr[data-run-id="${CSS.escape(ev.run_id)}"]`);
-    if (!row || ev.kind === "run_requested" || ENDS[ev.kind]) { reload(); return; }
-    const cell = row.querySelector(".signals");
-    cell.textContent = String(Number(cell.textContent) + 1);
+  // The runs list hears, at most 4 times a second, how many signals each busy run
+  // has so far, and whether one started or ended (then the list is fetched again).
+  connect((runs) => {
+    for (const [runId, [signals, startedOrEnded]] of Object.entries(runs)) {
+      const row = document.querySelector(`tr[data-run-id="${CSS.escape(runId)}"]`);
+      if (!row || startedOrEnded) { reload(); continue; }
+      row.querySelector(".signals").textContent = String(signals);
+    }
   }, reload);
 }
 
