@@ -162,7 +162,8 @@ def _apply(display: _Display, result: RunResult, s: Signal) -> None:
             display.row(name, "pending")
     elif isinstance(body, PhaseScheduled):
         if body.item is None:
-            display.row(phase, f"scheduled (attempt {s.attempt + 1})" if s.attempt else "scheduled")
+            # Numbered as ctx.attempt: attempt 1 is the first retry.
+            display.row(phase, f"scheduled (retry {s.attempt})" if s.attempt else "scheduled")
         elif body.item == 0:
             display.row(phase, f"fanned out over {body.items} items", total=body.items)
     elif isinstance(body, PhaseStarted) and body.item is None:
@@ -175,6 +176,9 @@ def _apply(display: _Display, result: RunResult, s: Signal) -> None:
             seconds = body.duration or display.item_seconds.get(phase, 0.0)
             failed = display.item_failures.get(phase, 0)
             note = f", [yellow]{failed} failed attempts[/]" if failed else ""
+            if s.attempt:
+                retries = "retry" if s.attempt == 1 else "retries"
+                note += f", [yellow]after {s.attempt} {retries}[/]"
             display.row(phase, f"[green]completed[/] in {seconds:.3f}s{note}", done=True)
     elif isinstance(body, PhaseRetryScheduled):
         display.row(phase, f"[yellow]retry in {body.delay:.2f}s[/]: {body.reason}")

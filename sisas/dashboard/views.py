@@ -49,6 +49,8 @@ GROUPS: Final = 100
 """Check groups in the summary (a plan has far fewer; the rest are counted)."""
 INCIDENTS: Final = 20
 """Latest retries and errors in the summary (the rest are counted)."""
+ITEM_BARS: Final = 24
+"""A fan-out of at most this many attempts is drawn one bar per attempt, not as one lane."""
 LANES: Final = 60
 """Timeline lanes drawn; past that, the rest are counted."""
 MAX_PAGE: Final = 500
@@ -215,8 +217,9 @@ def _density(bars: list[Attempt], start: datetime, span: float, end: datetime) -
 
 
 def _timeline(detail: RunDetail) -> dict[str, Any]:
-    """Lanes in plan order: one bar per attempt of a plain phase; one lane per fan-out,
-    its items' density over its span. At most :data:`LANES`, the rest counted."""
+    """Lanes in plan order: one bar per attempt of a plain phase or of a small fan-out
+    (:data:`ITEM_BARS`); one lane per bigger fan-out, its items' density over its span.
+    At most :data:`LANES`, the rest counted."""
     bars: dict[str, list[Attempt]] = {}
     for a in detail.attempts.values():
         bars.setdefault(a.phase, []).append(a)
@@ -230,21 +233,23 @@ def _timeline(detail: RunDetail) -> dict[str, Any]:
         phase_bars = bars.get(name, [])
         ps = detail.state.phase(name)
         items = [b for b in phase_bars if b.item is not None]
-        for b in phase_bars:
-            if b.item is None:
-                lanes.append(
-                    {
-                        "kind": "attempt",
-                        "phase": name,
-                        "attempt": b.attempt,
-                        "status": b.status,
-                        "start": iso(b.started or b.scheduled),
-                        "end": iso(b.ended),
-                        "worker": b.worker,
-                        "error": b.error,
-                    }
-                )
-        if items:
+        for b in (
+            phase_bars if len(items) <= ITEM_BARS else (b for b in phase_bars if b.item is None)
+        ):
+            lanes.append(
+                {
+                    "kind": "attempt",
+                    "phase": name,
+                    "item": b.item,
+                    "attempt": b.attempt,
+                    "status": b.status,
+                    "start": iso(b.started or b.scheduled),
+                    "end": iso(b.ended),
+                    "worker": b.worker,
+                    "error": b.error,
+                }
+            )
+        if len(items) > ITEM_BARS:
             first = min((b.started or b.scheduled or end) for b in items)
             last = max((b.ended or end) for b in items)
             span = max((last - first).total_seconds(), 1e-6)

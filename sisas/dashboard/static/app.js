@@ -193,7 +193,7 @@ function drawGantt(tl, ended) {
       box.append(g);
       y += BAND + 4;
     } else {
-      const label = `${lane.phase}${lane.attempt ? " · attempt " + lane.attempt : ""}`;
+      const label = `${lane.phase}${itemLabel(lane.item)}${lane.attempt ? " · attempt " + lane.attempt : ""}`;
       box.append(svg("text", {x: 4, y: y + 13}, label));
       const r = svg("rect", {x: x(s), y, width: Math.max(x(e) - x(s), 2), height: ROW - 6, class: `fill-${lane.status}`, "data-status": lane.status, "data-phase": lane.phase});
       r.append(svg("title", {}, `${lane.phase} attempt ${lane.attempt}: ${lane.status} on ${lane.worker || "-"}${lane.error ? " — " + lane.error : ""}`));
