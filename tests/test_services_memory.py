@@ -13,6 +13,8 @@ import pytest
 
 from sisas.bus.memory import MemoryInputs, MemoryQueue, memory_ports
 from sisas.bus.ports import Ports
+from sisas.client import Client
+from sisas.errors import UsageError
 from sisas.loader import load_pipelines
 from sisas.pipeline import Pipeline
 from sisas.services.orchestrator import Orchestrator
@@ -144,3 +146,27 @@ async def test_memory_queue_delivers_each_message_to_one_taker_until_settled() -
     await redelivered.ack()
     with pytest.raises(TimeoutError):
         await a.fetch(1, timeout=0.05)
+
+
+async def test_the_client_starts_follows_and_cancels_runs_on_memory_ports() -> None:
+    ports = memory_ports()
+    client = Client(ports, requested_by="tests")
+    async with services(ports, {"traced": traced, "slow": slow}):
+        for _ in range(100):  # the worker registers its plans as it starts
+            if await ports.plans.get("slow"):
+                break
+            await asyncio.sleep(0.02)
+        started = await client.start("traced", input={"n": 4}, seed=3)
+        result = await started.result(timeout=30)
+        assert result.status == "completed"
+        assert await client.output(started.run_id, "total") == 16 + 25 + 36
+        again = await client.start("traced", input={"n": 4}, seed=3, idempotency_key="k1")
+        same = await client.start("traced", input={"n": 4}, seed=3, idempotency_key="k1")
+        assert same.run_id == again.run_id
+        long = await client.start("slow", input={"seconds": 30})
+        await asyncio.sleep(0.3)
+        assert await client.cancel(long.run_id, "enough")
+        ended = await long.result(timeout=20, check=False)
+        assert ended.status == "cancelled"
+    with pytest.raises(UsageError, match="in-memory ports"):
+        await client.runs()

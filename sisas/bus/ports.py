@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sisas.bus.artifacts import ArtifactStore
 from sisas.bus.log import SignalLog
@@ -48,14 +48,12 @@ __all__ = [
 ]
 
 
-class Published(Protocol):
-    """Where an input was stored, and whether one with its id was stored already."""
+class Published(NamedTuple):
+    """Where an input was stored; ``duplicate``: an input with its id was stored already
+    (within the stream's duplicate window), so this one was not, and ``seq`` is that one's."""
 
-    @property
-    def seq(self) -> int: ...
-
-    @property
-    def duplicate(self) -> bool: ...
+    seq: int
+    duplicate: bool
 
 
 class SequencePair(Protocol):
@@ -126,6 +124,10 @@ class Inputs(Protocol):
         """Keep, beside the inputs, why the input at ``seq`` was refused (once per seq)."""
         ...
 
+    async def stored(self, seq: int) -> Input | None:
+        """The input stored at ``seq`` (None when gone or not an input)."""
+        ...
+
 
 class Work(Protocol):
     """Scheduled attempts offered to workers, apart from the record (``SISAS_WORK``)."""
@@ -177,6 +179,14 @@ class Wire(Protocol):
 
     async def publish(self, subject: str, payload: bytes) -> None:
         """Send ``payload`` to whoever listens now (progress on a run's live subject)."""
+        ...
+
+    async def answered(self, subject: str, *, timeout: float) -> bool:
+        """Whether anyone answers on ``subject`` now (:mod:`sisas.bus.presence`)."""
+        ...
+
+    async def answers(self, subject: str, *, quiet: float, timeout: float) -> list[dict[str, Any]]:
+        """What everyone answering on ``subject`` says, gathered until ``quiet``."""
         ...
 
     def on_commits(

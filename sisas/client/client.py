@@ -29,9 +29,9 @@ from typing import Any, Self
 import msgspec
 
 from sisas.bus.artifacts import bytes_digest
-from sisas.bus.inputs import publish_input, publish_start, stored_start
+from sisas.bus.inputs import publish_start
+from sisas.bus.ports import Ports
 from sisas.bus.presence import orchestrator_live, worker_live
-from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
 from sisas.client.handle import RunHandle
@@ -46,7 +46,7 @@ from sisas.pipeline import Pipeline
 from sisas.services.host import running_services
 from sisas.services.hosting import check_live_code
 from sisas.signals import RunRequested, Scalar, StoredSignal, check_name
-from sisas.signals.inputs import CancelRun
+from sisas.signals.inputs import CancelRun, StartRun
 from sisas.signals.kinds import ENDING_KINDS
 from sisas.signals.plan import PipelinePlan
 from sisas.telemetry.tracing import run_span, span_in_run
@@ -72,7 +72,7 @@ class Client:
     """A connection to a sisas bus. Use :meth:`connect`, or wrap a :class:`Bus` that is
     already open (the client then neither owns nor closes it)."""
 
-    def __init__(self, bus: Bus, *, requested_by: str = "python client") -> None:
+    def __init__(self, bus: Ports, *, requested_by: str = "python client") -> None:
         self.bus = bus
         self.requested_by = requested_by
         self._stack: contextlib.AsyncExitStack | None = None
@@ -107,7 +107,7 @@ class Client:
             else:
                 for name in code:  # a live worker with other code would run the runs
                     await check_live_code(bus, name, code)
-                unserved = {n: p for n, p in code.items() if not await worker_live(bus.nc, n)}
+                unserved = {n: p for n, p in code.items() if not await worker_live(bus.wire, n)}
                 if unserved:
                     await stack.enter_async_context(
                         running_services(bus, unserved, orchestrator=False)
@@ -263,7 +263,7 @@ class Client:
             if not reuse_input:
                 await self.bus.artifacts.put(data)
             published = await publish_start(
-                self.bus.js,
+                self.bus.inputs,
                 pipeline,
                 run_id,
                 input_digest=digest,
@@ -280,8 +280,8 @@ class Client:
         if published.duplicate and idempotency_key:
             # The same key was sent moments ago and its run is not in the log yet: the
             # stored request, not this one, decides. Refuse what it would drop silently.
-            first = await stored_start(self.bus.js, published.seq)
-            if first is not None:
+            first = await self.bus.inputs.stored(published.seq)
+            if isinstance(first, StartRun):
                 asked = RunRequested(
                     input_digest=first.input_digest, config=dict(first.config), seed=first.seed
                 )
@@ -293,13 +293,13 @@ class Client:
     async def _registered(self, pipeline: str) -> PipelinePlan:
         """The plan a worker registered for ``pipeline``; UsageError when none did, or
         when nothing but this client could run it (it started the server)."""
-        if self.bus.server is not None:
+        if isinstance(self.bus, Bus) and self.bus.server is not None:
             raise UsageError(
                 f"no server runs for this data folder, and this client does not serve "
                 f"{pipeline!r}: pass its code, Client.connect(pipelines=[CODE]), or start "
                 "`sisas up --pipelines CODE` and connect to it"
             )
-        registry = PlanRegistry(self.bus.js)
+        registry = self.bus.plans
         plan = await registry.get(pipeline)
         if plan is None:
             known = ", ".join(await registry.names()) or "none"
@@ -333,8 +333,7 @@ class Client:
         elif not pipeline:
             raise UsageError(f"no run {run_id!r} in this log: check the run id")
         with span_in_run("cancel", run_id, pipeline, {"sisas.reason": reason}):
-            await publish_input(
-                self.bus.js,
+            await self.bus.inputs.publish(
                 CancelRun(
                     id=f"cancel:{run_id}",
                     pipeline=pipeline,
@@ -352,14 +351,14 @@ class Client:
         no live worker of its pipeline while it runs."""
         try:
             if (state is None or state.status == "new") and not await orchestrator_live(
-                self.bus.nc
+                self.bus.wire
             ):
                 return (
                     ": no orchestrator is running, so the request waits in SISAS_IN (start "
                     "`sisas up`, or connect with Client.connect(pipelines=[CODE]) when no "
                     "server runs)"
                 )
-            if pipeline and not await worker_live(self.bus.nc, pipeline):
+            if pipeline and not await worker_live(self.bus.wire, pipeline):
                 return (
                     f": no live worker runs {pipeline} (start `sisas worker --pipelines "
                     "CODE`, or `sisas up --pipelines CODE`)"
@@ -474,7 +473,14 @@ class Client:
     async def ask(self, verb: str, params: dict[str, Any] | None = None) -> Answer:
         """Any question the query service answers (``runs``, ``show``, ``manifest``,
         ``stats``…; docs/projections.md). A projector that runs answers; else this
-        process folds the log into the data folder's projection and answers."""
+        process folds the log into the data folder's projection and answers. Needs a
+        server (a :class:`~sisas.bus.runtime.Bus`): in-memory ports have no projection."""
+        if not isinstance(self.bus, Bus):
+            raise UsageError(
+                f"{verb}: queries read the projection of a data folder, and this client "
+                "runs on in-memory ports; read runs with handle.result() or "
+                "handle.signals(), or connect with Client.connect()"
+            )
         return await ask(self.bus, verb, params)
 
 
@@ -513,7 +519,7 @@ def _input_bytes(value: Any, raw: bytes | None) -> bytes:
         ) from None
 
 
-async def _requested(bus: Bus, run_id: str) -> RunRequested | None:
+async def _requested(bus: Ports, run_id: str) -> RunRequested | None:
     """The ``run_requested`` of ``run_id`` when the log has the run, else None."""
     rec = await bus.log.first_of_kind(run_id, "run_requested")
     if isinstance(rec, StoredSignal) and isinstance(rec.signal.body, RunRequested):
