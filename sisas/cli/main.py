@@ -10,6 +10,7 @@ from sisas.cli import (  # noqa: F401
     key_commands,
     live_commands,
     log_commands,
+    logs_command,
     output_command,
     query_commands,
     replay_commands,

@@ -35,6 +35,7 @@ from sisas.bus.presence import orchestrator_live, worker_live
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
 from sisas.client.handle import RunHandle
+from sisas.client.logs import AttemptLogEntry, attempt_logs
 from sisas.client.queries import Answer, ask
 from sisas.client.resume import Resume, prepare_resume
 from sisas.client.starting import check_settings, refuse_another_run, run_id_for
@@ -440,6 +441,33 @@ class Client:
                 if len(data) <= max_bytes and binary.format_of(data) == "json":
                     out[name] = msgspec.json.decode(data)
         return out
+
+    async def logs(
+        self, run_id: str, phase: str | None = None, *, item: int | None = None
+    ) -> list[AttemptLogEntry]:
+        """The logs of ``run_id``'s attempts that ended, in log order (of ``phase``, of
+        one ``item``), each with its text read from the store and checked against its
+        digest. An attempt that wrote nothing has ``text`` "". Raises
+        :class:`~sisas.errors.UsageError` for a run or phase that does not exist."""
+        records = await self.bus.log.read_run(check_name(run_id, "run id"))
+        signals = [r.signal for r in records if isinstance(r, StoredSignal)]
+        if not signals:
+            raise UsageError(f"no run {run_id!r} in this log: check the run id")
+        state = fold(signals)
+        if phase is not None and phase not in state.phases:
+            phases = ", ".join(state.phases) or "none"
+            raise UsageError(f"run {run_id} has no phase {phase!r} (phases: {phases})")
+        entries = attempt_logs(signals, phase=phase, item=item)
+        for entry in entries:
+            await self.read_log(entry)
+        return entries
+
+    async def read_log(self, entry: AttemptLogEntry) -> AttemptLogEntry:
+        """Fill ``entry.text`` from the store (checked against its digest)."""
+        if entry.log:
+            data = await self._artifact(entry.log)
+            entry.text = (data or b"").decode(errors="replace")
+        return entry
 
     async def _artifact(self, digest: str) -> bytes | None:
         if not digest:
