@@ -37,6 +37,7 @@ SIGNALS = {
     "PhaseTimedOut",
     "Resources",
     "RunCancelled",
+    "ScheduleTicked",
     "TriggerEvaluated",
     "TriggerResult",
     "RunCompleted",

@@ -66,6 +66,7 @@ class StartRun(msgspec.Struct, tag="start_run", **_OPTS):
     resume_from_phase: str = ""
     reuse: dict[str, Reuse] = {}
     batch_id: str = ""
+    tags: dict[str, str] = {}
 
 
 class CancelRun(msgspec.Struct, tag="cancel_run", **_OPTS):

@@ -40,6 +40,7 @@ __all__ = [
     "RunRequested",
     "RunStarted",
     "Scalar",
+    "ScheduleTicked",
     "Violation",
 ]
 
@@ -119,6 +120,8 @@ class RunRequested(msgspec.Struct, tag="run_requested", **_OPTS):
     resume_of: str = ""
     resume_from_phase: str = ""
     batch_id: str = ""
+    tags: dict[str, str] = {}
+    """Labels the requester gave the run (``--tag k=v``): filter runs by them."""
 
 
 class RunStarted(msgspec.Struct, tag="run_started", **_OPTS):
@@ -305,6 +308,33 @@ class TriggerEvaluated(msgspec.Struct, tag="trigger_evaluated", **_OPTS):
     error: str = ""
 
 
+class ScheduleTicked(msgspec.Struct, tag="schedule_ticked", **_OPTS):
+    """A schedule's tick was decided: a run started, queued or released, or the tick skipped.
+
+    Recorded in one chain per schedule (pipeline ``schedules``), in tick order, by
+    whichever scheduler appends first: the record is the decision, and every scheduler
+    acts on the recorded one. Times are ISO 8601 in the schedule's time zone, passed in by
+    the scheduler (a shell); ``last_tick``, ``running`` and ``queued`` are the schedule's
+    state after this decision, so the chain's last signal alone resumes it.
+    """
+
+    schedule: str
+    pipeline: str
+    tick: str
+    action: Literal["started", "skipped", "queued", "released"]
+    reason: str
+    run_id: str = ""
+    window_start: str = ""
+    window_end: str = ""
+    catch_up: bool = False
+    """The tick was missed while no scheduler ran and is run by the catch-up policy."""
+    also_missed: int = 0
+    """Missed ticks before this one not recorded one by one (past the per-pass cap)."""
+    last_tick: str = ""
+    running: str = ""
+    queued: list[str] = []
+
+
 Body: TypeAlias = (
     RunRequested
     | RunStarted
@@ -323,6 +353,7 @@ Body: TypeAlias = (
     | RunFailed
     | RunCancelled
     | TriggerEvaluated
+    | ScheduleTicked
 )
 
 BODY_TYPES: Final[tuple[type[Body], ...]] = get_args(Body)

@@ -32,6 +32,8 @@ __all__ = [
     "QUERY_PREFIX",
     "QUERY_VERBS",
     "RUN_LEVEL",
+    "SCHEDULES_PIPELINE",
+    "SCHEDULE_BUCKET",
     "TRIGGERS_PIPELINE",
     "TRIGGER_BUCKET",
     "UPSTREAM_STREAM",
@@ -57,6 +59,8 @@ RUN_LEVEL: Final = "_"
 """The phase token of signals that belong to the run, not to one phase."""
 TRIGGERS_PIPELINE: Final = "triggers"
 """The pipeline name of trigger evaluation chains (one per upstream message)."""
+SCHEDULES_PIPELINE: Final = "schedules"
+"""The pipeline name of schedule chains (one per schedule: its ticks, in order)."""
 
 # Streams, buckets and subjects beside the log's: every name on the wire is here.
 LOG_STREAM: Final = "SISAS_LOG"
@@ -77,6 +81,8 @@ CIRCUIT_BUCKET: Final = "sisas-circuits"
 """KV: circuit breaker states by pipeline."""
 TRIGGER_BUCKET: Final = "sisas-triggers"
 """KV: each evaluated upstream message and the runs it started (exactly once)."""
+SCHEDULE_BUCKET: Final = "sisas-schedules"
+"""KV: the schedules an operator paused (``pause.<schedule>``)."""
 PRESENCE_PREFIX: Final = "sisas.presence"
 """Request/reply: live workers and orchestrators answer."""
 LIVE_PREFIX: Final = "sisas.live"

@@ -31,6 +31,7 @@ from sisas.signals.kinds import (
     RunRequested,
     RunStarted,
     Scalar,
+    ScheduleTicked,
     TriggerEvaluated,
 )
 
@@ -177,6 +178,9 @@ def _other(body: Body) -> str:
         if body.duplicate:
             text += " (duplicate)"
         return text + (f"; {first_line(body.error)}" if body.error else "")
+    if isinstance(body, ScheduleTicked):
+        run = f" {body.run_id}" if body.run_id else ""
+        return f"{body.schedule} tick {body.tick}: {body.action}{run}: {first_line(body.reason)}"
     # A kind added later: its scalar fields, never a repr of a nested value.
     fields = msgspec.structs.asdict(body)
     return ", ".join(
