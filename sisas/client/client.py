@@ -48,6 +48,7 @@ from sisas.services.hosting import check_live_code
 from sisas.signals import RunRequested, Scalar, StoredSignal, check_name
 from sisas.signals.inputs import CancelRun
 from sisas.signals.kinds import ENDING_KINDS
+from sisas.signals.names import check_tags
 from sisas.signals.plan import PipelinePlan
 from sisas.telemetry.tracing import run_span, span_in_run
 
@@ -159,6 +160,7 @@ class Client:
         trace: Mapping[str, str | int] | None = None,
         root_span: bool = True,
         check_plan: bool = True,
+        tags: Mapping[str, str] | None = None,
     ) -> RunHandle:
         """Request a run of ``pipeline``; return its handle at once (the run goes on in
         the orchestrator and the workers: :meth:`RunHandle.result` waits for it).
@@ -182,6 +184,7 @@ class Client:
             trace=trace,
             root_span=root_span,
             check_plan=check_plan,
+            tags=tags,
         )
         return started.handle
 
@@ -204,6 +207,7 @@ class Client:
         trace: Mapping[str, str | int] | None = None,
         root_span: bool = True,
         check_plan: bool = True,
+        tags: Mapping[str, str] | None = None,
     ) -> Started:
         """Request a run of ``pipeline`` and say what was done.
 
@@ -223,6 +227,8 @@ class Client:
         ``root_span`` is False (the caller holds the run's root span already).
         ``check_plan`` False: send the request whether or not a worker registered the
         pipeline (a trigger does: the run then fails in the log, naming the fix).
+        ``tags``: labels recorded in the run's ``run_requested`` (``runs(tags=...)``
+        filters by them); keys and values are short strings (see :func:`check_tags`).
 
         Raises :class:`~sisas.errors.UsageError` for an unknown pipeline (listing the
         known ones), a configuration the plan refuses, an input that is not JSON.
@@ -276,6 +282,7 @@ class Client:
                 resume_from_phase=resume.from_phase if resume is not None else "",
                 reuse=resume.reuse if resume is not None else {},
                 batch_id=batch_id,
+                tags=check_tags(tags or {}),
             )
         if published.duplicate and idempotency_key:
             # The same key was sent moments ago and its run is not in the log yet: the
@@ -459,9 +466,13 @@ class Client:
         status: str = "",
         since: datetime | None = None,
         limit: int = 50,
+        tags: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Runs newest first, from the query service (the fields of ``sisas runs --json``)."""
+        """Runs newest first, from the query service (the fields of ``sisas runs --json``);
+        ``tags``: only the runs that carry each of them."""
         params: dict[str, Any] = {"limit": limit}
+        if tags:
+            params["tags"] = check_tags(tags)
         if pipeline:
             params["pipeline"] = pipeline
         if status:

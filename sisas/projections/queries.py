@@ -47,6 +47,8 @@ class RunsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     limit: int = 100
     tampered: bool | None = None
     """True: only runs marked tampered; False: only the others."""
+    tags: dict[str, str] = {}
+    """Only runs that carry every one of these tags (key and value)."""
 
 
 class RunQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -97,6 +99,8 @@ def _dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
         for k, v in item.items():
             if isinstance(v, datetime):
                 item[k] = _iso(v)
+        if isinstance(item.get("tags"), str):
+            item["tags"] = msgspec.json.decode(item["tags"])
         out.append(item)
     return out
 
@@ -105,7 +109,7 @@ _RUN_COLUMNS = """
     run_id, pipeline, version, status, requested_at, started_at, ended_at, duration,
     failed_phase, error_kind, error_message, fingerprint, code_fingerprint, seed,
     input_digest, resume_of, batch_id, phases, phases_done, signals,
-    tampered, tampered_stream_seq, tampered_problem, tampered_message
+    tampered, tampered_stream_seq, tampered_problem, tampered_message, tags
 """
 
 
@@ -126,6 +130,9 @@ def runs(con: duckdb.DuckDBPyConnection, q: RunsQuery) -> list[dict[str, Any]]:
     if q.since is not None:
         where.append("coalesce(started_at, requested_at) >= ?")
         args.append(q.since.astimezone(UTC).replace(tzinfo=None))
+    for key, value in sorted(q.tags.items()):
+        where.append("json_extract_string(tags, ?) = ?")
+        args.extend([f'$."{key}"', value])
     cur = con.execute(
         f"SELECT {_RUN_COLUMNS} FROM runs WHERE {' AND '.join(where)} "
         "ORDER BY coalesce(started_at, requested_at) DESC NULLS LAST, run_id DESC LIMIT ?",

@@ -12,6 +12,7 @@ that NATS treats as a separator or wildcard.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Final
 
 from sisas.errors import InvalidName
@@ -41,6 +42,8 @@ __all__ = [
     "WORK_STREAM",
     "commit_subject",
     "check_name",
+    "check_tags",
+    "parse_tag",
     "input_subject",
     "live_subject",
     "log_subject",
@@ -111,6 +114,39 @@ def check_name(value: str, what: str) -> str:
             "starting with a letter or digit"
         )
     return value
+
+
+_TAG_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,63}$")
+TAG_VALUE_MAX: Final = 200
+
+
+def check_tags(tags: Mapping[str, str], what: str = "tag") -> dict[str, str]:
+    """``tags`` as a plain dict if every key and value can be a tag; raise
+    :class:`InvalidName` naming the first that cannot (keys: 1-64 letters, digits, '_',
+    '.', '-' or '/'; values: strings of at most 200 characters, no control characters)."""
+    for key, value in tags.items():
+        if not isinstance(key, str) or not _TAG_KEY.match(key):
+            raise InvalidName(
+                f"invalid {what} key {key!r}: use 1-64 letters, digits, '_', '.', '-' or '/', "
+                "starting with a letter or digit (--tag team=data)"
+            )
+        if not isinstance(value, str):
+            raise InvalidName(f"{what} {key} is {value!r}: a tag's value is a string")
+        if len(value) > TAG_VALUE_MAX or any(ord(c) < 32 for c in value):
+            raise InvalidName(
+                f"invalid {what} {key}: its value must be at most {TAG_VALUE_MAX} characters, "
+                "without control characters"
+            )
+    return dict(tags)
+
+
+def parse_tag(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` as ``(key, value)``; raise :class:`InvalidName` saying the form."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise InvalidName(f"--tag {text!r} is not KEY=VALUE: write it as --tag team=data")
+    check_tags({key: value})
+    return key, value
 
 
 def log_subject(pipeline: str, run_id: str, phase: str, kind: str) -> str:
