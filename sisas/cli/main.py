@@ -14,6 +14,7 @@ from sisas.cli import (  # noqa: F401
     query_commands,
     replay_commands,
     run_commands,
+    schedule_commands,
     schema_commands,
     security_commands,
     server_commands,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -40,6 +40,7 @@ from cronsim import CronSim, CronSimError
 from sisas.errors import UsageError
 from sisas.handlers.derive import keyed_run_id
 from sisas.handlers.triggers import fill_template
+from sisas.pipeline import Pipeline
 from sisas.signals.kinds import Scalar, ScheduleTicked
 from sisas.signals.names import check_name, check_tags
 
@@ -55,6 +56,7 @@ __all__ = [
     "parse_schedules",
     "release_queued",
     "schedule_chain",
+    "schedules_of",
     "state_after",
     "tick_document",
     "tick_input",
@@ -148,6 +150,20 @@ def parse_schedules(text: str, where: str = "the schedules file") -> list[Schedu
     names = [s.name for s in found]
     if len(set(names)) != len(names):
         raise UsageError(f"{where}: schedule names must be unique (got {', '.join(names)})")
+    return found
+
+
+def schedules_of(pipelines: Iterable[Pipeline]) -> list[Schedule]:
+    """The schedules ``pipelines`` declare (:meth:`Pipeline.schedule`), checked."""
+    found = []
+    for pipe in pipelines:
+        where = f"pipeline {pipe.name}"
+        for i, entry in enumerate(pipe.schedules):
+            try:
+                schedule = msgspec.convert(entry, Schedule)
+            except msgspec.ValidationError as exc:
+                raise UsageError(f"{where}: schedule #{i + 1}: {exc}") from None
+            found.append(check_schedule(schedule, where))
     return found
 
 

@@ -40,6 +40,7 @@ from sisas.signals.names import (
     PRESENCE_PREFIX,
     QUERY_PREFIX,
     QUERY_VERBS,
+    SCHEDULE_BUCKET,
     TRIGGER_BUCKET,
     UPSTREAM_STREAM,
     WORK_PREFIX,
@@ -71,6 +72,7 @@ _KV_BLOBS: Final = f"KV_{BLOB_BUCKET}"
 _KV_PLANS: Final = f"KV_{PIPELINE_BUCKET}"
 _KV_CIRCUITS: Final = f"KV_{CIRCUIT_BUCKET}"
 _KV_TRIGGERS: Final = f"KV_{TRIGGER_BUCKET}"
+_KV_SCHEDULES: Final = f"KV_{SCHEDULE_BUCKET}"
 STREAMS: Final = (
     LOG_STREAM,
     INPUT_STREAM,
@@ -81,6 +83,7 @@ STREAMS: Final = (
     _KV_PLANS,
     _KV_CIRCUITS,
     _KV_TRIGGERS,
+    _KV_SCHEDULES,
 )
 """Every JetStream stream sisas creates (buckets are streams named ``KV_``/``OBJ_``)."""
 
@@ -253,13 +256,14 @@ ORCHESTRATOR: Final = Role(
             ),
         ),
         Grant(
-            "write artifacts, plans, circuits, trigger message ids",
+            "write artifacts, plans, circuits, trigger message ids, schedule pauses",
             (
                 f"$KV.{BLOB_BUCKET}.>",
                 f"$O.{ARTIFACT_BUCKET}.>",
                 f"$KV.{PIPELINE_BUCKET}.>",
                 f"$KV.{CIRCUIT_BUCKET}.>",
                 f"$KV.{TRIGGER_BUCKET}.>",
+                f"$KV.{SCHEDULE_BUCKET}.>",
             ),
         ),
         _REPLIES,
@@ -275,6 +279,11 @@ OPERATOR: Final = Role(
             "send commands: start_run, cancel_run", (_command("start_run"), _command("cancel_run"))
         ),
         Grant("put input artifacts", _PUT_ARTIFACTS.publish),
+        Grant(
+            "pause and resume schedules (`sisas schedules pause|resume|list`)",
+            (f"{API}.STREAM.CREATE.{_KV_SCHEDULES}", f"$KV.{SCHEDULE_BUCKET}.>"),
+            reads=(_KV_SCHEDULES,),
+        ),
         _OPEN_BUS,
         _READ_LOG,
         _READ_ARTIFACTS,
