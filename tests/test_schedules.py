@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +30,7 @@ from sisas.loader import load_pipelines
 from sisas.services.host import running_services
 from sisas.services.schedules import ScheduleService, pause_schedule, resume_schedule
 from sisas.signals import RunRequested, ScheduleTicked, StoredSignal
-from tests.cli_process import server_env, sisas, sisas_async
+from tests.cli_process import Command, server_env, sisas, sisas_async
 from tests.runs import TEST_PIPES, wait_end
 
 EVERY_SECOND = """
@@ -256,3 +258,43 @@ async def test_a_paused_schedule_records_its_ticks_as_skipped_until_resumed(
     ticks = await decisions(bus, "pausable")
     assert [t.action for t in ticks] == ["skipped", "started"]
     assert "paused (by " in ticks[0].reason and "maintenance" in ticks[0].reason
+
+
+async def test_sisas_up_stopped_and_restarted_records_the_missed_ticks_and_catches_up(
+    bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    """`sisas up --schedules FILE` for a few ticks, stopped for 3 s, started again: every
+    tick is in the chain, the missed ones skipped but the last (catch_up = 1), with why."""
+    file = tmp_path / "schedules.toml"
+    file.write_text(EVERY_SECOND.format(name="beat", overlap="allow", catch_up=1, seconds=0.0))
+    env = server_env(settings)
+    args = ("up", "--no-dashboard", "--schedules", str(file), "--pipelines", TEST_PIPES)
+
+    async def up_until(count: int) -> None:
+        cmd = await Command.start(*args, env=env)
+        await cmd.until("sisas is up")
+        while len(await decisions(bus, "beat")) < count:
+            assert cmd.proc.returncode is None, cmd.err
+            await asyncio.sleep(0.1)
+        cmd.proc.send_signal(signal.SIGINT)
+        assert await cmd.finish() == 0, cmd.err
+
+    await up_until(2)
+    stopped = len(await decisions(bus, "beat"))
+    await asyncio.sleep(3)
+    await up_until(stopped + 6)
+    ticks = await decisions(bus, "beat")
+    times = [datetime.fromisoformat(t.tick) for t in ticks]
+    assert times == [times[0] + timedelta(seconds=i) for i in range(len(times))]  # none lost
+    gap = ticks[stopped:]  # the downtime, then the restarted scheduler's ticks
+    missed = [t for t in gap if t.action == "skipped"]
+    assert len(missed) >= 2, [(t.tick, t.action, t.reason) for t in ticks]
+    assert all("no scheduler ran at the tick" in t.reason for t in missed)
+    caught = [t for t in gap if t.catch_up]
+    assert caught and all(t.action == "started" for t in caught)  # the last missed one ran
+    assert datetime.fromisoformat(caught[0].tick) > datetime.fromisoformat(missed[-1].tick)
+    listed = await sisas_async("schedules", "list", "--schedules", str(file), "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    row = json.loads(listed.stdout)["schedules"][0]
+    assert row["name"] == "beat" and row["chain"] == "sch-beat" and not row["paused"]
+    assert row["last"]["tick"] == ticks[-1].tick and row["last"]["action"] == ticks[-1].action

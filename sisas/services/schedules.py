@@ -30,7 +30,7 @@ from typing import Any
 
 import msgspec
 from nats.errors import Error as NatsError
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
 from sisas.bus.runtime import Bus
@@ -116,7 +116,7 @@ async def paused_schedules(bus: Bus) -> dict[str, Pause]:
     kv = await _bucket(bus)
     try:
         keys = await kv.keys()
-    except NotFoundError:  # nats-py: an empty bucket has no keys to list
+    except (NoKeysError, NotFoundError):  # nats-py: an empty bucket has no keys to list
         return {}
     out = {}
     for key in keys:
