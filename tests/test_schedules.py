@@ -24,14 +24,17 @@ from sisas.handlers.schedules import (
     next_ticks,
     parse_schedules,
     schedule_chain,
+    tick_document,
+    tick_input,
     tick_run_id,
+    window_start,
 )
 from sisas.loader import load_pipelines
 from sisas.services.host import running_services
 from sisas.services.schedules import ScheduleService, pause_schedule, resume_schedule
 from sisas.signals import RunRequested, ScheduleTicked, StoredSignal
 from tests.cli_process import Command, server_env, sisas, sisas_async
-from tests.runs import TEST_PIPES, wait_end
+from tests.runs import ROOT, TEST_PIPES, wait_end
 
 EVERY_SECOND = """
 [[schedule]]
@@ -45,6 +48,7 @@ grace = 0.5
 tags = {{ team = "data" }}
 """
 T0 = datetime(2026, 12, 7, 12, 0, 0, tzinfo=UTC)
+EXAMPLE = ROOT / "examples" / "schedules" / "sisas.toml"
 
 
 def every_second(
@@ -67,6 +71,15 @@ def test_ticks_follow_the_time_zone_and_dst() -> None:
     ]
     every = next_ticks("*/10 * * * * *", "UTC", T0, 2)
     assert [t.second for t in every] == [10, 20]
+
+
+def test_the_example_schedules_build_the_clustering_input_from_the_tick() -> None:
+    found = {s.name: s for s in parse_schedules(EXAMPLE.read_text())}
+    nightly = found["sensors-nightly"]
+    tick = next_ticks(nightly.cron, nightly.timezone, datetime(2026, 3, 28, 12, tzinfo=UTC), 1)[0]
+    data = tick_input(nightly, tick_document(nightly, tick, window_start(nightly, tick)))
+    assert data == {"name": "2026-03-29", "values": [0.1, 0.4, 2.2, 2.5, 9.0, 9.5], "k": 3}
+    assert found["sensors-every-10s"].overlap == "skip"
 
 
 def test_a_bad_schedule_is_a_usage_error_naming_the_fix() -> None:
