@@ -90,5 +90,11 @@ async def test_tags_round_trip_from_request_to_log_to_runs_filter(
     run_id = json.loads(ran.stdout)["run_id"]
     state = await client.state(run_id)
     assert state.tags == {"team": "cli"}
+    stats = await sisas_async("stats", "--tag", "team=data", "--json", env=env)
+    assert stats.returncode == 0, stats.stderr
+    [slow] = [p for p in json.loads(stats.stdout)["pipelines"] if p["pipeline"] == "slow"]
+    assert slow["runs"] == 1 and slow["completed"] == 1  # only the run tagged team=data
+    [nap] = [p for p in json.loads(stats.stdout)["phases"] if p["phase"] == "nap"]
+    assert nap["runs"] == 1
     bad = await sisas_async("runs", "--tag", "team", env=env)
     assert bad.returncode == 2 and "--tag team=data" in bad.stderr

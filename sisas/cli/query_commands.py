@@ -430,11 +430,15 @@ def _write(out: Path, data: bytes) -> None:
 
 @cli.command()
 @click.option("--pipeline", "-p", default="", help="Only this pipeline.")
+@tag_option("Only runs with this tag (repeat: all of them), e.g. --tag team=data.")
 @_JSON
 @run_async
-async def stats(pipeline: str, as_json: bool) -> None:
+async def stats(pipeline: str, tags: dict[str, str], as_json: bool) -> None:
     """Per-phase duration percentiles, success and retry rates, check failures."""
-    answer = await _ask("stats", {"pipeline": pipeline} if pipeline else {})
+    params: dict[str, Any] = {"pipeline": pipeline} if pipeline else {}
+    if tags:
+        params["tags"] = tags
+    answer = await _ask("stats", params)
     d = answer.result
     if as_json:
         print(json.dumps({"as_of": answer.as_of, **d}))
