@@ -219,9 +219,12 @@ class ScheduleService:
         state = state_after(body)
         if body is not None and body.action in ("started", "released"):
             await self._ensure(s, body)
-        if state.queued and not await self._live(state.running):
-            return await self._append(chain, last, release_queued(s, state), s)
         ticks, dropped = due_ticks(s, state.last_tick or self._since[s.name], now)
+        if not ticks and not state.queued:
+            return False
+        paused = await self._paused(s.name)
+        if state.queued and not paused and not await self._live(state.running):
+            return await self._append(chain, last, release_queued(s, state), s)
         if not ticks:
             return False
         tick = ticks[0]
@@ -233,7 +236,7 @@ class ScheduleService:
             now=now,
             missed_rank=late - 1 if late else None,
             running_live=bool(state.running) and await self._live(state.running),
-            paused=await self._paused(s.name),
+            paused=paused,
             also_missed=dropped,
         )
         return await self._append(chain, last, decision, s)
