@@ -37,6 +37,8 @@ SIGNALS = {
     "PhaseTimedOut",
     "Resources",
     "RunCancelled",
+    "RunQueued",
+    "RunReleased",
     "ScheduleTicked",
     "TriggerEvaluated",
     "TriggerResult",

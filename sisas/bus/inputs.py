@@ -13,7 +13,7 @@ from sisas.bus.connection import refused
 from sisas.bus.translate import nats_errors
 from sisas.errors import BusError, BusUnavailable, SisasError
 from sisas.signals.inputs import Input, StartRun, decode_input, encode_input
-from sisas.signals.names import INPUT_STREAM, input_subject
+from sisas.signals.names import INPUT_STREAM, admit_subject, input_subject
 from sisas.telemetry.tracing import inject
 
 __all__ = [
@@ -43,9 +43,14 @@ async def publish_input(js: JetStreamContext, inp: Input, *, attempts: int = 20)
     return (await publish_input_acked(js, inp, attempts=attempts)).seq
 
 
-async def publish_input_acked(js: JetStreamContext, inp: Input, *, attempts: int = 20) -> Published:
-    """:func:`publish_input`, also saying whether the server had the input already."""
-    subject = input_subject(inp.pipeline, inp.run_id, str(type(inp).__struct_config__.tag))
+async def publish_input_acked(
+    js: JetStreamContext, inp: Input, *, attempts: int = 20, subject: str = ""
+) -> Published:
+    """:func:`publish_input`, also saying whether the server had the input already;
+    ``subject``: another subject than its input subject (a request awaiting admission)."""
+    subject = subject or input_subject(
+        inp.pipeline, inp.run_id, str(type(inp).__struct_config__.tag)
+    )
     data = encode_input(inp)
     headers = inject({"Nats-Msg-Id": inp.id})
     last: Exception | None = None
@@ -73,11 +78,14 @@ async def publish_start(
     input_digest: str,
     seed: int,
     at: datetime | None = None,
+    admit: bool = False,
     **fields: Any,
 ) -> Published:
     """Ask for a run: publish its ``start_run`` (id ``start:<run_id>``, stamped now unless
     ``at`` is given; ``fields`` are StartRun's other fields); where it is stored (a
-    duplicate: a start of this run id was sent already, and this one changes nothing)."""
+    duplicate: a start of this run id was sent already, and this one changes nothing).
+    ``admit``: the pipeline has a concurrency limit: the request goes to ``SISAS_ADMIT``,
+    where the admission service releases it to the orchestrator when a slot is free."""
     start = StartRun(
         id=f"start:{run_id}",
         pipeline=pipeline,
@@ -87,7 +95,9 @@ async def publish_start(
         input_digest=input_digest,
         **fields,
     )
-    return await publish_input_acked(js, start)
+    return await publish_input_acked(
+        js, start, subject=admit_subject(pipeline, run_id) if admit else ""
+    )
 
 
 async def stored_start(js: JetStreamContext, seq: int) -> StartRun | None:

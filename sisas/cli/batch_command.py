@@ -131,6 +131,9 @@ async def _wait_all(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")
 @tag_option("A tag recorded on every run of the batch (repeat for more), e.g. --tag team=data.")
+@click.option(
+    "--priority", type=int, default=0, help="Under a concurrency limit, higher runs go first."
+)
 @PIPELINES_OPTION
 @run_async
 async def batch(
@@ -140,6 +143,7 @@ async def batch(
     settings_: tuple[str, ...],
     as_json: bool,
     tags: dict[str, str],
+    priority: int,
     pipeline_specs: tuple[str, ...],
 ) -> None:
     """Run PIPELINE once per input and wait for all: one batch id, one summary.
@@ -170,6 +174,7 @@ async def batch(
                     code=local.get(pipeline),
                     trace={"sisas.batch_id": batch_id},
                     tags=tags,
+                    priority=priority,
                 )
                 runs[handle.run_id] = name
             try:

@@ -8,6 +8,7 @@ from sisas.cli import (  # noqa: F401
     cluster_commands,
     demo_command,
     key_commands,
+    limit_commands,
     live_commands,
     log_commands,
     output_command,

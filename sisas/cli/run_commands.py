@@ -142,6 +142,13 @@ def print_result(
     help="With --resume: the first phase to run again (default: the first failed one).",
 )
 @tag_option("A tag recorded in the run's first signal (repeat for more), e.g. --tag team=data.")
+@click.option(
+    "--priority",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Under a concurrency limit (`sisas limits`), higher runs go first.",
+)
 @PIPELINES_OPTION
 @run_async
 async def run(
@@ -155,6 +162,7 @@ async def run(
     resume_of: str | None,
     from_phase: str | None,
     tags: dict[str, str],
+    priority: int,
     pipeline_specs: tuple[str, ...],
 ) -> None:
     """Start a run of PIPELINE and print its id (with --wait: follow it to the end).
@@ -187,6 +195,7 @@ async def run(
         local=local,
         input_given=input_path is not None,  # a file (--input, or the default) is sent
         tags=tags,
+        priority=priority,
     )
     if result is None:
         return
@@ -224,6 +233,7 @@ async def start_and_watch(
     from_phase: str | None = None,
     input_given: bool = True,
     tags: dict[str, str] | None = None,
+    priority: int = 0,
 ) -> tuple[RunResult | None, float | None]:
     """Publish a start command and, when waiting (or hosting the handlers), watch the run.
 
@@ -258,6 +268,7 @@ async def start_and_watch(
                     run_id=run_id,
                     root_span=False,
                     tags=tags,
+                    priority=priority,
                 )
                 existing = request.existing
                 span.set_attribute("sisas.seed", request.seed)

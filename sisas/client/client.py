@@ -30,6 +30,7 @@ import msgspec
 
 from sisas.bus.artifacts import bytes_digest
 from sisas.bus.inputs import publish_input, publish_start, stored_start
+from sisas.bus.limits import LimitCache
 from sisas.bus.presence import orchestrator_live, worker_live
 from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus, open_bus
@@ -76,6 +77,7 @@ class Client:
     def __init__(self, bus: Bus, *, requested_by: str = "python client") -> None:
         self.bus = bus
         self.requested_by = requested_by
+        self._limits = LimitCache(bus)
         self._stack: contextlib.AsyncExitStack | None = None
         self._served: dict[str, Pipeline] = {}
         """Pipelines whose code this client was connected with."""
@@ -161,6 +163,7 @@ class Client:
         root_span: bool = True,
         check_plan: bool = True,
         tags: Mapping[str, str] | None = None,
+        priority: int = 0,
     ) -> RunHandle:
         """Request a run of ``pipeline``; return its handle at once (the run goes on in
         the orchestrator and the workers: :meth:`RunHandle.result` waits for it).
@@ -185,6 +188,7 @@ class Client:
             root_span=root_span,
             check_plan=check_plan,
             tags=tags,
+            priority=priority,
         )
         return started.handle
 
@@ -208,6 +212,7 @@ class Client:
         root_span: bool = True,
         check_plan: bool = True,
         tags: Mapping[str, str] | None = None,
+        priority: int = 0,
     ) -> Started:
         """Request a run of ``pipeline`` and say what was done.
 
@@ -229,6 +234,8 @@ class Client:
         pipeline (a trigger does: the run then fails in the log, naming the fix).
         ``tags``: labels recorded in the run's ``run_requested`` (``runs(tags=...)``
         filters by them); keys and values are short strings (see :func:`check_tags`).
+        ``priority``: when the pipeline has a concurrency limit (``sisas limits set``),
+        the request waits for a slot, higher priorities first.
 
         Raises :class:`~sisas.errors.UsageError` for an unknown pipeline (listing the
         known ones), a configuration the plan refuses, an input that is not JSON.
@@ -283,6 +290,8 @@ class Client:
                 reuse=resume.reuse if resume is not None else {},
                 batch_id=batch_id,
                 tags=check_tags(tags or {}),
+                priority=priority,
+                admit=await self._limits.get(pipeline) is not None,
             )
         if published.duplicate and idempotency_key:
             # The same key was sent moments ago and its run is not in the log yet: the

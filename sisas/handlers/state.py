@@ -33,6 +33,8 @@ from sisas.signals.kinds import (
     RunCancelled,
     RunCompleted,
     RunFailed,
+    RunQueued,
+    RunReleased,
     RunRequested,
     RunStarted,
     Scalar,
@@ -216,7 +218,14 @@ def evolve(state: RunState, signal: Signal) -> RunState:
             return _run_failed(state, signal, body)
         case RunCancelled():
             return _run_cancelled(state, signal)
-        case CircuitOpened() | CircuitClosed() | TriggerEvaluated() | ScheduleTicked():
+        case (
+            CircuitOpened()
+            | CircuitClosed()
+            | TriggerEvaluated()
+            | ScheduleTicked()
+            | RunQueued()
+            | RunReleased()
+        ):
             return state  # a pipeline's circuits and the triggers' records: no run's state
         case _:
             return state  # pragma: no cover - every kind is handled above

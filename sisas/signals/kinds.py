@@ -37,6 +37,8 @@ __all__ = [
     "RunCancelled",
     "RunCompleted",
     "RunFailed",
+    "RunQueued",
+    "RunReleased",
     "RunRequested",
     "RunStarted",
     "Scalar",
@@ -335,6 +337,37 @@ class ScheduleTicked(msgspec.Struct, tag="schedule_ticked", **_OPTS):
     queued: list[str] = []
 
 
+class RunQueued(msgspec.Struct, tag="run_queued", **_OPTS):
+    """A run of a pipeline at its concurrency limit waits for a slot.
+
+    Recorded in the pipeline's admission chain (pipeline ``admission``, run id
+    ``adm-PIPELINE``) by the admission service, before the run has a log of its own;
+    ``request_seq`` is where its request waits in ``SISAS_ADMIT``.
+    """
+
+    run_id: str
+    pipeline: str
+    reason: str
+    priority: int = 0
+    request_seq: int = 0
+
+
+class RunReleased(msgspec.Struct, tag="run_released", **_OPTS):
+    """A run of a limited pipeline got a slot: its request goes on to the orchestrator.
+
+    ``ended``: the runs seen ended since the chain's previous decision (the slots they
+    freed), so the chain alone says which runs hold a slot.
+    """
+
+    run_id: str
+    pipeline: str
+    reason: str
+    waited: bool = False
+    """It was queued first (else it was admitted at once)."""
+    request_seq: int = 0
+    ended: list[str] = []
+
+
 Body: TypeAlias = (
     RunRequested
     | RunStarted
@@ -354,6 +387,8 @@ Body: TypeAlias = (
     | RunCancelled
     | TriggerEvaluated
     | ScheduleTicked
+    | RunQueued
+    | RunReleased
 )
 
 BODY_TYPES: Final[tuple[type[Body], ...]] = get_args(Body)

@@ -33,6 +33,10 @@ __all__ = [
     "QUERY_PREFIX",
     "QUERY_VERBS",
     "RUN_LEVEL",
+    "ADMISSION_PIPELINE",
+    "ADMIT_PREFIX",
+    "ADMIT_STREAM",
+    "LIMIT_BUCKET",
     "SCHEDULES_PIPELINE",
     "SCHEDULE_BUCKET",
     "TRIGGERS_PIPELINE",
@@ -41,6 +45,7 @@ __all__ = [
     "WORK_PREFIX",
     "WORK_STREAM",
     "commit_subject",
+    "admit_subject",
     "check_name",
     "check_tags",
     "parse_tag",
@@ -62,6 +67,8 @@ RUN_LEVEL: Final = "_"
 """The phase token of signals that belong to the run, not to one phase."""
 TRIGGERS_PIPELINE: Final = "triggers"
 """The pipeline name of trigger evaluation chains (one per upstream message)."""
+ADMISSION_PIPELINE: Final = "admission"
+"""The pipeline name of admission chains (one per limited pipeline: queued, released)."""
 SCHEDULES_PIPELINE: Final = "schedules"
 """The pipeline name of schedule chains (one per schedule: its ticks, in order)."""
 
@@ -84,6 +91,12 @@ CIRCUIT_BUCKET: Final = "sisas-circuits"
 """KV: circuit breaker states by pipeline."""
 TRIGGER_BUCKET: Final = "sisas-triggers"
 """KV: each evaluated upstream message and the runs it started (exactly once)."""
+ADMIT_PREFIX: Final = "sisas.admit"
+"""Requests of runs of a pipeline with a concurrency limit: ``sisas.admit.<pipeline>.<run>``."""
+ADMIT_STREAM: Final = "SISAS_ADMIT"
+"""Those requests, kept until the admission service releases them to ``SISAS_IN``."""
+LIMIT_BUCKET: Final = "sisas-limits"
+"""KV: each pipeline's concurrency limit (``max_concurrent_runs``)."""
 SCHEDULE_BUCKET: Final = "sisas-schedules"
 """KV: the schedules an operator paused (``pause.<schedule>``)."""
 PRESENCE_PREFIX: Final = "sisas.presence"
@@ -147,6 +160,11 @@ def parse_tag(text: str) -> tuple[str, str]:
         raise InvalidName(f"--tag {text!r} is not KEY=VALUE: write it as --tag team=data")
     check_tags({key: value})
     return key, value
+
+
+def admit_subject(pipeline: str, run_id: str) -> str:
+    """The subject a request of a run of a limited pipeline waits on for admission."""
+    return f"{ADMIT_PREFIX}.{pipeline}.{run_id}"
 
 
 def log_subject(pipeline: str, run_id: str, phase: str, kind: str) -> str:
