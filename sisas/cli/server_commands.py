@@ -28,7 +28,6 @@ from sisas.cli.trigger_commands import load_rules
 from sisas.dashboard.server import DEFAULT_PORT, serving_dashboard
 from sisas.errors import EmbeddedServerError, UsageError
 from sisas.loader import load_pipelines
-from sisas.services.admission import AdmissionService
 from sisas.services.host import running_services
 from sisas.services.schedules import ScheduleService
 from sisas.services.triggers import TriggerService
@@ -191,9 +190,6 @@ async def up(
                 trigger_task = asyncio.create_task(service.run(stop_handlers))
                 listed = ", ".join(f"{r.subject} -> {r.pipeline}" for r in rules)
                 grid.add_row("triggers", listed)
-            admission = None if no_handlers else AdmissionService(bus)
-            if admission is not None:
-                admission_task = asyncio.create_task(admission.run(stop_handlers))
             if timed:
                 scheduler = ScheduleService(bus, timed)
                 await scheduler.start()
@@ -212,9 +208,8 @@ async def up(
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)
             err_console.print("stopping…")
-            stop_handlers.set()
-            if admission is not None:
-                await admission_task
+            if rules or timed:
+                stop_handlers.set()
             if rules:
                 await trigger_task
             if timed:
