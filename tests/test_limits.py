@@ -96,6 +96,10 @@ async def test_never_more_runs_at_once_than_the_limit_measured_from_the_log(
     assert listed.returncode == 0, listed.stderr
     [row] = json.loads(listed.stdout)["limits"]
     assert row["pipeline"] == "slow" and row["limit"] == 2 and row["waiting"] == []
+    none = await sisas_async("limits", "clear", "chain7", env=server_env(settings))
+    assert none.returncode == 1 and "has no limit" in none.stderr
+    zero = await sisas_async("limits", "set", "slow", "0", env=server_env(settings))
+    assert zero.returncode == 2 and "give 1 or more" in zero.stderr
     report = await verify_log(bus, None, projection=False)
     assert report.intact, [v.findings for v in report.verdicts if not v.intact]
 
