@@ -24,12 +24,14 @@ from sisas.handlers.schedules import (
     next_ticks,
     parse_schedules,
     schedule_chain,
+    schedules_of,
     tick_document,
     tick_input,
     tick_run_id,
     window_start,
 )
 from sisas.loader import load_pipelines
+from sisas.pipeline import Pipeline
 from sisas.services.host import running_services
 from sisas.services.schedules import ScheduleService, pause_schedule, resume_schedule
 from sisas.signals import RunRequested, ScheduleTicked, StoredSignal
@@ -80,6 +82,16 @@ def test_the_example_schedules_build_the_clustering_input_from_the_tick() -> Non
     data = tick_input(nightly, tick_document(nightly, tick, window_start(nightly, tick)))
     assert data == {"name": "2026-03-29", "values": [0.1, 0.4, 2.2, 2.5, 9.0, 9.5], "k": 3}
     assert found["sensors-every-10s"].overlap == "skip"
+
+
+def test_a_pipeline_declares_its_own_schedules() -> None:
+    pipe = Pipeline("daily", version="1")
+    pipe.schedule("every-day", "0 6 * * *", timezone="Europe/Paris", overlap="queue")
+    [found] = schedules_of([pipe])
+    assert (found.name, found.pipeline, found.overlap) == ("every-day", "daily", "queue")
+    pipe.schedule("broken", "0 6 * *")
+    with pytest.raises(UsageError, match="pipeline daily: schedule 'broken'"):
+        schedules_of([pipe])
 
 
 def test_a_bad_schedule_is_a_usage_error_naming_the_fix() -> None:

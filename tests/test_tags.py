@@ -12,6 +12,7 @@ from sisas.bus.runtime import Bus
 from sisas.bus.settings import Settings
 from sisas.client import Client
 from sisas.errors import InvalidName
+from sisas.handlers.triggers import evaluate, parse_rules
 from sisas.loader import load_pipelines
 from sisas.services.host import running_services
 from sisas.signals import RunRequested
@@ -39,6 +40,14 @@ def test_a_tag_is_key_equals_value_and_a_bad_one_names_the_fix() -> None:
         check_tags({"bad key": "x"})
     with pytest.raises(InvalidName, match="at most 200"):
         check_tags({"k": "x" * 201})
+
+
+def test_a_trigger_rule_tags_its_runs_and_names_itself() -> None:
+    rule = parse_rules(
+        '[[trigger]]\nname = "r"\nsubject = "u.x"\npipeline = "p"\ntags = { team = "data" }'
+    )[0]
+    ev = evaluate(rule, "u.x", {}, "m1")
+    assert ev.matched and ev.tags == {"team": "data", "trigger": "r"}
 
 
 async def test_tags_round_trip_from_request_to_log_to_runs_filter(
