@@ -169,6 +169,7 @@ class ScheduleService:
         self._kv: KeyValue | None = None
         self._since: dict[str, datetime] = {}
         self._ensured: set[str] = set()
+        self._client = Client(bus)
         key = bus.settings.signing_key
         self.signer = signer_from_file(key) if key is not None else None
 
@@ -268,7 +269,7 @@ class ScheduleService:
         start = datetime.fromisoformat(body.window_start) if body.window_start else tick
         data: Any = tick_input(s, tick_document(s, tick, start))
         try:
-            await Client(self.bus).start(
+            await self._client.start(
                 s.pipeline,
                 data,
                 seed=tick_seed(s, tick),
