@@ -263,6 +263,8 @@ class Pipeline:
         self.phases: dict[str, PhaseSpec] = {}
         self.source = ""
         """Where a loader found it (module path or file): child processes import it from there."""
+        self.schedules: list[dict[str, Any]] = []
+        """Schedules declared with :meth:`schedule` (``sisas up`` runs them)."""
         self._pending_invariants: list[InvariantSpec] = []
         self._pending_bridges: list[tuple[str, str, Any]] = []
         self._plan: PipelinePlan | None = None
@@ -352,6 +354,14 @@ class Pipeline:
             return fn
 
         return register
+
+    def schedule(self, name: str, cron: str, **options: Any) -> None:
+        """Declare a schedule of this pipeline: a run at each tick of ``cron`` (5 fields,
+        or 6 with seconds first). ``options`` are those of a ``[[schedule]]`` table of a
+        schedules file (docs/schedules.md): ``timezone``, ``input`` (built from the tick),
+        ``config``, ``seed``, ``overlap``, ``catch_up``, ``grace``, ``tags``. Checked
+        when a scheduler loads the pipeline (``sisas up --pipelines CODE``)."""
+        self.schedules.append({**options, "name": name, "cron": cron, "pipeline": self.name})
 
     def invariant(self, id: str, *, phase: str, description: str = "") -> Callable[[F], F]:
         """Register a named predicate over ``phase``'s output.

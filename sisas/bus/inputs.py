@@ -16,7 +16,7 @@ from sisas.bus.ports import Inputs, Published
 from sisas.bus.translate import nats_errors
 from sisas.errors import BusError, BusUnavailable, SisasError
 from sisas.signals.inputs import Input, StartRun, decode_input, encode_input
-from sisas.signals.names import IN_PREFIX, INPUT_STREAM, input_subject
+from sisas.signals.names import IN_PREFIX, INPUT_STREAM, admit_subject, input_subject
 from sisas.telemetry.tracing import inject
 
 __all__ = [
@@ -44,9 +44,14 @@ async def publish_input(js: JetStreamContext, inp: Input, *, attempts: int = 20)
     return (await publish_input_acked(js, inp, attempts=attempts)).seq
 
 
-async def publish_input_acked(js: JetStreamContext, inp: Input, *, attempts: int = 20) -> Published:
-    """:func:`publish_input`, also saying whether the server had the input already."""
-    subject = input_subject(inp.pipeline, inp.run_id, str(type(inp).__struct_config__.tag))
+async def publish_input_acked(
+    js: JetStreamContext, inp: Input, *, attempts: int = 20, subject: str = ""
+) -> Published:
+    """:func:`publish_input`, also saying whether the server had the input already;
+    ``subject``: another subject than its input subject (a request awaiting admission)."""
+    subject = subject or input_subject(
+        inp.pipeline, inp.run_id, str(type(inp).__struct_config__.tag)
+    )
     data = encode_input(inp)
     headers = inject({"Nats-Msg-Id": inp.id})
     last: Exception | None = None
@@ -74,11 +79,14 @@ async def publish_start(
     input_digest: str,
     seed: int,
     at: datetime | None = None,
+    admit: bool = False,
     **fields: Any,
 ) -> Published:
     """Ask for a run: publish its ``start_run`` (id ``start:<run_id>``, stamped now unless
     ``at`` is given; ``fields`` are StartRun's other fields); where it is stored (a
-    duplicate: a start of this run id was sent already, and this one changes nothing)."""
+    duplicate: a start of this run id was sent already, and this one changes nothing).
+    ``admit``: the pipeline has a concurrency limit: the request goes to ``SISAS_ADMIT``,
+    where the admission service releases it to the orchestrator when a slot is free."""
     start = StartRun(
         id=f"start:{run_id}",
         pipeline=pipeline,
@@ -88,7 +96,7 @@ async def publish_start(
         input_digest=input_digest,
         **fields,
     )
-    return await inputs.publish(start)
+    return await inputs.publish(start, subject=admit_subject(pipeline, run_id) if admit else "")
 
 
 async def stored_input(js: JetStreamContext, seq: int) -> Input | None:
@@ -111,8 +119,8 @@ class JetStreamInputs:
     def __init__(self, js: JetStreamContext) -> None:
         self._js = js
 
-    async def publish(self, inp: Input) -> Published:
-        return await publish_input_acked(self._js, inp)
+    async def publish(self, inp: Input, *, subject: str = "") -> Published:
+        return await publish_input_acked(self._js, inp, subject=subject)
 
     async def consume(self, durable: str, *, ack_wait: float) -> PullFeed:
         return await pull_feed(self._js, INPUT_STREAM, f"{IN_PREFIX}.>", durable, ack_wait=ack_wait)

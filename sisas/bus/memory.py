@@ -193,8 +193,9 @@ class MemoryInputs:
     def __init__(self) -> None:
         self.queue = MemoryQueue()
 
-    async def publish(self, inp: Input) -> Published:
-        subject = input_subject(inp.pipeline, inp.run_id, str(type(inp).__struct_config__.tag))
+    async def publish(self, inp: Input, *, subject: str = "") -> Published:
+        tag = str(type(inp).__struct_config__.tag)
+        subject = subject or input_subject(inp.pipeline, inp.run_id, tag)
         return self.queue.put(subject, encode_input(inp), inject({}), inp.id)
 
     async def consume(self, durable: str, *, ack_wait: float) -> _Consumer:

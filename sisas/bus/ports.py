@@ -112,8 +112,9 @@ class Feed(Protocol):
 class Inputs(Protocol):
     """Commands and reports on their way to the orchestrators (``SISAS_IN``)."""
 
-    async def publish(self, inp: Input) -> Published:
-        """Store ``inp`` (deduplicated by its id), carrying the current trace context."""
+    async def publish(self, inp: Input, *, subject: str = "") -> Published:
+        """Store ``inp`` (deduplicated by its id), carrying the current trace context;
+        on ``subject`` when given (a request awaiting admission), else its input subject."""
         ...
 
     async def consume(self, durable: str, *, ack_wait: float) -> Feed:

@@ -18,6 +18,7 @@ from sisas.cli.app import cli, console, err_console, fail, load_settings, run_as
 from sisas.cli.progress import RunResult, watch_run
 from sisas.cli.render import command_name, duration_text
 from sisas.cli.run_inputs import parse_set, read_input
+from sisas.cli.tags import tag_option
 from sisas.client.client import Client
 from sisas.client.resume import Resume
 from sisas.client.starting import check_settings, run_id_for
@@ -139,6 +140,14 @@ def print_result(
     metavar="PHASE",
     help="With --resume: the first phase to run again (default: the first failed one).",
 )
+@tag_option("A tag recorded in the run's first signal (repeat for more), e.g. --tag team=data.")
+@click.option(
+    "--priority",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Under a concurrency limit (`sisas limits`), higher runs go first.",
+)
 @PIPELINES_OPTION
 @run_async
 async def run(
@@ -151,6 +160,8 @@ async def run(
     as_json: bool,
     resume_of: str | None,
     from_phase: str | None,
+    tags: dict[str, str],
+    priority: int,
     pipeline_specs: tuple[str, ...],
 ) -> None:
     """Start a run of PIPELINE and print its id (with --wait: follow it to the end).
@@ -182,6 +193,8 @@ async def run(
         as_json=as_json,
         local=local,
         input_given=input_path is not None,  # a file (--input, or the default) is sent
+        tags=tags,
+        priority=priority,
     )
     if result is None:
         return
@@ -218,6 +231,8 @@ async def start_and_watch(
     resume_of: str | None = None,
     from_phase: str | None = None,
     input_given: bool = True,
+    tags: dict[str, str] | None = None,
+    priority: int = 0,
 ) -> tuple[RunResult | None, float | None]:
     """Publish a start command and, when waiting (or hosting the handlers), watch the run.
 
@@ -251,6 +266,8 @@ async def start_and_watch(
                     at=started,
                     run_id=run_id,
                     root_span=False,
+                    tags=tags,
+                    priority=priority,
                 )
                 existing = request.existing
                 span.set_attribute("sisas.seed", request.seed)

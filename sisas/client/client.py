@@ -30,6 +30,7 @@ import msgspec
 
 from sisas.bus.artifacts import bytes_digest
 from sisas.bus.inputs import publish_start
+from sisas.bus.limits import LimitCache
 from sisas.bus.ports import Ports
 from sisas.bus.presence import orchestrator_live, worker_live
 from sisas.bus.runtime import Bus, open_bus
@@ -49,6 +50,7 @@ from sisas.services.hosting import check_live_code
 from sisas.signals import RunRequested, Scalar, StoredSignal, check_name
 from sisas.signals.inputs import CancelRun, StartRun
 from sisas.signals.kinds import ENDING_KINDS
+from sisas.signals.names import check_tags
 from sisas.signals.plan import PipelinePlan
 from sisas.telemetry.tracing import run_span, span_in_run
 
@@ -76,6 +78,8 @@ class Client:
     def __init__(self, bus: Ports, *, requested_by: str = "python client") -> None:
         self.bus = bus
         self.requested_by = requested_by
+        self._limits = LimitCache(bus) if isinstance(bus, Bus) else None
+        """Concurrency limits live in a KV bucket: none on in-memory ports."""
         self._stack: contextlib.AsyncExitStack | None = None
         self._served: dict[str, Pipeline] = {}
         """Pipelines whose code this client was connected with."""
@@ -160,6 +164,8 @@ class Client:
         trace: Mapping[str, str | int] | None = None,
         root_span: bool = True,
         check_plan: bool = True,
+        tags: Mapping[str, str] | None = None,
+        priority: int = 0,
     ) -> RunHandle:
         """Request a run of ``pipeline``; return its handle at once (the run goes on in
         the orchestrator and the workers: :meth:`RunHandle.result` waits for it).
@@ -183,6 +189,8 @@ class Client:
             trace=trace,
             root_span=root_span,
             check_plan=check_plan,
+            tags=tags,
+            priority=priority,
         )
         return started.handle
 
@@ -205,6 +213,8 @@ class Client:
         trace: Mapping[str, str | int] | None = None,
         root_span: bool = True,
         check_plan: bool = True,
+        tags: Mapping[str, str] | None = None,
+        priority: int = 0,
     ) -> Started:
         """Request a run of ``pipeline`` and say what was done.
 
@@ -224,6 +234,10 @@ class Client:
         ``root_span`` is False (the caller holds the run's root span already).
         ``check_plan`` False: send the request whether or not a worker registered the
         pipeline (a trigger does: the run then fails in the log, naming the fix).
+        ``tags``: labels recorded in the run's ``run_requested`` (``runs(tags=...)``
+        filters by them); keys and values are short strings (see :func:`check_tags`).
+        ``priority``: when the pipeline has a concurrency limit (``sisas limits set``),
+        the request waits for a slot, higher priorities first.
 
         Raises :class:`~sisas.errors.UsageError` for an unknown pipeline (listing the
         known ones), a configuration the plan refuses, an input that is not JSON.
@@ -277,6 +291,9 @@ class Client:
                 resume_from_phase=resume.from_phase if resume is not None else "",
                 reuse=resume.reuse if resume is not None else {},
                 batch_id=batch_id,
+                tags=check_tags(tags or {}),
+                priority=priority,
+                admit=self._limits is not None and await self._limits.get(pipeline) is not None,
             )
         if published.duplicate and idempotency_key:
             # The same key was sent moments ago and its run is not in the log yet: the
@@ -486,9 +503,13 @@ class Client:
         status: str = "",
         since: datetime | None = None,
         limit: int = 50,
+        tags: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Runs newest first, from the query service (the fields of ``sisas runs --json``)."""
+        """Runs newest first, from the query service (the fields of ``sisas runs --json``);
+        ``tags``: only the runs that carry each of them."""
         params: dict[str, Any] = {"limit": limit}
+        if tags:
+            params["tags"] = check_tags(tags)
         if pipeline:
             params["pipeline"] = pipeline
         if status:

@@ -211,6 +211,7 @@ def _start(b: _Builder, inp: StartRun, plan: PipelinePlan | None) -> None:
             resume_of=inp.resume_of,
             resume_from_phase=inp.resume_from_phase,
             batch_id=inp.batch_id,
+            tags=dict(inp.tags),
         )
     )
     if plan is None:

@@ -66,6 +66,9 @@ class StartRun(msgspec.Struct, tag="start_run", **_OPTS):
     resume_from_phase: str = ""
     reuse: dict[str, Reuse] = {}
     batch_id: str = ""
+    tags: dict[str, str] = {}
+    priority: int = 0
+    """Under a concurrency limit, higher goes first (then the order requests came in)."""
 
 
 class CancelRun(msgspec.Struct, tag="cancel_run", **_OPTS):
