@@ -80,6 +80,7 @@ from sisas.errors import (
     Timeout,
     WorkerLost,
 )
+from sisas.handlers.attempt_log import AttemptLog, PhaseLogger
 from sisas.signals.digest import semantic_digest
 from sisas.signals.kinds import Scalar
 from sisas.signals.names import check_name
@@ -141,6 +142,7 @@ class Context:
         progress: Callable[[float, str], None] | None = None,
         cancel: threading.Event | None = None,
         secrets: Mapping[str, str] | None = None,
+        log: AttemptLog | None = None,
     ) -> None:
         self.run_id = run_id
         self.pipeline = pipeline
@@ -150,10 +152,12 @@ class Context:
         self.item = item
         self.config: Mapping[str, Scalar] = dict(config or {})
         self.rng = np.random.default_rng(seed)
-        self.log = logging.LoggerAdapter(
+        self.log = PhaseLogger(
             logging.getLogger(f"sisas.phase.{pipeline}.{phase}"),
             {"run_id": run_id, "phase": phase, "attempt": attempt},
+            log,
         )
+        """A logger: INFO and above is kept with the attempt (``sisas logs RUN``)."""
         self._progress = progress
         self._cancel = cancel
         self._secrets = dict(secrets or {})
@@ -259,6 +263,8 @@ class Pipeline:
         self.phases: dict[str, PhaseSpec] = {}
         self.source = ""
         """Where a loader found it (module path or file): child processes import it from there."""
+        self.schedules: list[dict[str, Any]] = []
+        """Schedules declared with :meth:`schedule` (``sisas up`` runs them)."""
         self._pending_invariants: list[InvariantSpec] = []
         self._pending_bridges: list[tuple[str, str, Any]] = []
         self._plan: PipelinePlan | None = None
@@ -348,6 +354,14 @@ class Pipeline:
             return fn
 
         return register
+
+    def schedule(self, name: str, cron: str, **options: Any) -> None:
+        """Declare a schedule of this pipeline: a run at each tick of ``cron`` (5 fields,
+        or 6 with seconds first). ``options`` are those of a ``[[schedule]]`` table of a
+        schedules file (docs/schedules.md): ``timezone``, ``input`` (built from the tick),
+        ``config``, ``seed``, ``overlap``, ``catch_up``, ``grace``, ``tags``. Checked
+        when a scheduler loads the pipeline (``sisas up --pipelines CODE``)."""
+        self.schedules.append({**options, "name": name, "cron": cron, "pipeline": self.name})
 
     def invariant(self, id: str, *, phase: str, description: str = "") -> Callable[[F], F]:
         """Register a named predicate over ``phase``'s output.

@@ -133,6 +133,30 @@ def small(fatal: bool = True, broken: bool = False) -> Pipeline:
     return pipe
 
 
+chatty = Pipeline("chatty", version="1")
+
+
+@chatty.phase(retries=1, backoff=0.01)
+def talk(ctx: Context, input: dict[str, int]) -> int:
+    ctx.log.info("reading %d rows", input["rows"])
+    ctx.log.debug("not kept: below INFO")
+    print(f"printed by attempt {ctx.attempt}")
+    if ctx.attempt == 0:
+        raise RuntimeError("the first attempt fails on purpose")
+    for i in range(input.get("lines", 0)):
+        ctx.log.info("line %d", i)
+    return input["rows"]
+
+
+@chatty.phase(timeout=1.0, retries=0)
+def hang(ctx: Context, talk: int) -> int:
+    ctx.log.warning("about to hang with %d rows", talk)
+    print("last words on stdout", flush=True)
+    if talk > 0:
+        time.sleep(60)  # killed past its timeout: what it logged is kept
+    return talk
+
+
 wide = Pipeline("wide", version="1")
 """A fan-out over ``input["n"]`` items: items 7 and 27 fail their first attempt and
 are retried, item 3 is the slowest; INV-ITEM holds for every item, INV-TOTAL

@@ -13,8 +13,12 @@ import pytest
 
 from sisas.bus.memory import MemoryInputs, MemoryQueue, memory_ports
 from sisas.bus.ports import Ports
+from sisas.client import Client
+from sisas.errors import UsageError
+from sisas.handlers.attempt_log import HEAD, TAIL
 from sisas.loader import load_pipelines
 from sisas.pipeline import Pipeline
+from sisas.replay.evidence import artifact_uses
 from sisas.services.orchestrator import Orchestrator
 from sisas.services.worker import Worker
 from sisas.signals import StoredSignal
@@ -22,7 +26,7 @@ from sisas.signals.digest import bytes_digest
 from sisas.signals.inputs import CancelRun, StartRun
 from sisas.signals.kinds import PhaseScheduled
 from tests.pipelines import slow, traced
-from tests.runs import EXAMPLE, POINTS, local_fingerprint, wait_end
+from tests.runs import EXAMPLE, POINTS, TEST_PIPES, local_fingerprint, wait_end
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -144,3 +148,64 @@ async def test_memory_queue_delivers_each_message_to_one_taker_until_settled() -
     await redelivered.ack()
     with pytest.raises(TimeoutError):
         await a.fetch(1, timeout=0.05)
+
+
+async def test_the_client_starts_follows_and_cancels_runs_on_memory_ports() -> None:
+    ports = memory_ports()
+    client = Client(ports, requested_by="tests")
+    async with services(ports, {"traced": traced, "slow": slow}):
+        for _ in range(100):  # the worker registers its plans as it starts
+            if await ports.plans.get("slow"):
+                break
+            await asyncio.sleep(0.02)
+        started = await client.start("traced", input={"n": 4}, seed=3)
+        result = await started.result(timeout=30)
+        assert result.status == "completed"
+        assert await client.output(started.run_id, "total") == 16 + 25 + 36
+        again = await client.start("traced", input={"n": 4}, seed=3, idempotency_key="k1")
+        same = await client.start("traced", input={"n": 4}, seed=3, idempotency_key="k1")
+        assert same.run_id == again.run_id
+        long = await client.start("slow", input={"seconds": 30})
+        await asyncio.sleep(0.3)
+        assert await client.cancel(long.run_id, "enough")
+        ended = await long.result(timeout=20, check=False)
+        assert ended.status == "cancelled"
+    with pytest.raises(UsageError, match="in-memory ports"):
+        await client.runs()
+
+
+async def test_each_attempts_log_is_kept_by_digest_and_named_by_its_outcome() -> None:
+    """ctx.log at INFO and above, print, a traceback; head and tail kept past the limit;
+    an isolated attempt killed past its timeout keeps what it logged before."""
+    ports = memory_ports()
+    chatty = load_pipelines([TEST_PIPES], entry_points=False)["chatty"]
+    client = Client(ports, requested_by="tests")
+    async with services(ports, {"chatty": chatty}):
+        await start(ports, "chatty", "c1", b'{"rows": 3, "lines": 1200}')
+        state, signals = await wait_end(ports, "c1", timeout=60)
+    assert state.status == "failed" and state.failed_phase == "hang"
+    entries = await client.logs("c1")
+    assert [(e.where, e.status) for e in entries] == [
+        ("talk attempt 0", "failed"),
+        ("talk attempt 1", "completed"),
+        ("hang attempt 0", "timed_out"),
+    ]
+    first, second, hung = entries
+    assert "INFO reading 3 rows" in first.text
+    assert "stdout printed by attempt 0" in first.text
+    assert "not kept" not in first.text  # DEBUG
+    assert "RuntimeError: the first attempt fails on purpose" in first.text  # traceback
+    assert second.lines == 2 + 1200 and second.dropped == second.lines - HEAD - TAIL
+    kept = second.text.splitlines()
+    assert len(kept) == HEAD + TAIL + 1 and "lines dropped" in kept[HEAD]
+    assert kept[-1].endswith("INFO line 1199")
+    assert "WARNING about to hang with 3 rows" in hung.text
+    assert "stdout last words on stdout" in hung.text
+    assert "stderr about to hang" not in hung.text  # a logged record is kept once
+    assert "killed after its timeout" in hung.text
+    # The logs are evidence: named by their signals, checked by digest, in the bundle.
+    uses = artifact_uses(signals)
+    assert {e.log for e in entries} <= set(uses)
+    assert await client.logs("c1", "hang") == [hung]
+    with pytest.raises(UsageError, match="no phase 'nope'"):
+        await client.logs("c1", "nope")

@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from sisas.bus.connection import refused
 from sisas.bus.consumers import PullFeed, pull_feed
+from sisas.bus.ports import Inputs, Published
 from sisas.bus.translate import nats_errors
 from sisas.errors import BusError, BusUnavailable, SisasError
 from sisas.signals.inputs import Input, StartRun, decode_input, encode_input
-from sisas.signals.names import IN_PREFIX, INPUT_STREAM, input_subject
+from sisas.signals.names import IN_PREFIX, INPUT_STREAM, admit_subject, input_subject
 from sisas.telemetry.tracing import inject
 
 __all__ = [
@@ -25,20 +26,12 @@ __all__ = [
     "publish_input",
     "publish_input_acked",
     "publish_start",
-    "stored_start",
+    "stored_input",
 ]
 
 
 REJECTED_SUBJECT = f"{IN_PREFIX}._._.rejected"
 """Where refused inputs are recorded, beside the inputs (one record per refused seq)."""
-
-
-class Published(NamedTuple):
-    """Where an input was stored; ``duplicate``: an input with its id was stored already
-    (within the stream's duplicate window), so this one was not, and ``seq`` is that one's."""
-
-    seq: int
-    duplicate: bool
 
 
 async def publish_input(js: JetStreamContext, inp: Input, *, attempts: int = 20) -> int:
@@ -51,9 +44,14 @@ async def publish_input(js: JetStreamContext, inp: Input, *, attempts: int = 20)
     return (await publish_input_acked(js, inp, attempts=attempts)).seq
 
 
-async def publish_input_acked(js: JetStreamContext, inp: Input, *, attempts: int = 20) -> Published:
-    """:func:`publish_input`, also saying whether the server had the input already."""
-    subject = input_subject(inp.pipeline, inp.run_id, str(type(inp).__struct_config__.tag))
+async def publish_input_acked(
+    js: JetStreamContext, inp: Input, *, attempts: int = 20, subject: str = ""
+) -> Published:
+    """:func:`publish_input`, also saying whether the server had the input already;
+    ``subject``: another subject than its input subject (a request awaiting admission)."""
+    subject = subject or input_subject(
+        inp.pipeline, inp.run_id, str(type(inp).__struct_config__.tag)
+    )
     data = encode_input(inp)
     headers = inject({"Nats-Msg-Id": inp.id})
     last: Exception | None = None
@@ -74,18 +72,21 @@ async def publish_input_acked(js: JetStreamContext, inp: Input, *, attempts: int
 
 
 async def publish_start(
-    js: JetStreamContext,
+    inputs: Inputs,
     pipeline: str,
     run_id: str,
     *,
     input_digest: str,
     seed: int,
     at: datetime | None = None,
+    admit: bool = False,
     **fields: Any,
 ) -> Published:
     """Ask for a run: publish its ``start_run`` (id ``start:<run_id>``, stamped now unless
     ``at`` is given; ``fields`` are StartRun's other fields); where it is stored (a
-    duplicate: a start of this run id was sent already, and this one changes nothing)."""
+    duplicate: a start of this run id was sent already, and this one changes nothing).
+    ``admit``: the pipeline has a concurrency limit: the request goes to ``SISAS_ADMIT``,
+    where the admission service releases it to the orchestrator when a slot is free."""
     start = StartRun(
         id=f"start:{run_id}",
         pipeline=pipeline,
@@ -95,22 +96,21 @@ async def publish_start(
         input_digest=input_digest,
         **fields,
     )
-    return await publish_input_acked(js, start)
+    return await inputs.publish(start, subject=admit_subject(pipeline, run_id) if admit else "")
 
 
-async def stored_start(js: JetStreamContext, seq: int) -> StartRun | None:
-    """The ``start_run`` stored at ``seq`` of ``SISAS_IN`` (the first of a duplicated
-    request: its input and configuration), None when it is not one."""
+async def stored_input(js: JetStreamContext, seq: int) -> Input | None:
+    """The input stored at ``seq`` of ``SISAS_IN`` (say, the first of a duplicated
+    request: its input and configuration), None when it is gone or not an input."""
     with nats_errors(f"read the request stored at {INPUT_STREAM} seq {seq}"):
         try:
             msg = await js.get_msg(INPUT_STREAM, seq)
         except NotFoundError:
             return None
     try:
-        inp = decode_input(msg.data or b"")
+        return decode_input(msg.data or b"")
     except SisasError:
         return None
-    return inp if isinstance(inp, StartRun) else None
 
 
 class JetStreamInputs:
@@ -119,11 +119,14 @@ class JetStreamInputs:
     def __init__(self, js: JetStreamContext) -> None:
         self._js = js
 
-    async def publish(self, inp: Input) -> Published:
-        return await publish_input_acked(self._js, inp)
+    async def publish(self, inp: Input, *, subject: str = "") -> Published:
+        return await publish_input_acked(self._js, inp, subject=subject)
 
     async def consume(self, durable: str, *, ack_wait: float) -> PullFeed:
         return await pull_feed(self._js, INPUT_STREAM, f"{IN_PREFIX}.>", durable, ack_wait=ack_wait)
+
+    async def stored(self, seq: int) -> Input | None:
+        return await stored_input(self._js, seq)
 
     async def record_rejection(self, seq: int, subject: str, reason: str, size: int) -> None:
         record = {"stream_seq": seq, "subject": subject, "reason": reason, "size": size}

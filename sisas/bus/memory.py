@@ -15,6 +15,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from sisas.bus.artifacts import MemoryArtifacts
 from sisas.bus.inputs import REJECTED_SUBJECT, Published
@@ -22,9 +23,10 @@ from sisas.bus.memory_log import MemoryLog
 from sisas.bus.ports import Delivery, Ports
 from sisas.bus.settings import Settings
 from sisas.bus.work import LOG_SEQ_HEADER
+from sisas.errors import SisasError
 from sisas.handlers.circuit import Circuit
 from sisas.signals.codec import encode_signal
-from sisas.signals.inputs import Input, encode_input
+from sisas.signals.inputs import Input, decode_input, encode_input
 from sisas.signals.names import (
     IN_PREFIX,
     WORK_PREFIX,
@@ -191,8 +193,9 @@ class MemoryInputs:
     def __init__(self) -> None:
         self.queue = MemoryQueue()
 
-    async def publish(self, inp: Input) -> Published:
-        subject = input_subject(inp.pipeline, inp.run_id, str(type(inp).__struct_config__.tag))
+    async def publish(self, inp: Input, *, subject: str = "") -> Published:
+        tag = str(type(inp).__struct_config__.tag)
+        subject = subject or input_subject(inp.pipeline, inp.run_id, tag)
         return self.queue.put(subject, encode_input(inp), inject({}), inp.id)
 
     async def consume(self, durable: str, *, ack_wait: float) -> _Consumer:
@@ -201,6 +204,14 @@ class MemoryInputs:
     async def record_rejection(self, seq: int, subject: str, reason: str, size: int) -> None:
         record = {"stream_seq": seq, "subject": subject, "reason": reason, "size": size}
         self.queue.put(REJECTED_SUBJECT, json.dumps(record).encode(), {}, f"rejected:{seq}")
+
+    async def stored(self, seq: int) -> Input | None:
+        if not 0 < seq <= len(self.queue.messages):
+            return None
+        try:
+            return decode_input(self.queue.messages[seq - 1].data)
+        except SisasError:
+            return None
 
     def rejections(self) -> list[dict[str, object]]:
         """The rejection records stored, in order."""
@@ -286,6 +297,15 @@ class MemoryWire:
     async def publish(self, subject: str, payload: bytes) -> None:
         self.sent.append((subject, payload))
         del self.sent[:-10_000]
+
+    async def answered(self, subject: str, *, timeout: float) -> bool:
+        return subject in self.present
+
+    async def answers(self, subject: str, *, quiet: float, timeout: float) -> list[dict[str, Any]]:
+        about = self.present.get(subject)
+        if about is None:
+            return []
+        return [dict(about() if callable(about) else about)]
 
     @contextlib.asynccontextmanager
     async def on_commits(

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sisas.bus.artifacts import ArtifactStore
 from sisas.bus.log import SignalLog
@@ -48,14 +48,12 @@ __all__ = [
 ]
 
 
-class Published(Protocol):
-    """Where an input was stored, and whether one with its id was stored already."""
+class Published(NamedTuple):
+    """Where an input was stored; ``duplicate``: an input with its id was stored already
+    (within the stream's duplicate window), so this one was not, and ``seq`` is that one's."""
 
-    @property
-    def seq(self) -> int: ...
-
-    @property
-    def duplicate(self) -> bool: ...
+    seq: int
+    duplicate: bool
 
 
 class SequencePair(Protocol):
@@ -114,8 +112,9 @@ class Feed(Protocol):
 class Inputs(Protocol):
     """Commands and reports on their way to the orchestrators (``SISAS_IN``)."""
 
-    async def publish(self, inp: Input) -> Published:
-        """Store ``inp`` (deduplicated by its id), carrying the current trace context."""
+    async def publish(self, inp: Input, *, subject: str = "") -> Published:
+        """Store ``inp`` (deduplicated by its id), carrying the current trace context;
+        on ``subject`` when given (a request awaiting admission), else its input subject."""
         ...
 
     async def consume(self, durable: str, *, ack_wait: float) -> Feed:
@@ -124,6 +123,10 @@ class Inputs(Protocol):
 
     async def record_rejection(self, seq: int, subject: str, reason: str, size: int) -> None:
         """Keep, beside the inputs, why the input at ``seq`` was refused (once per seq)."""
+        ...
+
+    async def stored(self, seq: int) -> Input | None:
+        """The input stored at ``seq`` (None when gone or not an input)."""
         ...
 
 
@@ -177,6 +180,14 @@ class Wire(Protocol):
 
     async def publish(self, subject: str, payload: bytes) -> None:
         """Send ``payload`` to whoever listens now (progress on a run's live subject)."""
+        ...
+
+    async def answered(self, subject: str, *, timeout: float) -> bool:
+        """Whether anyone answers on ``subject`` now (:mod:`sisas.bus.presence`)."""
+        ...
+
+    async def answers(self, subject: str, *, quiet: float, timeout: float) -> list[dict[str, Any]]:
+        """What everyone answering on ``subject`` says, gathered until ``quiet``."""
         ...
 
     def on_commits(

@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from sisas.bus.presence import answering
+from sisas.bus.presence import answered, answering, answers
 from sisas.signals.names import commit_subject
 
 __all__ = ["NatsWire"]
@@ -34,6 +35,12 @@ class NatsWire:
 
     async def publish(self, subject: str, payload: bytes) -> None:
         await self._nc.publish(subject, payload)
+
+    async def answered(self, subject: str, *, timeout: float) -> bool:
+        return await answered(self._nc, subject, timeout)
+
+    async def answers(self, subject: str, *, quiet: float, timeout: float) -> list[dict[str, Any]]:
+        return await answers(self._nc, subject, quiet=quiet, timeout=timeout)
 
     @contextlib.asynccontextmanager
     async def on_commits(

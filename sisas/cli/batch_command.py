@@ -17,6 +17,7 @@ from sisas.cli.app import cli, console, err_console, load_settings, run_async
 from sisas.cli.progress import advise
 from sisas.cli.run_commands import PIPELINES_OPTION, named_or_loaded
 from sisas.cli.run_inputs import parse_set
+from sisas.cli.tags import tag_option
 from sisas.client.client import Client
 from sisas.client.starting import check_settings
 from sisas.errors import UsageError
@@ -129,6 +130,10 @@ async def _wait_all(
     help="Configuration for every run. Repeatable.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")
+@tag_option("A tag recorded on every run of the batch (repeat for more), e.g. --tag team=data.")
+@click.option(
+    "--priority", type=int, default=0, help="Under a concurrency limit, higher runs go first."
+)
 @PIPELINES_OPTION
 @run_async
 async def batch(
@@ -137,6 +142,8 @@ async def batch(
     seed: int | None,
     settings_: tuple[str, ...],
     as_json: bool,
+    tags: dict[str, str],
+    priority: int,
     pipeline_specs: tuple[str, ...],
 ) -> None:
     """Run PIPELINE once per input and wait for all: one batch id, one summary.
@@ -166,6 +173,8 @@ async def batch(
                     idempotency_key=f"{batch_id}:{i}",
                     code=local.get(pipeline),
                     trace={"sisas.batch_id": batch_id},
+                    tags=tags,
+                    priority=priority,
                 )
                 runs[handle.run_id] = name
             try:

@@ -31,6 +31,7 @@ from sisas.cli.render import (
     status_text,
     traceback_tail,
 )
+from sisas.cli.tags import tag_option
 from sisas.client.queries import Answer, ask
 from sisas.errors import ArtifactNotFound
 from sisas.projections.queries import parse_since
@@ -81,6 +82,7 @@ def _short(digest: str | None, n: int = 12) -> str:
 @click.option(
     "--tampered", is_flag=True, help="Only runs with a signal `sisas replay verify` flags."
 )
+@tag_option("Only runs with this tag (repeat: all of them), e.g. --tag team=data.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @_JSON
 @run_async
@@ -89,6 +91,7 @@ async def runs(
     status: str | None,
     since: str | None,
     tampered: bool,
+    tags: dict[str, str],
     limit: int,
     as_json: bool,
 ) -> None:
@@ -106,6 +109,8 @@ async def runs(
         params["since"] = parse_since(since, datetime.now(UTC)).isoformat()
     if tampered:
         params["tampered"] = True
+    if tags:
+        params["tags"] = tags
     answer = await _ask("runs", params)
     rows: list[dict[str, Any]] = answer.result
     if as_json:
@@ -425,11 +430,15 @@ def _write(out: Path, data: bytes) -> None:
 
 @cli.command()
 @click.option("--pipeline", "-p", default="", help="Only this pipeline.")
+@tag_option("Only runs with this tag (repeat: all of them), e.g. --tag team=data.")
 @_JSON
 @run_async
-async def stats(pipeline: str, as_json: bool) -> None:
+async def stats(pipeline: str, tags: dict[str, str], as_json: bool) -> None:
     """Per-phase duration percentiles, success and retry rates, check failures."""
-    answer = await _ask("stats", {"pipeline": pipeline} if pipeline else {})
+    params: dict[str, Any] = {"pipeline": pipeline} if pipeline else {}
+    if tags:
+        params["tags"] = tags
+    answer = await _ask("stats", params)
     d = answer.result
     if as_json:
         print(json.dumps({"as_of": answer.as_of, **d}))

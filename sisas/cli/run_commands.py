@@ -12,13 +12,13 @@ from typing import Final
 import click
 from rich.console import Console
 
-from sisas.bus.inputs import publish_input
 from sisas.bus.presence import orchestrator_live
 from sisas.bus.runtime import Bus, open_bus
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
 from sisas.cli.progress import RunResult, watch_run
 from sisas.cli.render import command_name, duration_text
 from sisas.cli.run_inputs import parse_set, read_input
+from sisas.cli.tags import tag_option
 from sisas.client.client import Client
 from sisas.client.resume import Resume
 from sisas.client.starting import check_settings, run_id_for
@@ -140,6 +140,14 @@ def print_result(
     metavar="PHASE",
     help="With --resume: the first phase to run again (default: the first failed one).",
 )
+@tag_option("A tag recorded in the run's first signal (repeat for more), e.g. --tag team=data.")
+@click.option(
+    "--priority",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Under a concurrency limit (`sisas limits`), higher runs go first.",
+)
 @PIPELINES_OPTION
 @run_async
 async def run(
@@ -152,6 +160,8 @@ async def run(
     as_json: bool,
     resume_of: str | None,
     from_phase: str | None,
+    tags: dict[str, str],
+    priority: int,
     pipeline_specs: tuple[str, ...],
 ) -> None:
     """Start a run of PIPELINE and print its id (with --wait: follow it to the end).
@@ -183,6 +193,8 @@ async def run(
         as_json=as_json,
         local=local,
         input_given=input_path is not None,  # a file (--input, or the default) is sent
+        tags=tags,
+        priority=priority,
     )
     if result is None:
         return
@@ -219,6 +231,8 @@ async def start_and_watch(
     resume_of: str | None = None,
     from_phase: str | None = None,
     input_given: bool = True,
+    tags: dict[str, str] | None = None,
+    priority: int = 0,
 ) -> tuple[RunResult | None, float | None]:
     """Publish a start command and, when waiting (or hosting the handlers), watch the run.
 
@@ -252,6 +266,8 @@ async def start_and_watch(
                     at=started,
                     run_id=run_id,
                     root_span=False,
+                    tags=tags,
+                    priority=priority,
                 )
                 existing = request.existing
                 span.set_attribute("sisas.seed", request.seed)
@@ -332,7 +348,7 @@ async def _not_following(
     if isinstance(last, StoredSignal) and last.signal.kind in ENDING_KINDS:
         status = last.signal.kind.removeprefix("run_")
     if status == "running":
-        if last is None and not await orchestrator_live(bus.nc):
+        if last is None and not await orchestrator_live(bus.wire):
             notes.print(f"[yellow]{queued_note()}[/]")
         if not host.served:
             notes.print(f"[yellow]{no_worker_note(host.pipeline, host.code)}[/]")
@@ -362,8 +378,7 @@ async def cancel(run_id: str, reason: str) -> None:
         if last.signal.kind in ENDING_KINDS:
             fail(f"run {run_id} already ended ({last.signal.kind}); nothing to cancel")
         with span_in_run("cancel", run_id, last.signal.pipeline, {"sisas.reason": reason}):
-            await publish_input(
-                bus.js,
+            await bus.inputs.publish(
                 CancelRun(
                     id=f"cancel:{run_id}",
                     pipeline=last.signal.pipeline,
@@ -376,7 +391,7 @@ async def cancel(run_id: str, reason: str) -> None:
         if bus.server is not None:  # we started the server: only we can act on it
             async with running_services(bus, {}):
                 ended = await _ending(bus, run_id, CANCEL_WAIT)
-        elif await orchestrator_live(bus.nc):
+        elif await orchestrator_live(bus.wire):
             ended = await _ending(bus, run_id, CANCEL_WAIT)
         else:
             console.print(

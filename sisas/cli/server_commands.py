@@ -23,11 +23,13 @@ from sisas.bus.embedded import running_server
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
+from sisas.cli.schedule_commands import load_schedules
 from sisas.cli.trigger_commands import load_rules
 from sisas.dashboard.server import DEFAULT_PORT, serving_dashboard
 from sisas.errors import EmbeddedServerError, UsageError
 from sisas.loader import load_pipelines
 from sisas.services.host import running_services
+from sisas.services.schedules import ScheduleService
 from sisas.services.triggers import TriggerService
 from sisas.signals.names import INPUT_STREAM, LOG_STREAM, WORK_STREAM
 
@@ -81,6 +83,13 @@ __all__ = ["down", "status", "up"]
     help="Trigger rules (TOML): also run the trigger service (see `sisas triggers`).",
 )
 @click.option(
+    "--schedules",
+    "schedules_file",
+    default=None,
+    help="Schedules (TOML): also run the scheduler (see `sisas schedules`); schedules "
+    "the --pipelines declare run without it.",
+)
+@click.option(
     "--reload",
     is_flag=True,
     help="The worker watches the --pipelines files; changed code runs from the next attempt.",
@@ -95,6 +104,7 @@ async def up(
     dashboard_port: int,
     no_dashboard: bool,
     rules_file: str | None,
+    schedules_file: str | None,
     reload: bool,
 ) -> None:
     """Start sisas and keep it running until Ctrl-C.
@@ -110,6 +120,7 @@ async def up(
     settings = load_settings()
     pipes = {} if no_handlers else load_pipelines(pipeline_specs)
     rules = load_rules(rules_file) if rules_file else []
+    timed = [] if no_handlers else load_schedules(schedules_file, pipes)
     if port is not None:
         settings = replace(settings, port=port)
     if settings.embedded:
@@ -179,6 +190,11 @@ async def up(
                 trigger_task = asyncio.create_task(service.run(stop_handlers))
                 listed = ", ".join(f"{r.subject} -> {r.pipeline}" for r in rules)
                 grid.add_row("triggers", listed)
+            if timed:
+                scheduler = ScheduleService(bus, timed)
+                await scheduler.start()
+                schedule_task = asyncio.create_task(scheduler.run(stop_handlers))
+                grid.add_row("schedules", ", ".join(f"{t.name} ({t.cron})" for t in timed))
             grid.add_row(
                 "next",
                 f"other processes here find it via {settings.home}; `sisas tail` or "
@@ -192,9 +208,12 @@ async def up(
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)
             err_console.print("stopping…")
-            if rules:
+            if rules or timed:
                 stop_handlers.set()
+            if rules:
                 await trigger_task
+            if timed:
+                await schedule_task
     err_console.print("stopped cleanly")
 
 

@@ -33,9 +33,12 @@ from sisas.signals.kinds import (
     RunCancelled,
     RunCompleted,
     RunFailed,
+    RunQueued,
+    RunReleased,
     RunRequested,
     RunStarted,
     Scalar,
+    ScheduleTicked,
     TriggerEvaluated,
 )
 from sisas.signals.plan import PipelinePlan
@@ -104,6 +107,7 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     failed_phase: str = ""
     resume_of: str = ""
     batch_id: str = ""
+    tags: dict[str, str] = {}
     requested_at: datetime | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
@@ -214,7 +218,14 @@ def evolve(state: RunState, signal: Signal) -> RunState:
             return _run_failed(state, signal, body)
         case RunCancelled():
             return _run_cancelled(state, signal)
-        case CircuitOpened() | CircuitClosed() | TriggerEvaluated():
+        case (
+            CircuitOpened()
+            | CircuitClosed()
+            | TriggerEvaluated()
+            | ScheduleTicked()
+            | RunQueued()
+            | RunReleased()
+        ):
             return state  # a pipeline's circuits and the triggers' records: no run's state
         case _:
             return state  # pragma: no cover - every kind is handled above
@@ -229,6 +240,7 @@ def _run_requested(state: RunState, signal: Signal, body: RunRequested) -> RunSt
         config=dict(body.config),
         resume_of=body.resume_of,
         batch_id=body.batch_id,
+        tags=dict(body.tags),
         requested_at=signal.at,
     )
 

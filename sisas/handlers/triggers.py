@@ -29,7 +29,15 @@ from sisas.handlers.derive import keyed_run_id
 from sisas.signals.kinds import Scalar
 from sisas.signals.names import check_name
 
-__all__ = ["Evaluation", "Rule", "evaluate", "message_id", "parse_rules", "subject_matches"]
+__all__ = [
+    "Evaluation",
+    "Rule",
+    "evaluate",
+    "fill_template",
+    "message_id",
+    "parse_rules",
+    "subject_matches",
+]
 
 
 class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -40,6 +48,8 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     input: Any = "$"
     config: dict[str, Scalar] = {}
     seed: int | str | None = None
+    tags: dict[str, str] = {}
+    """Tags of the runs the rule starts (beside ``trigger=NAME``)."""
 
 
 class Evaluation(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,6 +63,7 @@ class Evaluation(msgspec.Struct, frozen=True, kw_only=True):
     input: Any = None
     seed: int | None = None
     config: dict[str, Scalar] = {}
+    tags: dict[str, str] = {}
 
 
 def parse_rules(text: str, where: str = "the rules file") -> list[Rule]:
@@ -143,6 +154,13 @@ def _build(template: Any, message: Any, missing: list[str]) -> Any:
     return template
 
 
+def fill_template(template: Any, document: Any) -> tuple[Any, list[str]]:
+    """``template`` with each ``$`` / ``$.path`` string replaced by that part of
+    ``document``, and the paths ``document`` lacks (each filled with None)."""
+    missing: list[str] = []
+    return _build(template, document, missing), missing
+
+
 def evaluate(rule: Rule, subject: str, message: Any, msg_id: str) -> Evaluation:
     """Whether ``rule`` starts a run for ``message`` (decoded JSON), and why."""
 
@@ -177,4 +195,5 @@ def evaluate(rule: Rule, subject: str, message: Any, msg_id: str) -> Evaluation:
         input=data,
         seed=seed,
         config=dict(rule.config),
+        tags={**rule.tags, "trigger": rule.name},
     )

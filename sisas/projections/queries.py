@@ -47,6 +47,8 @@ class RunsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     limit: int = 100
     tampered: bool | None = None
     """True: only runs marked tampered; False: only the others."""
+    tags: dict[str, str] = {}
+    """Only runs that carry every one of these tags (key and value)."""
 
 
 class RunQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -62,6 +64,18 @@ class StatesQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 class StatsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pipeline: str = ""
+    tags: dict[str, str] = {}
+    """Only runs that carry every one of these tags."""
+
+
+def _tagged(tags: dict[str, str]) -> tuple[list[str], list[object]]:
+    """SQL conditions on ``runs.tags`` holding every one of ``tags``, and their args."""
+    where: list[str] = []
+    args: list[object] = []
+    for key, value in sorted(tags.items()):
+        where.append("json_extract_string(tags, ?) = ?")
+        args.extend([f'$."{key}"', value])
+    return where, args
 
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
@@ -97,6 +111,8 @@ def _dicts(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
         for k, v in item.items():
             if isinstance(v, datetime):
                 item[k] = _iso(v)
+        if isinstance(item.get("tags"), str):
+            item["tags"] = msgspec.json.decode(item["tags"])
         out.append(item)
     return out
 
@@ -105,7 +121,7 @@ _RUN_COLUMNS = """
     run_id, pipeline, version, status, requested_at, started_at, ended_at, duration,
     failed_phase, error_kind, error_message, fingerprint, code_fingerprint, seed,
     input_digest, resume_of, batch_id, phases, phases_done, signals,
-    tampered, tampered_stream_seq, tampered_problem, tampered_message
+    tampered, tampered_stream_seq, tampered_problem, tampered_message, tags
 """
 
 
@@ -126,6 +142,9 @@ def runs(con: duckdb.DuckDBPyConnection, q: RunsQuery) -> list[dict[str, Any]]:
     if q.since is not None:
         where.append("coalesce(started_at, requested_at) >= ?")
         args.append(q.since.astimezone(UTC).replace(tzinfo=None))
+    tagged, tag_args = _tagged(q.tags)
+    where.extend(tagged)
+    args.extend(tag_args)
     cur = con.execute(
         f"SELECT {_RUN_COLUMNS} FROM runs WHERE {' AND '.join(where)} "
         "ORDER BY coalesce(started_at, requested_at) DESC NULLS LAST, run_id DESC LIMIT ?",
@@ -344,8 +363,10 @@ def stats(con: duckdb.DuckDBPyConnection, q: StatsQuery) -> dict[str, Any]:
     """Per pipeline and phase: duration percentiles, success and retry rates, and
     contract and invariant failure counts. Runs marked tampered are counted apart
     (``tampered``) and left out of every other count and percentile."""
-    args = [q.pipeline] if q.pipeline else []
-    only = "WHERE pipeline = ?" if q.pipeline else ""
+    tagged, tag_args = _tagged(q.tags)
+    conds = ["pipeline = ?"] if q.pipeline else []
+    args: list[object] = [q.pipeline] if q.pipeline else []
+    only = f"WHERE {' AND '.join(conds + tagged)}" if conds or tagged else ""
     pipelines = _dicts(
         con.execute(
             f"""SELECT pipeline, count(*) AS runs,
@@ -359,12 +380,15 @@ def stats(con: duckdb.DuckDBPyConnection, q: StatsQuery) -> dict[str, Any]:
                    quantile_cont(duration, 0.95) FILTER (WHERE NOT tampered) AS duration_p95,
                    quantile_cont(duration, 0.99) FILTER (WHERE NOT tampered) AS duration_p99
                 FROM runs {only} GROUP BY pipeline ORDER BY pipeline""",
-            args,
+            args + tag_args,
         )
     )
     # Phases, attempts and checks of tampered runs are not counted: the run's own
     # history cannot be told from the forgery's consequences.
     clean = "run_id NOT IN (SELECT run_id FROM runs WHERE tampered)"
+    if tagged:
+        clean += f" AND run_id IN (SELECT run_id FROM runs WHERE {' AND '.join(tagged)})"
+        args += tag_args
     only = f"WHERE pipeline = ? AND {clean}" if q.pipeline else f"WHERE {clean}"
     phases = _dicts(
         con.execute(

@@ -198,6 +198,7 @@ def run_row(t: Tracked) -> Row:
         tamper.stream_seq if tamper else None,
         tamper.problem if tamper else None,
         tamper.message if tamper else None,
+        msgspec.json.encode(dict(sorted(state.tags.items()))).decode(),
     )
 
 

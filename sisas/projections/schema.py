@@ -21,10 +21,11 @@ from typing import Final
 
 __all__ = ["BOOKKEEPING", "FACT_TABLES", "SCHEMA_VERSION", "STATE_TABLES", "TABLES", "Table"]
 
-SCHEMA_VERSION: Final = 6
-"""5: a failed run's phases in flight fold to `cancelled`; 4: the tamper columns of
-``runs`` and ``run_states.screen``; 3: a cancelled run's unsettled phases and items fold
-to `cancelled`. A file of another version is rebuilt."""
+SCHEMA_VERSION: Final = 7
+"""7: ``runs.tags`` (the run's tags, a JSON object); 5: a failed run's phases in flight
+fold to `cancelled`; 4: the tamper columns of ``runs`` and ``run_states.screen``; 3: a
+cancelled run's unsettled phases and items fold to `cancelled`. A file of another version
+is rebuilt."""
 
 _S, _I, _B, _F, _T, _X = "VARCHAR", "INTEGER", "BIGINT", "DOUBLE", "TIMESTAMP", "BLOB"
 _NN = " NOT NULL"
@@ -72,7 +73,7 @@ STATE_TABLES: Final[tuple[Table, ...]] = (
         f"ended_at:{_T}, duration:{_F}, phases:{_I}{_NN}, phases_done:{_I}{_NN},"
         f"signals:{_I}{_NN}, head:{_S}{_NN}, first_stream_seq:{_B}{_NN},"
         f"last_stream_seq:{_B}{_NN}, tampered:BOOLEAN{_NN}, tampered_stream_seq:{_B},"
-        f"tampered_problem:{_S}, tampered_message:{_S}",
+        f"tampered_problem:{_S}, tampered_message:{_S}, tags:{_S}{_NN}",
         "run_id",
     ),
     _t(

@@ -33,11 +33,14 @@ from sisas.signals.kinds import (
     RunCancelled,
     RunCompleted,
     RunFailed,
+    RunQueued,
+    RunReleased,
     RunRequested,
     RunStarted,
+    ScheduleTicked,
     TriggerEvaluated,
 )
-from sisas.signals.names import TRIGGERS_PIPELINE
+from sisas.signals.names import ADMISSION_PIPELINE, SCHEDULES_PIPELINE, TRIGGERS_PIPELINE
 
 __all__ = ["violation"]
 
@@ -56,6 +59,14 @@ def violation(state: RunState, signal: Signal) -> tuple[str, str] | None:
         if state.status == "new" and signal.pipeline == TRIGGERS_PIPELINE:
             return None
         return "out_of_place", "trigger_evaluated belongs to a triggers chain, not a run"
+    if t is ScheduleTicked:  # a chain of one schedule's ticks
+        if state.status == "new" and signal.pipeline == SCHEDULES_PIPELINE:
+            return None
+        return "out_of_place", "schedule_ticked belongs to a schedules chain, not a run"
+    if t is RunQueued or t is RunReleased:  # a limited pipeline's admission chain
+        if state.status == "new" and signal.pipeline == ADMISSION_PIPELINE:
+            return None
+        return "out_of_place", f"{signal.kind} belongs to an admission chain, not a run"
     if signal.seq == 1 and t is not RunRequested:
         return "out_of_place", f"a run begins with run_requested, not {signal.kind}"
     if state.ended:

@@ -28,11 +28,14 @@ from typing import Final
 
 from sisas.errors import UsageError
 from sisas.signals.names import (
+    ADMIT_PREFIX,
+    ADMIT_STREAM,
     ARTIFACT_BUCKET,
     BLOB_BUCKET,
     CIRCUIT_BUCKET,
     IN_PREFIX,
     INPUT_STREAM,
+    LIMIT_BUCKET,
     LIVE_PREFIX,
     LOG_PREFIX,
     LOG_STREAM,
@@ -40,6 +43,7 @@ from sisas.signals.names import (
     PRESENCE_PREFIX,
     QUERY_PREFIX,
     QUERY_VERBS,
+    SCHEDULE_BUCKET,
     TRIGGER_BUCKET,
     UPSTREAM_STREAM,
     WORK_PREFIX,
@@ -71,6 +75,8 @@ _KV_BLOBS: Final = f"KV_{BLOB_BUCKET}"
 _KV_PLANS: Final = f"KV_{PIPELINE_BUCKET}"
 _KV_CIRCUITS: Final = f"KV_{CIRCUIT_BUCKET}"
 _KV_TRIGGERS: Final = f"KV_{TRIGGER_BUCKET}"
+_KV_SCHEDULES: Final = f"KV_{SCHEDULE_BUCKET}"
+_KV_LIMITS: Final = f"KV_{LIMIT_BUCKET}"
 STREAMS: Final = (
     LOG_STREAM,
     INPUT_STREAM,
@@ -81,6 +87,9 @@ STREAMS: Final = (
     _KV_PLANS,
     _KV_CIRCUITS,
     _KV_TRIGGERS,
+    _KV_SCHEDULES,
+    ADMIT_STREAM,
+    _KV_LIMITS,
 )
 """Every JetStream stream sisas creates (buckets are streams named ``KV_``/``OBJ_``)."""
 
@@ -223,8 +232,9 @@ ORCHESTRATOR: Final = Role(
         Grant("append signals to the log", (f"{LOG_PREFIX}.>",)),
         Grant("offer scheduled attempts to workers", (f"{WORK_PREFIX}.>",)),
         Grant(
-            "send inputs (trigger starts, reports of a worker in `sisas up`, rejection records)",
-            (f"{IN_PREFIX}.>",),
+            "send inputs (trigger starts, reports of a worker in `sisas up`, rejection "
+            "records; requests of limited pipelines, and their release)",
+            (f"{IN_PREFIX}.>", f"{ADMIT_PREFIX}.>"),
         ),
         Grant("publish live progress (a worker in `sisas up`)", (f"{LIVE_PREFIX}.>",)),
         Grant(
@@ -248,18 +258,20 @@ ORCHESTRATOR: Final = Role(
         Grant(
             "keep durable consumers (orchestrator, sisas-triggers, workers) and ack",
             (
-                *_durable(INPUT_STREAM, UPSTREAM_STREAM, LOG_STREAM, WORK_STREAM),
+                *_durable(INPUT_STREAM, UPSTREAM_STREAM, LOG_STREAM, WORK_STREAM, ADMIT_STREAM),
                 *(f"{API}.CONSUMER.DELETE.{s}.*" for s in STREAMS),
             ),
         ),
         Grant(
-            "write artifacts, plans, circuits, trigger message ids",
+            "write artifacts, plans, circuits, trigger message ids, schedule pauses",
             (
                 f"$KV.{BLOB_BUCKET}.>",
                 f"$O.{ARTIFACT_BUCKET}.>",
                 f"$KV.{PIPELINE_BUCKET}.>",
                 f"$KV.{CIRCUIT_BUCKET}.>",
                 f"$KV.{TRIGGER_BUCKET}.>",
+                f"$KV.{SCHEDULE_BUCKET}.>",
+                f"$KV.{LIMIT_BUCKET}.>",
             ),
         ),
         _REPLIES,
@@ -275,6 +287,22 @@ OPERATOR: Final = Role(
             "send commands: start_run, cancel_run", (_command("start_run"), _command("cancel_run"))
         ),
         Grant("put input artifacts", _PUT_ARTIFACTS.publish),
+        Grant(
+            "pause and resume schedules (`sisas schedules pause|resume|list`)",
+            (f"{API}.STREAM.CREATE.{_KV_SCHEDULES}", f"$KV.{SCHEDULE_BUCKET}.>"),
+            reads=(_KV_SCHEDULES,),
+        ),
+        Grant(
+            "request runs of limited pipelines; set limits (`sisas limits set|clear`)",
+            (
+                f"{ADMIT_PREFIX}.*.*",
+                f"{API}.STREAM.CREATE.{ADMIT_STREAM}",
+                f"{API}.STREAM.INFO.{ADMIT_STREAM}",
+                f"{API}.STREAM.CREATE.{_KV_LIMITS}",
+                f"$KV.{LIMIT_BUCKET}.>",
+            ),
+            reads=(_KV_LIMITS,),
+        ),
         _OPEN_BUS,
         _READ_LOG,
         _READ_ARTIFACTS,

@@ -1,5 +1,6 @@
-"""Running the handlers: the orchestrator, a worker and the projector with its query
-service, in this process, until stopped."""
+"""Running the handlers: the orchestrator (and the admission service of limited
+pipelines), a worker and the projector with its query service, in this process, until
+stopped."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from sisas.bus.runtime import Bus
 from sisas.pipeline import Pipeline
+from sisas.services.admission import AdmissionService
 from sisas.services.orchestrator import Orchestrator
 from sisas.services.query import QueryService, local_projector
 from sisas.services.worker import Worker
@@ -66,6 +68,9 @@ async def _handlers(
         tasks.append(asyncio.create_task(worker.run(stop), name="worker"))
     if orch is not None:
         tasks.append(asyncio.create_task(orch.run(stop), name="orchestrator"))
+        # Beside each orchestrator: requests of pipelines with a concurrency limit wait
+        # for it (it idles until a limit is set).
+        tasks.append(asyncio.create_task(AdmissionService(bus).run(stop), name="admission"))
     try:
         yield
     finally:

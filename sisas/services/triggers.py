@@ -213,6 +213,7 @@ class TriggerService:
             idempotency_key=f"trigger:{ev.trigger}:{msg_id}",
             trace={"sisas.trigger": ev.trigger, "messaging.destination.name": subject},
             check_plan=False,
+            tags=ev.tags,
         )
         self.started += 1
 

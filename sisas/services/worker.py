@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, TypeAlias
+from typing import Any, Literal, NamedTuple, Protocol, TypeAlias
 
 import msgspec
 from nats.errors import Error as NatsError
@@ -46,11 +46,13 @@ from sisas.bus.work import log_seq, work_record
 from sisas.environment import capture_environment
 from sisas.errors import ArtifactNotFound, BusError, SisasError
 from sisas.faults import failpoint
+from sisas.handlers.attempt_log import AttemptLog
 from sisas.handlers.execute import Outcome, PhaseInputs, execute_phase
 from sisas.handlers.state import RunState, attempt_status
 from sisas.handlers.trust import refusal
 from sisas.pipeline import Pipeline
 from sisas.services.isolation_pool import IsolationPool
+from sisas.services.output_capture import routed_output
 from sisas.services.reloading import CodeWatcher
 from sisas.services.secrets import MissingSecret, resolve_secrets, secret_digests
 from sisas.signals.envelope import Signal
@@ -119,6 +121,14 @@ def _settle_future(
     else:
         assert outcome is not None
         fut.set_result(outcome)
+
+
+class LogRef(NamedTuple):
+    """An attempt's stored log, as its outcome names it ("" when it wrote nothing)."""
+
+    digest: str = ""
+    lines: int = 0
+    dropped: int = 0
 
 
 class Worker:
@@ -370,7 +380,7 @@ class Worker:
                     with contextlib.suppress(asyncio.CancelledError):
                         await attempt
                     return
-                outcome, status, artifact = await attempt
+                outcome, status, artifact, written = await attempt
                 if not done:  # its next attempts report their start at once
                     self._long.add((signal.pipeline, signal.phase))
             finally:
@@ -380,9 +390,9 @@ class Worker:
             describe_attempt(span, status, outcome)
             failpoint("worker.before_report")
             if done:
-                await self._report_short(signal, body, secrets, status, outcome, artifact)
+                await self._report_short(signal, body, secrets, status, outcome, artifact, written)
             else:
-                await self._report(signal, body, status, outcome, artifact)
+                await self._report(signal, body, status, outcome, artifact, written=written)
         await self._settle(msg, signal, status, outcome)
 
     async def _report_short(
@@ -393,11 +403,12 @@ class Worker:
         status: Ended,
         outcome: Outcome,
         artifact: str,
+        written: LogRef,
     ) -> None:
         """Report a short attempt's start and outcome: submitted together to a local
         orchestrator (one commit), one after the other through ``SISAS_IN``."""
         started = self._report(signal, body, "started", secrets=secrets)
-        ended = self._report(signal, body, status, outcome, artifact)
+        ended = self._report(signal, body, status, outcome, artifact, written=written)
         if self.local is not None:
             await asyncio.gather(started, ended)
         else:
@@ -476,12 +487,14 @@ class Worker:
 
     async def _attempt(
         self, msg: Delivery, signal: Signal, body: PhaseScheduled, event: threading.Event
-    ) -> tuple[Outcome, Ended, str]:
+    ) -> tuple[Outcome, Ended, str, LogRef]:
         """Execute the attempt (:meth:`_execute`) while telling JetStream it is in
-        progress, and store its output; the outcome, its status and the output's artifact
-        (empty when there is no output). Setting ``event`` and cancelling stops it."""
+        progress, and store its output and its log; the outcome, its status, the
+        output's artifact (empty when there is no output) and the log's. Setting
+        ``event`` and cancelling stops it."""
         beat = asyncio.create_task(self._heartbeat(msg))
-        execution = asyncio.create_task(self._execute(signal, body, event))
+        written = AttemptLog(time.perf_counter)
+        execution = asyncio.create_task(self._execute(signal, body, event, written))
         running = self._running.setdefault(signal.run_id, {})
         running[execution] = event
         try:
@@ -499,6 +512,7 @@ class Worker:
             )
             error = ErrorInfo(kind="Cancelled", message=f"run {signal.run_id} ended")
             outcome, timed_out = Outcome(status="failed", error=error), False
+            written.add("WARNING", f"stopped: run {signal.run_id} ended (cancelled or failed)")
         finally:
             beat.cancel()
             running.pop(execution, None)
@@ -506,7 +520,16 @@ class Worker:
                 self._running.pop(signal.run_id, None)
         artifact = await self.bus.artifacts.put(outcome.output) if outcome.output else ""
         status: Ended = "timed_out" if timed_out else outcome.status
-        return outcome, status, artifact
+        if timed_out or (outcome.error is not None and outcome.error.kind == "ResourceExhausted"):
+            written.add("ERROR", outcome.error.message if outcome.error else "timed out")
+        return outcome, status, artifact, await self._store_log(written)
+
+    async def _store_log(self, written: AttemptLog) -> LogRef:
+        """Store the attempt's log (when it wrote anything); what its outcome names."""
+        data = written.render()
+        if not data:
+            return LogRef()
+        return LogRef(await self.bus.artifacts.put(data), written.lines, written.dropped)
 
     async def _settle(self, msg: Delivery, signal: Signal, status: Ended, outcome: Outcome) -> None:
         """Acknowledge the work once its outcome is reported, and count the attempt."""
@@ -566,7 +589,7 @@ class Worker:
                 await msg.in_progress()
 
     async def _execute(
-        self, signal: Signal, body: PhaseScheduled, cancel: threading.Event
+        self, signal: Signal, body: PhaseScheduled, cancel: threading.Event, written: AttemptLog
     ) -> tuple[Outcome, bool]:
         """Run the attempt on its inputs: in a child process when the phase is isolated
         (and the pipeline has a source), else in a thread of this one; the outcome and
@@ -597,8 +620,9 @@ class Worker:
                 timeout=spec.timeout,
                 memory_limit=spec.memory_limit,
                 kwargs=kwargs,
+                log=written,
             )
-        return await self._execute_here(pipe, signal, body, inputs, kwargs, cancel), False
+        return await self._execute_here(pipe, signal, body, inputs, kwargs, cancel, written), False
 
     async def _inputs(self, body: PhaseScheduled) -> PhaseInputs | Outcome:
         """The bytes of the attempt's inputs from the object store; a failed outcome when
@@ -631,11 +655,13 @@ class Worker:
         inputs: PhaseInputs,
         kwargs: dict[str, Any],
         cancel: threading.Event,
+        written: AttemptLog,
     ) -> Outcome:
         """Run the attempt in a daemon thread of its own, its progress published on the
-        run's live subject. A daemon thread: an attempt abandoned because its run was
-        cancelled never keeps the process from exiting (the default executor's threads
-        would be joined at exit, however long the phase sleeps)."""
+        run's live subject, what it prints kept in its log. A daemon thread: an attempt
+        abandoned because its run was cancelled never keeps the process from exiting
+        (the default executor's threads would be joined at exit, however long the phase
+        sleeps)."""
         loop = asyncio.get_running_loop()
         subject = live_subject(signal.run_id)
 
@@ -652,15 +678,17 @@ class Worker:
 
         def attempt() -> None:
             try:
-                outcome = execute_phase(
-                    pipe,
-                    signal.phase,
-                    inputs,
-                    progress=progress,
-                    clock=time.perf_counter,
-                    cancel=cancel,
-                    **kwargs,
-                )
+                with routed_output(written):
+                    outcome = execute_phase(
+                        pipe,
+                        signal.phase,
+                        inputs,
+                        progress=progress,
+                        clock=time.perf_counter,
+                        cancel=cancel,
+                        log=written,
+                        **kwargs,
+                    )
             except BaseException as exc:  # execute_phase reports failures; this is a bug
                 _hand_back(loop, done, None, exc)
             else:
@@ -692,6 +720,7 @@ class Worker:
         outcome: Outcome | None = None,
         artifact: str = "",
         secrets: dict[str, str] | None = None,
+        written: LogRef | None = None,
     ) -> RunState | None:
         """Send a report; return the run's latest state when a local orchestrator decided
         it, None when it was published to ``SISAS_IN``."""
@@ -719,6 +748,9 @@ class Worker:
             error=out.error,
             contracts=out.contracts,
             invariants=out.invariants,
+            log=written.digest if written else "",
+            log_lines=written.lines if written else 0,
+            log_dropped=written.dropped if written else 0,
         )
         if self.local is not None:
             state = await self.local.submit(report)

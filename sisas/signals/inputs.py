@@ -66,6 +66,9 @@ class StartRun(msgspec.Struct, tag="start_run", **_OPTS):
     resume_from_phase: str = ""
     reuse: dict[str, Reuse] = {}
     batch_id: str = ""
+    tags: dict[str, str] = {}
+    priority: int = 0
+    """Under a concurrency limit, higher goes first (then the order requests came in)."""
 
 
 class CancelRun(msgspec.Struct, tag="cancel_run", **_OPTS):
@@ -122,6 +125,10 @@ class PhaseReport(msgspec.Struct, tag="phase_report", **_OPTS):
     error: ErrorInfo | None = None
     contracts: list[ContractResult] = []
     invariants: list[InvariantResult] = []
+    log: str = ""
+    """The artifact digest of the attempt's log (see ``phase_completed``)."""
+    log_lines: int = 0
+    log_dropped: int = 0
 
 
 Input: TypeAlias = StartRun | CancelRun | PhaseReport

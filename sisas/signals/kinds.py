@@ -37,9 +37,12 @@ __all__ = [
     "RunCancelled",
     "RunCompleted",
     "RunFailed",
+    "RunQueued",
+    "RunReleased",
     "RunRequested",
     "RunStarted",
     "Scalar",
+    "ScheduleTicked",
     "Violation",
 ]
 
@@ -119,6 +122,8 @@ class RunRequested(msgspec.Struct, tag="run_requested", **_OPTS):
     resume_of: str = ""
     resume_from_phase: str = ""
     batch_id: str = ""
+    tags: dict[str, str] = {}
+    """Labels the requester gave the run (``--tag k=v``): filter runs by them."""
 
 
 class RunStarted(msgspec.Struct, tag="run_started", **_OPTS):
@@ -170,6 +175,12 @@ class PhaseCompleted(msgspec.Struct, tag="phase_completed", **_OPTS):
     item: int | None = None
     worker: str = ""
     item_count: int | None = None
+    log: str = ""
+    """The artifact digest of the attempt's log (``sisas logs``); "" when it wrote none."""
+    log_lines: int = 0
+    """Lines the attempt wrote in all."""
+    log_dropped: int = 0
+    """Lines not kept (an attempt's log keeps its first and last 500 lines)."""
 
 
 class PhaseFailed(msgspec.Struct, tag="phase_failed", **_OPTS):
@@ -186,6 +197,10 @@ class PhaseFailed(msgspec.Struct, tag="phase_failed", **_OPTS):
     worker: str = ""
     quarantined: Digest = ""
     quarantined_artifact: str = ""
+    log: str = ""
+    """The artifact digest of the attempt's log, its traceback last when it raised."""
+    log_lines: int = 0
+    log_dropped: int = 0
 
 
 class PhaseRetryScheduled(msgspec.Struct, tag="phase_retry_scheduled", **_OPTS):
@@ -218,6 +233,10 @@ class PhaseTimedOut(msgspec.Struct, tag="phase_timed_out", **_OPTS):
 
     timeout: float
     item: int | None = None
+    log: str = ""
+    """The artifact digest of what the attempt logged before it was stopped."""
+    log_lines: int = 0
+    log_dropped: int = 0
 
 
 class ContractChecked(msgspec.Struct, tag="contract_checked", **_OPTS):
@@ -305,6 +324,64 @@ class TriggerEvaluated(msgspec.Struct, tag="trigger_evaluated", **_OPTS):
     error: str = ""
 
 
+class ScheduleTicked(msgspec.Struct, tag="schedule_ticked", **_OPTS):
+    """A schedule's tick was decided: a run started, queued or released, or the tick skipped.
+
+    Recorded in one chain per schedule (pipeline ``schedules``), in tick order, by
+    whichever scheduler appends first: the record is the decision, and every scheduler
+    acts on the recorded one. Times are ISO 8601 in the schedule's time zone, passed in by
+    the scheduler (a shell); ``last_tick``, ``running`` and ``queued`` are the schedule's
+    state after this decision, so the chain's last signal alone resumes it.
+    """
+
+    schedule: str
+    pipeline: str
+    tick: str
+    action: Literal["started", "skipped", "queued", "released"]
+    reason: str
+    run_id: str = ""
+    window_start: str = ""
+    window_end: str = ""
+    catch_up: bool = False
+    """The tick was missed while no scheduler ran and is run by the catch-up policy."""
+    also_missed: int = 0
+    """Missed ticks before this one not recorded one by one (past the per-pass cap)."""
+    last_tick: str = ""
+    running: str = ""
+    queued: list[str] = []
+
+
+class RunQueued(msgspec.Struct, tag="run_queued", **_OPTS):
+    """A run of a pipeline at its concurrency limit waits for a slot.
+
+    Recorded in the pipeline's admission chain (pipeline ``admission``, run id
+    ``adm-PIPELINE``) by the admission service, before the run has a log of its own;
+    ``request_seq`` is where its request waits in ``SISAS_ADMIT``.
+    """
+
+    run_id: str
+    pipeline: str
+    reason: str
+    priority: int = 0
+    request_seq: int = 0
+
+
+class RunReleased(msgspec.Struct, tag="run_released", **_OPTS):
+    """A run of a limited pipeline got a slot: its request goes on to the orchestrator.
+
+    ``ended``: the runs seen ended since the chain's previous decision (the slots they
+    freed), so the chain alone says which runs hold a slot.
+    """
+
+    run_id: str
+    pipeline: str
+    reason: str
+    waited: bool = False
+    """It was queued first (else it was admitted at once)."""
+    request_seq: int = 0
+    ended: list[str] = []
+
+
 Body: TypeAlias = (
     RunRequested
     | RunStarted
@@ -323,6 +400,9 @@ Body: TypeAlias = (
     | RunFailed
     | RunCancelled
     | TriggerEvaluated
+    | ScheduleTicked
+    | RunQueued
+    | RunReleased
 )
 
 BODY_TYPES: Final[tuple[type[Body], ...]] = get_args(Body)

@@ -12,6 +12,7 @@ that NATS treats as a separator or wildcard.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Final
 
 from sisas.errors import InvalidName
@@ -32,13 +33,22 @@ __all__ = [
     "QUERY_PREFIX",
     "QUERY_VERBS",
     "RUN_LEVEL",
+    "ADMISSION_PIPELINE",
+    "ADMIT_PREFIX",
+    "ADMIT_STREAM",
+    "LIMIT_BUCKET",
+    "SCHEDULES_PIPELINE",
+    "SCHEDULE_BUCKET",
     "TRIGGERS_PIPELINE",
     "TRIGGER_BUCKET",
     "UPSTREAM_STREAM",
     "WORK_PREFIX",
     "WORK_STREAM",
     "commit_subject",
+    "admit_subject",
     "check_name",
+    "check_tags",
+    "parse_tag",
     "input_subject",
     "live_subject",
     "log_subject",
@@ -57,6 +67,10 @@ RUN_LEVEL: Final = "_"
 """The phase token of signals that belong to the run, not to one phase."""
 TRIGGERS_PIPELINE: Final = "triggers"
 """The pipeline name of trigger evaluation chains (one per upstream message)."""
+ADMISSION_PIPELINE: Final = "admission"
+"""The pipeline name of admission chains (one per limited pipeline: queued, released)."""
+SCHEDULES_PIPELINE: Final = "schedules"
+"""The pipeline name of schedule chains (one per schedule: its ticks, in order)."""
 
 # Streams, buckets and subjects beside the log's: every name on the wire is here.
 LOG_STREAM: Final = "SISAS_LOG"
@@ -77,6 +91,14 @@ CIRCUIT_BUCKET: Final = "sisas-circuits"
 """KV: circuit breaker states by pipeline."""
 TRIGGER_BUCKET: Final = "sisas-triggers"
 """KV: each evaluated upstream message and the runs it started (exactly once)."""
+ADMIT_PREFIX: Final = "sisas.admit"
+"""Requests of runs of a pipeline with a concurrency limit: ``sisas.admit.<pipeline>.<run>``."""
+ADMIT_STREAM: Final = "SISAS_ADMIT"
+"""Those requests, kept until the admission service releases them to ``SISAS_IN``."""
+LIMIT_BUCKET: Final = "sisas-limits"
+"""KV: each pipeline's concurrency limit (``max_concurrent_runs``)."""
+SCHEDULE_BUCKET: Final = "sisas-schedules"
+"""KV: the schedules an operator paused (``pause.<schedule>``)."""
 PRESENCE_PREFIX: Final = "sisas.presence"
 """Request/reply: live workers and orchestrators answer."""
 LIVE_PREFIX: Final = "sisas.live"
@@ -105,6 +127,44 @@ def check_name(value: str, what: str) -> str:
             "starting with a letter or digit"
         )
     return value
+
+
+_TAG_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,63}$")
+TAG_VALUE_MAX: Final = 200
+
+
+def check_tags(tags: Mapping[str, str], what: str = "tag") -> dict[str, str]:
+    """``tags`` as a plain dict if every key and value can be a tag; raise
+    :class:`InvalidName` naming the first that cannot (keys: 1-64 letters, digits, '_',
+    '.', '-' or '/'; values: strings of at most 200 characters, no control characters)."""
+    for key, value in tags.items():
+        if not isinstance(key, str) or not _TAG_KEY.match(key):
+            raise InvalidName(
+                f"invalid {what} key {key!r}: use 1-64 letters, digits, '_', '.', '-' or '/', "
+                "starting with a letter or digit (--tag team=data)"
+            )
+        if not isinstance(value, str):
+            raise InvalidName(f"{what} {key} is {value!r}: a tag's value is a string")
+        if len(value) > TAG_VALUE_MAX or any(ord(c) < 32 for c in value):
+            raise InvalidName(
+                f"invalid {what} {key}: its value must be at most {TAG_VALUE_MAX} characters, "
+                "without control characters"
+            )
+    return dict(tags)
+
+
+def parse_tag(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` as ``(key, value)``; raise :class:`InvalidName` saying the form."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise InvalidName(f"--tag {text!r} is not KEY=VALUE: write it as --tag team=data")
+    check_tags({key: value})
+    return key, value
+
+
+def admit_subject(pipeline: str, run_id: str) -> str:
+    """The subject a request of a run of a limited pipeline waits on for admission."""
+    return f"{ADMIT_PREFIX}.{pipeline}.{run_id}"
 
 
 def log_subject(pipeline: str, run_id: str, phase: str, kind: str) -> str:

@@ -28,9 +28,12 @@ from sisas.signals.kinds import (
     RunCancelled,
     RunCompleted,
     RunFailed,
+    RunQueued,
+    RunReleased,
     RunRequested,
     RunStarted,
     Scalar,
+    ScheduleTicked,
     TriggerEvaluated,
 )
 
@@ -177,6 +180,11 @@ def _other(body: Body) -> str:
         if body.duplicate:
             text += " (duplicate)"
         return text + (f"; {first_line(body.error)}" if body.error else "")
+    if isinstance(body, ScheduleTicked):
+        run = f" {body.run_id}" if body.run_id else ""
+        return f"{body.schedule} tick {body.tick}: {body.action}{run}: {first_line(body.reason)}"
+    if isinstance(body, RunQueued | RunReleased):
+        return f"{body.pipeline} run {body.run_id}: {first_line(body.reason)}"
     # A kind added later: its scalar fields, never a repr of a nested value.
     fields = msgspec.structs.asdict(body)
     return ", ".join(

@@ -1,0 +1,136 @@
+"""Concurrency limits of pipelines: the KV bucket ``sisas-limits`` and the stream
+``SISAS_ADMIT`` where requests of limited pipelines wait for admission."""
+
+from __future__ import annotations
+
+import time
+
+from nats.errors import Error as NatsError
+from nats.js.api import StreamConfig
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.kv import KeyValue
+
+from sisas.bus.runtime import Bus
+from sisas.errors import BusError, UsageError
+from sisas.signals.names import ADMIT_PREFIX, ADMIT_STREAM, LIMIT_BUCKET, check_name
+
+__all__ = ["LimitCache", "clear_limit", "ensure_admit_stream", "limit_of", "limits", "set_limit"]
+
+
+def _refused(what: str, exc: Exception) -> BusError:
+    return BusError(
+        f"cannot {what}: {exc}; check the server (`sisas status`) and this user's permissions"
+    )
+
+
+async def _bucket(bus: Bus, *, create: bool) -> KeyValue | None:
+    try:
+        return await bus.js.key_value(LIMIT_BUCKET)
+    except (NotFoundError, BucketNotFoundError):
+        if not create:
+            return None
+        return await bus.js.create_key_value(
+            bucket=LIMIT_BUCKET, history=1, replicas=bus.settings.replicas
+        )
+
+
+async def ensure_admit_stream(bus: Bus) -> None:
+    """Create ``SISAS_ADMIT`` unless it exists."""
+    try:
+        await bus.js.stream_info(ADMIT_STREAM)
+    except NotFoundError:
+        await bus.js.add_stream(
+            StreamConfig(
+                name=ADMIT_STREAM,
+                subjects=[f"{ADMIT_PREFIX}.>"],
+                storage="file",  # type: ignore[arg-type]
+                num_replicas=bus.settings.replicas,
+                duplicate_window=120,
+            )
+        )
+
+
+async def set_limit(bus: Bus, pipeline: str, limit: int) -> int | None:
+    """At most ``limit`` runs of ``pipeline`` at once; return the limit it replaces."""
+    check_name(pipeline, "pipeline name")
+    if limit < 1:
+        raise UsageError(f"a limit of {limit} would start nothing: give 1 or more")
+    try:
+        await ensure_admit_stream(bus)
+        kv = await _bucket(bus, create=True)
+        assert kv is not None
+        before = await limit_of(bus, pipeline)
+        await kv.put(pipeline, str(limit).encode())
+    except NatsError as exc:
+        raise _refused(f"set the limit of {pipeline}", exc) from None
+    return before
+
+
+async def clear_limit(bus: Bus, pipeline: str) -> int | None:
+    """Lift ``pipeline``'s limit; return it (None: it had none). Runs still waiting are
+    released by the admission service at once."""
+    before = await limit_of(bus, check_name(pipeline, "pipeline name"))
+    if before is not None:
+        kv = await _bucket(bus, create=False)
+        assert kv is not None
+        try:
+            await kv.delete(pipeline)
+        except NatsError as exc:
+            raise _refused(f"clear the limit of {pipeline}", exc) from None
+    return before
+
+
+async def limits(bus: Bus) -> dict[str, int]:
+    """Every pipeline's limit."""
+    try:
+        kv = await _bucket(bus, create=False)
+        if kv is None:
+            return {}
+        try:
+            keys = await kv.keys()
+        except (NoKeysError, NotFoundError):
+            return {}
+        out = {}
+        for key in keys:
+            n = await limit_of(bus, key)
+            if n is not None:
+                out[key] = n
+        return out
+    except NatsError as exc:
+        raise _refused("read the concurrency limits", exc) from None
+
+
+async def limit_of(bus: Bus, pipeline: str) -> int | None:
+    """``pipeline``'s limit, None when it has none."""
+    try:
+        kv = await _bucket(bus, create=False)
+        if kv is None:
+            return None
+        try:
+            entry = await kv.get(pipeline)
+        except KeyNotFoundError:
+            return None
+    except NatsError as exc:
+        raise _refused(f"read the limit of {pipeline}", exc) from None
+    try:
+        return int(entry.value or b"")
+    except ValueError:
+        return None
+
+
+class LimitCache:
+    """:func:`limit_of`, remembered for ``ttl`` seconds (a batch asks once per pipeline)."""
+
+    def __init__(self, bus: Bus, ttl: float = 2.0) -> None:
+        self.bus = bus
+        self.ttl = ttl
+        self._seen: dict[str, tuple[float, int | None]] = {}
+
+    async def get(self, pipeline: str) -> int | None:
+        now = time.monotonic()
+        hit = self._seen.get(pipeline)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        value = await limit_of(self.bus, pipeline)
+        self._seen[pipeline] = (now, value)
+        return value

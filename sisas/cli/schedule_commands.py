@@ -1,0 +1,249 @@
+"""``sisas schedules``: list, pause, resume, run the scheduler, and test a cron expression."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import signal
+import socket
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from sisas.bus.runtime import open_bus
+from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
+from sisas.cli.run_commands import PIPELINES_OPTION
+from sisas.errors import UsageError
+from sisas.handlers.schedules import (
+    Schedule,
+    next_ticks,
+    parse_schedules,
+    schedule_chain,
+    schedules_of,
+)
+from sisas.loader import load_pipelines
+from sisas.pipeline import Pipeline
+from sisas.projections.queries import parse_since
+from sisas.services.schedules import (
+    ScheduleService,
+    last_decision,
+    pause_schedule,
+    paused_schedules,
+    resume_schedule,
+)
+
+__all__ = ["load_schedules", "schedules"]
+
+DEFAULT_FILE = "sisas.toml"
+FIX = "pass --schedules FILE ([[schedule]] tables) or --pipelines CODE declaring schedules"
+
+
+def load_schedules(path: str | None, pipes: dict[str, Pipeline]) -> list[Schedule]:
+    """The schedules of ``path`` (without it: ./sisas.toml's ``[[schedule]]`` tables, if
+    any) and those the loaded pipelines declare. Raises UsageError naming the fix."""
+    found: list[Schedule] = []
+    file = Path(path or DEFAULT_FILE)
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        if path:
+            raise UsageError(f"no schedules file {file}: {FIX}") from None
+        text = ""
+    except OSError as exc:
+        raise UsageError(f"cannot read {file}: {exc.strerror}; {FIX}") from None
+    if path or "[[schedule]]" in text:
+        found.extend(parse_schedules(text, str(file)))
+    found.extend(schedules_of(pipes.values()))
+    names = [s.name for s in found]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(
+            f"schedule names must be unique: {', '.join(twice)} declared twice (in "
+            f"{file} and a pipeline, or twice in one): rename one"
+        )
+    return found
+
+
+def _operator() -> str:
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except (KeyError, OSError):
+        return "an operator"
+
+
+SCHEDULES_OPTION = click.option(
+    "--schedules",
+    "schedules_file",
+    default=None,
+    help="Schedules file (TOML, [[schedule]] tables; default ./sisas.toml when it has some).",
+)
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+
+
+@cli.group()
+def schedules() -> None:
+    """Start runs on a clock: cron schedules, each tick one run, each decision a signal.
+
+    Exit codes: 0 ok, 1 nothing to do (resume of a schedule not paused), 2 usage error.
+    """
+
+
+@schedules.command("list")
+@SCHEDULES_OPTION
+@PIPELINES_OPTION
+@JSON_OPTION
+@run_async
+async def list_schedules(
+    schedules_file: str | None, pipeline_specs: tuple[str, ...], as_json: bool
+) -> None:
+    """Each schedule: its cron and policies, paused or not, its next tick, its last decision."""
+    found = load_schedules(schedules_file, load_pipelines(pipeline_specs))
+    if not found:
+        fail(f"no schedules found: {FIX}")
+    now = datetime.now(UTC)
+    rows: list[dict[str, Any]] = []
+    async with open_bus(load_settings(), name="sisas-schedules") as bus:
+        paused = await paused_schedules(bus)
+        for s in found:
+            last = await last_decision(bus, s.name)
+            pause = paused.get(s.name)
+            rows.append(
+                {
+                    "name": s.name,
+                    "pipeline": s.pipeline,
+                    "cron": s.cron,
+                    "timezone": s.timezone,
+                    "overlap": s.overlap,
+                    "catch_up": s.catch_up_limit,
+                    "tags": s.tags,
+                    "paused": pause is not None,
+                    "paused_by": pause.text() if pause else None,
+                    "next_tick": next_ticks(s.cron, s.timezone, now, 1)[0].isoformat(),
+                    "chain": schedule_chain(s.name),
+                    "last": None
+                    if last is None
+                    else {
+                        "tick": last.tick,
+                        "action": last.action,
+                        "reason": last.reason,
+                        "run_id": last.run_id or None,
+                    },
+                }
+            )
+    if as_json:
+        print(json.dumps({"schedules": rows}))
+        return
+    table = Table(title="schedules", title_justify="left")
+    for col in ("name", "pipeline", "cron (zone)", "policies", "state", "next tick", "last"):
+        table.add_column(col)
+    for r in rows:
+        last = r["last"]
+        last_text = "never ticked" if last is None else f"{last['tick']} {last['action']}"
+        if last and last["run_id"]:
+            last_text += f" {last['run_id']}"
+        table.add_row(
+            r["name"],
+            r["pipeline"],
+            f"{r['cron']} ({r['timezone']})",
+            f"overlap {r['overlap']}, catch-up {r['catch_up']}",
+            "[yellow]paused[/]" if r["paused"] else "[green]active[/]",
+            r["next_tick"],
+            last_text,
+        )
+    console.print(table)
+    console.print("every decision: `sisas signals sch-NAME`")
+
+
+@schedules.command("pause")
+@click.argument("name")
+@click.option("--note", default="", help="Why: recorded in each skipped tick's reason.")
+@JSON_OPTION
+@run_async
+async def pause(name: str, note: str, as_json: bool) -> None:
+    """Pause schedule NAME: its ticks are recorded as skipped until it is resumed."""
+    async with open_bus(load_settings(), name="sisas-schedules") as bus:
+        before = await pause_schedule(bus, name, by=_operator(), note=note)
+    if as_json:
+        print(json.dumps({"schedule": name, "paused": True, "already": before is not None}))
+    elif before is not None:
+        console.print(f"{name} was paused already ({before.text()})")
+    else:
+        console.print(
+            f"paused {name}: its ticks are recorded as skipped; "
+            f"`sisas schedules resume {name}` to go on"
+        )
+
+
+@schedules.command("resume")
+@click.argument("name")
+@JSON_OPTION
+@run_async
+async def resume(name: str, as_json: bool) -> None:
+    """Resume schedule NAME from its next tick (ticks while paused stay skipped).
+
+    Exit 1 when it was not paused.
+    """
+    async with open_bus(load_settings(), name="sisas-schedules") as bus:
+        lifted = await resume_schedule(bus, name)
+    if as_json:
+        print(json.dumps({"schedule": name, "resumed": lifted is not None}))
+    if lifted is None:
+        if not as_json:
+            err_console.print(
+                f"{name} is not paused: nothing to resume (`sisas schedules list` shows which are)"
+            )
+        sys.exit(1)
+    if not as_json:
+        console.print(f"resumed {name} (it was paused {lifted.text()})")
+
+
+@schedules.command("test")
+@click.argument("expr")
+@click.option("--timezone", "-z", default="UTC", show_default=True, help="An IANA time zone.")
+@click.option("--count", "-n", type=click.IntRange(1, 1000), default=5, show_default=True)
+@click.option(
+    "--after", default=None, help="Start from this time (default now): 2026-11-01T12:00Z."
+)
+@JSON_OPTION
+def test_expression(expr: str, timezone: str, count: int, after: str | None, as_json: bool) -> None:
+    """Print the next ticks of the cron expression EXPR (5 fields, or 6 with seconds
+    first), in --timezone. Exit 2 for a bad expression or zone."""
+    now = datetime.now(UTC)
+    start = parse_since(after, now) if after else now
+    check = f'[[schedule]]\nname = "test"\npipeline = "test"\ncron = {json.dumps(expr)}\n'
+    parse_schedules(check + f"timezone = {json.dumps(timezone)}\n", "EXPR")
+    ticks = [t.isoformat() for t in next_ticks(expr, timezone, start, count)]
+    if as_json:
+        print(json.dumps({"cron": expr, "timezone": timezone, "ticks": ticks}))
+        return
+    console.print(f"next {count} ticks of [bold]{expr}[/] in {timezone}:")
+    for t in ticks:
+        console.print(f"  {t}")
+
+
+@schedules.command("run")
+@SCHEDULES_OPTION
+@PIPELINES_OPTION
+@run_async
+async def run_schedules(schedules_file: str | None, pipeline_specs: tuple[str, ...]) -> None:
+    """Decide schedule ticks until Ctrl-C (`sisas up --schedules FILE` does it too); run as
+    many as you like: each tick is decided once."""
+    found = load_schedules(schedules_file, load_pipelines(pipeline_specs))
+    if not found:
+        fail(f"no schedules found: {FIX}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_bus(load_settings(), name="sisas-scheduler") as bus:
+        service = ScheduleService(bus, found)
+        await service.start()
+        names = ", ".join(f"{s.name} ({s.cron} -> {s.pipeline})" for s in found)
+        console.print(f"schedules: {names}; Ctrl-C to stop")
+        await service.run(stop)
+    err_console.print(f"stopped: {service.decided} ticks decided, {service.started} runs asked")

@@ -1,0 +1,145 @@
+"""Concurrency limits: at most ``limit`` runs of a pipeline hold a slot at once; the
+others wait in a queue, highest priority first, then in the order they were asked for.
+
+A limited pipeline's admission chain (``adm-PIPELINE``, pipeline ``admission``) holds
+each decision: ``run_queued`` (no slot: the run waits) and ``run_released`` (a slot:
+the request goes on to the orchestrator). Folding the chain gives who holds a slot and
+who waits (:func:`evolve_admission`); the decisions are pure functions of that state,
+the limit, and which of the slot holders the log says have ended.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+from sisas.signals.kinds import RunQueued, RunReleased
+
+__all__ = [
+    "AdmissionState",
+    "Waiting",
+    "admission_chain",
+    "decide_release",
+    "decide_request",
+    "evolve_admission",
+]
+
+
+class Waiting(msgspec.Struct, frozen=True, kw_only=True):
+    run_id: str
+    priority: int
+    order: int
+    """The place of its ``run_queued`` in the chain: earlier asks go first."""
+    request_seq: int
+
+
+class AdmissionState(msgspec.Struct, frozen=True, kw_only=True):
+    """Who holds a slot (released, not seen ended) and who waits."""
+
+    holding: tuple[tuple[str, int], ...] = ()
+    """Each slot holder's run id and where its request is in ``SISAS_ADMIT``."""
+    waiting: tuple[Waiting, ...] = ()
+    decided: int = 0
+    """Decisions in the chain."""
+
+    @property
+    def holders(self) -> tuple[str, ...]:
+        return tuple(r for r, _ in self.holding)
+
+    def knows(self, run_id: str) -> bool:
+        return run_id in self.holders or any(w.run_id == run_id for w in self.waiting)
+
+    def next_up(self) -> Waiting | None:
+        """The waiting run a freed slot goes to."""
+        if not self.waiting:
+            return None
+        return min(self.waiting, key=lambda w: (-w.priority, w.order))
+
+
+def admission_chain(pipeline: str) -> str:
+    """The run id of ``pipeline``'s admission chain (``adm-PIPELINE``)."""
+    if len(pipeline) <= 60:
+        return f"adm-{pipeline}"
+    return f"adm-{pipeline[:47]}-{hashlib.sha256(pipeline.encode()).hexdigest()[:12]}"
+
+
+def evolve_admission(state: AdmissionState, body: RunQueued | RunReleased) -> AdmissionState:
+    """The state after one decision of the chain."""
+    if isinstance(body, RunQueued):
+        waiting = Waiting(
+            run_id=body.run_id,
+            priority=body.priority,
+            order=state.decided,
+            request_seq=body.request_seq,
+        )
+        return msgspec.structs.replace(
+            state, waiting=(*state.waiting, waiting), decided=state.decided + 1
+        )
+    ended = set(body.ended)
+    holding = tuple(h for h in state.holding if h[0] not in ended and h[0] != body.run_id)
+    return AdmissionState(
+        holding=(*holding, (body.run_id, body.request_seq)),
+        waiting=tuple(w for w in state.waiting if w.run_id != body.run_id),
+        decided=state.decided + 1,
+    )
+
+
+def _slots(limit: int, holding: int) -> str:
+    return f"{holding} of {limit} runs hold a slot"
+
+
+def decide_request(
+    state: AdmissionState,
+    pipeline: str,
+    limit: int,
+    run_id: str,
+    *,
+    priority: int,
+    request_seq: int,
+    ended: tuple[str, ...] = (),
+) -> RunQueued | RunReleased | None:
+    """What to do with a request of ``run_id``: None when the chain knows it already
+    (a duplicate); released at once when a slot is free (``ended``: slot holders the
+    log says have ended) and nobody waits before it; else queued."""
+    if state.knows(run_id):
+        return None
+    holding = [r for r in state.holders if r not in ended]
+    if len(holding) < limit and not state.waiting:
+        return RunReleased(
+            run_id=run_id,
+            pipeline=pipeline,
+            reason=f"{_slots(limit, len(holding))}: admitted at once",
+            request_seq=request_seq,
+            ended=list(ended),
+        )
+    ahead = sum(1 for w in state.waiting if w.priority >= priority)
+    return RunQueued(
+        run_id=run_id,
+        pipeline=pipeline,
+        priority=priority,
+        request_seq=request_seq,
+        reason=f"{_slots(limit, len(holding))} (max_concurrent_runs = {limit}): waits "
+        f"behind {ahead} queued run{'s' if ahead != 1 else ''}",
+    )
+
+
+def decide_release(
+    state: AdmissionState, pipeline: str, limit: int, ended: tuple[str, ...]
+) -> RunReleased | None:
+    """The next waiting run's release when a slot is free (``ended``: slot holders the
+    log says have ended), else None."""
+    nxt = state.next_up()
+    holding = [r for r in state.holders if r not in ended]
+    if nxt is None or len(holding) >= limit:
+        return None
+    freed = f"{', '.join(ended)} ended" if ended else "a slot is free"
+    return RunReleased(
+        run_id=nxt.run_id,
+        pipeline=pipeline,
+        reason=f"{freed}: {_slots(limit, len(holding))}; the first of "
+        f"{len(state.waiting)} waiting (priority {nxt.priority}) goes",
+        waited=True,
+        request_seq=nxt.request_seq,
+        ended=list(ended),
+    )

@@ -1,0 +1,247 @@
+"""The admission service: runs of a pipeline with a concurrency limit wait for a slot.
+
+A client that starts a run of a limited pipeline (``sisas limits set PIPELINE N``) sends
+its ``start_run`` to ``SISAS_ADMIT`` instead of ``SISAS_IN``. This service reads it with
+the durable consumer ``sisas-admission`` and, per request:
+
+1. folds the pipeline's admission chain (``adm-PIPELINE``) and asks the log which slot
+   holders have ended;
+2. decides (:mod:`sisas.handlers.admission`, pure): released at once when a slot is
+   free and nobody waits, else queued by priority;
+3. appends the decision (``run_released`` / ``run_queued``, with its reason) with the
+   chain's expected last sequence, so several services decide each request once;
+4. sends a released request on to the orchestrator (``SISAS_IN``, deduplicated by its
+   id), then acknowledges it.
+
+Each pass, a slot freed by a run that ended goes to the next waiting run (highest
+priority, then the first asked), recorded as ``run_released``. A slot holder whose run
+is not in the log yet is sent on again (once per process: a service that died between
+recording and sending leaves it to the next). The service idles until ``SISAS_ADMIT``
+exists (``sisas limits set`` creates it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import NotFoundError
+
+from sisas.bus.inputs import publish_input_acked
+from sisas.bus.limits import limits
+from sisas.bus.runtime import Bus
+from sisas.errors import AppendConflict, SisasError
+from sisas.handlers.admission import (
+    AdmissionState,
+    admission_chain,
+    decide_release,
+    decide_request,
+    evolve_admission,
+)
+from sisas.security.keys import signer_from_file
+from sisas.signals import ChainHead, Draft, RunQueued, RunReleased, StoredSignal
+from sisas.signals.inputs import StartRun, decode_input
+from sisas.signals.kinds import ENDING_KINDS
+from sisas.signals.names import ADMISSION_PIPELINE, ADMIT_STREAM, admit_subject
+
+__all__ = ["AdmissionService", "admission_state"]
+
+log = logging.getLogger(__name__)
+
+CONSUMER = "sisas-admission"
+
+
+async def admission_state(bus: Bus, pipeline: str) -> tuple[AdmissionState, StoredSignal | None]:
+    """The fold of ``pipeline``'s admission chain and its last signal."""
+    state, last = AdmissionState(), None
+    for record in await bus.log.read_run(admission_chain(pipeline)):
+        if isinstance(record, StoredSignal) and isinstance(
+            record.signal.body, RunQueued | RunReleased
+        ):
+            state, last = evolve_admission(state, record.signal.body), record
+    return state, last
+
+
+class AdmissionService:
+    """Admits runs of limited pipelines until stopped; any number may run at once."""
+
+    def __init__(self, bus: Bus, *, interval: float = 0.2, batch: int = 32) -> None:
+        self.bus = bus
+        self.interval = interval
+        self.batch = batch
+        self.queued = 0
+        self.released = 0
+        self._sub: Any = None
+        self._sent: set[str] = set()
+        self._next_bind = 0.0
+        self._folded: dict[str, tuple[AdmissionState, StoredSignal | None]] = {}
+        key = bus.settings.signing_key
+        self.signer = signer_from_file(key) if key is not None else None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Admit until ``stop`` is set."""
+        try:
+            while not stop.is_set():
+                try:
+                    busy = await self.step()
+                except (SisasError, NatsError) as exc:
+                    log.warning("admission pass failed: %s; trying again", exc)
+                    busy = False
+                if not busy:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), self.interval)
+        finally:
+            sub, self._sub = self._sub, None
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def step(self) -> bool:
+        """Handle the requests waiting in ``SISAS_ADMIT``, then free slots; whether
+        anything was decided."""
+        if self._sub is None and not await self._bind():
+            return False
+        moved = False
+        try:
+            msgs = await self._sub.fetch(self.batch, timeout=self.interval)
+        except (TimeoutError, NatsTimeoutError):
+            msgs = []
+        for msg in msgs:
+            try:
+                moved |= await self._request(msg.data)
+                await msg.ack()
+            except Exception:  # a failure here must not stop the service
+                log.exception("admission of %s failed; it will be redelivered", msg.subject)
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=1.0)
+        for pipeline, limit in (await limits(self.bus)).items():
+            moved |= await self._free(pipeline, limit)
+        return moved
+
+    async def _bind(self) -> bool:
+        now = asyncio.get_running_loop().time()
+        if now < self._next_bind:
+            return False
+        self._next_bind = now + 2.0  # SISAS_ADMIT appears with the first limit
+        try:
+            await self.bus.js.stream_info(ADMIT_STREAM)
+        except NotFoundError:
+            return False
+        await self.bus.js.add_consumer(
+            ADMIT_STREAM,
+            ConsumerConfig(durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=30),
+        )
+        self._sub = await self.bus.js.pull_subscribe_bind(CONSUMER, ADMIT_STREAM)
+        return True
+
+    async def _request(self, data: bytes) -> bool:
+        inp = decode_input(data)
+        if not isinstance(inp, StartRun):
+            log.error("not a start_run in %s: %s; dropped", ADMIT_STREAM, type(inp).__name__)
+            return False
+        limit = (await limits(self.bus)).get(inp.pipeline)
+        seq = await self._seq_of(inp)
+        for _ in range(10):  # another admission service may decide on the same chain
+            state, last = await self._state(inp.pipeline)
+            if limit is None:  # the limit was lifted: nothing holds the request back
+                await self._send(inp)
+                return True
+            ended = await self._ended(state)
+            decision = decide_request(
+                state,
+                inp.pipeline,
+                limit,
+                inp.run_id,
+                priority=inp.priority,
+                request_seq=seq,
+                ended=ended,
+            )
+            if decision is None:  # asked again: send it on if it holds a slot
+                if inp.run_id in state.holders:
+                    await self._send(inp)
+                return False
+            if not await self._append(inp.pipeline, last, decision):
+                continue
+            if isinstance(decision, RunReleased):
+                await self._send(inp)
+            return True
+        return False
+
+    async def _seq_of(self, inp: StartRun) -> int:
+        """Where ``inp`` is stored in ``SISAS_ADMIT`` (its first copy: ids deduplicate)."""
+        msg = await self.bus.js.get_last_msg(ADMIT_STREAM, admit_subject(inp.pipeline, inp.run_id))
+        return int(msg.seq or 0)
+
+    async def _free(self, pipeline: str, limit: int) -> bool:
+        state, last = await self._state(pipeline)
+        ended = await self._ended(state)
+        decision = decide_release(state, pipeline, limit, ended)
+        if decision is None or not await self._append(pipeline, last, decision):
+            return False
+        msg = await self.bus.js.get_msg(ADMIT_STREAM, decision.request_seq)
+        inp = decode_input(msg.data or b"")
+        if isinstance(inp, StartRun):
+            await self._send(inp)
+        return True
+
+    async def _state(self, pipeline: str) -> tuple[AdmissionState, StoredSignal | None]:
+        """:func:`admission_state`, refolded only when the chain moved."""
+        now = await self.bus.log.last_of_run(admission_chain(pipeline))
+        cached = self._folded.get(pipeline)
+        if cached is not None and (
+            (now is None and cached[1] is None)
+            or (
+                isinstance(now, StoredSignal)
+                and cached[1] is not None
+                and now.stream_seq == cached[1].stream_seq
+            )
+        ):
+            return cached
+        self._folded[pipeline] = await admission_state(self.bus, pipeline)
+        return self._folded[pipeline]
+
+    async def _ended(self, state: AdmissionState) -> tuple[str, ...]:
+        """The slot holders whose runs ended; a holder not yet in the log is sent on
+        again (once per process)."""
+        ended = []
+        for run_id, seq in state.holding:
+            last = await self.bus.log.last_of_run(run_id)
+            if isinstance(last, StoredSignal) and last.signal.kind in ENDING_KINDS:
+                ended.append(run_id)
+            elif last is None and run_id not in self._sent and seq:
+                msg = await self.bus.js.get_msg(ADMIT_STREAM, seq)
+                inp = decode_input(msg.data or b"")
+                if isinstance(inp, StartRun):
+                    await self._send(inp)
+        return tuple(ended)
+
+    async def _send(self, inp: StartRun) -> None:
+        await publish_input_acked(self.bus.js, inp)
+        self._sent.add(inp.run_id)
+
+    async def _append(
+        self, pipeline: str, last: StoredSignal | None, body: RunQueued | RunReleased
+    ) -> bool:
+        chain = admission_chain(pipeline)
+        if last is not None:
+            head, expected = ChainHead.after(last.signal), last.stream_seq
+        else:
+            head, expected = ChainHead(pipeline=ADMISSION_PIPELINE, run_id=chain), 0
+        sigs, _ = head.extend([Draft(body=body, at=datetime.now(UTC))])
+        if self.signer is not None:
+            sigs = [self.signer.sign(s) for s in sigs]
+        try:
+            await self.bus.log.append(sigs, expected_last_seq=expected)
+        except AppendConflict:
+            return False
+        if isinstance(body, RunQueued):
+            self.queued += 1
+        else:
+            self.released += 1
+        return True

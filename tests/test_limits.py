@@ -1,0 +1,119 @@
+"""Concurrency limits: runs of a limited pipeline wait for a slot in priority order,
+never more running at once than the limit (measured from the log), each queued and
+released run a recorded signal with its reason."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from sisas.bus.limits import set_limit
+from sisas.bus.runtime import Bus
+from sisas.bus.settings import Settings
+from sisas.client import Client
+from sisas.client.verification import verify_log
+from sisas.handlers.admission import (
+    AdmissionState,
+    admission_chain,
+    decide_release,
+    decide_request,
+    evolve_admission,
+)
+from sisas.loader import load_pipelines
+from sisas.services.admission import AdmissionService
+from sisas.services.host import running_services
+from sisas.signals import RunQueued, RunReleased, StoredSignal
+from tests.cli_process import server_env, sisas_async
+from tests.runs import TEST_PIPES, wait_end
+
+
+def test_a_freed_slot_goes_to_the_highest_priority_then_the_first_asked() -> None:
+    state = AdmissionState()
+    for run_id, priority in (("a", 0), ("b", 0), ("c", 5), ("d", 5)):
+        d = decide_request(state, "p", 1, run_id, priority=priority, request_seq=1)
+        assert d is not None
+        state = evolve_admission(state, d)
+    assert state.holders == ("a",) and [w.run_id for w in state.waiting] == ["b", "c", "d"]
+    assert decide_request(state, "p", 1, "b", priority=0, request_seq=1) is None  # again
+    assert decide_release(state, "p", 1, ()) is None  # a still runs
+    order = []
+    holder = "a"
+    while (d := decide_release(state, "p", 1, (holder,))) is not None:
+        assert d.reason.startswith(f"{holder} ended")
+        state = evolve_admission(state, d)
+        holder = d.run_id
+        order.append(holder)
+    assert order == ["c", "d", "b"]
+
+
+@pytest.fixture
+async def admitting(bus: Bus) -> AsyncIterator[Bus]:
+    pipes = load_pipelines([TEST_PIPES], entry_points=False)
+    async with running_services(bus, pipes, concurrency=8) as stop:
+        service = AdmissionService(bus, interval=0.05)
+        task = asyncio.create_task(service.run(stop))
+        yield bus
+        stop.set()
+        await task
+
+
+async def _chain(bus: Bus, pipeline: str) -> list[RunQueued | RunReleased]:
+    records = await bus.log.read_run(admission_chain(pipeline))
+    return [r.signal.body for r in records if isinstance(r, StoredSignal)]  # type: ignore[misc]
+
+
+async def test_never_more_runs_at_once_than_the_limit_measured_from_the_log(
+    admitting: Bus, settings: Settings
+) -> None:
+    bus = admitting
+    await set_limit(bus, "slow", 2)
+    client = Client(bus)
+    handles = [await client.start("slow", {"seconds": 0.6}, seed=i) for i in range(6)]
+    spans = []
+    for h in handles:
+        state, signals = await wait_end(bus, h.run_id)
+        assert state.status == "completed", state.error
+        # A signal's time is that of the input that caused it: a run's work begins with
+        # its first phase_started (a worker's report), its end is its last signal.
+        began = next(s.at for s in signals if s.kind == "phase_started")
+        spans.append((began, signals[-1].at))
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert peak <= 2, spans  # never more than the limit, as the log tells it
+    chain = await _chain(bus, "slow")
+    queued = [d for d in chain if isinstance(d, RunQueued)]
+    released = [d for d in chain if isinstance(d, RunReleased)]
+    assert sorted(d.run_id for d in released) == sorted(h.run_id for h in handles)
+    assert len(queued) >= 3 and all("max_concurrent_runs = 2" in d.reason for d in queued)
+    assert all(d.waited for d in released if d.run_id in {q.run_id for q in queued})
+    listed = await sisas_async("limits", "list", "--json", env=server_env(settings))
+    assert listed.returncode == 0, listed.stderr
+    [row] = json.loads(listed.stdout)["limits"]
+    assert row["pipeline"] == "slow" and row["limit"] == 2 and row["waiting"] == []
+    none = await sisas_async("limits", "clear", "chain7", env=server_env(settings))
+    assert none.returncode == 1 and "has no limit" in none.stderr
+    zero = await sisas_async("limits", "set", "slow", "0", env=server_env(settings))
+    assert zero.returncode == 2 and "give 1 or more" in zero.stderr
+    report = await verify_log(bus, None, projection=False)
+    assert report.intact, [v.findings for v in report.verdicts if not v.intact]
+
+
+async def test_the_waiting_run_with_the_highest_priority_goes_first(admitting: Bus) -> None:
+    bus = admitting
+    await set_limit(bus, "slow", 1)
+    client = Client(bus)
+    first = await client.start("slow", {"seconds": 1.0}, seed=1)
+    while not any(isinstance(d, RunReleased) for d in await _chain(bus, "slow")):
+        await asyncio.sleep(0.05)
+    low = await client.start("slow", {"seconds": 0.0}, seed=2, priority=0)
+    high = await client.start("slow", {"seconds": 0.0}, seed=3, priority=5)
+    for h in (first, low, high):
+        assert (await wait_end(bus, h.run_id))[0].status == "completed"
+    released = [d.run_id for d in await _chain(bus, "slow") if isinstance(d, RunReleased)]
+    assert released == [first.run_id, high.run_id, low.run_id]
