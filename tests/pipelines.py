@@ -173,6 +173,7 @@ def work(ctx: Context, item: int) -> int:
     if item in (7, 27) and ctx.attempt == 0:
         raise RuntimeError(f"item {item} fails its first attempt on purpose")
     if item == 3:
+        ctx.log.info("item 3 takes its time")
         time.sleep(0.3)
     return item
 

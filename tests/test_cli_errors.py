@@ -155,6 +155,9 @@ async def test_dashboard_api_rejects_bad_query_parameters_with_400(bus: Bus) -> 
             ("/api/runs/r1/phases/work/items?order=bogus", "order"),
             ("/api/runs/r1/checks?limit=x", "limit"),
             ("/api/runs/r1/checks?q=" + "x" * 201, "q"),
+            ("/api/runs/r1/log?phase=work&attempt=-1", "attempt"),
+            ("/api/runs/r1/log?phase=work&item=x", "item"),
+            ("/api/runs/r1/log?phase=no.dots", "phase"),
         ]:
             answer = await client.get(path)
             assert answer.status_code == 400, (path, answer.text)

@@ -254,6 +254,12 @@ def test_a_fan_out_is_one_row_its_items_are_paged_and_the_page_stays_bounded(
     assert "retried after: HardFailure: RuntimeError: item 7" in first[0].text
     whole = first[0].find_element(By.CSS_SELECTOR, "details.whole pre")  # the traceback
     assert "Traceback" in str(whole.get_attribute("textContent"))
+    # Each attempt's log, fetched when opened: attempt 0's holds its traceback.
+    log = first[0].find_element(By.CSS_SELECTOR, 'details.log[data-attempt="0"]')
+    log.find_element(By.TAG_NAME, "summary").click()
+    pre = log.find_element(By.TAG_NAME, "pre")
+    _wait(browser, "log").until(lambda d: "fails its first attempt on purpose" in pre.text)
+    assert "Traceback" in pre.text
     pages = browser.execute_script("return window.sisas.itemPages")
     browser.find_element(By.ID, "items-next").click()
     _wait(browser, "page 2").until(lambda d: _text(d, "#items-range") == "51-100 of 500")

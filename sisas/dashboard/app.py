@@ -33,6 +33,7 @@ from sisas.dashboard.index import RunIndex
 from sisas.dashboard.views import (
     ITEM_ORDERS,
     MAX_PAGE,
+    attempt_log,
     checks_page,
     items_page,
     run_view,
@@ -89,6 +90,9 @@ def _runs_params(q: QueryParams) -> dict[str, Any]:
 T = TypeVar("T")
 _ITEM_STATUSES = set(PhaseStatus.__args__)  # type: ignore[attr-defined]
 MAX_QUERY = 200
+MAX_LOG = 1 << 20
+"""Bytes of an attempt's log a page is sent at most (a log keeps 1,000 lines of 2,000
+characters at most: it fits)."""
 TAIL = 5_000
 """Messages of the log a page load reads past the hub at most, to bring an index up to
 date; past that it is built again from the run's own messages."""
@@ -319,6 +323,40 @@ def create_app(bus: Bus, hub: Hub) -> Starlette:
         body = await run_view_of(request, page)
         return body if isinstance(body, Response) else _json(body)
 
+    async def api_log(request: Request) -> Response:
+        """``GET /api/runs/RUN/log?phase=&item=&attempt=``: one attempt's log (what
+        ``ctx.log`` said, what it printed, its traceback), read from the store by the
+        digest its outcome signal names, and checked against it."""
+        q = request.query_params
+        phase = q.get("phase", "")
+        try:
+            check_name(phase, "phase name")
+            item = int(q["item"]) if q.get("item", "") != "" else None
+            attempt = int(q.get("attempt", "0"))
+            if attempt < 0 or (item is not None and item < 0):
+                raise ValueError
+        except (SisasError, ValueError):
+            return _error(400, "phase must be a phase name, item and attempt whole numbers")
+
+        def find(detail: RunDetail) -> tuple[str, int] | Response:
+            bar = attempt_log(detail, phase, item, attempt)
+            if bar is None:
+                where = f"{phase}{'' if item is None else f'[{item}]'} attempt {attempt}"
+                return _error(404, f"no log of {where} in run {detail.state.run_id}")
+            return bar.log, bar.log_lines
+
+        found = await run_view_of(request, find)
+        if isinstance(found, Response):
+            return found
+        try:
+            data = await bus.artifacts.get(found[0])
+        except SisasError as exc:
+            return _error(503, f"the log cannot be read from the store: {exc}")
+        text = data[:MAX_LOG].decode(errors="replace")
+        cut = len(data) > MAX_LOG
+        body = {"lines": found[1], "text": text, "cut": cut}
+        return _json(msgspec.json.encode(body))
+
     async def report(request: Request) -> Response:
         run_id = request.path_params["run_id"]
         try:
@@ -418,6 +456,7 @@ def create_app(bus: Bus, hub: Hub) -> Starlette:
             Route("/api/runs/{run_id}", api_run),
             Route("/api/runs/{run_id}/phases/{phase}/items", api_items),
             Route("/api/runs/{run_id}/checks", api_checks),
+            Route("/api/runs/{run_id}/log", api_log),
             Route("/events", events),
             Route("/healthz", health),
             Mount("/static", StaticFiles(directory=str(static)), name="static"),

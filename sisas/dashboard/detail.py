@@ -60,6 +60,9 @@ class Attempt(msgspec.Struct, gc=False):
     error: str = ""
     duration: float | None = None
     """Seconds the worker measured it ran (reported with its outcome), or None."""
+    log: str = ""
+    """The artifact digest of its log (``ctx.log``, what it printed, its traceback)."""
+    log_lines: int = 0
 
     def elapsed(self, now: datetime | None) -> float | None:
         """Seconds from its start (or schedule) to its end, or to ``now`` while it runs."""
@@ -153,7 +156,8 @@ class RunDetail:
             return
         if isinstance(body, PhaseStarted):
             bar.started, bar.status, bar.worker = s.at, "running", body.worker
-        elif isinstance(body, PhaseCompleted):
+            return
+        if isinstance(body, PhaseCompleted):
             _ended(bar, s.at, "completed")
             bar.duration = body.duration
         elif isinstance(body, PhaseFailed):
@@ -161,6 +165,10 @@ class RunDetail:
             bar.duration = body.duration
         elif isinstance(body, PhaseTimedOut):
             _ended(bar, s.at, "timed_out", f"Timeout: exceeded {body.timeout}s")
+        else:
+            return
+        if body.log and not bar.log:  # the first outcome that names a log (sisas logs)
+            bar.log, bar.log_lines = body.log, body.log_lines
 
     def _check(self, row: CheckRow) -> None:
         self.checks.append(row)

@@ -32,6 +32,7 @@ from sisas.signals.summary import first_line, signal_summary
 __all__ = [
     "ITEM_ORDERS",
     "MAX_PAGE",
+    "attempt_log",
     "build_detail",
     "checks_page",
     "event_of",
@@ -138,6 +139,23 @@ def _fanout(detail: RunDetail, name: str, ps: PhaseState) -> dict[str, Any]:
     }
 
 
+def _logs(detail: RunDetail, phase: str, item: int | None, last: int) -> list[list[int]]:
+    """``[attempt, lines]`` of each attempt of a phase or item, up to ``last``, that
+    wrote a log (a phase has at most its retries + 1 attempts: bounded)."""
+    out = []
+    for n in range(last + 1):
+        bar = detail.latest(phase, item, n)
+        if bar is not None and bar.log:
+            out.append([n, bar.log_lines])
+    return out
+
+
+def attempt_log(detail: RunDetail, phase: str, item: int | None, attempt: int) -> Attempt | None:
+    """The attempt whose log is asked for, when it has one."""
+    bar = detail.latest(phase, item, attempt)
+    return bar if bar is not None and bar.log else None
+
+
 def _duration(detail: RunDetail, name: str, ps: PhaseState) -> float | None:
     """A plain phase's run time (its successful attempt's, else its latest attempt's so
     far); a fan-out's wall time, first item scheduled to last ended (or now)."""
@@ -183,6 +201,7 @@ def _phases(detail: RunDetail) -> list[dict[str, Any]]:
                 "duration": _duration(detail, p.name, ps),
                 "error": None if ps.error is None else _error_text(ps),
                 "error_full": _error_full(ps),
+                "logs": [] if ps.items is not None else _logs(detail, p.name, None, ps.attempt),
                 "skip_reason": ps.skip_reason,
                 "quarantined": ps.quarantined,
                 "output_digest": ps.output_digest,
@@ -423,6 +442,7 @@ def items_page(
                 "ended": iso(bar.ended) if bar else None,
                 "error": _error_text(it),
                 "error_full": _error_full(it),
+                "logs": _logs(detail, phase, i, it.attempt),
             }
             for i, it, d, bar in page
         ],

@@ -211,10 +211,43 @@ function drawGantt(tl, ended) {
 
 const whole = (text) => (text ? `<details class="whole"><summary>whole error</summary><pre>${esc(text)}</pre></details>` : "");
 
+// An attempt's log (ctx.log, what it printed, its traceback), fetched when opened, and
+// kept open with its text across the re-renders of a live page.
+const openLogs = new Map();
+const logKey = (phase, item, attempt) => `${phase}|${item ?? ""}|${attempt}`;
+const logToggles = (phase, item, logs) => (logs || []).map(([attempt, lines]) => logToggle(phase, item, attempt, lines)).join("");
+const logToggle = (phase, item, attempt, lines) => (lines == null ? "" :
+  `<details class="log" data-key="${esc(logKey(phase, item, attempt))}" data-phase="${esc(phase)}" data-item="${item ?? ""}" data-attempt="${attempt}"><summary>log of attempt ${attempt} (${num(lines)} lines)</summary><pre></pre></details>`);
+
+function reopenLogs(root) {
+  for (const d of root.querySelectorAll("details.log")) {
+    if (openLogs.has(d.dataset.key)) { d.open = true; d.querySelector("pre").textContent = openLogs.get(d.dataset.key); }
+  }
+}
+
+function wireLogs(runId) {
+  document.addEventListener("toggle", async (e) => {
+    const d = e.target;
+    if (!d.matches || !d.matches("details.log")) return;
+    if (!d.open) { openLogs.delete(d.dataset.key); return; }
+    if (openLogs.has(d.dataset.key)) return;
+    const pre = d.querySelector("pre");
+    pre.textContent = "loading…";
+    const params = new URLSearchParams({phase: d.dataset.phase, item: d.dataset.item, attempt: d.dataset.attempt});
+    try {
+      const log = await getJSON(`/api/runs/${encodeURIComponent(runId)}/log?${params}`);
+      const text = (log.text || "(empty)") + (log.cut ? "\n… (cut)" : "");
+      openLogs.set(d.dataset.key, text);
+      if (d.open) pre.textContent = text;
+    } catch (err) { pre.textContent = String(err.message); }
+  }, true);  // toggle does not bubble
+}
+
 function phaseDetail(p) {
-  if (p.error) return `<span class="error">${esc(p.error)}</span>${whole(p.error_full)}`;
+  const log = logToggles(p.name, null, p.logs);
+  if (p.error) return `<span class="error">${esc(p.error)}</span>${whole(p.error_full)}${log}`;
   if (p.skip_reason) return `<span class="muted">skipped: ${esc(p.skip_reason)}</span>`;
-  return "";
+  return log;
 }
 
 function fanoutCells(p) {
@@ -242,6 +275,7 @@ function renderPhases(v) {
       <td class="detail">${phaseDetail(p)}${p.quarantined ? ` <span class="muted">(output quarantined: ${esc(p.quarantined.slice(0, 19))}…)</span>` : ""}</td>
     </tr>`;
   }).join("");
+  reopenLogs($("#phases"));
 }
 
 // ---- the items of a fan-out: its summary from the run's JSON, its pages from the API
@@ -269,8 +303,9 @@ async function loadItems(runId) {
     <tr data-item="${r.item}" data-status="${esc(r.status)}">
       <td>${esc(page.phase)}[${r.item}]</td><td><span class="status st-${esc(r.status)}">${esc(r.status.replace("_", " "))}</span></td>
       <td>${r.attempt}</td><td>${esc(secs(r.duration))}</td><td>${esc(r.worker || "-")}</td>
-      <td class="${BAD.has(r.status) ? "error" : "muted"}">${r.error ? (BAD.has(r.status) ? "" : "retried after: ") + esc(r.error) : ""}${whole(r.error_full)}</td>
+      <td class="${BAD.has(r.status) ? "error" : "muted"}">${r.error ? (BAD.has(r.status) ? "" : "retried after: ") + esc(r.error) : ""}${whole(r.error_full)}${logToggles(page.phase, r.item, r.logs)}</td>
     </tr>`).join("") || '<tr><td colspan="6" class="muted">no item matches</td></tr>';
+  reopenLogs($("#items"));
   const last = Math.min(page.offset + page.limit, page.matched);
   $("#items-range").textContent = page.matched ? `${num(page.offset + 1)}-${num(last)} of ${num(page.matched)}${page.matched !== page.items ? ` (of ${num(page.items)} items)` : ""}` : `0 of ${num(page.items)}`;
   $("#items-prev").disabled = page.offset === 0;
@@ -395,6 +430,7 @@ function runPage() {
     } catch (err) { fail(err); }
   };
   wireItems(runId, reloadItems);
+  wireLogs(runId);
   wireChecks(runId, reloadChecks);
   const reload = paced(load, () => refresh);
   connect((ev) => { if (ev.run_id === runId) reload(); }, reload, runId);
