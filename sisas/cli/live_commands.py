@@ -18,11 +18,12 @@ from sisas.bus.runtime import Bus, open_bus
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
 from sisas.cli.render import STATUS_STYLE
 from sisas.client.queries import ask, projector_listening
+from sisas.dashboard.detail import RunDetail
 from sisas.dashboard.server import DEFAULT_PORT, serving_dashboard
 from sisas.dashboard.views import run_view
-from sisas.handlers.state import TERMINAL_RUN
+from sisas.handlers.state import TERMINAL_RUN, RunState, evolve
 from sisas.services.host import running_services
-from sisas.signals import ENDING_KINDS, Signal, StoredSignal
+from sisas.signals import ENDING_KINDS, StoredSignal
 from sisas.signals.names import check_name
 
 __all__ = ["START_GRACE", "dashboard", "watch"]
@@ -209,7 +210,9 @@ async def _watch_one(bus: Bus, run_id: str) -> int:
     The view is rebuilt at most every :data:`WATCH_REFRESH` seconds and once at the end,
     not per signal: reading a finished run of 10,000 signals costs one pass over them
     (plus a few redraws), not one rebuild per signal."""
-    signals: list[Signal] = []
+    # The run's fold and the page's detail grow with each signal (O(1) each), so a
+    # redraw costs the bounded view, not a refold of every signal read so far.
+    detail = RunDetail(state=RunState.new("", run_id))
     status = "requested"
     dirty = False
     with Live(Text(f"waiting for {run_id}…"), console=console, refresh_per_second=8) as live:
@@ -217,7 +220,7 @@ async def _watch_one(bus: Bus, run_id: str) -> int:
         def draw() -> str:
             nonlocal dirty
             dirty = False
-            view = run_view(signals)
+            view = run_view(detail=detail)
             live.update(_run_render(view))
             return str(view["status"])
 
@@ -233,7 +236,10 @@ async def _watch_one(bus: Bus, run_id: str) -> int:
                 async for rec in records:
                     if not isinstance(rec, StoredSignal):
                         continue
-                    signals.append(rec.signal)
+                    if not detail.signals:  # as fold starts: the run's own pipeline
+                        detail.state = RunState.new(rec.signal.pipeline, run_id)
+                    detail.state = evolve(detail.state, rec.signal)
+                    detail.add(rec.signal)
                     dirty = True
                     if rec.signal.kind in ENDING_KINDS and rec.last_in_message:
                         status = draw()
