@@ -65,12 +65,12 @@ class Attempt(msgspec.Struct, gc=False):
     log_lines: int = 0
 
     def elapsed(self, now: datetime | None) -> float | None:
-        """Seconds from its start (or schedule) to its end, or to ``now`` while it runs."""
-        begin = self.started or self.scheduled
+        """Seconds from its start to its end, or to ``now`` while it runs; None when it
+        never started (it waited, and may have been cancelled waiting)."""
         end = self.ended or now
-        if begin is None or end is None:
+        if self.started is None or end is None:
             return None
-        return max((end - begin).total_seconds(), 0.0)
+        return max((end - self.started).total_seconds(), 0.0)
 
 
 class CheckRow(msgspec.Struct, frozen=True, gc=False):

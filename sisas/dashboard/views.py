@@ -187,6 +187,7 @@ def _phases(detail: RunDetail) -> list[dict[str, Any]]:
         row = rows.get(col, 0)
         rows[col] = row + 1
         items = ps.items
+        shown_error = items is None or ps.status in ("failed", "timed_out")
         nodes.append(
             {
                 "name": p.name,
@@ -199,8 +200,9 @@ def _phases(detail: RunDetail) -> list[dict[str, Any]]:
                 "items": items,
                 "items_done": ps.item_states.count("completed") if items is not None else None,
                 "duration": _duration(detail, p.name, ps),
-                "error": None if ps.error is None else _error_text(ps),
-                "error_full": _error_full(ps),
+                # A fan-out's error is an item's: said by its items unless it failed.
+                "error": None if ps.error is None or not shown_error else _error_text(ps),
+                "error_full": _error_full(ps) if shown_error else "",
                 "logs": [] if ps.items is not None else _logs(detail, p.name, None, ps.attempt),
                 "skip_reason": ps.skip_reason,
                 "quarantined": ps.quarantined,
@@ -222,8 +224,9 @@ def _density(bars: list[Attempt], start: datetime, span: float, end: datetime) -
         return min(BUCKETS - 1, max(0, int((at - start).total_seconds() / span * BUCKETS)))
 
     for b in bars:
-        begin = b.started or b.scheduled or start
-        first, last = slot(begin), slot(b.ended or end)
+        if b.started is None:  # it waited and never ran (cancelled while waiting)
+            continue
+        first, last = slot(b.started), slot(b.ended or end)
         running[first] += 1
         running[last + 1] -= 1
         if b.status in _BAD:

@@ -108,6 +108,10 @@ function runsPage() {
 // Attempts are numbered from 0, as ctx.attempt.
 
 const BAD = new Set(["failed", "timed_out", "cancelled"]);
+const FAILED = new Set(["failed", "timed_out"]);
+// An item's error: red when it ended with it; otherwise what made it retry, greyed.
+const itemError = (status, error) => (!error ? "" : FAILED.has(status)
+  ? `<span class="error">${esc(error)}</span>` : `<span class="muted">retried after: ${esc(error)}</span>`);
 const num = (n) => Number(n).toLocaleString("en-US");
 const itemLabel = (item) => (item != null ? `[${item}]` : "");
 
@@ -285,10 +289,10 @@ const itemsView = {phase: null, offset: 0, limit: 50, q: "", status: "", order: 
 function renderFanoutSummary(p) {
   const f = p.fanout;
   const slow = f.slowest.map((s) => `<li><a href="#" class="item-link" data-item="${s.item}">${esc(p.name)}[${s.item}]</a> ${esc(secs(s.duration))}</li>`).join("") || '<li class="muted">none yet</li>';
-  const bad = f.failed.map((s) => `<li><a href="#" class="item-link" data-item="${s.item}">${esc(p.name)}[${s.item}]</a> <span class="status st-${esc(s.status)}">${esc(s.status)}</span> attempt ${s.attempt}: <span class="${BAD.has(s.status) ? "error" : "muted"}">${BAD.has(s.status) ? "" : "retried after: "}${esc(s.error)}</span></li>`).join("") || '<li class="muted">none</li>';
+  const bad = f.failed.map((s) => `<li><a href="#" class="item-link" data-item="${s.item}">${esc(p.name)}[${s.item}]</a> <span class="status st-${esc(s.status)}">${esc(s.status)}</span> attempt ${s.attempt}: ${itemError(s.status, s.error)}</li>`).join("") || '<li class="muted">none</li>';
   $("#items-summary").innerHTML = `
     <div><h3>slowest</h3><ol id="items-slowest">${slow}</ol></div>
-    <div><h3>failed or retried <span class="muted">(${num(f.failed_total)})</span></h3><ol id="items-failed">${bad}</ol></div>`;
+    <div><h3>failed, cancelled or retried <span class="muted">(${num(f.failed_total)})</span></h3><ol id="items-failed">${bad}</ol></div>`;
 }
 
 async function loadItems(runId) {
@@ -303,7 +307,7 @@ async function loadItems(runId) {
     <tr data-item="${r.item}" data-status="${esc(r.status)}">
       <td>${esc(page.phase)}[${r.item}]</td><td><span class="status st-${esc(r.status)}">${esc(r.status.replace("_", " "))}</span></td>
       <td>${r.attempt}</td><td>${esc(secs(r.duration))}</td><td>${esc(r.worker || "-")}</td>
-      <td class="${BAD.has(r.status) ? "error" : "muted"}">${r.error ? (BAD.has(r.status) ? "" : "retried after: ") + esc(r.error) : ""}${whole(r.error_full)}${logToggles(page.phase, r.item, r.logs)}</td>
+      <td>${itemError(r.status, r.error)}${whole(r.error_full)}${logToggles(page.phase, r.item, r.logs)}</td>
     </tr>`).join("") || '<tr><td colspan="6" class="muted">no item matches</td></tr>';
   reopenLogs($("#items"));
   const last = Math.min(page.offset + page.limit, page.matched);
