@@ -11,7 +11,8 @@ from bench.fold import RETRY_EVERY, run_log
 from sisas.dashboard.detail import RunDetail
 from sisas.dashboard.index import RunIndex
 from sisas.dashboard.views import build_detail, checks_page, items_page, run_view
-from sisas.signals import StoredSignal
+from sisas.signals import ChainHead, Draft, StoredSignal
+from sisas.signals.kinds import RunCancelled
 
 
 @cache
@@ -90,3 +91,26 @@ def test_an_index_refuses_a_record_that_does_not_follow() -> None:
     index = RunIndex.of(records[:10])
     assert not index.catch_up(records[11:20])  # the 11th is missing: built again
     assert index.at(records[9])
+
+
+def test_a_cancelled_fan_out_counts_what_ran_and_names_no_item_error_as_its_own() -> None:
+    signals, _ = run_log(300, "views-cancel")
+    # Cut while the fan-out runs (items 0 to 199 done, retries and all, the rest
+    # scheduled and waiting), then the run is cancelled.
+    cut = next(i for i, s in enumerate(signals) if s.kind == "phase_started" and s.body.item == 200)
+    head = ChainHead.after(signals[cut - 1])
+    cancel = Draft(body=RunCancelled(reason="enough"), at=signals[cut - 1].at, phase="")
+    sealed, _ = head.extend([cancel])
+    view = run_view(detail=build_detail([*signals[:cut], *sealed]))
+    work = next(p for p in view["phases"] if p["name"] == "work")
+    assert work["status"] == "cancelled" and work["error"] is None  # an item's, not its own
+    counts = work["fanout"]["counts"]
+    assert counts == {"completed": 200, "cancelled": 100}
+    (lane,) = (lane for lane in view["timeline"]["lanes"] if lane["kind"] == "items")
+    # The log's clock stands still (one slice): the 204 attempts that ran are in it, not
+    # the 100 cancelled while waiting.
+    assert lane["attempts"] == 304 and max(lane["density"]) == 204
+    page = items_page(build_detail([*signals[:cut], *sealed]), "work", q="250")
+    assert page is not None
+    waited = next(r for r in page["rows"] if r["item"] == 250)
+    assert waited["duration"] is None  # it never started
