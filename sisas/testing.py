@@ -393,6 +393,7 @@ def run_pipeline(
         at=at.astimezone(UTC),
         clock=time.perf_counter,
         secrets=secrets,
+        log_clock=time.perf_counter,
     )
     check_settings(config or {}, pipeline.plan(), how="config key ")  # as run --set does
     run.start(data, seed=seed, config=config)

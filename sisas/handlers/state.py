@@ -445,4 +445,6 @@ def state_digest(state: RunState) -> str:
     """sha256 (hex) of the canonical JSON of ``state`` (keys sorted, item numbers as
     text): equal states give equal digests, however their dicts were filled."""
     data = msgspec.to_builtins(state, str_keys=True, enc_hook=enc_hook)
+    if not state.tags:  # a run without tags digests as it did before runs had tags
+        del data["tags"]
     return hashlib.sha256(_STATE_JSON.encode(data)).hexdigest()
