@@ -172,13 +172,16 @@ async def decisions(bus: Bus, name: str) -> list[ScheduleTicked]:
     return bodies  # type: ignore[return-value]
 
 
-async def test_two_schedulers_start_one_run_per_tick_none_missing_none_twice(
+async def test_two_schedulers_and_two_orchestrators_start_one_run_per_tick(
     served: Bus, settings: Settings
 ) -> None:
     bus = served
     schedule = every_second("pulse", overlap="allow")
     stop = asyncio.Event()
-    async with open_bus(settings, name="second-scheduler") as other:
+    async with (
+        open_bus(settings, name="second-scheduler") as other,
+        running_services(other, {}),  # a second orchestrator, on its own connection
+    ):
         one, two = ScheduleService(bus, [schedule]), ScheduleService(other, [schedule])
         await one.start()
         await two.start()
