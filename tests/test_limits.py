@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from sisas.bus.limits import set_limit
+from sisas.bus.limits import clear_limit, set_limit
 from sisas.bus.runtime import Bus
 from sisas.bus.settings import Settings
 from sisas.client import Client
@@ -117,3 +117,18 @@ async def test_the_waiting_run_with_the_highest_priority_goes_first(admitting: B
         assert (await wait_end(bus, h.run_id))[0].status == "completed"
     released = [d.run_id for d in await _chain(bus, "slow") if isinstance(d, RunReleased)]
     assert released == [first.run_id, high.run_id, low.run_id]
+
+
+async def test_a_lifted_limit_releases_the_runs_still_waiting(admitting: Bus) -> None:
+    bus = admitting
+    await set_limit(bus, "slow", 1)
+    client = Client(bus)
+    first = await client.start("slow", {"seconds": 3.0}, seed=1)
+    waiting = [await client.start("slow", {"seconds": 0.0}, seed=i) for i in (2, 3)]
+    while sum(isinstance(d, RunQueued) for d in await _chain(bus, "slow")) < 2:
+        await asyncio.sleep(0.05)
+    assert await clear_limit(bus, "slow") == 1
+    for h in waiting:  # released while the first still runs
+        assert (await wait_end(bus, h.run_id))[0].status == "completed"
+    assert (await client.state(first.run_id)).status == "running"
+    await wait_end(bus, first.run_id)
