@@ -43,10 +43,15 @@ DEFAULT_FILE = "sisas.toml"
 FIX = "pass --schedules FILE ([[schedule]] tables) or --pipelines CODE declaring schedules"
 
 
-def load_schedules(path: str | None, pipes: dict[str, Pipeline]) -> list[Schedule]:
-    """The schedules of ``path`` (without it: ./sisas.toml's ``[[schedule]]`` tables, if
-    any) and those the loaded pipelines declare. Raises UsageError naming the fix."""
+def load_schedules(
+    path: str | None, pipes: dict[str, Pipeline], *, default: bool = True
+) -> list[Schedule]:
+    """The schedules of ``path`` (without it and with ``default``: ./sisas.toml's
+    ``[[schedule]]`` tables, if any) and those the loaded pipelines declare. Raises
+    UsageError naming the fix."""
     found: list[Schedule] = []
+    if path is None and not default:
+        return schedules_of(pipes.values())
     file = Path(path or DEFAULT_FILE)
     try:
         text = file.read_text()
