@@ -288,6 +288,8 @@ async def test_a_paused_schedule_records_its_ticks_as_skipped_until_resumed(
     assert (await resume_schedule(bus, "pausable")) is not None
     again = await sisas_async("schedules", "resume", "pausable", env=env)
     assert again.returncode == 1 and "not paused" in again.stderr
+    bad = await sisas_async("schedules", "pause", "no such", env=env)
+    assert bad.returncode == 2 and "invalid schedule name" in bad.stderr
     while await service.step_all(T0 + timedelta(seconds=2)):
         pass
     ticks = await decisions(bus, "pausable")
