@@ -249,9 +249,13 @@ class AdmissionService:
         if self.signer is not None:
             sigs = [self.signer.sign(s) for s in sigs]
         try:
-            await self.bus.log.append(sigs, expected_last_seq=expected)
+            landed = await self.bus.log.append(sigs, expected_last_seq=expected)
         except AppendConflict:
             return False
+        cached = self._folded.get(pipeline)
+        if cached is not None and cached[1] is last:  # the chain moved by this decision only
+            stored = StoredSignal(stream_seq=landed.last_seq, signal=sigs[-1])
+            self._folded[pipeline] = (evolve_admission(cached[0], body), stored)
         if isinstance(body, RunQueued):
             self.queued += 1
         else:
