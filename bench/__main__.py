@@ -7,7 +7,7 @@ import runpy
 import sys
 
 NAMES = ("append", "overhead", "workers", "projection", "replay", "scale", "peers", "live")
-NAMES += ("examples", "telemetry", "writepath", "looplag", "fold", "isolation")
+NAMES += ("examples", "telemetry", "writepath", "looplag", "fold", "isolation", "views")
 
 
 def main() -> int:

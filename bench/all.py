@@ -15,7 +15,9 @@ docs/performance.md for what every figure means):
 - replay:     verify rate vs raw sha256 of the same bytes; rerun overhead;
 - scale:      per-run wall time with 10 to 10,000 runs in the log;
 - fold:       per-item CPU cost of decide, fold and verify of one fan-out, 100 to 10,000
-              items (in process): flat in the number of items.
+              items (in process): flat in the number of items;
+- views:      the dashboard's run page of one fan-out, 100 to 10,000 items (in process):
+              its build cost per item flat, its bytes bounded.
 
 A section that fails is reported with its error and the rest still run (exit 1).
 """
@@ -30,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import append, fold, overhead, projection, replay, scale, workers, writepath
+from bench import append, fold, overhead, projection, replay, scale, views, workers, writepath
 from bench.peers.runner import run_peers
 from bench.report import Row, machine, print_table, rows_for, write_results
 
 SECTIONS = ("overhead", "workers", "peers", "append", "projection", "replay", "scale", "fold")
-SECTIONS += ("writepath",)
+SECTIONS += ("writepath", "views")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -60,6 +62,8 @@ class Sizes:
     scale_runs: int = 8
     fold_items: tuple[int, ...] = (100, 1000, 10_000)
     fold_rounds: int = 3
+    view_items: tuple[int, ...] = (100, 1000, 10_000)
+    view_rounds: int = 3
     write_runs: int = 30
     write_concurrent: int = 50
     write_items: tuple[int, ...] = (100, 1000, 10_000)
@@ -83,6 +87,8 @@ QUICK = Sizes(
     scale_runs=3,
     fold_items=(100, 1000),
     fold_rounds=1,
+    view_items=(100, 1000, 2000),
+    view_rounds=1,
     write_runs=5,
     write_concurrent=10,
     write_items=(100,),
@@ -110,6 +116,7 @@ def _sections(sizes: Sizes, peers: set[str] | None) -> dict[str, Callable[[], An
         "writepath": lambda: asyncio.run(
             writepath.measure(s.write_runs, s.write_concurrent, list(s.write_items))
         ),
+        "views": lambda: views.measure(s.view_items, s.view_rounds),
     }
 
 

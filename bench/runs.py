@@ -52,7 +52,7 @@ class RunEnds:
 
 
 async def start(bus: Any, pipeline: str, run_id: str, digest: str) -> None:
-    await publish_start(bus.js, pipeline, run_id, input_digest=digest, seed=1)
+    await publish_start(bus.inputs, pipeline, run_id, input_digest=digest, seed=1)
 
 
 async def _one(bus: Any, ends: RunEnds, pipeline: str, run_id: str, digest: str) -> float:

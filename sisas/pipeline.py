@@ -80,6 +80,7 @@ from sisas.errors import (
     Timeout,
     WorkerLost,
 )
+from sisas.handlers.attempt_log import AttemptLog, PhaseLogger
 from sisas.signals.digest import semantic_digest
 from sisas.signals.kinds import Scalar
 from sisas.signals.names import check_name
@@ -141,6 +142,7 @@ class Context:
         progress: Callable[[float, str], None] | None = None,
         cancel: threading.Event | None = None,
         secrets: Mapping[str, str] | None = None,
+        log: AttemptLog | None = None,
     ) -> None:
         self.run_id = run_id
         self.pipeline = pipeline
@@ -150,10 +152,12 @@ class Context:
         self.item = item
         self.config: Mapping[str, Scalar] = dict(config or {})
         self.rng = np.random.default_rng(seed)
-        self.log = logging.LoggerAdapter(
+        self.log = PhaseLogger(
             logging.getLogger(f"sisas.phase.{pipeline}.{phase}"),
             {"run_id": run_id, "phase": phase, "attempt": attempt},
+            log,
         )
+        """A logger: INFO and above is kept with the attempt (``sisas logs RUN``)."""
         self._progress = progress
         self._cancel = cancel
         self._secrets = dict(secrets or {})

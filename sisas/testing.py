@@ -119,6 +119,9 @@ class RunResult:
     failed_phase: str
     error: ErrorInfo | None
     artifacts: Mapping[str, bytes]
+    logs: Mapping[tuple[str, int | None, int], str]
+    """Each attempt's log by (phase, item, attempt): what ``ctx.log`` said at INFO and
+    above and the traceback of an exception (see :meth:`log`)."""
 
     def __repr__(self) -> str:
         why = f", failed_phase={self.failed_phase!r}" if self.failed_phase else ""
@@ -136,6 +139,18 @@ class RunResult:
         if item is None and self._fan_out(phase):
             return [None if b is None else _decoded(b) for b in self._items(phase)]
         return _decoded(self.output_bytes(phase, item=item))
+
+    def log(self, phase: str, *, item: int | None = None, attempt: int | None = None) -> str:
+        """What an attempt of ``phase`` (of one ``item``) logged: ``ctx.log`` lines at
+        INFO and above, each with its offset from the attempt's start, and the traceback
+        when it raised; the last attempt's unless ``attempt=`` is given. "" when it
+        logged nothing. (A worker also keeps what a phase prints; in process, print
+        goes to the test's own output.)"""
+        if attempt is None:
+            ps = self.state.phase(phase)
+            st = ps.item_states.get(item) if item is not None else ps
+            attempt = st.attempt if st is not None else 0
+        return self.logs.get((phase, item, attempt), "")
 
     def output_bytes(self, phase: str, *, item: int | None = None) -> bytes:
         """The stored bytes of ``phase``'s output (one item's with ``item=``, required
@@ -394,4 +409,5 @@ def run_pipeline(
         failed_phase=state.failed_phase,
         error=state.error,
         artifacts=dict(run.artifacts),
+        logs=dict(run.logs),
     )

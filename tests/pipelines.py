@@ -131,3 +131,87 @@ def small(fatal: bool = True, broken: bool = False) -> Pipeline:
         return len(first.weights)
 
     return pipe
+
+
+chatty = Pipeline("chatty", version="1")
+
+
+@chatty.phase(retries=1, backoff=0.01)
+def talk(ctx: Context, input: dict[str, int]) -> int:
+    ctx.log.info("reading %d rows", input["rows"])
+    ctx.log.debug("not kept: below INFO")
+    print(f"printed by attempt {ctx.attempt}")
+    if ctx.attempt == 0:
+        raise RuntimeError("the first attempt fails on purpose")
+    for i in range(input.get("lines", 0)):
+        ctx.log.info("line %d", i)
+    return input["rows"]
+
+
+@chatty.phase(timeout=1.0, retries=0)
+def hang(ctx: Context, talk: int) -> int:
+    ctx.log.warning("about to hang with %d rows", talk)
+    print("last words on stdout", flush=True)
+    if talk > 0:
+        time.sleep(60)  # killed past its timeout: what it logged is kept
+    return talk
+
+
+wide = Pipeline("wide", version="1")
+"""A fan-out over ``input["n"]`` items: items 7 and 27 fail their first attempt and
+are retried, item 3 is the slowest; INV-ITEM holds for every item, INV-TOTAL
+(the sum stays under 100) breaks for 15 items or more, so the run fails at the end."""
+
+
+@wide.phase()
+def source(ctx: Context, input: dict[str, int]) -> list[int]:
+    return list(range(input["n"]))
+
+
+@wide.phase(map_over="source", retries=1, backoff=0.01)
+def work(ctx: Context, item: int) -> int:
+    if item in (7, 27) and ctx.attempt == 0:
+        raise RuntimeError(f"item {item} fails its first attempt on purpose")
+    if item == 3:
+        time.sleep(0.3)
+    return item
+
+
+@wide.invariant("INV-ITEM", phase="work", description="an item's result is not negative")
+def not_negative(out: int) -> tuple[bool, int, str]:
+    return out >= 0, out, ">= 0"
+
+
+@wide.phase(name="total")
+def wide_total(ctx: Context, work: list[int]) -> int:
+    return sum(work)
+
+
+@wide.invariant("INV-TOTAL", phase="total", description="the sum stays under 100")
+def under_cap(out: int) -> tuple[bool, int, str]:
+    return out < 100, out, "< 100"
+
+
+diamond = Pipeline("diamond", version="1")
+"""``a`` feeds ``b`` and ``c``, ``b`` feeds ``c``: the edge a -> c skips a column of the
+DAG; ``notify`` is switched off, so it is skipped (``disabled``)."""
+
+
+@diamond.phase(name="a")
+def diamond_a(ctx: Context, input: int) -> int:
+    return input
+
+
+@diamond.phase(name="b")
+def diamond_b(ctx: Context, a: int) -> int:
+    return a + 1
+
+
+@diamond.phase(name="c")
+def diamond_c(ctx: Context, b: int, a: int) -> int:
+    return a + b
+
+
+@diamond.phase(name="notify", enabled=False)
+def diamond_notify(ctx: Context, c: int) -> int:
+    return c

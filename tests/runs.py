@@ -20,6 +20,7 @@ import jsonschema
 import nats
 
 from bench.synthetic import synthetic_runs
+from sisas.bus.ports import Ports
 from sisas.bus.runtime import Bus
 from sisas.client import Client
 from sisas.client.verification import rerun_signals
@@ -63,7 +64,7 @@ async def start(
     )
 
 
-async def wait_end(bus: Bus, run_id: str, timeout: float = 60) -> tuple[RunState, list[Signal]]:
+async def wait_end(bus: Ports, run_id: str, timeout: float = 60) -> tuple[RunState, list[Signal]]:
     """The folded state and the signals of ``run_id`` once it ended (or once ``timeout``
     seconds passed: the state then says how far it got); asserts that every message of
     the run decodes and that its chain is intact."""

@@ -36,7 +36,7 @@ def test_bench_all_quick_writes_table_json_and_plot(tmp_path: Path) -> None:
 
     doc = json.loads((out / "latest.json").read_text())
     expected = {"overhead", "workers", "peers", "append", "projection", "replay", "scale"}
-    expected |= {"fold", "writepath"}
+    expected |= {"fold", "writepath", "views"}
     assert set(doc["results"]) == expected  # every section ran
     assert doc["errors"] == {}
     assert doc["machine"]["cores"] == os.cpu_count()

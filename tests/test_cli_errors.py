@@ -147,6 +147,19 @@ async def test_dashboard_api_rejects_bad_query_parameters_with_400(bus: Bus) -> 
         assert ok.status_code == 200, ok.text
         assert ok.json()["runs"] == []
         assert (await client.get("/api/runs/no.dots")).status_code == 400
+        for path, named in [
+            ("/api/runs/r1/phases/work/items?limit=0", "limit"),
+            ("/api/runs/r1/phases/work/items?limit=501", "limit"),
+            ("/api/runs/r1/phases/work/items?offset=-1", "offset"),
+            ("/api/runs/r1/phases/work/items?status=bogus", "status"),
+            ("/api/runs/r1/phases/work/items?order=bogus", "order"),
+            ("/api/runs/r1/checks?limit=x", "limit"),
+            ("/api/runs/r1/checks?q=" + "x" * 201, "q"),
+        ]:
+            answer = await client.get(path)
+            assert answer.status_code == 400, (path, answer.text)
+            assert named in answer.json()["error"], path
+        assert (await client.get("/api/runs/r1/checks")).status_code == 404  # no run r1
         report = await client.get("/runs/no.dots/report")
         assert report.status_code == 400 and "invalid run id" in report.text
 

@@ -28,15 +28,16 @@ SCREENSHOTS = ROOT / "build" / "screenshots"
 class Up:
     """`sisas up` in a child process, serving the dashboard on a fixed port."""
 
-    def __init__(self, home: Path, port: int) -> None:
-        self.home, self.port = home, port
+    def __init__(self, home: Path, port: int, *options: str) -> None:
+        self.home, self.port, self.options = home, port, options
         self.env = base_env(SISAS_HOME=str(home))
         self.proc: subprocess.Popen[str] | None = None
         self.url = f"http://127.0.0.1:{port}"
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [*SISAS, "up", "--pipelines", TEST_PIPES, "--dashboard-port", str(self.port)],
+            [*SISAS, "up", "--pipelines", TEST_PIPES, "--dashboard-port", str(self.port),
+             *self.options],
             env=self.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         deadline = time.monotonic() + 60
@@ -62,6 +63,15 @@ class Up:
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[Up]:
     server = Up(tmp_path / "home", _free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def wide_up(tmp_path: Path) -> Iterator[Up]:
+    """`sisas up` whose worker runs 16 phases at once: fan-outs of hundreds of items."""
+    server = Up(tmp_path / "home", _free_port(), "--concurrency", "16")
     server.start()
     yield server
     server.stop()
@@ -175,3 +185,161 @@ def test_many_clients_get_every_event_and_nothing_can_be_posted(up: Up) -> None:
         for path in ("/api/runs", "/events", "/runs/x"):
             assert httpx.request(method, f"{up.url}{path}").status_code == 405
     assert re.search(r"sisas", httpx.get(up.url).text)
+
+
+def _wide_run(up: Up, n: int) -> str:
+    """A finished run of ``wide`` over ``n`` items (it fails at INV-TOTAL, by design)."""
+    payload = up.home / f"wide-{n}.json"
+    payload.write_text(json.dumps({"n": n}))
+    done = sisas(
+        "run", "wide", "--input", str(payload), "--json", "--wait", env=up.env, timeout=240
+    )
+    assert done.returncode == 1, done.stderr  # INV-TOTAL breaks: the run fails at `total`
+    return str(json.loads(done.stdout.strip().splitlines()[-1])["run_id"])
+
+
+def _shoot(browser: webdriver.Chrome, tmp_path: Path, name: str) -> Path:
+    """A screenshot of the whole page (the window stretched to it), in the test's tmp
+    folder and in build/screenshots."""
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1400, min(int(height) + 40, 6000))
+    shot = tmp_path / name
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    (SCREENSHOTS / name).write_bytes(shot.read_bytes())
+    browser.set_window_size(1400, 1100)
+    print(f"screenshot: {shot}")
+    return shot
+
+
+def _text(browser: webdriver.Chrome, css: str) -> str:
+    return str(browser.execute_script(f"return document.querySelector({css!r})?.textContent"))
+
+
+@pytest.mark.timeout(180)
+def test_a_fan_out_is_one_row_its_items_are_paged_and_the_page_stays_bounded(
+    wide_up: Up, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    small, big = _wide_run(wide_up, 50), _wide_run(wide_up, 500)
+    sizes = {
+        n: len(httpx.get(f"{wide_up.url}/api/runs/{r}").content)
+        for n, r in ((50, small), (500, big))
+    }
+    # Ten times the items, the same page: no per-item data in the run's JSON (an item
+    # would cost it at least 50 bytes: 22 KB more).
+    assert sizes[500] < sizes[50] * 1.2, sizes
+    print(f"run page JSON: {sizes}")
+
+    browser.get(f"{wide_up.url}/runs/{big}")
+    _wait(browser, "page").until(lambda d: d.find_element(By.ID, "run-status").text == "failed")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#phases tr[data-phase]")
+    assert [r.get_attribute("data-phase") for r in rows] == ["source", "work", "total"]
+    work = browser.find_element(By.CSS_SELECTOR, '#phases tr[data-phase="work"]')
+    assert "completed 500" in work.text and "retried 2" in work.text  # 7 and 27
+    assert re.search(r"\d+ ms / \d+ ms / 3\d\d ms", work.text), work.text  # item 3 slept 0.3 s
+    total = browser.find_element(By.CSS_SELECTOR, '#phases tr[data-phase="total"]')
+    assert "InvariantViolation" in total.text and "ms" in total.text  # an error, a duration
+    # Slowest and failed first: item 3 is the slowest, item 7 the first retried.
+    _wait(browser, "summary").until(lambda d: _text(d, "#items-slowest li") != "None")
+    assert _text(browser, "#items-slowest li").startswith("work[3]")
+    assert _text(browser, "#items-failed li").startswith("work[7]")
+    # The item list: 50 a page, retried first, paged and searched on the server.
+    _wait(browser, "items").until(lambda d: _text(d, "#items-range") == "1-50 of 500")
+    first = browser.find_elements(By.CSS_SELECTOR, "#items tbody tr")
+    assert len(first) == 50 and first[0].get_attribute("data-item") == "7"
+    assert "retried after: HardFailure: RuntimeError: item 7" in first[0].text
+    pages = browser.execute_script("return window.sisas.itemPages")
+    browser.find_element(By.ID, "items-next").click()
+    _wait(browser, "page 2").until(lambda d: _text(d, "#items-range") == "51-100 of 500")
+    assert browser.execute_script("return window.sisas.itemPages") > pages
+    browser.find_element(By.ID, "item-q").send_keys("123")
+    _wait(browser, "search").until(lambda d: _text(d, "#items-range") == "1-1 of 1 (of 500 items)")
+    assert (
+        browser.find_element(By.CSS_SELECTOR, "#items tbody tr").get_attribute("data-item") == "123"
+    )
+    # One timeline lane for 500 items, one bar per plain attempt.
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#gantt g.lane-items")) == 1
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#gantt rect[data-status]")) == 2
+    # Every dependency drawn.
+    edges = {
+        (e.get_attribute("data-from"), e.get_attribute("data-to"))
+        for e in browser.find_elements(By.CSS_SELECTOR, "#dag path.edge")
+    }
+    assert edges == {("source", "work"), ("work", "total")}
+    _shoot(browser, tmp_path, "fan-out-500.png")
+
+
+@pytest.mark.timeout(180)
+def test_checks_are_grouped_failures_first_and_paged(
+    wide_up: Up, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    run_id = _wide_run(wide_up, 60)
+    browser.get(f"{wide_up.url}/runs/{run_id}")
+    _wait(browser, "page").until(lambda d: d.find_element(By.ID, "run-status").text == "failed")
+    groups = browser.find_elements(By.CSS_SELECTOR, "#check-groups tr.group")
+    names = [g.get_attribute("data-group") for g in groups]
+    assert names[0] == "total/invariant/INV-TOTAL", names  # the failing group first
+    assert len(names) == len(set(names)) < 10  # one row per contract or invariant
+    assert "observed 1770, expected < 100" in groups[0].text
+    assert "work/invariant/INV-ITEM" in names
+    summary = _text(browser, "#checks-summary")
+    assert f"in {len(names)} groups, 1 failed" in summary, summary
+    item_group = groups[names.index("work/invariant/INV-ITEM")]
+    item_group.find_element(By.CSS_SELECTOR, "button").click()
+    _wait(browser, "checks").until(lambda d: _text(d, "#checks-range") == "1-50 of 60")
+    row = browser.find_element(By.CSS_SELECTOR, "#checks tbody tr")
+    assert "passed" in row.text and ">= 0" in row.text  # observed and expected shown
+    browser.find_element(By.ID, "checks-next").click()
+    _wait(browser, "checks 2").until(lambda d: _text(d, "#checks-range") == "51-60 of 60")
+    _shoot(browser, tmp_path, "checks-60.png")
+
+
+_CROSSES = """
+const [path, box] = arguments;
+const r = box.getBBox();
+for (let at = 0; at <= path.getTotalLength(); at += 2) {
+  const p = path.getPointAtLength(at);
+  const inside = (v, lo, size) => v > lo + 1 && v < lo + size - 1;
+  if (inside(p.x, r.x, r.width) && inside(p.y, r.y, r.height)) return true;
+}
+return false;
+"""
+
+
+def test_every_dependency_is_drawn_and_skips_and_cancels_read_apart_from_failures(
+    up: Up, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    payload = up.home / "one.json"
+    payload.write_text("1")
+    done = sisas("run", "diamond", "--input", str(payload), "--json", "--wait", env=up.env)
+    assert done.returncode == 0, done.stderr
+    run_id = json.loads(done.stdout.strip().splitlines()[-1])["run_id"]
+    browser.get(f"{up.url}/runs/{run_id}")
+    _wait(browser, "page").until(lambda d: d.find_element(By.ID, "run-status").text == "completed")
+    edges = {
+        (e.get_attribute("data-from"), e.get_attribute("data-to")): e
+        for e in browser.find_elements(By.CSS_SELECTOR, "#dag path.edge")
+    }
+    assert set(edges) == {("a", "b"), ("b", "c"), ("a", "c"), ("c", "notify")}
+    boxes = {
+        g.get_attribute("data-phase"): g.find_element(By.TAG_NAME, "rect")
+        for g in browser.find_elements(By.CSS_SELECTOR, "#dag g.node")
+    }
+    for (src, dst), edge in edges.items():  # no edge runs behind a box it does not join
+        for name, box in boxes.items():
+            if name not in (src, dst):
+                assert not browser.execute_script(_CROSSES, edge, box), (src, dst, name)
+    notify = browser.find_element(By.CSS_SELECTOR, '#phases tr[data-phase="notify"]')
+    assert notify.get_attribute("data-status") == "skipped"
+    detail = notify.find_element(By.CSS_SELECTOR, "td.detail span")
+    assert detail.text == "skipped: disabled" and detail.get_attribute("class") == "muted"
+    colour = (
+        "const e = document.createElement('span'); e.className = 'status st-' + arguments[0];"
+        "document.body.append(e); const c = getComputedStyle(e).backgroundColor; e.remove();"
+        "return c;"
+    )
+    colours = {s: browser.execute_script(colour, s) for s in ("failed", "cancelled", "skipped")}
+    assert len(set(colours.values())) == 3, colours  # each its own colour
+    a = browser.find_element(By.CSS_SELECTOR, '#phases tr[data-phase="a"] td.duration')
+    assert re.fullmatch(r"\d+ ms|\d+\.\d\d s", a.text), a.text
+    _shoot(browser, tmp_path, "diamond.png")

@@ -244,7 +244,7 @@ async def test_each_attempt_names_the_environment_it_ran_in(
         from sisas.bus.presence import worker_live
 
         for _ in range(200):
-            if await worker_live(bus.nc, "envprobe"):
+            if await worker_live(bus.wire, "envprobe"):
                 break
             await asyncio.sleep(0.05)
         monkeypatch.syspath_prepend(str(v1))

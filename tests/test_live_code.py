@@ -43,7 +43,7 @@ async def fingerprints(bus: Bus) -> set[str]:
     """The code fingerprints the live workers of orders_etl answer with (waiting for the
     first to be live)."""
     for _ in range(100):
-        live = await live_workers(bus.nc, "orders_etl")
+        live = await live_workers(bus.wire, "orders_etl")
         if live:
             return {a["fingerprints"]["orders_etl"] for a in live}
         await asyncio.sleep(0.05)

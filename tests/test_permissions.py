@@ -416,7 +416,7 @@ async def _sent(bus: Bus, inp: StartRun | CancelRun) -> str:
 async def _worker_live(bus: Bus, pipeline: str) -> str:
     # the worker answers once its task runs: ask until it does (a refusal never answers)
     deadline = time.monotonic() + 30
-    while not await worker_live(bus.nc, pipeline, timeout=0.5):
+    while not await worker_live(bus.wire, pipeline, timeout=0.5):
         if time.monotonic() > deadline:
             raise AssertionError(f"no worker of {pipeline} answered")
         await asyncio.sleep(0.05)

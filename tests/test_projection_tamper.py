@@ -194,7 +194,7 @@ async def test_a_phase_completion_forged_mid_run_is_not_shown(bus: Bus, settings
         "after": "pending",
     }
     assert page["tampered"]["stream_seq"] == seq
-    assert all(bar["phase"] != "after" for bar in page["timeline"])
+    assert all(lane["phase"] != "after" for lane in page["timeline"]["lanes"])
     code, rebuilt = await cli_json(settings, "projections", "rebuild")
     assert code == 0 and rebuilt["equal"] is True
     assert await bus.log.last_seq() == rebuilt["stream_seq"]

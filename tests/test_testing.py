@@ -320,3 +320,16 @@ def test_arguments_that_cannot_make_a_run_are_usage_errors() -> None:
         run_pipeline(clustering, input_bytes=POINTS, at=datetime(2026, 1, 1))  # noqa: DTZ001
     at = datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)
     assert {s.at for s in run_pipeline(clustering, input_bytes=POINTS, at=at).signals} == {at}
+
+
+def test_each_attempts_log_is_kept_with_the_traceback() -> None:
+    from tests.pipelines import chatty
+
+    result = run_pipeline(chatty, {"rows": 0, "lines": 2})
+    assert result.status == "completed"
+    first = result.log("talk", attempt=0)
+    assert "INFO reading 0 rows" in first and "RuntimeError: the first attempt fails" in first
+    assert "not kept" not in first  # DEBUG
+    assert result.log("talk").splitlines()[-1].endswith("INFO line 1")  # the last attempt
+    assert "WARNING about to hang with 0 rows" in result.log("hang")
+    assert result.log("hang", attempt=5) == ""

@@ -3,34 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from sisas.bus.connection import refused
+from sisas.bus.consumers import PullFeed, pull_feed
+from sisas.bus.ports import Inputs, Published
 from sisas.bus.translate import nats_errors
 from sisas.errors import BusError, BusUnavailable, SisasError
 from sisas.signals.inputs import Input, StartRun, decode_input, encode_input
-from sisas.signals.names import INPUT_STREAM, admit_subject, input_subject
+from sisas.signals.names import IN_PREFIX, INPUT_STREAM, admit_subject, input_subject
 from sisas.telemetry.tracing import inject
 
 __all__ = [
+    "REJECTED_SUBJECT",
+    "JetStreamInputs",
     "Published",
     "publish_input",
     "publish_input_acked",
     "publish_start",
-    "stored_start",
+    "stored_input",
 ]
 
 
-class Published(NamedTuple):
-    """Where an input was stored; ``duplicate``: an input with its id was stored already
-    (within the stream's duplicate window), so this one was not, and ``seq`` is that one's."""
-
-    seq: int
-    duplicate: bool
+REJECTED_SUBJECT = f"{IN_PREFIX}._._.rejected"
+"""Where refused inputs are recorded, beside the inputs (one record per refused seq)."""
 
 
 async def publish_input(js: JetStreamContext, inp: Input, *, attempts: int = 20) -> int:
@@ -71,7 +72,7 @@ async def publish_input_acked(
 
 
 async def publish_start(
-    js: JetStreamContext,
+    inputs: Inputs,
     pipeline: str,
     run_id: str,
     *,
@@ -95,21 +96,42 @@ async def publish_start(
         input_digest=input_digest,
         **fields,
     )
-    return await publish_input_acked(
-        js, start, subject=admit_subject(pipeline, run_id) if admit else ""
-    )
+    return await inputs.publish(start, subject=admit_subject(pipeline, run_id) if admit else "")
 
 
-async def stored_start(js: JetStreamContext, seq: int) -> StartRun | None:
-    """The ``start_run`` stored at ``seq`` of ``SISAS_IN`` (the first of a duplicated
-    request: its input and configuration), None when it is not one."""
+async def stored_input(js: JetStreamContext, seq: int) -> Input | None:
+    """The input stored at ``seq`` of ``SISAS_IN`` (say, the first of a duplicated
+    request: its input and configuration), None when it is gone or not an input."""
     with nats_errors(f"read the request stored at {INPUT_STREAM} seq {seq}"):
         try:
             msg = await js.get_msg(INPUT_STREAM, seq)
         except NotFoundError:
             return None
     try:
-        inp = decode_input(msg.data or b"")
+        return decode_input(msg.data or b"")
     except SisasError:
         return None
-    return inp if isinstance(inp, StartRun) else None
+
+
+class JetStreamInputs:
+    """``SISAS_IN`` as the :class:`sisas.bus.ports.Inputs` port."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+
+    async def publish(self, inp: Input, *, subject: str = "") -> Published:
+        return await publish_input_acked(self._js, inp, subject=subject)
+
+    async def consume(self, durable: str, *, ack_wait: float) -> PullFeed:
+        return await pull_feed(self._js, INPUT_STREAM, f"{IN_PREFIX}.>", durable, ack_wait=ack_wait)
+
+    async def stored(self, seq: int) -> Input | None:
+        return await stored_input(self._js, seq)
+
+    async def record_rejection(self, seq: int, subject: str, reason: str, size: int) -> None:
+        record = {"stream_seq": seq, "subject": subject, "reason": reason, "size": size}
+        await self._js.publish(
+            REJECTED_SUBJECT,
+            json.dumps(record).encode(),
+            headers={"Nats-Msg-Id": f"rejected:{seq}"},
+        )

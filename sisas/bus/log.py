@@ -8,7 +8,7 @@ and :class:`sisas.bus.memory_log.MemoryLog` (fast unit tests). One contract test
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Protocol
 
 import msgspec
@@ -83,6 +83,11 @@ class SignalLog(Protocol):
 
         With ``live=False`` it stops at the end of the log as it was when called.
         """
+        ...
+
+    def follow_run(self, run_id: str) -> AsyncGenerator[StoredSignal | CorruptMessage, None]:
+        """The run's messages from its first, then each one as it is appended (an async
+        generator: close it, e.g. with ``contextlib.aclosing``, when done)."""
         ...
 
     async def last_seq(self) -> int:

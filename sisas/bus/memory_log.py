@@ -8,7 +8,7 @@ optimistic check over the whole run, strict decoding of what it reads back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 from sisas.bus.log import HEADERS_ROOM, AppendResult, check_batch, split_commits
 from sisas.errors import AppendConflict
@@ -34,6 +34,9 @@ class MemoryLog:
         self._by_id: dict[str, int] = {}
         self._last_of_run: dict[str, int] = {}
         self._changed = asyncio.Event()
+        self.listeners: list[Callable[[str, bytes], None]] = []
+        """Called with the subject and bytes of each message stored (the commit notices
+        of :class:`sisas.bus.memory.MemoryWire`)."""
 
     def _store(self, subject: str, data: bytes, msg_id: str) -> int:
         self._messages.append((subject, data, msg_id))
@@ -45,6 +48,8 @@ class MemoryLog:
             self._last_of_run[parsed[1]] = seq
         self._changed.set()
         self._changed = asyncio.Event()
+        for listener in self.listeners:
+            listener(subject, data)
         return seq
 
     def inject_raw(self, subject: str, data: bytes) -> int:
@@ -118,7 +123,7 @@ class MemoryLog:
                 return
             await self._changed.wait()
 
-    async def follow_run(self, run_id: str) -> AsyncIterator[StoredSignal | CorruptMessage]:
+    async def follow_run(self, run_id: str) -> AsyncGenerator[StoredSignal | CorruptMessage, None]:
         """Every message of one run from its first, then live as they are appended."""
         async for rec in self.follow(live=True):
             if isinstance(rec, StoredSignal) and rec.signal.run_id == run_id:

@@ -23,12 +23,15 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from sisas.bus.ports import Wire
 from sisas.bus.translate import nats_errors
 from sisas.signals.names import PRESENCE_PREFIX
 
 __all__ = [
     "ORCHESTRATOR_SUBJECT",
+    "answered",
     "answering",
+    "answers",
     "live_workers",
     "orchestrator_live",
     "worker_live",
@@ -78,7 +81,8 @@ async def answering(
                 await sub.unsubscribe()
 
 
-async def _answered(nc: NATS, subject: str, timeout: float) -> bool:
+async def answered(nc: NATS, subject: str, timeout: float) -> bool:
+    """Whether anyone answers a request on ``subject`` now (core NATS)."""
     with nats_errors(f"ask who serves {subject}"):
         try:
             await nc.request(subject, b"", timeout=timeout)
@@ -89,39 +93,45 @@ async def _answered(nc: NATS, subject: str, timeout: float) -> bool:
             return False  # someone listens but cannot answer: not live for our purpose
 
 
-async def worker_live(nc: NATS, pipeline: str, *, timeout: float = ASK_TIMEOUT) -> bool:
-    """Whether a live worker (any process, any node) runs ``pipeline``'s phases now."""
-    return await _answered(nc, worker_subject(pipeline), timeout)
-
-
-async def live_workers(
-    nc: NATS, pipeline: str, *, quiet: float = 0.3, timeout: float = ASK_TIMEOUT
-) -> list[dict[str, Any]]:
-    """What every live worker of ``pipeline`` says of itself (``worker``, ``pipelines``,
-    ``fingerprints``: the code fingerprint of each pipeline it runs); [] when none is
-    live. Answers are gathered until none came for ``quiet`` seconds."""
+async def answers(nc: NATS, subject: str, *, quiet: float, timeout: float) -> list[dict[str, Any]]:
+    """Every answer to one request on ``subject`` (core NATS), gathered until none came
+    for ``quiet`` seconds; [] when nobody listens."""
     inbox = nc.new_inbox()
-    answers: list[dict[str, Any]] = []
-    with nats_errors(f"ask who serves {pipeline}"):
+    out: list[dict[str, Any]] = []
+    with nats_errors(f"ask who answers {subject}"):
         sub = await nc.subscribe(inbox)
         try:
-            await nc.publish(worker_subject(pipeline), b"", reply=inbox)
+            await nc.publish(subject, b"", reply=inbox)
             wait = timeout
             while True:
                 try:
                     msg = await sub.next_msg(timeout=wait)
                 except (TimeoutError, NatsTimeoutError):
-                    return answers
+                    return out
                 if (msg.headers or {}).get("Status") == "503":
-                    return answers  # no responders: nobody runs it
+                    return out  # no responders
                 with contextlib.suppress(ValueError):
-                    answers.append(json.loads(msg.data))
+                    out.append(json.loads(msg.data))
                 wait = quiet
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
 
-async def orchestrator_live(nc: NATS, *, timeout: float = ASK_TIMEOUT) -> bool:
+async def worker_live(wire: Wire, pipeline: str, *, timeout: float = ASK_TIMEOUT) -> bool:
+    """Whether a live worker (any process, any node) runs ``pipeline``'s phases now."""
+    return await wire.answered(worker_subject(pipeline), timeout=timeout)
+
+
+async def live_workers(
+    wire: Wire, pipeline: str, *, quiet: float = 0.3, timeout: float = ASK_TIMEOUT
+) -> list[dict[str, Any]]:
+    """What every live worker of ``pipeline`` says of itself (``worker``, ``pipelines``,
+    ``fingerprints``: the code fingerprint of each pipeline it runs); [] when none is
+    live. Answers are gathered until none came for ``quiet`` seconds."""
+    return await wire.answers(worker_subject(pipeline), quiet=quiet, timeout=timeout)
+
+
+async def orchestrator_live(wire: Wire, *, timeout: float = ASK_TIMEOUT) -> bool:
     """Whether a live orchestrator consumes ``SISAS_IN`` now."""
-    return await _answered(nc, ORCHESTRATOR_SUBJECT, timeout)
+    return await wire.answered(ORCHESTRATOR_SUBJECT, timeout=timeout)

@@ -15,11 +15,16 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from sisas.bus.artifacts import JetStreamArtifacts
+from sisas.bus.circuits import CircuitBoard
 from sisas.bus.connection import connect
 from sisas.bus.embedded import EmbeddedServer, running_server
+from sisas.bus.inputs import JetStreamInputs
 from sisas.bus.jetstream_log import JetStreamLog
+from sisas.bus.ports import Ports
+from sisas.bus.registry import PlanRegistry
 from sisas.bus.settings import Settings
 from sisas.bus.streams import ProvisionReport, provision
+from sisas.bus.wire import NatsWire
 from sisas.bus.work import WorkQueue
 from sisas.errors import ServerAlreadyRunning
 
@@ -27,17 +32,13 @@ __all__ = ["Bus", "open_bus"]
 
 
 @dataclass
-class Bus:
-    """A connected, provisioned bus: the log, the artifacts and the raw connection."""
+class Bus(Ports):
+    """The ports on a connected, provisioned server, and the raw connection (for what
+    only NATS does: the CLI's status, provisioning, the query service)."""
 
-    settings: Settings
     url: str
     nc: NATS
     js: JetStreamContext
-    log: JetStreamLog
-    artifacts: JetStreamArtifacts
-    work: WorkQueue
-    """Where the orchestrator offers scheduled attempts to workers (``SISAS_WORK``)."""
     provisioned: ProvisionReport
     server: EmbeddedServer | None
     """The server this bus spawned, or None when it uses one that was already up."""
@@ -96,7 +97,11 @@ async def open_bus(settings: Settings, *, name: str = "sisas") -> AsyncIterator[
             js=js,
             log=log,
             artifacts=JetStreamArtifacts(js),
+            inputs=JetStreamInputs(js),
             work=work,
+            plans=PlanRegistry(js),
+            circuits=CircuitBoard(js),
+            wire=NatsWire(nc),
             provisioned=report,
             server=server,
         )

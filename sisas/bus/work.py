@@ -23,12 +23,13 @@ import time
 from collections.abc import Iterable
 
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
+from sisas.bus.consumers import PullFeed, pull_feed
+from sisas.bus.ports import Delivery
 from sisas.bus.requests import PUBACK_DECODER, Requester
 from sisas.errors import AppendFailed, SignalError
 from sisas.signals.codec import decode_signal, encode_signal
-from sisas.signals.names import work_subject
+from sisas.signals.names import WORK_PREFIX, WORK_STREAM, work_subject
 from sisas.signals.records import CorruptMessage, StoredSignal
 from sisas.telemetry.tracing import inject
 
@@ -38,13 +39,13 @@ LOG_SEQ_HEADER = "Sisas-Log-Seq"
 """Header of an offer: the stream sequence of the commit holding the scheduled signal."""
 
 
-def log_seq(msg: Msg) -> int:
+def log_seq(msg: Delivery) -> int:
     """The stream sequence of the commit holding the offered signal (0 when unsaid)."""
     value = (msg.headers or {}).get(LOG_SEQ_HEADER, "0")
     return int(value) if value.isdigit() else 0
 
 
-def work_record(msg: Msg) -> StoredSignal | CorruptMessage:
+def work_record(msg: Delivery) -> StoredSignal | CorruptMessage:
     """The scheduled signal an offer holds, checked as a log reader checks it."""
     seq = log_seq(msg)
     try:
@@ -60,12 +61,24 @@ class WorkQueue:
     """Offers scheduled attempts to workers (one publish each, pipelined)."""
 
     def __init__(self, nc: NATS, *, timeout: float = 5.0, patience: float = 30.0) -> None:
+        self._js = nc.jetstream(timeout=timeout)
         self._requests = Requester(nc)
         self._timeout = timeout
         self._patience = patience
 
     async def close(self) -> None:
         await self._requests.close()
+
+    async def consume(self, pipeline: str, *, ack_wait: float) -> PullFeed:
+        """The offers of ``pipeline``: one durable consumer (``worker-<pipeline>``) that
+        all its workers share, so each offer is taken once."""
+        return await pull_feed(
+            self._js,
+            WORK_STREAM,
+            f"{WORK_PREFIX}.{pipeline}.>",
+            f"worker-{pipeline}",
+            ack_wait=ack_wait,
+        )
 
     async def offer(self, scheduled: Iterable[StoredSignal]) -> int:
         """Offer each scheduled signal (already durable in the log); how many were new

@@ -96,15 +96,14 @@ def _run_render(view: dict[str, Any]) -> Group:
         f"  seed {view['seed']}  {view['signals']} signals",
     )
     parts: list[Any] = [head, _phase_table(view)]
-    failed = [c for c in view["checks"] if not c["passed"]]
+    checks, failed = view["checks"]["total"], view["checks"]["failed"]
     parts.append(
         Text(
-            f"checks: {len(view['checks'])}, "
-            + (f"{len(failed)} failed" if failed else "all passed"),
+            f"checks: {checks}, " + (f"{failed} failed" if failed else "all passed"),
             style="red" if failed else "green",
         )
     )
-    for i in view["incidents"][-6:]:
+    for i in view["incidents"]["latest"][-6:]:
         item = "" if i["item"] is None else f"[{i['item']}]"
         parts.append(Text(f"  {i['kind']} {i['phase']}{item}: {i['summary']}", style="yellow"))
     if view["error"]:

@@ -11,6 +11,7 @@ from sisas.cli import (  # noqa: F401
     limit_commands,
     live_commands,
     log_commands,
+    logs_command,
     output_command,
     query_commands,
     replay_commands,

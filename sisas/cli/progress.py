@@ -269,7 +269,7 @@ async def advise(
             if not orchestrator_said:
                 orchestrator_said = True
                 if not started():
-                    if await orchestrator_live(bus.nc):
+                    if await orchestrator_live(bus.wire):
                         notes.print(
                             "[yellow]an orchestrator runs but has not taken the request yet "
                             "(busy?); still waiting[/]"
@@ -279,7 +279,7 @@ async def advise(
                             f"[yellow]{queued_note()}; still waiting (Ctrl-C stops "
                             "waiting, the request stays queued)[/]"
                         )
-            if not worker_said and not await worker_live(bus.nc, pipeline):
+            if not worker_said and not await worker_live(bus.wire, pipeline):
                 worker_said = True
                 notes.print(f"[yellow]{no_worker_note(pipeline, code)}[/]")
         except SisasError:

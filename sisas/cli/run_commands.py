@@ -12,7 +12,6 @@ from typing import Final
 import click
 from rich.console import Console
 
-from sisas.bus.inputs import publish_input
 from sisas.bus.presence import orchestrator_live
 from sisas.bus.runtime import Bus, open_bus
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
@@ -349,7 +348,7 @@ async def _not_following(
     if isinstance(last, StoredSignal) and last.signal.kind in ENDING_KINDS:
         status = last.signal.kind.removeprefix("run_")
     if status == "running":
-        if last is None and not await orchestrator_live(bus.nc):
+        if last is None and not await orchestrator_live(bus.wire):
             notes.print(f"[yellow]{queued_note()}[/]")
         if not host.served:
             notes.print(f"[yellow]{no_worker_note(host.pipeline, host.code)}[/]")
@@ -379,8 +378,7 @@ async def cancel(run_id: str, reason: str) -> None:
         if last.signal.kind in ENDING_KINDS:
             fail(f"run {run_id} already ended ({last.signal.kind}); nothing to cancel")
         with span_in_run("cancel", run_id, last.signal.pipeline, {"sisas.reason": reason}):
-            await publish_input(
-                bus.js,
+            await bus.inputs.publish(
                 CancelRun(
                     id=f"cancel:{run_id}",
                     pipeline=last.signal.pipeline,
@@ -393,7 +391,7 @@ async def cancel(run_id: str, reason: str) -> None:
         if bus.server is not None:  # we started the server: only we can act on it
             async with running_services(bus, {}):
                 ended = await _ending(bus, run_id, CANCEL_WAIT)
-        elif await orchestrator_live(bus.nc):
+        elif await orchestrator_live(bus.wire):
             ended = await _ending(bus, run_id, CANCEL_WAIT)
         else:
             console.print(

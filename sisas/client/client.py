@@ -29,13 +29,14 @@ from typing import Any, Self
 import msgspec
 
 from sisas.bus.artifacts import bytes_digest
-from sisas.bus.inputs import publish_input, publish_start, stored_start
+from sisas.bus.inputs import publish_start
 from sisas.bus.limits import LimitCache
+from sisas.bus.ports import Ports
 from sisas.bus.presence import orchestrator_live, worker_live
-from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
 from sisas.client.handle import RunHandle
+from sisas.client.logs import AttemptLogEntry, attempt_logs
 from sisas.client.queries import Answer, ask
 from sisas.client.resume import Resume, prepare_resume
 from sisas.client.starting import check_settings, refuse_another_run, run_id_for
@@ -47,7 +48,7 @@ from sisas.pipeline import Pipeline
 from sisas.services.host import running_services
 from sisas.services.hosting import check_live_code
 from sisas.signals import RunRequested, Scalar, StoredSignal, check_name
-from sisas.signals.inputs import CancelRun
+from sisas.signals.inputs import CancelRun, StartRun
 from sisas.signals.kinds import ENDING_KINDS
 from sisas.signals.names import check_tags
 from sisas.signals.plan import PipelinePlan
@@ -74,10 +75,11 @@ class Client:
     """A connection to a sisas bus. Use :meth:`connect`, or wrap a :class:`Bus` that is
     already open (the client then neither owns nor closes it)."""
 
-    def __init__(self, bus: Bus, *, requested_by: str = "python client") -> None:
+    def __init__(self, bus: Ports, *, requested_by: str = "python client") -> None:
         self.bus = bus
         self.requested_by = requested_by
-        self._limits = LimitCache(bus)
+        self._limits = LimitCache(bus) if isinstance(bus, Bus) else None
+        """Concurrency limits live in a KV bucket: none on in-memory ports."""
         self._stack: contextlib.AsyncExitStack | None = None
         self._served: dict[str, Pipeline] = {}
         """Pipelines whose code this client was connected with."""
@@ -110,7 +112,7 @@ class Client:
             else:
                 for name in code:  # a live worker with other code would run the runs
                     await check_live_code(bus, name, code)
-                unserved = {n: p for n, p in code.items() if not await worker_live(bus.nc, n)}
+                unserved = {n: p for n, p in code.items() if not await worker_live(bus.wire, n)}
                 if unserved:
                     await stack.enter_async_context(
                         running_services(bus, unserved, orchestrator=False)
@@ -276,7 +278,7 @@ class Client:
             if not reuse_input:
                 await self.bus.artifacts.put(data)
             published = await publish_start(
-                self.bus.js,
+                self.bus.inputs,
                 pipeline,
                 run_id,
                 input_digest=digest,
@@ -291,13 +293,13 @@ class Client:
                 batch_id=batch_id,
                 tags=check_tags(tags or {}),
                 priority=priority,
-                admit=await self._limits.get(pipeline) is not None,
+                admit=self._limits is not None and await self._limits.get(pipeline) is not None,
             )
         if published.duplicate and idempotency_key:
             # The same key was sent moments ago and its run is not in the log yet: the
             # stored request, not this one, decides. Refuse what it would drop silently.
-            first = await stored_start(self.bus.js, published.seq)
-            if first is not None:
+            first = await self.bus.inputs.stored(published.seq)
+            if isinstance(first, StartRun):
                 asked = RunRequested(
                     input_digest=first.input_digest, config=dict(first.config), seed=first.seed
                 )
@@ -309,13 +311,13 @@ class Client:
     async def _registered(self, pipeline: str) -> PipelinePlan:
         """The plan a worker registered for ``pipeline``; UsageError when none did, or
         when nothing but this client could run it (it started the server)."""
-        if self.bus.server is not None:
+        if isinstance(self.bus, Bus) and self.bus.server is not None:
             raise UsageError(
                 f"no server runs for this data folder, and this client does not serve "
                 f"{pipeline!r}: pass its code, Client.connect(pipelines=[CODE]), or start "
                 "`sisas up --pipelines CODE` and connect to it"
             )
-        registry = PlanRegistry(self.bus.js)
+        registry = self.bus.plans
         plan = await registry.get(pipeline)
         if plan is None:
             known = ", ".join(await registry.names()) or "none"
@@ -349,8 +351,7 @@ class Client:
         elif not pipeline:
             raise UsageError(f"no run {run_id!r} in this log: check the run id")
         with span_in_run("cancel", run_id, pipeline, {"sisas.reason": reason}):
-            await publish_input(
-                self.bus.js,
+            await self.bus.inputs.publish(
                 CancelRun(
                     id=f"cancel:{run_id}",
                     pipeline=pipeline,
@@ -368,14 +369,14 @@ class Client:
         no live worker of its pipeline while it runs."""
         try:
             if (state is None or state.status == "new") and not await orchestrator_live(
-                self.bus.nc
+                self.bus.wire
             ):
                 return (
                     ": no orchestrator is running, so the request waits in SISAS_IN (start "
                     "`sisas up`, or connect with Client.connect(pipelines=[CODE]) when no "
                     "server runs)"
                 )
-            if pipeline and not await worker_live(self.bus.nc, pipeline):
+            if pipeline and not await worker_live(self.bus.wire, pipeline):
                 return (
                     f": no live worker runs {pipeline} (start `sisas worker --pipelines "
                     "CODE`, or `sisas up --pipelines CODE`)"
@@ -458,6 +459,33 @@ class Client:
                     out[name] = msgspec.json.decode(data)
         return out
 
+    async def logs(
+        self, run_id: str, phase: str | None = None, *, item: int | None = None
+    ) -> list[AttemptLogEntry]:
+        """The logs of ``run_id``'s attempts that ended, in log order (of ``phase``, of
+        one ``item``), each with its text read from the store and checked against its
+        digest. An attempt that wrote nothing has ``text`` "". Raises
+        :class:`~sisas.errors.UsageError` for a run or phase that does not exist."""
+        records = await self.bus.log.read_run(check_name(run_id, "run id"))
+        signals = [r.signal for r in records if isinstance(r, StoredSignal)]
+        if not signals:
+            raise UsageError(f"no run {run_id!r} in this log: check the run id")
+        state = fold(signals)
+        if phase is not None and phase not in state.phases:
+            phases = ", ".join(state.phases) or "none"
+            raise UsageError(f"run {run_id} has no phase {phase!r} (phases: {phases})")
+        entries = attempt_logs(signals, phase=phase, item=item)
+        for entry in entries:
+            await self.read_log(entry)
+        return entries
+
+    async def read_log(self, entry: AttemptLogEntry) -> AttemptLogEntry:
+        """Fill ``entry.text`` from the store (checked against its digest)."""
+        if entry.log:
+            data = await self._artifact(entry.log)
+            entry.text = (data or b"").decode(errors="replace")
+        return entry
+
     async def _artifact(self, digest: str) -> bytes | None:
         if not digest:
             return None
@@ -494,7 +522,14 @@ class Client:
     async def ask(self, verb: str, params: dict[str, Any] | None = None) -> Answer:
         """Any question the query service answers (``runs``, ``show``, ``manifest``,
         ``stats``…; docs/projections.md). A projector that runs answers; else this
-        process folds the log into the data folder's projection and answers."""
+        process folds the log into the data folder's projection and answers. Needs a
+        server (a :class:`~sisas.bus.runtime.Bus`): in-memory ports have no projection."""
+        if not isinstance(self.bus, Bus):
+            raise UsageError(
+                f"{verb}: queries read the projection of a data folder, and this client "
+                "runs on in-memory ports; read runs with handle.result() or "
+                "handle.signals(), or connect with Client.connect()"
+            )
         return await ask(self.bus, verb, params)
 
 
@@ -533,7 +568,7 @@ def _input_bytes(value: Any, raw: bytes | None) -> bytes:
         ) from None
 
 
-async def _requested(bus: Bus, run_id: str) -> RunRequested | None:
+async def _requested(bus: Ports, run_id: str) -> RunRequested | None:
     """The ``run_requested`` of ``run_id`` when the log has the run, else None."""
     rec = await bus.log.first_of_kind(run_id, "run_requested")
     if isinstance(rec, StoredSignal) and isinstance(rec.signal.body, RunRequested):

@@ -6,7 +6,7 @@ from typing import Any
 
 import pydantic
 
-from sisas.bus.runtime import Bus
+from sisas.bus.ports import Ports
 from sisas.errors import SisasError, UsageError
 from sisas.handlers import binary
 from sisas.handlers.state import RunState, fold
@@ -39,7 +39,7 @@ class Resume:
         return dict(self.old.config)
 
 
-async def _verified(bus: Bus, artifact: str, digest: str, annotation: Any, what: str) -> None:
+async def _verified(bus: Ports, artifact: str, digest: str, annotation: Any, what: str) -> None:
     try:
         data = await bus.artifacts.get(artifact)  # checks the bytes against their key
     except SisasError as exc:
@@ -84,7 +84,7 @@ def first_unfinished(old: RunState) -> str:
 
 
 async def prepare_resume(
-    bus: Bus, pipeline: str, old_run: str, from_phase: str, local: Pipeline | None
+    bus: Ports, pipeline: str, old_run: str, from_phase: str, local: Pipeline | None
 ) -> Resume:
     """Check the old run and verify every output that will be reused.
 

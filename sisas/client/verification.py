@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
+from sisas.bus.ports import Ports
 from sisas.bus.runtime import Bus
 from sisas.client.queries import ask
 from sisas.environment import capture_environment
@@ -35,7 +36,7 @@ Progress = Callable[[str, int, int], None]
 
 
 async def verify_log(
-    bus: Bus,
+    bus: Ports,
     run_id: str | None,
     *,
     trusted: frozenset[str] = frozenset(),
@@ -57,7 +58,9 @@ async def verify_log(
             n += 1
             if on_progress is not None and n % 5000 == 0:
                 on_progress("verifying", verifier.stream_seq, target)
-    projected = await _projected(bus, run_id, verifier, on_progress) if projection else None
+    projected = None
+    if projection and isinstance(bus, Bus):  # in-memory ports have no projection
+        projected = await _projected(bus, run_id, verifier, on_progress)
     return report(verifier, projected)
 
 
@@ -97,7 +100,7 @@ async def _projected(
     return out
 
 
-async def read_signals(bus: Bus, run_id: str) -> list[Signal]:
+async def read_signals(bus: Ports, run_id: str) -> list[Signal]:
     """A run's signals, refusing a run whose stored log is not intact."""
     records = await bus.log.read_run(run_id)
     if not records:
@@ -112,7 +115,7 @@ async def read_signals(bus: Bus, run_id: str) -> list[Signal]:
     return [r.signal for r in records if isinstance(r, StoredSignal)]
 
 
-def bus_fetch(bus: Bus) -> Fetch:
+def bus_fetch(bus: Ports) -> Fetch:
     """An artifact fetcher reading the server's artifact store: the bytes, or what is
     wrong with them (missing, or damaged: bytes that do not hash to their digest)."""
 

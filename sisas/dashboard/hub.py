@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import msgspec
 
 from sisas.bus.log import SignalLog
 from sisas.dashboard.views import event_of
 from sisas.signals import CorruptMessage, StoredSignal
+from sisas.signals.records import LogRecord
 
 __all__ = ["RESYNC", "Hub"]
 
@@ -30,6 +32,9 @@ class Hub:
         self._clients: set[asyncio.Queue[tuple[int, bytes]]] = set()
         self.last_seq = 0
         self.published = 0
+        self.listeners: list[Callable[[LogRecord], None]] = []
+        """Called with every record the hub reads, in log order, before the clients hear
+        of it (the dashboard's run indexes: :mod:`sisas.dashboard.app`). Must not block."""
 
     @property
     def clients(self) -> int:
@@ -59,6 +64,8 @@ class Hub:
         start = await signal_log.last_seq() + 1
         self.last_seq = start - 1
         async for rec in signal_log.follow(from_seq=start, live=True):
+            for listener in self.listeners:
+                listener(rec)
             if isinstance(rec, StoredSignal):
                 self.publish(
                     rec.stream_seq, msgspec.json.encode(event_of(rec.stream_seq, rec.signal))

@@ -29,6 +29,7 @@ from pydantic_core import PydanticSerializationError
 
 from sisas.errors import PhaseError
 from sisas.handlers import binary
+from sisas.handlers.attempt_log import AttemptLog
 from sisas.handlers.binary import ContractBroken, Unstorable
 from sisas.pipeline import (
     BinaryForm,
@@ -388,9 +389,11 @@ def execute_phase(
     clock: Callable[[], float],
     cancel: threading.Event | None = None,
     secrets: Mapping[str, str] | None = None,
+    log: AttemptLog | None = None,
 ) -> Outcome:
     """Run one attempt of ``phase`` on ``inputs``; never raises for the phase's failures.
     ``cancel``: set by the worker when the run is cancelled (``ctx.cancelled``).
+    ``log``: where ``ctx.log`` keeps the attempt's lines (the shell stores it).
 
     The entry contracts (and bridges) are checked on the inputs, the phase is called,
     then its output is checked and stored (:func:`_checked_output`). ``clock`` (e.g.
@@ -423,6 +426,7 @@ def execute_phase(
         progress=progress,
         cancel=cancel,
         secrets=secrets,
+        log=log,
     )
     # The phase is called here, not in a helper: the first frame of a crash's traceback
     # (error.detail) is this call.
@@ -440,6 +444,9 @@ def execute_phase(
             detail=exc.detail,
         )
     except Exception as exc:
+        detail = traceback.format_exc(limit=8)
+        if log is not None:  # the log ends with why the attempt stopped
+            log.add("ERROR", detail.rstrip())
         return _failed(
             clock,
             start,
@@ -448,7 +455,7 @@ def execute_phase(
             contracts,
             [],
             retryable=True,
-            detail=traceback.format_exc(limit=8),
+            detail=detail,
         )
     return _checked_output(spec, phase, result, contracts, clock, start)
 

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
+from sisas.handlers.attempt_log import AttemptLog
 from sisas.handlers.circuit import Circuit
 from sisas.handlers.execute import Outcome, PhaseInputs, execute_phase
 from sisas.handlers.orchestrator import decide_full
@@ -47,6 +48,10 @@ class LocalRun:
         self.state = RunState.new(pipeline.name, run_id)
         self.signals: list[Signal] = []
         self.artifacts: dict[str, bytes] = {}
+        self.logs: dict[tuple[str, int | None, int], str] = {}
+        """Each attempt's log (``ctx.log`` at INFO and above, its traceback) by phase,
+        item and attempt; attempts that logged nothing are absent."""
+        self._attempt_logs: dict[str, AttemptLog] = {}
         self.at = at
         self.clock = clock
         self._n = 0
@@ -127,6 +132,10 @@ class LocalRun:
         self.send(PhaseReport(id=self._id("started"), status="started", **common))  # type: ignore[arg-type]
         inputs = PhaseInputs.of(body.inputs, body.gathered, self.artifacts)
         out, timed_out = self.execute(scheduled, inputs)
+        written = self._attempt_logs.pop(scheduled.id, None)
+        text = written.render().decode() if written is not None else ""
+        if text:
+            self.logs[(scheduled.phase, body.item, scheduled.attempt)] = text
         artifact = ""
         if out.output:  # an output, or a failed one's quarantined output
             artifact = bytes_digest(out.output)
@@ -151,6 +160,7 @@ class LocalRun:
         run's seed, attempt, item and configuration, timed by ``self.clock``."""
         body = scheduled.body
         assert isinstance(body, PhaseScheduled)
+        written = self._attempt_logs[scheduled.id] = AttemptLog(self.clock)
         return functools.partial(
             execute_phase,
             self.pipeline,
@@ -163,6 +173,7 @@ class LocalRun:
             config=self.state.config,
             clock=self.clock,
             secrets={k: v for k, v in self.secrets.items() if k in self._declared(scheduled)},
+            log=written,
         )
 
     def _declared(self, scheduled: Signal) -> list[str]:

@@ -364,6 +364,9 @@ def _attempt_completed(b: _Builder, r: PhaseReport) -> None:
             item=r.item,
             worker=r.worker,
             item_count=r.item_count,
+            log=r.log,
+            log_lines=r.log_lines,
+            log_dropped=r.log_dropped,
         ),
         r.phase,
         r.attempt,
@@ -372,7 +375,14 @@ def _attempt_completed(b: _Builder, r: PhaseReport) -> None:
 
 def _attempt_timed_out(b: _Builder, r: PhaseReport, plan: PhasePlan) -> ErrorInfo:
     """Record the timeout; its error (retryable)."""
-    b.emit(PhaseTimedOut(timeout=plan.timeout or 0.0, item=r.item), r.phase, r.attempt)
+    timed_out = PhaseTimedOut(
+        timeout=plan.timeout or 0.0,
+        item=r.item,
+        log=r.log,
+        log_lines=r.log_lines,
+        log_dropped=r.log_dropped,
+    )
+    b.emit(timed_out, r.phase, r.attempt)
     return ErrorInfo(
         kind="Timeout", message=f"phase exceeded its timeout of {plan.timeout}s", retryable=True
     )
@@ -389,6 +399,9 @@ def _attempt_failed(b: _Builder, r: PhaseReport) -> ErrorInfo:
             worker=r.worker,
             quarantined=r.output_digest if r.artifact else "",
             quarantined_artifact=r.artifact if r.output_digest else "",
+            log=r.log,
+            log_lines=r.log_lines,
+            log_dropped=r.log_dropped,
         ),
         r.phase,
         r.attempt,

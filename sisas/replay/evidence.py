@@ -14,7 +14,7 @@ from typing import Literal
 
 from sisas.replay.verdicts import ArtifactProblem
 from sisas.signals.envelope import Signal
-from sisas.signals.kinds import PhaseFailed, RunRequested
+from sisas.signals.kinds import PhaseCompleted, PhaseFailed, PhaseTimedOut, RunRequested
 
 __all__ = ["artifact_uses", "located"]
 
@@ -41,6 +41,8 @@ def artifact_uses(signals: Iterable[Signal]) -> dict[str, list[str]]:
                 add(getattr(body, name), f"output of {where}")
         if isinstance(body, PhaseFailed) and body.quarantined_artifact:
             add(body.quarantined_artifact, f"quarantined output of {where}")
+        if isinstance(body, PhaseCompleted | PhaseFailed | PhaseTimedOut) and body.log:
+            add(body.log, f"log of {where} (attempt {s.attempt})")
         for digest in getattr(body, "reused_items", []):
             add(digest, f"output of an item of {where}")
         for digest in getattr(body, "inputs", {}).values():

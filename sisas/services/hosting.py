@@ -93,11 +93,11 @@ async def hosting(bus: Bus, pipeline: str, local: dict[str, Pipeline]) -> AsyncI
     if bus.server is not None:  # we started the server: nobody else is listening
         async with running_services(bus, here):
             yield Hosting(**facts, own_server=True, worker=True, served=True)
-    elif here and not await worker_live(bus.nc, pipeline):
+    elif here and not await worker_live(bus.wire, pipeline):
         async with running_services(bus, here, orchestrator=False):
             yield Hosting(**facts, own_server=False, worker=True, served=True)
     else:
-        served = bool(here) or await worker_live(bus.nc, pipeline)
+        served = bool(here) or await worker_live(bus.wire, pipeline)
         yield Hosting(**facts, own_server=False, worker=False, served=served)
 
 
@@ -112,7 +112,7 @@ async def check_live_code(bus: Bus, pipeline: str, local: dict[str, Pipeline]) -
     mine = pipe.plan().fingerprint
     theirs = {
         str(fp)
-        for about in await live_workers(bus.nc, pipeline)
+        for about in await live_workers(bus.wire, pipeline)
         if (fp := (about.get("fingerprints") or {}).get(pipeline))
     }
     other = sorted(theirs - {mine})

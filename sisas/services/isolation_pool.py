@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import msgspec
 
+from sisas.handlers.attempt_log import AttemptLog
 from sisas.handlers.execute import Outcome, PhaseInputs, execute_phase
 from sisas.services.isolation import (
     FRAME_LENGTH,
@@ -54,6 +55,7 @@ from sisas.services.isolation import (
     rss,
     write_frame,
 )
+from sisas.services.output_capture import captured_output
 
 if TYPE_CHECKING:
     from sisas.pipeline import Pipeline
@@ -75,7 +77,7 @@ Key = tuple[str, str, str]
 
 # Frames the child writes: its fingerprint once loaded, then per attempt "started" and
 # the outcome (msgpack).
-_READY, _STARTED, _OUTCOME = b"R", b"S", b"O"
+_READY, _STARTED, _OUTCOME, _LOG = b"R", b"S", b"O", b"L"
 
 
 class _Load(msgspec.Struct, frozen=True):
@@ -122,9 +124,20 @@ def _child(answers: int) -> None:
     while (data := _read_frame(requests)) is not None:
         attempt = decoder.decode(data)
         write_frame(answers, _STARTED)  # the timeout counts from here
-        outcome = execute_phase(
-            pipe, attempt.phase, attempt.inputs, clock=time.perf_counter, **attempt.kwargs
+        # Each line goes to the worker as it is written: a child killed past its timeout
+        # loses none of what it logged.
+        log = AttemptLog(
+            time.perf_counter, sink=lambda line: write_frame(answers, _LOG + line.encode())
         )
+        with captured_output(log):
+            outcome = execute_phase(
+                pipe,
+                attempt.phase,
+                attempt.inputs,
+                clock=time.perf_counter,
+                log=log,
+                **attempt.kwargs,
+            )
         write_frame(answers, _OUTCOME + encoder.encode(outcome))
 
 
@@ -255,6 +268,7 @@ class IsolationPool:
         timeout: float | None,
         memory_limit: int | None,
         kwargs: dict[str, Any],
+        log: AttemptLog | None = None,
     ) -> tuple[Outcome, bool]:
         """Run the attempt in a child holding ``pipe``'s code; its outcome and whether it
         timed out. The outcomes and the killing are those of
@@ -285,7 +299,7 @@ class IsolationPool:
             child.send(msgspec.msgpack.encode(request))
             child.uses += 1
             outcome, timed_out, reusable = await self._watch(
-                child, start, time.perf_counter(), timeout, memory_limit
+                child, start, time.perf_counter(), timeout, memory_limit, log
             )
             if self._closing and not reusable and outcome.status == "failed":
                 raise asyncio.CancelledError  # killed by close(): no outcome to report
@@ -407,9 +421,11 @@ class IsolationPool:
         sent: float,
         timeout: float | None,
         memory_limit: int | None,
+        log: AttemptLog | None = None,
     ) -> tuple[Outcome, bool, bool]:
         """The attempt's outcome, whether it timed out and whether the child may serve
-        another; the child is killed past its timeout or memory limit."""
+        another; the child is killed past its timeout or memory limit. The lines it
+        logs meanwhile go to ``log``."""
         frames = child.answers.frames
         deadline: float | None = None
         while True:
@@ -429,6 +445,10 @@ class IsolationPool:
                 raise
             if data == _STARTED:
                 deadline = time.perf_counter() + timeout if timeout else float("inf")
+                continue
+            if data is not None and data.startswith(_LOG):
+                if log is not None:
+                    log.add_line(data[1:].decode(errors="replace"))
                 continue
             if data is not None and data.startswith(_OUTCOME):
                 outcome = msgspec.msgpack.decode(memoryview(data)[1:], type=Outcome)

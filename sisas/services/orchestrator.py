@@ -23,23 +23,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from opentelemetry.context import Context
 
-from sisas.bus.circuits import CircuitBoard
+from sisas.bus.inputs import REJECTED_SUBJECT
 from sisas.bus.log import HEADERS_ROOM
-from sisas.bus.presence import ORCHESTRATOR_SUBJECT, answering
-from sisas.bus.registry import PlanRegistry
+from sisas.bus.ports import Delivery, Feed, Ports, closing_feed
+from sisas.bus.presence import ORCHESTRATOR_SUBJECT
 from sisas.bus.runtime import Bus
 from sisas.errors import AppendConflict, SisasError
 from sisas.faults import failpoint
@@ -51,7 +47,7 @@ from sisas.signals.codec import encode_signal
 from sisas.signals.envelope import Signal
 from sisas.signals.inputs import Input, PhaseReport, StartRun, decode_input
 from sisas.signals.kinds import PhaseScheduled
-from sisas.signals.names import IN_PREFIX, INPUT_STREAM, LOG_STREAM, check_name, input_subject
+from sisas.signals.names import LOG_STREAM, check_name, input_subject
 from sisas.signals.plan import PipelinePlan
 from sisas.signals.records import CorruptMessage, StoredSignal
 from sisas.telemetry import metrics
@@ -60,7 +56,6 @@ from sisas.telemetry.tracing import current_context, inject, message_span, withi
 __all__ = ["REJECTED_SUBJECT", "Orchestrator"]
 
 log = logging.getLogger("sisas.orchestrator")
-REJECTED_SUBJECT = f"{IN_PREFIX}._._.rejected"
 CONSUMER = "orchestrator"
 REOFFER_EVERY = 10.0
 """Seconds between two re-offers of one run's scheduled work (see :meth:`_reoffer`)."""
@@ -89,12 +84,16 @@ class _Rejected(Exception):
 
 
 class Orchestrator:
-    """Turns inputs into signals. Safe to run several at once against one server."""
+    """Turns inputs into signals. Safe to run several at once against one server.
 
-    def __init__(self, bus: Bus, *, cache_size: int = 10_000, ack_wait: float = 30.0) -> None:
+    Runs on :class:`~sisas.bus.ports.Ports`: a connected :class:`~sisas.bus.runtime.Bus`,
+    or :func:`sisas.bus.memory.memory_ports` in one process.
+    """
+
+    def __init__(self, bus: Ports, *, cache_size: int = 10_000, ack_wait: float = 30.0) -> None:
         self.bus = bus
-        self.registry = PlanRegistry(bus.js)
-        self.circuits = CircuitBoard(bus.js)
+        self.registry = bus.plans
+        self.circuits = bus.circuits
         self._cache: OrderedDict[str, tuple[RunState, int]] = OrderedDict()
         self._cache_size = cache_size
         self._ack_wait = ack_wait
@@ -113,32 +112,19 @@ class Orchestrator:
     async def run(self, stop: asyncio.Event, *, batch: int = 64) -> None:
         """Consume inputs until ``stop`` is set, answering presence requests meanwhile
         (:mod:`sisas.bus.presence`: ``sisas run`` and ``sisas cancel`` ask)."""
-        psub = await self.bus.js.pull_subscribe(
-            f"{IN_PREFIX}.>",
-            durable=CONSUMER,
-            stream=INPUT_STREAM,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=self._ack_wait,
-                deliver_policy=DeliverPolicy.ALL,
-                max_ack_pending=10_000,
-            ),
-        )
+        feed = await self.bus.inputs.consume(CONSUMER, ack_wait=self._ack_wait)
         await self.adopt_format1_work()
         about = {"orchestrator": f"{socket.gethostname()}-{os.getpid()}"}
-        try:
-            async with answering(self.bus.nc, [ORCHESTRATOR_SUBJECT], about):
-                await self._loop(psub, stop, batch)
-        finally:
-            with contextlib.suppress(Exception):  # connection already closing
-                await psub.unsubscribe()
+        async with (
+            closing_feed(feed),
+            self.bus.wire.answering([ORCHESTRATOR_SUBJECT], about),
+        ):
+            await self._loop(feed, stop, batch)
 
-    async def _loop(
-        self, psub: JetStreamContext.PullSubscription, stop: asyncio.Event, batch: int
-    ) -> None:
+    async def _loop(self, feed: Feed, stop: asyncio.Event, batch: int) -> None:
         while not stop.is_set():
             try:
-                msgs = await psub.fetch(batch, timeout=0.25)
+                msgs = await feed.fetch(batch, timeout=0.25)
             except TimeoutError:
                 continue
             except Exception as exc:  # server restarting, leader election
@@ -147,7 +133,7 @@ class Orchestrator:
                 continue
             await self._handle_batch(msgs)
 
-    async def _handle_batch(self, msgs: list[Msg]) -> None:
+    async def _handle_batch(self, msgs: list[Delivery]) -> None:
         """Decide a fetched batch: each run's inputs in their stream order, into one
         commit per run, different runs at once, so their appends share the server's
         fsyncs instead of queueing behind each other."""
@@ -156,7 +142,7 @@ class Orchestrator:
         # stream order and are decided together into one commit (see :meth:`apply`).
         await asyncio.gather(*(self._handle_safely(m) for m in msgs))
 
-    async def _handle_safely(self, msg: Msg) -> None:
+    async def _handle_safely(self, msg: Delivery) -> None:
         try:
             await self.handle(msg)
         except Exception as exc:  # never let one input stop the orchestrator
@@ -166,7 +152,7 @@ class Orchestrator:
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1.0)
 
-    async def handle(self, msg: Msg) -> None:
+    async def handle(self, msg: Delivery) -> None:
         """Decide one input and append its signals, then acknowledge it."""
         if msg.subject == REJECTED_SUBJECT:  # our own records
             await msg.ack()
@@ -220,6 +206,8 @@ class Orchestrator:
         shows still to be done (scheduled, or running on a worker that is gone), then
         delete the consumer. Idempotent: offers are deduplicated by signal id, and the
         next start finds no consumer. Returns the attempts offered."""
+        if not isinstance(self.bus, Bus):  # only a JetStream log has such consumers
+            return 0
         offered = 0
         for pipeline in await self.registry.names():
             name = f"worker-{pipeline}"
@@ -438,7 +426,7 @@ class Orchestrator:
     def _check_sizes(self, signals: list[Signal]) -> None:
         """Raise ``_Rejected`` if a signal would not fit in one message of the server: an
         input near the limit (a huge ``requested_by``, say) decides bigger signals."""
-        room = self.bus.nc.max_payload - HEADERS_ROOM
+        room = self.bus.wire.max_payload - HEADERS_ROOM
         for s in signals:
             size = len(encode_signal(s))
             if size > room:
@@ -480,22 +468,12 @@ class Orchestrator:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
-    async def _reject(self, msg: Msg, reason: str) -> None:
+    async def _reject(self, msg: Delivery, reason: str) -> None:
         seq = msg.metadata.sequence.stream
         if len(reason) > MAX_REASON:
             reason = f"{reason[:MAX_REASON]}… ({len(reason)} characters)"
         log.warning("rejected input at SISAS_IN seq %d on %s: %s", seq, msg.subject, reason)
-        record = {
-            "stream_seq": seq,
-            "subject": msg.subject,
-            "reason": reason,
-            "size": len(msg.data),
-        }
-        await self.bus.js.publish(
-            REJECTED_SUBJECT,
-            json.dumps(record).encode(),
-            headers={"Nats-Msg-Id": f"rejected:{seq}"},
-        )
+        await self.bus.inputs.record_rejection(seq, msg.subject, reason, len(msg.data))
         self.rejected += 1
         metrics.record_rejected()
         await msg.term()

@@ -35,35 +35,30 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, TypeAlias
+from typing import Any, Literal, NamedTuple, Protocol, TypeAlias
 
 import msgspec
-from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from sisas.bus.inputs import publish_input
-from sisas.bus.presence import answering, worker_subject
-from sisas.bus.registry import PlanRegistry
-from sisas.bus.runtime import Bus
+from sisas.bus.ports import Delivery, Ports, closing_feed
+from sisas.bus.presence import worker_subject
 from sisas.bus.work import log_seq, work_record
 from sisas.environment import capture_environment
 from sisas.errors import ArtifactNotFound, BusError, SisasError
 from sisas.faults import failpoint
+from sisas.handlers.attempt_log import AttemptLog
 from sisas.handlers.execute import Outcome, PhaseInputs, execute_phase
 from sisas.handlers.state import RunState, attempt_status
 from sisas.handlers.trust import refusal
 from sisas.pipeline import Pipeline
 from sisas.services.isolation_pool import IsolationPool
+from sisas.services.output_capture import routed_output
 from sisas.services.reloading import CodeWatcher
 from sisas.services.secrets import MissingSecret, resolve_secrets, secret_digests
 from sisas.signals.envelope import Signal
 from sisas.signals.inputs import PhaseReport
 from sisas.signals.kinds import ENDING_KINDS, ErrorInfo, PhaseScheduled, RunStarted
 from sisas.signals.names import (
-    WORK_PREFIX,
-    WORK_STREAM,
-    commit_subject,
     live_subject,
     parse_run_subject,
 )
@@ -128,6 +123,14 @@ def _settle_future(
         fut.set_result(outcome)
 
 
+class LogRef(NamedTuple):
+    """An attempt's stored log, as its outcome names it ("" when it wrote nothing)."""
+
+    digest: str = ""
+    lines: int = 0
+    dropped: int = 0
+
+
 class Worker:
     """Runs the phases of ``pipelines``, ``concurrency`` at a time.
 
@@ -139,7 +142,7 @@ class Worker:
 
     def __init__(
         self,
-        bus: Bus,
+        bus: Ports,
         pipelines: dict[str, Pipeline],
         *,
         name: str | None = None,
@@ -178,7 +181,7 @@ class Worker:
     async def register(self) -> None:
         """Publish each pipeline's plan with the environment this worker runs it in
         (recorded by every run that follows the plan: :mod:`sisas.environment`)."""
-        registry = PlanRegistry(self.bus.js)
+        registry = self.bus.plans
         for pipe in self.pipelines.values():
             environment = capture_environment(pipe, nats_server=self.bus.server_version)
             record = msgspec.json.encode(environment, order="sorted")
@@ -192,7 +195,7 @@ class Worker:
         subjects = [worker_subject(name) for name in self.pipelines]
         async with (
             self.isolation,  # left last: its children outlive the attempts that use them
-            answering(self.bus.nc, subjects, self.about),
+            self.bus.wire.answering(subjects, self.about),
             self._watching_cancellations(),
             asyncio.TaskGroup() as tg,
         ):
@@ -209,26 +212,17 @@ class Worker:
         cancelled run, whoever cancelled it). A subscription the server refuses (a role
         without the permission) only means attempts run to their end, as before."""
 
-        async def on_commit(msg: Msg) -> None:
-            # A cheap test first: most commits end nothing.
-            if b'"kind":"run_cancelled"' not in msg.data and b'"kind":"run_failed"' not in msg.data:
+        async def on_commit(subject: str, data: bytes) -> None:
+            # A cheap test first: most commits end nothing (a failed run needs no more
+            # work either).
+            if b'"kind":"run_cancelled"' not in data and b'"kind":"run_failed"' not in data:
                 return
-            parsed = parse_run_subject(msg.subject)
+            parsed = parse_run_subject(subject)
             if parsed is not None:
                 self._cancel_run(parsed[1])
 
-        subs = []
-        subject = commit_subject("*", "*")  # a failed run needs no more work either
-        try:
-            subs.append(await self.bus.nc.subscribe(subject, cb=on_commit))
-        except Exception as exc:  # a refused subscription: attempts run to their end
-            log.warning("cannot watch for ended runs on %s: %s", subject, exc)
-        try:
+        async with self.bus.wire.on_commits(on_commit):
             yield
-        finally:
-            for sub in subs:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
 
     def _cancel_run(self, run_id: str) -> None:
         """Stop every attempt of ``run_id`` running here: a child process is killed, a
@@ -292,23 +286,13 @@ class Worker:
             await self.register()
 
     async def _consume(self, pipeline: str, stop: asyncio.Event) -> None:
-        psub = await self.bus.js.pull_subscribe(
-            f"{WORK_PREFIX}.{pipeline}.>",
-            durable=f"worker-{pipeline}",
-            stream=WORK_STREAM,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=self.ack_wait,
-                deliver_policy=DeliverPolicy.ALL,
-                max_ack_pending=10_000,
-            ),
-        )
+        feed = await self.bus.work.consume(pipeline, ack_wait=self.ack_wait)
         tasks: set[asyncio.Task[None]] = set()
-        try:
+        async with closing_feed(feed):
             while not stop.is_set():
                 await self._slots.acquire()
                 try:
-                    msgs = await psub.fetch(1, timeout=0.25)
+                    msgs = await feed.fetch(1, timeout=0.25)
                 except Exception as exc:
                     self._slots.release()
                     if not isinstance(exc, TimeoutError):
@@ -320,11 +304,8 @@ class Worker:
                 task.add_done_callback(tasks.discard)
             if tasks:
                 await asyncio.wait(tasks, timeout=self.ack_wait)
-        finally:
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
 
-    async def _handle(self, msg: Msg) -> None:
+    async def _handle(self, msg: Delivery) -> None:
         released = False
 
         def release() -> None:
@@ -352,7 +333,7 @@ class Worker:
         finally:
             release()
 
-    async def _give_up(self, msg: Msg, exc: Exception) -> None:
+    async def _give_up(self, msg: Delivery, exc: Exception) -> None:
         """Report the attempt failed (not retryable), so the run records why, and drop it."""
         rec = work_record(msg)
         if isinstance(rec, StoredSignal) and isinstance(rec.signal.body, PhaseScheduled):
@@ -362,7 +343,7 @@ class Worker:
             await self._report(rec.signal, rec.signal.body, "failed", outcome)
         await msg.term()
 
-    async def _work(self, msg: Msg, executed: Callable[[], None]) -> None:
+    async def _work(self, msg: Delivery, executed: Callable[[], None]) -> None:
         """What the worker does with one phase_scheduled: admit it (:meth:`_admit`),
         attempt it (:meth:`_attempt`), report its start and outcome, and acknowledge it.
 
@@ -399,7 +380,7 @@ class Worker:
                     with contextlib.suppress(asyncio.CancelledError):
                         await attempt
                     return
-                outcome, status, artifact = await attempt
+                outcome, status, artifact, written = await attempt
                 if not done:  # its next attempts report their start at once
                     self._long.add((signal.pipeline, signal.phase))
             finally:
@@ -409,9 +390,9 @@ class Worker:
             describe_attempt(span, status, outcome)
             failpoint("worker.before_report")
             if done:
-                await self._report_short(signal, body, secrets, status, outcome, artifact)
+                await self._report_short(signal, body, secrets, status, outcome, artifact, written)
             else:
-                await self._report(signal, body, status, outcome, artifact)
+                await self._report(signal, body, status, outcome, artifact, written=written)
         await self._settle(msg, signal, status, outcome)
 
     async def _report_short(
@@ -422,18 +403,19 @@ class Worker:
         status: Ended,
         outcome: Outcome,
         artifact: str,
+        written: LogRef,
     ) -> None:
         """Report a short attempt's start and outcome: submitted together to a local
         orchestrator (one commit), one after the other through ``SISAS_IN``."""
         started = self._report(signal, body, "started", secrets=secrets)
-        ended = self._report(signal, body, status, outcome, artifact)
+        ended = self._report(signal, body, status, outcome, artifact, written=written)
         if self.local is not None:
             await asyncio.gather(started, ended)
         else:
             await started
             await ended
 
-    async def _admit(self, msg: Msg) -> tuple[Signal, PhaseScheduled] | None:
+    async def _admit(self, msg: Delivery) -> tuple[Signal, PhaseScheduled] | None:
         """The scheduled phase ``msg`` holds, when it is to be attempted now; None when
         it is settled here instead: terminated when it is not a phase_scheduled or its
         signature is refused (:meth:`_refuse`), acknowledged when its run ended,
@@ -468,7 +450,7 @@ class Worker:
             return None
         return signal, body
 
-    async def _postponed(self, msg: Msg, signal: Signal, body: PhaseScheduled) -> bool:
+    async def _postponed(self, msg: Delivery, signal: Signal, body: PhaseScheduled) -> bool:
         """Whether the attempt's backoff delay has not passed yet; the message is then
         nak'ed to come back when it has (at most :data:`MAX_POSTPONE` later)."""
         # The backoff counts from the signal's time (the sender's clock), but never waits
@@ -481,7 +463,7 @@ class Worker:
         return False
 
     async def _claim(
-        self, msg: Msg, signal: Signal, body: PhaseScheduled, secrets: dict[str, str]
+        self, msg: Delivery, signal: Signal, body: PhaseScheduled, secrets: dict[str, str]
     ) -> bool:
         """Report the attempt started; whether it is still to be done (its run going on,
         and it the current attempt of its phase or item). When not, the message is
@@ -504,13 +486,15 @@ class Worker:
         return True
 
     async def _attempt(
-        self, msg: Msg, signal: Signal, body: PhaseScheduled, event: threading.Event
-    ) -> tuple[Outcome, Ended, str]:
+        self, msg: Delivery, signal: Signal, body: PhaseScheduled, event: threading.Event
+    ) -> tuple[Outcome, Ended, str, LogRef]:
         """Execute the attempt (:meth:`_execute`) while telling JetStream it is in
-        progress, and store its output; the outcome, its status and the output's artifact
-        (empty when there is no output). Setting ``event`` and cancelling stops it."""
+        progress, and store its output and its log; the outcome, its status, the
+        output's artifact (empty when there is no output) and the log's. Setting
+        ``event`` and cancelling stops it."""
         beat = asyncio.create_task(self._heartbeat(msg))
-        execution = asyncio.create_task(self._execute(signal, body, event))
+        written = AttemptLog(time.perf_counter)
+        execution = asyncio.create_task(self._execute(signal, body, event, written))
         running = self._running.setdefault(signal.run_id, {})
         running[execution] = event
         try:
@@ -528,6 +512,7 @@ class Worker:
             )
             error = ErrorInfo(kind="Cancelled", message=f"run {signal.run_id} ended")
             outcome, timed_out = Outcome(status="failed", error=error), False
+            written.add("WARNING", f"stopped: run {signal.run_id} ended (cancelled or failed)")
         finally:
             beat.cancel()
             running.pop(execution, None)
@@ -535,9 +520,18 @@ class Worker:
                 self._running.pop(signal.run_id, None)
         artifact = await self.bus.artifacts.put(outcome.output) if outcome.output else ""
         status: Ended = "timed_out" if timed_out else outcome.status
-        return outcome, status, artifact
+        if timed_out or (outcome.error is not None and outcome.error.kind == "ResourceExhausted"):
+            written.add("ERROR", outcome.error.message if outcome.error else "timed out")
+        return outcome, status, artifact, await self._store_log(written)
 
-    async def _settle(self, msg: Msg, signal: Signal, status: Ended, outcome: Outcome) -> None:
+    async def _store_log(self, written: AttemptLog) -> LogRef:
+        """Store the attempt's log (when it wrote anything); what its outcome names."""
+        data = written.render()
+        if not data:
+            return LogRef()
+        return LogRef(await self.bus.artifacts.put(data), written.lines, written.dropped)
+
+    async def _settle(self, msg: Delivery, signal: Signal, status: Ended, outcome: Outcome) -> None:
         """Acknowledge the work once its outcome is reported, and count the attempt."""
         failpoint("worker.before_ack")
         await msg.ack()
@@ -552,7 +546,7 @@ class Worker:
         self.completed += 1
 
     async def _refuse(
-        self, msg: Msg, signal: Signal, body: PhaseScheduled, check: SignatureCheck
+        self, msg: Delivery, signal: Signal, body: PhaseScheduled, check: SignatureCheck
     ) -> None:
         """Refuse a scheduled phase whose signature is missing, invalid or untrusted.
 
@@ -588,14 +582,14 @@ class Worker:
         last = await self.bus.log.last_of_run(run_id)
         return isinstance(last, StoredSignal) and last.signal.kind in ENDING_KINDS
 
-    async def _heartbeat(self, msg: Msg) -> None:
+    async def _heartbeat(self, msg: Delivery) -> None:
         while True:
             await asyncio.sleep(self.ack_wait / 3)
             with contextlib.suppress(Exception):
                 await msg.in_progress()
 
     async def _execute(
-        self, signal: Signal, body: PhaseScheduled, cancel: threading.Event
+        self, signal: Signal, body: PhaseScheduled, cancel: threading.Event, written: AttemptLog
     ) -> tuple[Outcome, bool]:
         """Run the attempt on its inputs: in a child process when the phase is isolated
         (and the pipeline has a source), else in a thread of this one; the outcome and
@@ -626,8 +620,9 @@ class Worker:
                 timeout=spec.timeout,
                 memory_limit=spec.memory_limit,
                 kwargs=kwargs,
+                log=written,
             )
-        return await self._execute_here(pipe, signal, body, inputs, kwargs, cancel), False
+        return await self._execute_here(pipe, signal, body, inputs, kwargs, cancel, written), False
 
     async def _inputs(self, body: PhaseScheduled) -> PhaseInputs | Outcome:
         """The bytes of the attempt's inputs from the object store; a failed outcome when
@@ -660,11 +655,13 @@ class Worker:
         inputs: PhaseInputs,
         kwargs: dict[str, Any],
         cancel: threading.Event,
+        written: AttemptLog,
     ) -> Outcome:
         """Run the attempt in a daemon thread of its own, its progress published on the
-        run's live subject. A daemon thread: an attempt abandoned because its run was
-        cancelled never keeps the process from exiting (the default executor's threads
-        would be joined at exit, however long the phase sleeps)."""
+        run's live subject, what it prints kept in its log. A daemon thread: an attempt
+        abandoned because its run was cancelled never keeps the process from exiting
+        (the default executor's threads would be joined at exit, however long the phase
+        sleeps)."""
         loop = asyncio.get_running_loop()
         subject = live_subject(signal.run_id)
 
@@ -674,22 +671,24 @@ class Worker:
             ).encode()
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody listens
                 loop.call_soon_threadsafe(
-                    lambda: asyncio.ensure_future(self.bus.nc.publish(subject, payload))
+                    lambda: asyncio.ensure_future(self.bus.wire.publish(subject, payload))
                 )
 
         done: asyncio.Future[Outcome] = loop.create_future()
 
         def attempt() -> None:
             try:
-                outcome = execute_phase(
-                    pipe,
-                    signal.phase,
-                    inputs,
-                    progress=progress,
-                    clock=time.perf_counter,
-                    cancel=cancel,
-                    **kwargs,
-                )
+                with routed_output(written):
+                    outcome = execute_phase(
+                        pipe,
+                        signal.phase,
+                        inputs,
+                        progress=progress,
+                        clock=time.perf_counter,
+                        cancel=cancel,
+                        log=written,
+                        **kwargs,
+                    )
             except BaseException as exc:  # execute_phase reports failures; this is a bug
                 _hand_back(loop, done, None, exc)
             else:
@@ -721,6 +720,7 @@ class Worker:
         outcome: Outcome | None = None,
         artifact: str = "",
         secrets: dict[str, str] | None = None,
+        written: LogRef | None = None,
     ) -> RunState | None:
         """Send a report; return the run's latest state when a local orchestrator decided
         it, None when it was published to ``SISAS_IN``."""
@@ -748,10 +748,13 @@ class Worker:
             error=out.error,
             contracts=out.contracts,
             invariants=out.invariants,
+            log=written.digest if written else "",
+            log_lines=written.lines if written else 0,
+            log_dropped=written.dropped if written else 0,
         )
         if self.local is not None:
             state = await self.local.submit(report)
             if state is not None:
                 return state
-        await publish_input(self.bus.js, report)
+        await self.bus.inputs.publish(report)
         return None

@@ -125,6 +125,10 @@ class PhaseReport(msgspec.Struct, tag="phase_report", **_OPTS):
     error: ErrorInfo | None = None
     contracts: list[ContractResult] = []
     invariants: list[InvariantResult] = []
+    log: str = ""
+    """The artifact digest of the attempt's log (see ``phase_completed``)."""
+    log_lines: int = 0
+    log_dropped: int = 0
 
 
 Input: TypeAlias = StartRun | CancelRun | PhaseReport

@@ -175,6 +175,12 @@ class PhaseCompleted(msgspec.Struct, tag="phase_completed", **_OPTS):
     item: int | None = None
     worker: str = ""
     item_count: int | None = None
+    log: str = ""
+    """The artifact digest of the attempt's log (``sisas logs``); "" when it wrote none."""
+    log_lines: int = 0
+    """Lines the attempt wrote in all."""
+    log_dropped: int = 0
+    """Lines not kept (an attempt's log keeps its first and last 500 lines)."""
 
 
 class PhaseFailed(msgspec.Struct, tag="phase_failed", **_OPTS):
@@ -191,6 +197,10 @@ class PhaseFailed(msgspec.Struct, tag="phase_failed", **_OPTS):
     worker: str = ""
     quarantined: Digest = ""
     quarantined_artifact: str = ""
+    log: str = ""
+    """The artifact digest of the attempt's log, its traceback last when it raised."""
+    log_lines: int = 0
+    log_dropped: int = 0
 
 
 class PhaseRetryScheduled(msgspec.Struct, tag="phase_retry_scheduled", **_OPTS):
@@ -223,6 +233,10 @@ class PhaseTimedOut(msgspec.Struct, tag="phase_timed_out", **_OPTS):
 
     timeout: float
     item: int | None = None
+    log: str = ""
+    """The artifact digest of what the attempt logged before it was stopped."""
+    log_lines: int = 0
+    log_dropped: int = 0
 
 
 class ContractChecked(msgspec.Struct, tag="contract_checked", **_OPTS):

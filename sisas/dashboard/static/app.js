@@ -95,6 +95,13 @@ function runsPage() {
 }
 
 // ---- run page -------------------------------------------------------------------------
+// The run's JSON is a bounded summary: a fan-out is one phase row, one timeline lane and
+// one group per check; its items and the checks one by one are paged from the server.
+// Attempts are numbered from 0, as ctx.attempt.
+
+const BAD = new Set(["failed", "timed_out", "cancelled"]);
+const num = (n) => Number(n).toLocaleString("en-US");
+const itemLabel = (item) => (item != null ? `[${item}]` : "");
 
 function svg(tag, attrs, text) {
   const el = document.createElementNS(NS, tag);
@@ -103,54 +110,233 @@ function svg(tag, attrs, text) {
   return el;
 }
 
+// Boxes in columns by depth. An edge to the next column is a curve; an edge that skips
+// columns runs in the free gap under its source's row, so it never hides behind a box.
 function drawDag(phases) {
   const box = $("#dag");
-  box.innerHTML = '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#999"/></marker></defs>';
-  const W = 150, H = 34, GX = 50, GY = 14;
+  box.innerHTML = '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker></defs>';
+  const W = 160, H = 38, GX = 56, GY = 26;
   const at = {};
-  for (const p of phases) at[p.name] = {x: 10 + p.col * (W + GX), y: 10 + p.row * (H + GY)};
+  for (const p of phases) at[p.name] = {x: 10 + p.col * (W + GX), y: 10 + p.row * (H + GY), col: p.col};
   const rows = Math.max(1, ...phases.map((p) => p.row + 1));
   const cols = Math.max(1, ...phases.map((p) => p.col + 1));
-  box.setAttribute("viewBox", `0 0 ${20 + cols * (W + GX)} ${20 + rows * (H + GY)}`);
-  box.style.height = `${20 + rows * (H + GY)}px`;
+  const height = 20 + rows * (H + GY);
+  box.setAttribute("viewBox", `0 0 ${20 + cols * (W + GX)} ${height}`);
+  box.style.height = `${height}px`;
+  box.style.maxWidth = `${20 + cols * (W + GX)}px`;
   for (const p of phases) for (const d of p.depends_on) {
     const a = at[d], b = at[p.name];
-    box.append(svg("path", {class: "edge", d: `M${a.x + W},${a.y + H / 2} C${a.x + W + GX / 2},${a.y + H / 2} ${b.x - GX / 2},${b.y + H / 2} ${b.x},${b.y + H / 2}`}));
+    if (!a || !b) continue;
+    const x1 = a.x + W, y1 = a.y + H / 2, x2 = b.x, y2 = b.y + H / 2;
+    let path;
+    if (b.col - a.col <= 1) {
+      path = `M${x1},${y1} C${x1 + GX / 2},${y1} ${x2 - GX / 2},${y2} ${x2},${y2}`;
+    } else {
+      const gy = a.y + H + GY / 2;  // the gap under the source's row: no box there
+      path = `M${x1},${y1} C${x1 + GX / 2},${y1} ${x1},${gy} ${x1 + GX / 2},${gy} L${x2 - GX / 2},${gy} C${x2},${gy} ${x2 - GX / 2},${y2} ${x2},${y2}`;
+    }
+    box.append(svg("path", {class: "edge", d: path, "data-from": d, "data-to": p.name}));
   }
   for (const p of phases) {
     const g = svg("g", {class: "node", "data-phase": p.name, "data-status": p.status});
     g.append(svg("rect", {x: at[p.name].x, y: at[p.name].y, width: W, height: H, class: `fill-${p.status}`}));
-    const items = p.items != null ? ` ${p.items_done}/${p.items}` : "";
-    g.append(svg("text", {x: at[p.name].x + 8, y: at[p.name].y + 15}, p.name));
-    g.append(svg("text", {x: at[p.name].x + 8, y: at[p.name].y + 29, fill: "#444"}, p.status + items));
-    g.append(svg("title", {}, `${p.name}: ${p.status}${p.error ? " — " + p.error : ""}`));
+    const items = p.items != null ? ` ${num(p.items_done)}/${num(p.items)}` : "";
+    g.append(svg("text", {x: at[p.name].x + 8, y: at[p.name].y + 16, "font-weight": "600"}, p.name));
+    g.append(svg("text", {x: at[p.name].x + 8, y: at[p.name].y + 31, fill: "#444"}, p.status.replace("_", " ") + items));
+    g.append(svg("title", {}, `${p.name}: ${p.status}${p.error ? " — " + p.error : ""}${p.skip_reason ? " — " + p.skip_reason : ""}`));
     box.append(g);
   }
 }
 
-function drawGantt(bars, ended) {
+// One lane per attempt of a plain phase; one lane per fan-out, its items' density over
+// its span (how many ran in each slice; red marks where attempts ended badly), so
+// 10,000 items read as one band, not 10,000 bars.
+function drawGantt(tl, ended) {
   const box = $("#gantt");
   box.innerHTML = "";
   const t = (s) => (s ? Date.parse(s) : null);
-  const starts = bars.map((b) => t(b.scheduled)).filter((v) => v != null);
-  if (!starts.length) { box.style.height = "0"; return; }
-  const t0 = Math.min(...starts);
-  const now = ended ? Math.max(...bars.map((b) => t(b.ended) || t(b.started) || t(b.scheduled))) : Date.now();
+  if (!tl.start || !tl.lanes.length) { box.style.height = "0"; return; }
+  const t0 = t(tl.start);
+  const now = ended ? t(tl.end) : Math.max(Date.now(), t(tl.end));
   const span = Math.max(now - t0, 1);
-  const LEFT = 170, W = 900, ROW = 16;
-  box.setAttribute("viewBox", `0 0 ${LEFT + W + 20} ${bars.length * ROW + 24}`);
-  box.style.height = `${Math.min(bars.length * ROW + 24, 600)}px`;
-  bars.forEach((b, i) => {
-    const y = 4 + i * ROW;
-    const label = `${b.phase}${b.item != null ? "[" + b.item + "]" : ""}${b.attempt ? " #" + (b.attempt + 1) : ""}`;
-    box.append(svg("text", {x: 4, y: y + 11}, label));
-    const s = t(b.started) ?? t(b.scheduled), e = t(b.ended) ?? now;
-    const x = LEFT + ((s - t0) / span) * W, w = Math.max(((e - s) / span) * W, 2);
-    const r = svg("rect", {x, y, width: w, height: ROW - 4, class: `fill-${b.status}`, "data-status": b.status});
-    r.append(svg("title", {}, `${label}: ${b.status} on ${b.worker || "-"}${b.error ? " — " + b.error : ""}`));
-    box.append(r);
+  const LEFT = 200, W = 880, ROW = 20, BAND = 44;
+  const x = (ms) => LEFT + ((ms - t0) / span) * W;
+  let y = 6;
+  for (const lane of tl.lanes) {
+    const s = t(lane.start) ?? t0, e = t(lane.end) ?? now;
+    if (lane.kind === "items") {
+      const g = svg("g", {class: "lane lane-items", "data-phase": lane.phase, "data-status": lane.status});
+      g.append(svg("text", {x: 4, y: y + 15, "font-weight": "600"}, lane.phase));
+      g.append(svg("text", {x: 4, y: y + 31, fill: "#555"}, `${num(lane.items)} items · ${num(lane.attempts)} attempts`));
+      const x0 = x(s), w = Math.max(x(e) - x0, 2), peak = Math.max(1, ...lane.density);
+      g.append(svg("rect", {x: x0, y, width: w, height: BAND - 6, class: "band"}));
+      const step = w / lane.density.length;
+      let d = `M${x0},${y + BAND - 6}`;
+      lane.density.forEach((n, k) => {
+        const h = ((BAND - 8) * n) / peak;
+        d += ` L${x0 + k * step},${y + BAND - 6 - h} L${x0 + (k + 1) * step},${y + BAND - 6 - h}`;
+      });
+      d += ` L${x0 + w},${y + BAND - 6} Z`;
+      g.append(svg("path", {d, class: `density fill-${lane.status}`}));
+      lane.bad.forEach((n, k) => {
+        if (n) g.append(svg("rect", {x: x0 + k * step, y: y + BAND - 5, width: Math.max(step, 2), height: 4, class: "bad-tick"}));
+      });
+      g.append(svg("title", {}, `${lane.phase}: ${num(lane.items)} items, ${num(lane.attempts)} attempts, at most ${num(peak)} at once; ${secs((e - s) / 1000)}`));
+      box.append(g);
+      y += BAND + 4;
+    } else {
+      const label = `${lane.phase}${lane.attempt ? " · attempt " + lane.attempt : ""}`;
+      box.append(svg("text", {x: 4, y: y + 13}, label));
+      const r = svg("rect", {x: x(s), y, width: Math.max(x(e) - x(s), 2), height: ROW - 6, class: `fill-${lane.status}`, "data-status": lane.status, "data-phase": lane.phase});
+      r.append(svg("title", {}, `${lane.phase} attempt ${lane.attempt}: ${lane.status} on ${lane.worker || "-"}${lane.error ? " — " + lane.error : ""}`));
+      box.append(r);
+      y += ROW;
+    }
+  }
+  if (tl.hidden) { box.append(svg("text", {x: 4, y: y + 12, fill: "#777"}, `… ${tl.hidden} more lanes not drawn`)); y += ROW; }
+  box.append(svg("line", {x1: LEFT, x2: LEFT + W, y1: y + 2, y2: y + 2, stroke: "#bbb"}));
+  box.append(svg("text", {x: LEFT, y: y + 16, fill: "#777"}, "0"));
+  box.append(svg("text", {x: LEFT + W, y: y + 16, fill: "#777", "text-anchor": "end"}, secs(span / 1000)));
+  box.setAttribute("viewBox", `0 0 ${LEFT + W + 20} ${y + 22}`);
+  box.style.height = `${y + 22}px`;
+}
+
+function phaseDetail(p) {
+  if (p.error) return `<span class="error">${esc(p.error)}</span>`;
+  if (p.skip_reason) return `<span class="muted">skipped: ${esc(p.skip_reason)}</span>`;
+  return "";
+}
+
+function fanoutCells(p) {
+  const f = p.fanout;
+  if (!f) return ["", ""];
+  const chips = Object.entries(f.counts).map(([s, n]) => `<span class="chip st-${esc(s)}" data-count="${esc(s)}">${esc(s.replace("_", " "))} ${num(n)}</span>`).join(" ");
+  const retried = f.retried ? ` <span class="chip st-retried">retried ${num(f.retried)}</span>` : "";
+  const progress = `<progress max="${p.items}" value="${p.items_done}"></progress> ${num(p.items_done)}/${num(p.items)}<br>${chips}${retried}`;
+  const pct = f.p50 == null ? "-" : `${secs(f.p50)} / ${secs(f.p95)} / ${secs(f.max)}`;
+  return [progress, `<span class="pct">${pct}</span>`];
+}
+
+function renderPhases(v) {
+  $("#phases tbody").innerHTML = v.phases.map((p) => {
+    const [progress, pct] = fanoutCells(p);
+    const retries = p.attempt ? ` <span class="muted">(${p.attempt} ${p.attempt === 1 ? "retry" : "retries"})</span>` : "";
+    const open = p.fanout ? ` <button type="button" class="items-btn" data-phase="${esc(p.name)}">items…</button>` : "";
+    return `
+    <tr data-phase="${esc(p.name)}" data-status="${esc(p.status)}"${p.fanout ? ' class="fanout"' : ""}>
+      <td><b>${esc(p.name)}</b>${p.map_over ? `<br><span class="muted">over ${esc(p.map_over)}</span>` : ""}</td>
+      <td><span class="status st-${esc(p.status)}">${esc(p.status.replace("_", " "))}</span></td>
+      <td class="attempt">${p.attempts ? esc(p.attempt) + retries : "-"}</td>
+      <td class="duration">${esc(secs(p.duration))}</td>
+      <td>${progress}${open}</td><td>${pct}</td>
+      <td class="detail">${phaseDetail(p)}${p.quarantined ? ` <span class="muted">(output quarantined: ${esc(p.quarantined.slice(0, 19))}…)</span>` : ""}</td>
+    </tr>`;
+  }).join("");
+}
+
+// ---- the items of a fan-out: its summary from the run's JSON, its pages from the API
+
+const itemsView = {phase: null, offset: 0, limit: 50, q: "", status: "", order: "problems"};
+
+function renderFanoutSummary(p) {
+  const f = p.fanout;
+  const slow = f.slowest.map((s) => `<li><a href="#" class="item-link" data-item="${s.item}">${esc(p.name)}[${s.item}]</a> ${esc(secs(s.duration))}</li>`).join("") || '<li class="muted">none yet</li>';
+  const bad = f.failed.map((s) => `<li><a href="#" class="item-link" data-item="${s.item}">${esc(p.name)}[${s.item}]</a> <span class="status st-${esc(s.status)}">${esc(s.status)}</span> attempt ${s.attempt}: <span class="${BAD.has(s.status) ? "error" : "muted"}">${BAD.has(s.status) ? "" : "retried after: "}${esc(s.error)}</span></li>`).join("") || '<li class="muted">none</li>';
+  $("#items-summary").innerHTML = `
+    <div><h3>slowest</h3><ol id="items-slowest">${slow}</ol></div>
+    <div><h3>failed or retried <span class="muted">(${num(f.failed_total)})</span></h3><ol id="items-failed">${bad}</ol></div>`;
+}
+
+async function loadItems(runId) {
+  const v = itemsView;
+  if (!v.phase) return;
+  const params = new URLSearchParams({offset: v.offset, limit: v.limit, order: v.order});
+  if (v.q) params.set("q", v.q);
+  if (v.status) params.set("status", v.status);
+  const page = await getJSON(`/api/runs/${encodeURIComponent(runId)}/phases/${encodeURIComponent(v.phase)}/items?${params}`);
+  window.sisas.itemPages = (window.sisas.itemPages || 0) + 1;
+  $("#items tbody").innerHTML = page.rows.map((r) => `
+    <tr data-item="${r.item}" data-status="${esc(r.status)}">
+      <td>${esc(page.phase)}[${r.item}]</td><td><span class="status st-${esc(r.status)}">${esc(r.status.replace("_", " "))}</span></td>
+      <td>${r.attempt}</td><td>${esc(secs(r.duration))}</td><td>${esc(r.worker || "-")}</td>
+      <td class="${BAD.has(r.status) ? "error" : "muted"}">${r.error ? (BAD.has(r.status) ? "" : "retried after: ") + esc(r.error) : ""}</td>
+    </tr>`).join("") || '<tr><td colspan="6" class="muted">no item matches</td></tr>';
+  const last = Math.min(page.offset + page.limit, page.matched);
+  $("#items-range").textContent = page.matched ? `${num(page.offset + 1)}-${num(last)} of ${num(page.matched)}${page.matched !== page.items ? ` (of ${num(page.items)} items)` : ""}` : `0 of ${num(page.items)}`;
+  $("#items-prev").disabled = page.offset === 0;
+  $("#items-next").disabled = last >= page.matched;
+}
+
+function openItems(runId, phase, reload) {
+  itemsView.phase = phase; itemsView.offset = 0;
+  $("#items-panel").hidden = false;
+  $("#items-title").textContent = `items of ${phase}`;
+  reload();
+}
+
+function wireItems(runId, reloadItems) {
+  const refilter = debounce(() => { itemsView.q = $("#item-q").value.trim(); itemsView.offset = 0; reloadItems(); }, 200);
+  $("#item-q").addEventListener("input", refilter);
+  $("#item-status").onchange = () => { itemsView.status = $("#item-status").value; itemsView.offset = 0; reloadItems(); };
+  $("#item-order").onchange = () => { itemsView.order = $("#item-order").value; itemsView.offset = 0; reloadItems(); };
+  $("#items-prev").onclick = () => { itemsView.offset = Math.max(0, itemsView.offset - itemsView.limit); reloadItems(); };
+  $("#items-next").onclick = () => { itemsView.offset += itemsView.limit; reloadItems(); };
+  document.body.addEventListener("click", (e) => {
+    const btn = e.target.closest(".items-btn");
+    if (btn) { openItems(runId, btn.dataset.phase, reloadItems); $("#items-panel").scrollIntoView(); return; }
+    const link = e.target.closest(".item-link");
+    if (link) { e.preventDefault(); $("#item-q").value = link.dataset.item; itemsView.q = link.dataset.item; itemsView.offset = 0; reloadItems(); }
   });
-  box.append(svg("text", {x: LEFT, y: bars.length * ROW + 20, fill: "#777"}, `0 → ${secs(span / 1000)}`));
+}
+
+// ---- checks: groups in the run's JSON, one group's checks paged from the API
+
+const checksView = {group: "", offset: 0, limit: 50, failed: false};
+
+function renderCheckGroups(c) {
+  const more = c.groups_total > c.groups.length ? `, ${num(c.groups_total - c.groups.length)} more groups not shown` : "";
+  $("#checks-summary").textContent = `${num(c.total)} checks in ${num(c.groups_total)} groups, ${num(c.failed)} failed${more}`;
+  $("#check-groups tbody").innerHTML = c.groups.map((g) => {
+    const f = g.last_failure;
+    const sample = f ? `${esc(f.phase)}${itemLabel(f.item)} attempt ${f.attempt}: ${f.observed || f.expected ? `observed <b>${esc(f.observed)}</b>, expected <b>${esc(f.expected)}</b>` : esc(f.detail)}` : "";
+    return `
+    <tr class="group${g.failed ? " failing" : ""}" data-group="${esc(g.group)}" data-failed="${g.failed}">
+      <td>${esc(g.phase)}</td><td>${esc(g.type)} <b>${esc(g.name)}</b></td>
+      <td>${g.failed ? `<span class="status st-failed">${num(g.failed)} failed</span>` : ""} <span class="muted">${num(g.passed)} passed</span></td>
+      <td>${sample}</td>
+      <td><button type="button" class="group-btn" data-group="${esc(g.group)}">checks…</button></td>
+    </tr>`;
+  }).join("") || '<tr><td colspan="5" class="muted">no checks yet</td></tr>';
+}
+
+async function loadChecks(runId) {
+  const v = checksView;
+  if (!v.group) return;
+  const params = new URLSearchParams({offset: v.offset, limit: v.limit, group: v.group});
+  if (v.failed) params.set("failed", "1");
+  const page = await getJSON(`/api/runs/${encodeURIComponent(runId)}/checks?${params}`);
+  $("#checks tbody").innerHTML = page.rows.map((c) => `
+    <tr class="${c.passed ? "" : "error"}" data-seq="${c.seq}"><td>${c.seq}</td><td>${esc(c.phase)}${itemLabel(c.item)}</td><td>${c.attempt}</td>
+    <td>${esc(c.type)} ${esc(c.name)}</td><td>${c.passed ? "passed" : "FAILED"}</td>
+    <td>${esc(c.observed)}</td><td>${esc(c.expected)}</td><td>${c.observed || c.expected ? "" : esc(c.detail)}</td></tr>`).join("");
+  const last = Math.min(page.offset + page.limit, page.matched);
+  $("#checks-range").textContent = page.matched ? `${num(page.offset + 1)}-${num(last)} of ${num(page.matched)}` : "none";
+  $("#checks-prev").disabled = page.offset === 0;
+  $("#checks-next").disabled = last >= page.matched;
+}
+
+function wireChecks(runId, reloadChecks) {
+  $("#checks-failed").onchange = () => { checksView.failed = $("#checks-failed").checked; checksView.offset = 0; reloadChecks(); };
+  $("#checks-prev").onclick = () => { checksView.offset = Math.max(0, checksView.offset - checksView.limit); reloadChecks(); };
+  $("#checks-next").onclick = () => { checksView.offset += checksView.limit; reloadChecks(); };
+  document.body.addEventListener("click", (e) => {
+    const btn = e.target.closest(".group-btn");
+    if (!btn) return;
+    checksView.group = btn.dataset.group; checksView.offset = 0;
+    $("#checks-panel").hidden = false;
+    $("#checks-title").textContent = btn.dataset.group;
+    reloadChecks();
+  });
 }
 
 function renderRun(v) {
@@ -158,7 +344,10 @@ function renderRun(v) {
   $("#run-id").textContent = v.run_id;
   const badge = $("#run-status");
   badge.textContent = v.status; badge.className = `badge st-${v.status}`; badge.dataset.status = v.status;
-  $("#run-meta").textContent = `${v.pipeline} ${v.version} · seed ${v.seed} · started ${when(v.started_at || v.requested_at)} · ${v.signals} signals` + (v.fingerprint ? ` · fingerprint ${v.fingerprint.slice(0, 23)}…` : "");
+  $("#run-meta").textContent = `${v.pipeline} ${v.version} · seed ${v.seed} · started ${when(v.started_at || v.requested_at)} · ${num(v.signals)} signals` + (v.fingerprint ? ` · fingerprint ${v.fingerprint.slice(0, 23)}…` : "");
+  const origin = $("#run-origin");
+  origin.hidden = !v.resume_of;
+  origin.innerHTML = v.resume_of ? `resumes <a href="/runs/${encodeURIComponent(v.resume_of)}">${esc(v.resume_of)}</a>` : "";
   const tampered = $("#run-tampered");
   tampered.hidden = !v.tampered;
   tampered.textContent = v.tampered ? `TAMPERED at stream seq ${v.tampered.stream_seq} (${v.tampered.problem}): ${v.tampered.message}. Not shown here: the signals verify flags in this run's log. Check the whole run: sisas replay verify ${v.run_id}` : "";
@@ -168,27 +357,32 @@ function renderRun(v) {
   $("#verify-cmd").textContent = `sisas replay verify ${v.run_id}`;
   drawDag(v.phases);
   drawGantt(v.timeline, ["completed", "failed", "cancelled"].includes(v.status));
-  $("#phases tbody").innerHTML = v.phases.map((p) => `
-    <tr data-phase="${esc(p.name)}" data-status="${esc(p.status)}">
-      <td>${esc(p.name)}</td><td><span class="status st-${esc(p.status)}">${esc(p.status)}</span></td>
-      <td>${esc(p.attempts)}</td>
-      <td>${p.items != null ? `<progress max="${p.items}" value="${p.items_done}"></progress> ${p.items_done}/${p.items}` : ""}</td>
-      <td class="error">${esc(p.error || (p.skip_reason ? "skipped: " + p.skip_reason : ""))}${p.quarantined ? ` <span class="muted">(output quarantined: ${esc(p.quarantined.slice(0, 19))}…)</span>` : ""}</td>
-    </tr>`).join("");
-  $("#incidents").innerHTML = v.incidents.map((i) => `<li data-kind="${esc(i.kind)}">${esc(when(i.at))} <b>${esc(i.kind)}</b> ${esc(i.phase)}${i.item != null ? "[" + i.item + "]" : ""} attempt ${i.attempt + 1}: ${esc(i.summary)}</li>`).join("") || '<li class="muted">none</li>';
-  const failed = v.checks.filter((c) => !c.passed).length;
-  $("#checks-summary").textContent = `${v.checks.length} checks, ${failed} failed`;
-  $("#checks tbody").innerHTML = v.checks.map((c) => `
-    <tr class="${c.passed ? "" : "error"}"><td>${c.seq}</td><td>${esc(c.phase)}${c.item != null ? "[" + c.item + "]" : ""}</td>
-    <td>${esc(c.type)} ${esc(c.name)}</td><td>${c.passed ? "passed" : "FAILED"}</td><td>${esc(c.detail)}</td></tr>`).join("");
+  renderPhases(v);
+  const fanned = v.phases.filter((p) => p.fanout);
+  if (!itemsView.phase && fanned.length) { itemsView.phase = fanned[0].name; $("#items-panel").hidden = false; $("#items-title").textContent = `items of ${itemsView.phase}`; }
+  const shown = fanned.find((p) => p.name === itemsView.phase);
+  if (shown) renderFanoutSummary(shown);
+  const inc = v.incidents;
+  $("#incidents-summary").textContent = inc.total > inc.latest.length ? `(latest ${inc.latest.length} of ${num(inc.total)})` : "";
+  $("#incidents").innerHTML = inc.latest.map((i) => `<li data-kind="${esc(i.kind)}">${esc(when(i.at))} <b>${esc(i.kind)}</b> ${esc(i.phase)}${itemLabel(i.item)} attempt ${i.attempt}: ${esc(i.summary)}</li>`).join("") || '<li class="muted">none</li>';
+  renderCheckGroups(v.checks);
 }
 
 function runPage() {
   const runId = decodeURIComponent(location.pathname.split("/")[2] || "");
+  const fail = (err) => { $("#run-error").hidden = false; $("#run-error").textContent = String(err.message); };
+  const reloadItems = paced(() => loadItems(runId).catch(fail), 50);
+  const reloadChecks = paced(() => loadChecks(runId).catch(fail), 50);
   const load = async () => {
-    try { renderRun(await getJSON(`/api/runs/${encodeURIComponent(runId)}`)); window.sisas.loads++; }
-    catch (err) { $("#run-error").hidden = false; $("#run-error").textContent = String(err.message); }
+    try {
+      renderRun(await getJSON(`/api/runs/${encodeURIComponent(runId)}`));
+      window.sisas.loads++;
+      if (itemsView.phase) await loadItems(runId);
+      if (checksView.group) await loadChecks(runId);
+    } catch (err) { fail(err); }
   };
+  wireItems(runId, reloadItems);
+  wireChecks(runId, reloadChecks);
   const reload = paced(load, 100);
   connect((ev) => { if (ev.run_id === runId) reload(); }, reload);
 }

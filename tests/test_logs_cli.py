@@ -1,0 +1,44 @@
+"""`sisas logs`: each attempt's log on a real server, as a user reads it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.cli_process import fresh_env, sisas
+from tests.runs import TEST_PIPES
+
+
+def test_logs_prints_each_attempt_with_its_lines_and_json_lines(tmp_path: Path) -> None:
+    env = fresh_env(tmp_path)
+    data = tmp_path / "in.json"
+    data.write_text('{"rows": 0, "lines": 3}')  # hang does not hang on 0 rows
+    args = ["run", "chatty", "--pipelines", TEST_PIPES, "--input", str(data), "--seed", "1"]
+    out = sisas(*args, "--wait", "--json", env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    run_id = json.loads(out.stdout.strip().splitlines()[-1])["run_id"]
+
+    shown = sisas("logs", run_id, env=env)
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout
+    assert "talk attempt 0 failed" in text and "talk attempt 1 completed" in text
+    assert "RuntimeError: the first attempt fails on purpose" in text
+    assert "INFO line 2" in text and "stdout last words on stdout" in text
+
+    lines = [
+        json.loads(x) for x in sisas("logs", run_id, "talk", "--json", env=env).stdout.splitlines()
+    ]
+    assert [(x["phase"], x["attempt"], x["status"]) for x in lines] == [
+        ("talk", 0, "failed"),
+        ("talk", 1, "completed"),
+    ]
+    assert lines[1]["lines"] == 5 and lines[1]["dropped"] == 0
+    assert lines[1]["log"].startswith("sha256:") and "INFO reading 0 rows" in lines[1]["text"]
+
+    # --follow on an ended run prints what is there and stops.
+    followed = sisas("logs", run_id, "hang", "--follow", env=env, timeout=60)
+    assert followed.returncode == 0 and "hang attempt 0 completed" in followed.stdout
+
+    assert sisas("logs", "no-such-run", env=env).returncode == 2
+    wrong = sisas("logs", run_id, "nope", env=env)
+    assert wrong.returncode == 2 and "no phase 'nope'" in wrong.stderr
