@@ -209,3 +209,16 @@ async def test_each_attempts_log_is_kept_by_digest_and_named_by_its_outcome() ->
     assert await client.logs("c1", "hang") == [hung]
     with pytest.raises(UsageError, match="no phase 'nope'"):
         await client.logs("c1", "nope")
+
+
+async def test_served_in_memory_gives_a_client_on_the_real_services() -> None:
+    from sisas.testing import served_in_memory
+
+    chatty = load_pipelines([TEST_PIPES], entry_points=False)["chatty"]
+    async with served_in_memory(chatty, traced) as client:  # plans registered already
+        handle = await client.start("traced", {"n": 2})
+        assert (await handle.result(timeout=30)).status == "completed"
+        talk = await client.start("chatty", {"rows": 0, "lines": 1})
+        await talk.result(timeout=30)
+        (first, second) = await client.logs(talk.run_id, "talk")
+        assert "stdout printed by attempt 0" in first.text and second.status == "completed"

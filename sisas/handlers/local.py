@@ -184,6 +184,10 @@ class LocalRun:
             log=written,
         )
 
+    def attempt_log(self, scheduled: Signal) -> AttemptLog | None:
+        """The log of the attempt ``scheduled`` names, once :meth:`attempt_of` made it."""
+        return self._attempt_logs.get(scheduled.id)
+
     def _declared(self, scheduled: Signal) -> list[str]:
         spec = self.pipeline.phases.get(scheduled.phase)
         return spec.secrets if spec is not None else []
