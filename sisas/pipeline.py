@@ -251,8 +251,16 @@ class Pipeline:
         circuit_threshold: int = 5,
         circuit_cooldown: float = 60.0,
         default_input: str | Path | None = None,
+        max_concurrent_runs: int | None = None,
     ) -> None:
         self.name = check_name(name, "pipeline name")
+        if max_concurrent_runs is not None and max_concurrent_runs < 1:
+            raise InvalidPipeline(
+                f"max_concurrent_runs={max_concurrent_runs} would start nothing: give 1 or more"
+            )
+        self.max_concurrent_runs = max_concurrent_runs
+        """At most this many runs at once (the others wait): set by `sisas up` when it
+        loads the pipeline, as `sisas limits set NAME N` would."""
         self.default_input = None if default_input is None else Path(default_input)
         """A JSON file `sisas run` sends as the input when given none (recorded like any)."""
         self.version = version

@@ -38,14 +38,16 @@ What differs from a worker, on purpose:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import pydantic_core
 
@@ -57,6 +59,7 @@ from sisas.handlers.local import LocalRun
 from sisas.handlers.orchestrator import satisfied
 from sisas.handlers.state import RunState, RunStatus
 from sisas.pipeline import Pipeline
+from sisas.services.output_capture import routed_output
 from sisas.signals import (
     ContractChecked,
     ErrorInfo,
@@ -66,7 +69,10 @@ from sisas.signals import (
     Violation,
 )
 
-__all__ = ["DEFAULT_AT", "CheckResult", "RunResult", "run_pipeline"]
+if TYPE_CHECKING:
+    from sisas.client import Client
+
+__all__ = ["DEFAULT_AT", "CheckResult", "RunResult", "run_pipeline", "served_in_memory"]
 
 DEFAULT_AT: Final = datetime(2026, 1, 1, tzinfo=UTC)
 """The time every signal of a test run carries unless ``at=`` says otherwise."""
@@ -146,10 +152,21 @@ class RunResult:
         when it raised; the last attempt's unless ``attempt=`` is given. "" when it
         logged nothing. (A worker also keeps what a phase prints; in process, print
         goes to the test's own output.)"""
+        if phase not in self.state.phases:
+            known = ", ".join(self.state.phases) or "none"
+            raise UsageError(f"run {self.run_id} has no phase {phase!r} (phases: {known})")
+        ps = self.state.phase(phase)
+        st = ps.item_states.get(item) if item is not None else ps
+        if st is None or (item is None and ps.items is not None and ps.status != "skipped"):
+            if item is None:
+                raise UsageError(f"{phase} is a fan-out of {ps.items} items: pass item=")
+            raise UsageError(f"{phase} has no item {item}")
+        last = st.attempt
         if attempt is None:
-            ps = self.state.phase(phase)
-            st = ps.item_states.get(item) if item is not None else ps
-            attempt = st.attempt if st is not None else 0
+            attempt = last
+        elif not 0 <= attempt <= last:
+            where = phase if item is None else f"{phase}[{item}]"
+            raise UsageError(f"{where} has no attempt {attempt} (attempts 0 to {last})")
         return self.logs.get((phase, item, attempt), "")
 
     def output_bytes(self, phase: str, *, item: int | None = None) -> bytes:
@@ -331,12 +348,24 @@ class _TimedRun(LocalRun):
     """A LocalRun that enforces each phase's timeout as far as a thread can."""
 
     def execute(self, scheduled: Signal, inputs: PhaseInputs) -> tuple[Outcome, bool]:
+        """The attempt, what it prints kept in its log as a worker keeps it."""
         attempt = self.attempt_of(scheduled, inputs)
+        written = self.attempt_log(scheduled)
+
+        def captured() -> Outcome:
+            if written is None:
+                return attempt()
+            with routed_output(written):
+                return attempt()
+
         spec = self.pipeline.phases.get(scheduled.phase)
         if spec is None or spec.timeout is None:
-            return attempt(), False
+            return captured(), False
         name = f"sisas-{self.state.run_id}-{scheduled.phase}-{scheduled.attempt}"
-        return _within(attempt, spec.timeout, name)
+        outcome, timed_out = _within(captured, spec.timeout, name)
+        if timed_out and written is not None and outcome.error is not None:
+            written.add("ERROR", outcome.error.message)
+        return outcome, timed_out
 
 
 def _encode(input: object, input_bytes: bytes | None) -> bytes:
@@ -393,6 +422,7 @@ def run_pipeline(
         at=at.astimezone(UTC),
         clock=time.perf_counter,
         secrets=secrets,
+        log_clock=time.perf_counter,
     )
     check_settings(config or {}, pipeline.plan(), how="config key ")  # as run --set does
     run.start(data, seed=seed, config=config)
@@ -411,3 +441,37 @@ def run_pipeline(
         artifacts=dict(run.artifacts),
         logs=dict(run.logs),
     )
+
+
+@contextlib.asynccontextmanager
+async def served_in_memory(*pipelines: Pipeline, concurrency: int = 2) -> AsyncIterator[Client]:
+    """The real orchestrator and worker, serving ``pipelines`` on in-memory ports (no
+    server, nothing written to disk), and a :class:`~sisas.client.Client` on them::
+
+        async with served_in_memory(pipeline) as client:
+            handle = await client.start("etl", {"rows": 10})
+            result = await handle.result(timeout=30)
+
+    Unlike :func:`run_pipeline`, runs go through the services as on a server: commits,
+    work offered and taken, phases with a timeout in child processes (killed past it),
+    reports, retries, cancel, attempt logs; a test of how the pipeline runs, in about a
+    second. What needs a projection (``client.runs()``) needs a server. The plans are
+    registered before the client is handed over."""
+    from sisas.bus.memory import memory_ports
+    from sisas.client import Client
+    from sisas.services.orchestrator import Orchestrator
+    from sisas.services.worker import Worker
+
+    ports = memory_ports()
+    orchestrator = Orchestrator(ports)
+    worker = Worker(
+        ports, {p.name: p for p in pipelines}, concurrency=concurrency, local=orchestrator
+    )
+    await worker.register()
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(orchestrator.run(stop)), asyncio.create_task(worker.run(stop))]
+    try:
+        yield Client(ports, requested_by="sisas.testing")
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)

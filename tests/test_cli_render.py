@@ -291,3 +291,28 @@ def test_the_demo_fits_80_columns_and_its_hints_can_be_typed(tmp_path: Path) -> 
     )
     assert rerun.returncode == 0, rerun.stderr
     assert len(json.loads(rerun.stdout)["phases"]) == said
+
+
+def test_a_big_run_prints_as_aligned_lines_with_the_columns_a_table_keeps() -> None:
+    """Past BIG_RUN records `sisas signals` prints lines (a rich table of 50,000 rows
+    took a minute): the same columns kept at a width, one line per record, aligned."""
+    from sisas.cli.render import BIG_RUN
+    from sisas.signals import StoredSignal
+    from tests.log_contract import run_signals
+
+    signals = run_signals("big", BIG_RUN + 1)
+    records = [StoredSignal(stream_seq=i, signal=s) for i, s in enumerate(signals, 1)]
+    lines, dropped = signals_table(records, "run big", width=60)
+    assert isinstance(lines, Text)
+    _, table_dropped = signals_table(records[:10], "run big", width=60)
+    assert dropped == table_dropped  # the same columns left out at this width
+    text = lines.plain.splitlines()
+    headers = ["seq", "at", "phase", "kind", "try", "detail", "stream", "hash"]
+    assert text[0] == "run big" and text[1].split() == [h for h in headers if h not in dropped]
+    rows = text[3:]
+    assert len(rows) == BIG_RUN + 1 and all(len(r) == len(rows[0]) for r in rows)
+    assert rows[-1].lstrip().startswith(str(BIG_RUN + 1))
+    kinds = [s for s in lines.spans if s.style and "bold" not in str(s.style)]
+    assert kinds  # kinds keep their colour
+    wide, _ = signals_table(records, "run big", width=250)
+    assert len(wide.plain.splitlines()[1].split()) == 8  # every column fits

@@ -83,8 +83,9 @@ async def test_cancel_ends_a_run_and_result_says_so(client: Client) -> None:
         if signal.kind == "phase_started":
             break
     assert await handle.cancel("not needed after all") is True
-    with pytest.raises(RunCancelledError):
+    with pytest.raises(RunCancelledError, match=r"cancelled by .*: not needed after all") as err:
         await handle.result(timeout=60)
+    assert err.value.kind == "Cancelled" and err.value.detail == "not needed after all"
     assert await handle.cancel() is False  # it has ended: nothing to cancel
 
 

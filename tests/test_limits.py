@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
-from sisas.bus.limits import set_limit
+from sisas.bus.limits import clear_limit, limit_of, set_limit
 from sisas.bus.runtime import Bus
 from sisas.bus.settings import Settings
 from sisas.client import Client
 from sisas.client.verification import verify_log
+from sisas.errors import InvalidPipeline
 from sisas.handlers.admission import (
     AdmissionState,
     admission_chain,
@@ -23,6 +25,7 @@ from sisas.handlers.admission import (
     evolve_admission,
 )
 from sisas.loader import load_pipelines
+from sisas.pipeline import Context, Pipeline
 from sisas.services.admission import AdmissionService
 from sisas.services.host import running_services
 from sisas.signals import RunQueued, RunReleased, StoredSignal
@@ -117,3 +120,42 @@ async def test_the_waiting_run_with_the_highest_priority_goes_first(admitting: B
         assert (await wait_end(bus, h.run_id))[0].status == "completed"
     released = [d.run_id for d in await _chain(bus, "slow") if isinstance(d, RunReleased)]
     assert released == [first.run_id, high.run_id, low.run_id]
+
+
+async def test_a_lifted_limit_releases_the_runs_still_waiting(admitting: Bus) -> None:
+    bus = admitting
+    await set_limit(bus, "slow", 1)
+    client = Client(bus)
+    first = await client.start("slow", {"seconds": 3.0}, seed=1)
+    waiting = [await client.start("slow", {"seconds": 0.0}, seed=i) for i in (2, 3)]
+    while sum(isinstance(d, RunQueued) for d in await _chain(bus, "slow")) < 2:
+        await asyncio.sleep(0.05)
+    assert await clear_limit(bus, "slow") == 1
+    for h in waiting:  # released while the first still runs
+        assert (await wait_end(bus, h.run_id))[0].status == "completed"
+    assert (await client.state(first.run_id)).status == "running"
+    await wait_end(bus, first.run_id)
+
+
+capped = Pipeline("capped", version="1", max_concurrent_runs=1)
+
+
+@capped.phase()
+def pause(ctx: Context, input: float) -> float:
+    time.sleep(input)
+    return input
+
+
+async def test_a_limit_declared_in_the_pipeline_is_set_by_the_services_that_load_it(
+    bus: Bus,
+) -> None:
+    async with running_services(bus, {"capped": capped}):
+        assert await limit_of(bus, "capped") == 1
+        client = Client(bus)
+        handles = [await client.start("capped", 0.3, seed=i) for i in range(3)]
+        for h in handles:
+            assert (await wait_end(bus, h.run_id))[0].status == "completed"
+    chain = await _chain(bus, "capped")
+    assert sum(isinstance(d, RunQueued) for d in chain) == 2  # one at a time
+    with pytest.raises(InvalidPipeline, match="give 1 or more"):
+        Pipeline("none", max_concurrent_runs=0)

@@ -76,14 +76,16 @@ BUS = {
     "JetStreamLog",
     "MemoryArtifacts",
     "MemoryLog",
+    "Ports",
     "RunningServer",
     "Settings",
     "SignalLog",
     "bytes_digest",
+    "memory_ports",
     "open_bus",
     "running_server",
 }
-TESTING = {"DEFAULT_AT", "CheckResult", "RunResult", "run_pipeline"}
+TESTING = {"DEFAULT_AT", "CheckResult", "RunResult", "run_pipeline", "served_in_memory"}
 
 
 TOP = {"Client", "Context", "Pipeline", "RunHandle", "RunResult", "SyncClient", "__version__"}

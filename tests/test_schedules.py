@@ -46,7 +46,7 @@ pipeline = "slow"
 input = {{ seconds = {seconds}, tick = "$.tick", since = "$.window.start" }}
 overlap = "{overlap}"
 catch_up = {catch_up}
-grace = 0.5
+grace = {grace}
 tags = {{ team = "data" }}
 """
 T0 = datetime(2026, 12, 7, 12, 0, 0, tzinfo=UTC)
@@ -54,9 +54,16 @@ EXAMPLE = ROOT / "examples" / "schedules" / "sisas.toml"
 
 
 def every_second(
-    name: str, *, overlap: str = "allow", catch_up: int = 0, seconds: float = 0.0
+    name: str,
+    *,
+    overlap: str = "allow",
+    catch_up: int = 0,
+    seconds: float = 0.0,
+    grace: float = 0.5,
 ) -> Schedule:
-    text = EVERY_SECOND.format(name=name, overlap=overlap, catch_up=catch_up, seconds=seconds)
+    text = EVERY_SECOND.format(
+        name=name, overlap=overlap, catch_up=catch_up, seconds=seconds, grace=grace
+    )
     return parse_schedules(text)[0]
 
 
@@ -172,13 +179,16 @@ async def decisions(bus: Bus, name: str) -> list[ScheduleTicked]:
     return bodies  # type: ignore[return-value]
 
 
-async def test_two_schedulers_start_one_run_per_tick_none_missing_none_twice(
+async def test_two_schedulers_and_two_orchestrators_start_one_run_per_tick(
     served: Bus, settings: Settings
 ) -> None:
     bus = served
-    schedule = every_second("pulse", overlap="allow")
+    schedule = every_second("pulse", overlap="allow", grace=5.0)  # a slow pass is on time
     stop = asyncio.Event()
-    async with open_bus(settings, name="second-scheduler") as other:
+    async with (
+        open_bus(settings, name="second-scheduler") as other,
+        running_services(other, {}),  # a second orchestrator, on its own connection
+    ):
         one, two = ScheduleService(bus, [schedule]), ScheduleService(other, [schedule])
         await one.start()
         await two.start()
@@ -278,6 +288,8 @@ async def test_a_paused_schedule_records_its_ticks_as_skipped_until_resumed(
     assert (await resume_schedule(bus, "pausable")) is not None
     again = await sisas_async("schedules", "resume", "pausable", env=env)
     assert again.returncode == 1 and "not paused" in again.stderr
+    bad = await sisas_async("schedules", "pause", "no such", env=env)
+    assert bad.returncode == 2 and "invalid schedule name" in bad.stderr
     while await service.step_all(T0 + timedelta(seconds=2)):
         pass
     ticks = await decisions(bus, "pausable")
@@ -288,10 +300,12 @@ async def test_a_paused_schedule_records_its_ticks_as_skipped_until_resumed(
 async def test_sisas_up_stopped_and_restarted_records_the_missed_ticks_and_catches_up(
     bus: Bus, settings: Settings, tmp_path: Path
 ) -> None:
-    """`sisas up --schedules FILE` for a few ticks, stopped for 3 s, started again: every
+    """`sisas up --schedules FILE` for a few ticks, stopped for 4 s, started again: every
     tick is in the chain, the missed ones skipped but the last (catch_up = 1), with why."""
     file = tmp_path / "schedules.toml"
-    file.write_text(EVERY_SECOND.format(name="beat", overlap="allow", catch_up=1, seconds=0.0))
+    file.write_text(
+        EVERY_SECOND.format(name="beat", overlap="allow", catch_up=1, seconds=0.0, grace=1.5)
+    )
     env = server_env(settings)
     args = ("up", "--no-dashboard", "--schedules", str(file), "--pipelines", TEST_PIPES)
 
@@ -306,7 +320,7 @@ async def test_sisas_up_stopped_and_restarted_records_the_missed_ticks_and_catch
 
     await up_until(2)
     stopped = len(await decisions(bus, "beat"))
-    await asyncio.sleep(3)
+    await asyncio.sleep(4)
     await up_until(stopped + 6)
     ticks = await decisions(bus, "beat")
     times = [datetime.fromisoformat(t.tick) for t in ticks]

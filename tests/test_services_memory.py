@@ -17,7 +17,7 @@ from sisas.client import Client
 from sisas.errors import UsageError
 from sisas.handlers.attempt_log import HEAD, TAIL
 from sisas.loader import load_pipelines
-from sisas.pipeline import Pipeline
+from sisas.pipeline import Context, Pipeline
 from sisas.replay.evidence import artifact_uses
 from sisas.services.orchestrator import Orchestrator
 from sisas.services.worker import Worker
@@ -209,3 +209,41 @@ async def test_each_attempts_log_is_kept_by_digest_and_named_by_its_outcome() ->
     assert await client.logs("c1", "hang") == [hung]
     with pytest.raises(UsageError, match="no phase 'nope'"):
         await client.logs("c1", "nope")
+
+
+async def test_served_in_memory_gives_a_client_on_the_real_services() -> None:
+    from sisas.testing import served_in_memory
+
+    chatty = load_pipelines([TEST_PIPES], entry_points=False)["chatty"]
+    async with served_in_memory(chatty, traced) as client:  # plans registered already
+        handle = await client.start("traced", {"n": 2})
+        assert (await handle.result(timeout=30)).status == "completed"
+        talk = await client.start("chatty", {"rows": 0, "lines": 1})
+        await talk.result(timeout=30)
+        (first, second) = await client.logs(talk.run_id, "talk")
+        assert "stdout printed by attempt 0" in first.text and second.status == "completed"
+
+
+async def test_a_phase_scheduled_beside_a_fan_out_does_not_wait_behind_its_items() -> None:
+
+    pipe = Pipeline("beside", version="1")
+
+    @pipe.phase()
+    def load(ctx: Context, input: int) -> list[int]:
+        return list(range(input))
+
+    @pipe.phase(map_over="load")
+    def each(ctx: Context, item: int) -> int:
+        return item
+
+    @pipe.phase()
+    def aside(ctx: Context, load: list[int]) -> int:
+        return len(load)
+
+    ports = memory_ports()
+    async with services(ports, {"beside": pipe}):
+        await start(ports, "beside", "b1", b"200")
+        state, signals = await wait_end(ports, "b1", timeout=60)
+    assert state.status == "completed"
+    started = [s.phase for s in signals if s.kind == "phase_started"]
+    assert started.index("aside") <= 2, started[:5]  # among the first taken, not the 202nd

@@ -99,6 +99,8 @@ async def test_tags_round_trip_from_request_to_log_to_runs_filter(
     run_id = json.loads(ran.stdout)["run_id"]
     state = await client.state(run_id)
     assert state.tags == {"team": "cli"}
+    table = await sisas_async("runs", "--tag", "team=data", env={**env, "COLUMNS": "200"})
+    assert table.returncode == 0 and "env=ci team=data" in table.stdout, table.stdout
     stats = await sisas_async("stats", "--tag", "team=data", "--json", env=env)
     assert stats.returncode == 0, stats.stderr
     [slow] = [p for p in json.loads(stats.stdout)["pipelines"] if p["pipeline"] == "slow"]

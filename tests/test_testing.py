@@ -332,4 +332,13 @@ def test_each_attempts_log_is_kept_with_the_traceback() -> None:
     assert "not kept" not in first  # DEBUG
     assert result.log("talk").splitlines()[-1].endswith("INFO line 1")  # the last attempt
     assert "WARNING about to hang with 0 rows" in result.log("hang")
-    assert result.log("hang", attempt=5) == ""
+    assert "stdout printed by attempt 1" in result.log("talk")  # print, as a worker keeps it
+    with pytest.raises(UsageError, match=r"hang has no attempt 5 \(attempts 0 to 0\)"):
+        result.log("hang", attempt=5)
+    with pytest.raises(UsageError, match="has no phase 'nosuch'"):
+        result.log("nosuch")
+    hung = run_pipeline(chatty, {"rows": 1, "lines": 0})  # hang overruns its 1 s timeout
+    assert hung.status == "failed" and hung.failed_phase == "hang"
+    text = hung.log("hang")
+    assert "WARNING about to hang with 1 rows" in text and "stdout last words" in text
+    assert "abandoned after its timeout of 1.0s" in text

@@ -5,7 +5,9 @@ from sisas.bus.artifacts import ArtifactStore, JetStreamArtifacts, MemoryArtifac
 from sisas.bus.embedded import EmbeddedServer, RunningServer, running_server
 from sisas.bus.jetstream_log import JetStreamLog
 from sisas.bus.log import AppendResult, SignalLog
+from sisas.bus.memory import memory_ports
 from sisas.bus.memory_log import MemoryLog
+from sisas.bus.ports import Ports
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
 from sisas.signals.names import ARTIFACT_BUCKET, INPUT_STREAM, LOG_STREAM
@@ -22,10 +24,12 @@ __all__ = [
     "JetStreamLog",
     "MemoryArtifacts",
     "MemoryLog",
+    "Ports",
     "RunningServer",
     "Settings",
     "SignalLog",
     "bytes_digest",
+    "memory_ports",
     "open_bus",
     "running_server",
 ]

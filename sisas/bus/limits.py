@@ -67,21 +67,21 @@ async def set_limit(bus: Bus, pipeline: str, limit: int) -> int | None:
 
 
 async def clear_limit(bus: Bus, pipeline: str) -> int | None:
-    """Lift ``pipeline``'s limit; return it (None: it had none). Runs still waiting are
-    released by the admission service at once."""
+    """Lift ``pipeline``'s limit; return it (None: it had none). It is kept as 0 (no
+    limit), so the admission service releases the runs still waiting at once."""
     before = await limit_of(bus, check_name(pipeline, "pipeline name"))
     if before is not None:
         kv = await _bucket(bus, create=False)
         assert kv is not None
         try:
-            await kv.delete(pipeline)
+            await kv.put(pipeline, b"0")
         except NatsError as exc:
             raise _refused(f"clear the limit of {pipeline}", exc) from None
     return before
 
 
-async def limits(bus: Bus) -> dict[str, int]:
-    """Every pipeline's limit."""
+async def limits(bus: Bus, *, cleared: bool = False) -> dict[str, int]:
+    """Every pipeline's limit (``cleared``: also the lifted ones, as 0)."""
     try:
         kv = await _bucket(bus, create=False)
         if kv is None:
@@ -92,30 +92,35 @@ async def limits(bus: Bus) -> dict[str, int]:
             return {}
         out = {}
         for key in keys:
-            n = await limit_of(bus, key)
-            if n is not None:
+            n = await _stored(kv, key)
+            if n is not None and (n > 0 or cleared):
                 out[key] = n
         return out
     except NatsError as exc:
         raise _refused("read the concurrency limits", exc) from None
 
 
-async def limit_of(bus: Bus, pipeline: str) -> int | None:
-    """``pipeline``'s limit, None when it has none."""
+async def _stored(kv: KeyValue, pipeline: str) -> int | None:
     try:
-        kv = await _bucket(bus, create=False)
-        if kv is None:
-            return None
-        try:
-            entry = await kv.get(pipeline)
-        except KeyNotFoundError:
-            return None
-    except NatsError as exc:
-        raise _refused(f"read the limit of {pipeline}", exc) from None
+        entry = await kv.get(pipeline)
+    except KeyNotFoundError:
+        return None
     try:
         return int(entry.value or b"")
     except ValueError:
         return None
+
+
+async def limit_of(bus: Bus, pipeline: str) -> int | None:
+    """``pipeline``'s limit, None when it has none (or it was lifted)."""
+    try:
+        kv = await _bucket(bus, create=False)
+        if kv is None:
+            return None
+        n = await _stored(kv, pipeline)
+    except NatsError as exc:
+        raise _refused(f"read the limit of {pipeline}", exc) from None
+    return n if n is not None and n > 0 else None
 
 
 class LimitCache:

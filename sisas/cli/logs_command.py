@@ -27,7 +27,7 @@ __all__ = ["logs"]
     "--json",
     "as_json",
     is_flag=True,
-    help="One JSON object per attempt and line: phase, item, attempt, status, log, text.",
+    help="One JSON object a line, every attempt: phase, item, attempt, status, log, text.",
 )
 @run_async
 async def logs(
@@ -45,9 +45,12 @@ async def logs(
     check_name(run_id, "run id")
     async with open_bus(load_settings(), name="sisas-logs") as bus:
         client = Client(bus)
-        shown = 0
+        shown = silent = 0
         if not follow:
             for entry in await client.logs(run_id, phase, item=item):
+                if not entry.log and not as_json:
+                    silent += 1  # counted, not listed: a fan-out's items mostly log nothing
+                    continue
                 _print(entry, as_json)
                 shown += 1
         else:
@@ -66,8 +69,14 @@ async def logs(
                         shown += 1
                     if rec.signal.kind in ENDING_KINDS:
                         break
-    if not shown and not as_json:
-        what = f"{phase} of {run_id}" if phase else run_id
+    what = f"{phase} of {run_id}" if phase else run_id
+    if silent and not as_json:
+        err_console.print(
+            f"{silent} ended attempt{'s' * (silent != 1)} of {what} logged nothing "
+            "(--json lists every attempt)",
+            markup=False,
+        )
+    elif not shown and not as_json:
         err_console.print(f"no attempt of {what} has ended yet", markup=False)
 
 

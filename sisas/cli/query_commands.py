@@ -129,6 +129,7 @@ async def runs(
             r["pipeline"],
             r["version"] or "-",
             _short(r["fingerprint"]),
+            " ".join(f"{k}={v}" for k, v in sorted((r.get("tags") or {}).items())),
         ]
         for r in rows
     ]
@@ -169,6 +170,7 @@ _RUN_COLUMNS = (
     Column("pipeline", keep=30),  # a run id starts with its pipeline's name
     Column("version", keep=20),
     Column("fingerprint", keep=10),
+    Column("tags", keep=5, wrap=16),  # left out when no run listed has any
 )
 """What ``sisas runs`` shows, and what a narrow terminal drops first (lowest ``keep``):
 the run id and status are never dropped nor cut."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 from rich import box
+from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
 
@@ -126,6 +127,83 @@ Cell = str | Text
 """A cell: plain text (never read as markup) or styled text."""
 
 
+def _plan(
+    columns: Sequence[Column], plain: Sequence[Sequence[str]], width: int
+) -> tuple[list[int], set[int], Callable[[int], int], int]:
+    """Which columns a table of ``plain`` cells keeps at ``width`` (see
+    :func:`fit_table`), the empty ones it leaves out, each column's natural width, and
+    the width needed."""
+    widest = [
+        max([len(col.header), *(cell_len(row[i]) for row in plain)])
+        for i, col in enumerate(columns)
+    ]
+
+    def natural(i: int) -> int:
+        col = columns[i]
+        return min(widest[i], col.wrap) if col.wrap else widest[i]
+
+    # A column with nothing in it says nothing: it goes first, and is not reported.
+    empty = {
+        i
+        for i, col in enumerate(columns)
+        if col.keep < ALWAYS and all(not row[i].strip() for row in plain)
+    }
+    kept = [i for i in range(len(columns)) if i not in empty]
+    while True:
+        need = sum(natural(i) for i in kept) + _GAP * (len(kept) - 1)
+        droppable = [i for i in kept if columns[i].keep < ALWAYS]
+        if need <= width or not droppable:
+            break
+        kept.remove(min(droppable, key=lambda i: (columns[i].keep, -i)))
+    return kept, empty, natural, need
+
+
+def fit_lines(
+    columns: Sequence[Column], rows: Sequence[Sequence[Cell]], *, width: int
+) -> tuple[Text, list[str]]:
+    """:func:`fit_table` for many rows: the same columns kept, as aligned lines (a
+    header, a rule, one line a row) in one Text, at a small part of a table's cost; a
+    wrapping column's cell is cut at its width with an ellipsis instead of wrapping, and
+    a cell keeps one style (its own, as a styled cell has one here).
+    Returns the text and the headers of dropped columns."""
+    plain = [[c if isinstance(c, str) else c.plain for c in row] for row in rows]
+    kept, empty, natural, _ = _plan(columns, plain, width)
+    widths = {i: natural(i) for i in kept}
+    room = width - sum(widths.values()) - _GAP * (len(kept) - 1)
+    for i in kept:  # a wrapping column takes what room is left, at least its wrap width
+        if columns[i].wrap:
+            widths[i] = max(columns[i].wrap, widths[i] + max(room, 0))
+    right = {i for i in kept if columns[i].justify == "right"}
+    out = Text(no_wrap=True, overflow="ignore")
+    gap = " " * _GAP
+
+    def line(values: Sequence[str]) -> str:
+        parts = []
+        for i in kept:
+            w, value = widths[i], values[i]
+            if len(value) > w:
+                value = value[: max(w - 1, 0)] + "…"
+            parts.append(value.rjust(w) if i in right else value.ljust(w))
+        return gap.join(parts)
+
+    out.append(line([col.header for col in columns]) + "\n", "bold")
+    out.append("─" * min(width, sum(widths.values()) + _GAP * (len(kept) - 1)) + "\n", "dim")
+    styled = [i for i in kept if any(isinstance(row[i], Text) for row in rows[:1000])]
+    offset = {i: sum(widths[k] + _GAP for k in kept[: kept.index(i)]) for i in kept}
+    start = len(out.plain)
+    for row, values in zip(rows, plain, strict=True):
+        text = line(values)
+        out.append(text + "\n")
+        for i in styled:  # the style of a styled cell, over its place in the line
+            c = row[i]
+            if isinstance(c, Text) and c.style:
+                at = start + offset[i] + (widths[i] - min(len(c.plain), widths[i])) * (i in right)
+                out.stylize(c.style, at, at + min(len(c.plain), widths[i]))
+        start += len(text) + 1
+    dropped = [columns[i].header for i in range(len(columns)) if i not in kept and i not in empty]
+    return out, dropped
+
+
 def fit_table(
     columns: Sequence[Column],
     rows: Sequence[Sequence[Cell]],
@@ -141,25 +219,7 @@ def fit_table(
     kept :data:`ALWAYS` do not fit, their cells fold: every character stays visible.
     """
     cells = [[c if isinstance(c, Text) else Text(c) for c in row] for row in rows]
-
-    def natural(i: int) -> int:
-        col = columns[i]
-        widest = max([len(col.header), *(row[i].cell_len for row in cells)])
-        return min(widest, col.wrap) if col.wrap else widest
-
-    # A column with nothing in it says nothing: it goes first, and is not reported.
-    empty = {
-        i
-        for i, col in enumerate(columns)
-        if col.keep < ALWAYS and all(not row[i].plain.strip() for row in cells)
-    }
-    kept = [i for i in range(len(columns)) if i not in empty]
-    while True:
-        need = sum(natural(i) for i in kept) + _GAP * (len(kept) - 1)
-        droppable = [i for i in kept if columns[i].keep < ALWAYS]
-        if need <= width or not droppable:
-            break
-        kept.remove(min(droppable, key=lambda i: (columns[i].keep, -i)))
+    kept, empty, natural, need = _plan(columns, [[c.plain for c in row] for row in cells], width)
     # When the kept columns fit, only a wrapping column gives up room; when they cannot,
     # every column may fold (each character stays visible), none is cut with an ellipsis.
     squeezed = need > width
@@ -205,14 +265,28 @@ _SIGNAL_COLUMNS = (
 )
 
 
+BIG_RUN: Final = 2000
+"""Past this many records, ``sisas signals`` prints aligned lines, not a table."""
+
+
 def signals_table(
     records: list[StoredSignal | CorruptMessage], title: str, *, width: int
-) -> tuple[Table, list[str]]:
+) -> tuple[Table | Text, list[str]]:
     """A run's records, one row each: what ``sisas signals`` prints (and what it left out).
 
     A corrupt message names its stream sequence in its detail, so that stays visible
-    when the narrow terminal drops the ``stream`` column.
+    when the narrow terminal drops the ``stream`` column. Past :data:`BIG_RUN` records,
+    the same columns as aligned lines (:func:`fit_lines`: a table of 50,000 rows took
+    a minute to print, the lines take seconds).
     """
+    rows = _signal_rows(records)
+    if len(rows) > BIG_RUN:
+        lines, dropped = fit_lines(_SIGNAL_COLUMNS, rows, width=width)
+        return Text(title + "\n", "italic") + lines, dropped
+    return fit_table(_SIGNAL_COLUMNS, rows, width=width, title=title)
+
+
+def _signal_rows(records: list[StoredSignal | CorruptMessage]) -> list[list[Cell]]:
     rows: list[list[Cell]] = []
     for rec in records:
         if isinstance(rec, CorruptMessage):
@@ -242,7 +316,7 @@ def signals_table(
                 s.hash[:10],
             ]
         )
-    return fit_table(_SIGNAL_COLUMNS, rows, width=width, title=title)
+    return rows
 
 
 def record_line(rec: LogRecord) -> Text:

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
 from sisas.bus.runtime import open_bus
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
+from sisas.cli.render import Cell, Column, dropped_note, fit_table
 from sisas.cli.run_commands import PIPELINES_OPTION
 from sisas.errors import UsageError
 from sisas.handlers.schedules import (
@@ -43,10 +43,15 @@ DEFAULT_FILE = "sisas.toml"
 FIX = "pass --schedules FILE ([[schedule]] tables) or --pipelines CODE declaring schedules"
 
 
-def load_schedules(path: str | None, pipes: dict[str, Pipeline]) -> list[Schedule]:
-    """The schedules of ``path`` (without it: ./sisas.toml's ``[[schedule]]`` tables, if
-    any) and those the loaded pipelines declare. Raises UsageError naming the fix."""
+def load_schedules(
+    path: str | None, pipes: dict[str, Pipeline], *, default: bool = True
+) -> list[Schedule]:
+    """The schedules of ``path`` (without it and with ``default``: ./sisas.toml's
+    ``[[schedule]]`` tables, if any) and those the loaded pipelines declare. Raises
+    UsageError naming the fix."""
     found: list[Schedule] = []
+    if path is None and not default:
+        return schedules_of(pipes.values())
     file = Path(path or DEFAULT_FILE)
     try:
         text = file.read_text()
@@ -82,6 +87,16 @@ SCHEDULES_OPTION = click.option(
     default=None,
     help="Schedules file (TOML, [[schedule]] tables; default ./sisas.toml when it has some).",
 )
+_COLUMNS = (
+    Column("name"),
+    Column("state"),
+    Column("cron (zone)", keep=50),
+    Column("next tick", keep=70),
+    Column("last decision", keep=60, wrap=24),
+    Column("pipeline", keep=30),
+    Column("policies", keep=20),
+)
+"""What ``schedules list`` shows, and what a narrow terminal drops first."""
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 
 
@@ -138,24 +153,27 @@ async def list_schedules(
     if as_json:
         print(json.dumps({"schedules": rows}))
         return
-    table = Table(title="schedules", title_justify="left")
-    for col in ("name", "pipeline", "cron (zone)", "policies", "state", "next tick", "last"):
-        table.add_column(col)
+    cells: list[list[Cell]] = []
     for r in rows:
         last = r["last"]
         last_text = "never ticked" if last is None else f"{last['tick']} {last['action']}"
         if last and last["run_id"]:
             last_text += f" {last['run_id']}"
-        table.add_row(
-            r["name"],
-            r["pipeline"],
-            f"{r['cron']} ({r['timezone']})",
-            f"overlap {r['overlap']}, catch-up {r['catch_up']}",
-            "[yellow]paused[/]" if r["paused"] else "[green]active[/]",
-            r["next_tick"],
-            last_text,
+        cells.append(
+            [
+                r["name"],
+                "paused" if r["paused"] else "active",
+                f"{r['cron']} ({r['timezone']})",
+                r["next_tick"],
+                last_text,
+                r["pipeline"],
+                f"overlap {r['overlap']}, catch-up {r['catch_up']}",
+            ]
         )
+    table, dropped = fit_table(_COLUMNS, cells, width=console.width, title="schedules")
     console.print(table)
+    if dropped:
+        console.print(dropped_note(dropped, console.width))
     console.print("every decision: `sisas signals sch-NAME`")
 
 

@@ -120,7 +120,7 @@ async def up(
     settings = load_settings()
     pipes = {} if no_handlers else load_pipelines(pipeline_specs)
     rules = load_rules(rules_file) if rules_file else []
-    timed = [] if no_handlers else load_schedules(schedules_file, pipes)
+    timed = [] if no_handlers else load_schedules(schedules_file, pipes, default=False)
     if port is not None:
         settings = replace(settings, port=port)
     if settings.embedded:

@@ -312,10 +312,12 @@ class Client:
         """The plan a worker registered for ``pipeline``; UsageError when none did, or
         when nothing but this client could run it (it started the server)."""
         if isinstance(self.bus, Bus) and self.bus.server is not None:
+            served = ", ".join(await self.bus.plans.names()) or "none"
             raise UsageError(
                 f"no server runs for this data folder, and this client does not serve "
-                f"{pipeline!r}: pass its code, Client.connect(pipelines=[CODE]), or start "
-                "`sisas up --pipelines CODE` and connect to it"
+                f"{pipeline!r} (registered: {served}): pass its code, "
+                "Client.connect(pipelines=[CODE]), or start `sisas up --pipelines CODE` and "
+                "connect to it"
             )
         registry = self.bus.plans
         plan = await registry.get(pipeline)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sisas.errors import RunCancelledError, RunFailedError
 from sisas.handlers.state import RunState, evolve
 from sisas.signals import ErrorInfo, Signal, StoredSignal
-from sisas.signals.kinds import ENDING_KINDS
+from sisas.signals.kinds import ENDING_KINDS, RunCancelled
 
 if TYPE_CHECKING:
     from sisas.client.client import Client
@@ -116,12 +116,15 @@ class RunHandle:
         seconds (the run goes on)."""
         state: RunState | None = None
         n = retries = 0
+        cancelled: RunCancelled | None = None
         try:
             async with asyncio.timeout(timeout), contextlib.aclosing(self.signals()) as signals:
                 async for signal in signals:
                     state = evolve(state or RunState.new(signal.pipeline, signal.run_id), signal)
                     n += 1
                     retries += signal.kind == "phase_retry_scheduled"
+                    if isinstance(signal.body, RunCancelled):
+                        cancelled = signal.body
         except TimeoutError:
             status = state.status if state is not None else "not in the log yet"
             why = await self.client.stalled(state.pipeline if state else self.pipeline, state)
@@ -135,6 +138,17 @@ class RunHandle:
         if check and result.status != "completed":
             where = f" in {result.failed_phase}" if result.failed_phase else ""
             error = f": {result.error.kind}: {result.error.message}" if result.error else ""
+            if cancelled is not None:
+                who = f" by {cancelled.requested_by}" if cancelled.requested_by else ""
+                raise RunCancelledError(
+                    f"run {self.run_id} cancelled{who}"
+                    + (f": {cancelled.reason}" if cancelled.reason else ""),
+                    run_id=self.run_id,
+                    status=result.status,
+                    kind="Cancelled",
+                    detail=cancelled.reason,
+                    result=result,
+                )
             kind = RunCancelledError if result.status == "cancelled" else RunFailedError
             raise kind(
                 f"run {self.run_id} {result.status}{where}{error}",

@@ -27,6 +27,10 @@ from sisas.signals.kinds import PhaseScheduled, Scalar
 __all__ = ["LocalRun"]
 
 
+def _no_time() -> float:
+    return 0.0
+
+
 class LocalRun:
     """A run of ``pipeline`` whose signals accumulate in ``signals``."""
 
@@ -39,7 +43,11 @@ class LocalRun:
         clock: Callable[[], float],
         circuits: dict[str, Circuit] | None = None,
         secrets: Mapping[str, str] | None = None,
+        log_clock: Callable[[], float] | None = None,
     ) -> None:
+        self.log_clock = log_clock or _no_time
+        """What the attempts' log lines are timed with (apart from ``clock``, whose
+        readings time the attempts themselves: a log line never changes a duration)."""
         self.secrets = dict(secrets or {})
         """Values of the secrets phases read (``ctx.secret``): what a worker would resolve."""
         self.circuits = circuits if circuits is not None else {}
@@ -160,7 +168,7 @@ class LocalRun:
         run's seed, attempt, item and configuration, timed by ``self.clock``."""
         body = scheduled.body
         assert isinstance(body, PhaseScheduled)
-        written = self._attempt_logs[scheduled.id] = AttemptLog(self.clock)
+        written = self._attempt_logs[scheduled.id] = AttemptLog(self.log_clock)
         return functools.partial(
             execute_phase,
             self.pipeline,
@@ -175,6 +183,10 @@ class LocalRun:
             secrets={k: v for k, v in self.secrets.items() if k in self._declared(scheduled)},
             log=written,
         )
+
+    def attempt_log(self, scheduled: Signal) -> AttemptLog | None:
+        """The log of the attempt ``scheduled`` names, once :meth:`attempt_of` made it."""
+        return self._attempt_logs.get(scheduled.id)
 
     def _declared(self, scheduled: Signal) -> list[str]:
         spec = self.pipeline.phases.get(scheduled.phase)

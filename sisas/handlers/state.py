@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Literal, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 import msgspec
 from msgspec.structs import replace
@@ -441,8 +441,17 @@ def fold(signals: Iterable[Signal], *, pipeline: str = "", run_id: str = "") -> 
     return state if state is not None else RunState.new(pipeline, run_id)
 
 
+_ADDED_LATER: Final[dict[str, object]] = {"tags": {}}
+"""Fields ``RunState`` gained after its digests were first pinned, with their defaults:
+left out of the digest while at their default (as a signal omits its defaults), so a
+run that does not use them keeps the digest it always had."""
+
+
 def state_digest(state: RunState) -> str:
     """sha256 (hex) of the canonical JSON of ``state`` (keys sorted, item numbers as
     text): equal states give equal digests, however their dicts were filled."""
     data = msgspec.to_builtins(state, str_keys=True, enc_hook=enc_hook)
+    for key, default in _ADDED_LATER.items():
+        if data.get(key) == default:
+            del data[key]
     return hashlib.sha256(_STATE_JSON.encode(data)).hexdigest()

@@ -55,6 +55,8 @@ __all__ = ["AdmissionService", "admission_state"]
 log = logging.getLogger(__name__)
 
 CONSUMER = "sisas-admission"
+_UNLIMITED = 1 << 30
+"""A lifted limit: every waiting run is released."""
 
 
 async def admission_state(bus: Bus, pipeline: str) -> tuple[AdmissionState, StoredSignal | None]:
@@ -80,6 +82,8 @@ class AdmissionService:
         self._sub: Any = None
         self._sent: set[str] = set()
         self._next_bind = 0.0
+        self._limits_cache: dict[str, int] = {}
+        self._limits_until = 0.0
         self._folded: dict[str, tuple[AdmissionState, StoredSignal | None]] = {}
         key = bus.settings.signing_key
         self.signer = signer_from_file(key) if key is not None else None
@@ -120,9 +124,17 @@ class AdmissionService:
                 log.exception("admission of %s failed; it will be redelivered", msg.subject)
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=1.0)
-        for pipeline, limit in (await limits(self.bus)).items():
-            moved |= await self._free(pipeline, limit)
+        for pipeline, limit in (await self._limits()).items():
+            moved |= await self._free(pipeline, limit or _UNLIMITED)
         return moved
+
+    async def _limits(self) -> dict[str, int]:
+        """Every limit, lifted ones as 0 (read at most once a second)."""
+        now = asyncio.get_running_loop().time()
+        if now >= self._limits_until:
+            self._limits_cache = await limits(self.bus, cleared=True)
+            self._limits_until = now + 1.0
+        return self._limits_cache
 
     async def _bind(self) -> bool:
         now = asyncio.get_running_loop().time()
@@ -145,7 +157,7 @@ class AdmissionService:
         if not isinstance(inp, StartRun):
             log.error("not a start_run in %s: %s; dropped", ADMIT_STREAM, type(inp).__name__)
             return False
-        limit = (await limits(self.bus)).get(inp.pipeline)
+        limit = (await limits(self.bus)).get(inp.pipeline)  # now, not as cached
         seq = await self._seq_of(inp)
         for _ in range(10):  # another admission service may decide on the same chain
             state, last = await self._state(inp.pipeline)
@@ -237,9 +249,13 @@ class AdmissionService:
         if self.signer is not None:
             sigs = [self.signer.sign(s) for s in sigs]
         try:
-            await self.bus.log.append(sigs, expected_last_seq=expected)
+            landed = await self.bus.log.append(sigs, expected_last_seq=expected)
         except AppendConflict:
             return False
+        cached = self._folded.get(pipeline)
+        if cached is not None and cached[1] is last:  # the chain moved by this decision only
+            stored = StoredSignal(stream_seq=landed.last_seq, signal=sigs[-1])
+            self._folded[pipeline] = (evolve_admission(cached[0], body), stored)
         if isinstance(body, RunQueued):
             self.queued += 1
         else:

@@ -9,6 +9,7 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator
 
+from sisas.bus.limits import set_limit
 from sisas.bus.runtime import Bus
 from sisas.pipeline import Pipeline
 from sisas.services.admission import AdmissionService
@@ -67,6 +68,9 @@ async def _handlers(
         await worker.register()
         tasks.append(asyncio.create_task(worker.run(stop), name="worker"))
     if orch is not None:
+        for pipe in pipelines.values():  # a limit declared in the code, as `limits set`
+            if pipe.max_concurrent_runs is not None:
+                await set_limit(bus, pipe.name, pipe.max_concurrent_runs)
         tasks.append(asyncio.create_task(orch.run(stop), name="orchestrator"))
         # Beside each orchestrator: requests of pipelines with a concurrency limit wait
         # for it (it idles until a limit is set).

@@ -373,10 +373,12 @@ class Orchestrator:
                     self._cache.pop(run_id, None)  # someone else wrote: reload, decide again
                     continue
                 self._remember(run_id, state, result.last_seq)
+                # A phase is offered before the items of a fan-out scheduled with it: a
+                # phase beside a fan-out of thousands does not wait behind all of them.
+                scheduled = [x for x in signals if isinstance(x.body, PhaseScheduled)]
+                scheduled.sort(key=lambda x: getattr(x.body, "item", None) is not None)
                 await self.bus.work.offer(
-                    StoredSignal(stream_seq=result.last_seq, signal=x)
-                    for x in signals
-                    if x.kind == "phase_scheduled"
+                    StoredSignal(stream_seq=result.last_seq, signal=x) for x in scheduled
                 )
             await self.circuits.store(pipeline, changed)
             metrics.record_decision(pipeline, signals, changed)

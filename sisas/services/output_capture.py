@@ -5,8 +5,10 @@
   so the phase's own threads are captured too.
 - In the worker, attempts share the process, each in a thread of its own: the streams
   are replaced once by routers that send what a registered thread writes to its
-  attempt's log (:func:`routed_output`). Either way the text still reaches the
-  process's stream, as before.
+  attempt's log (:func:`routed_output`). Either way the text is kept there and not
+  echoed on the process's stream: the attempt's log is where it is read (``sisas logs``),
+  and a worker's or a ``run --wait``'s own output stays its own. ``ctx.log`` records
+  still reach the process's logging handlers as any logger's do.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ __all__ = ["captured_output", "routed_output"]
 
 
 class _Tee:
-    """A text stream that writes to ``original`` and to an attempt's log."""
+    """A text stream that keeps what is written in an attempt's log (what a logging
+    handler writes goes on to ``original``)."""
 
     def __init__(self, original: TextIO, name: str, log: AttemptLog) -> None:
         self._original = original
@@ -31,10 +34,11 @@ class _Tee:
         self._log = log
 
     def write(self, data: str) -> int:
-        if not logging_now():
+        if logging_now():  # a logging handler writing the record: the process's output
+            with contextlib.suppress(Exception):
+                self._original.write(data)
+        else:
             self._log.write(self._name, data)
-        with contextlib.suppress(Exception):
-            self._original.write(data)
         return len(data)
 
     def flush(self) -> None:
@@ -47,7 +51,7 @@ class _Tee:
 
 @contextlib.contextmanager
 def captured_output(log: AttemptLog) -> Iterator[None]:
-    """Everything written to stdout and stderr inside goes to ``log`` too."""
+    """Everything written to stdout and stderr inside goes to ``log`` instead."""
     out, err = sys.stdout, sys.stderr
     sys.stdout = _Tee(out, "stdout", log)
     sys.stderr = _Tee(err, "stderr", log)
@@ -63,7 +67,7 @@ _install = threading.Lock()
 
 
 class _Router:
-    """Stands for a process stream: a registered thread's writes go to its log too."""
+    """Stands for a process stream: a registered thread's writes go to its log."""
 
     def __init__(self, original: TextIO, name: str) -> None:
         self._original = original
@@ -73,6 +77,7 @@ class _Router:
         log = _logs.get(threading.get_ident())
         if log is not None and not logging_now():
             log.write(self._name, data)
+            return len(data)
         return self._original.write(data)
 
     def flush(self) -> None:
@@ -84,7 +89,7 @@ class _Router:
 
 @contextlib.contextmanager
 def routed_output(log: AttemptLog) -> Iterator[None]:
-    """What this thread writes to stdout and stderr inside goes to ``log`` too."""
+    """What this thread writes to stdout and stderr inside goes to ``log`` instead."""
     with _install:
         if not isinstance(sys.stdout, _Router):
             sys.stdout = _Router(sys.stdout, "stdout")

@@ -290,20 +290,36 @@ class Worker:
         tasks: set[asyncio.Task[None]] = set()
         async with closing_feed(feed):
             while not stop.is_set():
+                # Ask for work only while a slot is free, and take the slot once work
+                # arrives: a pull waiting at the server holds no slot, so a worker of
+                # many pipelines does not starve the busy one while the others' pulls
+                # wait out their timeouts.
                 await self._slots.acquire()
+                self._slots.release()
                 try:
                     msgs = await feed.fetch(1, timeout=0.25)
                 except Exception as exc:
-                    self._slots.release()
                     if not isinstance(exc, TimeoutError):
                         log.warning("worker fetch failed: %s; retrying", exc)
                         await asyncio.sleep(0.5)
                     continue
+                await self._slot_for(msgs[0])
                 task = asyncio.create_task(self._handle(msgs[0]))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if tasks:
                 await asyncio.wait(tasks, timeout=self.ack_wait)
+
+    async def _slot_for(self, msg: Delivery) -> None:
+        """Take a slot for ``msg`` (at once, unless another pipeline's work took the
+        last one meanwhile), telling the server it is in progress while waiting."""
+        while True:
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self.ack_wait / 3)
+                return
+            except TimeoutError:
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
 
     async def _handle(self, msg: Delivery) -> None:
         released = False
