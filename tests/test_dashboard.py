@@ -120,7 +120,7 @@ def test_a_run_started_from_the_cli_goes_live_on_the_page_without_a_reload(
     # The page reloaded as the run went, and the run was read once: each reload took in
     # only the signals since the one before.
     health = httpx.get(f"{up.url}/healthz").json()
-    assert health["indexes_built"] == 1 and health["indexes_continued"] > 1, health
+    assert health["indexes_built"] == 1 and health["indexes_continued"] >= 1, health
     assert browser.find_element(By.ID, "run-status").text == "completed"
     nodes = browser.find_elements(By.CSS_SELECTOR, "#dag g.node")
     assert {n.get_attribute("data-status") for n in nodes} == {"completed"}
