@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from sisas.bus.runtime import open_bus
+from sisas.bus.runtime import Bus, open_bus
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
 from sisas.cli.render import Cell, Column, dropped_note, fit_table
 from sisas.cli.run_commands import PIPELINES_OPTION
@@ -36,6 +36,7 @@ from sisas.services.schedules import (
     paused_schedules,
     resume_schedule,
 )
+from sisas.signals.names import check_name
 
 __all__ = ["load_schedules", "schedules"]
 
@@ -137,7 +138,9 @@ async def list_schedules(
                     "catch_up": s.catch_up_limit,
                     "tags": s.tags,
                     "paused": pause is not None,
-                    "paused_by": pause.text() if pause else None,
+                    "paused_by": None
+                    if pause is None
+                    else {"by": pause.by, "at": pause.at, "note": pause.note},
                     "next_tick": next_ticks(s.cron, s.timezone, now, 1)[0].isoformat(),
                     "chain": schedule_chain(s.name),
                     "last": None
@@ -177,19 +180,54 @@ async def list_schedules(
     console.print("every decision: `sisas signals sch-NAME`")
 
 
+async def _check_known(
+    bus: Bus, name: str, schedules_file: str | None, pipeline_specs: tuple[str, ...]
+) -> None:
+    """Exit 2 unless schedule ``name`` is known: declared in the schedules file or by the
+    loaded pipelines, paused, or with decisions in the log (its chain ``sch-NAME``). The
+    error names the known schedules and how to point at the file."""
+    check_name(name, "schedule name")
+    declared = [s.name for s in load_schedules(schedules_file, load_pipelines(pipeline_specs))]
+    if name in declared:
+        return
+    paused = await paused_schedules(bus)
+    if name in paused or await bus.log.last_of_run(schedule_chain(name)) is not None:
+        return
+    known = sorted({*declared, *paused})
+    listed = f"known schedules: {', '.join(known)}" if known else "no schedule is known here"
+    fail(
+        f"no schedule {name!r}: {schedules_file or DEFAULT_FILE} and the pipelines loaded "
+        f"declare none by that name, none is paused, the log holds no decision of it "
+        f"({listed}); check the name, or pass --schedules FILE ([[schedule]] tables) or "
+        "--pipelines CODE declaring it"
+    )
+
+
 @schedules.command("pause")
 @click.argument("name")
 @click.option("--note", default="", help="Why: recorded in each skipped tick's reason.")
+@SCHEDULES_OPTION
+@PIPELINES_OPTION
 @JSON_OPTION
 @run_async
-async def pause(name: str, note: str, as_json: bool) -> None:
-    """Pause schedule NAME: its ticks are recorded as skipped until it is resumed."""
+async def pause(
+    name: str,
+    note: str,
+    schedules_file: str | None,
+    pipeline_specs: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Pause schedule NAME: its ticks are recorded as skipped until it is resumed.
+
+    Exit 2 when no schedule NAME is known (not in the schedules file, not declared by
+    --pipelines code, never ticked)."""
     async with open_bus(load_settings(), name="sisas-schedules") as bus:
+        await _check_known(bus, name, schedules_file, pipeline_specs)
         before = await pause_schedule(bus, name, by=_operator(), note=note)
     if as_json:
         print(json.dumps({"schedule": name, "paused": True, "already": before is not None}))
     elif before is not None:
-        console.print(f"{name} was paused already ({before.text()})")
+        console.print(f"{name} was paused already ({before.text()})", markup=False)
     else:
         console.print(
             f"paused {name}: its ticks are recorded as skipped; "
@@ -199,14 +237,19 @@ async def pause(name: str, note: str, as_json: bool) -> None:
 
 @schedules.command("resume")
 @click.argument("name")
+@SCHEDULES_OPTION
+@PIPELINES_OPTION
 @JSON_OPTION
 @run_async
-async def resume(name: str, as_json: bool) -> None:
+async def resume(
+    name: str, schedules_file: str | None, pipeline_specs: tuple[str, ...], as_json: bool
+) -> None:
     """Resume schedule NAME from its next tick (ticks while paused stay skipped).
 
-    Exit 1 when it was not paused.
+    Exit 1 when it was not paused, 2 when no schedule NAME is known.
     """
     async with open_bus(load_settings(), name="sisas-schedules") as bus:
+        await _check_known(bus, name, schedules_file, pipeline_specs)
         lifted = await resume_schedule(bus, name)
     if as_json:
         print(json.dumps({"schedule": name, "resumed": lifted is not None}))
@@ -217,7 +260,7 @@ async def resume(name: str, as_json: bool) -> None:
             )
         sys.exit(1)
     if not as_json:
-        console.print(f"resumed {name} (it was paused {lifted.text()})")
+        console.print(f"resumed {name} (it was paused {lifted.text()})", markup=False)
 
 
 @schedules.command("test")
