@@ -160,6 +160,28 @@ def test_schedules_test_prints_the_next_ticks_and_exits_2_for_a_bad_expression()
     ]
     bad = sisas("schedules", "test", "0 2 * *")
     assert bad.returncode == 2 and "write 5 fields" in bad.stderr
+    minute = sisas("schedules", "test", "61 * * * *")
+    assert minute.returncode == 2
+    assert "error: '61 * * * *' is not a cron expression (Bad minute)" in minute.stderr
+    assert "schedule 'test'" not in minute.stderr and "EXPR" not in minute.stderr
+    zone = sisas("schedules", "test", "0 2 * * *", "--timezone", "Mars/Olympus")
+    assert zone.returncode == 2, zone.stderr
+    assert zone.stderr.startswith("error: unknown time zone 'Mars/Olympus'"), zone.stderr
+    # an --after without an offset is read in --timezone: midnight in Paris, not in UTC
+    paris = sisas(
+        "schedules",
+        "test",
+        "0 0 * * *",
+        "--timezone",
+        "Europe/Paris",
+        "--after",
+        "2026-03-28T23:30",
+        "--count",
+        "1",
+        "--json",
+    )
+    assert paris.returncode == 0, paris.stderr
+    assert json.loads(paris.stdout)["ticks"] == ["2026-03-29T00:00:00+01:00"]
 
 
 # -- on a bus ---------------------------------------------------------------------------

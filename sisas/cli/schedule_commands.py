@@ -11,6 +11,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import click
 
@@ -21,6 +22,8 @@ from sisas.cli.run_commands import PIPELINES_OPTION
 from sisas.errors import UsageError
 from sisas.handlers.schedules import (
     Schedule,
+    check_cron,
+    check_zone,
     next_ticks,
     parse_schedules,
     schedule_chain,
@@ -263,26 +266,45 @@ async def resume(
         console.print(f"resumed {name} (it was paused {lifted.text()})", markup=False)
 
 
+def _after(text: str, zone: ZoneInfo, now: datetime) -> datetime:
+    """--after: a time (naive: in ``zone``) or a span back from ``now``."""
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            return parse_since(text, now)
+        except UsageError:
+            raise UsageError(
+                f"--after {text!r} is not a time: write 2026-03-29T00:00 (read in "
+                "--timezone) or 2026-03-29T00:00Z"
+            ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=zone)
+
+
 @schedules.command("test")
 @click.argument("expr")
 @click.option("--timezone", "-z", default="UTC", show_default=True, help="An IANA time zone.")
 @click.option("--count", "-n", type=click.IntRange(1, 1000), default=5, show_default=True)
 @click.option(
-    "--after", default=None, help="Start from this time (default now): 2026-11-01T12:00Z."
+    "--after",
+    default=None,
+    help="Start from this time (default now): 2026-11-01T12:00 (in --timezone) or "
+    "2026-11-01T12:00Z.",
 )
 @JSON_OPTION
 def test_expression(expr: str, timezone: str, count: int, after: str | None, as_json: bool) -> None:
     """Print the next ticks of the cron expression EXPR (5 fields, or 6 with seconds
-    first), in --timezone. Exit 2 for a bad expression or zone."""
+    first), in --timezone, after --after (a time without an offset is read in
+    --timezone). Exit 2 for a bad expression, zone or time."""
+    zone = check_zone(timezone)
+    check_cron(expr, zone)
     now = datetime.now(UTC)
-    start = parse_since(after, now) if after else now
-    check = f'[[schedule]]\nname = "test"\npipeline = "test"\ncron = {json.dumps(expr)}\n'
-    parse_schedules(check + f"timezone = {json.dumps(timezone)}\n", "EXPR")
+    start = _after(after, zone, now) if after else now
     ticks = [t.isoformat() for t in next_ticks(expr, timezone, start, count)]
     if as_json:
         print(json.dumps({"cron": expr, "timezone": timezone, "ticks": ticks}))
         return
-    console.print(f"next {count} ticks of [bold]{expr}[/] in {timezone}:")
+    console.print(f"next {count} ticks of {expr} in {timezone}:", markup=False)
     for t in ticks:
         console.print(f"  {t}")
 
