@@ -36,6 +36,12 @@ def _failed(what: str, exc: BaseException, path: Path | None) -> UsageError:
     where = _where(exc, path) if path is not None else ""
     if isinstance(exc, SyntaxError):
         return UsageError(f"{what} has a syntax error{where}: {exc.msg}; fix the file")
+    if isinstance(exc, ModuleNotFoundError) and exc.name and path is not None:
+        return UsageError(
+            f"{what} does not import{where}: {exc}, neither installed nor in the file's "
+            f"folder ({path.parent}); install the module {exc.name} in the environment "
+            "sisas runs in, or fix the import"
+        )
     if isinstance(exc, ImportError):
         missing = f"the module {exc.name}" if exc.name else "what it imports"
         return UsageError(
@@ -67,11 +73,20 @@ def _import_file(spec: str) -> ModuleType:
         raise UsageError(f"cannot load {spec} as a Python module")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
+    # The file imports the modules beside it, as under `python file.py`: its folder is
+    # importable while it is loaded (what it imported stays in sys.modules after).
+    folder = str(path.absolute().parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
     try:
         module_spec.loader.exec_module(module)
     except Exception as exc:  # the file's own code: anything may go wrong
         del sys.modules[name]
         raise _failed(f"pipeline file {spec}", exc, path.absolute()) from None
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
     return module
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from sisas.signals.summary import signal_summary
 from tests import render_pipeline
 from tests.cli_process import fresh_env, sisas
 from tests.conftest import AT
+from tests.runs import ROOT
 
 PIPELINE = "tests/render_pipeline.py"
 REPR = re.compile(r"\b[A-Z][A-Za-z]+\(|\bNone\b|Traceback|\\n")
@@ -316,3 +318,15 @@ def test_a_big_run_prints_as_aligned_lines_with_the_columns_a_table_keeps() -> N
     assert kinds  # kinds keep their colour
     wide, _ = signals_table(records, "run big", width=250)
     assert len(wide.plain.splitlines()[1].split()) == 8  # every column fits
+
+
+@pytest.mark.parametrize("asked", ["help", "--help"])
+def test_dev_help_shows_the_dev_commands_then_the_sisas_help(asked: str) -> None:
+    shown = subprocess.run(
+        [str(ROOT / "dev"), asked], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    for command in ("./dev demo", "./dev test", "./dev lock", "./dev ARGS"):
+        assert command in out, out
+    assert out.index("./dev test") < out.index("Usage: sisas") < out.index("Commands:")

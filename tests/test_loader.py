@@ -4,6 +4,7 @@ the error for `sisas run two.py` says, and that spec works in another process to
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,44 @@ def test_sisas_run_file_colon_attr_runs_it(two: Path, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert (result["pipeline"], result["status"]) == ("one", "completed")
+
+
+ETL = """
+from sisas.pipeline import Context, Pipeline
+
+pipeline = Pipeline("etl-beside", version="1")
+
+
+@pipeline.phase()
+def load(ctx: Context, input: int) -> int:
+    return input + 1
+"""
+
+
+def test_a_pipeline_file_imports_the_module_beside_it(tmp_path: Path) -> None:
+    """`--pipelines code/etl_sched.py` where the file does `from etl import pipeline`:
+    the file's folder is importable while it loads, as under `python etl_sched.py`."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "loader_etl_beside.py").write_text(ETL)
+    sched = code / "etl_sched.py"
+    sched.write_text("from loader_etl_beside import pipeline\n")
+    path_before = list(sys.path)
+    assert set(load_pipelines([str(sched)], entry_points=False)) == {"etl-beside"}
+    assert sys.path == path_before  # importable while loading, not after
+    # in another process, from another folder, on its embedded nats-server
+    env = {**fresh_env(tmp_path), "PYTHONPATH": str(ROOT)}
+    data = tmp_path / "input.json"
+    data.write_text("41")
+    out = sisas("run", str(sched), "--input", str(data), "--wait", "--json", env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (result["pipeline"], result["status"]) == ("etl-beside", "completed")
+    # a module that is truly missing: install it, or fix the import
+    broken = code / "broken.py"
+    broken.write_text("import loader_no_such_module_anywhere\n")
+    with pytest.raises(UsageError) as err:
+        load_pipelines([str(broken)], entry_points=False)
+    assert "No module named 'loader_no_such_module_anywhere'" in str(err.value)
+    assert f"neither installed nor in the file's folder ({code})" in str(err.value)
+    assert "install the module loader_no_such_module_anywhere" in str(err.value)

@@ -35,7 +35,7 @@ from sisas.pipeline import Pipeline
 from sisas.services.host import running_services
 from sisas.services.schedules import ScheduleService, pause_schedule, resume_schedule
 from sisas.signals import RunRequested, ScheduleTicked, StoredSignal
-from tests.cli_process import Command, server_env, sisas, sisas_async
+from tests.cli_process import Command, fresh_env, server_env, sisas, sisas_async
 from tests.runs import ROOT, TEST_PIPES, wait_end
 
 EVERY_SECOND = """
@@ -160,6 +160,28 @@ def test_schedules_test_prints_the_next_ticks_and_exits_2_for_a_bad_expression()
     ]
     bad = sisas("schedules", "test", "0 2 * *")
     assert bad.returncode == 2 and "write 5 fields" in bad.stderr
+    minute = sisas("schedules", "test", "61 * * * *")
+    assert minute.returncode == 2
+    assert "error: '61 * * * *' is not a cron expression (Bad minute)" in minute.stderr
+    assert "schedule 'test'" not in minute.stderr and "EXPR" not in minute.stderr
+    zone = sisas("schedules", "test", "0 2 * * *", "--timezone", "Mars/Olympus")
+    assert zone.returncode == 2, zone.stderr
+    assert zone.stderr.startswith("error: unknown time zone 'Mars/Olympus'"), zone.stderr
+    # an --after without an offset is read in --timezone: midnight in Paris, not in UTC
+    paris = sisas(
+        "schedules",
+        "test",
+        "0 0 * * *",
+        "--timezone",
+        "Europe/Paris",
+        "--after",
+        "2026-03-28T23:30",
+        "--count",
+        "1",
+        "--json",
+    )
+    assert paris.returncode == 0, paris.stderr
+    assert json.loads(paris.stdout)["ticks"] == ["2026-03-29T00:00:00+01:00"]
 
 
 # -- on a bus ---------------------------------------------------------------------------
@@ -271,14 +293,32 @@ async def test_an_overlap_is_skipped_or_queued_and_recorded(served: Bus) -> None
 
 
 async def test_a_paused_schedule_records_its_ticks_as_skipped_until_resumed(
-    bus: Bus, settings: Settings
+    bus: Bus, settings: Settings, tmp_path: Path
 ) -> None:
     s = every_second("pausable")
+    file = tmp_path / "schedules.toml"
+    file.write_text(
+        EVERY_SECOND.format(name="pausable", overlap="allow", catch_up=0, seconds=0.0, grace=0.5)
+    )
     service = ScheduleService(bus, [s], clock=lambda: T0)
     await service.start()
     env = server_env(settings)
+    for verb in ("pause", "resume"):  # a name known nowhere: exit 2 naming the known ones
+        unknown = await sisas_async("schedules", verb, "nosuch", "--schedules", str(file), env=env)
+        assert unknown.returncode == 2, unknown.stderr
+        assert "no schedule 'nosuch'" in unknown.stderr
+        assert "known schedules: pausable" in unknown.stderr
+        assert "--schedules FILE ([[schedule]] tables)" in unknown.stderr
     paused = await sisas_async(
-        "schedules", "pause", "pausable", "--note", "maintenance", "--json", env=env
+        "schedules",
+        "pause",
+        "pausable",
+        "--schedules",
+        str(file),
+        "--note",
+        "maintenance",
+        "--json",
+        env=env,
     )
     assert paused.returncode == 0, paused.stderr
     assert json.loads(paused.stdout)["paused"] is True
@@ -286,6 +326,7 @@ async def test_a_paused_schedule_records_its_ticks_as_skipped_until_resumed(
         pass
     assert (await pause_schedule(bus, "pausable", by="test")) is not None  # paused already
     assert (await resume_schedule(bus, "pausable")) is not None
+    # no file needed once it has decisions in the log (its chain sch-pausable)
     again = await sisas_async("schedules", "resume", "pausable", env=env)
     assert again.returncode == 1 and "not paused" in again.stderr
     bad = await sisas_async("schedules", "pause", "no such", env=env)
@@ -337,3 +378,47 @@ async def test_sisas_up_stopped_and_restarted_records_the_missed_ticks_and_catch
     row = json.loads(listed.stdout)["schedules"][0]
     assert row["name"] == "beat" and row["chain"] == "sch-beat" and not row["paused"]
     assert row["last"]["tick"] == ticks[-1].tick and row["last"]["action"] == ticks[-1].action
+
+
+PARIS = """
+[[schedule]]
+name = "sensors-nightly"
+cron = "0 2 * * *"
+timezone = "Europe/Paris"
+pipeline = "slow"
+"""
+
+
+async def test_schedules_list_fits_80_columns_and_gives_the_pause_as_fields(
+    bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    file = tmp_path / "schedules.toml"
+    file.write_text(PARIS)
+    env = server_env(settings, COLUMNS="80")
+    paused = await sisas_async(
+        "schedules",
+        "pause",
+        "sensors-nightly",
+        "--schedules",
+        str(file),
+        "--note",
+        "trial",
+        env=env,
+    )
+    assert paused.returncode == 0, paused.stderr
+    shown = await sisas_async("schedules", "list", "--schedules", str(file), env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "…" not in shown.stdout, shown.stdout  # nothing cut: columns dropped, and named
+    assert "sensors-nightly" in shown.stdout and "paused" in shown.stdout
+    assert "not shown at 80 columns: cron (zone)" in shown.stdout
+    assert all(len(line) <= 80 for line in shown.stdout.splitlines()), shown.stdout
+    listed = await sisas_async("schedules", "list", "--schedules", str(file), "--json", env=env)
+    pause = json.loads(listed.stdout)["schedules"][0]["paused_by"]
+    assert set(pause) == {"by", "at", "note"} and pause["note"] == "trial"
+    assert datetime.fromisoformat(pause["at"]).tzinfo is not None
+
+
+def test_no_schedules_found_names_the_file_form_whole(tmp_path: Path) -> None:
+    missing = sisas("schedules", "list", env=fresh_env(tmp_path), cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "--schedules FILE ([[schedule]] tables)" in missing.stderr, missing.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,7 @@ from sisas.loader import load_pipelines
 from sisas.services.host import running_services
 from sisas.signals import RunRequested
 from sisas.signals.names import check_tags, parse_tag
-from tests.cli_process import server_env, sisas_async
+from tests.cli_process import fresh_env, server_env, sisas, sisas_async
 from tests.runs import TEST_PIPES
 
 QUICK = {"seconds": 0.0}
@@ -40,6 +41,8 @@ def test_a_tag_is_key_equals_value_and_a_bad_one_names_the_fix() -> None:
         check_tags({"bad key": "x"})
     with pytest.raises(InvalidName, match="at most 200"):
         check_tags({"k": "x" * 201})
+    with pytest.raises(InvalidName, match="tag team has an empty value"):
+        parse_tag("team=")
 
 
 def test_a_trigger_rule_tags_its_runs_and_names_itself() -> None:
@@ -109,3 +112,10 @@ async def test_tags_round_trip_from_request_to_log_to_runs_filter(
     assert nap["runs"] == 1
     bad = await sisas_async("runs", "--tag", "team", env=env)
     assert bad.returncode == 2 and "--tag team=data" in bad.stderr
+
+
+def test_a_tag_with_an_empty_value_is_exit_2_naming_the_tag(tmp_path: Path) -> None:
+    for command in (("run", "slow"), ("batch", "slow", "--inputs", str(tmp_path)), ("runs",)):
+        refused = sisas(*command, "--tag", "team=", env=fresh_env(tmp_path))
+        assert refused.returncode == 2, refused.stderr
+        assert "tag team has an empty value" in refused.stderr

@@ -12,6 +12,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from sisas import __version__
 from sisas.bus.settings import Settings
@@ -28,8 +29,9 @@ T = TypeVar("T")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print ``error: message`` on stderr and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}")
+    """Print ``error: message`` on stderr and exit with ``code``. The message is plain
+    text, never read as markup (``[[schedule]]`` stays whole)."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message))
     sys.exit(code)
 
 

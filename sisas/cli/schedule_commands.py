@@ -11,16 +11,19 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import click
 
-from sisas.bus.runtime import open_bus
+from sisas.bus.runtime import Bus, open_bus
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
 from sisas.cli.render import Cell, Column, dropped_note, fit_table
 from sisas.cli.run_commands import PIPELINES_OPTION
 from sisas.errors import UsageError
 from sisas.handlers.schedules import (
     Schedule,
+    check_cron,
+    check_zone,
     next_ticks,
     parse_schedules,
     schedule_chain,
@@ -36,6 +39,7 @@ from sisas.services.schedules import (
     paused_schedules,
     resume_schedule,
 )
+from sisas.signals.names import check_name
 
 __all__ = ["load_schedules", "schedules"]
 
@@ -137,7 +141,9 @@ async def list_schedules(
                     "catch_up": s.catch_up_limit,
                     "tags": s.tags,
                     "paused": pause is not None,
-                    "paused_by": pause.text() if pause else None,
+                    "paused_by": None
+                    if pause is None
+                    else {"by": pause.by, "at": pause.at, "note": pause.note},
                     "next_tick": next_ticks(s.cron, s.timezone, now, 1)[0].isoformat(),
                     "chain": schedule_chain(s.name),
                     "last": None
@@ -177,19 +183,54 @@ async def list_schedules(
     console.print("every decision: `sisas signals sch-NAME`")
 
 
+async def _check_known(
+    bus: Bus, name: str, schedules_file: str | None, pipeline_specs: tuple[str, ...]
+) -> None:
+    """Exit 2 unless schedule ``name`` is known: declared in the schedules file or by the
+    loaded pipelines, paused, or with decisions in the log (its chain ``sch-NAME``). The
+    error names the known schedules and how to point at the file."""
+    check_name(name, "schedule name")
+    declared = [s.name for s in load_schedules(schedules_file, load_pipelines(pipeline_specs))]
+    if name in declared:
+        return
+    paused = await paused_schedules(bus)
+    if name in paused or await bus.log.last_of_run(schedule_chain(name)) is not None:
+        return
+    known = sorted({*declared, *paused})
+    listed = f"known schedules: {', '.join(known)}" if known else "no schedule is known here"
+    fail(
+        f"no schedule {name!r}: {schedules_file or DEFAULT_FILE} and the pipelines loaded "
+        f"declare none by that name, none is paused, the log holds no decision of it "
+        f"({listed}); check the name, or pass --schedules FILE ([[schedule]] tables) or "
+        "--pipelines CODE declaring it"
+    )
+
+
 @schedules.command("pause")
 @click.argument("name")
 @click.option("--note", default="", help="Why: recorded in each skipped tick's reason.")
+@SCHEDULES_OPTION
+@PIPELINES_OPTION
 @JSON_OPTION
 @run_async
-async def pause(name: str, note: str, as_json: bool) -> None:
-    """Pause schedule NAME: its ticks are recorded as skipped until it is resumed."""
+async def pause(
+    name: str,
+    note: str,
+    schedules_file: str | None,
+    pipeline_specs: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Pause schedule NAME: its ticks are recorded as skipped until it is resumed.
+
+    Exit 2 when no schedule NAME is known (not in the schedules file, not declared by
+    --pipelines code, never ticked)."""
     async with open_bus(load_settings(), name="sisas-schedules") as bus:
+        await _check_known(bus, name, schedules_file, pipeline_specs)
         before = await pause_schedule(bus, name, by=_operator(), note=note)
     if as_json:
         print(json.dumps({"schedule": name, "paused": True, "already": before is not None}))
     elif before is not None:
-        console.print(f"{name} was paused already ({before.text()})")
+        console.print(f"{name} was paused already ({before.text()})", markup=False)
     else:
         console.print(
             f"paused {name}: its ticks are recorded as skipped; "
@@ -199,14 +240,19 @@ async def pause(name: str, note: str, as_json: bool) -> None:
 
 @schedules.command("resume")
 @click.argument("name")
+@SCHEDULES_OPTION
+@PIPELINES_OPTION
 @JSON_OPTION
 @run_async
-async def resume(name: str, as_json: bool) -> None:
+async def resume(
+    name: str, schedules_file: str | None, pipeline_specs: tuple[str, ...], as_json: bool
+) -> None:
     """Resume schedule NAME from its next tick (ticks while paused stay skipped).
 
-    Exit 1 when it was not paused.
+    Exit 1 when it was not paused, 2 when no schedule NAME is known.
     """
     async with open_bus(load_settings(), name="sisas-schedules") as bus:
+        await _check_known(bus, name, schedules_file, pipeline_specs)
         lifted = await resume_schedule(bus, name)
     if as_json:
         print(json.dumps({"schedule": name, "resumed": lifted is not None}))
@@ -217,7 +263,22 @@ async def resume(name: str, as_json: bool) -> None:
             )
         sys.exit(1)
     if not as_json:
-        console.print(f"resumed {name} (it was paused {lifted.text()})")
+        console.print(f"resumed {name} (it was paused {lifted.text()})", markup=False)
+
+
+def _after(text: str, zone: ZoneInfo, now: datetime) -> datetime:
+    """--after: a time (naive: in ``zone``) or a span back from ``now``."""
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            return parse_since(text, now)
+        except UsageError:
+            raise UsageError(
+                f"--after {text!r} is not a time: write 2026-03-29T00:00 (read in "
+                "--timezone) or 2026-03-29T00:00Z"
+            ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=zone)
 
 
 @schedules.command("test")
@@ -225,21 +286,25 @@ async def resume(name: str, as_json: bool) -> None:
 @click.option("--timezone", "-z", default="UTC", show_default=True, help="An IANA time zone.")
 @click.option("--count", "-n", type=click.IntRange(1, 1000), default=5, show_default=True)
 @click.option(
-    "--after", default=None, help="Start from this time (default now): 2026-11-01T12:00Z."
+    "--after",
+    default=None,
+    help="Start from this time (default now): 2026-11-01T12:00 (in --timezone) or "
+    "2026-11-01T12:00Z.",
 )
 @JSON_OPTION
 def test_expression(expr: str, timezone: str, count: int, after: str | None, as_json: bool) -> None:
     """Print the next ticks of the cron expression EXPR (5 fields, or 6 with seconds
-    first), in --timezone. Exit 2 for a bad expression or zone."""
+    first), in --timezone, after --after (a time without an offset is read in
+    --timezone). Exit 2 for a bad expression, zone or time."""
+    zone = check_zone(timezone)
+    check_cron(expr, zone)
     now = datetime.now(UTC)
-    start = parse_since(after, now) if after else now
-    check = f'[[schedule]]\nname = "test"\npipeline = "test"\ncron = {json.dumps(expr)}\n'
-    parse_schedules(check + f"timezone = {json.dumps(timezone)}\n", "EXPR")
+    start = _after(after, zone, now) if after else now
     ticks = [t.isoformat() for t in next_ticks(expr, timezone, start, count)]
     if as_json:
         print(json.dumps({"cron": expr, "timezone": timezone, "ticks": ticks}))
         return
-    console.print(f"next {count} ticks of [bold]{expr}[/] in {timezone}:")
+    console.print(f"next {count} ticks of {expr} in {timezone}:", markup=False)
     for t in ticks:
         console.print(f"  {t}")
 

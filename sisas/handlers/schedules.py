@@ -49,7 +49,9 @@ __all__ = [
     "Overlap",
     "Schedule",
     "ScheduleState",
+    "check_cron",
     "check_schedule",
+    "check_zone",
     "decide_tick",
     "due_ticks",
     "next_ticks",
@@ -102,26 +104,38 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return 0 if self.catch_up == "skip" else self.catch_up
 
 
+def check_zone(timezone: str, what: str = "") -> ZoneInfo:
+    """The zone named ``timezone``; raise :class:`UsageError` (``what`` first) if none is."""
+    try:
+        return ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UsageError(
+            f"{what}unknown time zone {timezone!r}: use an IANA name such as "
+            "'UTC' or 'Europe/Paris'"
+        ) from None
+
+
+def check_cron(cron: str, zone: ZoneInfo, what: str = "", hint: str = "") -> str:
+    """``cron`` if it is a cron expression; raise :class:`UsageError` (``what`` first,
+    ``hint`` last) saying the forms."""
+    try:
+        next(CronSim(cron, _EPOCH.astimezone(zone)))
+    except (CronSimError, StopIteration, ValueError) as exc:
+        raise UsageError(
+            f"{what}{cron!r} is not a cron expression ({exc}): write 5 fields "
+            "(minute hour day month weekday, e.g. '0 2 * * *') or 6 with seconds first "
+            f"('*/10 * * * * *'){hint}"
+        ) from None
+    return cron
+
+
 def check_schedule(s: Schedule, where: str = "the schedules file") -> Schedule:
     """``s`` if it can run; raise :class:`UsageError` naming what is wrong and the fix."""
     what = f"{where}: schedule {s.name!r}"
     check_name(s.name, f"{where}: schedule name")
     check_name(s.pipeline, f"{what} pipeline")
-    try:
-        zone = ZoneInfo(s.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise UsageError(
-            f"{what}: unknown time zone {s.timezone!r}: use an IANA name such as "
-            "'UTC' or 'Europe/Paris'"
-        ) from None
-    try:
-        next(CronSim(s.cron, _EPOCH.astimezone(zone)))
-    except (CronSimError, StopIteration, ValueError) as exc:
-        raise UsageError(
-            f"{what}: cron {s.cron!r} is not a cron expression ({exc}): write 5 fields "
-            "(minute hour day month weekday, e.g. '0 2 * * *') or 6 with seconds first "
-            "('*/10 * * * * *'); `sisas schedules test EXPR` shows its next ticks"
-        ) from None
+    zone = check_zone(s.timezone, f"{what}: ")
+    check_cron(s.cron, zone, f"{what}: cron ", "; `sisas schedules test EXPR` shows its next ticks")
     if s.catch_up_limit < 0 or s.catch_up_limit > MAX_CATCH_UP:
         raise UsageError(
             f'{what}: catch_up = {s.catch_up} is out of range: 0 to {MAX_CATCH_UP}, or "skip"'

@@ -136,7 +136,7 @@ TAG_VALUE_MAX: Final = 200
 def check_tags(tags: Mapping[str, str], what: str = "tag") -> dict[str, str]:
     """``tags`` as a plain dict if every key and value can be a tag; raise
     :class:`InvalidName` naming the first that cannot (keys: 1-64 letters, digits, '_',
-    '.', '-' or '/'; values: strings of at most 200 characters, no control characters)."""
+    '.', '-' or '/'; values: strings of 1 to 200 characters, no control characters)."""
     for key, value in tags.items():
         if not isinstance(key, str) or not _TAG_KEY.match(key):
             raise InvalidName(
@@ -145,6 +145,8 @@ def check_tags(tags: Mapping[str, str], what: str = "tag") -> dict[str, str]:
             )
         if not isinstance(value, str):
             raise InvalidName(f"{what} {key} is {value!r}: a tag's value is a string")
+        if not value:
+            raise InvalidName(f"{what} {key} has an empty value: give it one (--tag {key}=data)")
         if len(value) > TAG_VALUE_MAX or any(ord(c) < 32 for c in value):
             raise InvalidName(
                 f"invalid {what} {key}: its value must be at most {TAG_VALUE_MAX} characters, "
