@@ -104,6 +104,14 @@ def print_verdict(v: RunVerdict, *, limit: int = 10) -> None:
         console.print(f"  … and {len(v.findings) - limit} more (--json lists all)")
     for d in v.projection_diff[:limit]:
         console.print(f"  projection {d.path}: {d.recorded!r} (refold: {d.new!r})")
+    for r in v.projection_rows[:limit]:
+        key = ", ".join(map(str, r.key))
+        if r.change != "differs":
+            console.print(f"  projection {r.table} ({key}): {r.change}")
+        for c in r.columns:
+            console.print(
+                f"  projection {r.table} ({key}) {c.path}: {c.recorded!r} (log: {c.new!r})"
+            )
 
 
 def print_report(r: VerifyReport, single: bool) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import msgspec
 
@@ -17,10 +18,19 @@ from sisas.errors import ArtifactNotFound, BusError, BusUnavailable, UnknownRun,
 from sisas.handlers.state import RunState, state_digest
 from sisas.handlers.tables import dec_hook
 from sisas.pipeline import Pipeline
+from sisas.projections.digests import (
+    BY_NAME,
+    ExpectedProjection,
+    RunDigests,
+    row_key,
+    run_of_row,
+    shown,
+)
+from sisas.projections.schema import Table
 from sisas.replay.evidence import artifact_uses, located
 from sisas.replay.executor import execute_tasks
 from sisas.replay.rerun import RerunPlan, hold_side_effects, judge, plan_rerun, verdict
-from sisas.replay.verdicts import ArtifactProblem, RerunVerdict, VerifyReport
+from sisas.replay.verdicts import ArtifactProblem, FieldDiff, RerunVerdict, RowDiff, VerifyReport
 from sisas.replay.verify import LogVerifier, Projected, report
 from sisas.services.secrets import MissingSecret, resolve_secrets
 from sisas.signals.envelope import Signal
@@ -43,51 +53,82 @@ async def verify_log(
     projection: bool = True,
     on_progress: Progress | None = None,
 ) -> VerifyReport:
-    """Verify one run (or every run, ``run_id=None``) and compare with the projection."""
+    """Verify one run (or every run, ``run_id=None``) and compare with the projection:
+    the stored state of each run and its rows in every table, against what its signals
+    produce (a run the projection has not caught up with is not compared)."""
     verifier = LogVerifier(trusted=trusted, only=run_id)
-    if run_id is not None:
-        records = await bus.log.read_run(run_id)
-        if not records:
-            raise UnknownRun(f"no run {run_id!r} in the log; `sisas runs` lists them")
-        verifier.extend(records)
-    else:
-        target = await bus.log.last_seq()
-        n = 0
-        async for record in bus.log.follow(live=False):
-            verifier.add(record)
-            n += 1
-            if on_progress is not None and n % 5000 == 0:
-                on_progress("verifying", verifier.stream_seq, target)
-    projected = None
-    if projection and isinstance(bus, Bus):  # in-memory ports have no projection
-        projected = await _projected(bus, run_id, verifier, on_progress)
+    compare = projection and isinstance(bus, Bus)  # in-memory ports have no projection
+    expected = ExpectedProjection() if compare else None
+    try:
+        if run_id is not None:
+            records = await bus.log.read_run(run_id)
+            if not records:
+                raise UnknownRun(f"no run {run_id!r} in the log; `sisas runs` lists them")
+            verifier.extend(records)
+            if expected is not None:
+                expected.extend(records)
+        else:
+            target = await bus.log.last_seq()
+            n = 0
+            async for record in bus.log.follow(live=False):
+                verifier.add(record)
+                if expected is not None:
+                    expected.add(record)
+                n += 1
+                if on_progress is not None and n % 5000 == 0:
+                    on_progress("verifying", verifier.stream_seq, target)
+        projected = None
+        if expected is not None:
+            assert isinstance(bus, Bus)
+            projected = await _projected(bus, run_id, verifier, expected.digests(), on_progress)
+    finally:
+        if expected is not None:
+            expected.close()
     return report(verifier, projected)
 
 
 async def _projected(
-    bus: Bus, run_id: str | None, verifier: LogVerifier, on_progress: Progress | None
+    bus: Bus,
+    run_id: str | None,
+    verifier: LogVerifier,
+    expected: RunDigests,
+    on_progress: Progress | None,
 ) -> dict[str, Projected]:
-    """The projection's state digest of every run it can vouch for (it has applied the
-    run's last signal); a run it has not caught up with yet is left out (not checked)."""
+    """The projection's view of every run it can vouch for (it has applied the run's
+    last signal, and not moved past the log verify read); a run it has not caught up
+    with yet is left out (not checked)."""
     digests: dict[str, str] = {}
+    tables: dict[str, dict[str, Any]] = {}
     as_of = 0
     if run_id is not None:
         answer = await ask(bus, "states", {"run_ids": [run_id]}, on_progress=on_progress)
         as_of = answer.as_of
         digests = {e["run_id"]: e["digest"] for e in answer.result["states"]}
+        got = await ask(bus, "tables", {"run_ids": [run_id]})
+        as_of = min(as_of, got.as_of)
+        tables = {e["run_id"]: e for e in got.result["runs"]}
     else:
-        after = ""
-        while True:
-            answer = await ask(bus, "states", {"after": after, "limit": 5000})
-            as_of = answer.as_of if not after else min(as_of, answer.as_of)
-            digests.update({e["run_id"]: e["digest"] for e in answer.result["states"]})
-            after = answer.result["next"]
-            if not after:
-                break
+        for verb, key, limit in (("states", "states", 5000), ("tables", "runs", 500)):
+            after = ""
+            while True:
+                answer = await ask(bus, verb, {"after": after, "limit": limit})
+                as_of = answer.as_of if not (after or as_of) else min(as_of, answer.as_of)
+                for e in answer.result[key]:
+                    if verb == "states":
+                        digests[e["run_id"]] = e["digest"]
+                    else:
+                        tables[e["run_id"]] = e
+                after = answer.result["next"]
+                if not after:
+                    break
     out: dict[str, Projected] = {}
     for rid, v in verifier.runs.items():
         if v.last_stream_seq > as_of:
             continue  # the projection is behind this run: nothing to compare yet
+        live = tables.get(rid)
+        moved = live is not None and live["last_stream_seq"] > v.last_stream_seq
+        if moved and as_of > verifier.stream_seq:
+            continue  # the run moved on after verify read the log: compared next time
         digest = digests.get(rid)
         state = None
         if digest is not None and digest != state_digest(v.state):
@@ -96,8 +137,70 @@ async def _projected(
             if raw is not None:
                 wire = msgspec.json.encode(raw)
                 state = msgspec.json.decode(wire, type=RunState, dec_hook=dec_hook)
-        out[rid] = Projected(digest=digest, state=state)
+        differ: list[str] = []
+        rows: list[RowDiff] = []
+        if digest is not None:
+            want, have = expected.get(rid, {}), (live or {}).get("tables", {})
+            differ = sorted(
+                (t for t in {*want, *have} if want.get(t) != have.get(t)),
+                key=_TABLE_ORDER.__getitem__,
+            )
+            for table in differ:
+                rows += await _row_diffs(bus, rid, table)
+        out[rid] = Projected(digest=digest, state=state, tables=differ, rows=rows)
     return out
+
+
+_TABLE_ORDER = {name: i for i, name in enumerate(BY_NAME)}
+
+MAX_ROW_DIFFS = 20
+"""Differing rows named per run and table."""
+
+
+async def _row_diffs(bus: Bus, run_id: str, table: str) -> list[RowDiff]:
+    """The rows of ``run_id`` in ``table`` that differ between the projection and the
+    fold of the run's records (read again: a run's rows depend on its records alone)."""
+    t = BY_NAME[table]
+    fold = ExpectedProjection(keep_rows=True)
+    try:
+        fold.extend(await bus.log.read_run(run_id)).digests()
+        want = {_key(t, r): shown(t, r) for r in fold.rows(table) if run_of_row(t, r) == run_id}
+    finally:
+        fold.close()
+    have: dict[str, list[Any]] = {}
+    offset = 0
+    while True:
+        page = await ask(bus, "tables", {"rows_of": run_id, "table": table, "offset": offset})
+        for r in page.result["rows"]:
+            have[_key(t, r)] = r
+        offset = page.result["next"]
+        if not offset:
+            break
+    out: list[RowDiff] = []
+    for k in sorted({*want, *have}):
+        w, h = want.get(k), have.get(k)
+        if w == h:
+            continue
+        key = msgspec.json.decode(k)
+        if w is None:
+            out.append(RowDiff(table=table, key=key, change="extra"))
+        elif h is None:
+            out.append(RowDiff(table=table, key=key, change="missing"))
+        else:
+            cols = [
+                FieldDiff(path=name, recorded=hv, new=wv)
+                for name, hv, wv in zip(t.names, h, w, strict=True)
+                if hv != wv
+            ]
+            out.append(RowDiff(table=table, key=key, change="differs", columns=cols))
+        if len(out) >= MAX_ROW_DIFFS:
+            break
+    return out
+
+
+def _key(t: Table, row: Sequence[Any]) -> str:
+    """A row's key, as JSON: equal for the projection's row and the log's."""
+    return msgspec.json.encode(msgspec.to_builtins(row_key(t, row))).decode()
 
 
 async def read_signals(bus: Ports, run_id: str) -> list[Signal]:

@@ -20,7 +20,7 @@ from sisas.handlers.state import RunState, evolve, state_digest
 from sisas.handlers.tables import enc_hook
 from sisas.replay.fielddiff import field_diff
 from sisas.replay.rules import violation
-from sisas.replay.verdicts import Finding, Problem, RunVerdict, VerifyReport
+from sisas.replay.verdicts import Finding, Problem, RowDiff, RunVerdict, VerifyReport
 from sisas.signals.envelope import GENESIS, Signal, signal_id
 from sisas.signals.names import parse_run_subject
 from sisas.signals.records import CorruptMessage, LogGap, LogRecord, StoredSignal
@@ -30,10 +30,13 @@ __all__ = ["LogVerifier", "Projected", "RunVerifier", "report"]
 
 
 class Projected(msgspec.Struct, frozen=True, kw_only=True):
-    """What the projection holds for a run: its state digest, and the state for a diff."""
+    """What the projection holds for a run: its state digest, and the state for a diff;
+    the tables whose rows of the run differ from what its signals produce, and the rows."""
 
     digest: str | None
     state: RunState | None = None
+    tables: list[str] = []
+    rows: list[RowDiff] = []
 
 
 def _corrupt_problem(reason: str) -> Problem:
@@ -172,19 +175,17 @@ class RunVerifier:
                         run_id=self.run_id,
                     )
                 )
-            elif projected.digest != digest:
+            elif projected.digest != digest or projected.tables:
                 projection = "differs"
                 if projected.state is not None:
                     diff = field_diff(
                         msgspec.to_builtins(projected.state, enc_hook=enc_hook),
                         msgspec.to_builtins(self.state, enc_hook=enc_hook),
                     )
-                where = f" at {diff[0].path}" if diff else ""
                 findings.append(
                     Finding(
                         problem="projection_differs",
-                        message=f"the projection's state differs from the refold{where}: "
-                        "rebuild it with `sisas projections rebuild`",
+                        message=_differs(projected, diff[0].path if diff else ""),
                         run_id=self.run_id,
                     )
                 )
@@ -209,8 +210,31 @@ class RunVerifier:
             signed=signed,
             projection=projection,
             projection_diff=diff,
+            projection_tables=[] if projected is None else projected.tables,
+            projection_rows=[] if projected is None else projected.rows,
             findings=findings,
         )
+
+
+def _differs(projected: Projected, path: str) -> str:
+    if not projected.tables:
+        where = f" at {path}" if path else ""
+        return (
+            f"the projection's state differs from the refold{where}: "
+            "rebuild it with `sisas projections rebuild`"
+        )
+    first = ""
+    if projected.rows:
+        row = projected.rows[0]
+        key = ", ".join(map(str, row.key))
+        cols = ", ".join(c.path for c in row.columns)
+        first = f"; {row.table} row ({key}) " + (
+            f"differs in {cols}" if row.change == "differs" else f"is {row.change}"
+        )
+    return (
+        f"the projection's {', '.join(projected.tables)} rows differ from what the run's "
+        f"signals produce{first}: rebuild it with `sisas projections rebuild`"
+    )
 
 
 class LogVerifier:

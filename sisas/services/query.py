@@ -59,6 +59,7 @@ _QUERIES: dict[str, tuple[type[Any], Callable[..., Any]]] = {
     "manifest": (queries.RunQuery, queries.manifest),
     "stats": (queries.StatsQuery, queries.stats),
     "states": (queries.StatesQuery, queries.states),
+    "tables": (queries.TablesQuery, queries.tables),
 }
 
 

@@ -107,7 +107,17 @@ QUERY_PREFIX: Final = "sisas.query"
 """Request/reply: the query service answers ``sisas.query.<verb>``."""
 QUERY_GROUP: Final = "sisas-projectors"
 """The queue group projectors answer queries in."""
-QUERY_VERBS: Final = ("runs", "show", "manifest", "stats", "states", "status", "digest", "rebuild")
+QUERY_VERBS: Final = (
+    "runs",
+    "show",
+    "manifest",
+    "stats",
+    "states",
+    "tables",
+    "status",
+    "digest",
+    "rebuild",
+)
 """What the query service answers."""
 
 
