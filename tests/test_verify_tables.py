@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import msgspec
 import pytest
 
 from sisas.bus.runtime import Bus
@@ -24,8 +25,9 @@ from sisas.projections.schema import TABLES
 from sisas.projections.store import ProjectionStore
 from sisas.replay.verdicts import RunVerdict, VerifyReport
 from sisas.services.query import QueryService, projection_path
+from sisas.signals.names import log_subject
 from tests.cli_process import server_env, sisas_async
-from tests.runs import append_runs
+from tests.runs import append_runs, outsider_publishes
 
 RUN = "run-0000001"
 
@@ -173,3 +175,29 @@ async def test_the_expected_rows_are_the_rows_a_projector_writes(bus: Bus) -> No
         assert set(want["run-0000000"]) == {t.name for t in TABLES} - {"rejected"}
     finally:
         store.close()
+
+
+async def test_verify_in_two_processes_gives_the_verdict_of_one(
+    bus: Bus, settings: Settings
+) -> None:
+    """Runs split by a hash of their id across processes: the same report, findings,
+    projection differences and order, whatever the number of jobs."""
+    await _folded(bus, runs=9)
+    url = settings.nats_url or ""
+    await outsider_publishes(url, log_subject("synth", "run-0000004", "", "run_failed"), b"{")
+    await outsider_publishes(url, "sisas.run.junk", b"not a run's subject")
+    await ask(bus, "status")
+    _edit(settings, EDITS["metrics"][0])
+    one = await verify_log(bus, None, jobs=1)
+    two = await verify_log(bus, None, jobs=2)
+    three = await verify_log(bus, None, jobs=3)
+    assert not one.intact
+    assert msgspec.to_builtins(two) == msgspec.to_builtins(one)
+    assert msgspec.json.encode(three) == msgspec.json.encode(one)
+    bad = {v.run_id: v for v in one.verdicts if not v.intact}
+    assert sorted(bad) == [RUN, "run-0000004"]
+    cli = await sisas_async(
+        "replay", "verify", "--all", "--jobs", "2", "--json", env=server_env(settings)
+    )
+    assert cli.returncode == 1
+    assert msgspec.json.decode(cli.stdout) == msgspec.to_builtins(one)
