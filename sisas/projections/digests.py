@@ -24,11 +24,10 @@ from typing import Any, Final
 import duckdb
 import msgspec
 
-from sisas.projections import rows
-from sisas.projections.projector import Projector
-from sisas.projections.rows import Row, Tracked
+from sisas.projections.rows import Row
 from sisas.projections.schema import TABLES, Table
-from sisas.projections.store import Batch, ProjectionStore
+from sisas.projections.shares import MemoryFold
+from sisas.projections.store import ProjectionStore
 from sisas.signals.names import parse_run_subject
 from sisas.signals.records import LogRecord, StoredSignal
 
@@ -48,7 +47,6 @@ BY_NAME: Final[dict[str, Table]] = {t.name: t for t in TABLES}
 
 _MOD: Final = 1 << 256
 _ENC: Final = msgspec.json.Encoder()
-_UNSET: Final = bytes(32)
 
 RunDigests = dict[str, dict[str, str]]
 """run id -> table name -> digest (``"<rows>:<sum hex>"``); a table with no rows of
@@ -180,7 +178,7 @@ class ExpectedProjection:
 
     def __init__(self, *, keep_rows: bool = False, batch: int = 2_000) -> None:
         self._store = ProjectionStore(None)  # empty: the fold never finds a stored run
-        self._fold = _Fold(self._store)
+        self._fold = MemoryFold(self._store)
         self._sums = _Sums()
         self._pending: list[LogRecord] = []
         self._batch = batch
@@ -229,60 +227,3 @@ class ExpectedProjection:
         """The rows kept of ``table`` (``keep_rows``), after :meth:`digests`."""
         assert self._kept is not None, "rows are kept only with keep_rows=True"
         return self._kept[table]
-
-
-class _Fold(Projector):
-    """The projector's fold over an empty store: every run stays in memory, and the hash
-    of a run's earlier signal (asked when one behind its head arrives) is looked up in a
-    compact per-run record of the signals the fold stored, as the store would answer."""
-
-    def __init__(self, store: ProjectionStore) -> None:
-        super().__init__(_NoLog(), store, cache_runs=1 << 62)
-        self.runs: dict[str, Tracked] = {}
-        self._stored: dict[str, bytearray] = {}  # run -> 32 bytes per seq, zeros unset
-
-    def fold(self, records: list[LogRecord]) -> Batch:
-        batch = self.fold_batch(records)
-        self.runs.update(batch.states)
-        for run_id, t in batch.states.items():
-            self._remember(run_id, t)
-        for row in batch.facts["signals"]:  # the store answers with the first one stored
-            stored = self._stored.setdefault(str(row[1]), bytearray())
-            at = (int(row[3]) - 1) * 32  # type: ignore[call-overload]
-            if at + 32 > len(stored):
-                stored.extend(bytes(at + 32 - len(stored)))
-            if stored[at : at + 32] == _UNSET:
-                stored[at : at + 32] = bytes.fromhex(str(row[9]))
-        return batch
-
-    def _hash_at(self, run_id: str, seq: int) -> str | None:
-        for row in self._folding:
-            if row[1] == run_id and row[3] == seq:
-                return str(row[9])
-        stored = self._stored.get(run_id, bytearray())
-        found = bytes(stored[(seq - 1) * 32 : seq * 32])
-        return found.hex() if len(found) == 32 and found != _UNSET else None
-
-    def state_rows(self, table: str) -> Iterator[Row]:
-        for run_id in sorted(self.runs):
-            t = self.runs[run_id]
-            if table == "runs":
-                yield rows.run_row(t)
-            elif table == "run_states":
-                yield (
-                    run_id,
-                    t.first_stream_seq,
-                    t.last_stream_seq,
-                    rows.encode_state(t.state),
-                    rows.encode_screen(t),
-                )
-            else:
-                yield from rows.phase_rows(t.view)
-
-
-class _NoLog:
-    async def last_seq(self) -> int:
-        return 0
-
-    def follow(self, *, from_seq: int = 1, live: bool = False) -> Any:
-        raise NotImplementedError("the expected projection is fed, it reads no log")
