@@ -310,10 +310,12 @@ class Projector:
             self._bound = True
         self.applied_seq = self.folded_seq = self.store.checkpoint()
 
-    async def catch_up(self, *, progress: Progress | None = None) -> int:
+    async def catch_up(self, *, progress: Progress | None = None, jobs: int = 1) -> int:
         """Fold everything the log holds now; return the stream sequence reached.
 
         Queries are answered between batches (they run in the writer thread too).
+        ``jobs`` > 1 (with a :data:`SharedFold`), from an empty store only: that many
+        processes fold shares of the runs while this one writes.
         """
         async with self._writing():
             async with self._lock:
@@ -326,6 +328,8 @@ class Projector:
                         target,
                     )
                     await self._exec(self._reset, ordered=True)
+                if jobs > 1 and self.shared_fold is not None and self.applied_seq == 0 < target:
+                    await self._fold_shared(target, jobs, progress)
             return await self._fold_until(target, progress, locked=False)
 
     async def _fold_until(self, target: int, progress: Progress | None, *, locked: bool) -> int:
