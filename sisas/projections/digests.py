@@ -6,9 +6,9 @@ compared here: verify reports those from the log itself). A run's digest in a ta
 a multiset hash of its rows: the count and the sum, modulo 2**256, of each row's sha256,
 so it can be computed in any order, in one streaming pass, on both sides.
 
-Both sides hash the same thing: a row as DuckDB returns it. :func:`canonical` turns a
-row built by :mod:`sisas.projections.rows` into that form (a TIMESTAMP comes back as a
-naive UTC datetime, a DOUBLE as a float), so the rows the verifier derives from the log
+Both sides hash the same thing: a row as DuckDB returns it, its timestamps read as
+TIMESTAMPTZ (aware, in UTC). :func:`canonical` turns a row built by
+:mod:`sisas.projections.rows` into that form (a timestamp in UTC, a DOUBLE a float), so the rows the verifier derives from the log
 are hashed without writing them into a database, and :func:`live_digests` hashes the
 rows the store holds. :class:`ExpectedProjection` folds a log (or a run's records)
 through the projector's own fold and keeps the digests (or, for one run, the rows).
@@ -53,32 +53,55 @@ RunDigests = dict[str, dict[str, str]]
 the run is left out."""
 
 
-def _coerce(sql_type: str, value: object) -> object:
-    if value is None:
-        return None
-    if sql_type == "TIMESTAMP":
-        assert isinstance(value, datetime)
-        if value.tzinfo is not None:  # DuckDB stores (and returns) naive UTC
-            return value.astimezone(UTC).replace(tzinfo=None)
+def _kinds(table: Table) -> tuple[tuple[int, str], ...]:
+    """The columns whose Python value may differ in type from DuckDB's: timestamps
+    (read back as TIMESTAMPTZ, so aware UTC on both sides) and doubles (an int given
+    for a DOUBLE column comes back a float)."""
+    out = []
+    for i, (_, sql_type) in enumerate(table.columns):
+        kind = sql_type.split()[0]
+        if kind in ("TIMESTAMP", "DOUBLE"):
+            out.append((i, kind))
+    return tuple(out)
+
+
+_FIX: Final[dict[str, tuple[tuple[int, str], ...]]] = {t.name: _kinds(t) for t in TABLES}
+_RUN_AT: Final[dict[str, int]] = {
+    t.name: t.names.index("run_id") for t in TABLES if "run_id" in t.names
+}
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is UTC:
         return value
-    if sql_type == "DOUBLE":
-        return float(value)  # type: ignore[arg-type]
-    if sql_type == "BLOB":
-        return bytes(value)  # type: ignore[call-overload]
-    return value
+    if value.tzinfo is None:  # DuckDB's TIMESTAMP columns hold UTC
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def canonical(table: Table, row: Sequence[object]) -> Row:
-    """``row`` (in ``table``'s column order) as DuckDB returns it."""
-    return tuple(_coerce(t.split()[0], v) for (_, t), v in zip(table.columns, row, strict=True))
+    """``row`` (in ``table``'s column order) as :func:`live_rows` reads it back from
+    DuckDB: timestamps aware in UTC, doubles as floats."""
+    out = list(row)
+    for i, kind in _FIX[table.name]:
+        value = out[i]
+        if value is None:
+            continue
+        if kind == "TIMESTAMP":
+            assert isinstance(value, datetime)
+            out[i] = _utc(value)
+        elif type(value) is not float:
+            out[i] = float(value)  # type: ignore[arg-type]
+    return tuple(out)
 
 
 def run_of_row(table: Table, row: Sequence[object]) -> str:
     """The run a row of ``table`` belongs to ("" for none)."""
-    if table.name == "rejected":
+    at = _RUN_AT.get(table.name)
+    if at is None:  # rejected: the run its subject names
         parsed = parse_run_subject(str(row[3]))
         return parsed[1] if parsed else ""
-    return str(row[table.names.index("run_id")])
+    return str(row[at])
 
 
 def row_key(table: Table, row: Sequence[object]) -> tuple[object, ...]:
@@ -116,11 +139,17 @@ class _Sums:
 
 def _select(con: duckdb.DuckDBPyConnection, table: Table, run_ids: list[str]) -> Iterator[Row]:
     cur = con.cursor()
+    columns = ", ".join(
+        f"{name}::TIMESTAMPTZ AS {name}" if sql_type.startswith("TIMESTAMP") else name
+        for name, sql_type in table.columns
+    )
     try:
         if table.name == "rejected":  # no run column: filtered by subject below
-            cur.execute("SELECT * FROM rejected")
+            cur.execute(f"SELECT {columns} FROM rejected")
         else:
-            cur.execute(f"SELECT * FROM {table.name} WHERE list_contains(?, run_id)", [run_ids])
+            cur.execute(
+                f"SELECT {columns} FROM {table.name} WHERE list_contains(?, run_id)", [run_ids]
+            )
         wanted = set(run_ids)
         while chunk := cur.fetchmany(20_000):
             for row in chunk:
@@ -153,7 +182,7 @@ _LONG: Final = 200
 
 
 def shown(table: Table, row: Sequence[object]) -> list[Any]:
-    """``row`` (as DuckDB returns it) as JSON data for a diff: a BLOB or a long string
+    """``row`` (as :func:`live_rows` reads it) as JSON data for a diff: a BLOB or a long string
     stands as the sha256 of its bytes, so any row fits in an answer."""
     out: list[Any] = []
     assert len(row) == len(table.columns)
