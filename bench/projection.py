@@ -35,6 +35,7 @@ import asyncio
 import functools
 import hashlib
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -62,6 +63,17 @@ from sisas.signals.records import decode_records
 
 def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cpu(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _server_cpu(pid: int) -> float:
+    """CPU seconds the nats-server process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _children_rss_mib() -> float:
@@ -160,6 +172,8 @@ async def child_rebuild(url: str, path: str, jobs: int) -> dict[str, float | str
         "seconds": seconds,
         "rss_mib": rss,
         "rss_children_mib": _children_rss_mib(),
+        "cpu_self": _cpu(),
+        "cpu_children": _cpu(resource.RUSAGE_CHILDREN),
         "digest": digest,
     }
 
@@ -183,10 +197,29 @@ async def child_verify_jobs(url: str, jobs: int, projection: str) -> dict[str, f
         "seconds": seconds,
         "rss_mib": _rss_mib(),
         "rss_children_mib": _children_rss_mib(),
+        "cpu_self": _cpu(),
+        "cpu_children": _cpu(resource.RUSAGE_CHILDREN),
     }
 
 
-def jobs_figures(url: str, tmp: str, stored: int, jobs: list[int]) -> dict[str, float]:
+def _timed_child(pid: int, *args: str) -> dict[str, Any]:
+    """A child's result, with the CPU seconds the nats-server used meanwhile."""
+    before = _server_cpu(pid)
+    out = _child(*args)
+    out["cpu_server"] = _server_cpu(pid) - before
+    return out
+
+
+def _cpu_note(r: dict[str, Any]) -> str:
+    return (
+        f"CPU s: this process {r['cpu_self']:.1f}, its folders/verifiers "
+        f"{r['cpu_children']:.1f}, nats-server {r['cpu_server']:.1f}"
+    )
+
+
+def jobs_figures(
+    url: str, tmp: str, stored: int, jobs: list[int], server_pid: int
+) -> dict[str, float]:
     """Rebuild and verify with each of ``jobs`` against read+decode(+sha256), one round."""
     out: dict[str, float] = {}
     dec = _child("_raw", url, "decode")
@@ -203,7 +236,7 @@ def jobs_figures(url: str, tmp: str, stored: int, jobs: list[int]) -> dict[str, 
     folded = ""
     for j in jobs:
         path = str(Path(tmp) / f"rebuild{j}.duckdb")
-        r = _child("_rebuild", url, path, str(j))
+        r = _timed_child(server_pid, "_rebuild", url, path, str(j))
         assert r["messages"] == stored
         digests.add(r["digest"])
         folded = path
@@ -214,13 +247,16 @@ def jobs_figures(url: str, tmp: str, stored: int, jobs: list[int]) -> dict[str, 
         print(
             f"  rebuild --jobs {j}: {rate:,.0f}/s ({float(r['seconds']):.1f} s), ratio to "
             f"read+decode {rate / out['read_decode_per_s']:.2f}; peak RSS writer "
-            f"{float(r['rss_mib']):.0f} MiB, largest folder {float(r['rss_children_mib']):.0f} MiB",
+            f"{float(r['rss_mib']):.0f} MiB, largest folder "
+            f"{float(r['rss_children_mib']):.0f} MiB; " + _cpu_note(r),
             flush=True,
         )
+        out[f"rebuild_{j}j_cpu_s"] = float(r["cpu_self"]) + float(r["cpu_children"])
+        out[f"rebuild_{j}j_server_cpu_s"] = float(r["cpu_server"])
     assert len(digests) == 1, f"rebuilds with jobs {jobs} differ: {digests}"
     for label, projection in (("verify", ""), ("verify_proj", folded)):
         for j in jobs:
-            v = _child("_verifyjobs", url, str(j), projection)
+            v = _timed_child(server_pid, "_verifyjobs", url, str(j), projection)
             assert v["messages"] == stored
             rate = v["messages"] / v["seconds"]
             out[f"{label}_{j}j_per_s"] = rate
@@ -229,9 +265,12 @@ def jobs_figures(url: str, tmp: str, stored: int, jobs: list[int]) -> dict[str, 
             print(
                 f"  verify --all --jobs {j} {what}: {rate:,.0f}/s ({v['seconds']:.1f} s), "
                 f"ratio to read+decode+sha256 {rate / out['read_decode_hash_per_s']:.2f}; "
-                f"peak RSS {v['rss_mib']:.0f} MiB, largest child {v['rss_children_mib']:.0f} MiB",
+                f"peak RSS {v['rss_mib']:.0f} MiB, largest child {v['rss_children_mib']:.0f} MiB; "
+                + _cpu_note(v),
                 flush=True,
             )
+            out[f"{label}_{j}j_cpu_s"] = v["cpu_self"] + v["cpu_children"]
+            out[f"{label}_{j}j_server_cpu_s"] = v["cpu_server"]
     for j in jobs[1:]:
         for label in ("rebuild", "verify", "verify_proj"):
             out[f"{label}_{j}j_speedup"] = out[f"{label}_{j}j_per_s"] / out[f"{label}_1j_per_s"]
@@ -332,7 +371,7 @@ def main(n: int, rounds: int, jobs: list[int] | None = None) -> dict[str, float]
                     f"projector {max(rss_fold):.0f} MiB"
                 )
                 extra = (
-                    await asyncio.to_thread(jobs_figures, server.url, tmp, stored, jobs)
+                    await asyncio.to_thread(jobs_figures, server.url, tmp, stored, jobs, server.pid)
                     if jobs
                     else {}
                 )
