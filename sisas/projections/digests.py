@@ -8,10 +8,11 @@ so it can be computed in any order, in one streaming pass, on both sides.
 
 Both sides hash the same thing: a row as DuckDB returns it, its timestamps read as
 TIMESTAMPTZ (aware, in UTC). :func:`canonical` turns a row built by
-:mod:`sisas.projections.rows` into that form (a timestamp in UTC, a DOUBLE a float), so the rows the verifier derives from the log
-are hashed without writing them into a database, and :func:`live_digests` hashes the
-rows the store holds. :class:`ExpectedProjection` folds a log (or a run's records)
-through the projector's own fold and keeps the digests (or, for one run, the rows).
+:mod:`sisas.projections.rows` into that form (a timestamp in UTC, a DOUBLE a float),
+so the rows the verifier derives from the log are hashed without writing them into a
+database, and :func:`live_digests` hashes the rows the store holds.
+:class:`ExpectedProjection` folds a log (or a run's records) through the projector's
+own fold and keeps the digests (or, for one run, the rows).
 """
 
 from __future__ import annotations
