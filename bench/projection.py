@@ -14,22 +14,37 @@ fresh child process so peak RSS is its own:
          evolve its run's state, write the rows and the checkpoint batch by batch;
 - digest: the state digest over all tables (what `projections rebuild` computes twice).
 
-Prints rates, the ratio fold/raw and peak RSS of each child.
+and, with ``--jobs 1,2`` (the default), against the limits a fold or a verify cannot
+beat, measured in the same run: read + decode every signal (msgspec, the strict
+decoder, no other work), and read + decode + sha256 of every message:
+
+- rebuild --jobs N:  `Projector.catch_up(jobs=N)` from an empty DuckDB file, N processes
+                     folding shares of the runs and this one writing (N=1: the projector
+                     alone); the state digest must be the same for every N;
+- verify --jobs N:   `sisas replay verify --all --jobs N`, without the projection
+                     (`--no-projection`) and with it (every table compared; the projection
+                     file of the rebuild copied in first, so it is caught up).
+
+Prints rates, ratios and peak RSS of each child (and of its folders or verifiers).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import json
+import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.synthetic import publish_runs
 from sisas.bus.embedded import EmbeddedServer
@@ -40,11 +55,30 @@ from sisas.bus.settings import Settings
 from sisas.client.verification import verify_log
 from sisas.projections.projector import Projector
 from sisas.projections.store import ProjectionStore
+from sisas.services.query import projection_path
+from sisas.services.rebuild import fold_in_processes
 from sisas.signals.names import LOG_STREAM
+from sisas.signals.records import decode_records
 
 
 def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cpu(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _server_cpu(pid: int) -> float:
+    """CPU seconds the nats-server process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_rss_mib() -> float:
+    """The peak RSS of the largest child process that ended (folders, verifiers)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 async def load(settings: Settings, n: int) -> int:
@@ -75,6 +109,15 @@ async def child_raw(url: str, how: str) -> dict[str, float]:
             async for _, _, data in read_range(bus.nc, LOG_STREAM, "sisas.run.>", 1, last):
                 total += len(sha(data).digest())
                 count += 1
+        elif how == "decode":  # the limit of any fold: read and decode every signal
+            async for seq, subject, data in read_range(bus.nc, LOG_STREAM, "sisas.run.>", 1, last):
+                count += len(decode_records(seq, subject, data))
+                total += len(data)
+        elif how == "decodehash":  # the limit of a verify: read, decode, sha256
+            sha = hashlib.sha256
+            async for seq, subject, data in read_range(bus.nc, LOG_STREAM, "sisas.run.>", 1, last):
+                count += len(decode_records(seq, subject, data))
+                total += len(sha(data).digest())
         else:  # nats-py's ordered push consumer
             async for seq, msg in JetStreamLog(bus.nc)._consume("sisas.run.>", 1):
                 total += len(msg.data)
@@ -107,6 +150,133 @@ async def child_fold(url: str, path: str) -> dict[str, float]:
     }
 
 
+async def child_rebuild(url: str, path: str, jobs: int) -> dict[str, float | str]:
+    """``projections rebuild --jobs N``'s fold, timed: from an empty file to the end."""
+    settings = Settings(home=Path(tempfile.mkdtemp()), nats_url=url, replicas=1)
+    async with open_bus(settings) as bus:
+        store = ProjectionStore(Path(path))
+        projector = Projector(
+            bus.log,
+            store,
+            identity=await bus.log.identity(),
+            shared_fold=functools.partial(fold_in_processes, settings),
+        )
+        start = time.perf_counter()
+        applied = await projector.catch_up(jobs=jobs)
+        seconds = time.perf_counter() - start
+        rss = _rss_mib()
+        digest = store.digest()
+        store.close()
+    return {
+        "messages": applied,
+        "seconds": seconds,
+        "rss_mib": rss,
+        "rss_children_mib": _children_rss_mib(),
+        "cpu_self": _cpu(),
+        "cpu_children": _cpu(resource.RUSAGE_CHILDREN),
+        "digest": digest,
+    }
+
+
+async def child_verify_jobs(url: str, jobs: int, projection: str) -> dict[str, float]:
+    """``sisas replay verify --all --jobs N`` (with the projection file ``projection``
+    copied into the data folder, or without comparing when it is "")."""
+    settings = Settings(home=Path(tempfile.mkdtemp()), nats_url=url, replicas=1)
+    if projection:
+        projection_path(settings).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(projection, projection_path(settings))
+    async with open_bus(settings) as bus:
+        start = time.perf_counter()
+        result = await verify_log(bus, None, projection=bool(projection), jobs=jobs)
+        seconds = time.perf_counter() - start
+    assert result.intact, result.first
+    if projection:
+        assert {v.projection for v in result.verdicts} == {"equal"}
+    return {
+        "messages": result.signals,
+        "seconds": seconds,
+        "rss_mib": _rss_mib(),
+        "rss_children_mib": _children_rss_mib(),
+        "cpu_self": _cpu(),
+        "cpu_children": _cpu(resource.RUSAGE_CHILDREN),
+    }
+
+
+def _timed_child(pid: int, *args: str) -> dict[str, Any]:
+    """A child's result, with the CPU seconds the nats-server used meanwhile."""
+    before = _server_cpu(pid)
+    out = _child(*args)
+    out["cpu_server"] = _server_cpu(pid) - before
+    return out
+
+
+def _cpu_note(r: dict[str, Any]) -> str:
+    return (
+        f"CPU s: this process {r['cpu_self']:.1f}, its folders/verifiers "
+        f"{r['cpu_children']:.1f}, nats-server {r['cpu_server']:.1f}"
+    )
+
+
+def jobs_figures(
+    url: str, tmp: str, stored: int, jobs: list[int], server_pid: int
+) -> dict[str, float]:
+    """Rebuild and verify with each of ``jobs`` against read+decode(+sha256), one round."""
+    out: dict[str, float] = {}
+    dec = _child("_raw", url, "decode")
+    dhash = _child("_raw", url, "decodehash")
+    assert dec["messages"] == dhash["messages"] == stored
+    out["read_decode_per_s"] = dec["messages"] / dec["seconds"]
+    out["read_decode_hash_per_s"] = dhash["messages"] / dhash["seconds"]
+    print(
+        f"  limits: read+decode {out['read_decode_per_s']:,.0f}/s, "
+        f"read+decode+sha256 {out['read_decode_hash_per_s']:,.0f}/s",
+        flush=True,
+    )
+    digests = set()
+    folded = ""
+    for j in jobs:
+        path = str(Path(tmp) / f"rebuild{j}.duckdb")
+        r = _timed_child(server_pid, "_rebuild", url, path, str(j))
+        assert r["messages"] == stored
+        digests.add(r["digest"])
+        folded = path
+        rate = float(r["messages"]) / float(r["seconds"])
+        out[f"rebuild_{j}j_per_s"] = rate
+        out[f"rss_rebuild_{j}j_mib"] = float(r["rss_mib"])
+        out[f"rss_rebuild_{j}j_folders_mib"] = float(r["rss_children_mib"])
+        print(
+            f"  rebuild --jobs {j}: {rate:,.0f}/s ({float(r['seconds']):.1f} s), ratio to "
+            f"read+decode {rate / out['read_decode_per_s']:.2f}; peak RSS writer "
+            f"{float(r['rss_mib']):.0f} MiB, largest folder "
+            f"{float(r['rss_children_mib']):.0f} MiB; " + _cpu_note(r),
+            flush=True,
+        )
+        out[f"rebuild_{j}j_cpu_s"] = float(r["cpu_self"]) + float(r["cpu_children"])
+        out[f"rebuild_{j}j_server_cpu_s"] = float(r["cpu_server"])
+    assert len(digests) == 1, f"rebuilds with jobs {jobs} differ: {digests}"
+    for label, projection in (("verify", ""), ("verify_proj", folded)):
+        for j in jobs:
+            v = _timed_child(server_pid, "_verifyjobs", url, str(j), projection)
+            assert v["messages"] == stored
+            rate = v["messages"] / v["seconds"]
+            out[f"{label}_{j}j_per_s"] = rate
+            out[f"rss_{label}_{j}j_mib"] = max(v["rss_mib"], v["rss_children_mib"])
+            what = "with the projection" if projection else "--no-projection"
+            print(
+                f"  verify --all --jobs {j} {what}: {rate:,.0f}/s ({v['seconds']:.1f} s), "
+                f"ratio to read+decode+sha256 {rate / out['read_decode_hash_per_s']:.2f}; "
+                f"peak RSS {v['rss_mib']:.0f} MiB, largest child {v['rss_children_mib']:.0f} MiB; "
+                + _cpu_note(v),
+                flush=True,
+            )
+            out[f"{label}_{j}j_cpu_s"] = v["cpu_self"] + v["cpu_children"]
+            out[f"{label}_{j}j_server_cpu_s"] = v["cpu_server"]
+    for j in jobs[1:]:
+        for label in ("rebuild", "verify", "verify_proj"):
+            out[f"{label}_{j}j_speedup"] = out[f"{label}_{j}j_per_s"] / out[f"{label}_1j_per_s"]
+    return out
+
+
 async def child_verify(url: str) -> dict[str, float]:
     """What ``sisas replay verify --all --no-projection`` does, timed."""
     settings = Settings(home=Path(tempfile.mkdtemp()), nats_url=url, replicas=1)
@@ -118,15 +288,17 @@ async def child_verify(url: str) -> dict[str, float]:
     return {"messages": result.signals, "seconds": seconds, "rss_mib": _rss_mib()}
 
 
-def _child(*args: str) -> dict[str, float]:
+def _child(*args: str) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-m", "bench.projection", *args], capture_output=True, check=True
+        [sys.executable, "-m", "bench.projection", *args], capture_output=True, check=False
     )
-    result: dict[str, float] = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    if out.returncode:
+        raise RuntimeError(f"bench child {args[0]} failed: {out.stderr.decode()[-3000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.decode().strip().splitlines()[-1])
     return result
 
 
-def main(n: int, rounds: int) -> dict[str, float]:
+def main(n: int, rounds: int, jobs: list[int] | None = None) -> dict[str, float]:
     """Load ``n`` signals, then read and fold them ``rounds`` times; the medians."""
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
@@ -198,7 +370,13 @@ def main(n: int, rounds: int) -> dict[str, float]:
                     f"  peak RSS: raw reader {max(rss_raw):.0f} MiB, "
                     f"projector {max(rss_fold):.0f} MiB"
                 )
+                extra = (
+                    await asyncio.to_thread(jobs_figures, server.url, tmp, stored, jobs, server.pid)
+                    if jobs
+                    else {}
+                )
                 return {
+                    **extra,
                     "signals": stored,
                     "raw_read_per_s": raw_rate,
                     "ordered_read_per_s": statistics.median(ordered),
@@ -221,9 +399,19 @@ if __name__ == "__main__":
         print(json.dumps(asyncio.run(child_verify(sys.argv[2]))))
     elif len(sys.argv) > 1 and sys.argv[1] == "_fold":
         print(json.dumps(asyncio.run(child_fold(sys.argv[2], sys.argv[3]))))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_rebuild":
+        print(json.dumps(asyncio.run(child_rebuild(sys.argv[2], sys.argv[3], int(sys.argv[4])))))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_verifyjobs":
+        run = child_verify_jobs(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+        print(json.dumps(asyncio.run(run)))
     else:
         parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
         parser.add_argument("--signals", type=int, default=1_000_000)
         parser.add_argument("--rounds", type=int, default=1)
+        parser.add_argument(
+            "--jobs",
+            default="1,2",
+            help="rebuild and verify with each of these --jobs (comma-separated; '' skips)",
+        )
         args = parser.parse_args()
-        main(args.signals, args.rounds)
+        main(args.signals, args.rounds, [int(j) for j in args.jobs.split(",") if j])

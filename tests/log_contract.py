@@ -26,7 +26,7 @@ from sisas.signals import (
     StoredSignal,
     encode_signal,
 )
-from sisas.signals.names import commit_subject, log_subject
+from sisas.signals.names import commit_subject, log_subject, partition_of, run_partition
 from sisas.signals.records import encode_commit
 from tests.conftest import AT
 
@@ -187,6 +187,24 @@ class LogContract:
         assert signals_of(records) == a + b
         assert [r.stream_seq for r in await collect(log, from_seq=2)] == [2, 2, 2]  # type: ignore[union-attr]
         assert await collect(log, from_seq=3) == []
+
+    async def test_follow_stops_at_to_seq_and_decodes_only_what_keep_accepts(
+        self, log: SignalLog
+    ) -> None:
+        runs = [run_signals(f"run{i}", 2) for i in range(3, 7)]  # shares 1, 0, 0, 0
+        for sigs in runs:
+            await log.append(sigs, expected_last_seq=0)
+        assert signals_of(await collect(log, to_seq=2)) == runs[0] + runs[1]
+        shares = [
+            signals_of(await collect(log, keep=lambda s, i=i: partition_of(s, 2) == i))
+            for i in range(2)
+        ]
+        assert sorted(map(len, shares)) != [0, 8]  # both shares hold runs here
+        assert sorted(s.id for share in shares for s in share) == sorted(
+            s.id for sigs in runs for s in sigs
+        )
+        for i, share in enumerate(shares):
+            assert {run_partition(s.run_id, 2) for s in share} <= {i}
 
     async def test_follow_live_sees_later_appends(self, log: SignalLog) -> None:
         sigs = run_signals("r1", 3)

@@ -223,6 +223,7 @@ LAYERS: dict[str, tuple[set[str], set[str]]] = {
             "bus",
             "services",
             "client",
+            "projections",
             "replay",
             "telemetry",
             "pipeline",

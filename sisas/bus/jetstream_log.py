@@ -268,9 +268,18 @@ class JetStreamLog:
                 break
         return out
 
-    async def follow(self, *, from_seq: int = 1, live: bool = False) -> AsyncIterator[LogRecord]:
+    async def follow(
+        self,
+        *,
+        from_seq: int = 1,
+        live: bool = False,
+        to_seq: int = 0,
+        keep: Callable[[str], bool] | None = None,
+    ) -> AsyncIterator[LogRecord]:
         info = await self._stream_info()
         end, first = int(info.state.last_seq), int(info.state.first_seq)
+        if to_seq and not live:
+            end = min(end, to_seq)
         from_seq = max(from_seq, 1)
         if not live and end < from_seq:
             return
@@ -286,12 +295,12 @@ class JetStreamLog:
         async for msg_seq, subject, data in messages:
             if msg_seq > expected:
                 yield LogGap(first=expected, last=msg_seq - 1)
-            if msg_seq >= expected:
+            if msg_seq >= expected and (keep is None or keep(subject)):
                 for record in decode_records(msg_seq, subject, data):
                     if isinstance(record, CorruptMessage):
                         log.warning("stream seq %d on %s: %s", msg_seq, subject, record.reason)
                     yield record
-                expected = msg_seq + 1
+            expected = max(expected, msg_seq + 1)
             if not live and msg_seq >= end:
                 return
         if not live and expected <= end:

@@ -8,7 +8,7 @@ and :class:`sisas.bus.memory_log.MemoryLog` (fast unit tests). One contract test
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 import msgspec
@@ -78,10 +78,20 @@ class SignalLog(Protocol):
         """Every stored message of one run, in stream order."""
         ...
 
-    def follow(self, *, from_seq: int = 1, live: bool = False) -> AsyncIterator[LogRecord]:
+    def follow(
+        self,
+        *,
+        from_seq: int = 1,
+        live: bool = False,
+        to_seq: int = 0,
+        keep: Callable[[str], bool] | None = None,
+    ) -> AsyncIterator[LogRecord]:
         """The whole log from ``from_seq``: signals, corrupt messages and gaps, in order.
 
-        With ``live=False`` it stops at the end of the log as it was when called.
+        With ``live=False`` it stops at the end of the log as it was when called, or at
+        ``to_seq`` if it is not 0 and earlier. ``keep``: only the messages whose subject
+        it accepts are decoded and given (gaps are still given): one reader's share
+        when several split the log.
         """
         ...
 

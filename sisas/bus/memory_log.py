@@ -110,14 +110,22 @@ class MemoryLog:
                 out.extend(decode_records(seq, subject, data))
         return out
 
-    async def follow(self, *, from_seq: int = 1, live: bool = False) -> AsyncIterator[LogRecord]:
+    async def follow(
+        self,
+        *,
+        from_seq: int = 1,
+        live: bool = False,
+        to_seq: int = 0,
+        keep: Callable[[str], bool] | None = None,
+    ) -> AsyncIterator[LogRecord]:
         seq = max(from_seq, 1)
-        end = len(self._messages)
+        end = len(self._messages) if not to_seq else min(to_seq, len(self._messages))
         while True:
             while seq <= len(self._messages) and (live or seq <= end):
                 subject, data, _ = self._messages[seq - 1]
-                for record in decode_records(seq, subject, data):
-                    yield record
+                if keep is None or keep(subject):
+                    for record in decode_records(seq, subject, data):
+                        yield record
                 seq += 1
             if not live:
                 return

@@ -8,6 +8,7 @@ answer's documented fields (docs/cli.md) and nothing else on stdout.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import textwrap
@@ -506,18 +507,28 @@ def projections() -> None:
 
 @projections.command()
 @_JSON
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes folding the log again, each a share of the runs, while one writes "
+    "(default: the CPU count). The tables are the same for any --jobs.",
+)
 @run_async
-async def rebuild(as_json: bool) -> None:
+async def rebuild(as_json: bool, jobs: int | None) -> None:
     """Drop the tables, fold the whole log again, compare state digests before and after.
 
     Exit code 0 when the digests are equal, 1 when they differ.
     """
-    answer = await _ask("rebuild", {}, timeout=120.0)
+    answer = await _ask("rebuild", {"jobs": jobs or os.cpu_count() or 1}, timeout=600.0)
     r = answer.result
     if as_json:
         print(json.dumps(r))
     else:
-        console.print(f"folded {r['stream_seq']} stream messages in {r['seconds']:.2f} s")
+        console.print(
+            f"folded {r['stream_seq']} stream messages in {r['seconds']:.2f} s "
+            f"({r.get('jobs', 1)} job{'s' if r.get('jobs', 1) > 1 else ''})"
+        )
         console.print(f"state digest before  {r['before']}")
         console.print(f"state digest after   {r['after']}")
         console.print("[green]equal[/]" if r["equal"] else "[red]DIFFERENT[/]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,6 +105,14 @@ def print_verdict(v: RunVerdict, *, limit: int = 10) -> None:
         console.print(f"  … and {len(v.findings) - limit} more (--json lists all)")
     for d in v.projection_diff[:limit]:
         console.print(f"  projection {d.path}: {d.recorded!r} (refold: {d.new!r})")
+    for r in v.projection_rows[:limit]:
+        key = ", ".join(map(str, r.key))
+        if r.change != "differs":
+            console.print(f"  projection {r.table} ({key}): {r.change}")
+        for c in r.columns:
+            console.print(
+                f"  projection {r.table} ({key}) {c.path}: {c.recorded!r} (log: {c.new!r})"
+            )
 
 
 def print_report(r: VerifyReport, single: bool) -> None:
@@ -136,9 +145,21 @@ def print_report(r: VerifyReport, single: bool) -> None:
 )
 @TRUST
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (docs/replay.md).")
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes verifying --all, each reading the log and verifying the runs whose id "
+    "hashes to its share (default: the CPU count). The report is the same for any --jobs.",
+)
 @run_async
 async def verify(
-    run_id: str | None, all_runs: bool, no_projection: bool, trust: tuple[str, ...], as_json: bool
+    run_id: str | None,
+    all_runs: bool,
+    no_projection: bool,
+    trust: tuple[str, ...],
+    as_json: bool,
+    jobs: int | None,
 ) -> None:
     """Recompute every hash and link of RUN_ID (or --all), check gaps, forged and
     out-of-place signals and signatures, refold its state and compare it with the
@@ -154,7 +175,12 @@ async def verify(
     async with open_bus(load_settings(), name="sisas-replay-verify") as bus:
         with progress_bar() as on_progress:
             result = await verify_log(
-                bus, run_id, trusted=keys, projection=not no_projection, on_progress=on_progress
+                bus,
+                run_id,
+                trusted=keys,
+                projection=not no_projection,
+                on_progress=on_progress,
+                jobs=jobs or os.cpu_count() or 1,
             )
     if as_json:
         sys.stdout.write(msgspec.json.encode(result).decode() + "\n")

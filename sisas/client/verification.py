@@ -4,28 +4,51 @@ projection's state of each run to compare with the refold."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import multiprocessing
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
 from sisas.bus.ports import Ports
-from sisas.bus.runtime import Bus
+from sisas.bus.runtime import Bus, open_bus
+from sisas.bus.settings import Settings
 from sisas.client.queries import ask
 from sisas.environment import capture_environment
 from sisas.errors import ArtifactNotFound, BusError, BusUnavailable, UnknownRun, UsageError
 from sisas.handlers.state import RunState, state_digest
 from sisas.handlers.tables import dec_hook
 from sisas.pipeline import Pipeline
+from sisas.projections.digests import (
+    BY_NAME,
+    ExpectedProjection,
+    RunDigests,
+    row_key,
+    run_of_row,
+    shown,
+)
+from sisas.projections.schema import Table
 from sisas.replay.evidence import artifact_uses, located
 from sisas.replay.executor import execute_tasks
 from sisas.replay.rerun import RerunPlan, hold_side_effects, judge, plan_rerun, verdict
-from sisas.replay.verdicts import ArtifactProblem, RerunVerdict, VerifyReport
-from sisas.replay.verify import LogVerifier, Projected, report
+from sisas.replay.verdicts import (
+    ArtifactProblem,
+    FieldDiff,
+    Finding,
+    RerunVerdict,
+    RowDiff,
+    RunVerdict,
+    VerifyReport,
+)
+from sisas.replay.verify import LogVerifier, Projected, RunVerifier, assemble, report
 from sisas.services.secrets import MissingSecret, resolve_secrets
 from sisas.signals.envelope import Signal
+from sisas.signals.names import partition_of, run_partition
 from sisas.signals.plan import Environment
-from sisas.signals.records import StoredSignal
+from sisas.signals.records import LogRecord, StoredSignal
 
 __all__ = ["Fetch", "bus_fetch", "read_signals", "rerun_signals", "verify_log"]
 
@@ -42,62 +65,288 @@ async def verify_log(
     trusted: frozenset[str] = frozenset(),
     projection: bool = True,
     on_progress: Progress | None = None,
+    jobs: int = 1,
 ) -> VerifyReport:
-    """Verify one run (or every run, ``run_id=None``) and compare with the projection."""
-    verifier = LogVerifier(trusted=trusted, only=run_id)
+    """Verify one run (or every run, ``run_id=None``) and compare with the projection:
+    the stored state of each run and its rows in every table, against what its signals
+    produce (a run the projection has not caught up with is not compared).
+
+    ``jobs`` > 1 (every run only, on a server): that many processes each read the log
+    and verify the runs whose id hashes to their share; the report is the same."""
+    compare = projection and isinstance(bus, Bus)  # in-memory ports have no projection
     if run_id is not None:
         records = await bus.log.read_run(run_id)
         if not records:
             raise UnknownRun(f"no run {run_id!r} in the log; `sisas runs` lists them")
-        verifier.extend(records)
+        target = records[-1].stream_seq
     else:
         target = await bus.log.last_seq()
-        n = 0
-        async for record in bus.log.follow(live=False):
-            verifier.add(record)
-            n += 1
-            if on_progress is not None and n % 5000 == 0:
-                on_progress("verifying", verifier.stream_seq, target)
-    projected = None
-    if projection and isinstance(bus, Bus):  # in-memory ports have no projection
-        projected = await _projected(bus, run_id, verifier, on_progress)
-    return report(verifier, projected)
-
-
-async def _projected(
-    bus: Bus, run_id: str | None, verifier: LogVerifier, on_progress: Progress | None
-) -> dict[str, Projected]:
-    """The projection's state digest of every run it can vouch for (it has applied the
-    run's last signal); a run it has not caught up with yet is left out (not checked)."""
-    digests: dict[str, str] = {}
-    as_of = 0
+    live = await _live(bus, run_id) if compare and isinstance(bus, Bus) else None
     if run_id is not None:
-        answer = await ask(bus, "states", {"run_ids": [run_id]}, on_progress=on_progress)
-        as_of = answer.as_of
-        digests = {e["run_id"]: e["digest"] for e in answer.result["states"]}
+        part = _verify_records(records, trusted, live, target, only=run_id)
+        parts = [part]
+    elif jobs > 1 and isinstance(bus, Bus):
+        parts = await _in_processes(bus, jobs, trusted, live, target)
     else:
+        parts = [await _verify_share(bus, trusted, live, target, 0, 1, on_progress)]
+    verdicts = [v for p in parts for v in p.verdicts]
+    for p in parts:
+        for rid, v in p.detail.items():
+            assert isinstance(bus, Bus)
+            assert live is not None
+            verdicts.append(v.verdict(await _detail(bus, rid, v, live, p.expected[rid])))
+    return assemble(
+        verdicts,
+        [f for p in parts for f in p.log_findings],
+        max(p.stream_seq for p in parts),
+        trusted,
+    )
+
+
+class _Live(msgspec.Struct, frozen=True, kw_only=True):
+    """What the projection holds, asked once: where it is, each run's state digest, and
+    each run's table digests with the stream sequence of its last signal."""
+
+    as_of: int
+    states: dict[str, str]
+    tables: dict[str, tuple[int, dict[str, str]]]
+
+
+@dataclass
+class _Part:
+    """One reader's share of the verdicts: final ones, and the runs whose projection
+    differs (compared again with the details asked of the projection)."""
+
+    verdicts: list[RunVerdict]
+    detail: dict[str, RunVerifier]
+    expected: RunDigests
+    log_findings: list[Finding]
+    stream_seq: int
+
+
+async def _live(bus: Bus, run_id: str | None) -> _Live:
+    states: dict[str, str] = {}
+    tables: dict[str, tuple[int, dict[str, str]]] = {}
+    as_of = -1
+    for verb, key, limit in (("states", "states", 5000), ("tables", "runs", 500)):
         after = ""
         while True:
-            answer = await ask(bus, "states", {"after": after, "limit": 5000})
-            as_of = answer.as_of if not after else min(as_of, answer.as_of)
-            digests.update({e["run_id"]: e["digest"] for e in answer.result["states"]})
+            ask_for = {"run_ids": [run_id]} if run_id is not None else {}
+            answer = await ask(bus, verb, {**ask_for, "after": after, "limit": limit})
+            as_of = answer.as_of if as_of < 0 else min(as_of, answer.as_of)
+            for e in answer.result[key]:
+                if verb == "states":
+                    states[e["run_id"]] = e["digest"]
+                else:
+                    tables[e["run_id"]] = (e["last_stream_seq"], e["tables"])
             after = answer.result["next"]
             if not after:
                 break
-    out: dict[str, Projected] = {}
+    return _Live(as_of=max(as_of, 0), states=states, tables=tables)
+
+
+async def _verify_share(
+    bus: Ports,
+    trusted: frozenset[str],
+    live: _Live | None,
+    target: int,
+    share: int,
+    shares: int,
+    on_progress: Progress | None = None,
+) -> _Part:
+    """Verify the runs of the log (up to ``target``) in share ``share`` of ``shares``."""
+    verifier = LogVerifier(trusted=trusted)
+    expected = ExpectedProjection() if live is not None else None
+    keep = None if shares == 1 else lambda subject: partition_of(subject, shares) == share
+    try:
+        n = 0
+        async for record in bus.log.follow(live=False, to_seq=target, keep=keep):
+            verifier.add(record)
+            if expected is not None:
+                expected.add(record)
+            n += 1
+            if on_progress is not None and n % 5000 == 0:
+                on_progress("verifying", verifier.stream_seq, target)
+        return _compare(verifier, live, expected.digests() if expected else {}, target)
+    finally:
+        if expected is not None:
+            expected.close()
+
+
+def _verify_records(
+    records: Sequence[LogRecord],
+    trusted: frozenset[str],
+    live: _Live | None,
+    target: int,
+    *,
+    only: str,
+) -> _Part:
+    verifier = LogVerifier(trusted=trusted, only=only).extend(records)
+    if live is None:
+        return _compare(verifier, None, {}, target)
+    expected = ExpectedProjection()
+    try:
+        return _compare(verifier, live, expected.extend(records).digests(), target)
+    finally:
+        expected.close()
+
+
+def _compare(verifier: LogVerifier, live: _Live | None, expected: RunDigests, target: int) -> _Part:
+    """Each run's verdict where the projection agrees (or is not compared); the runs it
+    differs on are left for :func:`_detail`."""
+    verdicts: list[RunVerdict] = []
+    detail: dict[str, RunVerifier] = {}
     for rid, v in verifier.runs.items():
-        if v.last_stream_seq > as_of:
-            continue  # the projection is behind this run: nothing to compare yet
-        digest = digests.get(rid)
-        state = None
-        if digest is not None and digest != state_digest(v.state):
-            full = await ask(bus, "states", {"run_ids": [rid], "full": True})
-            raw = full.result["states"][0]["state"] if full.result["states"] else None
-            if raw is not None:
-                wire = msgspec.json.encode(raw)
-                state = msgspec.json.decode(wire, type=RunState, dec_hook=dec_hook)
-        out[rid] = Projected(digest=digest, state=state)
+        if live is None:
+            verdicts.append(v.verdict())
+            continue
+        stored = live.tables.get(rid)
+        behind = v.last_stream_seq > live.as_of
+        moved = stored is not None and stored[0] > v.last_stream_seq and live.as_of > target
+        if behind or moved:  # not caught up with the run yet, or past what was read
+            verdicts.append(v.verdict())
+            continue
+        digest = live.states.get(rid)
+        if digest is None:
+            verdicts.append(v.verdict(Projected(digest=None)))
+            continue
+        want, have = expected.get(rid, {}), stored[1] if stored else {}
+        if digest == state_digest(v.state) and want == have:
+            verdicts.append(v.verdict(Projected(digest=digest)))
+        else:
+            detail[rid] = v
+    wanted = {rid: expected.get(rid, {}) for rid in detail}
+    return _Part(verdicts, detail, wanted, verifier.findings, verifier.stream_seq)
+
+
+async def _detail(
+    bus: Bus, rid: str, v: RunVerifier, live: _Live, want: dict[str, str]
+) -> Projected:
+    """The projection's view of a run it differs on: its state, for a field diff, and
+    the rows of each table that differs."""
+    digest = live.states.get(rid)
+    state = None
+    if digest is not None and digest != state_digest(v.state):
+        full = await ask(bus, "states", {"run_ids": [rid], "full": True})
+        raw = full.result["states"][0]["state"] if full.result["states"] else None
+        if raw is not None:
+            wire = msgspec.json.encode(raw)
+            state = msgspec.json.decode(wire, type=RunState, dec_hook=dec_hook)
+    stored = live.tables.get(rid)
+    have = stored[1] if stored else {}
+    differ = sorted(
+        (t for t in {*want, *have} if want.get(t) != have.get(t)), key=_TABLE_ORDER.__getitem__
+    )
+    rows: list[RowDiff] = []
+    for table in differ:
+        rows += await _row_diffs(bus, rid, table)
+    return Projected(digest=digest, state=state, tables=differ, rows=rows)
+
+
+async def _in_processes(
+    bus: Bus, jobs: int, trusted: frozenset[str], live: _Live | None, target: int
+) -> list[_Part]:
+    """The log verified by ``jobs`` processes, each reading it and verifying its share
+    of the runs (by a hash of the run id: runs are independent chains)."""
+    loop = asyncio.get_running_loop()
+    spawn = multiprocessing.get_context("spawn")  # no copy of this loop's threads
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=spawn) as pool:
+        shares = [
+            loop.run_in_executor(
+                pool,
+                _share_in_process,
+                bus.settings,
+                trusted,
+                _slice(live, i, jobs),
+                target,
+                i,
+                jobs,
+            )
+            for i in range(jobs)
+        ]
+        return list(await asyncio.gather(*shares))
+
+
+def _slice(live: _Live | None, share: int, shares: int) -> _Live | None:
+    """What a share needs of the projection: its runs."""
+    if live is None:
+        return None
+
+    def mine(run_id: str) -> bool:
+        return run_partition(run_id, shares) == share
+
+    return _Live(
+        as_of=live.as_of,
+        states={k: v for k, v in live.states.items() if mine(k)},
+        tables={k: v for k, v in live.tables.items() if mine(k)},
+    )
+
+
+def _share_in_process(
+    settings: Settings,
+    trusted: frozenset[str],
+    live: _Live | None,
+    target: int,
+    share: int,
+    shares: int,
+) -> _Part:
+    async def main() -> _Part:
+        async with open_bus(settings, name=f"sisas-replay-verify-{share}") as bus:
+            return await _verify_share(bus, trusted, live, target, share, shares)
+
+    return asyncio.run(main())
+
+
+_TABLE_ORDER = {name: i for i, name in enumerate(BY_NAME)}
+
+MAX_ROW_DIFFS = 20
+"""Differing rows named per run and table."""
+
+
+async def _row_diffs(bus: Bus, run_id: str, table: str) -> list[RowDiff]:
+    """The rows of ``run_id`` in ``table`` that differ between the projection and the
+    fold of the run's records (read again: a run's rows depend on its records alone)."""
+    t = BY_NAME[table]
+    fold = ExpectedProjection(keep_rows=True)
+    try:
+        fold.extend(await bus.log.read_run(run_id)).digests()
+        want = {_key(t, r): shown(t, r) for r in fold.rows(table) if run_of_row(t, r) == run_id}
+    finally:
+        fold.close()
+    have: dict[str, list[Any]] = {}
+    offset = 0
+    while True:
+        page = await ask(bus, "tables", {"rows_of": run_id, "table": table, "offset": offset})
+        for r in page.result["rows"]:
+            have[_key(t, r)] = r
+        offset = page.result["next"]
+        if not offset:
+            break
+    out: list[RowDiff] = []
+    for k in sorted({*want, *have}):
+        w, h = want.get(k), have.get(k)
+        if w == h:
+            continue
+        key = msgspec.json.decode(k)
+        if w is None:
+            out.append(RowDiff(table=table, key=key, change="extra"))
+        elif h is None:
+            out.append(RowDiff(table=table, key=key, change="missing"))
+        else:
+            cols = [
+                FieldDiff(path=name, recorded=hv, new=wv)
+                for name, hv, wv in zip(t.names, h, w, strict=True)
+                if hv != wv
+            ]
+            out.append(RowDiff(table=table, key=key, change="differs", columns=cols))
+        if len(out) >= MAX_ROW_DIFFS:
+            break
     return out
+
+
+def _key(t: Table, row: Sequence[Any]) -> str:
+    """A row's key, as JSON: equal for the projection's row and the log's."""
+    return msgspec.json.encode(msgspec.to_builtins(row_key(t, row))).decode()
 
 
 async def read_signals(bus: Ports, run_id: str) -> list[Signal]:

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -40,7 +40,7 @@ from sisas.projections.writer import ProjectionWriter
 from sisas.signals.names import log_subject, parse_run_subject
 from sisas.signals.records import CorruptMessage, LogGap, LogRecord, StoredSignal
 
-__all__ = ["LogReader", "Projector", "RebuildReport"]
+__all__ = ["LogReader", "Projector", "RebuildReport", "SharedFold"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,10 @@ class LogReader(Protocol):
 
     async def last_seq(self) -> int: ...
 
+
+SharedFold = Callable[[int, int, int], Iterable[Batch]]
+"""``(first, target, jobs)`` -> the batches of the log from stream sequence ``first`` to
+``target`` folded by ``jobs`` processes, in order (:mod:`sisas.services.rebuild`)."""
 
 Progress = Callable[[int, int], None]
 """Called (on the event loop) with (stream sequence applied, target sequence) after
@@ -89,6 +93,7 @@ class Projector:
         batch_size: int = 5_000,
         linger: float = 0.25,
         cache_runs: int = 10_000,
+        shared_fold: SharedFold | None = None,
     ) -> None:
         self.log = log
         self.store = store
@@ -96,6 +101,7 @@ class Projector:
         self.batch_size = batch_size
         self.linger = linger
         self.cache_runs = cache_runs
+        self.shared_fold = shared_fold
         self._cache: OrderedDict[str, Tracked] = OrderedDict()
         self._lock = asyncio.Lock()
         self._bound = False
@@ -304,10 +310,12 @@ class Projector:
             self._bound = True
         self.applied_seq = self.folded_seq = self.store.checkpoint()
 
-    async def catch_up(self, *, progress: Progress | None = None) -> int:
+    async def catch_up(self, *, progress: Progress | None = None, jobs: int = 1) -> int:
         """Fold everything the log holds now; return the stream sequence reached.
 
         Queries are answered between batches (they run in the writer thread too).
+        ``jobs`` > 1 (with a :data:`SharedFold`), from an empty store only: that many
+        processes fold shares of the runs while this one writes.
         """
         async with self._writing():
             async with self._lock:
@@ -320,6 +328,8 @@ class Projector:
                         target,
                     )
                     await self._exec(self._reset, ordered=True)
+                if jobs > 1 and self.shared_fold is not None and self.applied_seq == 0 < target:
+                    await self._fold_shared(target, jobs, progress)
             return await self._fold_until(target, progress, locked=False)
 
     async def _fold_until(self, target: int, progress: Progress | None, *, locked: bool) -> int:
@@ -359,9 +369,13 @@ class Projector:
         self._cache.clear()
         self.applied_seq = self.folded_seq = 0
 
-    async def rebuild(self, *, progress: Progress | None = None) -> RebuildReport:
+    async def rebuild(self, *, progress: Progress | None = None, jobs: int = 1) -> RebuildReport:
         """Catch up, digest, drop every table, fold the log again to the same sequence,
-        digest again. Queries wait until it is done."""
+        digest again. Queries wait until it is done.
+
+        ``jobs`` > 1 (with a :data:`SharedFold`): the log is folded again by that many
+        processes, each folding a share of the runs, and written here batch by batch,
+        each with its checkpoint; the tables are the same as with one."""
         async with self._writing():
             await self.catch_up()
             async with self._lock:
@@ -370,7 +384,10 @@ class Projector:
                 await self._fold_until(target, None, locked=True)
                 before = await self._exec(self.store.digest, ordered=True)
                 await self._exec(self._reset, ordered=True)
-                await self._fold_until(target, progress, locked=True)
+                if jobs > 1 and self.shared_fold is not None:
+                    await self._fold_shared(target, jobs, progress)
+                else:
+                    await self._fold_until(target, progress, locked=True)
                 after = await self._exec(self.store.digest, ordered=True)
                 return RebuildReport(
                     before=before,
@@ -378,6 +395,25 @@ class Projector:
                     stream_seq=self.applied_seq,
                     seconds=time.perf_counter() - start,
                 )
+
+    async def _fold_shared(self, target: int, jobs: int, progress: Progress | None) -> None:
+        """Fold to ``target`` in ``jobs`` processes, writing here (in the writer thread)."""
+        shared = self.shared_fold
+        assert shared is not None
+        loop = asyncio.get_running_loop()
+
+        def write_all() -> None:
+            for batch in shared(self.applied_seq + 1, target, jobs):
+                self.store.write(batch)
+                self.applied_seq = self.folded_seq = batch.last_seq
+                if progress is not None:
+                    loop.call_soon_threadsafe(progress, batch.last_seq, target)
+
+        try:
+            await self._exec(write_all, ordered=True)
+        finally:
+            self._cache.clear()  # the runs were folded elsewhere: read back when they move
+            self.applied_seq = self.folded_seq = await self._exec(self.store.checkpoint)
 
     async def read(self, fn: Callable[[ProjectionStore], T]) -> T:
         """``fn(store)`` between two batches, never during a rebuild: in the writer

@@ -18,6 +18,7 @@ import msgspec
 
 from sisas.errors import UnknownRun, UsageError
 from sisas.handlers.state import state_digest
+from sisas.projections import digests
 from sisas.projections.rows import decode_screen, decode_state
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "RunsQuery",
     "StatesQuery",
     "StatsQuery",
+    "TablesQuery",
     "artifact_location",
     "manifest",
     "parse_since",
@@ -33,6 +35,7 @@ __all__ = [
     "runs",
     "states",
     "stats",
+    "tables",
 ]
 
 MANIFEST_VERSION = 1
@@ -60,6 +63,16 @@ class StatesQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     after: str = ""
     limit: int = 2000
     full: bool = False
+
+
+class TablesQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    run_ids: list[str] = []
+    after: str = ""
+    limit: int = 500
+    rows_of: str = ""
+    """With ``table``: the rows of this run in that table instead of digests."""
+    table: str = ""
+    offset: int = 0
 
 
 class StatsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -477,3 +490,46 @@ def states(con: duckdb.DuckDBPyConnection, q: StatesQuery) -> dict[str, Any]:
             entry["state"] = json.loads(bytes(blob))
         out.append(entry)
     return {"states": out, "next": nxt}
+
+
+def tables(con: duckdb.DuckDBPyConnection, q: TablesQuery) -> dict[str, Any]:
+    """Each run's digest in every table (:mod:`sisas.projections.digests`) and where its
+    signals end: for ``run_ids``, or a page of every run after ``after`` in run-id order
+    (``next`` starts the next page, empty at the end). With ``rows_of`` and ``table``, a
+    page of that run's rows in that table instead (``next``: the offset of the next
+    page, 0 at the end). Replay compares these with the rows it derives from the log."""
+    limit = max(1, min(q.limit, 2_000))
+    if q.rows_of:
+        table = digests.BY_NAME.get(q.table)
+        if table is None:
+            raise UsageError(f"no table {q.table!r}: one of {', '.join(digests.BY_NAME)}")
+        page = digests.live_rows(con, q.rows_of, q.table, offset=q.offset, limit=limit)
+        more = len(page) == limit
+        return {
+            "rows": [digests.shown(table, r) for r in page],
+            "next": q.offset + limit if more else 0,
+        }
+    if q.run_ids:
+        found = con.execute(
+            "SELECT run_id, last_stream_seq FROM run_states WHERE list_contains(?, run_id) "
+            "ORDER BY run_id",
+            [q.run_ids],
+        ).fetchall()
+        nxt = ""
+    else:
+        found = con.execute(
+            "SELECT run_id, last_stream_seq FROM run_states WHERE run_id > ? "
+            "ORDER BY run_id LIMIT ?",
+            [q.after, limit],
+        ).fetchall()
+        nxt = found[-1][0] if len(found) == limit else ""
+    wanted = sorted({*(r[0] for r in found), *q.run_ids})
+    sums = digests.live_digests(con, wanted)
+    last = {r[0]: r[1] for r in found}
+    return {
+        "runs": [
+            {"run_id": rid, "last_stream_seq": last.get(rid, 0), "tables": sums.get(rid, {})}
+            for rid in wanted
+        ],
+        "next": nxt,
+    }

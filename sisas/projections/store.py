@@ -87,6 +87,8 @@ class Batch:
     states: dict[str, Tracked] = field(default_factory=dict)
     """The folded state of each run the batch moved (its rows in ``runs`` replace the
     stored ones)."""
+    touched: set[str] = field(default_factory=set)
+    """Runs moved besides those of ``states`` (a batch folded elsewhere, in shares)."""
 
 
 class ProjectionStore:
@@ -207,8 +209,8 @@ class ProjectionStore:
         con = self._con
         try:
             con.execute("BEGIN TRANSACTION")
-            if batch.states:
-                touched = [(run_id,) for run_id in sorted(batch.states)]
+            if batch.states or batch.touched:
+                touched = [(run_id,) for run_id in sorted(batch.touched.union(batch.states))]
                 for table in STATE_TABLES:
                     with con.appender(table.name, action="delete", key=["run_id"]) as gone:
                         gone.append_rows(touched)

@@ -16,6 +16,7 @@ __all__ = [
     "PhaseRerun",
     "Problem",
     "RerunVerdict",
+    "RowDiff",
     "RunVerdict",
     "VerifyReport",
 ]
@@ -63,6 +64,18 @@ class FieldDiff(msgspec.Struct, frozen=True, kw_only=True):
     new: Any = None
 
 
+class RowDiff(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A row of a projection table that is not what the run's signals produce: ``key``
+    names it (the table's key columns); ``change`` says whether the projection holds it
+    with other values (``columns``: ``recorded`` the projection's, ``new`` the log's),
+    holds it though the log does not produce it (``extra``), or lacks it (``missing``)."""
+
+    table: str
+    key: list[Any]
+    change: Literal["differs", "extra", "missing"]
+    columns: list[FieldDiff] = []
+
+
 class RunVerdict(msgspec.Struct, frozen=True, kw_only=True):
     """Whether one run's log is intact, and the state it folds to."""
 
@@ -81,6 +94,10 @@ class RunVerdict(msgspec.Struct, frozen=True, kw_only=True):
     signed: Literal["all", "none", "some"] = "none"
     projection: Literal["equal", "differs", "missing", "not_checked"] = "not_checked"
     projection_diff: list[FieldDiff] = []
+    projection_tables: list[str] = []
+    """The tables whose rows of this run differ from what its signals produce."""
+    projection_rows: list[RowDiff] = []
+    """The differing rows (the first few of each table)."""
     findings: list[Finding] = []
 
 

@@ -17,23 +17,30 @@ from typing import Literal
 import msgspec
 
 from sisas.handlers.state import RunState, evolve, state_digest
-from sisas.handlers.tables import enc_hook
+from sisas.handlers.tables import dec_hook, enc_hook
 from sisas.replay.fielddiff import field_diff
 from sisas.replay.rules import violation
-from sisas.replay.verdicts import Finding, Problem, RunVerdict, VerifyReport
+from sisas.replay.verdicts import Finding, Problem, RowDiff, RunVerdict, VerifyReport
 from sisas.signals.envelope import GENESIS, Signal, signal_id
 from sisas.signals.names import parse_run_subject
 from sisas.signals.records import CorruptMessage, LogGap, LogRecord, StoredSignal
 from sisas.signals.signing import check_signature
 
-__all__ = ["LogVerifier", "Projected", "RunVerifier", "report"]
+__all__ = ["LogVerifier", "Projected", "RunVerifier", "assemble", "report"]
 
 
 class Projected(msgspec.Struct, frozen=True, kw_only=True):
-    """What the projection holds for a run: its state digest, and the state for a diff."""
+    """What the projection holds for a run: its state digest, and the state for a diff;
+    the tables whose rows of the run differ from what its signals produce, and the rows."""
 
     digest: str | None
     state: RunState | None = None
+    tables: list[str] = []
+    rows: list[RowDiff] = []
+
+
+_STATE_ENCODER = msgspec.json.Encoder(enc_hook=enc_hook)
+_STATE_DECODER = msgspec.json.Decoder(RunState, dec_hook=dec_hook)
 
 
 def _corrupt_problem(reason: str) -> Problem:
@@ -67,6 +74,18 @@ class RunVerifier:
         self._findings: list[Finding] = []
         self._signers: list[str] = []
         self._unsigned = 0
+
+    def __getstate__(self) -> dict[str, object]:
+        # Sent to another process as its canonical JSON: a pickled Struct keeps a float
+        # equal to its field's default but not the default itself, which msgspec's
+        # omit_defaults (and so the state digest) tells apart.
+        state = dict(self.__dict__)
+        state["state"] = _STATE_ENCODER.encode(self.state)
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        state["state"] = _STATE_DECODER.decode(state["state"])  # type: ignore[arg-type]
+        self.__dict__.update(state)
 
     def _find(self, problem: Problem, message: str, stream_seq: int, s: Signal | None) -> None:
         self._findings.append(
@@ -172,19 +191,17 @@ class RunVerifier:
                         run_id=self.run_id,
                     )
                 )
-            elif projected.digest != digest:
+            elif projected.digest != digest or projected.tables:
                 projection = "differs"
                 if projected.state is not None:
                     diff = field_diff(
                         msgspec.to_builtins(projected.state, enc_hook=enc_hook),
                         msgspec.to_builtins(self.state, enc_hook=enc_hook),
                     )
-                where = f" at {diff[0].path}" if diff else ""
                 findings.append(
                     Finding(
                         problem="projection_differs",
-                        message=f"the projection's state differs from the refold{where}: "
-                        "rebuild it with `sisas projections rebuild`",
+                        message=_differs(projected, diff[0].path if diff else ""),
                         run_id=self.run_id,
                     )
                 )
@@ -209,8 +226,31 @@ class RunVerifier:
             signed=signed,
             projection=projection,
             projection_diff=diff,
+            projection_tables=[] if projected is None else projected.tables,
+            projection_rows=[] if projected is None else projected.rows,
             findings=findings,
         )
+
+
+def _differs(projected: Projected, path: str) -> str:
+    if not projected.tables:
+        where = f" at {path}" if path else ""
+        return (
+            f"the projection's state differs from the refold{where}: "
+            "rebuild it with `sisas projections rebuild`"
+        )
+    first = ""
+    if projected.rows:
+        row = projected.rows[0]
+        key = ", ".join(map(str, row.key))
+        cols = ", ".join(c.path for c in row.columns)
+        first = f"; {row.table} row ({key}) " + (
+            f"differs in {cols}" if row.change == "differs" else f"is {row.change}"
+        )
+    return (
+        f"the projection's {', '.join(projected.tables)} rows differ from what the run's "
+        f"signals produce{first}: rebuild it with `sisas projections rebuild`"
+    )
 
 
 class LogVerifier:
@@ -265,18 +305,30 @@ def report(verifier: LogVerifier, projected: Mapping[str, Projected] | None = No
     view of the runs it can vouch for (a run left out is not compared)."""
     verdicts = [
         v.verdict(None if projected is None else projected.get(run_id))
-        for run_id, v in sorted(verifier.runs.items(), key=lambda kv: kv[1].first_stream_seq)
+        for run_id, v in verifier.runs.items()
     ]
-    firsts = [v.findings[0] for v in verdicts if v.findings] + verifier.findings[:1]
+    return assemble(verdicts, verifier.findings, verifier.stream_seq, verifier.trusted)
+
+
+def assemble(
+    verdicts: Iterable[RunVerdict],
+    log_findings: list[Finding],
+    stream_seq: int,
+    trusted: frozenset[str],
+) -> VerifyReport:
+    """The report over ``verdicts`` (of one reader, or of several that split the log by
+    run), in the order their runs start in the log."""
+    ordered = sorted(verdicts, key=lambda v: (v.first_stream_seq, v.run_id))
+    firsts = [v.findings[0] for v in ordered if v.findings] + log_findings[:1]
     first = min(firsts, key=lambda f: f.stream_seq or 1 << 62) if firsts else None
     return VerifyReport(
         intact=first is None,
-        runs=len(verdicts),
-        intact_runs=sum(v.intact for v in verdicts),
-        signals=sum(v.signals for v in verdicts),
-        stream_seq=verifier.stream_seq,
+        runs=len(ordered),
+        intact_runs=sum(v.intact for v in ordered),
+        signals=sum(v.signals for v in ordered),
+        stream_seq=stream_seq,
         first=first,
-        log_findings=verifier.findings,
-        verdicts=verdicts,
-        trusted_keys=sorted(verifier.trusted),
+        log_findings=log_findings,
+        verdicts=ordered,
+        trusted_keys=sorted(trusted),
     )

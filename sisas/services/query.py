@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -34,6 +35,7 @@ from sisas.errors import SisasError, UsageError
 from sisas.projections import queries
 from sisas.projections.projector import Projector
 from sisas.projections.store import ProjectionStore, translated
+from sisas.services.rebuild import fold_in_processes
 from sisas.signals.names import QUERY_GROUP, QUERY_PREFIX, QUERY_VERBS
 
 __all__ = [
@@ -59,6 +61,7 @@ _QUERIES: dict[str, tuple[type[Any], Callable[..., Any]]] = {
     "manifest": (queries.RunQuery, queries.manifest),
     "stats": (queries.StatsQuery, queries.stats),
     "states": (queries.StatesQuery, queries.states),
+    "tables": (queries.TablesQuery, queries.tables),
 }
 
 
@@ -66,8 +69,15 @@ class _NoParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pass
 
 
+class _RebuildParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    jobs: int = 1
+    """Processes folding the log again (one writes)."""
+
+
 def _params(verb: str, payload: bytes) -> Any:
     kind = _QUERIES[verb][0] if verb in _QUERIES else _NoParams
+    if verb == "rebuild":
+        kind = _RebuildParams
     try:
         return msgspec.json.decode(payload or b"{}", type=kind)
     except msgspec.DecodeError as exc:
@@ -82,7 +92,7 @@ async def answer(
         raise UsageError(f"unknown query {verb!r}: ask one of {', '.join(QUERY_VERBS)}")
     params = _params(verb, payload)
     if verb == "rebuild":
-        return await _rebuild(projector, report)
+        return await _rebuild(projector, report, max(1, params.jobs))
     target = await projector.log.last_seq()
     if verb != "status":
         await _wait_fresh(projector, target, freshness, report)
@@ -119,7 +129,7 @@ async def _wait_fresh(projector: Projector, target: int, freshness: float, repor
         await report("catching up", projector.applied_seq, target)
 
 
-async def _rebuild(projector: Projector, report: Report) -> dict[str, Any]:
+async def _rebuild(projector: Projector, report: Report, jobs: int) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     pending: set[asyncio.Task[None]] = set()
 
@@ -128,7 +138,7 @@ async def _rebuild(projector: Projector, report: Report) -> dict[str, Any]:
         pending.add(task)
         task.add_done_callback(pending.discard)
 
-    result = await projector.rebuild(progress=progress)
+    result = await projector.rebuild(progress=progress, jobs=jobs)
     if pending:
         await asyncio.gather(*pending, return_exceptions=True)
     counts = await projector.read(ProjectionStore.counts)
@@ -142,6 +152,7 @@ async def _rebuild(projector: Projector, report: Report) -> dict[str, Any]:
             "equal": result.equal,
             "stream_seq": result.stream_seq,
             "seconds": result.seconds,
+            "jobs": jobs if projector.shared_fold is not None else 1,
             "tables": counts,
         },
     }
@@ -253,6 +264,12 @@ async def local_projector(bus: Bus, *, batch_size: int = 5_000) -> AsyncIterator
     """A projector on the data folder's DuckDB file, opened (and closed) here."""
     store = ProjectionStore(projection_path(bus.settings))
     try:
-        yield Projector(bus.log, store, identity=await bus.log.identity(), batch_size=batch_size)
+        yield Projector(
+            bus.log,
+            store,
+            identity=await bus.log.identity(),
+            batch_size=batch_size,
+            shared_fold=functools.partial(fold_in_processes, bus.settings),
+        )
     finally:
         store.close()

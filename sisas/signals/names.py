@@ -12,12 +12,15 @@ that NATS treats as a separator or wildcard.
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Mapping
 from typing import Final
 
 from sisas.errors import InvalidName
 
 __all__ = [
+    "partition_of",
+    "run_partition",
     "ARTIFACT_BUCKET",
     "BLOB_BUCKET",
     "COMMIT_TOKEN",
@@ -107,7 +110,17 @@ QUERY_PREFIX: Final = "sisas.query"
 """Request/reply: the query service answers ``sisas.query.<verb>``."""
 QUERY_GROUP: Final = "sisas-projectors"
 """The queue group projectors answer queries in."""
-QUERY_VERBS: Final = ("runs", "show", "manifest", "stats", "states", "status", "digest", "rebuild")
+QUERY_VERBS: Final = (
+    "runs",
+    "show",
+    "manifest",
+    "stats",
+    "states",
+    "tables",
+    "status",
+    "digest",
+    "rebuild",
+)
 """What the query service answers."""
 
 
@@ -201,6 +214,18 @@ def parse_log_subject(subject: str) -> tuple[str, str, str, str] | None:
         return None
     phase = "" if parts[4] == RUN_LEVEL else parts[4]
     return parts[2], parts[3], phase, parts[5]
+
+
+def partition_of(subject: str, partitions: int) -> int:
+    """Which of ``partitions`` shares of the log a message on ``subject`` falls in: by a
+    hash of its run id (a run's messages all fall in one), 0 for one on no run's subject."""
+    parsed = parse_run_subject(subject)
+    return 0 if parsed is None else run_partition(parsed[1], partitions)
+
+
+def run_partition(run_id: str, partitions: int) -> int:
+    """Which of ``partitions`` shares ``run_id`` falls in (crc32: the same everywhere)."""
+    return zlib.crc32(run_id.encode()) % partitions if partitions > 1 else 0
 
 
 def parse_run_subject(subject: str) -> tuple[str, str] | None:
