@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,7 +149,8 @@ def print_report(r: VerifyReport, single: bool) -> None:
     type=click.IntRange(min=1),
     default=None,
     help="Processes verifying --all, each reading the log and verifying the runs whose id "
-    "hashes to its share (default: the CPU count). The report is the same for any --jobs.",
+    "hashes to its share (default 1: on 2 busy cores a second process was slower; see "
+    "docs/performance.md). The report is the same for any --jobs.",
 )
 @run_async
 async def verify(
@@ -180,7 +180,7 @@ async def verify(
                 trusted=keys,
                 projection=not no_projection,
                 on_progress=on_progress,
-                jobs=jobs or os.cpu_count() or 1,
+                jobs=jobs or 1,
             )
     if as_json:
         sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
