@@ -19,7 +19,15 @@ from sisas.bus.settings import Settings
 from sisas.errors import SisasError
 from sisas.telemetry.session import telemetry_session
 
-__all__ = ["cli", "console", "err_console", "fail", "load_settings", "run_async"]
+__all__ = [
+    "cli",
+    "console",
+    "err_console",
+    "fail",
+    "load_settings",
+    "run_async",
+    "stop_on_signals",
+]
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -33,6 +41,15 @@ def fail(message: str, code: int = 2) -> NoReturn:
     text, never read as markup (``[[schedule]]`` stays whole)."""
     err_console.print(Text.assemble(("error:", "bold red"), " ", message))
     sys.exit(code)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by Ctrl-C or SIGTERM: what a long-running command runs until."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 def load_settings() -> Settings:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sys
 from typing import Any, Final
 
@@ -15,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sisas.bus.runtime import Bus, open_bus
-from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
+from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async, stop_on_signals
 from sisas.cli.render import STATUS_STYLE
 from sisas.client.queries import ask, projector_listening
 from sisas.dashboard.detail import RunDetail
@@ -51,10 +50,7 @@ async def dashboard(host: str, port: int) -> None:
     errors, audit report) kept live by server-sent events. Read-only. When no projector
     answers queries on this server, this process runs one.
     """
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     async with open_bus(load_settings(), name="sisas-dashboard") as bus:
         own = not await projector_listening(bus)
         services = (

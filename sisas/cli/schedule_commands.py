@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import json
-import signal
 import socket
 import sys
 from datetime import UTC, datetime
@@ -16,7 +14,7 @@ from zoneinfo import ZoneInfo
 import click
 
 from sisas.bus.runtime import Bus, open_bus
-from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
+from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async, stop_on_signals
 from sisas.cli.render import Cell, Column, dropped_note, fit_table
 from sisas.cli.run_commands import PIPELINES_OPTION
 from sisas.errors import UsageError
@@ -319,10 +317,7 @@ async def run_schedules(schedules_file: str | None, pipeline_specs: tuple[str, .
     found = load_schedules(schedules_file, load_pipelines(pipeline_specs))
     if not found:
         fail(f"no schedules found: {FIX}")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     async with open_bus(load_settings(), name="sisas-scheduler") as bus:
         service = ScheduleService(bus, found)
         await service.start()

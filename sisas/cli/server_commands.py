@@ -22,7 +22,7 @@ from sisas.bus.connection import redact
 from sisas.bus.embedded import running_server
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
-from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
+from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async, stop_on_signals
 from sisas.cli.schedule_commands import load_schedules
 from sisas.cli.trigger_commands import load_rules
 from sisas.dashboard.server import DEFAULT_PORT, serving_dashboard
@@ -130,10 +130,7 @@ async def up(
                 f"sisas is already up for {settings.home} at {other.url} (nats-server pid "
                 f"{other.pid}): every sisas command uses it; stop it with `sisas down`"
             )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     async with contextlib.AsyncExitStack() as stack:
         bus = await _open_for_up(stack, settings, "SISAS_PORT" if port is None else "--port")
         if bus.server is None and not settings.embedded:

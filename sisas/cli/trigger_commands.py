@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +10,7 @@ from typing import Any
 import click
 
 from sisas.bus.runtime import open_bus
-from sisas.cli.app import cli, console, err_console, load_settings, run_async
+from sisas.cli.app import cli, console, err_console, load_settings, run_async, stop_on_signals
 from sisas.errors import UsageError
 from sisas.handlers.triggers import Rule, evaluate, message_id, parse_rules
 from sisas.services.triggers import TriggerService
@@ -82,10 +80,7 @@ def triggers() -> None:
 async def run_triggers(rules_file: str | None) -> None:
     """Evaluate upstream messages until Ctrl-C; each message starts one run per rule."""
     rules = load_rules(rules_file)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     async with open_bus(load_settings(), name="sisas-triggers") as bus:
         service = TriggerService(bus, rules)
         await service.start()

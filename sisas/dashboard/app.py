@@ -28,8 +28,8 @@ from sisas.bus.runtime import Bus
 from sisas.client.queries import ask
 from sisas.client.verification import verify_log
 from sisas.dashboard.detail import RunDetail
-from sisas.dashboard.details import RunDetails
 from sisas.dashboard.hub import RESYNC, Hub
+from sisas.dashboard.live_runs import RunDetails
 from sisas.dashboard.views import (
     ITEM_ORDERS,
     MAX_PAGE,

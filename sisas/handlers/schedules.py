@@ -27,7 +27,6 @@ however often, it names one run.
 from __future__ import annotations
 
 import hashlib
-import tomllib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -39,7 +38,7 @@ from cronsim import CronSim, CronSimError
 
 from sisas.errors import UsageError
 from sisas.handlers.derive import keyed_run_id
-from sisas.handlers.triggers import fill_template
+from sisas.handlers.triggers import fill_template, toml_tables
 from sisas.pipeline import Pipeline
 from sisas.signals.kinds import Scalar, ScheduleTicked
 from sisas.signals.names import check_name, check_tags
@@ -147,24 +146,7 @@ def check_schedule(s: Schedule, where: str = "the schedules file") -> Schedule:
 
 def parse_schedules(text: str, where: str = "the schedules file") -> list[Schedule]:
     """The schedules in ``text`` (TOML). Raises :class:`UsageError` naming what is wrong."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{where} is not valid TOML: {exc}") from None
-    raw = data.get("schedule", [])
-    if not isinstance(raw, list) or not raw:
-        raise UsageError(f"{where} has no [[schedule]] tables: add at least one schedule")
-    found = []
-    for i, entry in enumerate(raw):
-        try:
-            schedule = msgspec.convert(entry, Schedule)
-        except msgspec.ValidationError as exc:
-            raise UsageError(f"{where}: schedule #{i + 1}: {exc}") from None
-        found.append(check_schedule(schedule, where))
-    names = [s.name for s in found]
-    if len(set(names)) != len(names):
-        raise UsageError(f"{where}: schedule names must be unique (got {', '.join(names)})")
-    return found
+    return toml_tables(text, "schedule", Schedule, lambda s, _: check_schedule(s, where), where)
 
 
 def schedules_of(pipelines: Iterable[Pipeline]) -> list[Schedule]:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -28,6 +29,8 @@ from sisas.errors import UsageError
 from sisas.handlers.derive import keyed_run_id
 from sisas.signals.kinds import Scalar
 from sisas.signals.names import check_name
+
+T = TypeVar("T")
 
 __all__ = [
     "Evaluation",
@@ -37,6 +40,7 @@ __all__ = [
     "message_id",
     "parse_rules",
     "subject_matches",
+    "toml_tables",
 ]
 
 
@@ -66,22 +70,37 @@ class Evaluation(msgspec.Struct, frozen=True, kw_only=True):
     tags: dict[str, str] = {}
 
 
-def parse_rules(text: str, where: str = "the rules file") -> list[Rule]:
-    """The rules in ``text`` (TOML). Raises :class:`UsageError` naming what is wrong."""
+def toml_tables(
+    text: str, table: str, struct: type[T], check: Callable[[T, int], T], where: str
+) -> list[T]:
+    """The ``[[table]]`` tables of TOML ``text`` as ``struct``s, each passed through
+    ``check(value, number)``, their ``name``s unique. Raises :class:`UsageError` naming
+    what is wrong (the file, the table and its number). Shared by triggers and schedules."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{where} is not valid TOML: {exc}") from None
-    raw = data.get("trigger", [])
+    raw = data.get(table, [])
     if not isinstance(raw, list) or not raw:
-        raise UsageError(f"{where} has no [[trigger]] tables: add at least one rule")
-    rules = []
+        raise UsageError(f"{where} has no [[{table}]] tables: add at least one {table}")
+    found = []
     for i, entry in enumerate(raw):
         try:
-            rule = msgspec.convert(entry, Rule)
+            value = msgspec.convert(entry, struct)
         except msgspec.ValidationError as exc:
-            raise UsageError(f"{where}: trigger #{i + 1}: {exc}") from None
-        check_name(rule.name, f"trigger #{i + 1} name")
+            raise UsageError(f"{where}: {table} #{i + 1}: {exc}") from None
+        found.append(check(value, i + 1))
+    names = [str(getattr(v, "name", "")) for v in found]
+    if len(set(names)) != len(names):
+        raise UsageError(f"{where}: {table} names must be unique (got {', '.join(names)})")
+    return found
+
+
+def parse_rules(text: str, where: str = "the rules file") -> list[Rule]:
+    """The rules in ``text`` (TOML). Raises :class:`UsageError` naming what is wrong."""
+
+    def checked(rule: Rule, number: int) -> Rule:
+        check_name(rule.name, f"trigger #{number} name")
         check_name(rule.pipeline, f"trigger {rule.name} pipeline")
         if not rule.subject or any(not t for t in rule.subject.split(".")):
             raise UsageError(f"{where}: trigger {rule.name}: subject {rule.subject!r} is empty")
@@ -90,11 +109,9 @@ def parse_rules(text: str, where: str = "the rules file") -> list[Rule]:
                 f"{where}: trigger {rule.name}: subjects under sisas. are sisas's own; "
                 "listen to your upstream system's subjects"
             )
-        rules.append(rule)
-    names = [r.name for r in rules]
-    if len(set(names)) != len(names):
-        raise UsageError(f"{where}: trigger names must be unique (got {', '.join(names)})")
-    return rules
+        return rule
+
+    return toml_tables(text, "trigger", Rule, checked, where)
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
