@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import nats
 import pytest
@@ -171,3 +172,30 @@ async def test_a_requester_subscribes_once_however_often_it_is_started(bus: Bus)
         assert reply.status == ""
     assert replies == 3
     await requester.close()
+
+
+async def test_a_get_the_replicas_cannot_answer_is_asked_of_the_stream_leader(bus: Bus) -> None:
+    """A cluster whose replicas are catching up answers direct gets with 503 (no
+    responders); the same ask through ``STREAM.MSG.GET`` reaches the leader and gives the
+    same message, or None where the direct get gives 404."""
+    sigs = run_signals("r1", 3)
+    await bus.log.append(sigs[:2], expected_last_seq=0)
+    await bus.log.append(sigs[2:], expected_last_seq=1)
+    log = bus.log
+    await log.start()
+    for ask in (
+        {"last_by_subj": "sisas.run.pipe.r1.>"},
+        {"next_by_subj": "sisas.run.pipe.r1.>", "seq": 1},
+        {"next_by_subj": "sisas.run.pipe.r1.>", "seq": 2},
+        {"last_by_subj": "sisas.run.pipe.nothing.>"},
+    ):
+        payload = json.dumps(ask).encode()
+        direct = await log._direct_get(payload)
+        leader = await log._leader_get(payload)
+        if direct is None:
+            assert leader is None, ask
+            continue
+        assert leader is not None, ask
+        assert leader.data == direct.data and leader.data
+        for header in ("Nats-Sequence", "Nats-Subject"):
+            assert leader.headers[header] == direct.headers[header], (ask, header)

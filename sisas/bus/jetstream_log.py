@@ -16,6 +16,7 @@ otherwise is it an :class:`AppendConflict`. Transient errors (no responders, tim
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -216,6 +217,12 @@ class JetStreamLog:
         return None
 
     async def _direct_get(self, payload: bytes) -> Reply | None:
+        """One message by ``last_by_subj`` / ``next_by_subj``: from any current replica
+        (direct get), else from the stream leader (``STREAM.MSG.GET``).
+
+        In a cluster a replica that is catching up (a node cut off and brought back)
+        stops answering direct gets; if none is current the request has no responders
+        (503) though the leader can answer, so a 503 or timeout asks the leader too."""
         deadline = time.monotonic() + self._append_timeout
         while True:
             try:
@@ -226,9 +233,37 @@ class JetStreamLog:
                 return None
             if reply.status == "":
                 return reply
+            with contextlib.suppress(_Transient):
+                return await self._leader_get(payload)
             if time.monotonic() > deadline:
-                raise AppendFailed(f"reading stream {self._stream} failed: status {reply.status}")
+                raise AppendFailed(
+                    f"reading stream {self._stream} failed: status {reply.status} for "
+                    f"{self._append_timeout:.0f}s: is a stream replica current? "
+                    "`nats stream info` shows its cluster"
+                )
             await asyncio.sleep(0.1)
+
+    async def _leader_get(self, payload: bytes) -> Reply | None:
+        """:meth:`_direct_get` through the stream leader's API; raises ``_Transient``
+        when the leader does not answer either."""
+        try:
+            got = await self._request(f"$JS.API.STREAM.MSG.GET.{self._stream}", payload, None)
+        except TimeoutError:
+            raise _Transient from None
+        if got.status:
+            raise _Transient
+        answer = json.loads(got.data)
+        error = answer.get("error")
+        if error is not None:
+            if error.get("code") == 404:
+                return None
+            raise _Transient
+        message = answer["message"]
+        return Reply(
+            status="",
+            headers={"Nats-Sequence": str(message["seq"]), "Nats-Subject": message["subject"]},
+            data=base64.b64decode(message.get("data") or b""),
+        )
 
     async def _stream_info(self) -> StreamInfo:
         """The stream's info, retried through a leader election or a restarting server

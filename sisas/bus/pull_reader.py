@@ -17,10 +17,13 @@ import asyncio
 import collections
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from sisas.bus.raw_client import Client
 from sisas.errors import AppendFailed
@@ -28,6 +31,8 @@ from sisas.errors import AppendFailed
 __all__ = ["read_range", "read_range_msgs"]
 
 BATCH = 4096
+# How long a read waits out a cluster that is electing or catching up (as an append).
+PATIENCE = 30.0
 IN_FLIGHT = 2
 
 
@@ -54,17 +59,26 @@ async def _create_consumer(nc: NATS, stream: str, subject: str, first: int, time
         "num_replicas": 1,
         "inactive_threshold": 30_000_000_000,
     }
-    created = await nc.request(
-        f"$JS.API.CONSUMER.CREATE.{stream}.{name}",
-        json.dumps({"stream_name": stream, "config": config}).encode(),
-        timeout=timeout,
-    )
-    answer = json.loads(created.data)
-    if "error" in answer:
-        raise AppendFailed(
-            f"reading stream {stream} failed: {answer['error'].get('description', answer)}"
-        )
-    return name
+    request = json.dumps({"stream_name": stream, "config": config}).encode()
+    deadline = time.monotonic() + PATIENCE
+    delay = 0.05
+    while True:
+        try:
+            created = await nc.request(
+                f"$JS.API.CONSUMER.CREATE.{stream}.{name}", request, timeout=timeout
+            )
+            answer = json.loads(created.data)
+            error = answer.get("error")
+        except (NoRespondersError, NatsTimeoutError, TimeoutError) as exc:
+            error = {"code": 503, "description": str(exc) or type(exc).__name__}
+        if error is None:
+            return name
+        # A cluster electing a leader or a replica catching up: 503 / 10008, ask again.
+        transient = error.get("code") in (503, 504) or error.get("err_code") == 10008
+        if not transient or time.monotonic() > deadline:
+            raise AppendFailed(f"reading stream {stream} failed: {error.get('description', error)}")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 _REQUEST = json.dumps({"batch": BATCH, "expires": 30_000_000_000}).encode()
