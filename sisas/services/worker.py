@@ -53,6 +53,7 @@ from sisas.handlers.trust import refusal
 from sisas.pipeline import Pipeline
 from sisas.services.isolation_pool import IsolationPool
 from sisas.services.output_capture import routed_output
+from sisas.services.phase_threads import PhaseThreads
 from sisas.services.reloading import CodeWatcher
 from sisas.services.secrets import MissingSecret, resolve_secrets, secret_digests
 from sisas.signals.envelope import Signal
@@ -177,6 +178,8 @@ class Worker:
         """Attempts stopped because their run was cancelled."""
         self.isolation = IsolationPool(self.concurrency)
         """The started children that run isolated phases (no more at once than slots)."""
+        self.threads = PhaseThreads()
+        """The threads that run the other phases, reused from one attempt to the next."""
 
     async def register(self) -> None:
         """Publish each pipeline's plan with the environment this worker runs it in
@@ -673,11 +676,11 @@ class Worker:
         cancel: threading.Event,
         written: AttemptLog,
     ) -> Outcome:
-        """Run the attempt in a daemon thread of its own, its progress published on the
-        run's live subject, what it prints kept in its log. A daemon thread: an attempt
-        abandoned because its run was cancelled never keeps the process from exiting
-        (the default executor's threads would be joined at exit, however long the phase
-        sleeps)."""
+        """Run the attempt in a thread of :attr:`threads` (an idle one, else a new one),
+        its progress published on the run's live subject, what it prints kept in its
+        log. Daemon threads, never bounded: an attempt abandoned because its run was
+        cancelled keeps its thread and never keeps the process from exiting
+        (:mod:`sisas.services.phase_threads`)."""
         loop = asyncio.get_running_loop()
         subject = live_subject(signal.run_id)
 
@@ -710,7 +713,7 @@ class Worker:
             else:
                 _hand_back(loop, done, outcome, None)
 
-        threading.Thread(target=attempt, name=f"sisas-phase-{signal.phase}", daemon=True).start()
+        self.threads.submit(attempt)
         return await done
 
     async def _config(self, signal: Signal) -> dict[str, Any]:
