@@ -74,6 +74,14 @@ async def test_the_example_runs_on_memory_ports_as_it_runs_in_process(local: boo
     assert (orch.handled_locally > 0) == local
     # one commit per decision: fewer messages than signals
     assert await ports.log.last_seq() < len(signals)
+    # Eager dispatch: with the worker beside it the orchestrator hands it the work it
+    # commits while a slot is free; a fan-out wider than the slots goes to the queue.
+    work = ports.work.queue.messages  # type: ignore[attr-defined]
+    scheduled = sum(isinstance(s.body, PhaseScheduled) for s in signals)
+    if local:
+        assert orch.handed_over > 0 and orch.handed_over + len(work) == scheduled
+    else:
+        assert orch.handed_over == 0 and len(work) == scheduled
 
 
 async def test_retries_and_fan_out_on_memory_ports() -> None:

@@ -17,6 +17,18 @@ decided and its signals appended exactly as if it had come through ``SISAS_IN``,
 the run's expected last sequence, minus two trips through the server. The log stays the
 only record that matters: the worker acknowledges its work only once the outcome's
 signals are appended, so a crash in between redelivers the work, as it would today.
+
+The other way round, such a worker takes the work this orchestrator commits without the
+work queue when it has a slot free at that moment (*eager dispatch*, as Temporal's
+eager activities): the attempt is handed over once its commit is acknowledged by the
+log, so it is still never acted on before it is durable, and it costs no offer (an
+fsync) and no pull. What makes it safe is a lease on the run: the ``SISAS_IN`` input
+whose decision handed work over is not acknowledged (it is kept in progress) until
+every attempt handed over for that run is settled. If this process dies, that input is
+redelivered to another orchestrator after ``ack_wait``; deciding it again changes
+nothing, so it re-offers the run's open attempts on ``SISAS_WORK`` (those scheduled,
+and, as the input's redelivery says their holder is gone, those started). Work is
+handed over only within such a lease; anything else is offered on ``SISAS_WORK``.
 """
 
 from __future__ import annotations
@@ -27,7 +39,8 @@ import logging
 import os
 import socket
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from typing import Any
 
 from nats.js.errors import NotFoundError
 from opentelemetry.context import Context
@@ -79,6 +92,14 @@ def _open_attempt(state: RunState, signal: Signal, body: PhaseScheduled) -> bool
     return attempt_status(state, signal, body) in ("scheduled", "retrying", "running")
 
 
+Hand = Callable[[StoredSignal, dict[str, str]], Awaitable[bool]]
+"""A local worker's door: offered an attempt just committed (and the trace headers to
+continue), it takes it (True) when it has a slot free."""
+_Waiting = tuple[Input, Context, Delivery | None, asyncio.Future[RunState]]
+"""An input waiting for its run's next commit: its trace, its message (None when a local
+worker submitted it), and its answer."""
+
+
 class _Rejected(Exception):
     """The input decodes but can never be valid for its run (the reason is the message)."""
 
@@ -97,10 +118,19 @@ class Orchestrator:
         self._cache: OrderedDict[str, tuple[RunState, int]] = OrderedDict()
         self._cache_size = cache_size
         self._ack_wait = ack_wait
-        self._pending: dict[str, list[tuple[Input, Context, asyncio.Future[RunState]]]] = {}
+        self._pending: dict[str, list[_Waiting]] = {}
         self._committing: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._reoffered: OrderedDict[str, float] = OrderedDict()
+        self._hands: dict[str, Hand] = {}
+        """By pipeline: the worker in this process to hand attempts over to."""
+        self._handed: dict[str, int] = {}
+        """By run: attempts handed over and not settled yet."""
+        self._held: dict[str, list[Delivery]] = {}
+        """By run: the inputs held in progress while its handed attempts are unsettled."""
+        self._beat: asyncio.Task[None] | None = None
+        self.handed_over = 0
+        """Attempts handed to a local worker without the work queue."""
         self.handled = 0
         self.handled_locally = 0
         """Reports decided through :meth:`submit`, without a trip through ``SISAS_IN``."""
@@ -115,11 +145,15 @@ class Orchestrator:
         feed = await self.bus.inputs.consume(CONSUMER, ack_wait=self._ack_wait)
         await self.adopt_format1_work()
         about = {"orchestrator": f"{socket.gethostname()}-{os.getpid()}"}
-        async with (
-            closing_feed(feed),
-            self.bus.wire.answering([ORCHESTRATOR_SUBJECT], about),
-        ):
-            await self._loop(feed, stop, batch)
+        try:
+            async with (
+                closing_feed(feed),
+                self.bus.wire.answering([ORCHESTRATOR_SUBJECT], about),
+            ):
+                await self._loop(feed, stop, batch)
+        finally:
+            if self._beat is not None:  # held inputs come back to whoever runs next
+                self._beat.cancel()
 
     async def _loop(self, feed: Feed, stop: asyncio.Event, batch: int) -> None:
         while not stop.is_set():
@@ -168,12 +202,15 @@ class Orchestrator:
             await self._reject(msg, str(exc))
             return
         try:
-            await self._decide(inp, msg.headers)
+            await self._decide(inp, msg.headers, msg)
         except _Rejected as exc:
             await self._reject(msg, str(exc))
             return
         failpoint("orchestrator.before_ack")
         self.handled += 1
+        if self._handed.get(inp.run_id):
+            self._hold(inp.run_id, msg)  # the lease of the attempts handed over
+            return
         await msg.ack()
 
     async def submit(self, report: PhaseReport) -> RunState | None:
@@ -245,12 +282,63 @@ class Orchestrator:
             )
         return offered
 
+    def host(self, pipelines: Iterable[str], hand: Hand) -> None:
+        """A worker in this process takes work of ``pipelines``: ``hand`` offers it an
+        attempt just committed, which it takes when it has a slot free."""
+        for name in pipelines:
+            self._hands[name] = hand
+
+    def unhost(self, pipelines: Iterable[str]) -> None:
+        """That worker stopped: the work of ``pipelines`` goes through the queue."""
+        for name in pipelines:
+            self._hands.pop(name, None)
+
+    def release(self, run_id: str) -> None:
+        """An attempt handed over is settled (its outcome appended, or it went back to
+        the work queue); the run's held inputs are acknowledged once none is left."""
+        left = self._handed.get(run_id, 0) - 1
+        if left > 0:
+            self._handed[run_id] = left
+            return
+        self._handed.pop(run_id, None)
+        for msg in self._held.pop(run_id, []):
+            self._spawn(self._ack_quietly(msg))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _ack_quietly(msg: Delivery) -> None:
+        try:
+            await msg.ack()
+        except Exception as exc:  # redelivered then: deciding it again changes nothing
+            log.info("could not acknowledge a held input: %s", exc)
+
+    def _hold(self, run_id: str, msg: Delivery) -> None:
+        """Keep ``msg`` in progress until the run's handed attempts are settled."""
+        self._held.setdefault(run_id, []).append(msg)
+        if self._beat is None or self._beat.done():
+            self._beat = asyncio.create_task(self._holding())
+
+    async def _holding(self) -> None:
+        """Tell the server the held inputs are in progress, every third of ``ack_wait``."""
+        while self._held:
+            await asyncio.sleep(self._ack_wait / 3)
+            for msgs in list(self._held.values()):
+                for msg in msgs:
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
+
     def known(self, run_id: str) -> RunState | None:
         """The run's state as this orchestrator last appended or read it (no I/O)."""
         cached = self._cache.get(run_id)
         return cached[0] if cached is not None else None
 
-    async def _decide(self, inp: Input, headers: Mapping[str, str] | None) -> RunState:
+    async def _decide(
+        self, inp: Input, headers: Mapping[str, str] | None, msg: Delivery | None = None
+    ) -> RunState:
         kind = str(type(inp).__struct_config__.tag)
         attributes: dict[str, str | int] = {"sisas.input": kind}
         if isinstance(inp, PhaseReport):
@@ -263,11 +351,11 @@ class Orchestrator:
                 }
             )
         with message_span(f"decide {kind}", headers, inp.run_id, inp.pipeline, attributes) as span:
-            state = await self.apply(inp)
+            state = await self.apply(inp, msg)
             span.set_attribute("sisas.run_status", state.status)
         return state
 
-    async def apply(self, inp: Input) -> RunState:
+    async def apply(self, inp: Input, msg: Delivery | None = None) -> RunState:
         """Decide ``inp`` against the run's current log and append; return the new state.
 
         Raises ``_Rejected`` for an input that can never be valid for its run (another
@@ -281,7 +369,7 @@ class Orchestrator:
         """
         fut: asyncio.Future[RunState] = asyncio.get_running_loop().create_future()
         queue = self._pending.setdefault(inp.run_id, [])
-        queue.append((inp, current_context(), fut))
+        queue.append((inp, current_context(), msg, fut))
         if len(queue) == 1 and inp.run_id not in self._committing:
             self._committing.add(inp.run_id)
             task = asyncio.create_task(self._commit_loop(inp.run_id))
@@ -295,10 +383,10 @@ class Orchestrator:
             while self._pending.get(run_id):
                 group = self._pending.pop(run_id)[:]
                 try:
-                    results = await self._apply_group(run_id, [(i, c) for i, c, _ in group])
+                    results = await self._apply_group(run_id, [(i, c, m) for i, c, m, _ in group])
                 except Exception as exc:  # the whole group failed: each input hears why
                     results = [exc] * len(group)
-                for (_, _, fut), result in zip(group, results, strict=True):
+                for (_, _, _, fut), result in zip(group, results, strict=True):
                     if fut.done():
                         continue
                     if isinstance(result, BaseException):
@@ -309,9 +397,10 @@ class Orchestrator:
             self._committing.discard(run_id)
 
     async def _apply_group(
-        self, run_id: str, group: list[tuple[Input, Context]]
+        self, run_id: str, group: list[tuple[Input, Context, Delivery | None]]
     ) -> list[RunState | BaseException]:
-        inputs = [inp for inp, _ in group]
+        inputs = [inp for inp, _, _ in group]
+        deliveries = [m for _, _, m in group if m is not None]
         pipeline = inputs[0].pipeline
         for _ in range(50):
             if any(isinstance(i, StartRun) for i in inputs):  # read the plan meanwhile
@@ -327,7 +416,7 @@ class Orchestrator:
             signals: list[Signal] = []
             results: list[RunState | BaseException | None] = []
             cause: Context | None = None  # the trace of the input that decided last
-            for inp, ctx in group:
+            for inp, ctx, _ in group:
                 if state.head.seq and state.pipeline != inp.pipeline:
                     results.append(
                         _Rejected(
@@ -364,7 +453,12 @@ class Orchestrator:
                 if (last.stream_seq if last else 0) != last_seq:
                     self._cache.pop(run_id, None)
                     continue
-                await self._reoffer(state)
+                # An input redelivered while no attempt of its run is handed over here
+                # may be the lease of a process that died: its started attempts too.
+                orphaned = not self._handed.get(run_id) and any(
+                    m.metadata.num_delivered > 1 for m in deliveries
+                )
+                await self._reoffer(state, started=orphaned)
                 return [self._settle(state, inp, r) for inp, r in zip(inputs, results, strict=True)]
             with within(cause):  # the commit and its work are the last cause's children
                 try:
@@ -375,17 +469,46 @@ class Orchestrator:
                 self._remember(run_id, state, result.last_seq)
                 # A phase is offered before the items of a fan-out scheduled with it: a
                 # phase beside a fan-out of thousands does not wait behind all of them.
-                scheduled = [x for x in signals if isinstance(x.body, PhaseScheduled)]
-                scheduled.sort(key=lambda x: getattr(x.body, "item", None) is not None)
-                await self.bus.work.offer(
-                    StoredSignal(stream_seq=result.last_seq, signal=x) for x in scheduled
-                )
+                scheduled = [
+                    StoredSignal(stream_seq=result.last_seq, signal=x)
+                    for x in signals
+                    if isinstance(x.body, PhaseScheduled)
+                ]
+                scheduled.sort(key=lambda x: getattr(x.signal.body, "item", None) is not None)
+                leased = bool(deliveries) or bool(self._handed.get(run_id))
+                if leased and pipeline in self._hands:
+                    scheduled = await self._hand_over(run_id, pipeline, scheduled)
+                await self.bus.work.offer(scheduled)
             await self.circuits.store(pipeline, changed)
             metrics.record_decision(pipeline, signals, changed)
             # The append proved ``state`` the latest: an input that changed nothing on it
             # is stale, a duplicate, or never valid.
             return [self._settle(state, inp, r) for inp, r in zip(inputs, results, strict=True)]
         raise SisasError(f"run {run_id}: gave up after 50 conflicting appends")
+
+    async def _hand_over(
+        self, run_id: str, pipeline: str, scheduled: list[StoredSignal]
+    ) -> list[StoredSignal]:
+        """Hand attempts just committed to the worker in this process while it has slots
+        free (not those waiting out a backoff); the others, to offer on the queue."""
+        hand = self._hands[pipeline]
+        headers = inject({})
+        rest: list[StoredSignal] = []
+        for rec in scheduled:
+            body = rec.signal.body
+            assert isinstance(body, PhaseScheduled)
+            if rest or body.delay > 0:
+                rest.append(rec)
+                continue
+            self._handed[run_id] = self._handed.get(run_id, 0) + 1
+            if await hand(rec, headers):
+                self.handed_over += 1
+            else:
+                self._handed[run_id] -= 1
+                if not self._handed[run_id]:
+                    self._handed.pop(run_id)
+                rest.append(rec)
+        return rest
 
     def _settle(
         self, state: RunState, inp: Input, result: RunState | BaseException | None
@@ -399,13 +522,16 @@ class Orchestrator:
         reason = rejection(state, inp)
         return _Rejected(reason) if reason is not None else state
 
-    async def _reoffer(self, state: RunState) -> None:
-        """Offer again the run's attempts that are scheduled and not started.
+    async def _reoffer(self, state: RunState, *, started: bool = False) -> None:
+        """Offer again the run's attempts that are scheduled and not started (and, with
+        ``started``, those started and not ended).
 
         Called when an input changes nothing: the input may be redelivered because this
-        or another orchestrator died between a commit and its offers. Offers are
-        deduplicated by the scheduled signal's id; at most one re-offer per run every
-        :data:`REOFFER_EVERY` seconds reads the run back."""
+        or another orchestrator died between a commit and its offers, or because the
+        process that held it as the lease of attempts handed over died (``started``:
+        their outcome will never come). Offers are deduplicated by the scheduled
+        signal's id; at most one re-offer per run every :data:`REOFFER_EVERY` seconds
+        reads the run back."""
         if state.ended or not any(_waiting(p) for p in state.phases.values()):
             return
         now = asyncio.get_running_loop().time()
@@ -419,7 +545,7 @@ class Orchestrator:
             for rec in await self.bus.log.read_run(state.run_id)
             if isinstance(rec, StoredSignal)
             and isinstance(rec.signal.body, PhaseScheduled)
-            and _still_scheduled(state, rec.signal, rec.signal.body)
+            and (_open_attempt if started else _still_scheduled)(state, rec.signal, rec.signal.body)
         ]
         offered = await self.bus.work.offer(waiting)
         if offered:

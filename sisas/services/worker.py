@@ -33,16 +33,17 @@ import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, Protocol, TypeAlias
 
 import msgspec
 from nats.errors import Error as NatsError
 
-from sisas.bus.ports import Delivery, Ports, closing_feed
+from sisas.bus.ports import Delivery, Ports, Work, closing_feed
 from sisas.bus.presence import worker_subject
-from sisas.bus.work import log_seq, work_record
+from sisas.bus.work import LOG_SEQ_HEADER, log_seq, work_record
 from sisas.environment import capture_environment
 from sisas.errors import ArtifactNotFound, BusError, SisasError
 from sisas.faults import failpoint
@@ -56,12 +57,14 @@ from sisas.services.output_capture import routed_output
 from sisas.services.phase_threads import PhaseThreads
 from sisas.services.reloading import CodeWatcher
 from sisas.services.secrets import MissingSecret, resolve_secrets, secret_digests
+from sisas.signals.codec import encode_signal
 from sisas.signals.envelope import Signal
 from sisas.signals.inputs import PhaseReport
 from sisas.signals.kinds import ENDING_KINDS, ErrorInfo, PhaseScheduled, RunStarted
 from sisas.signals.names import (
     live_subject,
     parse_run_subject,
+    work_subject,
 )
 from sisas.signals.records import StoredSignal
 from sisas.signals.signing import SignatureCheck
@@ -98,6 +101,83 @@ class LocalOrchestrator(Protocol):
     def known(self, run_id: str) -> RunState | None:
         """The run's state as this orchestrator last appended or read it (no I/O)."""
         ...
+
+    def host(
+        self,
+        pipelines: Iterable[str],
+        hand: Callable[[StoredSignal, dict[str, str]], Awaitable[bool]],
+    ) -> None:
+        """Hand this worker the attempts of ``pipelines`` it commits (eager dispatch)."""
+        ...
+
+    def unhost(self, pipelines: Iterable[str]) -> None:
+        """Stop handing them over."""
+        ...
+
+    def release(self, run_id: str) -> None:
+        """An attempt handed over is settled."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Seq:
+    stream: int
+
+
+@dataclass(frozen=True)
+class _Meta:
+    sequence: _Seq
+    num_delivered: int = 1
+
+
+class HandedOver:
+    """An attempt the orchestrator in this process handed over (eager dispatch), as a
+    :class:`~sisas.bus.ports.Delivery`, so it goes the way of one taken from the work
+    queue. Settling it tells the orchestrator (:meth:`LocalOrchestrator.release`): acked
+    or terminated, it is done; nak'ed (a server error on the way), it is offered on the
+    work queue to be tried again. ``in_progress`` is the orchestrator's to say: it holds
+    the run's input in progress meanwhile."""
+
+    def __init__(
+        self,
+        rec: StoredSignal,
+        headers: dict[str, str],
+        local: LocalOrchestrator,
+        work: Work,
+    ) -> None:
+        self._rec = rec
+        self._local = local
+        self._work = work
+        self._settled = False
+        self.subject = work_subject(rec.signal.pipeline, rec.signal.run_id)
+        self.data = encode_signal(rec.signal)
+        self.headers: dict[str, str] | None = {**headers, LOG_SEQ_HEADER: str(rec.stream_seq)}
+        self.metadata = _Meta(_Seq(0))
+
+    @property
+    def settled(self) -> bool:
+        """Whether it was acknowledged, terminated or sent back to the queue."""
+        return self._settled
+
+    def _release(self) -> None:
+        if not self._settled:
+            self._settled = True
+            self._local.release(self._rec.signal.run_id)
+
+    async def ack(self) -> None:
+        self._release()
+
+    async def term(self) -> None:
+        self._release()
+
+    async def nak(self, delay: float | None = None) -> None:
+        try:
+            await self._work.offer([self._rec])
+        finally:
+            self._release()
+
+    async def in_progress(self) -> None:
+        return None
 
 
 def _hand_back(
@@ -178,6 +258,8 @@ class Worker:
         """Attempts stopped because their run was cancelled."""
         self.isolation = IsolationPool(self.concurrency)
         """The started children that run isolated phases (no more at once than slots)."""
+        self._handed: set[asyncio.Task[None]] = set()
+        """Attempts handed over by the orchestrator in this process, running."""
         self.threads = PhaseThreads()
         """The threads that run the other phases, reused from one attempt to the next."""
 
@@ -196,6 +278,7 @@ class Worker:
         requests for each pipeline meanwhile (:mod:`sisas.bus.presence`)."""
         await self.register()
         subjects = [worker_subject(name) for name in self.pipelines]
+        hosted = list(self.pipelines)
         async with (
             self.isolation,  # left last: its children outlive the attempts that use them
             self.bus.wire.answering(subjects, self.about),
@@ -207,6 +290,40 @@ class Worker:
                 tg.create_task(self._consume(name, stop))
             if self.reload:
                 tg.create_task(self._reloading(stop))
+            if self.local is not None:
+                self.local.host(hosted, self.take)
+                tg.create_task(self._until_stopped(stop, hosted))
+
+    async def _until_stopped(self, stop: asyncio.Event, hosted: list[str]) -> None:
+        """Take attempts handed over until ``stop``; then let those running end."""
+        assert self.local is not None
+        try:
+            await stop.wait()
+        finally:
+            self.local.unhost(hosted)
+            if self._handed:
+                await asyncio.wait(self._handed, timeout=self.ack_wait)
+
+    async def take(self, rec: StoredSignal, headers: dict[str, str]) -> bool:
+        """Run an attempt the orchestrator in this process has just committed, without
+        the work queue, when a slot is free now; False (it offers it on the queue)
+        when not."""
+        if self._slots.locked() or self.local is None:
+            return False
+        await self._slots.acquire()  # free: taken at once
+        msg = HandedOver(rec, headers, self.local, self.bus.work)
+        task = asyncio.create_task(self._handle_handed(msg))
+        self._handed.add(task)
+        task.add_done_callback(self._handed.discard)
+        return True
+
+    async def _handle_handed(self, msg: HandedOver) -> None:
+        try:
+            await self._handle(msg)
+        finally:
+            if not msg.settled:  # this worker stopped on the way: someone else does it
+                with contextlib.suppress(Exception):
+                    await msg.nak()
 
     @contextlib.asynccontextmanager
     async def _watching_cancellations(self) -> AsyncIterator[None]:

@@ -1,6 +1,7 @@
 """An orchestrator and a worker in one process, the worker handing its reports straight
-to the orchestrator (the fast path of ``sisas up --pipelines``), with a short ack wait so
-that work a killed process held comes back within a second:
+to the orchestrator and the orchestrator handing it the work it commits (the fast paths
+of ``sisas up --pipelines``), with short ack waits so that work and inputs a killed
+process held come back within a second or two:
 
     python -m tests.faults.beside PIPELINES_FILE     (SISAS_* from the environment)
 """
@@ -22,7 +23,7 @@ async def main(spec: str) -> None:
     async with open_bus(load_settings(), name="sisas-beside") as bus:
         stop = asyncio.Event()
         stop_on_signals(stop)
-        orchestrator = Orchestrator(bus)
+        orchestrator = Orchestrator(bus, ack_wait=2.0)
         worker = Worker(bus, load_pipelines([spec]), ack_wait=1.0, local=orchestrator)
         await worker.register()
         async with asyncio.TaskGroup() as tg:

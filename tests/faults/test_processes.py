@@ -111,6 +111,42 @@ async def test_a_worker_beside_its_orchestrator_sigkilled_before_and_after_repor
             role.stop()
 
 
+async def test_a_process_sigkilled_mid_phase_of_an_attempt_handed_over(
+    bus: Bus, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Eager dispatch: the orchestrator handed the attempt to the worker beside it (no
+    offer on SISAS_WORK), which reported it started; the process is killed mid-phase.
+    The run's input, held in progress as the attempt's lease, comes back to the next
+    process; deciding it changes nothing, and as it was redelivered with nothing handed
+    over there, the started attempt is offered again and finished: one takeover in the
+    log, nothing lost or doubled."""
+    env = env_for(nats_server.url, tmp_path / "home")
+    projector = Role(["projector"], env, tmp_path).start()
+    beside = Role([TEST_PIPES], env, tmp_path, module="tests.faults.beside").start()
+    try:
+        await registered(bus, "slow")
+        ref = await reference(bus, "slow", SLOW)
+        counts = []
+        for rep in range(3):
+            c = Counts(f"orchestrator and worker in one process SIGKILLed mid-phase #{rep + 1}")
+            run_id = f"handed-kill-{rep}"
+            await start(bus, "slow", run_id, SLOW)
+            while await count_kind(bus, run_id, "phase_started") < 1:
+                await asyncio.sleep(0.05)
+            beside.kill()
+            c.kills += 1
+            beside.start()
+            await wait_all(bus, [run_id])
+            await check_runs(bus, [run_id], ref, c)
+            assert c.takeovers == 1  # the attempt started again, by the next process
+            counts.append(c)
+        check_whole_log(env, counts[-1])
+        report(counts)
+    finally:
+        for role in (beside, projector):
+            role.stop()
+
+
 async def test_an_orchestrator_sigkilled_between_append_and_ack(
     bus: Bus, nats_server: NatsServer, tmp_path: Path
 ) -> None:
