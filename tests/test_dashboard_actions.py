@@ -11,10 +11,12 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+import jsonschema
 import pytest
+from pydantic import BaseModel, Field, TypeAdapter
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
@@ -359,3 +361,65 @@ def test_with_security_on_only_the_operators_credentials_act(
     asked = _requested(secured.env("auditor"), _run_id(browser))
     assert asked["requested_by"].startswith("dashboard: olga (dashboard, nkey U")
     _shot(browser, "actions-operator-run.png")
+
+
+class _Point(BaseModel):
+    x: float
+    y: float = Field(ge=0)
+
+
+class _Shape(BaseModel):
+    """Nested models ($defs, $ref), a literal, an optional, bounds and lengths."""
+
+    name: str = Field(min_length=2, max_length=8, pattern="^[a-z]+$")
+    kind: Literal["line", "ring"]
+    points: list[_Point] = Field(min_length=1, max_length=3)
+    weight: int | None = Field(default=None, gt=0, lt=10)
+    extra: dict[str, bool] = {}
+
+
+_SHAPES: list[Any] = [
+    {"name": "ab", "kind": "line", "points": [{"x": 1, "y": 0}]},
+    {"name": "ab", "kind": "line", "points": [{"x": 1.5, "y": 2}], "weight": 3},
+    {"name": "ab", "kind": "ring", "points": [{"x": 1, "y": 0}], "weight": None},
+    {"name": "ab", "kind": "line", "points": [{"x": 1, "y": 0}], "extra": {"a": True}},
+    {"name": "a", "kind": "line", "points": [{"x": 1, "y": 0}]},
+    {"name": "abcdefghi", "kind": "line", "points": [{"x": 1, "y": 0}]},
+    {"name": "AB", "kind": "line", "points": [{"x": 1, "y": 0}]},
+    {"name": "ab", "kind": "square", "points": [{"x": 1, "y": 0}]},
+    {"name": "ab", "kind": "line", "points": []},
+    {"name": "ab", "kind": "line", "points": [{"x": 1, "y": 0}] * 4},
+    {"name": "ab", "kind": "line", "points": [{"x": 1, "y": -1}]},
+    {"name": "ab", "kind": "line", "points": [{"x": "1", "y": 0}]},
+    {"name": "ab", "kind": "line", "points": [{"y": 0}]},
+    {"name": "ab", "kind": "line", "points": [{"x": 1, "y": 0}], "weight": 0},
+    {"name": "ab", "kind": "line", "points": [{"x": 1, "y": 0}], "weight": 10},
+    {"name": "ab", "kind": "line", "points": [{"x": 1, "y": 0}], "weight": 2.5},
+    {"name": "ab", "kind": "line", "points": [{"x": 1, "y": 0}], "extra": {"a": 1}},
+    {"name": "ab", "points": [{"x": 1, "y": 0}]},
+    [],
+    None,
+    "ab",
+]
+
+
+def test_the_page_and_the_server_judge_an_input_alike(
+    acting: ActingUp, browser: webdriver.Chrome
+) -> None:
+    """The page's schema check (actions.js) and the server's (jsonschema) accept and
+    refuse the same inputs, over nested models, literals, optionals, bounds, lengths."""
+    schema = TypeAdapter(_Shape).json_schema()
+    browser.get(acting.url)
+    _wait(browser, "ready").until(lambda d: d.execute_script("return window.sisasActions.ready"))
+    page = browser.execute_script(
+        "return arguments[0].map((v) => window.sisasActions.checkSchema(v, arguments[1]))",
+        _SHAPES,
+        schema,
+    )
+    validator = jsonschema.Draft202012Validator(schema)
+    server = [validator.is_valid(v) for v in _SHAPES]
+    assert [p is None for p in page] == server, list(zip(page, server, strict=True))
+    assert server.count(True) == 4  # the cases cover both sides
+    refused = dict(zip(map(json.dumps, _SHAPES), page, strict=True))
+    assert refused[json.dumps(_SHAPES[10])] == "input.points[0].y: -1 is less than the minimum of 0"
+    assert refused[json.dumps(_SHAPES[17])] == "input: 'kind' is a required property"

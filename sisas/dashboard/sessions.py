@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -47,6 +48,8 @@ __all__ = [
     "Session",
     "Sessions",
 ]
+
+log = logging.getLogger(__name__)
 
 COOKIE: Final = "sisas_session"
 CSRF_HEADER: Final = "X-CSRF-Token"
@@ -164,6 +167,19 @@ class Sessions:
         return session
 
     async def sign_in(self, request: Request, form: dict[str, object]) -> Session:
+        """See :meth:`_sign_in`; logs who signed in, and each refusal with its reason."""
+        client = request.client.host if request.client else "?"
+        try:
+            session = await self._sign_in(request, form)
+        except Refused as exc:
+            log.warning(
+                "dashboard sign-in from %s refused (%d): %s", client, exc.status, exc.message
+            )
+            raise
+        log.info("dashboard sign-in from %s: %s", client, session.who)
+        return session
+
+    async def _sign_in(self, request: Request, form: dict[str, object]) -> Session:
         """A new session for the credentials in ``form`` (``name``, and ``token``, or
         ``seed``, or ``user`` and ``password``). Raises :class:`Refused`: 403 when
         actions are off or the credentials may not send commands, 401 when they are
@@ -261,10 +277,20 @@ async def _may_send_commands(bus: Bus) -> None:
     cannot have, so the stream answers "wrong last sequence" to a user allowed to send,
     and the server refuses the others before any stream sees it."""
     headers = {"Nats-Expected-Last-Sequence": str(2**62)}
+    ask = asyncio.ensure_future(
+        bus.nc.request(_PROBE, b"{}", timeout=bus.settings.timeout, headers=headers)
+    )
+    reply = None
     try:
-        reply = await bus.nc.request(_PROBE, b"{}", timeout=bus.settings.timeout, headers=headers)
-    except Exception:  # nats-py: a timeout, or no responders, when the publish was refused
-        reply = None
+        # A refused publish is never answered: stop waiting once the server said so.
+        while not ask.done() and not refused(bus.nc, _PROBE):
+            await asyncio.wait({ask}, timeout=0.05)
+        if ask.done() and ask.exception() is None:
+            reply = ask.result()
+    finally:
+        ask.cancel()
+        with contextlib.suppress(BaseException):
+            await ask
     if reply is None or refused(bus.nc, _PROBE):
         raise Refused(
             403,
