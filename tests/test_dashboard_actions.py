@@ -74,12 +74,12 @@ def _run_id(browser: webdriver.Chrome) -> str:
     return str(browser.find_element(By.ID, "run-id").text)
 
 
-def _requested(env: dict[str, str], run_id: str) -> dict[str, Any]:
-    """The body of ``run_id``'s ``run_requested``, as ``sisas signals --json`` prints it."""
+def _requested(env: dict[str, str], run_id: str, kind: str = "run_requested") -> dict[str, Any]:
+    """The body of ``run_id``'s ``kind`` signal, as ``sisas signals --json`` prints it."""
     out = sisas("signals", run_id, "--json", env=env)
     assert out.returncode == 0, out.stderr
     for rec in json.loads(out.stdout)["signals"]:
-        if rec["signal"]["body"]["kind"] == "run_requested":
+        if rec["signal"]["body"]["kind"] == kind:
             return dict(rec["signal"]["body"])
     raise AssertionError(f"no run_requested in {out.stdout[:500]}")
 
@@ -154,6 +154,12 @@ def test_an_operator_launches_cancels_re_executes_and_re_runs_by_clicking(
     cancel.click()
     _wait(browser, "cancelled", 60).until(lambda d: _status(d) == "cancelled")
     assert browser.find_element(By.ID, "act-note").text == "cancel requested"
+    cancelled = _requested(acting.env, _run_id(browser), "run_cancelled")
+    assert cancelled == {
+        "kind": "run_cancelled",
+        "reason": "cancelled from the dashboard by ann (dashboard, token)",
+        "requested_by": "dashboard: ann (dashboard, token)",
+    }
 
     # A run that fails, re-executed from its failure once the cause is fixed.
     browser.get(acting.url)
