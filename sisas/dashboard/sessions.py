@@ -183,7 +183,7 @@ class Sessions:
         """A new session for the credentials in ``form`` (``name``, and ``token``, or
         ``seed``, or ``user`` and ``password``). Raises :class:`Refused`: 403 when
         actions are off or the credentials may not send commands, 401 when they are
-        wrong, 400 when the form is."""
+        wrong, 400 when the form is, 503 when the server cannot be reached."""
         if self.policy.mode == "off":
             raise Refused(403, "actions are off on this dashboard: start it with --allow-actions")
         check_origin(request)
@@ -236,7 +236,14 @@ class Sessions:
             raise Refused(400, str(exc)) from None
         except BusUnavailable as exc:
             await stack.aclose()
-            raise Refused(401, f"the NATS server refused these credentials: {exc}") from None
+            if "authoriz" not in str(exc).lower() and "authentic" not in str(exc).lower():
+                raise Refused(503, f"the NATS server cannot be reached: {exc}") from None
+            raise Refused(
+                401,
+                "the NATS server refused these credentials (Authorization Violation): paste "
+                "the operator's nkey seed (the content of operator.nk) or check the user and "
+                "password",
+            ) from None
         except Refused:
             await stack.aclose()
             raise
