@@ -262,6 +262,7 @@ class Secured:
     def __init__(self, tmp_path: Path) -> None:
         self.keys = tmp_path / "keys"
         init_profile(self.keys)
+        _add_password_user(self.keys / "auth.conf", "operator", "olga", "right")
         conf = tmp_path / "server.conf"
         conf.write_text('include "keys/auth.conf"\n')
         self.server: NatsServer = spawn_nats(tmp_path / "nats", "-c", str(conf))
@@ -318,6 +319,21 @@ class Secured:
         self.server.stop()
 
 
+def _add_password_user(auth: Path, role: str, user: str, password: str) -> None:
+    """Give ``role``'s permissions to a user with a password too, in ``auth`` (the
+    ``authorization`` block `sisas security init` wrote: one entry per role, each
+    after a ``# role:`` comment)."""
+    text = auth.read_text()
+    start = text.index(f"    # {role}:")
+    end = text.index("\n    # ", start + 1)
+    entry = text[start:end]
+    nkey = entry[entry.index('nkey: "') :].split("\n", 1)[0]
+    twin = entry.replace(f"# {role}:", f"# {role} with a password:").replace(
+        nkey, f'user: "{user}"\n      password: "{password}"'
+    )
+    auth.write_text(text[:end] + "\n" + twin + text[end:])
+
+
 @pytest.fixture
 def secured(tmp_path: Path) -> Iterator[Secured]:
     s = Secured(tmp_path)
@@ -367,6 +383,23 @@ def test_with_security_on_only_the_operators_credentials_act(
     asked = _requested(secured.env("auditor"), _run_id(browser))
     assert asked["requested_by"].startswith("dashboard: olga (dashboard, nkey U")
     _shot(browser, "actions-operator-run.png")
+
+    # A user with a password (the operator's permissions): a wrong password is refused,
+    # the right one acts, named by its user.
+    url = secured.url
+    with httpx.Client(base_url=url, headers={"Origin": url}, timeout=30) as op:
+        wrong = op.post("/api/session", json={"user": "olga", "password": "wrong"})
+        assert wrong.status_code == 401, wrong.text
+        assert "refused these credentials (Authorization Violation)" in wrong.json()["error"]
+        signed = op.post("/api/session", json={"name": "o", "user": "olga", "password": "right"})
+        assert signed.status_code == 200, signed.text
+        csrf = {"X-CSRF-Token": signed.json()["csrf"]}
+        launch = {"pipeline": "greet", "input": {"name": "o", "times": 1}}
+        started = op.post("/api/launch", json=launch, headers=csrf)
+        assert started.status_code == 200, started.text
+        run_id = started.json()["run_id"]
+    asked = _requested(secured.env("auditor"), run_id)
+    assert asked["requested_by"] == "dashboard: o (dashboard, user olga)"
 
 
 class _Point(BaseModel):
