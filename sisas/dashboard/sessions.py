@@ -30,6 +30,7 @@ import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Final, Literal
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
@@ -121,14 +122,17 @@ class Session:
 
 
 def check_origin(request: Request) -> None:
-    """Refuse (403) a POST that does not come from this dashboard's own pages."""
+    """Refuse (403) a POST that does not come from this dashboard's own pages: its
+    ``Origin`` must name the host the request was sent to (``Host``). The scheme is not
+    compared, so a proxy that ends TLS in front of the dashboard (and passes ``Host``
+    on) still works."""
     origin = request.headers.get("origin", "")
-    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
-    if origin != own:
+    host = request.headers.get("host", "")
+    if not origin or not host or urlsplit(origin).netloc != host:
         raise Refused(
             403,
-            f"refused: a POST must come from this dashboard's pages (Origin {origin or 'missing'}, "
-            f"expected {own})",
+            f"refused: a POST must come from this dashboard's pages (Origin "
+            f"{origin or 'missing'}, expected one for {host or 'this host'})",
         )
 
 
