@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import logging
 import re
 import threading
@@ -453,9 +454,29 @@ class Pipeline:
             fingerprint=fingerprint,
             phases=phases,
             input_contract=_type_name(self.input) if self.input is not None else "",
+            input_schema=self._input_schema(),
             circuit_threshold=self.circuit_threshold,
             circuit_cooldown=float(self.circuit_cooldown),
         )
+
+    def _input_schema(self) -> str:
+        """The run input's JSON Schema as JSON text (see ``PipelinePlan.input_schema``):
+        of ``input=``, else of the ``input`` parameter of the first phase taking one;
+        "" for an array or table contract, or a type pydantic cannot describe."""
+        shape = self.input
+        if shape is None:
+            shape = next(
+                (s.params["input"] for s in self.phases.values() if "input" in s.params), None
+            )
+        if shape is None or shape is Any or binary_name(shape):
+            return ""
+        from pydantic import PydanticUserError, TypeAdapter  # what the worker checks with
+
+        try:
+            schema = TypeAdapter(shape).json_schema()
+        except (PydanticUserError, TypeError, ValueError):
+            return ""
+        return json.dumps(schema, sort_keys=True, separators=(",", ":"))
 
     def _topological_order(self) -> list[str]:
         remaining = {n: set(s.depends_on) for n, s in self.phases.items()}

@@ -104,6 +104,23 @@ def _nkey_seed(settings: Settings) -> str | None:
     return str(path)
 
 
+def _nkey_seed_text(seed: str | None) -> str | None:
+    """``seed`` checked to be an nkey user seed (``SU…``); UsageError naming the fix."""
+    if seed is None:
+        return None
+    try:
+        nkeys.from_seed(bytearray(seed.strip().encode())).wipe()
+        valid = seed.strip().startswith("SU")
+    except (nkeys.NkeysError, binascii.Error, ValueError, IndexError):
+        valid = False
+    if not valid:
+        raise UsageError(
+            "the nkey seed given is not the seed of an nkey user (SU…): paste the content "
+            "of the role's <role>.nk file written by `sisas security init`"
+        )
+    return seed.strip()
+
+
 _REFUSED = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
 _refusals: weakref.WeakKeyDictionary[NATS, set[str]] = weakref.WeakKeyDictionary()
 
@@ -156,6 +173,7 @@ async def connect(url: str, settings: Settings, *, name: str = "sisas") -> NATS:
 
     servers = check_url(url, "SISAS_NATS_URL" if settings.nats_url else "the server URL")
     seed = _nkey_seed(settings)
+    seed_text = _nkey_seed_text(settings.nkey_seed)
     nc = Client()
     try:
         await asyncio.wait_for(
@@ -170,6 +188,7 @@ async def connect(url: str, settings: Settings, *, name: str = "sisas") -> NATS:
                 error_cb=on_error,
                 user_credentials=str(settings.creds) if settings.creds else None,
                 nkeys_seed=seed,
+                nkeys_seed_str=seed_text,
                 user=settings.user,
                 password=settings.password,
                 token=settings.token,

@@ -51,6 +51,9 @@ class Settings:
     nats_url: str | None = None
     creds: Path | None = None
     nkey: Path | None = None
+    nkey_seed: str | None = field(default=None, repr=False)
+    """An nkey user seed as text, instead of ``nkey``'s file: what an operator gives the
+    dashboard's sign-in (never read from the environment, never written anywhere)."""
     user: str | None = None
     password: str | None = None
     token: str | None = None

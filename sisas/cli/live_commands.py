@@ -19,6 +19,7 @@ from sisas.cli.render import STATUS_STYLE
 from sisas.client.queries import ask, projector_listening
 from sisas.dashboard.detail import RunDetail
 from sisas.dashboard.server import DEFAULT_PORT, serving_dashboard
+from sisas.dashboard.sessions import ActionPolicy
 from sisas.dashboard.views import run_view
 from sisas.handlers.state import TERMINAL_RUN, RunState, evolve
 from sisas.services.host import running_services
@@ -42,25 +43,38 @@ requested) before it calls the id unknown."""
     show_default=True,
     help="Port (0: any free port).",
 )
+@click.option(
+    "--allow-actions",
+    is_flag=True,
+    help="Let a signed-in operator launch, cancel and re-execute runs (with users on the "
+    "server: the operator role's credentials; without: the token printed at start).",
+)
 @run_async
-async def dashboard(host: str, port: int) -> None:
+async def dashboard(host: str, port: int, allow_actions: bool) -> None:
     """Serve the live web dashboard until Ctrl-C (`sisas up` serves it too).
 
     Runs list and run pages (phase DAG, timeline of attempts, checks, retries and
-    errors, audit report) kept live by server-sent events. Read-only. When no projector
+    errors, audit report) kept live by server-sent events. Read-only unless
+    --allow-actions: then an operator who signs in can launch a run, cancel one,
+    re-execute one from its failure or re-run it (docs/dashboard.md). When no projector
     answers queries on this server, this process runs one.
     """
     stop = stop_on_signals()
     async with open_bus(load_settings(), name="sisas-dashboard") as bus:
+        policy = ActionPolicy.for_settings(bus.settings, allow=allow_actions)
         own = not await projector_listening(bus)
         services = (
             running_services(bus, {}, orchestrator=False, projector=True)
             if own
             else contextlib.nullcontext(asyncio.Event())
         )
-        async with services, serving_dashboard(bus, host=host, port=port) as url:
+        web = serving_dashboard(bus, host=host, port=port, policy=policy)
+        async with services, web as url:
             where = "its own projector" if own else "the running projector"
             console.print(f"dashboard on [bold]{url}[/] ({where}; Ctrl-C to stop)")
+            console.print(f"actions: {policy.describe(url)}", soft_wrap=True)
+            if policy.sign_in_url(url):
+                console.print(f"operator sign-in: {policy.sign_in_url(url)}", soft_wrap=True)
             await stop.wait()
     err_console.print("stopped")
 

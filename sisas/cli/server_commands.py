@@ -26,6 +26,7 @@ from sisas.cli.app import cli, console, err_console, fail, load_settings, run_as
 from sisas.cli.schedule_commands import load_schedules
 from sisas.cli.trigger_commands import load_rules
 from sisas.dashboard.server import DEFAULT_PORT, serving_dashboard
+from sisas.dashboard.sessions import ActionPolicy
 from sisas.errors import EmbeddedServerError, UsageError
 from sisas.loader import load_pipelines
 from sisas.services.host import running_services
@@ -77,6 +78,12 @@ __all__ = ["down", "status", "up"]
 )
 @click.option("--no-dashboard", is_flag=True, help="Do not serve the web dashboard.")
 @click.option(
+    "--dashboard-actions",
+    is_flag=True,
+    help="Let a signed-in operator launch, cancel and re-execute runs from the dashboard "
+    "(as `sisas dashboard --allow-actions`).",
+)
+@click.option(
     "--triggers",
     "rules_file",
     default=None,
@@ -103,6 +110,7 @@ async def up(
     no_projector: bool,
     dashboard_port: int,
     no_dashboard: bool,
+    dashboard_actions: bool,
     rules_file: str | None,
     schedules_file: str | None,
     reload: bool,
@@ -162,6 +170,7 @@ async def up(
             )
             handlers_text = ", ".join(parts)
         grid.add_row("handlers", handlers_text)
+        policy = ActionPolicy.for_settings(bus.settings, allow=dashboard_actions)
         web = (
             contextlib.nullcontext("")
             if no_dashboard or no_handlers
@@ -169,6 +178,7 @@ async def up(
                 bus,
                 port=dashboard_port,
                 port_fix="pass --dashboard-port N (0: any free port) or --no-dashboard",
+                policy=policy,
             )
         )
         handlers = (
@@ -180,7 +190,9 @@ async def up(
         )
         async with handlers as stop_handlers, web as url:
             if url:
-                grid.add_row("dashboard", f"[bold]{url}[/] (read-only, live)")
+                live = "live" if policy.mode != "off" else "read-only, live"
+                grid.add_row("dashboard", f"[bold]{url}[/] ({live})")
+                grid.add_row("actions", policy.describe(url))
             if rules:
                 service = TriggerService(bus, rules)
                 await service.start()
@@ -199,6 +211,8 @@ async def up(
                 "(listens on 127.0.0.1 only)",
             )
             console.print(Panel(grid, title="sisas is up", title_align="left", expand=False))
+            if url and policy.sign_in_url(url):
+                console.print(f"operator sign-in: {policy.sign_in_url(url)}", soft_wrap=True)
             while not stop.is_set():
                 if bus.server is not None and not bus.server.alive:
                     fail(f"nats-server exited unexpectedly: {bus.server.log_tail()}", 1)

@@ -1,7 +1,8 @@
 """The dashboard's web app: pages, a read-only JSON API and the live event stream.
 
-Every route is a GET: the dashboard can read runs, never start, cancel or change one
-(it holds no publish path to the command subjects).
+Every route here is a GET: reading runs. Starting, cancelling and re-executing runs are
+the POSTs of :mod:`sisas.dashboard.actions`, for a signed-in operator only, and off
+unless the dashboard was started with them allowed (:mod:`sisas.dashboard.sessions`).
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from sisas.audit.html import render_report
 from sisas.bus.runtime import Bus
 from sisas.client.queries import ask
 from sisas.client.verification import verify_log
+from sisas.dashboard.actions import action_routes
 from sisas.dashboard.detail import RunDetail
 from sisas.dashboard.hub import RESYNC, Hub
 from sisas.dashboard.live_runs import RunDetails
+from sisas.dashboard.sessions import ActionPolicy, Sessions
 from sisas.dashboard.views import (
     ITEM_ORDERS,
     MAX_PAGE,
@@ -129,8 +132,11 @@ def _run_json(detail: RunDetail) -> bytes:
     return body
 
 
-def create_app(bus: Bus, hub: Hub) -> Starlette:
-    """The app over ``bus`` (queries and the log) and ``hub`` (the live stream)."""
+def create_app(bus: Bus, hub: Hub, policy: ActionPolicy | None = None) -> Starlette:
+    """The app over ``bus`` (queries and the log) and ``hub`` (the live stream);
+    ``policy``: whether it acts, and how an operator signs in (default: it does not).
+    Its ``state.sessions`` are closed by whoever serves it."""
+    sessions = Sessions(bus, policy or ActionPolicy())
 
     async def index(request: Request) -> Response:
         return _page("index.html")
@@ -332,8 +338,9 @@ def create_app(bus: Bus, hub: Hub) -> Starlette:
         )
 
     static = resources.files("sisas.dashboard").joinpath("static")
-    return Starlette(
+    app = Starlette(
         routes=[
+            *action_routes(bus, sessions),
             Route("/", index),
             Route("/runs/{run_id}", run_page),
             Route("/runs/{run_id}/report", report),
@@ -347,6 +354,8 @@ def create_app(bus: Bus, hub: Hub) -> Starlette:
             Mount("/static", StaticFiles(directory=str(static)), name="static"),
         ]
     )
+    app.state.sessions = sessions
+    return app
 
 
 class _Seen(msgspec.Struct):

@@ -13,6 +13,7 @@ import uvicorn
 from sisas.bus.runtime import Bus
 from sisas.dashboard.app import create_app, feeding
 from sisas.dashboard.hub import Hub
+from sisas.dashboard.sessions import ActionPolicy
 from sisas.errors import UsageError
 
 __all__ = ["DEFAULT_PORT", "serving_dashboard"]
@@ -44,13 +45,19 @@ def _bind(host: str, port: int, fix: str) -> socket.socket:
 
 @contextlib.asynccontextmanager
 async def serving_dashboard(
-    bus: Bus, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, port_fix: str = PORT_FIX
+    bus: Bus,
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    port_fix: str = PORT_FIX,
+    policy: ActionPolicy | None = None,
 ) -> AsyncIterator[str]:
-    """Serve the dashboard while inside the block; yields its URL. Raises UsageError
+    """Serve the dashboard while inside the block; yields its URL. ``policy``: whether
+    it acts (:mod:`sisas.dashboard.sessions`; default: read only). Raises UsageError
     when ``host:port`` cannot be bound, ending with ``port_fix`` (how to pick another)."""
     sock = _bind(host, port, port_fix)
     hub = Hub()
-    app = create_app(bus, hub)
+    app = create_app(bus, hub, policy)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     server = uvicorn.Server(config)
     async with feeding(bus, hub):
@@ -67,4 +74,5 @@ async def serving_dashboard(
             await hub.close()  # ends every open event stream, so shutdown is not held up
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 5)
+            await app.state.sessions.close()  # the operators' connections
             sock.close()

@@ -235,7 +235,8 @@ def _start(b: _Builder, inp: StartRun, plan: PipelinePlan | None) -> None:
             phases=[p.name for p in plan.phases],
             resume_of=inp.resume_of,
             batch_id=inp.batch_id,
-            plan=plan,
+            # the input's JSON Schema is for launching (the dashboard), not for the record
+            plan=msgspec.structs.replace(plan, input_schema="") if plan.input_schema else plan,
         )
     )
     for p in plan.phases:

@@ -100,6 +100,11 @@ class PipelinePlan(
     fingerprint: str
     phases: list[PhasePlan]
     input_contract: str = ""
+    input_schema: str = ""
+    """The JSON Schema of the run input the pipeline declares (``Pipeline(input=...)``,
+    else its phases' ``input`` parameter), as JSON text; "" when it has none (an array
+    or table contract). The dashboard shows and checks it before launching a run; not
+    part of ``fingerprint``, and left out of the plan ``run_started`` records."""
     circuit_threshold: int = 5
     circuit_cooldown: float = 60.0
     environment: Environment | None = None
