@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
 
@@ -53,6 +53,10 @@ from sisas.signals.kinds import ENDING_KINDS
 from sisas.signals.names import check_tags
 from sisas.signals.plan import PipelinePlan
 from sisas.telemetry.tracing import run_span, span_in_run
+
+if TYPE_CHECKING:
+    from sisas.client.backfills import BackfillProgress, BackfillReport
+    from sisas.handlers.schedules import Schedule
 
 __all__ = ["Client", "Started"]
 
@@ -329,6 +333,64 @@ class Client:
                 "CODE`), or connect with Client.connect(pipelines=[CODE])"
             )
         return plan
+
+    async def backfill(
+        self,
+        pipeline: str,
+        *,
+        partitions: Sequence[str] | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        every: str = "",
+        timezone: str = "UTC",
+        schedule: Schedule | None = None,
+        input: Any = "$",
+        config: Mapping[str, Scalar] | None = None,
+        seed: int | None = None,
+        tags: Mapping[str, str] | None = None,
+        max_concurrent: int = 0,
+        rerun_all: bool = False,
+        name: str = "",
+        priority: int = 0,
+        code: Pipeline | None = None,
+        on_progress: Callable[[BackfillProgress], None] | None = None,
+    ) -> BackfillReport:
+        """Run one round of a backfill of ``pipeline`` and return its report when every
+        partition's run has ended (``report.ok``: none failed or was cancelled).
+
+        Partitions: listed keys (``partitions``), or the windows ``[tick, next tick)``
+        of ``every`` (``1h``, ``1d``, ``15m``, a cron expression) or of ``schedule``'s
+        cron, from ``start`` to ``end`` in ``timezone``. ``input``: a template whose
+        ``$`` paths are filled from the partition (``$.partition``, ``$.window.start``,
+        ``$.window.end``, ``$.date``…; docs/schedules.md). At most ``max_concurrent``
+        of the backfill's runs are not ended at once (0: no limit). The backfill's id
+        derives from the pipeline and the partition keys (``name``: ``bf-NAME``);
+        asking again runs only the partitions with no completed run (``rerun_all``:
+        every one), and joins a round still going (a restart) rather than starting
+        anything twice. Every decision is a signal in the chain of the backfill's id.
+        Raises :class:`~sisas.errors.UsageError` naming what is wrong.
+        """
+        from sisas.client.backfills import drive_backfill, plan_backfill
+
+        plan = plan_backfill(
+            pipeline,
+            partitions=partitions,
+            start=start,
+            end=end,
+            every=every,
+            timezone=timezone,
+            schedule=schedule,
+            input=input,
+            config=config,
+            seed=seed,
+            tags=tags,
+            max_concurrent=max_concurrent,
+            rerun_all=rerun_all,
+            name=name,
+            priority=priority,
+            code=code or self._served.get(pipeline),
+        )
+        return await drive_backfill(self, plan, on_progress=on_progress)
 
     # -- following, cancelling, reading ---------------------------------------------
 

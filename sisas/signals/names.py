@@ -39,6 +39,7 @@ __all__ = [
     "ADMISSION_PIPELINE",
     "ADMIT_PREFIX",
     "ADMIT_STREAM",
+    "BACKFILLS_PIPELINE",
     "LIMIT_BUCKET",
     "SCHEDULES_PIPELINE",
     "SCHEDULE_BUCKET",
@@ -72,6 +73,8 @@ TRIGGERS_PIPELINE: Final = "triggers"
 """The pipeline name of trigger evaluation chains (one per upstream message)."""
 ADMISSION_PIPELINE: Final = "admission"
 """The pipeline name of admission chains (one per limited pipeline: queued, released)."""
+BACKFILLS_PIPELINE: Final = "backfills"
+"""The pipeline name of backfill chains (one per backfill: its rounds and partitions)."""
 SCHEDULES_PIPELINE: Final = "schedules"
 """The pipeline name of schedule chains (one per schedule: its ticks, in order)."""
 
