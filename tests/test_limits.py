@@ -28,7 +28,7 @@ from sisas.loader import load_pipelines
 from sisas.pipeline import Context, Pipeline
 from sisas.services.admission import AdmissionService
 from sisas.services.host import running_services
-from sisas.signals import RunQueued, RunReleased, StoredSignal
+from sisas.signals import RunQueued, RunReleased, RunWithdrawn, StoredSignal
 from tests.cli_process import server_env, sisas_async
 from tests.runs import TEST_PIPES, wait_end
 
@@ -63,7 +63,7 @@ async def admitting(bus: Bus) -> AsyncIterator[Bus]:
         await task
 
 
-async def _chain(bus: Bus, pipeline: str) -> list[RunQueued | RunReleased]:
+async def _chain(bus: Bus, pipeline: str) -> list[RunQueued | RunReleased | RunWithdrawn]:
     records = await bus.log.read_run(admission_chain(pipeline))
     return [r.signal.body for r in records if isinstance(r, StoredSignal)]  # type: ignore[misc]
 
@@ -159,3 +159,39 @@ async def test_a_limit_declared_in_the_pipeline_is_set_by_the_services_that_load
     assert sum(isinstance(d, RunQueued) for d in chain) == 2  # one at a time
     with pytest.raises(InvalidPipeline, match="give 1 or more"):
         Pipeline("none", max_concurrent_runs=0)
+
+
+async def test_a_run_cancelled_while_it_waits_leaves_the_queue_and_never_takes_a_slot(
+    admitting: Bus, settings: Settings
+) -> None:
+    bus = admitting
+    await set_limit(bus, "slow", 1)
+    client = Client(bus)
+    first = await client.start("slow", {"seconds": 30.0}, seed=1)
+    waiting = await client.start("slow", {"seconds": 0.0}, seed=2)
+    later = await client.start("slow", {"seconds": 0.0}, seed=3)
+    while sum(isinstance(d, RunQueued) for d in await _chain(bus, "slow")) < 2:
+        await asyncio.sleep(0.05)
+    env = server_env(settings)
+    cancelled = await sisas_async("cancel", waiting.run_id, "--reason", "not needed", env=env)
+    assert cancelled.returncode == 0, cancelled.stderr
+    state, signals = await wait_end(bus, waiting.run_id)
+    assert state.status == "cancelled"
+    assert [s.kind for s in signals] == ["run_requested", "run_cancelled"]  # nothing started
+    chain = await _chain(bus, "slow")
+    [withdrawn] = [d for d in chain if isinstance(d, RunWithdrawn)]
+    assert withdrawn.run_id == waiting.run_id and "its slot never taken" in withdrawn.reason
+    assert waiting.run_id not in {d.run_id for d in chain if isinstance(d, RunReleased)}
+    assert (await client.state(first.run_id)).status == "running"  # the slot stays first's
+    listed = await sisas_async("limits", "list", "--json", env=env)
+    [row] = json.loads(listed.stdout)["limits"]
+    assert row["holding"] == [first.run_id]
+    assert [w["run_id"] for w in row["waiting"]] == [later.run_id]
+    await client.cancel(first.run_id)
+    assert (await wait_end(bus, later.run_id))[0].status == "completed"  # the next goes
+    runs = await sisas_async("runs", "--json", env=env)
+    assert runs.returncode == 0, runs.stderr
+    status = {r["run_id"]: r["status"] for r in json.loads(runs.stdout)["runs"]}
+    assert status[waiting.run_id] == "cancelled"
+    report = await verify_log(bus, None, projection=False)
+    assert report.intact, [v.findings for v in report.verdicts if not v.intact]

@@ -39,6 +39,7 @@ SIGNALS = {
     "RunCancelled",
     "RunQueued",
     "RunReleased",
+    "RunWithdrawn",
     "ScheduleTicked",
     "BackfillRequested",
     "PartitionLaunched",

@@ -50,7 +50,7 @@ from sisas.services.hosting import check_live_code
 from sisas.signals import RunRequested, Scalar, StoredSignal, check_name
 from sisas.signals.inputs import CancelRun, StartRun
 from sisas.signals.kinds import ENDING_KINDS
-from sisas.signals.names import check_tags
+from sisas.signals.names import admit_cancel_subject, check_tags
 from sisas.signals.plan import PipelinePlan
 from sisas.telemetry.tracing import run_span, span_in_run
 
@@ -402,17 +402,34 @@ class Client:
         self, run_id: str, reason: str = "cancelled by the client", *, pipeline: str = ""
     ) -> bool:
         """Ask for ``run_id`` to be cancelled (no phase starts after the orchestrator
-        records it). Returns False when the run had ended already. A run requested
-        moments ago may not be in the log yet: given its ``pipeline`` (a handle knows
-        it), the cancellation is queued behind the request. Raises
-        :class:`~sisas.errors.UsageError` when the log has no such run and no pipeline
-        is given."""
+        records it). Returns False when the run had ended already. A run waiting for a
+        slot under a concurrency limit leaves the queue (``run_withdrawn`` in its
+        pipeline's admission chain) and its log records it requested and cancelled,
+        its slot never taken. A run requested moments ago may not be in the log yet:
+        given its ``pipeline`` (a handle knows it), the cancellation is queued behind
+        the request. Raises :class:`~sisas.errors.UsageError` when the log has no such
+        run, no queue holds it and no pipeline is given."""
         last = await self.bus.log.last_of_run(check_name(run_id, "run id"))
         if isinstance(last, StoredSignal):
             if last.signal.kind in ENDING_KINDS:
                 return False
             pipeline = last.signal.pipeline
-        elif not pipeline:
+        else:
+            queued = await self._queued_in(run_id, pipeline)
+            if queued:
+                await self.bus.inputs.publish(
+                    CancelRun(
+                        id=f"cancel:{run_id}",
+                        pipeline=queued,
+                        run_id=run_id,
+                        at=datetime.now(UTC),
+                        reason=reason,
+                        requested_by=self.requested_by,
+                    ),
+                    subject=admit_cancel_subject(queued, run_id),
+                )
+                return True
+        if not pipeline:
             raise UsageError(f"no run {run_id!r} in this log: check the run id")
         with span_in_run("cancel", run_id, pipeline, {"sisas.reason": reason}):
             await self.bus.inputs.publish(
@@ -426,6 +443,19 @@ class Client:
                 ),
             )
         return True
+
+    async def _queued_in(self, run_id: str, pipeline: str) -> str:
+        """The limited pipeline whose admission queue ``run_id`` waits in ("" if none)."""
+        if not isinstance(self.bus, Bus):
+            return ""
+        from sisas.bus.limits import limits
+        from sisas.services.admission import admission_state
+
+        for name in [pipeline] if pipeline else sorted(await limits(self.bus, cleared=True)):
+            state, _ = await admission_state(self.bus, name)
+            if state.waiting_of(run_id) is not None:
+                return name
+        return ""
 
     async def stalled(self, pipeline: str, state: RunState | None) -> str:
         """What keeps a run from moving, as a clause (``: no orchestrator is running…``),

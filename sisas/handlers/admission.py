@@ -14,13 +14,14 @@ import hashlib
 
 import msgspec
 
-from sisas.signals.kinds import RunQueued, RunReleased
+from sisas.signals.kinds import RunQueued, RunReleased, RunWithdrawn
 
 __all__ = [
     "AdmissionState",
     "Waiting",
     "admission_chain",
     "decide_release",
+    "decide_withdrawal",
     "decide_request",
     "evolve_admission",
 ]
@@ -42,13 +43,23 @@ class AdmissionState(msgspec.Struct, frozen=True, kw_only=True):
     waiting: tuple[Waiting, ...] = ()
     decided: int = 0
     """Decisions in the chain."""
+    withdrawn: tuple[str, ...] = ()
+    """Runs cancelled while they waited: never queued or released again."""
 
     @property
     def holders(self) -> tuple[str, ...]:
         return tuple(r for r, _ in self.holding)
 
     def knows(self, run_id: str) -> bool:
-        return run_id in self.holders or any(w.run_id == run_id for w in self.waiting)
+        return (
+            run_id in self.holders
+            or run_id in self.withdrawn
+            or any(w.run_id == run_id for w in self.waiting)
+        )
+
+    def waiting_of(self, run_id: str) -> Waiting | None:
+        """``run_id``'s place in the queue, None when it does not wait."""
+        return next((w for w in self.waiting if w.run_id == run_id), None)
 
     def next_up(self) -> Waiting | None:
         """The waiting run a freed slot goes to."""
@@ -64,8 +75,17 @@ def admission_chain(pipeline: str) -> str:
     return f"adm-{pipeline[:47]}-{hashlib.sha256(pipeline.encode()).hexdigest()[:12]}"
 
 
-def evolve_admission(state: AdmissionState, body: RunQueued | RunReleased) -> AdmissionState:
+def evolve_admission(
+    state: AdmissionState, body: RunQueued | RunReleased | RunWithdrawn
+) -> AdmissionState:
     """The state after one decision of the chain."""
+    if isinstance(body, RunWithdrawn):
+        return msgspec.structs.replace(
+            state,
+            waiting=tuple(w for w in state.waiting if w.run_id != body.run_id),
+            withdrawn=(*state.withdrawn, body.run_id),
+            decided=state.decided + 1,
+        )
     if isinstance(body, RunQueued):
         waiting = Waiting(
             run_id=body.run_id,
@@ -82,6 +102,7 @@ def evolve_admission(state: AdmissionState, body: RunQueued | RunReleased) -> Ad
         holding=(*holding, (body.run_id, body.request_seq)),
         waiting=tuple(w for w in state.waiting if w.run_id != body.run_id),
         decided=state.decided + 1,
+        withdrawn=state.withdrawn,
     )
 
 
@@ -142,4 +163,24 @@ def decide_release(
         waited=True,
         request_seq=nxt.request_seq,
         ended=list(ended),
+    )
+
+
+def decide_withdrawal(
+    state: AdmissionState, pipeline: str, run_id: str, reason: str, requested_by: str
+) -> RunWithdrawn | None:
+    """The withdrawal of ``run_id`` from the queue when it waits, else None (it holds a
+    slot or was never asked for: the orchestrator cancels it as any run)."""
+    waiting = state.waiting_of(run_id)
+    if waiting is None:
+        return None
+    who = f" by {requested_by}" if requested_by else ""
+    why = f" ({reason})" if reason else ""
+    return RunWithdrawn(
+        run_id=run_id,
+        pipeline=pipeline,
+        reason=f"cancelled while it waited for a slot{who}{why}: it leaves the queue of "
+        f"{len(state.waiting)}, its slot never taken",
+        requested_by=requested_by,
+        request_seq=waiting.request_seq,
     )

@@ -41,6 +41,7 @@ from sisas.signals.kinds import (
     RunReleased,
     RunRequested,
     RunStarted,
+    RunWithdrawn,
     Scalar,
     ScheduleTicked,
     TriggerEvaluated,
@@ -229,6 +230,7 @@ def evolve(state: RunState, signal: Signal) -> RunState:
             | ScheduleTicked()
             | RunQueued()
             | RunReleased()
+            | RunWithdrawn()
             | BackfillRequested()
             | PartitionLaunched()
             | PartitionSkipped()

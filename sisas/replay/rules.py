@@ -41,6 +41,7 @@ from sisas.signals.kinds import (
     RunReleased,
     RunRequested,
     RunStarted,
+    RunWithdrawn,
     ScheduleTicked,
     TriggerEvaluated,
 )
@@ -75,7 +76,7 @@ def violation(state: RunState, signal: Signal) -> tuple[str, str] | None:
         if state.status == "new" and signal.pipeline == SCHEDULES_PIPELINE:
             return None
         return "out_of_place", "schedule_ticked belongs to a schedules chain, not a run"
-    if t is RunQueued or t is RunReleased:  # a limited pipeline's admission chain
+    if t is RunQueued or t is RunReleased or t is RunWithdrawn:  # an admission chain
         if state.status == "new" and signal.pipeline == ADMISSION_PIPELINE:
             return None
         return "out_of_place", f"{signal.kind} belongs to an admission chain, not a run"

@@ -28,6 +28,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -42,11 +43,12 @@ from sisas.handlers.admission import (
     admission_chain,
     decide_release,
     decide_request,
+    decide_withdrawal,
     evolve_admission,
 )
 from sisas.security.keys import signer_from_file
-from sisas.signals import ChainHead, Draft, RunQueued, RunReleased, StoredSignal
-from sisas.signals.inputs import StartRun, decode_input
+from sisas.signals import ChainHead, Draft, RunQueued, RunReleased, RunWithdrawn, StoredSignal
+from sisas.signals.inputs import CancelRun, StartRun, decode_input
 from sisas.signals.kinds import ENDING_KINDS
 from sisas.signals.names import ADMISSION_PIPELINE, ADMIT_STREAM, admit_subject
 
@@ -64,7 +66,7 @@ async def admission_state(bus: Bus, pipeline: str) -> tuple[AdmissionState, Stor
     state, last = AdmissionState(), None
     for record in await bus.log.read_run(admission_chain(pipeline)):
         if isinstance(record, StoredSignal) and isinstance(
-            record.signal.body, RunQueued | RunReleased
+            record.signal.body, RunQueued | RunReleased | RunWithdrawn
         ):
             state, last = evolve_admission(state, record.signal.body), record
     return state, last
@@ -154,6 +156,8 @@ class AdmissionService:
 
     async def _request(self, data: bytes) -> bool:
         inp = decode_input(data)
+        if isinstance(inp, CancelRun):
+            return await self._cancel(inp)
         if not isinstance(inp, StartRun):
             log.error("not a start_run in %s: %s; dropped", ADMIT_STREAM, type(inp).__name__)
             return False
@@ -182,6 +186,33 @@ class AdmissionService:
                 continue
             if isinstance(decision, RunReleased):
                 await self._send(inp)
+            return True
+        return False
+
+    async def _cancel(self, inp: CancelRun) -> bool:
+        """Withdraw a waiting run from the queue and send its request on marked cancelled
+        (the orchestrator records it requested and cancelled, starting nothing); a run
+        not waiting is cancelled by the orchestrator as any run."""
+        for _ in range(10):  # another admission service may decide on the same chain
+            state, last = await self._state(inp.pipeline)
+            decision = decide_withdrawal(
+                state, inp.pipeline, inp.run_id, inp.reason, inp.requested_by
+            )
+            if decision is None:
+                if inp.run_id not in state.withdrawn:
+                    await publish_input_acked(self.bus.js, inp)
+                return False
+            if not await self._append(inp.pipeline, last, decision):
+                continue
+            msg = await self.bus.js.get_msg(ADMIT_STREAM, decision.request_seq)
+            start = decode_input(msg.data or b"")
+            if isinstance(start, StartRun):
+                cancelled = msgspec.structs.replace(
+                    start,
+                    cancelled=inp.reason or "cancelled while it waited for a slot",
+                    cancelled_by=inp.requested_by,
+                )
+                await publish_input_acked(self.bus.js, cancelled)
             return True
         return False
 
@@ -238,7 +269,10 @@ class AdmissionService:
         self._sent.add(inp.run_id)
 
     async def _append(
-        self, pipeline: str, last: StoredSignal | None, body: RunQueued | RunReleased
+        self,
+        pipeline: str,
+        last: StoredSignal | None,
+        body: RunQueued | RunReleased | RunWithdrawn,
     ) -> bool:
         chain = admission_chain(pipeline)
         if last is not None:
@@ -258,6 +292,6 @@ class AdmissionService:
             self._folded[pipeline] = (evolve_admission(cached[0], body), stored)
         if isinstance(body, RunQueued):
             self.queued += 1
-        else:
+        elif isinstance(body, RunReleased):
             self.released += 1
         return True

@@ -45,6 +45,7 @@ __all__ = [
     "RunReleased",
     "RunRequested",
     "RunStarted",
+    "RunWithdrawn",
     "Scalar",
     "ScheduleTicked",
     "Violation",
@@ -466,6 +467,21 @@ class BackfillFinished(msgspec.Struct, tag="backfill_finished", **_OPTS):
     reason: str = ""
 
 
+class RunWithdrawn(msgspec.Struct, tag="run_withdrawn", **_OPTS):
+    """A run waiting for a slot was cancelled: it leaves the queue without taking a slot.
+
+    Recorded in the pipeline's admission chain by the admission service; the run's own
+    log then holds its ``run_requested`` and ``run_cancelled`` (the orchestrator records
+    them, starting nothing).
+    """
+
+    run_id: str
+    pipeline: str
+    reason: str
+    requested_by: str = ""
+    request_seq: int = 0
+
+
 Body: TypeAlias = (
     RunRequested
     | RunStarted
@@ -487,6 +503,7 @@ Body: TypeAlias = (
     | ScheduleTicked
     | RunQueued
     | RunReleased
+    | RunWithdrawn
     | BackfillRequested
     | PartitionLaunched
     | PartitionSkipped

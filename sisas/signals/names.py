@@ -49,6 +49,7 @@ __all__ = [
     "WORK_PREFIX",
     "WORK_STREAM",
     "commit_subject",
+    "admit_cancel_subject",
     "admit_subject",
     "check_name",
     "check_tags",
@@ -183,6 +184,11 @@ def parse_tag(text: str) -> tuple[str, str]:
 def admit_subject(pipeline: str, run_id: str) -> str:
     """The subject a request of a run of a limited pipeline waits on for admission."""
     return f"{ADMIT_PREFIX}.{pipeline}.{run_id}"
+
+
+def admit_cancel_subject(pipeline: str, run_id: str) -> str:
+    """The subject a cancellation of a run waiting for admission is sent on."""
+    return f"{ADMIT_PREFIX}.{pipeline}.{run_id}.cancel"
 
 
 def log_subject(pipeline: str, run_id: str, phase: str, kind: str) -> str:

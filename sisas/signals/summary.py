@@ -36,6 +36,7 @@ from sisas.signals.kinds import (
     RunReleased,
     RunRequested,
     RunStarted,
+    RunWithdrawn,
     Scalar,
     ScheduleTicked,
     TriggerEvaluated,
@@ -187,7 +188,7 @@ def _other(body: Body) -> str:
     if isinstance(body, ScheduleTicked):
         run = f" {body.run_id}" if body.run_id else ""
         return f"{body.schedule} tick {body.tick}: {body.action}{run}: {first_line(body.reason)}"
-    if isinstance(body, RunQueued | RunReleased):
+    if isinstance(body, RunQueued | RunReleased | RunWithdrawn):
         return f"{body.pipeline} run {body.run_id}: {first_line(body.reason)}"
     if isinstance(body, BackfillRequested):
         return (
