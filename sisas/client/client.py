@@ -297,7 +297,8 @@ class Client:
                 batch_id=batch_id,
                 tags=check_tags(tags or {}),
                 priority=priority,
-                admit=self._limits is not None and await self._limits.get(pipeline) is not None,
+                admit=self._limits is not None
+                and await self._limits.admits(pipeline, dict(tags or {})),
             )
         if published.duplicate and idempotency_key:
             # The same key was sent moments ago and its run is not in the log yet: the
@@ -449,13 +450,15 @@ class Client:
         if not isinstance(self.bus, Bus):
             return ""
         from sisas.bus.limits import limits
-        from sisas.services.admission import admission_state
+        from sisas.handlers.admission import TAGS_CHAIN
+        from sisas.services.admission import admission_state, chain_state
 
         for name in [pipeline] if pipeline else sorted(await limits(self.bus, cleared=True)):
             state, _ = await admission_state(self.bus, name)
             if state.waiting_of(run_id) is not None:
                 return name
-        return ""
+        waiting = (await chain_state(self.bus, TAGS_CHAIN))[0].waiting_of(run_id)
+        return waiting.pipeline if waiting is not None else ""
 
     async def stalled(self, pipeline: str, state: RunState | None) -> str:
         """What keeps a run from moving, as a clause (``: no orchestrator is running…``),

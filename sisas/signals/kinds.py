@@ -360,7 +360,8 @@ class RunQueued(msgspec.Struct, tag="run_queued", **_OPTS):
     """A run of a pipeline at its concurrency limit waits for a slot.
 
     Recorded in the pipeline's admission chain (pipeline ``admission``, run id
-    ``adm-PIPELINE``) by the admission service, before the run has a log of its own;
+    ``adm-PIPELINE``), or for a run carrying a tag with a limit in the tags' chain
+    (``adm--tags``), by the admission service, before the run has a log of its own;
     ``request_seq`` is where its request waits in ``SISAS_ADMIT``.
     """
 
@@ -369,6 +370,12 @@ class RunQueued(msgspec.Struct, tag="run_queued", **_OPTS):
     reason: str
     priority: int = 0
     request_seq: int = 0
+    waits_for: str = ""
+    """The limit it waits for: ``pipeline NAME`` or ``tag k=v`` ("" in chains written
+    before tags had limits: its pipeline's)."""
+    tag_limits: list[str] = []
+    """In the tags' admission chain (``adm--tags``): the limited tags (``k=v``) the run
+    carries, each of whose limits it counts against."""
 
 
 class RunReleased(msgspec.Struct, tag="run_released", **_OPTS):
@@ -385,6 +392,8 @@ class RunReleased(msgspec.Struct, tag="run_released", **_OPTS):
     """It was queued first (else it was admitted at once)."""
     request_seq: int = 0
     ended: list[str] = []
+    tag_limits: list[str] = []
+    """In the tags' admission chain: the limited tags (``k=v``) whose slots it holds."""
 
 
 class BackfillRequested(msgspec.Struct, tag="backfill_requested", **_OPTS):
