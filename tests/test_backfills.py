@@ -26,8 +26,10 @@ from sisas.handlers.backfills import (
     every_cron,
     evolve_backfill,
     listed_partitions,
+    partition_input,
     time_windows,
 )
+from sisas.handlers.schedules import Schedule, tick_seed
 from sisas.loader import load_pipelines
 from sisas.services.host import running_services
 from sisas.signals import (
@@ -42,6 +44,7 @@ from tests.cli_process import server_env, sisas_async
 from tests.runs import TEST_PIPES
 
 UTC_ZONE = ZoneInfo("UTC")
+PARIS = ZoneInfo("Europe/Paris")
 
 
 # -- pure -------------------------------------------------------------------------------
@@ -303,3 +306,38 @@ async def test_bad_backfill_arguments_exit_2_naming_the_fix(settings: Settings) 
         env=env,
     )
     assert template.returncode == 2 and "$.window.start" in template.stderr
+
+
+def test_a_backfill_of_a_schedule_gives_each_window_the_input_its_tick_would() -> None:
+    nightly = Schedule(
+        name="nightly",
+        cron="0 2 * * *",
+        timezone="Europe/Paris",
+        pipeline="slow",
+        input={"seconds": 0, "day": "$.date", "since": "$.window.start"},
+        tags={"team": "data"},
+    )
+    plan = plan_backfill(
+        "slow",
+        schedule=nightly,
+        start=datetime(2026, 3, 27, tzinfo=PARIS),
+        end=datetime(2026, 3, 30, 3, tzinfo=PARIS),
+    )
+    assert plan.timezone == "Europe/Paris" and plan.every == "0 2 * * *"
+    assert [p.key for p in plan.partitions] == [
+        "2026-03-27T02:00:00+01:00",
+        "2026-03-28T02:00:00+01:00",
+        "2026-03-29T03:00:00+02:00",  # 02:00 does not exist that night: cron runs at 03:00
+    ]
+    window = plan.partitions[0]
+    doc = plan.document(window)
+    assert doc["tick"] == window.end and doc["schedule"] == "nightly"
+    assert partition_input(plan.input, doc) == {
+        "seconds": 0,
+        "day": "2026-03-27",
+        "since": "2026-03-27T02:00:00+01:00",
+    }
+    assert plan.seed_of(window) == tick_seed(nightly, datetime.fromisoformat(window.end))
+    assert plan.tags == {"team": "data", "schedule": "nightly"}
+    with pytest.raises(UsageError, match="runs slow, not chain7"):
+        plan_backfill("chain7", schedule=nightly, start=datetime(2026, 1, 1, tzinfo=UTC))
