@@ -159,6 +159,14 @@ async def _chain(bus: Bus, backfill_id: str) -> list[StoredSignal]:
     return [r for r in await bus.log.read_run(backfill_id) if isinstance(r, StoredSignal)]
 
 
+async def _launched(bus: Bus, backfill_id: str) -> list[PartitionLaunched]:
+    return [
+        r.signal.body
+        for r in await _chain(bus, backfill_id)
+        if isinstance(r.signal.body, PartitionLaunched)
+    ]
+
+
 async def _peak_running(bus: Bus, chain: list[StoredSignal]) -> int:
     """The most runs of the backfill not ended at once, from the log: a run counts from
     its ``partition_launched`` (recorded before it is requested) to its ending signal,
@@ -239,6 +247,31 @@ async def test_two_drivers_of_one_backfill_start_each_partition_once(served: Bus
     chain = await _chain(bus, plan.backfill_id)
     launched = [r.signal.body for r in chain if isinstance(r.signal.body, PartitionLaunched)]
     assert sorted(b.partition for b in launched) == sorted(str(i) for i in range(8))
+    assert sum(isinstance(r.signal.body, BackfillRequested) for r in chain) == 1
+    assert await _peak_running(bus, chain) <= 2
+
+
+async def test_a_backfill_stopped_midway_resumes_its_round_and_starts_nothing_twice(
+    served: Bus,
+) -> None:
+    bus = served
+    plan = plan_backfill(
+        "slow",
+        partitions=[str(i) for i in range(6)],
+        input={"seconds": 0.3, "key": "$.partition"},
+        max_concurrent=2,
+    )
+    first = asyncio.create_task(drive_backfill(Client(bus), plan, interval=0.02))
+    while len(await _launched(bus, plan.backfill_id)) < 2:
+        await asyncio.sleep(0.02)
+    first.cancel()  # Ctrl-C: the two runs launched go on
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    report = await drive_backfill(Client(bus), plan, interval=0.02)
+    assert report.finished.round == 1 and report.finished.completed == 6
+    chain = await _chain(bus, plan.backfill_id)
+    launched = [b.partition for b in await _launched(bus, plan.backfill_id)]
+    assert sorted(launched) == [str(i) for i in range(6)]  # each once
     assert sum(isinstance(r.signal.body, BackfillRequested) for r in chain) == 1
     assert await _peak_running(bus, chain) <= 2
 
