@@ -421,3 +421,62 @@ def test_a_run_page_and_the_runs_list_hear_of_changes_coalesced_not_of_every_sig
     assert heard <= signals and len(changes) < signals / 5, (len(changes), heard, signals)
     assert [s for s, _ in changes] == sorted(s for s, _ in changes)
     assert httpx.get(f"{wide_up.url}/events?run=no.dots", timeout=5).status_code == 400
+
+
+def _cells(driver: webdriver.Chrome, backfill_id: str) -> dict[str, str]:
+    """Each partition square of a backfill's grid and its status, read in one go."""
+    return dict(
+        driver.execute_script(
+            "return [...document.querySelectorAll("
+            f"'.bf-grid[data-backfill=\"{backfill_id}\"] .bf-cell')]"
+            ".map(c => [c.dataset.partition, c.dataset.status])"
+        )
+    )
+
+
+def test_the_backfills_page_shows_a_partition_grid_per_pipeline(
+    up: Up, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    done = sisas(
+        "backfill", "slow", "--partitions", "0,0.05,x,0.1",
+        "--input-template", '{"seconds": "$.partition"}', "--json", env=up.env,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr  # partition x fails: float("x")
+    finished = json.loads(done.stdout)
+    going = subprocess.Popen(
+        [*SISAS, "backfill", "slow", "--from", "2026-01-01", "--to", "2026-01-01T08:00",
+         "--every", "1h", "--max-concurrent", "2", "--input-template", '{"seconds": 30}'],
+        env=up.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        browser.get(f"{up.url}/backfills")
+        keys = [f"2026-01-01T{h:02d}:00:00+00:00" for h in range(8)]
+
+        def in_flight(d: webdriver.Chrome) -> dict[str, str] | None:
+            grids = d.find_elements(By.CSS_SELECTOR, ".bf-grid[data-backfill]")
+            ids = [g.get_attribute("data-backfill") for g in grids]
+            other = next((i for i in ids if i != finished["backfill_id"]), None)
+            if other is None:
+                return None
+            cells = _cells(d, other)
+            running = [k for k, s in cells.items() if s == "running"]
+            return cells if len(running) == 2 and list(cells) == keys else None
+
+        cells = _wait(browser, "a backfill going", timeout=60).until(in_flight)
+        assert sorted(cells.values()) == ["missing"] * 6 + ["running"] * 2  # at most 2 at once
+        assert _cells(browser, finished["backfill_id"]) == {
+            "0": "completed",
+            "0.05": "completed",
+            "x": "failed",
+            "0.1": "completed",
+        }
+        [section] = browser.find_elements(By.CSS_SELECTOR, "section.bf-pipeline")
+        assert section.get_attribute("data-pipeline") == "slow"
+        assert "2 backfills" in section.text and "at most 2 at once" in section.text
+        _shoot(browser, tmp_path, "backfills.png")
+        failed = next(r["run_id"] for r in finished["results"] if r["partition"] == "x")
+        browser.find_element(By.CSS_SELECTOR, ".bf-cell[data-partition=x]").click()
+        _wait(browser, "run page").until(lambda d: d.find_element(By.ID, "run-id").text == failed)
+    finally:
+        going.send_signal(signal.SIGINT)
+        going.communicate(timeout=30)

@@ -18,17 +18,20 @@ from sisas.client import Client
 from sisas.client.verification import verify_log
 from sisas.errors import InvalidPipeline
 from sisas.handlers.admission import (
+    TAGS_CHAIN,
     AdmissionState,
     admission_chain,
     decide_release,
     decide_request,
+    decide_tag_release,
+    decide_tag_request,
     evolve_admission,
 )
 from sisas.loader import load_pipelines
 from sisas.pipeline import Context, Pipeline
 from sisas.services.admission import AdmissionService
 from sisas.services.host import running_services
-from sisas.signals import RunQueued, RunReleased, StoredSignal
+from sisas.signals import RunQueued, RunReleased, RunWithdrawn, StoredSignal
 from tests.cli_process import server_env, sisas_async
 from tests.runs import TEST_PIPES, wait_end
 
@@ -63,7 +66,7 @@ async def admitting(bus: Bus) -> AsyncIterator[Bus]:
         await task
 
 
-async def _chain(bus: Bus, pipeline: str) -> list[RunQueued | RunReleased]:
+async def _chain(bus: Bus, pipeline: str) -> list[RunQueued | RunReleased | RunWithdrawn]:
     records = await bus.log.read_run(admission_chain(pipeline))
     return [r.signal.body for r in records if isinstance(r, StoredSignal)]  # type: ignore[misc]
 
@@ -159,3 +162,112 @@ async def test_a_limit_declared_in_the_pipeline_is_set_by_the_services_that_load
     assert sum(isinstance(d, RunQueued) for d in chain) == 2  # one at a time
     with pytest.raises(InvalidPipeline, match="give 1 or more"):
         Pipeline("none", max_concurrent_runs=0)
+
+
+async def test_a_run_cancelled_while_it_waits_leaves_the_queue_and_never_takes_a_slot(
+    admitting: Bus, settings: Settings
+) -> None:
+    bus = admitting
+    await set_limit(bus, "slow", 1)
+    client = Client(bus)
+    first = await client.start("slow", {"seconds": 30.0}, seed=1)
+    waiting = await client.start("slow", {"seconds": 0.0}, seed=2)
+    later = await client.start("slow", {"seconds": 0.0}, seed=3)
+    while sum(isinstance(d, RunQueued) for d in await _chain(bus, "slow")) < 2:
+        await asyncio.sleep(0.05)
+    env = server_env(settings)
+    cancelled = await sisas_async("cancel", waiting.run_id, "--reason", "not needed", env=env)
+    assert cancelled.returncode == 0, cancelled.stderr
+    state, signals = await wait_end(bus, waiting.run_id)
+    assert state.status == "cancelled"
+    assert [s.kind for s in signals] == ["run_requested", "run_cancelled"]  # nothing started
+    chain = await _chain(bus, "slow")
+    [withdrawn] = [d for d in chain if isinstance(d, RunWithdrawn)]
+    assert withdrawn.run_id == waiting.run_id and "its slot never taken" in withdrawn.reason
+    assert waiting.run_id not in {d.run_id for d in chain if isinstance(d, RunReleased)}
+    assert (await client.state(first.run_id)).status == "running"  # the slot stays first's
+    listed = await sisas_async("limits", "list", "--json", env=env)
+    [row] = json.loads(listed.stdout)["limits"]
+    assert row["holding"] == [first.run_id]
+    assert [w["run_id"] for w in row["waiting"]] == [later.run_id]
+    await client.cancel(first.run_id)
+    assert (await wait_end(bus, later.run_id))[0].status == "completed"  # the next goes
+    runs = await sisas_async("runs", "--json", env=env)
+    assert runs.returncode == 0, runs.stderr
+    status = {r["run_id"]: r["status"] for r in json.loads(runs.stdout)["runs"]}
+    assert status[waiting.run_id] == "cancelled"
+    report = await verify_log(bus, None, projection=False)
+    assert report.intact, [v.findings for v in report.verdicts if not v.intact]
+
+
+def test_a_tag_limit_counts_runs_of_any_pipeline_and_releases_the_first_that_fits() -> None:
+    limits = {"team=data": 1, "team=web": 1}
+    state = AdmissionState()
+    asks = [("a", ("team=data",)), ("b", ("team=data",)), ("c", ("team=web",))]
+    for run_id, tags in asks:
+        d = decide_tag_request(state, "p", run_id, tags, limits, priority=0, request_seq=1)
+        assert d is not None
+        state = evolve_admission(state, d)
+    assert state.holders == ("a", "c")  # c's tag has room: it does not wait behind b
+    [waiting] = state.waiting
+    assert waiting.run_id == "b" and waiting.tags == ("team=data",)
+    assert decide_tag_release(state, limits, ("c",)) is None  # web's slot frees no data slot
+    freed = decide_tag_release(state, limits, ("a",))
+    assert freed is not None and freed.run_id == "b"
+    assert freed.reason.startswith("a ended: tag team=data: 0 of 1 runs hold a slot")
+
+
+async def _tags_chain(bus: Bus) -> list[RunQueued | RunReleased | RunWithdrawn]:
+    records = await bus.log.read_run(TAGS_CHAIN)
+    return [r.signal.body for r in records if isinstance(r, StoredSignal)]  # type: ignore[misc]
+
+
+async def _peak(bus: Bus, run_ids: list[str]) -> int:
+    """The most of ``run_ids`` running at once, from the log (first phase_started to the
+    last signal, in stream order)."""
+    events = []
+    for run_id in run_ids:
+        records = [r for r in await bus.log.read_run(run_id) if isinstance(r, StoredSignal)]
+        began = next(r.stream_seq for r in records if r.signal.kind == "phase_started")
+        events += [(began, 1), (records[-1].stream_seq, -1)]
+    running = peak = 0
+    for _, step in sorted(events):
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+async def test_a_tag_limit_holds_across_runs_and_under_a_pipeline_limit(
+    admitting: Bus, settings: Settings
+) -> None:
+    bus = admitting
+    env = server_env(settings)
+    set_tag = await sisas_async("limits", "set", "--tag", "team=data", "2", "--json", env=env)
+    assert set_tag.returncode == 0, set_tag.stderr
+    assert json.loads(set_tag.stdout) == {"tag": "team=data", "limit": 2, "before": None}
+    await set_limit(bus, "slow", 3)  # the pipeline's own limit applies first
+    client = Client(bus)
+    data = [
+        await client.start("slow", {"seconds": 0.4}, seed=i, tags={"team": "data"})
+        for i in range(5)
+    ]
+    data.append(await client.start("chain7", 1, seed=1, tags={"team": "data"}))  # any pipeline
+    web = [await client.start("slow", {"seconds": 0.0}, seed=9, tags={"team": "web"})]
+    for h in data + web:
+        assert (await wait_end(bus, h.run_id))[0].status == "completed"
+    assert await _peak(bus, [h.run_id for h in data]) <= 2  # measured from the log
+    chain = await _tags_chain(bus)
+    queued = [d for d in chain if isinstance(d, RunQueued)]
+    assert queued and all(d.waits_for == "tag team=data" for d in queued)
+    assert all("max_concurrent_runs = 2" in d.reason or "wait already" in d.reason for d in queued)
+    released = {d.run_id for d in chain if isinstance(d, RunReleased)}
+    assert released == {h.run_id for h in data}  # the web run never needed the tags' chain
+    listed = await sisas_async("limits", "list", "--json", env=env)
+    [row] = [r for r in json.loads(listed.stdout)["limits"] if r.get("tag") == "team=data"]
+    assert (row["limit"], row["waiting"], row["chain"]) == (2, [], TAGS_CHAIN)
+    cleared = await sisas_async("limits", "clear", "--tag", "team=data", env=env)
+    assert cleared.returncode == 0, cleared.stderr
+    again = await sisas_async("limits", "clear", "--tag", "team=data", env=env)
+    assert again.returncode == 1 and "tag team=data has no limit" in again.stderr
+    report = await verify_log(bus, None, projection=False)
+    assert report.intact, [v.findings for v in report.verdicts if not v.intact]

@@ -1,4 +1,5 @@
-"""``sisas limits``: how many runs of a pipeline may go at once, and who waits."""
+"""``sisas limits``: how many runs of a pipeline, or carrying a tag, may go at once, and
+who waits."""
 
 from __future__ import annotations
 
@@ -9,11 +10,19 @@ from typing import Any
 import click
 from rich.table import Table
 
-from sisas.bus.limits import clear_limit, limits, set_limit
+from sisas.bus.limits import (
+    clear_limit,
+    clear_tag_limit,
+    limits,
+    set_limit,
+    set_tag_limit,
+    tag_limits,
+)
 from sisas.bus.runtime import open_bus
 from sisas.cli.app import cli, console, err_console, load_settings, run_async
-from sisas.handlers.admission import admission_chain
-from sisas.services.admission import admission_state
+from sisas.errors import UsageError
+from sisas.handlers.admission import TAGS_CHAIN, admission_chain
+from sisas.services.admission import admission_state, chain_state
 
 __all__ = ["limits_group"]
 
@@ -22,56 +31,90 @@ JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print one JS
 
 @cli.group("limits")
 def limits_group() -> None:
-    """Concurrency limits: at most N runs of a pipeline at once, the others queued.
+    """Concurrency limits: at most N runs of a pipeline, or carrying a tag, at once.
 
-    Runs over the limit wait in priority order (`sisas run --priority N`); each queued
-    and released run is a signal in the chain adm-PIPELINE. Exit codes: 0 ok, 1 nothing
-    to do (clear of a pipeline with no limit), 2 usage error.
+    Runs over a limit wait in priority order (`sisas run --priority N`); each queued and
+    released run is a signal in the chain adm-PIPELINE (adm--tags for tags), with the
+    limit it waits for. Exit codes: 0 ok, 1 nothing to do (clear of a limit that is not
+    set), 2 usage error.
     """
 
 
+TAG_OPTION = click.option(
+    "--tag", "tag", default=None, metavar="KEY=VALUE", help="The limit of runs carrying this tag."
+)
+
+
+def _target(args: tuple[str, ...], tag: str | None, n: bool) -> tuple[str, int]:
+    """(PIPELINE or "", N or 0) from ``set PIPELINE N`` / ``set --tag K=V N`` (``n``:
+    N expected)."""
+    want = (1 if n else 0) + (0 if tag else 1)
+    if len(args) != want:
+        form = "[PIPELINE | --tag KEY=VALUE]" + (" N" if n else "")
+        raise UsageError(f"give {form}: a pipeline or a tag{', and N' if n else ''}")
+    if not n:
+        return (args[0] if args else ""), 0
+    try:
+        return (args[0] if not tag else ""), int(args[-1])
+    except ValueError:
+        raise UsageError(f"N must be a whole number, not {args[-1]!r}") from None
+
+
 @limits_group.command("set")
-@click.argument("pipeline")
-@click.argument("max_runs", metavar="N", type=int)
+@click.argument("args", nargs=-1, metavar="[PIPELINE] N")
+@TAG_OPTION
 @JSON_OPTION
 @run_async
-async def set_cmd(pipeline: str, max_runs: int, as_json: bool) -> None:
-    """At most N runs of PIPELINE at once (max_concurrent_runs); the others wait."""
+async def set_cmd(args: tuple[str, ...], tag: str | None, as_json: bool) -> None:
+    """At most N runs of PIPELINE (or carrying --tag KEY=VALUE, any pipeline) at once
+    (max_concurrent_runs); the others wait."""
+    pipeline, max_runs = _target(args, tag, n=True)
     async with open_bus(load_settings(), name="sisas-limits") as bus:
-        before = await set_limit(bus, pipeline, max_runs)
+        if tag:
+            before = await set_tag_limit(bus, tag, max_runs)
+        else:
+            before = await set_limit(bus, pipeline, max_runs)
+    chain = TAGS_CHAIN if tag else admission_chain(pipeline)
     if as_json:
-        print(json.dumps({"pipeline": pipeline, "limit": max_runs, "before": before}))
+        key = {"tag": tag} if tag else {"pipeline": pipeline}
+        print(json.dumps({**key, "limit": max_runs, "before": before}))
     else:
         was = f" (was {before})" if before is not None else ""
+        runs = f"runs carrying {tag}" if tag else f"runs of {pipeline}"
         console.print(
-            f"at most {max_runs} runs of {pipeline} at once{was}; the others wait, "
-            f"recorded in `sisas signals {admission_chain(pipeline)}`"
+            f"at most {max_runs} {runs} at once{was}; the others wait, "
+            f"recorded in `sisas signals {chain}`"
         )
 
 
 @limits_group.command("clear")
-@click.argument("pipeline")
+@click.argument("args", nargs=-1, metavar="[PIPELINE]")
+@TAG_OPTION
 @JSON_OPTION
 @run_async
-async def clear_cmd(pipeline: str, as_json: bool) -> None:
-    """Lift PIPELINE's limit: runs still waiting go at once. Exit 1 when it had none."""
+async def clear_cmd(args: tuple[str, ...], tag: str | None, as_json: bool) -> None:
+    """Lift PIPELINE's limit (or --tag KEY=VALUE's): runs still waiting under it go at
+    once. Exit 1 when it had none."""
+    pipeline, _ = _target(args, tag, n=False)
     async with open_bus(load_settings(), name="sisas-limits") as bus:
-        before = await clear_limit(bus, pipeline)
+        before = await clear_tag_limit(bus, tag) if tag else await clear_limit(bus, pipeline)
+    what = f"tag {tag}" if tag else pipeline
     if as_json:
-        print(json.dumps({"pipeline": pipeline, "cleared": before is not None}))
+        key = {"tag": tag} if tag else {"pipeline": pipeline}
+        print(json.dumps({**key, "cleared": before is not None}))
     if before is None:
         if not as_json:
-            err_console.print(f"{pipeline} has no limit: nothing to clear (`sisas limits list`)")
+            err_console.print(f"{what} has no limit: nothing to clear (`sisas limits list`)")
         sys.exit(1)
     if not as_json:
-        console.print(f"{pipeline} has no limit any more (it was {before})")
+        console.print(f"{what} has no limit any more (it was {before})")
 
 
 @limits_group.command("list")
 @JSON_OPTION
 @run_async
 async def list_cmd(as_json: bool) -> None:
-    """Each limited pipeline: its limit, the runs holding a slot, the runs waiting."""
+    """Each limited pipeline and tag: its limit, the runs holding a slot, the runs waiting."""
     rows: list[dict[str, Any]] = []
     async with open_bus(load_settings(), name="sisas-limits") as bus:
         for pipeline, limit in sorted((await limits(bus)).items()):
@@ -86,17 +129,34 @@ async def list_cmd(as_json: bool) -> None:
                     "chain": admission_chain(pipeline),
                 }
             )
+        tagged = await tag_limits(bus)
+        if tagged:
+            state, _ = await chain_state(bus, TAGS_CHAIN)
+            waiting = sorted(state.waiting, key=lambda w: (-w.priority, w.order))
+            for tag, limit in sorted(tagged.items()):
+                rows.append(
+                    {
+                        "tag": tag,
+                        "limit": limit,
+                        "holding": [r for r in state.holders if tag in state.tagged.get(r, ())],
+                        "waiting": [
+                            {"run_id": w.run_id, "priority": w.priority, "pipeline": w.pipeline}
+                            for w in waiting
+                            if tag in w.tags
+                        ],
+                        "chain": TAGS_CHAIN,
+                    }
+                )
     if as_json:
         print(json.dumps({"limits": rows}))
         return
     if not rows:
-        console.print("no limits: `sisas limits set PIPELINE N`")
+        console.print("no limits: `sisas limits set PIPELINE N` or `--tag KEY=VALUE N`")
         return
     table = Table(title="concurrency limits", title_justify="left")
-    for col in ("pipeline", "limit", "holding a slot (or ended since)", "waiting"):
+    for col in ("pipeline or tag", "limit", "holding a slot (or ended since)", "waiting"):
         table.add_column(col)
     for r in rows:
-        table.add_row(
-            r["pipeline"], str(r["limit"]), str(len(r["holding"])), str(len(r["waiting"]))
-        )
+        name = r["pipeline"] if "pipeline" in r else f"tag {r['tag']}"
+        table.add_row(name, str(r["limit"]), str(len(r["holding"])), str(len(r["waiting"])))
     console.print(table)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sisas.cli import (  # noqa: F401
     audit_commands,
+    backfill_commands,
     batch_command,
     cluster_commands,
     demo_command,

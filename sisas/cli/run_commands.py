@@ -368,26 +368,29 @@ async def cancel(run_id: str, reason: str) -> None:
     Returns once `run_cancelled` is in the log. With no server running, this command
     runs an orchestrator for as long as that takes. On a shared server with no
     orchestrator running, the cancellation is queued: it takes effect when one starts.
-    Exit 1 if the run ended otherwise first.
+    A run waiting for a slot under a concurrency limit leaves the queue, recorded
+    cancelled, its slot never taken. Exit 1 if the run ended otherwise first.
     """
     check_name(run_id, "run id")
     async with open_bus(load_settings(), name="sisas-cancel") as bus:
         last = await bus.log.last_of_run(run_id)
         if not isinstance(last, StoredSignal):
-            fail(f"no run {run_id!r} in this log: check the run id")
-        if last.signal.kind in ENDING_KINDS:
+            # not in the log: it may wait for a slot under a concurrency limit
+            await Client(bus, requested_by="sisas cancel").cancel(run_id, reason)
+        elif last.signal.kind in ENDING_KINDS:
             fail(f"run {run_id} already ended ({last.signal.kind}); nothing to cancel")
-        with span_in_run("cancel", run_id, last.signal.pipeline, {"sisas.reason": reason}):
-            await bus.inputs.publish(
-                CancelRun(
-                    id=f"cancel:{run_id}",
-                    pipeline=last.signal.pipeline,
-                    run_id=run_id,
-                    at=datetime.now(UTC),
-                    reason=reason,
-                    requested_by="sisas cancel",
-                ),
-            )
+        else:
+            with span_in_run("cancel", run_id, last.signal.pipeline, {"sisas.reason": reason}):
+                await bus.inputs.publish(
+                    CancelRun(
+                        id=f"cancel:{run_id}",
+                        pipeline=last.signal.pipeline,
+                        run_id=run_id,
+                        at=datetime.now(UTC),
+                        reason=reason,
+                        requested_by="sisas cancel",
+                    ),
+                )
         if bus.server is not None:  # we started the server: only we can act on it
             async with running_services(bus, {}):
                 ended = await _ending(bus, run_id, CANCEL_WAIT)

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
 
@@ -50,9 +50,13 @@ from sisas.services.hosting import check_live_code
 from sisas.signals import RunRequested, Scalar, StoredSignal, check_name
 from sisas.signals.inputs import CancelRun, StartRun
 from sisas.signals.kinds import ENDING_KINDS
-from sisas.signals.names import check_tags
+from sisas.signals.names import admit_cancel_subject, check_tags
 from sisas.signals.plan import PipelinePlan
 from sisas.telemetry.tracing import run_span, span_in_run
+
+if TYPE_CHECKING:
+    from sisas.client.backfills import BackfillProgress, BackfillReport
+    from sisas.handlers.schedules import Schedule
 
 __all__ = ["Client", "Started"]
 
@@ -293,7 +297,8 @@ class Client:
                 batch_id=batch_id,
                 tags=check_tags(tags or {}),
                 priority=priority,
-                admit=self._limits is not None and await self._limits.get(pipeline) is not None,
+                admit=self._limits is not None
+                and await self._limits.admits(pipeline, dict(tags or {})),
             )
         if published.duplicate and idempotency_key:
             # The same key was sent moments ago and its run is not in the log yet: the
@@ -330,6 +335,64 @@ class Client:
             )
         return plan
 
+    async def backfill(
+        self,
+        pipeline: str,
+        *,
+        partitions: Sequence[str] | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        every: str = "",
+        timezone: str = "UTC",
+        schedule: Schedule | None = None,
+        input: Any = "$",
+        config: Mapping[str, Scalar] | None = None,
+        seed: int | None = None,
+        tags: Mapping[str, str] | None = None,
+        max_concurrent: int = 0,
+        rerun_all: bool = False,
+        name: str = "",
+        priority: int = 0,
+        code: Pipeline | None = None,
+        on_progress: Callable[[BackfillProgress], None] | None = None,
+    ) -> BackfillReport:
+        """Run one round of a backfill of ``pipeline`` and return its report when every
+        partition's run has ended (``report.ok``: none failed or was cancelled).
+
+        Partitions: listed keys (``partitions``), or the windows ``[tick, next tick)``
+        of ``every`` (``1h``, ``1d``, ``15m``, a cron expression) or of ``schedule``'s
+        cron, from ``start`` to ``end`` in ``timezone``. ``input``: a template whose
+        ``$`` paths are filled from the partition (``$.partition``, ``$.window.start``,
+        ``$.window.end``, ``$.date``…; docs/schedules.md). At most ``max_concurrent``
+        of the backfill's runs are not ended at once (0: no limit). The backfill's id
+        derives from the pipeline and the partition keys (``name``: ``bf-NAME``);
+        asking again runs only the partitions with no completed run (``rerun_all``:
+        every one), and joins a round still going (a restart) rather than starting
+        anything twice. Every decision is a signal in the chain of the backfill's id.
+        Raises :class:`~sisas.errors.UsageError` naming what is wrong.
+        """
+        from sisas.client.backfills import drive_backfill, plan_backfill
+
+        plan = plan_backfill(
+            pipeline,
+            partitions=partitions,
+            start=start,
+            end=end,
+            every=every,
+            timezone=timezone,
+            schedule=schedule,
+            input=input,
+            config=config,
+            seed=seed,
+            tags=tags,
+            max_concurrent=max_concurrent,
+            rerun_all=rerun_all,
+            name=name,
+            priority=priority,
+            code=code or self._served.get(pipeline),
+        )
+        return await drive_backfill(self, plan, on_progress=on_progress)
+
     # -- following, cancelling, reading ---------------------------------------------
 
     def handle(self, run_id: str) -> RunHandle:
@@ -340,17 +403,34 @@ class Client:
         self, run_id: str, reason: str = "cancelled by the client", *, pipeline: str = ""
     ) -> bool:
         """Ask for ``run_id`` to be cancelled (no phase starts after the orchestrator
-        records it). Returns False when the run had ended already. A run requested
-        moments ago may not be in the log yet: given its ``pipeline`` (a handle knows
-        it), the cancellation is queued behind the request. Raises
-        :class:`~sisas.errors.UsageError` when the log has no such run and no pipeline
-        is given."""
+        records it). Returns False when the run had ended already. A run waiting for a
+        slot under a concurrency limit leaves the queue (``run_withdrawn`` in its
+        pipeline's admission chain) and its log records it requested and cancelled,
+        its slot never taken. A run requested moments ago may not be in the log yet:
+        given its ``pipeline`` (a handle knows it), the cancellation is queued behind
+        the request. Raises :class:`~sisas.errors.UsageError` when the log has no such
+        run, no queue holds it and no pipeline is given."""
         last = await self.bus.log.last_of_run(check_name(run_id, "run id"))
         if isinstance(last, StoredSignal):
             if last.signal.kind in ENDING_KINDS:
                 return False
             pipeline = last.signal.pipeline
-        elif not pipeline:
+        else:
+            queued = await self._queued_in(run_id, pipeline)
+            if queued:
+                await self.bus.inputs.publish(
+                    CancelRun(
+                        id=f"cancel:{run_id}",
+                        pipeline=queued,
+                        run_id=run_id,
+                        at=datetime.now(UTC),
+                        reason=reason,
+                        requested_by=self.requested_by,
+                    ),
+                    subject=admit_cancel_subject(queued, run_id),
+                )
+                return True
+        if not pipeline:
             raise UsageError(f"no run {run_id!r} in this log: check the run id")
         with span_in_run("cancel", run_id, pipeline, {"sisas.reason": reason}):
             await self.bus.inputs.publish(
@@ -364,6 +444,21 @@ class Client:
                 ),
             )
         return True
+
+    async def _queued_in(self, run_id: str, pipeline: str) -> str:
+        """The limited pipeline whose admission queue ``run_id`` waits in ("" if none)."""
+        if not isinstance(self.bus, Bus):
+            return ""
+        from sisas.bus.limits import limits
+        from sisas.handlers.admission import TAGS_CHAIN
+        from sisas.services.admission import admission_state, chain_state
+
+        for name in [pipeline] if pipeline else sorted(await limits(self.bus, cleared=True)):
+            state, _ = await admission_state(self.bus, name)
+            if state.waiting_of(run_id) is not None:
+                return name
+        waiting = (await chain_state(self.bus, TAGS_CHAIN))[0].waiting_of(run_id)
+        return waiting.pipeline if waiting is not None else ""
 
     async def stalled(self, pipeline: str, state: RunState | None) -> str:
         """What keeps a run from moving, as a clause (``: no orchestrator is running…``),

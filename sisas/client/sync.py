@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from sisas.bus.settings import Settings
+from sisas.client.backfills import BackfillReport
 from sisas.client.client import Client
 from sisas.client.handle import RunHandle, RunResult
 from sisas.pipeline import Pipeline
@@ -164,3 +165,8 @@ class SyncClient:
     def runs(self, **filters: Any) -> list[dict[str, Any]]:
         """See :meth:`Client.runs`."""
         return self._loop.run(self._client.runs(**filters))
+
+    def backfill(self, pipeline: str, **options: Any) -> BackfillReport:
+        """See :meth:`Client.backfill` (the same keyword options): one round of a
+        backfill, returned once every partition's run has ended."""
+        return self._loop.run(self._client.backfill(pipeline, **options))

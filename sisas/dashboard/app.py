@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 from sisas import __version__
 from sisas.audit.html import render_report
 from sisas.bus.runtime import Bus
+from sisas.client.backfills import backfill_ids, read_backfill
 from sisas.client.queries import ask
 from sisas.client.verification import verify_log
 from sisas.dashboard.actions import action_routes
@@ -143,6 +144,29 @@ def create_app(bus: Bus, hub: Hub, policy: ActionPolicy | None = None) -> Starle
 
     async def run_page(request: Request) -> Response:
         return _page("run.html")
+
+    async def backfills_page(request: Request) -> Response:
+        return _page("backfills.html")
+
+    async def api_backfills(request: Request) -> Response:
+        """Every backfill in the log, by pipeline, with each partition's status (the
+        partition grid); ``?pipeline=P``: one pipeline's."""
+        wanted = request.query_params.get("pipeline", "")
+        try:
+            rows = [await read_backfill(bus, bid) for bid in await backfill_ids(bus)]
+        except SisasError as exc:
+            return _error(503, f"the log cannot be read: {exc}")
+        by_pipeline: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            if not wanted or row["pipeline"] == wanted:
+                by_pipeline.setdefault(row["pipeline"], []).append(row)
+        return JSONResponse(
+            {
+                "pipelines": [
+                    {"pipeline": p, "backfills": by_pipeline[p]} for p in sorted(by_pipeline)
+                ]
+            }
+        )
 
     async def api_runs(request: Request) -> Response:
         try:
@@ -344,6 +368,8 @@ def create_app(bus: Bus, hub: Hub, policy: ActionPolicy | None = None) -> Starle
             Route("/", index),
             Route("/runs/{run_id}", run_page),
             Route("/runs/{run_id}/report", report),
+            Route("/backfills", backfills_page),
+            Route("/api/backfills", api_backfills),
             Route("/api/runs", api_runs),
             Route("/api/runs/{run_id}", api_run),
             Route("/api/runs/{run_id}/phases/{phase}/items", api_items),

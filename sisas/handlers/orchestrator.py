@@ -214,6 +214,9 @@ def _start(b: _Builder, inp: StartRun, plan: PipelinePlan | None) -> None:
             tags=dict(inp.tags),
         )
     )
+    if inp.cancelled:  # cancelled while it waited for a slot: it never starts
+        b.emit(RunCancelled(reason=inp.cancelled, requested_by=inp.cancelled_by))
+        return
     if plan is None:
         b.emit(
             RunFailed(

@@ -18,11 +18,15 @@ from sisas.handlers.tables import CheckTable, ItemState, ItemTable, PhaseStatus,
 from sisas.signals.chain import ChainHead
 from sisas.signals.envelope import Signal
 from sisas.signals.kinds import (
+    BackfillFinished,
+    BackfillRequested,
     CircuitClosed,
     CircuitOpened,
     ContractChecked,
     ErrorInfo,
     InvariantChecked,
+    PartitionLaunched,
+    PartitionSkipped,
     PhaseCompleted,
     PhaseFailed,
     PhaseRetryScheduled,
@@ -37,6 +41,7 @@ from sisas.signals.kinds import (
     RunReleased,
     RunRequested,
     RunStarted,
+    RunWithdrawn,
     Scalar,
     ScheduleTicked,
     TriggerEvaluated,
@@ -225,6 +230,11 @@ def evolve(state: RunState, signal: Signal) -> RunState:
             | ScheduleTicked()
             | RunQueued()
             | RunReleased()
+            | RunWithdrawn()
+            | BackfillRequested()
+            | PartitionLaunched()
+            | PartitionSkipped()
+            | BackfillFinished()
         ):
             return state  # a pipeline's circuits and the triggers' records: no run's state
         case _:

@@ -19,10 +19,14 @@ from sisas.handlers.state import ItemState, PhaseState, RunState
 from sisas.signals.digest import semantic_digest
 from sisas.signals.envelope import Signal
 from sisas.signals.kinds import (
+    BackfillFinished,
+    BackfillRequested,
     CircuitClosed,
     CircuitOpened,
     ContractChecked,
     InvariantChecked,
+    PartitionLaunched,
+    PartitionSkipped,
     PhaseCompleted,
     PhaseFailed,
     PhaseRetryScheduled,
@@ -37,15 +41,24 @@ from sisas.signals.kinds import (
     RunReleased,
     RunRequested,
     RunStarted,
+    RunWithdrawn,
     ScheduleTicked,
     TriggerEvaluated,
 )
-from sisas.signals.names import ADMISSION_PIPELINE, SCHEDULES_PIPELINE, TRIGGERS_PIPELINE
+from sisas.signals.names import (
+    ADMISSION_PIPELINE,
+    BACKFILLS_PIPELINE,
+    SCHEDULES_PIPELINE,
+    TRIGGERS_PIPELINE,
+)
 
 __all__ = ["violation"]
 
 _LIVE = ("scheduled", "running")
 _DONE = ("completed", "failed", "timed_out", "skipped")
+_BACKFILL_KINDS: frozenset[type] = frozenset(
+    {BackfillRequested, PartitionLaunched, PartitionSkipped, BackfillFinished}
+)
 _ATTEMPT_KINDS: frozenset[type] = frozenset(
     {PhaseStarted, PhaseCompleted, PhaseFailed, PhaseTimedOut, ContractChecked, InvariantChecked}
 )
@@ -63,10 +76,14 @@ def violation(state: RunState, signal: Signal) -> tuple[str, str] | None:
         if state.status == "new" and signal.pipeline == SCHEDULES_PIPELINE:
             return None
         return "out_of_place", "schedule_ticked belongs to a schedules chain, not a run"
-    if t is RunQueued or t is RunReleased:  # a limited pipeline's admission chain
+    if t is RunQueued or t is RunReleased or t is RunWithdrawn:  # an admission chain
         if state.status == "new" and signal.pipeline == ADMISSION_PIPELINE:
             return None
         return "out_of_place", f"{signal.kind} belongs to an admission chain, not a run"
+    if t in _BACKFILL_KINDS:  # a backfill's chain: its rounds and partitions
+        if state.status == "new" and signal.pipeline == BACKFILLS_PIPELINE:
+            return None
+        return "out_of_place", f"{signal.kind} belongs to a backfill chain, not a run"
     if signal.seq == 1 and t is not RunRequested:
         return "out_of_place", f"a run begins with run_requested, not {signal.kind}"
     if state.ended:

@@ -293,9 +293,11 @@ OPERATOR: Final = Role(
             reads=(_KV_SCHEDULES,),
         ),
         Grant(
-            "request runs of limited pipelines; set limits (`sisas limits set|clear`)",
+            "request runs of limited pipelines, cancel them while they wait; set limits "
+            "(`sisas limits set|clear`)",
             (
                 f"{ADMIT_PREFIX}.*.*",
+                f"{ADMIT_PREFIX}.*.*.cancel",
                 f"{API}.STREAM.CREATE.{ADMIT_STREAM}",
                 f"{API}.STREAM.INFO.{ADMIT_STREAM}",
                 f"{API}.STREAM.CREATE.{_KV_LIMITS}",

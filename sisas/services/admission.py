@@ -13,6 +13,11 @@ the durable consumer ``sisas-admission`` and, per request:
 4. sends a released request on to the orchestrator (``SISAS_IN``, deduplicated by its
    id), then acknowledges it.
 
+A run carrying a tag with a limit (``sisas limits set --tag k=v N``) is decided in the
+tags' chain (``adm--tags``) the same way, after its pipeline's chain when its pipeline is
+limited too; a released run goes on to the orchestrator only once every chain it needs
+released it.
+
 Each pass, a slot freed by a run that ended goes to the next waiting run (highest
 priority, then the first asked), recorded as ``run_released``. A slot holder whose run
 is not in the log yet is sent on again (once per process: a service that died between
@@ -28,29 +33,34 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
 from sisas.bus.inputs import publish_input_acked
-from sisas.bus.limits import limits
+from sisas.bus.limits import limits, tag_limits
 from sisas.bus.runtime import Bus
 from sisas.errors import AppendConflict, SisasError
 from sisas.handlers.admission import (
+    TAGS_CHAIN,
     AdmissionState,
     admission_chain,
     decide_release,
     decide_request,
+    decide_tag_release,
+    decide_tag_request,
+    decide_withdrawal,
     evolve_admission,
 )
 from sisas.security.keys import signer_from_file
-from sisas.signals import ChainHead, Draft, RunQueued, RunReleased, StoredSignal
-from sisas.signals.inputs import StartRun, decode_input
+from sisas.signals import ChainHead, Draft, RunQueued, RunReleased, RunWithdrawn, StoredSignal
+from sisas.signals.inputs import CancelRun, StartRun, decode_input
 from sisas.signals.kinds import ENDING_KINDS
 from sisas.signals.names import ADMISSION_PIPELINE, ADMIT_STREAM, admit_subject
 
-__all__ = ["AdmissionService", "admission_state"]
+__all__ = ["AdmissionService", "admission_state", "chain_state"]
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +71,16 @@ _UNLIMITED = 1 << 30
 
 async def admission_state(bus: Bus, pipeline: str) -> tuple[AdmissionState, StoredSignal | None]:
     """The fold of ``pipeline``'s admission chain and its last signal."""
+    return await chain_state(bus, admission_chain(pipeline))
+
+
+async def chain_state(bus: Bus, chain: str) -> tuple[AdmissionState, StoredSignal | None]:
+    """The fold of the admission chain ``chain`` (``adm-P``, ``adm--tags``) and its last
+    signal."""
     state, last = AdmissionState(), None
-    for record in await bus.log.read_run(admission_chain(pipeline)):
+    for record in await bus.log.read_run(chain):
         if isinstance(record, StoredSignal) and isinstance(
-            record.signal.body, RunQueued | RunReleased
+            record.signal.body, RunQueued | RunReleased | RunWithdrawn
         ):
             state, last = evolve_admission(state, record.signal.body), record
     return state, last
@@ -83,6 +99,7 @@ class AdmissionService:
         self._sent: set[str] = set()
         self._next_bind = 0.0
         self._limits_cache: dict[str, int] = {}
+        self._tags_cache: dict[str, int] = {}
         self._limits_until = 0.0
         self._folded: dict[str, tuple[AdmissionState, StoredSignal | None]] = {}
         key = bus.settings.signing_key
@@ -126,6 +143,9 @@ class AdmissionService:
                     await msg.nak(delay=1.0)
         for pipeline, limit in (await self._limits()).items():
             moved |= await self._free(pipeline, limit or _UNLIMITED)
+        tags = await self._tag_limits()
+        if tags:
+            moved |= await self._free_tags(tags)
         return moved
 
     async def _limits(self) -> dict[str, int]:
@@ -133,8 +153,14 @@ class AdmissionService:
         now = asyncio.get_running_loop().time()
         if now >= self._limits_until:
             self._limits_cache = await limits(self.bus, cleared=True)
+            self._tags_cache = await tag_limits(self.bus, cleared=True)
             self._limits_until = now + 1.0
         return self._limits_cache
+
+    async def _tag_limits(self) -> dict[str, int]:
+        """Every tag's limit, lifted ones as 0 (read with :meth:`_limits`)."""
+        await self._limits()
+        return self._tags_cache
 
     async def _bind(self) -> bool:
         now = asyncio.get_running_loop().time()
@@ -154,17 +180,19 @@ class AdmissionService:
 
     async def _request(self, data: bytes) -> bool:
         inp = decode_input(data)
+        if isinstance(inp, CancelRun):
+            return await self._cancel(inp)
         if not isinstance(inp, StartRun):
             log.error("not a start_run in %s: %s; dropped", ADMIT_STREAM, type(inp).__name__)
             return False
         limit = (await limits(self.bus)).get(inp.pipeline)  # now, not as cached
         seq = await self._seq_of(inp)
+        if limit is None:  # no pipeline limit (lifted, or only its tags have one)
+            return await self._forward(inp, seq)
+        chain = admission_chain(inp.pipeline)
         for _ in range(10):  # another admission service may decide on the same chain
-            state, last = await self._state(inp.pipeline)
-            if limit is None:  # the limit was lifted: nothing holds the request back
-                await self._send(inp)
-                return True
-            ended = await self._ended(state)
+            state, last = await self._state(chain)
+            ended = await self._ended(state, chain)
             decision = decide_request(
                 state,
                 inp.pipeline,
@@ -176,12 +204,74 @@ class AdmissionService:
             )
             if decision is None:  # asked again: send it on if it holds a slot
                 if inp.run_id in state.holders:
+                    await self._forward(inp, seq)
+                return False
+            if not await self._append(chain, last, decision):
+                continue
+            if isinstance(decision, RunReleased):
+                await self._forward(inp, seq)
+            return True
+        return False
+
+    async def _forward(self, inp: StartRun, seq: int) -> bool:
+        """Send a request its pipeline's limit let go on: to the tags' chain when it
+        carries limited tags, else to the orchestrator."""
+        tags = await tag_limits(self.bus)  # now, not as cached
+        mine = tuple(t for t in (f"{k}={v}" for k, v in inp.tags.items()) if t in tags)
+        if not mine:
+            await self._send(inp)
+            return True
+        for _ in range(10):
+            state, last = await self._state(TAGS_CHAIN)
+            decision = decide_tag_request(
+                state,
+                inp.pipeline,
+                inp.run_id,
+                mine,
+                tags,
+                priority=inp.priority,
+                request_seq=seq,
+                ended=await self._ended(state, TAGS_CHAIN),
+            )
+            if decision is None:
+                if inp.run_id in state.holders:
                     await self._send(inp)
                 return False
-            if not await self._append(inp.pipeline, last, decision):
+            if not await self._append(TAGS_CHAIN, last, decision):
                 continue
             if isinstance(decision, RunReleased):
                 await self._send(inp)
+            return True
+        return False
+
+    async def _cancel(self, inp: CancelRun) -> bool:
+        """Withdraw a waiting run from the queue and send its request on marked cancelled
+        (the orchestrator records it requested and cancelled, starting nothing); a run
+        not waiting is cancelled by the orchestrator as any run."""
+        for _ in range(10):  # another admission service may decide on the same chain
+            chain, state, last = admission_chain(inp.pipeline), AdmissionState(), None
+            for chain in (admission_chain(inp.pipeline), TAGS_CHAIN):
+                state, last = await self._state(chain)
+                if state.waiting_of(inp.run_id) is not None or inp.run_id in state.withdrawn:
+                    break
+            decision = decide_withdrawal(
+                state, inp.pipeline, inp.run_id, inp.reason, inp.requested_by
+            )
+            if decision is None:
+                if inp.run_id not in state.withdrawn:
+                    await publish_input_acked(self.bus.js, inp)
+                return False
+            if not await self._append(chain, last, decision):
+                continue
+            msg = await self.bus.js.get_msg(ADMIT_STREAM, decision.request_seq)
+            start = decode_input(msg.data or b"")
+            if isinstance(start, StartRun):
+                cancelled = msgspec.structs.replace(
+                    start,
+                    cancelled=inp.reason or "cancelled while it waited for a slot",
+                    cancelled_by=inp.requested_by,
+                )
+                await publish_input_acked(self.bus.js, cancelled)
             return True
         return False
 
@@ -191,10 +281,23 @@ class AdmissionService:
         return int(msg.seq or 0)
 
     async def _free(self, pipeline: str, limit: int) -> bool:
-        state, last = await self._state(pipeline)
-        ended = await self._ended(state)
+        chain = admission_chain(pipeline)
+        state, last = await self._state(chain)
+        ended = await self._ended(state, chain)
         decision = decide_release(state, pipeline, limit, ended)
-        if decision is None or not await self._append(pipeline, last, decision):
+        if decision is None or not await self._append(chain, last, decision):
+            return False
+        msg = await self.bus.js.get_msg(ADMIT_STREAM, decision.request_seq)
+        inp = decode_input(msg.data or b"")
+        if isinstance(inp, StartRun):
+            await self._forward(inp, decision.request_seq)
+        return True
+
+    async def _free_tags(self, limits: dict[str, int]) -> bool:
+        state, last = await self._state(TAGS_CHAIN)
+        ended = await self._ended(state, TAGS_CHAIN)
+        decision = decide_tag_release(state, limits, ended)
+        if decision is None or not await self._append(TAGS_CHAIN, last, decision):
             return False
         msg = await self.bus.js.get_msg(ADMIT_STREAM, decision.request_seq)
         inp = decode_input(msg.data or b"")
@@ -202,10 +305,10 @@ class AdmissionService:
             await self._send(inp)
         return True
 
-    async def _state(self, pipeline: str) -> tuple[AdmissionState, StoredSignal | None]:
-        """:func:`admission_state`, refolded only when the chain moved."""
-        now = await self.bus.log.last_of_run(admission_chain(pipeline))
-        cached = self._folded.get(pipeline)
+    async def _state(self, chain: str) -> tuple[AdmissionState, StoredSignal | None]:
+        """:func:`chain_state`, refolded only when the chain moved."""
+        now = await self.bus.log.last_of_run(chain)
+        cached = self._folded.get(chain)
         if cached is not None and (
             (now is None and cached[1] is None)
             or (
@@ -215,12 +318,12 @@ class AdmissionService:
             )
         ):
             return cached
-        self._folded[pipeline] = await admission_state(self.bus, pipeline)
-        return self._folded[pipeline]
+        self._folded[chain] = await chain_state(self.bus, chain)
+        return self._folded[chain]
 
-    async def _ended(self, state: AdmissionState) -> tuple[str, ...]:
+    async def _ended(self, state: AdmissionState, chain: str) -> tuple[str, ...]:
         """The slot holders whose runs ended; a holder not yet in the log is sent on
-        again (once per process)."""
+        again (once per process; from a pipeline's chain, through the tags' chain)."""
         ended = []
         for run_id, seq in state.holding:
             last = await self.bus.log.last_of_run(run_id)
@@ -230,7 +333,11 @@ class AdmissionService:
                 msg = await self.bus.js.get_msg(ADMIT_STREAM, seq)
                 inp = decode_input(msg.data or b"")
                 if isinstance(inp, StartRun):
-                    await self._send(inp)
+                    self._sent.add(run_id)  # asked once per process, whatever comes of it
+                    if chain == TAGS_CHAIN:
+                        await self._send(inp)
+                    else:
+                        await self._forward(inp, seq)
         return tuple(ended)
 
     async def _send(self, inp: StartRun) -> None:
@@ -238,9 +345,11 @@ class AdmissionService:
         self._sent.add(inp.run_id)
 
     async def _append(
-        self, pipeline: str, last: StoredSignal | None, body: RunQueued | RunReleased
+        self,
+        chain: str,
+        last: StoredSignal | None,
+        body: RunQueued | RunReleased | RunWithdrawn,
     ) -> bool:
-        chain = admission_chain(pipeline)
         if last is not None:
             head, expected = ChainHead.after(last.signal), last.stream_seq
         else:
@@ -252,12 +361,12 @@ class AdmissionService:
             landed = await self.bus.log.append(sigs, expected_last_seq=expected)
         except AppendConflict:
             return False
-        cached = self._folded.get(pipeline)
+        cached = self._folded.get(chain)
         if cached is not None and cached[1] is last:  # the chain moved by this decision only
             stored = StoredSignal(stream_seq=landed.last_seq, signal=sigs[-1])
-            self._folded[pipeline] = (evolve_admission(cached[0], body), stored)
+            self._folded[chain] = (evolve_admission(cached[0], body), stored)
         if isinstance(body, RunQueued):
             self.queued += 1
-        else:
+        elif isinstance(body, RunReleased):
             self.released += 1
         return True

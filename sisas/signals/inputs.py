@@ -69,6 +69,11 @@ class StartRun(msgspec.Struct, tag="start_run", **_OPTS):
     tags: dict[str, str] = {}
     priority: int = 0
     """Under a concurrency limit, higher goes first (then the order requests came in)."""
+    cancelled: str = ""
+    """Why the run was cancelled while it waited for a slot ("" when it was not): the
+    orchestrator records its ``run_requested`` and then ``run_cancelled``, and starts
+    nothing."""
+    cancelled_by: str = ""
 
 
 class CancelRun(msgspec.Struct, tag="cancel_run", **_OPTS):

@@ -19,6 +19,8 @@ __all__ = [
     "ENDING_KINDS",
     "ERROR_KINDS",
     "KINDS",
+    "BackfillFinished",
+    "BackfillRequested",
     "Body",
     "CircuitClosed",
     "CircuitOpened",
@@ -26,6 +28,8 @@ __all__ = [
     "ErrorInfo",
     "ErrorKind",
     "InvariantChecked",
+    "PartitionLaunched",
+    "PartitionSkipped",
     "PhaseCompleted",
     "PhaseFailed",
     "PhaseRetryScheduled",
@@ -41,6 +45,7 @@ __all__ = [
     "RunReleased",
     "RunRequested",
     "RunStarted",
+    "RunWithdrawn",
     "Scalar",
     "ScheduleTicked",
     "Violation",
@@ -355,7 +360,8 @@ class RunQueued(msgspec.Struct, tag="run_queued", **_OPTS):
     """A run of a pipeline at its concurrency limit waits for a slot.
 
     Recorded in the pipeline's admission chain (pipeline ``admission``, run id
-    ``adm-PIPELINE``) by the admission service, before the run has a log of its own;
+    ``adm-PIPELINE``), or for a run carrying a tag with a limit in the tags' chain
+    (``adm--tags``), by the admission service, before the run has a log of its own;
     ``request_seq`` is where its request waits in ``SISAS_ADMIT``.
     """
 
@@ -364,6 +370,12 @@ class RunQueued(msgspec.Struct, tag="run_queued", **_OPTS):
     reason: str
     priority: int = 0
     request_seq: int = 0
+    waits_for: str = ""
+    """The limit it waits for: ``pipeline NAME`` or ``tag k=v`` ("" in chains written
+    before tags had limits: its pipeline's)."""
+    tag_limits: list[str] = []
+    """In the tags' admission chain (``adm--tags``): the limited tags (``k=v``) the run
+    carries, each of whose limits it counts against."""
 
 
 class RunReleased(msgspec.Struct, tag="run_released", **_OPTS):
@@ -380,6 +392,103 @@ class RunReleased(msgspec.Struct, tag="run_released", **_OPTS):
     """It was queued first (else it was admitted at once)."""
     request_seq: int = 0
     ended: list[str] = []
+    tag_limits: list[str] = []
+    """In the tags' admission chain: the limited tags (``k=v``) whose slots it holds."""
+
+
+class BackfillRequested(msgspec.Struct, tag="backfill_requested", **_OPTS):
+    """A round of a backfill was asked for: one run per partition, at most
+    ``max_concurrent`` at once.
+
+    Recorded first in the backfill's chain (pipeline ``backfills``, run id the backfill
+    id ``bf-…``) by the command or client that drives it. A backfill asked for again
+    after its last round finished begins a new ``round``: each partition is then launched
+    again only if it has no completed run (``rerun_all``: all of them).
+    """
+
+    backfill_id: str
+    pipeline: str
+    round: int
+    partitions: list[str]
+    """The partition keys, in the order they are launched (a time window's key is its
+    start, ISO 8601 in the backfill's time zone)."""
+    reason: str
+    max_concurrent: int = 0
+    """At most this many of the backfill's runs not ended at once (0: no limit)."""
+    rerun_all: bool = False
+    every: str = ""
+    """The cron expression the time windows follow ("" for listed partition keys)."""
+    timezone: str = ""
+    schedule: str = ""
+    """The schedule whose cron, zone, input, config and tags the windows follow."""
+    tags: dict[str, str] = {}
+    requested_by: str = ""
+
+
+class PartitionLaunched(msgspec.Struct, tag="partition_launched", **_OPTS):
+    """A backfill launched one partition's run.
+
+    ``attempt``: how many runs this backfill launched for the partition, this one
+    included; the run id derives from the backfill, the partition and the attempt, so
+    two drivers of one backfill, or a restarted one, never start a partition twice.
+    """
+
+    backfill_id: str
+    pipeline: str
+    round: int
+    partition: str
+    run_id: str
+    attempt: int
+    reason: str
+    window_start: str = ""
+    window_end: str = ""
+
+
+class PartitionSkipped(msgspec.Struct, tag="partition_skipped", **_OPTS):
+    """A backfill round launched nothing for a partition, and why.
+
+    ``because``: ``completed`` (``run_id`` completed in an earlier round) or ``running``
+    (``run_id``, launched earlier, has not ended: the round follows it instead).
+    """
+
+    backfill_id: str
+    pipeline: str
+    round: int
+    partition: str
+    because: Literal["completed", "running"]
+    reason: str
+    run_id: str = ""
+
+
+class BackfillFinished(msgspec.Struct, tag="backfill_finished", **_OPTS):
+    """Every partition of a backfill round was decided and every run it follows ended."""
+
+    backfill_id: str
+    pipeline: str
+    round: int
+    completed: int
+    """Partitions whose run of this round (launched or followed) completed."""
+    failed: int
+    skipped: int
+    """Partitions skipped because an earlier round's run completed."""
+    cancelled: int = 0
+    failed_partitions: list[str] = []
+    reason: str = ""
+
+
+class RunWithdrawn(msgspec.Struct, tag="run_withdrawn", **_OPTS):
+    """A run waiting for a slot was cancelled: it leaves the queue without taking a slot.
+
+    Recorded in the pipeline's admission chain by the admission service; the run's own
+    log then holds its ``run_requested`` and ``run_cancelled`` (the orchestrator records
+    them, starting nothing).
+    """
+
+    run_id: str
+    pipeline: str
+    reason: str
+    requested_by: str = ""
+    request_seq: int = 0
 
 
 Body: TypeAlias = (
@@ -403,6 +512,11 @@ Body: TypeAlias = (
     | ScheduleTicked
     | RunQueued
     | RunReleased
+    | RunWithdrawn
+    | BackfillRequested
+    | PartitionLaunched
+    | PartitionSkipped
+    | BackfillFinished
 )
 
 BODY_TYPES: Final[tuple[type[Body], ...]] = get_args(Body)

@@ -39,6 +39,7 @@ __all__ = [
     "ADMISSION_PIPELINE",
     "ADMIT_PREFIX",
     "ADMIT_STREAM",
+    "BACKFILLS_PIPELINE",
     "LIMIT_BUCKET",
     "SCHEDULES_PIPELINE",
     "SCHEDULE_BUCKET",
@@ -48,6 +49,7 @@ __all__ = [
     "WORK_PREFIX",
     "WORK_STREAM",
     "commit_subject",
+    "admit_cancel_subject",
     "admit_subject",
     "check_name",
     "check_tags",
@@ -72,6 +74,8 @@ TRIGGERS_PIPELINE: Final = "triggers"
 """The pipeline name of trigger evaluation chains (one per upstream message)."""
 ADMISSION_PIPELINE: Final = "admission"
 """The pipeline name of admission chains (one per limited pipeline: queued, released)."""
+BACKFILLS_PIPELINE: Final = "backfills"
+"""The pipeline name of backfill chains (one per backfill: its rounds and partitions)."""
 SCHEDULES_PIPELINE: Final = "schedules"
 """The pipeline name of schedule chains (one per schedule: its ticks, in order)."""
 
@@ -180,6 +184,11 @@ def parse_tag(text: str) -> tuple[str, str]:
 def admit_subject(pipeline: str, run_id: str) -> str:
     """The subject a request of a run of a limited pipeline waits on for admission."""
     return f"{ADMIT_PREFIX}.{pipeline}.{run_id}"
+
+
+def admit_cancel_subject(pipeline: str, run_id: str) -> str:
+    """The subject a cancellation of a run waiting for admission is sent on."""
+    return f"{ADMIT_PREFIX}.{pipeline}.{run_id}.cancel"
 
 
 def log_subject(pipeline: str, run_id: str, phase: str, kind: str) -> str:

@@ -12,12 +12,16 @@ import msgspec
 
 from sisas.signals.envelope import Signal
 from sisas.signals.kinds import (
+    BackfillFinished,
+    BackfillRequested,
     Body,
     CircuitClosed,
     CircuitOpened,
     ContractChecked,
     ErrorInfo,
     InvariantChecked,
+    PartitionLaunched,
+    PartitionSkipped,
     PhaseCompleted,
     PhaseFailed,
     PhaseRetryScheduled,
@@ -32,6 +36,7 @@ from sisas.signals.kinds import (
     RunReleased,
     RunRequested,
     RunStarted,
+    RunWithdrawn,
     Scalar,
     ScheduleTicked,
     TriggerEvaluated,
@@ -183,8 +188,22 @@ def _other(body: Body) -> str:
     if isinstance(body, ScheduleTicked):
         run = f" {body.run_id}" if body.run_id else ""
         return f"{body.schedule} tick {body.tick}: {body.action}{run}: {first_line(body.reason)}"
-    if isinstance(body, RunQueued | RunReleased):
+    if isinstance(body, RunQueued | RunReleased | RunWithdrawn):
         return f"{body.pipeline} run {body.run_id}: {first_line(body.reason)}"
+    if isinstance(body, BackfillRequested):
+        return (
+            f"{body.backfill_id} round {body.round}: {len(body.partitions)} partitions of "
+            f"{body.pipeline}: {first_line(body.reason)}"
+        )
+    if isinstance(body, PartitionLaunched | PartitionSkipped):
+        what = "launched" if isinstance(body, PartitionLaunched) else "skipped"
+        run = f" {body.run_id}" if body.run_id else ""
+        return f"partition {body.partition}: {what}{run}: {first_line(body.reason)}"
+    if isinstance(body, BackfillFinished):
+        return (
+            f"{body.backfill_id} round {body.round}: {body.completed} completed, "
+            f"{body.failed} failed, {body.skipped} skipped, {body.cancelled} cancelled"
+        )
     # A kind added later: its scalar fields, never a repr of a nested value.
     fields = msgspec.structs.asdict(body)
     return ", ".join(
