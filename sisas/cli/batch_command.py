@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import sys
@@ -31,6 +32,7 @@ from sisas.services.hosting import (
 )
 from sisas.signals import RunCompleted, RunFailed, StoredSignal
 from sisas.signals.kinds import ENDING_KINDS
+from sisas.signals.names import parse_run_subject
 
 __all__ = ["batch"]
 
@@ -68,6 +70,11 @@ def _ended(last: StoredSignal) -> tuple[str, str, str]:
     )
 
 
+SWEEP_EVERY = 2.0
+"""Seconds between two reads of every unfinished run's last signal: what the commit
+notices missed (a reconnect), and runs that ended before the notices began."""
+
+
 async def _wait_all(
     bus: Bus,
     batch_id: str,
@@ -77,8 +84,27 @@ async def _wait_all(
     as_json: bool,
 ) -> None:
     """Fill ``outcome`` (by run id) as the batch's runs end, with a progress bar and, once,
-    what keeps them from moving (:func:`advise`)."""
+    what keeps them from moving (:func:`advise`).
+
+    A run's end is learnt from the commit notices (a core subscription to the log's
+    commits, filtered by a bytes test, as the worker learns of cancellations): a commit
+    holding an ending signal names the run, whose last signal is then read once. Every
+    :data:`SWEEP_EVERY` seconds the unfinished runs are read as well. Reading every
+    unfinished run every 0.1 s, as this did, was 12% of the command's CPU in a batch of
+    200 (24,604 reads), and as much again in the server."""
     seen: set[str] = set()
+    ended = asyncio.Event()
+    ending: set[str] = set()
+
+    async def on_commit(subject: str, data: bytes) -> None:
+        seen_run = parse_run_subject(subject)
+        if seen_run is None or seen_run[1] not in runs:
+            return
+        seen.add(seen_run[1])
+        if any(marker in data for marker in _ENDING_MARKERS):
+            ending.add(seen_run[1])
+            ended.set()
+
     advisor = asyncio.create_task(
         advise(
             bus,
@@ -88,29 +114,45 @@ async def _wait_all(
             started=lambda: bool(seen),
         )
     )
+
+    async def settle(run_id: str) -> None:
+        last = await bus.log.last_of_run(run_id)
+        if last is not None:
+            seen.add(run_id)
+        if isinstance(last, StoredSignal) and last.signal.kind in ENDING_KINDS:
+            outcome[run_id] = _ended(last)
+            progress.advance(task)
+
     try:
-        with Progress(
-            TextColumn(f"batch {batch_id}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            disable=as_json,
-        ) as progress:
-            task = progress.add_task("runs", total=len(runs))
-            while len(outcome) < len(runs):
-                for run_id in runs:
-                    if run_id in outcome:
-                        continue
-                    last = await bus.log.last_of_run(run_id)
-                    if last is not None:
-                        seen.add(run_id)
-                    if isinstance(last, StoredSignal) and last.signal.kind in ENDING_KINDS:
-                        outcome[run_id] = _ended(last)
-                        progress.advance(task)
-                await asyncio.sleep(0.1)
+        async with bus.wire.on_commits(on_commit):
+            with Progress(
+                TextColumn(f"batch {batch_id}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                disable=as_json,
+            ) as progress:
+                task = progress.add_task("runs", total=len(runs))
+                loop = asyncio.get_running_loop()
+                next_sweep = loop.time()  # at once: runs that ended before we listened
+                while len(outcome) < len(runs):
+                    if loop.time() >= next_sweep:
+                        for run_id in [r for r in runs if r not in outcome]:
+                            await settle(run_id)
+                        next_sweep = loop.time() + SWEEP_EVERY
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(ended.wait(), max(0.0, next_sweep - loop.time()))
+                    ended.clear()
+                    while ending:
+                        run_id = ending.pop()
+                        if run_id not in outcome:
+                            await settle(run_id)
     finally:
         advisor.cancel()
+
+
+_ENDING_MARKERS = tuple(f'"kind":"{kind}"'.encode() for kind in sorted(ENDING_KINDS))
 
 
 @cli.command()
