@@ -449,7 +449,9 @@ def test_the_backfills_page_shows_a_partition_grid_per_pipeline(
         env=up.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        browser.get(f"{up.url}/backfills")
+        browser.get(up.url)  # found from the runs page, as a user finds it
+        _wait(browser, "nav").until(lambda d: d.find_element(By.ID, "nav-backfills")).click()
+        _wait(browser, "backfills page").until(lambda d: d.current_url.endswith("/backfills"))
         keys = [f"2026-01-01T{h:02d}:00:00+00:00" for h in range(8)]
 
         def in_flight(d: webdriver.Chrome) -> dict[str, str] | None:
@@ -477,6 +479,10 @@ def test_the_backfills_page_shows_a_partition_grid_per_pipeline(
         failed = next(r["run_id"] for r in finished["results"] if r["partition"] == "x")
         browser.find_element(By.CSS_SELECTOR, ".bf-cell[data-partition=x]").click()
         _wait(browser, "run page").until(lambda d: d.find_element(By.ID, "run-id").text == failed)
+        browser.find_element(By.ID, "nav-backfills").click()  # and back from a run page
+        _wait(browser, "grids").until(lambda d: d.find_elements(By.CSS_SELECTOR, ".bf-grid"))
+        browser.find_element(By.ID, "nav-runs").click()
+        _wait(browser, "runs page").until(lambda d: d.find_element(By.ID, "runs"))
     finally:
         going.send_signal(signal.SIGINT)
         going.communicate(timeout=30)
