@@ -447,7 +447,8 @@ async def stats(pipeline: str, tags: dict[str, str], as_json: bool) -> None:
         print(json.dumps({"as_of": answer.as_of, **d}))
         return
     if not d["pipelines"]:
-        console.print("no runs yet." if not pipeline else f"no runs of {pipeline}.")
+        tagged = " with " + " ".join(f"{k}={v}" for k, v in tags.items()) if tags else ""
+        console.print(f"no runs of {pipeline}{tagged}." if pipeline else f"no runs{tagged}.")
         return
     for p in d["pipelines"]:
         console.print(
