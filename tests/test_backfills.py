@@ -294,20 +294,26 @@ async def test_a_failed_partition_runs_again_on_the_second_call(
     out = json.loads(first.stdout)
     assert (out["completed"], out["failed"], out["failed_partitions"]) == (2, 1, ["broken"])
     broken = next(r for r in out["results"] if r["partition"] == "broken")
+    assert "could not convert string to float" in broken["error"], broken  # why, not just failed
+    assert {r["error"] for r in out["results"] if r["partition"] != "broken"} == {None}
+    table = await sisas_async(*cmd[:-1], "--all", env={**env, "COLUMNS": "250"})
+    assert table.returncode == 1 and "could not convert string to float" in table.stdout
+    assert f"sisas show {broken['run_id']}" not in table.stdout  # round 2 ran it again
+    assert "why a run failed: `sisas show" in table.stdout
     second = await sisas_async(*cmd, env=env)
     assert second.returncode == 1, second.stderr
     again = json.loads(second.stdout)
-    assert (again["round"], again["skipped"], again["failed"]) == (2, 2, 1)
+    assert (again["round"], again["skipped"], again["failed"]) == (3, 2, 1)
     retried = next(r for r in again["results"] if r["partition"] == "broken")
-    assert retried["attempts"] == 2 and retried["run_id"] != broken["run_id"]
+    assert retried["attempts"] == 3 and retried["run_id"] != broken["run_id"]
     chain = await _chain(served, out["backfill_id"])
     retry = [
         r.signal.body
         for r in chain
-        if isinstance(r.signal.body, PartitionLaunched) and r.signal.body.round == 2
+        if isinstance(r.signal.body, PartitionLaunched) and r.signal.body.round == 3
     ]
-    assert [(b.partition, b.attempt) for b in retry] == [("broken", 2)]
-    assert "failed: attempt 2" in retry[0].reason
+    assert [(b.partition, b.attempt) for b in retry] == [("broken", 3)]
+    assert "failed: attempt 3" in retry[0].reason
     listed = await sisas_async("backfills", "list", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
     [row] = json.loads(listed.stdout)["backfills"]
