@@ -378,6 +378,20 @@ async def test_sisas_up_stopped_and_restarted_records_the_missed_ticks_and_catch
     row = json.loads(listed.stdout)["schedules"][0]
     assert row["name"] == "beat" and row["chain"] == "sch-beat" and not row["paused"]
     assert row["last"]["tick"] == ticks[-1].tick and row["last"]["action"] == ticks[-1].action
+    assert row["declared"]
+    # Without the file, the schedule `up` ran is still listed, from its decisions.
+    undeclared = await sisas_async("schedules", "list", "--json", env=env, cwd=tmp_path)
+    assert undeclared.returncode == 0, undeclared.stderr
+    [row] = json.loads(undeclared.stdout)["schedules"]
+    assert (row["name"], row["pipeline"], row["declared"], row["cron"]) == (
+        "beat",
+        "slow",
+        False,
+        "",
+    )
+    assert row["last"]["tick"] == ticks[-1].tick and row["next_tick"] is None
+    table = await sisas_async("schedules", "list", env={**env, "COLUMNS": "200"}, cwd=tmp_path)
+    assert "beat *" in table.stdout and "pass --schedules FILE" in table.stdout, table.stdout
 
 
 PARIS = """

@@ -33,6 +33,7 @@ from sisas.projections.queries import parse_since
 from sisas.services.schedules import (
     ScheduleService,
     last_decision,
+    logged_schedules,
     pause_schedule,
     paused_schedules,
     resume_schedule,
@@ -120,12 +121,15 @@ async def list_schedules(
 ) -> None:
     """Each schedule: its cron and policies, paused or not, its next tick, its last decision."""
     found = load_schedules(schedules_file, load_pipelines(pipeline_specs))
-    if not found:
-        fail(f"no schedules found: {FIX}")
     now = datetime.now(UTC)
     rows: list[dict[str, Any]] = []
     async with open_bus(load_settings(), name="sisas-schedules") as bus:
         paused = await paused_schedules(bus)
+        logged = await logged_schedules(bus)
+        declared = {s.name for s in found}
+        others = sorted((logged.keys() | paused.keys()) - declared)
+        if not found and not others:
+            fail(f"no schedules found: {FIX}")
         for s in found:
             last = await last_decision(bus, s.name)
             pause = paused.get(s.name)
@@ -152,6 +156,35 @@ async def list_schedules(
                         "reason": last.reason,
                         "run_id": last.run_id or None,
                     },
+                    "declared": True,
+                }
+            )
+        for name in others:  # run by a scheduler that loaded another file or code
+            last, pause = logged.get(name), paused.get(name)
+            rows.append(
+                {
+                    "name": name,
+                    "pipeline": last.pipeline if last is not None else "",
+                    "cron": "",
+                    "timezone": "",
+                    "overlap": "",
+                    "catch_up": None,
+                    "tags": {},
+                    "paused": pause is not None,
+                    "paused_by": None
+                    if pause is None
+                    else {"by": pause.by, "at": pause.at, "note": pause.note},
+                    "next_tick": None,
+                    "chain": schedule_chain(name),
+                    "last": None
+                    if last is None
+                    else {
+                        "tick": last.tick,
+                        "action": last.action,
+                        "reason": last.reason,
+                        "run_id": last.run_id or None,
+                    },
+                    "declared": False,
                 }
             )
     if as_json:
@@ -165,19 +198,26 @@ async def list_schedules(
             last_text += f" {last['run_id']}"
         cells.append(
             [
-                r["name"],
+                r["name"] + ("" if r["declared"] else " *"),
                 "paused" if r["paused"] else "active",
-                f"{r['cron']} ({r['timezone']})",
-                r["next_tick"],
+                f"{r['cron']} ({r['timezone']})" if r["declared"] else "-",
+                r["next_tick"] or "-",
                 last_text,
                 r["pipeline"],
-                f"overlap {r['overlap']}, catch-up {r['catch_up']}",
+                f"overlap {r['overlap']}, catch-up {r['catch_up']}" if r["declared"] else "-",
             ]
         )
     table, dropped = fit_table(_COLUMNS, cells, width=console.width, title="schedules")
     console.print(table)
     if dropped:
         console.print(dropped_note(dropped, console.width))
+    if others:
+        console.print(
+            f"* not declared in {schedules_file or DEFAULT_FILE} nor by --pipelines code, "
+            "known from the log (its decisions) or a pause: pass --schedules FILE or "
+            "--pipelines CODE declaring it for its cron and next tick",
+            markup=False,
+        )
     console.print("every decision: `sisas signals sch-NAME`")
 
 
