@@ -154,7 +154,7 @@ def test_a_run_started_from_the_cli_goes_live_on_the_page_without_a_reload(
     browser.find_element(By.ID, "tag").send_keys("team")
     _wait(browser, "refused").until(lambda d: "KEY=VALUE" in d.find_element(By.ID, "count").text)
     bad = httpx.get(f"{up.url}/api/runs", params={"tag": "team"})
-    assert bad.status_code == 400 and "?tag=team=data" in bad.json()["error"]
+    assert bad.status_code == 400 and "KEY=VALUE (team=data)" in bad.json()["error"]
 
 
 def test_the_page_recovers_after_the_server_restarts(up: Up, browser: webdriver.Chrome) -> None:

@@ -90,7 +90,7 @@ def _runs_params(q: QueryParams) -> dict[str, Any]:
     tags: dict[str, str] = {}
     for text in q.getlist("tag"):
         if "=" not in text:
-            raise ValueError(f"a tag is KEY=VALUE (?tag=team=data), not {text!r}")
+            raise ValueError(f"a tag is KEY=VALUE (team=data), not {text!r}")
         try:
             key, value = parse_tag(text)
         except SisasError as exc:
