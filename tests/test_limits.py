@@ -220,6 +220,16 @@ async def test_a_run_cancelled_while_it_waits_leaves_the_queue_and_never_takes_a
     assert status[waiting.run_id] == "cancelled"
     report = await verify_log(bus, None, projection=False)
     assert report.intact, [v.findings for v in report.verdicts if not v.intact]
+    again = await sisas_async("limits", "set", "slow", "1", env=env)
+    assert again.returncode == 0 and "at most 1 run of slow at once" in again.stdout
+    assert "note:" not in again.stderr, again.stderr  # a registered pipeline
+    typo = await sisas_async("limits", "set", "slwo", "2", env=env)
+    assert typo.returncode == 0, typo.stderr
+    assert "no worker has registered a pipeline 'slwo'" in typo.stderr and "slow" in typo.stderr
+    assert (await sisas_async("limits", "clear", "slwo", env=env)).returncode == 0
+    ran = await sisas_async("run", "slow", "--input", "-", env=env, input='{"seconds": 0}')
+    assert ran.returncode == 0, ran.stderr
+    assert "slow runs at most 1 at once" in ran.stdout and "sisas show slow-" in ran.stdout
 
 
 def test_a_tag_limit_counts_runs_of_any_pipeline_and_releases_the_first_that_fits() -> None:
