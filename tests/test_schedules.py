@@ -109,8 +109,12 @@ def test_a_bad_schedule_is_a_usage_error_naming_the_fix() -> None:
         parse_schedules(base + 'cron = "* * * * *"\ntimezone = "Mars/Olympus"')
     with pytest.raises(UsageError, match=r"needs \$.nope, which a tick lacks"):
         parse_schedules(base + 'cron = "* * * * *"\ninput = "$.nope"')
-    with pytest.raises(UsageError, match="overlap"):
+    with pytest.raises(UsageError, match=r"\$\.overlap`: write 'skip' or 'queue' or 'allow'"):
         parse_schedules(base + 'cron = "* * * * *"\noverlap = "sometimes"')
+    with pytest.raises(UsageError, match=r"\$\.catch_up`: write a whole number or 'skip'"):
+        parse_schedules(base + 'cron = "* * * * *"\ncatch_up = "later"')
+    with pytest.raises(UsageError, match=r"unknown field `every` \(the fields are name, cron"):
+        parse_schedules(base + 'cron = "* * * * *"\nevery = "1h"')
     with pytest.raises(UsageError, match="no \\[\\[schedule\\]\\] tables"):
         parse_schedules("x = 1")
 
