@@ -321,6 +321,16 @@ async def test_a_failed_partition_runs_again_on_the_second_call(
         "completed": 2,
         "failed": 1,
     }
+    other = await sisas_async("backfill", "slow", "--partitions", "0", "--json", env=env)
+    assert other.returncode == 0, other.stderr
+    latest = json.loads(other.stdout)["backfill_id"]
+    listed = await sisas_async("backfills", "list", "--json", env=env)
+    ids = [r["backfill_id"] for r in json.loads(listed.stdout)["backfills"]]
+    assert ids == [latest, out["backfill_id"]]  # the latest first, whatever their ids
+    table = await sisas_async("backfills", "list", env={**env, "COLUMNS": "200"})
+    assert "last decision" in table.stdout and table.stdout.index(latest) < table.stdout.index(
+        out["backfill_id"]
+    )
     missing = await sisas_async("backfills", "show", "bf-nothing", env=env)
     assert missing.returncode == 2 and "no backfill" in missing.stderr
 

@@ -334,20 +334,23 @@ async def list_backfills(pipeline: str, as_json: bool) -> None:
             row = await read_backfill(bus, bid)
             if not pipeline or row["pipeline"] == pipeline:
                 rows.append({k: v for k, v in row.items() if k != "partitions"})
+    rows.sort(key=lambda r: r["last_decision_at"] or "", reverse=True)  # the latest first
     if as_json:
         print(json.dumps({"backfills": rows}))
         return
     if not rows:
-        console.print("no backfills: `sisas backfill PIPELINE --from T --to T --every 1h`")
+        of = f" of {pipeline}" if pipeline else ""
+        console.print(f"no backfills{of}: `sisas backfill PIPELINE --from T --to T --every 1h`")
         return
-    table = Table(title="backfills", title_justify="left")
-    for col in ("backfill", "pipeline", "round", "state", "partitions by status"):
+    table = Table(title="backfills, the latest first", title_justify="left")
+    for col in ("backfill", "pipeline", "round", "state", "last decision", "partitions by status"):
         table.add_column(col)
     for r in rows:
         counts = ", ".join(
             f"[{_STYLE.get(s, '')}]{n} {s}[/]" for s, n in sorted(r["counts"].items())
         )
-        table.add_row(r["backfill_id"], r["pipeline"], str(r["round"]), r["state"], counts)
+        when = (r["last_decision_at"] or "-").replace("T", " ")[:19]
+        table.add_row(r["backfill_id"], r["pipeline"], str(r["round"]), r["state"], when, counts)
     console.print(table)
 
 

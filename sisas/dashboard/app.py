@@ -167,6 +167,7 @@ def create_app(bus: Bus, hub: Hub, policy: ActionPolicy | None = None) -> Starle
             rows = [await read_backfill(bus, bid) for bid in await backfill_ids(bus)]
         except SisasError as exc:
             return _error(503, f"the log cannot be read: {exc}")
+        rows.sort(key=lambda r: r["last_decision_at"] or "", reverse=True)  # the latest first
         by_pipeline: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             if not wanted or row["pipeline"] == wanted:
