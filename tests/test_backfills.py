@@ -390,3 +390,10 @@ def test_a_backfill_of_a_schedule_gives_each_window_the_input_its_tick_would() -
     assert plan.tags == {"team": "data", "schedule": "nightly"}
     with pytest.raises(UsageError, match="runs slow, not chain7"):
         plan_backfill("chain7", schedule=nightly, start=datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def test_a_bad_plan_from_python_names_the_python_arguments_too() -> None:
+    with pytest.raises(UsageError, match=r"from Python partitions=\) or time windows"):
+        plan_backfill("slow", partitions=["a"], every="1h")
+    with pytest.raises(UsageError, match=r"from Python: start=, end= and every="):
+        plan_backfill("slow", every="1h")
