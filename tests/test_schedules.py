@@ -440,3 +440,17 @@ def test_no_schedules_found_names_the_file_form_whole(tmp_path: Path) -> None:
     missing = sisas("schedules", "list", env=fresh_env(tmp_path), cwd=tmp_path)
     assert missing.returncode == 2
     assert "--schedules FILE ([[schedule]] tables)" in missing.stderr, missing.stderr
+
+
+async def test_a_schedule_of_a_pipeline_no_worker_has_is_said_at_start(
+    bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    file = tmp_path / "schedules.toml"
+    file.write_text('[[schedule]]\nname = "ghost"\ncron = "0 0 1 1 *"\npipeline = "nopipe"\n')
+    env = server_env(settings)
+    cmd = await Command.start("schedules", "run", "--schedules", str(file), env=env)
+    await cmd.until("schedule ghost runs 'nopipe', which no worker has registered")
+    assert "`sisas schedules pause ghost`" in cmd.err, cmd.err
+    cmd.proc.send_signal(signal.SIGINT)
+    assert await cmd.finish() == 0, cmd.err
+    assert "stopped: 0 ticks decided, 0 runs asked" in cmd.err, cmd.err

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 import click
 
+from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus, open_bus
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async, stop_on_signals
 from sisas.cli.render import Cell, Column, dropped_note, fit_table
@@ -354,7 +355,8 @@ def test_expression(expr: str, timezone: str, count: int, after: str | None, as_
 async def run_schedules(schedules_file: str | None, pipeline_specs: tuple[str, ...]) -> None:
     """Decide schedule ticks until Ctrl-C (`sisas up --schedules FILE` does it too); run as
     many as you like: each tick is decided once."""
-    found = load_schedules(schedules_file, load_pipelines(pipeline_specs))
+    local = load_pipelines(pipeline_specs)
+    found = load_schedules(schedules_file, local)
     if not found:
         fail(f"no schedules found: {FIX}")
     stop = stop_on_signals()
@@ -363,5 +365,18 @@ async def run_schedules(schedules_file: str | None, pipeline_specs: tuple[str, .
         await service.start()
         names = ", ".join(f"{s.name} ({s.cron} -> {s.pipeline})" for s in found)
         console.print(f"schedules: {names}; Ctrl-C to stop")
+        known = set(local) | set(await PlanRegistry(bus.js).names())
+        for s in found:
+            if s.pipeline not in known:  # each tick would start a run that fails
+                err_console.print(
+                    f"note: schedule {s.name} runs {s.pipeline!r}, which no worker has "
+                    f"registered (known: {', '.join(sorted(known)) or 'none'}): its runs "
+                    f"fail until one does (`sisas worker --pipelines CODE`); check the "
+                    f"name, or `sisas schedules pause {s.name}`",
+                    markup=False,
+                )
         await service.run(stop)
-    err_console.print(f"stopped: {service.decided} ticks decided, {service.started} runs asked")
+    ticks, runs = service.decided, service.started
+    err_console.print(
+        f"stopped: {ticks} tick{'s' * (ticks != 1)} decided, {runs} run{'s' * (runs != 1)} asked"
+    )
