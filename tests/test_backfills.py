@@ -294,20 +294,26 @@ async def test_a_failed_partition_runs_again_on_the_second_call(
     out = json.loads(first.stdout)
     assert (out["completed"], out["failed"], out["failed_partitions"]) == (2, 1, ["broken"])
     broken = next(r for r in out["results"] if r["partition"] == "broken")
+    assert "could not convert string to float" in broken["error"], broken  # why, not just failed
+    assert {r["error"] for r in out["results"] if r["partition"] != "broken"} == {None}
+    table = await sisas_async(*cmd[:-1], "--all", env={**env, "COLUMNS": "250"})
+    assert table.returncode == 1 and "could not convert string to float" in table.stdout
+    assert f"sisas show {broken['run_id']}" not in table.stdout  # round 2 ran it again
+    assert "why a run failed: `sisas show" in table.stdout
     second = await sisas_async(*cmd, env=env)
     assert second.returncode == 1, second.stderr
     again = json.loads(second.stdout)
-    assert (again["round"], again["skipped"], again["failed"]) == (2, 2, 1)
+    assert (again["round"], again["skipped"], again["failed"]) == (3, 2, 1)
     retried = next(r for r in again["results"] if r["partition"] == "broken")
-    assert retried["attempts"] == 2 and retried["run_id"] != broken["run_id"]
+    assert retried["attempts"] == 3 and retried["run_id"] != broken["run_id"]
     chain = await _chain(served, out["backfill_id"])
     retry = [
         r.signal.body
         for r in chain
-        if isinstance(r.signal.body, PartitionLaunched) and r.signal.body.round == 2
+        if isinstance(r.signal.body, PartitionLaunched) and r.signal.body.round == 3
     ]
-    assert [(b.partition, b.attempt) for b in retry] == [("broken", 2)]
-    assert "failed: attempt 2" in retry[0].reason
+    assert [(b.partition, b.attempt) for b in retry] == [("broken", 3)]
+    assert "failed: attempt 3" in retry[0].reason
     listed = await sisas_async("backfills", "list", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
     [row] = json.loads(listed.stdout)["backfills"]
@@ -315,6 +321,16 @@ async def test_a_failed_partition_runs_again_on_the_second_call(
         "completed": 2,
         "failed": 1,
     }
+    other = await sisas_async("backfill", "slow", "--partitions", "0", "--json", env=env)
+    assert other.returncode == 0, other.stderr
+    latest = json.loads(other.stdout)["backfill_id"]
+    listed = await sisas_async("backfills", "list", "--json", env=env)
+    ids = [r["backfill_id"] for r in json.loads(listed.stdout)["backfills"]]
+    assert ids == [latest, out["backfill_id"]]  # the latest first, whatever their ids
+    table = await sisas_async("backfills", "list", env={**env, "COLUMNS": "200"})
+    assert "last decision" in table.stdout and table.stdout.index(latest) < table.stdout.index(
+        out["backfill_id"]
+    )
     missing = await sisas_async("backfills", "show", "bf-nothing", env=env)
     assert missing.returncode == 2 and "no backfill" in missing.stderr
 
@@ -374,3 +390,10 @@ def test_a_backfill_of_a_schedule_gives_each_window_the_input_its_tick_would() -
     assert plan.tags == {"team": "data", "schedule": "nightly"}
     with pytest.raises(UsageError, match="runs slow, not chain7"):
         plan_backfill("chain7", schedule=nightly, start=datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def test_a_bad_plan_from_python_names_the_python_arguments_too() -> None:
+    with pytest.raises(UsageError, match=r"from Python partitions=\) or time windows"):
+        plan_backfill("slow", partitions=["a"], every="1h")
+    with pytest.raises(UsageError, match=r"from Python: start=, end= and every="):
+        plan_backfill("slow", every="1h")

@@ -95,7 +95,10 @@ def test_a_run_started_from_the_cli_goes_live_on_the_page_without_a_reload(
     browser.execute_script("window.__sameDocument = true")
     payload = up.home / "nap.json"
     payload.write_text(json.dumps({"seconds": 2.5}))
-    started = sisas("run", "slow", "--input", str(payload), "--json", "--seed", "3", env=up.env)
+    started = sisas(
+        "run", "slow", "--input", str(payload), "--json", "--seed", "3", "--tag", "team=data",
+        env=up.env,
+    )  # fmt: skip
     assert started.returncode == 0, started.stderr
     run_id = json.loads(started.stdout.strip().splitlines()[-1])["run_id"]
     row = f'tr[data-run-id="{run_id}"]'
@@ -133,6 +136,25 @@ def test_a_run_started_from_the_cli_goes_live_on_the_page_without_a_reload(
     browser.get(browser.find_element(By.ID, "report-link").get_attribute("href") or "")
     assert f"sisas audit: {run_id}" in browser.title
     assert "state digest" in browser.page_source and "completed" in browser.page_source
+    # Tags: on the run page, in the list, and a filter (as `sisas runs --tag`).
+    browser.get(f"{up.url}/runs/{run_id}")
+    _wait(browser, "tags").until(
+        lambda d: "tags team=data" in d.find_element(By.ID, "run-meta").text
+    )
+    browser.get(up.url)
+    _wait(browser, "row").until(lambda d: d.find_element(By.CSS_SELECTOR, row))
+    assert browser.find_element(By.CSS_SELECTOR, f"{row} td.tags").text == "team=data"
+    browser.find_element(By.ID, "tag").send_keys("team=ops")
+    _wait(browser, "filtered out").until(lambda d: not d.find_elements(By.CSS_SELECTOR, row))
+    browser.find_element(By.ID, "tag").clear()
+    browser.find_element(By.ID, "tag").send_keys("team=data")
+    _wait(browser, "filtered in").until(lambda d: d.find_elements(By.CSS_SELECTOR, row))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "tr.run-row")) == 1
+    browser.find_element(By.ID, "tag").clear()
+    browser.find_element(By.ID, "tag").send_keys("team")
+    _wait(browser, "refused").until(lambda d: "KEY=VALUE" in d.find_element(By.ID, "count").text)
+    bad = httpx.get(f"{up.url}/api/runs", params={"tag": "team"})
+    assert bad.status_code == 400 and "KEY=VALUE (team=data)" in bad.json()["error"]
 
 
 def test_the_page_recovers_after_the_server_restarts(up: Up, browser: webdriver.Chrome) -> None:
@@ -449,7 +471,9 @@ def test_the_backfills_page_shows_a_partition_grid_per_pipeline(
         env=up.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        browser.get(f"{up.url}/backfills")
+        browser.get(up.url)  # found from the runs page, as a user finds it
+        _wait(browser, "nav").until(lambda d: d.find_element(By.ID, "nav-backfills")).click()
+        _wait(browser, "backfills page").until(lambda d: d.current_url.endswith("/backfills"))
         keys = [f"2026-01-01T{h:02d}:00:00+00:00" for h in range(8)]
 
         def in_flight(d: webdriver.Chrome) -> dict[str, str] | None:
@@ -477,6 +501,10 @@ def test_the_backfills_page_shows_a_partition_grid_per_pipeline(
         failed = next(r["run_id"] for r in finished["results"] if r["partition"] == "x")
         browser.find_element(By.CSS_SELECTOR, ".bf-cell[data-partition=x]").click()
         _wait(browser, "run page").until(lambda d: d.find_element(By.ID, "run-id").text == failed)
+        browser.find_element(By.ID, "nav-backfills").click()  # and back from a run page
+        _wait(browser, "grids").until(lambda d: d.find_elements(By.CSS_SELECTOR, ".bf-grid"))
+        browser.find_element(By.ID, "nav-runs").click()
+        _wait(browser, "runs page").until(lambda d: d.find_element(By.ID, "runs"))
     finally:
         going.send_signal(signal.SIGINT)
         going.communicate(timeout=30)

@@ -5,15 +5,18 @@ released run a recorded signal with its reason."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 from collections.abc import AsyncIterator
 
 import pytest
+from rich.console import Console
 
 from sisas.bus.limits import clear_limit, limit_of, set_limit
 from sisas.bus.runtime import Bus
 from sisas.bus.settings import Settings
+from sisas.cli.progress import advise
 from sisas.client import Client
 from sisas.client.verification import verify_log
 from sisas.errors import InvalidPipeline
@@ -176,6 +179,25 @@ async def test_a_run_cancelled_while_it_waits_leaves_the_queue_and_never_takes_a
     while sum(isinstance(d, RunQueued) for d in await _chain(bus, "slow")) < 2:
         await asyncio.sleep(0.05)
     env = server_env(settings)
+    # `show` of a waiting run says where it waits and how to leave, not "no such run".
+    shown = await sisas_async("show", later.run_id, env={**env, "COLUMNS": "250"})
+    assert shown.returncode == 0, shown.stderr
+    assert "queued" in shown.stdout and "(slow allows 1 run at once)" in shown.stdout
+    assert "2nd of 2 waiting" in shown.stdout and f"sisas cancel {later.run_id}" in shown.stdout
+    as_json = json.loads((await sisas_async("show", later.run_id, "--json", env=env)).stdout)
+    assert as_json["status"] == "queued" and "waits for a slot" in as_json["waiting"]
+    # `run --wait` (and batch) say the same, not "an orchestrator has not taken it (busy?)".
+    notes = Console(file=io.StringIO(), width=300)
+    advice = asyncio.create_task(
+        advise(
+            bus, "slow", "x", notes=notes, started=lambda: False, every=0.01, run_id=later.run_id
+        )
+    )
+    while not notes.file.getvalue():  # type: ignore[attr-defined]
+        await asyncio.sleep(0.05)
+    advice.cancel()
+    said = notes.file.getvalue()  # type: ignore[attr-defined]
+    assert "waits for a slot (slow allows 1 run at once)" in said and "busy" not in said, said
     cancelled = await sisas_async("cancel", waiting.run_id, "--reason", "not needed", env=env)
     assert cancelled.returncode == 0, cancelled.stderr
     state, signals = await wait_end(bus, waiting.run_id)
@@ -198,6 +220,16 @@ async def test_a_run_cancelled_while_it_waits_leaves_the_queue_and_never_takes_a
     assert status[waiting.run_id] == "cancelled"
     report = await verify_log(bus, None, projection=False)
     assert report.intact, [v.findings for v in report.verdicts if not v.intact]
+    again = await sisas_async("limits", "set", "slow", "1", env=env)
+    assert again.returncode == 0 and "at most 1 run of slow at once" in again.stdout
+    assert "note:" not in again.stderr, again.stderr  # a registered pipeline
+    typo = await sisas_async("limits", "set", "slwo", "2", env=env)
+    assert typo.returncode == 0, typo.stderr
+    assert "no worker has registered a pipeline 'slwo'" in typo.stderr and "slow" in typo.stderr
+    assert (await sisas_async("limits", "clear", "slwo", env=env)).returncode == 0
+    ran = await sisas_async("run", "slow", "--input", "-", env=env, input='{"seconds": 0}')
+    assert ran.returncode == 0, ran.stderr
+    assert "slow runs at most 1 at once" in ran.stdout and "sisas show slow-" in ran.stdout
 
 
 def test_a_tag_limit_counts_runs_of_any_pipeline_and_releases_the_first_that_fits() -> None:

@@ -109,8 +109,12 @@ def test_a_bad_schedule_is_a_usage_error_naming_the_fix() -> None:
         parse_schedules(base + 'cron = "* * * * *"\ntimezone = "Mars/Olympus"')
     with pytest.raises(UsageError, match=r"needs \$.nope, which a tick lacks"):
         parse_schedules(base + 'cron = "* * * * *"\ninput = "$.nope"')
-    with pytest.raises(UsageError, match="overlap"):
+    with pytest.raises(UsageError, match=r"\$\.overlap`: write 'skip' or 'queue' or 'allow'"):
         parse_schedules(base + 'cron = "* * * * *"\noverlap = "sometimes"')
+    with pytest.raises(UsageError, match=r"\$\.catch_up`: write a whole number or 'skip'"):
+        parse_schedules(base + 'cron = "* * * * *"\ncatch_up = "later"')
+    with pytest.raises(UsageError, match=r"unknown field `every` \(the fields are name, cron"):
+        parse_schedules(base + 'cron = "* * * * *"\nevery = "1h"')
     with pytest.raises(UsageError, match="no \\[\\[schedule\\]\\] tables"):
         parse_schedules("x = 1")
 
@@ -378,6 +382,20 @@ async def test_sisas_up_stopped_and_restarted_records_the_missed_ticks_and_catch
     row = json.loads(listed.stdout)["schedules"][0]
     assert row["name"] == "beat" and row["chain"] == "sch-beat" and not row["paused"]
     assert row["last"]["tick"] == ticks[-1].tick and row["last"]["action"] == ticks[-1].action
+    assert row["declared"]
+    # Without the file, the schedule `up` ran is still listed, from its decisions.
+    undeclared = await sisas_async("schedules", "list", "--json", env=env, cwd=tmp_path)
+    assert undeclared.returncode == 0, undeclared.stderr
+    [row] = json.loads(undeclared.stdout)["schedules"]
+    assert (row["name"], row["pipeline"], row["declared"], row["cron"]) == (
+        "beat",
+        "slow",
+        False,
+        "",
+    )
+    assert row["last"]["tick"] == ticks[-1].tick and row["next_tick"] is None
+    table = await sisas_async("schedules", "list", env={**env, "COLUMNS": "200"}, cwd=tmp_path)
+    assert "beat *" in table.stdout and "pass --schedules FILE" in table.stdout, table.stdout
 
 
 PARIS = """
@@ -422,3 +440,17 @@ def test_no_schedules_found_names_the_file_form_whole(tmp_path: Path) -> None:
     missing = sisas("schedules", "list", env=fresh_env(tmp_path), cwd=tmp_path)
     assert missing.returncode == 2
     assert "--schedules FILE ([[schedule]] tables)" in missing.stderr, missing.stderr
+
+
+async def test_a_schedule_of_a_pipeline_no_worker_has_is_said_at_start(
+    bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    file = tmp_path / "schedules.toml"
+    file.write_text('[[schedule]]\nname = "ghost"\ncron = "0 0 1 1 *"\npipeline = "nopipe"\n')
+    env = server_env(settings)
+    cmd = await Command.start("schedules", "run", "--schedules", str(file), env=env)
+    await cmd.until("schedule ghost runs 'nopipe', which no worker has registered")
+    assert "`sisas schedules pause ghost`" in cmd.err, cmd.err
+    cmd.proc.send_signal(signal.SIGINT)
+    assert await cmd.finish() == 0, cmd.err
+    assert "stopped: 0 ticks decided, 0 runs asked" in cmd.err, cmd.err

@@ -110,6 +110,8 @@ async def test_tags_round_trip_from_request_to_log_to_runs_filter(
     assert slow["runs"] == 1 and slow["completed"] == 1  # only the run tagged team=data
     [nap] = [p for p in json.loads(stats.stdout)["phases"] if p["phase"] == "nap"]
     assert nap["runs"] == 1
+    none = await sisas_async("stats", "--tag", "team=nobody", env=env)
+    assert none.returncode == 0 and "no runs with team=nobody." in none.stdout, none.stdout
     bad = await sisas_async("runs", "--tag", "team", env=env)
     assert bad.returncode == 2 and "--tag team=data" in bad.stderr
 

@@ -14,7 +14,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sisas.bus.runtime import open_bus
+from sisas.bus.runtime import Bus, open_bus
 from sisas.cli.app import cli, console, err_console, load_settings, run_async
 from sisas.cli.run_commands import PIPELINES_OPTION, named_or_loaded
 from sisas.cli.run_inputs import parse_set
@@ -35,6 +35,7 @@ from sisas.handlers.schedules import Schedule
 from sisas.loader import load_pipelines
 from sisas.security.keys import signer_from_file
 from sisas.services.hosting import check_live_code, hosting, pipeline_plan
+from sisas.signals import RunCancelled, RunFailed, StoredSignal
 
 __all__ = ["backfill", "backfills"]
 
@@ -234,11 +235,28 @@ async def backfill(
                         "again to resume it (no partition starts twice)"
                     )
                     raise
-    _print_report(report, as_json)
+        errors = await _errors(bus, report)
+    _print_report(report, as_json, errors)
     sys.exit(0 if report.ok else 1)
 
 
-def _print_report(report: BackfillReport, as_json: bool) -> None:
+async def _errors(bus: Bus, report: BackfillReport) -> dict[str, str]:
+    """Why each failed or cancelled run of the round ended, from its last signal."""
+    errors: dict[str, str] = {}
+    for row in report.partitions:
+        if row["status"] not in ("failed", "cancelled") or not row["run_id"]:
+            continue
+        last = await bus.log.last_of_run(row["run_id"])
+        body = last.signal.body if isinstance(last, StoredSignal) else None
+        if isinstance(body, RunFailed):
+            where = f" (phase {body.failed_phase})" if body.failed_phase else ""
+            errors[row["run_id"]] = f"{body.error.kind}: {body.error.message}{where}"
+        elif isinstance(body, RunCancelled):
+            errors[row["run_id"]] = f"cancelled: {body.reason}" if body.reason else "cancelled"
+    return errors
+
+
+def _print_report(report: BackfillReport, as_json: bool, errors: dict[str, str]) -> None:
     fin = report.finished
     if as_json:
         print(
@@ -253,7 +271,10 @@ def _print_report(report: BackfillReport, as_json: bool) -> None:
                     "cancelled": fin.cancelled,
                     "skipped": fin.skipped,
                     "failed_partitions": list(fin.failed_partitions),
-                    "results": report.partitions,
+                    "results": [
+                        {**r, "error": errors.get(r["run_id"]) if r["run_id"] else None}
+                        for r in report.partitions
+                    ],
                 }
             )
         )
@@ -263,7 +284,7 @@ def _print_report(report: BackfillReport, as_json: bool) -> None:
         f"{fin.failed} failed, {fin.cancelled} cancelled, {fin.skipped} skipped",
         title_justify="left",
     )
-    for col in ("partition", "status", "run", "attempts"):
+    for col in ("partition", "status", "run", "attempts", *(["error"] if errors else [])):
         table.add_column(col)
     shown = report.partitions
     if len(shown) > 60:  # the failed ones, then the first and last of the others
@@ -272,14 +293,25 @@ def _print_report(report: BackfillReport, as_json: bool) -> None:
         shown = bad + good[:10] + good[-10:]
     for row in shown:
         style = _STYLE.get(row["status"], "")
+        error = [errors.get(row["run_id"], "")] if errors else []
         table.add_row(
-            row["partition"], f"[{style}]{row['status']}[/]", row["run_id"], str(row["attempts"])
+            row["partition"],
+            f"[{style}]{row['status']}[/]",
+            row["run_id"],
+            str(row["attempts"]),
+            *error,
         )
     console.print(table)
     if len(shown) < len(report.partitions):
         hidden = len(report.partitions) - len(shown)
         console.print(f"({hidden} completed or skipped not shown: --json lists all)")
     console.print(f"every decision: `sisas signals {report.backfill_id}`")
+    if errors:
+        first = next(iter(errors))
+        console.print(
+            f"why a run failed: `sisas show {first}`; after a fix, the same command again "
+            "runs only the partitions that did not complete"
+        )
 
 
 @cli.group()
@@ -302,20 +334,23 @@ async def list_backfills(pipeline: str, as_json: bool) -> None:
             row = await read_backfill(bus, bid)
             if not pipeline or row["pipeline"] == pipeline:
                 rows.append({k: v for k, v in row.items() if k != "partitions"})
+    rows.sort(key=lambda r: r["last_decision_at"] or "", reverse=True)  # the latest first
     if as_json:
         print(json.dumps({"backfills": rows}))
         return
     if not rows:
-        console.print("no backfills: `sisas backfill PIPELINE --from T --to T --every 1h`")
+        of = f" of {pipeline}" if pipeline else ""
+        console.print(f"no backfills{of}: `sisas backfill PIPELINE --from T --to T --every 1h`")
         return
-    table = Table(title="backfills", title_justify="left")
-    for col in ("backfill", "pipeline", "round", "state", "partitions by status"):
+    table = Table(title="backfills, the latest first", title_justify="left")
+    for col in ("backfill", "pipeline", "round", "state", "last decision", "partitions by status"):
         table.add_column(col)
     for r in rows:
         counts = ", ".join(
             f"[{_STYLE.get(s, '')}]{n} {s}[/]" for s, n in sorted(r["counts"].items())
         )
-        table.add_row(r["backfill_id"], r["pipeline"], str(r["round"]), r["state"], counts)
+        when = (r["last_decision_at"] or "-").replace("T", " ")[:19]
+        table.add_row(r["backfill_id"], r["pipeline"], str(r["round"]), r["state"], when, counts)
     console.print(table)
 
 

@@ -112,6 +112,7 @@ async def _wait_all(
             host.code,
             notes=err_console if as_json else console,
             started=lambda: bool(seen),
+            run_id=next(iter(runs), ""),
         )
     )
 

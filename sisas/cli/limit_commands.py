@@ -18,6 +18,7 @@ from sisas.bus.limits import (
     set_tag_limit,
     tag_limits,
 )
+from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import open_bus
 from sisas.cli.app import cli, console, err_console, load_settings, run_async
 from sisas.errors import UsageError
@@ -74,13 +75,22 @@ async def set_cmd(args: tuple[str, ...], tag: str | None, as_json: bool) -> None
             before = await set_tag_limit(bus, tag, max_runs)
         else:
             before = await set_limit(bus, pipeline, max_runs)
+            known = await PlanRegistry(bus.js).names()
+            if pipeline not in known:  # a typo, or a pipeline no worker has run yet
+                err_console.print(
+                    f"note: no worker has registered a pipeline {pipeline!r} (known: "
+                    f"{', '.join(sorted(known)) or 'none'}): the limit applies to runs of "
+                    f"that name; check the name (`sisas limits clear {pipeline}` lifts it)",
+                    markup=False,
+                )
     chain = TAGS_CHAIN if tag else admission_chain(pipeline)
     if as_json:
         key = {"tag": tag} if tag else {"pipeline": pipeline}
         print(json.dumps({**key, "limit": max_runs, "before": before}))
     else:
         was = f" (was {before})" if before is not None else ""
-        runs = f"runs carrying {tag}" if tag else f"runs of {pipeline}"
+        noun = "run" if max_runs == 1 else "runs"
+        runs = f"{noun} carrying {tag}" if tag else f"{noun} of {pipeline}"
         console.print(
             f"at most {max_runs} {runs} at once{was}; the others wait, "
             f"recorded in `sisas signals {chain}`"

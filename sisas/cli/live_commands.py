@@ -22,6 +22,7 @@ from sisas.dashboard.server import DEFAULT_PORT, serving_dashboard
 from sisas.dashboard.sessions import ActionPolicy
 from sisas.dashboard.views import run_view
 from sisas.handlers.state import TERMINAL_RUN, RunState, evolve
+from sisas.services.admission import waiting_note
 from sisas.services.host import running_services
 from sisas.signals import ENDING_KINDS, StoredSignal
 from sisas.signals.names import check_name
@@ -165,6 +166,9 @@ async def watch(run_id: str | None, wait_for_start: bool) -> None:
     async with open_bus(load_settings(), name="sisas-watch") as bus:
         if run_id:
             if not wait_for_start and not await _appears(bus, run_id, START_GRACE):
+                if waiting := await waiting_note(bus, run_id):
+                    err_console.print(f"[yellow]{waiting}; watching it once it starts[/]")
+                    sys.exit(await _watch_one(bus, run_id))
                 fail(
                     f"no run {run_id!r} in this log (nothing arrived in {START_GRACE:.0f}s): "
                     "check the run id (`sisas runs` lists them), or pass --wait-for-start "

@@ -25,6 +25,7 @@ from rich.text import Text
 from sisas.bus.presence import orchestrator_live, worker_live
 from sisas.bus.runtime import Bus
 from sisas.errors import SisasError
+from sisas.services.admission import waiting_note
 from sisas.services.hosting import no_worker_note, queued_note
 from sisas.signals import (
     ContractChecked,
@@ -262,10 +263,13 @@ async def advise(
     notes: Console,
     started: Callable[[], bool],
     every: float = HINT_AFTER,
+    run_id: str = "",
 ) -> None:
-    """Say once, ``every`` seconds in, what keeps a run from moving: no orchestrator took
-    the request (it is queued), or no live worker runs ``pipeline`` (with the fix); check
-    again every ``every`` seconds until both are said or the caller cancels this."""
+    """Say once, ``every`` seconds in, what keeps a run from moving: it waits for a slot
+    under a concurrency limit (``run_id``: the run to look for in the queues), no
+    orchestrator took the request (it is queued), or no live worker runs ``pipeline``
+    (with the fix); check again every ``every`` seconds until both are said or the
+    caller cancels this."""
     orchestrator_said = worker_said = False
     while not (orchestrator_said and worker_said):
         await asyncio.sleep(every)
@@ -273,7 +277,10 @@ async def advise(
             if not orchestrator_said:
                 orchestrator_said = True
                 if not started():
-                    if await orchestrator_live(bus.wire):
+                    waiting = await waiting_note(bus, run_id, pipeline) if run_id else ""
+                    if waiting:
+                        notes.print(f"[yellow]{waiting}; still waiting[/]")
+                    elif await orchestrator_live(bus.wire):
                         notes.print(
                             "[yellow]an orchestrator runs but has not taken the request yet "
                             "(busy?); still waiting[/]"
@@ -319,6 +326,7 @@ async def watch_run(
                 notes=notes,
                 started=lambda: result.signals > 0,
                 every=hint_after,
+                run_id=run_id,
             )
         )
         if notes is not None

@@ -34,8 +34,9 @@ from sisas.cli.render import (
 )
 from sisas.cli.tags import tag_option
 from sisas.client.queries import Answer, ask
-from sisas.errors import ArtifactNotFound
+from sisas.errors import ArtifactNotFound, UnknownRun
 from sisas.projections.queries import parse_since
+from sisas.services.admission import waiting_note
 from sisas.signals import PhaseFailed, StoredSignal, check_name
 from sisas.signals.summary import first_line, scalar_text
 from sisas.telemetry import trace_id_hex
@@ -190,7 +191,16 @@ async def show(run_id: str, as_json: bool) -> None:
     """
     check_name(run_id, "run id")
     async with open_bus(load_settings(), name="sisas-show") as bus:
-        answer = await _ask_on(bus, "show", {"run_id": run_id})
+        try:
+            answer = await _ask_on(bus, "show", {"run_id": run_id})
+        except UnknownRun:
+            if not (waiting := await waiting_note(bus, run_id)):
+                raise
+            if as_json:
+                print(json.dumps({"run_id": run_id, "status": "queued", "waiting": waiting}))
+            else:
+                console.print(f"{run_id} [yellow]queued[/]: {waiting}")
+            return
         d = answer.result
         if not as_json:
             # The manifest counts the attempts workers ran (each item of a fan-out
@@ -447,7 +457,8 @@ async def stats(pipeline: str, tags: dict[str, str], as_json: bool) -> None:
         print(json.dumps({"as_of": answer.as_of, **d}))
         return
     if not d["pipelines"]:
-        console.print("no runs yet." if not pipeline else f"no runs of {pipeline}.")
+        tagged = " with " + " ".join(f"{k}={v}" for k, v in tags.items()) if tags else ""
+        console.print(f"no runs of {pipeline}{tagged}." if pipeline else f"no runs{tagged}.")
         return
     for p in d["pipelines"]:
         console.print(

@@ -12,6 +12,7 @@ from typing import Final
 import click
 from rich.console import Console
 
+from sisas.bus.limits import limit_of
 from sisas.bus.presence import orchestrator_live
 from sisas.bus.runtime import Bus, open_bus
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async
@@ -277,6 +278,14 @@ async def start_and_watch(
                     _announce(
                         run_id, pipeline, request.seed, request.resume, request.duplicate, as_json
                     )
+                    limit = await limit_of(bus, pipeline)
+                    if limit is not None and not request.duplicate:
+                        notes.print(
+                            f"{pipeline} runs at most {limit} at once (`sisas limits list`): "
+                            f"beyond that this run waits for a slot; `sisas show {run_id}` "
+                            "says where it stands",
+                            markup=False,
+                        )
                 if not wait and not host.worker:
                     await _not_following(bus, host, run_id, existing is not None, notes, as_json)
                     return None, 0.0

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 import click
 
+from sisas.bus.registry import PlanRegistry
 from sisas.bus.runtime import Bus, open_bus
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async, stop_on_signals
 from sisas.cli.render import Cell, Column, dropped_note, fit_table
@@ -33,6 +34,7 @@ from sisas.projections.queries import parse_since
 from sisas.services.schedules import (
     ScheduleService,
     last_decision,
+    logged_schedules,
     pause_schedule,
     paused_schedules,
     resume_schedule,
@@ -120,12 +122,15 @@ async def list_schedules(
 ) -> None:
     """Each schedule: its cron and policies, paused or not, its next tick, its last decision."""
     found = load_schedules(schedules_file, load_pipelines(pipeline_specs))
-    if not found:
-        fail(f"no schedules found: {FIX}")
     now = datetime.now(UTC)
     rows: list[dict[str, Any]] = []
     async with open_bus(load_settings(), name="sisas-schedules") as bus:
         paused = await paused_schedules(bus)
+        logged = await logged_schedules(bus)
+        declared = {s.name for s in found}
+        others = sorted((logged.keys() | paused.keys()) - declared)
+        if not found and not others:
+            fail(f"no schedules found: {FIX}")
         for s in found:
             last = await last_decision(bus, s.name)
             pause = paused.get(s.name)
@@ -152,6 +157,35 @@ async def list_schedules(
                         "reason": last.reason,
                         "run_id": last.run_id or None,
                     },
+                    "declared": True,
+                }
+            )
+        for name in others:  # run by a scheduler that loaded another file or code
+            last, pause = logged.get(name), paused.get(name)
+            rows.append(
+                {
+                    "name": name,
+                    "pipeline": last.pipeline if last is not None else "",
+                    "cron": "",
+                    "timezone": "",
+                    "overlap": "",
+                    "catch_up": None,
+                    "tags": {},
+                    "paused": pause is not None,
+                    "paused_by": None
+                    if pause is None
+                    else {"by": pause.by, "at": pause.at, "note": pause.note},
+                    "next_tick": None,
+                    "chain": schedule_chain(name),
+                    "last": None
+                    if last is None
+                    else {
+                        "tick": last.tick,
+                        "action": last.action,
+                        "reason": last.reason,
+                        "run_id": last.run_id or None,
+                    },
+                    "declared": False,
                 }
             )
     if as_json:
@@ -165,19 +199,26 @@ async def list_schedules(
             last_text += f" {last['run_id']}"
         cells.append(
             [
-                r["name"],
+                r["name"] + ("" if r["declared"] else " *"),
                 "paused" if r["paused"] else "active",
-                f"{r['cron']} ({r['timezone']})",
-                r["next_tick"],
+                f"{r['cron']} ({r['timezone']})" if r["declared"] else "-",
+                r["next_tick"] or "-",
                 last_text,
                 r["pipeline"],
-                f"overlap {r['overlap']}, catch-up {r['catch_up']}",
+                f"overlap {r['overlap']}, catch-up {r['catch_up']}" if r["declared"] else "-",
             ]
         )
     table, dropped = fit_table(_COLUMNS, cells, width=console.width, title="schedules")
     console.print(table)
     if dropped:
         console.print(dropped_note(dropped, console.width))
+    if others:
+        console.print(
+            f"* not declared in {schedules_file or DEFAULT_FILE} nor by --pipelines code, "
+            "known from the log (its decisions) or a pause: pass --schedules FILE or "
+            "--pipelines CODE declaring it for its cron and next tick",
+            markup=False,
+        )
     console.print("every decision: `sisas signals sch-NAME`")
 
 
@@ -314,7 +355,8 @@ def test_expression(expr: str, timezone: str, count: int, after: str | None, as_
 async def run_schedules(schedules_file: str | None, pipeline_specs: tuple[str, ...]) -> None:
     """Decide schedule ticks until Ctrl-C (`sisas up --schedules FILE` does it too); run as
     many as you like: each tick is decided once."""
-    found = load_schedules(schedules_file, load_pipelines(pipeline_specs))
+    local = load_pipelines(pipeline_specs)
+    found = load_schedules(schedules_file, local)
     if not found:
         fail(f"no schedules found: {FIX}")
     stop = stop_on_signals()
@@ -323,5 +365,18 @@ async def run_schedules(schedules_file: str | None, pipeline_specs: tuple[str, .
         await service.start()
         names = ", ".join(f"{s.name} ({s.cron} -> {s.pipeline})" for s in found)
         console.print(f"schedules: {names}; Ctrl-C to stop")
+        known = set(local) | set(await PlanRegistry(bus.js).names())
+        for s in found:
+            if s.pipeline not in known:  # each tick would start a run that fails
+                err_console.print(
+                    f"note: schedule {s.name} runs {s.pipeline!r}, which no worker has "
+                    f"registered (known: {', '.join(sorted(known)) or 'none'}): its runs "
+                    f"fail until one does (`sisas worker --pipelines CODE`); check the "
+                    f"name, or `sisas schedules pause {s.name}`",
+                    markup=False,
+                )
         await service.run(stop)
-    err_console.print(f"stopped: {service.decided} ticks decided, {service.started} runs asked")
+    ticks, runs = service.decided, service.started
+    err_console.print(
+        f"stopped: {ticks} tick{'s' * (ticks != 1)} decided, {runs} run{'s' * (runs != 1)} asked"
+    )

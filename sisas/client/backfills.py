@@ -182,7 +182,9 @@ def plan_backfill(
     tags apply unless given. Raises :class:`UsageError` naming what is wrong."""
     check_name(pipeline, "pipeline name")
     if max_concurrent < 0:
-        raise UsageError(f"--max-concurrent {max_concurrent}: give 1 or more (0: no limit)")
+        raise UsageError(
+            f"--max-concurrent (max_concurrent=) {max_concurrent}: give 1 or more (0: no limit)"
+        )
     if schedule is not None:
         if schedule.pipeline != pipeline:
             raise UsageError(
@@ -199,8 +201,9 @@ def plan_backfill(
     if partitions is not None:
         if start is not None or end is not None or every:
             raise UsageError(
-                "give listed partitions (--partitions) or time windows (--from, --to, "
-                "--every or --schedule), not both"
+                "give listed partitions (--partitions; from Python partitions=) or time "
+                "windows (--from, --to, --every or --schedule; start=, end=, every= or "
+                "schedule=), not both"
             )
         parts = listed_partitions(partitions)
         every = ""
@@ -208,7 +211,8 @@ def plan_backfill(
         if start is None or end is None or not every:
             raise UsageError(
                 "a backfill over time needs --from, --to and --every (or --schedule NAME); "
-                "or list the partitions with --partitions k1,k2"
+                "or list the partitions with --partitions k1,k2 (from Python: start=, end= "
+                "and every= or schedule=; or partitions=[...])"
             )
         cron = every_cron(every, zone)
         parts = time_windows(cron, zone, _aware(start, zone), _aware(end, zone))

@@ -46,7 +46,7 @@ from sisas.errors import SisasError
 from sisas.handlers.state import fold
 from sisas.handlers.tables import PhaseStatus
 from sisas.signals import StoredSignal
-from sisas.signals.names import check_name
+from sisas.signals.names import check_name, parse_tag
 
 __all__ = ["create_app"]
 
@@ -70,7 +70,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def _runs_params(q: QueryParams) -> dict[str, Any]:
-    """The ``runs`` query of ``GET /api/runs?pipeline=&status=&limit=``; raises
+    """The ``runs`` query of ``GET /api/runs?pipeline=&status=&tag=k=v&limit=``; raises
     ValueError saying which parameter is wrong and what it takes (a 400, not a 500)."""
     params: dict[str, Any] = {"limit": 200}
     raw = q.get("limit", "")
@@ -87,6 +87,17 @@ def _runs_params(q: QueryParams) -> dict[str, Any]:
         if q["status"] not in _STATUSES:
             raise ValueError(f"status must be one of {', '.join(sorted(_STATUSES))}")
         params["status"] = q["status"]
+    tags: dict[str, str] = {}
+    for text in q.getlist("tag"):
+        if "=" not in text:
+            raise ValueError(f"a tag is KEY=VALUE (team=data), not {text!r}")
+        try:
+            key, value = parse_tag(text)
+        except SisasError as exc:
+            raise ValueError(str(exc)) from None
+        tags[key] = value
+    if tags:
+        params["tags"] = tags
     return params
 
 
@@ -156,6 +167,7 @@ def create_app(bus: Bus, hub: Hub, policy: ActionPolicy | None = None) -> Starle
             rows = [await read_backfill(bus, bid) for bid in await backfill_ids(bus)]
         except SisasError as exc:
             return _error(503, f"the log cannot be read: {exc}")
+        rows.sort(key=lambda r: r["last_decision_at"] or "", reverse=True)  # the latest first
         by_pipeline: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             if not wanted or row["pipeline"] == wanted:

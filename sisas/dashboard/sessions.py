@@ -197,7 +197,9 @@ class Sessions:
             if not given or not secrets.compare_digest(given, self.policy.token):
                 raise Refused(
                     401,
-                    "wrong token: use the one `sisas dashboard --allow-actions` printed at start",
+                    "wrong token: use the one `sisas dashboard --allow-actions` (or `sisas "
+                    "up --dashboard-actions`) printed at start, in its `operator sign-in: "
+                    "URL/?token=…` line (a new one at each start)",
                 )
             who = f"{name} (dashboard, token)"
             session = self._new(who, Client(self.bus, requested_by=f"dashboard: {who}"))

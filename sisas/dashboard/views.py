@@ -364,6 +364,7 @@ def run_view(
         "error": None if state.error is None else f"{state.error.kind}: {state.error.message}",
         "failed_phase": state.failed_phase,
         "resume_of": state.resume_of,
+        "tags": dict(state.tags),
         "requested_at": iso(state.requested_at),
         "started_at": iso(state.started_at),
         "ended_at": iso(state.ended_at),

@@ -38,7 +38,7 @@ from cronsim import CronSim, CronSimError
 
 from sisas.errors import UsageError
 from sisas.handlers.derive import keyed_run_id
-from sisas.handlers.triggers import fill_template, toml_tables
+from sisas.handlers.triggers import explain_invalid, fill_template, toml_tables
 from sisas.pipeline import Pipeline
 from sisas.signals.kinds import Scalar, ScheduleTicked
 from sisas.signals.names import check_name, check_tags
@@ -158,7 +158,9 @@ def schedules_of(pipelines: Iterable[Pipeline]) -> list[Schedule]:
             try:
                 schedule = msgspec.convert(entry, Schedule)
             except msgspec.ValidationError as exc:
-                raise UsageError(f"{where}: schedule #{i + 1}: {exc}") from None
+                raise UsageError(
+                    f"{where}: schedule #{i + 1}: {explain_invalid(exc, Schedule)}"
+                ) from None
             found.append(check_schedule(schedule, where))
     return found
 

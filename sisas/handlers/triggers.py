@@ -19,7 +19,9 @@ duplicated message names the same run.
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
+import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -39,6 +41,7 @@ __all__ = [
     "fill_template",
     "message_id",
     "parse_rules",
+    "explain_invalid",
     "subject_matches",
     "toml_tables",
 ]
@@ -70,6 +73,35 @@ class Evaluation(msgspec.Struct, frozen=True, kw_only=True):
     tags: dict[str, str] = {}
 
 
+def _allowed(annotation: Any) -> list[str]:
+    """What a field annotated ``annotation`` takes, when it is a choice: its literal
+    values (``'skip'``), and ``a whole number`` beside them for an ``int``."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return [repr(v) for v in typing.get_args(annotation)]
+    found: list[str] = []
+    for arg in typing.get_args(annotation):
+        found += ["a whole number"] if arg is int else _allowed(arg)
+    return found if any(not f.startswith("a ") for f in found) else []
+
+
+def explain_invalid(exc: msgspec.ValidationError, struct: type[Any]) -> str:
+    """``exc``'s message with what would have been right: the values a choice takes, or
+    the fields a table may have."""
+    text = str(exc)
+    fields = getattr(struct, "__struct_fields__", ())
+    if "unknown field" in text and fields:
+        return f"{text} (the fields are {', '.join(fields)})"
+    at = re.search(r"at `\$\.(\w+)`", text)
+    if at is None:
+        return text
+    try:
+        hints = typing.get_type_hints(struct)
+    except (NameError, TypeError):
+        return text
+    allowed = _allowed(hints.get(at.group(1)))
+    return f"{text}: write {' or '.join(allowed)}" if allowed else text
+
+
 def toml_tables(
     text: str, table: str, struct: type[T], check: Callable[[T, int], T], where: str
 ) -> list[T]:
@@ -88,7 +120,7 @@ def toml_tables(
         try:
             value = msgspec.convert(entry, struct)
         except msgspec.ValidationError as exc:
-            raise UsageError(f"{where}: {table} #{i + 1}: {exc}") from None
+            raise UsageError(f"{where}: {table} #{i + 1}: {explain_invalid(exc, struct)}") from None
         found.append(check(value, i + 1))
     names = [str(getattr(v, "name", "")) for v in found]
     if len(set(names)) != len(names):

@@ -60,7 +60,7 @@ from sisas.signals.inputs import CancelRun, StartRun, decode_input
 from sisas.signals.kinds import ENDING_KINDS
 from sisas.signals.names import ADMISSION_PIPELINE, ADMIT_STREAM, admit_subject
 
-__all__ = ["AdmissionService", "admission_state", "chain_state"]
+__all__ = ["AdmissionService", "admission_state", "chain_state", "waiting_note"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,44 @@ async def chain_state(bus: Bus, chain: str) -> tuple[AdmissionState, StoredSigna
         ):
             state, last = evolve_admission(state, record.signal.body), record
     return state, last
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+async def waiting_note(bus: Bus, run_id: str, pipeline: str = "") -> str:
+    """What keeps ``run_id`` from starting when it waits for a slot under a concurrency
+    limit, as a sentence naming the limit, its place in the queue and the commands to
+    see or leave it; "" when it waits in no queue (``pipeline``: look only there)."""
+    for name in [pipeline] if pipeline else sorted(await limits(bus, cleared=True)):
+        state, _ = await admission_state(bus, name)
+        if state.waiting_of(run_id) is not None:
+            return _place(state, run_id, f"{name} allows {await _limit_text(bus, name)}")
+    state, _ = await chain_state(bus, TAGS_CHAIN)
+    waiting = state.waiting_of(run_id)
+    if waiting is None:
+        return ""
+    tags = ", ".join(waiting.tags) or "its tags"
+    return _place(state, run_id, f"the limits on {tags} are reached")
+
+
+async def _limit_text(bus: Bus, pipeline: str) -> str:
+    n = (await limits(bus)).get(pipeline)
+    return f"{n} run{'s' if n != 1 else ''} at once" if n else "more runs: its limit was lifted"
+
+
+def _place(state: AdmissionState, run_id: str, why: str) -> str:
+    waiting = state.waiting_of(run_id)
+    if waiting is None:
+        return ""
+    queue = sorted(state.waiting, key=lambda w: (-w.priority, w.order))
+    place = next(i for i, w in enumerate(queue) if w.run_id == run_id) + 1
+    return (
+        f"run {run_id} waits for a slot ({why}): {_ordinal(place)} of {len(queue)} waiting "
+        f"(priority {waiting.priority}); `sisas limits list` shows the queue, "
+        f"`sisas cancel {run_id}` takes it out"
+    )
 
 
 class AdmissionService:

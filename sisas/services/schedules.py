@@ -51,12 +51,19 @@ from sisas.handlers.schedules import (
 from sisas.security.keys import signer_from_file
 from sisas.signals import ChainHead, Draft, ScheduleTicked, StoredSignal
 from sisas.signals.kinds import ENDING_KINDS
-from sisas.signals.names import SCHEDULE_BUCKET, SCHEDULES_PIPELINE, check_name
+from sisas.signals.names import (
+    LOG_PREFIX,
+    LOG_STREAM,
+    SCHEDULE_BUCKET,
+    SCHEDULES_PIPELINE,
+    check_name,
+)
 
 __all__ = [
     "Pause",
     "ScheduleService",
     "last_decision",
+    "logged_schedules",
     "pause_schedule",
     "paused_schedules",
     "resume_schedule",
@@ -146,6 +153,25 @@ async def last_decision(bus: Bus, name: str) -> ScheduleTicked | None:
     if isinstance(last, StoredSignal) and isinstance(last.signal.body, ScheduleTicked):
         return last.signal.body
     return None
+
+
+async def logged_schedules(bus: Bus) -> dict[str, ScheduleTicked]:
+    """Every schedule with decisions in the log, by name: its last decision (whoever
+    declared it: a schedules file, a pipeline's code)."""
+    try:
+        info = await bus.js.stream_info(
+            LOG_STREAM, subjects_filter=f"{LOG_PREFIX}.{SCHEDULES_PIPELINE}.>"
+        )
+    except NatsError as exc:
+        raise BusError(
+            f"cannot list the schedules in the log: {exc}; check the server (`sisas status`)"
+        ) from None
+    found: dict[str, ScheduleTicked] = {}
+    for chain in sorted({s.split(".")[3] for s in (info.state.subjects or {})}):
+        last = await bus.log.last_of_run(chain)
+        if isinstance(last, StoredSignal) and isinstance(last.signal.body, ScheduleTicked):
+            found[last.signal.body.schedule] = last.signal.body
+    return found
 
 
 class ScheduleService:

@@ -65,7 +65,19 @@ async function loadRuns() {
   const params = new URLSearchParams({limit: "200"});
   if ($("#pipeline").value) params.set("pipeline", $("#pipeline").value);
   if ($("#status").value) params.set("status", $("#status").value);
-  const data = await getJSON(`/api/runs?${params}`);
+  for (const tag of $("#tag").value.split(/[\s,]+/).filter(Boolean)) params.append("tag", tag);
+  let data;
+  try {
+    data = await getJSON(`/api/runs?${params}`);
+    $("#tag").setCustomValidity("");
+  } catch (e) {
+    if (!params.has("tag") || !String(e.message).includes(": 400 ")) throw e;
+    let why = String(e.message).replace(/^.*?: 400 /, "");
+    try { why = JSON.parse(why).error || why; } catch (_) { /* not JSON: as it came */ }
+    $("#tag").setCustomValidity(why);
+    $("#count").textContent = why;
+    return;
+  }
   window.sisas.loads++;
   const body = $("#runs tbody");
   body.innerHTML = data.runs.map((r) => `
@@ -74,6 +86,7 @@ async function loadRuns() {
       <td><span class="status st-${esc(r.status)}">${esc(r.status)}</span>${r.tampered ? ` <span class="status st-tampered" title="stream seq ${esc(r.tampered_stream_seq)} (${esc(r.tampered_problem)}): ${esc(r.tampered_message)}">TAMPERED</span>` : ""}</td>
       <td>${esc(when(r.started_at || r.requested_at))}</td><td>${esc(secs(r.duration))}</td>
       <td>${esc(r.phases_done)}/${esc(r.phases)}</td><td class="signals">${esc(r.signals)}</td><td>${esc(r.failed_phase)}</td>
+      <td class="tags">${Object.entries(r.tags || {}).sort().map(([k, v]) => `<span class="tag">${esc(k)}=${esc(v)}</span>`).join(" ")}</td>
     </tr>`).join("");
   $("#empty").hidden = data.runs.length > 0;
   $("#count").textContent = `${data.runs.length} runs` + (data.lag ? ` (projection ${data.lag} behind)` : "");
@@ -87,6 +100,7 @@ function runsPage() {
   const reload = debounce(() => loadRuns().catch(console.error), 250);
   $("#pipeline").onchange = reload;
   $("#status").onchange = reload;
+  $("#tag").oninput = reload;
   document.body.addEventListener("click", (e) => {
     const row = e.target.closest("tr.run-row");
     if (row && !e.target.closest("a")) location.href = `/runs/${row.dataset.runId}`;
@@ -393,7 +407,8 @@ function renderRun(v) {
   $("#run-id").textContent = v.run_id;
   const badge = $("#run-status");
   badge.textContent = v.status; badge.className = `badge st-${v.status}`; badge.dataset.status = v.status;
-  $("#run-meta").textContent = `${v.pipeline} ${v.version} · seed ${v.seed} · started ${when(v.started_at || v.requested_at)} · ${num(v.signals)} signals` + (v.fingerprint ? ` · fingerprint ${v.fingerprint.slice(0, 23)}…` : "");
+  $("#run-meta").textContent = `${v.pipeline} ${v.version} · seed ${v.seed} · started ${when(v.started_at || v.requested_at)} · ${num(v.signals)} signals` + (v.fingerprint ? ` · fingerprint ${v.fingerprint.slice(0, 23)}…` : "")
+    + (Object.keys(v.tags || {}).length ? ` · tags ${Object.entries(v.tags).sort().map(([k, t]) => `${k}=${t}`).join(" ")}` : "");
   const origin = $("#run-origin");
   origin.hidden = !v.resume_of;
   origin.innerHTML = v.resume_of ? `resumes <a href="/runs/${encodeURIComponent(v.resume_of)}">${esc(v.resume_of)}</a>` : "";
