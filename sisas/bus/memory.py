@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -308,16 +308,10 @@ class MemoryWire:
         return [dict(about() if callable(about) else about)]
 
     @contextlib.asynccontextmanager
-    async def on_commits(
-        self, callback: Callable[[str, bytes], Awaitable[None]]
-    ) -> AsyncIterator[None]:
-        tasks: set[asyncio.Task[None]] = set()
-
+    async def on_commits(self, callback: Callable[[str, bytes], None]) -> AsyncIterator[None]:
         def notice(subject: str, data: bytes) -> None:
             if parse_run_subject(subject) is not None:
-                task = asyncio.ensure_future(callback(subject, data))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                callback(subject, data)
 
         self.log.listeners.append(notice)
         try:

@@ -22,7 +22,7 @@ again. nats-py's ``Msg`` is one as it is.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -191,10 +191,11 @@ class Wire(Protocol):
         ...
 
     def on_commits(
-        self, callback: Callable[[str, bytes], Awaitable[None]]
+        self, callback: Callable[[str, bytes], None]
     ) -> contextlib.AbstractAsyncContextManager[None]:
         """Call ``callback(subject, data)`` for every commit appended while inside (best
-        effort: a refused or lost notice only means an attempt runs to its end)."""
+        effort: a refused or lost notice only means an attempt runs to its end). A plain
+        function, called as the notice is read: it must be quick and must not raise."""
         ...
 
 

@@ -70,7 +70,7 @@ def _ended(last: StoredSignal) -> tuple[str, str, str]:
     )
 
 
-SWEEP_EVERY = 2.0
+SWEEP_EVERY = 15.0
 """Seconds between two reads of every unfinished run's last signal: what the commit
 notices missed (a reconnect), and runs that ended before the notices began."""
 
@@ -96,7 +96,7 @@ async def _wait_all(
     ended = asyncio.Event()
     ending: set[str] = set()
 
-    async def on_commit(subject: str, data: bytes) -> None:
+    def on_commit(subject: str, data: bytes) -> None:
         seen_run = parse_run_subject(subject)
         if seen_run is None or seen_run[1] not in runs:
             return

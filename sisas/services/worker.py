@@ -332,7 +332,7 @@ class Worker:
         cancelled run, whoever cancelled it). A subscription the server refuses (a role
         without the permission) only means attempts run to their end, as before."""
 
-        async def on_commit(subject: str, data: bytes) -> None:
+        def on_commit(subject: str, data: bytes) -> None:
             # A cheap test first: most commits end nothing (a failed run needs no more
             # work either).
             if b'"kind":"run_cancelled"' not in data and b'"kind":"run_failed"' not in data:
