@@ -7,12 +7,14 @@ const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<
 const when = (t) => (t ? t.replace("T", " ").replace(/\..*$/, "").replace("Z", "") : "-");
 const secs = (v) => (v == null ? "-" : v < 1 ? `${(v * 1000).toFixed(0)} ms` : `${v.toFixed(2)} s`);
 const NS = "http://www.w3.org/2000/svg";
-window.sisas = {events: 0, loads: 0};
+window.sisas = {events: 0, loads: 0, bytes: 0};
 
 async function getJSON(url) {
   const r = await fetch(url, {cache: "no-store"});
   if (!r.ok) throw new Error(`${url}: ${r.status} ${(await r.text()).slice(0, 200)}`);
-  return r.json();
+  const text = await r.text();
+  window.sisas.bytes += text.length;  // what the page downloaded (bench/pages.py reads it)
+  return JSON.parse(text);
 }
 
 function debounce(fn, ms) {
