@@ -295,13 +295,28 @@ def measure(items: int, pages: int, rounds: int, apart: bool, idle: float) -> di
     own = [r["seconds"] - sum(r["chromium_cpu"]) / cores for r in runs if r["pages"]]
     ratio = statistics.median(some) / statistics.median(none)
     net = statistics.median(own) / statistics.median(none)
+    # CPU, less at the mercy of the machine's other load than wall time: what the run
+    # cost with the pages (sisas up's and the Chromiums') over what it cost without.
+    up_none = statistics.median(r["cpu"]["up"] for r in runs if not r["pages"])
+    up_some = statistics.median(r["cpu"]["up"] for r in runs if r["pages"])
+    browsers = statistics.median(sum(r["chromium_cpu"]) for r in runs if r["pages"])
+    cpu_ratio = (up_some + browsers) / up_none
     print(
         f"  median {statistics.median(none):.1f} s with none, {statistics.median(some):.1f} s "
         f"with {pages}: {ratio:.2f}x; the Chromiums' CPU spread over the "
-        f"{os.cpu_count()} CPUs taken out: {net:.2f}x",
+        f"{os.cpu_count()} CPUs taken out: {net:.2f}x\n"
+        f"  CPU: sisas up {up_none:.1f} s with none, {up_some:.1f} s with {pages} "
+        f"(+{up_some - up_none:.1f}), the Chromiums {browsers:.1f} s: "
+        f"{cpu_ratio:.2f}x the CPU of the run with none",
         flush=True,
     )
-    return {"runs": runs, "ratio": ratio, "ratio_without_browsers": net, "floor": floor}
+    return {
+        "runs": runs,
+        "ratio": ratio,
+        "ratio_without_browsers": net,
+        "cpu_ratio": cpu_ratio,
+        "floor": floor,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
