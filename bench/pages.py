@@ -207,6 +207,11 @@ def one_run(served: Served, items: int, pages: int) -> dict[str, Any]:
         for b in browsers:
             b.get(f"{served.url}/runs/{run_id}")
         row = served.ended(run_id)
+        deadline = time.monotonic() + 30  # a short run may end before a page has loaded
+        while time.monotonic() < deadline and not all(
+            b.execute_script("return (window.sisas || {}).loads || 0") for b in browsers
+        ):
+            time.sleep(0.2)
         stats = [
             b.execute_script("return window.sisas || {}") if b else {} for b in browsers
         ]  # fmt: skip

@@ -123,7 +123,8 @@ const FAILED = new Set(["failed", "timed_out"]);
 // An item's error: red when it ended with it; otherwise what made it retry, greyed.
 const itemError = (status, error) => (!error ? "" : FAILED.has(status)
   ? `<span class="error">${esc(error)}</span>` : `<span class="muted">retried after: ${esc(error)}</span>`);
-const num = (n) => Number(n).toLocaleString("en-US");
+const NUMBER = new Intl.NumberFormat("en-US");  // made once: toLocaleString makes one a call
+const num = (n) => NUMBER.format(Number(n));
 const itemLabel = (item) => (item != null ? `[${item}]` : "");
 
 function svg(tag, attrs, text) {
