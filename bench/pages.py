@@ -302,15 +302,17 @@ def measure(items: int, pages: int, rounds: int, apart: bool, idle: float) -> di
     net = statistics.median(own) / statistics.median(none)
     # CPU, less at the mercy of the machine's other load than wall time: what the run
     # cost with the pages (sisas up's and the Chromiums') over what it cost without.
-    up_none = statistics.median(r["cpu"]["up"] for r in runs if not r["pages"])
-    up_some = statistics.median(r["cpu"]["up"] for r in runs if r["pages"])
+    served_cpu = [(r["pages"], r["cpu"]["up"] + r["cpu"].get("dashboard", 0.0)) for r in runs]
+    up_none = statistics.median(c for n, c in served_cpu if not n)
+    up_some = statistics.median(c for n, c in served_cpu if n)
     browsers = statistics.median(sum(r["chromium_cpu"]) for r in runs if r["pages"])
     cpu_ratio = (up_some + browsers) / up_none
     print(
         f"  median {statistics.median(none):.1f} s with none, {statistics.median(some):.1f} s "
         f"with {pages}: {ratio:.2f}x; the Chromiums' CPU spread over the "
         f"{os.cpu_count()} CPUs taken out: {net:.2f}x\n"
-        f"  CPU: sisas up {up_none:.1f} s with none, {up_some:.1f} s with {pages} "
+        f"  CPU: sisas up{' and the dashboard' if apart else ''} {up_none:.1f} s with none, "
+        f"{up_some:.1f} s with {pages} "
         f"(+{up_some - up_none:.1f}), the Chromiums {browsers:.1f} s: "
         f"{cpu_ratio:.2f}x the CPU of the run with none",
         flush=True,
