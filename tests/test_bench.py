@@ -77,3 +77,20 @@ def test_bench_rejects_unknown_sections_and_benchmarks() -> None:
     )
     assert res.returncode == 2
     assert "unknown benchmark 'nonsense'" in res.stderr
+
+
+@pytest.mark.timeout(300)
+def test_bench_pages_times_a_run_with_pages_open_and_none_and_counts_their_loads() -> None:
+    cmd = [sys.executable, "-m", "bench", "pages", "--items", "60", "--pages", "2"]
+    cmd += ["--rounds", "1", "--idle", "1", "--json"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert [r["pages"] for r in out["runs"]] == [0, 2]
+    none, some = out["runs"]
+    assert none["status"] == some["status"] == "failed"  # wide fails at INV-TOTAL, by design
+    assert none["chromium_cpu"] == [] and len(some["chromium_cpu"]) == 2
+    assert all(n >= 1 for n in some["page_loads"]), some  # each page loaded the run
+    assert all(b > 1000 for b in some["page_bytes"]), some
+    assert some["health"]["indexes_built"] >= 1  # the pages' run was indexed
+    assert some["cpu"]["up"] > 0 and out["ratio"] > 0 and len(out["floor"]["chromium_cpu"]) == 2

@@ -508,3 +508,32 @@ def test_the_backfills_page_shows_a_partition_grid_per_pipeline(
     finally:
         going.send_signal(signal.SIGINT)
         going.communicate(timeout=30)
+
+
+def test_a_page_in_a_hidden_tab_loads_nothing_until_it_is_seen_again(
+    up: Up, browser: webdriver.Chrome
+) -> None:
+    payload = up.home / "nap.json"
+    payload.write_text(json.dumps({"seconds": 2.5}))
+    started = sisas("run", "slow", "--input", str(payload), "--json", env=up.env)
+    assert started.returncode == 0, started.stderr
+    run_id = json.loads(started.stdout.strip().splitlines()[-1])["run_id"]
+    browser.get(f"{up.url}/runs/{run_id}")
+    _wait(browser, "run page").until(lambda d: d.find_element(By.ID, "run-id").text == run_id)
+    _wait(browser, "a load").until(lambda d: d.execute_script("return window.sisas.loads") > 0)
+    heard = browser.execute_script("return window.sisas.events")
+    page = browser.current_window_handle
+    browser.switch_to.new_window("tab")  # the run page is now a hidden tab
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{up.url}/api/runs/{run_id}").json()["status"] != "completed":
+        assert time.monotonic() < deadline, "the run did not end in 60 s"
+        time.sleep(0.3)
+    browser.close()
+    browser.switch_to.window(page)  # seen again: it loads once, and shows the run's end
+    _wait(browser, "completed").until(
+        lambda d: d.find_element(By.ID, "run-status").text == "completed"
+    )
+    hidden = browser.execute_script("return [window.sisas.events, window.sisas.hiddenLoads]")
+    assert hidden[0] > heard  # it heard of the changes meanwhile ...
+    assert not hidden[1]  # ... and loaded nothing while hidden
+    assert _statuses(browser)["after"] == "completed"

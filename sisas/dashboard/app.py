@@ -135,13 +135,20 @@ def _run_json(detail: RunDetail) -> bytes:
         return detail.summary[1]
     view = run_view(detail=detail)
     view["corrupt"] = detail.corrupt
-    # How often the page reloads at most: 4 times a second for a small run, less as it
-    # grows (every 2 s from 40,000 signals): each reload rebuilds a summary that costs
-    # O(items), and no one reads a 10,000-item run's page at 4 Hz.
-    view["refresh"] = min(2.0, max(0.25, detail.signals / 20_000))
+    view["refresh"] = detail.refresh = refresh_of(view)
     body = msgspec.json.encode(view)
     detail.summary = (at, body)
     return body
+
+
+def refresh_of(view: dict[str, Any]) -> float:
+    """Seconds between two reloads of a run page at most: 4 a second for a small run,
+    fewer as it grows, by what it has (every 2 s from 40,000 signals) or will have
+    (every 2 s from a fan-out of 2,500 items on, from its first item): each reload
+    rebuilds a summary that costs O(items), and no one reads a 5,000-item run's page at
+    4 Hz."""
+    items = max((p["items"] or 0 for p in view["phases"]), default=0)
+    return float(min(2.0, max(0.25, view["signals"] / 20_000, items / 1_250)))
 
 
 def create_app(bus: Bus, hub: Hub, policy: ActionPolicy | None = None) -> Starlette:
@@ -308,9 +315,9 @@ def create_app(bus: Bus, hub: Hub, policy: ActionPolicy | None = None) -> Starle
 
     async def events(request: Request) -> Response:
         """``GET /events``: every signal as an event; ``/events?run=RUN``: that run's
-        changes, at most one ``changed`` event per :data:`COALESCE` seconds (the page
-        then fetches its bounded summary), so a page's cost does not grow with the
-        rate of the run's signals."""
+        changes, at most one ``changed`` event per :data:`COALESCE` seconds, or per
+        the run's ``refresh`` if longer (the page then fetches its bounded summary), so
+        a page's cost does not grow with the rate of the run's signals."""
         run = request.query_params.get("run") or None
         if run is not None:
             try:
@@ -345,7 +352,9 @@ def create_app(bus: Bus, hub: Hub, policy: ActionPolicy | None = None) -> Starle
                                 break
                         else:
                             yield b"id: %d\nevent: changed\ndata: %d\n\n" % (seq, changes)
-                            await asyncio.sleep(COALESCE)
+                            # no sooner than its page would reload: a big run's
+                            # page hears of changes every 2 s, a small one's 4 a second
+                            await asyncio.sleep(max(COALESCE, details.refresh(run)))
                             continue
                     if not data:
                         return  # the dashboard is stopping

@@ -125,6 +125,9 @@ class RunDetail:
     summary: tuple[tuple[int, int | None, int], bytes] | None = None
     """The run page's JSON as last built, and the counts it was built at (its signals
     shown, stored, corrupt): the pages of a run reloading at once share one build."""
+    refresh: float = 0.25
+    """Seconds between two reloads of its page at most, as its last summary said: its
+    event stream gathers a run's changes for as long."""
     groups: dict[str, CheckGroup] = field(default_factory=dict)
     """The checks counted by :attr:`CheckRow.group`, in the order first seen."""
 

@@ -16,12 +16,14 @@ from sisas.dashboard.views import event_of
 from sisas.signals import CorruptMessage, StoredSignal
 from sisas.signals.records import LogRecord
 
-__all__ = ["RESYNC", "Hub"]
+__all__ = ["CHANGED", "RESYNC", "Hub"]
 
 log = logging.getLogger(__name__)
 
 RESYNC = b"resync"
 """Put in a client's queue instead of events it missed: the page fetches its state again."""
+CHANGED = b"changed"
+"""Put in a run page's queue for a signal of its run: the page counts them, no more."""
 
 
 class Hub:
@@ -54,6 +56,17 @@ class Hub:
         """Whether a client follows ``run_id`` (or every run)."""
         return any(want is None or want == run_id for want in self._clients.values())
 
+    def _wants(self, run_id: str) -> bool | None:
+        """None when no client follows ``run_id``; else whether one takes every signal
+        (the runs list, ``/events``) rather than a count of one run's (a run page)."""
+        found = None
+        for want in self._clients.values():
+            if want is None:
+                return True
+            if want == run_id:
+                found = False
+        return found
+
     def publish(self, stream_seq: int, data: bytes, run_id: str | None = None) -> None:
         """``data`` to the clients that follow ``run_id`` (None: to every client)."""
         self.last_seq = stream_seq
@@ -77,10 +90,15 @@ class Hub:
                 listener(rec)
             if isinstance(rec, StoredSignal):
                 run_id = rec.signal.run_id
-                if not self.wanted(run_id):
+                wants = self._wants(run_id)
+                if wants is None:
                     self.last_seq = rec.stream_seq
                     continue
-                event = msgspec.json.encode(event_of(rec.stream_seq, rec.signal))
+                # A run page's stream counts its run's signals and sends none of them:
+                # the event is encoded only when a client takes every signal.
+                event = (
+                    msgspec.json.encode(event_of(rec.stream_seq, rec.signal)) if wants else CHANGED
+                )
                 self.publish(rec.stream_seq, event, run_id)
             else:  # a corrupt message or a gap: the pages refetch what they show
                 self.publish(

@@ -3,8 +3,9 @@
 :class:`RunDetails` keeps the :class:`~sisas.dashboard.index.RunIndex` of the runs lately
 asked for. The hub hands it every record it reads (:meth:`RunDetails.feed`), so a page
 load of a live run takes in the signals since the last load, O(new signals), instead of
-reading and folding the whole run again; the log's last record of the run says whether
-an index is current, and one that cannot be continued is built again from the log.
+reading and folding the whole run again, and without asking the log anything: the index
+is as current as the hub, which tells the pages of a change only once it has handed the
+index its records. One that cannot be continued is built again from the log.
 """
 
 from __future__ import annotations
@@ -20,14 +21,11 @@ from sisas.dashboard.index import RunIndex
 from sisas.signals import CorruptMessage, StoredSignal
 from sisas.signals.records import LogRecord
 
-__all__ = ["TAIL", "RunDetails"]
+__all__ = ["RunDetails"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-TAIL = 5_000
-"""Messages of the log a page load reads past the hub at most, to bring an index up to
-date; past that it is built again from the run's own messages."""
 
 
 class _Kept:
@@ -46,8 +44,7 @@ class RunDetails:
     the hub's records of them: a page load of a live run takes in the signals since the
     last load, O(new signals), instead of reading and folding the whole run again. An
     index that cannot be continued (a record out of order, a gap, a message that is not
-    a signal) is built again from the log; the log's last record of the run says
-    whether an index is current."""
+    a signal) is built again from the log."""
 
     def __init__(self, size: int = 8) -> None:
         self.size = size
@@ -58,6 +55,12 @@ class RunDetails:
         could not be continued)."""
         self.continued = 0
         """Times an index was brought up to date from the hub's records alone."""
+
+    def refresh(self, run_id: str) -> float:
+        """Seconds between two reloads of the run's page at most, as its last summary
+        said (0.25 until one was built)."""
+        kept = self._kept.get(run_id)
+        return 0.25 if kept is None or kept.index is None else kept.index.detail.refresh
 
     def feed(self, record: LogRecord) -> None:
         """The hub read ``record``: the index of its run, if kept, takes it at its next
@@ -81,22 +84,17 @@ class RunDetails:
             return None if detail is None else await asyncio.to_thread(view, detail)
 
     async def _current(self, bus: Bus, run_id: str) -> RunDetail | None:
-        last = await bus.log.last_of_run(run_id)
-        if last is None:
-            return None
         kept = self._kept.get(run_id)
         if kept is not None and kept.index is not None and not kept.stale:
+            # As current as the hub: a page reloads when the hub tells it of a change,
+            # and the hub hands the records to :meth:`feed` before it tells anyone, so
+            # the index holds at least what the page was told of; no read of the log.
             index, pending = kept.index, kept.pending
             kept.pending = []
             if await asyncio.to_thread(index.catch_up, pending):
-                if not index.at(last):  # the log is ahead of the hub: read what it lacks
-                    tail = await self._tail(bus, run_id, index.position[0], last.stream_seq)
-                    if tail is not None:
-                        await asyncio.to_thread(index.catch_up, tail)
-                if index.at(last):
-                    self.continued += 1
-                    return index.detail
-            log.debug("run %s: index built again at stream seq %d", run_id, last.stream_seq)
+                self.continued += 1
+                return index.detail
+            log.debug("run %s: index built again (a record that does not follow)", run_id)
         kept = self._kept[run_id] = _Kept()  # collects what the hub reads from now on
         self._evict()
         records = await bus.log.read_run(run_id)  # holds every record read before
@@ -109,30 +107,6 @@ class RunDetails:
         pending, kept.pending = kept.pending, []
         await asyncio.to_thread(index.catch_up, pending)  # a gap: built again next time
         return index.detail
-
-    @staticmethod
-    async def _tail(bus: Bus, run_id: str, from_seq: int, to_seq: int) -> list[StoredSignal] | None:
-        """The run's records from stream seq ``from_seq`` to ``to_seq`` (the log's, of
-        every run, read from there: the few the hub has not delivered yet); None when
-        there are more than :data:`TAIL` messages to read, or a gap or a corrupt message
-        among them (the index is then built again)."""
-        if to_seq - from_seq > TAIL:
-            return None
-        out: list[StoredSignal] = []
-        records = bus.log.follow(from_seq=from_seq)
-        try:
-            async for rec in records:
-                if not isinstance(rec, StoredSignal):
-                    return None
-                if rec.signal.run_id == run_id:
-                    out.append(rec)
-                if rec.stream_seq >= to_seq and rec.index == rec.of - 1:
-                    break  # the last signal of the run's last message
-        finally:
-            close = getattr(records, "aclose", None)
-            if close is not None:
-                await close()  # its consumer, now
-        return out
 
     def _evict(self) -> None:
         while len(self._kept) > self.size:

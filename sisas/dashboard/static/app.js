@@ -7,12 +7,14 @@ const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<
 const when = (t) => (t ? t.replace("T", " ").replace(/\..*$/, "").replace("Z", "") : "-");
 const secs = (v) => (v == null ? "-" : v < 1 ? `${(v * 1000).toFixed(0)} ms` : `${v.toFixed(2)} s`);
 const NS = "http://www.w3.org/2000/svg";
-window.sisas = {events: 0, loads: 0};
+window.sisas = {events: 0, loads: 0, bytes: 0};
 
 async function getJSON(url) {
   const r = await fetch(url, {cache: "no-store"});
   if (!r.ok) throw new Error(`${url}: ${r.status} ${(await r.text()).slice(0, 200)}`);
-  return r.json();
+  const text = await r.text();
+  window.sisas.bytes += text.length;  // what the page downloaded (bench/pages.py reads it)
+  return JSON.parse(text);
 }
 
 function debounce(fn, ms) {
@@ -20,14 +22,19 @@ function debounce(fn, ms) {
   return () => { if (t) return; t = setTimeout(() => { t = null; fn(); }, ms); };
 }
 
-// Reload at most once per `every` ms (a number, or a function saying it now), and never while a load is in flight; when a load takes
-// long (a big run's page), wait twice as long as it took before the next one, so an
-// open page costs the server a bounded share of its time however fast signals come.
+// Reload at most once per `every` ms (a number, or a function saying it now), and never
+// while a load is in flight; when a load takes long (a big run's page), wait twice as
+// long as it took before the next one, so an open page costs the server a bounded share
+// of its time however fast signals come. A hidden tab (another tab in front, a
+// minimised window) loads nothing: it loads once when it is seen again.
 function paced(load, every) {
   const ms = () => (typeof every === "function" ? every() : every);
   let timer = null, busy = false, again = false, took = 0;
+  let missed = false;  // a change came while the tab was hidden: load when it is seen
   const run = async () => {
-    timer = null; busy = true;
+    timer = null;
+    if (document.hidden) { missed = true; return; }
+    busy = true;
     const t0 = performance.now();
     try { await load(); } finally {
       took = performance.now() - t0; busy = false;
@@ -35,9 +42,13 @@ function paced(load, every) {
     }
   };
   const schedule = () => {
+    if (document.hidden) { missed = true; return; }
     if (busy) { again = true; return; }
     if (!timer) timer = setTimeout(run, Math.max(ms(), 2 * took));
   };
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && missed) { missed = false; schedule(); }
+  });
   return schedule;
 }
 
@@ -126,7 +137,8 @@ const FAILED = new Set(["failed", "timed_out"]);
 // An item's error: red when it ended with it; otherwise what made it retry, greyed.
 const itemError = (status, error) => (!error ? "" : FAILED.has(status)
   ? `<span class="error">${esc(error)}</span>` : `<span class="muted">retried after: ${esc(error)}</span>`);
-const num = (n) => Number(n).toLocaleString("en-US");
+const NUMBER = new Intl.NumberFormat("en-US");  // made once: toLocaleString makes one a call
+const num = (n) => NUMBER.format(Number(n));
 const itemLabel = (item) => (item != null ? `[${item}]` : "");
 
 function svg(tag, attrs, text) {
@@ -402,6 +414,16 @@ function wireChecks(runId, reloadChecks) {
   });
 }
 
+// What each part of the page was last drawn from: a part whose data did not change
+// since the last load is left as it is (no DOM rebuilt, nothing laid out again).
+const drawn = new Map();
+function changed(part, data) {
+  const key = JSON.stringify(data);
+  if (drawn.get(part) === key) return false;
+  drawn.set(part, key);
+  return true;
+}
+
 function renderRun(v) {
   document.title = `sisas · ${v.run_id}`;
   $("#run-id").textContent = v.run_id;
@@ -419,17 +441,23 @@ function renderRun(v) {
   $("#run-error").textContent = v.error ? `${v.error} (phase ${v.failed_phase || "-"})` : "";
   $("#report-link").href = `/runs/${encodeURIComponent(v.run_id)}/report`;
   $("#verify-cmd").textContent = `sisas replay verify ${v.run_id}`;
-  drawDag(v.phases);
-  drawGantt(v.timeline, ["completed", "failed", "cancelled"].includes(v.status));
-  renderPhases(v);
+  if (changed("dag", v.phases.map((p) => [p.name, p.status, p.items_done, p.error, p.skip_reason]))) drawDag(v.phases);
+  const ended = ["completed", "failed", "cancelled"].includes(v.status);
+  if (changed("gantt", [v.timeline, ended])) drawGantt(v.timeline, ended);
+  if (changed("phases", v.phases)) renderPhases(v);
   const fanned = v.phases.filter((p) => p.fanout);
   if (!itemsView.phase && fanned.length) { itemsView.phase = fanned[0].name; $("#items-panel").hidden = false; $("#items-title").textContent = `items of ${itemsView.phase}`; }
   const shown = fanned.find((p) => p.name === itemsView.phase);
-  if (shown) renderFanoutSummary(shown);
+  if (shown && changed("fanout", [shown.name, shown.fanout])) renderFanoutSummary(shown);
   const inc = v.incidents;
+  if (changed("incidents", inc)) renderIncidents(inc);
+  if (changed("checks", v.checks)) renderCheckGroups(v.checks);
+  window.sisas.renders = (window.sisas.renders || 0) + 1;
+}
+
+function renderIncidents(inc) {
   $("#incidents-summary").textContent = inc.total > inc.latest.length ? `(latest ${inc.latest.length} of ${num(inc.total)})` : "";
   $("#incidents").innerHTML = inc.latest.map((i) => `<li data-kind="${esc(i.kind)}">${esc(when(i.at))} <b>${esc(i.kind)}</b> ${esc(i.phase)}${itemLabel(i.item)} attempt ${i.attempt}: ${esc(i.summary)}</li>`).join("") || '<li class="muted">none</li>';
-  renderCheckGroups(v.checks);
 }
 
 function runPage() {
@@ -438,13 +466,21 @@ function runPage() {
   const reloadItems = paced(() => loadItems(runId).catch(fail), 50);
   const reloadChecks = paced(() => loadChecks(runId).catch(fail), 50);
   let refresh = 250;  // the server says how often, by the run's size
+  let itemsAt = -Infinity;  // when the item page was last loaded with the summary
   const load = async () => {
     try {
+      if (document.hidden) window.sisas.hiddenLoads = (window.sisas.hiddenLoads || 0) + 1;
       const v = await getJSON(`/api/runs/${encodeURIComponent(runId)}`);
       refresh = 1000 * (v.refresh || 0.25);
       renderRun(v);
       window.sisas.loads++;
-      if (itemsView.phase) await loadItems(runId);
+      // The item page of a live run follows at half the summary's pace at most (it is
+      // filtered and sorted over all the fan-out's items); an ended run's, at once.
+      const ended = ["completed", "failed", "cancelled"].includes(v.status);
+      if (itemsView.phase && (ended || performance.now() - itemsAt >= Math.max(2000, 2 * refresh))) {
+        itemsAt = performance.now();
+        await loadItems(runId);
+      }
       if (checksView.group) await loadChecks(runId);
     } catch (err) { fail(err); }
   };
