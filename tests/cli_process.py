@@ -24,6 +24,7 @@ import asyncio
 import codecs
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -188,3 +189,13 @@ def last_json(out: str) -> dict[str, object]:
 def _text(output: str | bytes | None) -> str:
     # TimeoutExpired carries bytes even from a text-mode run
     return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+
+
+def env_file(path: Path) -> dict[str, str]:
+    """The variables a shell gets from sourcing ``path`` (``export K=V`` lines)."""
+    out: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("export "):
+            key, _, value = line.removeprefix("export ").partition("=")
+            out[key] = shlex.split(value)[0]
+    return out

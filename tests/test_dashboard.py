@@ -17,47 +17,11 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 
+from tests.browser import SCREENSHOTS, Up
 from tests.browser import free_port as _free_port
 from tests.browser import page_wait as _wait
-from tests.cli_process import SISAS, base_env, sisas, sisas_async
-from tests.runs import ROOT, TEST_PIPES
-
-SCREENSHOTS = ROOT / "build" / "screenshots"
-
-
-class Up:
-    """`sisas up` in a child process, serving the dashboard on a fixed port."""
-
-    def __init__(self, home: Path, port: int, *options: str) -> None:
-        self.home, self.port, self.options = home, port, options
-        self.env = base_env(SISAS_HOME=str(home))
-        self.proc: subprocess.Popen[str] | None = None
-        self.url = f"http://127.0.0.1:{port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [*SISAS, "up", "--pipelines", TEST_PIPES, "--dashboard-port", str(self.port),
-             *self.options],
-            env=self.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.proc.poll() is None, self.proc.communicate()
-            assert time.monotonic() < deadline, "the dashboard did not come up in 60 s"
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.communicate()
+from tests.cli_process import SISAS, sisas, sisas_async
+from tests.runs import ROOT
 
 
 @pytest.fixture

@@ -22,13 +22,11 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 from sisas.security.profile import init_profile, user_seed
-from tests.browser import free_port
+from tests.browser import SCREENSHOTS, Up, free_port
 from tests.browser import page_wait as _wait
-from tests.cli_process import SISAS, base_env, sisas
+from tests.cli_process import SISAS, base_env, env_file, sisas
 from tests.conftest import NatsServer, spawn_nats
 from tests.runs import ROOT
-from tests.test_dashboard import SCREENSHOTS, Up
-from tests.test_permissions import env_file
 
 ACTION_PIPES = str(ROOT / "tests" / "action_pipelines.py")
 

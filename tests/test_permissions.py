@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import json
 import re
-import shlex
 import stat
 import subprocess
 import time
@@ -54,7 +53,7 @@ from sisas.services.triggers import TriggerService, evaluation_chain
 from sisas.services.worker import Worker
 from sisas.signals import ENDING_KINDS, StoredSignal, TriggerEvaluated
 from sisas.signals.inputs import CancelRun, StartRun
-from tests.cli_process import base_env, sisas, sisas_async
+from tests.cli_process import base_env, env_file, sisas, sisas_async
 from tests.conftest import NatsServer, spawn_nats
 from tests.runs import ROOT, TEST_PIPES
 
@@ -744,16 +743,6 @@ async def _deliver_into_inputs(s: Suite, a: Client, in_count: int) -> None:
 
 
 # -- the sisas command with the auditor's env file, and the server's own account --------
-
-
-def env_file(path: Path) -> dict[str, str]:
-    """The variables a shell gets from sourcing ``path`` (``export K=V`` lines)."""
-    out: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("export "):
-            key, _, value = line.removeprefix("export ").partition("=")
-            out[key] = shlex.split(value)[0]
-    return out
 
 
 async def _cli_verify(m: Matrix, secured: Secured, tmp_path: Path) -> None:
