@@ -124,6 +124,22 @@ def test_dashboard_on_a_busy_port_names_its_own_port_option(
     assert "--port N" in line and "--dashboard-port" not in line
 
 
+def test_up_with_its_dashboard_on_a_busy_port_names_up_s_option_and_stops_clean(
+    env: dict[str, str], busy_port: int
+) -> None:
+    """`sisas up` serves the dashboard from a process of its own: that process failing
+    to listen is still one line naming up's option, exit 2, and up leaves nothing
+    running."""
+    out = sisas("up", "--dashboard-port", str(busy_port), env=env, timeout=120)
+    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, out.stderr
+    assert f"127.0.0.1:{busy_port}" in errors[0]
+    assert "--dashboard-port N" in errors[0] and "--no-dashboard" in errors[0]
+    assert "--port N (0" not in errors[0]  # the dashboard command's own option
+    assert "Traceback" not in out.stderr
+
+
 # 2. the dashboard's JSON API: a bad query parameter is a 400 naming it, never a 500
 
 

@@ -23,9 +23,10 @@ from sisas.bus.embedded import running_server
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
 from sisas.cli.app import cli, console, err_console, fail, load_settings, run_async, stop_on_signals
+from sisas.cli.dashboard_process import DashboardProcess, dashboard_process
 from sisas.cli.schedule_commands import load_schedules
 from sisas.cli.trigger_commands import load_rules
-from sisas.dashboard.server import DEFAULT_PORT, serving_dashboard
+from sisas.dashboard.server import DEFAULT_PORT
 from sisas.dashboard.sessions import ActionPolicy
 from sisas.errors import EmbeddedServerError, UsageError
 from sisas.loader import load_pipelines
@@ -172,13 +173,13 @@ async def up(
         grid.add_row("handlers", handlers_text)
         policy = ActionPolicy.for_settings(bus.settings, allow=dashboard_actions)
         web = (
-            contextlib.nullcontext("")
+            contextlib.nullcontext(DashboardProcess())
             if no_dashboard or no_handlers
-            else serving_dashboard(
-                bus,
+            else dashboard_process(
                 port=dashboard_port,
+                allow_actions=dashboard_actions,
+                sign_in=policy.mode == "token",
                 port_fix="pass --dashboard-port N (0: any free port) or --no-dashboard",
-                policy=policy,
             )
         )
         handlers = (
@@ -188,11 +189,12 @@ async def up(
                 bus, pipes, concurrency=concurrency, projector=not no_projector, reload=reload
             )
         )
-        async with handlers as stop_handlers, web as url:
+        async with handlers as stop_handlers, web as served:
+            url = served.url
             if url:
                 live = "live" if policy.mode != "off" else "read-only, live"
-                grid.add_row("dashboard", f"[bold]{url}[/] ({live})")
-                grid.add_row("actions", policy.describe(url))
+                grid.add_row("dashboard", f"[bold]{url}[/] ({live}, pid {served.pid})")
+                grid.add_row("actions", served.actions)
             if rules:
                 service = TriggerService(bus, rules)
                 await service.start()
@@ -211,8 +213,8 @@ async def up(
                 "(listens on 127.0.0.1 only)",
             )
             console.print(Panel(grid, title="sisas is up", title_align="left", expand=False))
-            if url and policy.sign_in_url(url):
-                console.print(f"operator sign-in: {policy.sign_in_url(url)}", soft_wrap=True)
+            if served.sign_in:
+                console.print(f"operator sign-in: {served.sign_in}", soft_wrap=True)
             while not stop.is_set():
                 if bus.server is not None and not bus.server.alive:
                     fail(f"nats-server exited unexpectedly: {bus.server.log_tail()}", 1)
