@@ -35,7 +35,8 @@ def test_bench_all_quick_writes_table_json_and_plot(tmp_path: Path) -> None:
     assert "dagster: skipped (pip install failed" in res.stderr
 
     doc = json.loads((out / "latest.json").read_text())
-    expected = {"overhead", "workers", "peers", "append", "projection", "replay", "scale"}
+    expected = {"overhead", "workers", "peers", "fanout", "append", "projection", "replay"}
+    expected |= {"scale"}
     expected |= {"fold", "writepath", "views"}
     assert set(doc["results"]) == expected  # every section ran
     assert doc["errors"] == {}
@@ -45,8 +46,12 @@ def test_bench_all_quick_writes_table_json_and_plot(tmp_path: Path) -> None:
     assert sections == expected  # and each gave rows
     [peer] = [r for r in doc["rows"] if r["section"] == "peers"]
     assert peer["note"].startswith("skipped: pip install failed")
+    # The fan-out: sisas measured, the peer that could not be installed said so.
+    fan = [r for r in doc["rows"] if r["section"] == "fanout"]
+    assert fan[0]["measure"] == "sisas: 20 items and a join, run p50"
+    assert fan[-1]["note"].startswith("skipped: pip install failed")
     for row in doc["rows"]:
-        if row["section"] != "peers":
+        if not row["note"].startswith("skipped"):
             assert row["value"] > 0, row
         if row["aim"] is not None:
             assert row["met"] == (row["ratio"] >= row["aim"]), row
