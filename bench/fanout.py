@@ -1,18 +1,19 @@
 """A fan-out of N trivial items and a join: sisas against Temporal, Prefect and Dagster.
 
     .venv/bin/python -m bench fanout [--items 100 1000] [--rounds 2] [--runs 1]
-                                     [--peers temporal,prefect,dagster]
+                                     [--peers temporal,prefect,dagster] [--sync 2m]
 
 Each round measures sisas, then each peer (bench/peers, its own venv), so the figures of
 every side alternate on the shared machine; the p50 pools every round's runs.
 
 - sisas: the ``fanwide`` pipeline (bench/pipelines.py: a phase returning N items, a phase
-  mapped over them, a join) on a fresh embedded nats-server with ``sync_interval: always``,
-  an orchestrator and a worker (8 slots) in this process; after one untimed 10-item run,
-  each run timed from publishing ``start_run`` to seeing ``run_completed``. Per item: an
-  attempt offered on the work stream, run in a worker slot, its outcome decided into a
-  hash-chained, fenced, fsynced commit of the log (group-committed with the others that
-  wait), its output stored by digest.
+  mapped over them, a join) on a fresh embedded nats-server with ``sync_interval: always``
+  (``--sync 2m``: fsynced every 2 minutes instead; Temporal's dev server keeps its SQLite
+  in memory), an orchestrator and a worker (8 slots) in this process; after one untimed
+  10-item run, each run timed from publishing ``start_run`` to seeing ``run_completed``.
+  Per item: an attempt offered on the work stream, run in a worker slot, its report, its
+  output stored by digest, its outcome decided into a hash-chained, fenced, fsynced commit
+  of the log (group-committed with the other reports that wait).
 - the peers: their scripts' ``--fanout`` (what each does per item is in their docstrings
   and docs/performance.md); each after one untimed 10-item run.
 
@@ -42,11 +43,13 @@ from sisas.services.host import running_services
 WARMUP_ITEMS = 10
 
 
-async def sisas_fanout(items: list[int], runs: int, slots: int = 8) -> dict[int, list[float]]:
+async def sisas_fanout(
+    items: list[int], runs: int, slots: int = 8, sync: str = "always"
+) -> dict[int, list[float]]:
     """Wall ms of ``runs`` fan-outs of each width in ``items``, on a fresh server."""
     out: dict[int, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        async with EmbeddedServer(Path(tmp) / "home", sync="always") as server:
+        async with EmbeddedServer(Path(tmp) / "home", sync=sync) as server:
             settings = Settings(home=Path(tmp) / "home", nats_url=server.url, replicas=1)
             async with open_bus(settings) as bus:
                 async with running_services(bus, {"fanwide": wide}, concurrency=slots):
@@ -65,6 +68,7 @@ def measure(
     runs: int = 1,
     peers: set[str] | None = None,
     slots: int = 8,
+    sync: str = "always",
 ) -> dict[str, Any]:
     """``rounds`` x (sisas, then every peer), each fan-out width ``runs`` times a round.
 
@@ -77,7 +81,7 @@ def measure(
     for r in range(rounds):
         load.append(_loadavg())
         print(f"fanout round {r + 1}/{rounds}: sisas {items}", file=sys.stderr, flush=True)
-        for n, times in asyncio.run(sisas_fanout(items, runs, slots)).items():
+        for n, times in asyncio.run(sisas_fanout(items, runs, slots, sync)).items():
             ours[n] += times
         for row in run_peers(0, peers, fanout=items, fanout_runs=runs):
             if "skipped" in row:
@@ -102,6 +106,7 @@ def measure(
         "items": items,
         "rounds": rounds,
         "worker_slots": slots,
+        "sync": sync,
         "sisas": {
             str(n): {
                 "times_ms": t,
@@ -157,6 +162,7 @@ if __name__ == "__main__":
     p.add_argument("--runs", type=int, default=1, help="runs of each width per round")
     p.add_argument("--peers", default="", help="comma-separated subset of the peers")
     p.add_argument("--slots", type=int, default=8, help="phases sisas's worker runs at once")
+    p.add_argument("--sync", default="always", help="sisas's server sync_interval (always)")
     a = p.parse_args()
     only = {x.strip() for x in a.peers.split(",") if x.strip()} or None
-    report(measure(a.items, a.rounds, a.runs, only, a.slots))
+    report(measure(a.items, a.rounds, a.runs, only, a.slots, a.sync))

@@ -161,7 +161,12 @@ def _fanout(r: dict[str, Any]) -> list[Row]:
                 s["run_ms_p50"],
                 "ms",
                 note=f"{s['per_item_ms']:.2f} ms an item, {len(s['times_ms'])} runs, "
-                f"{r.get('worker_slots', 8)} worker slots, every write fsynced",
+                f"{r.get('worker_slots', 8)} worker slots, "
+                + (
+                    "every write fsynced"
+                    if r.get("sync", "always") == "always"
+                    else f"sync_interval {r['sync']}"
+                ),
             )
         )
     if len(ours) > 1:
@@ -179,7 +184,10 @@ def _fanout(r: dict[str, Any]) -> list[Row]:
         )
     for p in r["peers"]:
         if "skipped" in p:
-            rows.append(Row("fanout", p["peer"], None, "", note=f"skipped: {p['skipped']}"))
+            where = f" (round {p['round']})" if "round" in p else ""
+            rows.append(
+                Row("fanout", f"{p['peer']}{where}", None, "", note=f"skipped: {p['skipped']}")
+            )
             continue
         n = int(p["items"])
         s = ours.get(n)

@@ -49,6 +49,9 @@ _SETTINGS = {
     "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
     "PREFECT_INTERNAL_LOGGING_LEVEL": "CRITICAL",
     "DO_NOT_TRACK": "1",
+    # On the loaded shared machine the ephemeral server sometimes took longer than the
+    # default 20 s to answer (untimed start-up; the run then failed).
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 IDLE_PAUSE_S = 1.0
 

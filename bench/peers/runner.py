@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -71,6 +72,9 @@ class PeerError(Exception):
         self.out = out
 
 
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b.*")
+
+
 def _last_line(*texts: str | bytes | None) -> str:
     """Last meaningful output line (pip's WARNING lines about the mirror are noise)."""
     for text in texts:
@@ -78,6 +82,11 @@ def _last_line(*texts: str | bytes | None) -> str:
             text = text.decode(errors="replace")
         lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
         useful = [ln for ln in lines if not ln.startswith("WARNING:")] or lines
+        # A traceback's exception line, not the lines an exception adds after it
+        # (SQLAlchemy's "[SQL: ...]" and "(Background on this error at: ...)").
+        raised = [ln for ln in useful if _EXCEPTION.match(ln)]
+        if raised:
+            return raised[-1][:300]
         if useful:
             return useful[-1][:300]
     return "no output"
@@ -207,9 +216,11 @@ def run_peer(
             raise
         where = f" during {doing}" if doing else ""
         return [*rows, {"peer": peer.name, "skipped": f"{exc}{where}"}]
-    rows, _ = _rows(res.stdout)
+    rows, doing = _rows(res.stdout)
     if res.returncode != 0:
         reason = f"run failed (exit {res.returncode}): {_last_line(res.stderr, res.stdout)}"
+        if doing:
+            reason += f" during {doing}"
         if not rows:
             raise PeerError(reason)
         rows.append({"peer": peer.name, "skipped": reason})
