@@ -82,3 +82,38 @@ def test_bench_rejects_unknown_sections_and_benchmarks() -> None:
     )
     assert res.returncode == 2
     assert "unknown benchmark 'nonsense'" in res.stderr
+
+
+def test_fanout_rows_ratio_each_peer_to_sisas_and_keep_what_a_failed_peer_did() -> None:
+    """The fan-out rows: sisas's p50 against each peer variant at the same width (above 1:
+    sisas faster, aim 1), a peer that failed as a row saying why; a peer script's partial
+    output (timed out) keeps its rows and names the fan-out it was in."""
+    from bench.peers.runner import _last_line, _rows
+    from bench.report import rows_for
+
+    fan = {
+        "items": [100, 1000],
+        "worker_slots": 8,
+        "sync": "always",
+        "sisas": {
+            "100": {"times_ms": [400.0], "run_ms_p50": 400.0, "per_item_ms": 4.0},
+            "1000": {"times_ms": [5000.0], "run_ms_p50": 5000.0, "per_item_ms": 5.0},
+        },
+        "peers": [
+            {"peer": "temporal", "variant": "fanout_activities", "items": 1000, "runs": 2,
+             "run_ms_p50": 10000.0, "per_item_ms": 10.0, "version": "1.35.0"},
+            {"peer": "prefect", "skipped": "run failed", "round": 2},
+        ],
+    }  # fmt: skip
+    rows = rows_for({"fanout": fan})
+    [slope] = [r for r in rows if r.measure == "sisas: per item at 1,000 items"]
+    assert slope.ratio == pytest.approx(0.8)
+    [vs] = [r for r in rows if "temporal" in r.measure]
+    assert (vs.value, vs.reference, vs.ratio, vs.aim, vs.met) == (5000.0, 10000.0, 2.0, 1.0, True)
+    [skipped] = [r for r in rows if r.measure == "prefect (round 2)"]
+    assert skipped.value is None and skipped.note == "skipped: run failed"
+
+    out = '{"progress": "dagster fanout_x 1000 items"}\n{"peer": "dagster", "items": 100}\n'
+    assert _rows(out) == ([{"peer": "dagster", "items": 100}], "dagster fanout_x 1000 items")
+    tb = "Traceback\nsqlalchemy.exc.OperationalError: (x) locked\n[SQL: x]\n(Background on ...)"
+    assert _last_line(tb) == "sqlalchemy.exc.OperationalError: (x) locked"
