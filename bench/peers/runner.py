@@ -295,7 +295,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body]
     fans = [r for r in rows if r.get("kind") == "fanout"]
     if fans:
-        lines += ["", "fan-outs (N no-op items and a join):"]
+        lines = [*lines, ""] if body else []
+        lines += ["fan-outs (N no-op items and a join):"]
         lines += [
             f"{r['peer']} {r['variant']}: {r['items']:,} items, p50 {r['run_ms_p50']:,.0f} ms "
             f"({r['per_item_ms']:.2f} ms an item, {r['runs']} runs)"
