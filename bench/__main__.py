@@ -9,6 +9,7 @@ import sys
 NAMES = ("append", "overhead", "workers", "projection", "replay", "scale", "peers", "live")
 NAMES += ("examples", "telemetry", "writepath", "looplag", "fold", "isolation", "views")
 NAMES += ("pages",)
+NAMES += ("fanout",)
 
 
 def main() -> int:

@@ -10,6 +10,9 @@ docs/performance.md for what every figure means):
 - workers:    runs per second with 1, 2 and 4 worker processes;
 - peers:      Temporal, Prefect 3, Dagster, each in its own venv (bench/peers), the
               same 7-step no-op workflow, as ratios to the sisas chain of this run;
+- fanout:     a fan-out of 100 and 1,000 no-op items and a join in sisas and in each
+              peer (Temporal activities, Prefect ``.map``, Dagster ``DynamicOut``),
+              alternated twice (bench/fanout.py): aim, sisas faster than each;
 - append:     signals appended per second vs raw nats-py publishes (pipelined, one by one);
 - projection: rebuild rate vs raw stream read rate; peak memory of the projector;
 - replay:     verify rate vs raw sha256 of the same bytes; rerun overhead;
@@ -32,11 +35,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import append, fold, overhead, projection, replay, scale, views, workers, writepath
+from bench import (
+    append,
+    fanout,
+    fold,
+    overhead,
+    projection,
+    replay,
+    scale,
+    views,
+    workers,
+    writepath,
+)
 from bench.peers.runner import run_peers
 from bench.report import Row, machine, print_table, rows_for, write_results
 
-SECTIONS = ("overhead", "workers", "peers", "append", "projection", "replay", "scale", "fold")
+SECTIONS = (
+    "overhead",
+    "workers",
+    "peers",
+    "fanout",
+    "append",
+    "projection",
+    "replay",
+    "scale",
+    "fold",
+)
 SECTIONS += ("writepath", "views")
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -50,6 +74,9 @@ class Sizes:
     worker_runs: int = 60
     worker_counts: tuple[int, ...] = (1, 2, 4)
     peer_runs: int = 20
+    fanout_items: tuple[int, ...] = (100, 1000)
+    fanout_rounds: int = 2
+    fanout_runs: int = 1
     append_one_by_one: int = 3000
     append_pipelined: int = 20_000
     append_runs: int = 500
@@ -75,6 +102,8 @@ QUICK = Sizes(
     worker_runs=8,
     worker_counts=(1, 2),
     peer_runs=3,
+    fanout_items=(20,),
+    fanout_rounds=1,
     append_one_by_one=300,
     append_pipelined=2000,
     append_runs=50,
@@ -104,6 +133,9 @@ def _sections(sizes: Sizes, peers: set[str] | None) -> dict[str, Callable[[], An
         },
         "workers": lambda: asyncio.run(workers.measure(s.worker_runs, s.worker_counts)),
         "peers": lambda: run_peers(s.peer_runs, peers),
+        "fanout": lambda: fanout.measure(
+            list(s.fanout_items), s.fanout_rounds, s.fanout_runs, peers
+        ),
         "append": lambda: asyncio.run(
             append.main(
                 s.append_one_by_one, s.append_pipelined, s.append_runs, "always", s.append_rounds

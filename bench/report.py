@@ -147,6 +147,68 @@ def _peers(rows: list[dict[str, Any]], overhead: dict[str, Any] | None) -> list[
     return out
 
 
+def _fanout(r: dict[str, Any]) -> list[Row]:
+    """A fan-out of N no-op items and a join: sisas's run p50 at each N (per item, and the
+    per-item cost at the largest N against the smallest), then each peer's p50 against it
+    (issue 19: sisas faster than each; every side alternated, runs pooled)."""
+    rows: list[Row] = []
+    ours = {int(n): s for n, s in r["sisas"].items()}
+    for n, s in ours.items():
+        rows.append(
+            Row(
+                "fanout",
+                f"sisas: {n:,} items and a join, run p50",
+                s["run_ms_p50"],
+                "ms",
+                note=f"{s['per_item_ms']:.2f} ms an item, {len(s['times_ms'])} runs, "
+                f"{r.get('worker_slots', 8)} worker slots, "
+                + (
+                    "every write fsynced"
+                    if r.get("sync", "always") == "always"
+                    else f"sync_interval {r['sync']}"
+                ),
+            )
+        )
+    if len(ours) > 1:
+        lo, hi = min(ours), max(ours)
+        rows.append(
+            Row(
+                "fanout",
+                f"sisas: per item at {hi:,} items",
+                ours[hi]["per_item_ms"],
+                "ms/item",
+                ours[lo]["per_item_ms"],
+                f"per item at {lo:,}",
+                _faster(ours[lo]["per_item_ms"], ours[hi]["per_item_ms"]),
+            )
+        )
+    for p in r["peers"]:
+        if "skipped" in p:
+            where = f" (round {p['round']})" if "round" in p else ""
+            rows.append(
+                Row("fanout", f"{p['peer']}{where}", None, "", note=f"skipped: {p['skipped']}")
+            )
+            continue
+        n = int(p["items"])
+        s = ours.get(n)
+        if s is None:
+            continue
+        rows.append(
+            Row(
+                "fanout",
+                f"{n:,} items vs {p['peer']} {p['variant']} ({p['version']})",
+                s["run_ms_p50"],
+                "ms/run",
+                p["run_ms_p50"],
+                f"{p['peer']} p50 ({p['per_item_ms']:.2f} ms/item, {p['runs']} runs)",
+                _faster(p["run_ms_p50"], s["run_ms_p50"]),
+                1.0,
+                note=f"sisas {s['per_item_ms']:.2f} ms/item",
+            )
+        )
+    return rows
+
+
 def _append(r: dict[str, float]) -> list[Row]:
     return [
         Row(
@@ -411,6 +473,8 @@ def rows_for(results: dict[str, Any]) -> list[Row]:
         rows += _workers(results["workers"])
     if "peers" in results:
         rows += _peers(results["peers"], results.get("overhead"))
+    if "fanout" in results:
+        rows += _fanout(results["fanout"])
     if "append" in results:
         rows += _append(results["append"])
     if "projection" in results:
@@ -464,6 +528,8 @@ def machine() -> dict[str, Any]:
 def _fmt(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
+    if unit == "ms/item":
+        return f"{value:,.2f} {unit}"
     if unit in ("ms", "ms/run"):
         return f"{value:,.2f} {unit}" if value < 100 else f"{value:,.0f} {unit}"
     if unit in ("runs/s", "us/item"):

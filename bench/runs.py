@@ -65,10 +65,14 @@ async def _one(bus: Any, ends: RunEnds, pipeline: str, run_id: str, digest: str)
     return time.perf_counter() - t0
 
 
-async def timed_runs(bus: Any, pipeline: str, n: int, digest: str, tag: str) -> list[float]:
-    """Wall seconds of ``n`` runs, one after the other (after one untimed warm-up run)."""
+async def timed_runs(
+    bus: Any, pipeline: str, n: int, digest: str, tag: str, warmup: bool = True
+) -> list[float]:
+    """Wall seconds of ``n`` runs, one after the other (after one untimed warm-up run
+    unless ``warmup`` is false)."""
     async with RunEnds(bus.nc, pipeline) as ends:
-        await _one(bus, ends, pipeline, f"{tag}-warmup", digest)
+        if warmup:
+            await _one(bus, ends, pipeline, f"{tag}-warmup", digest)
         return [await _one(bus, ends, pipeline, f"{tag}-{i}", digest) for i in range(n)]
 
 

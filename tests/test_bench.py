@@ -35,7 +35,8 @@ def test_bench_all_quick_writes_table_json_and_plot(tmp_path: Path) -> None:
     assert "dagster: skipped (pip install failed" in res.stderr
 
     doc = json.loads((out / "latest.json").read_text())
-    expected = {"overhead", "workers", "peers", "append", "projection", "replay", "scale"}
+    expected = {"overhead", "workers", "peers", "fanout", "append", "projection", "replay"}
+    expected |= {"scale"}
     expected |= {"fold", "writepath", "views"}
     assert set(doc["results"]) == expected  # every section ran
     assert doc["errors"] == {}
@@ -45,8 +46,12 @@ def test_bench_all_quick_writes_table_json_and_plot(tmp_path: Path) -> None:
     assert sections == expected  # and each gave rows
     [peer] = [r for r in doc["rows"] if r["section"] == "peers"]
     assert peer["note"].startswith("skipped: pip install failed")
+    # The fan-out: sisas measured, the peer that could not be installed said so.
+    fan = [r for r in doc["rows"] if r["section"] == "fanout"]
+    assert fan[0]["measure"] == "sisas: 20 items and a join, run p50"
+    assert fan[-1]["note"].startswith("skipped: pip install failed")
     for row in doc["rows"]:
-        if row["section"] != "peers":
+        if not row["note"].startswith("skipped"):
             assert row["value"] > 0, row
         if row["aim"] is not None:
             assert row["met"] == (row["ratio"] >= row["aim"]), row
@@ -94,3 +99,38 @@ def test_bench_pages_times_a_run_with_pages_open_and_none_and_counts_their_loads
     assert all(b > 1000 for b in some["page_bytes"]), some
     assert some["health"]["indexes_built"] >= 1  # the pages' run was indexed
     assert some["cpu"]["up"] > 0 and out["ratio"] > 0 and len(out["floor"]["chromium_cpu"]) == 2
+
+
+def test_fanout_rows_ratio_each_peer_to_sisas_and_keep_what_a_failed_peer_did() -> None:
+    """The fan-out rows: sisas's p50 against each peer variant at the same width (above 1:
+    sisas faster, aim 1), a peer that failed as a row saying why; a peer script's partial
+    output (timed out) keeps its rows and names the fan-out it was in."""
+    from bench.peers.runner import _last_line, _rows
+    from bench.report import rows_for
+
+    fan = {
+        "items": [100, 1000],
+        "worker_slots": 8,
+        "sync": "always",
+        "sisas": {
+            "100": {"times_ms": [400.0], "run_ms_p50": 400.0, "per_item_ms": 4.0},
+            "1000": {"times_ms": [5000.0], "run_ms_p50": 5000.0, "per_item_ms": 5.0},
+        },
+        "peers": [
+            {"peer": "temporal", "variant": "fanout_activities", "items": 1000, "runs": 2,
+             "run_ms_p50": 10000.0, "per_item_ms": 10.0, "version": "1.35.0"},
+            {"peer": "prefect", "skipped": "run failed", "round": 2},
+        ],
+    }  # fmt: skip
+    rows = rows_for({"fanout": fan})
+    [slope] = [r for r in rows if r.measure == "sisas: per item at 1,000 items"]
+    assert slope.ratio == pytest.approx(0.8)
+    [vs] = [r for r in rows if "temporal" in r.measure]
+    assert (vs.value, vs.reference, vs.ratio, vs.aim, vs.met) == (5000.0, 10000.0, 2.0, 1.0, True)
+    [skipped] = [r for r in rows if r.measure == "prefect (round 2)"]
+    assert skipped.value is None and skipped.note == "skipped: run failed"
+
+    out = '{"progress": "dagster fanout_x 1000 items"}\n{"peer": "dagster", "items": 100}\n'
+    assert _rows(out) == ([{"peer": "dagster", "items": 100}], "dagster fanout_x 1000 items")
+    tb = "Traceback\nsqlalchemy.exc.OperationalError: (x) locked\n[SQL: x]\n(Background on ...)"
+    assert _last_line(tb) == "sqlalchemy.exc.OperationalError: (x) locked"

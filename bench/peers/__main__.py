@@ -1,4 +1,5 @@
-"""``python -m bench.peers [--runs N] [--only temporal,prefect,dagster] [--json]``."""
+"""``python -m bench.peers [--runs N] [--only temporal,prefect,dagster] [--fanout 100,1000]
+[--fanout-runs R] [--json]``."""
 
 from __future__ import annotations
 

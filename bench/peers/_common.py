@@ -14,17 +14,36 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 STEPS = 7
+# A fan-out's untimed warm-up run is this wide (imports, server tables, thread pools).
+FANOUT_WARMUP_ITEMS = 10
 
 
 def parse_args(doc: str | None) -> argparse.Namespace:
-    """``--runs N`` measured runs (default 30) after ``--warmup W`` unmeasured ones (default 3)."""
+    """``--runs N`` measured runs of the 7-step chain (default 30; 0: none) after
+    ``--warmup W`` unmeasured ones (default 3); ``--fanout 100,1000``: also a fan-out of
+    each of these widths, ``--fanout-runs R`` measured runs each (default 3), after one
+    untimed fan-out of :data:`FANOUT_WARMUP_ITEMS` items."""
     ap = argparse.ArgumentParser(description=doc)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--fanout", default="", help="comma-separated fan-out widths")
+    ap.add_argument("--fanout-runs", type=int, default=3)
     args = ap.parse_args()
-    if args.runs < 1 or args.warmup < 0:
-        ap.error("--runs must be >= 1 and --warmup >= 0")
+    try:
+        args.fanout = [int(x) for x in args.fanout.split(",") if x.strip()]
+    except ValueError:
+        ap.error("--fanout takes comma-separated integers")
+    if args.runs < 0 or args.warmup < 0 or args.fanout_runs < 1 or any(n < 1 for n in args.fanout):
+        ap.error("--runs, --warmup must be >= 0; --fanout-runs and widths >= 1")
+    if args.runs == 0 and not args.fanout:
+        ap.error("nothing to do: --runs 0 and no --fanout")
     return args
+
+
+def progress(peer: str, variant: str, items: int) -> None:
+    """Say which fan-out starts (the driver names it if the run times out there)."""
+    sys.stdout.write(json.dumps({"progress": f"{peer} {variant} {items} items"}) + "\n")
+    sys.stdout.flush()
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -79,6 +98,29 @@ def emit(peer: str, variant: str, version: str, times_ms: list[float], **extra: 
         "run_ms_p50": round(p50, 3),
         "run_ms_p90": round(quantile(times_ms, 0.9), 3),
         "per_step_ms": round(p50 / STEPS, 3),
+        "version": version,
+    }
+    row.update(extra)
+    sys.stdout.write(json.dumps(row) + "\n")
+    sys.stdout.flush()
+
+
+def emit_fanout(
+    peer: str, variant: str, version: str, items: int, times_ms: list[float], **extra: Any
+) -> None:
+    """Print a fan-out's result line: wall time per run (start to the join's result),
+    per item, and every measured time (the driver pools them across rounds)."""
+    p50 = statistics.median(times_ms)
+    row: dict[str, Any] = {
+        "peer": peer,
+        "variant": variant,
+        "kind": "fanout",
+        "items": items,
+        "runs": len(times_ms),
+        "run_ms_p50": round(p50, 3),
+        "run_ms_p90": round(quantile(times_ms, 0.9), 3),
+        "per_item_ms": round(p50 / items, 4),
+        "times_ms": [round(t, 3) for t in times_ms],
         "version": version,
     }
     row.update(extra)

@@ -1,7 +1,8 @@
 """Driver: one venv per peer, pip install pinned versions, run the peer's script, collect rows.
 
 What is measured is in each peer script's docstring; all time a 7-step no-op workflow, start
-to result, after warmup runs. A peer that cannot be installed or run is skipped with a reason
+to result, after warmup runs, and with ``--fanout N`` a fan-out of N no-op items and a join
+(rows with ``kind: "fanout"``). A peer that cannot be installed or run is skipped with a reason
 (a row ``{"peer": ..., "skipped": reason}``), never an error of the whole bench.
 """
 
@@ -11,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +30,9 @@ WORK = Path(os.environ.get("SISAS_BENCH_PEERS_DIR") or REPO / "build" / "peers")
 VENV_TIMEOUT_S = 300
 PIP_TIMEOUT_S = 900
 RUN_TIMEOUT_S = 600
+# Each fan-out width adds this much to a peer's time limit: a peer that cannot finish its
+# fan-outs of one width in 10 minutes is reported with the rows it printed and where it was.
+FANOUT_TIMEOUT_S = 600
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,15 @@ def _stderr(msg: str) -> None:
 
 
 class PeerError(Exception):
-    """A step failed; the message is the reason the peer is skipped."""
+    """A step failed; the message is the reason the peer is skipped; ``out``: what the
+    command printed before it timed out."""
+
+    def __init__(self, reason: str, out: str = "") -> None:
+        super().__init__(reason)
+        self.out = out
+
+
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b.*")
 
 
 def _last_line(*texts: str | bytes | None) -> str:
@@ -69,6 +82,11 @@ def _last_line(*texts: str | bytes | None) -> str:
             text = text.decode(errors="replace")
         lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
         useful = [ln for ln in lines if not ln.startswith("WARNING:")] or lines
+        # A traceback's exception line, not the lines an exception adds after it
+        # (SQLAlchemy's "[SQL: ...]" and "(Background on this error at: ...)").
+        raised = [ln for ln in useful if _EXCEPTION.match(ln)]
+        if raised:
+            return raised[-1][:300]
         if useful:
             return useful[-1][:300]
     return "no output"
@@ -109,8 +127,8 @@ def _run(
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(proc.pid)
-        proc.communicate()
-        raise PeerError(f"{what} timed out after {timeout:.0f} s") from None
+        out, _ = proc.communicate()
+        raise PeerError(f"{what} timed out after {timeout:.0f} s", out or "") from None
     finally:
         _kill_group(proc.pid)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
@@ -155,14 +173,11 @@ def ensure_venv(peer: Peer, log: Log = _stderr) -> tuple[Path, dict[str, Any]]:
     return python, {"reused": False, "venv_s": round(venv_s, 1), "install_s": round(install_s, 1)}
 
 
-def run_peer(peer: Peer, python: Path, runs: int, log: Log = _stderr) -> list[dict[str, Any]]:
-    """Run the peer's script in its venv; its JSON result lines as dicts."""
-    log(f"{peer.name}: running {peer.script} --runs {runs}")
-    cwd = WORK / peer.name
-    cmd = [str(python), str(HERE / peer.script), "--runs", str(runs)]
-    res = _run(cmd, RUN_TIMEOUT_S, "run", cwd=cwd, env=_child_env(python.parent.parent))
+def _rows(stdout: str) -> tuple[list[dict[str, Any]], str]:
+    """The result lines a peer script printed, and the last fan-out it said it started."""
     rows: list[dict[str, Any]] = []
-    for line in res.stdout.splitlines():
+    doing = ""
+    for line in stdout.splitlines():
         line = line.strip()
         if line.startswith("{"):
             try:
@@ -171,8 +186,41 @@ def run_peer(peer: Peer, python: Path, runs: int, log: Log = _stderr) -> list[di
                 continue
             if isinstance(row, dict) and row.get("peer"):
                 rows.append(row)
+            elif isinstance(row, dict) and row.get("progress"):
+                doing = str(row["progress"])
+    return rows, doing
+
+
+def run_peer(
+    peer: Peer,
+    python: Path,
+    runs: int,
+    log: Log = _stderr,
+    fanout: Sequence[int] = (),
+    fanout_runs: int = 3,
+) -> list[dict[str, Any]]:
+    """Run the peer's script in its venv; its JSON result lines as dicts. ``runs`` 0: no
+    7-step chain, only the fan-outs of ``fanout`` widths (``fanout_runs`` runs each)."""
+    cwd = WORK / peer.name
+    cmd = [str(python), str(HERE / peer.script), "--runs", str(runs)]
+    timeout = RUN_TIMEOUT_S if runs else 0
+    if fanout:
+        cmd += ["--fanout", ",".join(map(str, fanout)), "--fanout-runs", str(fanout_runs)]
+        timeout += FANOUT_TIMEOUT_S * len(fanout)
+    log(f"{peer.name}: running {' '.join(cmd[1:])}".replace(str(HERE) + os.sep, ""))
+    try:
+        res = _run(cmd, timeout, "run", cwd=cwd, env=_child_env(python.parent.parent))
+    except PeerError as exc:
+        rows, doing = _rows(exc.out)
+        if not rows and not doing:
+            raise
+        where = f" during {doing}" if doing else ""
+        return [*rows, {"peer": peer.name, "skipped": f"{exc}{where}"}]
+    rows, doing = _rows(res.stdout)
     if res.returncode != 0:
         reason = f"run failed (exit {res.returncode}): {_last_line(res.stderr, res.stdout)}"
+        if doing:
+            reason += f" during {doing}"
         if not rows:
             raise PeerError(reason)
         rows.append({"peer": peer.name, "skipped": reason})
@@ -182,13 +230,19 @@ def run_peer(peer: Peer, python: Path, runs: int, log: Log = _stderr) -> list[di
 
 
 def run_peers(
-    runs: int = 30, only: set[str] | None = None, log: Log = _stderr
+    runs: int = 30,
+    only: set[str] | None = None,
+    log: Log = _stderr,
+    fanout: Sequence[int] = (),
+    fanout_runs: int = 3,
 ) -> list[dict[str, Any]]:
     """Install (or reuse) each selected peer's venv and bench it; one dict per variant.
 
     Rows carry ``peer``, ``variant``, ``runs``, ``run_ms_p50``, ``run_ms_p90``,
-    ``per_step_ms``, ``version`` and ``setup`` (venv/pip seconds, or reused); a peer that
-    could not be installed or run gives ``{"peer": name, "skipped": reason}``.
+    ``per_step_ms``, ``version`` and ``setup`` (venv/pip seconds, or reused); fan-out rows
+    (``fanout`` widths) carry ``kind: "fanout"``, ``items``, ``per_item_ms`` and
+    ``times_ms`` instead of ``per_step_ms``; a peer that could not be installed or run
+    gives ``{"peer": name, "skipped": reason}`` (after the rows it printed, if any).
     """
     names = list(PEERS) if not only else [n for n in PEERS if n in only]
     unknown = set(only or ()) - set(PEERS)
@@ -199,7 +253,7 @@ def run_peers(
         peer = PEERS[name]
         try:
             python, setup = ensure_venv(peer, log)
-            rows = run_peer(peer, python, runs, log)
+            rows = run_peer(peer, python, runs, log, fanout, fanout_runs)
         except (PeerError, OSError) as exc:
             log(f"{name}: skipped ({exc})")
             out.append({"peer": name, "skipped": str(exc)})
@@ -227,7 +281,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{r['per_step_ms']:.2f}",
         )
         for r in rows
-        if "skipped" not in r
+        if "skipped" not in r and r.get("kind") != "fanout"
     ]
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=False)]
     right = {3, 4, 5, 6}
@@ -239,6 +293,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         ).rstrip()
 
     lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body]
+    fans = [r for r in rows if r.get("kind") == "fanout"]
+    if fans:
+        lines = [*lines, ""] if body else []
+        lines += ["fan-outs (N no-op items and a join):"]
+        lines += [
+            f"{r['peer']} {r['variant']}: {r['items']:,} items, p50 {r['run_ms_p50']:,.0f} ms "
+            f"({r['per_item_ms']:.2f} ms an item, {r['runs']} runs)"
+            for r in fans
+        ]
     lines += [f"{r['peer']}: skipped ({r['skipped']})" for r in rows if "skipped" in r]
     return "\n".join(lines)
 
@@ -246,19 +309,28 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench.peers",
-        description="Wall time of a 7-step no-op workflow in Temporal, Prefect 3 and Dagster, "
-        "each in its own venv under build/peers/.",
+        description="Wall time of a 7-step no-op workflow (and with --fanout, of a fan-out of "
+        "N no-op items and a join) in Temporal, Prefect 3 and Dagster, each in its own venv "
+        "under build/peers/. sisas's fan-out beside them: python -m bench fanout.",
     )
     ap.add_argument("--runs", type=int, default=30, help="measured runs per variant (30)")
     ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(PEERS)}")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
+    ap.add_argument("--fanout", default="", help="fan-out widths too, e.g. 100,1000")
+    ap.add_argument("--fanout-runs", type=int, default=3, help="measured runs per width (3)")
     args = ap.parse_args(argv)
+    try:
+        fanout = [int(x) for x in args.fanout.split(",") if x.strip()]
+    except ValueError:
+        ap.error("--fanout takes comma-separated integers")
     only = {s.strip() for s in args.only.split(",") if s.strip()} or None
     if only and only - set(PEERS):
         ap.error(f"unknown peer(s): {', '.join(sorted(only - set(PEERS)))}")
-    if args.runs < 1:
-        ap.error("--runs must be >= 1")
-    rows = run_peers(args.runs, only)
+    if args.runs < 0 or (args.runs == 0 and not fanout):
+        ap.error("--runs must be >= 1 (or 0 with --fanout)")
+    if args.fanout_runs < 1 or any(n < 1 for n in fanout):
+        ap.error("--fanout-runs and the fan-out widths must be >= 1")
+    rows = run_peers(args.runs, only, fanout=fanout, fanout_runs=args.fanout_runs)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
