@@ -218,9 +218,11 @@ def _cpu_note(r: dict[str, Any]) -> str:
 
 
 def jobs_figures(
-    url: str, tmp: str, stored: int, jobs: list[int], server_pid: int
+    url: str, tmp: str, stored: int, jobs: list[int], server_pid: int, max_rss: float = 0.0
 ) -> dict[str, float]:
-    """Rebuild and verify with each of ``jobs`` against read+decode(+sha256), one round."""
+    """Rebuild and verify with each of ``jobs`` against read+decode(+sha256), one round.
+    ``max_rss``: the bound (MiB) on the peak RSS of the rebuild with one job; the bench
+    fails past it (0: not checked)."""
     out: dict[str, float] = {}
     dec = _child("_raw", url, "decode")
     dhash = _child("_raw", url, "decodehash")
@@ -254,6 +256,10 @@ def jobs_figures(
         out[f"rebuild_{j}j_cpu_s"] = float(r["cpu_self"]) + float(r["cpu_children"])
         out[f"rebuild_{j}j_server_cpu_s"] = float(r["cpu_server"])
     assert len(digests) == 1, f"rebuilds with jobs {jobs} differ: {digests}"
+    if max_rss and 1 in jobs:
+        peak = out["rss_rebuild_1j_mib"]
+        print(f"  peak RSS of the rebuild with one job: {peak:.0f} MiB (bound {max_rss:.0f} MiB)")
+        assert peak <= max_rss, f"the rebuild's peak RSS {peak:.0f} MiB is past {max_rss:.0f} MiB"
     for label, projection in (("verify", ""), ("verify_proj", folded)):
         for j in jobs:
             v = _timed_child(server_pid, "_verifyjobs", url, str(j), projection)
@@ -298,7 +304,9 @@ def _child(*args: str) -> dict[str, Any]:
     return result
 
 
-def main(n: int, rounds: int, jobs: list[int] | None = None) -> dict[str, float]:
+def main(
+    n: int, rounds: int, jobs: list[int] | None = None, max_rss: float = 0.0
+) -> dict[str, float]:
     """Load ``n`` signals, then read and fold them ``rounds`` times; the medians."""
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
@@ -371,7 +379,9 @@ def main(n: int, rounds: int, jobs: list[int] | None = None) -> dict[str, float]
                     f"projector {max(rss_fold):.0f} MiB"
                 )
                 extra = (
-                    await asyncio.to_thread(jobs_figures, server.url, tmp, stored, jobs, server.pid)
+                    await asyncio.to_thread(
+                        jobs_figures, server.url, tmp, stored, jobs, server.pid, max_rss
+                    )
                     if jobs
                     else {}
                 )
@@ -413,5 +423,12 @@ if __name__ == "__main__":
             default="1,2",
             help="rebuild and verify with each of these --jobs (comma-separated; '' skips)",
         )
+        parser.add_argument(
+            "--max-rss",
+            type=float,
+            default=300.0,
+            help="fail if the rebuild with one job peaks past this many MiB (0: no check)",
+        )
         args = parser.parse_args()
-        main(args.signals, args.rounds, [int(j) for j in args.jobs.split(",") if j])
+        jobs = [int(j) for j in args.jobs.split(",") if j]
+        main(args.signals, args.rounds, jobs, args.max_rss)

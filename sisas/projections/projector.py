@@ -92,7 +92,7 @@ class Projector:
         identity: str = "",
         batch_size: int = 5_000,
         linger: float = 0.25,
-        cache_runs: int = 10_000,
+        cache_runs: int = 2_000,
         shared_fold: SharedFold | None = None,
     ) -> None:
         self.log = log

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 from sisas.projections import rows
@@ -24,9 +25,23 @@ from sisas.projections.rows import Row, Tracked
 from sisas.projections.store import Batch, ProjectionStore
 from sisas.signals.records import LogGap, LogRecord
 
-__all__ = ["Chunk", "MemoryFold", "ShareFold", "boundaries", "merged"]
+__all__ = [
+    "SPILL_CHECKPOINT",
+    "SPILL_MEMORY_LIMIT",
+    "Chunk",
+    "MemoryFold",
+    "ShareFold",
+    "SpillingFold",
+    "boundaries",
+    "merged",
+]
 
 _UNSET: Final = bytes(32)
+
+SPILL_MEMORY_LIMIT: Final = "96MB"
+"""DuckDB's buffer pool in a share's fold (its store holds two tables, written once)."""
+
+SPILL_CHECKPOINT: Final = "16MB"
 
 
 @dataclass
@@ -63,11 +78,18 @@ class ShareFold:
     """Folds share ``share`` of ``shares``: fed its records in stream order (only its
     runs', and the holes of the stream), it gives a chunk at each boundary."""
 
-    def __init__(self, share: int, shares: int, cuts: list[int]) -> None:
+    def __init__(
+        self, share: int, shares: int, cuts: list[int], spill: Path, *, cache_runs: int = 2_000
+    ) -> None:
+        """``spill``: a DuckDB file of the fold's own (created, and left for the caller
+        to delete) holding the states and signal hashes of the runs it folded;
+        ``cache_runs``: the run states kept in memory besides."""
         self.share = share
         self.shares = shares
-        self._store = ProjectionStore(None)
-        self._fold = MemoryFold(self._store)
+        self._store = ProjectionStore(
+            spill, memory_limit=SPILL_MEMORY_LIMIT, checkpoint_threshold=SPILL_CHECKPOINT
+        )
+        self._fold = SpillingFold(self._store, cache_runs=cache_runs)
         self._cuts = iter(cuts)
         self._boundary = next(self._cuts, 0)
         self._pending: list[LogRecord] = []
@@ -103,6 +125,31 @@ class ShareFold:
             runs=batch.runs,
             touched=sorted(batch.states),
         )
+
+
+class SpillingFold(Projector):
+    """The projector's fold of one share, its memory bounded: the states of at most
+    ``cache_runs`` runs in memory, and every run's state and signal hashes in its own
+    store (``run_states`` and ``signals`` only), read back when the run moves again or
+    a signal behind its head arrives, as the projector reads its own."""
+
+    def __init__(self, store: ProjectionStore, *, cache_runs: int = 2_000) -> None:
+        super().__init__(_NoLog(), store, cache_runs=cache_runs)
+
+    def fold(self, records: list[LogRecord]) -> Batch:
+        """The rows of ``records``; what a later record of the same runs needs is kept."""
+        batch = self.fold_batch(records)
+        kept = Batch(
+            last_seq=batch.last_seq,
+            facts={"signals": batch.facts["signals"]},
+            runs={"run_states": batch.runs["run_states"]},
+            states=batch.states,
+        )
+        self.store.write(kept)
+        self.applied_seq = batch.last_seq
+        for run_id, t in batch.states.items():
+            self._remember(run_id, t)
+        return batch
 
 
 class MemoryFold(Projector):
