@@ -146,7 +146,10 @@ class Projector:
         self._cache[run_id] = t
         self._cache.move_to_end(run_id)
         while len(self._cache) > self.cache_runs:
-            self._cache.popitem(last=False)
+            self._dropped(*self._cache.popitem(last=False))
+
+    def _dropped(self, run_id: str, t: Tracked) -> None:
+        """``run_id`` left the cache (its state is in the store, read back when it moves)."""
 
     def fold_batch(self, records: list[LogRecord]) -> Batch:
         """The rows of ``records`` (consecutive, from the checkpoint on). Pure but for

@@ -129,27 +129,83 @@ class ShareFold:
 
 class SpillingFold(Projector):
     """The projector's fold of one share, its memory bounded: the states of at most
-    ``cache_runs`` runs in memory, and every run's state and signal hashes in its own
-    store (``run_states`` and ``signals`` only), read back when the run moves again or
-    a signal behind its head arrives, as the projector reads its own."""
+    ``cache_runs`` runs in memory, with the hashes of their signals (32 bytes a signal);
+    a run dropped from memory goes to its own store (``run_states``, and its hashes in
+    ``spilled_hashes``), read back when the run moves again, as the projector reads
+    its store. Only dropped runs are written: a run that ends while in memory costs
+    one row."""
 
     def __init__(self, store: ProjectionStore, *, cache_runs: int = 2_000) -> None:
         super().__init__(_NoLog(), store, cache_runs=cache_runs)
+        self._hashes: dict[str, bytearray] = {}  # run -> 32 bytes per seq, zeros unset
+        self._out: list[tuple[str, Tracked]] = []
+        store.con.execute(
+            "CREATE TABLE IF NOT EXISTS spilled_hashes (run_id VARCHAR PRIMARY KEY, hashes BLOB)"
+        )
 
     def fold(self, records: list[LogRecord]) -> Batch:
         """The rows of ``records``; what a later record of the same runs needs is kept."""
         batch = self.fold_batch(records)
-        kept = Batch(
-            last_seq=batch.last_seq,
-            facts={"signals": batch.facts["signals"]},
-            runs={"run_states": batch.runs["run_states"]},
-            states=batch.states,
-        )
-        self.store.write(kept)
+        for row in batch.facts["signals"]:  # the store answers with the first one stored
+            run_id = str(row[1])
+            stored = self._hashes.get(run_id)
+            if stored is None:
+                stored = self._hashes[run_id] = self._spilled(run_id)
+            _set_hash(stored, int(row[3]), str(row[9]))  # type: ignore[call-overload]
         self.applied_seq = batch.last_seq
         for run_id, t in batch.states.items():
             self._remember(run_id, t)
+        self._spill(batch.last_seq)
         return batch
+
+    def _dropped(self, run_id: str, t: Tracked) -> None:
+        self._out.append((run_id, t))
+
+    def _spill(self, last_seq: int) -> None:
+        if not self._out:
+            return
+        out = dict(self._out)  # the last state of a run dropped twice
+        self._out = []
+        states: list[Row] = [
+            (
+                run_id,
+                t.first_stream_seq,
+                t.last_stream_seq,
+                rows.encode_state(t.state),
+                rows.encode_screen(t),
+            )
+            for run_id, t in sorted(out.items())
+        ]
+        self.store.write(Batch(last_seq=last_seq, runs={"run_states": states}, touched=set(out)))
+        hashes = [(run_id, bytes(self._hashes.pop(run_id, b""))) for run_id in sorted(out)]
+        self.store.con.executemany("INSERT OR REPLACE INTO spilled_hashes VALUES (?, ?)", hashes)
+
+    def _spilled(self, run_id: str) -> bytearray:
+        found = self.store.con.execute(
+            "SELECT hashes FROM spilled_hashes WHERE run_id = ?", [run_id]
+        ).fetchall()
+        return bytearray(found[0][0]) if found else bytearray()
+
+    def _hash_at(self, run_id: str, seq: int) -> str | None:
+        for row in self._folding:
+            if row[1] == run_id and row[3] == seq:
+                return str(row[9])
+        stored = self._hashes.get(run_id)
+        return _hash_of(self._spilled(run_id) if stored is None else stored, seq)
+
+
+def _set_hash(stored: bytearray, seq: int, hex_hash: str) -> None:
+    """Record ``seq``'s hash unless one is recorded (the first stored is the one kept)."""
+    at = (seq - 1) * 32
+    if at + 32 > len(stored):
+        stored.extend(bytes(at + 32 - len(stored)))
+    if stored[at : at + 32] == _UNSET:
+        stored[at : at + 32] = bytes.fromhex(hex_hash)
+
+
+def _hash_of(stored: bytearray, seq: int) -> str | None:
+    found = bytes(stored[(seq - 1) * 32 : seq * 32])
+    return found.hex() if len(found) == 32 and found != _UNSET else None
 
 
 class MemoryFold(Projector):
@@ -169,20 +225,14 @@ class MemoryFold(Projector):
             self._remember(run_id, t)
         for row in batch.facts["signals"]:  # the store answers with the first one stored
             stored = self._stored.setdefault(str(row[1]), bytearray())
-            at = (int(row[3]) - 1) * 32  # type: ignore[call-overload]
-            if at + 32 > len(stored):
-                stored.extend(bytes(at + 32 - len(stored)))
-            if stored[at : at + 32] == _UNSET:
-                stored[at : at + 32] = bytes.fromhex(str(row[9]))
+            _set_hash(stored, int(row[3]), str(row[9]))  # type: ignore[call-overload]
         return batch
 
     def _hash_at(self, run_id: str, seq: int) -> str | None:
         for row in self._folding:
             if row[1] == run_id and row[3] == seq:
                 return str(row[9])
-        stored = self._stored.get(run_id, bytearray())
-        found = bytes(stored[(seq - 1) * 32 : seq * 32])
-        return found.hex() if len(found) == 32 and found != _UNSET else None
+        return _hash_of(self._stored.get(run_id, bytearray()), seq)
 
     def state_rows(self, table: str) -> Iterator[Row]:
         """The rows of ``table`` (a state table) of every run folded."""
