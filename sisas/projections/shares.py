@@ -147,16 +147,24 @@ class SpillingFold(Projector):
         """The rows of ``records``; what a later record of the same runs needs is kept."""
         batch = self.fold_batch(records)
         for row in batch.facts["signals"]:  # the store answers with the first one stored
-            run_id = str(row[1])
-            stored = self._hashes.get(run_id)
-            if stored is None:
-                stored = self._hashes[run_id] = self._spilled(run_id)
+            stored = self._hashes.setdefault(str(row[1]), bytearray())
             _set_hash(stored, int(row[3]), str(row[9]))  # type: ignore[call-overload]
         self.applied_seq = batch.last_seq
         for run_id, t in batch.states.items():
             self._remember(run_id, t)
         self._spill(batch.last_seq)
         return batch
+
+    def _prefetch(self, records: list[LogRecord]) -> None:
+        """The projector's read-back of the batch's runs not in memory, and their
+        hashes with them (one query each per batch; a run never seen costs none)."""
+        super()._prefetch(records)
+        back = sorted(self._prefetched)
+        if back:
+            found = self.store.con.execute(
+                "SELECT run_id, hashes FROM spilled_hashes WHERE run_id = ANY(?)", [back]
+            ).fetchall()
+            self._hashes.update((str(r[0]), bytearray(r[1])) for r in found)
 
     def _dropped(self, run_id: str, t: Tracked) -> None:
         self._out.append((run_id, t))
@@ -177,21 +185,21 @@ class SpillingFold(Projector):
             for run_id, t in sorted(out.items())
         ]
         self.store.write(Batch(last_seq=last_seq, runs={"run_states": states}, touched=set(out)))
+        gone = [(run_id,) for run_id in sorted(out)]
         hashes = [(run_id, bytes(self._hashes.pop(run_id, b""))) for run_id in sorted(out)]
-        self.store.con.executemany("INSERT OR REPLACE INTO spilled_hashes VALUES (?, ?)", hashes)
-
-    def _spilled(self, run_id: str) -> bytearray:
-        found = self.store.con.execute(
-            "SELECT hashes FROM spilled_hashes WHERE run_id = ?", [run_id]
-        ).fetchall()
-        return bytearray(found[0][0]) if found else bytearray()
+        con = self.store.con
+        con.execute("BEGIN TRANSACTION")
+        with con.appender("spilled_hashes", action="delete", key=["run_id"]) as old:
+            old.append_rows(gone)
+        with con.appender("spilled_hashes") as new:
+            new.append_rows(hashes)
+        con.execute("COMMIT")
 
     def _hash_at(self, run_id: str, seq: int) -> str | None:
         for row in self._folding:
             if row[1] == run_id and row[3] == seq:
                 return str(row[9])
-        stored = self._hashes.get(run_id)
-        return _hash_of(self._spilled(run_id) if stored is None else stored, seq)
+        return _hash_of(self._hashes.get(run_id, bytearray()), seq)
 
 
 def _set_hash(stored: bytearray, seq: int, hex_hash: str) -> None:
