@@ -183,8 +183,10 @@ class _RssSampler:
 
 
 async def child_rebuild(url: str, path: str, jobs: int) -> dict[str, Any]:
-    """``projections rebuild --jobs N``'s fold, timed: from an empty file to the end."""
-    settings = Settings(home=Path(tempfile.mkdtemp()), nats_url=url, replicas=1)
+    """``projections rebuild --jobs N``'s fold, timed: from an empty file to the end
+    (``SISAS_REPLICAS`` set: the log's replicas on a cluster, as `sisas cluster up` says)."""
+    replicas = int(os.environ.get("SISAS_REPLICAS", "1"))
+    settings = Settings(home=Path(tempfile.mkdtemp()), nats_url=url, replicas=replicas)
     sampler = _RssSampler()
     async with open_bus(settings) as bus:
         store = ProjectionStore(Path(path))
