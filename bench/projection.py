@@ -178,6 +178,8 @@ class _RssSampler:
         self._stop.set()
         self._thread.join()
         n = len(self.samples)
+        if n < 4:
+            return []  # a fold of a few seconds: nothing to say of its shape
         cuts = [0, n // 4, n // 2, 3 * n // 4, n]
         return [max(self.samples[a:b], default=0.0) for a, b in itertools.pairwise(cuts)]
 
@@ -334,10 +336,14 @@ def jobs_figures(
             flush=True,
         )
         quarters = ", ".join(f"{q:.0f}" for q in r["rss_quarters_mib"])
+        shape = (
+            f"{quarters} MiB (flat: bounded in the log's length)"
+            if quarters
+            else "too short to sample"
+        )
         print(
-            f"    RSS, the largest of each quarter of the fold: {quarters} MiB (flat: "
-            f"bounded in the log's length); with the state digest after it "
-            f"{float(r['rss_with_digest_mib']):.0f} MiB",
+            f"    RSS, the largest sample of each quarter of the fold: {shape}; with the "
+            f"state digest after it {float(r['rss_with_digest_mib']):.0f} MiB",
             flush=True,
         )
         out[f"rebuild_{j}j_cpu_s"] = float(r["cpu_self"]) + float(r["cpu_children"])
