@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import functools
 import hashlib
+import itertools
 import json
 import os
 import resource
@@ -42,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -150,9 +152,44 @@ async def child_fold(url: str, path: str) -> dict[str, float]:
     }
 
 
-async def child_rebuild(url: str, path: str, jobs: int) -> dict[str, float | str]:
-    """``projections rebuild --jobs N``'s fold, timed: from an empty file to the end."""
-    settings = Settings(home=Path(tempfile.mkdtemp()), nats_url=url, replicas=1)
+def _vm_rss_mib() -> float:
+    """This process's resident set now (not its peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class _RssSampler:
+    """VmRSS once a second while it runs: whether the peak is flat in the log's length."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.samples.append(_vm_rss_mib())
+
+    def quartiles(self) -> list[float]:
+        """The largest sample of each quarter of the run."""
+        self._stop.set()
+        self._thread.join()
+        n = len(self.samples)
+        if n < 4:
+            return []  # a fold of a few seconds: nothing to say of its shape
+        cuts = [0, n // 4, n // 2, 3 * n // 4, n]
+        return [max(self.samples[a:b], default=0.0) for a, b in itertools.pairwise(cuts)]
+
+
+async def child_rebuild(url: str, path: str, jobs: int) -> dict[str, Any]:
+    """``projections rebuild --jobs N``'s fold, timed: from an empty file to the end
+    (``SISAS_REPLICAS`` set: the log's replicas on a cluster, as `sisas cluster up` says)."""
+    replicas = int(os.environ.get("SISAS_REPLICAS", "1"))
+    settings = Settings(home=Path(tempfile.mkdtemp()), nats_url=url, replicas=replicas)
+    sampler = _RssSampler()
     async with open_bus(settings) as bus:
         store = ProjectionStore(Path(path))
         projector = Projector(
@@ -165,12 +202,15 @@ async def child_rebuild(url: str, path: str, jobs: int) -> dict[str, float | str
         applied = await projector.catch_up(jobs=jobs)
         seconds = time.perf_counter() - start
         rss = _rss_mib()
+        quarters = sampler.quartiles()
         digest = store.digest()
         store.close()
     return {
         "messages": applied,
         "seconds": seconds,
         "rss_mib": rss,
+        "rss_quarters_mib": quarters,
+        "rss_with_digest_mib": _rss_mib(),
         "rss_children_mib": _children_rss_mib(),
         "cpu_self": _cpu(),
         "cpu_children": _cpu(resource.RUSAGE_CHILDREN),
@@ -202,6 +242,40 @@ async def child_verify_jobs(url: str, jobs: int, projection: str) -> dict[str, f
     }
 
 
+async def child_breakdown(url: str, n: int) -> dict[str, float]:
+    """Where a rebuild's time goes, per signal, one step after the other in one thread:
+    read + decode the first ``n`` signals (kept in memory), then the projector's fold
+    (``fold_batch``: screen, rules, ``evolve``, rows) and its write (``store.write``:
+    the appender, the checkpoint, the commit) of batches of 5,000."""
+    settings = Settings(home=Path(tempfile.mkdtemp()), nats_url=url, replicas=1)
+    records = []
+    async with open_bus(settings) as bus:
+        start = time.perf_counter()
+        async for record in bus.log.follow(from_seq=1, to_seq=n):
+            records.append(record)
+        read = time.perf_counter() - start
+    store = ProjectionStore(Path(tempfile.mkdtemp()) / "breakdown.duckdb")
+    projector = Projector(bus.log, store)
+    fold = write = 0.0
+    for at in range(0, len(records), 5_000):
+        t0 = time.perf_counter()
+        batch = projector.fold_batch(records[at : at + 5_000])
+        t1 = time.perf_counter()
+        store.write(batch)
+        write += time.perf_counter() - t1
+        fold += t1 - t0
+        for run_id, t in batch.states.items():
+            projector._remember(run_id, t)
+    store.close()
+    per = 1e6 / len(records)
+    return {
+        "messages": len(records),
+        "read_decode_us": read * per,
+        "fold_us": fold * per,
+        "write_us": write * per,
+    }
+
+
 def _timed_child(pid: int, *args: str) -> dict[str, Any]:
     """A child's result, with the CPU seconds the nats-server used meanwhile."""
     before = _server_cpu(pid)
@@ -218,9 +292,11 @@ def _cpu_note(r: dict[str, Any]) -> str:
 
 
 def jobs_figures(
-    url: str, tmp: str, stored: int, jobs: list[int], server_pid: int
+    url: str, tmp: str, stored: int, jobs: list[int], server_pid: int, max_rss: float = 0.0
 ) -> dict[str, float]:
-    """Rebuild and verify with each of ``jobs`` against read+decode(+sha256), one round."""
+    """Rebuild and verify with each of ``jobs`` against read+decode(+sha256), one round.
+    ``max_rss``: the bound (MiB) on the peak RSS of the rebuild with one job; the bench
+    fails past it (0: not checked)."""
     out: dict[str, float] = {}
     dec = _child("_raw", url, "decode")
     dhash = _child("_raw", url, "decodehash")
@@ -232,6 +308,14 @@ def jobs_figures(
         f"read+decode+sha256 {out['read_decode_hash_per_s']:,.0f}/s",
         flush=True,
     )
+    part = _child("_breakdown", url, str(min(stored, 200_000)))
+    print(
+        f"  per signal, one step after the other ({part['messages']:,} signals): read + "
+        f"decode {part['read_decode_us']:.1f} µs, fold {part['fold_us']:.1f} µs, DuckDB "
+        f"write {part['write_us']:.1f} µs",
+        flush=True,
+    )
+    out.update({f"breakdown_{k}": float(v) for k, v in part.items()})
     digests = set()
     folded = ""
     for j in jobs:
@@ -251,9 +335,24 @@ def jobs_figures(
             f"{float(r['rss_children_mib']):.0f} MiB; " + _cpu_note(r),
             flush=True,
         )
+        quarters = ", ".join(f"{q:.0f}" for q in r["rss_quarters_mib"])
+        shape = (
+            f"{quarters} MiB (flat: bounded in the log's length)"
+            if quarters
+            else "too short to sample"
+        )
+        print(
+            f"    RSS, the largest sample of each quarter of the fold: {shape}; with the "
+            f"state digest after it {float(r['rss_with_digest_mib']):.0f} MiB",
+            flush=True,
+        )
         out[f"rebuild_{j}j_cpu_s"] = float(r["cpu_self"]) + float(r["cpu_children"])
         out[f"rebuild_{j}j_server_cpu_s"] = float(r["cpu_server"])
     assert len(digests) == 1, f"rebuilds with jobs {jobs} differ: {digests}"
+    if max_rss and 1 in jobs:
+        peak = out["rss_rebuild_1j_mib"]
+        print(f"  peak RSS of the rebuild with one job: {peak:.0f} MiB (bound {max_rss:.0f} MiB)")
+        assert peak <= max_rss, f"the rebuild's peak RSS {peak:.0f} MiB is past {max_rss:.0f} MiB"
     for label, projection in (("verify", ""), ("verify_proj", folded)):
         for j in jobs:
             v = _timed_child(server_pid, "_verifyjobs", url, str(j), projection)
@@ -298,7 +397,9 @@ def _child(*args: str) -> dict[str, Any]:
     return result
 
 
-def main(n: int, rounds: int, jobs: list[int] | None = None) -> dict[str, float]:
+def main(
+    n: int, rounds: int, jobs: list[int] | None = None, max_rss: float = 0.0
+) -> dict[str, float]:
     """Load ``n`` signals, then read and fold them ``rounds`` times; the medians."""
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
@@ -371,7 +472,9 @@ def main(n: int, rounds: int, jobs: list[int] | None = None) -> dict[str, float]
                     f"projector {max(rss_fold):.0f} MiB"
                 )
                 extra = (
-                    await asyncio.to_thread(jobs_figures, server.url, tmp, stored, jobs, server.pid)
+                    await asyncio.to_thread(
+                        jobs_figures, server.url, tmp, stored, jobs, server.pid, max_rss
+                    )
                     if jobs
                     else {}
                 )
@@ -401,6 +504,8 @@ if __name__ == "__main__":
         print(json.dumps(asyncio.run(child_fold(sys.argv[2], sys.argv[3]))))
     elif len(sys.argv) > 1 and sys.argv[1] == "_rebuild":
         print(json.dumps(asyncio.run(child_rebuild(sys.argv[2], sys.argv[3], int(sys.argv[4])))))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_breakdown":
+        print(json.dumps(asyncio.run(child_breakdown(sys.argv[2], int(sys.argv[3])))))
     elif len(sys.argv) > 1 and sys.argv[1] == "_verifyjobs":
         run = child_verify_jobs(sys.argv[2], int(sys.argv[3]), sys.argv[4])
         print(json.dumps(asyncio.run(run)))
@@ -413,5 +518,12 @@ if __name__ == "__main__":
             default="1,2",
             help="rebuild and verify with each of these --jobs (comma-separated; '' skips)",
         )
+        parser.add_argument(
+            "--max-rss",
+            type=float,
+            default=300.0,
+            help="fail if the rebuild with one job peaks past this many MiB (0: no check)",
+        )
         args = parser.parse_args()
-        main(args.signals, args.rounds, [int(j) for j in args.jobs.split(",") if j])
+        jobs = [int(j) for j in args.jobs.split(",") if j]
+        main(args.signals, args.rounds, jobs, args.max_rss)

@@ -7,14 +7,23 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import pytest
+
+from bench.synthetic import synthetic_runs
+from sisas.bus.memory_log import MemoryLog
 from sisas.bus.runtime import Bus
 from sisas.bus.settings import Settings
 from sisas.client.queries import ask
 from sisas.projections.projector import Projector
+from sisas.projections.shares import Chunk, ShareFold, boundaries, merged
 from sisas.projections.store import ProjectionStore
 from sisas.services.rebuild import fold_in_processes
-from sisas.signals.names import log_subject
+from sisas.signals import RunCancelled
+from sisas.signals.codec import encode_signal
+from sisas.signals.names import log_subject, partition_of
+from sisas.signals.records import LogRecord
 from tests.cli_process import server_env, sisas_async
+from tests.golden import make
 from tests.runs import append_runs, outsider_publishes
 
 
@@ -88,3 +97,58 @@ async def test_the_cli_rebuilds_with_jobs(bus: Bus, settings: Settings) -> None:
     assert '"jobs": 2' in two.stdout
     digest = (await ask(bus, "digest")).result["digest"]
     assert f'"after": "{digest}"' in one.stdout and f'"after": "{digest}"' in two.stdout
+
+
+@pytest.mark.parametrize("copy", [True, False], ids=["duplicate", "fork"])
+async def test_shares_holding_one_run_in_memory_fold_what_the_projector_folds(
+    copy: bool, tmp_path: Path
+) -> None:
+    """A share's fold keeps few run states in memory and reads the others back from its
+    own file, as the projector reads its store: a run moving again after it was dropped,
+    and an old signal stored again (duplicate) or a different one claiming its seq
+    (fork), give the tables of a serial fold."""
+    signals = make.intact_run()
+    again = (
+        signals[4]
+        if copy
+        else make.forge_after(signals[:4], RunCancelled(reason="forged", requested_by="mallory"))
+    )
+    log = MemoryLog()
+    for run in synthetic_runs(3):
+        await log.append(run, expected_last_seq=0)
+    await log.append(signals, expected_last_seq=0)
+    for run in synthetic_runs(3, start=3):
+        await log.append(run, expected_last_seq=0)
+    log.inject_raw(
+        log_subject(again.pipeline, again.run_id, again.phase, again.kind), encode_signal(again)
+    )
+    for run in synthetic_runs(2, start=6):
+        await log.append(run, expected_last_seq=0)
+    last = await log.last_seq()
+    serial = ProjectionStore(None)
+    await Projector(log, serial, identity="mem").catch_up()
+    assert serial.counts()["rejected"] == 1  # the signal stored again
+    for shares, every in ((2, 1), (3, 2), (2, 1_000)):
+        cuts = boundaries(1, last, every)
+        chunks: list[list[Chunk]] = []
+        for share in range(shares):
+            spill = tmp_path / f"{shares}-{every}-{share}.duckdb"
+            fold = ShareFold(share, shares, cuts, spill, cache_runs=1)
+            keep = functools.partial(_in_share, share=share, shares=shares)
+            mine = [c async for r in log.follow(keep=keep) for c in _added(fold, r)]
+            chunks.append([*mine, *fold.finish()])
+            fold.close()
+        store = ProjectionStore(None)
+        for at in range(len(cuts)):
+            store.write(merged([chunks[share][at] for share in range(shares)]))
+        assert store.digest() == serial.digest(), (shares, every)
+        store.close()
+    serial.close()
+
+
+def _in_share(subject: str, *, share: int, shares: int) -> bool:
+    return partition_of(subject, shares) == share
+
+
+def _added(fold: ShareFold, record: LogRecord) -> list[Chunk]:
+    return list(fold.add(record))

@@ -92,7 +92,7 @@ class Projector:
         identity: str = "",
         batch_size: int = 5_000,
         linger: float = 0.25,
-        cache_runs: int = 10_000,
+        cache_runs: int = 2_000,
         shared_fold: SharedFold | None = None,
     ) -> None:
         self.log = log
@@ -146,7 +146,10 @@ class Projector:
         self._cache[run_id] = t
         self._cache.move_to_end(run_id)
         while len(self._cache) > self.cache_runs:
-            self._cache.popitem(last=False)
+            self._dropped(*self._cache.popitem(last=False))
+
+    def _dropped(self, run_id: str, t: Tracked) -> None:
+        """``run_id`` left the cache (its state is in the store, read back when it moves)."""
 
     def fold_batch(self, records: list[LogRecord]) -> Batch:
         """The rows of ``records`` (consecutive, from the checkpoint on). Pure but for

@@ -68,12 +68,19 @@ def out_of_range(s: Signal) -> str | None:
     """
     body = s.body
     bounded = _bounded(type(body))
+    resources = getattr(body, "resources", None)
+    if (
+        not bounded
+        and resources is None
+        and -(2**31) <= s.seq < 2**31
+        and -(2**31) <= s.attempt < 2**31
+    ):
+        return None  # most signals: nothing more to look at
     numbers: list[tuple[str, object, range]] = [
         ("seq", s.seq, _INT32),
         ("attempt", s.attempt, _INT32),
     ]
     numbers += [(name, getattr(body, name), valid) for name, valid in bounded]
-    resources = getattr(body, "resources", None)
     if resources is not None:
         numbers.append(("peak_rss_bytes", getattr(resources, "peak_rss_bytes", None), _INT64))
     for name, value, valid in numbers:

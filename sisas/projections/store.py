@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar
 
 import duckdb
 import msgspec
@@ -27,7 +27,14 @@ from sisas.faults import failpoint
 from sisas.projections.rows import Row, Tracked
 from sisas.projections.schema import BOOKKEEPING, SCHEMA_VERSION, STATE_TABLES, TABLES, Table
 
-__all__ = ["Batch", "ProjectionStore", "StoredRun", "translated"]
+__all__ = [
+    "CHECKPOINT_THRESHOLD",
+    "MEMORY_LIMIT",
+    "Batch",
+    "ProjectionStore",
+    "StoredRun",
+    "translated",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,13 @@ def _translating(what: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
 
 
 _ROW = msgspec.json.Encoder()
+
+MEMORY_LIMIT: Final = "128MB"
+"""DuckDB's buffer pool for the projection (``SET memory_limit``)."""
+
+CHECKPOINT_THRESHOLD: Final = "32MB"
+"""WAL written before DuckDB checkpoints it into the file (``SET checkpoint_threshold``):
+the rows not yet checkpointed are held in memory, within :data:`MEMORY_LIMIT`."""
 
 
 @dataclass
@@ -94,21 +108,34 @@ class Batch:
 class ProjectionStore:
     """The projection's DuckDB file (or an in-memory database when ``path`` is None)."""
 
-    def __init__(self, path: Path | None, *, lock_wait: float = 10.0) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        lock_wait: float = 10.0,
+        memory_limit: str = MEMORY_LIMIT,
+        checkpoint_threshold: str = CHECKPOINT_THRESHOLD,
+    ) -> None:
+        """``memory_limit``: DuckDB's buffer pool (what it caches of the file, the rows
+        not yet checkpointed, its indexes); ``checkpoint_threshold``: how much WAL (rows
+        held in memory until checkpointed) before a checkpoint writes them to the file."""
         self.path = path
+        self._memory_limit = memory_limit
+        self._checkpoint_threshold = checkpoint_threshold
         self._con = _connect(path, lock_wait)
         with translated(f"opening the projection {path or ':memory:'}"):
             self._setup()
 
     def _setup(self) -> None:
         self._con.execute("SET TimeZone = 'UTC'")
-        # Checkpoint the WAL into the file every 256 MB rather than every 16 MB: a
-        # rebuild of a million signals spends a third less time writing.
-        self._con.execute("SET checkpoint_threshold = '256MB'")
-        # One DuckDB thread: the other core folds signals in Python. A bounded buffer
-        # pool keeps the projector's memory flat however long the log grows.
+        # Rows appended since the last checkpoint stay in memory until the WAL reaches
+        # the threshold; the buffer pool caches what was checkpointed, up to the limit
+        # (evicting the file's blocks past it). Both bound the projector's memory
+        # however long the log grows (docs/performance.md, "Peak memory of a rebuild").
+        self._con.execute(f"SET checkpoint_threshold = '{self._checkpoint_threshold}'")
+        # One DuckDB thread: the other core folds signals in Python.
         self._con.execute("SET threads = 1")
-        self._con.execute("SET memory_limit = '512MB'")
+        self._con.execute(f"SET memory_limit = '{self._memory_limit}'")
         for ddl in BOOKKEEPING:
             self._con.execute(ddl)
         for table in TABLES:
@@ -251,6 +278,9 @@ class ProjectionStore:
     @_translating("digesting the projection")
     def digest(self) -> str:
         """sha256 over every table's rows in canonical order (and the checkpoint)."""
+        # Rows not yet checkpointed stay in memory, where the sorts below cannot evict
+        # them: write them to the file first, so the sorts have the buffer pool.
+        self._con.execute("CHECKPOINT")
         h = hashlib.sha256()
         h.update(f"checkpoint {self.checkpoint()}\n".encode())
         for table in TABLES:
@@ -260,11 +290,26 @@ class ProjectionStore:
         return "sha256:" + h.hexdigest()
 
     def _rows(self, table: Table) -> Iterator[list[tuple[Any, ...]]]:
+        """``table``'s rows in key order, in chunks. A state table is sorted a thousand
+        runs at a time: sorting ``run_states`` (a few KB of state per run) whole needs
+        more than the buffer pool holds."""
         cur = self._con.cursor()
+        order = f"ORDER BY {', '.join(table.key)}"
         try:
-            cur.execute(f"SELECT * FROM {table.name} ORDER BY {', '.join(table.key)}")
-            while chunk := cur.fetchmany(20_000):
-                yield chunk
+            if table not in STATE_TABLES:
+                cur.execute(f"SELECT * FROM {table.name} {order}")
+                while chunk := cur.fetchmany(20_000):
+                    yield chunk
+                return
+            runs = cur.execute(f"SELECT DISTINCT run_id FROM {table.name} ORDER BY run_id")
+            run_ids = [r[0] for r in runs.fetchall()]
+            for at in range(0, len(run_ids), 1_000):
+                some = run_ids[at : at + 1_000]
+                cur.execute(
+                    f"SELECT * FROM {table.name} WHERE run_id BETWEEN ? AND ? {order}",
+                    [some[0], some[-1]],
+                )
+                yield cur.fetchall()
         finally:
             cur.close()
 

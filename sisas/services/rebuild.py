@@ -1,9 +1,11 @@
 """Rebuilding the projection with several processes folding and one writing.
 
 :func:`fold_in_processes` starts ``jobs`` processes; each reads the log and folds the
-runs of its share (:class:`sisas.projections.shares.ShareFold`), cutting its rows into
-chunks at the same stream-sequence boundaries, and sends them on its own bounded queue
-(a slow writer holds the folders back; memory stays bounded by the queues). The caller,
+runs of its share (:class:`sisas.projections.shares.ShareFold`: a few thousand run
+states in memory, every one in a DuckDB file of its own under the data folder, removed
+when it ends), cutting its rows into chunks at the same stream-sequence boundaries, and
+sends them on its own bounded queue (a slow writer holds the folders back; memory stays
+bounded by the queues and the fold's cache, however long the log). The caller,
 the projector's writer, takes every share's chunk of a boundary, merged into one batch,
 and writes it with the checkpoint in one transaction: DuckDB's appender, many rows per
 call, one writer.
@@ -15,7 +17,9 @@ import asyncio
 import contextlib
 import multiprocessing
 import queue
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Final
 
 from sisas.bus.runtime import open_bus
@@ -113,18 +117,19 @@ async def _fold_share(
     cuts: list[int],
     out: multiprocessing.Queue[Chunk | str],
 ) -> None:
-    fold = ShareFold(share, shares, cuts)
-
     def keep(subject: str) -> bool:
         return partition_of(subject, shares) == share
 
-    try:
-        async with open_bus(settings, name=f"sisas-fold-{share}") as bus:
-            records = bus.log.follow(from_seq=first, to_seq=cuts[-1], keep=keep)
-            async for record in records:
-                for chunk in fold.add(record):
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".fold-{share}-", dir=settings.home) as spill:
+        fold = ShareFold(share, shares, cuts, Path(spill) / "share.duckdb")
+        try:
+            async with open_bus(settings, name=f"sisas-fold-{share}") as bus:
+                records = bus.log.follow(from_seq=first, to_seq=cuts[-1], keep=keep)
+                async for record in records:
+                    for chunk in fold.add(record):
+                        await asyncio.to_thread(out.put, chunk)
+                for chunk in fold.finish():
                     await asyncio.to_thread(out.put, chunk)
-            for chunk in fold.finish():
-                await asyncio.to_thread(out.put, chunk)
-    finally:
-        fold.close()
+        finally:
+            fold.close()
