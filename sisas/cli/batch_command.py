@@ -116,13 +116,15 @@ async def _wait_all(
         )
     )
 
-    async def settle(run_id: str) -> None:
+    async def settle(run_id: str) -> bool:
         last = await bus.log.last_of_run(run_id)
         if last is not None:
             seen.add(run_id)
         if isinstance(last, StoredSignal) and last.signal.kind in ENDING_KINDS:
             outcome[run_id] = _ended(last)
             progress.advance(task)
+            return True
+        return False
 
     try:
         async with bus.wire.on_commits(on_commit):
@@ -142,13 +144,16 @@ async def _wait_all(
                         for run_id in [r for r in runs if r not in outcome]:
                             await settle(run_id)
                         next_sweep = loop.time() + SWEEP_EVERY
+                    # A notice is the published commit, seen by core subscribers as
+                    # the stream stores it: the log may not hold it yet. A run noticed
+                    # ending but not ended in the log is read again shortly.
+                    wait = next_sweep - loop.time() if not ending else 0.05
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(ended.wait(), max(0.0, next_sweep - loop.time()))
+                        await asyncio.wait_for(ended.wait(), max(0.0, wait))
                     ended.clear()
-                    while ending:
-                        run_id = ending.pop()
-                        if run_id not in outcome:
-                            await settle(run_id)
+                    for run_id in list(ending):
+                        if run_id in outcome or await settle(run_id):
+                            ending.discard(run_id)
     finally:
         advisor.cancel()
 

@@ -417,18 +417,26 @@ class Worker:
                 await self._slots.acquire()
                 self._slots.release()
                 try:
-                    msgs = await feed.fetch(1, timeout=0.25)
+                    # As many as there are free slots: a fan-out's items come a few at
+                    # a time, not one pull request each (the fetch returns as soon as
+                    # anything is there, with what is there).
+                    msgs = await feed.fetch(self._free_slots(), timeout=0.25)
                 except Exception as exc:
                     if not isinstance(exc, TimeoutError):
                         log.warning("worker fetch failed: %s; retrying", exc)
                         await asyncio.sleep(0.5)
                     continue
-                await self._slot_for(msgs[0])
-                task = asyncio.create_task(self._handle(msgs[0]))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                for msg in msgs:
+                    await self._slot_for(msg)
+                    task = asyncio.create_task(self._handle(msg))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
             if tasks:
                 await asyncio.wait(tasks, timeout=self.ack_wait)
+
+    def _free_slots(self) -> int:
+        """Slots free now (at least 1: the caller has just seen one free)."""
+        return max(1, self._slots._value)  # asyncio.Semaphore's count, read only
 
     async def _slot_for(self, msg: Delivery) -> None:
         """Take a slot for ``msg`` (at once, unless another pipeline's work took the
