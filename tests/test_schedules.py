@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -205,6 +206,12 @@ async def decisions(bus: Bus, name: str) -> list[ScheduleTicked]:
     return bodies  # type: ignore[return-value]
 
 
+SCHEDULE_FOR = float(os.environ.get("SISAS_TEST_SCHEDULE_SECONDS", "4.5"))
+"""How long the two schedulers run: 4.5 s in the suite; the issue's check is a minute
+(``SISAS_TEST_SCHEDULE_SECONDS=60``, docs/schedules.md)."""
+
+
+@pytest.mark.timeout(SCHEDULE_FOR + 120)
 async def test_two_schedulers_and_two_orchestrators_start_one_run_per_tick(
     served: Bus, settings: Settings
 ) -> None:
@@ -219,11 +226,11 @@ async def test_two_schedulers_and_two_orchestrators_start_one_run_per_tick(
         await one.start()
         await two.start()
         tasks = [asyncio.create_task(s.run(stop)) for s in (one, two)]
-        await asyncio.sleep(4.5)
+        await asyncio.sleep(SCHEDULE_FOR)
         stop.set()
         await asyncio.gather(*tasks)
     ticks = await decisions(bus, "pulse")
-    assert len(ticks) >= 3, ticks
+    assert len(ticks) >= int(SCHEDULE_FOR * 2 / 3), ticks
     times = [datetime.fromisoformat(t.tick) for t in ticks]
     assert times == [times[0] + timedelta(seconds=i) for i in range(len(times))]  # none missing
     assert all(t.action == "started" and not t.catch_up for t in ticks)
