@@ -95,6 +95,8 @@ async def _wait_all(
     seen: set[str] = set()
     ended = asyncio.Event()
     ending: set[str] = set()
+    circuits: list[tuple[str, str]] = []  # opened: said once each (runs wait them out)
+    said: set[str] = set()
 
     def on_commit(subject: str, data: bytes) -> None:
         seen_run = parse_run_subject(subject)
@@ -104,6 +106,24 @@ async def _wait_all(
         if any(marker in data for marker in _ENDING_MARKERS):
             ending.add(seen_run[1])
             ended.set()
+        if _CIRCUIT_MARKER in data:
+            circuits.extend(_opened(data))
+            ended.set()  # wakes the loop to say it
+
+    def say_circuits() -> None:
+        notes = err_console if as_json else console
+        while circuits:
+            scope, reason = circuits.pop(0)
+            if scope not in said:
+                said.add(scope)
+                notes.print(
+                    f"circuit {scope} opened ({reason}): its attempts, in every run of the "
+                    "batch, wait out the pipeline's circuit_cooldown before the next try "
+                    "(Pipeline(..., circuit_threshold=, circuit_cooldown=); "
+                    "docs/pipelines.md, Circuit breakers)",
+                    markup=False,
+                    highlight=False,
+                )
 
     advisor = asyncio.create_task(
         advise(
@@ -151,14 +171,31 @@ async def _wait_all(
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(ended.wait(), max(0.0, wait))
                     ended.clear()
+                    say_circuits()
                     for run_id in list(ending):
                         if run_id in outcome or await settle(run_id):
                             ending.discard(run_id)
+                say_circuits()  # one noticed with the last runs' ends
     finally:
         advisor.cancel()
 
 
 _ENDING_MARKERS = tuple(f'"kind":"{kind}"'.encode() for kind in sorted(ENDING_KINDS))
+_CIRCUIT_MARKER = b'"kind":"circuit_opened"'
+
+
+def _opened(data: bytes) -> list[tuple[str, str]]:
+    """The scope and reason of each circuit_opened in a commit (none if unreadable)."""
+    try:
+        commit = json.loads(data)
+        bodies = [s["body"] for s in commit["signals"]]
+        return [
+            (str(b["scope"]), str(b.get("reason", "")))
+            for b in bodies
+            if b["kind"] == "circuit_opened"
+        ]
+    except (ValueError, KeyError, TypeError):
+        return []
 
 
 @cli.command()
