@@ -67,6 +67,7 @@ def test_a_run_started_from_the_cli_goes_live_on_the_page_without_a_reload(
     run_id = json.loads(started.stdout.strip().splitlines()[-1])["run_id"]
     row = f'tr[data-run-id="{run_id}"]'
     _wait(browser, "row").until(lambda d: d.find_element(By.CSS_SELECTOR, row))
+    _wait(browser, "1 run").until(lambda d: d.find_element(By.ID, "count").text == "1 run")
     assert browser.execute_script("return window.__sameDocument") is True  # no reload
     browser.find_element(By.CSS_SELECTOR, row).click()
     _wait(browser, "run page").until(lambda d: d.find_element(By.ID, "run-id").text == run_id)
