@@ -52,11 +52,19 @@ def read_inputs(source: str) -> list[tuple[str, bytes]]:
         raise UsageError(f"--inputs {source} is neither a folder nor a file: check the path")
     if not items:
         raise UsageError(f"--inputs {source} holds no inputs (*.json files or JSON lines)")
+    bad: list[str] = []
     for name, data in items:
         try:
             json.loads(data)
         except ValueError as exc:
-            raise UsageError(f"input {name} is not JSON ({exc}); nothing was started") from None
+            if not bad:
+                first = f"input {name} is not JSON ({exc}); nothing was started"
+            bad.append(f"{name} ({exc})")
+    if len(bad) == 1:
+        raise UsageError(first)
+    if bad:  # every one named, so one pass fixes them all (the first 10, then a count)
+        listed = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise UsageError(f"{len(bad)} inputs are not JSON: {listed}; nothing was started")
     return items
 
 
