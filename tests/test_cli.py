@@ -348,6 +348,13 @@ def test_batch_runs_every_input_and_summarises(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert "d.json is not JSON" in bad.stderr
+    (folder / "e.json").write_text("")
+    both = sisas("batch", "clustering", "--pipelines", EXAMPLE, "--inputs", str(folder),
+                 env=fresh_env(tmp_path))  # fmt: skip
+    assert both.returncode == 2
+    said = " ".join(both.stderr.split())
+    assert "2 inputs are not JSON: d.json (" in said and "; e.json (" in said, said
+    assert said.endswith("nothing was started")
 
 
 def _completed_outputs(run_id: str, env: dict[str, str]) -> dict[str, str]:

@@ -274,3 +274,19 @@ def test_set_passes_a_pipelines_own_keys_to_its_phases() -> None:
     with pytest.raises(UsageError, match="clustering has no phase 'nosuch'"):
         check_settings({"nosuch.enabled": False}, plan)
     assert frozenset(PhasePlan.__struct_fields__) > POLICIES
+
+
+def test_batch_says_when_a_circuit_opens_and_holds_its_runs_back(tmp_path: Path) -> None:
+    """Runs of one batch failing in a row open the phase's circuit (threshold 2 for
+    `breaker`): the batch says so once, naming the circuit and the settings, since the
+    runs then wait out its cool-down with nothing else to show for it."""
+    env = fresh_env(tmp_path)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for i in range(8):  # concurrent failures count last-writer-wins: more than 2
+        (inputs / f"{i}.json").write_text('"bad"')
+    out = sisas("batch", "breaker", "--pipelines", TEST_PIPES, "--inputs", str(inputs), env=env)
+    assert out.returncode == 1, out.stderr
+    said = " ".join(out.stdout.split())
+    assert said.count("circuit breaker.fragile opened (") == 1, out.stdout
+    assert "circuit_cooldown" in said and "docs/pipelines.md, Circuit breakers" in said

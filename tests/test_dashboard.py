@@ -67,6 +67,7 @@ def test_a_run_started_from_the_cli_goes_live_on_the_page_without_a_reload(
     run_id = json.loads(started.stdout.strip().splitlines()[-1])["run_id"]
     row = f'tr[data-run-id="{run_id}"]'
     _wait(browser, "row").until(lambda d: d.find_element(By.CSS_SELECTOR, row))
+    _wait(browser, "1 run").until(lambda d: d.find_element(By.ID, "count").text == "1 run")
     assert browser.execute_script("return window.__sameDocument") is True  # no reload
     browser.find_element(By.CSS_SELECTOR, row).click()
     _wait(browser, "run page").until(lambda d: d.find_element(By.ID, "run-id").text == run_id)
@@ -501,3 +502,16 @@ def test_a_page_in_a_hidden_tab_loads_nothing_until_it_is_seen_again(
     assert hidden[0] > heard  # it heard of the changes meanwhile ...
     assert not hidden[1]  # ... and loaded nothing while hidden
     assert _statuses(browser)["after"] == "completed"
+
+
+def test_the_pages_ask_for_nothing_the_server_does_not_serve(
+    up: Up, browser: webdriver.Chrome
+) -> None:
+    """No request of the pages fails (a /favicon.ico answered 404 on every page, an
+    error in the browser's console)."""
+    loaded = 'return document.readyState === "complete"'
+    for path in ("/", "/backfills"):
+        browser.get(up.url + path)
+        _wait(browser, path).until(lambda d: d.execute_script(loaded))
+        severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not severe, severe

@@ -42,3 +42,21 @@ def test_logs_prints_each_attempt_with_its_lines_and_json_lines(tmp_path: Path) 
     assert sisas("logs", "no-such-run", env=env).returncode == 2
     wrong = sisas("logs", run_id, "nope", env=env)
     assert wrong.returncode == 2 and "no phase 'nope'" in wrong.stderr
+
+
+def test_logs_of_a_phase_that_never_ran_in_an_ended_run_does_not_say_yet(
+    tmp_path: Path,
+) -> None:
+    """p0 refuses its input, so p3 never runs: `logs RUN p3` says the run ended (no
+    attempt will come), not "has ended yet" as for a run still going."""
+    env = fresh_env(tmp_path)
+    data = tmp_path / "in.json"
+    data.write_text('"not an int"')
+    args = ["run", "chain7", "--pipelines", TEST_PIPES, "--input", str(data), "--wait", "--json"]
+    out = sisas(*args, env=env, timeout=120)
+    assert out.returncode == 1, out.stderr
+    run_id = json.loads(out.stdout.strip().splitlines()[-1])["run_id"]
+    shown = sisas("logs", run_id, "p3", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert f"no attempt of p3 of {run_id} ended, and none will" in shown.stderr
+    assert "(run_failed)" in shown.stderr and "yet" not in shown.stderr

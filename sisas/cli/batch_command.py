@@ -52,11 +52,19 @@ def read_inputs(source: str) -> list[tuple[str, bytes]]:
         raise UsageError(f"--inputs {source} is neither a folder nor a file: check the path")
     if not items:
         raise UsageError(f"--inputs {source} holds no inputs (*.json files or JSON lines)")
+    bad: list[str] = []
     for name, data in items:
         try:
             json.loads(data)
         except ValueError as exc:
-            raise UsageError(f"input {name} is not JSON ({exc}); nothing was started") from None
+            if not bad:
+                first = f"input {name} is not JSON ({exc}); nothing was started"
+            bad.append(f"{name} ({exc})")
+    if len(bad) == 1:
+        raise UsageError(first)
+    if bad:  # every one named, so one pass fixes them all (the first 10, then a count)
+        listed = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise UsageError(f"{len(bad)} inputs are not JSON: {listed}; nothing was started")
     return items
 
 
@@ -95,6 +103,8 @@ async def _wait_all(
     seen: set[str] = set()
     ended = asyncio.Event()
     ending: set[str] = set()
+    circuits: list[tuple[str, str]] = []  # opened: said once each (runs wait them out)
+    said: set[str] = set()
 
     def on_commit(subject: str, data: bytes) -> None:
         seen_run = parse_run_subject(subject)
@@ -104,6 +114,24 @@ async def _wait_all(
         if any(marker in data for marker in _ENDING_MARKERS):
             ending.add(seen_run[1])
             ended.set()
+        if _CIRCUIT_MARKER in data:
+            circuits.extend(_opened(data))
+            ended.set()  # wakes the loop to say it
+
+    def say_circuits() -> None:
+        notes = err_console if as_json else console
+        while circuits:
+            scope, reason = circuits.pop(0)
+            if scope not in said:
+                said.add(scope)
+                notes.print(
+                    f"circuit {scope} opened ({reason}): its attempts, in every run of the "
+                    "batch, wait out the pipeline's circuit_cooldown before the next try "
+                    "(Pipeline(..., circuit_threshold=, circuit_cooldown=); "
+                    "docs/pipelines.md, Circuit breakers)",
+                    markup=False,
+                    highlight=False,
+                )
 
     advisor = asyncio.create_task(
         advise(
@@ -151,14 +179,31 @@ async def _wait_all(
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(ended.wait(), max(0.0, wait))
                     ended.clear()
+                    say_circuits()
                     for run_id in list(ending):
                         if run_id in outcome or await settle(run_id):
                             ending.discard(run_id)
+                say_circuits()  # one noticed with the last runs' ends
     finally:
         advisor.cancel()
 
 
 _ENDING_MARKERS = tuple(f'"kind":"{kind}"'.encode() for kind in sorted(ENDING_KINDS))
+_CIRCUIT_MARKER = b'"kind":"circuit_opened"'
+
+
+def _opened(data: bytes) -> list[tuple[str, str]]:
+    """The scope and reason of each circuit_opened in a commit (none if unreadable)."""
+    try:
+        commit = json.loads(data)
+        bodies = [s["body"] for s in commit["signals"]]
+        return [
+            (str(b["scope"]), str(b.get("reason", "")))
+            for b in bodies
+            if b["kind"] == "circuit_opened"
+        ]
+    except (ValueError, KeyError, TypeError):
+        return []
 
 
 @cli.command()

@@ -49,6 +49,7 @@ async def dashboard_process(
     :class:`UsageError` with its own error when it stops before listening. ``sign_in``:
     it will print an operator sign-in address (actions on a server without users)."""
     args = [sys.executable, "-m", "sisas.cli", "dashboard", "--port", str(port)]
+    args += ["--parent-pid", str(os.getpid())]  # it stops when up is gone, even by SIGKILL
     if allow_actions:
         args.append("--allow-actions")
     env = {**os.environ, "COLUMNS": "1000", "NO_COLOR": "1", "TERM": "dumb"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from typing import Any, Final
 
@@ -50,8 +51,16 @@ requested) before it calls the id unknown."""
     help="Let a signed-in operator launch, cancel and re-execute runs (with users on the "
     "server: the operator role's credentials; without: the token printed at start).",
 )
+@click.option(
+    "--parent-pid",
+    type=int,
+    default=None,
+    hidden=True,
+    help="Stop when this process is gone (`sisas up` starts its dashboard so: a `sisas up` "
+    "killed with SIGKILL must not leave it holding the port).",
+)
 @run_async
-async def dashboard(host: str, port: int, allow_actions: bool) -> None:
+async def dashboard(host: str, port: int, allow_actions: bool, parent_pid: int | None) -> None:
     """Serve the live web dashboard until Ctrl-C (`sisas up` serves it too).
 
     Runs list and run pages (phase DAG, timeline of attempts, checks, retries and
@@ -61,6 +70,7 @@ async def dashboard(host: str, port: int, allow_actions: bool) -> None:
     answers queries on this server, this process runs one.
     """
     stop = stop_on_signals()
+    orphaned = asyncio.create_task(_stop_without_parent(parent_pid, stop)) if parent_pid else None
     async with open_bus(load_settings(), name="sisas-dashboard") as bus:
         policy = ActionPolicy.for_settings(bus.settings, allow=allow_actions)
         own = not await projector_listening(bus)
@@ -77,7 +87,21 @@ async def dashboard(host: str, port: int, allow_actions: bool) -> None:
             if policy.sign_in_url(url):
                 console.print(f"operator sign-in: {policy.sign_in_url(url)}", soft_wrap=True)
             await stop.wait()
+    if orphaned is not None:
+        orphaned.cancel()
     err_console.print("stopped")
+
+
+async def _stop_without_parent(parent_pid: int, stop: asyncio.Event) -> None:
+    """Set ``stop`` once ``parent_pid`` is no longer this process's parent (it died, even
+    by SIGKILL, and this process was handed to another)."""
+    while os.getppid() == parent_pid:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+        if stop.is_set():
+            return
+    err_console.print(f"sisas up (pid {parent_pid}) is gone: stopping its dashboard")
+    stop.set()
 
 
 def _phase_table(view: dict[str, Any]) -> Table:

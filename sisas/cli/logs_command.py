@@ -69,6 +69,15 @@ async def logs(
                         shown += 1
                     if rec.signal.kind in ENDING_KINDS:
                         break
+        run_end = ""
+        if not shown and not silent and not as_json:  # "yet" only while the run goes on
+            stored = await bus.log.read_run(run_id)
+            ends = [
+                r.signal.kind
+                for r in stored
+                if isinstance(r, StoredSignal) and r.signal.kind in ENDING_KINDS
+            ]
+            run_end = ends[-1] if ends else ""
     what = f"{phase} of {run_id}" if phase else run_id
     if silent and not as_json:
         err_console.print(
@@ -77,7 +86,13 @@ async def logs(
             markup=False,
         )
     elif not shown and not as_json:
-        err_console.print(f"no attempt of {what} has ended yet", markup=False)
+        if run_end:
+            err_console.print(
+                f"no attempt of {what} ended, and none will: the run ended ({run_end})",
+                markup=False,
+            )
+        else:
+            err_console.print(f"no attempt of {what} has ended yet", markup=False)
 
 
 def _print(entry: AttemptLogEntry, as_json: bool) -> None:

@@ -194,7 +194,14 @@ async def up(
             if url:
                 live = "live" if policy.mode != "off" else "read-only, live"
                 grid.add_row("dashboard", f"[bold]{url}[/] ({live}, pid {served.pid})")
-                grid.add_row("actions", served.actions)
+                # the child says how `sisas dashboard` turns actions on; up's flag differs
+                grid.add_row(
+                    "actions",
+                    served.actions.replace("--allow-actions", "--dashboard-actions"),
+                )
+            else:
+                why = "--no-dashboard" if no_dashboard else "--no-handlers"
+                grid.add_row("dashboard", f"off ({why})")
             if rules:
                 service = TriggerService(bus, rules)
                 await service.start()

@@ -100,7 +100,8 @@ async function loadRuns() {
       <td class="tags">${Object.entries(r.tags || {}).sort().map(([k, v]) => `<span class="tag">${esc(k)}=${esc(v)}</span>`).join(" ")}</td>
     </tr>`).join("");
   $("#empty").hidden = data.runs.length > 0;
-  $("#count").textContent = `${data.runs.length} runs` + (data.lag ? ` (projection ${data.lag} behind)` : "");
+  const n = data.runs.length;
+  $("#count").textContent = `${n} run${n === 1 ? "" : "s"}` + (data.lag ? ` (projection ${data.lag} behind)` : "");
   const select = $("#pipeline");
   for (const name of new Set(data.runs.map((r) => r.pipeline))) {
     if (![...select.options].some((o) => o.value === name)) select.add(new Option(name, name));
