@@ -112,23 +112,30 @@ async def clear_limit(bus: Bus, pipeline: str) -> int | None:
 async def limits(bus: Bus, *, cleared: bool = False) -> dict[str, int]:
     """Every pipeline's limit (``cleared``: also the lifted ones, as 0)."""
     try:
-        kv = await _bucket(bus, create=False)
-        if kv is None:
-            return {}
-        try:
-            keys = await kv.keys()
-        except (NoKeysError, NotFoundError):
-            return {}
+        kv, keys = await _keys(bus)
         out = {}
         for key in keys:
             if key.startswith(_TAG_PREFIX):
                 continue
+            assert kv is not None
             n = await _stored(kv, key)
             if n is not None and (n > 0 or cleared):
                 out[key] = n
         return out
     except NatsError as exc:
         raise _refused("read the concurrency limits", exc) from None
+
+
+async def _keys(bus: Bus) -> tuple[KeyValue | None, list[str]]:
+    """The limits bucket and its keys (pipelines, and ``_TAG_PREFIX`` + tag); none
+    when the bucket or its keys do not exist yet."""
+    kv = await _bucket(bus, create=False)
+    if kv is None:
+        return None, []
+    try:
+        return kv, list(await kv.keys())
+    except (NoKeysError, NotFoundError):
+        return kv, []
 
 
 async def _stored(kv: KeyValue, pipeline: str) -> int | None:
@@ -193,17 +200,12 @@ async def clear_tag_limit(bus: Bus, tag: str) -> int | None:
 async def tag_limits(bus: Bus, *, cleared: bool = False) -> dict[str, int]:
     """Every tag's limit by ``k=v`` (``cleared``: also the lifted ones, as 0)."""
     try:
-        kv = await _bucket(bus, create=False)
-        if kv is None:
-            return {}
-        try:
-            keys = await kv.keys()
-        except (NoKeysError, NotFoundError):
-            return {}
+        kv, keys = await _keys(bus)
         out = {}
         for key in keys:
             if not key.startswith(_TAG_PREFIX):
                 continue
+            assert kv is not None
             try:
                 entry = await kv.get(key)
                 stored = msgspec.json.decode(entry.value or b"", type=_TagLimit)

@@ -32,6 +32,7 @@ from sisas.loader import load_pipelines
 from sisas.pipeline import Pipeline
 from sisas.projections.queries import parse_since
 from sisas.services.schedules import (
+    Pause,
     ScheduleService,
     last_decision,
     logged_schedules,
@@ -39,6 +40,7 @@ from sisas.services.schedules import (
     paused_schedules,
     resume_schedule,
 )
+from sisas.signals import ScheduleTicked
 from sisas.signals.names import check_name
 
 __all__ = ["load_schedules", "schedules"]
@@ -112,6 +114,21 @@ def schedules() -> None:
     """
 
 
+def _pause_json(pause: Pause | None) -> dict[str, Any] | None:
+    return None if pause is None else {"by": pause.by, "at": pause.at, "note": pause.note}
+
+
+def _last_json(last: ScheduleTicked | None) -> dict[str, Any] | None:
+    if last is None:
+        return None
+    return {
+        "tick": last.tick,
+        "action": last.action,
+        "reason": last.reason,
+        "run_id": last.run_id or None,
+    }
+
+
 @schedules.command("list")
 @SCHEDULES_OPTION
 @PIPELINES_OPTION
@@ -144,19 +161,10 @@ async def list_schedules(
                     "catch_up": s.catch_up_limit,
                     "tags": s.tags,
                     "paused": pause is not None,
-                    "paused_by": None
-                    if pause is None
-                    else {"by": pause.by, "at": pause.at, "note": pause.note},
+                    "paused_by": _pause_json(pause),
                     "next_tick": next_ticks(s.cron, s.timezone, now, 1)[0].isoformat(),
                     "chain": schedule_chain(s.name),
-                    "last": None
-                    if last is None
-                    else {
-                        "tick": last.tick,
-                        "action": last.action,
-                        "reason": last.reason,
-                        "run_id": last.run_id or None,
-                    },
+                    "last": _last_json(last),
                     "declared": True,
                 }
             )
@@ -172,19 +180,10 @@ async def list_schedules(
                     "catch_up": None,
                     "tags": {},
                     "paused": pause is not None,
-                    "paused_by": None
-                    if pause is None
-                    else {"by": pause.by, "at": pause.at, "note": pause.note},
+                    "paused_by": _pause_json(pause),
                     "next_tick": None,
                     "chain": schedule_chain(name),
-                    "last": None
-                    if last is None
-                    else {
-                        "tick": last.tick,
-                        "action": last.action,
-                        "reason": last.reason,
-                        "run_id": last.run_id or None,
-                    },
+                    "last": _last_json(last),
                     "declared": False,
                 }
             )

@@ -399,6 +399,16 @@ class Client:
         """A handle on a run started elsewhere (its pipeline is read from its log)."""
         return RunHandle(self, check_name(run_id, "run id"), "")
 
+    def _cancel_input(self, pipeline: str, run_id: str, reason: str) -> CancelRun:
+        return CancelRun(
+            id=f"cancel:{run_id}",
+            pipeline=pipeline,
+            run_id=run_id,
+            at=datetime.now(UTC),
+            reason=reason,
+            requested_by=self.requested_by,
+        )
+
     async def cancel(
         self, run_id: str, reason: str = "cancelled by the client", *, pipeline: str = ""
     ) -> bool:
@@ -419,30 +429,14 @@ class Client:
             queued = await self._queued_in(run_id, pipeline)
             if queued:
                 await self.bus.inputs.publish(
-                    CancelRun(
-                        id=f"cancel:{run_id}",
-                        pipeline=queued,
-                        run_id=run_id,
-                        at=datetime.now(UTC),
-                        reason=reason,
-                        requested_by=self.requested_by,
-                    ),
+                    self._cancel_input(queued, run_id, reason),
                     subject=admit_cancel_subject(queued, run_id),
                 )
                 return True
         if not pipeline:
             raise UsageError(f"no run {run_id!r} in this log: check the run id")
         with span_in_run("cancel", run_id, pipeline, {"sisas.reason": reason}):
-            await self.bus.inputs.publish(
-                CancelRun(
-                    id=f"cancel:{run_id}",
-                    pipeline=pipeline,
-                    run_id=run_id,
-                    at=datetime.now(UTC),
-                    reason=reason,
-                    requested_by=self.requested_by,
-                ),
-            )
+            await self.bus.inputs.publish(self._cancel_input(pipeline, run_id, reason))
         return True
 
     async def _queued_in(self, run_id: str, pipeline: str) -> str:
