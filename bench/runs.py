@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from sisas.bus.inputs import publish_start
+from sisas.bus.raw_client import Client
 from sisas.signals.names import commit_subject
 
 __all__ = ["RunEnds", "start", "timed_runs", "concurrent_runs"]
@@ -24,25 +25,36 @@ class RunEnds:
         self._nc, self._pipeline = nc, pipeline
         self._waiting: dict[str, asyncio.Future[bool]] = {}
         self._subs: list[Any] = []
+        self._raw: list[int] = []
 
     async def __aenter__(self) -> RunEnds:
         subject = commit_subject(self._pipeline, "*")
-        self._subs.append(await self._nc.subscribe(subject, cb=self._on_end))
+        if isinstance(self._nc, Client):  # as sisas's own watchers: no Msg, no headers parsed
+            self._raw.append(await self._nc.subscribe_raw(subject, self._on_raw))
+        else:
+            self._subs.append(await self._nc.subscribe(subject, cb=self._on_msg))
         await self._nc.flush()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         for sub in self._subs:
             await sub.unsubscribe()
+        for sid in self._raw:
+            await self._nc.unsubscribe_raw(sid)
 
-    async def _on_end(self, msg: Any) -> None:
-        run_id = msg.subject.split(".")[3]
+    def _on_raw(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        self._on_end(subject.split(b".")[3].decode(), data)
+
+    async def _on_msg(self, msg: Any) -> None:
+        self._on_end(msg.subject.split(".")[3], msg.data)
+
+    def _on_end(self, run_id: str, data: bytes) -> None:
         fut = self._waiting.get(run_id)
         if fut is None or fut.done():
             return
-        if b'"kind":"run_completed"' in msg.data:
+        if b'"kind":"run_completed"' in data:
             fut.set_result(True)
-        elif b'"kind":"run_failed"' in msg.data:
+        elif b'"kind":"run_failed"' in data:
             fut.set_result(False)
 
     def expect(self, run_id: str) -> asyncio.Future[bool]:

@@ -211,10 +211,25 @@ _TABLE_CLASSES: Final[dict[tuple[str, str], BinaryKind]] = {
 }
 
 
+_FORMS: dict[Any, BinaryForm | None] = {}
+
+
 def binary_form(annotation: Any) -> BinaryForm | None:
     """The binary form ``annotation`` names: ``np.ndarray`` (or ``npt.NDArray[...]``),
     ``pd.DataFrame`` or ``pa.Table``, perhaps ``Annotated`` with an :class:`Array` or
-    :class:`Table` contract; None for any other annotation (stored as JSON)."""
+    :class:`Table` contract; None for any other annotation (stored as JSON).
+
+    Known per annotation once (every attempt asks, for each input and its output)."""
+    try:
+        return _FORMS[annotation]
+    except KeyError:
+        form = _FORMS[annotation] = _binary_form(annotation)
+        return form
+    except TypeError:  # an annotation that cannot be a key (unhashable metadata)
+        return _binary_form(annotation)
+
+
+def _binary_form(annotation: Any) -> BinaryForm | None:
     base, marks = _annotated(annotation)
     kind = _binary_kind(base)
     if kind is None:

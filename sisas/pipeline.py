@@ -37,6 +37,7 @@ typed binary forms; :class:`Array` and :class:`Table` state their contracts::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -152,16 +153,26 @@ class Context:
         self.attempt = attempt
         self.item = item
         self.config: Mapping[str, Scalar] = dict(config or {})
-        self.rng = np.random.default_rng(seed)
-        self.log = PhaseLogger(
-            logging.getLogger(f"sisas.phase.{pipeline}.{phase}"),
-            {"run_id": run_id, "phase": phase, "attempt": attempt},
-            log,
-        )
-        """A logger: INFO and above is kept with the attempt (``sisas logs RUN``)."""
+        self._attempt_log = log
         self._progress = progress
         self._cancel = cancel
         self._secrets = dict(secrets or {})
+
+    # The generator and the logger are made when a phase first asks for them: most
+    # phases use neither, and a seeded Generator costs more than a no-op phase.
+    @functools.cached_property
+    def rng(self) -> np.random.Generator:
+        """A numpy Generator seeded with :attr:`seed`: the same draws in every replay."""
+        return np.random.default_rng(self.seed)
+
+    @functools.cached_property
+    def log(self) -> PhaseLogger:
+        """A logger: INFO and above is kept with the attempt (``sisas logs RUN``)."""
+        return PhaseLogger(
+            logging.getLogger(f"sisas.phase.{self.pipeline}.{self.phase}"),
+            {"run_id": self.run_id, "phase": self.phase, "attempt": self.attempt},
+            self._attempt_log,
+        )
 
     def secret(self, name: str) -> str:
         """The value of a secret the phase declared (``@pipeline.phase(secrets=[...])``),

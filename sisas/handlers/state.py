@@ -128,7 +128,7 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         return self.status in TERMINAL_RUN
 
     def phase(self, name: str) -> PhaseState:
-        return self.phases.get(name, PhaseState())
+        return self.phases.get(name, _NEW_PHASE)
 
 
 def _set_phase(state: RunState, name: str, phase: PhaseState) -> RunState:
@@ -136,6 +136,7 @@ def _set_phase(state: RunState, name: str, phase: PhaseState) -> RunState:
 
 
 _NEW_ITEM = ItemState()
+_NEW_PHASE = PhaseState()
 
 
 def _set_item(state: RunState, name: str, item: int, **changes: object) -> RunState:

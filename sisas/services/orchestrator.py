@@ -402,10 +402,15 @@ class Orchestrator:
         inputs = [inp for inp, _, _ in group]
         deliveries = [m for _, _, m in group if m is not None]
         pipeline = inputs[0].pipeline
-        for _ in range(50):
-            if any(isinstance(i, StartRun) for i in inputs):  # read the plan meanwhile
+        starts = any(isinstance(i, StartRun) for i in inputs)
+        for tries in range(50):
+            if starts:  # read the plan meanwhile
+                # A run this process has not seen is taken to be new at first: the
+                # append's fence (expected last seq 0) proves it, and a conflict or a
+                # duplicate reloads it from the log and decides again.
                 (state, last_seq), plan = await asyncio.gather(
-                    self._load(pipeline, run_id), self.registry.get(pipeline)
+                    self._load(pipeline, run_id, assume_new=tries == 0),
+                    self.registry.get(pipeline),
                 )
             else:
                 (state, last_seq), plan = await self._load(pipeline, run_id), None
@@ -465,6 +470,9 @@ class Orchestrator:
                     result = await self.bus.log.append(signals, expected_last_seq=last_seq)
                 except AppendConflict:
                     self._cache.pop(run_id, None)  # someone else wrote: reload, decide again
+                    continue
+                if result.duplicates:  # decided on a stale state, and written before
+                    self._cache.pop(run_id, None)  # (a redelivered start): reload
                     continue
                 self._remember(run_id, state, result.last_seq)
                 # A phase is offered before the items of a fan-out scheduled with it: a
@@ -564,11 +572,18 @@ class Orchestrator:
                     "smaller input, or store large values as artifacts"
                 )
 
-    async def _load(self, pipeline: str, run_id: str) -> tuple[RunState, int]:
+    async def _load(
+        self, pipeline: str, run_id: str, *, assume_new: bool = False
+    ) -> tuple[RunState, int]:
+        """The run's state and the stream seq of its last signal: cached, or folded from
+        the log; with ``assume_new``, a run not cached is taken to have no signals yet
+        (for a start: the append, fenced on seq 0, finds out)."""
         cached = self._cache.get(run_id)
         if cached is not None:
             self._cache.move_to_end(run_id)
             return cached
+        if assume_new:
+            return RunState.new(pipeline, run_id), 0
         records = await self.bus.log.read_run(run_id)
         state = RunState.new(
             records[0].signal.pipeline

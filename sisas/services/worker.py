@@ -33,7 +33,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, Protocol, TypeAlias
@@ -178,6 +178,27 @@ class HandedOver:
 
     async def in_progress(self) -> None:
         return None
+
+
+class _Heartbeat:
+    """Runs ``beats`` (a coroutine telling JetStream the work is in progress, then again
+    every so often) once ``after`` seconds have passed: most attempts end long before
+    their first beat is due, and cost no task of their own."""
+
+    def __init__(self, beats: Coroutine[Any, Any, None], after: float) -> None:
+        self._beats = beats
+        self._task: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(after, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.create_task(self._beats)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        if self._task is None:
+            self._beats.close()  # never started
+        else:
+            self._task.cancel()
 
 
 def _hand_back(
@@ -636,7 +657,7 @@ class Worker:
         progress, and store its output and its log; the outcome, its status, the
         output's artifact (empty when there is no output) and the log's. Setting
         ``event`` and cancelling stops it."""
-        beat = asyncio.create_task(self._heartbeat(msg))
+        beat = _Heartbeat(self._heartbeat(msg), self.ack_wait / 3)
         written = AttemptLog(time.perf_counter)
         execution = asyncio.create_task(self._execute(signal, body, event, written))
         running = self._running.setdefault(signal.run_id, {})
@@ -728,9 +749,9 @@ class Worker:
 
     async def _heartbeat(self, msg: Delivery) -> None:
         while True:
-            await asyncio.sleep(self.ack_wait / 3)
             with contextlib.suppress(Exception):
                 await msg.in_progress()
+            await asyncio.sleep(self.ack_wait / 3)
 
     async def _execute(
         self, signal: Signal, body: PhaseScheduled, cancel: threading.Event, written: AttemptLog

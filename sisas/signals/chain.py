@@ -78,13 +78,13 @@ def seal(head: ChainHead, draft: Draft) -> Signal:
         attempt=draft.attempt,
         causation=draft.causation,
     )
-    signal = msgspec.structs.replace(unsealed, hash=codec.content_hash(unsealed))
-    if not codec.survives_encoding(signal):
+    digest = codec.hash_if_exact(unsealed)
+    if digest is None:
         raise MalformedSignal(
-            f"signal {signal.id} ({signal.kind}) cannot be encoded exactly: "
+            f"signal {unsealed.id} ({unsealed.kind}) cannot be encoded exactly: "
             "replace NaN or infinite floats with None or a finite value"
         ) from None
-    return signal
+    return msgspec.structs.replace(unsealed, hash=digest)
 
 
 class ChainIssue(msgspec.Struct, frozen=True, kw_only=True):

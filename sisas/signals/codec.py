@@ -16,7 +16,14 @@ import msgspec
 from sisas.errors import MalformedSignal, TamperedSignal
 from sisas.signals.envelope import Signal
 
-__all__ = ["canonical", "content_hash", "decode_signal", "encode_signal", "survives_encoding"]
+__all__ = [
+    "canonical",
+    "content_hash",
+    "decode_signal",
+    "encode_signal",
+    "hash_if_exact",
+    "survives_encoding",
+]
 
 _ENCODER: Final = msgspec.json.Encoder(order="sorted")
 _DECODER: Final = msgspec.json.Decoder(Signal)
@@ -65,6 +72,19 @@ def survives_encoding(signal: Signal) -> bool:
         return bool(_DECODER.decode(_ENCODER.encode(signal)) == signal)
     except msgspec.ValidationError:
         return False
+
+
+def hash_if_exact(unsealed: Signal) -> str | None:
+    """:func:`content_hash` of a signal with no ``hash`` and no ``sig`` yet, or None when
+    its canonical bytes would not decode to it (:func:`survives_encoding`): one encoding
+    serves both (sealing a signal only adds its hash, a hex string, which always does)."""
+    data = _ENCODER.encode(unsealed)
+    try:
+        if _DECODER.decode(data) != unsealed:
+            return None
+    except msgspec.ValidationError:
+        return None
+    return hashlib.sha256(data).hexdigest()
 
 
 def encode_signal(signal: Signal) -> bytes:
