@@ -423,6 +423,21 @@ def _writepath(r: dict[str, Any]) -> list[Row]:
             1.0,
             note=f"raw publish-and-ack {raw:.2f} ms",
         ),
+    ]
+    if "skeleton_ms_p50" in r:  # results written before the skeleton was measured lack it
+        rows.append(
+            Row(
+                "writepath",
+                "7-phase no-op run, p50, against its I/O skeleton",
+                r["run_ms_p50"],
+                "ms",
+                r["skeleton_ms_p50"],
+                "9 fsynced acks + 7 thread hops in a row, nothing decided",
+                _faster(r["skeleton_ms_p50"], r["run_ms_p50"]),
+                note="the floor of a chain of thread-run phases in one process",
+            )
+        )
+    rows += [
         Row(
             "writepath",
             "fsynced messages per 7-phase run",

@@ -8,6 +8,8 @@ Measured in the same run:
 
 - the raw limit: one nats-py JetStream publish-and-ack round trip (sequential, p50) and
   the pipelined rate (acks awaited in windows of 256) to a file stream on the server;
+- the I/O skeleton of a 7-phase chain (:func:`skeleton`): 9 fsynced publish-and-acks in
+  sequence with 7 hops to a phase thread and back, nothing decided: the floor of a run;
 - a 7-phase no-op run, one after the other: p50 wall time, and the messages it costs
   (the log's commits, the work offered, the inputs, the outputs stored: every one of
   them fsynced);
@@ -36,6 +38,7 @@ from sisas.bus.embedded import EmbeddedServer
 from sisas.bus.runtime import open_bus
 from sisas.bus.settings import Settings
 from sisas.services.host import running_services
+from sisas.services.phase_threads import PhaseThreads
 from sisas.signals.names import ARTIFACT_BUCKET, BLOB_BUCKET, INPUT_STREAM, LOG_STREAM, WORK_STREAM
 
 STREAMS = (LOG_STREAM, WORK_STREAM, INPUT_STREAM, f"KV_{BLOB_BUCKET}", f"OBJ_{ARTIFACT_BUCKET}")
@@ -59,6 +62,41 @@ async def raw_limit(bus: Any, n: int = 300, pipelined: int = 3000) -> tuple[floa
     return statistics.median(times), pipelined / (time.perf_counter() - t0)
 
 
+async def skeleton(bus: Any, runs: int = 100) -> float:
+    """p50 seconds of the I/O skeleton of a 7-phase chain, in this process: 9 fsynced
+    publish-and-acks one after the other (a run's start input and its 8 commits, each
+    of a commit's size) with 7 hops to a kept phase thread and back between them, as
+    the worker's (:class:`PhaseThreads`) hands a phase over. Nothing is decided,
+    encoded or checked: what no design of a chain of thread-run phases in one Python
+    process, each durable before the next, can go below on this machine."""
+    await bus.js.add_stream(StreamConfig(name="SKELETON", subjects=["skeleton.>"], storage="file"))
+    loop = asyncio.get_running_loop()
+    threads = PhaseThreads(name="bench-skeleton")
+    data = b"c" * 1500
+    n = 0
+
+    async def publish() -> None:
+        nonlocal n
+        n += 1
+        await bus.js.publish("skeleton.x", data, headers={"Nats-Msg-Id": f"s{n}"})
+
+    async def hop() -> None:
+        done = loop.create_future()
+        threads.submit(lambda: loop.call_soon_threadsafe(done.set_result, None))
+        await done
+
+    times = []
+    for _ in range(runs + 300 // 9):  # the first 300 messages warm the stream up
+        t = time.perf_counter()
+        await publish()
+        await publish()
+        for _ in range(7):
+            await hop()
+            await publish()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[-runs:])
+
+
 async def stored(bus: Any) -> int:
     """Messages ever stored in the log, the work queue, the inputs and the artifact
     stores (last sequences: the work queue deletes what was taken)."""
@@ -76,6 +114,7 @@ async def measure(runs: int, concurrent: int, items: list[int], slots: int = 8) 
             settings = Settings(home=Path(tmp) / "home", nats_url=server.url, replicas=1)
             async with open_bus(settings) as bus:
                 raw_ack, raw_rate = await raw_limit(bus)
+                floor = await skeleton(bus)
                 digest = await bus.artifacts.put(b"0")
                 pipelines = {"noop7": noop, "fanwide": wide}
                 async with running_services(bus, pipelines, concurrency=slots):
@@ -90,7 +129,9 @@ async def measure(runs: int, concurrent: int, items: list[int], slots: int = 8) 
     out: dict[str, Any] = {
         "raw_ack_ms": raw_ack * 1e3,
         "raw_pipelined_msgs_s": raw_rate,
+        "skeleton_ms_p50": floor * 1e3,
         "run_ms_p50": p50 * 1e3,
+        "run_vs_skeleton": p50 / floor,
         "messages_per_run": msgs,
         "concurrent": concurrent,
         "worker_slots": slots,
@@ -108,7 +149,11 @@ async def measure(runs: int, concurrent: int, items: list[int], slots: int = 8) 
 def report(r: dict[str, Any], items: list[int]) -> None:
     print(f"raw publish-and-ack (fsynced), p50:          {r['raw_ack_ms']:8.3f} ms")
     print(f"raw pipelined publish rate:                  {r['raw_pipelined_msgs_s']:8.0f} msg/s")
-    print(f"7-phase no-op run, p50:                      {r['run_ms_p50']:8.1f} ms")
+    print(f"I/O skeleton of a 7-phase chain, p50:        {r['skeleton_ms_p50']:8.1f} ms")
+    print(
+        f"7-phase no-op run, p50:                      {r['run_ms_p50']:8.1f} ms "
+        f"({r['run_vs_skeleton']:.2f}x the skeleton)"
+    )
     print(f"fsynced messages per 7-phase run:            {r['messages_per_run']:8.1f}")
     print(
         f"{r['concurrent']} runs at once:                          {r['runs_per_s']:8.1f} runs/s "
