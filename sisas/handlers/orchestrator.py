@@ -132,6 +132,10 @@ def decide_full(
             b.emit(RunCancelled(reason=inp.reason, requested_by=inp.requested_by))
     elif isinstance(inp, PhaseReport):
         _report(b, inp)
+        if inp.status == "started":
+            # Every decision ends with the run advanced as far as it goes, and a start
+            # ends nothing nor makes anything ready: there is nothing to advance.
+            return Decision(signals=b.signals, circuits=b.changed)
     if b.state.status == "running":
         _advance(b)
     return Decision(signals=b.signals, circuits=b.changed)

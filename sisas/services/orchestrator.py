@@ -39,7 +39,7 @@ import logging
 import os
 import socket
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
 from nats.js.errors import NotFoundError
@@ -64,7 +64,7 @@ from sisas.signals.names import LOG_STREAM, check_name, input_subject
 from sisas.signals.plan import PipelinePlan
 from sisas.signals.records import CorruptMessage, StoredSignal
 from sisas.telemetry import metrics
-from sisas.telemetry.tracing import current_context, inject, message_span, within
+from sisas.telemetry.tracing import current_context, enabled, inject, message_span, within
 
 __all__ = ["REJECTED_SUBJECT", "Orchestrator"]
 
@@ -232,6 +232,36 @@ class Orchestrator:
         self.handled_locally += 1
         return state
 
+    async def submit_all(self, reports: Sequence[PhaseReport]) -> list[RunState | None]:
+        """:meth:`submit` for reports to be decided together (a short attempt's start
+        and outcome, into one commit): each one's answer, in their order. Without
+        tracing they are queued at once, with no task each."""
+        if enabled():  # a span for each decision, as :meth:`submit` makes
+            return list(await asyncio.gather(*(self.submit(r) for r in reports)))
+        waiting: list[asyncio.Future[RunState] | None] = []
+        for report in reports:
+            try:
+                check_name(report.pipeline, "pipeline name")
+                check_name(report.run_id, "run id")
+            except SisasError as exc:
+                log.info("report %s goes through SISAS_IN: %s", report.id, exc)
+                waiting.append(None)
+                continue
+            waiting.append(self._queue(report))
+        answers: list[RunState | None] = []
+        for report, fut in zip(reports, waiting, strict=True):
+            if fut is None:
+                answers.append(None)
+                continue
+            try:
+                answers.append(await fut)
+            except Exception as exc:  # the slow path decides it, or records why not
+                log.info("report %s goes through SISAS_IN: %s", report.id, exc)
+                answers.append(None)
+                continue
+            self.handled_locally += 1
+        return answers
+
     async def adopt_format1_work(self) -> int:
         """Offer on ``SISAS_WORK`` the work that sisas before commits left for its workers.
 
@@ -367,6 +397,10 @@ class Orchestrator:
         alike); other orchestrators are held off by the expected last sequence of each
         append.
         """
+        return await self._queue(inp, msg)
+
+    def _queue(self, inp: Input, msg: Delivery | None = None) -> asyncio.Future[RunState]:
+        """Queue ``inp`` for the run's next commit (see :meth:`apply`); its answer."""
         fut: asyncio.Future[RunState] = asyncio.get_running_loop().create_future()
         queue = self._pending.setdefault(inp.run_id, [])
         queue.append((inp, current_context(), msg, fut))
@@ -375,7 +409,7 @@ class Orchestrator:
             task = asyncio.create_task(self._commit_loop(inp.run_id))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return await fut
+        return fut
 
     async def _commit_loop(self, run_id: str) -> None:
         """Decide and append the run's waiting inputs, a group at a time, until none wait."""

@@ -33,7 +33,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, Protocol, TypeAlias
@@ -96,6 +96,11 @@ class LocalOrchestrator(Protocol):
     async def submit(self, report: PhaseReport) -> RunState | None:
         """The run's latest state once ``report`` is decided and appended; None when it
         must go through ``SISAS_IN`` instead."""
+        ...
+
+    async def submit_all(self, reports: Sequence[PhaseReport]) -> list[RunState | None]:
+        """:meth:`submit` for reports to be decided together (into one commit): each
+        one's answer, in their order."""
         ...
 
     def known(self, run_id: str) -> RunState | None:
@@ -572,13 +577,14 @@ class Worker:
     ) -> None:
         """Report a short attempt's start and outcome: submitted together to a local
         orchestrator (one commit), one after the other through ``SISAS_IN``."""
-        started = self._report(signal, body, "started", secrets=secrets)
-        ended = self._report(signal, body, status, outcome, artifact, written=written)
+        started = self._report_of(signal, body, "started", secrets=secrets)
+        ended = self._report_of(signal, body, status, outcome, artifact, written=written)
+        answers: list[RunState | None] = [None, None]
         if self.local is not None:
-            await asyncio.gather(started, ended)
-        else:
-            await started
-            await ended
+            answers = await self.local.submit_all([started, ended])
+        for report, state in zip((started, ended), answers, strict=True):
+            if state is None:
+                await self.bus.inputs.publish(report)
 
     async def _admit(self, msg: Delivery) -> tuple[Signal, PhaseScheduled] | None:
         """The scheduled phase ``msg`` holds, when it is to be attempted now; None when
@@ -889,9 +895,28 @@ class Worker:
     ) -> RunState | None:
         """Send a report; return the run's latest state when a local orchestrator decided
         it, None when it was published to ``SISAS_IN``."""
+        report = self._report_of(signal, body, status, outcome, artifact, secrets, written)
+        if self.local is not None:
+            state = await self.local.submit(report)
+            if state is not None:
+                return state
+        await self.bus.inputs.publish(report)
+        return None
+
+    def _report_of(
+        self,
+        signal: Signal,
+        body: PhaseScheduled,
+        status: Literal["started", "completed", "failed", "timed_out"],
+        outcome: Outcome | None = None,
+        artifact: str = "",
+        secrets: dict[str, str] | None = None,
+        written: LogRef | None = None,
+    ) -> PhaseReport:
+        """The report of ``status`` on the attempt ``signal`` schedules."""
         item = "-" if body.item is None else str(body.item)
         out = outcome or Outcome(status="completed")
-        report = PhaseReport(
+        return PhaseReport(
             # A takeover after a lost worker must show in the log, so "started" names the
             # worker; outcomes do not, so two workers finishing one attempt dedup to one.
             id=f"{signal.run_id}:{signal.phase}:{item}:{signal.attempt}:{status}"
@@ -917,9 +942,3 @@ class Worker:
             log_lines=written.lines if written else 0,
             log_dropped=written.dropped if written else 0,
         )
-        if self.local is not None:
-            state = await self.local.submit(report)
-            if state is not None:
-                return state
-        await self.bus.inputs.publish(report)
-        return None
