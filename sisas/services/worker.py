@@ -185,6 +185,29 @@ class HandedOver:
         return None
 
 
+class _Attempt:
+    """An attempt :meth:`Worker._begin` started: its execution, the event that stops
+    it, its log, and ``close`` (idempotent: stops the heartbeat, forgets the attempt and
+    cancels an execution still running)."""
+
+    def __init__(
+        self,
+        execution: asyncio.Task[tuple[Outcome, bool]],
+        cancel: threading.Event,
+        written: AttemptLog,
+        close: Callable[[], None],
+    ) -> None:
+        self.execution = execution
+        self.cancel = cancel
+        self.written = written
+        self._close: Callable[[], None] | None = close
+
+    def close(self) -> None:
+        if self._close is not None:
+            close, self._close = self._close, None
+            close()
+
+
 class _Heartbeat:
     """Runs ``beats`` (a coroutine telling JetStream the work is in progress, then again
     every so often) once ``after`` seconds have passed: most attempts end long before
@@ -515,7 +538,8 @@ class Worker:
 
     async def _work(self, msg: Delivery, executed: Callable[[], None]) -> None:
         """What the worker does with one phase_scheduled: admit it (:meth:`_admit`),
-        attempt it (:meth:`_attempt`), report its start and outcome, and acknowledge it.
+        attempt it (:meth:`_begin`, :meth:`_finish`), report its start and outcome, and
+        acknowledge it.
 
         A short attempt (done within :data:`SHORT_ATTEMPT`) reports its start and its
         outcome together: a local orchestrator decides both into one commit, so the
@@ -539,23 +563,22 @@ class Worker:
             f"phase {signal.phase}", msg.headers, signal.run_id, signal.pipeline, attributes
         ) as span:
             secrets = self._secret_digests(signal)
-            event = threading.Event()
-            attempt = asyncio.create_task(self._attempt(msg, signal, body, event))
+            attempt = self._begin(msg, signal, body)
             try:
                 known_long = (signal.pipeline, signal.phase) in self._long
-                done, _ = await asyncio.wait({attempt}, timeout=0 if known_long else SHORT_ATTEMPT)
+                done, _ = await asyncio.wait(
+                    {attempt.execution}, timeout=0 if known_long else SHORT_ATTEMPT
+                )
                 if not done and not await self._claim(msg, signal, body, secrets):
-                    event.set()  # the run ended or the attempt is stale: stop it
-                    attempt.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await attempt
+                    attempt.cancel.set()  # the run ended or the attempt is stale: stop it
+                    attempt.execution.cancel()
+                    await self._finish(attempt, signal, body)
                     return
-                outcome, status, artifact, written = await attempt
+                outcome, status, artifact, written = await self._finish(attempt, signal, body)
                 if not done:  # its next attempts report their start at once
                     self._long.add((signal.pipeline, signal.phase))
             finally:
-                if not attempt.done():  # this worker is stopping
-                    attempt.cancel()
+                attempt.close()  # this worker is stopping, if it is not closed yet
             executed()
             describe_attempt(span, status, outcome)
             failpoint("worker.before_report")
@@ -656,18 +679,34 @@ class Worker:
             self._remember_config(signal.run_id, dict(state.config))
         return True
 
-    async def _attempt(
-        self, msg: Delivery, signal: Signal, body: PhaseScheduled, event: threading.Event
-    ) -> tuple[Outcome, Ended, str, LogRef]:
-        """Execute the attempt (:meth:`_execute`) while telling JetStream it is in
-        progress, and store its output and its log; the outcome, its status, the
-        output's artifact (empty when there is no output) and the log's. Setting
-        ``event`` and cancelling stops it."""
-        beat = _Heartbeat(self._heartbeat(msg), self.ack_wait / 3)
+    def _begin(self, msg: Delivery, signal: Signal, body: PhaseScheduled) -> _Attempt:
+        """Start executing the attempt (:meth:`_execute`, in a task of its own) while
+        telling JetStream it is in progress; :meth:`_finish` waits for it. Setting its
+        ``cancel`` and cancelling its ``execution`` stops it."""
+        event = threading.Event()
         written = AttemptLog(time.perf_counter)
         execution = asyncio.create_task(self._execute(signal, body, event, written))
         running = self._running.setdefault(signal.run_id, {})
         running[execution] = event
+
+        def close() -> None:
+            beat.cancel()
+            running.pop(execution, None)
+            if not running and self._running.get(signal.run_id) is running:
+                self._running.pop(signal.run_id, None)
+            if not execution.done():
+                execution.cancel()
+
+        beat = _Heartbeat(self._heartbeat(msg), self.ack_wait / 3)
+        return _Attempt(execution, event, written, close)
+
+    async def _finish(
+        self, attempt: _Attempt, signal: Signal, body: PhaseScheduled
+    ) -> tuple[Outcome, Ended, str, LogRef]:
+        """Wait for the attempt :meth:`_begin` started, and store its output and its log;
+        the outcome, its status, the output's artifact (empty when there is no output)
+        and the log's."""
+        event, written, execution = attempt.cancel, attempt.written, attempt.execution
         try:
             outcome, timed_out = await asyncio.shield(execution)
         except asyncio.CancelledError:
@@ -685,10 +724,7 @@ class Worker:
             outcome, timed_out = Outcome(status="failed", error=error), False
             written.add("WARNING", f"stopped: run {signal.run_id} ended (cancelled or failed)")
         finally:
-            beat.cancel()
-            running.pop(execution, None)
-            if not running:
-                self._running.pop(signal.run_id, None)
+            attempt.close()
         artifact = await self.bus.artifacts.put(outcome.output) if outcome.output else ""
         status: Ended = "timed_out" if timed_out else outcome.status
         if timed_out or (outcome.error is not None and outcome.error.kind == "ResourceExhausted"):
