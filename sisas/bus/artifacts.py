@@ -40,6 +40,11 @@ class ArtifactStore(Protocol):
 
     async def exists(self, digest: str) -> bool: ...
 
+    def recent(self, digest: str) -> bytes | None:
+        """The bytes of ``digest`` when this process holds them in memory (no I/O),
+        else None: :meth:`get` them."""
+        ...
+
 
 def _verified(digest: str, data: bytes) -> bytes:
     actual = bytes_digest(data)
@@ -67,6 +72,12 @@ class MemoryArtifacts:
 
     async def exists(self, digest: str) -> bool:
         return digest in self._blobs
+
+    def recent(self, digest: str) -> bytes | None:
+        blob = self._blobs.get(digest)
+        if blob is None or bytes_digest(blob) != digest:
+            return None  # :meth:`get` names what is wrong
+        return blob
 
 
 RECENT_BYTES = 16 * 1024 * 1024
@@ -145,10 +156,15 @@ class JetStreamArtifacts:
             return None
         return entry.value or b""
 
-    async def get(self, digest: str) -> bytes:
-        recent = self._recent.get(digest)
-        if recent is not None:
+    def recent(self, digest: str) -> bytes | None:
+        data = self._recent.get(digest)
+        if data is not None:
             self._recent.move_to_end(digest)
+        return data
+
+    async def get(self, digest: str) -> bytes:
+        recent = self.recent(digest)
+        if recent is not None:
             return recent
         small = await self._small(digest)
         if small is not None:

@@ -185,6 +185,11 @@ class HandedOver:
         return None
 
 
+async def _ran(started: asyncio.Future[Outcome]) -> tuple[Outcome, bool]:
+    """The outcome of an attempt started in a phase thread (it never times out there)."""
+    return await started, False
+
+
 class _Attempt:
     """An attempt :meth:`Worker._begin` started: its execution, the event that stops
     it, its log, and ``close`` (idempotent: stops the heartbeat, forgets the attempt and
@@ -685,7 +690,10 @@ class Worker:
         ``cancel`` and cancelling its ``execution`` stops it."""
         event = threading.Event()
         written = AttemptLog(time.perf_counter)
-        execution = asyncio.create_task(self._execute(signal, body, event, written))
+        started = self._start_now(signal, body, event, written)
+        execution = asyncio.create_task(
+            self._execute(signal, body, event, written) if started is None else _ran(started)
+        )
         running = self._running.setdefault(signal.run_id, {})
         running[execution] = event
 
@@ -831,6 +839,58 @@ class Worker:
             )
         return await self._execute_here(pipe, signal, body, inputs, kwargs, cancel, written), False
 
+    def _start_now(
+        self, signal: Signal, body: PhaseScheduled, cancel: threading.Event, written: AttemptLog
+    ) -> asyncio.Future[Outcome] | None:
+        """The attempt started in a phase thread at once, when nothing is to be waited for
+        (its inputs in memory, its run's configuration known, its secrets resolved, no
+        child process needed): its outcome to come. None otherwise, and
+        :meth:`_execute` does it. The phase then starts before anything else queued on
+        the event loop runs (the report of the attempt before it, say)."""
+        pipe = self.pipelines.get(signal.pipeline)
+        config = self._configs.get(signal.run_id)
+        if pipe is None or config is None:
+            return None
+        spec = pipe.phases.get(signal.phase)
+        if spec is not None and spec.isolated and pipe.source:
+            return None
+        inputs = self._inputs_now(body)
+        if inputs is None:
+            return None
+        try:
+            secrets = resolve_secrets(spec.secrets if spec else [], worker=f"worker {self.name}")
+        except MissingSecret:
+            return None  # :meth:`_execute` reports it
+        kwargs: dict[str, Any] = {
+            "run_id": signal.run_id,
+            "seed": body.seed,
+            "attempt": signal.attempt,
+            "item": body.item,
+            "config": config,
+            "secrets": secrets,
+        }
+        return self._submit_here(pipe, signal, body, inputs, kwargs, cancel, written)
+
+    def _inputs_now(self, body: PhaseScheduled) -> PhaseInputs | None:
+        """The attempt's inputs when every one is held in memory (and is a digest)."""
+        recent = self.bus.artifacts.recent
+        values: dict[str, bytes] = {}
+        for name, digest in body.inputs.items():
+            data = recent(digest) if _DIGEST.match(digest) else None
+            if data is None:
+                return None
+            values[name] = data
+        gathered: dict[str, list[bytes]] = {}
+        for name, digests in body.gathered.items():
+            items: list[bytes] = []
+            for digest in digests:
+                data = (recent(digest) if _DIGEST.match(digest) else None) if digest else b"null"
+                if data is None:
+                    return None
+                items.append(data)
+            gathered[name] = items
+        return PhaseInputs(values=values, gathered=gathered)
+
     async def _inputs(self, body: PhaseScheduled) -> PhaseInputs | Outcome:
         """The bytes of the attempt's inputs from the object store; a failed outcome when
         one is not an artifact digest (not retryable) or is not stored (retryable)."""
@@ -864,6 +924,19 @@ class Worker:
         cancel: threading.Event,
         written: AttemptLog,
     ) -> Outcome:
+        """:meth:`_submit_here`, and its outcome."""
+        return await self._submit_here(pipe, signal, body, inputs, kwargs, cancel, written)
+
+    def _submit_here(
+        self,
+        pipe: Pipeline,
+        signal: Signal,
+        body: PhaseScheduled,
+        inputs: PhaseInputs,
+        kwargs: dict[str, Any],
+        cancel: threading.Event,
+        written: AttemptLog,
+    ) -> asyncio.Future[Outcome]:
         """Run the attempt in a thread of :attr:`threads` (an idle one, else a new one),
         its progress published on the run's live subject, what it prints kept in its
         log. Daemon threads, never bounded: an attempt abandoned because its run was
@@ -902,7 +975,7 @@ class Worker:
                 _hand_back(loop, done, outcome, None)
 
         self.threads.submit(attempt)
-        return await done
+        return done
 
     async def _config(self, signal: Signal) -> dict[str, Any]:
         """The run's resolved configuration (from its run_started signal), cached."""
