@@ -241,6 +241,9 @@ class MemoryPlans:
     def __init__(self) -> None:
         self.plans: dict[str, PipelinePlan] = {}
 
+    def listen(self) -> None:
+        """Nothing to keep: every read is from memory."""
+
     async def publish(self, plan: PipelinePlan) -> None:
         self.plans[plan.name] = plan
 

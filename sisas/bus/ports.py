@@ -151,6 +151,11 @@ class Plans(Protocol):
 
     async def names(self) -> list[str]: ...
 
+    def listen(self) -> None:
+        """Keep the plans read while they stay current (a reader of many, such as an
+        orchestrator); without it every :meth:`get` reads the bucket."""
+        ...
+
 
 class Circuits(Protocol):
     """Circuit breakers by pipeline and phase, shared by every orchestrator."""

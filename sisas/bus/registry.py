@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -21,20 +23,31 @@ __all__ = ["PlanRegistry"]
 class PlanRegistry:
     """Plans by pipeline name, in a JetStream KV bucket.
 
-    Plans read are kept while they stay current: the registry listens to the bucket's
-    subjects, and a put of a plan (or a reconnection, during which one may have been
-    missed) drops what it kept, so a plan read after a put completed is that put's.
+    Once :meth:`listen` is called (the orchestrator does: it reads a plan for every run
+    it starts), plans read are kept while they stay current, at most ``keep`` seconds:
+    the registry listens to the bucket's subjects, and a put of a plan (or a
+    reconnection, during which one may have been missed) drops what it kept as soon as
+    its notice arrives (the notice of a put by another connection may come a moment
+    after that put's answer). Where the server does not let this user
+    listen there (an orchestrator user made before the grant), a plan kept is at most
+    ``keep`` seconds old. Other readers read the bucket every time.
     """
 
-    def __init__(self, js: JetStreamContext, nc: NATS | None = None) -> None:
+    def __init__(self, js: JetStreamContext, nc: NATS | None = None, *, keep: float = 1.0) -> None:
         self._js = js
         self._nc = nc
+        self._keep = keep
         self._bucket: KeyValue | None = None
-        self._kept: dict[str, PipelinePlan | None] = {}
+        self._kept: dict[str, tuple[float, PipelinePlan | None]] = {}
         self._changes = 0
         """Puts seen (and reconnections): a read that saw one begin is not kept."""
+        self._listen = False
         self._listening: Subscription | None = None
         self._reconnects = 0
+
+    def listen(self) -> None:
+        """Keep the plans read while they stay current (see the class)."""
+        self._listen = self._nc is not None
 
     async def _kv(self) -> KeyValue:
         # The handle is kept: looking the bucket up is a request of its own.
@@ -53,23 +66,24 @@ class PlanRegistry:
         self._changed()  # its notice may come after the put's answer
 
     async def get(self, name: str) -> PipelinePlan | None:
-        if self._nc is None:
+        if not self._listen or self._nc is None:
             return await self._read(name)
         if self._nc.stats["reconnects"] != self._reconnects:  # puts may have been missed
             self._reconnects = self._nc.stats["reconnects"]
             self._changed()
-        if name in self._kept:
-            return self._kept[name]
+        kept = self._kept.get(name)
+        if kept is not None and time.monotonic() - kept[0] < self._keep:
+            return kept[1]
         if self._listening is None:
             with nats_errors("listen for pipeline plans"):
                 self._listening = await self._nc.subscribe(
                     f"$KV.{PIPELINE_BUCKET}.>", cb=self._on_put
                 )
                 await self._nc.flush()  # the server listens for us from here on
-        changes = self._changes
+        changes, read_at = self._changes, time.monotonic()
         plan = await self._read(name)
         if changes == self._changes:
-            self._kept[name] = plan
+            self._kept[name] = (read_at, plan)
         return plan
 
     async def _on_put(self, msg: Msg) -> None:

@@ -245,6 +245,10 @@ ORCHESTRATOR: Final = Role(
             "answer presence requests (an orchestrator, a worker in `sisas up`)",
             subscribe=(f"{PRESENCE_PREFIX}.>",),
         ),
+        Grant(
+            "hear of pipeline plans registered (the orchestrator keeps the plans it read)",
+            subscribe=(f"$KV.{PIPELINE_BUCKET}.>",),
+        ),
         _CANCELLED,
         Grant(
             "create the streams and buckets; extend SISAS_UPSTREAM to new trigger subjects",

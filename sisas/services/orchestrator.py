@@ -114,6 +114,7 @@ class Orchestrator:
     def __init__(self, bus: Ports, *, cache_size: int = 10_000, ack_wait: float = 30.0) -> None:
         self.bus = bus
         self.registry = bus.plans
+        self.registry.listen()  # a plan is read for every run started: keep it while current
         self.circuits = bus.circuits
         self._cache: OrderedDict[str, tuple[RunState, int]] = OrderedDict()
         self._cache_size = cache_size
