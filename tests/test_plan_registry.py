@@ -73,3 +73,15 @@ async def test_readers_that_do_not_listen_read_the_bucket_every_time(
         assert (await reader.get("registered")).version == "1"  # type: ignore[union-attr]
         await other.plans.publish(_pipeline("2").plan())
         assert (await reader.get("registered")).version == "2"  # type: ignore[union-attr]
+
+
+async def test_a_plan_not_registered_yet_is_read_again_at_once(
+    bus: Bus, settings: Settings
+) -> None:
+    kept = PlanRegistry(bus.js, bus.nc, keep=3600.0)
+    kept.listen()
+    assert await kept.get("registered") is None
+    async with open_bus(settings) as other:
+        await other.plans.publish(_pipeline("1").plan())
+        # the next read finds it, whether or not the put's notice has arrived
+        assert (await kept.get("registered")).version == "1"  # type: ignore[union-attr]

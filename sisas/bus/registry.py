@@ -38,7 +38,7 @@ class PlanRegistry:
         self._nc = nc
         self._keep = keep
         self._bucket: KeyValue | None = None
-        self._kept: dict[str, tuple[float, PipelinePlan | None]] = {}
+        self._kept: dict[str, tuple[float, PipelinePlan]] = {}
         self._changes = 0
         """Puts seen (and reconnections): a read that saw one begin is not kept."""
         self._listen = False
@@ -82,7 +82,9 @@ class PlanRegistry:
                 await self._nc.flush()  # the server listens for us from here on
         changes, read_at = self._changes, time.monotonic()
         plan = await self._read(name)
-        if changes == self._changes:
+        # An absent plan is never kept: a worker registering it now must not find runs
+        # of it refused while its notice is on the way.
+        if plan is not None and changes == self._changes:
             self._kept[name] = (read_at, plan)
         return plan
 
