@@ -30,6 +30,7 @@ class CircuitBoard:
         self._ttl = ttl
         self._kv: KeyValue | None = None
         self._cache: dict[str, tuple[float, int, dict[str, Circuit]]] = {}
+        self._noted: dict[str, dict[str, Circuit]] = {}
 
     async def _bucket(self) -> KeyValue:
         if self._kv is None:
@@ -49,12 +50,33 @@ class CircuitBoard:
         return int(entry.revision or 0), circuits
 
     async def get(self, pipeline: str) -> dict[str, Circuit]:
+        """The pipeline's circuits as last read or written here (at most ``ttl`` old),
+        with what was :meth:`note`-d here and is not stored yet."""
         cached = self._cache.get(pipeline)
-        if cached is not None and time.monotonic() - cached[0] < self._ttl:
-            return cached[2]
-        revision, circuits = await self._read(pipeline)
-        self._cache[pipeline] = (time.monotonic(), revision, circuits)
-        return circuits
+        if cached is None or time.monotonic() - cached[0] >= self._ttl:
+            revision, circuits = await self._read(pipeline)
+            self._cache[pipeline] = cached = (time.monotonic(), revision, circuits)
+        noted = self._noted.get(pipeline)
+        return {**cached[2], **noted} if noted else cached[2]
+
+    def note(self, pipeline: str, changed: dict[str, Circuit]) -> None:
+        """Let every :meth:`get` here see ``changed`` at once, until :meth:`store` has
+        written it: decisions of other runs taken meanwhile count from it, so a phase
+        failing in many runs at once opens its circuit as it would one run after
+        another. A decision taken again after a lost append may count its failure twice
+        here: that only opens the circuit sooner."""
+        if changed:
+            self._noted.setdefault(pipeline, {}).update(changed)
+
+    def _stored(self, pipeline: str, changed: dict[str, Circuit]) -> None:
+        noted = self._noted.get(pipeline)
+        if noted is None:
+            return
+        for phase, circuit in changed.items():
+            if noted.get(phase) == circuit:  # not noted again since: stored now
+                del noted[phase]
+        if not noted:
+            del self._noted[pipeline]
 
     async def store(self, pipeline: str, changed: dict[str, Circuit]) -> None:
         """Write the changed circuits; on a lost race, re-read and apply them again."""
@@ -74,5 +96,6 @@ class CircuitBoard:
                 except KeyWrongLastSequenceError:
                     continue  # another orchestrator wrote first: re-read and apply again
             self._cache[pipeline] = (time.monotonic(), revision, merged)
+            self._stored(pipeline, changed)
             return
         raise BusError(f"could not record circuits of {pipeline}: 20 lost races in a row")

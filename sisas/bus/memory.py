@@ -262,6 +262,9 @@ class MemoryCircuits:
         return dict(self.circuits.get(pipeline, {}))
 
     async def store(self, pipeline: str, changed: dict[str, Circuit]) -> None:
+        self.note(pipeline, changed)
+
+    def note(self, pipeline: str, changed: dict[str, Circuit]) -> None:
         if changed:
             self.circuits[pipeline] = {**self.circuits.get(pipeline, {}), **changed}
 

@@ -166,6 +166,10 @@ class Circuits(Protocol):
         """Record the changed circuits (merged with what another orchestrator wrote)."""
         ...
 
+    def note(self, pipeline: str, changed: dict[str, Circuit]) -> None:
+        """Let the next :meth:`get` here see ``changed`` at once, before it is stored."""
+        ...
+
 
 class Wire(Protocol):
     """What is sent and not kept: presence answers, progress, commit notices."""

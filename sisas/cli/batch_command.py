@@ -83,6 +83,47 @@ SWEEP_EVERY = 15.0
 notices missed (a reconnect), and runs that ended before the notices began."""
 
 
+class _Watch:
+    """What the commit notices of the batch's pipeline say, heard from before its first
+    run starts (a run may end, or open a circuit, before the last one is started)."""
+
+    def __init__(self, pipeline: str, runs: dict[str, str]) -> None:
+        self.pipeline, self.runs = pipeline, runs
+        self.seen: set[str] = set()
+        self.ended = asyncio.Event()
+        self.ending: set[str] = set()
+        self.circuits: list[tuple[str, str]] = []  # opened: said once each
+        self.early: dict[str, bool] = {}
+        """Runs noticed before their start returned (their id not in ``runs`` yet):
+        whether an ending was among their notices."""
+
+    def on_commit(self, subject: str, data: bytes) -> None:
+        seen_run = parse_run_subject(subject)
+        if seen_run is None or seen_run[0] != self.pipeline:
+            return
+        if _CIRCUIT_MARKER in data:
+            self.circuits.extend(_opened(data))
+            self.ended.set()  # wakes the loop to say it
+        run_id = seen_run[1]
+        ends = any(marker in data for marker in _ENDING_MARKERS)
+        if run_id not in self.runs:
+            if len(self.early) < 100_000:
+                self.early[run_id] = self.early.get(run_id, False) or ends
+            return
+        self.seen.add(run_id)
+        if ends:
+            self.ending.add(run_id)
+            self.ended.set()
+
+    def started(self, run_id: str) -> None:
+        """``run_id`` is the batch's: what was noticed of it before counts."""
+        if run_id in self.early:
+            self.seen.add(run_id)
+            if self.early.pop(run_id):
+                self.ending.add(run_id)
+                self.ended.set()
+
+
 async def _wait_all(
     bus: Bus,
     batch_id: str,
@@ -90,6 +131,7 @@ async def _wait_all(
     outcome: dict[str, tuple[str, str, str]],
     host: Hosting,
     as_json: bool,
+    watch: _Watch,
 ) -> None:
     """Fill ``outcome`` (by run id) as the batch's runs end, with a progress bar and, once,
     what keeps them from moving (:func:`advise`).
@@ -100,23 +142,8 @@ async def _wait_all(
     :data:`SWEEP_EVERY` seconds the unfinished runs are read as well. Reading every
     unfinished run every 0.1 s, as this did, was 12% of the command's CPU in a batch of
     200 (24,604 reads), and as much again in the server."""
-    seen: set[str] = set()
-    ended = asyncio.Event()
-    ending: set[str] = set()
-    circuits: list[tuple[str, str]] = []  # opened: said once each (runs wait them out)
+    seen, ended, ending, circuits = watch.seen, watch.ended, watch.ending, watch.circuits
     said: set[str] = set()
-
-    def on_commit(subject: str, data: bytes) -> None:
-        seen_run = parse_run_subject(subject)
-        if seen_run is None or seen_run[1] not in runs:
-            return
-        seen.add(seen_run[1])
-        if any(marker in data for marker in _ENDING_MARKERS):
-            ending.add(seen_run[1])
-            ended.set()
-        if _CIRCUIT_MARKER in data:
-            circuits.extend(_opened(data))
-            ended.set()  # wakes the loop to say it
 
     def say_circuits() -> None:
         notes = err_console if as_json else console
@@ -155,35 +182,34 @@ async def _wait_all(
         return False
 
     try:
-        async with bus.wire.on_commits(on_commit):
-            with Progress(
-                TextColumn(f"batch {batch_id}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=console,
-                disable=as_json,
-            ) as progress:
-                task = progress.add_task("runs", total=len(runs))
-                loop = asyncio.get_running_loop()
-                next_sweep = loop.time()  # at once: runs that ended before we listened
-                while len(outcome) < len(runs):
-                    if loop.time() >= next_sweep:
-                        for run_id in [r for r in runs if r not in outcome]:
-                            await settle(run_id)
-                        next_sweep = loop.time() + SWEEP_EVERY
-                    # A notice is the published commit, seen by core subscribers as
-                    # the stream stores it: the log may not hold it yet. A run noticed
-                    # ending but not ended in the log is read again shortly.
-                    wait = next_sweep - loop.time() if not ending else 0.05
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(ended.wait(), max(0.0, wait))
-                    ended.clear()
-                    say_circuits()
-                    for run_id in list(ending):
-                        if run_id in outcome or await settle(run_id):
-                            ending.discard(run_id)
-                say_circuits()  # one noticed with the last runs' ends
+        with Progress(
+            TextColumn(f"batch {batch_id}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=as_json,
+        ) as progress:
+            task = progress.add_task("runs", total=len(runs))
+            loop = asyncio.get_running_loop()
+            next_sweep = loop.time()  # at once: what the notices did not say
+            while len(outcome) < len(runs):
+                if loop.time() >= next_sweep:
+                    for run_id in [r for r in runs if r not in outcome]:
+                        await settle(run_id)
+                    next_sweep = loop.time() + SWEEP_EVERY
+                # A notice is the published commit, seen by core subscribers as
+                # the stream stores it: the log may not hold it yet. A run noticed
+                # ending but not ended in the log is read again shortly.
+                wait = next_sweep - loop.time() if not ending else 0.05
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended.wait(), max(0.0, wait))
+                ended.clear()
+                say_circuits()
+                for run_id in list(ending):
+                    if run_id in outcome or await settle(run_id):
+                        ending.discard(run_id)
+            say_circuits()  # one noticed with the last runs' ends
     finally:
         advisor.cancel()
 
@@ -255,7 +281,8 @@ async def batch(
         check_settings(config, await pipeline_plan(bus, pipeline, local))
         await check_live_code(bus, pipeline, local)
         client = Client(bus, requested_by="sisas batch")
-        async with hosting(bus, pipeline, local) as host:
+        watch = _Watch(pipeline, runs)
+        async with hosting(bus, pipeline, local) as host, bus.wire.on_commits(watch.on_commit):
             for i, (name, data) in enumerate(items):
                 handle = await client.start(
                     pipeline,
@@ -270,8 +297,9 @@ async def batch(
                     priority=priority,
                 )
                 runs[handle.run_id] = name
+                watch.started(handle.run_id)
             try:
-                await _wait_all(bus, batch_id, runs, outcome, host, as_json)
+                await _wait_all(bus, batch_id, runs, outcome, host, as_json, watch)
             except asyncio.CancelledError:  # Ctrl-C, SIGTERM: say what becomes of the runs
                 left = [r for r in runs if r not in outcome]
                 what = f"batch {batch_id} ({len(left)} of its runs)"

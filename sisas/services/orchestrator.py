@@ -500,6 +500,10 @@ class Orchestrator:
                 )
                 await self._reoffer(state, started=orphaned)
                 return [self._settle(state, inp, r) for inp, r in zip(inputs, results, strict=True)]
+            # Decisions of other runs taken while this one is being appended count from
+            # it: a phase failing in many runs at once opens its circuit here as it would
+            # one run after another (other orchestrators see it once it is stored).
+            self.circuits.note(pipeline, changed)
             with within(cause):  # the commit and its work are the last cause's children
                 try:
                     result = await self.bus.log.append(signals, expected_last_seq=last_seq)
