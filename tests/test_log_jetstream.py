@@ -71,6 +71,29 @@ async def test_a_decision_past_the_max_payload_is_split_into_fenced_commits(bus:
     await small.close()
 
 
+async def test_a_run_read_after_a_stale_answer_of_its_last_signal_is_read_whole(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a cluster a direct get may be answered by a replica behind the leader: a run
+    read just after it ended must still end with its last commit (read_run reads on
+    while the consumer has more of the run)."""
+    sigs = run_signals("r1", 9)
+    seq = 0
+    for i in range(0, 9, 3):  # three commits
+        seq = (await bus.log.append(sigs[i : i + 3], expected_last_seq=seq)).last_seq
+    first = (await bus.log.read_run("r1"))[0]
+    stale = JetStreamLog(bus.nc)
+
+    async def behind(run_id: str) -> StoredSignal:  # a replica that holds the first only
+        assert isinstance(first, StoredSignal)
+        return first
+
+    monkeypatch.setattr(stale, "last_of_run", behind)
+    records = await stale.read_run("r1")
+    assert [r.signal for r in records if isinstance(r, StoredSignal)] == sigs
+    await stale.close()
+
+
 class _Payload:
     """A connection that announces a smaller max payload."""
 

@@ -299,7 +299,9 @@ class JetStreamLog:
         out: list[StoredSignal | CorruptMessage] = []
         async for msg_seq, msg in self._consume(run_filter(run_id), 1):
             out.extend(decode_records(msg_seq, msg.subject, msg.data))
-            if msg_seq >= last.stream_seq:
+            # On a cluster the direct get may have been answered by a replica behind the
+            # leader: read on while the consumer (the leader's view) has more of the run.
+            if msg_seq >= last.stream_seq and not _pending(msg):
                 break
         return out
 
@@ -377,3 +379,11 @@ class JetStreamLog:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+
+def _pending(msg: Msg) -> int:
+    """Messages of the consumer's filter after ``msg``, as its server counted them."""
+    try:
+        return int(msg.metadata.num_pending or 0)
+    except Exception:  # no JetStream metadata: nothing more is known
+        return 0
