@@ -167,7 +167,12 @@ async def reference(bus: Bus, pipeline: str, data: bytes) -> list[Signal]:
     runs with."""
     await start(bus, pipeline, f"ref-{pipeline}", data)
     await wait_all(bus, [f"ref-{pipeline}"])
-    return await signals_of(bus, f"ref-{pipeline}")
+    for _ in range(100):  # the run ended: its read holds the end (a replica may lag)
+        signals = await signals_of(bus, f"ref-{pipeline}")
+        if signals and signals[-1].kind in ENDING_KINDS:
+            return signals
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"ref-{pipeline} ended, but reading it does not show the end")
 
 
 async def count_kind(bus: Bus, run_id: str, kind: str) -> int:
