@@ -17,11 +17,13 @@ Everything here is a no-op until a tracer provider is installed
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Final
 
 from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.environment_variables import OTEL_PYTHON_TRACER_PROVIDER
 from opentelemetry.trace import (
     INVALID_SPAN,
     NonRecordingSpan,
@@ -55,8 +57,15 @@ Attributes = Mapping[str, str | int | float | bool]
 _tracer = trace.get_tracer("sisas")
 
 
+_NAMED_BY_ENV: Final = OTEL_PYTHON_TRACER_PROVIDER in os.environ
+
+
 def enabled() -> bool:
-    """Whether a tracer provider is installed in this process."""
+    """Whether a tracer provider is installed in this process. Asked several times per
+    decision: without a provider set and none named by the environment (read once, as
+    OpenTelemetry's own default is), the answer costs no lookup of the environment."""
+    if not _NAMED_BY_ENV and getattr(trace, "_TRACER_PROVIDER", True) is None:
+        return False
     return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
 
 
