@@ -185,6 +185,20 @@ class HandedOver:
         return None
 
 
+def _attempt_kwargs(
+    signal: Signal, body: PhaseScheduled, config: dict[str, Any], secrets: dict[str, str]
+) -> dict[str, Any]:
+    """What :func:`execute_phase` (or the isolation pool) is told of the attempt."""
+    return {
+        "run_id": signal.run_id,
+        "seed": body.seed,
+        "attempt": signal.attempt,
+        "item": body.item,
+        "config": config,
+        "secrets": secrets,
+    }
+
+
 async def _ran(started: asyncio.Future[Outcome]) -> tuple[Outcome, bool]:
     """The outcome of an attempt started in a phase thread (it never times out there)."""
     return await started, False
@@ -538,7 +552,7 @@ class Worker:
             why = f"the worker {self.name} could not run this attempt: {type(exc).__name__}: {exc}"
             error = ErrorInfo(kind="HardFailure", message=why[:1000], retryable=False)
             outcome = Outcome(status="failed", error=error)
-            await self._report(rec.signal, rec.signal.body, "failed", outcome)
+            await self._report(self._report_of(rec.signal, rec.signal.body, "failed", outcome))
         await msg.term()
 
     async def _work(self, msg: Delivery, executed: Callable[[], None]) -> None:
@@ -590,7 +604,9 @@ class Worker:
             if done:
                 await self._report_short(signal, body, secrets, status, outcome, artifact, written)
             else:
-                await self._report(signal, body, status, outcome, artifact, written=written)
+                await self._report(
+                    self._report_of(signal, body, status, outcome, artifact, written=written)
+                )
         await self._settle(msg, signal, status, outcome)
 
     async def _report_short(
@@ -668,7 +684,7 @@ class Worker:
         and it the current attempt of its phase or item). When not, the message is
         acknowledged: the run ended, or the work was redelivered after its outcome was
         recorded."""
-        state = await self._report(signal, body, "started", secrets=secrets)
+        state = await self._report(self._report_of(signal, body, "started", secrets=secrets))
         # A local orchestrator's answer is the run's latest state: nothing to do when
         # the run ended or this attempt did (work redelivered after its outcome was
         # recorded). Otherwise ask the log, unless it was asked already.
@@ -789,7 +805,8 @@ class Worker:
             retryable=False,
             detail=f"signature {check.status}" + (f" by {check.signer}" if check.signer else ""),
         )
-        await self._report(signal, body, "failed", Outcome(status="failed", error=error))
+        failed = Outcome(status="failed", error=error)
+        await self._report(self._report_of(signal, body, "failed", failed))
         await msg.term()
 
     async def _ended(self, run_id: str) -> bool:
@@ -819,14 +836,7 @@ class Worker:
         except MissingSecret as exc:
             error = ErrorInfo(kind="HardFailure", message=str(exc), retryable=False)
             return Outcome(status="failed", error=error), False
-        kwargs: dict[str, Any] = {
-            "run_id": signal.run_id,
-            "seed": body.seed,
-            "attempt": signal.attempt,
-            "item": body.item,
-            "config": await self._config(signal),
-            "secrets": secrets,
-        }
+        kwargs = _attempt_kwargs(signal, body, await self._config(signal), secrets)
         if spec is not None and spec.isolated and pipe.source:
             return await self.isolation.run(
                 pipe,
@@ -837,7 +847,7 @@ class Worker:
                 kwargs=kwargs,
                 log=written,
             )
-        return await self._execute_here(pipe, signal, body, inputs, kwargs, cancel, written), False
+        return await self._submit_here(pipe, signal, body, inputs, kwargs, cancel, written), False
 
     def _start_now(
         self, signal: Signal, body: PhaseScheduled, cancel: threading.Event, written: AttemptLog
@@ -861,14 +871,7 @@ class Worker:
             secrets = resolve_secrets(spec.secrets if spec else [], worker=f"worker {self.name}")
         except MissingSecret:
             return None  # :meth:`_execute` reports it
-        kwargs: dict[str, Any] = {
-            "run_id": signal.run_id,
-            "seed": body.seed,
-            "attempt": signal.attempt,
-            "item": body.item,
-            "config": config,
-            "secrets": secrets,
-        }
+        kwargs = _attempt_kwargs(signal, body, config, secrets)
         return self._submit_here(pipe, signal, body, inputs, kwargs, cancel, written)
 
     def _inputs_now(self, body: PhaseScheduled) -> PhaseInputs | None:
@@ -913,19 +916,6 @@ class Worker:
                 status="failed",
                 error=ErrorInfo(kind="HardFailure", message=str(exc), retryable=True),
             )
-
-    async def _execute_here(
-        self,
-        pipe: Pipeline,
-        signal: Signal,
-        body: PhaseScheduled,
-        inputs: PhaseInputs,
-        kwargs: dict[str, Any],
-        cancel: threading.Event,
-        written: AttemptLog,
-    ) -> Outcome:
-        """:meth:`_submit_here`, and its outcome."""
-        return await self._submit_here(pipe, signal, body, inputs, kwargs, cancel, written)
 
     def _submit_here(
         self,
@@ -992,19 +982,9 @@ class Worker:
             self._configs.clear()
         self._configs[run_id] = config
 
-    async def _report(
-        self,
-        signal: Signal,
-        body: PhaseScheduled,
-        status: Literal["started", "completed", "failed", "timed_out"],
-        outcome: Outcome | None = None,
-        artifact: str = "",
-        secrets: dict[str, str] | None = None,
-        written: LogRef | None = None,
-    ) -> RunState | None:
-        """Send a report; return the run's latest state when a local orchestrator decided
-        it, None when it was published to ``SISAS_IN``."""
-        report = self._report_of(signal, body, status, outcome, artifact, secrets, written)
+    async def _report(self, report: PhaseReport) -> RunState | None:
+        """Send ``report`` (:meth:`_report_of`); return the run's latest state when a
+        local orchestrator decided it, None when it was published to ``SISAS_IN``."""
         if self.local is not None:
             state = await self.local.submit(report)
             if state is not None:
