@@ -17,7 +17,7 @@ from sisas.handlers.attempt_log import AttemptLog
 from sisas.handlers.circuit import Circuit
 from sisas.handlers.execute import Outcome, PhaseInputs, execute_phase
 from sisas.handlers.orchestrator import decide_full
-from sisas.handlers.state import RunState, evolve
+from sisas.handlers.state import RunState
 from sisas.pipeline import Pipeline
 from sisas.signals.digest import bytes_digest
 from sisas.signals.envelope import Signal
@@ -76,10 +76,8 @@ class LocalRun:
         )
         self.circuits.update(decision.circuits)
         new = decision.signals
-        for s in new:
-            self.state = evolve(self.state, s)
-            if isinstance(s.body, PhaseScheduled):
-                self._open.append(s)
+        self.state = decision.state
+        self._open.extend(s for s in new if isinstance(s.body, PhaseScheduled))
         self.signals.extend(new)
         return new
 

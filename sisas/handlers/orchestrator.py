@@ -97,10 +97,13 @@ def phase_enabled(plan: PhasePlan, config: Mapping[str, object]) -> bool:
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
-    """The signals of a decision and the circuits (by phase) it changed."""
+    """The signals of a decision, the circuits (by phase) it changed, and the run's
+    state with the signals folded in (what ``evolve`` makes of them: the builder folds
+    each as it seals it, so a caller need not fold them again)."""
 
     signals: list[Signal]
     circuits: dict[str, Circuit]
+    state: RunState
 
 
 def decide(
@@ -135,10 +138,10 @@ def decide_full(
         if inp.status == "started":
             # Every decision ends with the run advanced as far as it goes, and a start
             # ends nothing nor makes anything ready: there is nothing to advance.
-            return Decision(signals=b.signals, circuits=b.changed)
+            return Decision(signals=b.signals, circuits=b.changed, state=b.state)
     if b.state.status == "running":
         _advance(b)
-    return Decision(signals=b.signals, circuits=b.changed)
+    return Decision(signals=b.signals, circuits=b.changed, state=b.state)
 
 
 def rejection(state: RunState, inp: Input) -> str | None:

@@ -479,8 +479,7 @@ class Orchestrator:
                 if not decided:
                     results.append(None)  # nothing to do: true only of the latest state
                     continue
-                for x in decided:
-                    state = evolve(state, x)
+                state = decision.state  # a signature changes no state: signed or not
                 signals += decided
                 cause = ctx
                 changed.update(decision.circuits)
