@@ -54,6 +54,8 @@ class Chunk:
     facts: dict[str, list[Row]] = field(default_factory=dict)
     runs: dict[str, list[Row]] = field(default_factory=dict)
     touched: list[str] = field(default_factory=list)
+    fresh: list[str] = field(default_factory=list)
+    """Runs of ``touched`` first folded in this chunk (no rows of theirs stored yet)."""
 
 
 def boundaries(first: int, target: int, every: int) -> list[int]:
@@ -71,6 +73,7 @@ def merged(chunks: Sequence[Chunk]) -> Batch:
         for name, found in chunk.runs.items():
             batch.runs[name].extend(found)
         batch.touched.update(chunk.touched)
+        batch.fresh.update(chunk.fresh)
     return batch
 
 
@@ -124,6 +127,7 @@ class ShareFold:
             facts=batch.facts,
             runs=batch.runs,
             touched=sorted(batch.states),
+            fresh=sorted(batch.fresh),
         )
 
 
