@@ -109,6 +109,12 @@ class ShareFold:
             return  # a hole is every share's to see and share 0's to record
         self._pending.append(record)
 
+    def reach(self, seq: int) -> Iterator[Chunk]:
+        """The chunks of the boundaries up to ``seq``: every message of the share up to
+        it was added (the reader says so, handing the messages on)."""
+        while self._boundary and seq >= self._boundary:
+            yield self._cut()
+
     def finish(self) -> Iterator[Chunk]:
         """The chunks of the boundaries left."""
         while self._boundary:
