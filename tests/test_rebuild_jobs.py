@@ -161,7 +161,7 @@ async def test_a_share_with_nothing_for_many_boundaries_waits_for_no_one(
     the log that is all one share's (a run of one message per signal, many boundaries
     long, more than a share's queue holds) is cut by every share as soon as it is read
     past, whichever share holds it, so neither the writer nor a share waits forever."""
-    runs = {run_partition(r[0].run_id, 2): r for r in synthetic_runs(8)}
+    runs = {(run_partition(r[0].run_id, 3) + 1) // 2: r for r in synthetic_runs(8)}
     one, zero = runs[1], runs[0]
     half = len(one) // 2
     for signals in (one[:half], zero, one[half:]):  # share 1's, share 0's, share 1's

@@ -4,7 +4,8 @@
 (:class:`sisas.projections.shares.ShareFold`: a few thousand run states in memory, every
 one in a DuckDB file of its own under the data folder, removed when it ends). The first
 reads the log and hands every message of another share on to its process, undecoded,
-through a pipe (the log is read once, and a message decoded once, by its share); each
+through a pipe (the log is read once, and a message decoded once, by its share; the
+reader's share is half the others', as it also reads every message); each
 cuts its rows into chunks at the same stream-sequence boundaries and sends them on its
 own bounded queue (a slow writer holds the folders back; memory stays bounded by the
 queues, the pipes and the fold's cache, however long the log). The caller, the
@@ -168,6 +169,13 @@ def _decoded(seq: int, subject: str, data: bytes) -> list[StoredSignal | Corrupt
     return records
 
 
+def _share_of(subject: str, shares: int) -> int:
+    """The share of the message on ``subject``: the reader's (0) holds one run in
+    ``2 * shares - 1``, each other two, so the reader, which also reads every message,
+    ends with the others (a message on no run's subject is the reader's)."""
+    return (partition_of(subject, 2 * shares - 1) + 1) // 2
+
+
 async def _read_and_fold(
     settings: Settings,
     shares: int,
@@ -200,7 +208,7 @@ async def _read_and_fold(
                     continue
                 seq, subject, data = item
                 await put(fold.reach(seq - 1), seq - 1)
-                share = partition_of(subject, shares)
+                share = _share_of(subject, shares)
                 if share == 0:
                     for record in _decoded(seq, subject, data):
                         await put(fold.add(record), seq - 1)
