@@ -19,7 +19,7 @@ from sisas.handlers.state import fold
 from sisas.projections import queries as q
 from sisas.projections.projector import Projector
 from sisas.projections.rows import decode_state
-from sisas.projections.store import ProjectionStore
+from sisas.projections.store import Batch, ProjectionStore
 from sisas.services.query import answer
 from sisas.signals import StoredSignal, encode_signal
 from tests.runs import AT, POINTS
@@ -53,6 +53,45 @@ async def test_the_digest_does_not_depend_on_batch_boundaries_or_cache_size() ->
         assert store.checkpoint() == await log.last_seq()
         store.close()
     assert len(digests) == 1
+
+
+class RecordingStore(ProjectionStore):
+    """A store that keeps every batch it wrote."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.written: list[Batch] = []
+
+    def write(self, batch: Batch) -> None:
+        super().write(batch)
+        self.written.append(batch)
+
+
+async def test_a_batch_replaces_the_rows_of_runs_stored_before_and_inserts_new_ones() -> None:
+    log = MemoryLog()
+    runs = list(synthetic_runs(6))
+    last = [0] * len(runs)
+    for at in range(0, max(map(len, runs)), 4):  # the runs interleaved, 4 signals a message
+        for i, signals in enumerate(runs):
+            if signals[at : at + 4]:
+                appended = await log.append(signals[at : at + 4], expected_last_seq=last[i])
+                last[i] = appended.last_seq
+    store = RecordingStore()
+    # batches of 7 records: every run spans several; a cache of one run: read back
+    await Projector(log, store, identity="mem", batch_size=7, cache_runs=1).catch_up()  # type: ignore[arg-type]
+    stored: set[str] = set()
+    for batch in store.written:
+        assert batch.fresh == set(batch.states) - stored  # nothing of theirs to delete
+        stored |= set(batch.states)
+    assert len(stored) == 6
+    assert any(set(batch.states) - batch.fresh for batch in store.written)  # some replaced
+    counts = store.counts()
+    assert counts["runs"] == counts["run_states"] == 6
+    assert counts["phases"] == 6 * 5  # one row per phase of each run, not one per batch
+    whole = await project(log)
+    assert store.digest() == whole.digest()
+    store.close()
+    whole.close()
 
 
 async def test_restarts_resume_from_the_checkpoint_and_count_nothing_twice(

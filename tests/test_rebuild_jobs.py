@@ -20,7 +20,7 @@ from sisas.projections.store import ProjectionStore
 from sisas.services.rebuild import fold_in_processes
 from sisas.signals import RunCancelled
 from sisas.signals.codec import encode_signal
-from sisas.signals.names import log_subject, partition_of
+from sisas.signals.names import log_subject, partition_of, run_partition
 from sisas.signals.records import LogRecord
 from tests.cli_process import server_env, sisas_async
 from tests.golden import make
@@ -152,3 +152,31 @@ def _in_share(subject: str, *, share: int, shares: int) -> bool:
 
 def _added(fold: ShareFold, record: LogRecord) -> list[Chunk]:
     return list(fold.add(record))
+
+
+async def test_a_share_with_nothing_for_many_boundaries_waits_for_no_one(
+    bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    """The first share reads the log and hands the others their messages: a stretch of
+    the log that is all one share's (a run of one message per signal, many boundaries
+    long, more than a share's queue holds) is cut by every share as soon as it is read
+    past, whichever share holds it, so neither the writer nor a share waits forever."""
+    runs = {(run_partition(r[0].run_id, 3) + 1) // 2: r for r in synthetic_runs(8)}
+    one, zero = runs[1], runs[0]
+    half = len(one) // 2
+    for signals in (one[:half], zero, one[half:]):  # share 1's, share 0's, share 1's
+        last = await bus.log.last_of_run(signals[0].run_id)
+        expected = last.stream_seq if last else 0
+        for s in signals:  # one message per signal
+            expected = (await bus.log.append([s], expected_last_seq=expected)).last_seq
+    target = await bus.log.last_seq()
+    assert target > 4 * 3  # more boundaries than a share may queue, a share's in a row
+    serial = await _serial(bus, tmp_path / "serial.duckdb")
+    store = ProjectionStore(tmp_path / "shared.duckdb")
+    shared = functools.partial(fold_in_processes, settings, every=1)
+    projector = Projector(bus.log, store, identity=await bus.log.identity(), shared_fold=shared)
+    try:
+        assert await projector.catch_up(jobs=2) == target
+        assert store.digest() == serial
+    finally:
+        store.close()

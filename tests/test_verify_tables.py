@@ -15,6 +15,7 @@ import duckdb
 import msgspec
 import pytest
 
+from bench.synthetic import synthetic_runs
 from sisas.bus.runtime import Bus
 from sisas.bus.settings import Settings
 from sisas.client.queries import ask
@@ -25,7 +26,7 @@ from sisas.projections.schema import TABLES
 from sisas.projections.store import ProjectionStore
 from sisas.replay.verdicts import RunVerdict, VerifyReport
 from sisas.services.query import QueryService, projection_path
-from sisas.signals.names import log_subject
+from sisas.signals.names import log_subject, run_partition
 from tests.cli_process import server_env, sisas_async
 from tests.runs import append_runs, outsider_publishes
 
@@ -201,3 +202,18 @@ async def test_verify_in_two_processes_gives_the_verdict_of_one(
     )
     assert cli.returncode == 1
     assert msgspec.json.decode(cli.stdout) == msgspec.to_builtins(one)
+
+
+@pytest.mark.parametrize("reader", [True, False], ids=["reader", "others"])
+async def test_verify_in_processes_when_every_run_is_in_one_share(bus: Bus, reader: bool) -> None:
+    """The process that reads the log verifies one run in three (with two jobs) and hands
+    the others' messages on: a log whose runs are all its own, or all the other's, gives
+    the report of one job."""
+    share = 0 if reader else 1
+    runs = [r for r in synthetic_runs(40) if (run_partition(r[0].run_id, 3) + 1) // 2 == share]
+    for signals in runs[:6]:
+        await bus.log.append(signals, expected_last_seq=0)
+    one = await verify_log(bus, None, jobs=1, projection=False)
+    two = await verify_log(bus, None, jobs=2, projection=False)
+    assert one.intact and one.runs == 6
+    assert msgspec.to_builtins(two) == msgspec.to_builtins(one)

@@ -343,6 +343,37 @@ class JetStreamLog:
         if not live and expected <= end:
             yield LogGap(first=expected, last=end)
 
+    async def read_messages(
+        self, *, from_seq: int = 1, to_seq: int = 0
+    ) -> AsyncIterator[LogGap | tuple[int, str, bytes]]:
+        """What :meth:`follow` (not live) reads, undecoded: each message from
+        ``from_seq`` to ``to_seq`` (the end of the log when 0) as (stream sequence,
+        subject, data), and the holes between them as :class:`LogGap` s (a reader that
+        hands messages on to others decodes only its own)."""
+        info = await self._stream_info()
+        end, first = int(info.state.last_seq), int(info.state.first_seq)
+        if to_seq:
+            end = min(end, to_seq)
+        from_seq = max(from_seq, 1)
+        if end < from_seq:
+            return
+        expected = from_seq
+        if first > from_seq:
+            yield LogGap(first=from_seq, last=first - 1)
+            expected = first
+        async for msg_seq, subject, data in read_range(
+            self._nc, self._stream, self._subjects, expected, end
+        ):
+            if msg_seq > expected:
+                yield LogGap(first=expected, last=msg_seq - 1)
+            if msg_seq >= expected:
+                yield msg_seq, subject, data
+            expected = max(expected, msg_seq + 1)
+            if msg_seq >= end:
+                return
+        if expected <= end:
+            yield LogGap(first=expected, last=end)
+
     async def _messages(self, from_seq: int) -> AsyncIterator[tuple[int, str, bytes]]:
         async for msg_seq, msg in self._consume(self._subjects, from_seq):
             yield msg_seq, msg.subject, msg.data

@@ -148,9 +148,9 @@ def print_report(r: VerifyReport, single: bool) -> None:
     "--jobs",
     type=click.IntRange(min=1),
     default=None,
-    help="Processes verifying --all, each reading the log and verifying the runs whose id "
-    "hashes to its share (default 1: on 2 busy cores a second process was slower; see "
-    "docs/performance.md). The report is the same for any --jobs.",
+    help="Processes verifying --all, each the runs whose id hashes to its share; this one "
+    "reads the log and hands the others their messages (default 1: on 2 busy cores a second "
+    "process was slower; see docs/performance.md). The report is the same for any --jobs.",
 )
 @run_async
 async def verify(

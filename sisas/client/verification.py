@@ -6,16 +6,18 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import multiprocessing
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 import msgspec
 
+from sisas.bus.jetstream_log import JetStreamLog
 from sisas.bus.ports import Ports
-from sisas.bus.runtime import Bus, open_bus
-from sisas.bus.settings import Settings
+from sisas.bus.runtime import Bus
 from sisas.client.queries import ask
 from sisas.environment import capture_environment
 from sisas.errors import ArtifactNotFound, BusError, BusUnavailable, UnknownRun, UsageError
@@ -46,9 +48,9 @@ from sisas.replay.verdicts import (
 from sisas.replay.verify import LogVerifier, Projected, RunVerifier, assemble, report
 from sisas.services.secrets import MissingSecret, resolve_secrets
 from sisas.signals.envelope import Signal
-from sisas.signals.names import partition_of, run_partition
+from sisas.signals.names import parse_run_subject, partition_of, run_partition
 from sisas.signals.plan import Environment
-from sisas.signals.records import LogRecord, StoredSignal
+from sisas.signals.records import CorruptMessage, LogGap, LogRecord, StoredSignal, decode_records
 
 __all__ = ["Fetch", "bus_fetch", "read_signals", "rerun_signals", "verify_log"]
 
@@ -56,6 +58,8 @@ Fetch = Callable[[str], Awaitable[bytes | ArtifactProblem | None]]
 """Bytes of an artifact by digest, or what is wrong with it (None: it is not there)."""
 
 Progress = Callable[[str, int, int], None]
+
+log = logging.getLogger(__name__)
 
 
 async def verify_log(
@@ -71,8 +75,9 @@ async def verify_log(
     the stored state of each run and its rows in every table, against what its signals
     produce (a run the projection has not caught up with is not compared).
 
-    ``jobs`` > 1 (every run only, on a server): that many processes each read the log
-    and verify the runs whose id hashes to their share; the report is the same."""
+    ``jobs`` > 1 (every run only, on a server): that many processes verify the runs whose
+    id hashes to their share, this one reading the log and handing the others their
+    messages (:func:`_in_processes`); the report is the same."""
     compare = projection and isinstance(bus, Bus)  # in-memory ports have no projection
     if run_id is not None:
         records = await bus.log.read_run(run_id)
@@ -246,25 +251,106 @@ async def _detail(
 async def _in_processes(
     bus: Bus, jobs: int, trusted: frozenset[str], live: _Live | None, target: int
 ) -> list[_Part]:
-    """The log verified by ``jobs`` processes, each reading it and verifying its share
-    of the runs (by a hash of the run id: runs are independent chains)."""
+    """The log verified by this process and ``jobs - 1`` others, each verifying a share
+    of the runs (by a hash of the run id: runs are independent chains). This one reads
+    the log, verifies its share (one run in ``2 * jobs - 1``: it also reads every
+    message) and hands each other share its messages, undecoded, through a pipe: the
+    log is read once, and each message decoded once."""
     loop = asyncio.get_running_loop()
     spawn = multiprocessing.get_context("spawn")  # no copy of this loop's threads
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=spawn) as pool:
-        shares = [
-            loop.run_in_executor(
-                pool,
-                _share_in_process,
-                bus.settings,
-                trusted,
-                _slice(live, i, jobs),
-                target,
-                i,
-                jobs,
-            )
-            for i in range(jobs)
-        ]
-        return list(await asyncio.gather(*shares))
+    pipes = [spawn.Pipe(duplex=False) for _ in range(1, jobs)]  # (share's end, reader's)
+    try:
+        with concurrent.futures.ProcessPoolExecutor(jobs - 1, mp_context=spawn) as pool:
+            others = [
+                loop.run_in_executor(
+                    pool,
+                    _share_in_process,
+                    trusted,
+                    _slice(live, share, jobs),
+                    target,
+                    pipes[share - 1][0],
+                )
+                for share in range(1, jobs)
+            ]
+            try:
+                mine = await _read_and_verify(
+                    bus, trusted, _slice(live, 0, jobs), target, jobs, pipes
+                )
+            except BrokenPipeError:  # a share stopped reading: its error, not the pipe's
+                await asyncio.gather(*others)
+                raise
+            finally:
+                for _, sender in pipes:  # the others end, whatever happened here
+                    sender.close()
+            return [mine, *await asyncio.gather(*others)]
+    finally:
+        for receiver, _ in pipes:
+            receiver.close()
+
+
+_HANDED = 1_024
+"""Messages the reader gathers for a share before it sends them on."""
+
+
+def _share_of(run_id: str, shares: int) -> int:
+    """The share verifying ``run_id``: the reader's (0) holds one run in ``2 * shares - 1``,
+    each other two."""
+    return (run_partition(run_id, 2 * shares - 1) + 1) // 2
+
+
+async def _read_and_verify(
+    bus: Bus,
+    trusted: frozenset[str],
+    live: _Live | None,
+    target: int,
+    shares: int,
+    pipes: list[tuple[Connection, Connection]],
+) -> _Part:
+    """Share 0: read the log, verify share 0's runs (and what belongs to no run: the
+    holes, messages on no run's subject), hand the others their messages."""
+    verifier = LogVerifier(trusted=trusted)
+    expected = ExpectedProjection() if live is not None else None
+    handed: list[list[tuple[int, str, bytes]]] = [[] for _ in range(shares)]
+
+    async def hand(share: int) -> None:
+        batch, handed[share] = handed[share], []
+        await asyncio.to_thread(pipes[share - 1][1].send, batch)
+
+    reader = bus.log
+    assert isinstance(reader, JetStreamLog)  # what a Bus holds
+    try:
+        async for item in reader.read_messages(to_seq=target):
+            if isinstance(item, LogGap):
+                records: Sequence[LogRecord] = [item]
+            else:
+                seq, subject, data = item
+                parsed = parse_run_subject(subject)
+                share = 0 if parsed is None else _share_of(parsed[1], shares)
+                if share:
+                    handed[share].append(item)
+                    if len(handed[share]) >= _HANDED:
+                        await hand(share)
+                    continue
+                records = _decoded(seq, subject, data)
+            for record in records:
+                verifier.add(record)
+                if expected is not None:
+                    expected.add(record)
+        for share in range(1, shares):
+            await hand(share)
+            await asyncio.to_thread(pipes[share - 1][1].send, None)
+        return _compare(verifier, live, expected.digests() if expected else {}, target)
+    finally:
+        if expected is not None:
+            expected.close()
+
+
+def _decoded(seq: int, subject: str, data: bytes) -> list[StoredSignal | CorruptMessage]:
+    records = decode_records(seq, subject, data)
+    for record in records:
+        if isinstance(record, CorruptMessage):
+            log.warning("stream seq %d on %s: %s", seq, subject, record.reason)
+    return records
 
 
 def _slice(live: _Live | None, share: int, shares: int) -> _Live | None:
@@ -273,7 +359,7 @@ def _slice(live: _Live | None, share: int, shares: int) -> _Live | None:
         return None
 
     def mine(run_id: str) -> bool:
-        return run_partition(run_id, shares) == share
+        return _share_of(run_id, shares) == share
 
     return _Live(
         as_of=live.as_of,
@@ -283,18 +369,23 @@ def _slice(live: _Live | None, share: int, shares: int) -> _Live | None:
 
 
 def _share_in_process(
-    settings: Settings,
-    trusted: frozenset[str],
-    live: _Live | None,
-    target: int,
-    share: int,
-    shares: int,
+    trusted: frozenset[str], live: _Live | None, target: int, pipe: Connection
 ) -> _Part:
-    async def main() -> _Part:
-        async with open_bus(settings, name=f"sisas-replay-verify-{share}") as bus:
-            return await _verify_share(bus, trusted, live, target, share, shares)
-
-    return asyncio.run(main())
+    """Verify the messages the reader hands on through ``pipe``, until it says the end."""
+    verifier = LogVerifier(trusted=trusted)
+    expected = ExpectedProjection() if live is not None else None
+    try:
+        while (messages := pipe.recv()) is not None:
+            for seq, subject, data in messages:
+                for record in _decoded(seq, subject, data):
+                    verifier.add(record)
+                    if expected is not None:
+                        expected.add(record)
+        return _compare(verifier, live, expected.digests() if expected else {}, target)
+    finally:
+        pipe.close()
+        if expected is not None:
+            expected.close()
 
 
 _TABLE_ORDER = {name: i for i, name in enumerate(BY_NAME)}

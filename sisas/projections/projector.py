@@ -192,6 +192,8 @@ class Projector:
         t = self._tracked(s.run_id, batch)
         step = screen_signal(t, seq, s, self._hash_at)
         if step.tracked is not None and step.tracked is not t:
+            if t is None:  # neither folded nor stored before: no rows of it to replace
+                batch.fresh.add(s.run_id)
             batch.states[s.run_id] = step.tracked
         if step.rejected:
             subject = log_subject(s.pipeline, s.run_id, s.phase, s.kind)

@@ -66,27 +66,36 @@ def out_of_range(s: Signal) -> str | None:
     The orchestrator never writes such numbers; a signal appended by someone else may,
     and it must become a rejected row rather than a batch that can never be written.
     """
+    if _storable(s):
+        return None  # every signal the orchestrator writes: nothing more to say
     body = s.body
-    bounded = _bounded(type(body))
-    resources = getattr(body, "resources", None)
-    if (
-        not bounded
-        and resources is None
-        and -(2**31) <= s.seq < 2**31
-        and -(2**31) <= s.attempt < 2**31
-    ):
-        return None  # most signals: nothing more to look at
     numbers: list[tuple[str, object, range]] = [
         ("seq", s.seq, _INT32),
         ("attempt", s.attempt, _INT32),
     ]
-    numbers += [(name, getattr(body, name), valid) for name, valid in bounded]
+    numbers += [(name, getattr(body, name), valid) for name, valid in _bounded(type(body))]
+    resources = getattr(body, "resources", None)
     if resources is not None:
         numbers.append(("peak_rss_bytes", getattr(resources, "peak_rss_bytes", None), _INT64))
     for name, value, valid in numbers:
         if isinstance(value, int) and value not in valid:
             return f"signal {s.id}: {name} {value} is out of range (at most {valid.stop - 1})"
     return None
+
+
+def _storable(s: Signal) -> bool:
+    """Whether every number of ``s`` fits its column (what :func:`out_of_range` checks,
+    without building its message)."""
+    if s.seq not in _INT32 or s.attempt not in _INT32:
+        return False
+    body = s.body
+    for name, valid in _bounded(type(body)):
+        value = getattr(body, name)
+        if isinstance(value, int) and value not in valid:
+            return False
+    resources = getattr(body, "resources", None)
+    rss = getattr(resources, "peak_rss_bytes", None) if resources is not None else None
+    return not isinstance(rss, int) or rss in _INT64
 
 
 class Tamper(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -54,6 +54,8 @@ class Chunk:
     facts: dict[str, list[Row]] = field(default_factory=dict)
     runs: dict[str, list[Row]] = field(default_factory=dict)
     touched: list[str] = field(default_factory=list)
+    fresh: list[str] = field(default_factory=list)
+    """Runs of ``touched`` first folded in this chunk (no rows of theirs stored yet)."""
 
 
 def boundaries(first: int, target: int, every: int) -> list[int]:
@@ -71,6 +73,7 @@ def merged(chunks: Sequence[Chunk]) -> Batch:
         for name, found in chunk.runs.items():
             batch.runs[name].extend(found)
         batch.touched.update(chunk.touched)
+        batch.fresh.update(chunk.fresh)
     return batch
 
 
@@ -106,6 +109,12 @@ class ShareFold:
             return  # a hole is every share's to see and share 0's to record
         self._pending.append(record)
 
+    def reach(self, seq: int) -> Iterator[Chunk]:
+        """The chunks of the boundaries up to ``seq``: every message of the share up to
+        it was added (the reader says so, handing the messages on)."""
+        while self._boundary and seq >= self._boundary:
+            yield self._cut()
+
     def finish(self) -> Iterator[Chunk]:
         """The chunks of the boundaries left."""
         while self._boundary:
@@ -124,6 +133,7 @@ class ShareFold:
             facts=batch.facts,
             runs=batch.runs,
             touched=sorted(batch.states),
+            fresh=sorted(batch.fresh),
         )
 
 

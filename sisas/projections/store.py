@@ -103,6 +103,9 @@ class Batch:
     stored ones)."""
     touched: set[str] = field(default_factory=set)
     """Runs moved besides those of ``states`` (a batch folded elsewhere, in shares)."""
+    fresh: set[str] = field(default_factory=set)
+    """Runs of ``states`` or ``touched`` the store holds no rows of yet (first folded in
+    this batch): nothing of theirs to delete before their rows are inserted."""
 
 
 class ProjectionStore:
@@ -237,10 +240,12 @@ class ProjectionStore:
         try:
             con.execute("BEGIN TRANSACTION")
             if batch.states or batch.touched:
-                touched = [(run_id,) for run_id in sorted(batch.touched.union(batch.states))]
-                for table in STATE_TABLES:
-                    with con.appender(table.name, action="delete", key=["run_id"]) as gone:
-                        gone.append_rows(touched)
+                moved = batch.touched.union(batch.states).difference(batch.fresh)
+                if moved:
+                    stale = [(run_id,) for run_id in sorted(moved)]
+                    for table in STATE_TABLES:
+                        with con.appender(table.name, action="delete", key=["run_id"]) as gone:
+                            gone.append_rows(stale)
                 for name, rows in batch.runs.items():
                     self._insert(name, rows)
             for name, rows in batch.facts.items():
