@@ -20,6 +20,7 @@ from sisas.signals import (
     Draft,
     InvariantChecked,
     PhaseCompleted,
+    PhaseScheduled,
     RunRequested,
     StoredSignal,
     decode_record,
@@ -233,3 +234,19 @@ def test_the_recipe_survives_floats_and_nested_hash_keys() -> None:
     assert b'"big":1e16' in wire
     assert independent_verify(wire)
     assert not independent_verify(wire.replace(b"0.00001", b"0.00002"))
+
+
+@given(signals(n=3))
+def test_a_sealed_signal_is_sent_as_the_bytes_its_canonical_encoding_gives(sigs: list) -> None:
+    """Sealing keeps the signal's wire bytes (the hash put into the bytes it hashed):
+    they are exactly what encoding it anew gives, whatever its body holds."""
+    for sig in sigs:
+        assert encode_signal(sig) == msgspec.json.Encoder(order="sorted").encode(sig)
+
+
+def test_a_body_holding_the_text_of_an_id_member_is_sealed_to_canonical_bytes() -> None:
+    body = PhaseScheduled(inputs={"id": 'sha256:x","id":"', ',"id":"': "y"}, seed=1)
+    [sig] = ChainHead(pipeline="pipe", run_id="r1").extend([Draft(body=body, at=AT)])[0]
+    wire = encode_signal(sig)
+    assert wire == msgspec.json.Encoder(order="sorted").encode(sig)
+    assert decode_signal(wire) == sig

@@ -78,13 +78,13 @@ def seal(head: ChainHead, draft: Draft) -> Signal:
         attempt=draft.attempt,
         causation=draft.causation,
     )
-    digest = codec.hash_if_exact(unsealed)
-    if digest is None:
+    signal = codec.seal_exact(unsealed)
+    if signal is None:
         raise MalformedSignal(
             f"signal {unsealed.id} ({unsealed.kind}) cannot be encoded exactly: "
             "replace NaN or infinite floats with None or a finite value"
         ) from None
-    return msgspec.structs.replace(unsealed, hash=digest)
+    return signal
 
 
 class ChainIssue(msgspec.Struct, frozen=True, kw_only=True):

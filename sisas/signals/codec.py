@@ -8,7 +8,9 @@ bytes differ from the re-encoding of what they decode to.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections import OrderedDict
 from typing import Final
 
 import msgspec
@@ -21,7 +23,7 @@ __all__ = [
     "content_hash",
     "decode_signal",
     "encode_signal",
-    "hash_if_exact",
+    "seal_exact",
     "survives_encoding",
 ]
 
@@ -74,21 +76,44 @@ def survives_encoding(signal: Signal) -> bool:
         return False
 
 
-def hash_if_exact(unsealed: Signal) -> str | None:
-    """:func:`content_hash` of a signal with no ``hash`` and no ``sig`` yet, or None when
-    its canonical bytes would not decode to it (:func:`survives_encoding`): one encoding
-    serves both (sealing a signal only adds its hash, a hex string, which always does)."""
+_SEALED: OrderedDict[int, tuple[Signal, bytes]] = OrderedDict()
+"""The wire bytes of signals sealed here lately, by ``id``, with the signal itself (kept
+alive while listed, so its ``id`` is its own): a decided signal is encoded for its
+commit, its size check and its hand-over; sealing already had its bytes but for the
+hash."""
+_SEALED_MAX: Final = 4096
+
+
+def seal_exact(unsealed: Signal) -> Signal | None:
+    """``unsealed`` (no ``hash``, no ``sig``) with its :func:`content_hash`, or None when
+    its canonical bytes would not decode to it (:func:`survives_encoding`; sealing only
+    adds the hash, a hex string, which always does). One encoding serves the hash, the
+    check and the sealed bytes: ``hash`` sorts just before ``id``, which every signal
+    has, and only a name, an id, a digest or a number follows ``id``, so the last
+    ``,"id":"`` is the signal's own."""
     data = _ENCODER.encode(unsealed)
     try:
         if _DECODER.decode(data) != unsealed:
             return None
     except msgspec.ValidationError:
         return None
-    return hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256(data).hexdigest()
+    signal = msgspec.structs.replace(unsealed, hash=digest)
+    at = data.rfind(b',"id":"')
+    if at > 0:
+        if len(_SEALED) >= _SEALED_MAX:
+            with contextlib.suppress(KeyError):  # another thread took it first
+                _SEALED.popitem(last=False)
+        wire = data[:at] + b',"hash":"' + digest.encode() + b'"' + data[at:]
+        _SEALED[id(signal)] = (signal, wire)
+    return signal
 
 
 def encode_signal(signal: Signal) -> bytes:
     """The wire bytes of a sealed signal."""
+    known = _SEALED.get(id(signal))
+    if known is not None and known[0] is signal:
+        return known[1]
     return _ENCODER.encode(signal)
 
 
