@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 from nats.js.api import StreamConfig
 
-from sisas.bus.artifacts import bytes_digest
+from sisas.bus.artifacts import JetStreamArtifacts, bytes_digest
 from sisas.bus.embedded import EmbeddedServer, running_server
 from sisas.bus.runtime import Bus, open_bus
 from sisas.bus.settings import Settings
 from sisas.errors import (
     ArtifactNotFound,
+    BusError,
     BusUnavailable,
     ServerAlreadyRunning,
     StoreWithoutStream,
@@ -168,6 +169,25 @@ async def test_artifacts_are_stored_and_found_by_their_digest(bus: Bus) -> None:
     assert not await bus.artifacts.exists(missing)
     with pytest.raises(ArtifactNotFound, match="no artifact"):
         await bus.artifacts.get(missing)
+
+
+async def test_a_small_artifact_is_put_in_the_blobs_bucket_and_read_by_another_process(
+    bus: Bus,
+) -> None:
+    data = b'{"small": true}'
+    digest = await bus.artifacts.put(data)
+    kv = await bus.js.key_value("sisas-blobs")
+    assert (await kv.get(digest.removeprefix("sha256:"))).value == data  # durable there
+    fresh = JetStreamArtifacts(bus.js, nc=bus.nc)  # nothing in its memory
+    assert await fresh.get(digest) == data
+    await fresh.close()
+
+
+async def test_a_small_put_without_its_bucket_is_a_clear_error(bus: Bus) -> None:
+    lost = JetStreamArtifacts(bus.js, blobs="no-such-bucket", nc=bus.nc, timeout=2.0)
+    with pytest.raises(BusError, match=r"store artifact sha256:.*is the server reachable"):
+        await lost.put(b"a phase's output")
+    await lost.close()
 
 
 # -- the embedded server ----------------------------------------------------------------

@@ -12,10 +12,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Protocol
 
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.kv import KeyValue
 
+from sisas.bus.requests import PUBACK_DECODER, Requester
 from sisas.bus.streams import INLINE_MAX
 from sisas.bus.translate import nats_errors
 from sisas.errors import ArtifactNotFound, BusError
@@ -101,8 +104,15 @@ class JetStreamArtifacts:
         blobs: str = BLOB_BUCKET,
         inline_max: int = INLINE_MAX,
         recent_bytes: int = RECENT_BYTES,
+        nc: NATS | None = None,
+        timeout: float = 5.0,
     ) -> None:
         self._js = js
+        self._requests = Requester(nc) if nc is not None else None
+        """Small puts go through it (as the log's appends do) when given a connection:
+        nats-py's KV put is a request of its own, with its own future, timer and
+        parsed acknowledgement, once per phase output."""
+        self._timeout = timeout
         self._recent: OrderedDict[str, bytes] = OrderedDict()
         self._recent_size = 0
         self._recent_max = recent_bytes
@@ -128,8 +138,7 @@ class JetStreamArtifacts:
             return digest
         with nats_errors(f"store artifact {digest}", fix):
             if len(data) <= self._inline_max:
-                kv = await self._blob_kv()
-                await kv.put(digest.removeprefix("sha256:"), data)
+                await self._put_small(digest.removeprefix("sha256:"), data)
                 self._remember(digest, bytes(data))
                 return digest
             if await self.exists(digest):
@@ -137,6 +146,28 @@ class JetStreamArtifacts:
             store = await self._js.object_store(self._bucket)
             await store.put(_name(digest), data)
         return digest
+
+    async def _put_small(self, key: str, data: bytes) -> None:
+        """Put ``data`` under ``key`` in the blobs bucket and wait for its fsync."""
+        if self._requests is None:
+            kv = await self._blob_kv()
+            await kv.put(key, data)
+            return
+        await self._requests.start()
+        reply = await self._requests.request(
+            f"$KV.{self._blobs}.{key}", data, headers=None, timeout=self._timeout
+        )
+        if reply.status == "503":
+            raise NoRespondersError  # no stream takes it: the bucket is missing
+        if reply.status:
+            raise BusError(f"the server answered status {reply.status}")
+        ack = PUBACK_DECODER.decode(reply.data)
+        if ack.error is not None:
+            raise BusError(f"{ack.error.description} (code {ack.error.err_code})")
+
+    async def close(self) -> None:
+        if self._requests is not None:
+            await self._requests.close()
 
     def _remember(self, digest: str, data: bytes) -> None:
         """Keep ``data`` (whose digest is ``digest``) in memory, the oldest out first."""

@@ -90,13 +90,15 @@ async def open_bus(settings: Settings, *, name: str = "sisas") -> AsyncIterator[
         await log.start()
         work = WorkQueue(nc, timeout=settings.timeout)
         stack.push_async_callback(work.close)
+        artifacts = JetStreamArtifacts(js, nc=nc, timeout=settings.timeout)
+        stack.push_async_callback(artifacts.close)
         yield Bus(
             settings=settings,
             url=url,
             nc=nc,
             js=js,
             log=log,
-            artifacts=JetStreamArtifacts(js),
+            artifacts=artifacts,
             inputs=JetStreamInputs(js),
             work=work,
             plans=PlanRegistry(js, nc),
