@@ -84,17 +84,20 @@ async def pipeline_plan(bus: Bus, pipeline: str, local: dict[str, Pipeline]) -> 
 
 
 @contextlib.asynccontextmanager
-async def hosting(bus: Bus, pipeline: str, local: dict[str, Pipeline]) -> AsyncIterator[Hosting]:
+async def hosting(
+    bus: Bus, pipeline: str, local: dict[str, Pipeline], *, concurrency: int = 2
+) -> AsyncIterator[Hosting]:
     """Run the handlers this command must run for ``pipeline`` inside the block (see the
     module's docstring); yield what runs and whether a worker serves the pipeline. Call
-    :func:`pipeline_plan` first: it refuses a pipeline no one could run."""
+    :func:`pipeline_plan` first: it refuses a pipeline no one could run. ``concurrency``:
+    the phases a worker run here takes at once."""
     here = {pipeline: local[pipeline]} if pipeline in local else {}
     facts = {"pipeline": pipeline, "code": code_hint(pipeline, local)}
     if bus.server is not None:  # we started the server: nobody else is listening
-        async with running_services(bus, here):
+        async with running_services(bus, here, concurrency=concurrency):
             yield Hosting(**facts, own_server=True, worker=True, served=True)
     elif here and not await worker_live(bus.wire, pipeline):
-        async with running_services(bus, here, orchestrator=False):
+        async with running_services(bus, here, orchestrator=False, concurrency=concurrency):
             yield Hosting(**facts, own_server=False, worker=True, served=True)
     else:
         served = bool(here) or await worker_live(bus.wire, pipeline)
