@@ -47,7 +47,7 @@ from sisas.signals.records import (
 )
 from sisas.telemetry.tracing import inject
 
-__all__ = ["JetStreamLog"]
+__all__ = ["JetStreamLog", "decoded_logged"]
 
 log = logging.getLogger("sisas.bus")
 
@@ -333,9 +333,7 @@ class JetStreamLog:
             if msg_seq > expected:
                 yield LogGap(first=expected, last=msg_seq - 1)
             if msg_seq >= expected and (keep is None or keep(subject)):
-                for record in decode_records(msg_seq, subject, data):
-                    if isinstance(record, CorruptMessage):
-                        log.warning("stream seq %d on %s: %s", msg_seq, subject, record.reason)
+                for record in decoded_logged(msg_seq, subject, data):
                     yield record
             expected = max(expected, msg_seq + 1)
             if not live and msg_seq >= end:
@@ -418,3 +416,13 @@ def _pending(msg: Msg) -> int:
         return int(msg.metadata.num_pending or 0)
     except Exception:  # no JetStream metadata: nothing more is known
         return 0
+
+
+def decoded_logged(seq: int, subject: str, data: bytes) -> list[StoredSignal | CorruptMessage]:
+    """The records of the message at ``seq`` (:func:`decode_records`), a corrupt one
+    logged as a warning naming its place."""
+    records = decode_records(seq, subject, data)
+    for record in records:
+        if isinstance(record, CorruptMessage):
+            log.warning("stream seq %d on %s: %s", seq, subject, record.reason)
+    return records

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from sisas.bus.jetstream_log import JetStreamLog
+from sisas.bus.jetstream_log import JetStreamLog, decoded_logged
 from sisas.bus.ports import Ports
 from sisas.bus.runtime import Bus
 from sisas.client.queries import ask
@@ -50,7 +50,7 @@ from sisas.services.secrets import MissingSecret, resolve_secrets
 from sisas.signals.envelope import Signal
 from sisas.signals.names import parse_run_subject, partition_of, run_partition
 from sisas.signals.plan import Environment
-from sisas.signals.records import CorruptMessage, LogGap, LogRecord, StoredSignal, decode_records
+from sisas.signals.records import LogGap, LogRecord, StoredSignal
 
 __all__ = ["Fetch", "bus_fetch", "read_signals", "rerun_signals", "verify_log"]
 
@@ -331,7 +331,7 @@ async def _read_and_verify(
                     if len(handed[share]) >= _HANDED:
                         await hand(share)
                     continue
-                records = _decoded(seq, subject, data)
+                records = decoded_logged(seq, subject, data)
             for record in records:
                 verifier.add(record)
                 if expected is not None:
@@ -343,14 +343,6 @@ async def _read_and_verify(
     finally:
         if expected is not None:
             expected.close()
-
-
-def _decoded(seq: int, subject: str, data: bytes) -> list[StoredSignal | CorruptMessage]:
-    records = decode_records(seq, subject, data)
-    for record in records:
-        if isinstance(record, CorruptMessage):
-            log.warning("stream seq %d on %s: %s", seq, subject, record.reason)
-    return records
 
 
 def _slice(live: _Live | None, share: int, shares: int) -> _Live | None:
@@ -377,7 +369,7 @@ def _share_in_process(
     try:
         while (messages := pipe.recv()) is not None:
             for seq, subject, data in messages:
-                for record in _decoded(seq, subject, data):
+                for record in decoded_logged(seq, subject, data):
                     verifier.add(record)
                     if expected is not None:
                         expected.add(record)

@@ -31,14 +31,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from sisas.bus.jetstream_log import JetStreamLog
+from sisas.bus.jetstream_log import JetStreamLog, decoded_logged
 from sisas.bus.runtime import open_bus
 from sisas.bus.settings import Settings
 from sisas.errors import ProjectionError
 from sisas.projections.shares import Chunk, ShareFold, boundaries, merged
 from sisas.projections.store import Batch
 from sisas.signals.names import partition_of
-from sisas.signals.records import CorruptMessage, LogGap, StoredSignal, decode_records
+from sisas.signals.records import LogGap
 
 __all__ = ["CHUNK", "fold_in_processes"]
 
@@ -161,14 +161,6 @@ def _share_fold(
             fold.close()
 
 
-def _decoded(seq: int, subject: str, data: bytes) -> list[StoredSignal | CorruptMessage]:
-    records = decode_records(seq, subject, data)
-    for record in records:
-        if isinstance(record, CorruptMessage):
-            log.warning("stream seq %d on %s: %s", seq, subject, record.reason)
-    return records
-
-
 def _share_of(subject: str, shares: int) -> int:
     """The share of the message on ``subject``: the reader's (0) holds one run in
     ``2 * shares - 1``, each other two, so the reader, which also reads every message,
@@ -210,7 +202,7 @@ async def _read_and_fold(
                 await put(fold.reach(seq - 1), seq - 1)
                 share = _share_of(subject, shares)
                 if share == 0:
-                    for record in _decoded(seq, subject, data):
+                    for record in decoded_logged(seq, subject, data):
                         await put(fold.add(record), seq - 1)
                     continue
                 handed[share].append(item)
@@ -236,7 +228,7 @@ async def _fold_handed(
         while (got := await asyncio.to_thread(pipe.recv)) is not None:
             position, messages = got
             for seq, subject, data in messages:
-                for record in _decoded(seq, subject, data):
+                for record in decoded_logged(seq, subject, data):
                     for chunk in fold.add(record):
                         await asyncio.to_thread(out.put, chunk)
             for chunk in fold.reach(position):
